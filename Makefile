@@ -1,0 +1,30 @@
+# Quick start: `make demo` runs the demo, `make test` runs the whole test suite.
+# Both install the Debian packages they need when missing (as root), or say how.
+
+SWIFT ?= swift
+DEBIAN_PACKAGES := libsodium-dev pkg-config
+
+.PHONY: demo test build release deps bench-replay clean
+
+deps:
+	@./scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
+
+demo: deps
+	$(SWIFT) run ikeha-demo
+
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+# The anti-replay window against a plain C implementation of the same RFC 6479 ring.
+bench-replay: deps
+	./Benchmarks/replay-vs-c.sh
+
+clean:
+	rm -rf .build

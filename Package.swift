@@ -1,0 +1,59 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+// Warnings are errors in every target of this package (not in its dependencies).
+let strictSettings: [SwiftSetting] = [
+    .treatAllWarnings(as: .error),
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "ipsec-ha",
+    products: [
+        .library(name: "IPsecHACore", targets: ["IPsecHACore"]),
+        .library(name: "IPsecHASync", targets: ["IPsecHASync"]),
+        .executable(name: "ikeha-demo", targets: ["ikeha-demo"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
+    ],
+    targets: [
+        // libsodium from the system. SwiftPM finds its flags through pkg-config; the module
+        // map's `link "sodium"` keeps the link working where pkg-config cannot see the .pc.
+        .systemLibrary(
+            name: "CSodium",
+            pkgConfig: "libsodium",
+            providers: [.apt(["libsodium-dev"])]
+        ),
+        .target(
+            name: "IPsecHACore",
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "IPsecHASync",
+            dependencies: ["IPsecHACore", "CSodium"],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "ikeha-demo",
+            dependencies: [
+                "IPsecHACore",
+                "IPsecHASync",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "IPsecHACoreTests",
+            dependencies: ["IPsecHACore"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "IPsecHASyncTests",
+            dependencies: ["IPsecHASync", "IPsecHACore"],
+            swiftSettings: strictSettings
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)
