@@ -53,16 +53,18 @@ struct ReplayBenchCommand: ParsableCommand {
 /// The measured loop: check, and commit what passes, as a receiver does per packet.
 @inline(never)
 func checkAndCommit(_ wires: UnsafeBufferPointer<UInt32>, into window: inout ReplayWindow) -> Int {
-    var accepted = 0
-    for wire in wires {
-        if case .fresh(let sequenceNumber) = window.check(wire: wire) {
-            do {
-                try window.commit(sequenceNumber)
-                accepted &+= 1
-            } catch {}
+    window.withExclusiveAccess { access in
+        var accepted = 0
+        for wire in wires {
+            if case .fresh(let sequenceNumber) = access.check(wire: wire) {
+                do {
+                    try access.commit(sequenceNumber)
+                    accepted &+= 1
+                } catch {}
+            }
         }
+        return accepted
     }
-    return accepted
 }
 
 /// The packet orders of `ikeha-demo bench replay`, with `base = 0xFFFF0000` under ESN and 0

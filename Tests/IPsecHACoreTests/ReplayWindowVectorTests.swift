@@ -137,3 +137,49 @@ struct ReplayWindowVectorTests {
         }
     }
 }
+
+@Suite("Replay window: exclusive access for bursts")
+struct ReplayWindowExclusiveAccessTests {
+    @Test(arguments: [false, true])
+    func burstAccessMatchesPerPacketCommits(esn: Bool) throws {
+        var random = SplitMix64(seed: 7)
+        let base: UInt64 = esn ? 0xFFFF_F000 : 0
+        let wires = (0..<20_000).map { i in UInt32(truncatingIfNeeded: base + 1 + UInt64(i) + random.next() % 200) }
+        var perPacket = try ReplayWindow(size: 256, extendedSequenceNumbers: esn)
+        var perPacketVerdicts: [ReplayCheckResult] = []
+        for wire in wires {
+            let verdict = perPacket.check(wire: wire)
+            perPacketVerdicts.append(verdict)
+            if case .fresh(let number) = verdict { try perPacket.commit(number) }
+        }
+        var burst = try ReplayWindow(size: 256, extendedSequenceNumbers: esn)
+        let snapshotBefore = burst
+        let burstVerdicts = try burst.withExclusiveAccess { access throws(ReplayWindowRejection) in
+            var verdicts: [ReplayCheckResult] = []
+            for wire in wires {
+                let verdict = access.check(wire: wire)
+                verdicts.append(verdict)
+                if case .fresh(let number) = verdict { try access.commit(number) }
+            }
+            return verdicts
+        }
+        #expect(burstVerdicts == perPacketVerdicts)
+        #expect(burst.top == perPacket.top)
+        #expect(burst.rememberedCount == perPacket.rememberedCount)
+        #expect(snapshotBefore.top == 0, "a copy taken before the burst is not written through")
+        #expect(snapshotBefore.rememberedCount == 0)
+    }
+
+    @Test func errorsInsideABurstLeaveTheCommittedPrefix() throws {
+        var window = try ReplayWindow(size: 64, extendedSequenceNumbers: false)
+        #expect(throws: ReplayWindowRejection.replayed) {
+            try window.withExclusiveAccess { access throws(ReplayWindowRejection) in
+                try access.commit(10)
+                try access.commit(11)
+                try access.commit(10)
+            }
+        }
+        #expect(window.top == 11)
+        #expect(window.check(wire: 10) == .replayed(10))
+    }
+}

@@ -4,11 +4,11 @@
 /// The ring is a power-of-two number of 64-bit blocks; bit `s % 64` of block `(s / 64) % M`
 /// stands for sequence number `s`, whatever the window's position. Copy-on-write keeps the
 /// owning ``ReplayWindow`` a value type: the storage is shared between copies until one of
-/// them commits.
+/// them is about to write, and ``makeUnique()`` runs before every write.
 @usableFromInline
 struct ReplayBlockRing: @unchecked Sendable {
-    // @unchecked: the class is only written through `makeUnique()`-guarded mutating methods,
-    // so a shared buffer is never written while another value can see it.
+    // @unchecked: words are written only through `ReplayRingWords` obtained after
+    // `makeUnique()`, so a buffer is never written while another value can see it.
     @usableFromInline
     final class Storage {
         @usableFromInline let words: UnsafeMutablePointer<UInt64>
@@ -35,50 +35,25 @@ struct ReplayBlockRing: @unchecked Sendable {
     }
 
     @usableFromInline var storage: Storage
-    /// `M - 1`: the block index of a sequence number is `(s >> 6) & indexMask`.
-    @usableFromInline let indexMask: UInt64
 
     /// A ring of `blockCount` zeroed blocks; `blockCount` must be a power of two.
     @usableFromInline
     init(blockCount: Int) {
         storage = Storage(count: blockCount)
-        indexMask = UInt64(blockCount - 1)
     }
 
+    /// The words, to read; or to write, once ``makeUnique()`` has run and while this ring
+    /// stays alive and unshared.
     @inlinable
-    var blockCount: Int { storage.count }
-
-    /// True when the bit of `sequenceNumber` is set.
-    @inlinable
-    func contains(_ sequenceNumber: UInt64) -> Bool {
-        let word = storage.words[Int(truncatingIfNeeded: (sequenceNumber &>> 6) & indexMask)]
-        return word & (1 &<< (sequenceNumber & 63)) != 0
+    var words: ReplayRingWords {
+        ReplayRingWords(base: storage.words, indexMask: UInt64(storage.count &- 1))
     }
 
-    /// Sets the bit of `sequenceNumber`; returns false, changing nothing, when it was set already.
+    /// Gives this value its own copy of the words if another value shares them.
     @inlinable
-    mutating func insert(_ sequenceNumber: UInt64) -> Bool {
-        makeUnique()
-        let word = storage.words + Int(truncatingIfNeeded: (sequenceNumber &>> 6) & indexMask)
-        let bit: UInt64 = 1 &<< (sequenceNumber & 63)
-        if word.pointee & bit != 0 { return false }
-        word.pointee |= bit
-        return true
-    }
-
-    /// Zeroes the blocks that follow `fromBlock` (a block number, `s >> 6`), up to and including
-    /// `toBlock`; at most the whole ring, however far apart they are.
-    @inlinable
-    mutating func clearBlocks(after fromBlock: UInt64, through toBlock: UInt64) {
-        makeUnique()
-        let distance = toBlock &- fromBlock
-        let blocks = distance > indexMask ? indexMask &+ 1 : distance
-        var block = fromBlock
-        var cleared: UInt64 = 0
-        while cleared < blocks {
-            block &+= 1
-            storage.words[Int(truncatingIfNeeded: block & indexMask)] = 0
-            cleared &+= 1
+    mutating func makeUnique() {
+        if !isKnownUniquelyReferenced(&storage) {
+            storage = Storage(copying: storage)
         }
     }
 
@@ -90,21 +65,66 @@ struct ReplayBlockRing: @unchecked Sendable {
         storage.words.update(repeating: .max, count: storage.count)
         let topBit = top & 63
         let topWord: UInt64 = topBit == 63 ? .max : (1 &<< (topBit &+ 1)) &- 1
-        storage.words[Int(truncatingIfNeeded: (top &>> 6) & indexMask)] = topWord
+        words.base[Int(truncatingIfNeeded: (top &>> 6) & words.indexMask)] = topWord
     }
 
-    /// Number of set bits, for tests and invariant checks.
+    /// Number of set bits, for tests and diagnostics.
     @usableFromInline
     var populationCount: Int {
-        var total = 0
-        for index in 0..<storage.count { total += storage.words[index].nonzeroBitCount }
-        return total
+        (0..<storage.count).reduce(0) { $0 + storage.words[$1].nonzeroBitCount }
     }
+}
+
+/// A plain view of a ring's words: a pointer and the block-index mask. Trivially copyable, so
+/// that the per-packet paths touch no reference count.
+@usableFromInline
+struct ReplayRingWords {
+    @usableFromInline let base: UnsafeMutablePointer<UInt64>
+    /// `M - 1`: the block index of a sequence number is `(s >> 6) & indexMask`.
+    @usableFromInline let indexMask: UInt64
 
     @inlinable
-    mutating func makeUnique() {
-        if !isKnownUniquelyReferenced(&storage) {
-            storage = Storage(copying: storage)
+    init(base: UnsafeMutablePointer<UInt64>, indexMask: UInt64) {
+        self.base = base
+        self.indexMask = indexMask
+    }
+
+    /// True when the bit of `sequenceNumber` is set.
+    @inlinable @inline(__always)
+    func contains(_ sequenceNumber: UInt64) -> Bool {
+        let word = base[Int(truncatingIfNeeded: (sequenceNumber &>> 6) & indexMask)]
+        return word & (1 &<< (sequenceNumber & 63)) != 0
+    }
+
+    /// Sets the bit of `sequenceNumber`; returns false, changing nothing, when it was set already.
+    @inlinable @inline(__always)
+    func insert(_ sequenceNumber: UInt64) -> Bool {
+        let word = base + Int(truncatingIfNeeded: (sequenceNumber &>> 6) & indexMask)
+        let bit: UInt64 = 1 &<< (sequenceNumber & 63)
+        if word.pointee & bit != 0 { return false }
+        word.pointee |= bit
+        return true
+    }
+
+    /// Sets the bit of `sequenceNumber`, known to be clear (a number above the old top, whose
+    /// block was just cleared or held only numbers below it).
+    @inlinable @inline(__always)
+    func insertAboveTop(_ sequenceNumber: UInt64) {
+        base[Int(truncatingIfNeeded: (sequenceNumber &>> 6) & indexMask)] |= 1 &<< (sequenceNumber & 63)
+    }
+
+    /// Zeroes the blocks that follow block number `fromBlock` (`s >> 6`) up to and including
+    /// `toBlock`; at most the whole ring, however far apart they are.
+    @inlinable @inline(__always)
+    func clearBlocks(after fromBlock: UInt64, through toBlock: UInt64) {
+        let distance = toBlock &- fromBlock
+        let blocks = distance > indexMask ? indexMask &+ 1 : distance
+        var block = fromBlock
+        var cleared: UInt64 = 0
+        while cleared < blocks {
+            block &+= 1
+            base[Int(truncatingIfNeeded: block & indexMask)] = 0
+            cleared &+= 1
         }
     }
 }

@@ -23,13 +23,13 @@ public struct ReplayWindow: Sendable {
     public static let maximumSize: UInt32 = 1 << 20
 
     /// `W`: how many sequence numbers, ending at the window top, are remembered.
-    public let size: UInt32
+    @inlinable public var size: UInt32 { core.size }
     /// Whether the Child SA negotiated Extended Sequence Numbers (64-bit counters, 32 on the wire).
-    public let extendedSequenceNumbers: Bool
-
+    @inlinable public var extendedSequenceNumbers: Bool { core.extendedSequenceNumbers }
     /// `T`: the highest sequence number committed so far (0 before the first packet).
-    @inlinable public var top: UInt64 { storedTop }
-    @usableFromInline var storedTop: UInt64
+    @inlinable public var top: UInt64 { core.top }
+
+    @usableFromInline var core: ReplayWindowCore
     @usableFromInline var ring: ReplayBlockRing
 
     /// A fresh window for a new Child SA: nothing seen, top 0.
@@ -37,9 +37,7 @@ public struct ReplayWindow: Sendable {
         guard size >= Self.minimumSize, size <= Self.maximumSize else {
             throw .windowSizeOutOfRange(size)
         }
-        self.size = size
-        self.extendedSequenceNumbers = extendedSequenceNumbers
-        self.storedTop = 0
+        core = ReplayWindowCore(top: 0, size: size, extendedSequenceNumbers: extendedSequenceNumbers)
         // One spare block beyond ceil(W / 64) blocks, rounded up to a power of two so that
         // a block index is a mask, not a division.
         let needed = (Int(size) + 63) / 64 + 1
@@ -73,7 +71,7 @@ public struct ReplayWindow: Sendable {
         guard !overflow, restoredTop <= limit else {
             throw .restoredTopBeyondSequenceSpace(checkpoint: base, advance: advance)
         }
-        storedTop = restoredTop
+        core.top = restoredTop
         if policy.marksSkippedNumbersSeen, restoredTop > 0 {
             ring.markAllSeen(upTo: restoredTop)
         }
@@ -88,46 +86,126 @@ public struct ReplayWindow: Sendable {
     /// integrity check. Changes nothing.
     @inlinable
     public func check(wire: UInt32) -> ReplayCheckResult {
-        let sequenceNumber =
-            extendedSequenceNumbers
-            ? ExtendedSequenceNumber.infer(wire: wire, top: top, windowSize: size)
-            : UInt64(wire)
-        return classify(sequenceNumber)
+        core.check(wire: wire, in: ring.words)
     }
 
     /// The verdict on a full sequence number, as ``check(wire:)`` gives it after inference.
     @inlinable
     public func classify(_ sequenceNumber: UInt64) -> ReplayCheckResult {
-        if sequenceNumber > top { return .fresh(sequenceNumber) }
-        if sequenceNumber == 0 || top &- sequenceNumber >= UInt64(size) {
-            return .stale(sequenceNumber)
-        }
-        return ring.contains(sequenceNumber) ? .replayed(sequenceNumber) : .fresh(sequenceNumber)
+        core.classify(sequenceNumber, in: ring.words)
     }
 
     /// Phase two: records `sequenceNumber` (as inferred by ``check(wire:)``) once the packet's
     /// integrity check passed, moving the window when it is above the top.
     ///
     /// The verdict is taken again, since another packet may have been committed since the
-    /// check; on any error nothing changes.
+    /// check; on any error nothing changes. Each call first makes sure this value does not share
+    /// its ring with a copy (a reference-count check of a few nanoseconds); a data plane that
+    /// handles packets in bursts saves it with ``withExclusiveAccess(_:)``.
     @inlinable
     public mutating func commit(_ sequenceNumber: UInt64) throws(ReplayWindowRejection) {
-        if sequenceNumber > top {
-            guard extendedSequenceNumbers || sequenceNumber <= UInt64(UInt32.max) else {
-                throw .beyondSequenceSpace
-            }
-            ring.clearBlocks(after: top &>> 6, through: sequenceNumber &>> 6)
-            storedTop = sequenceNumber
-            _ = ring.insert(sequenceNumber)
-            return
-        }
-        if sequenceNumber == 0 || top &- sequenceNumber >= UInt64(size) { throw .stale }
-        if !ring.insert(sequenceNumber) { throw .replayed }
+        ring.makeUnique()
+        try core.commit(sequenceNumber, in: ring.words)
+    }
+
+    /// Runs `body` with exclusive access to the window's state, for a burst of packets: the
+    /// copy-on-write check happens once here instead of once per commit, and the access
+    /// touches no reference count. The access cannot outlive `body`.
+    @inlinable
+    public mutating func withExclusiveAccess<Result, Failure: Error>(
+        _ body: (inout ReplayWindowAccess) throws(Failure) -> Result
+    ) throws(Failure) -> Result {
+        ring.makeUnique()
+        var access = ReplayWindowAccess(core: core, words: ring.words)
+        defer { core = access.core }
+        return try body(&access)
     }
 
     /// How many sequence numbers the window currently remembers as seen (including bits the
     /// ring keeps just below the window); for tests and diagnostics, O(size).
     public var rememberedCount: Int { ring.populationCount }
+}
+
+/// Exclusive access to a ``ReplayWindow`` for a burst of packets, from
+/// ``ReplayWindow/withExclusiveAccess(_:)``: the same two phases, with no reference counting
+/// and no copy-on-write check per packet.
+public struct ReplayWindowAccess: ~Copyable {
+    @usableFromInline var core: ReplayWindowCore
+    @usableFromInline let words: ReplayRingWords
+
+    @inlinable
+    init(core: ReplayWindowCore, words: ReplayRingWords) {
+        self.core = core
+        self.words = words
+    }
+
+    /// `T`: the highest sequence number committed so far.
+    @inlinable public var top: UInt64 { core.top }
+
+    /// As ``ReplayWindow/check(wire:)``.
+    @inlinable
+    public func check(wire: UInt32) -> ReplayCheckResult {
+        core.check(wire: wire, in: words)
+    }
+
+    /// As ``ReplayWindow/commit(_:)``.
+    @inlinable
+    public mutating func commit(_ sequenceNumber: UInt64) throws(ReplayWindowRejection) {
+        try core.commit(sequenceNumber, in: words)
+    }
+}
+
+/// The window's position and rules, apart from its words: RFC 4303 Appendix A with the bit
+/// layout of RFC 6479.
+@usableFromInline
+struct ReplayWindowCore: Sendable {
+    @usableFromInline var top: UInt64
+    @usableFromInline let size: UInt32
+    @usableFromInline let extendedSequenceNumbers: Bool
+
+    @inlinable
+    init(top: UInt64, size: UInt32, extendedSequenceNumbers: Bool) {
+        self.top = top
+        self.size = size
+        self.extendedSequenceNumbers = extendedSequenceNumbers
+    }
+
+    @inlinable @inline(__always)
+    func check(wire: UInt32, in words: ReplayRingWords) -> ReplayCheckResult {
+        let sequenceNumber =
+            extendedSequenceNumbers
+            ? ExtendedSequenceNumber.infer(wire: wire, top: top, windowSize: size)
+            : UInt64(wire)
+        return classify(sequenceNumber, in: words)
+    }
+
+    @inlinable @inline(__always)
+    func classify(_ sequenceNumber: UInt64, in words: ReplayRingWords) -> ReplayCheckResult {
+        if sequenceNumber > top { return .fresh(sequenceNumber) }
+        if sequenceNumber == 0 || top &- sequenceNumber >= UInt64(size) {
+            return .stale(sequenceNumber)
+        }
+        return words.contains(sequenceNumber) ? .replayed(sequenceNumber) : .fresh(sequenceNumber)
+    }
+
+    /// `words` must not be shared with another window.
+    @inlinable @inline(__always)
+    mutating func commit(_ sequenceNumber: UInt64, in words: ReplayRingWords) throws(ReplayWindowRejection) {
+        if sequenceNumber > top {
+            guard _fastPath(sequenceNumber <= UInt64(UInt32.max) || extendedSequenceNumbers) else {
+                throw .beyondSequenceSpace
+            }
+            // In order, a new block starts once every 64 packets.
+            if _slowPath((sequenceNumber ^ top) > 63) {
+                words.clearBlocks(after: top &>> 6, through: sequenceNumber &>> 6)
+            }
+            top = sequenceNumber
+            words.insertAboveTop(sequenceNumber)
+            return
+        }
+        if sequenceNumber == 0 || top &- sequenceNumber >= UInt64(size) { throw .stale }
+        if !words.insert(sequenceNumber) { throw .replayed }
+    }
 }
 
 /// What ``ReplayWindow/check(wire:)`` concludes about a packet, with the full 64-bit sequence

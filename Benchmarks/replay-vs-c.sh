@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Times `ikeha-demo bench replay` (release) against the plain C RFC 6479 ring in
+# Benchmarks/reference-c on the same patterns, best of RUNS runs each, and prints one table.
+# The goal (issue 2): Swift within 1.25x of C for W=1024 with ESN and W=64 without.
+# Exits non-zero if a ratio misses the goal or the two disagree on the accepted count.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COUNT=${COUNT:-10000000}
+RUNS=${RUNS:-7}
+GOAL=${GOAL:-1.25}
+CC=${CC:-cc}
+
+swift build -c release --product ikeha-demo >/dev/null
+"$CC" -O2 -o Benchmarks/reference-c/replay_ring Benchmarks/reference-c/replay_ring.c
+swift_bin=.build/release/ikeha-demo
+c_bin=Benchmarks/reference-c/replay_ring
+
+# One run: prints "accepted ns_per_op".
+run_once() {
+    local out acc
+    out=$("$@")
+    acc=${out#accepted=}
+    echo "${acc%% *} ${out##*ns_per_op=}"
+}
+
+min() { awk "BEGIN{print ($1 < $2) ? $1 : $2}"; }
+
+status=0
+printf '%-22s %-8s %12s %10s %10s %7s %6s\n' configuration pattern accepted swift_ns c_ns ratio goal
+for config in "1024 --esn" "64"; do
+    set -- $config
+    window=$1; esn=${2:-}
+    for pattern in inorder jitter replay; do
+        args=(--window "$window" $esn --pattern "$pattern" --count "$COUNT")
+        # Interleaved, best of RUNS: the machine's noise hits both sides alike.
+        s_ns=1e9; c_ns=1e9
+        for _ in $(seq "$RUNS"); do
+            read -r s_acc ns < <(run_once "$swift_bin" bench replay "${args[@]}"); s_ns=$(min "$ns" "$s_ns")
+            read -r c_acc ns < <(run_once "$c_bin" "${args[@]}"); c_ns=$(min "$ns" "$c_ns")
+        done
+        ratio=$(awk "BEGIN{printf \"%.2f\", $s_ns / $c_ns}")
+        verdict=ok
+        awk "BEGIN{exit !($ratio <= $GOAL)}" || { verdict=MISS; status=1; }
+        [ "$s_acc" = "$c_acc" ] || { verdict=DIFFER; status=1; }
+        printf '%-22s %-8s %12s %10s %10s %7s %6s\n' "W=$window${esn:+ ESN}" "$pattern" "$s_acc" "$s_ns" "$c_ns" "$ratio" "$verdict"
+    done
+done
+exit $status
