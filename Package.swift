@@ -50,6 +50,11 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(
+            name: "IKEHADemoTests",
+            dependencies: ["ikeha-demo", "IPsecHACore"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
             name: "IPsecHASyncTests",
             dependencies: ["IPsecHASync", "IPsecHACore"],
             swiftSettings: strictSettings

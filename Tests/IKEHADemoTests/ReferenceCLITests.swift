@@ -1,0 +1,82 @@
+import Foundation
+import IPsecHACore
+import Testing
+
+/// The `ikeha-demo` executable built beside this test bundle.
+func runDemo(_ arguments: [String], input: String = "") throws -> (status: Int32, output: String, error: String) {
+    let buildDirectory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+    let process = Process()
+    process.executableURL = buildDirectory.appendingPathComponent("ikeha-demo")
+    process.arguments = arguments
+    let stdin = Pipe()
+    let stdout = Pipe()
+    let stderr = Pipe()
+    process.standardInput = stdin
+    process.standardOutput = stdout
+    process.standardError = stderr
+    try process.run()
+    stdin.fileHandleForWriting.write(Data(input.utf8))
+    try stdin.fileHandleForWriting.close()
+    let output = stdout.fileHandleForReading.readDataToEndOfFile()
+    let error = stderr.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: output, as: UTF8.self), String(decoding: error, as: UTF8.self))
+}
+
+@Suite("ikeha-demo reference CLI")
+struct ReferenceCLITests {
+    @Test func replayPrintsAVerdictPerLine() throws {
+        let input = "1\n2\n2\n3 forged\n0\n100\n4294967296\n"
+        let plain = try runDemo(["replay", "--window", "32"], input: input)
+        #expect(plain.status == 0)
+        #expect(plain.output == "accept 1\naccept 2\nreplay 2\nfail 3\nstale 0\naccept 100\nstale 0\n")
+        let esn = try runDemo(["replay", "--window", "32", "--esn"], input: input)
+        #expect(esn.output == "accept 1\naccept 2\nreplay 2\nfail 3\nstale 0\naccept 100\naccept 4294967296\n")
+    }
+
+    @Test func malformedLineStopsWithItsLineNumber() throws {
+        let result = try runDemo(["replay", "--window", "64"], input: "5\n6\nseven\n8\n")
+        #expect(result.status != 0)
+        #expect(result.output == "accept 5\naccept 6\n")
+        #expect(result.error.contains("line 3"))
+    }
+
+    @Test func windowOutsideTheRangeIsAUsageError() throws {
+        let result = try runDemo(["replay", "--window", "16"])
+        #expect(result.status != 0)
+        #expect(result.error.contains("--window"))
+    }
+
+    @Test(arguments: ["inorder", "jitter", "replay"], [false, true])
+    func benchCountsWhatTheWindowAccepts(pattern: String, esn: Bool) throws {
+        let result = try runDemo(
+            ["bench", "replay", "--window", "64", "--pattern", pattern, "--count", "5000"] + (esn ? ["--esn"] : []))
+        #expect(result.status == 0)
+        // The same packets through the reference driver, built independently from the pattern text.
+        var random = SplitMix64(seed: 42)
+        let base: UInt64 = esn ? 0xFFFF_0000 : 0
+        var driver = ReplayReferenceDriver(window: try ReplayWindow(size: 64, extendedSequenceNumbers: esn))
+        var accepted = 0
+        for i in 0..<UInt64(5000) {
+            let number: UInt64
+            switch pattern {
+            case "inorder": number = base + 1 + i
+            case "jitter": number = base + 1 + i + random.next() % 32
+            default: number = base + 1 + i / 2
+            }
+            if case .accept = driver.apply(ReplayReferencePacket(trueSequenceNumber: number, forged: false)) {
+                accepted += 1
+            }
+        }
+        let line = result.output.trimmingCharacters(in: .newlines)
+        #expect(line.hasPrefix("accepted=\(accepted) ns_per_op="), "\(line)")
+    }
+
+    @Test func walkthroughCarriesTheCountersAcrossTheCrash() throws {
+        let result = try runDemo([])
+        #expect(result.status == 0)
+        #expect(result.output.contains("peer: rejected 0 of 5000 packets"))
+        #expect(result.output.contains(", 0 accepted"))
+        #expect(result.output.hasSuffix("walkthrough: ok\n"))
+    }
+}
