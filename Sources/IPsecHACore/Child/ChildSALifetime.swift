@@ -1,0 +1,92 @@
+/// Limits on an SA's life: time, bytes, packets; any may be absent (RFC 4301 section 4.4.2.1).
+public struct LifetimeLimits: Sendable, Hashable, Codable {
+    /// Seconds since installation.
+    public var seconds: UInt64?
+    /// Bytes protected (in either direction of the pair).
+    public var bytes: UInt64?
+    /// Packets protected (in either direction of the pair).
+    public var packets: UInt64?
+
+    /// Limits from their parts; none by default.
+    public init(seconds: UInt64? = nil, bytes: UInt64? = nil, packets: UInt64? = nil) {
+        self.seconds = seconds
+        self.bytes = bytes
+        self.packets = packets
+    }
+
+    /// No limit at all.
+    public static let unlimited = LifetimeLimits()
+}
+
+/// Where a Child SA is in its life.
+public enum ChildSALifetimeState: Sendable, Hashable {
+    /// Below every soft limit.
+    case active
+    /// A soft limit is reached: negotiate a replacement (rekey).
+    case rekeyDue
+    /// A hard limit is reached: the SA must not be used any more; delete it.
+    case expired
+}
+
+/// Traffic counted on a Child SA pair, per direction.
+public struct ChildSAUsage: Sendable, Hashable, Codable {
+    /// Bytes received and verified.
+    public var inboundBytes: UInt64 = 0
+    /// Packets received and verified.
+    public var inboundPackets: UInt64 = 0
+    /// Bytes sent.
+    public var outboundBytes: UInt64 = 0
+    /// Packets sent.
+    public var outboundPackets: UInt64 = 0
+
+    /// Usage from its parts; zero by default.
+    public init(inboundBytes: UInt64 = 0, inboundPackets: UInt64 = 0, outboundBytes: UInt64 = 0, outboundPackets: UInt64 = 0) {
+        self.inboundBytes = inboundBytes
+        self.inboundPackets = inboundPackets
+        self.outboundBytes = outboundBytes
+        self.outboundPackets = outboundPackets
+    }
+}
+
+/// A Child SA's soft and hard lifetimes with the usage they are measured against.
+///
+/// RFC 4301: when a soft limit is reached the SA should be replaced, when a hard limit is
+/// reached it must be deleted; whichever of time, bytes or packets comes first counts. Each
+/// direction of the pair is measured on its own.
+public struct ChildSALifetime: Sendable, Hashable {
+    /// Limits that call for a rekey.
+    public let soft: LifetimeLimits
+    /// Limits that end the SA.
+    public let hard: LifetimeLimits
+    /// When the SA was installed.
+    public let installedAt: Timestamp
+    /// Traffic so far.
+    public var usage: ChildSAUsage
+
+    /// A lifetime; throws when a soft limit is above the matching hard limit.
+    public init(
+        soft: LifetimeLimits, hard: LifetimeLimits, installedAt: Timestamp, usage: ChildSAUsage = ChildSAUsage()
+    ) throws(ChildSAError) {
+        for (softValue, hardValue) in [(soft.seconds, hard.seconds), (soft.bytes, hard.bytes), (soft.packets, hard.packets)] {
+            if let softValue, let hardValue, softValue > hardValue { throw .softLifetimeAboveHard }
+        }
+        self.soft = soft
+        self.hard = hard
+        self.installedAt = installedAt
+        self.usage = usage
+    }
+
+    /// The state at time `now`.
+    public func state(at now: Timestamp) -> ChildSALifetimeState {
+        if reached(hard, at: now) { return .expired }
+        if reached(soft, at: now) { return .rekeyDue }
+        return .active
+    }
+
+    private func reached(_ limits: LifetimeLimits, at now: Timestamp) -> Bool {
+        if let seconds = limits.seconds, now >= installedAt.adding(seconds: seconds) { return true }
+        if let bytes = limits.bytes, max(usage.inboundBytes, usage.outboundBytes) >= bytes { return true }
+        if let packets = limits.packets, max(usage.inboundPackets, usage.outboundPackets) >= packets { return true }
+        return false
+    }
+}

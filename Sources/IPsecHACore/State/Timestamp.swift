@@ -1,0 +1,33 @@
+/// A point in time on the cluster's shared time base, in nanoseconds (for instance
+/// `CLOCK_REALTIME` on members whose clocks are synchronised, or a simulation's virtual clock).
+/// The package never reads a clock itself: callers pass the current time in.
+public struct Timestamp: Sendable, Hashable, Comparable, Codable, CustomStringConvertible {
+    /// Nanoseconds since the time base's epoch.
+    public var nanoseconds: UInt64
+
+    /// A timestamp `nanoseconds` after the epoch.
+    public init(nanoseconds: UInt64) { self.nanoseconds = nanoseconds }
+
+    /// A timestamp `seconds` after the epoch.
+    public static func seconds(_ seconds: UInt64) -> Timestamp {
+        Timestamp(nanoseconds: seconds.multipliedReportingOverflow(by: 1_000_000_000).overflow ? .max : seconds * 1_000_000_000)
+    }
+
+    /// This timestamp plus `seconds`, saturating at the end of time.
+    public func adding(seconds: UInt64) -> Timestamp {
+        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        let (sum, overflow2) = nanoseconds.addingReportingOverflow(product)
+        return Timestamp(nanoseconds: overflow || overflow2 ? .max : sum)
+    }
+
+    public static func < (lhs: Timestamp, rhs: Timestamp) -> Bool { lhs.nanoseconds < rhs.nanoseconds }
+    public var description: String { "t=\(nanoseconds)ns" }
+}
+
+/// Names one member of the cluster.
+public struct ClusterMemberID: RawRepresentable, Sendable, Hashable, Comparable, Codable, CustomStringConvertible {
+    public let rawValue: UInt16
+    public init(rawValue: UInt16) { self.rawValue = rawValue }
+    public static func < (lhs: Self, rhs: Self) -> Bool { lhs.rawValue < rhs.rawValue }
+    public var description: String { "member \(rawValue)" }
+}
