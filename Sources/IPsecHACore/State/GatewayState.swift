@@ -1,0 +1,347 @@
+/// The whole IPsec state of one gateway: the SPD and its cache, the IKE SAs, and the Child SAs
+/// indexed by inbound SPI (the SAD).
+///
+/// Every mutation that must reach the standbys returns the ``StateChange`` values it made, in
+/// order; the state keeps no log of its own, so memory does not grow with history. A standby
+/// feeds those changes to ``apply(_:)``. Two contracts hold:
+/// - applying all changes of a state, in order, to an empty state gives an equal state;
+/// - a replica never applies a record older than one it holds (``GatewayStateError/staleChange(held:received:)``).
+///
+/// The per-packet paths (lookup by SPI, sequence numbers, replay window, SPD cache) change
+/// counters without producing changes; ``checkpointCounters(at:)`` turns their current values
+/// into one ``StateChange/countersAdvanced(_:generation:)``. Equality compares the replicated
+/// state (SPD, IKE SAs, Child SAs), not the cache.
+public struct GatewayState: Sendable, Equatable {
+    /// The Security Policy Database.
+    public private(set) var spd = SecurityPolicyDatabase()
+    /// The IKE SAs by SPI pair.
+    public private(set) var ikeSAs: [IKESAIdentifier: IKESA] = [:]
+
+    @usableFromInline var childSlots: [ChildSA?] = []
+    /// Bumped whenever a slot's Child SA is deleted or changed, so cache entries can tell.
+    @usableFromInline var incarnations: [UInt32] = []
+    var freeSlots: [Int32] = []
+    @usableFromInline var spiIndex = SPIIndex()
+    /// Inbound SPIs of each PROTECT policy's Child SAs, in the order they were installed.
+    var childSAsByPolicy: [SecurityPolicyID: [UInt32]] = [:]
+    @usableFromInline var cache: SPDCache
+
+    /// An empty state whose SPD cache holds at most `spdCacheCapacity` flows.
+    public init(spdCacheCapacity: Int = 65_536) {
+        cache = SPDCache(capacity: spdCacheCapacity)
+    }
+
+    // MARK: SPD
+
+    /// Inserts a policy (at the end by default).
+    public mutating func installPolicy(_ policy: SecurityPolicy, at position: Int? = nil) throws(GatewayStateError) -> [StateChange] {
+        let index = position ?? spd.policies.count
+        do { try spd.insert(policy, at: index) } catch { throw .policy(error) }
+        cache.removeAll()
+        return [.policyInstalled(policy, position: index)]
+    }
+
+    /// Removes a policy. Its Child SAs stay (RFC 4301 leaves their fate to the administrator)
+    /// and keep naming it, but the SPD cache no longer leads to them; delete them with
+    /// ``deleteChildSA(inboundSPI:)`` if policy says so.
+    public mutating func removePolicy(_ id: SecurityPolicyID) throws(GatewayStateError) -> [StateChange] {
+        do { try spd.remove(id) } catch { throw .policy(error) }
+        childSAsByPolicy[id] = nil
+        cache.removeAll()
+        return [.policyRemoved(id)]
+    }
+
+    // MARK: IKE SAs
+
+    /// Adds an IKE SA (its generation becomes 1).
+    public mutating func createIKESA(_ ikeSA: IKESA) throws(GatewayStateError) -> [StateChange] {
+        guard ikeSAs[ikeSA.identifier] == nil else { throw .ikeSAExists(ikeSA.identifier) }
+        var sa = ikeSA
+        sa.childSAs = []
+        sa.generation = 1
+        ikeSAs[sa.identifier] = sa
+        return [.ikeSACreated(sa)]
+    }
+
+    /// Changes an IKE SA through `body` and bumps its generation. The identifier and the list of
+    /// Child SAs are not the caller's to change.
+    public mutating func updateIKESA(
+        _ identifier: IKESAIdentifier, _ body: (inout IKESA) -> Void
+    ) throws(GatewayStateError) -> [StateChange] {
+        guard var sa = ikeSAs[identifier] else { throw .unknownIKESA(identifier) }
+        let children = sa.childSAs
+        let generation = sa.generation
+        body(&sa)
+        guard sa.identifier == identifier else { throw .identifierChanged }
+        sa.childSAs = children
+        sa.generation = generation + 1
+        ikeSAs[identifier] = sa
+        return [.ikeSAUpdated(sa)]
+    }
+
+    /// Deletes an IKE SA and, first, each of its Child SAs.
+    public mutating func deleteIKESA(_ identifier: IKESAIdentifier) throws(GatewayStateError) -> [StateChange] {
+        guard let sa = ikeSAs[identifier] else { throw .unknownIKESA(identifier) }
+        var changes: [StateChange] = []
+        for spi in sa.childSAs { changes += try deleteChildSA(inboundSPI: spi) }
+        ikeSAs[identifier] = nil
+        changes.append(.ikeSADeleted(identifier))
+        return changes
+    }
+
+    // MARK: Child SAs
+
+    /// Installs a Child SA (its generation becomes 1). Throws when its inbound SPI is taken,
+    /// its parent IKE SA does not exist, or it names an unknown policy.
+    public mutating func createChildSA(_ childSA: ChildSA) throws(GatewayStateError) -> [StateChange] {
+        guard spiIndex.slot(of: childSA.inboundSPI) == nil else { throw .spiInUse(childSA.inboundSPI) }
+        guard ikeSAs[childSA.parent] != nil else { throw .unknownParent(childSA.parent) }
+        if let policy = childSA.policy, spd.policy(policy) == nil { throw .unknownPolicy(policy) }
+        var sa = childSA
+        sa.generation = 1
+        install(sa)
+        return [.childSACreated(sa)]
+    }
+
+    /// Changes a Child SA through `body` and bumps its generation. Its inbound SPI cannot
+    /// change; a new parent (after an IKE SA rekey) or policy must exist.
+    public mutating func updateChildSA(
+        inboundSPI: UInt32, _ body: (inout ChildSA) -> Void
+    ) throws(GatewayStateError) -> [StateChange] {
+        guard let slot = spiIndex.slot(of: inboundSPI), var sa = childSlots[Int(slot)] else {
+            throw .unknownChildSA(inboundSPI)
+        }
+        let generation = sa.generation
+        body(&sa)
+        guard sa.inboundSPI == inboundSPI else { throw .identifierChanged }
+        guard ikeSAs[sa.parent] != nil else { throw .unknownParent(sa.parent) }
+        if sa.policy != childSlots[Int(slot)]!.policy, let policy = sa.policy, spd.policy(policy) == nil {
+            throw .unknownPolicy(policy)
+        }
+        sa.generation = generation + 1
+        replace(slot: slot, with: sa)
+        return [.childSAUpdated(sa)]
+    }
+
+    /// Deletes a Child SA.
+    public mutating func deleteChildSA(inboundSPI: UInt32) throws(GatewayStateError) -> [StateChange] {
+        guard let slot = spiIndex.slot(of: inboundSPI) else { throw .unknownChildSA(inboundSPI) }
+        uninstall(slot: slot)
+        return [.childSADeleted(inboundSPI: inboundSPI)]
+    }
+
+    /// The Child SA with this inbound SPI.
+    public func childSA(inboundSPI: UInt32) -> ChildSA? {
+        spiIndex.slot(of: inboundSPI).flatMap { childSlots[Int($0)] }
+    }
+
+    /// Every Child SA, in no particular order.
+    public var childSAs: [ChildSA] { childSlots.compactMap { $0 } }
+
+    /// How many Child SAs are installed.
+    public var childSACount: Int { spiIndex.count }
+
+    // MARK: Per-packet paths
+
+    /// The slot of the Child SA that receives packets with this SPI: the per-packet SAD lookup.
+    @inlinable
+    public func slot(forInboundSPI spi: UInt32) -> ChildSASlot? {
+        spiIndex.slot(of: spi).map { ChildSASlot(index: $0) }
+    }
+
+    /// The Child SA in `slot` (nil if it was deleted since).
+    public subscript(slot: ChildSASlot) -> ChildSA? {
+        childSlots.indices.contains(Int(slot.index)) ? childSlots[Int(slot.index)] : nil
+    }
+
+    /// Takes the next outbound sequence number of the Child SA in `slot` for a packet of
+    /// `bytes` bytes; nil when the slot is empty.
+    public mutating func nextOutboundSequenceNumber(
+        at slot: ChildSASlot, bytes: UInt64
+    ) throws(SequenceCounterError) -> OutboundSequenceNumber? {
+        let index = Int(slot.index)
+        guard childSlots.indices.contains(index), childSlots[index] != nil else { return nil }
+        let number = try childSlots[index]!.outboundCounter.next()
+        childSlots[index]!.lifetime.usage.outboundBytes &+= bytes
+        childSlots[index]!.lifetime.usage.outboundPackets &+= 1
+        return number
+    }
+
+    /// Phase one of the inbound replay check on the Child SA in `slot`.
+    public func checkInbound(wire: UInt32, at slot: ChildSASlot) -> ReplayCheckResult? {
+        self[slot]?.inboundWindow.check(wire: wire)
+    }
+
+    /// Phase two: commits a verified inbound packet of `bytes` bytes to the Child SA in `slot`.
+    public mutating func commitInbound(
+        _ sequenceNumber: UInt64, bytes: UInt64, at slot: ChildSASlot
+    ) throws(ReplayWindowRejection) {
+        let index = Int(slot.index)
+        guard childSlots.indices.contains(index), childSlots[index] != nil else { throw .stale }
+        try childSlots[index]!.inboundWindow.commit(sequenceNumber)
+        childSlots[index]!.lifetime.usage.inboundBytes &+= bytes
+        childSlots[index]!.lifetime.usage.inboundPackets &+= 1
+    }
+
+    /// Turns the current counters of the Child SA in `slot` into a replicated change.
+    public mutating func checkpointCounters(at slot: ChildSASlot) -> [StateChange] {
+        let index = Int(slot.index)
+        guard childSlots.indices.contains(index), childSlots[index] != nil else { return [] }
+        childSlots[index]!.generation += 1
+        let sa = childSlots[index]!
+        return [.countersAdvanced(sa.counterCheckpoint, generation: sa.generation)]
+    }
+
+    /// The decision for an outbound packet: from the SPD cache when it holds a valid entry,
+    /// otherwise by walking the SPD in order (and, for PROTECT, the policy's Child SAs in the
+    /// order they were installed), caching the answer.
+    public mutating func outboundDecision(for packet: FiveTuple) -> SPDCacheDecision {
+        let hash = packet.mixedHash
+        if let entry = cache.find(packet, hash: hash) {
+            let cached = cache.entries[entry]
+            if cached.spdVersion == spd.version, isCurrent(cached.decision, incarnation: cached.incarnation) {
+                cache.entries[entry].referenced = true
+                cache.statistics.hits += 1
+                return cached.decision
+            }
+            cache.remove(entry)
+        }
+        cache.statistics.misses += 1
+        let decision = walk(packet)
+        switch decision {
+        case .protect(let slot):
+            cache.insert(packet, hash: hash, decision: decision, spdVersion: spd.version, incarnation: incarnations[Int(slot.index)])
+        case .bypass, .discard:
+            cache.insert(packet, hash: hash, decision: decision, spdVersion: spd.version, incarnation: 0)
+        case .acquire:
+            break
+        }
+        return decision
+    }
+
+    /// The SPD cache's counters.
+    public var spdCacheStatistics: SPDCacheStatistics { cache.statistics }
+    /// How many flows the SPD cache holds.
+    public var spdCacheCount: Int { cache.entries.count }
+
+    // MARK: Replication
+
+    /// Applies a change made by another member's state. Throws, changing nothing, when the
+    /// change does not fit (an SA that exists or does not, a record not newer than the one held).
+    public mutating func apply(_ change: StateChange) throws(GatewayStateError) {
+        switch change {
+        case .policyInstalled(let policy, let position):
+            _ = try installPolicy(policy, at: position)
+        case .policyRemoved(let id):
+            _ = try removePolicy(id)
+        case .ikeSACreated(let sa):
+            guard ikeSAs[sa.identifier] == nil else { throw .ikeSAExists(sa.identifier) }
+            var copy = sa
+            copy.childSAs = []
+            ikeSAs[sa.identifier] = copy
+        case .ikeSAUpdated(let sa):
+            guard let held = ikeSAs[sa.identifier] else { throw .unknownIKESA(sa.identifier) }
+            guard sa.generation > held.generation else { throw .staleChange(held: held.generation, received: sa.generation) }
+            var copy = sa
+            copy.childSAs = held.childSAs
+            ikeSAs[sa.identifier] = copy
+        case .ikeSADeleted(let identifier):
+            _ = try deleteIKESA(identifier)
+        case .childSACreated(let sa):
+            guard spiIndex.slot(of: sa.inboundSPI) == nil else { throw .spiInUse(sa.inboundSPI) }
+            guard ikeSAs[sa.parent] != nil else { throw .unknownParent(sa.parent) }
+            if let policy = sa.policy, spd.policy(policy) == nil { throw .unknownPolicy(policy) }
+            install(sa)
+        case .childSAUpdated(let sa):
+            guard let slot = spiIndex.slot(of: sa.inboundSPI), let held = childSlots[Int(slot)] else {
+                throw .unknownChildSA(sa.inboundSPI)
+            }
+            guard sa.generation > held.generation else { throw .staleChange(held: held.generation, received: sa.generation) }
+            guard ikeSAs[sa.parent] != nil else { throw .unknownParent(sa.parent) }
+            replace(slot: slot, with: sa)
+        case .childSADeleted(let spi):
+            _ = try deleteChildSA(inboundSPI: spi)
+        case .countersAdvanced(let checkpoint, let generation):
+            guard let slot = spiIndex.slot(of: checkpoint.inboundSPI), var sa = childSlots[Int(slot)] else {
+                throw .unknownChildSA(checkpoint.inboundSPI)
+            }
+            guard generation > sa.generation else { throw .staleChange(held: sa.generation, received: generation) }
+            do { try sa.adopt(checkpoint) } catch { throw .childSA(error) }
+            sa.generation = generation
+            childSlots[Int(slot)] = sa
+        }
+    }
+
+    public static func == (lhs: GatewayState, rhs: GatewayState) -> Bool {
+        guard lhs.spd.policies == rhs.spd.policies, lhs.ikeSAs == rhs.ikeSAs, lhs.childSACount == rhs.childSACount else {
+            return false
+        }
+        return lhs.childSlots.allSatisfy { sa in sa.map { rhs.childSA(inboundSPI: $0.inboundSPI) == $0 } ?? true }
+    }
+
+    // MARK: Internals
+
+    private mutating func install(_ sa: ChildSA) {
+        let slot: Int32
+        if let free = freeSlots.popLast() {
+            slot = free
+            childSlots[Int(slot)] = sa
+        } else {
+            slot = Int32(childSlots.count)
+            childSlots.append(sa)
+            incarnations.append(0)
+        }
+        spiIndex.insert(sa.inboundSPI, slot: slot)
+        insertSorted(sa.inboundSPI, into: &ikeSAs[sa.parent]!.childSAs)
+        if let policy = sa.policy { childSAsByPolicy[policy, default: []].append(sa.inboundSPI) }
+    }
+
+    private mutating func replace(slot: Int32, with sa: ChildSA) {
+        let held = childSlots[Int(slot)]!
+        if held.parent != sa.parent {
+            ikeSAs[held.parent]?.childSAs.removeAll { $0 == sa.inboundSPI }
+            insertSorted(sa.inboundSPI, into: &ikeSAs[sa.parent]!.childSAs)
+        }
+        if held.policy != sa.policy {
+            if let old = held.policy { childSAsByPolicy[old]?.removeAll { $0 == sa.inboundSPI } }
+            if let new = sa.policy { childSAsByPolicy[new, default: []].append(sa.inboundSPI) }
+        }
+        childSlots[Int(slot)] = sa
+        incarnations[Int(slot)] &+= 1
+    }
+
+    private mutating func uninstall(slot: Int32) {
+        let sa = childSlots[Int(slot)]!
+        spiIndex.remove(sa.inboundSPI)
+        ikeSAs[sa.parent]?.childSAs.removeAll { $0 == sa.inboundSPI }
+        if let policy = sa.policy { childSAsByPolicy[policy]?.removeAll { $0 == sa.inboundSPI } }
+        childSlots[Int(slot)] = nil
+        incarnations[Int(slot)] &+= 1
+        freeSlots.append(slot)
+    }
+
+    private func insertSorted(_ spi: UInt32, into list: inout [UInt32]) {
+        let index = list.firstIndex { $0 > spi } ?? list.endIndex
+        list.insert(spi, at: index)
+    }
+
+    private func isCurrent(_ decision: SPDCacheDecision, incarnation: UInt32) -> Bool {
+        guard case .protect(let slot) = decision else { return true }
+        return incarnations[Int(slot.index)] == incarnation && childSlots[Int(slot.index)] != nil
+    }
+
+    private func walk(_ packet: FiveTuple) -> SPDCacheDecision {
+        guard let policy = spd.firstMatch(for: packet) else { return .discard(nil) }
+        switch policy.action {
+        case .bypass: return .bypass(policy.id)
+        case .discard: return .discard(policy.id)
+        case .protect:
+            for spi in childSAsByPolicy[policy.id] ?? [] {
+                if let slot = spiIndex.slot(of: spi), let sa = childSlots[Int(slot)], sa.selectorsCover(packet) {
+                    return .protect(ChildSASlot(index: slot))
+                }
+            }
+            return .acquire(policy.id)
+        }
+    }
+}
