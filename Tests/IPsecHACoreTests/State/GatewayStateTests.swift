@@ -1,0 +1,150 @@
+import IPsecHACore
+import Testing
+
+@Suite("Gateway state: SAD, lifetimes, key material")
+struct GatewayStateTests {
+    @Test func spiCollisionsAndMissingParentsAreTypedErrors() throws {
+        var random = SplitMix64(seed: 1)
+        var state = GatewayState()
+        let ike = Fixtures.ikeSA(100, &random)
+        _ = try state.createIKESA(ike)
+        #expect(throws: GatewayStateError.ikeSAExists(ike.identifier)) { try state.createIKESA(ike) }
+        _ = try state.createChildSA(Fixtures.childSA(inboundSPI: 0xC000_0001, parent: ike.identifier, &random))
+        let duplicate = Fixtures.childSA(inboundSPI: 0xC000_0001, parent: ike.identifier, &random)
+        #expect(throws: GatewayStateError.spiInUse(0xC000_0001)) { try state.createChildSA(duplicate) }
+        let orphan = IKESAIdentifier(initiatorSPI: 7, responderSPI: 8)
+        #expect(throws: GatewayStateError.unknownParent(orphan)) {
+            try state.createChildSA(Fixtures.childSA(inboundSPI: 0xC000_0002, parent: orphan, &random))
+        }
+        #expect(throws: GatewayStateError.unknownPolicy(SecurityPolicyID(rawValue: 4))) {
+            try state.createChildSA(Fixtures.childSA(inboundSPI: 0xC000_0003, parent: ike.identifier, policy: SecurityPolicyID(rawValue: 4), &random))
+        }
+        #expect(throws: GatewayStateError.unknownChildSA(5)) { try state.deleteChildSA(inboundSPI: 5) }
+        #expect(state.childSACount == 1)
+        #expect(state.ikeSAs[ike.identifier]?.childSAs == [0xC000_0001])
+        #expect(throws: ChildSAError.reservedSPI(255)) {
+            try ChildSA(
+                inboundSPI: 255, outboundSPI: 4096, localSelectors: [.any(.ipv4)], remoteSelectors: [.any(.ipv4)],
+                transforms: ChildSATransforms(encryption: .aesGCM16, integrity: .none),
+                inboundKeys: ChildSAKeys(encryption: KeyMaterial(copying: [1])), outboundKeys: ChildSAKeys(encryption: KeyMaterial(copying: [2])),
+                outboundCounter: OutboundSequenceCounter(extendedSequenceNumbers: true),
+                inboundWindow: ReplayWindow(extendedSequenceNumbers: true),
+                lifetime: ChildSALifetime(soft: .unlimited, hard: .unlimited, installedAt: .seconds(0)),
+                parent: ike.identifier, owner: Fixtures.member)
+        }
+        #expect(throws: IKESAError.zeroInitiatorSPI) {
+            try IKESA(
+                identifier: IKESAIdentifier(initiatorSPI: 0, responderSPI: 1), isOriginalInitiator: true,
+                local: ike.local, remote: ike.remote, transforms: ike.transforms, keys: ike.keys, owner: Fixtures.member)
+        }
+    }
+
+    @Test func spiIndexSurvivesChurn() throws {
+        var random = SplitMix64(seed: 2)
+        var state = GatewayState()
+        let ike = Fixtures.ikeSA(1, &random)
+        _ = try state.createIKESA(ike)
+        var live = Set<UInt32>()
+        for step in 0..<20_000 {
+            let spi = UInt32(256 + random.next() % 3_000)
+            if live.contains(spi) {
+                _ = try state.deleteChildSA(inboundSPI: spi)
+                live.remove(spi)
+            } else {
+                _ = try state.createChildSA(Fixtures.childSA(inboundSPI: spi, parent: ike.identifier, &random))
+                live.insert(spi)
+            }
+            if step % 1_000 == 0 {
+                for probe in 256..<3_256 as Range<UInt32> {
+                    #expect((state.slot(forInboundSPI: probe) != nil) == live.contains(probe))
+                }
+            }
+        }
+        #expect(state.childSACount == live.count)
+        #expect(state.ikeSAs[ike.identifier]?.childSAs == live.sorted())
+    }
+
+    @Test func lifetimeTransitions() throws {
+        var lifetime = try ChildSALifetime(
+            soft: LifetimeLimits(seconds: 100, bytes: 1_000, packets: 10),
+            hard: LifetimeLimits(seconds: 120, bytes: 2_000, packets: 20), installedAt: .seconds(1_000))
+        #expect(lifetime.state(at: .seconds(1_099)) == .active)
+        #expect(lifetime.state(at: .seconds(1_100)) == .rekeyDue)
+        #expect(lifetime.state(at: .seconds(1_120)) == .expired)
+        lifetime.usage.outboundPackets = 10
+        #expect(lifetime.state(at: .seconds(1_000)) == .rekeyDue)
+        lifetime.usage.outboundPackets = 0
+        lifetime.usage.inboundBytes = 2_000
+        #expect(lifetime.state(at: .seconds(1_000)) == .expired)
+        #expect(throws: ChildSAError.softLifetimeAboveHard) {
+            try ChildSALifetime(soft: LifetimeLimits(bytes: 5), hard: LifetimeLimits(bytes: 4), installedAt: .seconds(0))
+        }
+        let ikeLifetime = IKESALifetime(rekeyAt: .seconds(10), reauthenticateAt: nil)
+        #expect(!ikeLifetime.isRekeyDue(at: .seconds(9)))
+        #expect(ikeLifetime.isRekeyDue(at: .seconds(10)))
+        #expect(!ikeLifetime.isReauthenticationDue(at: .seconds(.max)))
+    }
+
+    @Test func lifetimeUsageComesFromThePacketPaths() throws {
+        var random = SplitMix64(seed: 3)
+        var state = GatewayState()
+        let ike = Fixtures.ikeSA(1, &random)
+        _ = try state.createIKESA(ike)
+        var child = Fixtures.childSA(inboundSPI: 4096, parent: ike.identifier, &random)
+        child.lifetime = try ChildSALifetime(soft: LifetimeLimits(packets: 3), hard: LifetimeLimits(packets: 5), installedAt: .seconds(0))
+        _ = try state.createChildSA(child)
+        let slot = try #require(state.slot(forInboundSPI: 4096))
+        for _ in 0..<3 { _ = try state.nextOutboundSequenceNumber(at: slot, bytes: 100) }
+        #expect(state[slot]?.lifetime.state(at: .seconds(1)) == .rekeyDue)
+        for number in 1...5 as ClosedRange<UInt64> {
+            guard case .fresh(let inferred) = state.checkInbound(wire: UInt32(number), at: slot) else {
+                Issue.record("packet \(number) not fresh")
+                return
+            }
+            try state.commitInbound(inferred, bytes: 60, at: slot)
+        }
+        #expect(throws: ReplayWindowRejection.replayed) { try state.commitInbound(5, bytes: 60, at: slot) }
+        #expect(state[slot]?.lifetime.usage == ChildSAUsage(inboundBytes: 300, inboundPackets: 5, outboundBytes: 300, outboundPackets: 3))
+        #expect(state[slot]?.lifetime.state(at: .seconds(1)) == .expired)
+    }
+
+    @Test func keyMaterialNeverShows() throws {
+        let secret = KeyMaterial(copying: Array(repeating: 0xAB, count: 32))
+        var random = SplitMix64(seed: 4)
+        var ike = Fixtures.ikeSA(1, &random)
+        ike.keys.d = secret
+        let child = try ChildSA(
+            inboundSPI: 4096, outboundSPI: 4097, localSelectors: [.any(.ipv4)], remoteSelectors: [.any(.ipv4)],
+            transforms: ChildSATransforms(encryption: .aesCBC, integrity: .hmacSHA2_256_128),
+            inboundKeys: ChildSAKeys(encryption: secret, integrity: secret), outboundKeys: ChildSAKeys(encryption: secret),
+            outboundCounter: OutboundSequenceCounter(extendedSequenceNumbers: false),
+            inboundWindow: ReplayWindow(extendedSequenceNumbers: false),
+            lifetime: ChildSALifetime(soft: .unlimited, hard: .unlimited, installedAt: .seconds(0)),
+            parent: ike.identifier, owner: Fixtures.member)
+        var dumped = ""
+        dump(child, to: &dumped)
+        dump(ike, to: &dumped)
+        let texts = [
+            String(describing: secret), String(reflecting: secret), "\(secret)", String(describing: child),
+            String(reflecting: ike), String(describing: ike.keys), dumped,
+        ]
+        for text in texts {
+            #expect(!text.lowercased().contains("ab, "), "\(text)")
+            #expect(!text.contains("171"), "\(text)")
+            #expect(!text.lowercased().contains("abab"), "\(text)")
+        }
+        #expect(String(describing: secret) == "KeyMaterial(32 bytes, redacted)")
+    }
+
+    @Test func keyMaterialComparesBytes() {
+        let a = KeyMaterial(copying: [1, 2, 3])
+        #expect(a == KeyMaterial(copying: [1, 2, 3]))
+        #expect(a != KeyMaterial(copying: [1, 2, 4]))
+        #expect(a != KeyMaterial(copying: [1, 2]))
+        let keys = ChildSAKeys(encryption: KeyMaterial(copying: [1, 2]), integrity: KeyMaterial(copying: [3, 4, 5]))
+        #expect(keys.encryptionKey == KeyMaterial(copying: [1, 2]))
+        #expect(keys.integrityKey == KeyMaterial(copying: [3, 4, 5]))
+        #expect(ChildSAKeys(encryption: a).integrityKey == nil)
+        #expect(a.withUnsafeBytes { Array($0) } == [1, 2, 3])
+    }
+}
