@@ -63,7 +63,7 @@ struct SPDCacheTests {
     @Test(arguments: [1, 2, 3, 4] as [UInt64])
     func cachedDecisionsEqualTheWalk(seed: UInt64) throws {
         var random = SplitMix64(seed: seed)
-        var state = GatewayState(spdCacheCapacity: 200)
+        var state = GatewayState(spdCacheCapacity: 256)
         var naive = NaiveSPD()
         let ike = Fixtures.ikeSA(1, &random)
         _ = try state.createIKESA(ike)
@@ -91,26 +91,26 @@ struct SPDCacheTests {
 
         for step in 0..<12_000 {
             switch random.next() % 1_000 {
-            case 0..<6:
+            case 0..<15:
                 if let victim = naive.children.indices.randomElement(using: &random) {
                     _ = try state.deleteChildSA(inboundSPI: naive.children[victim].spi)
                     naive.children.remove(at: victim)
                 }
-            case 6..<12:
+            case 15..<30:
                 try addChild()
-            case 12..<15:
+            case 30..<45:
                 if let target = naive.children.indices.randomElement(using: &random) {
                     let local = [Self.randomSelector(&random, base: Self.localBase)]
                     _ = try state.updateChildSA(inboundSPI: naive.children[target].spi) { $0.localSelectors = local }
                     naive.children[target].local = local
                 }
-            case 15:
+            case 45:
                 let policy = Self.randomPolicy(id: nextPolicy, &random)
                 nextPolicy += 1
                 let position = Int(random.next() % UInt64(naive.policies.count + 1))
                 _ = try state.installPolicy(policy, at: position)
                 naive.policies.insert(policy, at: position)
-            case 16:
+            case 46:
                 if naive.policies.count > 2, let victim = naive.policies.indices.randomElement(using: &random) {
                     let id = naive.policies[victim].id
                     _ = try state.removePolicy(id)
@@ -121,7 +121,7 @@ struct SPDCacheTests {
                     }
                 }
             default:
-                let packet = random.next() % 10 < 7 ? workingSet.randomElement(using: &random)! : Self.randomPacket(&random)
+                let packet = random.next() % 10 < 8 ? workingSet.randomElement(using: &random)! : Self.randomPacket(&random)
                 let expected = naive.decide(packet)
                 let actual: NaiveSPD.Decision
                 switch state.outboundDecision(for: packet) {
@@ -139,6 +139,6 @@ struct SPDCacheTests {
         #expect(statistics.misses > 1_000)
         #expect(statistics.evictions > 0)
         #expect(statistics.invalidations > 0)
-        #expect(state.spdCacheCount <= 200)
+        #expect(state.spdCacheCount <= 256)
     }
 }
