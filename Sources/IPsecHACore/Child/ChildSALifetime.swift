@@ -1,17 +1,31 @@
 /// Limits on an SA's life: time, bytes, packets; any may be absent (RFC 4301 section 4.4.2.1).
 public struct LifetimeLimits: Sendable, Hashable, Codable {
-    /// Seconds since installation.
-    public var seconds: UInt64?
-    /// Bytes protected (in either direction of the pair).
-    public var bytes: UInt64?
-    /// Packets protected (in either direction of the pair).
-    public var packets: UInt64?
+    // 2^64 - 1 stands for "no limit", so that a limit takes 8 bytes instead of 16.
+    private var storedSeconds: UInt64
+    private var storedBytes: UInt64
+    private var storedPackets: UInt64
 
-    /// Limits from their parts; none by default.
+    /// Seconds since installation.
+    public var seconds: UInt64? {
+        get { storedSeconds == .max ? nil : storedSeconds }
+        set { storedSeconds = newValue ?? .max }
+    }
+    /// Bytes protected (in either direction of the pair).
+    public var bytes: UInt64? {
+        get { storedBytes == .max ? nil : storedBytes }
+        set { storedBytes = newValue ?? .max }
+    }
+    /// Packets protected (in either direction of the pair).
+    public var packets: UInt64? {
+        get { storedPackets == .max ? nil : storedPackets }
+        set { storedPackets = newValue ?? .max }
+    }
+
+    /// Limits from their parts; none by default. A limit of 2^64 - 1 is the same as none.
     public init(seconds: UInt64? = nil, bytes: UInt64? = nil, packets: UInt64? = nil) {
-        self.seconds = seconds
-        self.bytes = bytes
-        self.packets = packets
+        storedSeconds = seconds ?? .max
+        storedBytes = bytes ?? .max
+        storedPackets = packets ?? .max
     }
 
     /// No limit at all.

@@ -5,22 +5,28 @@
 /// through logging, `print`, string interpolation or `dump`. The bytes are immutable; copies of
 /// a value share them, and the storage is overwritten with zeros before it is freed. Reach the
 /// bytes only through ``withUnsafeBytes(_:)``.
-public struct KeyMaterial: Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible,
+public struct KeyMaterial: @unchecked Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible,
     CustomReflectable
 {
-    // @unchecked: the bytes are written only in `init` and `deinit`.
-    final class Storage: @unchecked Sendable {
-        let bytes: UnsafeMutableRawBufferPointer
+    // @unchecked Sendable (on KeyMaterial): the bytes are written only while the value is
+    // built and in `deinit`. They sit right after the object header: one allocation per key.
+    final class Storage: ManagedBuffer<Int, UInt8> {
+        static func make(count: Int) -> Storage {
+            let buffer = Storage.create(minimumCapacity: Swift.max(count, 1)) { _ in count }
+            let storage = unsafeDowncast(buffer, to: Storage.self)
+            storage.withUnsafeMutablePointerToElements { $0.initialize(repeating: 0, count: Swift.max(count, 1)) }
+            return storage
+        }
 
-        init(count: Int) {
-            bytes = .allocate(byteCount: Swift.max(count, 1), alignment: 16)
-            bytes.initializeMemory(as: UInt8.self, repeating: 0)
+        var bytes: UnsafeMutableRawBufferPointer {
+            withUnsafeMutablePointerToElements { UnsafeMutableRawBufferPointer(start: $0, count: header) }
         }
 
         deinit {
-            bytes.initializeMemory(as: UInt8.self, repeating: 0)
-            keepZeroingStores(bytes.baseAddress!)
-            bytes.deallocate()
+            withUnsafeMutablePointers { count, elements in
+                UnsafeMutableRawBufferPointer(start: elements, count: count.pointee).initializeMemory(as: UInt8.self, repeating: 0)
+                keepZeroingStores(UnsafeMutableRawPointer(elements))
+            }
         }
     }
 
@@ -31,7 +37,7 @@ public struct KeyMaterial: Sendable, Equatable, CustomStringConvertible, CustomD
     /// Key material holding a copy of `bytes`.
     public init(copying bytes: some Sequence<UInt8>) {
         let array = Array(bytes)
-        storage = Storage(count: array.count)
+        storage = Storage.make(count: array.count)
         count = array.count
         array.withUnsafeBytes { storage.bytes.copyMemory(from: $0) }
     }
@@ -42,14 +48,14 @@ public struct KeyMaterial: Sendable, Equatable, CustomStringConvertible, CustomD
         count: Int,
         initializingWith body: (UnsafeMutableRawBufferPointer) throws(Failure) -> Void
     ) throws(Failure) {
-        storage = Storage(count: count)
+        storage = Storage.make(count: count)
         self.count = count
         try body(UnsafeMutableRawBufferPointer(rebasing: storage.bytes[0..<count]))
     }
 
     /// `count` bytes from `generator` (use a cryptographically secure one for real keys).
     public init(randomCount count: Int, using generator: inout some RandomNumberGenerator) {
-        storage = Storage(count: count)
+        storage = Storage.make(count: count)
         self.count = count
         for index in 0..<count { storage.bytes[index] = UInt8.random(in: .min ... .max, using: &generator) }
     }

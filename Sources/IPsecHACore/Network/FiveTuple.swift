@@ -23,17 +23,19 @@ public struct FiveTuple: Sendable, Hashable, CustomStringConvertible {
         self.remotePort = remotePort
     }
 
-    /// A 64-bit mix of all fields, cheap enough for the per-packet cache lookup (not keyed:
-    /// the cache bounds its probe lengths instead of trusting the hash).
-    @inlinable
-    public var mixedHash: UInt64 {
-        var h: UInt64 = 0x9E37_79B9_7F4A_7C15 &* (UInt64(localAddress.family.rawValue) << 8 | UInt64(ipProtocol))
-        h = (h ^ localAddress.high) &* 0xBF58_476D_1CE4_E5B9
-        h = (h ^ localAddress.low) &* 0x94D0_49BB_1331_11EB
-        h = (h ^ remoteAddress.high) &* 0xBF58_476D_1CE4_E5B9
-        h = (h ^ remoteAddress.low) &* 0x94D0_49BB_1331_11EB
-        h = (h ^ (UInt64(localPort) << 16 | UInt64(remotePort))) &* 0xBF58_476D_1CE4_E5B9
-        return h ^ (h &>> 31)
+    /// A 64-bit hash of all fields under `seed`, cheap enough for the per-packet cache lookup:
+    /// two independent multiplications and a final one. With a secret random seed, a sender
+    /// cannot aim packets at one bucket without seeing the table's behaviour.
+    @inlinable @inline(__always)
+    public func hash(seed: UInt64) -> UInt64 {
+        let a = seed ^ localAddress.low ^ (remoteAddress.low &<< 32 | remoteAddress.low &>> 32)
+        let b =
+            localAddress.high ^ (remoteAddress.high &<< 17 | remoteAddress.high &>> 47)
+            ^ (UInt64(localPort) &<< 40 | UInt64(remotePort) &<< 24 | UInt64(ipProtocol) &<< 8
+                | UInt64(localAddress.family.rawValue))
+        var h = (a &* 0x9E37_79B9_7F4A_7C15) ^ (b &* 0xBF58_476D_1CE4_E5B9)
+        h ^= h &>> 32
+        return h &* 0x94D0_49BB_1331_11EB
     }
 
     public var description: String {

@@ -9,28 +9,37 @@
 struct ReplayBlockRing: @unchecked Sendable {
     // @unchecked: words are written only through `ReplayRingWords` obtained after
     // `makeUnique()`, so a buffer is never written while another value can see it.
+    /// The count and the address of the words, which sit right after the object header
+    /// (one allocation per window).
     @usableFromInline
-    final class Storage {
-        @usableFromInline let words: UnsafeMutablePointer<UInt64>
+    struct Header {
         @usableFromInline let count: Int
+        @usableFromInline var words: UnsafeMutablePointer<UInt64>
+    }
 
-        @usableFromInline
-        init(count: Int) {
-            self.count = count
-            words = .allocate(capacity: count)
-            words.initialize(repeating: 0, count: count)
-        }
+    @usableFromInline
+    final class Storage: ManagedBuffer<Header, UInt64> {
+        @usableFromInline var count: Int { header.count }
+        @usableFromInline var words: UnsafeMutablePointer<UInt64> { header.words }
 
+        /// A buffer of `count` words, all zero, or copied from `source`.
         @usableFromInline
-        init(copying other: Storage) {
-            count = other.count
-            words = .allocate(capacity: count)
-            words.initialize(from: other.words, count: count)
+        static func make(count: Int, copying source: UnsafePointer<UInt64>? = nil) -> Storage {
+            let buffer = Storage.create(minimumCapacity: count) { buffer in
+                // The elements' address is fixed for the object's life; keep it in the header.
+                Header(count: count, words: buffer.withUnsafeMutablePointerToElements { $0 })
+            }
+            let storage = unsafeDowncast(buffer, to: Storage.self)
+            if let source {
+                storage.words.initialize(from: source, count: count)
+            } else {
+                storage.words.initialize(repeating: 0, count: count)
+            }
+            return storage
         }
 
         deinit {
-            words.deinitialize(count: count)
-            words.deallocate()
+            _ = withUnsafeMutablePointers { header, _ in header.pointee.words.deinitialize(count: header.pointee.count) }
         }
     }
 
@@ -39,7 +48,7 @@ struct ReplayBlockRing: @unchecked Sendable {
     /// A ring of `blockCount` zeroed blocks; `blockCount` must be a power of two.
     @usableFromInline
     init(blockCount: Int) {
-        storage = Storage(count: blockCount)
+        storage = Storage.make(count: blockCount)
     }
 
     /// The words, to read; or to write, once ``makeUnique()`` has run and while this ring
@@ -53,7 +62,7 @@ struct ReplayBlockRing: @unchecked Sendable {
     @inlinable
     mutating func makeUnique() {
         if !isKnownUniquelyReferenced(&storage) {
-            storage = Storage(copying: storage)
+            storage = Storage.make(count: storage.count, copying: storage.words)
         }
     }
 

@@ -26,9 +26,10 @@ public struct GatewayState: Sendable, Equatable {
     var childSAsByPolicy: [SecurityPolicyID: [UInt32]] = [:]
     @usableFromInline var cache: SPDCache
 
-    /// An empty state whose SPD cache holds at most `spdCacheCapacity` flows.
+    /// An empty state whose SPD cache holds at most `spdCacheCapacity` flows. The cache's hash
+    /// seed comes from the system's random generator.
     public init(spdCacheCapacity: Int = 65_536) {
-        cache = SPDCache(capacity: spdCacheCapacity)
+        cache = SPDCache(capacity: spdCacheCapacity, seed: UInt64.random(in: .min ... .max))
     }
 
     // MARK: SPD
@@ -151,7 +152,7 @@ public struct GatewayState: Sendable, Equatable {
 
     /// The Child SA in `slot` (nil if it was deleted since).
     public subscript(slot: ChildSASlot) -> ChildSA? {
-        childSlots.indices.contains(Int(slot.index)) ? childSlots[Int(slot.index)] : nil
+        childSlots.indices.contains(Int(slot.storage)) ? childSlots[Int(slot.storage)] : nil
     }
 
     /// Takes the next outbound sequence number of the Child SA in `slot` for a packet of
@@ -159,7 +160,7 @@ public struct GatewayState: Sendable, Equatable {
     public mutating func nextOutboundSequenceNumber(
         at slot: ChildSASlot, bytes: UInt64
     ) throws(SequenceCounterError) -> OutboundSequenceNumber? {
-        let index = Int(slot.index)
+        let index = Int(slot.storage)
         guard childSlots.indices.contains(index), childSlots[index] != nil else { return nil }
         let number = try childSlots[index]!.outboundCounter.next()
         childSlots[index]!.lifetime.usage.outboundBytes &+= bytes
@@ -176,7 +177,7 @@ public struct GatewayState: Sendable, Equatable {
     public mutating func commitInbound(
         _ sequenceNumber: UInt64, bytes: UInt64, at slot: ChildSASlot
     ) throws(ReplayWindowRejection) {
-        let index = Int(slot.index)
+        let index = Int(slot.storage)
         guard childSlots.indices.contains(index), childSlots[index] != nil else { throw .stale }
         try childSlots[index]!.inboundWindow.commit(sequenceNumber)
         childSlots[index]!.lifetime.usage.inboundBytes &+= bytes
@@ -185,7 +186,7 @@ public struct GatewayState: Sendable, Equatable {
 
     /// Turns the current counters of the Child SA in `slot` into a replicated change.
     public mutating func checkpointCounters(at slot: ChildSASlot) -> [StateChange] {
-        let index = Int(slot.index)
+        let index = Int(slot.storage)
         guard childSlots.indices.contains(index), childSlots[index] != nil else { return [] }
         childSlots[index]!.generation += 1
         let sa = childSlots[index]!
@@ -195,24 +196,63 @@ public struct GatewayState: Sendable, Equatable {
     /// The decision for an outbound packet: from the SPD cache when it holds a valid entry,
     /// otherwise by walking the SPD in order (and, for PROTECT, the policy's Child SAs in the
     /// order they were installed), caching the answer.
+    @inlinable
     public mutating func outboundDecision(for packet: FiveTuple) -> SPDCacheDecision {
-        let hash = packet.mixedHash
-        if let entry = cache.find(packet, hash: hash) {
-            let cached = cache.entries[entry]
-            if cached.spdVersion == spd.version, isCurrent(cached.decision, incarnation: cached.incarnation) {
-                cache.entries[entry].referenced = true
-                cache.statistics.hits += 1
-                return cached.decision
+        outboundDecision(for: packet, hash: cache.hash(packet))
+    }
+
+    @inlinable @inline(__always)
+    mutating func outboundDecision(for packet: FiveTuple, hash: UInt64) -> SPDCacheDecision {
+        if let position = cache.find(packet, hash: hash) {
+            let decision = cache.table[position].decision
+            if isCurrent(decision, incarnation: cache.table[position].incarnation) {
+                cache.markReferenced(position)
+                cache.statistics.hits &+= 1
+                return decision
             }
-            cache.remove(entry)
+            cache.remove(at: position)
         }
+        return decideAndCache(packet, hash: hash)
+    }
+
+    /// The decisions for a burst of outbound packets, as ``outboundDecision(for:)`` gives them
+    /// one by one, written to `decisions` (which must be as long as `packets`; extra packets are
+    /// left undecided). Groups of 32 packets first load their cache buckets together, so the
+    /// memory latency of a large cache is paid once per group rather than once per packet.
+    @inlinable
+    public mutating func outboundDecisions(
+        for packets: UnsafeBufferPointer<FiveTuple>, into decisions: UnsafeMutableBufferPointer<SPDCacheDecision>
+    ) {
+        let total = min(packets.count, decisions.count)
+        withUnsafeTemporaryAllocation(of: UInt64.self, capacity: 32) { hashes in
+            var start = 0
+            while start < total {
+                let end = min(start &+ 32, total)
+                var touched: UInt8 = 0
+                for index in start..<end {
+                    let hash = cache.hash(packets[index])
+                    hashes[index &- start] = hash
+                    touched ^= cache.touch(hash)
+                }
+                cache.touched = touched
+                for index in start..<end {
+                    decisions[index] = outboundDecision(for: packets[index], hash: hashes[index &- start])
+                }
+                start = end
+            }
+        }
+    }
+
+    /// The cache-miss path of ``outboundDecision(for:)``: walk, then cache.
+    @usableFromInline
+    mutating func decideAndCache(_ packet: FiveTuple, hash: UInt64) -> SPDCacheDecision {
         cache.statistics.misses += 1
         let decision = walk(packet)
         switch decision {
         case .protect(let slot):
-            cache.insert(packet, hash: hash, decision: decision, spdVersion: spd.version, incarnation: incarnations[Int(slot.index)])
+            cache.insert(packet, hash: hash, decision: decision, incarnation: incarnations[Int(slot.storage)])
         case .bypass, .discard:
-            cache.insert(packet, hash: hash, decision: decision, spdVersion: spd.version, incarnation: 0)
+            cache.insert(packet, hash: hash, decision: decision, incarnation: 0)
         case .acquire:
             break
         }
@@ -222,7 +262,7 @@ public struct GatewayState: Sendable, Equatable {
     /// The SPD cache's counters.
     public var spdCacheStatistics: SPDCacheStatistics { cache.statistics }
     /// How many flows the SPD cache holds.
-    public var spdCacheCount: Int { cache.entries.count }
+    public var spdCacheCount: Int { cache.count }
 
     // MARK: Replication
 
@@ -325,9 +365,11 @@ public struct GatewayState: Sendable, Equatable {
         list.insert(spi, at: index)
     }
 
-    private func isCurrent(_ decision: SPDCacheDecision, incarnation: UInt32) -> Bool {
+    @inlinable
+    func isCurrent(_ decision: SPDCacheDecision, incarnation: UInt32) -> Bool {
         guard case .protect(let slot) = decision else { return true }
-        return incarnations[Int(slot.index)] == incarnation && childSlots[Int(slot.index)] != nil
+        // Deleting, replacing or changing a slot's Child SA bumps its incarnation.
+        return incarnations[Int(slot.storage)] == incarnation
     }
 
     private func walk(_ packet: FiveTuple) -> SPDCacheDecision {

@@ -142,3 +142,47 @@ struct SPDCacheTests {
         #expect(state.spdCacheCount <= 256)
     }
 }
+
+@Suite("SPD cache: bursts and bounds")
+struct SPDCacheBurstTests {
+    @Test func burstDecisionsEqualSingleDecisions() throws {
+        var random = SplitMix64(seed: 99)
+        var single = GatewayState(spdCacheCapacity: 64)
+        let ike = Fixtures.ikeSA(1, &random)
+        for policy in 1...6 as ClosedRange<UInt32> {
+            _ = try single.installPolicy(SPDCacheTests.randomPolicy(id: policy, &random))
+        }
+        _ = try single.createIKESA(ike)
+        for (index, policy) in single.spd.policies.enumerated() {
+            if case .protect = policy.action {
+                _ = try single.createChildSA(Fixtures.childSA(
+                    inboundSPI: 900 + UInt32(index), parent: ike.identifier, policy: policy.id,
+                    local: [SPDCacheTests.randomSelector(&random, base: SPDCacheTests.localBase)],
+                    remote: [SPDCacheTests.randomSelector(&random, base: SPDCacheTests.remoteBase)], &random))
+            }
+        }
+        var burst = single
+        let packets = (0..<1_000).map { _ in SPDCacheTests.randomPacket(&random) }
+        let expected = packets.map { single.outboundDecision(for: $0) }
+        var actual = [SPDCacheDecision](repeating: .discard(nil), count: packets.count)
+        packets.withUnsafeBufferPointer { packets in
+            actual.withUnsafeMutableBufferPointer { burst.outboundDecisions(for: packets, into: $0) }
+        }
+        #expect(actual == expected)
+        #expect(burst.spdCacheCount <= 64)
+        #expect(burst.spdCacheStatistics.evictions > 0)
+        // A shorter output buffer decides only what fits.
+        var short = [SPDCacheDecision](repeating: .discard(SecurityPolicyID(rawValue: 77)), count: 3)
+        packets.withUnsafeBufferPointer { packets in
+            short.withUnsafeMutableBufferPointer { burst.outboundDecisions(for: packets, into: $0) }
+        }
+        #expect(short == Array(expected.prefix(3)))
+    }
+
+    @Test func keyHashDependsOnTheSeed() {
+        let packet = FiveTuple(
+            localAddress: IPAddress(ipv4: 1), remoteAddress: IPAddress(ipv4: 2), ipProtocol: 6, localPort: 3, remotePort: 4)
+        #expect(packet.hash(seed: 1) != packet.hash(seed: 2))
+        #expect(packet.hash(seed: 1) == packet.hash(seed: 1))
+    }
+}
