@@ -4,7 +4,7 @@
 SWIFT ?= swift
 DEBIAN_PACKAGES := libsodium-dev pkg-config
 
-.PHONY: demo test build release deps bench-replay clean
+.PHONY: demo test build release deps bench-replay bench-state clean
 
 deps:
 	@./scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
@@ -25,6 +25,10 @@ release: deps
 # The anti-replay window against a plain C implementation of the same RFC 6479 ring.
 bench-replay: deps
 	./Benchmarks/replay-vs-c.sh
+
+# SAD and SPD cache lookups and memory per SA, with a million Child SAs (about a minute).
+bench-state: deps
+	$(SWIFT) run -c release ikeha-demo bench state
 
 clean:
 	rm -rf .build

@@ -45,4 +45,27 @@ for config in "1024 --esn" "64"; do
         printf '%-22s %-8s %12s %10s %10s %7s %6s\n' "W=$window${esn:+ ESN}" "$pattern" "$s_acc" "$s_ns" "$c_ns" "$ratio" "$verdict"
     done
 done
+# Instructions per packet in the measured loop only (valgrind's callgrind): unlike time, the
+# same on every run, so it shows the code's cost apart from this machine's noise.
+if command -v valgrind >/dev/null; then
+    count_loop() { # function-pattern command... -> instructions in that function
+        local pattern=$1; shift
+        valgrind --tool=callgrind --toggle-collect="$pattern" --callgrind-out-file=/dev/null "$@" 2>&1 |
+            awk '/Collected/ {print $4}'
+    }
+    echo
+    printf '%-22s %-8s %18s %14s %7s\n' configuration pattern swift_instr/pkt c_instr/pkt ratio
+    for config in "1024 --esn" "64"; do
+        set -- $config
+        window=$1; esn=${2:-}
+        for pattern in inorder jitter replay; do
+            args=(--window "$window" $esn --pattern "$pattern" --count 1000000)
+            s_ir=$(count_loop '*checkAndCommit*' "$swift_bin" bench replay "${args[@]}")
+            c_ir=$(count_loop 'run*' "$c_bin" "${args[@]}")
+            printf '%-22s %-8s %18.1f %14.1f %7.2f\n' "W=$window${esn:+ ESN}" "$pattern" \
+                "$(awk "BEGIN{print $s_ir / 1000000}")" "$(awk "BEGIN{print $c_ir / 1000000}")" \
+                "$(awk "BEGIN{print $s_ir / $c_ir}")"
+        done
+    done
+fi
 exit $status

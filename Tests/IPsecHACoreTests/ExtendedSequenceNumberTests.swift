@@ -38,19 +38,22 @@ struct ExtendedSequenceNumberTests {
         #expect(ExtendedSequenceNumber.infer(wire: vector.wire, top: vector.top, windowSize: 64) == vector.expected)
     }
 
-    /// Independent formulation: the inferred number is the one with these low 32 bits that lies
-    /// in the 2^32 numbers starting at the window bottom B = T - W + 1; when that would be
-    /// negative (Th = 0 in case B), the rule keeps Seqh = 0.
-    static func modelInference(wire: UInt32, top: UInt64, windowSize: UInt32) -> UInt64 {
-        let bottom = Int128(top) - Int128(windowSize) + 1
-        let span = Int128(1) << 32
-        var candidate = (bottom >> 32) << 32 + Int128(wire)
-        if candidate < bottom { candidate += span }
-        if candidate < 0 { candidate += span }
-        return UInt64(candidate)
+    /// RFC 4303 Appendix A2.2 transcribed case by case, with the two stated corner rules; the
+    /// implementation computes the same thing another way.
+    static func modelInference(wire seql: UInt32, top: UInt64, windowSize w: UInt32) -> UInt64 {
+        let tl = UInt32(truncatingIfNeeded: top)
+        let th = UInt32(truncatingIfNeeded: top >> 32)
+        let bl = tl &- w &+ 1
+        let seqh: UInt32
+        if tl >= w - 1 {  // Case A
+            seqh = seql >= bl ? th : (th == .max ? th : th + 1)
+        } else {  // Case B
+            seqh = seql >= bl ? (th == 0 ? 0 : th - 1) : th
+        }
+        return UInt64(seqh) << 32 | UInt64(seql)
     }
 
-    @Test("agrees with the window-range formulation", arguments: [32, 64, 100, 1024, 65_536] as [UInt32])
+    @Test("agrees with a case-by-case transcription of A2.2", arguments: [32, 64, 100, 1024, 65_536] as [UInt32])
     func agreesWithRangeModel(windowSize: UInt32) {
         var random = SplitMix64(seed: UInt64(windowSize))
         for _ in 0..<20_000 {

@@ -52,7 +52,7 @@ public struct ReplayWindow: Sendable {
     ///   `checkpoint + advance` and count every number up to it as seen, so no packet the old
     ///   member may have accepted after its last checkpoint can be accepted again.
     /// - ``ReplayWindowRestorePolicy/permissiveUnsafe`` puts the top at the checkpoint with
-    ///   nothing seen: packets inside the window can be replayed once each.
+    ///   nothing below it seen: packets inside the window can be replayed once each.
     ///
     /// Throws ``ReplayWindowError/restoredTopBeyondSequenceSpace(checkpoint:advance:)`` when
     /// `checkpoint + advance` does not fit the sequence space (32 bits without ESN): the peer
@@ -74,6 +74,10 @@ public struct ReplayWindow: Sendable {
         core.top = restoredTop
         if policy.marksSkippedNumbersSeen, restoredTop > 0 {
             ring.markAllSeen(upTo: restoredTop)
+        } else if restoredTop > 0 {
+            // The checkpoint itself was accepted by the failed member; every policy keeps it seen.
+            ring.makeUnique()
+            _ = ring.words.insert(restoredTop)
         }
     }
 
@@ -182,6 +186,9 @@ struct ReplayWindowCore: Sendable {
     @inlinable @inline(__always)
     func classify(_ sequenceNumber: UInt64, in words: ReplayRingWords) -> ReplayCheckResult {
         if sequenceNumber > top { return .fresh(sequenceNumber) }
+        // The top is always marked seen (a restore marks it too), so a duplicate of the newest
+        // packet, the commonest replay, needs no bitmap read.
+        if sequenceNumber == top { return sequenceNumber == 0 ? .stale(0) : .replayed(sequenceNumber) }
         if sequenceNumber == 0 || top &- sequenceNumber >= UInt64(size) {
             return .stale(sequenceNumber)
         }
@@ -265,8 +272,8 @@ public enum ReplayWindowRestorePolicy: Sendable, Hashable {
     /// The member asks the peer (RFC 6311 IPSEC_REPLAY_COUNTER_SYNC) to raise its outbound
     /// counters by `delta`, and counts everything up to `checkpoint + delta` as seen.
     case replayCounterSync(delta: UInt64)
-    /// Resume at the checkpoint with nothing seen. **Unsafe**: any packet the failed member
-    /// accepted inside the window, or above the checkpoint, can be replayed once.
+    /// Resume at the checkpoint with nothing below it seen. **Unsafe**: any packet the failed
+    /// member accepted inside the window, or above the checkpoint, can be replayed once.
     case permissiveUnsafe
 
     /// How far the top moves beyond the checkpoint.
