@@ -80,3 +80,24 @@ struct ReferenceCLITests {
         #expect(result.output.hasSuffix("walkthrough: ok\n"))
     }
 }
+
+@Suite("ikeha-demo bench state")
+struct StateBenchCLITests {
+    @Test func lastLineIsNameValuePairs() throws {
+        let result = try runDemo([
+            "bench", "state", "--child-sas", "3000", "--ike-sas", "300", "--flows", "500", "--lookups", "20000",
+        ])
+        #expect(result.status == 0, "\(result.error)")
+        let last = try #require(result.output.split(separator: "\n").last)
+        let pairs = Dictionary(uniqueKeysWithValues: last.split(separator: " ").map { pair in
+            let parts = pair.split(separator: "=")
+            return (String(parts[0]), Double(parts[1]) ?? -1)
+        })
+        #expect(Set(pairs.keys) == [
+            "child_sa_lookups_per_second", "spd_cache_lookups_per_second", "spd_cache_burst_lookups_per_second",
+            "bytes_per_child_sa", "bytes_per_ike_sa",
+        ])
+        #expect(pairs.values.allSatisfy { $0 > 0 })
+        #expect(result.output.contains("(40000 hits of 40000)"))
+    }
+}
