@@ -160,8 +160,7 @@ public struct GatewayState: Sendable, Equatable {
     public mutating func nextOutboundSequenceNumber(
         at slot: ChildSASlot, bytes: UInt64
     ) throws(SequenceCounterError) -> OutboundSequenceNumber? {
-        let index = Int(slot.storage)
-        guard childSlots.indices.contains(index), childSlots[index] != nil else { return nil }
+        guard let index = occupiedIndex(slot) else { return nil }
         let number = try childSlots[index]!.outboundCounter.next()
         childSlots[index]!.lifetime.usage.outboundBytes &+= bytes
         childSlots[index]!.lifetime.usage.outboundPackets &+= 1
@@ -177,8 +176,7 @@ public struct GatewayState: Sendable, Equatable {
     public mutating func commitInbound(
         _ sequenceNumber: UInt64, bytes: UInt64, at slot: ChildSASlot
     ) throws(ReplayWindowRejection) {
-        let index = Int(slot.storage)
-        guard childSlots.indices.contains(index), childSlots[index] != nil else { throw .stale }
+        guard let index = occupiedIndex(slot) else { throw .stale }
         try childSlots[index]!.inboundWindow.commit(sequenceNumber)
         childSlots[index]!.lifetime.usage.inboundBytes &+= bytes
         childSlots[index]!.lifetime.usage.inboundPackets &+= 1
@@ -186,8 +184,7 @@ public struct GatewayState: Sendable, Equatable {
 
     /// Turns the current counters of the Child SA in `slot` into a replicated change.
     public mutating func checkpointCounters(at slot: ChildSASlot) -> [StateChange] {
-        let index = Int(slot.storage)
-        guard childSlots.indices.contains(index), childSlots[index] != nil else { return [] }
+        guard let index = occupiedIndex(slot) else { return [] }
         childSlots[index]!.generation += 1
         let sa = childSlots[index]!
         return [.countersAdvanced(sa.counterCheckpoint, generation: sa.generation)]
@@ -320,6 +317,12 @@ public struct GatewayState: Sendable, Equatable {
     }
 
     // MARK: Internals
+
+    /// The array index of `slot` when it holds a Child SA.
+    private func occupiedIndex(_ slot: ChildSASlot) -> Int? {
+        let index = Int(slot.storage)
+        return childSlots.indices.contains(index) && childSlots[index] != nil ? index : nil
+    }
 
     private mutating func install(_ sa: ChildSA) {
         let slot: Int32
