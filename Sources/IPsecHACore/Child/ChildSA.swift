@@ -66,8 +66,9 @@ public struct ChildSA: Sendable, Equatable {
     public var parent: IKESAIdentifier
     /// The cluster member that sends on this SA.
     public var owner: ClusterMemberID
-    /// Bumped on every replicated change; a replica never applies an older one.
-    public internal(set) var generation: UInt64
+    /// Bumped on every replicated change; a replica never applies an older one. ``GatewayState``
+    /// sets it on every change it makes; decoders of replicated records set it from the wire.
+    public var generation: UInt64
 
     /// Whether the pair uses Extended Sequence Numbers (both directions do, or neither).
     public var extendedSequenceNumbers: Bool { outboundCounter.extendedSequenceNumbers }

@@ -134,8 +134,9 @@ public struct IKESA: Sendable, Equatable {
     public internal(set) var childSAs: [UInt32]
     /// The cluster member that runs the IKE SA.
     public var owner: ClusterMemberID
-    /// Bumped on every replicated change; a replica never applies an older one.
-    public internal(set) var generation: UInt64
+    /// Bumped on every replicated change; a replica never applies an older one. ``GatewayState``
+    /// sets it on every change it makes; decoders of replicated records set it from the wire.
+    public var generation: UInt64
 
     /// An IKE SA. Throws when the initiator SPI is 0.
     public init(

@@ -1,0 +1,442 @@
+import IPsecHACore
+
+/// Binary encodings of the state model's values inside synch records (big-endian; layouts in
+/// `Docs/SyncProtocol.md`). Readers validate through the state model's own initialisers, so a
+/// decoded value is always one the model accepts.
+enum StateEncoding {
+    static let none64 = UInt64.max
+
+    // MARK: Small values
+
+    static func write(_ identifier: IKESAIdentifier, into w: inout ByteWriter) {
+        w.write(identifier.initiatorSPI)
+        w.write(identifier.responderSPI)
+    }
+
+    static func readIdentifier(_ r: inout ByteReader) throws(SyncCodecError) -> IKESAIdentifier {
+        IKESAIdentifier(initiatorSPI: try r.readUInt64(), responderSPI: try r.readUInt64())
+    }
+
+    static func write(ranges: [SequenceRange], into w: inout ByteWriter) throws(SyncCodecError) {
+        guard ranges.count <= 255 else { throw .recordTooLarge(ranges.count) }
+        w.write(UInt8(ranges.count))
+        for range in ranges {
+            w.write(range.lower)
+            w.write(range.upper)
+        }
+    }
+
+    static func readRanges(_ r: inout ByteReader) throws(SyncCodecError) -> [SequenceRange] {
+        let count = Int(try r.readUInt8())
+        var ranges: [SequenceRange] = []
+        for _ in 0..<count {
+            let range = SequenceRange(try r.readUInt64(), try r.readUInt64())
+            guard range.lower <= range.upper, range.lower > 0 else { throw .invalidValue("sequence range \(range)") }
+            ranges.append(range)
+        }
+        return ranges
+    }
+
+    static func write(_ scope: ResyncScope, into w: inout ByteWriter) throws(SyncCodecError) {
+        switch scope {
+        case .everything:
+            w.write(UInt8(0))
+        case .ikeSAs(let identifiers):
+            guard identifiers.count <= Int(UInt16.max) else { throw .recordTooLarge(identifiers.count) }
+            w.write(UInt8(1))
+            w.write(UInt16(identifiers.count))
+            for identifier in identifiers { write(identifier, into: &w) }
+        }
+    }
+
+    static func readScope(_ r: inout ByteReader) throws(SyncCodecError) -> ResyncScope {
+        switch try r.readUInt8() {
+        case 0: return .everything
+        case 1:
+            let count = Int(try r.readUInt16())
+            guard r.remaining >= count * 16 else { throw .truncated }
+            var identifiers: [IKESAIdentifier] = []
+            for _ in 0..<count { identifiers.append(try readIdentifier(&r)) }
+            return .ikeSAs(identifiers)
+        case let other: throw .invalidValue("resync scope \(other)")
+        }
+    }
+
+    static let checkpointEntrySize = 4 + 8 + 8 + 8 + 4 * 8 + 4
+
+    static func write(_ entry: CounterCheckpointEntry, into w: inout ByteWriter) {
+        let checkpoint = entry.checkpoint
+        w.write(checkpoint.inboundSPI)
+        w.write(entry.generation)
+        w.write(checkpoint.outbound.lastSent)
+        w.write(checkpoint.inbound.highestAuthenticatedSequenceNumber)
+        w.write(checkpoint.usage.inboundBytes)
+        w.write(checkpoint.usage.inboundPackets)
+        w.write(checkpoint.usage.outboundBytes)
+        w.write(checkpoint.usage.outboundPackets)
+        w.write(entry.packetsPerSecond)
+    }
+
+    static func readCheckpointEntry(_ r: inout ByteReader) throws(SyncCodecError) -> CounterCheckpointEntry {
+        let spi = try r.readUInt32()
+        let generation = try r.readUInt64()
+        let outbound = OutboundCounterCheckpoint(lastSent: try r.readUInt64())
+        let inbound = ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: try r.readUInt64())
+        let usage = ChildSAUsage(
+            inboundBytes: try r.readUInt64(), inboundPackets: try r.readUInt64(), outboundBytes: try r.readUInt64(),
+            outboundPackets: try r.readUInt64())
+        return CounterCheckpointEntry(
+            checkpoint: ChildSACounterCheckpoint(inboundSPI: spi, outbound: outbound, inbound: inbound, usage: usage),
+            generation: generation, packetsPerSecond: try r.readUInt32())
+    }
+
+    // MARK: Addresses, selectors, keys
+
+    static func write(_ address: IPAddress, into w: inout ByteWriter) {
+        w.write(address.family.rawValue)
+        w.write(bytes: address.bytes)
+    }
+
+    static func readAddress(_ r: inout ByteReader) throws(SyncCodecError) -> IPAddress {
+        let family = try r.readUInt8()
+        guard let kind = IPAddressFamily(rawValue: family) else { throw .invalidValue("address family \(family)") }
+        do { return try IPAddress(bytes: try r.readBytes(kind.byteCount)) } catch { throw .invalidValue("address") }
+    }
+
+    static func write(_ endpoint: Endpoint, into w: inout ByteWriter) {
+        write(endpoint.address, into: &w)
+        w.write(endpoint.port)
+        w.write(endpoint.udpEncapsulation)
+    }
+
+    static func readEndpoint(_ r: inout ByteReader) throws(SyncCodecError) -> Endpoint {
+        Endpoint(address: try readAddress(&r), port: try r.readUInt16(), udpEncapsulation: try r.readBool())
+    }
+
+    static func write(_ selectors: [TrafficSelector], into w: inout ByteWriter) throws(SyncCodecError) {
+        guard selectors.count <= 255 else { throw .recordTooLarge(selectors.count) }
+        w.write(UInt8(selectors.count))
+        for selector in selectors {
+            w.write(selector.tsType)
+            w.write(selector.ipProtocol)
+            w.write(selector.startPort)
+            w.write(selector.endPort)
+            w.write(bytes: selector.startAddress.bytes)
+            w.write(bytes: selector.endAddress.bytes)
+        }
+    }
+
+    static func readSelectors(_ r: inout ByteReader) throws(SyncCodecError) -> [TrafficSelector] {
+        let count = Int(try r.readUInt8())
+        var selectors: [TrafficSelector] = []
+        for _ in 0..<count {
+            let type = try r.readUInt8()
+            let length: Int
+            switch type {
+            case 7: length = 4
+            case 8: length = 16
+            default: throw .invalidValue("traffic selector type \(type)")
+            }
+            let proto = try r.readUInt8()
+            let startPort = try r.readUInt16()
+            let endPort = try r.readUInt16()
+            do {
+                let start = try IPAddress(bytes: try r.readBytes(length))
+                let end = try IPAddress(bytes: try r.readBytes(length))
+                selectors.append(
+                    try TrafficSelector(startAddress: start, endAddress: end, ipProtocol: proto, startPort: startPort, endPort: endPort))
+            } catch let error as SyncCodecError {
+                throw error
+            } catch {
+                throw .invalidState("traffic selector: \(error)")
+            }
+        }
+        return selectors
+    }
+
+    static func write(_ key: KeyMaterial, into w: inout ByteWriter) throws(SyncCodecError) {
+        guard key.count <= 1024 else { throw .recordTooLarge(key.count) }
+        w.write(UInt16(key.count))
+        key.withUnsafeBytes { w.write(bytes: $0) }
+    }
+
+    static func readKey(_ r: inout ByteReader) throws(SyncCodecError) -> KeyMaterial {
+        let count = Int(try r.readUInt16())
+        guard count <= 1024 else { throw .invalidValue("key length \(count)") }
+        let bytes = try r.readBytes(count)
+        return KeyMaterial(count: count) { destination in
+            bytes.withUnsafeBytes { destination.copyMemory(from: $0) }
+        }
+    }
+
+    static func write(_ timestamp: Timestamp?, into w: inout ByteWriter) {
+        w.write(timestamp?.nanoseconds ?? none64)
+    }
+
+    static func readTimestamp(_ r: inout ByteReader) throws(SyncCodecError) -> Timestamp? {
+        let value = try r.readUInt64()
+        return value == none64 ? nil : Timestamp(nanoseconds: value)
+    }
+
+    static func write(_ limits: LifetimeLimits, into w: inout ByteWriter) {
+        w.write(limits.seconds ?? none64)
+        w.write(limits.bytes ?? none64)
+        w.write(limits.packets ?? none64)
+    }
+
+    static func readLimits(_ r: inout ByteReader) throws(SyncCodecError) -> LifetimeLimits {
+        func optional(_ value: UInt64) -> UInt64? { value == none64 ? nil : value }
+        return LifetimeLimits(
+            seconds: optional(try r.readUInt64()), bytes: optional(try r.readUInt64()), packets: optional(try r.readUInt64()))
+    }
+
+    // MARK: Message IDs
+
+    static func write(_ snapshot: IKEMessageIDSnapshot, into w: inout ByteWriter) throws(SyncCodecError) {
+        let maximum = Int(IKERequestWindow.maximumOutstanding)
+        guard snapshot.outstandingRequests.count <= maximum, snapshot.requestsProcessedAhead.count <= maximum else {
+            throw .recordTooLarge(snapshot.outstandingRequests.count)
+        }
+        w.write(snapshot.nextRequestID)
+        w.write(snapshot.peerWindowSize)
+        w.write(UInt16(snapshot.outstandingRequests.count))
+        for id in snapshot.outstandingRequests { w.write(id) }
+        w.write(snapshot.nextExpectedRequestID)
+        w.write(snapshot.localWindowSize)
+        w.write(UInt16(snapshot.requestsProcessedAhead.count))
+        for id in snapshot.requestsProcessedAhead { w.write(id) }
+        w.write(snapshot.highestProcessedRequest != nil)
+        w.write(snapshot.highestProcessedRequest ?? 0)
+    }
+
+    static func readSnapshot(_ r: inout ByteReader) throws(SyncCodecError) -> IKEMessageIDSnapshot {
+        func readIDs(_ r: inout ByteReader) throws(SyncCodecError) -> [UInt32] {
+            let count = Int(try r.readUInt16())
+            guard count <= Int(IKERequestWindow.maximumOutstanding), r.remaining >= count * 4 else {
+                throw .invalidValue("message ID list of \(count)")
+            }
+            var ids: [UInt32] = []
+            for _ in 0..<count { ids.append(try r.readUInt32()) }
+            return ids
+        }
+        let nextRequest = try r.readUInt64()
+        let peerWindow = try r.readUInt32()
+        let outstanding = try readIDs(&r)
+        let nextExpected = try r.readUInt64()
+        let localWindow = try r.readUInt32()
+        let ahead = try readIDs(&r)
+        let hasHighest = try r.readBool()
+        let highest = try r.readUInt32()
+        let snapshot = IKEMessageIDSnapshot(
+            nextRequestID: nextRequest, peerWindowSize: peerWindow, outstandingRequests: outstanding,
+            nextExpectedRequestID: nextExpected, localWindowSize: localWindow, requestsProcessedAhead: ahead,
+            highestProcessedRequest: hasHighest ? highest : nil)
+        do { _ = try IKEMessageIDWindows(restoringFrom: snapshot) } catch { throw .invalidState("message IDs: \(error)") }
+        return snapshot
+    }
+
+    // MARK: IKE SA
+
+    static func write(_ sa: IKESA, into w: inout ByteWriter) throws(SyncCodecError) {
+        write(sa.identifier, into: &w)
+        w.write(sa.generation)
+        w.write(sa.owner.rawValue)
+        w.write(sa.isOriginalInitiator)
+        w.write(sa.state.rawValue)
+        write(sa.local, into: &w)
+        write(sa.remote, into: &w)
+        w.write(sa.transforms.encryption.rawValue)
+        w.write(sa.transforms.encryptionKeyLength ?? 0)
+        w.write(sa.transforms.prf.rawValue)
+        w.write(sa.transforms.integrity.rawValue)
+        w.write(sa.transforms.keyExchange.rawValue)
+        write(sa.lifetime.rekeyAt, into: &w)
+        write(sa.lifetime.reauthenticateAt, into: &w)
+        let extensions = sa.extensions
+        w.write(
+            UInt8((extensions.messageIDSync ? 1 : 0) | (extensions.replayCounterSync ? 2 : 0)
+                | (extensions.childSAsUseExtendedSequenceNumbers ? 4 : 0)))
+        try write(sa.messageIDs.snapshot, into: &w)
+        for key in [sa.keys.d, sa.keys.ai, sa.keys.ar, sa.keys.ei, sa.keys.er, sa.keys.pi, sa.keys.pr] {
+            try write(key, into: &w)
+        }
+    }
+
+    static func readIKESA(_ r: inout ByteReader) throws(SyncCodecError) -> IKESA {
+        let identifier = try readIdentifier(&r)
+        let generation = try r.readUInt64()
+        let owner = ClusterMemberID(rawValue: try r.readUInt16())
+        let originalInitiator = try r.readBool()
+        let rawState = try r.readUInt8()
+        guard let state = IKESAState(rawValue: rawState) else { throw .invalidValue("IKE SA state \(rawState)") }
+        let local = try readEndpoint(&r)
+        let remote = try readEndpoint(&r)
+        let encryption = EncryptionAlgorithm(rawValue: try r.readUInt16())
+        let keyLength = try r.readUInt16()
+        let transforms = IKETransforms(
+            encryption: encryption, encryptionKeyLength: keyLength == 0 ? nil : keyLength,
+            prf: PseudorandomFunction(rawValue: try r.readUInt16()), integrity: IntegrityAlgorithm(rawValue: try r.readUInt16()),
+            keyExchange: KeyExchangeMethod(rawValue: try r.readUInt16()))
+        let lifetime = IKESALifetime(rekeyAt: try readTimestamp(&r), reauthenticateAt: try readTimestamp(&r))
+        let flags = try r.readUInt8()
+        guard flags & ~7 == 0 else { throw .invalidValue("extension flags \(flags)") }
+        let extensions = IKEExtensions(
+            messageIDSync: flags & 1 != 0, replayCounterSync: flags & 2 != 0, childSAsUseExtendedSequenceNumbers: flags & 4 != 0)
+        let snapshot = try readSnapshot(&r)
+        var keys: [KeyMaterial] = []
+        for _ in 0..<7 { keys.append(try readKey(&r)) }
+        do {
+            var sa = try IKESA(
+                identifier: identifier, isOriginalInitiator: originalInitiator, state: state, local: local, remote: remote,
+                transforms: transforms,
+                keys: IKEKeys(d: keys[0], ai: keys[1], ar: keys[2], ei: keys[3], er: keys[4], pi: keys[5], pr: keys[6]),
+                lifetime: lifetime, messageIDs: try IKEMessageIDWindows(restoringFrom: snapshot), extensions: extensions,
+                owner: owner)
+            sa.generation = generation
+            return sa
+        } catch {
+            throw .invalidState("IKE SA: \(error)")
+        }
+    }
+
+    // MARK: Child SA
+
+    static func write(_ sa: ChildSA, into w: inout ByteWriter) throws(SyncCodecError) {
+        w.write(sa.inboundSPI)
+        w.write(sa.outboundSPI)
+        w.write(sa.ipsecProtocol.rawValue)
+        w.write(sa.mode.rawValue)
+        w.write(sa.extendedSequenceNumbers)
+        w.write(sa.generation)
+        w.write(sa.owner.rawValue)
+        w.write(sa.requestID)
+        w.write(sa.policy != nil)
+        w.write(sa.policy?.rawValue ?? 0)
+        write(sa.parent, into: &w)
+        w.write(sa.transforms.encryption != nil)
+        w.write(sa.transforms.encryption?.rawValue ?? 0)
+        w.write(sa.transforms.encryptionKeyLength ?? 0)
+        w.write(sa.transforms.integrity.rawValue)
+        w.write(sa.transforms.keyExchange.rawValue)
+        try write(sa.localSelectors, into: &w)
+        try write(sa.remoteSelectors, into: &w)
+        for keys in [sa.inboundKeys, sa.outboundKeys] {
+            w.write(UInt16(keys.encryptionKeyLength))
+            try write(keys.material, into: &w)
+        }
+        w.write(sa.outboundCounter.lastSent)
+        w.write(sa.outboundCounter.softLimit)
+        w.write(sa.inboundWindow.size)
+        w.write(sa.inboundWindow.top)
+        write(sa.lifetime.soft, into: &w)
+        write(sa.lifetime.hard, into: &w)
+        w.write(sa.lifetime.installedAt.nanoseconds)
+        let usage = sa.lifetime.usage
+        for value in [usage.inboundBytes, usage.inboundPackets, usage.outboundBytes, usage.outboundPackets] { w.write(value) }
+    }
+
+    static func readChildSA(_ r: inout ByteReader) throws(SyncCodecError) -> ChildSA {
+        let inboundSPI = try r.readUInt32()
+        let outboundSPI = try r.readUInt32()
+        let rawProtocol = try r.readUInt8()
+        let rawMode = try r.readUInt8()
+        guard let ipsecProtocol = IPsecProtocol(rawValue: rawProtocol), let mode = IPsecMode(rawValue: rawMode) else {
+            throw .invalidValue("protocol \(rawProtocol) mode \(rawMode)")
+        }
+        let esn = try r.readBool()
+        let generation = try r.readUInt64()
+        let owner = ClusterMemberID(rawValue: try r.readUInt16())
+        let requestID = try r.readUInt32()
+        let hasPolicy = try r.readBool()
+        let policyID = try r.readUInt32()
+        let parent = try readIdentifier(&r)
+        let hasEncryption = try r.readBool()
+        let encryption = try r.readUInt16()
+        let keyLength = try r.readUInt16()
+        let transforms = ChildSATransforms(
+            encryption: hasEncryption ? EncryptionAlgorithm(rawValue: encryption) : nil,
+            encryptionKeyLength: keyLength == 0 ? nil : keyLength, integrity: IntegrityAlgorithm(rawValue: try r.readUInt16()),
+            keyExchange: KeyExchangeMethod(rawValue: try r.readUInt16()))
+        let local = try readSelectors(&r)
+        let remote = try readSelectors(&r)
+        var directions: [ChildSAKeys] = []
+        for _ in 0..<2 {
+            let encryptionLength = Int(try r.readUInt16())
+            let material = try readKey(&r)
+            guard encryptionLength <= material.count else { throw .invalidValue("encryption key length") }
+            directions.append(
+                ChildSAKeys(
+                    encryption: material.extracting(0..<encryptionLength),
+                    integrity: encryptionLength < material.count ? material.extracting(encryptionLength..<material.count) : nil))
+        }
+        let lastSent = try r.readUInt64()
+        let softLimit = try r.readUInt64()
+        let windowSize = try r.readUInt32()
+        let top = try r.readUInt64()
+        let soft = try readLimits(&r)
+        let hard = try readLimits(&r)
+        let installedAt = Timestamp(nanoseconds: try r.readUInt64())
+        let usage = ChildSAUsage(
+            inboundBytes: try r.readUInt64(), inboundPackets: try r.readUInt64(), outboundBytes: try r.readUInt64(),
+            outboundPackets: try r.readUInt64())
+        do {
+            var sa = try ChildSA(
+                inboundSPI: inboundSPI, outboundSPI: outboundSPI, ipsecProtocol: ipsecProtocol, mode: mode,
+                localSelectors: local, remoteSelectors: remote, transforms: transforms,
+                inboundKeys: directions[0], outboundKeys: directions[1],
+                outboundCounter: try OutboundSequenceCounter(extendedSequenceNumbers: esn, lastSent: lastSent, softLimit: softLimit),
+                inboundWindow: try ReplayWindow(
+                    size: windowSize, extendedSequenceNumbers: esn,
+                    restoringFrom: ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: top), policy: .permissiveUnsafe),
+                lifetime: try ChildSALifetime(soft: soft, hard: hard, installedAt: installedAt, usage: usage),
+                requestID: requestID, policy: hasPolicy ? SecurityPolicyID(rawValue: policyID) : nil, parent: parent,
+                owner: owner)
+            sa.generation = generation
+            return sa
+        } catch {
+            throw .invalidState("Child SA: \(error)")
+        }
+    }
+
+    // MARK: Policies
+
+    static func write(_ policy: SecurityPolicy, into w: inout ByteWriter) throws(SyncCodecError) {
+        w.write(policy.id.rawValue)
+        switch policy.action {
+        case .protect(let settings):
+            w.write(UInt8(0))
+            w.write(settings.ipsecProtocol.rawValue)
+            w.write(settings.mode.rawValue)
+            w.write(settings.extendedSequenceNumbers)
+        case .bypass:
+            w.write(UInt8(1))
+        case .discard:
+            w.write(UInt8(2))
+        }
+        w.write(policy.populateFromPacket.rawValue)
+        try write(policy.localSelectors, into: &w)
+        try write(policy.remoteSelectors, into: &w)
+    }
+
+    static func readPolicy(_ r: inout ByteReader) throws(SyncCodecError) -> SecurityPolicy {
+        let id = SecurityPolicyID(rawValue: try r.readUInt32())
+        let action: SecurityPolicyAction
+        switch try r.readUInt8() {
+        case 0:
+            let rawProtocol = try r.readUInt8()
+            let rawMode = try r.readUInt8()
+            guard let ipsecProtocol = IPsecProtocol(rawValue: rawProtocol), let mode = IPsecMode(rawValue: rawMode) else {
+                throw .invalidValue("protection settings")
+            }
+            action = .protect(ProtectionSettings(ipsecProtocol: ipsecProtocol, mode: mode, extendedSequenceNumbers: try r.readBool()))
+        case 1: action = .bypass
+        case 2: action = .discard
+        case let other: throw .invalidValue("policy action \(other)")
+        }
+        let flags = try r.readUInt8()
+        guard flags & ~0x1F == 0 else { throw .invalidValue("populate-from-packet flags \(flags)") }
+        return SecurityPolicy(
+            id: id, localSelectors: try readSelectors(&r), remoteSelectors: try readSelectors(&r), action: action,
+            populateFromPacket: PopulateFromPacket(rawValue: flags))
+    }
+}

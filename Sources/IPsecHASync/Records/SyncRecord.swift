@@ -1,0 +1,282 @@
+public import IPsecHACore
+
+/// An inclusive range of reliable sequence numbers, as acknowledgements carry them.
+public struct SequenceRange: Sendable, Hashable, CustomStringConvertible {
+    /// The first number.
+    public var lower: UInt64
+    /// The last number (at least `lower`).
+    public var upper: UInt64
+
+    /// A range from `lower` through `upper`.
+    public init(_ lower: UInt64, _ upper: UInt64) {
+        self.lower = lower
+        self.upper = upper
+    }
+
+    public var description: String { lower == upper ? "\(lower)" : "\(lower)-\(upper)" }
+}
+
+/// One Child SA's counters in a checkpoint batch, with the packet rate measured since the
+/// previous checkpoint (what a takeover grows its advance by).
+public struct CounterCheckpointEntry: Sendable, Hashable {
+    /// The counters.
+    public var checkpoint: ChildSACounterCheckpoint
+    /// The Child SA's generation after the checkpoint.
+    public var generation: UInt64
+    /// Packets per second, both directions, since the previous checkpoint.
+    public var packetsPerSecond: UInt32
+
+    /// An entry from its parts.
+    public init(checkpoint: ChildSACounterCheckpoint, generation: UInt64, packetsPerSecond: UInt32) {
+        self.checkpoint = checkpoint
+        self.generation = generation
+        self.packetsPerSecond = packetsPerSecond
+    }
+}
+
+/// What a resync request asks for.
+public enum ResyncScope: Sendable, Hashable {
+    /// Everything the sender holds.
+    case everything
+    /// These IKE SAs with their Child SAs.
+    case ikeSAs([IKESAIdentifier])
+}
+
+/// One record of the synch protocol (see `Docs/SyncProtocol.md` for the wire format).
+public enum SyncRecord: Sendable, Equatable {
+    /// A member announces itself: its epoch, capabilities, and whether it needs a bulk resync.
+    case hello(epoch: UInt32, capabilities: UInt32, needsResync: Bool)
+    /// Liveness, and the highest reliable sequence number sent so far (tail-loss detection).
+    case heartbeat(highestSequence: UInt64, sentAt: Timestamp)
+    /// Everything up to `cumulative` arrived, plus these ranges above it.
+    case acknowledgement(cumulative: UInt64, selective: [SequenceRange])
+    /// These ranges are missing: send them again.
+    case negativeAcknowledgement([SequenceRange])
+    /// An IKE SA, whole (created or changed).
+    case ikeSAUpsert(IKESA)
+    /// An IKE SA was deleted.
+    case ikeSADelete(IKESAIdentifier)
+    /// A Child SA, whole (created or changed).
+    case childSAUpsert(ChildSA)
+    /// A Child SA was deleted.
+    case childSADelete(inboundSPI: UInt32)
+    /// An IKE SA's message-ID windows changed (and only they).
+    case messageIDUpdate(IKESAIdentifier, generation: UInt64, IKEMessageIDSnapshot)
+    /// An exchange on an IKE SA began (in flight until finished).
+    case exchangeStarted(IKESAIdentifier, messageID: UInt32, initiatedHere: Bool)
+    /// An exchange on an IKE SA completed.
+    case exchangeFinished(IKESAIdentifier, messageID: UInt32, initiatedHere: Bool)
+    /// An SPD entry inserted at a position (the decorrelated policy that SPD cache entries derive from).
+    case policyUpsert(SecurityPolicy, position: UInt32)
+    /// An SPD entry removed.
+    case policyDelete(SecurityPolicyID)
+    /// Counter checkpoints of many Child SAs.
+    case counterCheckpoints([CounterCheckpointEntry])
+    /// A standby asks for state again.
+    case resyncRequest(ResyncScope)
+    /// A bulk resync starts: the receiver drops what it holds in that scope.
+    case resyncBegin(id: UInt32, scope: ResyncScope)
+    /// A bulk resync ended; the counts let the receiver check it got everything.
+    case resyncEnd(id: UInt32, ikeSAs: UInt32, childSAs: UInt32, policies: UInt32)
+    /// An IKE SA moves to another member.
+    case ownershipChange(IKESAIdentifier, owner: ClusterMemberID, generation: UInt64)
+    /// A record of a type this version does not know, kept as received (skipped by receivers).
+    case unknown(type: UInt16, value: [UInt8])
+
+    /// Whether the record must be delivered reliably (in order, retransmitted when lost).
+    public var isReliable: Bool {
+        switch self {
+        case .hello, .heartbeat, .acknowledgement, .negativeAcknowledgement, .unknown: false
+        default: true
+        }
+    }
+}
+
+/// Record type codes. The high bit marks a record a receiver must understand: a datagram with
+/// an unknown critical record is rejected whole, an unknown non-critical one is skipped.
+enum SyncRecordType: UInt16 {
+    case hello = 0x0001
+    case heartbeat = 0x0002
+    case acknowledgement = 0x0003
+    case negativeAcknowledgement = 0x0004
+    case ikeSAUpsert = 0x8010
+    case ikeSADelete = 0x8011
+    case childSAUpsert = 0x8012
+    case childSADelete = 0x8013
+    case messageIDUpdate = 0x8014
+    case exchangeStarted = 0x0015
+    case exchangeFinished = 0x0016
+    case policyUpsert = 0x8017
+    case policyDelete = 0x8018
+    case counterCheckpoints = 0x8019
+    case resyncRequest = 0x001A
+    case resyncBegin = 0x801B
+    case resyncEnd = 0x801C
+    case ownershipChange = 0x801D
+
+    static let criticalBit: UInt16 = 0x8000
+}
+
+extension SyncRecord {
+    /// Appends `type | length | value` to `writer`.
+    func encode(into writer: inout ByteWriter) throws(SyncCodecError) {
+        let type: UInt16
+        switch self {
+        case .hello: type = SyncRecordType.hello.rawValue
+        case .heartbeat: type = SyncRecordType.heartbeat.rawValue
+        case .acknowledgement: type = SyncRecordType.acknowledgement.rawValue
+        case .negativeAcknowledgement: type = SyncRecordType.negativeAcknowledgement.rawValue
+        case .ikeSAUpsert: type = SyncRecordType.ikeSAUpsert.rawValue
+        case .ikeSADelete: type = SyncRecordType.ikeSADelete.rawValue
+        case .childSAUpsert: type = SyncRecordType.childSAUpsert.rawValue
+        case .childSADelete: type = SyncRecordType.childSADelete.rawValue
+        case .messageIDUpdate: type = SyncRecordType.messageIDUpdate.rawValue
+        case .exchangeStarted: type = SyncRecordType.exchangeStarted.rawValue
+        case .exchangeFinished: type = SyncRecordType.exchangeFinished.rawValue
+        case .policyUpsert: type = SyncRecordType.policyUpsert.rawValue
+        case .policyDelete: type = SyncRecordType.policyDelete.rawValue
+        case .counterCheckpoints: type = SyncRecordType.counterCheckpoints.rawValue
+        case .resyncRequest: type = SyncRecordType.resyncRequest.rawValue
+        case .resyncBegin: type = SyncRecordType.resyncBegin.rawValue
+        case .resyncEnd: type = SyncRecordType.resyncEnd.rawValue
+        case .ownershipChange: type = SyncRecordType.ownershipChange.rawValue
+        case .unknown(let unknownType, _): type = unknownType
+        }
+        writer.write(type)
+        try writer.writeBlock { (w: inout ByteWriter) throws(SyncCodecError) in
+            switch self {
+            case .hello(let epoch, let capabilities, let needsResync):
+                w.write(epoch)
+                w.write(capabilities)
+                w.write(needsResync)
+            case .heartbeat(let highest, let sentAt):
+                w.write(highest)
+                w.write(sentAt.nanoseconds)
+            case .acknowledgement(let cumulative, let ranges):
+                w.write(cumulative)
+                try StateEncoding.write(ranges: ranges, into: &w)
+            case .negativeAcknowledgement(let ranges):
+                try StateEncoding.write(ranges: ranges, into: &w)
+            case .ikeSAUpsert(let sa):
+                try StateEncoding.write(sa, into: &w)
+            case .ikeSADelete(let identifier):
+                StateEncoding.write(identifier, into: &w)
+            case .childSAUpsert(let sa):
+                try StateEncoding.write(sa, into: &w)
+            case .childSADelete(let spi):
+                w.write(spi)
+            case .messageIDUpdate(let identifier, let generation, let snapshot):
+                StateEncoding.write(identifier, into: &w)
+                w.write(generation)
+                try StateEncoding.write(snapshot, into: &w)
+            case .exchangeStarted(let identifier, let messageID, let initiatedHere),
+                .exchangeFinished(let identifier, let messageID, let initiatedHere):
+                StateEncoding.write(identifier, into: &w)
+                w.write(messageID)
+                w.write(initiatedHere)
+            case .policyUpsert(let policy, let position):
+                w.write(position)
+                try StateEncoding.write(policy, into: &w)
+            case .policyDelete(let id):
+                w.write(id.rawValue)
+            case .counterCheckpoints(let entries):
+                guard entries.count <= Int(UInt16.max) else { throw .recordTooLarge(entries.count) }
+                w.write(UInt16(entries.count))
+                for entry in entries { StateEncoding.write(entry, into: &w) }
+            case .resyncRequest(let scope):
+                try StateEncoding.write(scope, into: &w)
+            case .resyncBegin(let id, let scope):
+                w.write(id)
+                try StateEncoding.write(scope, into: &w)
+            case .resyncEnd(let id, let ikeSAs, let childSAs, let policies):
+                w.write(id)
+                w.write(ikeSAs)
+                w.write(childSAs)
+                w.write(policies)
+            case .ownershipChange(let identifier, let owner, let generation):
+                StateEncoding.write(identifier, into: &w)
+                w.write(owner.rawValue)
+                w.write(generation)
+            case .unknown(_, let value):
+                w.write(bytes: value)
+            }
+        }
+    }
+
+    /// Reads one record; unknown non-critical types come back as ``unknown(type:value:)``.
+    static func decode(from reader: inout ByteReader) throws(SyncCodecError) -> SyncRecord {
+        let rawType = try reader.readUInt16()
+        var r = try reader.readBlock()
+        guard let type = SyncRecordType(rawValue: rawType) else {
+            if rawType & SyncRecordType.criticalBit != 0 { throw .unknownCriticalRecord(rawType) }
+            return .unknown(type: rawType, value: Array(try r.readBytes(r.remaining)))
+        }
+        let record: SyncRecord
+        switch type {
+        case .hello:
+            record = .hello(epoch: try r.readUInt32(), capabilities: try r.readUInt32(), needsResync: try r.readBool())
+        case .heartbeat:
+            record = .heartbeat(highestSequence: try r.readUInt64(), sentAt: Timestamp(nanoseconds: try r.readUInt64()))
+        case .acknowledgement:
+            record = .acknowledgement(cumulative: try r.readUInt64(), selective: try StateEncoding.readRanges(&r))
+        case .negativeAcknowledgement:
+            record = .negativeAcknowledgement(try StateEncoding.readRanges(&r))
+        case .ikeSAUpsert:
+            record = .ikeSAUpsert(try StateEncoding.readIKESA(&r))
+        case .ikeSADelete:
+            record = .ikeSADelete(try StateEncoding.readIdentifier(&r))
+        case .childSAUpsert:
+            record = .childSAUpsert(try StateEncoding.readChildSA(&r))
+        case .childSADelete:
+            record = .childSADelete(inboundSPI: try r.readUInt32())
+        case .messageIDUpdate:
+            record = .messageIDUpdate(
+                try StateEncoding.readIdentifier(&r), generation: try r.readUInt64(), try StateEncoding.readSnapshot(&r))
+        case .exchangeStarted:
+            record = .exchangeStarted(try StateEncoding.readIdentifier(&r), messageID: try r.readUInt32(), initiatedHere: try r.readBool())
+        case .exchangeFinished:
+            record = .exchangeFinished(try StateEncoding.readIdentifier(&r), messageID: try r.readUInt32(), initiatedHere: try r.readBool())
+        case .policyUpsert:
+            let position = try r.readUInt32()
+            record = .policyUpsert(try StateEncoding.readPolicy(&r), position: position)
+        case .policyDelete:
+            record = .policyDelete(SecurityPolicyID(rawValue: try r.readUInt32()))
+        case .counterCheckpoints:
+            let count = Int(try r.readUInt16())
+            guard r.remaining == count * StateEncoding.checkpointEntrySize else { throw .invalidValue("checkpoint batch length") }
+            var entries: [CounterCheckpointEntry] = []
+            entries.reserveCapacity(count)
+            for _ in 0..<count { entries.append(try StateEncoding.readCheckpointEntry(&r)) }
+            record = .counterCheckpoints(entries)
+        case .resyncRequest:
+            record = .resyncRequest(try StateEncoding.readScope(&r))
+        case .resyncBegin:
+            record = .resyncBegin(id: try r.readUInt32(), scope: try StateEncoding.readScope(&r))
+        case .resyncEnd:
+            record = .resyncEnd(id: try r.readUInt32(), ikeSAs: try r.readUInt32(), childSAs: try r.readUInt32(), policies: try r.readUInt32())
+        case .ownershipChange:
+            record = .ownershipChange(
+                try StateEncoding.readIdentifier(&r), owner: ClusterMemberID(rawValue: try r.readUInt16()), generation: try r.readUInt64())
+        }
+        try r.expectEnd()
+        return record
+    }
+}
+
+extension SyncRecord {
+    /// The record's bytes on the wire (type, length, value).
+    public func encoded() throws(SyncCodecError) -> [UInt8] {
+        var writer = ByteWriter()
+        try encode(into: &writer)
+        return writer.bytes
+    }
+
+    /// Decodes the records of a datagram payload, in order. Throws on any malformed record,
+    /// so that a datagram is taken whole or not at all.
+    public static func decodeAll(_ bytes: ArraySlice<UInt8>) throws(SyncCodecError) -> [SyncRecord] {
+        var reader = ByteReader(bytes)
+        var records: [SyncRecord] = []
+        while !reader.isAtEnd { records.append(try decode(from: &reader)) }
+        return records
+    }
+}

@@ -1,0 +1,117 @@
+import IPsecHACore
+
+/// Appends big-endian integers and byte strings to a growing array: the encoding side of the
+/// synch protocol.
+struct ByteWriter {
+    private(set) var bytes: [UInt8]
+
+    init(capacity: Int = 256) {
+        bytes = []
+        bytes.reserveCapacity(capacity)
+    }
+
+    var count: Int { bytes.count }
+
+    mutating func write(_ value: UInt8) { bytes.append(value) }
+    mutating func write(_ value: UInt16) { writeInteger(value) }
+    mutating func write(_ value: UInt32) { writeInteger(value) }
+    mutating func write(_ value: UInt64) { writeInteger(value) }
+    mutating func write(_ value: Bool) { bytes.append(value ? 1 : 0) }
+    mutating func write(bytes other: some Sequence<UInt8>) { bytes.append(contentsOf: other) }
+
+    private mutating func writeInteger<T: FixedWidthInteger>(_ value: T) {
+        var bigEndian = value.bigEndian
+        withUnsafeBytes(of: &bigEndian) { bytes.append(contentsOf: $0) }
+    }
+
+    /// Overwrites a 16-bit value written earlier at `offset` (a length filled in afterwards).
+    mutating func patch(_ value: UInt16, at offset: Int) {
+        bytes[offset] = UInt8(value >> 8)
+        bytes[offset + 1] = UInt8(truncatingIfNeeded: value)
+    }
+
+    /// Writes a length-prefixed (16-bit) block whose content `body` writes.
+    mutating func writeBlock(_ body: (inout ByteWriter) throws(SyncCodecError) -> Void) throws(SyncCodecError) {
+        let start = count
+        write(UInt16(0))
+        try body(&self)
+        let length = count - start - 2
+        guard length <= Int(UInt16.max) else { throw .recordTooLarge(length) }
+        patch(UInt16(length), at: start)
+    }
+}
+
+/// Reads big-endian integers from received bytes, never past their end: every read that would
+/// go past it throws ``SyncCodecError/truncated``, so malformed input cannot crash the decoder.
+struct ByteReader {
+    private let bytes: ArraySlice<UInt8>
+    private(set) var position: Int
+
+    init(_ bytes: ArraySlice<UInt8>) {
+        self.bytes = bytes
+        position = bytes.startIndex
+    }
+
+    var remaining: Int { bytes.endIndex - position }
+    var isAtEnd: Bool { position == bytes.endIndex }
+
+    mutating func readUInt8() throws(SyncCodecError) -> UInt8 {
+        guard remaining >= 1 else { throw .truncated }
+        defer { position += 1 }
+        return bytes[position]
+    }
+
+    mutating func readUInt16() throws(SyncCodecError) -> UInt16 { try readInteger() }
+    mutating func readUInt32() throws(SyncCodecError) -> UInt32 { try readInteger() }
+    mutating func readUInt64() throws(SyncCodecError) -> UInt64 { try readInteger() }
+
+    mutating func readBool() throws(SyncCodecError) -> Bool {
+        switch try readUInt8() {
+        case 0: return false
+        case 1: return true
+        case let other: throw .invalidValue("boolean \(other)")
+        }
+    }
+
+    mutating func readBytes(_ count: Int) throws(SyncCodecError) -> ArraySlice<UInt8> {
+        guard count >= 0, remaining >= count else { throw .truncated }
+        defer { position += count }
+        return bytes[position..<position + count]
+    }
+
+    /// Reads a 16-bit length and returns a reader over exactly that many bytes.
+    mutating func readBlock() throws(SyncCodecError) -> ByteReader {
+        let length = Int(try readUInt16())
+        return ByteReader(try readBytes(length))
+    }
+
+    /// Throws unless every byte was consumed.
+    func expectEnd() throws(SyncCodecError) {
+        guard isAtEnd else { throw .trailingBytes(remaining) }
+    }
+
+    private mutating func readInteger<T: FixedWidthInteger>() throws(SyncCodecError) -> T {
+        let size = MemoryLayout<T>.size
+        guard remaining >= size else { throw .truncated }
+        var value: T = 0
+        for index in 0..<size { value = value << 8 | T(bytes[position + index]) }
+        position += size
+        return value
+    }
+}
+
+/// Why bytes received on the synch channel could not be decoded. Decoding never changes state.
+public enum SyncCodecError: Error, Sendable, Hashable {
+    /// The input ends before the structure does.
+    case truncated
+    /// Bytes left over after a structure that must fill its block.
+    case trailingBytes(Int)
+    /// A field holds a value the format does not allow.
+    case invalidValue(String)
+    /// A record type marked critical (high bit) that this version does not know.
+    case unknownCriticalRecord(UInt16)
+    /// A record whose encoding exceeds 65,535 bytes.
+    case recordTooLarge(Int)
+    /// A structure the state model refused (for instance a Child SA with a reserved SPI).
+    case invalidState(String)
+}

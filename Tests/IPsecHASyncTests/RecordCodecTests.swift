@@ -1,0 +1,65 @@
+import IPsecHACore
+@testable import IPsecHASync
+import Testing
+
+@Suite("Synch records: codec")
+struct RecordCodecTests {
+    @Test(arguments: [1, 2, 3, 4] as [UInt64])
+    func randomRecordsRoundTrip(seed: UInt64) throws {
+        var generator = RecordGenerator(seed: seed)
+        for _ in 0..<500 {
+            let record = generator.record()
+            let bytes = try record.encoded()
+            let decoded = try SyncRecord.decodeAll(bytes[...])
+            #expect(decoded == [record])
+        }
+    }
+
+    @Test func severalRecordsDecodeInOrder() throws {
+        var generator = RecordGenerator(seed: 9)
+        let records = (0..<20).map { _ in generator.record() }
+        let bytes = try records.flatMap { try $0.encoded() }
+        #expect(try SyncRecord.decodeAll(bytes[...]) == records)
+    }
+
+    @Test func everyTruncationIsATypedError() throws {
+        var generator = RecordGenerator(seed: 10)
+        for _ in 0..<60 {
+            let bytes = try generator.record().encoded()
+            for length in 0..<bytes.count where length > 0 {
+                #expect(throws: SyncCodecError.self) { try SyncRecord.decodeAll(bytes[0..<length]) }
+            }
+        }
+    }
+
+    @Test func randomCorruptionNeverCrashes() throws {
+        var generator = RecordGenerator(seed: 11)
+        var rejected = 0
+        for _ in 0..<3_000 {
+            var bytes = try generator.record().encoded()
+            for _ in 0..<(1 + generator.next(4)) {
+                bytes[Int(generator.next(UInt64(bytes.count)))] ^= UInt8(1 + generator.next(255))
+            }
+            do { _ = try SyncRecord.decodeAll(bytes[...]) } catch { rejected += 1 }
+        }
+        #expect(rejected > 1_000)
+    }
+
+    @Test func unknownRecordsAreSkippedUnlessCritical() throws {
+        let skipped: [UInt8] = [0x01, 0x23, 0x00, 0x02, 0xAB, 0xCD]
+        let heartbeat = try SyncRecord.heartbeat(highestSequence: 5, sentAt: Timestamp(nanoseconds: 6)).encoded()
+        #expect(try SyncRecord.decodeAll((skipped + heartbeat)[...]) == [
+            .unknown(type: 0x0123, value: [0xAB, 0xCD]), .heartbeat(highestSequence: 5, sentAt: Timestamp(nanoseconds: 6)),
+        ])
+        let critical: [UInt8] = [0x81, 0x23, 0x00, 0x00]
+        #expect(throws: SyncCodecError.unknownCriticalRecord(0x8123)) { try SyncRecord.decodeAll((heartbeat + critical)[...]) }
+    }
+
+    @Test func invalidStateIsRefusedByTheModel() throws {
+        var generator = RecordGenerator(seed: 12)
+        var bytes = try SyncRecord.childSAUpsert(generator.childSA()).encoded()
+        // Inbound SPI (first 4 bytes of the value, after type and length) set to 1: reserved.
+        bytes[4...7] = [0, 0, 0, 1]
+        #expect(throws: SyncCodecError.self) { try SyncRecord.decodeAll(bytes[...]) }
+    }
+}
