@@ -20,6 +20,8 @@ public enum Sodium {
 public enum SodiumError: Error, Sendable, Hashable {
     /// `sodium_init()` failed.
     case initializationFailed
+    /// `sodium_malloc` returned no memory.
+    case allocationFailed
 }
 
 /// A cryptographically secure random number generator backed by libsodium's `randombytes`.

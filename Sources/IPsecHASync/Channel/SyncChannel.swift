@@ -1,0 +1,376 @@
+public import IPsecHACore
+
+/// How a member's synch channel behaves. Times are nanoseconds.
+public struct SyncChannelConfiguration: Sendable {
+    /// The cluster every datagram must name.
+    public var clusterID: UInt32
+    /// This member.
+    public var member: ClusterMemberID
+    /// This member's epoch: it must differ (grow) on every start, and on every key rotation, so
+    /// that no packet number is ever reused under a key.
+    public var epoch: UInt32
+    /// The cluster key; nil only with ``allowInsecure``.
+    public var key: ChannelKey?
+    /// Run without a key: datagrams travel in clear, unauthenticated. For tests only.
+    public var allowInsecure: Bool
+    /// The other members.
+    public var peers: [ClusterMemberID]
+    /// Largest datagram sent or accepted (default 1,400 bytes, below common MTUs).
+    public var maximumDatagramSize: Int = 1_400
+    /// Heartbeat interval (default 50 ms).
+    public var heartbeatInterval: UInt64 = 50_000_000
+    /// A reliable datagram unacknowledged this long is sent again; a gap still open this long
+    /// after a negative acknowledgement is asked for again (default 100 ms).
+    public var retransmitTimeout: UInt64 = 100_000_000
+    /// Unacknowledged reliable datagrams held per peer (default 4,096).
+    public var retransmitBufferLimit: Int = 4_096
+    /// Early datagrams held per peer while a gap is open (default 4,096).
+    public var receiveHoldLimit: Int = 4_096
+    /// Packet numbers the replay window remembers per peer (default 4,096).
+    public var replayWindowSize: UInt32 = 4_096
+
+    /// A configuration with defaults for everything else. Without a key, ``allowInsecure``
+    /// must be set explicitly.
+    public init(
+        clusterID: UInt32, member: ClusterMemberID, epoch: UInt32, key: ChannelKey?, peers: [ClusterMemberID],
+        allowInsecure: Bool = false
+    ) {
+        self.clusterID = clusterID
+        self.member = member
+        self.epoch = epoch
+        self.key = key
+        self.peers = peers
+        self.allowInsecure = allowInsecure
+    }
+}
+
+/// What the channel asks its owner to do.
+public enum SyncChannelAction: Sendable, Equatable {
+    /// Hand these bytes to the transport, for this member.
+    case transmit(to: ClusterMemberID, datagram: [UInt8])
+    /// Records from a peer, in the order the peer sent them (reliable ones exactly once).
+    case deliver(from: ClusterMemberID, records: [SyncRecord])
+    /// A peer started again with a new epoch: whatever it held of this member's stream is gone.
+    case peerRestarted(ClusterMemberID, epoch: UInt32)
+    /// The stream to this peer was reset because something it missed is no longer held: send it
+    /// a resync.
+    case resyncNeeded(ClusterMemberID)
+    /// A datagram was dropped, and why. No state changed.
+    case dropped(SyncChannelError)
+}
+
+/// Counters of a synch channel.
+public struct SyncChannelStatistics: Sendable, Hashable {
+    /// Datagrams handed to the transport.
+    public var datagramsSent: UInt64 = 0
+    /// Reliable datagrams sent again.
+    public var retransmissions: UInt64 = 0
+    /// Datagrams accepted.
+    public var datagramsReceived: UInt64 = 0
+    /// Datagrams that failed authentication.
+    public var authenticationFailures: UInt64 = 0
+    /// Datagrams refused as replays.
+    public var replaysRejected: UInt64 = 0
+    /// Datagrams dropped for any other reason (malformed, wrong cluster, unknown member...).
+    public var malformedDropped: UInt64 = 0
+    /// Gaps noticed in a reliable stream from a peer.
+    public var gapsDetected: UInt64 = 0
+    /// Negative acknowledgements sent.
+    public var negativeAcknowledgementsSent: UInt64 = 0
+    /// Streams reset because lost data was no longer held.
+    public var streamResets: UInt64 = 0
+}
+
+/// Names a reliable send: acknowledged once every datagram up to `sequence` to `peer` was.
+public struct SyncTicket: Sendable, Hashable {
+    /// The peer.
+    public let peer: ClusterMemberID
+    /// The last reliable sequence number the send used.
+    public let sequence: UInt64
+}
+
+/// One member's end of the synch channel to every peer: sealing and opening (libsodium AEAD),
+/// replay protection, reliable in-order delivery with acknowledgements, negative
+/// acknowledgements, retransmission and heartbeats.
+///
+/// Sans-I/O: feed it what to send (``send(_:to:now:)``), what arrived (``receive(_:now:)``)
+/// and the passing of time (``tick(now:)``); it returns ``SyncChannelAction`` values. It never
+/// reads a clock or touches a socket.
+public struct SyncChannel {
+    struct Peer {
+        var nextPacketNumber: UInt64 = 1
+        var sender: ReliableSender
+        var lastHeartbeatSent: Timestamp?
+        var epoch: UInt32?
+        var replay: ReplayWindow
+        var receiver: ReliableReceiver
+        var lastHeard: Timestamp?
+    }
+
+    /// The configuration in force.
+    public let configuration: SyncChannelConfiguration
+    private var sealer: DatagramSealer
+    private var peers: [ClusterMemberID: Peer]
+    /// The channel's counters.
+    public private(set) var statistics = SyncChannelStatistics()
+
+    /// A channel. Throws ``SyncChannelError/security(_:)`` with
+    /// ``ChannelSecurityError/noKey`` when there is no key and insecure mode was not chosen.
+    public init(configuration: SyncChannelConfiguration) throws(SyncChannelError) {
+        guard configuration.key != nil || configuration.allowInsecure else { throw .security(.noKey) }
+        guard configuration.maximumDatagramSize >= DatagramHeader.size + DatagramSealer.tagSize + 64 else {
+            throw .invalidHeader("maximum datagram size \(configuration.maximumDatagramSize)")
+        }
+        self.configuration = configuration
+        sealer = DatagramSealer(key: configuration.key)
+        var peers: [ClusterMemberID: Peer] = [:]
+        for peer in configuration.peers where peer != configuration.member {
+            peers[peer] = Self.freshPeer(configuration)
+        }
+        self.peers = peers
+    }
+
+    private static func freshPeer(_ configuration: SyncChannelConfiguration) -> Peer {
+        Peer(
+            sender: ReliableSender(limit: configuration.retransmitBufferLimit),
+            replay: try! ReplayWindow(
+                size: min(max(configuration.replayWindowSize, ReplayWindow.minimumSize), ReplayWindow.maximumSize),
+                extendedSequenceNumbers: true),
+            receiver: ReliableReceiver(limit: configuration.receiveHoldLimit))
+    }
+
+    /// The largest payload of records one datagram carries.
+    public var maximumPayload: Int {
+        configuration.maximumDatagramSize - DatagramHeader.size - (configuration.key == nil ? 0 : DatagramSealer.tagSize)
+    }
+
+    // MARK: Sending
+
+    /// Sends records to a peer. Reliable records are packed into numbered datagrams, kept until
+    /// acknowledged; the others go out once. The ticket names the last reliable datagram (nil
+    /// when nothing reliable was sent). Throws ``SyncChannelError/sendQueueFull`` when the
+    /// retransmission buffer cannot take the reliable records (nothing is sent then), and
+    /// ``SyncChannelError/codec(_:)`` when a record does not fit a datagram.
+    public mutating func send(
+        _ records: [SyncRecord], to peer: ClusterMemberID, now: Timestamp
+    ) throws(SyncChannelError) -> (ticket: SyncTicket?, actions: [SyncChannelAction]) {
+        guard peers[peer] != nil else { throw .unknownMember(peer) }
+        let reliable = try pack(records.filter(\.isReliable))
+        let unreliable = try pack(records.filter { !$0.isReliable })
+        guard reliable.count <= peers[peer]!.sender.freeSlots else { throw .sendQueueFull }
+        var actions: [SyncChannelAction] = []
+        var last: UInt64?
+        for payload in reliable {
+            let entry = peers[peer]!.sender.enqueue(payload, now: now)!
+            last = entry.sequence
+            actions.append(try transmit(payload, to: peer, reliableSequence: entry.sequence, streamReset: entry.streamReset))
+        }
+        for payload in unreliable {
+            actions.append(try transmit(payload, to: peer, reliableSequence: 0, streamReset: false))
+        }
+        return (last.map { SyncTicket(peer: peer, sequence: $0) }, actions)
+    }
+
+    /// How many more reliable datagrams the peer's retransmission buffer takes now.
+    public func reliableCapacity(to peer: ClusterMemberID) -> Int { peers[peer]?.sender.freeSlots ?? 0 }
+
+    /// Whether the peer acknowledged everything up to the ticket.
+    public func isAcknowledged(_ ticket: SyncTicket) -> Bool {
+        peers[ticket.peer]?.sender.isAcknowledged(ticket.sequence) ?? false
+    }
+
+    /// Drops everything unacknowledged to `peer` and restarts the stream (the next reliable
+    /// datagram tells the peer to skip whatever it was missing). Used before a bulk resync.
+    public mutating func resetStream(to peer: ClusterMemberID) {
+        peers[peer]?.sender.resetStream()
+        statistics.streamResets += 1
+    }
+
+    // MARK: Receiving
+
+    /// Takes a datagram from the transport. Any failed check drops it with a
+    /// ``SyncChannelAction/dropped(_:)`` action and changes nothing.
+    public mutating func receive(_ datagram: [UInt8], now: Timestamp) -> [SyncChannelAction] {
+        do {
+            return try accept(datagram, now: now)
+        } catch {
+            switch error {
+            case .security(.authenticationFailed), .security(.noKey): statistics.authenticationFailures += 1
+            case .security(.replayed): statistics.replaysRejected += 1
+            default: statistics.malformedDropped += 1
+            }
+            return [.dropped(error)]
+        }
+    }
+
+    private mutating func accept(_ datagram: [UInt8], now: Timestamp) throws(SyncChannelError) -> [SyncChannelAction] {
+        guard datagram.count <= configuration.maximumDatagramSize else { throw .tooLong(datagram.count) }
+        guard datagram.count >= DatagramHeader.size else { throw .tooShort(datagram.count) }
+        // Cheap checks on the clear header first, so that no key is derived for junk.
+        let claimed = try DatagramHeader.read(datagram[0..<DatagramHeader.size])
+        guard claimed.clusterID == configuration.clusterID else { throw .wrongCluster(claimed.clusterID) }
+        guard claimed.receiver == configuration.member else { throw .unknownMember(claimed.receiver) }
+        guard var peer = peers[claimed.sender] else { throw .unknownMember(claimed.sender) }
+        if let epoch = peer.epoch, claimed.epoch < epoch { throw .security(.replayed(claimed.packetNumber)) }
+        let sameEpoch = peer.epoch == claimed.epoch
+        if sameEpoch, case .fresh = peer.replay.classify(claimed.packetNumber) {} else if sameEpoch {
+            throw .security(.replayed(claimed.packetNumber))
+        }
+        let (header, payload) = try sealer.open(datagram)
+        let records: [SyncRecord]
+        do { records = try SyncRecord.decodeAll(payload[...]) } catch { throw .codec(error) }
+
+        // Authentic and well formed: from here on, state changes.
+        var actions: [SyncChannelAction] = []
+        if !sameEpoch {
+            let restarted = peer.epoch != nil
+            peer.epoch = header.epoch
+            peer.replay = Self.freshPeer(configuration).replay
+            peer.receiver.reset()
+            if restarted {
+                // It lost our stream too: restart it, and let the owner resync the peer.
+                peer.sender.resetStream()
+                statistics.streamResets += 1
+            }
+            actions.append(.peerRestarted(header.sender, epoch: header.epoch))
+        }
+        try? peer.replay.commit(header.packetNumber)
+        peer.lastHeard = now
+        statistics.datagramsReceived += 1
+
+        var control: [SyncRecord] = []
+        var retransmit: [ReliableSender.Outstanding] = []
+        var unreliable: [SyncRecord] = []
+        for record in records where !record.isReliable {
+            switch record {
+            case .acknowledgement(let cumulative, let selective):
+                peer.sender.acknowledge(cumulative: cumulative, selective: selective)
+            case .negativeAcknowledgement(let ranges):
+                let answer = peer.sender.negativeAcknowledge(ranges, now: now)
+                retransmit += answer.retransmit
+                if answer.lost {
+                    peer.sender.resetStream()
+                    statistics.streamResets += 1
+                    actions.append(.resyncNeeded(header.sender))
+                }
+            case .heartbeat(let highest, _):
+                let hadGap = peer.receiver.hasGap
+                peer.receiver.announce(highest: highest, now: now)
+                if peer.receiver.hasGap && !hadGap { statistics.gapsDetected += 1 }
+                if peer.receiver.hasGap { control.append(negativeAcknowledgement(&peer, now: now)) }
+                unreliable.append(record)
+            default:
+                unreliable.append(record)
+            }
+        }
+        if !unreliable.isEmpty { actions.append(.deliver(from: header.sender, records: unreliable)) }
+        if header.reliableSequence > 0 {
+            let hadGap = peer.receiver.hasGap
+            let ready = peer.receiver.receive(
+                sequence: header.reliableSequence, records: records.filter(\.isReliable),
+                streamReset: header.flags & DatagramHeader.streamResetFlag != 0, now: now)
+            for batch in ready where !batch.isEmpty { actions.append(.deliver(from: header.sender, records: batch)) }
+            if peer.receiver.hasGap && !hadGap {
+                statistics.gapsDetected += 1
+                control.append(negativeAcknowledgement(&peer, now: now))
+            }
+            control.append(peer.receiver.acknowledgement())
+        }
+        peers[header.sender] = peer
+        for entry in retransmit {
+            statistics.retransmissions += 1
+            actions.append(try transmit(entry.payload, to: header.sender, reliableSequence: entry.sequence, streamReset: entry.streamReset))
+        }
+        if !control.isEmpty {
+            for payload in try pack(control) {
+                actions.append(try transmit(payload, to: header.sender, reliableSequence: 0, streamReset: false))
+            }
+        }
+        return actions
+    }
+
+    private mutating func negativeAcknowledgement(_ peer: inout Peer, now: Timestamp) -> SyncRecord {
+        peer.receiver.lastNegativeAcknowledgement = now
+        statistics.negativeAcknowledgementsSent += 1
+        return .negativeAcknowledgement(peer.receiver.missingRanges())
+    }
+
+    // MARK: Time
+
+    /// Heartbeats (with the highest reliable sequence sent and an acknowledgement), timed-out
+    /// retransmissions, and repeated negative acknowledgements for gaps still open.
+    public mutating func tick(now: Timestamp) -> [SyncChannelAction] {
+        var actions: [SyncChannelAction] = []
+        for member in peers.keys.sorted() {
+            var peer = peers[member]!
+            var control: [SyncRecord] = []
+            if peer.lastHeartbeatSent.map({ now.nanoseconds >= $0.nanoseconds &+ configuration.heartbeatInterval }) ?? true {
+                peer.lastHeartbeatSent = now
+                control.append(.heartbeat(highestSequence: peer.sender.highestSent, sentAt: now))
+                if peer.epoch != nil { control.append(peer.receiver.acknowledgement()) }
+            }
+            if peer.receiver.hasGap,
+                peer.receiver.lastNegativeAcknowledgement.map({ now.nanoseconds >= $0.nanoseconds &+ configuration.retransmitTimeout }) ?? true
+            {
+                control.append(negativeAcknowledgement(&peer, now: now))
+            }
+            let due = peer.sender.timedOut(now: now, timeout: configuration.retransmitTimeout, maximum: 64)
+            peers[member] = peer
+            for entry in due {
+                statistics.retransmissions += 1
+                if let action = try? transmit(entry.payload, to: member, reliableSequence: entry.sequence, streamReset: entry.streamReset) {
+                    actions.append(action)
+                }
+            }
+            if !control.isEmpty, let payloads = try? pack(control) {
+                for payload in payloads {
+                    if let action = try? transmit(payload, to: member, reliableSequence: 0, streamReset: false) {
+                        actions.append(action)
+                    }
+                }
+            }
+        }
+        return actions
+    }
+
+    /// Whether records from `peer` are known to be missing (a gap not yet repaired), and since when.
+    public func missingSince(from peer: ClusterMemberID) -> Timestamp? { peers[peer]?.receiver.gapSince }
+
+    /// When the last datagram from `peer` was accepted.
+    public func lastHeard(from peer: ClusterMemberID) -> Timestamp? { peers[peer]?.lastHeard }
+
+    // MARK: Internals
+
+    /// Packs encoded records into payloads no larger than ``maximumPayload``.
+    private func pack(_ records: [SyncRecord]) throws(SyncChannelError) -> [[UInt8]] {
+        var payloads: [[UInt8]] = []
+        var current = ByteWriter(capacity: maximumPayload)
+        for record in records {
+            var writer = ByteWriter()
+            do { try record.encode(into: &writer) } catch { throw .codec(error) }
+            guard writer.count <= maximumPayload else { throw .codec(.recordTooLarge(writer.count)) }
+            if current.count + writer.count > maximumPayload {
+                payloads.append(current.bytes)
+                current = ByteWriter(capacity: maximumPayload)
+            }
+            current.write(bytes: writer.bytes)
+        }
+        if current.count > 0 { payloads.append(current.bytes) }
+        return payloads
+    }
+
+    private mutating func transmit(
+        _ payload: [UInt8], to member: ClusterMemberID, reliableSequence: UInt64, streamReset: Bool
+    ) throws(SyncChannelError) -> SyncChannelAction {
+        let packetNumber = peers[member]!.nextPacketNumber
+        peers[member]!.nextPacketNumber += 1
+        let header = DatagramHeader(
+            flags: streamReset ? DatagramHeader.streamResetFlag : 0, clusterID: configuration.clusterID,
+            sender: configuration.member, receiver: member, epoch: configuration.epoch, packetNumber: packetNumber,
+            reliableSequence: reliableSequence)
+        let datagram: [UInt8]
+        do { datagram = try sealer.seal(header, payload: payload) } catch { throw .security(error) }
+        statistics.datagramsSent += 1
+        return .transmit(to: member, datagram: datagram)
+    }
+}

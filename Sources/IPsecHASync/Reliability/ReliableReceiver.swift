@@ -1,0 +1,103 @@
+import IPsecHACore
+
+/// The receiving half of the reliable stream from one peer: delivers records in sequence order,
+/// holds a bounded number of datagrams that arrived early, and knows which ranges are missing,
+/// from gaps in what arrived and from the peer's heartbeats (which carry the highest sequence
+/// number sent, so a loss at the end of a burst is noticed at the next heartbeat).
+struct ReliableReceiver {
+    /// At most this many early datagrams are held; later ones are dropped and come again.
+    let limit: Int
+    /// Everything up to this was delivered.
+    private(set) var delivered: UInt64 = 0
+    /// Datagrams above `delivered + 1`, waiting for the gap below them.
+    private(set) var held: [UInt64: [SyncRecord]] = [:]
+    /// The highest sequence number known to exist (received, or announced by a heartbeat).
+    private(set) var highestKnown: UInt64 = 0
+    /// Since when something has been missing, if it is.
+    private(set) var gapSince: Timestamp?
+    /// When the last negative acknowledgement went out.
+    var lastNegativeAcknowledgement: Timestamp?
+
+    init(limit: Int) { self.limit = max(limit, 1) }
+
+    /// Takes a reliable datagram; returns the record lists now deliverable, in order.
+    mutating func receive(sequence: UInt64, records: [SyncRecord], streamReset: Bool, now: Timestamp) -> [[SyncRecord]] {
+        if streamReset, sequence > delivered {
+            // The sender could no longer fill the gap below this datagram: give up on it (a
+            // resync follows in the new stream).
+            delivered = sequence - 1
+            held = held.filter { $0.key >= sequence }
+        }
+        highestKnown = max(highestKnown, sequence)
+        guard sequence > delivered, held[sequence] == nil else { return [] }
+        var ready: [[SyncRecord]] = []
+        if sequence == delivered + 1 {
+            ready.append(records)
+            delivered = sequence
+            while let next = held.removeValue(forKey: delivered + 1) {
+                ready.append(next)
+                delivered += 1
+            }
+        } else if held.count < limit {
+            held[sequence] = records
+        }
+        updateGap(now: now)
+        return ready
+    }
+
+    /// Takes the highest sequence number the peer says it sent.
+    mutating func announce(highest: UInt64, now: Timestamp) {
+        highestKnown = max(highestKnown, highest)
+        updateGap(now: now)
+    }
+
+    /// Forgets the stream (the peer restarted).
+    mutating func reset() {
+        delivered = 0
+        held.removeAll()
+        highestKnown = 0
+        gapSince = nil
+        lastNegativeAcknowledgement = nil
+    }
+
+    /// Whether sequence numbers are known to be missing.
+    var hasGap: Bool { highestKnown > delivered }
+
+    /// The missing ranges, at most `maximum` of them, lowest first.
+    func missingRanges(maximum: Int = 32) -> [SequenceRange] {
+        guard hasGap else { return [] }
+        var ranges: [SequenceRange] = []
+        var start = delivered + 1
+        for sequence in held.keys.sorted() where sequence >= start {
+            if sequence > start { ranges.append(SequenceRange(start, sequence - 1)) }
+            start = sequence + 1
+            if ranges.count == maximum { return ranges }
+        }
+        if start <= highestKnown { ranges.append(SequenceRange(start, highestKnown)) }
+        return Array(ranges.prefix(maximum))
+    }
+
+    /// The acknowledgement to send: cumulative, plus held ranges above it.
+    func acknowledgement(maximumRanges: Int = 32) -> SyncRecord {
+        var ranges: [SequenceRange] = []
+        for sequence in held.keys.sorted() {
+            if let last = ranges.last, last.upper + 1 == sequence {
+                ranges[ranges.count - 1].upper = sequence
+            } else if ranges.count < maximumRanges {
+                ranges.append(SequenceRange(sequence, sequence))
+            } else {
+                break
+            }
+        }
+        return .acknowledgement(cumulative: delivered, selective: ranges)
+    }
+
+    private mutating func updateGap(now: Timestamp) {
+        if hasGap {
+            if gapSince == nil { gapSince = now }
+        } else {
+            gapSince = nil
+            lastNegativeAcknowledgement = nil
+        }
+    }
+}

@@ -1,0 +1,112 @@
+import IPsecHACore
+
+/// The sending half of the reliable stream to one peer: numbers reliable datagrams 1, 2, 3...,
+/// keeps each until it is acknowledged, retransmits on negative acknowledgement or time-out,
+/// and says when something asked for is no longer held (the stream must be reset and a resync
+/// follow). Sans-I/O: it returns what to send; sealing happens in ``SyncChannel``.
+struct ReliableSender {
+    struct Outstanding {
+        let sequence: UInt64
+        let payload: [UInt8]
+        let streamReset: Bool
+        var lastSent: Timestamp
+        var transmissions: Int
+        var selectivelyAcknowledged = false
+    }
+
+    /// At most this many unacknowledged datagrams are held.
+    let limit: Int
+    private(set) var nextSequence: UInt64 = 1
+    /// Everything at or below this was acknowledged.
+    private(set) var cumulativeAcknowledged: UInt64 = 0
+    /// Unacknowledged datagrams from `cumulativeAcknowledged + 1` on, in order (some may be
+    /// selectively acknowledged already).
+    private(set) var outstanding: [Outstanding] = []
+    private var resetPending = false
+
+    init(limit: Int) { self.limit = max(limit, 1) }
+
+    /// The highest sequence number sent so far (0 before the first).
+    var highestSent: UInt64 { nextSequence - 1 }
+    var hasRoom: Bool { outstanding.count < limit }
+    var freeSlots: Int { limit - outstanding.count }
+
+    /// Takes a reliable payload; nil when the buffer is full.
+    mutating func enqueue(_ payload: [UInt8], now: Timestamp) -> Outstanding? {
+        guard hasRoom else { return nil }
+        let entry = Outstanding(sequence: nextSequence, payload: payload, streamReset: resetPending, lastSent: now, transmissions: 1)
+        resetPending = false
+        outstanding.append(entry)
+        nextSequence += 1
+        return entry
+    }
+
+    /// Forgets everything unacknowledged; the next datagram restarts the receiver's stream.
+    mutating func resetStream() {
+        cumulativeAcknowledged = nextSequence - 1
+        outstanding.removeAll()
+        resetPending = true
+    }
+
+    /// Applies an acknowledgement. Values beyond what was sent are ignored.
+    mutating func acknowledge(cumulative: UInt64, selective: [SequenceRange]) {
+        let cumulative = min(cumulative, highestSent)
+        if cumulative > cumulativeAcknowledged {
+            let drop = min(Int(cumulative - cumulativeAcknowledged), outstanding.count)
+            outstanding.removeFirst(drop)
+            cumulativeAcknowledged = cumulative
+        }
+        for range in selective {
+            for index in indices(of: range) { outstanding[index].selectivelyAcknowledged = true }
+        }
+    }
+
+    /// The datagrams a negative acknowledgement asks for; `lost` when some are no longer held.
+    mutating func negativeAcknowledge(_ ranges: [SequenceRange], now: Timestamp) -> (retransmit: [Outstanding], lost: Bool) {
+        var retransmit: [Outstanding] = []
+        var lost = false
+        for range in ranges {
+            if range.lower <= cumulativeAcknowledged || range.upper > highestSent {
+                // Asked for something acknowledged before (a receiver that lost its state) or
+                // never sent: only a reset can help.
+                lost = lost || range.upper > cumulativeAcknowledged
+                if range.upper <= cumulativeAcknowledged { continue }
+            }
+            for index in indices(of: range) where !outstanding[index].selectivelyAcknowledged {
+                outstanding[index].lastSent = now
+                outstanding[index].transmissions += 1
+                retransmit.append(outstanding[index])
+            }
+        }
+        return (retransmit, lost)
+    }
+
+    /// Datagrams unacknowledged for `timeout` or longer, at most `maximum`, marked as resent now.
+    mutating func timedOut(now: Timestamp, timeout: UInt64, maximum: Int) -> [Outstanding] {
+        var due: [Outstanding] = []
+        for index in outstanding.indices where due.count < maximum {
+            let entry = outstanding[index]
+            if !entry.selectivelyAcknowledged, now.nanoseconds >= entry.lastSent.nanoseconds &+ timeout {
+                outstanding[index].lastSent = now
+                outstanding[index].transmissions += 1
+                due.append(outstanding[index])
+            }
+        }
+        return due
+    }
+
+    /// Whether everything up to `sequence` has been acknowledged (cumulatively or selectively).
+    func isAcknowledged(_ sequence: UInt64) -> Bool {
+        if sequence <= cumulativeAcknowledged { return true }
+        guard let first = outstanding.first?.sequence, sequence >= first else { return false }
+        return outstanding.prefix(Int(sequence - first) + 1).allSatisfy(\.selectivelyAcknowledged)
+    }
+
+    private func indices(of range: SequenceRange) -> Range<Int> {
+        guard let first = outstanding.first?.sequence else { return 0..<0 }
+        let lower = max(range.lower, first)
+        let upper = min(range.upper, first + UInt64(outstanding.count) - 1)
+        guard lower <= upper else { return 0..<0 }
+        return Int(lower - first)..<Int(upper - first + 1)
+    }
+}
