@@ -1,0 +1,136 @@
+public import IPsecHACore
+
+/// An exchange known to be under way on an IKE SA.
+public struct InFlightExchange: Sendable, Hashable {
+    /// The IKE SA.
+    public var ikeSA: IKESAIdentifier
+    /// The exchange's message ID.
+    public var messageID: UInt32
+    /// Whether the active member initiated it (else the peer did).
+    public var initiatedHere: Bool
+}
+
+/// Counters of a replica.
+public struct ReplicaStatistics: Sendable, Hashable {
+    /// Records applied.
+    public var applied: UInt64 = 0
+    /// Records older than what was held, ignored (never applied).
+    public var stale: UInt64 = 0
+    /// Records that did not fit the state (an SA that does not exist...), ignored.
+    public var rejected: UInt64 = 0
+    /// Bulk resyncs completed.
+    public var resyncsCompleted: UInt64 = 0
+    /// Bulk resyncs whose end counts did not match what arrived.
+    public var resyncsIncomplete: UInt64 = 0
+}
+
+/// The standby's side of replication: applies records to its own gateway state, never an
+/// older record over a newer one, and keeps what a takeover needs to know: whether it is a
+/// complete copy (``isReady``), which exchanges were in flight, and when each IKE SA was last
+/// updated.
+public struct Replica {
+    /// The replicated state.
+    public private(set) var state: GatewayState
+    /// True once a bulk resync completed (and until another one starts): the replica holds a
+    /// complete copy and may count as a standby.
+    public private(set) var isReady = false
+    /// Exchanges started and not yet finished.
+    public private(set) var inFlight: Set<InFlightExchange> = []
+    /// When each IKE SA's record was last applied.
+    public private(set) var lastUpdated: [IKESAIdentifier: Timestamp] = [:]
+    /// The replica's counters.
+    public private(set) var statistics = ReplicaStatistics()
+    private var resyncInProgress: UInt32?
+
+    /// An empty, not yet ready replica.
+    public init(spdCacheCapacity: Int = 65_536) {
+        state = GatewayState(spdCacheCapacity: spdCacheCapacity)
+    }
+
+    /// The hello a joining or restarted standby sends until it is ready.
+    public func hello(epoch: UInt32) -> SyncRecord {
+        .hello(epoch: epoch, capabilities: 0, needsResync: !isReady)
+    }
+
+    /// Applies records delivered by the channel, in order.
+    public mutating func apply(_ records: [SyncRecord], now: Timestamp) {
+        for record in records { apply(record, now: now) }
+    }
+
+    private mutating func apply(_ record: SyncRecord, now: Timestamp) {
+        switch record {
+        case .hello, .heartbeat, .acknowledgement, .negativeAcknowledgement, .resyncRequest, .unknown:
+            return
+        case .resyncBegin(let id, _):
+            state = GatewayState(spdCacheCapacity: 65_536)
+            inFlight = []
+            lastUpdated = [:]
+            isReady = false
+            resyncInProgress = id
+        case .resyncEnd(let id, let ikeSAs, let childSAs, let policies):
+            guard resyncInProgress == id else { return }
+            resyncInProgress = nil
+            if state.ikeSAs.count == Int(ikeSAs), state.childSACount == Int(childSAs), state.spd.policies.count == Int(policies) {
+                isReady = true
+                statistics.resyncsCompleted += 1
+            } else {
+                statistics.resyncsIncomplete += 1
+            }
+        case .policyUpsert(let policy, let position):
+            if state.spd.policy(policy.id) != nil { _ = try? state.removePolicy(policy.id) }
+            count(.policyInstalled(policy, position: min(Int(position), state.spd.policies.count)))
+        case .policyDelete(let id):
+            count(.policyRemoved(id))
+        case .ikeSAUpsert(let sa):
+            let change: StateChange = state.ikeSAs[sa.identifier] == nil ? .ikeSACreated(sa) : .ikeSAUpdated(sa)
+            if count(change) { lastUpdated[sa.identifier] = now }
+        case .ikeSADelete(let identifier):
+            if count(.ikeSADeleted(identifier)) {
+                lastUpdated[identifier] = nil
+                inFlight = inFlight.filter { $0.ikeSA != identifier }
+            }
+        case .childSAUpsert(let sa):
+            let change: StateChange = state.childSA(inboundSPI: sa.inboundSPI) == nil ? .childSACreated(sa) : .childSAUpdated(sa)
+            count(change)
+        case .childSADelete(let spi):
+            count(.childSADeleted(inboundSPI: spi))
+        case .counterCheckpoints(let entries):
+            for entry in entries { count(.countersAdvanced(entry.checkpoint, generation: entry.generation)) }
+        case .messageIDUpdate(let identifier, let generation, let snapshot):
+            guard var sa = state.ikeSAs[identifier], let windows = try? IKEMessageIDWindows(restoringFrom: snapshot) else {
+                statistics.rejected += 1
+                return
+            }
+            sa.messageIDs = windows
+            sa.generation = generation
+            if count(.ikeSAUpdated(sa)) { lastUpdated[identifier] = now }
+        case .ownershipChange(let identifier, let owner, let generation):
+            guard var sa = state.ikeSAs[identifier] else {
+                statistics.rejected += 1
+                return
+            }
+            sa.owner = owner
+            sa.generation = generation
+            if count(.ikeSAUpdated(sa)) { lastUpdated[identifier] = now }
+        case .exchangeStarted(let identifier, let messageID, let initiatedHere):
+            inFlight.insert(InFlightExchange(ikeSA: identifier, messageID: messageID, initiatedHere: initiatedHere))
+        case .exchangeFinished(let identifier, let messageID, let initiatedHere):
+            inFlight.remove(InFlightExchange(ikeSA: identifier, messageID: messageID, initiatedHere: initiatedHere))
+        }
+    }
+
+    /// Applies one change and counts the outcome; true when it was applied.
+    @discardableResult
+    private mutating func count(_ change: StateChange) -> Bool {
+        do {
+            try state.apply(change)
+            statistics.applied += 1
+            return true
+        } catch .staleChange {
+            statistics.stale += 1
+        } catch {
+            statistics.rejected += 1
+        }
+        return false
+    }
+}

@@ -1,0 +1,141 @@
+public import IPsecHACore
+
+extension SyncRecord {
+    /// The record that carries a state change to the standbys.
+    public init(_ change: StateChange) {
+        switch change {
+        case .policyInstalled(let policy, let position): self = .policyUpsert(policy, position: UInt32(clamping: position))
+        case .policyRemoved(let id): self = .policyDelete(id)
+        case .ikeSACreated(let sa), .ikeSAUpdated(let sa): self = .ikeSAUpsert(sa)
+        case .ikeSADeleted(let identifier): self = .ikeSADelete(identifier)
+        case .childSACreated(let sa), .childSAUpdated(let sa): self = .childSAUpsert(sa)
+        case .childSADeleted(let spi): self = .childSADelete(inboundSPI: spi)
+        case .countersAdvanced(let checkpoint, let generation):
+            self = .counterCheckpoints([CounterCheckpointEntry(checkpoint: checkpoint, generation: generation, packetsPerSecond: 0)])
+        }
+    }
+}
+
+/// The active member's side of replication: turns the gateway state's changes into records for
+/// every standby, and streams a bulk resync to a standby that joins, restarts or lost more than
+/// the channel could repair.
+///
+/// Tickets let the caller hold an IKE message until the standbys have acknowledged the state
+/// it depends on (synchronous replication); ignoring them gives asynchronous replication.
+public struct Replicator {
+    /// A bulk resync being streamed to one standby, as the channel's buffer lets it.
+    struct Resync {
+        var records: [SyncRecord]
+        var next = 0
+    }
+
+    /// The standbys replicated to.
+    public let standbys: [ClusterMemberID]
+    private var resyncs: [ClusterMemberID: Resync] = [:]
+    private var nextResyncID: UInt32 = 1
+    /// Bulk resyncs started so far.
+    public private(set) var resyncsStarted = 0
+
+    /// A replicator for these standbys.
+    public init(standbys: [ClusterMemberID]) { self.standbys = standbys }
+
+    /// Whether a bulk resync to `standby` is still being streamed.
+    public func isResyncing(_ standby: ClusterMemberID) -> Bool { resyncs[standby] != nil }
+
+    /// Sends the records of `changes` to every standby. A standby being resynced gets them
+    /// after its resync; a standby whose buffer is full is resynced from `state` (which must
+    /// already include the changes). Returns one ticket per standby that got the records now.
+    public mutating func replicate(
+        _ changes: [StateChange], state: GatewayState, channel: inout SyncChannel, now: Timestamp
+    ) -> (tickets: [SyncTicket], actions: [SyncChannelAction]) {
+        let records = changes.map(SyncRecord.init)
+        guard !records.isEmpty else { return ([], []) }
+        var tickets: [SyncTicket] = []
+        var actions: [SyncChannelAction] = []
+        for standby in standbys {
+            if resyncs[standby] != nil {
+                resyncs[standby]!.records += records
+                continue
+            }
+            do {
+                let sent = try channel.send(records, to: standby, now: now)
+                if let ticket = sent.ticket { tickets.append(ticket) }
+                actions += sent.actions
+            } catch {
+                actions += startResync(of: standby, from: state, channel: &channel, now: now)
+            }
+        }
+        return (tickets, actions)
+    }
+
+    /// Starts streaming everything in `state` to `standby`: the channel's stream to it is reset
+    /// and the records go out as its buffer frees (``pump(channel:now:)``).
+    public mutating func startResync(
+        of standby: ClusterMemberID, from state: GatewayState, channel: inout SyncChannel, now: Timestamp
+    ) -> [SyncChannelAction] {
+        let id = nextResyncID
+        nextResyncID &+= 1
+        resyncsStarted += 1
+        var records: [SyncRecord] = [.resyncBegin(id: id, scope: .everything)]
+        for (position, policy) in state.spd.policies.enumerated() {
+            records.append(.policyUpsert(policy, position: UInt32(position)))
+        }
+        for identifier in state.ikeSAs.keys.sorted() { records.append(.ikeSAUpsert(state.ikeSAs[identifier]!)) }
+        for sa in state.childSAs.sorted(by: { $0.inboundSPI < $1.inboundSPI }) { records.append(.childSAUpsert(sa)) }
+        records.append(
+            .resyncEnd(
+                id: id, ikeSAs: UInt32(state.ikeSAs.count), childSAs: UInt32(state.childSACount),
+                policies: UInt32(state.spd.policies.count)))
+        channel.resetStream(to: standby)
+        resyncs[standby] = Resync(records: records)
+        return pump(channel: &channel, now: now)
+    }
+
+    /// Sends as much of every pending resync as the channel's buffers take.
+    public mutating func pump(channel: inout SyncChannel, now: Timestamp) -> [SyncChannelAction] {
+        var actions: [SyncChannelAction] = []
+        for standby in resyncs.keys.sorted() {
+            var resync = resyncs[standby]!
+            // Records of a few hundred bytes each: about four per datagram at the default size.
+            while resync.next < resync.records.count, channel.reliableCapacity(to: standby) > 0 {
+                let batchEnd = min(resync.next + 64, resync.records.count)
+                var end = batchEnd
+                while end > resync.next {
+                    if let sent = try? channel.send(Array(resync.records[resync.next..<end]), to: standby, now: now) {
+                        actions += sent.actions
+                        break
+                    }
+                    end = resync.next + (end - resync.next) / 2
+                }
+                if end == resync.next { break }
+                resync.next = end
+            }
+            resyncs[standby] = resync.next < resync.records.count ? resync : nil
+        }
+        return actions
+    }
+
+    /// Reacts to what the channel reported or delivered on the active member: a standby that
+    /// says hello needing a resync, asks for one, restarted, or whose stream broke is resynced.
+    public mutating func handle(
+        _ action: SyncChannelAction, state: GatewayState, channel: inout SyncChannel, now: Timestamp
+    ) -> [SyncChannelAction] {
+        switch action {
+        case .resyncNeeded(let standby):
+            return startResync(of: standby, from: state, channel: &channel, now: now)
+        case .deliver(let standby, let records):
+            let asks = records.contains { record in
+                switch record {
+                case .hello(_, _, true), .resyncRequest: true
+                default: false
+                }
+            }
+            if asks, standbys.contains(standby), resyncs[standby] == nil {
+                return startResync(of: standby, from: state, channel: &channel, now: now)
+            }
+            return []
+        default:
+            return []
+        }
+    }
+}
