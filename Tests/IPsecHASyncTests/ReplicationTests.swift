@@ -81,3 +81,45 @@ struct ReplicationTests {
         #expect(cluster.replica.state == cluster.state, "and repaired")
     }
 }
+
+@Suite("Counter checkpoints")
+struct CounterCheckpointTests {
+    @Test func dueByPacketsOrIntervalWithMeasuredRates() throws {
+        var cluster = try ClusterHarness(seed: 40)
+        try cluster.run(for: 300_000_000)
+        var generator = RecordGenerator(seed: 41)
+        let ike = generator.ikeSA()
+        _ = try cluster.replicate(try cluster.state.createIKESA(ike))
+        var busy = generator.childSA(parent: ike.identifier)
+        busy.policy = nil
+        var quiet = generator.childSA(parent: ike.identifier)
+        quiet.policy = nil
+        _ = try cluster.replicate(try cluster.state.createChildSA(busy) + cluster.state.createChildSA(quiet))
+        var scheduler = CounterCheckpointScheduler(policy: CounterCheckpointPolicy(packets: 1_000, interval: 50_000_000))
+        #expect(scheduler.takeDueCheckpoints(from: &cluster.state, now: cluster.now).isEmpty, "first pass only starts tracking")
+
+        let busySlot = try #require(cluster.state.slot(forInboundSPI: busy.inboundSPI))
+        let quietSlot = try #require(cluster.state.slot(forInboundSPI: quiet.inboundSPI))
+        var checkpoints: [CounterCheckpointEntry] = []
+        for millisecond in 1...100 {
+            for _ in 0..<100 { _ = try cluster.state.nextOutboundSequenceNumber(at: busySlot, bytes: 100) }
+            if millisecond % 10 == 0 { _ = try cluster.state.nextOutboundSequenceNumber(at: quietSlot, bytes: 100) }
+            try cluster.run(for: 1_000_000)
+            let due = scheduler.takeDueCheckpoints(from: &cluster.state, now: cluster.now)
+            checkpoints += due
+            _ = cluster.replicator.replicate(checkpoints: due, state: cluster.state, channel: &cluster.activeChannel, now: cluster.now)
+        }
+        let busyCheckpoints = checkpoints.filter { $0.checkpoint.inboundSPI == busy.inboundSPI }
+        let quietCheckpoints = checkpoints.filter { $0.checkpoint.inboundSPI == quiet.inboundSPI }
+        // 100 packets a millisecond: due by packets every 10 ms, at about 100,000 packets/s.
+        #expect((9...11).contains(busyCheckpoints.count))
+        #expect(busyCheckpoints.allSatisfy { (90_000...110_000).contains($0.packetsPerSecond) })
+        // 100 packets a second: due by the 50 ms interval.
+        #expect((1...2).contains(quietCheckpoints.count))
+        try cluster.run(for: 100_000_000)
+        #expect(cluster.replica.state.childSA(inboundSPI: busy.inboundSPI)?.outboundCounter.lastSent == busyCheckpoints.last?.checkpoint.outbound.lastSent)
+        try cluster.checkpointAll()
+        try cluster.run(for: 100_000_000)
+        #expect(cluster.replica.state == cluster.state)
+    }
+}

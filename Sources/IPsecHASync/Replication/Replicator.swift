@@ -48,7 +48,12 @@ public struct Replicator {
     public mutating func replicate(
         _ changes: [StateChange], state: GatewayState, channel: inout SyncChannel, now: Timestamp
     ) -> (tickets: [SyncTicket], actions: [SyncChannelAction]) {
-        let records = changes.map(SyncRecord.init)
+        replicate(records: Self.records(for: changes), state: state, channel: &channel, now: now)
+    }
+
+    private mutating func replicate(
+        records: [SyncRecord], state: GatewayState, channel: inout SyncChannel, now: Timestamp
+    ) -> (tickets: [SyncTicket], actions: [SyncChannelAction]) {
         guard !records.isEmpty else { return ([], []) }
         var tickets: [SyncTicket] = []
         var actions: [SyncChannelAction] = []
@@ -66,6 +71,38 @@ public struct Replicator {
             }
         }
         return (tickets, actions)
+    }
+
+    /// Sends counter checkpoints (from ``CounterCheckpointScheduler``) to every standby, batched.
+    public mutating func replicate(
+        checkpoints: [CounterCheckpointEntry], state: GatewayState, channel: inout SyncChannel, now: Timestamp
+    ) -> (tickets: [SyncTicket], actions: [SyncChannelAction]) {
+        replicate(records: Self.batches(checkpoints), state: state, channel: &channel, now: now)
+    }
+
+    /// Counter checkpoints per record: 16 entries of 64 bytes fit a default datagram.
+    static let checkpointsPerRecord = 16
+
+    static func batches(_ entries: [CounterCheckpointEntry]) -> [SyncRecord] {
+        stride(from: 0, to: entries.count, by: checkpointsPerRecord).map {
+            .counterCheckpoints(Array(entries[$0..<min($0 + checkpointsPerRecord, entries.count)]))
+        }
+    }
+
+    /// The records for `changes`, with consecutive counter checkpoints batched.
+    static func records(for changes: [StateChange]) -> [SyncRecord] {
+        var records: [SyncRecord] = []
+        var pending: [CounterCheckpointEntry] = []
+        for change in changes {
+            if case .countersAdvanced(let checkpoint, let generation) = change {
+                pending.append(CounterCheckpointEntry(checkpoint: checkpoint, generation: generation, packetsPerSecond: 0))
+                continue
+            }
+            records += batches(pending)
+            pending = []
+            records.append(SyncRecord(change))
+        }
+        return records + batches(pending)
     }
 
     /// Starts streaming everything in `state` to `standby`: the channel's stream to it is reset

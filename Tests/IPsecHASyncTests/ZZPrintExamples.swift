@@ -1,0 +1,68 @@
+import IPsecHACore
+@testable import IPsecHASync
+import Testing
+
+enum DocExamples {
+    static func key(_ byte: UInt8, _ count: Int = 2) -> KeyMaterial { KeyMaterial(copying: Array(repeating: byte, count: count)) }
+    static let identifier = IKESAIdentifier(initiatorSPI: 0x1122334455667788, responderSPI: 0x99AABBCCDDEEFF00)
+    static var ikeSA: IKESA {
+        var sa = try! IKESA(
+            identifier: identifier, isOriginalInitiator: false, state: .established,
+            local: Endpoint(address: try! IPAddress("192.0.2.1"), port: 4500, udpEncapsulation: true),
+            remote: Endpoint(address: try! IPAddress("198.51.100.7"), port: 4500, udpEncapsulation: true),
+            transforms: IKETransforms(encryption: .aesGCM16, encryptionKeyLength: 256, prf: .hmacSHA2_256, integrity: .none, keyExchange: .curve25519),
+            keys: IKEKeys(d: key(0xD0), ai: key(0, 0), ar: key(0, 0), ei: key(0xE1), er: key(0xE2), pi: key(0xF1), pr: key(0xF2)),
+            lifetime: IKESALifetime(rekeyAt: Timestamp(nanoseconds: 0x100), reauthenticateAt: nil),
+            extensions: IKEExtensions(messageIDSync: true, replayCounterSync: true, childSAsUseExtendedSequenceNumbers: true),
+            owner: ClusterMemberID(rawValue: 1))
+        sa.generation = 5
+        return sa
+    }
+    static var childSA: ChildSA {
+        var sa = try! ChildSA(
+            inboundSPI: 0xC0000001, outboundSPI: 0xD0000002, localSelectors: [try! TrafficSelector(prefix: try! IPAddress("10.0.0.0"), length: 24)],
+            remoteSelectors: [.any(.ipv4)], transforms: ChildSATransforms(encryption: .aesGCM16, encryptionKeyLength: 256, integrity: .none),
+            inboundKeys: ChildSAKeys(encryption: key(0xA1)), outboundKeys: ChildSAKeys(encryption: key(0xA2)),
+            outboundCounter: try! OutboundSequenceCounter(extendedSequenceNumbers: true, lastSent: 1000, softLimit: 1 << 40),
+            inboundWindow: try! ReplayWindow(size: 1024, extendedSequenceNumbers: true, restoringFrom: ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: 900), policy: .permissiveUnsafe),
+            lifetime: try! ChildSALifetime(soft: LifetimeLimits(seconds: 3300), hard: LifetimeLimits(seconds: 3600), installedAt: Timestamp(nanoseconds: 0x200)),
+            requestID: 7, policy: SecurityPolicyID(rawValue: 1), parent: identifier, owner: ClusterMemberID(rawValue: 1))
+        sa.generation = 2
+        return sa
+    }
+    static var records: [(String, SyncRecord)] {
+        [
+            ("hello", .hello(epoch: 3, capabilities: 0, needsResync: true)),
+            ("heartbeat", .heartbeat(highestSequence: 42, sentAt: Timestamp(nanoseconds: 1_000_000))),
+            ("acknowledgement", .acknowledgement(cumulative: 40, selective: [SequenceRange(42, 43)])),
+            ("negativeAcknowledgement", .negativeAcknowledgement([SequenceRange(41, 41)])),
+            ("ikeSAUpsert", .ikeSAUpsert(ikeSA)),
+            ("ikeSADelete", .ikeSADelete(identifier)),
+            ("childSAUpsert", .childSAUpsert(childSA)),
+            ("childSADelete", .childSADelete(inboundSPI: 0xC0000001)),
+            ("messageIDUpdate", .messageIDUpdate(identifier, generation: 6, IKEMessageIDWindows().snapshot)),
+            ("exchangeStarted", .exchangeStarted(identifier, messageID: 2, initiatedHere: true)),
+            ("exchangeFinished", .exchangeFinished(identifier, messageID: 2, initiatedHere: true)),
+            ("policyUpsert", .policyUpsert(SecurityPolicy(id: SecurityPolicyID(rawValue: 1), localSelectors: [try! TrafficSelector(prefix: try! IPAddress("10.0.0.0"), length: 24)], remoteSelectors: [.any(.ipv4)], action: .protect(ProtectionSettings())), position: 0)),
+            ("policyDelete", .policyDelete(SecurityPolicyID(rawValue: 1))),
+            ("counterCheckpoints", .counterCheckpoints([CounterCheckpointEntry(checkpoint: ChildSACounterCheckpoint(inboundSPI: 0xC0000001, outbound: OutboundCounterCheckpoint(lastSent: 2000), inbound: ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: 1900), usage: ChildSAUsage(inboundBytes: 0x10000, inboundPackets: 0x100, outboundBytes: 0x20000, outboundPackets: 0x200)), generation: 3, packetsPerSecond: 5000)])),
+            ("resyncRequest", .resyncRequest(.ikeSAs([identifier]))),
+            ("resyncBegin", .resyncBegin(id: 1, scope: .everything)),
+            ("resyncEnd", .resyncEnd(id: 1, ikeSAs: 1, childSAs: 1, policies: 1)),
+            ("ownershipChange", .ownershipChange(identifier, owner: ClusterMemberID(rawValue: 2), generation: 7)),
+        ]
+    }
+}
+
+@Test func printExamples() throws {
+    for (name, record) in DocExamples.records {
+        let bytes = try record.encoded()
+        var lines: [String] = []
+        var index = 0
+        while index < bytes.count {
+            lines.append(bytes[index..<min(index + 16, bytes.count)].map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: " "))
+            index += 16
+        }
+        print("### \(name)\n```\n\(lines.joined(separator: "\n"))\n```")
+    }
+}
