@@ -1,3 +1,4 @@
+import Foundation
 import IPsecHACore
 @testable import IPsecHASync
 import Testing
@@ -54,15 +55,33 @@ enum DocExamples {
     }
 }
 
-@Test func printExamples() throws {
-    for (name, record) in DocExamples.records {
-        let bytes = try record.encoded()
-        var lines: [String] = []
-        var index = 0
-        while index < bytes.count {
-            lines.append(bytes[index..<min(index + 16, bytes.count)].map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: " "))
-            index += 16
+/// The hex examples of `Docs/SyncProtocol.md` are what the code encodes, and decode back.
+@Suite("Documented examples")
+struct DocumentedExamplesTests {
+    static func documentedExamples() throws -> [String: [UInt8]] {
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("Docs/SyncProtocol.md")
+        let text = try String(contentsOf: path, encoding: .utf8)
+        var examples: [String: [UInt8]] = [:]
+        guard let examplesPart = text.components(separatedBy: "\n## Examples\n").last else { return [:] }
+        let sections = examplesPart.components(separatedBy: "\n### ").dropFirst()
+        for section in sections {
+            let name = String(section.prefix { $0 != "\n" })
+            let parts = section.components(separatedBy: "```")
+            guard parts.count >= 2 else { continue }
+            let block = parts[1]
+            examples[name] = block.split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { UInt8($0, radix: 16) }
         }
-        print("### \(name)\n```\n\(lines.joined(separator: "\n"))\n```")
+        return examples
+    }
+
+    @Test func everyRecordTypeHasAnExampleThatMatchesTheCode() throws {
+        let documented = try Self.documentedExamples()
+        #expect(documented.count == DocExamples.records.count)
+        for (name, record) in DocExamples.records {
+            let bytes = try #require(documented[name], "no example for \(name)")
+            #expect(try record.encoded() == bytes, "\(name)")
+            #expect(try SyncRecord.decodeAll(bytes[...]) == [record], "\(name)")
+        }
     }
 }
