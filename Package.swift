@@ -13,6 +13,7 @@ let package = Package(
     products: [
         .library(name: "IPsecHACore", targets: ["IPsecHACore"]),
         .library(name: "IPsecHASync", targets: ["IPsecHASync"]),
+        .library(name: "IPsecHASimulation", targets: ["IPsecHASimulation"]),
         .executable(name: "ikeha-demo", targets: ["ikeha-demo"]),
     ],
     dependencies: [
@@ -35,11 +36,17 @@ let package = Package(
             dependencies: ["IPsecHACore", "CSodium"],
             swiftSettings: strictSettings
         ),
+        .target(
+            name: "IPsecHASimulation",
+            dependencies: ["IPsecHACore", "IPsecHASync"],
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "ikeha-demo",
             dependencies: [
                 "IPsecHACore",
                 "IPsecHASync",
+                "IPsecHASimulation",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -56,7 +63,7 @@ let package = Package(
         ),
         .testTarget(
             name: "IPsecHASyncTests",
-            dependencies: ["IPsecHASync", "IPsecHACore"],
+            dependencies: ["IPsecHASync", "IPsecHACore", "IPsecHASimulation"],
             swiftSettings: strictSettings
         ),
     ],

@@ -62,4 +62,20 @@ struct ReplayWindowRestoreTests {
         #expect(restored.check(wire: UInt32(top + 1)) == .fresh(top + 1))
         #expect(restored.check(wire: UInt32(top + 2)) == .fresh(top + 2))
     }
+
+    @Test func passiveCopyAdoptsCheckpointsInPlace() throws {
+        var window = try ReplayWindow(size: 128, extendedSequenceNumbers: false)
+        for number in 1...100 as ClosedRange<UInt64> { try window.commit(number) }
+        let shared = window
+        try window.adoptPassively(ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: 500))
+        #expect(window.top == 500)
+        #expect(window.check(wire: 500) == .replayed(500))
+        #expect(window.check(wire: 450) == .fresh(450))
+        #expect(window.rememberedCount == 1)
+        #expect(shared.top == 100 && shared.rememberedCount == 100, "a copy is not written through")
+        #expect(throws: ReplayWindowError.restoredTopBeyondSequenceSpace(checkpoint: 1 << 32, advance: 0)) {
+            try window.adoptPassively(ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: 1 << 32))
+        }
+        #expect(window.top == 500)
+    }
 }

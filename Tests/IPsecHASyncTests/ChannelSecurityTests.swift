@@ -1,5 +1,6 @@
 import IPsecHACore
 import IPsecHASync
+import IPsecHASimulation
 import Testing
 
 @Suite("Synch channel: hostile datagrams")
@@ -121,7 +122,7 @@ struct ReliableStreamTests {
     }
 
     @Test func ticketsAreAcknowledgedOnlyOnceTheStandbyHasEverything() throws {
-        var cluster = try ClusterHarness(seed: 30)
+        var cluster = try ReplicationPair(seed: 30)
         try cluster.run(for: 300_000_000)
         var history = HistoryGenerator(seed: 31)
         cluster.network.faults.partitions = [[1, 2]]

@@ -1,11 +1,12 @@
 import IPsecHACore
 import IPsecHASync
+import IPsecHASimulation
 import Testing
 
 @Suite("Replication over the synch channel")
 struct ReplicationTests {
     @Test func standbyBecomesReadyAndFollowsChanges() throws {
-        var cluster = try ClusterHarness(seed: 1)
+        var cluster = try ReplicationPair(seed: 1)
         try cluster.run(for: 300_000_000)
         #expect(cluster.replica.isReady)
         var history = HistoryGenerator(seed: 2)
@@ -23,7 +24,7 @@ struct ReplicationTests {
         faults.duplication = 0.1
         faults.corruption = 0.02
         faults.jitter = 5_000_000
-        var cluster = try ClusterHarness(seed: seed, faults: faults)
+        var cluster = try ReplicationPair(seed: seed, faults: faults)
         try cluster.run(for: 500_000_000)
         var history = HistoryGenerator(seed: seed * 10)
         for _ in 0..<300 {
@@ -42,7 +43,7 @@ struct ReplicationTests {
     }
 
     @Test func lateJoinerCatchesUpByBulkResync() throws {
-        var cluster = try ClusterHarness(seed: 6)
+        var cluster = try ReplicationPair(seed: 6)
         var history = HistoryGenerator(seed: 7)
         // The active member works alone for a while: the standby is cut off.
         cluster.network.faults.partitions = [[1, 2]]
@@ -57,7 +58,7 @@ struct ReplicationTests {
     }
 
     @Test func tailLossIsDetectedWithinTwoHeartbeats() throws {
-        var cluster = try ClusterHarness(seed: 8)
+        var cluster = try ReplicationPair(seed: 8)
         try cluster.run(for: 300_000_000)
         let heartbeat = cluster.standbyChannel.configuration.heartbeatInterval
         var history = HistoryGenerator(seed: 9)
@@ -74,18 +75,22 @@ struct ReplicationTests {
         var detectedAt: Timestamp?
         for _ in 0..<Int(3 * heartbeat / 1_000_000) {
             try cluster.run(for: 1_000_000)
-            if detectedAt == nil, cluster.standbyChannel.missingSince(from: ClusterHarness.activeID) != nil { detectedAt = cluster.now }
+            if detectedAt == nil, cluster.standbyChannel.missingSince(from: ReplicationPair.activeID) != nil {
+                detectedAt = cluster.now
+                #expect(cluster.replica.mayHaveMissedUpdates(of: sa.identifier))
+            }
         }
         let detected = try #require(detectedAt)
         #expect(detected.nanoseconds - lostAt.nanoseconds <= 2 * heartbeat)
         #expect(cluster.replica.state == cluster.state, "and repaired")
+        #expect(!cluster.replica.mayHaveMissedUpdates(of: sa.identifier))
     }
 }
 
 @Suite("Counter checkpoints")
 struct CounterCheckpointTests {
     @Test func dueByPacketsOrIntervalWithMeasuredRates() throws {
-        var cluster = try ClusterHarness(seed: 40)
+        var cluster = try ReplicationPair(seed: 40)
         try cluster.run(for: 300_000_000)
         var generator = RecordGenerator(seed: 41)
         let ike = generator.ikeSA()

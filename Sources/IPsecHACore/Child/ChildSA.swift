@@ -129,16 +129,16 @@ public struct ChildSA: Sendable, Equatable {
     /// the window keeps its top at the checkpoint with nothing marked seen below it. This is the
     /// passive copy a standby holds; a takeover rebuilds the window with a safe policy.
     mutating func adopt(_ checkpoint: ChildSACounterCheckpoint) throws(ChildSAError) {
+        let counter: OutboundSequenceCounter
         do {
-            outboundCounter = try OutboundSequenceCounter(
+            counter = try OutboundSequenceCounter(
                 extendedSequenceNumbers: extendedSequenceNumbers, lastSent: checkpoint.outbound.lastSent,
                 softLimit: outboundCounter.softLimit)
-            inboundWindow = try ReplayWindow(
-                size: inboundWindow.size, extendedSequenceNumbers: extendedSequenceNumbers,
-                restoringFrom: checkpoint.inbound, policy: .permissiveUnsafe)
+            try inboundWindow.adoptPassively(checkpoint.inbound)
         } catch {
             throw .checkpointOutsideSequenceSpace
         }
+        outboundCounter = counter
         lifetime.usage = checkpoint.usage
     }
 

@@ -77,6 +77,13 @@ struct ReplayBlockRing: @unchecked Sendable {
         words.base[Int(truncatingIfNeeded: (top &>> 6) & words.indexMask)] = topWord
     }
 
+    /// Clears every bit (after making the storage unique).
+    @usableFromInline
+    mutating func clearAll() {
+        makeUnique()
+        storage.words.update(repeating: 0, count: storage.count)
+    }
+
     /// Number of set bits, for tests and diagnostics.
     @usableFromInline
     var populationCount: Int {

@@ -81,6 +81,20 @@ public struct ReplayWindow: Sendable {
         }
     }
 
+    /// Moves a standby's passive copy to a replicated checkpoint in place: the top becomes the
+    /// checkpoint, the checkpoint alone is marked seen (as ``ReplayWindowRestorePolicy/permissiveUnsafe``
+    /// would rebuild it), without allocating. Throws, changing nothing, when the checkpoint does
+    /// not fit the sequence space. A takeover rebuilds the window with a safe policy instead.
+    public mutating func adoptPassively(_ checkpoint: ReplayWindowCheckpoint) throws(ReplayWindowError) {
+        let top = checkpoint.highestAuthenticatedSequenceNumber
+        guard extendedSequenceNumbers || top <= UInt64(UInt32.max) else {
+            throw .restoredTopBeyondSequenceSpace(checkpoint: top, advance: 0)
+        }
+        ring.clearAll()
+        core.top = top
+        if top > 0 { _ = ring.words.insert(top) }
+    }
+
     /// The value a member replicates so that another can rebuild this window.
     public var checkpoint: ReplayWindowCheckpoint {
         ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: top)

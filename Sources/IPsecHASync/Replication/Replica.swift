@@ -42,6 +42,24 @@ public struct Replica {
     public private(set) var statistics = ReplicaStatistics()
     private var resyncInProgress: UInt32?
 
+    /// Since when the channel knows records from the active member are missing (nil: none).
+    /// While a gap is open every SA may have missed an update, since records are delivered in
+    /// order and nothing after the gap has been applied.
+    public private(set) var missingSince: Timestamp?
+
+    /// Whether a bulk resync has begun and not yet ended.
+    public var isResyncing: Bool { resyncInProgress != nil }
+
+    /// Takes the channel's view of missing records (``SyncChannel/missingSince(from:)``).
+    public mutating func observe(missingSince: Timestamp?) { self.missingSince = missingSince }
+
+    /// Whether updates of this IKE SA (or its Child SAs) may have been missed: the replica is not
+    /// a complete copy, or records are known to be missing. A takeover classifies such SAs as
+    /// suspect.
+    public func mayHaveMissedUpdates(of identifier: IKESAIdentifier) -> Bool {
+        !isReady || missingSince != nil
+    }
+
     /// An empty, not yet ready replica.
     public init(spdCacheCapacity: Int = 65_536) {
         state = GatewayState(spdCacheCapacity: spdCacheCapacity)
