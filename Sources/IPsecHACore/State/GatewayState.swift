@@ -299,14 +299,25 @@ public struct GatewayState: Sendable, Equatable {
         case .childSADeleted(let spi):
             _ = try deleteChildSA(inboundSPI: spi)
         case .countersAdvanced(let checkpoint, let generation):
-            guard let slot = spiIndex.slot(of: checkpoint.inboundSPI), var sa = childSlots[Int(slot)] else {
-                throw .unknownChildSA(checkpoint.inboundSPI)
-            }
-            guard generation > sa.generation else { throw .staleChange(held: sa.generation, received: generation) }
-            do { try sa.adopt(checkpoint) } catch { throw .childSA(error) }
-            sa.generation = generation
-            childSlots[Int(slot)] = sa
+            try applyCounterCheckpoint(checkpoint, generation: generation)
         }
+    }
+
+    /// Applies one replicated counter checkpoint (what ``apply(_:)`` does for
+    /// ``StateChange/countersAdvanced(_:generation:)``), in place and without building a change:
+    /// the replica's per-checkpoint path. Throws, changing nothing, for an unknown Child SA or a
+    /// generation not above the one held.
+    public mutating func applyCounterCheckpoint(
+        _ checkpoint: ChildSACounterCheckpoint, generation: UInt64
+    ) throws(GatewayStateError) {
+        guard let slot = spiIndex.slot(of: checkpoint.inboundSPI) else { throw .unknownChildSA(checkpoint.inboundSPI) }
+        let index = Int(slot)
+        // In place throughout: a copy of the Child SA would share, then copy, its replay ring.
+        let held = childSlots.withUnsafeBufferPointer { $0[index].map(\.generation) }
+        guard let held else { throw .unknownChildSA(checkpoint.inboundSPI) }
+        guard generation > held else { throw .staleChange(held: held, received: generation) }
+        do { try childSlots[index]!.adopt(checkpoint) } catch { throw .childSA(error) }
+        childSlots[index]!.generation = generation
     }
 
     public static func == (lhs: GatewayState, rhs: GatewayState) -> Bool {

@@ -3,19 +3,19 @@
 /// state (``GatewayState/apply(_:)``).
 public enum StateChange: Sendable, Equatable {
     /// A policy was inserted into the SPD at this position.
-    case policyInstalled(SecurityPolicy, position: Int)
+    indirect case policyInstalled(SecurityPolicy, position: Int)
     /// A policy was removed from the SPD.
     case policyRemoved(SecurityPolicyID)
     /// An IKE SA was created (generation 1).
-    case ikeSACreated(IKESA)
+    indirect case ikeSACreated(IKESA)
     /// An IKE SA changed; the record is the whole new value.
-    case ikeSAUpdated(IKESA)
+    indirect case ikeSAUpdated(IKESA)
     /// An IKE SA was deleted (its Child SAs were deleted just before, each with its own change).
     case ikeSADeleted(IKESAIdentifier)
     /// A Child SA was installed (generation 1).
-    case childSACreated(ChildSA)
+    indirect case childSACreated(ChildSA)
     /// A Child SA changed; the record is the whole new value.
-    case childSAUpdated(ChildSA)
+    indirect case childSAUpdated(ChildSA)
     /// A Child SA was deleted.
     case childSADeleted(inboundSPI: UInt32)
     /// The per-packet counters of a Child SA were checkpointed.

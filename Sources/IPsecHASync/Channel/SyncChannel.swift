@@ -210,17 +210,19 @@ public struct SyncChannel {
         let claimed = try DatagramHeader.read(datagram[0..<DatagramHeader.size])
         guard claimed.clusterID == configuration.clusterID else { throw .wrongCluster(claimed.clusterID) }
         guard claimed.receiver == configuration.member else { throw .unknownMember(claimed.receiver) }
-        guard var peer = peers[claimed.sender] else { throw .unknownMember(claimed.sender) }
-        if let epoch = peer.epoch, claimed.epoch < epoch { throw .security(.replayed(claimed.packetNumber)) }
-        let sameEpoch = peer.epoch == claimed.epoch
-        if sameEpoch, case .fresh = peer.replay.classify(claimed.packetNumber) {} else if sameEpoch {
+        guard let knownEpoch = peers[claimed.sender].map({ $0.epoch }) else { throw .unknownMember(claimed.sender) }
+        if let epoch = knownEpoch, claimed.epoch < epoch { throw .security(.replayed(claimed.packetNumber)) }
+        let sameEpoch = knownEpoch == claimed.epoch
+        if sameEpoch, case .fresh = peers[claimed.sender]!.replay.classify(claimed.packetNumber) {} else if sameEpoch {
             throw .security(.replayed(claimed.packetNumber))
         }
         let (header, payload) = try sealer.open(datagram)
         let records: [SyncRecord]
         do { records = try SyncRecord.decodeAll(payload[...]) } catch { throw .codec(error) }
 
-        // Authentic and well formed: from here on, state changes.
+        // Authentic and well formed: from here on, state changes. The peer is taken out of the
+        // table while it changes, so that its buffers are mutated in place, not copied.
+        var peer = peers.removeValue(forKey: header.sender)!
         var actions: [SyncChannelAction] = []
         if !sameEpoch {
             let restarted = peer.epoch != nil
@@ -302,7 +304,7 @@ public struct SyncChannel {
     public mutating func tick(now: Timestamp) -> [SyncChannelAction] {
         var actions: [SyncChannelAction] = []
         for member in peers.keys.sorted() {
-            var peer = peers[member]!
+            var peer = peers.removeValue(forKey: member)!
             var control: [SyncRecord] = []
             if peer.lastHeartbeatSent.map({ now.nanoseconds >= $0.nanoseconds &+ configuration.heartbeatInterval }) ?? true {
                 peer.lastHeartbeatSent = now

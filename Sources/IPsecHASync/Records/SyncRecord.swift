@@ -53,21 +53,21 @@ public enum SyncRecord: Sendable, Equatable {
     /// These ranges are missing: send them again.
     case negativeAcknowledgement([SequenceRange])
     /// An IKE SA, whole (created or changed).
-    case ikeSAUpsert(IKESA)
+    indirect case ikeSAUpsert(IKESA)
     /// An IKE SA was deleted.
     case ikeSADelete(IKESAIdentifier)
     /// A Child SA, whole (created or changed).
-    case childSAUpsert(ChildSA)
+    indirect case childSAUpsert(ChildSA)
     /// A Child SA was deleted.
     case childSADelete(inboundSPI: UInt32)
     /// An IKE SA's message-ID windows changed (and only they).
-    case messageIDUpdate(IKESAIdentifier, generation: UInt64, IKEMessageIDSnapshot)
+    indirect case messageIDUpdate(IKESAIdentifier, generation: UInt64, IKEMessageIDSnapshot)
     /// An exchange on an IKE SA began (in flight until finished).
     case exchangeStarted(IKESAIdentifier, messageID: UInt32, initiatedHere: Bool)
     /// An exchange on an IKE SA completed.
     case exchangeFinished(IKESAIdentifier, messageID: UInt32, initiatedHere: Bool)
     /// An SPD entry inserted at a position (the decorrelated policy that SPD cache entries derive from).
-    case policyUpsert(SecurityPolicy, position: UInt32)
+    indirect case policyUpsert(SecurityPolicy, position: UInt32)
     /// An SPD entry removed.
     case policyDelete(SecurityPolicyID)
     /// Counter checkpoints of many Child SAs.

@@ -20,23 +20,27 @@ struct ReliableSender {
     /// Everything at or below this was acknowledged.
     private(set) var cumulativeAcknowledged: UInt64 = 0
     /// Unacknowledged datagrams from `cumulativeAcknowledged + 1` on, in order (some may be
-    /// selectively acknowledged already).
-    private(set) var outstanding: [Outstanding] = []
+    /// selectively acknowledged already): `storage[head...]`. Acknowledged entries are dropped
+    /// from the front by moving `head`, and the array is compacted once half of it is dead, so
+    /// an acknowledgement costs what it removes, not the whole buffer.
+    private var storage: [Outstanding] = []
+    private var head = 0
+    var outstanding: ArraySlice<Outstanding> { storage[head...] }
     private var resetPending = false
 
     init(limit: Int) { self.limit = max(limit, 1) }
 
     /// The highest sequence number sent so far (0 before the first).
     var highestSent: UInt64 { nextSequence - 1 }
-    var hasRoom: Bool { outstanding.count < limit }
-    var freeSlots: Int { limit - outstanding.count }
+    var hasRoom: Bool { storage.count - head < limit }
+    var freeSlots: Int { limit - (storage.count - head) }
 
     /// Takes a reliable payload; nil when the buffer is full.
     mutating func enqueue(_ payload: [UInt8], now: Timestamp) -> Outstanding? {
         guard hasRoom else { return nil }
         let entry = Outstanding(sequence: nextSequence, payload: payload, streamReset: resetPending, lastSent: now, transmissions: 1)
         resetPending = false
-        outstanding.append(entry)
+        storage.append(entry)
         nextSequence += 1
         return entry
     }
@@ -44,7 +48,8 @@ struct ReliableSender {
     /// Forgets everything unacknowledged; the next datagram restarts the receiver's stream.
     mutating func resetStream() {
         cumulativeAcknowledged = nextSequence - 1
-        outstanding.removeAll()
+        storage.removeAll()
+        head = 0
         resetPending = true
     }
 
@@ -52,12 +57,18 @@ struct ReliableSender {
     mutating func acknowledge(cumulative: UInt64, selective: [SequenceRange]) {
         let cumulative = min(cumulative, highestSent)
         if cumulative > cumulativeAcknowledged {
-            let drop = min(Int(cumulative - cumulativeAcknowledged), outstanding.count)
-            outstanding.removeFirst(drop)
+            head += min(Int(cumulative - cumulativeAcknowledged), storage.count - head)
             cumulativeAcknowledged = cumulative
+            if head == storage.count {
+                storage.removeAll(keepingCapacity: true)
+                head = 0
+            } else if head > storage.count / 2 {
+                storage.removeFirst(head)
+                head = 0
+            }
         }
         for range in selective {
-            for index in indices(of: range) { outstanding[index].selectivelyAcknowledged = true }
+            for index in indices(of: range) { storage[index].selectivelyAcknowledged = true }
         }
     }
 
@@ -72,10 +83,10 @@ struct ReliableSender {
                 lost = lost || range.upper > cumulativeAcknowledged
                 if range.upper <= cumulativeAcknowledged { continue }
             }
-            for index in indices(of: range) where !outstanding[index].selectivelyAcknowledged {
-                outstanding[index].lastSent = now
-                outstanding[index].transmissions += 1
-                retransmit.append(outstanding[index])
+            for index in indices(of: range) where !storage[index].selectivelyAcknowledged {
+                storage[index].lastSent = now
+                storage[index].transmissions += 1
+                retransmit.append(storage[index])
             }
         }
         return (retransmit, lost)
@@ -84,12 +95,12 @@ struct ReliableSender {
     /// Datagrams unacknowledged for `timeout` or longer, at most `maximum`, marked as resent now.
     mutating func timedOut(now: Timestamp, timeout: UInt64, maximum: Int) -> [Outstanding] {
         var due: [Outstanding] = []
-        for index in outstanding.indices where due.count < maximum {
-            let entry = outstanding[index]
+        for index in head..<storage.count where due.count < maximum {
+            let entry = storage[index]
             if !entry.selectivelyAcknowledged, now.nanoseconds >= entry.lastSent.nanoseconds &+ timeout {
-                outstanding[index].lastSent = now
-                outstanding[index].transmissions += 1
-                due.append(outstanding[index])
+                storage[index].lastSent = now
+                storage[index].transmissions += 1
+                due.append(storage[index])
             }
         }
         return due
@@ -102,11 +113,13 @@ struct ReliableSender {
         return outstanding.prefix(Int(sequence - first) + 1).allSatisfy(\.selectivelyAcknowledged)
     }
 
+    /// The storage indices of the entries of `range` that are still held.
     private func indices(of range: SequenceRange) -> Range<Int> {
-        guard let first = outstanding.first?.sequence else { return 0..<0 }
+        guard head < storage.count else { return 0..<0 }
+        let first = storage[head].sequence
         let lower = max(range.lower, first)
-        let upper = min(range.upper, first + UInt64(outstanding.count) - 1)
+        let upper = min(range.upper, first + UInt64(storage.count - head) - 1)
         guard lower <= upper else { return 0..<0 }
-        return Int(lower - first)..<Int(upper - first + 1)
+        return head + Int(lower - first)..<head + Int(upper - first + 1)
     }
 }

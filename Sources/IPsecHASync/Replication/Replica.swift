@@ -113,7 +113,16 @@ public struct Replica {
         case .childSADelete(let spi):
             count(.childSADeleted(inboundSPI: spi))
         case .counterCheckpoints(let entries):
-            for entry in entries { count(.countersAdvanced(entry.checkpoint, generation: entry.generation)) }
+            for entry in entries {
+                do {
+                    try state.applyCounterCheckpoint(entry.checkpoint, generation: entry.generation)
+                    statistics.applied += 1
+                } catch .staleChange {
+                    statistics.stale += 1
+                } catch {
+                    statistics.rejected += 1
+                }
+            }
         case .messageIDUpdate(let identifier, let generation, let snapshot):
             guard var sa = state.ikeSAs[identifier], let windows = try? IKEMessageIDWindows(restoringFrom: snapshot) else {
                 statistics.rejected += 1

@@ -81,9 +81,10 @@ public struct Replicator {
     }
 
     /// Counter checkpoints per record: 16 entries of 64 bytes fit a default datagram.
-    static let checkpointsPerRecord = 16
+    public static let checkpointsPerRecord = 16
 
-    static func batches(_ entries: [CounterCheckpointEntry]) -> [SyncRecord] {
+    /// Counter checkpoint records for `entries`, ``checkpointsPerRecord`` entries each.
+    public static func batches(_ entries: [CounterCheckpointEntry]) -> [SyncRecord] {
         stride(from: 0, to: entries.count, by: checkpointsPerRecord).map {
             .counterCheckpoints(Array(entries[$0..<min($0 + checkpointsPerRecord, entries.count)]))
         }

@@ -19,9 +19,13 @@ struct ByteWriter {
     mutating func write(_ value: Bool) { bytes.append(value ? 1 : 0) }
     mutating func write(bytes other: some Sequence<UInt8>) { bytes.append(contentsOf: other) }
 
+    @inline(__always)
     private mutating func writeInteger<T: FixedWidthInteger>(_ value: T) {
-        var bigEndian = value.bigEndian
-        withUnsafeBytes(of: &bigEndian) { bytes.append(contentsOf: $0) }
+        var shift = T.bitWidth - 8
+        while shift >= 0 {
+            bytes.append(UInt8(truncatingIfNeeded: value >> shift))
+            shift -= 8
+        }
     }
 
     /// Overwrites a 16-bit value written earlier at `offset` (a length filled in afterwards).

@@ -1,0 +1,170 @@
+import ArgumentParser
+import IPsecHACore
+import IPsecHASimulation
+import IPsecHASync
+
+/// `ikeha-demo bench sync`: counter checkpoints through the whole channel, a bulk resync to a
+/// fresh standby, and how fast a lost tail of a burst is noticed.
+struct SyncBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sync",
+        abstract: "Time the synch channel; the last line is name=value pairs."
+    )
+
+    @Option(help: "Counter checkpoints to push through the channel.")
+    var checkpoints = 2_000_000
+
+    @Option(name: .customLong("ike-sas"), help: "IKE SAs in the bulk resync.")
+    var ikeSAs = 100_000
+
+    @Option(name: .customLong("child-sas"), help: "Child SAs in the bulk resync.")
+    var childSAs = 200_000
+
+    @Option(help: "Tail-loss trials.")
+    var trials = 20
+
+    func validate() throws {
+        guard checkpoints > 0, ikeSAs > 0, childSAs >= 0, trials > 0, childSAs < 0x7000_0000 else {
+            throw ValidationError("counts must be positive")
+        }
+    }
+
+    func run() throws {
+        let checkpointRate = try measureCheckpoints()
+        print("counter checkpoints through seal, open, decode and apply: \(Int(checkpointRate)) per second")
+        let (resyncSeconds, resyncBytes, datagrams) = try measureResync()
+        print("bulk resync of \(ikeSAs) IKE SAs and \(childSAs) Child SAs: \(resyncSeconds.formatted(decimals: 3)) s, \(resyncBytes) bytes in \(datagrams) datagrams")
+        let (meanHeartbeats, maximumHeartbeats) = try measureTailLoss()
+        print("tail loss noticed after \(meanHeartbeats.formatted(decimals: 2)) heartbeat intervals on average, \(maximumHeartbeats.formatted(decimals: 2)) at most")
+        print(
+            "checkpoints_per_second=\(Int(checkpointRate)) resync_seconds=\(resyncSeconds.formatted(decimals: 3)) "
+                + "resync_bytes=\(resyncBytes) tail_loss_detection_heartbeats_mean=\(meanHeartbeats.formatted(decimals: 2)) "
+                + "tail_loss_detection_heartbeats_max=\(maximumHeartbeats.formatted(decimals: 2))")
+    }
+
+    /// Two channels wired back to back (no network), a replica holding 10,000 Child SAs, and
+    /// batches of checkpoints for them: encode, seal, open, decode, apply, acknowledge.
+    func measureCheckpoints() throws -> Double {
+        let key = try ChannelKey.generate()
+        let active = ClusterMemberID(rawValue: 1)
+        let standby = ClusterMemberID(rawValue: 2)
+        var sender = try SyncChannel(configuration: SyncChannelConfiguration(clusterID: 1, member: active, epoch: 1, key: key, peers: [standby]))
+        var receiver = try SyncChannel(configuration: SyncChannelConfiguration(clusterID: 1, member: standby, epoch: 1, key: key, peers: [active]))
+        var replica = Replica()
+        var random = SplitMix64(seed: 3)
+        let ike = try BenchFixtures.ikeSA(1, &random)
+        var setup: [SyncRecord] = [.resyncBegin(id: 1, scope: .everything), .ikeSAUpsert(ike)]
+        let saCount = 10_000
+        var spis: [UInt32] = []
+        for index in 0..<saCount {
+            var sa = try BenchFixtures.childSA(UInt32(0x1000 + index), parent: ike.identifier, window: 1024, &random)
+            sa.generation = 1
+            spis.append(sa.inboundSPI)
+            setup.append(.childSAUpsert(sa))
+        }
+        setup.append(.resyncEnd(id: 1, ikeSAs: 1, childSAs: UInt32(saCount), policies: 0))
+        var now = Timestamp(nanoseconds: 1)
+        func exchange(_ actions: [SyncChannelAction], _ sender: inout SyncChannel, _ receiver: inout SyncChannel, _ replica: inout Replica) {
+            for case .transmit(_, let datagram) in actions {
+                for action in receiver.receive(datagram, now: now) {
+                    switch action {
+                    case .deliver(_, let records): replica.apply(records, now: now)
+                    case .transmit(_, let reply): _ = sender.receive(reply, now: now)
+                    default: break
+                    }
+                }
+            }
+        }
+        for start in stride(from: 0, to: setup.count, by: 256) {
+            exchange(try sender.send(Array(setup[start..<min(start + 256, setup.count)]), to: standby, now: now).actions, &sender, &receiver, &replica)
+        }
+        guard replica.isReady else { throw ValidationError("setup did not complete") }
+
+        let perSend = 16 * 16
+        var generation: UInt64 = 1
+        var sent = 0
+        let clock = ContinuousClock()
+        let started = clock.now
+        while sent < checkpoints {
+            generation += 1
+            var entries: [CounterCheckpointEntry] = []
+            entries.reserveCapacity(perSend)
+            for index in 0..<perSend {
+                let spi = spis[(sent + index) % saCount]
+                entries.append(
+                    CounterCheckpointEntry(
+                        checkpoint: ChildSACounterCheckpoint(
+                            inboundSPI: spi, outbound: OutboundCounterCheckpoint(lastSent: generation * 1000),
+                            inbound: ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: generation * 900),
+                            usage: ChildSAUsage(inboundPackets: generation, outboundPackets: generation)),
+                        generation: generation + UInt64((sent + index) / saCount), packetsPerSecond: 1000))
+            }
+            now = Timestamp(nanoseconds: now.nanoseconds + 1000)
+            exchange(try sender.send(Replicator.batches(entries), to: standby, now: now).actions, &sender, &receiver, &replica)
+            sent += perSend
+        }
+        let elapsed = started.duration(to: clock.now)
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        guard replica.statistics.rejected == 0, replica.statistics.stale == 0 else {
+            throw ValidationError("checkpoints were refused: \(replica.statistics)")
+        }
+        return Double(sent) / seconds
+    }
+
+    func measureResync() throws -> (Double, Int, Int) {
+        var pair = try ReplicationPair(seed: 5)
+        pair.network.faults.partitions = [[1, 2]]
+        var random = SplitMix64(seed: 6)
+        var identifiers: [IKESAIdentifier] = []
+        for index in 0..<ikeSAs {
+            let sa = try BenchFixtures.ikeSA(UInt64(index + 1), &random)
+            _ = try pair.state.createIKESA(sa)
+            identifiers.append(sa.identifier)
+        }
+        for index in 0..<childSAs {
+            _ = try pair.state.createChildSA(
+                BenchFixtures.childSA(UInt32(0x1000 + index), parent: identifiers[index % ikeSAs], window: 1024, &random))
+        }
+        let bytesBefore = pair.network.bytesSent
+        let datagramsBefore = pair.network.sent
+        pair.network.faults.partitions = []
+        let clock = ContinuousClock()
+        let started = clock.now
+        guard try pair.settle(limit: 60_000_000_000, step: 500_000) else { throw ValidationError("resync did not complete") }
+        let elapsed = started.duration(to: clock.now)
+        guard pair.replica.state == pair.state else { throw ValidationError("resync gave a different state") }
+        return (
+            Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
+            pair.network.bytesSent - bytesBefore, pair.network.sent - datagramsBefore
+        )
+    }
+
+    /// Bursts whose last datagram is lost; the time until the standby knows, in heartbeats.
+    func measureTailLoss() throws -> (Double, Double) {
+        var pair = try ReplicationPair(seed: 7)
+        _ = try pair.settle()
+        var random = SplitMix64(seed: 8)
+        let heartbeat = Double(pair.standbyChannel.configuration.heartbeatInterval)
+        var delays: [Double] = []
+        for trial in 0..<trials {
+            // Start each trial at a different phase of the heartbeat cycle.
+            try pair.run(for: UInt64(trial) * 7_000_000 % 50_000_000 + 100_000_000, step: 100_000)
+            for index in 0..<10 {
+                let sa = try BenchFixtures.ikeSA(UInt64(trial * 100 + index + 1), &random)
+                if index == 9 { pair.network.faults.loss = 1 }
+                _ = try pair.replicate(try pair.state.createIKESA(sa))
+            }
+            pair.network.faults.loss = 0
+            let lostAt = pair.now
+            var detected: Timestamp?
+            for _ in 0..<2_000 where detected == nil {
+                try pair.run(for: 100_000, step: 100_000)
+                if pair.standbyChannel.missingSince(from: ReplicationPair.activeID) != nil { detected = pair.now }
+            }
+            guard let detected else { throw ValidationError("tail loss not detected") }
+            delays.append(Double(detected.nanoseconds - lostAt.nanoseconds) / heartbeat)
+            _ = try pair.settle()
+        }
+        return (delays.reduce(0, +) / Double(delays.count), delays.max() ?? 0)
+    }
+}
