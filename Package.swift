@@ -17,7 +17,9 @@ let package = Package(
         .executable(name: "ikeha-demo", targets: ["ikeha-demo"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
     ],
     targets: [
         // libsodium from the system. SwiftPM finds its flags through pkg-config; the module
@@ -33,7 +35,11 @@ let package = Package(
         ),
         .target(
             name: "IPsecHASync",
-            dependencies: ["IPsecHACore", "CSodium"],
+            dependencies: [
+                "IPsecHACore", "CSodium",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
             swiftSettings: strictSettings
         ),
         .target(
@@ -63,7 +69,11 @@ let package = Package(
         ),
         .testTarget(
             name: "IPsecHASyncTests",
-            dependencies: ["IPsecHASync", "IPsecHACore", "IPsecHASimulation"],
+            dependencies: [
+                "IPsecHASync", "IPsecHACore", "IPsecHASimulation",
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strictSettings
         ),
     ],

@@ -106,13 +106,18 @@ public struct ReplicationPair {
         }
     }
 
-    /// Runs until the standby is ready and the network is empty, at most `limit` nanoseconds;
-    /// returns whether it got there.
+    /// Runs until the standby is ready, holds everything the active member sent (all of it
+    /// acknowledged) and the network is empty, at most `limit` nanoseconds; returns whether it
+    /// got there.
     public mutating func settle(limit: UInt64 = 10_000_000_000, step: UInt64 = 1_000_000) throws -> Bool {
         let end = now.nanoseconds + limit
         while now.nanoseconds < end {
             try run(for: step, step: step)
-            if replica.isReady, network.pending == 0, !replicator.isResyncing(Self.standbyID) { return true }
+            if replica.isReady, network.pending == 0, !replicator.isResyncing(Self.standbyID),
+                activeChannel.replicationLag(to: Self.standbyID, now: now) == 0
+            {
+                return true
+            }
         }
         return false
     }

@@ -1,4 +1,5 @@
 public import IPsecHACore
+public import Logging
 
 /// How a member's synch channel behaves. Times are nanoseconds.
 public struct SyncChannelConfiguration: Sendable {
@@ -28,6 +29,10 @@ public struct SyncChannelConfiguration: Sendable {
     public var receiveHoldLimit: Int = 4_096
     /// Packet numbers the replay window remembers per peer (default 4,096).
     public var replayWindowSize: UInt32 = 4_096
+    /// Where the channel logs what an operator should know: gaps, stream resets, peers
+    /// restarting (notice), authentication failures (debug: they are counted, and an attacker
+    /// must not be able to flood the log).
+    public var logger = Logger(label: "ipsecha.sync.channel")
 
     /// A configuration with defaults for everything else. Without a key, ``allowInsecure``
     /// must be set explicitly.
@@ -194,6 +199,7 @@ public struct SyncChannel {
         do {
             return try accept(datagram, now: now)
         } catch {
+            configuration.logger.debug("synch datagram dropped", metadata: ["reason": "\(error)"])
             switch error {
             case .security(.authenticationFailed), .security(.noKey): statistics.authenticationFailures += 1
             case .security(.replayed): statistics.replaysRejected += 1
@@ -235,6 +241,8 @@ public struct SyncChannel {
                 statistics.streamResets += 1
             }
             actions.append(.peerRestarted(header.sender, epoch: header.epoch))
+            configuration.logger.notice(
+                "synch peer started", metadata: ["peer": "\(header.sender.rawValue)", "epoch": "\(header.epoch)", "restart": "\(restarted)"])
         }
         try? peer.replay.commit(header.packetNumber)
         peer.lastHeard = now
@@ -254,6 +262,9 @@ public struct SyncChannel {
                     peer.sender.resetStream()
                     statistics.streamResets += 1
                     actions.append(.resyncNeeded(header.sender))
+                    configuration.logger.warning(
+                        "synch stream reset: the peer asked for records no longer held; a resync follows",
+                        metadata: ["peer": "\(header.sender.rawValue)", "missing": "\(ranges)"])
                 }
             case .heartbeat(let highest, _):
                 let hadGap = peer.receiver.hasGap
@@ -294,7 +305,9 @@ public struct SyncChannel {
     private mutating func negativeAcknowledgement(_ peer: inout Peer, now: Timestamp) -> SyncRecord {
         peer.receiver.lastNegativeAcknowledgement = now
         statistics.negativeAcknowledgementsSent += 1
-        return .negativeAcknowledgement(peer.receiver.missingRanges())
+        let missing = peer.receiver.missingRanges()
+        configuration.logger.info("synch records missing, asking again", metadata: ["missing": "\(missing)"])
+        return .negativeAcknowledgement(missing)
     }
 
     // MARK: Time
@@ -337,6 +350,13 @@ public struct SyncChannel {
 
     /// Whether records from `peer` are known to be missing (a gap not yet repaired), and since when.
     public func missingSince(from peer: ClusterMemberID) -> Timestamp? { peers[peer]?.receiver.gapSince }
+
+    /// How long the oldest reliable datagram to `peer` has waited for its acknowledgement: the
+    /// replication lag (0 when everything is acknowledged).
+    public func replicationLag(to peer: ClusterMemberID, now: Timestamp) -> UInt64 {
+        guard let oldest = peers[peer]?.sender.outstanding.first(where: { !$0.selectivelyAcknowledged }) else { return 0 }
+        return now.nanoseconds > oldest.firstSent.nanoseconds ? now.nanoseconds - oldest.firstSent.nanoseconds : 0
+    }
 
     /// When the last datagram from `peer` was accepted.
     public func lastHeard(from peer: ClusterMemberID) -> Timestamp? { peers[peer]?.lastHeard }

@@ -9,6 +9,7 @@ struct ReliableSender {
         let sequence: UInt64
         let payload: [UInt8]
         let streamReset: Bool
+        let firstSent: Timestamp
         var lastSent: Timestamp
         var transmissions: Int
         var selectivelyAcknowledged = false
@@ -38,7 +39,8 @@ struct ReliableSender {
     /// Takes a reliable payload; nil when the buffer is full.
     mutating func enqueue(_ payload: [UInt8], now: Timestamp) -> Outstanding? {
         guard hasRoom else { return nil }
-        let entry = Outstanding(sequence: nextSequence, payload: payload, streamReset: resetPending, lastSent: now, transmissions: 1)
+        let entry = Outstanding(
+            sequence: nextSequence, payload: payload, streamReset: resetPending, firstSent: now, lastSent: now, transmissions: 1)
         resetPending = false
         storage.append(entry)
         nextSequence += 1

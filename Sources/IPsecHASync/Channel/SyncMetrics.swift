@@ -1,0 +1,68 @@
+public import IPsecHACore
+import Metrics
+
+/// Publishes the synch channel's and the replica's counters to swift-metrics (whatever backend
+/// the process bootstrapped: Prometheus, StatsD, OpenTelemetry...).
+///
+/// The channel and the replica are plain values that count; call ``report(channel:replica:now:)``
+/// from the owner's loop (every tick, or every second): it adds what changed since the last
+/// report to the counters and sets the replication-lag gauge.
+///
+/// | metric | kind | meaning |
+/// |---|---|---|
+/// | `ipsecha_sync_datagrams_sent` | counter | datagrams handed to the transport |
+/// | `ipsecha_sync_retransmissions` | counter | reliable datagrams sent again |
+/// | `ipsecha_sync_gaps_detected` | counter | gaps noticed in a peer's stream |
+/// | `ipsecha_sync_stream_resets` | counter | streams reset (a resync follows) |
+/// | `ipsecha_sync_authentication_failures` | counter | datagrams that failed authentication |
+/// | `ipsecha_sync_replays_rejected` | counter | datagrams refused as replays |
+/// | `ipsecha_sync_malformed_dropped` | counter | other datagrams dropped |
+/// | `ipsecha_sync_resyncs_completed` | counter | bulk resyncs a replica completed |
+/// | `ipsecha_sync_records_stale` | counter | records older than the state held, ignored |
+/// | `ipsecha_sync_replication_lag_seconds` | gauge, per peer | age of the oldest unacknowledged datagram |
+public struct SyncMetricsReporter {
+    private let datagramsSent = Counter(label: "ipsecha_sync_datagrams_sent")
+    private let retransmissions = Counter(label: "ipsecha_sync_retransmissions")
+    private let gaps = Counter(label: "ipsecha_sync_gaps_detected")
+    private let resets = Counter(label: "ipsecha_sync_stream_resets")
+    private let authenticationFailures = Counter(label: "ipsecha_sync_authentication_failures")
+    private let replays = Counter(label: "ipsecha_sync_replays_rejected")
+    private let malformed = Counter(label: "ipsecha_sync_malformed_dropped")
+    private let resyncs = Counter(label: "ipsecha_sync_resyncs_completed")
+    private let stale = Counter(label: "ipsecha_sync_records_stale")
+    private var lastChannel = SyncChannelStatistics()
+    private var lastReplica = ReplicaStatistics()
+    private var lagGauges: [ClusterMemberID: Gauge] = [:]
+
+    /// A reporter for a member with these peers; the metrics are created in the bootstrapped
+    /// backend (or the task's, under `withMetricsFactory`).
+    public init(peers: [ClusterMemberID]) {
+        for peer in peers {
+            lagGauges[peer] = Gauge(label: "ipsecha_sync_replication_lag_seconds", dimensions: [("peer", "\(peer.rawValue)")])
+        }
+    }
+
+    /// Adds what changed since the last report.
+    public mutating func report(channel: SyncChannel, replica: Replica? = nil, now: Timestamp) {
+        let current = channel.statistics
+        func add(_ counter: Counter, _ new: UInt64, _ old: UInt64) {
+            if new > old { counter.increment(by: Int64(clamping: new - old)) }
+        }
+        add(datagramsSent, current.datagramsSent, lastChannel.datagramsSent)
+        add(retransmissions, current.retransmissions, lastChannel.retransmissions)
+        add(gaps, current.gapsDetected, lastChannel.gapsDetected)
+        add(resets, current.streamResets, lastChannel.streamResets)
+        add(authenticationFailures, current.authenticationFailures, lastChannel.authenticationFailures)
+        add(replays, current.replaysRejected, lastChannel.replaysRejected)
+        add(malformed, current.malformedDropped, lastChannel.malformedDropped)
+        lastChannel = current
+        if let replica {
+            add(resyncs, replica.statistics.resyncsCompleted, lastReplica.resyncsCompleted)
+            add(stale, replica.statistics.stale, lastReplica.stale)
+            lastReplica = replica.statistics
+        }
+        for (peer, gauge) in lagGauges {
+            gauge.record(Double(channel.replicationLag(to: peer, now: now)) / 1e9)
+        }
+    }
+}

@@ -1,0 +1,50 @@
+import CoreMetrics
+import IPsecHACore
+import IPsecHASimulation
+import IPsecHASync
+import MetricsTestKit
+import Testing
+
+@Suite("Synch metrics")
+struct MetricsTests {
+    @Test func countersFollowTheChannelAndTheReplica() throws {
+        let factory = TestMetrics()
+        var faults = NetworkFaults()
+        faults.loss = 0.3
+        var pair = try ReplicationPair(seed: 50, faults: faults)
+        var reporter = withMetricsFactory(factory) { SyncMetricsReporter(peers: [ReplicationPair.standbyID]) }
+        var history = HistoryGenerator(seed: 51)
+        for _ in 0..<100 {
+            _ = try pair.replicate(try history.step(&pair.state))
+            try pair.run(for: 2_000_000)
+        }
+        pair.network.faults = NetworkFaults()
+        _ = try pair.settle()
+        reporter.report(channel: pair.activeChannel, now: pair.now)
+        var standbyReporter = withMetricsFactory(factory) { SyncMetricsReporter(peers: []) }
+        standbyReporter.report(channel: pair.standbyChannel, replica: pair.replica, now: pair.now)
+        #expect(try factory.expectCounter("ipsecha_sync_retransmissions").totalValue == Int64(pair.activeChannel.statistics.retransmissions))
+        #expect(try factory.expectCounter("ipsecha_sync_retransmissions").totalValue > 0)
+        #expect(try factory.expectCounter("ipsecha_sync_gaps_detected").totalValue == Int64(pair.standbyChannel.statistics.gapsDetected))
+        #expect(try factory.expectCounter("ipsecha_sync_resyncs_completed").totalValue >= 1)
+        #expect(try factory.expectGauge("ipsecha_sync_replication_lag_seconds", [("peer", "2")]).lastValue == 0)
+        // A second report adds only what changed since.
+        reporter.report(channel: pair.activeChannel, now: pair.now)
+        #expect(try factory.expectCounter("ipsecha_sync_retransmissions").totalValue == Int64(pair.activeChannel.statistics.retransmissions))
+    }
+
+    @Test func replicationLagGrowsWhileTheStandbyIsCutOff() throws {
+        var pair = try ReplicationPair(seed: 52)
+        _ = try pair.settle()
+        pair.network.faults.partitions = [[1, 2]]
+        var history = HistoryGenerator(seed: 53)
+        var changes: [StateChange] = []
+        while changes.isEmpty { changes = try history.step(&pair.state) }
+        _ = try pair.replicate(changes)
+        try pair.run(for: 30_000_000)
+        #expect(pair.activeChannel.replicationLag(to: ReplicationPair.standbyID, now: pair.now) >= 30_000_000)
+        pair.network.faults.partitions = []
+        _ = try pair.settle()
+        #expect(pair.activeChannel.replicationLag(to: ReplicationPair.standbyID, now: pair.now) == 0)
+    }
+}
