@@ -1,37 +1,65 @@
 import IPsecHACore
 
-/// Appends big-endian integers and byte strings to a growing array: the encoding side of the
-/// synch protocol.
-struct ByteWriter {
-    private(set) var bytes: [UInt8]
+/// Appends big-endian integers and byte strings to a growing buffer: the encoding side of
+/// the synch protocol. It writes through a pointer into memory it owns (no copy-on-write check
+/// per byte) and hands out the result as an array at the end.
+struct ByteWriter: ~Copyable {
+    private var base: UnsafeMutableRawPointer
+    private var capacity: Int
+    private(set) var count = 0
 
     init(capacity: Int = 256) {
-        bytes = []
-        bytes.reserveCapacity(capacity)
+        self.capacity = max(capacity, 16)
+        base = .allocate(byteCount: self.capacity, alignment: 8)
     }
 
-    var count: Int { bytes.count }
+    deinit { base.deallocate() }
 
-    mutating func write(_ value: UInt8) { bytes.append(value) }
+    /// The bytes written so far.
+    var bytes: [UInt8] { [UInt8](UnsafeRawBufferPointer(start: base, count: count)) }
+
+    @inline(__always)
+    private mutating func reserve(_ extra: Int) {
+        guard count + extra > capacity else { return }
+        var newCapacity = capacity * 2
+        while newCapacity < count + extra { newCapacity *= 2 }
+        let newBase = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 8)
+        newBase.copyMemory(from: base, byteCount: count)
+        base.deallocate()
+        base = newBase
+        capacity = newCapacity
+    }
+
+    mutating func write(_ value: UInt8) { writeInteger(value) }
     mutating func write(_ value: UInt16) { writeInteger(value) }
     mutating func write(_ value: UInt32) { writeInteger(value) }
     mutating func write(_ value: UInt64) { writeInteger(value) }
-    mutating func write(_ value: Bool) { bytes.append(value ? 1 : 0) }
-    mutating func write(bytes other: some Sequence<UInt8>) { bytes.append(contentsOf: other) }
+    mutating func write(_ value: Bool) { writeInteger(UInt8(value ? 1 : 0)) }
+
+    mutating func write(bytes other: some Sequence<UInt8>) {
+        for byte in other { writeInteger(byte) }
+    }
+
+    mutating func write(bytes other: UnsafeRawBufferPointer) {
+        reserve(other.count)
+        if let source = other.baseAddress { (base + count).copyMemory(from: source, byteCount: other.count) }
+        count += other.count
+    }
+
+    mutating func write(bytes other: [UInt8]) {
+        other.withUnsafeBytes { write(bytes: $0) }
+    }
 
     @inline(__always)
     private mutating func writeInteger<T: FixedWidthInteger>(_ value: T) {
-        var shift = T.bitWidth - 8
-        while shift >= 0 {
-            bytes.append(UInt8(truncatingIfNeeded: value >> shift))
-            shift -= 8
-        }
+        reserve(MemoryLayout<T>.size)
+        (base + count).storeBytes(of: value.bigEndian, as: T.self)
+        count += MemoryLayout<T>.size
     }
 
     /// Overwrites a 16-bit value written earlier at `offset` (a length filled in afterwards).
     mutating func patch(_ value: UInt16, at offset: Int) {
-        bytes[offset] = UInt8(value >> 8)
-        bytes[offset + 1] = UInt8(truncatingIfNeeded: value)
+        (base + offset).storeBytes(of: value.bigEndian, as: UInt16.self)
     }
 
     /// Writes a length-prefixed (16-bit) block whose content `body` writes.
@@ -94,11 +122,12 @@ struct ByteReader {
         guard isAtEnd else { throw .trailingBytes(remaining) }
     }
 
+    @inline(__always)
     private mutating func readInteger<T: FixedWidthInteger>() throws(SyncCodecError) -> T {
         let size = MemoryLayout<T>.size
         guard remaining >= size else { throw .truncated }
-        var value: T = 0
-        for index in 0..<size { value = value << 8 | T(bytes[position + index]) }
+        let offset = position - bytes.startIndex
+        let value = bytes.withUnsafeBytes { T(bigEndian: $0.loadUnaligned(fromByteOffset: offset, as: T.self)) }
         position += size
         return value
     }
