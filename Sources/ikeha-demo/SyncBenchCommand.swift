@@ -14,6 +14,9 @@ struct SyncBenchCommand: ParsableCommand {
     @Option(help: "Counter checkpoints to push through the channel.")
     var checkpoints = 2_000_000
 
+    @Option(name: .customLong("checkpoint-sas"), help: "Child SAs the checkpoints cycle over.")
+    var checkpointSAs = 10_000
+
     @Option(name: .customLong("ike-sas"), help: "IKE SAs in the bulk resync.")
     var ikeSAs = 100_000
 
@@ -24,14 +27,16 @@ struct SyncBenchCommand: ParsableCommand {
     var trials = 20
 
     func validate() throws {
-        guard checkpoints > 0, ikeSAs > 0, childSAs >= 0, trials > 0, childSAs < 0x7000_0000 else {
+        guard checkpoints > 0, ikeSAs > 0, childSAs >= 0, trials > 0, childSAs < 0x7000_0000, checkpointSAs > 0,
+            checkpointSAs < 0x7000_0000
+        else {
             throw ValidationError("counts must be positive")
         }
     }
 
     func run() throws {
         let checkpointRate = try measureCheckpoints()
-        print("counter checkpoints through seal, open, decode and apply: \(Int(checkpointRate)) per second")
+        print("counter checkpoints through seal, open, decode and apply, over \(checkpointSAs) Child SAs: \(Int(checkpointRate)) per second")
         let (resyncSeconds, resyncBytes, datagrams) = try measureResync()
         print("bulk resync of \(ikeSAs) IKE SAs and \(childSAs) Child SAs: \(resyncSeconds.formatted(decimals: 3)) s, \(resyncBytes) bytes in \(datagrams) datagrams")
         let (meanHeartbeats, maximumHeartbeats) = try measureTailLoss()
@@ -42,7 +47,7 @@ struct SyncBenchCommand: ParsableCommand {
                 + "tail_loss_detection_heartbeats_max=\(maximumHeartbeats.formatted(decimals: 2))")
     }
 
-    /// Two channels wired back to back (no network), a replica holding 10,000 Child SAs, and
+    /// Two channels wired back to back (no network), a replica holding `--checkpoint-sas` Child SAs, and
     /// batches of checkpoints for them: encode, seal, open, decode, apply, acknowledge.
     func measureCheckpoints() throws -> Double {
         let key = try ChannelKey.generate()
@@ -54,7 +59,7 @@ struct SyncBenchCommand: ParsableCommand {
         var random = SplitMix64(seed: 3)
         let ike = try BenchFixtures.ikeSA(1, &random)
         var setup: [SyncRecord] = [.resyncBegin(id: 1, scope: .everything), .ikeSAUpsert(ike)]
-        let saCount = 10_000
+        let saCount = checkpointSAs
         var spis: [UInt32] = []
         for index in 0..<saCount {
             var sa = try BenchFixtures.childSA(UInt32(0x1000 + index), parent: ike.identifier, window: 1024, &random)

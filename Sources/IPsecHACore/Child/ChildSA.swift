@@ -128,7 +128,7 @@ public struct ChildSA: Sendable, Equatable {
     /// Takes over replicated counters: the outbound counter continues from the checkpoint, and
     /// the window keeps its top at the checkpoint with nothing marked seen below it. This is the
     /// passive copy a standby holds; a takeover rebuilds the window with a safe policy.
-    mutating func adopt(_ checkpoint: ChildSACounterCheckpoint) throws(ChildSAError) {
+    mutating func adopt(_ checkpoint: ChildSACounterCheckpoint, generation: UInt64) throws(ChildSAError) {
         let counter: OutboundSequenceCounter
         do {
             counter = try OutboundSequenceCounter(
@@ -140,6 +140,7 @@ public struct ChildSA: Sendable, Equatable {
         }
         outboundCounter = counter
         lifetime.usage = checkpoint.usage
+        self.generation = generation
     }
 
     public static func == (lhs: ChildSA, rhs: ChildSA) -> Bool {

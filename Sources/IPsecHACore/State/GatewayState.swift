@@ -316,8 +316,7 @@ public struct GatewayState: Sendable, Equatable {
         let held = childSlots.withUnsafeBufferPointer { $0[index].map(\.generation) }
         guard let held else { throw .unknownChildSA(checkpoint.inboundSPI) }
         guard generation > held else { throw .staleChange(held: held, received: generation) }
-        do { try childSlots[index]!.adopt(checkpoint) } catch { throw .childSA(error) }
-        childSlots[index]!.generation = generation
+        do { try childSlots[index]!.adopt(checkpoint, generation: generation) } catch { throw .childSA(error) }
     }
 
     public static func == (lhs: GatewayState, rhs: GatewayState) -> Bool {
