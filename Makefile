@@ -4,7 +4,7 @@
 SWIFT ?= swift
 DEBIAN_PACKAGES := libsodium-dev pkg-config
 
-.PHONY: demo test build release deps bench-replay bench-state clean
+.PHONY: demo test build release deps bench-replay bench-state bench-sync clean
 
 deps:
 	@./scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
@@ -29,6 +29,10 @@ bench-replay: deps
 # SAD and SPD cache lookups and memory per SA, with a million Child SAs (about a minute).
 bench-state: deps
 	$(SWIFT) run -c release ikeha-demo bench state
+
+# Counter checkpoints through the synch channel, a bulk resync, tail-loss detection.
+bench-sync: deps
+	$(SWIFT) run -c release ikeha-demo bench sync
 
 clean:
 	rm -rf .build
