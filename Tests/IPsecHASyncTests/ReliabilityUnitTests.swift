@@ -1,0 +1,129 @@
+import IPsecHACore
+@testable import IPsecHASync
+import Testing
+
+@Suite("Reliable sender")
+struct ReliableSenderTests {
+    let t0 = Timestamp(nanoseconds: 1_000)
+
+    func filled(_ count: Int, limit: Int = 8) -> ReliableSender {
+        var sender = ReliableSender(limit: limit)
+        for index in 0..<count { _ = sender.enqueue([UInt8(index)], now: t0) }
+        return sender
+    }
+
+    @Test func boundedBufferAndSequenceNumbers() {
+        var sender = filled(8)
+        #expect(sender.highestSent == 8)
+        #expect(!sender.hasRoom)
+        #expect(sender.enqueue([9], now: t0) == nil)
+        sender.acknowledge(cumulative: 3, selective: [])
+        #expect(sender.freeSlots == 3)
+        #expect(sender.enqueue([9], now: t0)?.sequence == 9)
+    }
+
+    @Test func selectiveAcknowledgementsAndTickets() {
+        var sender = filled(6)
+        sender.acknowledge(cumulative: 2, selective: [SequenceRange(4, 5)])
+        #expect(sender.isAcknowledged(2))
+        #expect(!sender.isAcknowledged(3))
+        #expect(!sender.isAcknowledged(5), "3 is still missing below 5")
+        sender.acknowledge(cumulative: 3, selective: [])
+        #expect(sender.isAcknowledged(5))
+        #expect(!sender.isAcknowledged(6))
+        // Acknowledgements beyond what was sent are ignored.
+        sender.acknowledge(cumulative: 100, selective: [])
+        #expect(sender.isAcknowledged(6))
+        #expect(sender.outstanding.isEmpty)
+    }
+
+    @Test func negativeAcknowledgementsRetransmitWhatIsHeldAndReportWhatIsNot() {
+        var sender = filled(6)
+        sender.acknowledge(cumulative: 2, selective: [SequenceRange(4, 4)])
+        let answer = sender.negativeAcknowledge([SequenceRange(3, 5)], now: Timestamp(nanoseconds: 2_000))
+        #expect(answer.retransmit.map(\.sequence) == [3, 5])
+        #expect(!answer.lost)
+        #expect(sender.negativeAcknowledge([SequenceRange(1, 2)], now: t0).lost == false, "acknowledged before: nothing to do")
+        #expect(sender.negativeAcknowledge([SequenceRange(6, 9)], now: t0).lost, "never sent")
+    }
+
+    @Test func timeoutsAndStreamReset() {
+        var sender = filled(4)
+        sender.acknowledge(cumulative: 0, selective: [SequenceRange(2, 2)])
+        #expect(sender.timedOut(now: Timestamp(nanoseconds: 1_500), timeout: 1_000, maximum: 10).isEmpty)
+        let due = sender.timedOut(now: Timestamp(nanoseconds: 2_000), timeout: 1_000, maximum: 2)
+        #expect(due.map(\.sequence) == [1, 3])
+        #expect(due.allSatisfy { $0.transmissions == 2 })
+        sender.resetStream()
+        #expect(sender.outstanding.isEmpty)
+        let next = sender.enqueue([1], now: t0)
+        #expect(next?.sequence == 5)
+        #expect(next?.streamReset == true)
+        #expect(sender.enqueue([2], now: t0)?.streamReset == false)
+    }
+
+    @Test func manyAcknowledgementsKeepTheBufferConsistent() {
+        var sender = ReliableSender(limit: 64)
+        var random = SplitMix64(seed: 1)
+        var acknowledged: UInt64 = 0
+        for _ in 0..<5_000 {
+            while sender.hasRoom, random.next() % 3 != 0 { _ = sender.enqueue([0], now: t0) }
+            let step = random.next() % 8
+            acknowledged = min(acknowledged + step, sender.highestSent)
+            sender.acknowledge(cumulative: acknowledged, selective: [])
+            #expect(sender.outstanding.count == Int(sender.highestSent - acknowledged))
+            #expect(sender.outstanding.first.map { $0.sequence == acknowledged + 1 } ?? true)
+        }
+    }
+}
+
+@Suite("Reliable receiver")
+struct ReliableReceiverTests {
+    let now = Timestamp(nanoseconds: 5)
+    let record = SyncRecord.childSADelete(inboundSPI: 300)
+
+    @Test func deliversInOrderExactlyOnce() {
+        var receiver = ReliableReceiver(limit: 16)
+        #expect(receiver.receive(sequence: 2, records: [record], streamReset: false, now: now).isEmpty)
+        #expect(receiver.hasGap)
+        #expect(receiver.missingRanges() == [SequenceRange(1, 1)])
+        #expect(receiver.acknowledgement() == .acknowledgement(cumulative: 0, selective: [SequenceRange(2, 2)]))
+        #expect(receiver.receive(sequence: 1, records: [record], streamReset: false, now: now).count == 2)
+        #expect(!receiver.hasGap)
+        #expect(receiver.receive(sequence: 1, records: [record], streamReset: false, now: now).isEmpty, "duplicate")
+        #expect(receiver.receive(sequence: 2, records: [record], streamReset: false, now: now).isEmpty, "duplicate")
+        #expect(receiver.delivered == 2)
+    }
+
+    @Test func heartbeatsRevealTailLoss() {
+        var receiver = ReliableReceiver(limit: 16)
+        _ = receiver.receive(sequence: 1, records: [record], streamReset: false, now: now)
+        receiver.announce(highest: 4, now: Timestamp(nanoseconds: 9))
+        #expect(receiver.missingRanges() == [SequenceRange(2, 4)])
+        #expect(receiver.gapSince == Timestamp(nanoseconds: 9))
+        _ = receiver.receive(sequence: 3, records: [record], streamReset: false, now: now)
+        #expect(receiver.missingRanges() == [SequenceRange(2, 2), SequenceRange(4, 4)])
+    }
+
+    @Test func holdLimitDropsWhatComesAgainLater() {
+        var receiver = ReliableReceiver(limit: 2)
+        for sequence in 2...5 as ClosedRange<UInt64> {
+            _ = receiver.receive(sequence: sequence, records: [record], streamReset: false, now: now)
+        }
+        #expect(receiver.held.count == 2)
+        #expect(receiver.receive(sequence: 1, records: [record], streamReset: false, now: now).count == 3)
+        #expect(receiver.delivered == 3)
+        #expect(receiver.missingRanges() == [SequenceRange(4, 5)])
+    }
+
+    @Test func streamResetSkipsTheGap() {
+        var receiver = ReliableReceiver(limit: 16)
+        _ = receiver.receive(sequence: 1, records: [record], streamReset: false, now: now)
+        _ = receiver.receive(sequence: 5, records: [record], streamReset: false, now: now)
+        let ready = receiver.receive(sequence: 9, records: [record], streamReset: true, now: now)
+        #expect(ready.count == 1)
+        #expect(receiver.delivered == 9)
+        #expect(!receiver.hasGap)
+        #expect(receiver.held.isEmpty)
+    }
+}
