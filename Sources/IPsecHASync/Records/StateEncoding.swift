@@ -338,11 +338,7 @@ enum StateEncoding {
     static func readChildSA(_ r: inout ByteReader) throws(SyncCodecError) -> ChildSA {
         let inboundSPI = try r.readUInt32()
         let outboundSPI = try r.readUInt32()
-        let rawProtocol = try r.readUInt8()
-        let rawMode = try r.readUInt8()
-        guard let ipsecProtocol = IPsecProtocol(rawValue: rawProtocol), let mode = IPsecMode(rawValue: rawMode) else {
-            throw .invalidValue("protocol \(rawProtocol) mode \(rawMode)")
-        }
+        let (ipsecProtocol, mode) = try readProtocolAndMode(&r)
         let esn = try r.readBool()
         let generation = try r.readUInt64()
         let owner = ClusterMemberID(rawValue: try r.readUInt16())
@@ -398,6 +394,15 @@ enum StateEncoding {
         }
     }
 
+    static func readProtocolAndMode(_ r: inout ByteReader) throws(SyncCodecError) -> (IPsecProtocol, IPsecMode) {
+        let rawProtocol = try r.readUInt8()
+        let rawMode = try r.readUInt8()
+        guard let ipsecProtocol = IPsecProtocol(rawValue: rawProtocol), let mode = IPsecMode(rawValue: rawMode) else {
+            throw .invalidValue("protocol \(rawProtocol) mode \(rawMode)")
+        }
+        return (ipsecProtocol, mode)
+    }
+
     // MARK: Policies
 
     static func write(_ policy: SecurityPolicy, into w: inout ByteWriter) throws(SyncCodecError) {
@@ -423,11 +428,7 @@ enum StateEncoding {
         let action: SecurityPolicyAction
         switch try r.readUInt8() {
         case 0:
-            let rawProtocol = try r.readUInt8()
-            let rawMode = try r.readUInt8()
-            guard let ipsecProtocol = IPsecProtocol(rawValue: rawProtocol), let mode = IPsecMode(rawValue: rawMode) else {
-                throw .invalidValue("protection settings")
-            }
+            let (ipsecProtocol, mode) = try readProtocolAndMode(&r)
             action = .protect(ProtectionSettings(ipsecProtocol: ipsecProtocol, mode: mode, extendedSequenceNumbers: try r.readBool()))
         case 1: action = .bypass
         case 2: action = .discard

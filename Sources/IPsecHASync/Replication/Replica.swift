@@ -114,31 +114,18 @@ public struct Replica {
             count(.childSADeleted(inboundSPI: spi))
         case .counterCheckpoints(let entries):
             for entry in entries {
-                do {
+                count { (state: inout GatewayState) throws(GatewayStateError) in
                     try state.applyCounterCheckpoint(entry.checkpoint, generation: entry.generation)
-                    statistics.applied += 1
-                } catch .staleChange {
-                    statistics.stale += 1
-                } catch {
-                    statistics.rejected += 1
                 }
             }
         case .messageIDUpdate(let identifier, let generation, let snapshot):
-            guard var sa = state.ikeSAs[identifier], let windows = try? IKEMessageIDWindows(restoringFrom: snapshot) else {
+            guard let windows = try? IKEMessageIDWindows(restoringFrom: snapshot) else {
                 statistics.rejected += 1
                 return
             }
-            sa.messageIDs = windows
-            sa.generation = generation
-            if count(.ikeSAUpdated(sa)) { lastUpdated[identifier] = now }
+            updateIKESA(identifier, generation: generation, now: now) { $0.messageIDs = windows }
         case .ownershipChange(let identifier, let owner, let generation):
-            guard var sa = state.ikeSAs[identifier] else {
-                statistics.rejected += 1
-                return
-            }
-            sa.owner = owner
-            sa.generation = generation
-            if count(.ikeSAUpdated(sa)) { lastUpdated[identifier] = now }
+            updateIKESA(identifier, generation: generation, now: now) { $0.owner = owner }
         case .exchangeStarted(let identifier, let messageID, let initiatedHere):
             inFlight.insert(InFlightExchange(ikeSA: identifier, messageID: messageID, initiatedHere: initiatedHere))
         case .exchangeFinished(let identifier, let messageID, let initiatedHere):
@@ -146,11 +133,30 @@ public struct Replica {
         }
     }
 
+    /// Applies a replicated partial update of an IKE SA as a whole-record update at `generation`.
+    private mutating func updateIKESA(
+        _ identifier: IKESAIdentifier, generation: UInt64, now: Timestamp, _ body: (inout IKESA) -> Void
+    ) {
+        guard var sa = state.ikeSAs[identifier] else {
+            statistics.rejected += 1
+            return
+        }
+        body(&sa)
+        sa.generation = generation
+        if count(.ikeSAUpdated(sa)) { lastUpdated[identifier] = now }
+    }
+
     /// Applies one change and counts the outcome; true when it was applied.
     @discardableResult
     private mutating func count(_ change: StateChange) -> Bool {
+        count { (state: inout GatewayState) throws(GatewayStateError) in try state.apply(change) }
+    }
+
+    /// Runs one mutation of the state and counts the outcome; true when it was applied.
+    @discardableResult
+    private mutating func count(_ body: (inout GatewayState) throws(GatewayStateError) -> Void) -> Bool {
         do {
-            try state.apply(change)
+            try body(&state)
             statistics.applied += 1
             return true
         } catch .staleChange {
