@@ -70,6 +70,19 @@ public struct ReplicationPair {
         return result.tickets
     }
 
+    /// Moves the active member to a new epoch (and key, if given) and resyncs the standby, which
+    /// may have missed what the old streams had not delivered.
+    public mutating func rotateActive(toEpoch epoch: UInt32, key: ChannelKey? = nil) throws {
+        try activeChannel.rotate(toEpoch: epoch, key: key)
+        try perform(replicator.startResync(of: Self.standbyID, from: state, channel: &activeChannel, now: now), onActive: true)
+    }
+
+    /// Moves the standby to a new epoch (and key, if given); the active member resyncs it when
+    /// it sees the new epoch.
+    public mutating func rotateStandby(toEpoch epoch: UInt32, key: ChannelKey? = nil) throws {
+        try standbyChannel.rotate(toEpoch: epoch, key: key)
+    }
+
     /// Checkpoints every Child SA's counters and replicates them.
     public mutating func checkpointAll() throws {
         var changes: [StateChange] = []

@@ -128,3 +128,33 @@ struct CounterCheckpointTests {
         #expect(cluster.replica.state == cluster.state)
     }
 }
+
+@Suite("Epoch and key rotation")
+struct RotationTests {
+    @Test func activeMovesToANewEpochAndTheStandbyFollows() throws {
+        var pair = try ReplicationPair(seed: 60)
+        #expect(try pair.settle())
+        var history = HistoryGenerator(seed: 61)
+        for _ in 0..<50 { _ = try pair.replicate(try history.step(&pair.state)) }
+        try pair.rotateActive(toEpoch: 2)
+        for _ in 0..<50 { _ = try pair.replicate(try history.step(&pair.state)) }
+        #expect(try pair.settle())
+        #expect(pair.replica.state == pair.state)
+        #expect(throws: SyncChannelError.self) { try pair.activeChannel.rotate(toEpoch: 2) }
+    }
+
+    @Test func bothMembersMoveToANewClusterKey() throws {
+        var pair = try ReplicationPair(seed: 62)
+        #expect(try pair.settle())
+        var history = HistoryGenerator(seed: 63)
+        for _ in 0..<30 { _ = try pair.replicate(try history.step(&pair.state)) }
+        let newKey = try ChannelKey.generate()
+        try pair.rotateStandby(toEpoch: 2, key: newKey)
+        try pair.run(for: 20_000_000)
+        try pair.rotateActive(toEpoch: 2, key: newKey)
+        for _ in 0..<30 { _ = try pair.replicate(try history.step(&pair.state)) }
+        #expect(try pair.settle())
+        #expect(pair.replica.state == pair.state)
+        #expect(pair.replicator.resyncsStarted >= 2)
+    }
+}

@@ -95,11 +95,23 @@ public struct DatagramHeader: Sendable, Hashable {
 /// travel in clear, marked as such, and a sealing receiver refuses them.
 struct DatagramSealer {
     static let tagSize = 16
-    let key: ChannelKey?
+    private(set) var key: ChannelKey?
+    /// The cluster key before the last rotation: datagrams of peers that have not rotated yet
+    /// still open with it.
+    private var previousKey: ChannelKey?
     /// Direction keys derived so far, at most a few per peer (current and previous epoch).
     private var derived: [UInt64: SecureBytes] = [:]
+    private var derivedPrevious: [UInt64: SecureBytes] = [:]
 
     init(key: ChannelKey?) { self.key = key }
+
+    /// Seals with `newKey` from now on; keeps opening with the old key too.
+    mutating func rotate(to newKey: ChannelKey) {
+        previousKey = key
+        derivedPrevious = derived
+        key = newKey
+        derived = [:]
+    }
 
     mutating func seal(_ header: DatagramHeader, payload: [UInt8]) throws(ChannelSecurityError) -> [UInt8] {
         var header = header
@@ -140,11 +152,26 @@ struct DatagramSealer {
         }
         guard sealed else { throw .security(.authenticationFailed) }
         guard datagram.count >= DatagramHeader.size + Self.tagSize else { throw .tooShort(datagram.count) }
-        let directionKey: SecureBytes
-        do { directionKey = try self.directionKey(key, header) } catch { throw .security(error) }
-        var plaintext = [UInt8](repeating: 0, count: datagram.count - DatagramHeader.size - Self.tagSize)
+        do {
+            if let plaintext = Self.decrypt(datagram, header, try Self.directionKey(key, header, cache: &derived)) {
+                return (header, plaintext)
+            }
+            if let previousKey,
+                let plaintext = Self.decrypt(datagram, header, try Self.directionKey(previousKey, header, cache: &derivedPrevious))
+            {
+                return (header, plaintext)
+            }
+        } catch {
+            throw .security(error)
+        }
+        throw .security(.authenticationFailed)
+    }
+
+    /// The plaintext, or nil when the tag does not verify under `directionKey`.
+    private static func decrypt(_ datagram: [UInt8], _ header: DatagramHeader, _ directionKey: SecureBytes) -> [UInt8]? {
+        var plaintext = [UInt8](repeating: 0, count: datagram.count - DatagramHeader.size - tagSize)
         var plaintextLength: UInt64 = 0
-        let nonce = Self.nonce(header)
+        let nonce = nonce(header)
         let result = datagram.withUnsafeBufferPointer { buffer in
             directionKey.withUnsafeBytes { keyBytes in
                 crypto_aead_chacha20poly1305_ietf_decrypt(
@@ -153,19 +180,23 @@ struct DatagramSealer {
                     keyBytes.baseAddress!.assumingMemoryBound(to: UInt8.self))
             }
         }
-        guard result == 0 else { throw .security(.authenticationFailed) }
-        return (header, plaintext)
+        return result == 0 ? plaintext : nil
     }
 
     private mutating func directionKey(_ key: ChannelKey, _ header: DatagramHeader) throws(ChannelSecurityError) -> SecureBytes {
+        try Self.directionKey(key, header, cache: &derived)
+    }
+
+    private static func directionKey(
+        _ key: ChannelKey, _ header: DatagramHeader, cache: inout [UInt64: SecureBytes]
+    ) throws(ChannelSecurityError) -> SecureBytes {
         let id = UInt64(header.epoch) << 32 | UInt64(header.sender.rawValue) << 16 | UInt64(header.receiver.rawValue)
-        if let cached = derived[id] { return cached }
+        if let cached = cache[id] { return cached }
         let derivedKey = try key.directionKey(epoch: header.epoch, sender: header.sender.rawValue, receiver: header.receiver.rawValue)
-        // Bounded: an attacker without the key cannot get here (the tag check comes after, but
-        // only headers naming real members and epochs are derived; see SyncChannel), and old
-        // epochs are dropped wholesale.
-        if derived.count >= 64 { derived.removeAll() }
-        derived[id] = derivedKey
+        // Bounded: only headers naming configured members, this cluster and a current or newer
+        // epoch get here (SyncChannel checks that first), and the cache is emptied wholesale.
+        if cache.count >= 64 { cache.removeAll() }
+        cache[id] = derivedKey
         return derivedKey
     }
 

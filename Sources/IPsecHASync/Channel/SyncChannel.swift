@@ -113,7 +113,7 @@ public struct SyncChannel {
     }
 
     /// The configuration in force.
-    public let configuration: SyncChannelConfiguration
+    public private(set) var configuration: SyncChannelConfiguration
     private var sealer: DatagramSealer
     private var peers: [ClusterMemberID: Peer]
     /// The channel's counters.
@@ -191,6 +191,27 @@ public struct SyncChannel {
         statistics.streamResets += 1
     }
 
+    /// Moves this member to a new, higher epoch: new direction keys (derived from `key` if
+    /// given, the current cluster key otherwise), packet numbers from 1 again, and every
+    /// stream restarted. Peers see the new epoch and resync; datagrams sealed under the previous
+    /// cluster key keep opening until the peers rotate too. Rotate rarely: each rotation costs a
+    /// bulk resync of every standby. Throws when `epoch` is not above the current one.
+    public mutating func rotate(toEpoch epoch: UInt32, key: ChannelKey? = nil) throws(SyncChannelError) {
+        guard epoch > configuration.epoch else { throw .invalidHeader("epoch \(epoch) not above \(configuration.epoch)") }
+        if let key {
+            guard configuration.key != nil else { throw .security(.noKey) }
+            sealer.rotate(to: key)
+            configuration.key = key
+        }
+        configuration.epoch = epoch
+        for member in peers.keys {
+            peers[member]!.nextPacketNumber = 1
+            peers[member]!.sender.resetStream()
+        }
+        statistics.streamResets += UInt64(peers.count)
+        configuration.logger.notice("synch channel moved to a new epoch", metadata: ["epoch": "\(epoch)", "newKey": "\(key != nil)"])
+    }
+
     // MARK: Receiving
 
     /// Takes a datagram from the transport. Any failed check drops it with a
@@ -236,9 +257,11 @@ public struct SyncChannel {
             peer.replay = Self.freshPeer(configuration).replay
             peer.receiver.reset()
             if restarted {
-                // It lost our stream too: restart it, and let the owner resync the peer.
+                // It lost our stream too (a restart), or rotated its keys and dropped what we had
+                // not acknowledged: restart the stream and let the owner resync the peer.
                 peer.sender.resetStream()
                 statistics.streamResets += 1
+                actions.append(.resyncNeeded(header.sender))
             }
             actions.append(.peerRestarted(header.sender, epoch: header.epoch))
             configuration.logger.notice(
