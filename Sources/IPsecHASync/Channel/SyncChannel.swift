@@ -29,6 +29,12 @@ public struct SyncChannelConfiguration: Sendable {
     public var receiveHoldLimit: Int = 4_096
     /// Packet numbers the replay window remembers per peer (default 4,096).
     public var replayWindowSize: UInt32 = 4_096
+    /// Reliable datagrams received in order before an acknowledgement goes out at once
+    /// (default 8); out-of-order arrivals are acknowledged at once.
+    public var acknowledgeEvery: Int = 8
+    /// Longest wait before acknowledging what arrived in order (default 2 ms); call
+    /// ``SyncChannel/tick(now:)`` at least this often.
+    public var acknowledgementDelay: UInt64 = 2_000_000
     /// Where the channel logs what an operator should know: gaps, stream resets, peers
     /// restarting (notice), authentication failures (debug: they are counted, and an attacker
     /// must not be able to flood the log).
@@ -110,6 +116,9 @@ public struct SyncChannel {
         var replay: ReplayWindow
         var receiver: ReliableReceiver
         var lastHeard: Timestamp?
+        /// Reliable datagrams received since the last acknowledgement, and when the first came.
+        var unacknowledged = 0
+        var firstUnacknowledged: Timestamp?
     }
 
     /// The configuration in force.
@@ -310,7 +319,13 @@ public struct SyncChannel {
                 statistics.gapsDetected += 1
                 control.append(negativeAcknowledgement(&peer, now: now))
             }
-            control.append(peer.receiver.acknowledgement())
+            // Acknowledge at once every few datagrams, or when out of order (the sender needs
+            // the selective ranges); otherwise ``tick(now:)`` acknowledges within the delay.
+            peer.unacknowledged += 1
+            if peer.firstUnacknowledged == nil { peer.firstUnacknowledged = now }
+            if peer.unacknowledged >= configuration.acknowledgeEvery || peer.receiver.hasGap || ready.isEmpty {
+                control.append(acknowledgement(&peer))
+            }
         }
         peers[header.sender] = peer
         for entry in retransmit {
@@ -323,6 +338,12 @@ public struct SyncChannel {
             }
         }
         return actions
+    }
+
+    private func acknowledgement(_ peer: inout Peer) -> SyncRecord {
+        peer.unacknowledged = 0
+        peer.firstUnacknowledged = nil
+        return peer.receiver.acknowledgement()
     }
 
     private mutating func negativeAcknowledgement(_ peer: inout Peer, now: Timestamp) -> SyncRecord {
@@ -345,7 +366,11 @@ public struct SyncChannel {
             if peer.lastHeartbeatSent.map({ now.nanoseconds >= $0.nanoseconds &+ configuration.heartbeatInterval }) ?? true {
                 peer.lastHeartbeatSent = now
                 control.append(.heartbeat(highestSequence: peer.sender.highestSent, sentAt: now))
-                if peer.epoch != nil { control.append(peer.receiver.acknowledgement()) }
+                if peer.epoch != nil { control.append(acknowledgement(&peer)) }
+            } else if let first = peer.firstUnacknowledged,
+                now.nanoseconds >= first.nanoseconds &+ configuration.acknowledgementDelay
+            {
+                control.append(acknowledgement(&peer))
             }
             if peer.receiver.hasGap,
                 peer.receiver.lastNegativeAcknowledgement.map({ now.nanoseconds >= $0.nanoseconds &+ configuration.retransmitTimeout }) ?? true
@@ -386,19 +411,23 @@ public struct SyncChannel {
 
     // MARK: Internals
 
-    /// Packs encoded records into payloads no larger than ``maximumPayload``.
+    /// Packs encoded records into payloads no larger than ``maximumPayload``: each record is
+    /// encoded straight into the current payload, which is cut before it when it does not fit.
     private func pack(_ records: [SyncRecord]) throws(SyncChannelError) -> [[UInt8]] {
         var payloads: [[UInt8]] = []
-        var current = ByteWriter(capacity: maximumPayload)
+        var current = ByteWriter(capacity: maximumPayload + 64)
         for record in records {
-            var writer = ByteWriter()
-            do { try record.encode(into: &writer) } catch { throw .codec(error) }
-            guard writer.count <= maximumPayload else { throw .codec(.recordTooLarge(writer.count)) }
-            if current.count + writer.count > maximumPayload {
+            let start = current.count
+            do { try record.encode(into: &current) } catch { throw .codec(error) }
+            let length = current.count - start
+            guard length <= maximumPayload else { throw .codec(.recordTooLarge(length)) }
+            if current.count > maximumPayload {
+                let overflow = current.bytes(from: start)
+                current.truncate(to: start)
                 payloads.append(current.bytes)
-                current = ByteWriter(capacity: maximumPayload)
+                current = ByteWriter(capacity: maximumPayload + 64)
+                current.write(bytes: overflow)
             }
-            current.write(bytes: writer.bytes)
         }
         if current.count > 0 { payloads.append(current.bytes) }
         return payloads

@@ -18,6 +18,14 @@ struct ByteWriter: ~Copyable {
     /// The bytes written so far.
     var bytes: [UInt8] { [UInt8](UnsafeRawBufferPointer(start: base, count: count)) }
 
+    /// The bytes written from `offset` on.
+    func bytes(from offset: Int) -> [UInt8] {
+        [UInt8](UnsafeRawBufferPointer(start: base + offset, count: count - offset))
+    }
+
+    /// Forgets what was written from `offset` on.
+    mutating func truncate(to offset: Int) { count = min(count, max(offset, 0)) }
+
     @inline(__always)
     private mutating func reserve(_ extra: Int) {
         guard count + extra > capacity else { return }
