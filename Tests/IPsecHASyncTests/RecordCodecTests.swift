@@ -63,3 +63,27 @@ struct RecordCodecTests {
         #expect(throws: SyncCodecError.self) { try SyncRecord.decodeAll(bytes[...]) }
     }
 }
+
+@Suite("Variable-length integers")
+struct VarintTests {
+    @Test(arguments: [0, 1, 127, 128, 300, 16_383, 16_384, 1 << 32, UInt64.max - 1, UInt64.max] as [UInt64])
+    func roundTrip(value: UInt64) throws {
+        var writer = ByteWriter()
+        writer.writeVarint(value)
+        let bytes = writer.bytes
+        #expect(bytes.count == max(1, (64 - value.leadingZeroBitCount + 6) / 7))
+        var reader = ByteReader(bytes[...])
+        #expect(try reader.readVarint() == value)
+        #expect(reader.isAtEnd)
+    }
+
+    @Test(arguments: [
+        [0x80], [0xFF, 0xFF], [0x80, 0x00], [0x81, 0x80, 0x00],
+        [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x02],
+        [0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01],
+    ] as [[UInt8]])
+    func malformedEncodingsAreRefused(bytes: [UInt8]) {
+        var reader = ByteReader(bytes[...])
+        #expect(throws: SyncCodecError.self) { try reader.readVarint() }
+    }
+}

@@ -62,32 +62,39 @@ enum StateEncoding {
         }
     }
 
-    static let checkpointEntrySize = 4 + 8 + 8 + 8 + 4 * 8 + 4
+    /// The smallest and the largest encoding of a checkpoint entry.
+    static let checkpointEntrySizes = (minimum: 4 + 8, maximum: 4 + 7 * 10 + 5)
 
+    /// A checkpoint entry: the inbound SPI (4), then generation, outbound last sent, inbound
+    /// top, inbound bytes, inbound packets, outbound bytes, outbound packets and packets per
+    /// second as variable-length integers (the counters are mostly small, and every byte here is
+    /// sealed and opened once per checkpoint).
     static func write(_ entry: CounterCheckpointEntry, into w: inout ByteWriter) {
         let checkpoint = entry.checkpoint
         w.write(checkpoint.inboundSPI)
-        w.write(entry.generation)
-        w.write(checkpoint.outbound.lastSent)
-        w.write(checkpoint.inbound.highestAuthenticatedSequenceNumber)
-        w.write(checkpoint.usage.inboundBytes)
-        w.write(checkpoint.usage.inboundPackets)
-        w.write(checkpoint.usage.outboundBytes)
-        w.write(checkpoint.usage.outboundPackets)
-        w.write(entry.packetsPerSecond)
+        w.writeVarint(entry.generation)
+        w.writeVarint(checkpoint.outbound.lastSent)
+        w.writeVarint(checkpoint.inbound.highestAuthenticatedSequenceNumber)
+        w.writeVarint(checkpoint.usage.inboundBytes)
+        w.writeVarint(checkpoint.usage.inboundPackets)
+        w.writeVarint(checkpoint.usage.outboundBytes)
+        w.writeVarint(checkpoint.usage.outboundPackets)
+        w.writeVarint(UInt64(entry.packetsPerSecond))
     }
 
     static func readCheckpointEntry(_ r: inout ByteReader) throws(SyncCodecError) -> CounterCheckpointEntry {
         let spi = try r.readUInt32()
-        let generation = try r.readUInt64()
-        let outbound = OutboundCounterCheckpoint(lastSent: try r.readUInt64())
-        let inbound = ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: try r.readUInt64())
+        let generation = try r.readVarint()
+        let outbound = OutboundCounterCheckpoint(lastSent: try r.readVarint())
+        let inbound = ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: try r.readVarint())
         let usage = ChildSAUsage(
-            inboundBytes: try r.readUInt64(), inboundPackets: try r.readUInt64(), outboundBytes: try r.readUInt64(),
-            outboundPackets: try r.readUInt64())
+            inboundBytes: try r.readVarint(), inboundPackets: try r.readVarint(), outboundBytes: try r.readVarint(),
+            outboundPackets: try r.readVarint())
+        let rate = try r.readVarint()
+        guard rate <= UInt64(UInt32.max) else { throw .invalidValue("packet rate \(rate)") }
         return CounterCheckpointEntry(
             checkpoint: ChildSACounterCheckpoint(inboundSPI: spi, outbound: outbound, inbound: inbound, usage: usage),
-            generation: generation, packetsPerSecond: try r.readUInt32())
+            generation: generation, packetsPerSecond: UInt32(rate))
     }
 
     // MARK: Addresses, selectors, keys

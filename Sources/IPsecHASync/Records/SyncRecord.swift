@@ -243,7 +243,10 @@ extension SyncRecord {
             record = .policyDelete(SecurityPolicyID(rawValue: try r.readUInt32()))
         case .counterCheckpoints:
             let count = Int(try r.readUInt16())
-            guard r.remaining == count * StateEncoding.checkpointEntrySize else { throw .invalidValue("checkpoint batch length") }
+            let sizes = StateEncoding.checkpointEntrySizes
+            guard r.remaining >= count * sizes.minimum, r.remaining <= count * sizes.maximum else {
+                throw .invalidValue("checkpoint batch length")
+            }
             var entries: [CounterCheckpointEntry] = []
             entries.reserveCapacity(count)
             for _ in 0..<count { entries.append(try StateEncoding.readCheckpointEntry(&r)) }

@@ -10,7 +10,7 @@ public import IPsecHACore
 /// intervals, 150 ms by default). At 100,000 packets per second on one SA that is 4,096 + 15,000
 /// sequence numbers, far below the 2^32 a 32-bit SA has, and far below what an ESN SA has; at
 /// 1,000 packets per second it is 50 + 150. Shorter intervals cost synch traffic: each
-/// checkpoint is 64 bytes, batched up to 16 per record.
+/// checkpoint is about 25 bytes on the wire (79 at most), batched up to 16 per record.
 public struct CounterCheckpointPolicy: Sendable, Hashable {
     /// Packets (both directions) after which a checkpoint is due.
     public var packets: UInt64

@@ -80,7 +80,7 @@ public struct Replicator {
         replicate(records: Self.batches(checkpoints), state: state, channel: &channel, now: now)
     }
 
-    /// Counter checkpoints per record: 16 entries of 64 bytes fit a default datagram.
+    /// Counter checkpoints per record: 16 entries of at most 79 bytes fit a default datagram.
     public static let checkpointsPerRecord = 16
 
     /// Counter checkpoint records for `entries`, ``checkpointsPerRecord`` entries each.

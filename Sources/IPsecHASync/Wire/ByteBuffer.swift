@@ -65,6 +65,20 @@ struct ByteWriter: ~Copyable {
         count += MemoryLayout<T>.size
     }
 
+    /// Writes an unsigned LEB128 variable-length integer: 7 bits a byte, low bits first, the
+    /// high bit set on every byte but the last (1 to 10 bytes).
+    mutating func writeVarint(_ value: UInt64) {
+        reserve(10)
+        var remaining = value
+        while remaining >= 0x80 {
+            (base + count).storeBytes(of: UInt8(truncatingIfNeeded: remaining) | 0x80, as: UInt8.self)
+            count += 1
+            remaining >>= 7
+        }
+        (base + count).storeBytes(of: UInt8(remaining), as: UInt8.self)
+        count += 1
+    }
+
     /// Overwrites a 16-bit value written earlier at `offset` (a length filled in afterwards).
     mutating func patch(_ value: UInt16, at offset: Int) {
         (base + offset).storeBytes(of: value.bigEndian, as: UInt16.self)
@@ -117,6 +131,24 @@ struct ByteReader {
         guard count >= 0, remaining >= count else { throw .truncated }
         defer { position += count }
         return bytes[position..<position + count]
+    }
+
+    /// Reads an unsigned LEB128 variable-length integer written by ``ByteWriter/writeVarint(_:)``.
+    /// Refuses encodings longer than 10 bytes, values beyond 64 bits, and non-minimal encodings
+    /// (a trailing zero byte), so that every value has exactly one encoding.
+    mutating func readVarint() throws(SyncCodecError) -> UInt64 {
+        var value: UInt64 = 0
+        var shift: UInt64 = 0
+        while true {
+            let byte = try readUInt8()
+            guard shift < 63 || (shift == 63 && byte <= 1) else { throw .invalidValue("varint beyond 64 bits") }
+            value |= UInt64(byte & 0x7F) << shift
+            if byte & 0x80 == 0 {
+                guard byte != 0 || shift == 0 else { throw .invalidValue("non-minimal varint") }
+                return value
+            }
+            shift += 7
+        }
     }
 
     /// Reads a 16-bit length and returns a reader over exactly that many bytes.
