@@ -67,6 +67,7 @@ struct ByteWriter: ~Copyable {
 
     /// Writes an unsigned LEB128 variable-length integer: 7 bits a byte, low bits first, the
     /// high bit set on every byte but the last (1 to 10 bytes).
+    @inline(__always)
     mutating func writeVarint(_ value: UInt64) {
         reserve(10)
         var remaining = value
@@ -136,19 +137,36 @@ struct ByteReader {
     /// Reads an unsigned LEB128 variable-length integer written by ``ByteWriter/writeVarint(_:)``.
     /// Refuses encodings longer than 10 bytes, values beyond 64 bits, and non-minimal encodings
     /// (a trailing zero byte), so that every value has exactly one encoding.
+    @inline(__always)
     mutating func readVarint() throws(SyncCodecError) -> UInt64 {
-        var value: UInt64 = 0
-        var shift: UInt64 = 0
-        while true {
-            let byte = try readUInt8()
-            guard shift < 63 || (shift == 63 && byte <= 1) else { throw .invalidValue("varint beyond 64 bits") }
-            value |= UInt64(byte & 0x7F) << shift
-            if byte & 0x80 == 0 {
-                guard byte != 0 || shift == 0 else { throw .invalidValue("non-minimal varint") }
-                return value
+        let start = position - bytes.startIndex
+        // (value, length) on success; length 0 marks a malformed encoding, with the reason in value.
+        let (value, length) = bytes.withUnsafeBytes { buffer -> (UInt64, Int) in
+            var value: UInt64 = 0
+            var shift: UInt64 = 0
+            var index = start
+            while true {
+                guard index < buffer.count else { return (0, 0) }
+                let byte = buffer[index]
+                index += 1
+                guard shift < 63 || (shift == 63 && byte <= 1) else { return (1, 0) }
+                value |= UInt64(byte & 0x7F) << shift
+                if byte & 0x80 == 0 {
+                    guard byte != 0 || shift == 0 else { return (2, 0) }
+                    return (value, index - start)
+                }
+                shift += 7
             }
-            shift += 7
         }
+        guard length > 0 else {
+            switch value {
+            case 0: throw .truncated
+            case 1: throw .invalidValue("varint beyond 64 bits")
+            default: throw .invalidValue("non-minimal varint")
+            }
+        }
+        position += length
+        return value
     }
 
     /// Reads a 16-bit length and returns a reader over exactly that many bytes.
