@@ -9,27 +9,19 @@
 struct ReplayBlockRing: @unchecked Sendable {
     // @unchecked: words are written only through `ReplayRingWords` obtained after
     // `makeUnique()`, so a buffer is never written while another value can see it.
-    /// The count and the address of the words, which sit right after the object header
-    /// (one allocation per window).
+    /// The ring's words sit right after the object header (one allocation per window); the
+    /// header holds their count. Both are reached through pointers, never through the
+    /// `header` property, which would cost a dynamic exclusivity check per access.
     @usableFromInline
-    struct Header {
-        @usableFromInline let count: Int
-        @usableFromInline var words: UnsafeMutablePointer<UInt64>
-    }
-
-    @usableFromInline
-    final class Storage: ManagedBuffer<Header, UInt64> {
-        @usableFromInline var count: Int { header.count }
-        @usableFromInline var words: UnsafeMutablePointer<UInt64> { header.words }
+    final class Storage: ManagedBuffer<Int, UInt64> {
+        @inlinable var count: Int { withUnsafeMutablePointerToHeader { $0.pointee } }
+        /// The words' address, fixed for the object's life.
+        @inlinable var words: UnsafeMutablePointer<UInt64> { withUnsafeMutablePointerToElements { $0 } }
 
         /// A buffer of `count` words, all zero, or copied from `source`.
         @usableFromInline
         static func make(count: Int, copying source: UnsafePointer<UInt64>? = nil) -> Storage {
-            let buffer = Storage.create(minimumCapacity: count) { buffer in
-                // The elements' address is fixed for the object's life; keep it in the header.
-                Header(count: count, words: buffer.withUnsafeMutablePointerToElements { $0 })
-            }
-            let storage = unsafeDowncast(buffer, to: Storage.self)
+            let storage = unsafeDowncast(Storage.create(minimumCapacity: count) { _ in count }, to: Storage.self)
             if let source {
                 storage.words.initialize(from: source, count: count)
             } else {
@@ -39,7 +31,7 @@ struct ReplayBlockRing: @unchecked Sendable {
         }
 
         deinit {
-            _ = withUnsafeMutablePointers { header, _ in header.pointee.words.deinitialize(count: header.pointee.count) }
+            _ = withUnsafeMutablePointers { count, words in words.deinitialize(count: count.pointee) }
         }
     }
 
