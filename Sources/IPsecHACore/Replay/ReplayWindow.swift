@@ -81,18 +81,24 @@ public struct ReplayWindow: Sendable {
         }
     }
 
-    /// Moves a standby's passive copy to a replicated checkpoint in place: the top becomes the
-    /// checkpoint, the checkpoint alone is marked seen (as ``ReplayWindowRestorePolicy/permissiveUnsafe``
-    /// would rebuild it), without allocating. Throws, changing nothing, when the checkpoint does
-    /// not fit the sequence space. A takeover rebuilds the window with a safe policy instead.
+    /// Moves a standby's passive copy to a replicated checkpoint in place and without
+    /// allocating: the top becomes the checkpoint and is marked seen; the blocks the top enters
+    /// are cleared, as a commit would clear them. What the bitmap says below the top is not
+    /// meaningful for a passive copy (a takeover rebuilds the window with a restore policy).
+    /// Throws, changing nothing, when the checkpoint does not fit the sequence space.
     public mutating func adoptPassively(_ checkpoint: ReplayWindowCheckpoint) throws(ReplayWindowError) {
-        let top = checkpoint.highestAuthenticatedSequenceNumber
-        guard extendedSequenceNumbers || top <= UInt64(UInt32.max) else {
-            throw .restoredTopBeyondSequenceSpace(checkpoint: top, advance: 0)
+        let newTop = checkpoint.highestAuthenticatedSequenceNumber
+        guard extendedSequenceNumbers || newTop <= UInt64(UInt32.max) else {
+            throw .restoredTopBeyondSequenceSpace(checkpoint: newTop, advance: 0)
         }
-        ring.clearAll()
-        core.top = top
-        if top > 0 { _ = ring.words.insert(top) }
+        if newTop >= top {
+            ring.makeUnique()
+            if (newTop ^ top) > 63 { ring.words.clearBlocks(after: top &>> 6, through: newTop &>> 6) }
+        } else {
+            ring.clearAll()
+        }
+        core.top = newTop
+        if newTop > 0 { _ = ring.words.insert(newTop) }
     }
 
     /// The value a member replicates so that another can rebuild this window.

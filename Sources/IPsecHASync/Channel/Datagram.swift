@@ -125,20 +125,22 @@ struct DatagramSealer {
         header.flags |= DatagramHeader.sealedFlag
         header.write(into: &writer)
         let directionKey = try self.directionKey(key, header)
-        var datagram = writer.bytes
-        datagram.append(contentsOf: repeatElement(0, count: payload.count + Self.tagSize))
-        let nonce = Self.nonce(header)
-        var sealedLength: UInt64 = 0
-        datagram.withUnsafeMutableBufferPointer { buffer in
-            let headerBytes = UnsafeBufferPointer(rebasing: buffer[0..<DatagramHeader.size])
-            directionKey.withUnsafeBytes { keyBytes in
-                _ = crypto_aead_chacha20poly1305_ietf_encrypt(
-                    buffer.baseAddress! + DatagramHeader.size, &sealedLength, payload, UInt64(payload.count),
-                    headerBytes.baseAddress, UInt64(headerBytes.count), nil, nonce,
-                    keyBytes.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        let headerBytes = writer.bytes
+        let total = DatagramHeader.size + payload.count + Self.tagSize
+        return [UInt8](unsafeUninitializedCapacity: total) { buffer, initialized in
+            let base = buffer.baseAddress!
+            headerBytes.withUnsafeBufferPointer { base.update(from: $0.baseAddress!, count: DatagramHeader.size) }
+            var sealedLength: UInt64 = 0
+            Self.withNonce(header) { nonce in
+                directionKey.withUnsafeBytes { keyBytes in
+                    _ = crypto_aead_chacha20poly1305_ietf_encrypt(
+                        base + DatagramHeader.size, &sealedLength, payload, UInt64(payload.count),
+                        base, UInt64(DatagramHeader.size), nil, nonce,
+                        keyBytes.baseAddress!.assumingMemoryBound(to: UInt8.self))
+                }
             }
+            initialized = total
         }
-        return datagram
     }
 
     /// The header and plaintext payload of a datagram, after authentication when sealed.
@@ -171,13 +173,14 @@ struct DatagramSealer {
     private static func decrypt(_ datagram: [UInt8], _ header: DatagramHeader, _ directionKey: SecureBytes) -> [UInt8]? {
         var plaintext = [UInt8](repeating: 0, count: datagram.count - DatagramHeader.size - tagSize)
         var plaintextLength: UInt64 = 0
-        let nonce = nonce(header)
         let result = datagram.withUnsafeBufferPointer { buffer in
-            directionKey.withUnsafeBytes { keyBytes in
-                crypto_aead_chacha20poly1305_ietf_decrypt(
-                    &plaintext, &plaintextLength, nil, buffer.baseAddress! + DatagramHeader.size,
-                    UInt64(buffer.count - DatagramHeader.size), buffer.baseAddress, UInt64(DatagramHeader.size), nonce,
-                    keyBytes.baseAddress!.assumingMemoryBound(to: UInt8.self))
+            withNonce(header) { nonce in
+                directionKey.withUnsafeBytes { keyBytes in
+                    crypto_aead_chacha20poly1305_ietf_decrypt(
+                        &plaintext, &plaintextLength, nil, buffer.baseAddress! + DatagramHeader.size,
+                        UInt64(buffer.count - DatagramHeader.size), buffer.baseAddress, UInt64(DatagramHeader.size), nonce,
+                        keyBytes.baseAddress!.assumingMemoryBound(to: UInt8.self))
+                }
             }
         }
         return result == 0 ? plaintext : nil
@@ -200,12 +203,16 @@ struct DatagramSealer {
         return derivedKey
     }
 
-    private static func nonce(_ header: DatagramHeader) -> [UInt8] {
-        var writer = ByteWriter(capacity: 12)
-        writer.write(header.sender.rawValue)
-        writer.write(header.receiver.rawValue)
-        writer.write(header.packetNumber)
-        return writer.bytes
+    /// Calls `body` with the 12-byte nonce of `header` (sender, receiver, packet number), kept
+    /// on the stack.
+    private static func withNonce<Result>(_ header: DatagramHeader, _ body: (UnsafePointer<UInt8>) -> Result) -> Result {
+        withUnsafeTemporaryAllocation(byteCount: 12, alignment: 8) { nonce in
+            let base = nonce.baseAddress!
+            base.storeBytes(of: header.sender.rawValue.bigEndian, toByteOffset: 0, as: UInt16.self)
+            base.storeBytes(of: header.receiver.rawValue.bigEndian, toByteOffset: 2, as: UInt16.self)
+            base.storeBytes(of: header.packetNumber.bigEndian, toByteOffset: 4, as: UInt64.self)
+            return body(base.assumingMemoryBound(to: UInt8.self))
+        }
     }
 }
 
