@@ -70,7 +70,7 @@ let package = Package(
         .testTarget(
             name: "IPsecHASyncTests",
             dependencies: [
-                "IPsecHASync", "IPsecHACore", "IPsecHASimulation",
+                "IPsecHASync", "IPsecHACore", "IPsecHASimulation", "CSodium",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
             ],
