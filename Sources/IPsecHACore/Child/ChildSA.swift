@@ -19,6 +19,14 @@ public struct ChildSAKeys: Sendable, Equatable {
         }
     }
 
+    /// Keys from material that holds the encryption key followed by the integrity key.
+    /// Throws ``ChildSAError/invalidKeyLayout`` when `encryptionKeyLength` exceeds the material.
+    public init(material: KeyMaterial, encryptionKeyLength: Int) throws(ChildSAError) {
+        guard (0...material.count).contains(encryptionKeyLength) else { throw .invalidKeyLayout }
+        self.material = material
+        self.encryptionKeyLength = encryptionKeyLength
+    }
+
     /// The encryption key.
     public var encryptionKey: KeyMaterial { material.extracting(0..<encryptionKeyLength) }
     /// The integrity key, if there is one.
@@ -190,4 +198,6 @@ public enum ChildSAError: Error, Sendable, Hashable {
     case softLifetimeAboveHard
     /// A replicated checkpoint that does not fit the SA's sequence space.
     case checkpointOutsideSequenceSpace
+    /// An encryption key length longer than the key material.
+    case invalidKeyLayout
 }

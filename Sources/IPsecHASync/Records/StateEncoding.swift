@@ -366,11 +366,11 @@ enum StateEncoding {
         for _ in 0..<2 {
             let encryptionLength = Int(try r.readUInt16())
             let material = try readKey(&r)
-            guard encryptionLength <= material.count else { throw .invalidValue("encryption key length") }
-            directions.append(
-                ChildSAKeys(
-                    encryption: material.extracting(0..<encryptionLength),
-                    integrity: encryptionLength < material.count ? material.extracting(encryptionLength..<material.count) : nil))
+            do {
+                directions.append(try ChildSAKeys(material: material, encryptionKeyLength: encryptionLength))
+            } catch {
+                throw .invalidValue("encryption key length")
+            }
         }
         let lastSent = try r.readUInt64()
         let softLimit = try r.readUInt64()

@@ -100,7 +100,7 @@ public struct Replica {
         case .policyDelete(let id):
             count(.policyRemoved(id))
         case .ikeSAUpsert(let sa):
-            let change: StateChange = state.ikeSAs[sa.identifier] == nil ? .ikeSACreated(sa) : .ikeSAUpdated(sa)
+            let change: StateChange = state.ikeSAs.index(forKey: sa.identifier) == nil ? .ikeSACreated(sa) : .ikeSAUpdated(sa)
             if count(change) { lastUpdated[sa.identifier] = now }
         case .ikeSADelete(let identifier):
             if count(.ikeSADeleted(identifier)) {
@@ -108,7 +108,7 @@ public struct Replica {
                 inFlight = inFlight.filter { $0.ikeSA != identifier }
             }
         case .childSAUpsert(let sa):
-            let change: StateChange = state.childSA(inboundSPI: sa.inboundSPI) == nil ? .childSACreated(sa) : .childSAUpdated(sa)
+            let change: StateChange = state.slot(forInboundSPI: sa.inboundSPI) == nil ? .childSACreated(sa) : .childSAUpdated(sa)
             count(change)
         case .childSADelete(let spi):
             count(.childSADeleted(inboundSPI: spi))
