@@ -108,6 +108,7 @@ public struct ReplicationPair {
             try perform(replicator.pump(channel: &activeChannel, now: now), onActive: true)
             try perform(standbyChannel.tick(now: now), onActive: false)
             replica.observe(missingSince: standbyChannel.missingSince(from: Self.activeID))
+            if replica.isReady, let request = replica.takeResyncRequest() { try sendFromStandby([request]) }
             if !replica.isReady, !replica.isResyncing,
                 lastHello.map({ now.nanoseconds - $0.nanoseconds >= helloInterval }) ?? true
             {
@@ -133,6 +134,17 @@ public struct ReplicationPair {
             }
         }
         return false
+    }
+
+    /// Sends records from the standby to the active member through the channel.
+    public mutating func sendFromStandby(_ records: [SyncRecord]) throws {
+        try perform(try standbyChannel.send(records, to: Self.activeID, now: now).actions, onActive: false)
+    }
+
+    /// Hands records to the replica as if they had arrived from the active member (tests use it
+    /// to put the standby in states that faults alone rarely reach).
+    public mutating func deliverToStandby(_ records: [SyncRecord]) {
+        replica.apply(records, now: now)
     }
 
     private mutating func perform(_ actions: [SyncChannelAction], onActive: Bool) throws {

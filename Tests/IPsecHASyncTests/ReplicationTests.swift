@@ -158,3 +158,40 @@ struct RotationTests {
         #expect(pair.replicator.resyncsStarted >= 2)
     }
 }
+
+@Suite("Per-SA resync")
+struct PerSAResyncTests {
+    @Test func standbyAsksForAnIKESAItFoundMissing() throws {
+        var pair = try ReplicationPair(seed: 70)
+        #expect(try pair.settle())
+        var generator = RecordGenerator(seed: 71)
+        let ike = generator.ikeSA()
+        var child = generator.childSA(parent: ike.identifier)
+        child.policy = nil
+        _ = try pair.replicate(try pair.state.createIKESA(ike) + pair.state.createChildSA(child))
+        #expect(try pair.settle())
+        // The standby loses the IKE SA (as after an undetected fault)...
+        pair.deliverToStandby([.ikeSADelete(ike.identifier)])
+        #expect(pair.replica.state.ikeSAs[ike.identifier] == nil)
+        // ...and notices when an update of its Child SA names it.
+        _ = try pair.replicate(try pair.state.updateChildSA(inboundSPI: child.inboundSPI) { $0.outboundSPI &+= 1 })
+        try pair.run(for: 50_000_000)
+        #expect(try pair.settle())
+        #expect(pair.replica.state == pair.state)
+        #expect(pair.replicator.resyncsStarted == 1, "answered per SA, not by a full resync")
+    }
+
+    @Test func askingForAnIKESAThatIsGoneDeletesIt() throws {
+        var pair = try ReplicationPair(seed: 72)
+        #expect(try pair.settle())
+        var generator = RecordGenerator(seed: 73)
+        let stray = generator.ikeSA()
+        pair.deliverToStandby([.ikeSAUpsert(stray)])
+        #expect(pair.replica.state.ikeSAs[stray.identifier] != nil)
+        try pair.sendFromStandby([.resyncRequest(.ikeSAs([stray.identifier]))])
+        #expect(try pair.settle())
+        #expect(pair.replica.state.ikeSAs[stray.identifier] == nil)
+        #expect(pair.replica.state == pair.state)
+        #expect(pair.replicator.resyncsStarted == 1)
+    }
+}

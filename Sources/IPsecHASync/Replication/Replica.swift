@@ -47,6 +47,18 @@ public struct Replica {
     /// order and nothing after the gap has been applied.
     public private(set) var missingSince: Timestamp?
 
+    /// IKE SAs that records referred to but the replica does not hold: a sign of updates it
+    /// missed. ``takeResyncRequest()`` turns them into a request to the active member.
+    public private(set) var missingIKESAs: Set<IKESAIdentifier> = []
+
+    /// A request for the IKE SAs the replica found missing (at most 256 at a time), or nil.
+    public mutating func takeResyncRequest() -> SyncRecord? {
+        guard !missingIKESAs.isEmpty else { return nil }
+        let named = Array(missingIKESAs.sorted().prefix(256))
+        missingIKESAs.subtract(named)
+        return .resyncRequest(.ikeSAs(named))
+    }
+
     /// Whether a bulk resync has begun and not yet ended.
     public var isResyncing: Bool { resyncInProgress != nil }
 
@@ -81,6 +93,7 @@ public struct Replica {
             return
         case .resyncBegin(let id, _):
             state = GatewayState(spdCacheCapacity: 65_536)
+            missingIKESAs = []
             inFlight = []
             lastUpdated = [:]
             isReady = false
@@ -101,7 +114,10 @@ public struct Replica {
             count(.policyRemoved(id))
         case .ikeSAUpsert(let sa):
             let change: StateChange = state.ikeSAs.index(forKey: sa.identifier) == nil ? .ikeSACreated(sa) : .ikeSAUpdated(sa)
-            if count(change) { lastUpdated[sa.identifier] = now }
+            if count(change) {
+                lastUpdated[sa.identifier] = now
+                missingIKESAs.remove(sa.identifier)
+            }
         case .ikeSADelete(let identifier):
             if count(.ikeSADeleted(identifier)) {
                 lastUpdated[identifier] = nil
@@ -109,7 +125,7 @@ public struct Replica {
             }
         case .childSAUpsert(let sa):
             let change: StateChange = state.slot(forInboundSPI: sa.inboundSPI) == nil ? .childSACreated(sa) : .childSAUpdated(sa)
-            count(change)
+            if !count(change), state.ikeSAs.index(forKey: sa.parent) == nil { missingIKESAs.insert(sa.parent) }
         case .childSADelete(let spi):
             count(.childSADeleted(inboundSPI: spi))
         case .counterCheckpoints(let entries):
@@ -139,6 +155,7 @@ public struct Replica {
     ) {
         guard var sa = state.ikeSAs[identifier] else {
             statistics.rejected += 1
+            missingIKESAs.insert(identifier)
             return
         }
         body(&sa)

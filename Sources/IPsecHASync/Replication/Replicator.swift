@@ -129,6 +129,31 @@ public struct Replicator {
         return pump(channel: &channel, now: now)
     }
 
+    /// Answers a standby's request for particular IKE SAs: each is sent whole with its Child SAs,
+    /// or as deleted when the active member no longer has it. Requests for more than 256 IKE SAs,
+    /// or that do not fit the channel's buffer, are answered with a full resync instead.
+    public mutating func resync(
+        _ identifiers: [IKESAIdentifier], of standby: ClusterMemberID, from state: GatewayState,
+        channel: inout SyncChannel, now: Timestamp
+    ) -> [SyncChannelAction] {
+        guard identifiers.count <= 256 else { return startResync(of: standby, from: state, channel: &channel, now: now) }
+        var records: [SyncRecord] = []
+        for identifier in Set(identifiers).sorted() {
+            guard let sa = state.ikeSAs[identifier] else {
+                records.append(.ikeSADelete(identifier))
+                continue
+            }
+            records.append(.ikeSAUpsert(sa))
+            for spi in sa.childSAs {
+                if let child = state.childSA(inboundSPI: spi) { records.append(.childSAUpsert(child)) }
+            }
+        }
+        guard let sent = try? channel.send(records, to: standby, now: now) else {
+            return startResync(of: standby, from: state, channel: &channel, now: now)
+        }
+        return sent.actions
+    }
+
     /// Sends as much of every pending resync as the channel's buffers take.
     public mutating func pump(channel: inout SyncChannel, now: Timestamp) -> [SyncChannelAction] {
         var actions: [SyncChannelAction] = []
@@ -154,7 +179,8 @@ public struct Replicator {
     }
 
     /// Reacts to what the channel reported or delivered on the active member: a standby that
-    /// says hello needing a resync, asks for one, restarted, or whose stream broke is resynced.
+    /// says hello needing a resync, asks for one, restarted, or whose stream broke is resynced
+    /// (wholly, or only the IKE SAs it named).
     public mutating func handle(
         _ action: SyncChannelAction, state: GatewayState, channel: inout SyncChannel, now: Timestamp
     ) -> [SyncChannelAction] {
@@ -162,16 +188,19 @@ public struct Replicator {
         case .resyncNeeded(let standby):
             return startResync(of: standby, from: state, channel: &channel, now: now)
         case .deliver(let standby, let records):
-            let asks = records.contains { record in
+            guard standbys.contains(standby), resyncs[standby] == nil else { return [] }
+            var named: [IKESAIdentifier] = []
+            for record in records {
                 switch record {
-                case .hello(_, _, true), .resyncRequest: true
-                default: false
+                case .hello(_, _, true), .resyncRequest(.everything):
+                    return startResync(of: standby, from: state, channel: &channel, now: now)
+                case .resyncRequest(.ikeSAs(let identifiers)):
+                    named += identifiers
+                default:
+                    break
                 }
             }
-            if asks, standbys.contains(standby), resyncs[standby] == nil {
-                return startResync(of: standby, from: state, channel: &channel, now: now)
-            }
-            return []
+            return named.isEmpty ? [] : resync(named, of: standby, from: state, channel: &channel, now: now)
         default:
             return []
         }
