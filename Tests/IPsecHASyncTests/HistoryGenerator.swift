@@ -18,6 +18,12 @@ struct HistoryGenerator {
             return try state.createIKESA(sa)
         case 2:
             guard let id = ikeSAs.randomElement(using: &records.random), state.ikeSAs[id] != nil else { return [] }
+            if records.next(2) == 0 {
+                return try state.updateMessageIDs(of: id) { windows in
+                    if let request = try? windows.requests.nextRequestID() { try? windows.requests.receiveResponse(request) }
+                    try? windows.responses.recordProcessed(UInt32(truncatingIfNeeded: windows.responses.nextExpectedMessageID))
+                }
+            }
             return try state.updateIKESA(id) { sa in
                 sa.state = .established
                 _ = try? sa.messageIDs.requests.nextRequestID()

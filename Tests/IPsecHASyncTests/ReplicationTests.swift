@@ -195,3 +195,29 @@ struct PerSAResyncTests {
         #expect(pair.replicator.resyncsStarted == 1)
     }
 }
+
+@Suite("Exchanges in flight")
+struct InFlightTests {
+    @Test func standbyKnowsWhichExchangesAreUnderWay() throws {
+        var pair = try ReplicationPair(seed: 80)
+        #expect(try pair.settle())
+        var generator = RecordGenerator(seed: 81)
+        let ike = generator.ikeSA()
+        _ = try pair.replicate(try pair.state.createIKESA(ike))
+        var request: UInt32 = 0
+        let changes = try pair.state.updateMessageIDs(of: ike.identifier) { request = (try? $0.requests.nextRequestID()) ?? 0 }
+        _ = try pair.replicate(changes)
+        _ = pair.replicator.replicateExchange(
+            of: ike.identifier, messageID: request, initiatedHere: true, finished: false, state: pair.state,
+            channel: &pair.activeChannel, now: pair.now)
+        #expect(try pair.settle())
+        #expect(pair.replica.inFlight == [InFlightExchange(ikeSA: ike.identifier, messageID: request, initiatedHere: true)])
+        #expect(pair.replica.state.ikeSAs[ike.identifier]?.messageIDs == pair.state.ikeSAs[ike.identifier]?.messageIDs)
+        _ = pair.replicator.replicateExchange(
+            of: ike.identifier, messageID: request, initiatedHere: true, finished: true, state: pair.state,
+            channel: &pair.activeChannel, now: pair.now)
+        #expect(try pair.settle())
+        #expect(pair.replica.inFlight.isEmpty)
+        if case .messageIDsUpdated = changes.first {} else { Issue.record("expected a message-ID-only change") }
+    }
+}

@@ -80,6 +80,18 @@ public struct GatewayState: Sendable, Equatable {
         return [.ikeSAUpdated(sa)]
     }
 
+    /// Changes only the message-ID windows of an IKE SA (after each exchange) and bumps its
+    /// generation; the change carries the windows alone, not the keys.
+    public mutating func updateMessageIDs(
+        of identifier: IKESAIdentifier, _ body: (inout IKEMessageIDWindows) -> Void
+    ) throws(GatewayStateError) -> [StateChange] {
+        guard ikeSAs[identifier] != nil else { throw .unknownIKESA(identifier) }
+        body(&ikeSAs[identifier]!.messageIDs)
+        ikeSAs[identifier]!.generation += 1
+        let sa = ikeSAs[identifier]!
+        return [.messageIDsUpdated(identifier, generation: sa.generation, sa.messageIDs.snapshot)]
+    }
+
     /// Deletes an IKE SA and, first, each of its Child SAs.
     public mutating func deleteIKESA(_ identifier: IKESAIdentifier) throws(GatewayStateError) -> [StateChange] {
         guard let sa = ikeSAs[identifier] else { throw .unknownIKESA(identifier) }
@@ -282,6 +294,13 @@ public struct GatewayState: Sendable, Equatable {
             var copy = sa
             copy.childSAs = held.childSAs
             ikeSAs[sa.identifier] = copy
+        case .messageIDsUpdated(let identifier, let generation, let snapshot):
+            guard let held = ikeSAs[identifier] else { throw .unknownIKESA(identifier) }
+            guard generation > held.generation else { throw .staleChange(held: held.generation, received: generation) }
+            let windows: IKEMessageIDWindows
+            do { windows = try IKEMessageIDWindows(restoringFrom: snapshot) } catch { throw .messageIDs(error) }
+            ikeSAs[identifier]!.messageIDs = windows
+            ikeSAs[identifier]!.generation = generation
         case .ikeSADeleted(let identifier):
             _ = try deleteIKESA(identifier)
         case .childSACreated(let sa):

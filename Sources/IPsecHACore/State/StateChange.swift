@@ -10,6 +10,9 @@ public enum StateChange: Sendable, Equatable {
     indirect case ikeSACreated(IKESA)
     /// An IKE SA changed; the record is the whole new value.
     indirect case ikeSAUpdated(IKESA)
+    /// Only the message-ID windows of an IKE SA changed (the commonest change, once per exchange),
+    /// at this generation.
+    case messageIDsUpdated(IKESAIdentifier, generation: UInt64, IKEMessageIDSnapshot)
     /// An IKE SA was deleted (its Child SAs were deleted just before, each with its own change).
     case ikeSADeleted(IKESAIdentifier)
     /// A Child SA was installed (generation 1).
@@ -45,4 +48,6 @@ public enum GatewayStateError: Error, Sendable, Hashable {
     case policy(SecurityPolicyError)
     /// The replicated counters do not fit the Child SA.
     case childSA(ChildSAError)
+    /// Replicated message-ID windows that no real window could have produced.
+    case messageIDs(IKEMessageIDError)
 }

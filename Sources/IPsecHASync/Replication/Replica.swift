@@ -8,6 +8,13 @@ public struct InFlightExchange: Sendable, Hashable {
     public var messageID: UInt32
     /// Whether the active member initiated it (else the peer did).
     public var initiatedHere: Bool
+
+    /// An exchange from its parts.
+    public init(ikeSA: IKESAIdentifier, messageID: UInt32, initiatedHere: Bool) {
+        self.ikeSA = ikeSA
+        self.messageID = messageID
+        self.initiatedHere = initiatedHere
+    }
 }
 
 /// Counters of a replica.
@@ -135,11 +142,12 @@ public struct Replica {
                 }
             }
         case .messageIDUpdate(let identifier, let generation, let snapshot):
-            guard let windows = try? IKEMessageIDWindows(restoringFrom: snapshot) else {
+            guard state.ikeSAs.index(forKey: identifier) != nil else {
                 statistics.rejected += 1
+                missingIKESAs.insert(identifier)
                 return
             }
-            updateIKESA(identifier, generation: generation, now: now) { $0.messageIDs = windows }
+            if count(.messageIDsUpdated(identifier, generation: generation, snapshot)) { lastUpdated[identifier] = now }
         case .ownershipChange(let identifier, let owner, let generation):
             updateIKESA(identifier, generation: generation, now: now) { $0.owner = owner }
         case .exchangeStarted(let identifier, let messageID, let initiatedHere):

@@ -8,6 +8,8 @@ extension SyncRecord {
         case .policyRemoved(let id): self = .policyDelete(id)
         case .ikeSACreated(let sa), .ikeSAUpdated(let sa): self = .ikeSAUpsert(sa)
         case .ikeSADeleted(let identifier): self = .ikeSADelete(identifier)
+        case .messageIDsUpdated(let identifier, let generation, let snapshot):
+            self = .messageIDUpdate(identifier, generation: generation, snapshot)
         case .childSACreated(let sa), .childSAUpdated(let sa): self = .childSAUpsert(sa)
         case .childSADeleted(let spi): self = .childSADelete(inboundSPI: spi)
         case .countersAdvanced(let checkpoint, let generation):
@@ -71,6 +73,20 @@ public struct Replicator {
             }
         }
         return (tickets, actions)
+    }
+
+    /// Tells the standbys that an exchange on an IKE SA started (`finished` false) or finished,
+    /// so that a takeover knows what was in flight. Send it before the request leaves (started)
+    /// and once the exchange completed (finished).
+    public mutating func replicateExchange(
+        of identifier: IKESAIdentifier, messageID: UInt32, initiatedHere: Bool, finished: Bool,
+        state: GatewayState, channel: inout SyncChannel, now: Timestamp
+    ) -> (tickets: [SyncTicket], actions: [SyncChannelAction]) {
+        let record: SyncRecord =
+            finished
+            ? .exchangeFinished(identifier, messageID: messageID, initiatedHere: initiatedHere)
+            : .exchangeStarted(identifier, messageID: messageID, initiatedHere: initiatedHere)
+        return replicate(records: [record], state: state, channel: &channel, now: now)
     }
 
     /// Sends counter checkpoints (from ``CounterCheckpointScheduler``) to every standby, batched.

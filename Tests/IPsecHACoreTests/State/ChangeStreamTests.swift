@@ -44,6 +44,12 @@ struct ChangeStreamTests {
                         _ = try? sa.messageIDs.requests.nextRequestID()
                     })
                 }
+            case 19:
+                if let id = ikeIDs.randomElement(using: &random) {
+                    try record(try active.updateMessageIDs(of: id) { windows in
+                        if let request = try? windows.requests.nextRequestID() { try? windows.requests.receiveResponse(request) }
+                    })
+                }
             case 5:
                 if let id = ikeIDs.randomElement(using: &random), random.next() % 3 == 0 {
                     try record(try active.deleteIKESA(id))
