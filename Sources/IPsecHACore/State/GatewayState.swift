@@ -151,6 +151,35 @@ public struct GatewayState: Sendable, Equatable {
     /// Every Child SA, in no particular order.
     public var childSAs: [ChildSA] { childSlots.compactMap { $0 } }
 
+    /// What a takeover needs of a Child SA, read in place: no copy of the SA, its keys or its
+    /// selectors.
+    public struct ChildSACounters: Sendable {
+        /// The inbound SPI.
+        public var inboundSPI: UInt32
+        /// The parent IKE SA.
+        public var parent: IKESAIdentifier
+        /// The outbound counter's last sent number.
+        public var lastSent: UInt64
+        /// The outbound counter's hard limit.
+        public var hardLimit: UInt64
+        /// The inbound window's top.
+        public var inboundTop: UInt64
+        /// Whether the SA uses Extended Sequence Numbers.
+        public var extendedSequenceNumbers: Bool
+    }
+
+    /// Calls `body` with the counters of every Child SA, in no particular order, reading them in
+    /// place.
+    public func forEachChildSACounters(_ body: (ChildSACounters) throws -> Void) rethrows {
+        for case let sa? in childSlots {
+            try body(
+                ChildSACounters(
+                    inboundSPI: sa.inboundSPI, parent: sa.parent, lastSent: sa.outboundCounter.lastSent,
+                    hardLimit: sa.outboundCounter.hardLimit, inboundTop: sa.inboundWindow.top,
+                    extendedSequenceNumbers: sa.outboundCounter.extendedSequenceNumbers))
+        }
+    }
+
     /// How many Child SAs are installed.
     public var childSACount: Int { spiIndex.count }
 

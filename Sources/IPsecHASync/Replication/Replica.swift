@@ -54,6 +54,21 @@ public struct Replica {
     /// order and nothing after the gap has been applied.
     public private(set) var missingSince: Timestamp?
 
+    /// When each Child SA's counters were last checkpointed here, and the rate then measured:
+    /// what a takeover sizes its jumps with.
+    public private(set) var counterFreshness: [UInt32: ChildSAFreshness] = [:]
+
+    /// The takeover plan if this replica's member took over at `now` (see ``TakeoverPlanner``):
+    /// exchanges in flight from the replicated records, every IKE SA suspect while the replica
+    /// may have missed updates.
+    public func takeoverPlan(policy: TakeoverPolicy = TakeoverPolicy(), now: Timestamp) -> TakeoverPlan {
+        var inFlightSAs: [IKESAIdentifier: Bool] = [:]
+        for exchange in inFlight { inFlightSAs[exchange.ikeSA] = (inFlightSAs[exchange.ikeSA] ?? false) || exchange.initiatedHere }
+        let suspect: Set<IKESAIdentifier> = !isReady || missingSince != nil ? Set(state.ikeSAs.keys) : missingIKESAs
+        return TakeoverPlanner.plan(
+            state: state, inFlight: inFlightSAs, suspect: suspect, freshness: counterFreshness, policy: policy, now: now)
+    }
+
     /// IKE SAs that records referred to but the replica does not hold: a sign of updates it
     /// missed. ``takeResyncRequest()`` turns them into a request to the active member.
     public private(set) var missingIKESAs: Set<IKESAIdentifier> = []
@@ -101,6 +116,7 @@ public struct Replica {
         case .resyncBegin(let id, _):
             state = GatewayState(spdCacheCapacity: 65_536)
             missingIKESAs = []
+            counterFreshness = [:]
             inFlight = []
             lastUpdated = [:]
             isReady = false
@@ -132,13 +148,22 @@ public struct Replica {
             }
         case .childSAUpsert(let sa):
             let change: StateChange = state.slot(forInboundSPI: sa.inboundSPI) == nil ? .childSACreated(sa) : .childSAUpdated(sa)
-            if !count(change), state.ikeSAs.index(forKey: sa.parent) == nil { missingIKESAs.insert(sa.parent) }
+            if count(change) {
+                counterFreshness[sa.inboundSPI] = ChildSAFreshness(
+                    lastCheckpoint: now, packetsPerSecond: counterFreshness[sa.inboundSPI]?.packetsPerSecond)
+            } else if state.ikeSAs.index(forKey: sa.parent) == nil {
+                missingIKESAs.insert(sa.parent)
+            }
         case .childSADelete(let spi):
-            count(.childSADeleted(inboundSPI: spi))
+            if count(.childSADeleted(inboundSPI: spi)) { counterFreshness[spi] = nil }
         case .counterCheckpoints(let entries):
             for entry in entries {
-                count { (state: inout GatewayState) throws(GatewayStateError) in
+                let applied = count { (state: inout GatewayState) throws(GatewayStateError) in
                     try state.applyCounterCheckpoint(entry.checkpoint, generation: entry.generation)
+                }
+                if applied {
+                    counterFreshness[entry.checkpoint.inboundSPI] = ChildSAFreshness(
+                        lastCheckpoint: now, packetsPerSecond: entry.packetsPerSecond == 0 ? nil : UInt64(entry.packetsPerSecond))
                 }
             }
         case .messageIDUpdate(let identifier, let generation, let snapshot):

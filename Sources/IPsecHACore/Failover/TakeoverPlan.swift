@@ -1,0 +1,193 @@
+/// How a member that takes over tells one IKE SA's state apart (RFC 6027 section 3.3, the
+/// design's "Failover").
+public enum IKESAClassification: Sendable, Hashable {
+    /// Nothing was in flight and no synch message is known to be missing: the replicated
+    /// message IDs are exact.
+    case certain
+    /// An exchange was under way when the active member failed.
+    case inFlight
+    /// The replica knows it may have missed synch messages that concern this SA.
+    case suspect
+}
+
+/// What the standby knows of a Child SA's last counter checkpoint.
+public struct ChildSAFreshness: Sendable, Hashable {
+    /// When the last checkpoint (or the Child SA itself) arrived.
+    public var lastCheckpoint: Timestamp
+    /// The packet rate measured by the active member at that checkpoint; nil when unknown.
+    public var packetsPerSecond: UInt64?
+
+    /// Freshness from its parts.
+    public init(lastCheckpoint: Timestamp, packetsPerSecond: UInt64?) {
+        self.lastCheckpoint = lastCheckpoint
+        self.packetsPerSecond = packetsPerSecond
+    }
+}
+
+/// How the planner sizes the jumps of a takeover.
+public struct TakeoverPolicy: Sendable, Hashable {
+    /// The least any outbound counter or inbound window moves (at least the checkpoint
+    /// policy's packet count: that many may have gone out after the last checkpoint).
+    public var minimumAdvance: UInt64
+    /// Added to the time since the last checkpoint: how long the failed member may have kept
+    /// sending before it was declared dead, plus the checkpoint's own transit.
+    public var stalenessMargin: UInt64
+    /// Suspect SAs, and SAs whose rate is unknown, take this many times the advance.
+    public var suspectFactor: UInt64
+    /// The advance when nothing is known (RFC 6311 section 5.2: "a very large number, e.g. 2^30").
+    public var unknownAdvance: UInt64
+    /// How inbound windows are rebuilt.
+    public var inbound: InboundTakeoverPolicy
+
+    /// A policy; by default an advance of at least 4,096 (the default checkpoint packet count),
+    /// 200 ms of staleness margin, 4 times for suspect SAs, 2^30 when nothing is known, and the
+    /// conservative inbound policy.
+    public init(
+        minimumAdvance: UInt64 = 4_096, stalenessMargin: UInt64 = 200_000_000, suspectFactor: UInt64 = 4,
+        unknownAdvance: UInt64 = 1 << 30, inbound: InboundTakeoverPolicy = .conservative
+    ) {
+        self.minimumAdvance = max(minimumAdvance, 1)
+        self.stalenessMargin = stalenessMargin
+        self.suspectFactor = max(suspectFactor, 1)
+        self.unknownAdvance = max(unknownAdvance, minimumAdvance)
+        self.inbound = inbound
+    }
+}
+
+/// How a takeover rebuilds inbound replay windows.
+public enum InboundTakeoverPolicy: Sendable, Hashable {
+    /// Everything up to the checkpoint plus the advance counts as seen. Safe without the peer.
+    case conservative
+    /// Ask the peer (RFC 6311 IPSEC_REPLAY_COUNTER_SYNC) to jump its counters by the advance
+    /// where the IKE SA negotiated it; conservative elsewhere.
+    case replayCounterSyncWhereNegotiated
+    /// **Unsafe**: resume at the checkpoint with nothing seen below it; replays inside the
+    /// window are accepted once.
+    case permissiveUnsafe
+}
+
+/// The outbound part of a Child SA's takeover.
+public enum OutboundTakeover: Sendable, Hashable {
+    /// Continue after `lastSent`: the next packet carries `lastSent + 1`.
+    case resume(lastSent: UInt64)
+    /// The advance would pass the counter's limit: do not send on this SA, rekey it.
+    case rekey
+}
+
+/// The inbound part of a Child SA's takeover: the restore policy for its window, or a rekey.
+public enum InboundTakeover: Sendable, Hashable {
+    /// Restore the window from the checkpoint with this policy.
+    case restore(ReplayWindowRestorePolicy)
+    /// The window cannot move that far (beyond the sequence space): rekey the SA.
+    case rekey
+}
+
+/// What to do with one Child SA on takeover, and why.
+public struct ChildSATakeover: Sendable, Hashable {
+    /// The Child SA.
+    public var inboundSPI: UInt32
+    /// Its IKE SA.
+    public var parent: IKESAIdentifier
+    /// The outbound counter.
+    public var outbound: OutboundTakeover
+    /// The inbound window.
+    public var inbound: InboundTakeover
+    /// How far the counters move beyond the checkpoint.
+    public var advance: UInt64
+    /// The reasoning, for the operator (``ChildSATakeoverReason/description`` reads it out).
+    public var reason: ChildSATakeoverReason
+}
+
+/// Why a Child SA's counters move as they do: the facts the advance was computed from.
+public struct ChildSATakeoverReason: Sendable, Hashable, CustomStringConvertible {
+    /// How old the last checkpoint was at takeover, in nanoseconds (nil: no checkpoint known).
+    public var checkpointAge: UInt64?
+    /// The packet rate measured at the last checkpoint (nil: unknown, so the large jump).
+    public var packetsPerSecond: UInt64?
+    /// Whether synch messages about its IKE SA may have been missed (the advance is multiplied).
+    public var suspect: Bool
+    /// The advance would pass the outbound counter's limit.
+    public var outboundLimitReached: Bool
+    /// The advance would pass the inbound sequence space.
+    public var inboundLimitReached: Bool
+
+    public var description: String {
+        var text: String
+        if let rate = packetsPerSecond, let age = checkpointAge {
+            text = "checkpoint \(age / 1_000_000) ms old at \(rate) packets/s"
+        } else {
+            text = "no measured rate: the large jump of RFC 6311 section 5.2"
+        }
+        if suspect { text += "; synch messages may have been missed" }
+        if outboundLimitReached { text += "; outbound counter would pass its limit: rekey" }
+        if inboundLimitReached { text += "; inbound window would pass the sequence space: rekey" }
+        return text
+    }
+}
+
+/// What to do with one IKE SA's message IDs on takeover.
+public enum MessageIDTakeover: Sendable, Hashable {
+    /// The replicated values are exact: continue with them.
+    case exact(nextRequestID: UInt64, nextExpectedRequestID: UInt64)
+    /// Run an RFC 6311 message-ID sync proposing these values (M1 above anything possibly used,
+    /// by at least the peer's window; P1 the next request expected), optionally with a
+    /// replay-counter delta for the Child SAs.
+    case messageIDSync(send: UInt32, receive: UInt32, replayCounterDelta: UInt64?)
+    /// Without RFC 6311: keep the replicated values and let the peer's retransmission of its
+    /// in-flight request come in (we hold the state from before it).
+    case awaitPeerRetransmission(nextRequestID: UInt64, nextExpectedRequestID: UInt64)
+    /// Without RFC 6311 and with our own request possibly lost: the IKE SA cannot continue
+    /// reliably; delete it and establish a new one.
+    case deleteAndReestablish
+}
+
+/// What to do with one IKE SA on takeover, and why.
+public struct IKESATakeover: Sendable, Hashable {
+    /// The IKE SA.
+    public var identifier: IKESAIdentifier
+    /// How it was classified.
+    public var classification: IKESAClassification
+    /// Its message IDs.
+    public var messageIDs: MessageIDTakeover
+    /// The reasoning, for the operator.
+    public var reason: IKESATakeoverReason
+}
+
+/// Why an IKE SA's message IDs are handled as they are.
+public enum IKESATakeoverReason: Sendable, Hashable, CustomStringConvertible {
+    /// Nothing in flight, nothing missed: the replicated values are exact.
+    case nothingInFlightNothingMissed
+    /// An exchange was in flight; the peer negotiated RFC 6311.
+    case exchangeInFlightSync
+    /// Synch messages may have been missed; the peer negotiated RFC 6311.
+    case missedSynchSync
+    /// The peer's request was in flight and there is no RFC 6311: its retransmission is
+    /// answered from the replicated state.
+    case peerRequestInFlight
+    /// Our own request was in flight and there is no RFC 6311: its response cannot be matched.
+    case ownRequestInFlight
+    /// Synch messages may have been missed and there is no RFC 6311.
+    case missedSynchWithoutSync
+    /// The message-ID space is used up.
+    case messageIDsExhausted
+
+    public var description: String {
+        switch self {
+        case .nothingInFlightNothingMissed: "nothing in flight, nothing missed: message IDs exact"
+        case .exchangeInFlightSync: "exchange in flight: RFC 6311 message-ID sync"
+        case .missedSynchSync: "synch messages may have been missed: RFC 6311 message-ID sync"
+        case .peerRequestInFlight: "peer's request in flight, no RFC 6311: its retransmission is answered from the replicated state"
+        case .ownRequestInFlight: "own request in flight, no RFC 6311: delete and re-establish"
+        case .missedSynchWithoutSync: "synch messages may have been missed, no RFC 6311: delete and re-establish"
+        case .messageIDsExhausted: "message IDs exhausted: delete and re-establish"
+        }
+    }
+}
+
+/// A whole takeover: one decision per IKE SA and per Child SA, computed in one pass.
+public struct TakeoverPlan: Sendable, Hashable {
+    /// One per IKE SA, in no particular order.
+    public var ikeSAs: [IKESATakeover]
+    /// One per Child SA, in no particular order.
+    public var childSAs: [ChildSATakeover]
+}

@@ -1,0 +1,104 @@
+import IPsecHACore
+import Testing
+
+@Suite("Takeover planner")
+struct TakeoverPlannerTests {
+    struct Setup {
+        var state = GatewayState()
+        var ike: IKESA
+        var child: ChildSA
+    }
+
+    func setup(messageIDSync: Bool = true, replayCounterSync: Bool = true, esn: Bool = true, lastSent: UInt64 = 10_000, top: UInt64 = 9_000) throws -> Setup {
+        var random = SplitMix64(seed: 1)
+        var ike = Fixtures.ikeSA(1, &random)
+        ike.extensions = IKEExtensions(messageIDSync: messageIDSync, replayCounterSync: replayCounterSync)
+        try ike.messageIDs.requests.updatePeerWindowSize(4)
+        for _ in 0..<3 { _ = try ike.messageIDs.requests.nextRequestID() }
+        try ike.messageIDs.requests.receiveResponse(0)
+        for id in 0..<5 as Range<UInt32> { try ike.messageIDs.responses.recordProcessed(id) }
+        var child = Fixtures.childSA(inboundSPI: 4096, parent: ike.identifier, window: 1024, esn: esn, &random)
+        child.outboundCounter = try OutboundSequenceCounter(extendedSequenceNumbers: esn, lastSent: lastSent)
+        child.inboundWindow = try ReplayWindow(
+            size: 1024, extendedSequenceNumbers: esn,
+            restoringFrom: ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: top), policy: .permissiveUnsafe)
+        var result = Setup(ike: ike, child: child)
+        _ = try result.state.createIKESA(ike)
+        _ = try result.state.createChildSA(child)
+        return result
+    }
+
+    let now = Timestamp.seconds(100)
+    let checkpointed = Timestamp(nanoseconds: 100_000_000_000 - 50_000_000)  // 50 ms before now
+
+    @Test func certainSAsKeepExactMessageIDsAndJumpByRateTimesStaleness() throws {
+        let s = try setup()
+        let plan = TakeoverPlanner.plan(
+            state: s.state, inFlight: [:], suspect: [],
+            freshness: [4096: ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 100_000)], now: now)
+        let ike = try #require(plan.ikeSAs.first)
+        #expect(ike.classification == .certain)
+        #expect(ike.messageIDs == .exact(nextRequestID: 3, nextExpectedRequestID: 5))
+        let child = try #require(plan.childSAs.first)
+        // 100,000 packets/s over 50 ms of staleness plus the 200 ms margin: 25,000.
+        #expect(child.advance == 25_000)
+        #expect(child.outbound == .resume(lastSent: 35_000))
+        #expect(child.inbound == .restore(.conservative(advance: 25_000)))
+        #expect(child.reason.packetsPerSecond == 100_000)
+        #expect(child.reason.description.contains("100000 packets/s"))
+    }
+
+    @Test func slowSAsStillJumpByTheMinimum() throws {
+        let s = try setup()
+        let plan = TakeoverPlanner.plan(
+            state: s.state, inFlight: [:], suspect: [],
+            freshness: [4096: ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 10)], now: now)
+        #expect(plan.childSAs.first?.advance == 4_096)
+    }
+
+    @Test func unknownRateTakesTheRFC6311LargeJump() throws {
+        let s = try setup()
+        let plan = TakeoverPlanner.plan(state: s.state, inFlight: [:], suspect: [], freshness: [:], now: now)
+        #expect(plan.childSAs.first?.advance == 1 << 30)
+        #expect(plan.childSAs.first?.outbound == .resume(lastSent: 10_000 + (1 << 30)))
+    }
+
+    @Test func suspectSAsUseMessageIDSyncAndALargerJump() throws {
+        let s = try setup()
+        let plan = TakeoverPlanner.plan(
+            state: s.state, inFlight: [:], suspect: [s.ike.identifier],
+            freshness: [4096: ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 100_000)],
+            policy: TakeoverPolicy(inbound: .replayCounterSyncWhereNegotiated), now: now)
+        let ike = try #require(plan.ikeSAs.first)
+        #expect(ike.classification == .suspect)
+        // Next request 3 plus the peer's window of 4 (RFC 6311 5.1); the peer's next request is 5.
+        #expect(ike.messageIDs == .messageIDSync(send: 7, receive: 5, replayCounterDelta: 100_000))
+        #expect(plan.childSAs.first?.advance == 100_000)
+        #expect(plan.childSAs.first?.inbound == .restore(.replayCounterSync(delta: 100_000)))
+    }
+
+    @Test func withoutRFC6311InFlightSAsWaitOrStartOver() throws {
+        let s = try setup(messageIDSync: false, replayCounterSync: false)
+        let peers = TakeoverPlanner.plan(state: s.state, inFlight: [s.ike.identifier: false], suspect: [], freshness: [:], now: now)
+        #expect(peers.ikeSAs.first?.classification == .inFlight)
+        #expect(peers.ikeSAs.first?.messageIDs == .awaitPeerRetransmission(nextRequestID: 3, nextExpectedRequestID: 5))
+        let ours = TakeoverPlanner.plan(state: s.state, inFlight: [s.ike.identifier: true], suspect: [], freshness: [:], now: now)
+        #expect(ours.ikeSAs.first?.messageIDs == .deleteAndReestablish)
+        let suspect = TakeoverPlanner.plan(state: s.state, inFlight: [:], suspect: [s.ike.identifier], freshness: [:], now: now)
+        #expect(suspect.ikeSAs.first?.messageIDs == .deleteAndReestablish)
+        #expect(suspect.ikeSAs.first?.reason == .missedSynchWithoutSync)
+        #expect(ours.ikeSAs.first?.reason == .ownRequestInFlight)
+    }
+
+    @Test func countersNearTheirLimitAreRekeyedInstead() throws {
+        let s = try setup(esn: false, lastSent: 0xFFFF_0000, top: 0xFFFF_F000)
+        let plan = TakeoverPlanner.plan(
+            state: s.state, inFlight: [:], suspect: [],
+            freshness: [4096: ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 1_000_000)], now: now)
+        let child = try #require(plan.childSAs.first)
+        #expect(child.outbound == .rekey)
+        #expect(child.inbound == .rekey)
+        #expect(child.reason.outboundLimitReached && child.reason.inboundLimitReached)
+        #expect(child.reason.description.contains("rekey"))
+    }
+}
