@@ -4,7 +4,7 @@
 SWIFT ?= swift
 DEBIAN_PACKAGES := libsodium-dev pkg-config
 
-.PHONY: demo test build release deps bench-replay bench-state bench-sync clean
+.PHONY: demo test build release deps bench-replay bench-state bench-sync bench-failover clean
 
 deps:
 	@./scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
@@ -33,6 +33,10 @@ bench-state: deps
 # Counter checkpoints through the synch channel, a bulk resync, tail-loss detection.
 bench-sync: deps
 	$(SWIFT) run -c release ikeha-demo bench sync
+
+# The takeover plan for 100,000 IKE SAs and 200,000 Child SAs.
+bench-failover: deps
+	$(SWIFT) run -c release ikeha-demo bench failover
 
 clean:
 	rm -rf .build
