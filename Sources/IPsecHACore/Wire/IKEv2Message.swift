@@ -1,0 +1,280 @@
+/// IKEv2 exchange types (RFC 7296 section 3.1).
+public struct IKEExchangeType: RawRepresentable, Sendable, Hashable, CustomStringConvertible {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    public static let ikeSAInit = Self(rawValue: 34)
+    public static let ikeAuth = Self(rawValue: 35)
+    public static let createChildSA = Self(rawValue: 36)
+    public static let informational = Self(rawValue: 37)
+    public var description: String {
+        [34: "IKE_SA_INIT", 35: "IKE_AUTH", 36: "CREATE_CHILD_SA", 37: "INFORMATIONAL"][rawValue] ?? "exchange \(rawValue)"
+    }
+}
+
+/// IKEv2 payload types (RFC 7296 section 3.2).
+public struct IKEPayloadType: RawRepresentable, Sendable, Hashable, CustomStringConvertible {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// No next payload.
+    public static let none = Self(rawValue: 0)
+    public static let notify = Self(rawValue: 41)
+    public static let delete = Self(rawValue: 42)
+    public static let encrypted = Self(rawValue: 46)
+    public var description: String {
+        [0: "none", 41: "N", 42: "D", 46: "SK"][rawValue] ?? "payload \(rawValue)"
+    }
+}
+
+/// Notify message types used by this package (RFC 7296 section 3.10.1, RFC 6311 section 12).
+public struct NotifyMessageType: RawRepresentable, Sendable, Hashable, CustomStringConvertible {
+    public let rawValue: UInt16
+    public init(rawValue: UInt16) { self.rawValue = rawValue }
+    public static let invalidMessageID = Self(rawValue: 9)
+    public static let setWindowSize = Self(rawValue: 16385)
+    public static let messageIDSyncSupported = Self(rawValue: 16420)
+    public static let replayCounterSyncSupported = Self(rawValue: 16421)
+    public static let messageIDSync = Self(rawValue: 16422)
+    public static let replayCounterSync = Self(rawValue: 16423)
+    /// Types below 16384 report errors; the others are status.
+    public var isError: Bool { rawValue < 16384 }
+    public var description: String {
+        let names: [UInt16: String] = [
+            9: "INVALID_MESSAGE_ID", 16385: "SET_WINDOW_SIZE", 16420: "IKEV2_MESSAGE_ID_SYNC_SUPPORTED",
+            16421: "IPSEC_REPLAY_COUNTER_SYNC_SUPPORTED", 16422: "IKEV2_MESSAGE_ID_SYNC", 16423: "IPSEC_REPLAY_COUNTER_SYNC",
+        ]
+        return names[rawValue] ?? "notify \(rawValue)"
+    }
+}
+
+/// The IKEv2 header (RFC 7296 section 3.1): 28 bytes, big-endian.
+public struct IKEHeader: Sendable, Hashable {
+    /// Header length in bytes.
+    public static let size = 28
+    /// Flag: the message comes from the original initiator of the IKE SA.
+    public static let initiatorFlag: UInt8 = 0x08
+    /// Flag: higher version supported (must be 0 when sent).
+    public static let versionFlag: UInt8 = 0x10
+    /// Flag: the message is a response.
+    public static let responseFlag: UInt8 = 0x20
+
+    public var initiatorSPI: UInt64
+    public var responderSPI: UInt64
+    public var nextPayload: IKEPayloadType
+    /// Major version in the high nibble, minor in the low: 0x20 for IKEv2.
+    public var version: UInt8
+    public var exchangeType: IKEExchangeType
+    public var flags: UInt8
+    public var messageID: UInt32
+    /// Length of the whole message, header included.
+    public var length: UInt32
+
+    /// A header from its parts (version 2.0).
+    public init(
+        initiatorSPI: UInt64, responderSPI: UInt64, nextPayload: IKEPayloadType, exchangeType: IKEExchangeType,
+        flags: UInt8, messageID: UInt32, length: UInt32
+    ) {
+        self.initiatorSPI = initiatorSPI
+        self.responderSPI = responderSPI
+        self.nextPayload = nextPayload
+        self.version = 0x20
+        self.exchangeType = exchangeType
+        self.flags = flags
+        self.messageID = messageID
+        self.length = length
+    }
+
+    /// Whether the R flag is set.
+    public var isResponse: Bool { flags & Self.responseFlag != 0 }
+    /// Whether the I flag is set.
+    public var isFromOriginalInitiator: Bool { flags & Self.initiatorFlag != 0 }
+}
+
+/// One payload of an IKEv2 payload chain: its type, the critical bit, and its body (after the
+/// 4-byte generic payload header).
+public struct IKEPayload: Sendable, Hashable {
+    public var type: IKEPayloadType
+    public var critical: Bool
+    public var body: [UInt8]
+
+    /// A payload from its parts.
+    public init(type: IKEPayloadType, critical: Bool = false, body: [UInt8]) {
+        self.type = type
+        self.critical = critical
+        self.body = body
+    }
+}
+
+/// An IKEv2 message in clear: the header and the payload chain. Encrypting the chain into an
+/// SK payload (and decrypting it) belongs to the embedding IKE stack; this type produces and
+/// consumes the plaintext form the stack encrypts or has decrypted.
+public struct IKEMessage: Sendable, Hashable {
+    public var header: IKEHeader
+    public var payloads: [IKEPayload]
+
+    /// A message; ``encoded()`` fills in the next-payload fields and the length.
+    public init(header: IKEHeader, payloads: [IKEPayload]) {
+        self.header = header
+        self.payloads = payloads
+    }
+
+    /// The message's bytes: header, then each payload with its generic header.
+    public func encoded() throws(IKEWireError) -> [UInt8] {
+        var bytes: [UInt8] = []
+        var header = self.header
+        header.nextPayload = payloads.first?.type ?? .none
+        var total = IKEHeader.size
+        for payload in payloads {
+            guard payload.body.count + 4 <= Int(UInt16.max) else { throw .payloadTooLong(payload.body.count) }
+            total += payload.body.count + 4
+        }
+        header.length = UInt32(total)
+        bytes.reserveCapacity(total)
+        bytes.appendBigEndian(header.initiatorSPI)
+        bytes.appendBigEndian(header.responderSPI)
+        bytes.append(header.nextPayload.rawValue)
+        bytes.append(header.version)
+        bytes.append(header.exchangeType.rawValue)
+        bytes.append(header.flags)
+        bytes.appendBigEndian(header.messageID)
+        bytes.appendBigEndian(header.length)
+        for (index, payload) in payloads.enumerated() {
+            bytes.append(index + 1 < payloads.count ? payloads[index + 1].type.rawValue : 0)
+            bytes.append(payload.critical ? 0x80 : 0)
+            bytes.appendBigEndian(UInt16(payload.body.count + 4))
+            bytes.append(contentsOf: payload.body)
+        }
+        return bytes
+    }
+
+    /// Parses a message in clear. Throws a typed error, for any malformed input, before
+    /// returning anything: truncation, a length field that disagrees with the bytes, a version
+    /// other than 2, a payload length below 4 or past the end, reserved bits set.
+    public init(decoding bytes: [UInt8]) throws(IKEWireError) {
+        guard bytes.count >= IKEHeader.size else { throw .truncated }
+        var reader = WireReader(bytes[...])
+        var header = IKEHeader(
+            initiatorSPI: try reader.uint64(), responderSPI: try reader.uint64(),
+            nextPayload: IKEPayloadType(rawValue: try reader.uint8()), exchangeType: .informational, flags: 0, messageID: 0,
+            length: 0)
+        header.version = try reader.uint8()
+        guard header.version >> 4 == 2 else { throw .unsupportedVersion(header.version) }
+        header.exchangeType = IKEExchangeType(rawValue: try reader.uint8())
+        header.flags = try reader.uint8()
+        header.messageID = try reader.uint32()
+        header.length = try reader.uint32()
+        guard Int(header.length) == bytes.count else { throw .lengthMismatch(declared: Int(header.length), actual: bytes.count) }
+        var payloads: [IKEPayload] = []
+        var next = header.nextPayload
+        while next != .none {
+            guard payloads.count < 64 else { throw .tooManyPayloads }
+            let following = IKEPayloadType(rawValue: try reader.uint8())
+            let flags = try reader.uint8()
+            guard flags & 0x7F == 0 else { throw .reservedBitsSet }
+            let length = Int(try reader.uint16())
+            guard length >= 4 else { throw .payloadTooShort(length) }
+            payloads.append(IKEPayload(type: next, critical: flags & 0x80 != 0, body: Array(try reader.bytes(length - 4))))
+            next = following
+        }
+        guard reader.isAtEnd else { throw .trailingBytes(reader.remaining) }
+        self.header = header
+        self.payloads = payloads
+    }
+}
+
+/// A Notify payload's body (RFC 7296 section 3.10).
+public struct NotifyPayload: Sendable, Hashable {
+    /// 0 for notifications about the IKE SA; 2 (AH) or 3 (ESP) with an SPI.
+    public var protocolID: UInt8
+    /// The SPI the notification is about (empty for the IKE SA).
+    public var spi: [UInt8]
+    public var type: NotifyMessageType
+    public var data: [UInt8]
+
+    /// A notification from its parts.
+    public init(protocolID: UInt8 = 0, spi: [UInt8] = [], type: NotifyMessageType, data: [UInt8] = []) {
+        self.protocolID = protocolID
+        self.spi = spi
+        self.type = type
+        self.data = data
+    }
+
+    /// The body bytes: protocol ID, SPI size, type, SPI, data.
+    public var body: [UInt8] {
+        var bytes: [UInt8] = [protocolID, UInt8(truncatingIfNeeded: spi.count)]
+        bytes.appendBigEndian(type.rawValue)
+        return bytes + spi + data
+    }
+
+    /// Parses a Notify body. Throws on truncation or an SPI size that is not 0, 4 or 8.
+    public init(body: [UInt8]) throws(IKEWireError) {
+        var reader = WireReader(body[...])
+        protocolID = try reader.uint8()
+        let spiSize = Int(try reader.uint8())
+        guard [0, 4, 8].contains(spiSize) else { throw .invalidSPISize(spiSize) }
+        type = NotifyMessageType(rawValue: try reader.uint16())
+        spi = Array(try reader.bytes(spiSize))
+        data = Array(try reader.bytes(reader.remaining))
+    }
+
+    /// This notification as a payload of the chain.
+    public var payload: IKEPayload { IKEPayload(type: .notify, body: body) }
+}
+
+/// Why IKEv2 bytes could not be decoded.
+public enum IKEWireError: Error, Sendable, Hashable {
+    case truncated
+    case unsupportedVersion(UInt8)
+    case lengthMismatch(declared: Int, actual: Int)
+    case payloadTooShort(Int)
+    case payloadTooLong(Int)
+    case reservedBitsSet
+    case trailingBytes(Int)
+    case tooManyPayloads
+    case invalidSPISize(Int)
+    /// A notification whose data does not have the length its type requires.
+    case invalidNotifyData(NotifyMessageType, length: Int)
+    /// A notification with a protocol ID or SPI its type does not allow.
+    case invalidNotifyTarget(NotifyMessageType)
+    /// The message is not what the operation expects (another exchange, notify missing...).
+    case unexpectedMessage(String)
+}
+
+/// Bounded big-endian reads over received bytes.
+struct WireReader {
+    private let bytes: ArraySlice<UInt8>
+    private var position: Int
+
+    init(_ bytes: ArraySlice<UInt8>) {
+        self.bytes = bytes
+        position = bytes.startIndex
+    }
+
+    var remaining: Int { bytes.endIndex - position }
+    var isAtEnd: Bool { position == bytes.endIndex }
+
+    mutating func uint8() throws(IKEWireError) -> UInt8 {
+        guard remaining >= 1 else { throw .truncated }
+        defer { position += 1 }
+        return bytes[position]
+    }
+
+    mutating func uint16() throws(IKEWireError) -> UInt16 { UInt16(try uint8()) << 8 | UInt16(try uint8()) }
+    mutating func uint32() throws(IKEWireError) -> UInt32 { UInt32(try uint16()) << 16 | UInt32(try uint16()) }
+    mutating func uint64() throws(IKEWireError) -> UInt64 { UInt64(try uint32()) << 32 | UInt64(try uint32()) }
+
+    mutating func bytes(_ count: Int) throws(IKEWireError) -> ArraySlice<UInt8> {
+        guard count >= 0, remaining >= count else { throw .truncated }
+        defer { position += count }
+        return bytes[position..<position + count]
+    }
+}
+
+extension Array where Element == UInt8 {
+    mutating func appendBigEndian<T: FixedWidthInteger>(_ value: T) {
+        var shift = T.bitWidth - 8
+        while shift >= 0 {
+            append(UInt8(truncatingIfNeeded: value >> shift))
+            shift -= 8
+        }
+    }
+}
