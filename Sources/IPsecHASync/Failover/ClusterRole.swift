@@ -1,0 +1,115 @@
+public import IPsecHACore
+
+/// Why a member became the active one.
+public enum PromotionReason: Sendable, Hashable, CustomStringConvertible {
+    /// The synch channel's failure detector declared the active member dead.
+    case activeMemberSilent(ClusterMemberID)
+    /// An external system decided (a VRRP / keepalived transition, an operator).
+    case external(String)
+
+    public var description: String {
+        switch self {
+        case .activeMemberSilent(let member): "active \(member) silent on the synch channel"
+        case .external(let source): "external decision: \(source)"
+        }
+    }
+}
+
+/// What the role machine reports to its owner.
+public enum ClusterRoleEvent: Sendable, Hashable {
+    /// The active member has not been heard for the configured number of heartbeat intervals.
+    case activeMemberFailed(ClusterMemberID)
+    /// This member is now active: compute and apply the takeover plan.
+    case promoted(PromotionReason)
+    /// Another member claims to be active with a newer epoch (split brain): this member is a
+    /// standby again and must stop sending on the SAs it took over.
+    case steppedDown(newerActive: ClusterMemberID, epoch: UInt32)
+}
+
+/// Failure detection and promotion for one member (design, "Failover", step 1).
+///
+/// A standby declares the active member failed when nothing was heard from it for
+/// `heartbeatInterval x missCount`; the owner then promotes (``promote(_:now:)``), or promotes
+/// at once when an external system decides. Active members say so in their hellos
+/// (``activeCapability``); a member that is active and hears another active member with a newer
+/// epoch (or the same epoch and a higher member ID) steps down: epochs decide split brains.
+public struct ClusterRole: Sendable {
+    /// The hello capability bit an active member sets.
+    public static let activeCapability: UInt32 = 0x1
+
+    /// Whether this member is the active one.
+    public private(set) var isActive: Bool
+    /// This member.
+    public let member: ClusterMemberID
+    /// This member's epoch (as in its synch channel).
+    public private(set) var epoch: UInt32
+    /// The member this one believes is active, if another.
+    public private(set) var activeMember: ClusterMemberID?
+    /// Heartbeat interval of the synch channel, in nanoseconds.
+    public let heartbeatInterval: UInt64
+    /// Intervals without a word from the active member before it is declared failed.
+    public let missCount: UInt64
+    private var failureReported = false
+
+    /// A member in its initial role.
+    public init(member: ClusterMemberID, epoch: UInt32, isActive: Bool, activeMember: ClusterMemberID?, heartbeatInterval: UInt64 = 50_000_000, missCount: UInt64 = 3) {
+        self.member = member
+        self.epoch = epoch
+        self.isActive = isActive
+        self.activeMember = isActive ? nil : activeMember
+        self.heartbeatInterval = heartbeatInterval
+        self.missCount = max(missCount, 1)
+    }
+
+    /// The capabilities to put in this member's hellos.
+    public var capabilities: UInt32 { isActive ? Self.activeCapability : 0 }
+
+    /// Takes a hello from another member.
+    public mutating func heardHello(from peer: ClusterMemberID, epoch peerEpoch: UInt32, capabilities: UInt32) -> [ClusterRoleEvent] {
+        guard capabilities & Self.activeCapability != 0, peer != member else { return [] }
+        if isActive {
+            let peerWins = peerEpoch > epoch || (peerEpoch == epoch && peer.rawValue > member.rawValue)
+            guard peerWins else { return [] }
+            isActive = false
+            activeMember = peer
+            failureReported = false
+            return [.steppedDown(newerActive: peer, epoch: peerEpoch)]
+        }
+        activeMember = peer
+        failureReported = false
+        return []
+    }
+
+    /// Checks the active member's liveness: `lastHeard` is when anything authentic last came
+    /// from it (``SyncChannel/lastHeard(from:)``), nil if never.
+    public mutating func tick(now: Timestamp, lastHeard: Timestamp?) -> [ClusterRoleEvent] {
+        guard !isActive, let active = activeMember, !failureReported else { return [] }
+        let silence = heartbeatInterval.multipliedReportingOverflow(by: missCount)
+        let limit = silence.overflow ? UInt64.max : silence.partialValue
+        guard let heard = lastHeard else { return [] }
+        guard now.nanoseconds > heard.nanoseconds, now.nanoseconds - heard.nanoseconds >= limit else { return [] }
+        failureReported = true
+        return [.activeMemberFailed(active)]
+    }
+
+    /// Makes this member active (after a failure was reported, or when an external system
+    /// decides). The new epoch must be above the current one, so that a split brain resolves
+    /// in favour of the newest active member; rotate the synch channel to it too.
+    public mutating func promote(_ reason: PromotionReason, newEpoch: UInt32) throws(ClusterRoleError) -> [ClusterRoleEvent] {
+        guard !isActive else { throw .alreadyActive }
+        guard newEpoch > epoch else { throw .epochNotNewer(current: epoch, proposed: newEpoch) }
+        isActive = true
+        epoch = newEpoch
+        activeMember = nil
+        failureReported = false
+        return [.promoted(reason)]
+    }
+}
+
+/// Errors of ``ClusterRole``.
+public enum ClusterRoleError: Error, Sendable, Hashable {
+    /// This member is active already.
+    case alreadyActive
+    /// A promotion must move to a newer epoch.
+    case epochNotNewer(current: UInt32, proposed: UInt32)
+}
