@@ -81,3 +81,73 @@ struct MessageIDSyncTests {
         #expect(throws: MessageIDSyncError.unexpectedResponse) { try initiator.receive(response, windows: member) }
     }
 }
+
+/// The table of strongSwan's `test_ike_mid_sync.c` (spec-digest section 8.1): peer `a` has sent
+/// IKE_SA_INIT (0), IKE_AUTH (1) and `dpdsA` requests more; the cluster member `b` sent `dpdsB`
+/// requests; `b` proposes (M1, P1); the answer is (P2, M2).
+@Suite("RFC 6311 peer against strongSwan's test table")
+struct StrongSwanMessageIDSyncTableTests {
+    struct Row: Sendable, CustomTestStringConvertible {
+        var dpdsA: UInt64, dpdsB: UInt64, m1: UInt32, p1: UInt32
+        var expected: (m2: UInt32, p2: UInt32)?
+        var outstanding = false
+        var testDescription: String { "{\(dpdsA),\(dpdsB),\(m1),\(p1)}\(outstanding ? " active" : "")" }
+    }
+
+    static func peerWindows(_ row: Row) throws -> IKEMessageIDWindows {
+        var windows = try IKEMessageIDWindows(
+            restoringFrom: IKEMessageIDSnapshot(
+                nextRequestID: 2 + row.dpdsA, peerWindowSize: 1, outstandingRequests: [], nextExpectedRequestID: row.dpdsB,
+                localWindowSize: 1, requestsProcessedAhead: [], highestProcessedRequest: row.dpdsB > 0 ? UInt32(row.dpdsB - 1) : nil))
+        if row.outstanding { _ = try windows.requests.nextRequestID() }
+        return windows
+    }
+
+    static let answered: [Row] = [
+        // data[]: the answer is (P1, M1).
+        Row(dpdsA: 0, dpdsB: 0, m1: 0, p1: 2, expected: (0, 2)), Row(dpdsA: 0, dpdsB: 0, m1: 1, p1: 3, expected: (1, 3)),
+        Row(dpdsA: 1, dpdsB: 0, m1: 0, p1: 3, expected: (0, 3)), Row(dpdsA: 1, dpdsB: 0, m1: 5, p1: 8, expected: (5, 8)),
+        Row(dpdsA: 0, dpdsB: 1, m1: 1, p1: 2, expected: (1, 2)), Row(dpdsA: 0, dpdsB: 1, m1: 2, p1: 2, expected: (2, 2)),
+        Row(dpdsA: 1, dpdsB: 1, m1: 1, p1: 3, expected: (1, 3)), Row(dpdsA: 1, dpdsB: 1, m1: 2, p1: 4, expected: (2, 4)),
+        Row(dpdsA: 1, dpdsB: 2, m1: 2, p1: 4, expected: (2, 4)),
+        // data_recv_update[]: P1 too low, the peer raises it.
+        Row(dpdsA: 0, dpdsB: 0, m1: 0, p1: 0, expected: (0, 2)), Row(dpdsA: 0, dpdsB: 0, m1: 0, p1: 1, expected: (0, 2)),
+        Row(dpdsA: 0, dpdsB: 0, m1: 1, p1: 1, expected: (1, 2)), Row(dpdsA: 1, dpdsB: 0, m1: 0, p1: 1, expected: (0, 3)),
+        Row(dpdsA: 1, dpdsB: 0, m1: 5, p1: 2, expected: (5, 3)),
+        // data_active[]: the peer has one request outstanding, which counts as used.
+        Row(dpdsA: 0, dpdsB: 0, m1: 0, p1: 2, expected: (0, 3), outstanding: true),
+        Row(dpdsA: 0, dpdsB: 0, m1: 1, p1: 3, expected: (1, 3), outstanding: true),
+        Row(dpdsA: 1, dpdsB: 0, m1: 0, p1: 3, expected: (0, 4), outstanding: true),
+        Row(dpdsA: 1, dpdsB: 0, m1: 5, p1: 8, expected: (5, 8), outstanding: true),
+        Row(dpdsA: 0, dpdsB: 1, m1: 1, p1: 2, expected: (1, 3), outstanding: true),
+        // strongSwan's table says (2, 2) for this row; RFC 6311 section 5.1 (P2 is the higher of
+        // P1 and one more than the highest ID the peer used, 2 here) gives (2, 3).
+        Row(dpdsA: 0, dpdsB: 1, m1: 2, p1: 2, expected: (2, 3), outstanding: true),
+        Row(dpdsA: 1, dpdsB: 1, m1: 1, p1: 3, expected: (1, 4), outstanding: true),
+        Row(dpdsA: 1, dpdsB: 1, m1: 2, p1: 4, expected: (2, 4), outstanding: true),
+    ]
+
+    // data_too_low[]: M1 at or below what the peer saw from the cluster: no answer.
+    static let dropped: [Row] = [
+        Row(dpdsA: 0, dpdsB: 1, m1: 0, p1: 2), Row(dpdsA: 1, dpdsB: 2, m1: 0, p1: 0), Row(dpdsA: 1, dpdsB: 2, m1: 1, p1: 3),
+    ]
+
+    @Test(arguments: answered)
+    func answeredRows(row: Row) throws {
+        var peer = MessageIDSyncPeer()
+        let request = MessageIDSyncNotification(nonce: 42, expectedSendRequestID: row.m1, expectedReceiveRequestID: row.p1)
+        guard case .respond(let response, _, _) = peer.process(request, replayCounter: nil, windows: try Self.peerWindows(row)) else {
+            Issue.record("dropped")
+            return
+        }
+        let expected = try #require(row.expected)
+        #expect(response == MessageIDSyncNotification(nonce: 42, expectedSendRequestID: expected.p2, expectedReceiveRequestID: expected.m2))
+    }
+
+    @Test(arguments: dropped)
+    func droppedRows(row: Row) throws {
+        var peer = MessageIDSyncPeer()
+        let request = MessageIDSyncNotification(nonce: 42, expectedSendRequestID: row.m1, expectedReceiveRequestID: row.p1)
+        if case .respond = peer.process(request, replayCounter: nil, windows: try Self.peerWindows(row)) { Issue.record("answered") }
+    }
+}
