@@ -19,14 +19,13 @@ public enum TakeoverPlanner {
         var childPlans: [ChildSATakeover] = []
         childPlans.reserveCapacity(state.childSACount)
         var maximumAdvance: [IKESAIdentifier: UInt64] = [:]
-        maximumAdvance.reserveCapacity(state.ikeSAs.count)
         var replayCounterSyncSAs = Set<IKESAIdentifier>()
         if policy.inbound == .replayCounterSyncWhereNegotiated {
             for (identifier, sa) in state.ikeSAs where sa.extensions.replayCounterSync { replayCounterSyncSAs.insert(identifier) }
         }
 
         state.forEachChildSACounters { sa in
-            let suspectSA = suspect.contains(sa.parent)
+            let suspectSA = !suspect.isEmpty && suspect.contains(sa.parent)
             let known = freshness[sa.inboundSPI]
             let advance: UInt64
             var reason = ChildSATakeoverReason(
@@ -67,7 +66,8 @@ public enum TakeoverPlanner {
                     inbound = .restore(.conservative(advance: advance))
                 }
             }
-            if advance > maximumAdvance[sa.parent, default: 0] { maximumAdvance[sa.parent] = advance }
+            // Only a replay-counter delta in a message-ID sync needs the IKE SA's largest advance.
+            if !replayCounterSyncSAs.isEmpty, advance > maximumAdvance[sa.parent, default: 0] { maximumAdvance[sa.parent] = advance }
             childPlans.append(
                 ChildSATakeover(inboundSPI: sa.inboundSPI, parent: sa.parent, outbound: outbound, inbound: inbound, advance: advance, reason: reason))
         }
@@ -75,7 +75,8 @@ public enum TakeoverPlanner {
         for (identifier, sa) in state.ikeSAs {
             let windows = sa.messageIDs
             let classification: IKESAClassification =
-                suspect.contains(identifier) ? .suspect : inFlight[identifier] != nil ? .inFlight : .certain
+                !suspect.isEmpty && suspect.contains(identifier)
+                ? .suspect : !inFlight.isEmpty && inFlight[identifier] != nil ? .inFlight : .certain
             let next = windows.requests.nextMessageID
             let expected = windows.responses.nextExpectedMessageID
             let plan: MessageIDTakeover

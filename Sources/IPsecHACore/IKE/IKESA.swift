@@ -39,34 +39,50 @@ public enum IKESAState: UInt8, Sendable, Hashable, Codable {
 }
 
 /// The keys of an IKE SA (RFC 7296 section 2.14).
+///
+/// The seven keys live in one shared, immutable box, so that copying an IKE SA (as a takeover
+/// plan or a replication record does, a hundred thousand times) costs one reference, not seven;
+/// changing a key copies the box.
 public struct IKEKeys: Sendable, Equatable {
+    // @unchecked: the box is never mutated after creation; setters replace it.
+    final class Box: @unchecked Sendable {
+        let keys: [KeyMaterial]
+        init(_ keys: [KeyMaterial]) { self.keys = keys }
+    }
+
+    private var box: Box
+
     /// SK_d: derives Child SA keys.
-    public var d: KeyMaterial
+    public var d: KeyMaterial { get { box.keys[0] } set { replace(0, newValue) } }
     /// SK_ai: integrity of the original initiator's messages.
-    public var ai: KeyMaterial
+    public var ai: KeyMaterial { get { box.keys[1] } set { replace(1, newValue) } }
     /// SK_ar: integrity of the original responder's messages.
-    public var ar: KeyMaterial
+    public var ar: KeyMaterial { get { box.keys[2] } set { replace(2, newValue) } }
     /// SK_ei: encryption of the original initiator's messages.
-    public var ei: KeyMaterial
+    public var ei: KeyMaterial { get { box.keys[3] } set { replace(3, newValue) } }
     /// SK_er: encryption of the original responder's messages.
-    public var er: KeyMaterial
+    public var er: KeyMaterial { get { box.keys[4] } set { replace(4, newValue) } }
     /// SK_pi: the original initiator's AUTH payload.
-    public var pi: KeyMaterial
+    public var pi: KeyMaterial { get { box.keys[5] } set { replace(5, newValue) } }
     /// SK_pr: the original responder's AUTH payload.
-    public var pr: KeyMaterial
+    public var pr: KeyMaterial { get { box.keys[6] } set { replace(6, newValue) } }
 
     /// Keys from their parts.
     public init(
         d: KeyMaterial, ai: KeyMaterial, ar: KeyMaterial, ei: KeyMaterial, er: KeyMaterial, pi: KeyMaterial,
         pr: KeyMaterial
     ) {
-        self.d = d
-        self.ai = ai
-        self.ar = ar
-        self.ei = ei
-        self.er = er
-        self.pi = pi
-        self.pr = pr
+        box = Box([d, ai, ar, ei, er, pi, pr])
+    }
+
+    private mutating func replace(_ index: Int, _ key: KeyMaterial) {
+        var keys = box.keys
+        keys[index] = key
+        box = Box(keys)
+    }
+
+    public static func == (lhs: IKEKeys, rhs: IKEKeys) -> Bool {
+        lhs.box === rhs.box || lhs.box.keys == rhs.box.keys
     }
 }
 
