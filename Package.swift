@@ -54,6 +54,7 @@ let package = Package(
                 "IPsecHASync",
                 "IPsecHASimulation",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
         ),
