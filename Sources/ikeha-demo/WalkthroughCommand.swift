@@ -166,9 +166,27 @@ struct WalkthroughCommand: ParsableCommand {
         case .exact(let next, _):
             ikeOK = next == peerExpectsRequest
             print("IKE: next request uses message ID \(next), \(ikeOK ? "the ID the peer expects" : "WRONG: the peer expects \(peerExpectsRequest)")")
-        case .messageIDSync(let send, let receive, _):
-            ikeOK = UInt64(send) >= peerExpectsRequest
-            print("IKE: RFC 6311 message-ID sync proposing send \(send), receive \(receive)\(ikeOK ? " (the peer expects \(peerExpectsRequest) or more)" : ": WRONG")")
+        case .messageIDSync:
+            // Both sides of RFC 6311: the new active member proposes, the peer (which has sent no
+            // request of its own here) answers, both adopt the agreed values.
+            let memberWindows = pair.replica.state.ikeSAs[ike.identifier]!.messageIDs
+            var initiator = MessageIDSyncInitiator()
+            let request = try initiator.start(windows: memberWindows, nonce: UInt32(truncatingIfNeeded: random.next()))
+            var peerSide = MessageIDSyncPeer()
+            let peerWindows = try IKEMessageIDWindows(
+                restoringFrom: IKEMessageIDSnapshot(
+                    nextRequestID: 0, peerWindowSize: 1, outstandingRequests: [], nextExpectedRequestID: peerExpectsRequest,
+                    localWindowSize: 1, requestsProcessedAhead: [],
+                    highestProcessedRequest: peerExpectsRequest > 0 ? UInt32(peerExpectsRequest - 1) : nil))
+            guard case .respond(let response, let peerAdopted, _) = peerSide.process(request, replayCounter: nil, windows: peerWindows) else {
+                print("IKE: the peer dropped the message-ID sync: WRONG")
+                throw ExitCode.failure
+            }
+            let adopted = try initiator.receive(response, windows: memberWindows)
+            ikeOK = adopted.requests.nextMessageID == peerAdopted.responses.nextExpectedMessageID
+                && adopted.requests.nextMessageID >= peerExpectsRequest
+            print("IKE: RFC 6311 message-ID sync: proposed send \(request.expectedSendRequestID), the peer answered; "
+                + "next request \(adopted.requests.nextMessageID)\(ikeOK ? ", which the peer now expects" : ": WRONG")")
         default:
             ikeOK = true
             print("IKE: \(ikePlan.reason)")
