@@ -43,8 +43,7 @@ struct ReplayBenchCommand: ParsableCommand {
         let start = clock.now
         let accepted = wires.withUnsafeBufferPointer { checkAndCommit($0, into: &replayWindow) }
         let elapsed = start.duration(to: clock.now)
-        let nanoseconds =
-            Double(elapsed.components.seconds) * 1e9 + Double(elapsed.components.attoseconds) / 1e9
+        let nanoseconds = elapsed.inSeconds * 1e9
         let perOperation = nanoseconds / Double(count)
         print("accepted=\(accepted) ns_per_op=\(perOperation.formatted(decimals: 3))")
     }

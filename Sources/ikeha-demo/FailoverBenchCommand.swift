@@ -51,7 +51,7 @@ struct FailoverBenchCommand: ParsableCommand {
             best = min(best, started.duration(to: clock.now))
         }
         guard let plan else { return }
-        let milliseconds = Double(best.components.seconds) * 1e3 + Double(best.components.attoseconds) / 1e15
+        let milliseconds = best.inSeconds * 1e3
         let rekeys = plan.childSAs.filter { $0.outbound == .rekey }.count
         let syncs = plan.ikeSAs.filter { if case .messageIDSync = $0.messageIDs { true } else { false } }.count
         print("takeover plan for \(plan.ikeSAs.count) IKE SAs and \(plan.childSAs.count) Child SAs: \(milliseconds.formatted(decimals: 1)) ms (best of \(repetitions)); \(syncs) message-ID syncs, \(rekeys) rekeys")

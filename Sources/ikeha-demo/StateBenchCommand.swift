@@ -105,13 +105,18 @@ struct StateBenchCommand: ParsableCommand {
     }
 }
 
+extension Duration {
+    /// The duration in seconds, as a floating-point number.
+    var inSeconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}
+
 /// Runs `body` once and returns `count` divided by the seconds it took.
 func measureRate(count: Int, _ body: () -> Int) -> Double {
     let clock = ContinuousClock()
     let start = clock.now
     let checksum = body()
     let elapsed = start.duration(to: clock.now)
-    let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    let seconds = elapsed.inSeconds
     // Use the checksum so the loop cannot be optimised away.
     return checksum == Int.min ? 0 : Double(count) / seconds
 }

@@ -109,7 +109,7 @@ struct SyncBenchCommand: ParsableCommand {
             sent += perSend
         }
         let elapsed = started.duration(to: clock.now)
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let seconds = elapsed.inSeconds
         guard replica.statistics.rejected == 0, replica.statistics.stale == 0 else {
             throw ValidationError("checkpoints were refused: \(replica.statistics)")
         }
@@ -139,7 +139,7 @@ struct SyncBenchCommand: ParsableCommand {
         let elapsed = started.duration(to: clock.now)
         guard pair.replica.state == pair.state else { throw ValidationError("resync gave a different state") }
         return (
-            Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
+            elapsed.inSeconds,
             pair.network.bytesSent - bytesBefore, pair.network.sent - datagramsBefore
         )
     }

@@ -174,10 +174,7 @@ struct WalkthroughCommand: ParsableCommand {
             let request = try initiator.start(windows: memberWindows, nonce: UInt32(truncatingIfNeeded: random.next()))
             var peerSide = MessageIDSyncPeer()
             let peerWindows = try IKEMessageIDWindows(
-                restoringFrom: IKEMessageIDSnapshot(
-                    nextRequestID: 0, peerWindowSize: 1, outstandingRequests: [], nextExpectedRequestID: peerExpectsRequest,
-                    localWindowSize: 1, requestsProcessedAhead: [],
-                    highestProcessedRequest: peerExpectsRequest > 0 ? UInt32(peerExpectsRequest - 1) : nil))
+                resumingAt: 0, expecting: peerExpectsRequest, peerWindowSize: 1, localWindowSize: 1)
             guard case .respond(let response, let peerAdopted, _) = peerSide.process(request, replayCounter: nil, windows: peerWindows) else {
                 print("IKE: the peer dropped the message-ID sync: WRONG")
                 throw ExitCode.failure

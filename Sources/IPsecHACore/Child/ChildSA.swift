@@ -118,12 +118,7 @@ public struct ChildSA: Sendable, Equatable {
     /// True when the negotiated selectors cover `packet` (outbound: its local side against the
     /// local selectors; inbound after decapsulation likewise, as RFC 4301 section 5.2 checks).
     public func selectorsCover(_ packet: FiveTuple) -> Bool {
-        localSelectors.contains {
-            $0.contains(address: packet.localAddress, ipProtocol: packet.ipProtocol, port: packet.localPort)
-        }
-            && remoteSelectors.contains {
-                $0.contains(address: packet.remoteAddress, ipProtocol: packet.ipProtocol, port: packet.remotePort)
-            }
+        packet.isCovered(local: localSelectors, remote: remoteSelectors)
     }
 
     /// The counters a member replicates every N packets or T milliseconds.

@@ -49,10 +49,8 @@ public struct MessageIDSyncPeer: Sendable, Hashable {
         let adopted: IKEMessageIDWindows
         do {
             adopted = try IKEMessageIDWindows(
-                restoringFrom: IKEMessageIDSnapshot(
-                    nextRequestID: p2, peerWindowSize: windows.requests.peerWindowSize, outstandingRequests: [],
-                    nextExpectedRequestID: m2, localWindowSize: windows.responses.windowSize, requestsProcessedAhead: [],
-                    highestProcessedRequest: m2 > 0 ? UInt32(m2 - 1) : nil))
+                resumingAt: p2, expecting: m2, peerWindowSize: windows.requests.peerWindowSize,
+                localWindowSize: windows.responses.windowSize)
         } catch {
             return .drop("the agreed values do not form a valid window: \(error)")
         }
@@ -106,10 +104,8 @@ public struct MessageIDSyncInitiator: Sendable, Hashable {
         let nextExpected = max(UInt64(response.expectedSendRequestID), UInt64(request.expectedReceiveRequestID))
         do {
             let adopted = try IKEMessageIDWindows(
-                restoringFrom: IKEMessageIDSnapshot(
-                    nextRequestID: nextSend, peerWindowSize: windows.requests.peerWindowSize, outstandingRequests: [],
-                    nextExpectedRequestID: nextExpected, localWindowSize: windows.responses.windowSize,
-                    requestsProcessedAhead: [], highestProcessedRequest: nextExpected > 0 ? UInt32(nextExpected - 1) : nil))
+                resumingAt: nextSend, expecting: nextExpected, peerWindowSize: windows.requests.peerWindowSize,
+                localWindowSize: windows.responses.windowSize)
             state = .done
             return adopted
         } catch {

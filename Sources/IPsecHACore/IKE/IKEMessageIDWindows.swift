@@ -27,6 +27,21 @@ public struct IKEMessageIDWindows: Sendable, Hashable {
             highestProcessed: snapshot.highestProcessedRequest)
     }
 
+    /// Windows that resume at `nextRequestID` and expect `nextExpectedRequestID`, with nothing
+    /// outstanding and nothing processed ahead, keeping the given window sizes: what both sides
+    /// of an RFC 6311 message-ID sync adopt. Throws when the values do not fit a window.
+    public init(
+        resumingAt nextRequestID: UInt64, expecting nextExpectedRequestID: UInt64, peerWindowSize: UInt32,
+        localWindowSize: UInt32
+    ) throws(IKEMessageIDError) {
+        try self.init(
+            restoringFrom: IKEMessageIDSnapshot(
+                nextRequestID: nextRequestID, peerWindowSize: peerWindowSize, outstandingRequests: [],
+                nextExpectedRequestID: nextExpectedRequestID, localWindowSize: localWindowSize, requestsProcessedAhead: [],
+                highestProcessedRequest: nextExpectedRequestID > 0
+                    ? UInt32(truncatingIfNeeded: nextExpectedRequestID - 1) : nil))
+    }
+
     /// The value a member replicates after each exchange.
     public var snapshot: IKEMessageIDSnapshot {
         IKEMessageIDSnapshot(

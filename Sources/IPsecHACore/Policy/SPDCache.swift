@@ -212,7 +212,7 @@ struct SPDCache: Sendable {
         var next = (hole + 1) & mask
         while table[next].state != 0 {
             let home = home(table[next].hash(seed: seed))
-            if (next > hole && (home <= hole || home > next)) || (next < hole && home <= hole && home > next) {
+            if backwardShiftFills(hole: hole, next: next, home: home) {
                 table[hole] = table[next]
                 hole = next
             }

@@ -94,12 +94,7 @@ public struct SecurityPolicy: Sendable, Hashable {
 
     /// True when `packet` is covered by this entry's selectors.
     public func matches(_ packet: FiveTuple) -> Bool {
-        localSelectors.contains {
-            $0.contains(address: packet.localAddress, ipProtocol: packet.ipProtocol, port: packet.localPort)
-        }
-            && remoteSelectors.contains {
-                $0.contains(address: packet.remoteAddress, ipProtocol: packet.ipProtocol, port: packet.remotePort)
-            }
+        packet.isCovered(local: localSelectors, remote: remoteSelectors)
     }
 
     /// What an initiator proposes to protect `packet` under this policy (RFC 7296 section 2.9):

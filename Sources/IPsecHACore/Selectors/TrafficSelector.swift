@@ -135,6 +135,16 @@ public struct TrafficSelector: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
+extension FiveTuple {
+    /// True when one of `local` covers this packet's local side and one of `remote` its remote
+    /// side (IKEv2 semantics: the lists are sets, not pairs). The one rule SPD entries and
+    /// negotiated Child SAs share.
+    public func isCovered(local: [TrafficSelector], remote: [TrafficSelector]) -> Bool {
+        local.contains { $0.contains(address: localAddress, ipProtocol: ipProtocol, port: localPort) }
+            && remote.contains { $0.contains(address: remoteAddress, ipProtocol: ipProtocol, port: remotePort) }
+    }
+}
+
 /// Why a traffic selector is invalid, or why selectors cannot be negotiated.
 public enum TrafficSelectorError: Error, Sendable, Hashable {
     /// Start and end address are of different families.

@@ -63,7 +63,7 @@ struct SPIIndex: Sendable {
         var next = (hole + 1) & mask
         while buckets[next] != 0 {
             let home = home(UInt32(truncatingIfNeeded: buckets[next] >> 32))
-            if (next > hole && (home <= hole || home > next)) || (next < hole && home <= hole && home > next) {
+            if backwardShiftFills(hole: hole, next: next, home: home) {
                 buckets[hole] = buckets[next]
                 hole = next
             }

@@ -72,10 +72,6 @@ public enum ChannelSecurityError: Error, Sendable, Hashable {
     case keyDerivationFailed
     /// The datagram's tag did not verify: forged, corrupted, or sealed under another key.
     case authenticationFailed
-    /// The datagram is shorter than a header and a tag.
-    case tooShort(Int)
-    /// The datagram is longer than the configured maximum.
-    case tooLong(Int)
     /// The datagram was received before (same sender, epoch and packet number), or is older
     /// than the replay window.
     case replayed(UInt64)

@@ -1,7 +1,7 @@
 internal import CSodium
 
 /// Secret bytes in libsodium's guarded memory (`sodium_malloc`: guard pages, locked in RAM
-/// where allowed, wiped by `sodium_free`). Never printed; compared with `sodium_memcmp`.
+/// where allowed, wiped by `sodium_free`). Never printed.
 final class SecureBytes: @unchecked Sendable {
     // @unchecked: the bytes are written only in the initialiser; afterwards they are read only.
     let count: Int
@@ -19,10 +19,6 @@ final class SecureBytes: @unchecked Sendable {
 
     func withUnsafeBytes<Result>(_ body: (UnsafeRawBufferPointer) throws -> Result) rethrows -> Result {
         try body(UnsafeRawBufferPointer(start: pointer, count: count))
-    }
-
-    func isEqual(to other: SecureBytes) -> Bool {
-        count == other.count && sodium_memcmp(pointer, other.pointer, count) == 0
     }
 
     deinit { sodium_free(pointer) }

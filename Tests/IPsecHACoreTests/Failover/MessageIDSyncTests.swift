@@ -5,10 +5,7 @@ import Testing
 struct MessageIDSyncTests {
     /// Windows whose next request ID is `send` and next expected request ID is `receive`.
     func windows(send: UInt64, receive: UInt64, window: UInt32 = 1) throws -> IKEMessageIDWindows {
-        try IKEMessageIDWindows(
-            restoringFrom: IKEMessageIDSnapshot(
-                nextRequestID: send, peerWindowSize: window, outstandingRequests: [], nextExpectedRequestID: receive,
-                localWindowSize: 1, requestsProcessedAhead: [], highestProcessedRequest: receive > 0 ? UInt32(receive - 1) : nil))
+        try IKEMessageIDWindows(resumingAt: send, expecting: receive, peerWindowSize: window, localWindowSize: 1)
     }
 
     func request(_ send: UInt32, _ receive: UInt32, nonce: UInt32 = 7) -> MessageIDSyncNotification {
@@ -96,9 +93,7 @@ struct StrongSwanMessageIDSyncTableTests {
 
     static func peerWindows(_ row: Row) throws -> IKEMessageIDWindows {
         var windows = try IKEMessageIDWindows(
-            restoringFrom: IKEMessageIDSnapshot(
-                nextRequestID: 2 + row.dpdsA, peerWindowSize: 1, outstandingRequests: [], nextExpectedRequestID: row.dpdsB,
-                localWindowSize: 1, requestsProcessedAhead: [], highestProcessedRequest: row.dpdsB > 0 ? UInt32(row.dpdsB - 1) : nil))
+            resumingAt: 2 + row.dpdsA, expecting: row.dpdsB, peerWindowSize: 1, localWindowSize: 1)
         if row.outstanding { _ = try windows.requests.nextRequestID() }
         return windows
     }
