@@ -151,8 +151,8 @@ public struct GatewayState: Sendable, Equatable {
     /// Every Child SA, in no particular order.
     public var childSAs: [ChildSA] { childSlots.compactMap { $0 } }
 
-    /// What a takeover needs of a Child SA, read in place: no copy of the SA, its keys or its
-    /// selectors.
+    /// What a takeover or a checkpoint scheduler needs of a Child SA, read without building an
+    /// array of whole Child SAs.
     public struct ChildSACounters: Sendable {
         /// The inbound SPI.
         public var inboundSPI: UInt32
@@ -166,17 +166,19 @@ public struct GatewayState: Sendable, Equatable {
         public var inboundTop: UInt64
         /// Whether the SA uses Extended Sequence Numbers.
         public var extendedSequenceNumbers: Bool
+        /// Packets counted for the lifetime, both directions.
+        public var packets: UInt64
     }
 
-    /// Calls `body` with the counters of every Child SA, in no particular order, reading them in
-    /// place.
+    /// Calls `body` with the counters of every Child SA, in no particular order.
     public func forEachChildSACounters(_ body: (ChildSACounters) throws -> Void) rethrows {
         for case let sa? in childSlots {
             try body(
                 ChildSACounters(
                     inboundSPI: sa.inboundSPI, parent: sa.parent, lastSent: sa.outboundCounter.lastSent,
                     hardLimit: sa.outboundCounter.hardLimit, inboundTop: sa.inboundWindow.top,
-                    extendedSequenceNumbers: sa.outboundCounter.extendedSequenceNumbers))
+                    extendedSequenceNumbers: sa.outboundCounter.extendedSequenceNumbers,
+                    packets: sa.lifetime.usage.inboundPackets &+ sa.lifetime.usage.outboundPackets))
         }
     }
 

@@ -44,23 +44,25 @@ public struct CounterCheckpointScheduler {
     public mutating func takeDueCheckpoints(from state: inout GatewayState, now: Timestamp) -> [CounterCheckpointEntry] {
         var entries: [CounterCheckpointEntry] = []
         var seen = Set<UInt32>()
-        for sa in state.childSAs {
+        var due: [(spi: UInt32, packets: UInt64, rate: UInt32)] = []
+        state.forEachChildSACounters { sa in
             seen.insert(sa.inboundSPI)
-            let usage = sa.lifetime.usage
-            let packets = usage.inboundPackets &+ usage.outboundPackets
             guard let track = tracks[sa.inboundSPI] else {
-                tracks[sa.inboundSPI] = Track(at: now, packets: packets)
-                continue
+                tracks[sa.inboundSPI] = Track(at: now, packets: sa.packets)
+                return
             }
-            let sent = packets &- track.packets
+            let sent = sa.packets &- track.packets
             let elapsed = now.nanoseconds &- track.at.nanoseconds
-            guard sent > 0, sent >= policy.packets || elapsed >= policy.interval else { continue }
-            guard let slot = state.slot(forInboundSPI: sa.inboundSPI),
+            guard sent > 0, sent >= policy.packets || elapsed >= policy.interval else { return }
+            let rate = elapsed == 0 ? UInt64(UInt32.max) : min(sent &* 1_000_000_000 / elapsed, UInt64(UInt32.max))
+            due.append((sa.inboundSPI, sa.packets, UInt32(rate)))
+        }
+        for (spi, packets, rate) in due {
+            guard let slot = state.slot(forInboundSPI: spi),
                 case .countersAdvanced(let checkpoint, let generation)? = state.checkpointCounters(at: slot).first
             else { continue }
-            let rate = elapsed == 0 ? UInt64(UInt32.max) : min(sent &* 1_000_000_000 / elapsed, UInt64(UInt32.max))
-            entries.append(CounterCheckpointEntry(checkpoint: checkpoint, generation: generation, packetsPerSecond: UInt32(rate)))
-            tracks[sa.inboundSPI] = Track(at: now, packets: packets)
+            entries.append(CounterCheckpointEntry(checkpoint: checkpoint, generation: generation, packetsPerSecond: rate))
+            tracks[spi] = Track(at: now, packets: packets)
         }
         if tracks.count > seen.count { tracks = tracks.filter { seen.contains($0.key) } }
         return entries

@@ -64,7 +64,7 @@ public struct Replica {
     public func takeoverPlan(policy: TakeoverPolicy = TakeoverPolicy(), now: Timestamp) -> TakeoverPlan {
         var inFlightSAs: [IKESAIdentifier: Bool] = [:]
         for exchange in inFlight { inFlightSAs[exchange.ikeSA] = (inFlightSAs[exchange.ikeSA] ?? false) || exchange.initiatedHere }
-        let suspect: Set<IKESAIdentifier> = !isReady || missingSince != nil ? Set(state.ikeSAs.keys) : missingIKESAs
+        let suspect = Set(state.ikeSAs.keys.filter(mayHaveMissedUpdates))
         return TakeoverPlanner.plan(
             state: state, inFlight: inFlightSAs, suspect: suspect, freshness: counterFreshness, policy: policy, now: now)
     }
