@@ -328,15 +328,7 @@ public struct SyncChannel {
             }
         }
         peers[header.sender] = peer
-        for entry in retransmit {
-            statistics.retransmissions += 1
-            actions.append(try transmit(entry.payload, to: header.sender, reliableSequence: entry.sequence, streamReset: entry.streamReset))
-        }
-        if !control.isEmpty {
-            for payload in try pack(control) {
-                actions.append(try transmit(payload, to: header.sender, reliableSequence: 0, streamReset: false))
-            }
-        }
+        transmit(retransmit, control: control, to: header.sender, into: &actions)
         return actions
     }
 
@@ -379,19 +371,7 @@ public struct SyncChannel {
             }
             let due = peer.sender.timedOut(now: now, timeout: configuration.retransmitTimeout, maximum: 64)
             peers[member] = peer
-            for entry in due {
-                statistics.retransmissions += 1
-                if let action = try? transmit(entry.payload, to: member, reliableSequence: entry.sequence, streamReset: entry.streamReset) {
-                    actions.append(action)
-                }
-            }
-            if !control.isEmpty, let payloads = try? pack(control) {
-                for payload in payloads {
-                    if let action = try? transmit(payload, to: member, reliableSequence: 0, streamReset: false) {
-                        actions.append(action)
-                    }
-                }
-            }
+            transmit(due, control: control, to: member, into: &actions)
         }
         return actions
     }
@@ -431,6 +411,29 @@ public struct SyncChannel {
         }
         if current.count > 0 { payloads.append(current.bytes) }
         return payloads
+    }
+
+    /// Sends reliable datagrams again and control records (acknowledgements, negative
+    /// acknowledgements, heartbeats) to a peer whose state has already changed. It does not
+    /// throw: the caller's state change stands either way, and what fails to go out now is sent
+    /// again by a later ``tick(now:)`` (retransmission timer, next heartbeat or acknowledgement).
+    private mutating func transmit(
+        _ retransmit: [ReliableSender.Outstanding], control: [SyncRecord], to member: ClusterMemberID,
+        into actions: inout [SyncChannelAction]
+    ) {
+        do {
+            for entry in retransmit {
+                statistics.retransmissions += 1
+                actions.append(try transmit(entry.payload, to: member, reliableSequence: entry.sequence, streamReset: entry.streamReset))
+            }
+            guard !control.isEmpty else { return }
+            for payload in try pack(control) {
+                actions.append(try transmit(payload, to: member, reliableSequence: 0, streamReset: false))
+            }
+        } catch {
+            configuration.logger.error(
+                "synch datagram not sent; a later tick sends it", metadata: ["peer": "\(member.rawValue)", "reason": "\(error)"])
+        }
     }
 
     private mutating func transmit(
