@@ -32,22 +32,23 @@ struct FailoverBenchCommand: ParsableCommand {
             _ = try state.createIKESA(sa)
             identifiers.append(sa.identifier)
         }
-        var freshness: [UInt32: ChildSAFreshness] = [:]
         let now = Timestamp.seconds(1_000)
         for index in 0..<childSAs {
             let spi = UInt32(0x1000 + index)
             _ = try state.createChildSA(BenchFixtures.childSA(spi, parent: identifiers[index % ikeSAs], window: 1024, &random))
-            freshness[spi] = ChildSAFreshness(
-                lastCheckpoint: Timestamp(nanoseconds: now.nanoseconds - random.next() % 50_000_000), packetsPerSecond: random.next() % 200_000)
+            try state.recordCounterFreshness(
+                ChildSAFreshness(
+                    lastCheckpoint: Timestamp(nanoseconds: now.nanoseconds - random.next() % 50_000_000), packetsPerSecond: random.next() % 200_000),
+                inboundSPI: spi)
         }
         let inFlight = Dictionary(uniqueKeysWithValues: identifiers.prefix(ikeSAs / 100).map { ($0, random.next() % 2 == 0) })
-        let suspect = Set(identifiers.suffix(ikeSAs / 100))
+        let suspect = SuspectIKESAs.only(Set(identifiers.suffix(ikeSAs / 100)))
         let clock = ContinuousClock()
         var best = Duration.seconds(1_000)
         var plan: TakeoverPlan?
         for _ in 0..<repetitions {
             let started = clock.now
-            plan = TakeoverPlanner.plan(state: state, inFlight: inFlight, suspect: suspect, freshness: freshness, now: now)
+            plan = TakeoverPlanner.plan(state: state, inFlight: inFlight, suspect: suspect, now: now)
             best = min(best, started.duration(to: clock.now))
         }
         guard let plan else { return }

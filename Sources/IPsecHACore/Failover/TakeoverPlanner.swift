@@ -7,30 +7,51 @@ public enum TakeoverPlanner {
     /// - Parameters:
     ///   - state: the standby's replicated gateway state.
     ///   - inFlight: IKE SAs with an exchange under way, and whether this side initiated it.
-    ///   - suspect: IKE SAs whose updates may have been missed (all of them while the replica is
-    ///     not a complete copy or a gap in the synch stream is open).
-    ///   - freshness: per Child SA (inbound SPI), when its last checkpoint arrived and the rate.
+    ///   - suspect: IKE SAs whose updates may have been missed (``SuspectIKESAs/all`` while the
+    ///     replica is not a complete copy or a gap in the synch stream is open).
+    ///
+    /// Each Child SA's advance is sized from the freshness the state recorded for it
+    /// (``GatewayState/recordCounterFreshness(_:inboundSPI:)``): when its last checkpoint
+    /// arrived and the rate then measured.
     public static func plan(
-        state: GatewayState, inFlight: [IKESAIdentifier: Bool], suspect: Set<IKESAIdentifier>,
-        freshness: [UInt32: ChildSAFreshness], policy: TakeoverPolicy = TakeoverPolicy(), now: Timestamp
+        state: GatewayState, inFlight: [IKESAIdentifier: Bool], suspect: SuspectIKESAs,
+        policy: TakeoverPolicy = TakeoverPolicy(), now: Timestamp
     ) -> TakeoverPlan {
-        var ikePlans: [IKESATakeover] = []
-        ikePlans.reserveCapacity(state.ikeSAs.count)
-        var childPlans: [ChildSATakeover] = []
-        childPlans.reserveCapacity(state.childSACount)
-        var maximumAdvance: [IKESAIdentifier: UInt64] = [:]
-        var replayCounterSyncSAs = Set<IKESAIdentifier>()
-        if policy.inbound == .replayCounterSyncWhereNegotiated {
-            for (identifier, sa) in state.ikeSAs where sa.extensions.replayCounterSync { replayCounterSyncSAs.insert(identifier) }
+        let ikeSAs = state.ikeSAs
+        let slotCount = state.childSlots.count
+        // What a Child SA needs of its IKE SA, by slot: filled from each IKE SA's list of
+        // children, so that no Child SA hashes its parent's identifier.
+        var parentIsSuspect = [Bool](repeating: false, count: slotCount)
+        var parentSyncsReplayCounters = [Bool](repeating: false, count: slotCount)
+        var classifications: [IKESAClassification] = []
+        classifications.reserveCapacity(ikeSAs.count)
+        let replayCounterSyncPolicy = policy.inbound == .replayCounterSyncWhereNegotiated
+        // By index, field by field: binding each value would copy the IKE SA and retain every
+        // reference it holds.
+        for index in ikeSAs.indices {
+            let identifier = ikeSAs.keys[index]
+            let isSuspect = suspect.contains(identifier)
+            classifications.append(isSuspect ? .suspect : !inFlight.isEmpty && inFlight[identifier] != nil ? .inFlight : .certain)
+            let syncsReplayCounters = replayCounterSyncPolicy && ikeSAs.values[index].extensions.replayCounterSync
+            guard isSuspect || syncsReplayCounters else { continue }
+            for spi in ikeSAs.values[index].childSAs {
+                guard let slot = state.spiIndex.slot(of: spi) else { continue }
+                parentIsSuspect[Int(slot)] = isSuspect
+                parentSyncsReplayCounters[Int(slot)] = syncsReplayCounters
+            }
         }
 
+        var childPlans: [ChildSATakeover] = []
+        childPlans.reserveCapacity(state.childSACount)
+        // Only a replay-counter delta in a message-ID sync needs an IKE SA's largest advance.
+        var advanceBySlot = [UInt64](repeating: 0, count: replayCounterSyncPolicy ? slotCount : 0)
         state.forEachChildSACounters { sa in
-            let suspectSA = !suspect.isEmpty && suspect.contains(sa.parent)
-            let known = freshness[sa.inboundSPI]
+            let slot = sa.slot.index
+            let suspectSA = parentIsSuspect[slot]
             let advance: UInt64
             var reason = ChildSATakeoverReason(
                 checkpointAge: nil, packetsPerSecond: nil, suspect: suspectSA, outboundLimitReached: false, inboundLimitReached: false)
-            if let known, let rate = known.packetsPerSecond {
+            if let known = sa.freshness, let rate = known.packetsPerSecond {
                 let stale = now.nanoseconds > known.lastCheckpoint.nanoseconds ? now.nanoseconds - known.lastCheckpoint.nanoseconds : 0
                 let window = stale.addingReportingOverflow(policy.stalenessMargin)
                 let expected = multiplyDivide(rate, window.overflow ? .max : window.partialValue, 1_000_000_000)
@@ -60,38 +81,42 @@ public enum TakeoverPlanner {
                 switch policy.inbound {
                 case .permissiveUnsafe:
                     inbound = .restore(.permissiveUnsafe)
-                case .replayCounterSyncWhereNegotiated where replayCounterSyncSAs.contains(sa.parent):
+                case .replayCounterSyncWhereNegotiated where parentSyncsReplayCounters[slot]:
                     inbound = .restore(.replayCounterSync(delta: advance))
                 case .conservative, .replayCounterSyncWhereNegotiated:
                     inbound = .restore(.conservative(advance: advance))
                 }
             }
-            // Only a replay-counter delta in a message-ID sync needs the IKE SA's largest advance.
-            if !replayCounterSyncSAs.isEmpty, advance > maximumAdvance[sa.parent, default: 0] { maximumAdvance[sa.parent] = advance }
+            if replayCounterSyncPolicy { advanceBySlot[slot] = advance }
             childPlans.append(
                 ChildSATakeover(inboundSPI: sa.inboundSPI, parent: sa.parent, outbound: outbound, inbound: inbound, advance: advance, reason: reason))
         }
 
-        for (identifier, sa) in state.ikeSAs {
-            let windows = sa.messageIDs
-            let classification: IKESAClassification =
-                !suspect.isEmpty && suspect.contains(identifier)
-                ? .suspect : !inFlight.isEmpty && inFlight[identifier] != nil ? .inFlight : .certain
-            let next = windows.requests.nextMessageID
-            let expected = windows.responses.nextExpectedMessageID
+        var ikePlans: [IKESATakeover] = []
+        ikePlans.reserveCapacity(ikeSAs.count)
+        for (position, index) in ikeSAs.indices.enumerated() {
+            let identifier = ikeSAs.keys[index]
+            let classification = classifications[position]
+            let next = ikeSAs.values[index].messageIDs.requests.nextMessageID
+            let expected = ikeSAs.values[index].messageIDs.responses.nextExpectedMessageID
+            let extensions = ikeSAs.values[index].extensions
             let plan: MessageIDTakeover
             let reason: IKESATakeoverReason
             if classification == .certain {
                 plan = .exact(nextRequestID: next, nextExpectedRequestID: expected)
                 reason = .nothingInFlightNothingMissed
-            } else if sa.extensions.messageIDSync {
+            } else if extensions.messageIDSync {
                 // M1 above anything the failed member may have used: by at least the peer's
                 // window (RFC 6311 section 5.1); P1 the next request expected from the peer.
-                let send = next + UInt64(max(windows.requests.peerWindowSize, 1))
+                let send = next + UInt64(max(ikeSAs.values[index].messageIDs.requests.peerWindowSize, 1))
                 if send <= UInt64(UInt32.max), expected <= UInt64(UInt32.max) {
-                    let delta =
-                        sa.extensions.replayCounterSync && policy.inbound == .replayCounterSyncWhereNegotiated
-                        ? maximumAdvance[identifier] : nil
+                    var delta: UInt64?
+                    if extensions.replayCounterSync && replayCounterSyncPolicy {
+                        for spi in ikeSAs.values[index].childSAs {
+                            guard let slot = state.spiIndex.slot(of: spi) else { continue }
+                            delta = max(delta ?? 0, advanceBySlot[Int(slot)])
+                        }
+                    }
                     plan = .messageIDSync(send: UInt32(send), receive: UInt32(expected), replayCounterDelta: delta)
                     reason = classification == .inFlight ? .exchangeInFlightSync : .missedSynchSync
                 } else {
@@ -120,5 +145,27 @@ public enum TakeoverPlanner {
     static func saturatingMultiply(_ a: UInt64, _ b: UInt64) -> UInt64 {
         let (result, overflow) = a.multipliedReportingOverflow(by: b)
         return overflow ? .max : result
+    }
+}
+
+/// The IKE SAs a takeover treats as suspect: those whose synch messages may have been missed.
+/// An array literal names them one by one.
+public enum SuspectIKESAs: Sendable, Hashable, ExpressibleByArrayLiteral {
+    /// Every IKE SA (the replica is not a complete copy, or a gap in the synch stream is open).
+    case all
+    /// Exactly these.
+    case only(Set<IKESAIdentifier>)
+
+    /// None.
+    public static let none = SuspectIKESAs.only([])
+
+    public init(arrayLiteral elements: IKESAIdentifier...) { self = .only(Set(elements)) }
+
+    /// Whether `identifier` is suspect.
+    public func contains(_ identifier: IKESAIdentifier) -> Bool {
+        switch self {
+        case .all: true
+        case .only(let set): !set.isEmpty && set.contains(identifier)
+        }
     }
 }

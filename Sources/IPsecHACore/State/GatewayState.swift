@@ -10,7 +10,7 @@
 /// The per-packet paths (lookup by SPI, sequence numbers, replay window, SPD cache) change
 /// counters without producing changes; ``checkpointCounters(at:)`` turns their current values
 /// into one ``StateChange/countersAdvanced(_:generation:)``. Equality compares the replicated
-/// state (SPD, IKE SAs, Child SAs), not the cache.
+/// state (SPD, IKE SAs, Child SAs), not the cache nor the counter freshness a standby records.
 public struct GatewayState: Sendable, Equatable {
     /// The Security Policy Database.
     public private(set) var spd = SecurityPolicyDatabase()
@@ -20,6 +20,10 @@ public struct GatewayState: Sendable, Equatable {
     @usableFromInline var childSlots: [ChildSA?] = []
     /// Bumped whenever a slot's Child SA is deleted or changed, so cache entries can tell.
     @usableFromInline var incarnations: [UInt32] = []
+    /// Per slot, what a standby knows of the Child SA's last counter checkpoint. A side table
+    /// rather than a dictionary by SPI: the replica writes it once per checkpoint and the
+    /// takeover planner reads it once per Child SA, both in the same pass as the slot.
+    var freshness: [ChildSAFreshness?] = []
     var freeSlots: [Int32] = []
     @usableFromInline var spiIndex = SPIIndex()
     /// Inbound SPIs of each PROTECT policy's Child SAs, in the order they were installed.
@@ -56,7 +60,7 @@ public struct GatewayState: Sendable, Equatable {
 
     /// Adds an IKE SA (its generation becomes 1).
     public mutating func createIKESA(_ ikeSA: IKESA) throws(GatewayStateError) -> [StateChange] {
-        guard ikeSAs[ikeSA.identifier] == nil else { throw .ikeSAExists(ikeSA.identifier) }
+        guard ikeSAs.index(forKey: ikeSA.identifier) == nil else { throw .ikeSAExists(ikeSA.identifier) }
         var sa = ikeSA
         sa.childSAs = []
         sa.generation = 1
@@ -85,7 +89,7 @@ public struct GatewayState: Sendable, Equatable {
     public mutating func updateMessageIDs(
         of identifier: IKESAIdentifier, _ body: (inout IKEMessageIDWindows) -> Void
     ) throws(GatewayStateError) -> [StateChange] {
-        guard ikeSAs[identifier] != nil else { throw .unknownIKESA(identifier) }
+        guard ikeSAs.index(forKey: identifier) != nil else { throw .unknownIKESA(identifier) }
         body(&ikeSAs[identifier]!.messageIDs)
         ikeSAs[identifier]!.generation += 1
         let sa = ikeSAs[identifier]!
@@ -108,7 +112,7 @@ public struct GatewayState: Sendable, Equatable {
     /// its parent IKE SA does not exist, or it names an unknown policy.
     public mutating func createChildSA(_ childSA: ChildSA) throws(GatewayStateError) -> [StateChange] {
         guard spiIndex.slot(of: childSA.inboundSPI) == nil else { throw .spiInUse(childSA.inboundSPI) }
-        guard ikeSAs[childSA.parent] != nil else { throw .unknownParent(childSA.parent) }
+        guard ikeSAs.index(forKey: childSA.parent) != nil else { throw .unknownParent(childSA.parent) }
         if let policy = childSA.policy, spd.policy(policy) == nil { throw .unknownPolicy(policy) }
         var sa = childSA
         sa.generation = 1
@@ -127,7 +131,7 @@ public struct GatewayState: Sendable, Equatable {
         let generation = sa.generation
         body(&sa)
         guard sa.inboundSPI == inboundSPI else { throw .identifierChanged }
-        guard ikeSAs[sa.parent] != nil else { throw .unknownParent(sa.parent) }
+        guard ikeSAs.index(forKey: sa.parent) != nil else { throw .unknownParent(sa.parent) }
         if sa.policy != childSlots[Int(slot)]!.policy, let policy = sa.policy, spd.policy(policy) == nil {
             throw .unknownPolicy(policy)
         }
@@ -154,6 +158,8 @@ public struct GatewayState: Sendable, Equatable {
     /// What a takeover or a checkpoint scheduler needs of a Child SA, read without building an
     /// array of whole Child SAs.
     public struct ChildSACounters: Sendable {
+        /// The slot the Child SA occupies.
+        public var slot: ChildSASlot
         /// The inbound SPI.
         public var inboundSPI: UInt32
         /// The parent IKE SA.
@@ -168,18 +174,43 @@ public struct GatewayState: Sendable, Equatable {
         public var extendedSequenceNumbers: Bool
         /// Packets counted for the lifetime, both directions.
         public var packets: UInt64
+        /// What a standby knows of the last checkpoint (nil on the member that sends the
+        /// checkpoints, and on a standby before the first one).
+        public var freshness: ChildSAFreshness?
     }
 
     /// Calls `body` with the counters of every Child SA, in no particular order.
     public func forEachChildSACounters(_ body: (ChildSACounters) throws -> Void) rethrows {
-        for case let sa? in childSlots {
-            try body(
-                ChildSACounters(
-                    inboundSPI: sa.inboundSPI, parent: sa.parent, lastSent: sa.outboundCounter.lastSent,
-                    hardLimit: sa.outboundCounter.hardLimit, inboundTop: sa.inboundWindow.top,
-                    extendedSequenceNumbers: sa.outboundCounter.extendedSequenceNumbers,
-                    packets: sa.lifetime.usage.inboundPackets &+ sa.lifetime.usage.outboundPackets))
+        try childSlots.withUnsafeBufferPointer { slots in
+            try freshness.withUnsafeBufferPointer { freshness in
+                // Through the buffer, field by field: binding `slots[index]` to a constant would
+                // copy the Child SA and retain each of its references.
+                for index in slots.indices where slots[index].isPresent {
+                    try body(
+                        ChildSACounters(
+                            slot: ChildSASlot(index: Int32(truncatingIfNeeded: index)), inboundSPI: slots[index]!.inboundSPI, parent: slots[index]!.parent,
+                            lastSent: slots[index]!.outboundCounter.lastSent,
+                            hardLimit: slots[index]!.outboundCounter.hardLimit, inboundTop: slots[index]!.inboundWindow.top,
+                            extendedSequenceNumbers: slots[index]!.outboundCounter.extendedSequenceNumbers,
+                            packets: slots[index]!.lifetime.usage.inboundPackets &+ slots[index]!.lifetime.usage.outboundPackets,
+                            freshness: freshness[index]))
+                }
+            }
         }
+    }
+
+    /// What this state knows of the last counter checkpoint of a Child SA (nil for an unknown
+    /// SA, or before any checkpoint was recorded).
+    public func counterFreshness(inboundSPI: UInt32) -> ChildSAFreshness? {
+        spiIndex.slot(of: inboundSPI).flatMap { freshness[Int($0)] }
+    }
+
+    /// Records when a Child SA's counters were last replicated here and the rate then
+    /// measured (a replica does this on every checkpoint and every upsert). Throws
+    /// ``GatewayStateError/unknownChildSA(_:)`` for an SPI it does not hold.
+    public mutating func recordCounterFreshness(_ value: ChildSAFreshness?, inboundSPI: UInt32) throws(GatewayStateError) {
+        guard let slot = spiIndex.slot(of: inboundSPI) else { throw .unknownChildSA(inboundSPI) }
+        freshness[Int(slot)] = value
     }
 
     /// How many Child SAs are installed.
@@ -315,7 +346,7 @@ public struct GatewayState: Sendable, Equatable {
         case .policyRemoved(let id):
             _ = try removePolicy(id)
         case .ikeSACreated(let sa):
-            guard ikeSAs[sa.identifier] == nil else { throw .ikeSAExists(sa.identifier) }
+            guard ikeSAs.index(forKey: sa.identifier) == nil else { throw .ikeSAExists(sa.identifier) }
             var copy = sa
             copy.childSAs = []
             ikeSAs[sa.identifier] = copy
@@ -336,7 +367,7 @@ public struct GatewayState: Sendable, Equatable {
             _ = try deleteIKESA(identifier)
         case .childSACreated(let sa):
             guard spiIndex.slot(of: sa.inboundSPI) == nil else { throw .spiInUse(sa.inboundSPI) }
-            guard ikeSAs[sa.parent] != nil else { throw .unknownParent(sa.parent) }
+            guard ikeSAs.index(forKey: sa.parent) != nil else { throw .unknownParent(sa.parent) }
             if let policy = sa.policy, spd.policy(policy) == nil { throw .unknownPolicy(policy) }
             install(sa)
         case .childSAUpdated(let sa):
@@ -344,7 +375,7 @@ public struct GatewayState: Sendable, Equatable {
                 throw .unknownChildSA(sa.inboundSPI)
             }
             guard sa.generation > held.generation else { throw .staleChange(held: held.generation, received: sa.generation) }
-            guard ikeSAs[sa.parent] != nil else { throw .unknownParent(sa.parent) }
+            guard ikeSAs.index(forKey: sa.parent) != nil else { throw .unknownParent(sa.parent) }
             replace(slot: slot, with: sa)
         case .childSADeleted(let spi):
             _ = try deleteChildSA(inboundSPI: spi)
@@ -355,18 +386,25 @@ public struct GatewayState: Sendable, Equatable {
 
     /// Applies one replicated counter checkpoint (what ``apply(_:)`` does for
     /// ``StateChange/countersAdvanced(_:generation:)``), in place and without building a change:
-    /// the replica's per-checkpoint path. Throws, changing nothing, for an unknown Child SA or a
-    /// generation not above the one held.
+    /// the replica's per-checkpoint path. With `freshness`, also records it as
+    /// ``recordCounterFreshness(_:inboundSPI:)`` would. Throws, changing nothing, for an unknown
+    /// Child SA or a generation not above the one held.
     public mutating func applyCounterCheckpoint(
-        _ checkpoint: ChildSACounterCheckpoint, generation: UInt64
+        _ checkpoint: ChildSACounterCheckpoint, generation: UInt64, freshness arrival: ChildSAFreshness? = nil
     ) throws(GatewayStateError) {
         guard let slot = spiIndex.slot(of: checkpoint.inboundSPI) else { throw .unknownChildSA(checkpoint.inboundSPI) }
         let index = Int(slot)
-        // In place throughout: a copy of the Child SA would share, then copy, its replay ring.
-        let held = childSlots.withUnsafeBufferPointer { $0[index].map(\.generation) }
-        guard let held else { throw .unknownChildSA(checkpoint.inboundSPI) }
-        guard generation > held else { throw .staleChange(held: held, received: generation) }
-        do { try childSlots[index]!.adopt(checkpoint, generation: generation) } catch { throw .childSA(error) }
+        // In place throughout: a copy of the Child SA would retain its references and share,
+        // then copy, its replay ring.
+        let outcome = childSlots.withUnsafeMutableBufferPointer { slots -> GatewayStateError? in
+            guard slots[index].isPresent else { return .unknownChildSA(checkpoint.inboundSPI) }
+            let held = slots[index]!.generation
+            guard generation > held else { return .staleChange(held: held, received: generation) }
+            do throws(ChildSAError) { try slots[index]!.adopt(checkpoint, generation: generation) } catch { return .childSA(error) }
+            return nil
+        }
+        if let outcome { throw outcome }
+        if let arrival { freshness[index] = arrival }
     }
 
     public static func == (lhs: GatewayState, rhs: GatewayState) -> Bool {
@@ -381,7 +419,7 @@ public struct GatewayState: Sendable, Equatable {
     /// The array index of `slot` when it holds a Child SA.
     private func occupiedIndex(_ slot: ChildSASlot) -> Int? {
         let index = Int(slot.storage)
-        return childSlots.indices.contains(index) && childSlots[index] != nil ? index : nil
+        return childSlots.indices.contains(index) && childSlots[index].isPresent ? index : nil
     }
 
     private mutating func install(_ sa: ChildSA) {
@@ -389,10 +427,12 @@ public struct GatewayState: Sendable, Equatable {
         if let free = freeSlots.popLast() {
             slot = free
             childSlots[Int(slot)] = sa
+            freshness[Int(slot)] = nil
         } else {
             slot = Int32(childSlots.count)
             childSlots.append(sa)
             incarnations.append(0)
+            freshness.append(nil)
         }
         spiIndex.insert(sa.inboundSPI, slot: slot)
         insertSorted(sa.inboundSPI, into: &ikeSAs[sa.parent]!.childSAs)
@@ -419,6 +459,7 @@ public struct GatewayState: Sendable, Equatable {
         ikeSAs[sa.parent]?.childSAs.removeAll { $0 == sa.inboundSPI }
         if let policy = sa.policy { childSAsByPolicy[policy]?.removeAll { $0 == sa.inboundSPI } }
         childSlots[Int(slot)] = nil
+        freshness[Int(slot)] = nil
         incarnations[Int(slot)] &+= 1
         freeSlots.append(slot)
     }
@@ -448,5 +489,15 @@ public struct GatewayState: Sendable, Equatable {
             }
             return .acquire(policy.id)
         }
+    }
+}
+
+extension Optional {
+    /// Whether a value is present, tested without copying it: `!= nil` on an `Equatable`
+    /// wrapped type picks the `Equatable` operator, which copies both operands (a Child SA or
+    /// an IKE SA, with a retain per reference it holds).
+    var isPresent: Bool {
+        if case .some = self { return true }
+        return false
     }
 }

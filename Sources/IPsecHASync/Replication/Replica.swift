@@ -54,19 +54,15 @@ public struct Replica {
     /// order and nothing after the gap has been applied.
     public private(set) var missingSince: Timestamp?
 
-    /// When each Child SA's counters were last checkpointed here, and the rate then measured:
-    /// what a takeover sizes its jumps with.
-    public private(set) var counterFreshness: [UInt32: ChildSAFreshness] = [:]
-
     /// The takeover plan if this replica's member took over at `now` (see ``TakeoverPlanner``):
     /// exchanges in flight from the replicated records, every IKE SA suspect while the replica
     /// may have missed updates.
     public func takeoverPlan(policy: TakeoverPolicy = TakeoverPolicy(), now: Timestamp) -> TakeoverPlan {
         var inFlightSAs: [IKESAIdentifier: Bool] = [:]
         for exchange in inFlight { inFlightSAs[exchange.ikeSA] = (inFlightSAs[exchange.ikeSA] ?? false) || exchange.initiatedHere }
-        let suspect = Set(state.ikeSAs.keys.filter(mayHaveMissedUpdates))
+        let suspect: SuspectIKESAs = mayHaveMissedAnyUpdates ? .all : .none
         return TakeoverPlanner.plan(
-            state: state, inFlight: inFlightSAs, suspect: suspect, freshness: counterFreshness, policy: policy, now: now)
+            state: state, inFlight: inFlightSAs, suspect: suspect, policy: policy, now: now)
     }
 
     /// IKE SAs that records referred to but the replica does not hold: a sign of updates it
@@ -91,8 +87,13 @@ public struct Replica {
     /// a complete copy, or records are known to be missing. A takeover classifies such SAs as
     /// suspect.
     public func mayHaveMissedUpdates(of identifier: IKESAIdentifier) -> Bool {
-        !isReady || missingSince != nil
+        mayHaveMissedAnyUpdates
     }
+
+    /// Whether updates of any SA may have been missed: the replica is not a complete copy, or
+    /// records are known to be missing (since records are applied in order, nothing after a gap
+    /// has been, so every SA is concerned).
+    public var mayHaveMissedAnyUpdates: Bool { !isReady || missingSince != nil }
 
     /// An empty, not yet ready replica.
     public init(spdCacheCapacity: Int = 65_536) {
@@ -116,7 +117,6 @@ public struct Replica {
         case .resyncBegin(let id, _):
             state = GatewayState(spdCacheCapacity: 65_536)
             missingIKESAs = []
-            counterFreshness = [:]
             inFlight = []
             lastUpdated = [:]
             isReady = false
@@ -148,22 +148,20 @@ public struct Replica {
             }
         case .childSAUpsert(let sa):
             let change: StateChange = state.slot(forInboundSPI: sa.inboundSPI) == nil ? .childSACreated(sa) : .childSAUpdated(sa)
+            let rate = state.counterFreshness(inboundSPI: sa.inboundSPI)?.packetsPerSecond
             if count(change) {
-                counterFreshness[sa.inboundSPI] = ChildSAFreshness(
-                    lastCheckpoint: now, packetsPerSecond: counterFreshness[sa.inboundSPI]?.packetsPerSecond)
+                try? state.recordCounterFreshness(ChildSAFreshness(lastCheckpoint: now, packetsPerSecond: rate), inboundSPI: sa.inboundSPI)
             } else if state.ikeSAs.index(forKey: sa.parent) == nil {
                 missingIKESAs.insert(sa.parent)
             }
         case .childSADelete(let spi):
-            if count(.childSADeleted(inboundSPI: spi)) { counterFreshness[spi] = nil }
+            count(.childSADeleted(inboundSPI: spi))
         case .counterCheckpoints(let entries):
             for entry in entries {
-                let applied = count { (state: inout GatewayState) throws(GatewayStateError) in
-                    try state.applyCounterCheckpoint(entry.checkpoint, generation: entry.generation)
-                }
-                if applied {
-                    counterFreshness[entry.checkpoint.inboundSPI] = ChildSAFreshness(
-                        lastCheckpoint: now, packetsPerSecond: entry.packetsPerSecond == 0 ? nil : UInt64(entry.packetsPerSecond))
+                let freshness = ChildSAFreshness(
+                    lastCheckpoint: now, packetsPerSecond: entry.packetsPerSecond == 0 ? nil : UInt64(entry.packetsPerSecond))
+                count { (state: inout GatewayState) throws(GatewayStateError) in
+                    try state.applyCounterCheckpoint(entry.checkpoint, generation: entry.generation, freshness: freshness)
                 }
             }
         case .messageIDUpdate(let identifier, let generation, let snapshot):

@@ -32,10 +32,10 @@ struct TakeoverPlannerTests {
     let checkpointed = Timestamp(nanoseconds: 100_000_000_000 - 50_000_000)  // 50 ms before now
 
     @Test func certainSAsKeepExactMessageIDsAndJumpByRateTimesStaleness() throws {
-        let s = try setup()
+        var s = try setup()
+        try s.state.recordCounterFreshness(ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 100_000), inboundSPI: 4096)
         let plan = TakeoverPlanner.plan(
-            state: s.state, inFlight: [:], suspect: [],
-            freshness: [4096: ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 100_000)], now: now)
+            state: s.state, inFlight: [:], suspect: [], now: now)
         let ike = try #require(plan.ikeSAs.first)
         #expect(ike.classification == .certain)
         #expect(ike.messageIDs == .exact(nextRequestID: 3, nextExpectedRequestID: 5))
@@ -49,25 +49,25 @@ struct TakeoverPlannerTests {
     }
 
     @Test func slowSAsStillJumpByTheMinimum() throws {
-        let s = try setup()
+        var s = try setup()
+        try s.state.recordCounterFreshness(ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 10), inboundSPI: 4096)
         let plan = TakeoverPlanner.plan(
-            state: s.state, inFlight: [:], suspect: [],
-            freshness: [4096: ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 10)], now: now)
+            state: s.state, inFlight: [:], suspect: [], now: now)
         #expect(plan.childSAs.first?.advance == 4_096)
     }
 
     @Test func unknownRateTakesTheRFC6311LargeJump() throws {
         let s = try setup()
-        let plan = TakeoverPlanner.plan(state: s.state, inFlight: [:], suspect: [], freshness: [:], now: now)
+        let plan = TakeoverPlanner.plan(state: s.state, inFlight: [:], suspect: [], now: now)
         #expect(plan.childSAs.first?.advance == 1 << 30)
         #expect(plan.childSAs.first?.outbound == .resume(lastSent: 10_000 + (1 << 30)))
     }
 
     @Test func suspectSAsUseMessageIDSyncAndALargerJump() throws {
-        let s = try setup()
+        var s = try setup()
+        try s.state.recordCounterFreshness(ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 100_000), inboundSPI: 4096)
         let plan = TakeoverPlanner.plan(
             state: s.state, inFlight: [:], suspect: [s.ike.identifier],
-            freshness: [4096: ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 100_000)],
             policy: TakeoverPolicy(inbound: .replayCounterSyncWhereNegotiated), now: now)
         let ike = try #require(plan.ikeSAs.first)
         #expect(ike.classification == .suspect)
@@ -79,22 +79,22 @@ struct TakeoverPlannerTests {
 
     @Test func withoutRFC6311InFlightSAsWaitOrStartOver() throws {
         let s = try setup(messageIDSync: false, replayCounterSync: false)
-        let peers = TakeoverPlanner.plan(state: s.state, inFlight: [s.ike.identifier: false], suspect: [], freshness: [:], now: now)
+        let peers = TakeoverPlanner.plan(state: s.state, inFlight: [s.ike.identifier: false], suspect: [], now: now)
         #expect(peers.ikeSAs.first?.classification == .inFlight)
         #expect(peers.ikeSAs.first?.messageIDs == .awaitPeerRetransmission(nextRequestID: 3, nextExpectedRequestID: 5))
-        let ours = TakeoverPlanner.plan(state: s.state, inFlight: [s.ike.identifier: true], suspect: [], freshness: [:], now: now)
+        let ours = TakeoverPlanner.plan(state: s.state, inFlight: [s.ike.identifier: true], suspect: [], now: now)
         #expect(ours.ikeSAs.first?.messageIDs == .deleteAndReestablish)
-        let suspect = TakeoverPlanner.plan(state: s.state, inFlight: [:], suspect: [s.ike.identifier], freshness: [:], now: now)
+        let suspect = TakeoverPlanner.plan(state: s.state, inFlight: [:], suspect: [s.ike.identifier], now: now)
         #expect(suspect.ikeSAs.first?.messageIDs == .deleteAndReestablish)
         #expect(suspect.ikeSAs.first?.reason == .missedSynchWithoutSync)
         #expect(ours.ikeSAs.first?.reason == .ownRequestInFlight)
     }
 
     @Test func countersNearTheirLimitAreRekeyedInstead() throws {
-        let s = try setup(esn: false, lastSent: 0xFFFF_0000, top: 0xFFFF_F000)
+        var s = try setup(esn: false, lastSent: 0xFFFF_0000, top: 0xFFFF_F000)
+        try s.state.recordCounterFreshness(ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 1_000_000), inboundSPI: 4096)
         let plan = TakeoverPlanner.plan(
-            state: s.state, inFlight: [:], suspect: [],
-            freshness: [4096: ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 1_000_000)], now: now)
+            state: s.state, inFlight: [:], suspect: [], now: now)
         let child = try #require(plan.childSAs.first)
         #expect(child.outbound == .rekey)
         #expect(child.inbound == .rekey)
