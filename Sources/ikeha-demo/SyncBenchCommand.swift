@@ -58,7 +58,9 @@ struct SyncBenchCommand: ParsableCommand {
         var replica = Replica()
         var random = SplitMix64(seed: 3)
         let ike = try BenchFixtures.ikeSA(1, &random)
-        var setup: [SyncRecord] = [.resyncBegin(id: 1, scope: .everything), .ikeSAUpsert(ike)]
+        var setup: [SyncRecord] = [
+            .resyncBegin(id: 1, scope: .everything, ikeSAs: 1, childSAs: UInt32(checkpointSAs), policies: 0), .ikeSAUpsert(ike),
+        ]
         let saCount = checkpointSAs
         var spis: [UInt32] = []
         for index in 0..<saCount {

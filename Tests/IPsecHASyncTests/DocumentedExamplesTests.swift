@@ -48,7 +48,7 @@ enum DocExamples {
             ("policyDelete", .policyDelete(SecurityPolicyID(rawValue: 1))),
             ("counterCheckpoints", .counterCheckpoints([CounterCheckpointEntry(checkpoint: ChildSACounterCheckpoint(inboundSPI: 0xC0000001, outbound: OutboundCounterCheckpoint(lastSent: 2000), inbound: ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: 1900), usage: ChildSAUsage(inboundBytes: 0x10000, inboundPackets: 0x100, outboundBytes: 0x20000, outboundPackets: 0x200)), generation: 3, packetsPerSecond: 5000)])),
             ("resyncRequest", .resyncRequest(.ikeSAs([identifier]))),
-            ("resyncBegin", .resyncBegin(id: 1, scope: .everything)),
+            ("resyncBegin", .resyncBegin(id: 1, scope: .everything, ikeSAs: 1, childSAs: 2, policies: 1)),
             ("resyncEnd", .resyncEnd(id: 1, ikeSAs: 1, childSAs: 1, policies: 1)),
             ("ownershipChange", .ownershipChange(identifier, owner: ClusterMemberID(rawValue: 2), generation: 7)),
         ]

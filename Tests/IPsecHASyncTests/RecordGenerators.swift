@@ -125,7 +125,10 @@ struct RecordGenerator {
                         generation: next(1000), packetsPerSecond: UInt32(next(1 << 32)))
                 })
         case 14: return .resyncRequest(next(2) == 0 ? .everything : .ikeSAs((0..<next(4)).map { _ in identifier() }))
-        case 15: return .resyncBegin(id: UInt32(next(1000)), scope: .everything)
+        case 15:
+            return .resyncBegin(
+                id: UInt32(next(1000)), scope: .everything, ikeSAs: UInt32(next(1000)), childSAs: UInt32(next(1000)),
+                policies: UInt32(next(10)))
         case 16: return .resyncEnd(id: UInt32(next(1000)), ikeSAs: 1, childSAs: 2, policies: 3)
         case 17: return .ownershipChange(identifier(), owner: ClusterMemberID(rawValue: UInt16(next(8))), generation: next(1000))
         default: return .unknown(type: UInt16(0x0100 + next(0x1000)), value: (0..<next(20)).map { _ in UInt8(next(256)) })

@@ -131,7 +131,9 @@ public struct ChildSA: Sendable, Equatable {
     /// Takes over replicated counters: the outbound counter continues from the checkpoint, and
     /// the window keeps its top at the checkpoint with nothing marked seen below it. This is the
     /// passive copy a standby holds; a takeover rebuilds the window with a safe policy.
-    mutating func adopt(_ checkpoint: ChildSACounterCheckpoint, generation: UInt64) throws(ChildSAError) {
+    /// Returns false, changing nothing, when `generation` is not above the one held.
+    mutating func adopt(_ checkpoint: ChildSACounterCheckpoint, ifNewerThanHeld generation: UInt64) throws(ChildSAError) -> Bool {
+        guard generation > self.generation else { return false }
         let counter: OutboundSequenceCounter
         do {
             counter = try OutboundSequenceCounter(
@@ -144,6 +146,7 @@ public struct ChildSA: Sendable, Equatable {
         outboundCounter = counter
         lifetime.usage = checkpoint.usage
         self.generation = generation
+        return true
     }
 
     public static func == (lhs: ChildSA, rhs: ChildSA) -> Bool {
@@ -178,6 +181,24 @@ public struct ChildSACounterCheckpoint: Sendable, Hashable, Codable {
         self.outbound = outbound
         self.inbound = inbound
         self.usage = usage
+    }
+}
+
+/// One Child SA's counters in a checkpoint batch, with the packet rate measured since the
+/// previous checkpoint (what a takeover grows its advance by).
+public struct CounterCheckpointEntry: Sendable, Hashable {
+    /// The counters.
+    public var checkpoint: ChildSACounterCheckpoint
+    /// The Child SA's generation after the checkpoint.
+    public var generation: UInt64
+    /// Packets per second, both directions, since the previous checkpoint.
+    public var packetsPerSecond: UInt32
+
+    /// An entry from its parts.
+    public init(checkpoint: ChildSACounterCheckpoint, generation: UInt64, packetsPerSecond: UInt32) {
+        self.checkpoint = checkpoint
+        self.generation = generation
+        self.packetsPerSecond = packetsPerSecond
     }
 }
 

@@ -36,6 +36,23 @@ public struct GatewayState: Sendable, Equatable {
         cache = SPDCache(capacity: spdCacheCapacity, seed: UInt64.random(in: .min ... .max))
     }
 
+    /// The most SAs of each kind ``reserveCapacity(ikeSAs:childSAs:)`` reserves room for,
+    /// whatever it is asked: a count that arrived over the network sizes tables only up to this.
+    public static let capacityReservationLimit = 1 << 21
+
+    /// Makes room for this many IKE SAs and Child SAs at once (each capped at
+    /// ``capacityReservationLimit``), so that a standby filled by a bulk resync does not grow
+    /// and rehash its tables step by step.
+    public mutating func reserveCapacity(ikeSAs ikeSACount: Int, childSAs childSACount: Int) {
+        let ikeCount = min(max(ikeSACount, 0), Self.capacityReservationLimit)
+        let childCount = min(max(childSACount, 0), Self.capacityReservationLimit)
+        ikeSAs.reserveCapacity(ikeCount)
+        childSlots.reserveCapacity(childCount)
+        incarnations.reserveCapacity(childCount)
+        freshness.reserveCapacity(childCount)
+        spiIndex.reserveCapacity(childCount)
+    }
+
     // MARK: SPD
 
     /// Inserts a policy (at the end by default).
@@ -394,17 +411,60 @@ public struct GatewayState: Sendable, Equatable {
     ) throws(GatewayStateError) {
         guard let slot = spiIndex.slot(of: checkpoint.inboundSPI) else { throw .unknownChildSA(checkpoint.inboundSPI) }
         let index = Int(slot)
-        // In place throughout: a copy of the Child SA would retain its references and share,
-        // then copy, its replay ring.
-        let outcome = childSlots.withUnsafeMutableBufferPointer { slots -> GatewayStateError? in
-            guard slots[index].isPresent else { return .unknownChildSA(checkpoint.inboundSPI) }
-            let held = slots[index]!.generation
-            guard generation > held else { return .staleChange(held: held, received: generation) }
-            do throws(ChildSAError) { try slots[index]!.adopt(checkpoint, generation: generation) } catch { return .childSA(error) }
-            return nil
+        // In place throughout (the SPI index names only occupied slots): a copy of the Child SA
+        // would retain its references and share, then copy, its replay ring.
+        let adopted: Bool
+        do { adopted = try childSlots[index]!.adopt(checkpoint, ifNewerThanHeld: generation) } catch { throw .childSA(error) }
+        guard adopted else {
+            throw .staleChange(held: childSlots.withUnsafeBufferPointer { $0[index]!.generation }, received: generation)
         }
-        if let outcome { throw outcome }
         if let arrival { freshness[index] = arrival }
+    }
+
+    /// Applies a batch of replicated counter checkpoints as
+    /// ``applyCounterCheckpoint(_:generation:freshness:)`` would one by one, recording each
+    /// applied one as arrived at `arrival` with its measured rate (none when the rate is 0), and
+    /// counts the outcomes. Entries that do not apply change nothing.
+    ///
+    /// A standby's per-batch path: it first finds every entry's slot, then touches every
+    /// window, then applies, so that the processor overlaps the cache misses of a batch that
+    /// spans thousands of SAs instead of taking them one after another.
+    public mutating func applyCounterCheckpoints(
+        _ entries: [CounterCheckpointEntry], arrivedAt arrival: Timestamp
+    ) -> CounterCheckpointOutcome {
+        var outcome = CounterCheckpointOutcome()
+        withUnsafeTemporaryAllocation(of: Int32.self, capacity: entries.count) { slots in
+            for index in entries.indices {
+                slots[index] = spiIndex.slot(of: entries[index].checkpoint.inboundSPI) ?? -1
+            }
+            childSlots.withUnsafeBufferPointer { childSlots in
+                var touched = 0
+                for slot in slots where slot >= 0 { touched &+= childSlots[Int(slot)]!.inboundWindow.ring.storage.count }
+                // Keeps the loads (a few bytes of each window's header) from being optimised away.
+                if touched == -1 { outcome.rejected &+= 0 }
+            }
+            for index in entries.indices {
+                let entry = entries[index]
+                let slot = Int(slots[index])
+                guard slot >= 0 else {
+                    outcome.rejected += 1
+                    continue
+                }
+                let adopted: Bool
+                do { adopted = try childSlots[slot]!.adopt(entry.checkpoint, ifNewerThanHeld: entry.generation) } catch {
+                    outcome.rejected += 1
+                    continue
+                }
+                guard adopted else {
+                    outcome.stale += 1
+                    continue
+                }
+                freshness[slot] = ChildSAFreshness(
+                    lastCheckpoint: arrival, packetsPerSecond: entry.packetsPerSecond == 0 ? nil : UInt64(entry.packetsPerSecond))
+                outcome.applied += 1
+            }
+        }
+        return outcome
     }
 
     public static func == (lhs: GatewayState, rhs: GatewayState) -> Bool {
@@ -500,4 +560,14 @@ extension Optional {
         if case .some = self { return true }
         return false
     }
+}
+
+/// How a batch of counter checkpoints fared (``GatewayState/applyCounterCheckpoints(_:arrivedAt:)``).
+public struct CounterCheckpointOutcome: Sendable, Hashable {
+    /// Applied.
+    public var applied = 0
+    /// Not newer than the generation held; ignored.
+    public var stale = 0
+    /// For an unknown Child SA, or outside its sequence space; ignored.
+    public var rejected = 0
 }

@@ -39,6 +39,12 @@ struct SPIIndex: Sendable {
         }
     }
 
+    /// Grows the table now so that `capacity` SPIs fit without growing again.
+    mutating func reserveCapacity(_ capacity: Int) {
+        guard capacity * 2 > buckets.count else { return }
+        rehash(minimumCapacity: capacity)
+    }
+
     /// Adds `spi` at `slot`; the caller has checked that `spi` is absent and not 0.
     mutating func insert(_ spi: UInt32, slot: Int32) {
         if (count + 1) * 2 > buckets.count { grow() }
@@ -73,9 +79,11 @@ struct SPIIndex: Sendable {
         count -= 1
     }
 
-    private mutating func grow() {
+    private mutating func grow() { rehash(minimumCapacity: buckets.count) }
+
+    private mutating func rehash(minimumCapacity: Int) {
         let old = buckets
-        self = SPIIndex(minimumCapacity: old.count)
+        self = SPIIndex(minimumCapacity: minimumCapacity)
         for bucket in old where bucket != 0 {
             insert(UInt32(truncatingIfNeeded: bucket >> 32), slot: Int32(truncatingIfNeeded: bucket))
         }

@@ -83,31 +83,51 @@ enum StateEncoding {
     }
 
     static func readCheckpointEntry(_ r: inout ByteReader) throws(SyncCodecError) -> CounterCheckpointEntry {
-        let spi = try r.readUInt32()
-        let generation = try r.readVarint()
-        let outbound = OutboundCounterCheckpoint(lastSent: try r.readVarint())
-        let inbound = ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: try r.readVarint())
-        let usage = ChildSAUsage(
-            inboundBytes: try r.readVarint(), inboundPackets: try r.readVarint(), outboundBytes: try r.readVarint(),
-            outboundPackets: try r.readVarint())
-        let rate = try r.readVarint()
-        guard rate <= UInt64(UInt32.max) else { throw .invalidValue("packet rate \(rate)") }
-        return CounterCheckpointEntry(
-            checkpoint: ChildSACounterCheckpoint(inboundSPI: spi, outbound: outbound, inbound: inbound, usage: usage),
-            generation: generation, packetsPerSecond: UInt32(rate))
+        try r.withCursor { (c: inout ByteCursor) throws(SyncCodecError) in
+            let spi = try c.readUInt32()
+            let generation = try c.readVarint()
+            let outbound = OutboundCounterCheckpoint(lastSent: try c.readVarint())
+            let inbound = ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: try c.readVarint())
+            let usage = ChildSAUsage(
+                inboundBytes: try c.readVarint(), inboundPackets: try c.readVarint(), outboundBytes: try c.readVarint(),
+                outboundPackets: try c.readVarint())
+            let rate = try c.readVarint()
+            guard rate <= UInt64(UInt32.max) else { throw .invalidValue("packet rate \(rate)") }
+            return CounterCheckpointEntry(
+                checkpoint: ChildSACounterCheckpoint(inboundSPI: spi, outbound: outbound, inbound: inbound, usage: usage),
+                generation: generation, packetsPerSecond: UInt32(rate))
+        }
     }
 
     // MARK: Addresses, selectors, keys
 
     static func write(_ address: IPAddress, into w: inout ByteWriter) {
         w.write(address.family.rawValue)
-        w.write(bytes: address.bytes)
+        writeBytes(of: address, into: &w)
+    }
+
+    /// The address's 4 or 16 bytes, big-endian, without building an array.
+    static func writeBytes(of address: IPAddress, into w: inout ByteWriter) {
+        switch address.family {
+        case .ipv4:
+            w.write(UInt32(truncatingIfNeeded: address.low))
+        case .ipv6:
+            w.write(address.high)
+            w.write(address.low)
+        }
     }
 
     static func readAddress(_ r: inout ByteReader) throws(SyncCodecError) -> IPAddress {
         let family = try r.readUInt8()
         guard let kind = IPAddressFamily(rawValue: family) else { throw .invalidValue("address family \(family)") }
-        do { return try IPAddress(bytes: try r.readBytes(kind.byteCount)) } catch { throw .invalidValue("address") }
+        return try readAddress(kind, &r)
+    }
+
+    static func readAddress(_ family: IPAddressFamily, _ r: inout ByteReader) throws(SyncCodecError) -> IPAddress {
+        switch family {
+        case .ipv4: IPAddress(ipv4: try r.readUInt32())
+        case .ipv6: IPAddress(ipv6High: try r.readUInt64(), low: try r.readUInt64())
+        }
     }
 
     static func write(_ endpoint: Endpoint, into w: inout ByteWriter) {
@@ -128,32 +148,31 @@ enum StateEncoding {
             w.write(selector.ipProtocol)
             w.write(selector.startPort)
             w.write(selector.endPort)
-            w.write(bytes: selector.startAddress.bytes)
-            w.write(bytes: selector.endAddress.bytes)
+            writeBytes(of: selector.startAddress, into: &w)
+            writeBytes(of: selector.endAddress, into: &w)
         }
     }
 
     static func readSelectors(_ r: inout ByteReader) throws(SyncCodecError) -> [TrafficSelector] {
         let count = Int(try r.readUInt8())
         var selectors: [TrafficSelector] = []
+        selectors.reserveCapacity(count)
         for _ in 0..<count {
             let type = try r.readUInt8()
-            let length: Int
+            let family: IPAddressFamily
             switch type {
-            case 7: length = 4
-            case 8: length = 16
+            case 7: family = .ipv4
+            case 8: family = .ipv6
             default: throw .invalidValue("traffic selector type \(type)")
             }
             let proto = try r.readUInt8()
             let startPort = try r.readUInt16()
             let endPort = try r.readUInt16()
+            let start = try readAddress(family, &r)
+            let end = try readAddress(family, &r)
             do {
-                let start = try IPAddress(bytes: try r.readBytes(length))
-                let end = try IPAddress(bytes: try r.readBytes(length))
                 selectors.append(
                     try TrafficSelector(startAddress: start, endAddress: end, ipProtocol: proto, startPort: startPort, endPort: endPort))
-            } catch let error as SyncCodecError {
-                throw error
             } catch {
                 throw .invalidState("traffic selector: \(error)")
             }
@@ -264,9 +283,14 @@ enum StateEncoding {
             UInt8((extensions.messageIDSync ? 1 : 0) | (extensions.replayCounterSync ? 2 : 0)
                 | (extensions.childSAsUseExtendedSequenceNumbers ? 4 : 0)))
         try write(sa.messageIDs.snapshot, into: &w)
-        for key in [sa.keys.d, sa.keys.ai, sa.keys.ar, sa.keys.ei, sa.keys.er, sa.keys.pi, sa.keys.pr] {
-            try write(key, into: &w)
-        }
+        let keys = sa.keys
+        try write(keys.d, into: &w)
+        try write(keys.ai, into: &w)
+        try write(keys.ar, into: &w)
+        try write(keys.ei, into: &w)
+        try write(keys.er, into: &w)
+        try write(keys.pi, into: &w)
+        try write(keys.pr, into: &w)
     }
 
     static func readIKESA(_ r: inout ByteReader) throws(SyncCodecError) -> IKESA {
@@ -290,13 +314,13 @@ enum StateEncoding {
         let extensions = IKEExtensions(
             messageIDSync: flags & 1 != 0, replayCounterSync: flags & 2 != 0, childSAsUseExtendedSequenceNumbers: flags & 4 != 0)
         let snapshot = try readSnapshot(&r)
-        var keys: [KeyMaterial] = []
-        for _ in 0..<7 { keys.append(try readKey(&r)) }
+        let keys = IKEKeys(
+            d: try readKey(&r), ai: try readKey(&r), ar: try readKey(&r), ei: try readKey(&r), er: try readKey(&r),
+            pi: try readKey(&r), pr: try readKey(&r))
         do {
             var sa = try IKESA(
                 identifier: identifier, isOriginalInitiator: originalInitiator, state: state, local: local, remote: remote,
-                transforms: transforms,
-                keys: IKEKeys(d: keys[0], ai: keys[1], ar: keys[2], ei: keys[3], er: keys[4], pi: keys[5], pr: keys[6]),
+                transforms: transforms, keys: keys,
                 lifetime: lifetime, messageIDs: try IKEMessageIDWindows(restoringFrom: snapshot), extensions: extensions,
                 owner: owner)
             sa.generation = generation
@@ -327,10 +351,10 @@ enum StateEncoding {
         w.write(sa.transforms.keyExchange.rawValue)
         try write(sa.localSelectors, into: &w)
         try write(sa.remoteSelectors, into: &w)
-        for keys in [sa.inboundKeys, sa.outboundKeys] {
-            w.write(UInt16(keys.encryptionKeyLength))
-            try write(keys.material, into: &w)
-        }
+        w.write(UInt16(sa.inboundKeys.encryptionKeyLength))
+        try write(sa.inboundKeys.material, into: &w)
+        w.write(UInt16(sa.outboundKeys.encryptionKeyLength))
+        try write(sa.outboundKeys.material, into: &w)
         w.write(sa.outboundCounter.lastSent)
         w.write(sa.outboundCounter.softLimit)
         w.write(sa.inboundWindow.size)
@@ -339,7 +363,10 @@ enum StateEncoding {
         write(sa.lifetime.hard, into: &w)
         w.write(sa.lifetime.installedAt.nanoseconds)
         let usage = sa.lifetime.usage
-        for value in [usage.inboundBytes, usage.inboundPackets, usage.outboundBytes, usage.outboundPackets] { w.write(value) }
+        w.write(usage.inboundBytes)
+        w.write(usage.inboundPackets)
+        w.write(usage.outboundBytes)
+        w.write(usage.outboundPackets)
     }
 
     static func readChildSA(_ r: inout ByteReader) throws(SyncCodecError) -> ChildSA {
@@ -362,16 +389,15 @@ enum StateEncoding {
             keyExchange: KeyExchangeMethod(rawValue: try r.readUInt16()))
         let local = try readSelectors(&r)
         let remote = try readSelectors(&r)
-        var directions: [ChildSAKeys] = []
-        for _ in 0..<2 {
+        func readKeys(_ r: inout ByteReader) throws(SyncCodecError) -> ChildSAKeys {
             let encryptionLength = Int(try r.readUInt16())
             let material = try readKey(&r)
-            do {
-                directions.append(try ChildSAKeys(material: material, encryptionKeyLength: encryptionLength))
-            } catch {
+            do { return try ChildSAKeys(material: material, encryptionKeyLength: encryptionLength) } catch {
                 throw .invalidValue("encryption key length")
             }
         }
+        let inboundKeys = try readKeys(&r)
+        let outboundKeys = try readKeys(&r)
         let lastSent = try r.readUInt64()
         let softLimit = try r.readUInt64()
         let windowSize = try r.readUInt32()
@@ -386,7 +412,7 @@ enum StateEncoding {
             var sa = try ChildSA(
                 inboundSPI: inboundSPI, outboundSPI: outboundSPI, ipsecProtocol: ipsecProtocol, mode: mode,
                 localSelectors: local, remoteSelectors: remote, transforms: transforms,
-                inboundKeys: directions[0], outboundKeys: directions[1],
+                inboundKeys: inboundKeys, outboundKeys: outboundKeys,
                 outboundCounter: try OutboundSequenceCounter(extendedSequenceNumbers: esn, lastSent: lastSent, softLimit: softLimit),
                 inboundWindow: try ReplayWindow(
                     size: windowSize, extendedSequenceNumbers: esn,

@@ -16,24 +16,6 @@ public struct SequenceRange: Sendable, Hashable, CustomStringConvertible {
     public var description: String { lower == upper ? "\(lower)" : "\(lower)-\(upper)" }
 }
 
-/// One Child SA's counters in a checkpoint batch, with the packet rate measured since the
-/// previous checkpoint (what a takeover grows its advance by).
-public struct CounterCheckpointEntry: Sendable, Hashable {
-    /// The counters.
-    public var checkpoint: ChildSACounterCheckpoint
-    /// The Child SA's generation after the checkpoint.
-    public var generation: UInt64
-    /// Packets per second, both directions, since the previous checkpoint.
-    public var packetsPerSecond: UInt32
-
-    /// An entry from its parts.
-    public init(checkpoint: ChildSACounterCheckpoint, generation: UInt64, packetsPerSecond: UInt32) {
-        self.checkpoint = checkpoint
-        self.generation = generation
-        self.packetsPerSecond = packetsPerSecond
-    }
-}
-
 /// What a resync request asks for.
 public enum ResyncScope: Sendable, Hashable {
     /// Everything the sender holds.
@@ -74,8 +56,9 @@ public enum SyncRecord: Sendable, Equatable {
     case counterCheckpoints([CounterCheckpointEntry])
     /// A standby asks for state again.
     case resyncRequest(ResyncScope)
-    /// A bulk resync starts: the receiver drops what it holds in that scope.
-    case resyncBegin(id: UInt32, scope: ResyncScope)
+    /// A bulk resync starts: the receiver drops what it holds in that scope. The counts say
+    /// how many SAs and policies follow, so that the receiver sizes its tables once.
+    case resyncBegin(id: UInt32, scope: ResyncScope, ikeSAs: UInt32, childSAs: UInt32, policies: UInt32)
     /// A bulk resync ended; the counts let the receiver check it got everything.
     case resyncEnd(id: UInt32, ikeSAs: UInt32, childSAs: UInt32, policies: UInt32)
     /// An IKE SA moves to another member.
@@ -185,9 +168,12 @@ extension SyncRecord {
                 for entry in entries { StateEncoding.write(entry, into: &w) }
             case .resyncRequest(let scope):
                 try StateEncoding.write(scope, into: &w)
-            case .resyncBegin(let id, let scope):
+            case .resyncBegin(let id, let scope, let ikeSAs, let childSAs, let policies):
                 w.write(id)
                 try StateEncoding.write(scope, into: &w)
+                w.write(ikeSAs)
+                w.write(childSAs)
+                w.write(policies)
             case .resyncEnd(let id, let ikeSAs, let childSAs, let policies):
                 w.write(id)
                 w.write(ikeSAs)
@@ -254,7 +240,9 @@ extension SyncRecord {
         case .resyncRequest:
             record = .resyncRequest(try StateEncoding.readScope(&r))
         case .resyncBegin:
-            record = .resyncBegin(id: try r.readUInt32(), scope: try StateEncoding.readScope(&r))
+            record = .resyncBegin(
+                id: try r.readUInt32(), scope: try StateEncoding.readScope(&r), ikeSAs: try r.readUInt32(), childSAs: try r.readUInt32(),
+                policies: try r.readUInt32())
         case .resyncEnd:
             record = .resyncEnd(id: try r.readUInt32(), ikeSAs: try r.readUInt32(), childSAs: try r.readUInt32(), policies: try r.readUInt32())
         case .ownershipChange:

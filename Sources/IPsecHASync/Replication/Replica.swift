@@ -114,8 +114,9 @@ public struct Replica {
         switch record {
         case .hello, .heartbeat, .acknowledgement, .negativeAcknowledgement, .resyncRequest, .unknown:
             return
-        case .resyncBegin(let id, _):
+        case .resyncBegin(let id, _, let ikeSAs, let childSAs, _):
             state = GatewayState(spdCacheCapacity: 65_536)
+            state.reserveCapacity(ikeSAs: Int(ikeSAs), childSAs: Int(childSAs))
             missingIKESAs = []
             inFlight = []
             lastUpdated = [:]
@@ -157,13 +158,10 @@ public struct Replica {
         case .childSADelete(let spi):
             count(.childSADeleted(inboundSPI: spi))
         case .counterCheckpoints(let entries):
-            for entry in entries {
-                let freshness = ChildSAFreshness(
-                    lastCheckpoint: now, packetsPerSecond: entry.packetsPerSecond == 0 ? nil : UInt64(entry.packetsPerSecond))
-                count { (state: inout GatewayState) throws(GatewayStateError) in
-                    try state.applyCounterCheckpoint(entry.checkpoint, generation: entry.generation, freshness: freshness)
-                }
-            }
+            let outcome = state.applyCounterCheckpoints(entries, arrivedAt: now)
+            statistics.applied += UInt64(outcome.applied)
+            statistics.stale += UInt64(outcome.stale)
+            statistics.rejected += UInt64(outcome.rejected)
         case .messageIDUpdate(let identifier, let generation, let snapshot):
             guard state.ikeSAs.index(forKey: identifier) != nil else {
                 statistics.rejected += 1

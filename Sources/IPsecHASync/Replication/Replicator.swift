@@ -26,9 +26,58 @@ extension SyncRecord {
 /// it depends on (synchronous replication); ignoring them gives asynchronous replication.
 public struct Replicator {
     /// A bulk resync being streamed to one standby, as the channel's buffer lets it.
+    ///
+    /// It reads a snapshot of the state taken when it began (copy-on-write: free until the
+    /// active member changes its own state) and makes each record when it is sent, so that a
+    /// resync of hundreds of thousands of SAs never holds them all as records at once.
     struct Resync {
-        var records: [SyncRecord]
+        let id: UInt32
+        let snapshot: GatewayState
+        /// IKE SAs in identifier order and Child SAs in slot order: the same history gives the
+        /// same stream.
+        let ikeSAs: [IKESAIdentifier]
+        let childSlots: [ChildSASlot]
+        /// Records of changes made since the snapshot, sent after the resync's end.
+        var appended: [SyncRecord] = []
+        /// Position of the next record to send.
         var next = 0
+
+        init(id: UInt32, snapshot: GatewayState) {
+            self.id = id
+            self.snapshot = snapshot
+            ikeSAs = snapshot.ikeSAs.keys.sorted()
+            var slots: [ChildSASlot] = []
+            slots.reserveCapacity(snapshot.childSACount)
+            snapshot.forEachChildSACounters { slots.append($0.slot) }
+            childSlots = slots
+        }
+
+        /// Begin, policies, IKE SAs, Child SAs, end, then the appended records.
+        var count: Int { snapshot.spd.policies.count + ikeSAs.count + childSlots.count + 2 + appended.count }
+
+        func records(_ positions: Range<Int>) -> [SyncRecord] { positions.map(record(at:)) }
+
+        func record(at position: Int) -> SyncRecord {
+            var offset = position
+            let policies = snapshot.spd.policies
+            if offset == 0 {
+                return .resyncBegin(
+                    id: id, scope: .everything, ikeSAs: UInt32(ikeSAs.count), childSAs: UInt32(childSlots.count),
+                    policies: UInt32(policies.count))
+            }
+            offset -= 1
+            if offset < policies.count { return .policyUpsert(policies[offset], position: UInt32(offset)) }
+            offset -= policies.count
+            if offset < ikeSAs.count { return .ikeSAUpsert(snapshot.ikeSAs[ikeSAs[offset]]!) }
+            offset -= ikeSAs.count
+            if offset < childSlots.count { return .childSAUpsert(snapshot[childSlots[offset]]!) }
+            offset -= childSlots.count
+            if offset == 0 {
+                return .resyncEnd(
+                    id: id, ikeSAs: UInt32(ikeSAs.count), childSAs: UInt32(childSlots.count), policies: UInt32(policies.count))
+            }
+            return appended[offset - 1]
+        }
     }
 
     /// The standbys replicated to.
@@ -61,7 +110,7 @@ public struct Replicator {
         var actions: [SyncChannelAction] = []
         for standby in standbys {
             if resyncs[standby] != nil {
-                resyncs[standby]!.records += records
+                resyncs[standby]!.appended += records
                 continue
             }
             do {
@@ -130,18 +179,8 @@ public struct Replicator {
         let id = nextResyncID
         nextResyncID &+= 1
         resyncsStarted += 1
-        var records: [SyncRecord] = [.resyncBegin(id: id, scope: .everything)]
-        for (position, policy) in state.spd.policies.enumerated() {
-            records.append(.policyUpsert(policy, position: UInt32(position)))
-        }
-        for identifier in state.ikeSAs.keys.sorted() { records.append(.ikeSAUpsert(state.ikeSAs[identifier]!)) }
-        for sa in state.childSAs.sorted(by: { $0.inboundSPI < $1.inboundSPI }) { records.append(.childSAUpsert(sa)) }
-        records.append(
-            .resyncEnd(
-                id: id, ikeSAs: UInt32(state.ikeSAs.count), childSAs: UInt32(state.childSACount),
-                policies: UInt32(state.spd.policies.count)))
         channel.resetStream(to: standby)
-        resyncs[standby] = Resync(records: records)
+        resyncs[standby] = Resync(id: id, snapshot: state)
         return pump(channel: &channel, now: now)
     }
 
@@ -176,11 +215,11 @@ public struct Replicator {
         for standby in resyncs.keys.sorted() {
             var resync = resyncs[standby]!
             // Records of a few hundred bytes each: about four per datagram at the default size.
-            while resync.next < resync.records.count, channel.reliableCapacity(to: standby) > 0 {
-                let batchEnd = min(resync.next + 64, resync.records.count)
+            while resync.next < resync.count, channel.reliableCapacity(to: standby) > 0 {
+                let batchEnd = min(resync.next + 64, resync.count)
                 var end = batchEnd
                 while end > resync.next {
-                    if let sent = try? channel.send(Array(resync.records[resync.next..<end]), to: standby, now: now) {
+                    if let sent = try? channel.send(resync.records(resync.next..<end), to: standby, now: now) {
                         actions += sent.actions
                         break
                     }
@@ -189,7 +228,7 @@ public struct Replicator {
                 if end == resync.next { break }
                 resync.next = end
             }
-            resyncs[standby] = resync.next < resync.records.count ? resync : nil
+            resyncs[standby] = resync.next < resync.count ? resync : nil
         }
         return actions
     }

@@ -70,14 +70,15 @@ struct ByteWriter: ~Copyable {
     @inline(__always)
     mutating func writeVarint(_ value: UInt64) {
         reserve(10)
+        var cursor = base + count
         var remaining = value
         while remaining >= 0x80 {
-            (base + count).storeBytes(of: UInt8(truncatingIfNeeded: remaining) | 0x80, as: UInt8.self)
-            count += 1
-            remaining >>= 7
+            cursor.storeBytes(of: UInt8(truncatingIfNeeded: remaining) | 0x80, as: UInt8.self)
+            cursor += 1
+            remaining &>>= 7
         }
-        (base + count).storeBytes(of: UInt8(remaining), as: UInt8.self)
-        count += 1
+        cursor.storeBytes(of: UInt8(remaining), as: UInt8.self)
+        count = cursor - base + 1
     }
 
     /// Overwrites a 16-bit value written earlier at `offset` (a length filled in afterwards).
@@ -139,36 +140,30 @@ struct ByteReader {
     /// (a trailing zero byte), so that every value has exactly one encoding.
     @inline(__always)
     mutating func readVarint() throws(SyncCodecError) -> UInt64 {
-        let start = position - bytes.startIndex
-        // (value, length) on success; length 0 marks a malformed encoding, with the reason in value.
-        let (value, length) = bytes.withUnsafeBytes { buffer -> (UInt64, Int) in
-            var value: UInt64 = 0
-            var shift: UInt64 = 0
-            var index = start
-            while true {
-                guard index < buffer.count else { return (0, 0) }
-                let byte = buffer[index]
-                index += 1
-                guard shift < 63 || (shift == 63 && byte <= 1) else { return (1, 0) }
-                value |= UInt64(byte & 0x7F) << shift
-                if byte & 0x80 == 0 {
-                    guard byte != 0 || shift == 0 else { return (2, 0) }
-                    return (value, index - start)
-                }
-                shift += 7
-            }
-        }
-        guard length > 0 else {
-            switch value {
-            case 0: throw .truncated
-            case 1: throw .invalidValue("varint beyond 64 bits")
-            default: throw .invalidValue("non-minimal varint")
-            }
-        }
-        position += length
-        return value
+        try withCursor { (cursor: inout ByteCursor) throws(SyncCodecError) in try cursor.readVarint() }
     }
 
+    /// Runs `body` over the unread bytes through a ``ByteCursor`` (one pointer access for a run
+    /// of small fields instead of one per field), then moves past what it read. On a throw the
+    /// reader does not move.
+    @inline(__always)
+    mutating func withCursor<Result>(
+        _ body: (inout ByteCursor) throws(SyncCodecError) -> Result
+    ) throws(SyncCodecError) -> Result {
+        let start = position - bytes.startIndex
+        let outcome = bytes.withUnsafeBytes { buffer -> Swift.Result<(Result, Int), SyncCodecError> in
+            var cursor = ByteCursor(buffer: buffer, index: start)
+            do throws(SyncCodecError) {
+                let value = try body(&cursor)
+                return .success((value, cursor.index - start))
+            } catch {
+                return .failure(error)
+            }
+        }
+        let (value, consumed) = try outcome.get()
+        position += consumed
+        return value
+    }
     /// Reads a 16-bit length and returns a reader over exactly that many bytes.
     mutating func readBlock() throws(SyncCodecError) -> ByteReader {
         let length = Int(try readUInt16())
@@ -188,6 +183,41 @@ struct ByteReader {
         let value = bytes.withUnsafeBytes { T(bigEndian: $0.loadUnaligned(fromByteOffset: offset, as: T.self)) }
         position += size
         return value
+    }
+}
+
+/// A position in received bytes, read through their pointer (from ``ByteReader/withCursor(_:)``):
+/// the same bounds checks as the reader, without a collection access per field.
+struct ByteCursor {
+    let buffer: UnsafeRawBufferPointer
+    var index: Int
+
+    @inline(__always)
+    mutating func readUInt32() throws(SyncCodecError) -> UInt32 {
+        guard buffer.count - index >= 4 else { throw .truncated }
+        defer { index += 4 }
+        return UInt32(bigEndian: buffer.loadUnaligned(fromByteOffset: index, as: UInt32.self))
+    }
+
+    /// As ``ByteReader/readVarint()``.
+    @inline(__always)
+    mutating func readVarint() throws(SyncCodecError) -> UInt64 {
+        var value: UInt64 = 0
+        var shift: UInt64 = 0
+        var position = index
+        while true {
+            guard position < buffer.count else { throw .truncated }
+            let byte = buffer[position]
+            position += 1
+            guard shift < 63 || (shift == 63 && byte <= 1) else { throw .invalidValue("varint beyond 64 bits") }
+            value |= UInt64(byte & 0x7F) &<< shift
+            if byte & 0x80 == 0 {
+                guard byte != 0 || shift == 0 else { throw .invalidValue("non-minimal varint") }
+                index = position
+                return value
+            }
+            shift += 7
+        }
     }
 }
 
