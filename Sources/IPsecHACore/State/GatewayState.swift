@@ -570,4 +570,7 @@ public struct CounterCheckpointOutcome: Sendable, Hashable {
     public var stale = 0
     /// For an unknown Child SA, or outside its sequence space; ignored.
     public var rejected = 0
+
+    /// No outcome yet.
+    public init() {}
 }

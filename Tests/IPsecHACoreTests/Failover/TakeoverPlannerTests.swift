@@ -102,3 +102,60 @@ struct TakeoverPlannerTests {
         #expect(child.reason.description.contains("rekey"))
     }
 }
+
+@Suite("Takeover planner: many SAs")
+struct TakeoverPlannerManySAsTests {
+    /// Three IKE SAs with RFC 6311, two Child SAs each at different rates.
+    func state() throws -> GatewayState {
+        var random = SplitMix64(seed: 5)
+        var state = GatewayState()
+        for ikeIndex in 0..<3 as Range<UInt64> {
+            var ike = Fixtures.ikeSA(ikeIndex + 1, &random)
+            ike.extensions = IKEExtensions(messageIDSync: true, replayCounterSync: true)
+            _ = try state.createIKESA(ike)
+            for childIndex in 0..<2 as Range<UInt32> {
+                let spi = UInt32(0x1000 + ikeIndex * 16) + childIndex
+                _ = try state.createChildSA(Fixtures.childSA(inboundSPI: spi, parent: ike.identifier, &random))
+                try state.recordCounterFreshness(
+                    ChildSAFreshness(lastCheckpoint: .seconds(10), packetsPerSecond: 10_000 * UInt64(1 + childIndex + 2 * UInt32(ikeIndex))),
+                    inboundSPI: spi)
+            }
+        }
+        return state
+    }
+
+    @Test func everySAIsSuspectWithAll() throws {
+        let state = try state()
+        let plan = TakeoverPlanner.plan(
+            state: state, inFlight: [:], suspect: .all, policy: TakeoverPolicy(inbound: .replayCounterSyncWhereNegotiated),
+            now: Timestamp(nanoseconds: 10_800_000_000))
+        #expect(plan.ikeSAs.count == 3 && plan.childSAs.count == 6)
+        #expect(plan.ikeSAs.allSatisfy { $0.classification == .suspect && $0.reason == .missedSynchSync })
+        #expect(plan.childSAs.allSatisfy { $0.reason.suspect })
+        // Each IKE SA's replay-counter delta is the largest advance among its own Child SAs.
+        for ike in plan.ikeSAs {
+            let advances = plan.childSAs.filter { $0.parent == ike.identifier }.map(\.advance)
+            #expect(advances.count == 2)
+            guard case .messageIDSync(_, _, let delta) = ike.messageIDs else {
+                Issue.record("expected a message-ID sync")
+                continue
+            }
+            #expect(delta == advances.max())
+        }
+        // Rate x (0.8 s of staleness + 0.2 s margin) x the suspect factor of 4, for rates of
+        // 10,000 to 60,000 packets a second.
+        #expect(plan.childSAs.map(\.advance).sorted() == (1...6).map { UInt64($0) * 40_000 })
+        for child in plan.childSAs {
+            #expect(child.inbound == .restore(.replayCounterSync(delta: child.advance)))
+        }
+    }
+
+    @Test func onlyTheNamedSAsAreSuspect() throws {
+        let state = try state()
+        let named = try #require(state.ikeSAs.keys.min())
+        let plan = TakeoverPlanner.plan(state: state, inFlight: [:], suspect: [named], now: Timestamp(nanoseconds: 10_800_000_000))
+        for ike in plan.ikeSAs { #expect((ike.classification == .suspect) == (ike.identifier == named)) }
+        for child in plan.childSAs { #expect(child.reason.suspect == (child.parent == named)) }
+        #expect(SuspectIKESAs.none.contains(named) == false)
+    }
+}

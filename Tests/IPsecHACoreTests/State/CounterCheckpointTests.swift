@@ -1,0 +1,111 @@
+import IPsecHACore
+import Testing
+
+@Suite("Counter checkpoints on a standby: batches and freshness")
+struct CounterCheckpointTests {
+    struct Standby {
+        var state = GatewayState()
+        var parent: IKESAIdentifier
+        var spis: [UInt32]
+    }
+
+    func standby(childSAs: Int, seed: UInt64 = 1) throws -> Standby {
+        var random = SplitMix64(seed: seed)
+        var state = GatewayState()
+        let ike = Fixtures.ikeSA(1, &random)
+        _ = try state.createIKESA(ike)
+        var spis: [UInt32] = []
+        for index in 0..<childSAs {
+            let spi = UInt32(0x4000 + index)
+            _ = try state.createChildSA(Fixtures.childSA(inboundSPI: spi, parent: ike.identifier, window: 128, esn: false, &random))
+            spis.append(spi)
+        }
+        return Standby(state: state, parent: ike.identifier, spis: spis)
+    }
+
+    func entry(_ spi: UInt32, generation: UInt64, lastSent: UInt64, top: UInt64, rate: UInt32) -> CounterCheckpointEntry {
+        CounterCheckpointEntry(
+            checkpoint: ChildSACounterCheckpoint(
+                inboundSPI: spi, outbound: OutboundCounterCheckpoint(lastSent: lastSent),
+                inbound: ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: top),
+                usage: ChildSAUsage(inboundPackets: top, outboundPackets: lastSent)),
+            generation: generation, packetsPerSecond: rate)
+    }
+
+    @Test(arguments: [1, 2, 3] as [UInt64])
+    func aBatchAppliesExactlyWhatOneByOneApplies(seed: UInt64) throws {
+        var batched = try standby(childSAs: 40, seed: seed)
+        var single = batched
+        var random = SplitMix64(seed: seed)
+        let arrival = Timestamp.seconds(7)
+        var entries: [CounterCheckpointEntry] = []
+        for _ in 0..<200 {
+            // Known and unknown SPIs, fresh and stale generations, one top beyond 32 bits.
+            let spi = random.next() % 8 == 0 ? UInt32(0x9000) : batched.spis[Int(random.next() % 40)]
+            let top = random.next() % 50 == 0 ? UInt64(1) << 33 : random.next() % 100_000
+            entries.append(entry(spi, generation: 1 + random.next() % 20, lastSent: random.next() % 100_000, top: top, rate: UInt32(random.next() % 3)))
+        }
+        let outcome = batched.state.applyCounterCheckpoints(entries, arrivedAt: arrival)
+        var expected = CounterCheckpointOutcome()
+        for entry in entries {
+            let freshness = ChildSAFreshness(
+                lastCheckpoint: arrival, packetsPerSecond: entry.packetsPerSecond == 0 ? nil : UInt64(entry.packetsPerSecond))
+            do {
+                try single.state.applyCounterCheckpoint(entry.checkpoint, generation: entry.generation, freshness: freshness)
+                expected.applied += 1
+            } catch .staleChange {
+                expected.stale += 1
+            } catch {
+                expected.rejected += 1
+            }
+        }
+        #expect(outcome == expected)
+        #expect(outcome.applied > 0 && outcome.stale > 0 && outcome.rejected > 0)
+        #expect(batched.state == single.state)
+        for spi in batched.spis {
+            #expect(batched.state.counterFreshness(inboundSPI: spi) == single.state.counterFreshness(inboundSPI: spi))
+            #expect(batched.state.childSA(inboundSPI: spi)?.generation == single.state.childSA(inboundSPI: spi)?.generation)
+        }
+    }
+
+    @Test func freshnessFollowsTheSlotAndIsNotReplicatedState() throws {
+        var s = try standby(childSAs: 2)
+        let copy = s.state
+        let outcome = s.state.applyCounterCheckpoints(
+            [entry(s.spis[0], generation: 2, lastSent: 10, top: 9, rate: 500)], arrivedAt: .seconds(3))
+        #expect(outcome.applied == 1)
+        #expect(s.state.counterFreshness(inboundSPI: s.spis[0]) == ChildSAFreshness(lastCheckpoint: .seconds(3), packetsPerSecond: 500))
+        #expect(s.state.counterFreshness(inboundSPI: s.spis[1]) == nil)
+        #expect(copy.counterFreshness(inboundSPI: s.spis[0]) == nil, "a copy made before is not written through")
+
+        // A deleted Child SA's slot is reused without its freshness.
+        _ = try s.state.deleteChildSA(inboundSPI: s.spis[0])
+        #expect(s.state.counterFreshness(inboundSPI: s.spis[0]) == nil)
+        var random = SplitMix64(seed: 9)
+        _ = try s.state.createChildSA(Fixtures.childSA(inboundSPI: 0x7777, parent: s.parent, &random))
+        #expect(s.state.counterFreshness(inboundSPI: 0x7777) == nil)
+        #expect(throws: GatewayStateError.unknownChildSA(0x8888)) {
+            try s.state.recordCounterFreshness(ChildSAFreshness(lastCheckpoint: .seconds(1), packetsPerSecond: nil), inboundSPI: 0x8888)
+        }
+
+        // Equality compares the replicated state only.
+        var other = try standby(childSAs: 2)
+        try other.state.recordCounterFreshness(ChildSAFreshness(lastCheckpoint: .seconds(5), packetsPerSecond: 1), inboundSPI: other.spis[1])
+        #expect(other.state == (try standby(childSAs: 2)).state)
+    }
+
+    @Test func capacityReservationIsBoundedAndChangesNothing() throws {
+        var s = try standby(childSAs: 3)
+        let before = s.state
+        s.state.reserveCapacity(ikeSAs: Int.max, childSAs: 10_000)
+        s.state.reserveCapacity(ikeSAs: -1, childSAs: -5)
+        #expect(s.state == before)
+        for spi in s.spis { #expect(s.state.slot(forInboundSPI: spi) != nil) }
+        var random = SplitMix64(seed: 4)
+        for index in 0..<2_000 {
+            _ = try s.state.createChildSA(Fixtures.childSA(inboundSPI: UInt32(0x10_0000 + index), parent: s.parent, &random))
+        }
+        #expect(s.state.childSACount == 2_003)
+        #expect(s.state.childSA(inboundSPI: 0x10_0000 + 1_999) != nil)
+    }
+}
