@@ -57,6 +57,31 @@ struct ReplicationTests {
         #expect(cluster.replicator.resyncsStarted >= 1)
     }
 
+    @Test func changesMadeWhileAResyncStreamsArriveAfterIt() throws {
+        var cluster = try ReplicationPair(seed: 8)
+        var history = HistoryGenerator(seed: 9)
+        cluster.network.faults.partitions = [[1, 2]]
+        for _ in 0..<400 { _ = try cluster.replicate(try history.step(&cluster.state)) }
+        // More SAs than the channel's buffer holds in records, so that the resync streams.
+        var records = RecordGenerator(seed: 10)
+        for _ in 0..<20_000 { _ = try cluster.state.createIKESA(records.ikeSA()) }
+        cluster.network.faults.partitions = []
+        // Run until the resync is under way but not done, then keep changing the state (SAs
+        // the resync's snapshot holds are updated and deleted meanwhile).
+        var resyncing = false
+        for _ in 0..<10_000 where !resyncing {
+            try cluster.run(for: 100_000, step: 100_000)
+            resyncing = cluster.replicator.isResyncing(ReplicationPair.standbyID)
+        }
+        #expect(resyncing, "the resync takes more than one step (\(cluster.replicator.resyncsStarted) started, ready: \(cluster.replica.isReady), \(cluster.state.ikeSAs.count) IKE SAs)")
+        for _ in 0..<300 { _ = try cluster.replicate(try history.step(&cluster.state)) }
+        try cluster.run(for: 2_000_000_000)
+        #expect(!cluster.replicator.isResyncing(ReplicationPair.standbyID))
+        #expect(cluster.replica.isReady)
+        #expect(cluster.replica.state == cluster.state)
+        #expect(cluster.replica.statistics.resyncsIncomplete == 0)
+    }
+
     @Test func tailLossIsDetectedWithinTwoHeartbeats() throws {
         var cluster = try ReplicationPair(seed: 8)
         try cluster.run(for: 300_000_000)
