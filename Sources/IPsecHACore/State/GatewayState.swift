@@ -410,9 +410,16 @@ public struct GatewayState: Sendable, Equatable {
         _ checkpoint: ChildSACounterCheckpoint, generation: UInt64, freshness arrival: ChildSAFreshness? = nil
     ) throws(GatewayStateError) {
         guard let slot = spiIndex.slot(of: checkpoint.inboundSPI) else { throw .unknownChildSA(checkpoint.inboundSPI) }
-        let index = Int(slot)
-        // In place throughout (the SPI index names only occupied slots): a copy of the Child SA
-        // would retain its references and share, then copy, its replay ring.
+        try adoptCounterCheckpoint(checkpoint, generation: generation, freshness: arrival, at: Int(slot))
+    }
+
+    /// The per-slot part of applying a checkpoint; `index` must hold a Child SA (the SPI index
+    /// names only occupied slots).
+    private mutating func adoptCounterCheckpoint(
+        _ checkpoint: ChildSACounterCheckpoint, generation: UInt64, freshness arrival: ChildSAFreshness?, at index: Int
+    ) throws(GatewayStateError) {
+        // In place throughout: a copy of the Child SA would retain its references and share,
+        // then copy, its replay ring.
         let adopted: Bool
         do { adopted = try childSlots[index]!.adopt(checkpoint, ifNewerThanHeld: generation) } catch { throw .childSA(error) }
         guard adopted else {
@@ -445,23 +452,22 @@ public struct GatewayState: Sendable, Equatable {
             }
             for index in entries.indices {
                 let entry = entries[index]
-                let slot = Int(slots[index])
-                guard slot >= 0 else {
+                guard slots[index] >= 0 else {
                     outcome.rejected += 1
                     continue
                 }
-                let adopted: Bool
-                do { adopted = try childSlots[slot]!.adopt(entry.checkpoint, ifNewerThanHeld: entry.generation) } catch {
-                    outcome.rejected += 1
-                    continue
-                }
-                guard adopted else {
+                do throws(GatewayStateError) {
+                    try adoptCounterCheckpoint(
+                        entry.checkpoint, generation: entry.generation,
+                        freshness: ChildSAFreshness(
+                            lastCheckpoint: arrival, packetsPerSecond: entry.packetsPerSecond == 0 ? nil : UInt64(entry.packetsPerSecond)),
+                        at: Int(slots[index]))
+                    outcome.applied += 1
+                } catch .staleChange {
                     outcome.stale += 1
-                    continue
+                } catch {
+                    outcome.rejected += 1
                 }
-                freshness[slot] = ChildSAFreshness(
-                    lastCheckpoint: arrival, packetsPerSecond: entry.packetsPerSecond == 0 ? nil : UInt64(entry.packetsPerSecond))
-                outcome.applied += 1
             }
         }
         return outcome
