@@ -69,13 +69,22 @@ struct ReplayWindowRestoreTests {
         let shared = window
         try window.adoptPassively(ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: 500))
         #expect(window.top == 500)
-        #expect(window.check(wire: 500) == .replayed(500))
-        #expect(window.check(wire: 450) == .fresh(450))
-        #expect(window.rememberedCount == 1)
+        #expect(window.checkpoint == ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: 500))
+        #expect(window.check(wire: 500) == .replayed(500), "the top itself needs no bitmap")
+        #expect(window.check(wire: 501) == .fresh(501))
         #expect(shared.top == 100 && shared.rememberedCount == 100, "a copy is not written through")
+        try window.adoptPassively(ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: 300))
+        #expect(window.top == 300, "a passive copy follows the checkpoints it is given")
+        // A takeover rebuilds the window from the passive copy's checkpoint: whatever its ring
+        // held, the rebuilt window is the conservative one.
+        let rebuilt = try ReplayWindow(
+            size: 128, extendedSequenceNumbers: false, restoringFrom: window.checkpoint, policy: .conservative(advance: 50))
+        #expect(rebuilt.top == 350)
+        for number in 223...350 as ClosedRange<UInt64> { #expect(rebuilt.check(wire: UInt32(number)) == .replayed(number)) }
+        #expect(rebuilt.check(wire: 351) == .fresh(351))
         #expect(throws: ReplayWindowError.restoredTopBeyondSequenceSpace(checkpoint: 1 << 32, advance: 0)) {
             try window.adoptPassively(ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: 1 << 32))
         }
-        #expect(window.top == 500)
+        #expect(window.top == 300, "a refused checkpoint changes nothing")
     }
 }

@@ -60,6 +60,11 @@ public struct ChildSA: Sendable, Equatable {
     public var inboundKeys: ChildSAKeys
     /// Keys that protect traffic to the peer.
     public var outboundKeys: ChildSAKeys
+    // The fields every packet and every checkpoint touch, kept together so that they share
+    // one or two cache lines (Swift lays stored properties out in declaration order).
+    /// Bumped on every replicated change; a replica never applies an older one. ``GatewayState``
+    /// sets it on every change it makes; decoders of replicated records set it from the wire.
+    public var generation: UInt64
     /// The outbound sequence number counter.
     public var outboundCounter: OutboundSequenceCounter
     /// The inbound anti-replay window.
@@ -74,9 +79,6 @@ public struct ChildSA: Sendable, Equatable {
     public var parent: IKESAIdentifier
     /// The cluster member that sends on this SA.
     public var owner: ClusterMemberID
-    /// Bumped on every replicated change; a replica never applies an older one. ``GatewayState``
-    /// sets it on every change it makes; decoders of replicated records set it from the wire.
-    public var generation: UInt64
 
     /// Whether the pair uses Extended Sequence Numbers (both directions do, or neither).
     public var extendedSequenceNumbers: Bool { outboundCounter.extendedSequenceNumbers }

@@ -68,14 +68,15 @@ public struct ChildSAUsage: Sendable, Hashable, Codable {
 /// reached it must be deleted; whichever of time, bytes or packets comes first counts. Each
 /// direction of the pair is measured on its own.
 public struct ChildSALifetime: Sendable, Hashable {
+    // The usage first: the per-packet paths and checkpoints write it next to the counters.
+    /// Traffic so far.
+    public var usage: ChildSAUsage
     /// Limits that call for a rekey.
     public let soft: LifetimeLimits
     /// Limits that end the SA.
     public let hard: LifetimeLimits
     /// When the SA was installed.
     public let installedAt: Timestamp
-    /// Traffic so far.
-    public var usage: ChildSAUsage
 
     /// A lifetime; throws when a soft limit is above the matching hard limit.
     public init(

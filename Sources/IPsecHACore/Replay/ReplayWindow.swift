@@ -81,24 +81,19 @@ public struct ReplayWindow: Sendable {
         }
     }
 
-    /// Moves a standby's passive copy to a replicated checkpoint in place and without
-    /// allocating: the top becomes the checkpoint and is marked seen; the blocks the top enters
-    /// are cleared, as a commit would clear them. What the bitmap says below the top is not
-    /// meaningful for a passive copy (a takeover rebuilds the window with a restore policy).
-    /// Throws, changing nothing, when the checkpoint does not fit the sequence space.
+    /// Moves a standby's passive copy to a replicated checkpoint: only the top changes. The
+    /// ring is not touched (no write, no copy, not even a read: on a standby holding hundreds of
+    /// thousands of windows that is most of the cost of a checkpoint), so what it says below the
+    /// top is unspecified. A passive copy must not check traffic: a takeover rebuilds the window
+    /// from its ``checkpoint`` with ``init(size:extendedSequenceNumbers:restoringFrom:policy:)``,
+    /// as the takeover plan says. Throws, changing nothing, when the checkpoint does not fit
+    /// the sequence space.
     public mutating func adoptPassively(_ checkpoint: ReplayWindowCheckpoint) throws(ReplayWindowError) {
         let newTop = checkpoint.highestAuthenticatedSequenceNumber
         guard extendedSequenceNumbers || newTop <= UInt64(UInt32.max) else {
             throw .restoredTopBeyondSequenceSpace(checkpoint: newTop, advance: 0)
         }
-        if newTop >= top {
-            ring.makeUnique()
-            if (newTop ^ top) > 63 { ring.words.clearBlocks(after: top &>> 6, through: newTop &>> 6) }
-        } else {
-            ring.clearAll()
-        }
         core.top = newTop
-        if newTop > 0 { _ = ring.words.insert(newTop) }
     }
 
     /// The value a member replicates so that another can rebuild this window.
