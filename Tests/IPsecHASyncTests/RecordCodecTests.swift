@@ -15,6 +15,35 @@ struct RecordCodecTests {
         }
     }
 
+    @Test(arguments: [1_352, 200, 90] as [Int])
+    func checkpointBatchesFillButNeverOverflowADatagram(maximumPayload: Int) throws {
+        var random = SplitMix64(seed: UInt64(maximumPayload))
+        let entries = (0..<500).map { index in
+            // Counters from 1 to 10 bytes long, so that entries differ in size.
+            let shift = random.next() % 64
+            return CounterCheckpointEntry(
+                checkpoint: ChildSACounterCheckpoint(
+                    inboundSPI: UInt32(0x1000 + index), outbound: OutboundCounterCheckpoint(lastSent: random.next() >> shift),
+                    inbound: ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: random.next() >> (63 - shift)),
+                    usage: ChildSAUsage(inboundBytes: random.next() >> shift, inboundPackets: 0, outboundBytes: random.next(), outboundPackets: 1)),
+                generation: random.next() >> shift, packetsPerSecond: UInt32(truncatingIfNeeded: random.next() >> shift))
+        }
+        let records = Replicator.batches(entries, maximumPayload: maximumPayload)
+        var decodedEntries: [CounterCheckpointEntry] = []
+        for (index, record) in records.enumerated() {
+            let bytes = try record.encoded()
+            #expect(bytes.count <= maximumPayload, "record \(index) of \(records.count)")
+            guard case .counterCheckpoints(let batch) = record else { throw SyncCodecError.truncated }
+            for entry in batch { #expect(StateEncoding.encodedSize(of: entry) == (try SyncRecord.counterCheckpoints([entry]).encoded().count - 6)) }
+            // Full: the next entry would not have fitted.
+            if index + 1 < records.count, case .counterCheckpoints(let next) = records[index + 1] {
+                #expect(bytes.count + StateEncoding.encodedSize(of: next[0]) > maximumPayload)
+            }
+            decodedEntries += batch
+        }
+        #expect(decodedEntries == entries, "every entry once, in order")
+    }
+
     @Test func severalRecordsDecodeInOrder() throws {
         var generator = RecordGenerator(seed: 9)
         let records = (0..<20).map { _ in generator.record() }
