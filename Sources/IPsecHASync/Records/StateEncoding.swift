@@ -71,15 +71,17 @@ enum StateEncoding {
     /// sealed and opened once per checkpoint).
     static func write(_ entry: CounterCheckpointEntry, into w: inout ByteWriter) {
         let checkpoint = entry.checkpoint
-        w.write(checkpoint.inboundSPI)
-        w.writeVarint(entry.generation)
-        w.writeVarint(checkpoint.outbound.lastSent)
-        w.writeVarint(checkpoint.inbound.highestAuthenticatedSequenceNumber)
-        w.writeVarint(checkpoint.usage.inboundBytes)
-        w.writeVarint(checkpoint.usage.inboundPackets)
-        w.writeVarint(checkpoint.usage.outboundBytes)
-        w.writeVarint(checkpoint.usage.outboundPackets)
-        w.writeVarint(UInt64(entry.packetsPerSecond))
+        w.withReservedCursor(checkpointEntrySizes.maximum) { cursor in
+            cursor.write(checkpoint.inboundSPI)
+            cursor.writeVarint(entry.generation)
+            cursor.writeVarint(checkpoint.outbound.lastSent)
+            cursor.writeVarint(checkpoint.inbound.highestAuthenticatedSequenceNumber)
+            cursor.writeVarint(checkpoint.usage.inboundBytes)
+            cursor.writeVarint(checkpoint.usage.inboundPackets)
+            cursor.writeVarint(checkpoint.usage.outboundBytes)
+            cursor.writeVarint(checkpoint.usage.outboundPackets)
+            cursor.writeVarint(UInt64(entry.packetsPerSecond))
+        }
     }
 
     /// The length of ``write(_:into:)``'s encoding of `entry`, without encoding it.

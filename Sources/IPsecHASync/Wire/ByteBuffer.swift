@@ -69,16 +69,17 @@ struct ByteWriter: ~Copyable {
     /// high bit set on every byte but the last (1 to 10 bytes).
     @inline(__always)
     mutating func writeVarint(_ value: UInt64) {
-        reserve(10)
-        var cursor = base + count
-        var remaining = value
-        while remaining >= 0x80 {
-            cursor.storeBytes(of: UInt8(truncatingIfNeeded: remaining) | 0x80, as: UInt8.self)
-            cursor += 1
-            remaining &>>= 7
-        }
-        cursor.storeBytes(of: UInt8(remaining), as: UInt8.self)
-        count = cursor - base + 1
+        withReservedCursor(10) { $0.writeVarint(value) }
+    }
+
+    /// Runs `body` with a cursor into at least `capacity` free bytes (one capacity check for a
+    /// run of small fields instead of one per field); `body` must not write more than that.
+    @inline(__always)
+    mutating func withReservedCursor(_ capacity: Int, _ body: (inout WriteCursor) -> Void) {
+        reserve(capacity)
+        var cursor = WriteCursor(pointer: base + count)
+        body(&cursor)
+        count = cursor.pointer - base
     }
 
     /// Overwrites a 16-bit value written earlier at `offset` (a length filled in afterwards).
@@ -94,6 +95,30 @@ struct ByteWriter: ~Copyable {
         let length = count - start - 2
         guard length <= Int(UInt16.max) else { throw .recordTooLarge(length) }
         patch(UInt16(length), at: start)
+    }
+}
+
+/// Where ``ByteWriter/withReservedCursor(_:_:)`` writes: a pointer into reserved space.
+struct WriteCursor {
+    var pointer: UnsafeMutableRawPointer
+
+    @inline(__always)
+    mutating func write(_ value: UInt32) {
+        pointer.storeBytes(of: value.bigEndian, toByteOffset: 0, as: UInt32.self)
+        pointer += 4
+    }
+
+    /// As ``ByteWriter/writeVarint(_:)``: at most 10 bytes.
+    @inline(__always)
+    mutating func writeVarint(_ value: UInt64) {
+        var remaining = value
+        while remaining >= 0x80 {
+            pointer.storeBytes(of: UInt8(truncatingIfNeeded: remaining) | 0x80, as: UInt8.self)
+            pointer += 1
+            remaining &>>= 7
+        }
+        pointer.storeBytes(of: UInt8(remaining), as: UInt8.self)
+        pointer += 1
     }
 }
 
@@ -202,22 +227,29 @@ struct ByteCursor {
     /// As ``ByteReader/readVarint()``.
     @inline(__always)
     mutating func readVarint() throws(SyncCodecError) -> UInt64 {
+        var position = index
         var value: UInt64 = 0
         var shift: UInt64 = 0
-        var position = index
-        while true {
+        // Bytes 1 to 9 carry 7 bits each; only the 10th can overflow 64 bits, so only it is
+        // checked for that.
+        while shift < 63 {
             guard position < buffer.count else { throw .truncated }
             let byte = buffer[position]
-            position += 1
-            guard shift < 63 || (shift == 63 && byte <= 1) else { throw .invalidValue("varint beyond 64 bits") }
+            position &+= 1
             value |= UInt64(byte & 0x7F) &<< shift
-            if byte & 0x80 == 0 {
+            if byte < 0x80 {
                 guard byte != 0 || shift == 0 else { throw .invalidValue("non-minimal varint") }
                 index = position
                 return value
             }
-            shift += 7
+            shift &+= 7
         }
+        guard position < buffer.count else { throw .truncated }
+        let last = buffer[position]
+        guard last <= 1 else { throw .invalidValue("varint beyond 64 bits") }
+        guard last == 1 else { throw .invalidValue("non-minimal varint") }
+        index = position &+ 1
+        return value | 1 &<< 63
     }
 }
 
