@@ -87,4 +87,30 @@ struct ReplayWindowRestoreTests {
         }
         #expect(window.top == 300, "a refused checkpoint changes nothing")
     }
+
+    @Test(arguments: [64, 1024, 8000, 1 << 20] as [UInt32])
+    func passiveCopiesShareNothingThatAWriteCanReach(size: UInt32) throws {
+        let checkpoint = ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: 5_000)
+        var first = try ReplayWindow(passiveCopyAt: checkpoint, size: size, extendedSequenceNumbers: true)
+        let second = try ReplayWindow(passiveCopyAt: checkpoint, size: size, extendedSequenceNumbers: true)
+        #expect(first.top == 5_000 && first.size == size && first.extendedSequenceNumbers)
+        #expect(first.check(wire: 5_000) == .replayed(5_000))
+        try first.commit(4_990)
+        try first.commit(5_001)
+        #expect(first.check(wire: 4_990) == .replayed(4_990))
+        #expect(second.check(wire: 4_990) == .fresh(4_990), "the other copy's ring was not written")
+        #expect(second.rememberedCount == 0 && second.top == 5_000)
+        let third = try ReplayWindow(passiveCopyAt: checkpoint, size: size, extendedSequenceNumbers: true)
+        #expect(third.rememberedCount == 0, "nor the shared one")
+    }
+
+    @Test func passiveCopiesRefuseWhatAWindowRefuses() {
+        #expect(throws: ReplayWindowError.windowSizeOutOfRange(16)) {
+            try ReplayWindow(passiveCopyAt: ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: 1), size: 16, extendedSequenceNumbers: true)
+        }
+        #expect(throws: ReplayWindowError.restoredTopBeyondSequenceSpace(checkpoint: 1 << 32, advance: 0)) {
+            try ReplayWindow(
+                passiveCopyAt: ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: 1 << 32), size: 64, extendedSequenceNumbers: false)
+        }
+    }
 }

@@ -43,6 +43,19 @@ struct ReplayBlockRing: @unchecked Sendable {
         storage = Storage.make(count: blockCount)
     }
 
+    /// A ring of `blockCount` zeroed blocks that shares one storage with every other such ring
+    /// (up to 128 blocks, an 8,128-packet window; larger ones get their own): what a standby's
+    /// passive windows hold, so that a bulk resync of a million Child SAs allocates no ring.
+    /// Copy-on-write keeps it correct: the first write through ``makeUnique()`` copies it.
+    init(sharingZeroBlocks blockCount: Int) {
+        let index = blockCount.trailingZeroBitCount
+        storage = index < Self.sharedZeroRings.count ? Self.sharedZeroRings[index] : Storage.make(count: blockCount)
+    }
+
+    // nonisolated(unsafe): these buffers are never written. Every write goes through
+    // `makeUnique()`, which finds them referenced from here, never unique, and copies.
+    nonisolated(unsafe) private static let sharedZeroRings: [Storage] = (0...7).map { Storage.make(count: 1 << $0) }
+
     /// The words, to read; or to write, once ``makeUnique()`` has run and while this ring
     /// stays alive and unshared.
     @inlinable

@@ -38,10 +38,7 @@ public struct ReplayWindow: Sendable {
             throw .windowSizeOutOfRange(size)
         }
         core = ReplayWindowCore(top: 0, size: size, extendedSequenceNumbers: extendedSequenceNumbers)
-        // One spare block beyond ceil(W / 64) blocks, rounded up to a power of two so that
-        // a block index is a mask, not a division.
-        let needed = (Int(size) + 63) / 64 + 1
-        ring = ReplayBlockRing(blockCount: 1 << (Int.bitWidth - (needed - 1).leadingZeroBitCount))
+        ring = ReplayBlockRing(blockCount: Self.blockCount(size: size))
     }
 
     /// Rebuilds the window of a Child SA on the member that takes it over, from the last
@@ -79,6 +76,31 @@ public struct ReplayWindow: Sendable {
             ring.makeUnique()
             _ = ring.words.insert(restoredTop)
         }
+    }
+
+    /// A standby's passive copy of a window at a replicated checkpoint: the top, with nothing
+    /// behind it of its own. Its ring is one all-zero ring shared by every passive copy of the
+    /// same size (until something writes to it, which copies it first), so a standby that
+    /// holds a million Child SAs holds no ring for them; a takeover rebuilds the window from
+    /// ``checkpoint`` with ``init(size:extendedSequenceNumbers:restoringFrom:policy:)``.
+    /// Throws for a size out of range or a top beyond the sequence space.
+    public init(
+        passiveCopyAt checkpoint: ReplayWindowCheckpoint, size: UInt32, extendedSequenceNumbers: Bool
+    ) throws(ReplayWindowError) {
+        guard size >= Self.minimumSize, size <= Self.maximumSize else { throw .windowSizeOutOfRange(size) }
+        let top = checkpoint.highestAuthenticatedSequenceNumber
+        guard extendedSequenceNumbers || top <= UInt64(UInt32.max) else {
+            throw .restoredTopBeyondSequenceSpace(checkpoint: top, advance: 0)
+        }
+        core = ReplayWindowCore(top: top, size: size, extendedSequenceNumbers: extendedSequenceNumbers)
+        ring = ReplayBlockRing(sharingZeroBlocks: Self.blockCount(size: size))
+    }
+
+    /// One spare block beyond ceil(W / 64) blocks, rounded up to a power of two so that a block
+    /// index is a mask, not a division.
+    static func blockCount(size: UInt32) -> Int {
+        let needed = (Int(size) + 63) / 64 + 1
+        return 1 << (Int.bitWidth - (needed - 1).leadingZeroBitCount)
     }
 
     /// Moves a standby's passive copy to a replicated checkpoint: only the top changes. The

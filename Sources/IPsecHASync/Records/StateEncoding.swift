@@ -428,8 +428,8 @@ enum StateEncoding {
                 inboundKeys: inboundKeys, outboundKeys: outboundKeys,
                 outboundCounter: try OutboundSequenceCounter(extendedSequenceNumbers: esn, lastSent: lastSent, softLimit: softLimit),
                 inboundWindow: try ReplayWindow(
-                    size: windowSize, extendedSequenceNumbers: esn,
-                    restoringFrom: ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: top), policy: .permissiveUnsafe),
+                    passiveCopyAt: ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: top), size: windowSize,
+                    extendedSequenceNumbers: esn),
                 lifetime: try ChildSALifetime(soft: soft, hard: hard, installedAt: installedAt, usage: usage),
                 requestID: requestID, policy: hasPolicy ? SecurityPolicyID(rawValue: policyID) : nil, parent: parent,
                 owner: owner)
