@@ -106,11 +106,13 @@ public struct GatewayState: Sendable, Equatable {
     public mutating func updateMessageIDs(
         of identifier: IKESAIdentifier, _ body: (inout IKEMessageIDWindows) -> Void
     ) throws(GatewayStateError) -> [StateChange] {
-        guard ikeSAs.index(forKey: identifier) != nil else { throw .unknownIKESA(identifier) }
-        body(&ikeSAs[identifier]!.messageIDs)
-        ikeSAs[identifier]!.generation += 1
-        let sa = ikeSAs[identifier]!
-        return [.messageIDsUpdated(identifier, generation: sa.generation, sa.messageIDs.snapshot)]
+        let updated = withIKESA(identifier) { sa in
+            body(&sa.messageIDs)
+            sa.generation += 1
+            return (sa.generation, sa.messageIDs.snapshot)
+        }
+        guard let (generation, snapshot) = updated else { throw .unknownIKESA(identifier) }
+        return [.messageIDsUpdated(identifier, generation: generation, snapshot)]
     }
 
     /// Deletes an IKE SA and, first, each of its Child SAs.
@@ -378,8 +380,10 @@ public struct GatewayState: Sendable, Equatable {
             guard generation > held.generation else { throw .staleChange(held: held.generation, received: generation) }
             let windows: IKEMessageIDWindows
             do { windows = try IKEMessageIDWindows(restoringFrom: snapshot) } catch { throw .messageIDs(error) }
-            ikeSAs[identifier]!.messageIDs = windows
-            ikeSAs[identifier]!.generation = generation
+            withIKESA(identifier) { sa in
+                sa.messageIDs = windows
+                sa.generation = generation
+            }
         case .ikeSADeleted(let identifier):
             _ = try deleteIKESA(identifier)
         case .childSACreated(let sa):
@@ -505,15 +509,15 @@ public struct GatewayState: Sendable, Equatable {
             freshness.append(nil)
         }
         spiIndex.insert(sa.inboundSPI, slot: slot)
-        insertSorted(sa.inboundSPI, into: &ikeSAs[sa.parent]!.childSAs)
+        withIKESA(sa.parent) { Self.insertSorted(sa.inboundSPI, into: &$0.childSAs) }
         if let policy = sa.policy { childSAsByPolicy[policy, default: []].append(sa.inboundSPI) }
     }
 
     private mutating func replace(slot: Int32, with sa: ChildSA) {
         let held = childSlots[Int(slot)]!
         if held.parent != sa.parent {
-            ikeSAs[held.parent]?.childSAs.removeAll { $0 == sa.inboundSPI }
-            insertSorted(sa.inboundSPI, into: &ikeSAs[sa.parent]!.childSAs)
+            withIKESA(held.parent) { Self.removeSorted(sa.inboundSPI, from: &$0.childSAs) }
+            withIKESA(sa.parent) { Self.insertSorted(sa.inboundSPI, into: &$0.childSAs) }
         }
         if held.policy != sa.policy {
             if let old = held.policy { childSAsByPolicy[old]?.removeAll { $0 == sa.inboundSPI } }
@@ -526,7 +530,7 @@ public struct GatewayState: Sendable, Equatable {
     private mutating func uninstall(slot: Int32) {
         let sa = childSlots[Int(slot)]!
         spiIndex.remove(sa.inboundSPI)
-        ikeSAs[sa.parent]?.childSAs.removeAll { $0 == sa.inboundSPI }
+        withIKESA(sa.parent) { Self.removeSorted(sa.inboundSPI, from: &$0.childSAs) }
         if let policy = sa.policy { childSAsByPolicy[policy]?.removeAll { $0 == sa.inboundSPI } }
         childSlots[Int(slot)] = nil
         freshness[Int(slot)] = nil
@@ -534,9 +538,34 @@ public struct GatewayState: Sendable, Equatable {
         freeSlots.append(slot)
     }
 
-    private func insertSorted(_ spi: UInt32, into list: inout [UInt32]) {
-        let index = list.firstIndex { $0 > spi } ?? list.endIndex
-        list.insert(spi, at: index)
+    /// Runs `body` on the IKE SA in place (nothing when it does not exist). Through the
+    /// dictionary's index: `ikeSAs[identifier]!.field = ...` copies the whole IKE SA out and back.
+    @discardableResult
+    private mutating func withIKESA<Result>(_ identifier: IKESAIdentifier, _ body: (inout IKESA) -> Result) -> Result? {
+        guard let index = ikeSAs.index(forKey: identifier) else { return nil }
+        return body(&ikeSAs.values[index])
+    }
+
+    /// The first position in the ascending `list` whose value is not below `spi`.
+    private static func sortedPosition(of spi: UInt32, in list: [UInt32]) -> Int {
+        // Child SAs are mostly installed with ever larger SPIs: the end first.
+        if let last = list.last, last < spi { return list.endIndex }
+        var low = 0
+        var high = list.count
+        while low < high {
+            let middle = (low + high) / 2
+            if list[middle] < spi { low = middle + 1 } else { high = middle }
+        }
+        return low
+    }
+
+    private static func insertSorted(_ spi: UInt32, into list: inout [UInt32]) {
+        list.insert(spi, at: sortedPosition(of: spi, in: list))
+    }
+
+    private static func removeSorted(_ spi: UInt32, from list: inout [UInt32]) {
+        let position = sortedPosition(of: spi, in: list)
+        if position < list.count, list[position] == spi { list.remove(at: position) }
     }
 
     @inlinable
