@@ -147,4 +147,36 @@ struct GatewayStateTests {
         #expect(ChildSAKeys(encryption: a).integrityKey == nil)
         #expect(a.withUnsafeBytes { Array($0) } == [1, 2, 3])
     }
+
+    @Test func eachIKESAListsItsChildSAsInOrderThroughInstallsDeletesAndRekeys() throws {
+        var random = SplitMix64(seed: 21)
+        var state = GatewayState()
+        let first = Fixtures.ikeSA(1, &random)
+        let second = Fixtures.ikeSA(2, &random)
+        _ = try state.createIKESA(first)
+        _ = try state.createIKESA(second)
+        var expected: [IKESAIdentifier: Set<UInt32>] = [first.identifier: [], second.identifier: []]
+        var spis = Array(Set((0..<300).map { _ in UInt32(0x1000 + random.next() % 5_000) }))
+        spis.sort()
+        // Ascending, then descending, then shuffled: the append path and the search path.
+        let order = Array(spis.prefix(100)) + spis.dropFirst(100).prefix(100).reversed() + spis.dropFirst(200).sorted { _, _ in random.next() % 2 == 0 }
+        for spi in order {
+            let parent = random.next() % 2 == 0 ? first.identifier : second.identifier
+            _ = try state.createChildSA(Fixtures.childSA(inboundSPI: spi, parent: parent, &random))
+            expected[parent]!.insert(spi)
+        }
+        for spi in order where random.next() % 3 == 0 {
+            let parent = try #require(state.childSA(inboundSPI: spi)).parent
+            _ = try state.deleteChildSA(inboundSPI: spi)
+            expected[parent]!.remove(spi)
+        }
+        for (spi, parent) in expected[first.identifier]!.sorted().prefix(20).map({ ($0, second.identifier) }) {
+            _ = try state.updateChildSA(inboundSPI: spi) { $0.parent = parent }
+            expected[first.identifier]!.remove(spi)
+            expected[second.identifier]!.insert(spi)
+        }
+        for (identifier, children) in expected {
+            #expect(state.ikeSAs[identifier]?.childSAs == children.sorted())
+        }
+    }
 }
