@@ -40,34 +40,42 @@ public enum IKESAState: UInt8, Sendable, Hashable, Codable {
 
 /// The keys of an IKE SA (RFC 7296 section 2.14).
 ///
-/// The seven keys live in one shared, immutable box, so that copying an IKE SA (as a takeover
-/// plan or a replication record does, a hundred thousand times) costs one reference, not seven;
-/// changing a key copies the box.
+/// The seven keys are views of one zeroed-on-release allocation, held in one shared, immutable
+/// box: copying an IKE SA (as a takeover plan or a replication record does, a hundred thousand
+/// times) costs one reference, and a standby that receives a hundred thousand IKE SAs makes two
+/// allocations for each one's keys, not nine. Changing a key repacks them into a new box.
 public struct IKEKeys: Sendable, Equatable {
     // @unchecked: the box is never mutated after creation; setters replace it.
     final class Box: @unchecked Sendable {
-        let keys: [KeyMaterial]
-        init(_ keys: [KeyMaterial]) { self.keys = keys }
+        let keys: (KeyMaterial, KeyMaterial, KeyMaterial, KeyMaterial, KeyMaterial, KeyMaterial, KeyMaterial)
+        init(_ keys: [KeyMaterial]) {
+            let packed = KeyMaterial.packed(keys)
+            self.keys = (packed[0], packed[1], packed[2], packed[3], packed[4], packed[5], packed[6])
+        }
+        init(views: (KeyMaterial, KeyMaterial, KeyMaterial, KeyMaterial, KeyMaterial, KeyMaterial, KeyMaterial)) {
+            keys = views
+        }
+        var all: [KeyMaterial] { [keys.0, keys.1, keys.2, keys.3, keys.4, keys.5, keys.6] }
     }
 
     private var box: Box
 
     /// SK_d: derives Child SA keys.
-    public var d: KeyMaterial { get { box.keys[0] } set { replace(0, newValue) } }
+    public var d: KeyMaterial { get { box.keys.0 } set { replace(0, newValue) } }
     /// SK_ai: integrity of the original initiator's messages.
-    public var ai: KeyMaterial { get { box.keys[1] } set { replace(1, newValue) } }
+    public var ai: KeyMaterial { get { box.keys.1 } set { replace(1, newValue) } }
     /// SK_ar: integrity of the original responder's messages.
-    public var ar: KeyMaterial { get { box.keys[2] } set { replace(2, newValue) } }
+    public var ar: KeyMaterial { get { box.keys.2 } set { replace(2, newValue) } }
     /// SK_ei: encryption of the original initiator's messages.
-    public var ei: KeyMaterial { get { box.keys[3] } set { replace(3, newValue) } }
+    public var ei: KeyMaterial { get { box.keys.3 } set { replace(3, newValue) } }
     /// SK_er: encryption of the original responder's messages.
-    public var er: KeyMaterial { get { box.keys[4] } set { replace(4, newValue) } }
+    public var er: KeyMaterial { get { box.keys.4 } set { replace(4, newValue) } }
     /// SK_pi: the original initiator's AUTH payload.
-    public var pi: KeyMaterial { get { box.keys[5] } set { replace(5, newValue) } }
+    public var pi: KeyMaterial { get { box.keys.5 } set { replace(5, newValue) } }
     /// SK_pr: the original responder's AUTH payload.
-    public var pr: KeyMaterial { get { box.keys[6] } set { replace(6, newValue) } }
+    public var pr: KeyMaterial { get { box.keys.6 } set { replace(6, newValue) } }
 
-    /// Keys from their parts.
+    /// Keys from their parts (copied into one allocation).
     public init(
         d: KeyMaterial, ai: KeyMaterial, ar: KeyMaterial, ei: KeyMaterial, er: KeyMaterial, pi: KeyMaterial,
         pr: KeyMaterial
@@ -75,14 +83,35 @@ public struct IKEKeys: Sendable, Equatable {
         box = Box([d, ai, ar, ei, er, pi, pr])
     }
 
+    /// Keys from `material` that holds SK_d, SK_ai, SK_ar, SK_ei, SK_er, SK_pi and SK_pr one
+    /// after the other, `lengths` bytes each (as they come off KEYMAT, or off the wire): the
+    /// keys are views of `material`, not copies. Throws ``IKESAError/invalidKeyLayout`` unless
+    /// there are seven lengths, none negative, adding up to the material's length.
+    public init(packed material: KeyMaterial, lengths: [Int]) throws(IKESAError) {
+        guard lengths.count == 7, lengths.allSatisfy({ $0 >= 0 }), lengths.reduce(0, +) == material.count else {
+            throw .invalidKeyLayout
+        }
+        var position = 0
+        func next(_ length: Int) -> KeyMaterial {
+            defer { position += length }
+            return material.extracting(position..<position + length)
+        }
+        box = Box(views: (next(lengths[0]), next(lengths[1]), next(lengths[2]), next(lengths[3]), next(lengths[4]), next(lengths[5]), next(lengths[6])))
+    }
+
     private mutating func replace(_ index: Int, _ key: KeyMaterial) {
-        var keys = box.keys
+        var keys = box.all
         keys[index] = key
         box = Box(keys)
     }
 
     public static func == (lhs: IKEKeys, rhs: IKEKeys) -> Bool {
-        lhs.box === rhs.box || lhs.box.keys == rhs.box.keys
+        if lhs.box === rhs.box { return true }
+        let (l, r) = (lhs.box.keys, rhs.box.keys)
+        // Every key compared, whatever the first differences: the time depends on the lengths only.
+        func differs(_ a: KeyMaterial, _ b: KeyMaterial) -> Int { a == b ? 0 : 1 }
+        let differences = differs(l.0, r.0) | differs(l.1, r.1) | differs(l.2, r.2) | differs(l.3, r.3)
+        return differences | differs(l.4, r.4) | differs(l.5, r.5) | differs(l.6, r.6) == 0
     }
 }
 
@@ -185,4 +214,6 @@ public enum IKESAError: Error, Sendable, Hashable {
     case zeroInitiatorSPI
     /// Local and remote endpoints of different address families.
     case mixedAddressFamilies
+    /// Packed keys whose lengths do not describe their material (``IKEKeys/init(packed:lengths:)``).
+    case invalidKeyLayout
 }

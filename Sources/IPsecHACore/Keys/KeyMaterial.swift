@@ -31,15 +31,28 @@ public struct KeyMaterial: @unchecked Sendable, Equatable, CustomStringConvertib
     }
 
     private let storage: Storage
+    // A value may be a view of part of a storage (``extracting(_:)``, ``IKEKeys``): several
+    // keys in one allocation, zeroed when the last of them is released.
+    private let offset: UInt32
+    private let length: UInt32
     /// The number of key bytes.
-    public let count: Int
+    public var count: Int { Int(length) }
 
     /// Key material holding a copy of `bytes`.
     public init(copying bytes: some Sequence<UInt8>) {
         let array = Array(bytes)
-        storage = Storage.make(count: array.count)
-        count = array.count
-        array.withUnsafeBytes { storage.bytes.copyMemory(from: $0) }
+        self.init(count: array.count) { destination in array.withUnsafeBytes { destination.copyMemory(from: $0) } }
+    }
+
+    private init(viewOf storage: Storage, offset: Int, count: Int) {
+        self.storage = storage
+        self.offset = UInt32(offset)
+        self.length = UInt32(count)
+    }
+
+    /// The bytes of this value within its storage.
+    private var bytes: UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(rebasing: storage.bytes[Int(offset)..<Int(offset) + Int(length)])
     }
 
     /// Key material of `count` bytes written by `body`, so that secrets need not pass through an
@@ -48,40 +61,60 @@ public struct KeyMaterial: @unchecked Sendable, Equatable, CustomStringConvertib
         count: Int,
         initializingWith body: (UnsafeMutableRawBufferPointer) throws(Failure) -> Void
     ) throws(Failure) {
+        precondition(count >= 0 && count <= Int(UInt32.max), "key material of \(count) bytes")
         storage = Storage.make(count: count)
-        self.count = count
+        offset = 0
+        length = UInt32(count)
         try body(UnsafeMutableRawBufferPointer(rebasing: storage.bytes[0..<count]))
+    }
+
+    /// Several keys in one allocation: one storage holding `parts` one after the other, and a
+    /// view of it per part.
+    static func packed(_ parts: [KeyMaterial]) -> [KeyMaterial] {
+        let total = parts.reduce(0) { $0 + $1.count }
+        let whole = KeyMaterial(count: total) { destination in
+            var position = 0
+            for part in parts {
+                part.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: destination[position..<position + $0.count]).copyMemory(from: $0) }
+                position += part.count
+            }
+        }
+        var position = 0
+        return parts.map { part in
+            defer { position += part.count }
+            return KeyMaterial(viewOf: whole.storage, offset: position, count: part.count)
+        }
     }
 
     /// `count` bytes from `generator` (use a cryptographically secure one for real keys).
     public init(randomCount count: Int, using generator: inout some RandomNumberGenerator) {
-        storage = Storage.make(count: count)
-        self.count = count
-        for index in 0..<count { storage.bytes[index] = UInt8.random(in: .min ... .max, using: &generator) }
+        self.init(count: count) { bytes in
+            for index in 0..<count { bytes[index] = UInt8.random(in: .min ... .max, using: &generator) }
+        }
     }
 
     /// Calls `body` with the key bytes; do not let them escape.
     public func withUnsafeBytes<Result, Failure: Error>(
         _ body: (UnsafeRawBufferPointer) throws(Failure) -> Result
     ) throws(Failure) -> Result {
-        try body(UnsafeRawBufferPointer(rebasing: storage.bytes[0..<count]))
+        try body(UnsafeRawBufferPointer(bytes))
     }
 
     /// A slice of this key material as key material of its own (for instance SK_ei out of the
-    /// whole KEYMAT). Out-of-range slices are clamped to the bytes there are.
+    /// whole KEYMAT), sharing its storage. Out-of-range slices are clamped to the bytes there are.
     public func extracting(_ range: Range<Int>) -> KeyMaterial {
         let lower = Swift.min(Swift.max(range.lowerBound, 0), count)
         let upper = Swift.min(Swift.max(range.upperBound, lower), count)
-        return KeyMaterial(count: upper - lower) { destination in
-            destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: storage.bytes[lower..<upper]))
-        }
+        return KeyMaterial(viewOf: storage, offset: Int(offset) + lower, count: upper - lower)
     }
 
     /// Equal length and equal bytes, compared in time that depends on the length only.
     public static func == (lhs: KeyMaterial, rhs: KeyMaterial) -> Bool {
         guard lhs.count == rhs.count else { return false }
+        let left = lhs.bytes
+        let right = rhs.bytes
         var difference: UInt8 = 0
-        for index in 0..<lhs.count { difference |= lhs.storage.bytes[index] ^ rhs.storage.bytes[index] }
+        for index in 0..<lhs.count { difference |= left[index] ^ right[index] }
         return difference == 0
     }
 

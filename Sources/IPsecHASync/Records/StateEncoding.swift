@@ -208,6 +208,33 @@ enum StateEncoding {
         }
     }
 
+    /// The seven length-prefixed keys of an IKE SA, read into one allocation (``IKEKeys``
+    /// holds views of it).
+    static func readIKEKeys(_ r: inout ByteReader) throws(SyncCodecError) -> IKEKeys {
+        // First the lengths, on a copy of the reader, then the bytes.
+        var scan = r
+        var lengths: [Int] = []
+        lengths.reserveCapacity(7)
+        for _ in 0..<7 {
+            let count = Int(try scan.readUInt16())
+            guard count <= 1024 else { throw .invalidValue("key length \(count)") }
+            _ = try scan.readBytes(count)
+            lengths.append(count)
+        }
+        let material = KeyMaterial(count: lengths.reduce(0, +)) { destination in
+            var position = 0
+            // These reads cannot fail: the scan above read the same bytes.
+            for length in lengths {
+                _ = try? r.readUInt16()
+                if let bytes = try? r.readBytes(length) {
+                    bytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: destination[position..<position + length]).copyMemory(from: $0) }
+                }
+                position += length
+            }
+        }
+        do { return try IKEKeys(packed: material, lengths: lengths) } catch { throw .invalidValue("IKE SA keys") }
+    }
+
     static func write(_ timestamp: Timestamp?, into w: inout ByteWriter) {
         w.write(timestamp?.nanoseconds ?? none64)
     }
@@ -327,9 +354,7 @@ enum StateEncoding {
         let extensions = IKEExtensions(
             messageIDSync: flags & 1 != 0, replayCounterSync: flags & 2 != 0, childSAsUseExtendedSequenceNumbers: flags & 4 != 0)
         let snapshot = try readSnapshot(&r)
-        let keys = IKEKeys(
-            d: try readKey(&r), ai: try readKey(&r), ar: try readKey(&r), ei: try readKey(&r), er: try readKey(&r),
-            pi: try readKey(&r), pr: try readKey(&r))
+        let keys = try readIKEKeys(&r)
         do {
             var sa = try IKESA(
                 identifier: identifier, isOriginalInitiator: originalInitiator, state: state, local: local, remote: remote,

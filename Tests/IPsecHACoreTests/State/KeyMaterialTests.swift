@@ -1,0 +1,40 @@
+import IPsecHACore
+import Testing
+
+@Suite("Key material: views and packed IKE keys")
+struct KeyMaterialTests {
+    func key(_ byte: UInt8, _ count: Int) -> KeyMaterial { KeyMaterial(copying: (0..<count).map { byte &+ UInt8($0) }) }
+
+    func bytes(_ key: KeyMaterial) -> [UInt8] { key.withUnsafeBytes { Array($0) } }
+
+    @Test func slicesAreTheirBytesAndCompareByThem() {
+        let whole = key(10, 64)
+        let slice = whole.extracting(16..<48)
+        #expect(slice.count == 32)
+        #expect(bytes(slice) == Array(bytes(whole)[16..<48]))
+        #expect(slice == key(26, 32))
+        #expect(slice != key(26, 31) && slice != key(27, 32))
+        #expect(slice.extracting(8..<12) == key(34, 4), "a slice of a slice")
+        #expect(whole.extracting(60..<100).count == 4 && whole.extracting(70..<80).count == 0, "clamped")
+        #expect("\(slice)" == "KeyMaterial(32 bytes, redacted)")
+    }
+
+    @Test func packedIKEKeysAreTheKeysTheyWereMadeOf() throws {
+        let parts = [key(1, 32), key(2, 0), key(3, 32), key(4, 36), key(5, 36), key(6, 32), key(7, 32)]
+        let keys = IKEKeys(d: parts[0], ai: parts[1], ar: parts[2], ei: parts[3], er: parts[4], pi: parts[5], pr: parts[6])
+        #expect([keys.d, keys.ai, keys.ar, keys.ei, keys.er, keys.pi, keys.pr] == parts)
+
+        let material = KeyMaterial(copying: parts.flatMap(bytes))
+        let packed = try IKEKeys(packed: material, lengths: parts.map(\.count))
+        #expect(packed == keys)
+
+        var changed = packed
+        changed.ei = key(9, 16)
+        #expect(changed.ei == key(9, 16) && changed.er == parts[4] && changed.d == parts[0])
+        #expect(changed != packed && packed.ei == parts[3], "a copy keeps its keys")
+
+        #expect(throws: IKESAError.invalidKeyLayout) { try IKEKeys(packed: material, lengths: [32, 0, 32, 36, 36, 32]) }
+        #expect(throws: IKESAError.invalidKeyLayout) { try IKEKeys(packed: material, lengths: [32, 0, 32, 36, 36, 32, 33]) }
+        #expect(throws: IKESAError.invalidKeyLayout) { try IKEKeys(packed: material, lengths: [33, -1, 32, 36, 36, 32, 32]) }
+    }
+}
