@@ -55,6 +55,17 @@ struct ReplicationTests {
         #expect(cluster.replica.isReady)
         #expect(cluster.replica.state == cluster.state)
         #expect(cluster.replicator.resyncsStarted >= 1)
+
+        // Every resynced IKE SA dates from the resync; one changed afterwards, from its record.
+        let identifier = try #require(cluster.state.ikeSAs.keys.min())
+        let resynced = try #require(cluster.replica.lastUpdate(of: identifier))
+        #expect(cluster.state.ikeSAs.keys.allSatisfy { cluster.replica.lastUpdate(of: $0) == resynced })
+        try cluster.run(for: 50_000_000)
+        let changedAt = cluster.now
+        _ = try cluster.replicate(try cluster.state.updateIKESA(identifier) { $0.state = .rekeying })
+        try cluster.run(for: 50_000_000)
+        #expect(try #require(cluster.replica.lastUpdate(of: identifier)) >= changedAt)
+        #expect(cluster.replica.lastUpdate(of: IKESAIdentifier(initiatorSPI: 0xDEAD, responderSPI: 1)) == nil)
     }
 
     @Test func changesMadeWhileAResyncStreamsArriveAfterIt() throws {

@@ -405,6 +405,45 @@ public struct GatewayState: Sendable, Equatable {
         }
     }
 
+    /// Applies a replicated IKE SA record (a standby's path for an upsert): installs the IKE SA
+    /// when it is absent, replaces the one held when the record's generation is newer, keeping
+    /// the list of Child SAs the state maintains. Throws ``GatewayStateError/staleChange(held:received:)``,
+    /// changing nothing, for a record not newer than the IKE SA held.
+    public mutating func upsertReplicated(_ sa: IKESA) throws(GatewayStateError) {
+        guard let index = ikeSAs.index(forKey: sa.identifier) else {
+            var copy = sa
+            copy.childSAs = []
+            ikeSAs[sa.identifier] = copy
+            return
+        }
+        let held = ikeSAs.values[index].generation
+        guard sa.generation > held else { throw .staleChange(held: held, received: sa.generation) }
+        let children = ikeSAs.values[index].childSAs
+        ikeSAs.values[index] = sa
+        ikeSAs.values[index].childSAs = children
+    }
+
+    /// Applies a replicated Child SA record (a standby's path for an upsert): installs the
+    /// Child SA when its inbound SPI is free, replaces the one held when the record's generation
+    /// is newer; either way records it as checkpointed at `arrival` (keeping the rate measured
+    /// before, if any), with one SPI lookup. Throws, changing nothing, for a stale record, a
+    /// parent IKE SA or a policy it does not hold.
+    public mutating func upsertReplicated(_ sa: ChildSA, arrivedAt arrival: Timestamp) throws(GatewayStateError) {
+        guard ikeSAs.index(forKey: sa.parent) != nil else { throw .unknownParent(sa.parent) }
+        if let slot = spiIndex.slot(of: sa.inboundSPI) {
+            let index = Int(slot)
+            let held = childSlots.withUnsafeBufferPointer { $0[index]!.generation }
+            guard sa.generation > held else { throw .staleChange(held: held, received: sa.generation) }
+            if let policy = sa.policy, spd.policy(policy) == nil { throw .unknownPolicy(policy) }
+            replace(slot: slot, with: sa)
+            freshness[index] = ChildSAFreshness(lastCheckpoint: arrival, packetsPerSecond: freshness[index]?.packetsPerSecond)
+        } else {
+            if let policy = sa.policy, spd.policy(policy) == nil { throw .unknownPolicy(policy) }
+            let slot = install(sa)
+            freshness[Int(slot)] = ChildSAFreshness(lastCheckpoint: arrival, packetsPerSecond: nil)
+        }
+    }
+
     /// Applies one replicated counter checkpoint (what ``apply(_:)`` does for
     /// ``StateChange/countersAdvanced(_:generation:)``), in place and without building a change:
     /// the replica's per-checkpoint path. With `freshness`, also records it as
@@ -496,7 +535,8 @@ public struct GatewayState: Sendable, Equatable {
         return childSlots.indices.contains(index) && childSlots[index].isPresent ? index : nil
     }
 
-    private mutating func install(_ sa: ChildSA) {
+    @discardableResult
+    private mutating func install(_ sa: ChildSA) -> Int32 {
         let slot: Int32
         if let free = freeSlots.popLast() {
             slot = free
@@ -511,6 +551,7 @@ public struct GatewayState: Sendable, Equatable {
         spiIndex.insert(sa.inboundSPI, slot: slot)
         withIKESA(sa.parent) { Self.insertSorted(sa.inboundSPI, into: &$0.childSAs) }
         if let policy = sa.policy { childSAsByPolicy[policy, default: []].append(sa.inboundSPI) }
+        return slot
     }
 
     private mutating func replace(slot: Int32, with sa: ChildSA) {

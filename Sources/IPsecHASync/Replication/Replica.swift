@@ -43,8 +43,16 @@ public struct Replica {
     public private(set) var isReady = false
     /// Exchanges started and not yet finished.
     public private(set) var inFlight: Set<InFlightExchange> = []
-    /// When each IKE SA's record was last applied.
-    public private(set) var lastUpdated: [IKESAIdentifier: Timestamp] = [:]
+    /// When an IKE SA's record was last applied: the time of the record itself when it came
+    /// after the last bulk resync began, the time that resync began otherwise (a resync applies
+    /// a hundred thousand records within a second, and a time each is not worth a table entry
+    /// each); nil for an IKE SA the replica does not hold.
+    public func lastUpdate(of identifier: IKESAIdentifier) -> Timestamp? {
+        guard state.ikeSAs.index(forKey: identifier) != nil else { return nil }
+        return updatedSinceResync[identifier] ?? resyncBegan
+    }
+    private var updatedSinceResync: [IKESAIdentifier: Timestamp] = [:]
+    private var resyncBegan: Timestamp?
     /// The replica's counters.
     public private(set) var statistics = ReplicaStatistics()
     private var resyncInProgress: UInt32?
@@ -119,7 +127,8 @@ public struct Replica {
             state.reserveCapacity(ikeSAs: Int(ikeSAs), childSAs: Int(childSAs))
             missingIKESAs = []
             inFlight = []
-            lastUpdated = [:]
+            updatedSinceResync = [:]
+            resyncBegan = now
             isReady = false
             resyncInProgress = id
         case .resyncEnd(let id, let ikeSAs, let childSAs, let policies):
@@ -137,22 +146,19 @@ public struct Replica {
         case .policyDelete(let id):
             count(.policyRemoved(id))
         case .ikeSAUpsert(let sa):
-            let change: StateChange = state.ikeSAs.index(forKey: sa.identifier) == nil ? .ikeSACreated(sa) : .ikeSAUpdated(sa)
-            if count(change) {
-                lastUpdated[sa.identifier] = now
-                missingIKESAs.remove(sa.identifier)
+            if count({ (state: inout GatewayState) throws(GatewayStateError) in try state.upsertReplicated(sa) }) {
+                noteUpdate(of: sa.identifier, now: now)
+                if !missingIKESAs.isEmpty { missingIKESAs.remove(sa.identifier) }
             }
         case .ikeSADelete(let identifier):
             if count(.ikeSADeleted(identifier)) {
-                lastUpdated[identifier] = nil
+                updatedSinceResync[identifier] = nil
                 inFlight = inFlight.filter { $0.ikeSA != identifier }
             }
         case .childSAUpsert(let sa):
-            let change: StateChange = state.slot(forInboundSPI: sa.inboundSPI) == nil ? .childSACreated(sa) : .childSAUpdated(sa)
-            let rate = state.counterFreshness(inboundSPI: sa.inboundSPI)?.packetsPerSecond
-            if count(change) {
-                try? state.recordCounterFreshness(ChildSAFreshness(lastCheckpoint: now, packetsPerSecond: rate), inboundSPI: sa.inboundSPI)
-            } else if state.ikeSAs.index(forKey: sa.parent) == nil {
+            if !count({ (state: inout GatewayState) throws(GatewayStateError) in try state.upsertReplicated(sa, arrivedAt: now) }),
+                state.ikeSAs.index(forKey: sa.parent) == nil
+            {
                 missingIKESAs.insert(sa.parent)
             }
         case .childSADelete(let spi):
@@ -168,7 +174,7 @@ public struct Replica {
                 missingIKESAs.insert(identifier)
                 return
             }
-            if count(.messageIDsUpdated(identifier, generation: generation, snapshot)) { lastUpdated[identifier] = now }
+            if count(.messageIDsUpdated(identifier, generation: generation, snapshot)) { noteUpdate(of: identifier, now: now) }
         case .ownershipChange(let identifier, let owner, let generation):
             updateIKESA(identifier, generation: generation, now: now) { $0.owner = owner }
         case .exchangeStarted(let identifier, let messageID, let initiatedHere):
@@ -189,7 +195,11 @@ public struct Replica {
         }
         body(&sa)
         sa.generation = generation
-        if count(.ikeSAUpdated(sa)) { lastUpdated[identifier] = now }
+        if count(.ikeSAUpdated(sa)) { noteUpdate(of: identifier, now: now) }
+    }
+
+    private mutating func noteUpdate(of identifier: IKESAIdentifier, now: Timestamp) {
+        if resyncInProgress == nil { updatedSinceResync[identifier] = now }
     }
 
     /// Applies one change and counts the outcome; true when it was applied.

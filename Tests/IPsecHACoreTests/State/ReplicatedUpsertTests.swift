@@ -1,0 +1,47 @@
+import IPsecHACore
+import Testing
+
+@Suite("Replicated upserts on a standby")
+struct ReplicatedUpsertTests {
+    @Test func upsertsInstallThenReplaceOnlyWithNewerRecords() throws {
+        var random = SplitMix64(seed: 31)
+        var standby = GatewayState()
+        var ike = Fixtures.ikeSA(1, &random)
+        ike.generation = 3
+        try standby.upsertReplicated(ike)
+        var child = Fixtures.childSA(inboundSPI: 0x5000, parent: ike.identifier, &random)
+        child.generation = 2
+        try standby.upsertReplicated(child, arrivedAt: .seconds(1))
+        #expect(standby.childSA(inboundSPI: 0x5000) == child)
+        #expect(standby.counterFreshness(inboundSPI: 0x5000) == ChildSAFreshness(lastCheckpoint: .seconds(1), packetsPerSecond: nil))
+
+        // A newer IKE SA record keeps the Child SA list the state maintains.
+        var newer = ike
+        newer.generation = 4
+        newer.state = .rekeying
+        try standby.upsertReplicated(newer)
+        #expect(standby.ikeSAs[ike.identifier]?.state == .rekeying)
+        #expect(standby.ikeSAs[ike.identifier]?.childSAs == [0x5000])
+        #expect(throws: GatewayStateError.staleChange(held: 4, received: 4)) { try standby.upsertReplicated(newer) }
+
+        // A newer Child SA record keeps the measured rate and moves the arrival time.
+        _ = standby.applyCounterCheckpoints(
+            [CounterCheckpointEntry(checkpoint: child.counterCheckpoint, generation: 3, packetsPerSecond: 700)], arrivedAt: .seconds(2))
+        var changed = try #require(standby.childSA(inboundSPI: 0x5000))
+        changed.generation = 4
+        changed.requestID = 99
+        try standby.upsertReplicated(changed, arrivedAt: .seconds(5))
+        #expect(standby.childSA(inboundSPI: 0x5000)?.requestID == 99)
+        #expect(standby.counterFreshness(inboundSPI: 0x5000) == ChildSAFreshness(lastCheckpoint: .seconds(5), packetsPerSecond: 700))
+        #expect(throws: GatewayStateError.staleChange(held: 4, received: 4)) { try standby.upsertReplicated(changed, arrivedAt: .seconds(6)) }
+        #expect(standby.counterFreshness(inboundSPI: 0x5000)?.lastCheckpoint == .seconds(5), "a refused record changes nothing")
+
+        let orphan = Fixtures.childSA(inboundSPI: 0x6000, parent: IKESAIdentifier(initiatorSPI: 9, responderSPI: 9), &random)
+        #expect(throws: GatewayStateError.unknownParent(orphan.parent)) { try standby.upsertReplicated(orphan, arrivedAt: .seconds(7)) }
+        let unknownPolicy = Fixtures.childSA(inboundSPI: 0x6001, parent: ike.identifier, policy: SecurityPolicyID(rawValue: 8), &random)
+        #expect(throws: GatewayStateError.unknownPolicy(SecurityPolicyID(rawValue: 8))) {
+            try standby.upsertReplicated(unknownPolicy, arrivedAt: .seconds(7))
+        }
+        #expect(standby.childSACount == 1)
+    }
+}
