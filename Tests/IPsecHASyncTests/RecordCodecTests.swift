@@ -101,9 +101,12 @@ struct VarintTests {
         writer.writeVarint(value)
         let bytes = writer.bytes
         #expect(bytes.count == max(1, (64 - value.leadingZeroBitCount + 6) / 7))
-        var reader = ByteReader(bytes[...])
-        #expect(try reader.readVarint() == value)
-        #expect(reader.isAtEnd)
+        let decoded = try ByteReader.reading(bytes[...]) { (reader: inout ByteReader) throws(SyncCodecError) in
+            let value = try reader.readVarint()
+            try reader.expectEnd()
+            return value
+        }
+        #expect(decoded == value)
     }
 
     @Test(arguments: [
@@ -112,7 +115,8 @@ struct VarintTests {
         [0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01],
     ] as [[UInt8]])
     func malformedEncodingsAreRefused(bytes: [UInt8]) {
-        var reader = ByteReader(bytes[...])
-        #expect(throws: SyncCodecError.self) { try reader.readVarint() }
+        #expect(throws: SyncCodecError.self) {
+            try ByteReader.reading(bytes[...]) { (reader: inout ByteReader) throws(SyncCodecError) in try reader.readVarint() }
+        }
     }
 }

@@ -47,33 +47,32 @@ public enum IKESAState: UInt8, Sendable, Hashable, Codable {
 public struct IKEKeys: Sendable, Equatable {
     // @unchecked: the box is never mutated after creation; setters replace it.
     final class Box: @unchecked Sendable {
-        let keys: (KeyMaterial, KeyMaterial, KeyMaterial, KeyMaterial, KeyMaterial, KeyMaterial, KeyMaterial)
-        init(_ keys: [KeyMaterial]) {
-            let packed = KeyMaterial.packed(keys)
-            self.keys = (packed[0], packed[1], packed[2], packed[3], packed[4], packed[5], packed[6])
+        // Seven stored keys, not a tuple: reading one element of a tuple property copies the
+        // whole tuple, with a retain per key.
+        let d, ai, ar, ei, er, pi, pr: KeyMaterial
+        init(views keys: [KeyMaterial]) {
+            (d, ai, ar, ei, er, pi, pr) = (keys[0], keys[1], keys[2], keys[3], keys[4], keys[5], keys[6])
         }
-        init(views: (KeyMaterial, KeyMaterial, KeyMaterial, KeyMaterial, KeyMaterial, KeyMaterial, KeyMaterial)) {
-            keys = views
-        }
-        var all: [KeyMaterial] { [keys.0, keys.1, keys.2, keys.3, keys.4, keys.5, keys.6] }
+        convenience init(_ keys: [KeyMaterial]) { self.init(views: KeyMaterial.packed(keys)) }
+        var all: [KeyMaterial] { [d, ai, ar, ei, er, pi, pr] }
     }
 
     private var box: Box
 
     /// SK_d: derives Child SA keys.
-    public var d: KeyMaterial { get { box.keys.0 } set { replace(0, newValue) } }
+    public var d: KeyMaterial { get { box.d } set { replace(0, newValue) } }
     /// SK_ai: integrity of the original initiator's messages.
-    public var ai: KeyMaterial { get { box.keys.1 } set { replace(1, newValue) } }
+    public var ai: KeyMaterial { get { box.ai } set { replace(1, newValue) } }
     /// SK_ar: integrity of the original responder's messages.
-    public var ar: KeyMaterial { get { box.keys.2 } set { replace(2, newValue) } }
+    public var ar: KeyMaterial { get { box.ar } set { replace(2, newValue) } }
     /// SK_ei: encryption of the original initiator's messages.
-    public var ei: KeyMaterial { get { box.keys.3 } set { replace(3, newValue) } }
+    public var ei: KeyMaterial { get { box.ei } set { replace(3, newValue) } }
     /// SK_er: encryption of the original responder's messages.
-    public var er: KeyMaterial { get { box.keys.4 } set { replace(4, newValue) } }
+    public var er: KeyMaterial { get { box.er } set { replace(4, newValue) } }
     /// SK_pi: the original initiator's AUTH payload.
-    public var pi: KeyMaterial { get { box.keys.5 } set { replace(5, newValue) } }
+    public var pi: KeyMaterial { get { box.pi } set { replace(5, newValue) } }
     /// SK_pr: the original responder's AUTH payload.
-    public var pr: KeyMaterial { get { box.keys.6 } set { replace(6, newValue) } }
+    public var pr: KeyMaterial { get { box.pr } set { replace(6, newValue) } }
 
     /// Keys from their parts (copied into one allocation).
     public init(
@@ -92,11 +91,11 @@ public struct IKEKeys: Sendable, Equatable {
             throw .invalidKeyLayout
         }
         var position = 0
-        func next(_ length: Int) -> KeyMaterial {
-            defer { position += length }
-            return material.extracting(position..<position + length)
-        }
-        box = Box(views: (next(lengths[0]), next(lengths[1]), next(lengths[2]), next(lengths[3]), next(lengths[4]), next(lengths[5]), next(lengths[6])))
+        box = Box(
+            views: lengths.map { length in
+                defer { position += length }
+                return material.extracting(position..<position + length)
+            })
     }
 
     private mutating func replace(_ index: Int, _ key: KeyMaterial) {
@@ -107,11 +106,11 @@ public struct IKEKeys: Sendable, Equatable {
 
     public static func == (lhs: IKEKeys, rhs: IKEKeys) -> Bool {
         if lhs.box === rhs.box { return true }
-        let (l, r) = (lhs.box.keys, rhs.box.keys)
+        let (l, r) = (lhs.box, rhs.box)
         // Every key compared, whatever the first differences: the time depends on the lengths only.
         func differs(_ a: KeyMaterial, _ b: KeyMaterial) -> Int { a == b ? 0 : 1 }
-        let differences = differs(l.0, r.0) | differs(l.1, r.1) | differs(l.2, r.2) | differs(l.3, r.3)
-        return differences | differs(l.4, r.4) | differs(l.5, r.5) | differs(l.6, r.6) == 0
+        let differences = differs(l.d, r.d) | differs(l.ai, r.ai) | differs(l.ar, r.ar) | differs(l.ei, r.ei)
+        return differences | differs(l.er, r.er) | differs(l.pi, r.pi) | differs(l.pr, r.pr) == 0
     }
 }
 

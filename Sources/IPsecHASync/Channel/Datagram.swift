@@ -68,24 +68,27 @@ public struct DatagramHeader: Sendable, Hashable {
     }
 
     static func read(_ bytes: ArraySlice<UInt8>) throws(SyncChannelError) -> DatagramHeader {
-        var reader = ByteReader(bytes)
+        let fields: (magic: (UInt8, UInt8), version: UInt8, header: DatagramHeader)
         do {
-            guard try reader.readUInt8() == magic.0, try reader.readUInt8() == magic.1 else { throw SyncChannelError.notSynchProtocol }
-            let version = try reader.readUInt8()
-            guard version == currentVersion else { throw SyncChannelError.unsupportedVersion(version) }
-            var header = DatagramHeader(
-                flags: try reader.readUInt8(), clusterID: try reader.readUInt32(),
-                sender: ClusterMemberID(rawValue: try reader.readUInt16()), receiver: ClusterMemberID(rawValue: try reader.readUInt16()),
-                epoch: try reader.readUInt32(), packetNumber: try reader.readUInt64(), reliableSequence: try reader.readUInt64())
-            header.version = version
-            guard header.flags & ~(sealedFlag | streamResetFlag) == 0 else { throw SyncChannelError.invalidHeader("flags \(header.flags)") }
-            guard header.packetNumber > 0 else { throw SyncChannelError.invalidHeader("packet number 0") }
-            return header
-        } catch let error as SyncChannelError {
-            throw error
+            fields = try ByteReader.reading(bytes) { (reader: inout ByteReader) throws(SyncCodecError) in
+                let magic = (try reader.readUInt8(), try reader.readUInt8())
+                let version = try reader.readUInt8()
+                let header = DatagramHeader(
+                    flags: try reader.readUInt8(), clusterID: try reader.readUInt32(),
+                    sender: ClusterMemberID(rawValue: try reader.readUInt16()), receiver: ClusterMemberID(rawValue: try reader.readUInt16()),
+                    epoch: try reader.readUInt32(), packetNumber: try reader.readUInt64(), reliableSequence: try reader.readUInt64())
+                return (magic, version, header)
+            }
         } catch {
             throw .tooShort(bytes.count)
         }
+        guard fields.magic == magic else { throw .notSynchProtocol }
+        guard fields.version == currentVersion else { throw .unsupportedVersion(fields.version) }
+        var header = fields.header
+        header.version = fields.version
+        guard header.flags & ~(sealedFlag | streamResetFlag) == 0 else { throw .invalidHeader("flags \(header.flags)") }
+        guard header.packetNumber > 0 else { throw .invalidHeader("packet number 0") }
+        return header
     }
 }
 

@@ -96,20 +96,18 @@ enum StateEncoding {
     }
 
     static func readCheckpointEntry(_ r: inout ByteReader) throws(SyncCodecError) -> CounterCheckpointEntry {
-        try r.withCursor { (c: inout ByteCursor) throws(SyncCodecError) in
-            let spi = try c.readUInt32()
-            let generation = try c.readVarint()
-            let outbound = OutboundCounterCheckpoint(lastSent: try c.readVarint())
-            let inbound = ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: try c.readVarint())
-            let usage = ChildSAUsage(
-                inboundBytes: try c.readVarint(), inboundPackets: try c.readVarint(), outboundBytes: try c.readVarint(),
-                outboundPackets: try c.readVarint())
-            let rate = try c.readVarint()
-            guard rate <= UInt64(UInt32.max) else { throw .invalidValue("packet rate \(rate)") }
-            return CounterCheckpointEntry(
-                checkpoint: ChildSACounterCheckpoint(inboundSPI: spi, outbound: outbound, inbound: inbound, usage: usage),
-                generation: generation, packetsPerSecond: UInt32(rate))
-        }
+        let spi = try r.readUInt32()
+        let generation = try r.readVarint()
+        let outbound = OutboundCounterCheckpoint(lastSent: try r.readVarint())
+        let inbound = ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: try r.readVarint())
+        let usage = ChildSAUsage(
+            inboundBytes: try r.readVarint(), inboundPackets: try r.readVarint(), outboundBytes: try r.readVarint(),
+            outboundPackets: try r.readVarint())
+        let rate = try r.readVarint()
+        guard rate <= UInt64(UInt32.max) else { throw .invalidValue("packet rate \(rate)") }
+        return CounterCheckpointEntry(
+            checkpoint: ChildSACounterCheckpoint(inboundSPI: spi, outbound: outbound, inbound: inbound, usage: usage),
+            generation: generation, packetsPerSecond: UInt32(rate))
     }
 
     // MARK: Addresses, selectors, keys
@@ -203,9 +201,7 @@ enum StateEncoding {
         let count = Int(try r.readUInt16())
         guard count <= 1024 else { throw .invalidValue("key length \(count)") }
         let bytes = try r.readBytes(count)
-        return KeyMaterial(count: count) { destination in
-            bytes.withUnsafeBytes { destination.copyMemory(from: $0) }
-        }
+        return KeyMaterial(count: count) { destination in destination.copyMemory(from: bytes) }
     }
 
     /// The seven length-prefixed keys of an IKE SA, read into one allocation (``IKEKeys``
@@ -227,7 +223,7 @@ enum StateEncoding {
             for length in lengths {
                 _ = try? r.readUInt16()
                 if let bytes = try? r.readBytes(length) {
-                    bytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: destination[position..<position + length]).copyMemory(from: $0) }
+                    UnsafeMutableRawBufferPointer(rebasing: destination[position..<position + length]).copyMemory(from: bytes)
                 }
                 position += length
             }

@@ -195,7 +195,7 @@ extension SyncRecord {
         var r = try reader.readBlock()
         guard let type = SyncRecordType(rawValue: rawType) else {
             if rawType & SyncRecordType.criticalBit != 0 { throw .unknownCriticalRecord(rawType) }
-            return .unknown(type: rawType, value: Array(try r.readBytes(r.remaining)))
+            return .unknown(type: rawType, value: [UInt8](try r.readBytes(r.remaining)))
         }
         let record: SyncRecord
         switch type {
@@ -265,9 +265,10 @@ extension SyncRecord {
     /// Decodes the records of a datagram payload, in order. Throws on any malformed record,
     /// so that a datagram is taken whole or not at all.
     public static func decodeAll(_ bytes: ArraySlice<UInt8>) throws(SyncCodecError) -> [SyncRecord] {
-        var reader = ByteReader(bytes)
-        var records: [SyncRecord] = []
-        while !reader.isAtEnd { records.append(try decode(from: &reader)) }
-        return records
+        try ByteReader.reading(bytes) { (reader: inout ByteReader) throws(SyncCodecError) in
+            var records: [SyncRecord] = []
+            while !reader.isAtEnd { records.append(try decode(from: &reader)) }
+            return records
+        }
     }
 }

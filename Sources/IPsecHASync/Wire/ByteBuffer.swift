@@ -124,22 +124,40 @@ struct WriteCursor {
 
 /// Reads big-endian integers from received bytes, never past their end: every read that would
 /// go past it throws ``SyncCodecError/truncated``, so malformed input cannot crash the decoder.
+///
+/// It reads through the bytes' address, one bounds check per field instead of a collection
+/// access per byte; so it exists only inside ``reading(_:_:)``, which holds the bytes for it.
+/// Never keep a reader, or bytes it returned, beyond that call.
 struct ByteReader {
-    private let bytes: ArraySlice<UInt8>
+    private let buffer: UnsafeRawBufferPointer
     private(set) var position: Int
+    private let end: Int
 
-    init(_ bytes: ArraySlice<UInt8>) {
-        self.bytes = bytes
-        position = bytes.startIndex
+    private init(_ buffer: UnsafeRawBufferPointer, from start: Int = 0, to end: Int? = nil) {
+        self.buffer = buffer
+        position = start
+        self.end = end ?? buffer.count
     }
 
-    var remaining: Int { bytes.endIndex - position }
-    var isAtEnd: Bool { position == bytes.endIndex }
+    /// Runs `body` with a reader over `bytes`.
+    static func reading<Result>(
+        _ bytes: ArraySlice<UInt8>, _ body: (inout ByteReader) throws(SyncCodecError) -> Result
+    ) throws(SyncCodecError) -> Result {
+        let outcome = bytes.withUnsafeBytes { buffer -> Swift.Result<Result, SyncCodecError> in
+            var reader = ByteReader(buffer)
+            do throws(SyncCodecError) { return .success(try body(&reader)) } catch { return .failure(error) }
+        }
+        return try outcome.get()
+    }
 
+    var remaining: Int { end &- position }
+    var isAtEnd: Bool { position == end }
+
+    @inline(__always)
     mutating func readUInt8() throws(SyncCodecError) -> UInt8 {
-        guard remaining >= 1 else { throw .truncated }
-        defer { position += 1 }
-        return bytes[position]
+        guard position < end else { throw .truncated }
+        defer { position &+= 1 }
+        return buffer[position]
     }
 
     mutating func readUInt16() throws(SyncCodecError) -> UInt16 { try readInteger() }
@@ -154,10 +172,11 @@ struct ByteReader {
         }
     }
 
-    mutating func readBytes(_ count: Int) throws(SyncCodecError) -> ArraySlice<UInt8> {
+    /// The next `count` bytes, valid as long as the reader is.
+    mutating func readBytes(_ count: Int) throws(SyncCodecError) -> UnsafeRawBufferPointer {
         guard count >= 0, remaining >= count else { throw .truncated }
-        defer { position += count }
-        return bytes[position..<position + count]
+        defer { position &+= count }
+        return UnsafeRawBufferPointer(rebasing: buffer[position..<position &+ count])
     }
 
     /// Reads an unsigned LEB128 variable-length integer written by ``ByteWriter/writeVarint(_:)``.
@@ -165,34 +184,37 @@ struct ByteReader {
     /// (a trailing zero byte), so that every value has exactly one encoding.
     @inline(__always)
     mutating func readVarint() throws(SyncCodecError) -> UInt64 {
-        try withCursor { (cursor: inout ByteCursor) throws(SyncCodecError) in try cursor.readVarint() }
+        var index = position
+        var value: UInt64 = 0
+        var shift: UInt64 = 0
+        // Bytes 1 to 9 carry 7 bits each; only the 10th can overflow 64 bits, so only it is
+        // checked for that.
+        while shift < 63 {
+            guard index < end else { throw .truncated }
+            let byte = buffer[index]
+            index &+= 1
+            value |= UInt64(byte & 0x7F) &<< shift
+            if byte < 0x80 {
+                guard byte != 0 || shift == 0 else { throw .invalidValue("non-minimal varint") }
+                position = index
+                return value
+            }
+            shift &+= 7
+        }
+        guard index < end else { throw .truncated }
+        let last = buffer[index]
+        guard last <= 1 else { throw .invalidValue("varint beyond 64 bits") }
+        guard last == 1 else { throw .invalidValue("non-minimal varint") }
+        position = index &+ 1
+        return value | 1 &<< 63
     }
 
-    /// Runs `body` over the unread bytes through a ``ByteCursor`` (one pointer access for a run
-    /// of small fields instead of one per field), then moves past what it read. On a throw the
-    /// reader does not move.
-    @inline(__always)
-    mutating func withCursor<Result>(
-        _ body: (inout ByteCursor) throws(SyncCodecError) -> Result
-    ) throws(SyncCodecError) -> Result {
-        let start = position - bytes.startIndex
-        let outcome = bytes.withUnsafeBytes { buffer -> Swift.Result<(Result, Int), SyncCodecError> in
-            var cursor = ByteCursor(buffer: buffer, index: start)
-            do throws(SyncCodecError) {
-                let value = try body(&cursor)
-                return .success((value, cursor.index - start))
-            } catch {
-                return .failure(error)
-            }
-        }
-        let (value, consumed) = try outcome.get()
-        position += consumed
-        return value
-    }
     /// Reads a 16-bit length and returns a reader over exactly that many bytes.
     mutating func readBlock() throws(SyncCodecError) -> ByteReader {
         let length = Int(try readUInt16())
-        return ByteReader(try readBytes(length))
+        guard remaining >= length else { throw .truncated }
+        defer { position &+= length }
+        return ByteReader(buffer, from: position, to: position &+ length)
     }
 
     /// Throws unless every byte was consumed.
@@ -204,52 +226,8 @@ struct ByteReader {
     private mutating func readInteger<T: FixedWidthInteger>() throws(SyncCodecError) -> T {
         let size = MemoryLayout<T>.size
         guard remaining >= size else { throw .truncated }
-        let offset = position - bytes.startIndex
-        let value = bytes.withUnsafeBytes { T(bigEndian: $0.loadUnaligned(fromByteOffset: offset, as: T.self)) }
-        position += size
-        return value
-    }
-}
-
-/// A position in received bytes, read through their pointer (from ``ByteReader/withCursor(_:)``):
-/// the same bounds checks as the reader, without a collection access per field.
-struct ByteCursor {
-    let buffer: UnsafeRawBufferPointer
-    var index: Int
-
-    @inline(__always)
-    mutating func readUInt32() throws(SyncCodecError) -> UInt32 {
-        guard buffer.count - index >= 4 else { throw .truncated }
-        defer { index += 4 }
-        return UInt32(bigEndian: buffer.loadUnaligned(fromByteOffset: index, as: UInt32.self))
-    }
-
-    /// As ``ByteReader/readVarint()``.
-    @inline(__always)
-    mutating func readVarint() throws(SyncCodecError) -> UInt64 {
-        var position = index
-        var value: UInt64 = 0
-        var shift: UInt64 = 0
-        // Bytes 1 to 9 carry 7 bits each; only the 10th can overflow 64 bits, so only it is
-        // checked for that.
-        while shift < 63 {
-            guard position < buffer.count else { throw .truncated }
-            let byte = buffer[position]
-            position &+= 1
-            value |= UInt64(byte & 0x7F) &<< shift
-            if byte < 0x80 {
-                guard byte != 0 || shift == 0 else { throw .invalidValue("non-minimal varint") }
-                index = position
-                return value
-            }
-            shift &+= 7
-        }
-        guard position < buffer.count else { throw .truncated }
-        let last = buffer[position]
-        guard last <= 1 else { throw .invalidValue("varint beyond 64 bits") }
-        guard last == 1 else { throw .invalidValue("non-minimal varint") }
-        index = position &+ 1
-        return value | 1 &<< 63
+        defer { position &+= size }
+        return T(bigEndian: buffer.loadUnaligned(fromByteOffset: position, as: T.self))
     }
 }
 
