@@ -429,7 +429,7 @@ public struct GatewayState: Sendable, Equatable {
     /// before, if any), with one SPI lookup. Throws, changing nothing, for a stale record, a
     /// parent IKE SA or a policy it does not hold.
     public mutating func upsertReplicated(_ sa: ChildSA, arrivedAt arrival: Timestamp) throws(GatewayStateError) {
-        guard ikeSAs.index(forKey: sa.parent) != nil else { throw .unknownParent(sa.parent) }
+        guard let parent = ikeSAs.index(forKey: sa.parent) else { throw .unknownParent(sa.parent) }
         if let slot = spiIndex.slot(of: sa.inboundSPI) {
             let index = Int(slot)
             let held = childSlots.withUnsafeBufferPointer { $0[index]!.generation }
@@ -439,7 +439,7 @@ public struct GatewayState: Sendable, Equatable {
             freshness[index] = ChildSAFreshness(lastCheckpoint: arrival, packetsPerSecond: freshness[index]?.packetsPerSecond)
         } else {
             if let policy = sa.policy, spd.policy(policy) == nil { throw .unknownPolicy(policy) }
-            let slot = install(sa)
+            let slot = install(sa, parent: parent)
             freshness[Int(slot)] = ChildSAFreshness(lastCheckpoint: arrival, packetsPerSecond: nil)
         }
     }
@@ -535,8 +535,10 @@ public struct GatewayState: Sendable, Equatable {
         return childSlots.indices.contains(index) && childSlots[index].isPresent ? index : nil
     }
 
+    /// Installs `sa` in a free slot; `parent`, when known, is its parent's index in `ikeSAs`
+    /// (saving a second lookup).
     @discardableResult
-    private mutating func install(_ sa: ChildSA) -> Int32 {
+    private mutating func install(_ sa: ChildSA, parent: Dictionary<IKESAIdentifier, IKESA>.Index? = nil) -> Int32 {
         let slot: Int32
         if let free = freeSlots.popLast() {
             slot = free
@@ -549,7 +551,11 @@ public struct GatewayState: Sendable, Equatable {
             freshness.append(nil)
         }
         spiIndex.insert(sa.inboundSPI, slot: slot)
-        withIKESA(sa.parent) { Self.insertSorted(sa.inboundSPI, into: &$0.childSAs) }
+        if let parent {
+            Self.insertSorted(sa.inboundSPI, into: &ikeSAs.values[parent].childSAs)
+        } else {
+            withIKESA(sa.parent) { Self.insertSorted(sa.inboundSPI, into: &$0.childSAs) }
+        }
         if let policy = sa.policy { childSAsByPolicy[policy, default: []].append(sa.inboundSPI) }
         return slot
     }
