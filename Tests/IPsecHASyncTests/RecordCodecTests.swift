@@ -15,9 +15,9 @@ struct RecordCodecTests {
         }
     }
 
-    @Test(arguments: [1_352, 200, 90] as [Int])
-    func checkpointBatchesFillButNeverOverflowADatagram(maximumPayload: Int) throws {
-        var random = SplitMix64(seed: UInt64(maximumPayload))
+    @Test(arguments: [1_400, 300, 160] as [Int])
+    func checkpointRecordsAreSplitToFillButNeverOverflowADatagram(maximumDatagramSize: Int) throws {
+        var random = SplitMix64(seed: UInt64(maximumDatagramSize))
         let entries = (0..<500).map { index in
             // Counters from 1 to 10 bytes long, so that entries differ in size.
             let shift = random.next() % 64
@@ -28,20 +28,29 @@ struct RecordCodecTests {
                     usage: ChildSAUsage(inboundBytes: random.next() >> shift, inboundPackets: 0, outboundBytes: random.next(), outboundPackets: 1)),
                 generation: random.next() >> shift, packetsPerSecond: UInt32(truncatingIfNeeded: random.next() >> shift))
         }
-        let records = Replicator.batches(entries, maximumPayload: maximumPayload)
-        var decodedEntries: [CounterCheckpointEntry] = []
-        for (index, record) in records.enumerated() {
-            let bytes = try record.encoded()
-            #expect(bytes.count <= maximumPayload, "record \(index) of \(records.count)")
-            guard case .counterCheckpoints(let batch) = record else { throw SyncCodecError.truncated }
-            for entry in batch { #expect(StateEncoding.encodedSize(of: entry) == (try SyncRecord.counterCheckpoints([entry]).encoded().count - 6)) }
-            // Full: the next entry would not have fitted.
-            if index + 1 < records.count, case .counterCheckpoints(let next) = records[index + 1] {
-                #expect(bytes.count + StateEncoding.encodedSize(of: next[0]) > maximumPayload)
+        let key = try ChannelKey.generate()
+        let (active, standby) = (ClusterMemberID(rawValue: 1), ClusterMemberID(rawValue: 2))
+        var configuration = SyncChannelConfiguration(clusterID: 1, member: active, epoch: 1, key: key, peers: [standby])
+        configuration.maximumDatagramSize = maximumDatagramSize
+        var sender = try SyncChannel(configuration: configuration)
+        configuration.member = standby
+        configuration.peers = [active]
+        var receiver = try SyncChannel(configuration: configuration)
+        let now = Timestamp.seconds(1)
+        var delivered: [CounterCheckpointEntry] = []
+        var datagrams = 0
+        for case .transmit(_, let datagram) in try sender.send(Replicator.batches(entries), to: standby, now: now).actions {
+            datagrams += 1
+            #expect(datagram.count <= maximumDatagramSize)
+            for case .deliver(_, let records) in receiver.receive(datagram, now: now) {
+                for case .counterCheckpoints(let batch) in records { delivered += batch }
             }
-            decodedEntries += batch
         }
-        #expect(decodedEntries == entries, "every entry once, in order")
+        #expect(delivered == entries, "every entry once, in order")
+        // Filled: each datagram but the last leaves less room than the largest entry takes.
+        let usable = sender.maximumPayload - 6 - StateEncoding.checkpointEntrySizes.maximum
+        let encoded = try entries.reduce(0) { try $0 + SyncRecord.counterCheckpoints([$1]).encoded().count - 6 }
+        #expect(datagrams <= encoded / usable + 1)
     }
 
     @Test func severalRecordsDecodeInOrder() throws {

@@ -393,10 +393,28 @@ public struct SyncChannel {
 
     /// Packs encoded records into payloads no larger than ``maximumPayload``: each record is
     /// encoded straight into the current payload, which is cut before it when it does not fit.
+    ///
+    /// A counter checkpoint record of any length is split at entry boundaries into records that
+    /// each fill what is left of a payload, so that checkpoints are sized once, by encoding them.
     private func pack(_ records: [SyncRecord]) throws(SyncChannelError) -> [[UInt8]] {
         var payloads: [[UInt8]] = []
         var current = ByteWriter(capacity: maximumPayload + 64)
         for record in records {
+            if case .counterCheckpoints(let entries) = record, !entries.isEmpty {
+                var next = entries.startIndex
+                while next < entries.endIndex {
+                    let after = SyncRecord.encodeCheckpoints(entries, from: next, into: &current, limit: maximumPayload)
+                    if after > next {
+                        next = after
+                    } else {
+                        // Not even one entry fits what is left: a new payload, unless this one is empty.
+                        guard current.count > 0 else { throw .codec(.recordTooLarge(maximumPayload)) }
+                        payloads.append(current.bytes)
+                        current = ByteWriter(capacity: maximumPayload + 64)
+                    }
+                }
+                continue
+            }
             let start = current.count
             do { try record.encode(into: &current) } catch { throw .codec(error) }
             let length = current.count - start

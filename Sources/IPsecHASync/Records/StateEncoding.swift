@@ -84,17 +84,6 @@ enum StateEncoding {
         }
     }
 
-    /// The length of ``write(_:into:)``'s encoding of `entry`, without encoding it.
-    static func encodedSize(of entry: CounterCheckpointEntry) -> Int {
-        func length(_ value: UInt64) -> Int { max(1, (64 &- value.leadingZeroBitCount &+ 6) / 7) }
-        let checkpoint = entry.checkpoint
-        let usage = checkpoint.usage
-        return 4 + length(entry.generation) + length(checkpoint.outbound.lastSent)
-            + length(checkpoint.inbound.highestAuthenticatedSequenceNumber) + length(usage.inboundBytes)
-            + length(usage.inboundPackets) + length(usage.outboundBytes) + length(usage.outboundPackets)
-            + length(UInt64(entry.packetsPerSecond))
-    }
-
     static func readCheckpointEntry(_ r: inout ByteReader) throws(SyncCodecError) -> CounterCheckpointEntry {
         let spi = try r.readUInt32()
         let generation = try r.readVarint()

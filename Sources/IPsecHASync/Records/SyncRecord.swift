@@ -255,6 +255,37 @@ extension SyncRecord {
 }
 
 extension SyncRecord {
+    /// Appends a counter checkpoint record holding `entries` from `start` on, as many as keep
+    /// `writer` within `limit` bytes (at most 65,535), and returns the index of the first entry
+    /// left out: `start` when not even one fits, and then nothing is written.
+    static func encodeCheckpoints(
+        _ entries: [CounterCheckpointEntry], from start: Int, into writer: inout ByteWriter, limit: Int
+    ) -> Int {
+        let recordStart = writer.count
+        guard limit - recordStart >= 6 + StateEncoding.checkpointEntrySizes.minimum else { return start }
+        writer.write(SyncRecordType.counterCheckpoints.rawValue)
+        let lengthAt = writer.count
+        writer.write(UInt16(0))
+        writer.write(UInt16(0))
+        var index = start
+        while index < entries.endIndex, index - start < Int(UInt16.max) {
+            let before = writer.count
+            StateEncoding.write(entries[index], into: &writer)
+            if writer.count > limit {
+                writer.truncate(to: before)
+                break
+            }
+            index += 1
+        }
+        guard index > start else {
+            writer.truncate(to: recordStart)
+            return start
+        }
+        writer.patch(UInt16(writer.count - lengthAt - 2), at: lengthAt)
+        writer.patch(UInt16(index - start), at: lengthAt + 2)
+        return index
+    }
+
     /// The record's bytes on the wire (type, length, value).
     public func encoded() throws(SyncCodecError) -> [UInt8] {
         var writer = ByteWriter()

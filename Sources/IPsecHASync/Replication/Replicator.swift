@@ -102,7 +102,7 @@ public struct Replicator {
     public mutating func replicate(
         _ changes: [StateChange], state: GatewayState, channel: inout SyncChannel, now: Timestamp
     ) -> (tickets: [SyncTicket], actions: [SyncChannelAction]) {
-        replicate(records: Self.records(for: changes, maximumPayload: channel.maximumPayload), state: state, channel: &channel, now: now)
+        replicate(records: Self.records(for: changes), state: state, channel: &channel, now: now)
     }
 
     private mutating func replicate(
@@ -145,37 +145,19 @@ public struct Replicator {
     public mutating func replicate(
         checkpoints: [CounterCheckpointEntry], state: GatewayState, channel: inout SyncChannel, now: Timestamp
     ) -> (tickets: [SyncTicket], actions: [SyncChannelAction]) {
-        replicate(records: Self.batches(checkpoints, maximumPayload: channel.maximumPayload), state: state, channel: &channel, now: now)
+        replicate(records: Self.batches(checkpoints), state: state, channel: &channel, now: now)
     }
 
-    /// The payload of a datagram of the default size, sealed (``SyncChannel/maximumPayload``).
-    public static let defaultMaximumPayload = 1_400 - DatagramHeader.size - DatagramSealer.tagSize
-
-    /// Counter checkpoint records for `entries`, in order, each holding as many entries as fit
-    /// one datagram payload of `maximumPayload` bytes (at least one): every record costs an
-    /// allocation and a header at both ends, and entries are mostly far smaller than their
-    /// largest encoding (about 25 bytes against 79), so records are filled by encoded size.
-    public static func batches(_ entries: [CounterCheckpointEntry], maximumPayload: Int = defaultMaximumPayload) -> [SyncRecord] {
-        // Type, length and entry count.
-        let budget = maximumPayload - 6
-        var records: [SyncRecord] = []
-        var start = entries.startIndex
-        var size = 0
-        for index in entries.indices {
-            let entrySize = StateEncoding.encodedSize(of: entries[index])
-            if index > start, size + entrySize > budget || index - start == Int(UInt16.max) {
-                records.append(.counterCheckpoints(Array(entries[start..<index])))
-                start = index
-                size = 0
-            }
-            size += entrySize
-        }
-        if start < entries.endIndex { records.append(.counterCheckpoints(Array(entries[start...]))) }
-        return records
+    /// Counter checkpoint records for `entries`, in order: one record, which the channel splits
+    /// at entry boundaries into records that fill its datagrams (entries are mostly far smaller
+    /// than their largest encoding, about 25 bytes against 79, so they are sized by encoding
+    /// them, once).
+    public static func batches(_ entries: [CounterCheckpointEntry]) -> [SyncRecord] {
+        entries.isEmpty ? [] : [.counterCheckpoints(entries)]
     }
 
     /// The records for `changes`, with consecutive counter checkpoints batched.
-    static func records(for changes: [StateChange], maximumPayload: Int) -> [SyncRecord] {
+    static func records(for changes: [StateChange]) -> [SyncRecord] {
         var records: [SyncRecord] = []
         var pending: [CounterCheckpointEntry] = []
         for change in changes {
@@ -183,11 +165,11 @@ public struct Replicator {
                 pending.append(CounterCheckpointEntry(checkpoint: checkpoint, generation: generation, packetsPerSecond: 0))
                 continue
             }
-            records += batches(pending, maximumPayload: maximumPayload)
+            records += batches(pending)
             pending = []
             records.append(SyncRecord(change))
         }
-        return records + batches(pending, maximumPayload: maximumPayload)
+        return records + batches(pending)
     }
 
     /// Starts streaming everything in `state` to `standby`: the channel's stream to it is reset
