@@ -366,15 +366,10 @@ public struct GatewayState: Sendable, Equatable {
             _ = try removePolicy(id)
         case .ikeSACreated(let sa):
             guard ikeSAs.index(forKey: sa.identifier) == nil else { throw .ikeSAExists(sa.identifier) }
-            var copy = sa
-            copy.childSAs = []
-            ikeSAs[sa.identifier] = copy
+            try upsertReplicated(sa)
         case .ikeSAUpdated(let sa):
-            guard let held = ikeSAs[sa.identifier] else { throw .unknownIKESA(sa.identifier) }
-            guard sa.generation > held.generation else { throw .staleChange(held: held.generation, received: sa.generation) }
-            var copy = sa
-            copy.childSAs = held.childSAs
-            ikeSAs[sa.identifier] = copy
+            guard ikeSAs.index(forKey: sa.identifier) != nil else { throw .unknownIKESA(sa.identifier) }
+            try upsertReplicated(sa)
         case .messageIDsUpdated(let identifier, let generation, let snapshot):
             guard let held = ikeSAs[identifier] else { throw .unknownIKESA(identifier) }
             guard generation > held.generation else { throw .staleChange(held: held.generation, received: generation) }
