@@ -115,6 +115,31 @@ public struct GatewayState: Sendable, Equatable {
         return [.messageIDsUpdated(identifier, generation: generation, snapshot)]
     }
 
+    /// RFC 6311 section 5.2 on the peer's side: after answering a message-ID sync that carried an
+    /// IPSEC_REPLAY_COUNTER_SYNC (``MessageIDSyncPeer``), moves the outbound sequence counter of
+    /// every Child SA of the IKE SA on by `delta`, so that the cluster member that took over,
+    /// which counted that many numbers as seen, accepts what this gateway sends next. A Child SA
+    /// whose counter would pass its hard limit is left as it was and returned: rekey it. Throws
+    /// for an unknown IKE SA. Counters move without producing changes, like every per-packet
+    /// counter (the next checkpoint carries them).
+    public mutating func advanceOutboundCounters(
+        ofChildSAsOf identifier: IKESAIdentifier, by delta: UInt64
+    ) throws(GatewayStateError) -> (advanced: [UInt32], needRekey: [UInt32]) {
+        guard let index = ikeSAs.index(forKey: identifier) else { throw .unknownIKESA(identifier) }
+        var advanced: [UInt32] = []
+        var needRekey: [UInt32] = []
+        for spi in ikeSAs.values[index].childSAs {
+            guard let slot = spiIndex.slot(of: spi) else { continue }
+            do {
+                try childSlots[Int(slot)]!.outboundCounter.advance(by: delta)
+                advanced.append(spi)
+            } catch {
+                needRekey.append(spi)
+            }
+        }
+        return (advanced, needRekey)
+    }
+
     /// Deletes an IKE SA and, first, each of its Child SAs.
     public mutating func deleteIKESA(_ identifier: IKESAIdentifier) throws(GatewayStateError) -> [StateChange] {
         guard let sa = ikeSAs[identifier] else { throw .unknownIKESA(identifier) }

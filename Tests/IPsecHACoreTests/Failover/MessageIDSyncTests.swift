@@ -145,4 +145,50 @@ struct StrongSwanMessageIDSyncTableTests {
         let request = MessageIDSyncNotification(nonce: 42, expectedSendRequestID: row.m1, expectedReceiveRequestID: row.p1)
         if case .respond = peer.process(request, replayCounter: nil, windows: try Self.peerWindows(row)) { Issue.record("answered") }
     }
+
+    /// Section 5.2 end to end: the peer moves its outbound counters by the delta, and the window
+    /// the cluster member rebuilt with the same delta accepts the peer's next packets.
+    @Test func replayCounterDeltaReachesEveryChildSAOfTheIKESA() throws {
+        var random = SplitMix64(seed: 41)
+        var peerState = GatewayState()
+        let ike = Fixtures.ikeSA(1, &random)
+        let other = Fixtures.ikeSA(2, &random)
+        _ = try peerState.createIKESA(ike)
+        _ = try peerState.createIKESA(other)
+        for (spi, lastSent) in [(0x1000, 700), (0x1001, 90), (0x1002, 0xFFFF_FF00)] as [(UInt32, UInt64)] {
+            var child = Fixtures.childSA(inboundSPI: spi, parent: ike.identifier, esn: false, &random)
+            child.outboundCounter = try OutboundSequenceCounter(extendedSequenceNumbers: false, lastSent: lastSent)
+            _ = try peerState.createChildSA(child)
+        }
+        _ = try peerState.createChildSA(Fixtures.childSA(inboundSPI: 0x2000, parent: other.identifier, esn: false, &random))
+
+        var peer = MessageIDSyncPeer()
+        let outcome = peer.process(
+            MessageIDSyncNotification(nonce: 7, expectedSendRequestID: 9, expectedReceiveRequestID: 1),
+            replayCounter: try ReplayCounterSyncNotification(delta: 5_000, extendedSequenceNumbers: false),
+            windows: try IKEMessageIDWindows(resumingAt: 1, expecting: 9, peerWindowSize: 1, localWindowSize: 1))
+        guard case .respond(_, _, let delta?) = outcome else {
+            Issue.record("must be answered with a delta")
+            return
+        }
+        let moved = try peerState.advanceOutboundCounters(ofChildSAsOf: ike.identifier, by: delta)
+        #expect(moved.advanced == [0x1000, 0x1001])
+        #expect(moved.needRekey == [0x1002], "2^32 - 256 + 5,000 passes the 32-bit counter")
+        #expect(peerState.childSA(inboundSPI: 0x1000)?.outboundCounter.lastSent == 5_700)
+        #expect(peerState.childSA(inboundSPI: 0x1002)?.outboundCounter.lastSent == 0xFFFF_FF00)
+        #expect(peerState.childSA(inboundSPI: 0x2000)?.outboundCounter.lastSent == 0, "another IKE SA's Child SA")
+        #expect(throws: GatewayStateError.unknownIKESA(IKESAIdentifier(initiatorSPI: 3, responderSPI: 3))) {
+            try peerState.advanceOutboundCounters(ofChildSAsOf: IKESAIdentifier(initiatorSPI: 3, responderSPI: 3), by: 1)
+        }
+
+        // The member's window for the first Child SA, rebuilt from a checkpoint at 650 with the
+        // same delta, takes the peer's next packet and refuses everything up to it.
+        let window = try ReplayWindow(
+            size: 64, extendedSequenceNumbers: false,
+            restoringFrom: ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: 650), policy: .replayCounterSync(delta: delta))
+        var counter = try #require(peerState.childSA(inboundSPI: 0x1000)).outboundCounter
+        let next = try counter.next().value
+        #expect(window.check(wire: UInt32(next)) == .fresh(next))
+        #expect(window.check(wire: 5_650) == .replayed(5_650))
+    }
 }
