@@ -169,8 +169,10 @@ public struct SyncChannel {
         _ records: [SyncRecord], to peer: ClusterMemberID, now: Timestamp
     ) throws(SyncChannelError) -> (ticket: SyncTicket?, actions: [SyncChannelAction]) {
         guard peers[peer] != nil else { throw .unknownMember(peer) }
-        let reliable = try pack(records.filter(\.isReliable))
-        let unreliable = try pack(records.filter { !$0.isReliable })
+        // Most sends are all reliable (or all not): no filtered copies then.
+        let allReliable = records.allSatisfy(\.isReliable)
+        let reliable = try pack(allReliable ? records : records.filter(\.isReliable))
+        let unreliable = allReliable ? [] : try pack(records.filter { !$0.isReliable })
         guard reliable.count <= peers[peer]!.sender.freeSlots else { throw .sendQueueFull }
         var actions: [SyncChannelAction] = []
         var last: UInt64?
