@@ -38,10 +38,16 @@ struct ByteWriter: ~Copyable {
         capacity = newCapacity
     }
 
+    // Inlined: a field read or written is a few instructions; a call costs as much again.
+    @inline(__always)
     mutating func write(_ value: UInt8) { writeInteger(value) }
+    @inline(__always)
     mutating func write(_ value: UInt16) { writeInteger(value) }
+    @inline(__always)
     mutating func write(_ value: UInt32) { writeInteger(value) }
+    @inline(__always)
     mutating func write(_ value: UInt64) { writeInteger(value) }
+    @inline(__always)
     mutating func write(_ value: Bool) { writeInteger(UInt8(value ? 1 : 0)) }
 
     mutating func write(bytes other: some Sequence<UInt8>) {
@@ -160,10 +166,15 @@ struct ByteReader {
         return buffer[position]
     }
 
+    // Inlined: a field read or written is a few instructions; a call costs as much again.
+    @inline(__always)
     mutating func readUInt16() throws(SyncCodecError) -> UInt16 { try readInteger() }
+    @inline(__always)
     mutating func readUInt32() throws(SyncCodecError) -> UInt32 { try readInteger() }
+    @inline(__always)
     mutating func readUInt64() throws(SyncCodecError) -> UInt64 { try readInteger() }
 
+    @inline(__always)
     mutating func readBool() throws(SyncCodecError) -> Bool {
         switch try readUInt8() {
         case 0: return false
