@@ -33,6 +33,15 @@ public struct ReplicationPair {
     /// Minimum time between two hellos of a standby that is not ready (200 ms).
     public var helloInterval: UInt64 = 200_000_000
 
+    /// A monotonic clock in nanoseconds: when set, ``run(for:step:)`` charges the real time of
+    /// each member's work to ``workTime`` (the simulation's own clock stays virtual).
+    public var workClock: (@Sendable () -> UInt64)?
+    /// With ``workClock``: the time spent so far in the active member's work (its channel,
+    /// replicator and sends) and in the standby's (its channel and replica), in nanoseconds.
+    /// In a cluster each member has a machine of its own, so work that the two share, such as
+    /// a bulk resync, takes about the larger of the two, not their sum.
+    public private(set) var workTime: (active: UInt64, standby: UInt64) = (0, 0)
+
     /// A pair on a new network with these faults and seed, both members at epoch 1.
     public init(
         seed: UInt64, faults: NetworkFaults = NetworkFaults(), key: ChannelKey? = nil,
@@ -96,16 +105,21 @@ public struct ReplicationPair {
     /// and ticking both channels at each step.
     public mutating func run(for duration: UInt64, step: UInt64 = 1_000_000) throws {
         let end = now.nanoseconds + duration
+        var started = workClock?()
         while now.nanoseconds < end {
             now = Timestamp(nanoseconds: min(now.nanoseconds + step, end))
             for datagram in activeTransport.receive(now: now) {
                 try perform(activeChannel.receive(datagram, now: now), onActive: true)
             }
+            started = charge(active: true, since: started)
             for datagram in standbyTransport.receive(now: now) {
                 try perform(standbyChannel.receive(datagram, now: now), onActive: false)
             }
+            started = charge(active: false, since: started)
             try perform(activeChannel.tick(now: now), onActive: true)
             try perform(replicator.pump(channel: &activeChannel, now: now), onActive: true)
+            started = charge(active: true, since: started)
+            defer { started = charge(active: false, since: started) }
             try perform(standbyChannel.tick(now: now), onActive: false)
             replica.observe(missingSince: standbyChannel.missingSince(from: Self.activeID))
             if replica.isReady, let request = replica.takeResyncRequest() { try sendFromStandby([request]) }
@@ -134,6 +148,14 @@ public struct ReplicationPair {
             }
         }
         return false
+    }
+
+    /// Adds the time since `start` to one member's ``workTime``; returns the new start.
+    private mutating func charge(active: Bool, since start: UInt64?) -> UInt64? {
+        guard let start, let clock = workClock else { return nil }
+        let now = clock()
+        if active { workTime.active += now - start } else { workTime.standby += now - start }
+        return now
     }
 
     /// Sends records from the standby to the active member through the channel.

@@ -93,6 +93,26 @@ struct ReplicationTests {
         #expect(cluster.replica.statistics.resyncsIncomplete == 0)
     }
 
+    @Test func eachMembersWorkIsTimedOnlyWhenAskedFor() throws {
+        var cluster = try ReplicationPair(seed: 12)
+        var history = HistoryGenerator(seed: 13)
+        for _ in 0..<50 { _ = try cluster.replicate(try history.step(&cluster.state)) }
+        try cluster.run(for: 50_000_000)
+        #expect(cluster.workTime == (0, 0))
+        // A clock that moves 1 ns a reading: both members' shares grow, and together they cover
+        // every interval between readings (one run of steps reads it once more than it charges).
+        final class Counter: @unchecked Sendable { var value: UInt64 = 0 }
+        let counter = Counter()
+        cluster.workClock = {
+            counter.value += 1
+            return counter.value
+        }
+        for _ in 0..<50 { _ = try cluster.replicate(try history.step(&cluster.state)) }
+        try cluster.run(for: 50_000_000)
+        #expect(cluster.workTime.active > 0 && cluster.workTime.standby > 0)
+        #expect(cluster.workTime.active + cluster.workTime.standby == counter.value - 1)
+    }
+
     @Test func tailLossIsDetectedWithinTwoHeartbeats() throws {
         var cluster = try ReplicationPair(seed: 8)
         try cluster.run(for: 300_000_000)

@@ -186,11 +186,11 @@ enum StateEncoding {
         key.withUnsafeBytes { w.write(bytes: $0) }
     }
 
-    static func readKey(_ r: inout ByteReader) throws(SyncCodecError) -> KeyMaterial {
+    /// A length-prefixed key's bytes, valid as long as the reader is.
+    static func readKeyBytes(_ r: inout ByteReader) throws(SyncCodecError) -> UnsafeRawBufferPointer {
         let count = Int(try r.readUInt16())
         guard count <= 1024 else { throw .invalidValue("key length \(count)") }
-        let bytes = try r.readBytes(count)
-        return KeyMaterial(count: count) { destination in destination.copyMemory(from: bytes) }
+        return try r.readBytes(count)
     }
 
     /// The seven length-prefixed keys of an IKE SA, read into one allocation (``IKEKeys``
@@ -412,15 +412,24 @@ enum StateEncoding {
             keyExchange: KeyExchangeMethod(rawValue: try r.readUInt16()))
         let local = try readSelectors(&r)
         let remote = try readSelectors(&r)
-        func readKeys(_ r: inout ByteReader) throws(SyncCodecError) -> ChildSAKeys {
-            let encryptionLength = Int(try r.readUInt16())
-            let material = try readKey(&r)
-            do { return try ChildSAKeys(material: material, encryptionKeyLength: encryptionLength) } catch {
-                throw .invalidValue("encryption key length")
-            }
+        // Both directions' keys into one allocation, as views of it.
+        let inboundEncryptionLength = Int(try r.readUInt16())
+        let inboundBytes = try readKeyBytes(&r)
+        let outboundEncryptionLength = Int(try r.readUInt16())
+        let outboundBytes = try readKeyBytes(&r)
+        let both = KeyMaterial(count: inboundBytes.count + outboundBytes.count) { destination in
+            UnsafeMutableRawBufferPointer(rebasing: destination[..<inboundBytes.count]).copyMemory(from: inboundBytes)
+            UnsafeMutableRawBufferPointer(rebasing: destination[inboundBytes.count...]).copyMemory(from: outboundBytes)
         }
-        let inboundKeys = try readKeys(&r)
-        let outboundKeys = try readKeys(&r)
+        let inboundKeys: ChildSAKeys
+        let outboundKeys: ChildSAKeys
+        do {
+            inboundKeys = try ChildSAKeys(material: both.extracting(0..<inboundBytes.count), encryptionKeyLength: inboundEncryptionLength)
+            outboundKeys = try ChildSAKeys(
+                material: both.extracting(inboundBytes.count..<both.count), encryptionKeyLength: outboundEncryptionLength)
+        } catch {
+            throw .invalidValue("encryption key length")
+        }
         let lastSent = try r.readUInt64()
         let softLimit = try r.readUInt64()
         let windowSize = try r.readUInt32()
