@@ -50,10 +50,13 @@ public struct IKEKeys: Sendable, Equatable {
         // Seven stored keys, not a tuple: reading one element of a tuple property copies the
         // whole tuple, with a retain per key.
         let d, ai, ar, ei, er, pi, pr: KeyMaterial
-        init(views keys: [KeyMaterial]) {
-            (d, ai, ar, ei, er, pi, pr) = (keys[0], keys[1], keys[2], keys[3], keys[4], keys[5], keys[6])
+        init(d: KeyMaterial, ai: KeyMaterial, ar: KeyMaterial, ei: KeyMaterial, er: KeyMaterial, pi: KeyMaterial, pr: KeyMaterial) {
+            (self.d, self.ai, self.ar, self.ei, self.er, self.pi, self.pr) = (d, ai, ar, ei, er, pi, pr)
         }
-        convenience init(_ keys: [KeyMaterial]) { self.init(views: KeyMaterial.packed(keys)) }
+        convenience init(_ keys: [KeyMaterial]) {
+            let views = KeyMaterial.packed(keys)
+            self.init(d: views[0], ai: views[1], ar: views[2], ei: views[3], er: views[4], pi: views[5], pr: views[6])
+        }
         var all: [KeyMaterial] { [d, ai, ar, ei, er, pi, pr] }
     }
 
@@ -87,15 +90,21 @@ public struct IKEKeys: Sendable, Equatable {
     /// keys are views of `material`, not copies. Throws ``IKESAError/invalidKeyLayout`` unless
     /// there are seven lengths, none negative, adding up to the material's length.
     public init(packed material: KeyMaterial, lengths: [Int]) throws(IKESAError) {
-        guard lengths.count == 7, lengths.allSatisfy({ $0 >= 0 }), lengths.reduce(0, +) == material.count else {
-            throw .invalidKeyLayout
+        guard lengths.count == 7 else { throw .invalidKeyLayout }
+        // Checked as they are summed, so that no sum can overflow; a standby does this per IKE
+        // SA it receives, so without closures over arrays or intermediate arrays.
+        var total = 0
+        for length in lengths {
+            guard length >= 0, length <= material.count - total else { throw .invalidKeyLayout }
+            total += length
         }
-        var position = 0
-        box = Box(
-            views: lengths.map { length in
-                defer { position += length }
-                return material.extracting(position..<position + length)
-            })
+        guard total == material.count else { throw .invalidKeyLayout }
+        var offset = 0
+        func next(_ index: Int) -> KeyMaterial {
+            defer { offset += lengths[index] }
+            return material.view(offset, lengths[index])
+        }
+        box = Box(d: next(0), ai: next(1), ar: next(2), ei: next(3), er: next(4), pi: next(5), pr: next(6))
     }
 
     private mutating func replace(_ index: Int, _ key: KeyMaterial) {

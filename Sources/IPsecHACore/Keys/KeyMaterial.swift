@@ -100,6 +100,11 @@ public struct KeyMaterial: @unchecked Sendable, Equatable, CustomStringConvertib
         try body(UnsafeRawBufferPointer(bytes))
     }
 
+    /// The `count` bytes from `offset` on, as a view; the caller has checked the range.
+    func view(_ offset: Int, _ count: Int) -> KeyMaterial {
+        KeyMaterial(viewOf: storage, offset: Int(self.offset) + offset, count: count)
+    }
+
     /// A slice of this key material as key material of its own (for instance SK_ei out of the
     /// whole KEYMAT), sharing its storage. Out-of-range slices are clamped to the bytes there are.
     public func extracting(_ range: Range<Int>) -> KeyMaterial {
