@@ -82,8 +82,13 @@ public struct ChildSALifetime: Sendable, Hashable {
     public init(
         soft: LifetimeLimits, hard: LifetimeLimits, installedAt: Timestamp, usage: ChildSAUsage = ChildSAUsage()
     ) throws(ChildSAError) {
-        for (softValue, hardValue) in [(soft.seconds, hard.seconds), (soft.bytes, hard.bytes), (soft.packets, hard.packets)] {
-            if let softValue, let hardValue, softValue > hardValue { throw .softLifetimeAboveHard }
+        func above(_ softValue: UInt64?, _ hardValue: UInt64?) -> Bool {
+            guard let softValue, let hardValue else { return false }
+            return softValue > hardValue
+        }
+        // Without an array of pairs: a standby builds one lifetime per Child SA it receives.
+        if above(soft.seconds, hard.seconds) || above(soft.bytes, hard.bytes) || above(soft.packets, hard.packets) {
+            throw .softLifetimeAboveHard
         }
         self.soft = soft
         self.hard = hard
