@@ -31,7 +31,7 @@ public struct KeyMaterial: @unchecked Sendable, Equatable, CustomStringConvertib
     }
 
     private let storage: Storage
-    // A value may be a view of part of a storage (``extracting(_:)``, ``IKEKeys``): several
+    // A value may be a view of part of a storage (``sharingSlice(_:)``, ``IKEKeys``): several
     // keys in one allocation, zeroed when the last of them is released.
     private let offset: UInt32
     private let length: UInt32
@@ -106,11 +106,27 @@ public struct KeyMaterial: @unchecked Sendable, Equatable, CustomStringConvertib
     }
 
     /// A slice of this key material as key material of its own (for instance SK_ei out of the
-    /// whole KEYMAT), sharing its storage. Out-of-range slices are clamped to the bytes there are.
+    /// whole KEYMAT): a copy, so that the rest can be released and zeroed without waiting for
+    /// it. Out-of-range slices are clamped to the bytes there are.
     public func extracting(_ range: Range<Int>) -> KeyMaterial {
+        let (lower, upper) = clamped(range)
+        return KeyMaterial(count: upper - lower) { destination in
+            destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[lower..<upper]))
+        }
+    }
+
+    /// A slice of this key material that shares its storage: no copy, but the whole storage
+    /// stays allocated, and is zeroed, only once every value sharing it is released. For keys
+    /// that live and die together (both directions of a Child SA, the seven keys of an IKE SA).
+    /// Out-of-range slices are clamped to the bytes there are.
+    public func sharingSlice(_ range: Range<Int>) -> KeyMaterial {
+        let (lower, upper) = clamped(range)
+        return view(lower, upper - lower)
+    }
+
+    private func clamped(_ range: Range<Int>) -> (Int, Int) {
         let lower = Swift.min(Swift.max(range.lowerBound, 0), count)
-        let upper = Swift.min(Swift.max(range.upperBound, lower), count)
-        return KeyMaterial(viewOf: storage, offset: Int(offset) + lower, count: upper - lower)
+        return (lower, Swift.min(Swift.max(range.upperBound, lower), count))
     }
 
     /// Equal length and equal bytes, compared in time that depends on the length only.

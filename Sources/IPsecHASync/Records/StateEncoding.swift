@@ -424,9 +424,10 @@ enum StateEncoding {
         let inboundKeys: ChildSAKeys
         let outboundKeys: ChildSAKeys
         do {
-            inboundKeys = try ChildSAKeys(material: both.extracting(0..<inboundBytes.count), encryptionKeyLength: inboundEncryptionLength)
+            inboundKeys = try ChildSAKeys(
+                material: both.sharingSlice(0..<inboundBytes.count), encryptionKeyLength: inboundEncryptionLength)
             outboundKeys = try ChildSAKeys(
-                material: both.extracting(inboundBytes.count..<both.count), encryptionKeyLength: outboundEncryptionLength)
+                material: both.sharingSlice(inboundBytes.count..<both.count), encryptionKeyLength: outboundEncryptionLength)
         } catch {
             throw .invalidValue("encryption key length")
         }

@@ -17,6 +17,10 @@ struct KeyMaterialTests {
         #expect(slice.extracting(8..<12) == key(34, 4), "a slice of a slice")
         #expect(whole.extracting(60..<100).count == 4 && whole.extracting(70..<80).count == 0, "clamped")
         #expect("\(slice)" == "KeyMaterial(32 bytes, redacted)")
+        // A shared slice holds the same bytes as a copied one.
+        let shared = whole.sharingSlice(16..<48)
+        #expect(shared == slice && bytes(shared) == bytes(slice))
+        #expect(shared.sharingSlice(8..<12) == key(34, 4) && whole.sharingSlice(60..<100).count == 4)
     }
 
     @Test func packedIKEKeysAreTheKeysTheyWereMadeOf() throws {
