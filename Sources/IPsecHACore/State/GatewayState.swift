@@ -425,6 +425,42 @@ public struct GatewayState: Sendable, Equatable {
         }
     }
 
+    /// Applies the counter part of a takeover plan (``TakeoverPlanner``) to this state, as the
+    /// standby's copy becomes the active one: each Child SA the plan resumes gets its outbound
+    /// counter at the planned value and its inbound window rebuilt from its checkpoint with the
+    /// planned policy, replacing the passive copy (whose bitmap means nothing). Returns the
+    /// Child SAs that must be rekeyed instead: those the plan says so for, and any whose planned
+    /// values do not fit (their counters are left as they were: send nothing on them). Child
+    /// SAs the plan does not name, or that are gone, are left alone. Message IDs are the IKE
+    /// stack's to apply (``TakeoverPlan/ikeSAs``).
+    public mutating func applyTakeover(_ plan: TakeoverPlan) -> (resumed: Int, rekey: [UInt32]) {
+        var resumed = 0
+        var rekey: [UInt32] = []
+        for decision in plan.childSAs {
+            guard let slot = spiIndex.slot(of: decision.inboundSPI) else { continue }
+            let index = Int(slot)
+            guard case .resume(let lastSent) = decision.outbound, case .restore(let policy) = decision.inbound else {
+                rekey.append(decision.inboundSPI)
+                continue
+            }
+            let held = childSlots.withUnsafeBufferPointer { slots in
+                (slots[index]!.outboundCounter, slots[index]!.inboundWindow.size, slots[index]!.inboundWindow.checkpoint)
+            }
+            do {
+                let counter = try OutboundSequenceCounter(
+                    extendedSequenceNumbers: held.0.extendedSequenceNumbers, lastSent: lastSent, softLimit: held.0.softLimit)
+                let window = try ReplayWindow(
+                    size: held.1, extendedSequenceNumbers: held.0.extendedSequenceNumbers, restoringFrom: held.2, policy: policy)
+                childSlots[index]!.outboundCounter = counter
+                childSlots[index]!.inboundWindow = window
+                resumed += 1
+            } catch {
+                rekey.append(decision.inboundSPI)
+            }
+        }
+        return (resumed, rekey)
+    }
+
     /// Applies a replicated IKE SA record (a standby's path for an upsert): installs the IKE SA
     /// when it is absent, replaces the one held when the record's generation is newer, keeping
     /// the list of Child SAs the state maintains. Throws ``GatewayStateError/staleChange(held:received:)``,

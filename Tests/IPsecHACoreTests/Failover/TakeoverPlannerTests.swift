@@ -159,3 +159,40 @@ struct TakeoverPlannerManySAsTests {
         #expect(SuspectIKESAs.none.contains(named) == false)
     }
 }
+
+@Suite("Applying a takeover plan")
+struct ApplyTakeoverTests {
+    @Test func resumedChildSAsGetThePlannedCountersAndRebuiltWindows() throws {
+        var random = SplitMix64(seed: 61)
+        var standby = GatewayState()
+        let ike = Fixtures.ikeSA(1, &random)
+        _ = try standby.createIKESA(ike)
+        for spi in [0x1000, 0x1001] as [UInt32] {
+            _ = try standby.createChildSA(Fixtures.childSA(inboundSPI: spi, parent: ike.identifier, window: 128, esn: false, &random))
+        }
+        // Checkpoints from the active member: the passive windows move their tops only.
+        let entries = [(0x1000, 5_000, 4_000), (0x1001, 0xFFFF_F000, 100)].map { (spi: UInt32, lastSent: UInt64, top: UInt64) in
+            CounterCheckpointEntry(
+                checkpoint: ChildSACounterCheckpoint(
+                    inboundSPI: spi, outbound: OutboundCounterCheckpoint(lastSent: lastSent),
+                    inbound: ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: top), usage: ChildSAUsage()),
+                generation: 2, packetsPerSecond: 1_000)
+        }
+        #expect(standby.applyCounterCheckpoints(entries, arrivedAt: .seconds(10)).applied == 2)
+
+        let plan = TakeoverPlanner.plan(state: standby, inFlight: [:], suspect: [], now: Timestamp(nanoseconds: 10_100_000_000))
+        let first = try #require(plan.childSAs.first { $0.inboundSPI == 0x1000 })
+        let result = standby.applyTakeover(plan)
+        #expect(result.resumed == 1 && result.rekey == [0x1001], "the second counter is too close to 2^32")
+
+        let resumed = try #require(standby.childSA(inboundSPI: 0x1000))
+        #expect(resumed.outboundCounter.lastSent == 5_000 + first.advance)
+        let top = 4_000 + first.advance
+        #expect(resumed.inboundWindow.top == top)
+        for number in [4_000, 4_001, top - 1, top] as [UInt64] {
+            #expect(standby.checkInbound(wire: UInt32(number), at: standby.slot(forInboundSPI: 0x1000)!) != .fresh(number))
+        }
+        #expect(standby.checkInbound(wire: UInt32(top + 1), at: standby.slot(forInboundSPI: 0x1000)!) == .fresh(top + 1))
+        #expect(standby.childSA(inboundSPI: 0x1001)?.outboundCounter.lastSent == 0xFFFF_F000, "a Child SA to rekey is left alone")
+    }
+}
