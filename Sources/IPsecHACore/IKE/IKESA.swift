@@ -53,9 +53,19 @@ public struct IKEKeys: Sendable, Equatable {
         init(d: KeyMaterial, ai: KeyMaterial, ar: KeyMaterial, ei: KeyMaterial, er: KeyMaterial, pi: KeyMaterial, pr: KeyMaterial) {
             (self.d, self.ai, self.ar, self.ei, self.er, self.pi, self.pr) = (d, ai, ar, ei, er, pi, pr)
         }
+        /// The seven keys copied into one allocation.
         convenience init(_ keys: [KeyMaterial]) {
-            let views = KeyMaterial.packed(keys)
-            self.init(d: views[0], ai: views[1], ar: views[2], ei: views[3], er: views[4], pi: views[5], pr: views[6])
+            self.init(splitting: KeyMaterial.concatenating(keys), lengths: keys.map(\.count))
+        }
+        /// Views of `material`, `lengths` bytes each; the caller has checked that the seven
+        /// lengths add up to the material.
+        convenience init(splitting material: KeyMaterial, lengths: [Int]) {
+            var offset = 0
+            func next(_ index: Int) -> KeyMaterial {
+                defer { offset += lengths[index] }
+                return material.view(offset, lengths[index])
+            }
+            self.init(d: next(0), ai: next(1), ar: next(2), ei: next(3), er: next(4), pi: next(5), pr: next(6))
         }
         var all: [KeyMaterial] { [d, ai, ar, ei, er, pi, pr] }
     }
@@ -99,12 +109,7 @@ public struct IKEKeys: Sendable, Equatable {
             total += length
         }
         guard total == material.count else { throw .invalidKeyLayout }
-        var offset = 0
-        func next(_ index: Int) -> KeyMaterial {
-            defer { offset += lengths[index] }
-            return material.view(offset, lengths[index])
-        }
-        box = Box(d: next(0), ai: next(1), ar: next(2), ei: next(3), er: next(4), pi: next(5), pr: next(6))
+        box = Box(splitting: material, lengths: lengths)
     }
 
     private mutating func replace(_ index: Int, _ key: KeyMaterial) {

@@ -68,21 +68,14 @@ public struct KeyMaterial: @unchecked Sendable, Equatable, CustomStringConvertib
         try body(UnsafeMutableRawBufferPointer(rebasing: storage.bytes[0..<count]))
     }
 
-    /// Several keys in one allocation: one storage holding `parts` one after the other, and a
-    /// view of it per part.
-    static func packed(_ parts: [KeyMaterial]) -> [KeyMaterial] {
-        let total = parts.reduce(0) { $0 + $1.count }
-        let whole = KeyMaterial(count: total) { destination in
+    /// One allocation holding the bytes of `parts`, one after the other.
+    static func concatenating(_ parts: [KeyMaterial]) -> KeyMaterial {
+        KeyMaterial(count: parts.reduce(0) { $0 + $1.count }) { destination in
             var position = 0
             for part in parts {
                 part.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: destination[position..<position + $0.count]).copyMemory(from: $0) }
                 position += part.count
             }
-        }
-        var position = 0
-        return parts.map { part in
-            defer { position += part.count }
-            return KeyMaterial(viewOf: whole.storage, offset: position, count: part.count)
         }
     }
 
