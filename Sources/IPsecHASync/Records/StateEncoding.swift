@@ -193,31 +193,28 @@ enum StateEncoding {
         return try r.readBytes(count)
     }
 
+    /// One allocation holding `parts` one after the other: the keys an SA keeps together.
+    static func keyMaterial(concatenating parts: [UnsafeRawBufferPointer]) -> KeyMaterial {
+        KeyMaterial(count: parts.reduce(0) { $0 + $1.count }) { destination in
+            var position = 0
+            for part in parts {
+                UnsafeMutableRawBufferPointer(rebasing: destination[position..<position + part.count]).copyMemory(from: part)
+                position += part.count
+            }
+        }
+    }
+
     /// The seven length-prefixed keys of an IKE SA, read into one allocation (``IKEKeys``
     /// holds views of it).
     static func readIKEKeys(_ r: inout ByteReader) throws(SyncCodecError) -> IKEKeys {
-        // First the lengths, on a copy of the reader, then the bytes.
-        var scan = r
-        var lengths: [Int] = []
-        lengths.reserveCapacity(7)
-        for _ in 0..<7 {
-            let count = Int(try scan.readUInt16())
-            guard count <= 1024 else { throw .invalidValue("key length \(count)") }
-            _ = try scan.readBytes(count)
-            lengths.append(count)
+        var parts: [UnsafeRawBufferPointer] = []
+        parts.reserveCapacity(7)
+        for _ in 0..<7 { parts.append(try readKeyBytes(&r)) }
+        do {
+            return try IKEKeys(packed: keyMaterial(concatenating: parts), lengths: parts.map(\.count))
+        } catch {
+            throw .invalidValue("IKE SA keys")
         }
-        let material = KeyMaterial(count: lengths.reduce(0, +)) { destination in
-            var position = 0
-            // These reads cannot fail: the scan above read the same bytes.
-            for length in lengths {
-                _ = try? r.readUInt16()
-                if let bytes = try? r.readBytes(length) {
-                    UnsafeMutableRawBufferPointer(rebasing: destination[position..<position + length]).copyMemory(from: bytes)
-                }
-                position += length
-            }
-        }
-        do { return try IKEKeys(packed: material, lengths: lengths) } catch { throw .invalidValue("IKE SA keys") }
     }
 
     static func write(_ timestamp: Timestamp?, into w: inout ByteWriter) {
@@ -417,10 +414,7 @@ enum StateEncoding {
         let inboundBytes = try readKeyBytes(&r)
         let outboundEncryptionLength = Int(try r.readUInt16())
         let outboundBytes = try readKeyBytes(&r)
-        let both = KeyMaterial(count: inboundBytes.count + outboundBytes.count) { destination in
-            UnsafeMutableRawBufferPointer(rebasing: destination[..<inboundBytes.count]).copyMemory(from: inboundBytes)
-            UnsafeMutableRawBufferPointer(rebasing: destination[inboundBytes.count...]).copyMemory(from: outboundBytes)
-        }
+        let both = keyMaterial(concatenating: [inboundBytes, outboundBytes])
         let inboundKeys: ChildSAKeys
         let outboundKeys: ChildSAKeys
         do {
