@@ -131,8 +131,9 @@ public struct ChildSA: Sendable, Equatable {
     }
 
     /// Takes over replicated counters: the outbound counter continues from the checkpoint, and
-    /// the window keeps its top at the checkpoint with nothing marked seen below it. This is the
-    /// passive copy a standby holds; a takeover rebuilds the window with a safe policy.
+    /// the window moves its top to the checkpoint (``ReplayWindow/adoptPassively(_:)``: what it
+    /// says below the top is unspecified). This is the passive copy a standby holds; a takeover
+    /// rebuilds the window with a safe policy.
     /// Returns false, changing nothing, when `generation` is not above the one held.
     mutating func adopt(_ checkpoint: ChildSACounterCheckpoint, ifNewerThanHeld generation: UInt64) throws(ChildSAError) -> Bool {
         guard generation > self.generation else { return false }

@@ -50,10 +50,6 @@ struct ByteWriter: ~Copyable {
     @inline(__always)
     mutating func write(_ value: Bool) { writeInteger(UInt8(value ? 1 : 0)) }
 
-    mutating func write(bytes other: some Sequence<UInt8>) {
-        for byte in other { writeInteger(byte) }
-    }
-
     mutating func write(bytes other: UnsafeRawBufferPointer) {
         reserve(other.count)
         if let source = other.baseAddress { (base + count).copyMemory(from: source, byteCount: other.count) }
