@@ -63,13 +63,18 @@ public enum SyncRecord: Sendable, Equatable {
     case resyncEnd(id: UInt32, ikeSAs: UInt32, childSAs: UInt32, policies: UInt32)
     /// An IKE SA moves to another member.
     case ownershipChange(IKESAIdentifier, owner: ClusterMemberID, generation: UInt64)
+    /// A load-sharing member's periodic beacon to one peer (``SegmentOwnership``).
+    case ownershipBeacon(OwnershipBeacon)
+    /// Segment ownership claims, numbered per recipient so that the recipient can say how far
+    /// it got (``OwnershipBeacon/claimsProcessed``).
+    case segmentClaims(sequence: UInt64, [SegmentClaim])
     /// A record of a type this version does not know, kept as received (skipped by receivers).
     case unknown(type: UInt16, value: [UInt8])
 
     /// Whether the record must be delivered reliably (in order, retransmitted when lost).
     public var isReliable: Bool {
         switch self {
-        case .hello, .heartbeat, .acknowledgement, .negativeAcknowledgement, .unknown: false
+        case .hello, .heartbeat, .acknowledgement, .negativeAcknowledgement, .ownershipBeacon, .unknown: false
         default: true
         }
     }
@@ -96,6 +101,8 @@ enum SyncRecordType: UInt16 {
     case resyncBegin = 0x801B
     case resyncEnd = 0x801C
     case ownershipChange = 0x801D
+    case segmentClaims = 0x801E
+    case ownershipBeacon = 0x001F
 
     static let criticalBit: UInt16 = 0x8000
 }
@@ -123,6 +130,8 @@ extension SyncRecord {
         case .resyncBegin: type = SyncRecordType.resyncBegin.rawValue
         case .resyncEnd: type = SyncRecordType.resyncEnd.rawValue
         case .ownershipChange: type = SyncRecordType.ownershipChange.rawValue
+        case .ownershipBeacon: type = SyncRecordType.ownershipBeacon.rawValue
+        case .segmentClaims: type = SyncRecordType.segmentClaims.rawValue
         case .unknown(let unknownType, _): type = unknownType
         }
         writer.write(type)
@@ -183,6 +192,11 @@ extension SyncRecord {
                 StateEncoding.write(identifier, into: &w)
                 w.write(owner.rawValue)
                 w.write(generation)
+            case .ownershipBeacon(let beacon):
+                try StateEncoding.write(beacon, into: &w)
+            case .segmentClaims(let sequence, let claims):
+                w.write(sequence)
+                try StateEncoding.write(claims: claims, into: &w)
             case .unknown(_, let value):
                 w.write(bytes: value)
             }
@@ -248,6 +262,10 @@ extension SyncRecord {
         case .ownershipChange:
             record = .ownershipChange(
                 try StateEncoding.readIdentifier(&r), owner: ClusterMemberID(rawValue: try r.readUInt16()), generation: try r.readUInt64())
+        case .ownershipBeacon:
+            record = .ownershipBeacon(try StateEncoding.readBeacon(&r))
+        case .segmentClaims:
+            record = .segmentClaims(sequence: try r.readUInt64(), try StateEncoding.readClaims(&r))
         }
         try r.expectEnd()
         return record

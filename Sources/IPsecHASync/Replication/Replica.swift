@@ -120,7 +120,7 @@ public struct Replica {
 
     private mutating func apply(_ record: SyncRecord, now: Timestamp) {
         switch record {
-        case .hello, .heartbeat, .acknowledgement, .negativeAcknowledgement, .resyncRequest, .unknown:
+        case .hello, .heartbeat, .acknowledgement, .negativeAcknowledgement, .resyncRequest, .ownershipBeacon, .segmentClaims, .unknown:
             return
         case .resyncBegin(let id, _, let ikeSAs, let childSAs, _):
             state = GatewayState(spdCacheCapacity: 65_536)

@@ -1,0 +1,389 @@
+public import IPsecHACore
+
+/// Timing and membership of ``SegmentOwnership``. Every member of a cluster must use the same
+/// values (except ``member``).
+public struct SegmentOwnershipConfiguration: Sendable {
+    /// This member.
+    public let member: ClusterMemberID
+    /// Every member of the cluster, this one included, ascending.
+    public let members: [ClusterMemberID]
+    /// The cluster's segments.
+    public let segments: ClusterSegments
+    /// Nanoseconds between two beacons to each peer.
+    public let beaconInterval: UInt64
+    /// How long an echoed beacon keeps this member's lease valid, from the time it was sent.
+    public let leaseDuration: UInt64
+    /// Silence after which a peer counts as down (and a restarted member stays silent first).
+    public let failureTimeout: UInt64
+    /// Members (this one included) a member must count as up to serve or take segments.
+    public let quorum: Int
+
+    /// A configuration. The default quorum is a majority for three members or more, and 1 for
+    /// two (two members cannot tell a partition from a crash: see `Docs/LoadSharing.md`).
+    /// Throws ``SegmentOwnershipError/invalidConfiguration(_:)`` unless `member` is among
+    /// `members`, `failureTimeout` exceeds `leaseDuration` by at least a beacon interval (the
+    /// margin that covers clock drift and a late tick), the lease lasts at least two beacon
+    /// intervals, and the quorum is between 1 and the member count.
+    public init(
+        member: ClusterMemberID, members: [ClusterMemberID], segments: ClusterSegments, beaconInterval: UInt64 = 20_000_000,
+        leaseDuration: UInt64 = 100_000_000, failureTimeout: UInt64 = 200_000_000, quorum: Int? = nil
+    ) throws(SegmentOwnershipError) {
+        let sorted = Array(Set(members)).sorted()
+        guard sorted.contains(member), sorted.count == members.count else { throw .invalidConfiguration("member not among the members, or listed twice") }
+        guard beaconInterval > 0, leaseDuration >= 2 * beaconInterval, failureTimeout >= leaseDuration + beaconInterval else {
+            throw .invalidConfiguration("timers: need lease >= 2 beacons and failure timeout >= lease + 1 beacon")
+        }
+        let quorum = quorum ?? (sorted.count <= 2 ? 1 : sorted.count / 2 + 1)
+        guard quorum >= 1, quorum <= sorted.count else { throw .invalidConfiguration("quorum \(quorum) of \(sorted.count)") }
+        self.member = member
+        self.members = sorted
+        self.segments = segments
+        self.beaconInterval = beaconInterval
+        self.leaseDuration = leaseDuration
+        self.failureTimeout = failureTimeout
+        self.quorum = quorum
+    }
+}
+
+/// Errors of ``SegmentOwnership``.
+public enum SegmentOwnershipError: Error, Sendable, Hashable {
+    /// The configuration does not hold together.
+    case invalidConfiguration(String)
+}
+
+/// What ``SegmentOwnership`` asks its owner to do.
+public enum OwnershipAction: Sendable, Equatable {
+    /// Send these records to a peer over the synch channel.
+    case send([SyncRecord], to: ClusterMemberID)
+    /// Start serving the IKE SAs and Child SAs of a segment. `previousOwner` held it before
+    /// (nil: nobody, or this member after a lapse of its lease). `handedOver` says the previous
+    /// owner stopped and handed it over (its last checkpoint is exact); otherwise it failed and
+    /// the takeover plan applies to exactly the SAs of this segment.
+    case startServing(Segment, previousOwner: ClusterMemberID?, handedOver: Bool)
+    /// Stop serving a segment now: send nothing on its SAs, answer no IKE message of its IKE
+    /// SAs (the lease lapsed, or the segment was handed over or lost to a newer claim).
+    case stopServing(Segment)
+    /// A peer counts as up from now on (it was heard).
+    case peerUp(ClusterMemberID)
+    /// A peer counts as down from now on (silent for the failure timeout).
+    case peerDown(ClusterMemberID)
+}
+
+/// Segment ownership for a load-sharing cluster (design, "Load sharing"): which member serves
+/// which segment, handed over on purpose when members join and taken over when they fail,
+/// with leases so that no two members serve a segment at the same time.
+///
+/// The machine is fed with records from the synch channel (``receive(_:from:now:)``) and the
+/// time (``tick(now:)``), and returns actions. It rests on four rules:
+/// - **Views.** A peer is up while it was heard within the failure timeout. Each beacon carries
+///   the sender's view; the views are *agreed* when every peer that is up reports the same set.
+/// - **Leases.** A member serves only while every peer it counts as up echoed one of its beacons
+///   sent within the lease duration, after telling it every claim it had sent (a member learns
+///   of a claim against it before its lease can be renewed), and while it sees a quorum.
+///   A peer that declares it down stops echoing, so its lease lapses a failure timeout minus a
+///   lease duration *before* that peer may act.
+/// - **Claims.** Ownership changes only by versioned claims, sent reliably to every peer that
+///   is up, relayed by each receiver, and given whole to a peer when it comes up. A member
+///   moves segments only when the views have been agreed for a lease duration: then every
+///   member computes the same ``SegmentAssignment`` over the members that are up. An owner
+///   hands a segment to the member the assignment names once that member is ready (it stops
+///   first, then claims for the other: a gap, never an overlap). The member the assignment names
+///   takes a segment whose owner is down (or that nobody owns), and starts serving it only once
+///   every peer that is up has processed its claim.
+/// - **Restarts.** A member that starts stays silent for a failure timeout, so that peers that
+///   still counted it as up declare it down and take its segments from their replicas first;
+///   it then joins as a new, not yet ready member.
+///
+/// With a majority quorum, ownership stays unique across crashes, restarts, message loss, and
+/// partitions that cut members off in both directions; see `Docs/LoadSharing.md` for the
+/// argument, the one case a two-member cluster cannot decide, and the tests that check it.
+public struct SegmentOwnership: Sendable {
+    /// The configuration.
+    public let configuration: SegmentOwnershipConfiguration
+    /// Whether this member holds complete replicas of every other member's state, so that it
+    /// may be handed segments and take over failed members' segments. Set by the owner.
+    public var isReady = false
+
+    private var table: [SegmentClaim]
+    private var peers: [ClusterMemberID: Peer] = [:]
+    private let startedAt: Timestamp
+    private var lastBeacon: Timestamp?
+    /// What was last reported as served (for the start / stop actions).
+    private var reportedServing: Set<Segment> = []
+    /// Segments this member claimed and may serve once each listed peer processed the claims
+    /// record of that sequence number.
+    private var awaitingConfirmation: [Segment: [ClusterMemberID: UInt64]] = [:]
+    /// How each segment this member holds came to it.
+    private var acquired: [Segment: (previousOwner: ClusterMemberID?, handedOver: Bool)] = [:]
+    private var agreement: (view: [ClusterMemberID], since: Timestamp)?
+    private var assignment: SegmentAssignment?
+
+    struct Peer: Sendable {
+        var lastHeard: Timestamp?
+        /// The peer's clock: the latest beacon time heard, echoed back.
+        var latestSentAt: Timestamp?
+        /// This member's clock: the latest own beacon time the peer echoed, once every claim
+        /// the peer had sent before it was processed here.
+        var echo: Timestamp?
+        /// An echo waiting for the claims record of this sequence number to be processed.
+        var pendingEcho: (echo: Timestamp, claimsSent: UInt64)?
+        var up: [ClusterMemberID] = []
+        var ready = false
+        var isUp = false
+        /// Claims records this member sent the peer, and processed from it.
+        var claimsSent: UInt64 = 0
+        var claimsProcessed: UInt64 = 0
+        /// What the peer reported it processed of our claims records.
+        var reportedProcessed: UInt64 = 0
+        var needsFullTable = false
+    }
+
+    /// A member starting at `now`, owning nothing, silent for a failure timeout.
+    public init(configuration: SegmentOwnershipConfiguration, now: Timestamp) {
+        self.configuration = configuration
+        table = configuration.segments.all.map { SegmentClaim(segment: $0, owner: nil, version: 0) }
+        startedAt = now
+        for member in configuration.members where member != configuration.member { peers[member] = Peer() }
+    }
+
+    // MARK: Queries
+
+    /// The claim held for a segment (nil for a segment the cluster does not have).
+    public func claim(of segment: Segment) -> SegmentClaim? {
+        Int(segment.rawValue) < table.count ? table[Int(segment.rawValue)] : nil
+    }
+
+    /// Whether this member serves `segment` at `now`: it owns it, holds a valid lease, and
+    /// every peer processed the claim that gave it the segment. Ask before every decision
+    /// that only an owner may take (the lease is checked at `now`, not at the last tick).
+    public func isServing(_ segment: Segment, now: Timestamp) -> Bool {
+        guard let claim = claim(of: segment), claim.owner == configuration.member else { return false }
+        return hasLease(now: now) && isConfirmed(segment)
+    }
+
+    /// The segments this member serves at `now`.
+    public func servedSegments(now: Timestamp) -> [Segment] {
+        guard hasLease(now: now) else { return [] }
+        return table.filter { $0.owner == configuration.member && isConfirmed($0.segment) }.map(\.segment)
+    }
+
+    /// The member that owns the Child SA with this inbound SPI, as this member knows it (nil for
+    /// an SPI outside the layout, or a segment nobody owns): inbound ESP steering.
+    public func owner(ofInboundSPI spi: UInt32, layout: SPILayout) -> ClusterMemberID? {
+        layout.segment(ofSPI: spi).flatMap { claim(of: $0)?.owner }
+    }
+
+    /// The members this one counts as up at the last tick, itself included, ascending.
+    public var up: [ClusterMemberID] {
+        ([configuration.member] + peers.filter(\.value.isUp).map(\.key)).sorted()
+    }
+
+    /// Whether the lease is valid at `now`.
+    public func hasLease(now: Timestamp) -> Bool {
+        let upPeers = peers.values.filter(\.isUp)
+        guard upPeers.count + 1 >= configuration.quorum else { return false }
+        return upPeers.allSatisfy { peer in
+            guard let echo = peer.echo, now.nanoseconds >= echo.nanoseconds else { return false }
+            return now.nanoseconds - echo.nanoseconds < configuration.leaseDuration
+        }
+    }
+
+    private func isConfirmed(_ segment: Segment) -> Bool {
+        guard let waits = awaitingConfirmation[segment] else { return true }
+        return waits.allSatisfy { member, sequence in
+            guard let peer = peers[member], peer.isUp else { return true }
+            return peer.reportedProcessed >= sequence
+        }
+    }
+
+    // MARK: Events
+
+    /// A peer's channel restarted (a new epoch): forget what was known of its progress, and
+    /// give it the whole table again.
+    public mutating func peerRestarted(_ member: ClusterMemberID) {
+        guard peers[member] != nil else { return }
+        peers[member]!.claimsProcessed = 0
+        peers[member]!.reportedProcessed = 0
+        peers[member]!.echo = nil
+        peers[member]!.pendingEcho = nil
+        peers[member]!.latestSentAt = nil
+        peers[member]!.needsFullTable = true
+    }
+
+    /// Takes an ownership record delivered by the channel from `member`; other records are
+    /// ignored.
+    public mutating func receive(_ record: SyncRecord, from member: ClusterMemberID, now: Timestamp) -> [OwnershipAction] {
+        guard peers[member] != nil else { return [] }
+        switch record {
+        case .ownershipBeacon(let beacon):
+            if let latest = peers[member]!.latestSentAt, beacon.sentAt.nanoseconds <= latest.nanoseconds { return [] }
+            // A peer that processed fewer of our claims than it said before has restarted.
+            if beacon.claimsProcessed < peers[member]!.reportedProcessed { peerRestarted(member) }
+            peers[member]!.lastHeard = now
+            peers[member]!.latestSentAt = beacon.sentAt
+            if let echo = beacon.echo {
+                // The echo renews the lease only once the claims the peer sent before it are
+                // processed: a member hears of a claim against it before its lease is renewed.
+                if beacon.claimsSent <= peers[member]!.claimsProcessed {
+                    renew(member, echo: echo)
+                } else {
+                    peers[member]!.pendingEcho = (echo, beacon.claimsSent)
+                }
+            }
+            peers[member]!.up = beacon.up
+            peers[member]!.ready = beacon.ready
+            peers[member]!.reportedProcessed = beacon.claimsProcessed
+            return updateView(now: now) + servingChanges(now: now)
+        case .segmentClaims(let sequence, let claims):
+            peers[member]!.claimsProcessed = sequence
+            if let pending = peers[member]!.pendingEcho, pending.claimsSent <= sequence {
+                peers[member]!.pendingEcho = nil
+                renew(member, echo: pending.echo)
+            }
+            var news: [SegmentClaim] = []
+            for claim in claims where Int(claim.segment.rawValue) < table.count {
+                let held = table[Int(claim.segment.rawValue)]
+                guard claim.supersedes(held) else { continue }
+                table[Int(claim.segment.rawValue)] = claim
+                news.append(claim)
+                if claim.owner == configuration.member {
+                    acquired[claim.segment] = (held.owner, true)
+                } else {
+                    acquired[claim.segment] = nil
+                    awaitingConfirmation[claim.segment] = nil
+                }
+            }
+            var actions: [OwnershipAction] = []
+            if !news.isEmpty { actions += broadcast(news, except: member) }
+            return actions + servingChanges(now: now)
+        default:
+            return []
+        }
+    }
+
+    /// Advances the machine to `now`: beacons, views, handovers and takeovers.
+    public mutating func tick(now: Timestamp) -> [OwnershipAction] {
+        var actions = updateView(now: now)
+        let silent = now.nanoseconds < startedAt.nanoseconds + configuration.failureTimeout
+        if !silent, lastBeacon.map({ now.nanoseconds >= $0.nanoseconds + configuration.beaconInterval }) ?? true {
+            lastBeacon = now
+            let view = up
+            for (member, peer) in peers.sorted(by: { $0.key < $1.key }) {
+                let beacon = OwnershipBeacon(
+                    sentAt: now, echo: peer.latestSentAt, up: view, claimsSent: peer.claimsSent,
+                    claimsProcessed: peer.claimsProcessed, ready: isReady)
+                actions.append(.send([.ownershipBeacon(beacon)], to: member))
+            }
+        }
+        if !silent { actions += moveSegments(now: now) }
+        return actions + servingChanges(now: now)
+    }
+
+    // MARK: Internals
+
+    /// The most claims one record carries: with its header, one record fits a datagram of the
+    /// default size.
+    static let claimsPerRecord = 64
+
+    private mutating func renew(_ member: ClusterMemberID, echo: Timestamp) {
+        if echo.nanoseconds > (peers[member]!.echo?.nanoseconds ?? 0) { peers[member]!.echo = echo }
+    }
+
+    /// Marks peers up or down; gives a peer that came up (or restarted) the whole table.
+    private mutating func updateView(now: Timestamp) -> [OwnershipAction] {
+        var actions: [OwnershipAction] = []
+        for member in peers.keys.sorted() {
+            let peer = peers[member]!
+            let isUp = peer.lastHeard.map { now.nanoseconds < $0.nanoseconds + configuration.failureTimeout } ?? false
+            if isUp != peer.isUp {
+                peers[member]!.isUp = isUp
+                actions.append(isUp ? .peerUp(member) : .peerDown(member))
+                if isUp { peers[member]!.needsFullTable = true }
+            }
+            if isUp, peers[member]!.needsFullTable {
+                peers[member]!.needsFullTable = false
+                actions += send(table.filter { $0.version > 0 }, to: member)
+            }
+        }
+        let view = up
+        let agreed = peers.values.filter(\.isUp).allSatisfy { $0.up == view }
+        if !agreed {
+            agreement = nil
+        } else if agreement?.view != view {
+            agreement = (view, now)
+        }
+        return actions
+    }
+
+    /// Hands over and takes over segments, when the views have been agreed for a lease.
+    private mutating func moveSegments(now: Timestamp) -> [OwnershipAction] {
+        guard let agreement, now.nanoseconds >= agreement.since.nanoseconds + configuration.leaseDuration, hasLease(now: now)
+        else { return [] }
+        if assignment?.members != agreement.view {
+            assignment = try? SegmentAssignment(segments: configuration.segments, members: agreement.view)
+        }
+        guard let assignment else { return [] }
+        let me = configuration.member
+        var claims: [SegmentClaim] = []
+        var taken: [Segment] = []
+        for index in table.indices {
+            let held = table[index]
+            guard let target = assignment.owner(of: held.segment) else { continue }
+            if held.owner == me, target != me, peers[target]?.ready == true, isConfirmed(held.segment) {
+                table[index] = SegmentClaim(segment: held.segment, owner: target, version: held.version + 1)
+                acquired[held.segment] = nil
+                claims.append(table[index])
+            } else if target == me, held.owner.map({ !agreement.view.contains($0) }) ?? true, isReady || held.owner == nil {
+                table[index] = SegmentClaim(segment: held.segment, owner: me, version: held.version + 1)
+                acquired[held.segment] = (held.owner, false)
+                claims.append(table[index])
+                taken.append(held.segment)
+            }
+        }
+        guard !claims.isEmpty else { return [] }
+        let actions = broadcast(claims, except: nil)
+        for segment in taken {
+            var waits: [ClusterMemberID: UInt64] = [:]
+            for (member, peer) in peers where peer.isUp { waits[member] = peer.claimsSent }
+            awaitingConfirmation[segment] = waits
+        }
+        return actions
+    }
+
+    /// Sends claims to every peer that is up (but `excluded`).
+    private mutating func broadcast(_ claims: [SegmentClaim], except excluded: ClusterMemberID?) -> [OwnershipAction] {
+        var actions: [OwnershipAction] = []
+        for member in peers.keys.sorted() where member != excluded && peers[member]!.isUp {
+            actions += send(claims, to: member)
+        }
+        return actions
+    }
+
+    /// Numbered claims records of at most ``claimsPerRecord`` claims each.
+    private mutating func send(_ claims: [SegmentClaim], to member: ClusterMemberID) -> [OwnershipAction] {
+        guard !claims.isEmpty else { return [] }
+        var records: [SyncRecord] = []
+        for start in stride(from: 0, to: claims.count, by: Self.claimsPerRecord) {
+            peers[member]!.claimsSent += 1
+            records.append(.segmentClaims(sequence: peers[member]!.claimsSent, Array(claims[start..<min(start + Self.claimsPerRecord, claims.count)])))
+        }
+        return [.send(records, to: member)]
+    }
+
+    /// Start and stop actions for the segments whose serving changed since the last report.
+    private mutating func servingChanges(now: Timestamp) -> [OwnershipAction] {
+        for (segment, _) in awaitingConfirmation where isConfirmed(segment) { awaitingConfirmation[segment] = nil }
+        let serving = Set(servedSegments(now: now))
+        guard serving != reportedServing else { return [] }
+        var actions: [OwnershipAction] = reportedServing.subtracting(serving).sorted().map { .stopServing($0) }
+        for segment in serving.subtracting(reportedServing).sorted() {
+            let origin = acquired[segment] ?? (configuration.member, true)
+            actions.append(.startServing(segment, previousOwner: origin.previousOwner, handedOver: origin.handedOver))
+            // Only the first start after an acquisition concerns the previous owner; a start
+            // after a lapse of the lease resumes this member's own SAs.
+            acquired[segment] = (configuration.member, true)
+        }
+        reportedServing = serving
+        return actions
+    }
+}
