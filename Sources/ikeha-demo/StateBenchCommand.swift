@@ -1,5 +1,6 @@
 import ArgumentParser
 import IPsecHACore
+import IPsecHASimulation
 
 /// `ikeha-demo bench state`: SAD lookup by inbound SPI, SPD cache lookup by five-tuple, and the
 /// memory an IKE SA and a Child SA take, on a populated `GatewayState`.
@@ -37,7 +38,7 @@ struct StateBenchCommand: ParsableCommand {
         var ikeIdentifiers: [IKESAIdentifier] = []
         ikeIdentifiers.reserveCapacity(ikeSAs)
         for index in 0..<ikeSAs {
-            let sa = try BenchFixtures.ikeSA(UInt64(index + 1), &random)
+            let sa = try SimulationFixtures.ikeSA(UInt64(index + 1), &random)
             _ = try state.createIKESA(sa)
             ikeIdentifiers.append(sa.identifier)
         }
@@ -51,7 +52,7 @@ struct StateBenchCommand: ParsableCommand {
         let afterSPIs = residentMemoryBytes() ?? 0
         for (index, spi) in installed.enumerated() {
             _ = try state.createChildSA(
-                BenchFixtures.childSA(spi, parent: ikeIdentifiers[index % ikeSAs], window: window, &random))
+                SimulationFixtures.childSA(spi, parent: ikeIdentifiers[index % ikeSAs], window: window, &random))
         }
         let afterChild = residentMemoryBytes() ?? 0
         let bytesPerIKE = Double(afterIKE - before) / Double(ikeSAs)
@@ -73,9 +74,9 @@ struct StateBenchCommand: ParsableCommand {
             id: SecurityPolicyID(rawValue: 1), localSelectors: [.any(.ipv4)], remoteSelectors: [.any(.ipv4)],
             action: .protect(ProtectionSettings()))
         _ = try gateway.installPolicy(policy)
-        let ike = try BenchFixtures.ikeSA(1, &random)
+        let ike = try SimulationFixtures.ikeSA(1, &random)
         _ = try gateway.createIKESA(ike)
-        _ = try gateway.createChildSA(BenchFixtures.childSA(0x1000, parent: ike.identifier, policy: policy.id, window: window, &random))
+        _ = try gateway.createChildSA(SimulationFixtures.childSA(0x1000, parent: ike.identifier, policy: policy.id, window: window, &random))
         let packets = (0..<flows).map { index in
             FiveTuple(
                 localAddress: IPAddress(ipv4: 0x0A00_0000 | UInt32(index >> 8)),
@@ -152,41 +153,4 @@ func burstLookups(
         start += burst.count
     }
     return checksum
-}
-
-/// Realistic SAs for the benchmarks: AES-GCM-256 keys, one selector each side.
-enum BenchFixtures {
-    static let member = ClusterMemberID(rawValue: 1)
-
-    static func ikeSA(_ spi: UInt64, _ random: inout SplitMix64) throws -> IKESA {
-        func key(_ count: Int) -> KeyMaterial { KeyMaterial(randomCount: count, using: &random) }
-        return try IKESA(
-            identifier: IKESAIdentifier(initiatorSPI: spi, responderSPI: random.next() | 1),
-            isOriginalInitiator: false,
-            local: Endpoint(address: IPAddress(ipv4: 0xC000_0201), port: 4500, udpEncapsulation: true),
-            remote: Endpoint(address: IPAddress(ipv4: UInt32(truncatingIfNeeded: random.next())), port: 4500, udpEncapsulation: true),
-            transforms: IKETransforms(encryption: .aesGCM16, encryptionKeyLength: 256, prf: .hmacSHA2_256, integrity: .none, keyExchange: .curve25519),
-            keys: IKEKeys(d: key(32), ai: key(0), ar: key(0), ei: key(36), er: key(36), pi: key(32), pr: key(32)),
-            lifetime: IKESALifetime(rekeyAt: .seconds(14_400), reauthenticateAt: .seconds(86_400)),
-            extensions: IKEExtensions(messageIDSync: true, replayCounterSync: true),
-            owner: member)
-    }
-
-    static func childSA(
-        _ spi: UInt32, parent: IKESAIdentifier, policy: SecurityPolicyID? = nil, window: UInt32, _ random: inout SplitMix64
-    ) throws -> ChildSA {
-        try ChildSA(
-            inboundSPI: spi, outboundSPI: UInt32(truncatingIfNeeded: random.next()) | 0x100,
-            localSelectors: [try TrafficSelector(prefix: IPAddress(ipv4: 0x0A00_0000), length: 16)],
-            remoteSelectors: [.any(.ipv4)],
-            transforms: ChildSATransforms(encryption: .aesGCM16, encryptionKeyLength: 256, integrity: .none),
-            inboundKeys: ChildSAKeys(encryption: KeyMaterial(randomCount: 36, using: &random)),
-            outboundKeys: ChildSAKeys(encryption: KeyMaterial(randomCount: 36, using: &random)),
-            outboundCounter: OutboundSequenceCounter(extendedSequenceNumbers: true),
-            inboundWindow: ReplayWindow(size: window, extendedSequenceNumbers: true),
-            lifetime: ChildSALifetime(
-                soft: LifetimeLimits(seconds: 3_300, bytes: 1 << 40), hard: LifetimeLimits(seconds: 3_600, bytes: 1 << 41),
-                installedAt: .seconds(0)),
-            requestID: spi & 0xFFFF, policy: policy, parent: parent, owner: member)
-    }
 }

@@ -6,15 +6,19 @@ public import IPsecHACore
 public struct SegmentClaim: Sendable, Hashable, CustomStringConvertible {
     /// The segment.
     public var segment: Segment
-    /// Its owner; nil before any member took it.
+    /// Its owner; nil before any member took it, or after its owner released it.
     public var owner: ClusterMemberID?
+    /// The owner's incarnation (its synch channel epoch) when it got the segment: a member that
+    /// restarted does not own what it owned in a previous life.
+    public var incarnation: UInt32
     /// Bumped by every change of owner.
     public var version: UInt64
 
     /// A claim from its parts.
-    public init(segment: Segment, owner: ClusterMemberID?, version: UInt64) {
+    public init(segment: Segment, owner: ClusterMemberID?, incarnation: UInt32 = 0, version: UInt64) {
         self.segment = segment
         self.owner = owner
+        self.incarnation = incarnation
         self.version = version
     }
 
@@ -23,12 +27,14 @@ public struct SegmentClaim: Sendable, Hashable, CustomStringConvertible {
         version > held.version || (version == held.version && (owner?.rawValue ?? 0) > (held.owner?.rawValue ?? 0))
     }
 
-    public var description: String { "\(segment) -> \(owner.map(\.description) ?? "nobody") v\(version)" }
+    public var description: String { "\(segment) -> \(owner.map { "\($0) (incarnation \(incarnation))" } ?? "nobody") v\(version)" }
 }
 
 /// The periodic message of ``SegmentOwnership`` to one peer: liveness, the lease echo, the
 /// sender's view of the cluster, and how far each side got in the other's claims.
 public struct OwnershipBeacon: Sendable, Hashable {
+    /// The sender's incarnation (its synch channel epoch).
+    public var incarnation: UInt32
     /// When the sender sent it, on the sender's clock.
     public var sentAt: Timestamp
     /// The latest ``sentAt`` the sender received from the recipient (nil: none yet), echoed so
@@ -45,7 +51,11 @@ public struct OwnershipBeacon: Sendable, Hashable {
     public var ready: Bool
 
     /// A beacon from its parts.
-    public init(sentAt: Timestamp, echo: Timestamp?, up: [ClusterMemberID], claimsSent: UInt64, claimsProcessed: UInt64, ready: Bool) {
+    public init(
+        incarnation: UInt32, sentAt: Timestamp, echo: Timestamp?, up: [ClusterMemberID], claimsSent: UInt64, claimsProcessed: UInt64,
+        ready: Bool
+    ) {
+        self.incarnation = incarnation
         self.sentAt = sentAt
         self.echo = echo
         self.up = up
@@ -61,6 +71,7 @@ extension StateEncoding {
 
     static func write(_ beacon: OwnershipBeacon, into w: inout ByteWriter) throws(SyncCodecError) {
         guard beacon.up.count <= beaconMemberLimit else { throw .recordTooLarge(beacon.up.count) }
+        w.write(beacon.incarnation)
         w.write(beacon.sentAt.nanoseconds)
         w.write(beacon.echo?.nanoseconds ?? 0)
         w.write(beacon.claimsSent)
@@ -71,6 +82,7 @@ extension StateEncoding {
     }
 
     static func readBeacon(_ r: inout ByteReader) throws(SyncCodecError) -> OwnershipBeacon {
+        let incarnation = try r.readUInt32()
         let sentAt = Timestamp(nanoseconds: try r.readUInt64())
         let echo = try r.readUInt64()
         let claimsSent = try r.readUInt64()
@@ -82,12 +94,12 @@ extension StateEncoding {
         up.reserveCapacity(count)
         for _ in 0..<count { up.append(ClusterMemberID(rawValue: try r.readUInt16())) }
         return OwnershipBeacon(
-            sentAt: sentAt, echo: echo == 0 ? nil : Timestamp(nanoseconds: echo), up: up, claimsSent: claimsSent,
+            incarnation: incarnation, sentAt: sentAt, echo: echo == 0 ? nil : Timestamp(nanoseconds: echo), up: up, claimsSent: claimsSent,
             claimsProcessed: claimsProcessed, ready: ready)
     }
 
-    /// Bytes of one claim on the wire: segment, owner flag, owner, version.
-    static let claimSize = 13
+    /// Bytes of one claim on the wire: segment, owner flag, owner, incarnation, version.
+    static let claimSize = 17
 
     static func write(claims: [SegmentClaim], into w: inout ByteWriter) throws(SyncCodecError) {
         guard claims.count <= ClusterSegments.maximumCount else { throw .recordTooLarge(claims.count) }
@@ -96,6 +108,7 @@ extension StateEncoding {
             w.write(claim.segment.rawValue)
             w.write(claim.owner != nil)
             w.write(claim.owner?.rawValue ?? 0)
+            w.write(claim.incarnation)
             w.write(claim.version)
         }
     }
@@ -111,7 +124,8 @@ extension StateEncoding {
             let segment = Segment(rawValue: try r.readUInt16())
             let hasOwner = try r.readBool()
             let owner = ClusterMemberID(rawValue: try r.readUInt16())
-            claims.append(SegmentClaim(segment: segment, owner: hasOwner ? owner : nil, version: try r.readUInt64()))
+            let incarnation = try r.readUInt32()
+            claims.append(SegmentClaim(segment: segment, owner: hasOwner ? owner : nil, incarnation: incarnation, version: try r.readUInt64()))
         }
         return claims
     }

@@ -5,6 +5,8 @@ public import IPsecHACore
 public struct SegmentOwnershipConfiguration: Sendable {
     /// This member.
     public let member: ClusterMemberID
+    /// This member's incarnation: its synch channel epoch, new at every start.
+    public let incarnation: UInt32
     /// Every member of the cluster, this one included, ascending.
     public let members: [ClusterMemberID]
     /// The cluster's segments.
@@ -13,10 +15,14 @@ public struct SegmentOwnershipConfiguration: Sendable {
     public let beaconInterval: UInt64
     /// How long an echoed beacon keeps this member's lease valid, from the time it was sent.
     public let leaseDuration: UInt64
-    /// Silence after which a peer counts as down (and a restarted member stays silent first).
+    /// Silence after which a peer counts as down.
     public let failureTimeout: UInt64
     /// Members (this one included) a member must count as up to serve or take segments.
     public let quorum: Int
+
+    /// How long a member stays silent after it starts: long enough for its peers to declare
+    /// its previous life down and take its segments over from their replicas of it.
+    public var startupSilence: UInt64 { failureTimeout + leaseDuration + 4 * beaconInterval }
 
     /// A configuration. The default quorum is a majority for three members or more, and 1 for
     /// two (two members cannot tell a partition from a crash: see `Docs/LoadSharing.md`).
@@ -25,7 +31,7 @@ public struct SegmentOwnershipConfiguration: Sendable {
     /// margin that covers clock drift and a late tick), the lease lasts at least two beacon
     /// intervals, and the quorum is between 1 and the member count.
     public init(
-        member: ClusterMemberID, members: [ClusterMemberID], segments: ClusterSegments, beaconInterval: UInt64 = 20_000_000,
+        member: ClusterMemberID, incarnation: UInt32, members: [ClusterMemberID], segments: ClusterSegments, beaconInterval: UInt64 = 20_000_000,
         leaseDuration: UInt64 = 100_000_000, failureTimeout: UInt64 = 200_000_000, quorum: Int? = nil
     ) throws(SegmentOwnershipError) {
         let sorted = Array(Set(members)).sorted()
@@ -36,6 +42,7 @@ public struct SegmentOwnershipConfiguration: Sendable {
         let quorum = quorum ?? (sorted.count <= 2 ? 1 : sorted.count / 2 + 1)
         guard quorum >= 1, quorum <= sorted.count else { throw .invalidConfiguration("quorum \(quorum) of \(sorted.count)") }
         self.member = member
+        self.incarnation = incarnation
         self.members = sorted
         self.segments = segments
         self.beaconInterval = beaconInterval
@@ -90,9 +97,10 @@ public enum OwnershipAction: Sendable, Equatable {
 ///   first, then claims for the other: a gap, never an overlap). The member the assignment names
 ///   takes a segment whose owner is down (or that nobody owns), and starts serving it only once
 ///   every peer that is up has processed its claim.
-/// - **Restarts.** A member that starts stays silent for a failure timeout, so that peers that
-///   still counted it as up declare it down and take its segments from their replicas first;
-///   it then joins as a new, not yet ready member.
+/// - **Restarts.** A member that starts stays silent (``SegmentOwnershipConfiguration/startupSilence``),
+///   so that peers that still counted it as up declare it down and take its segments from
+///   their replicas first; it then joins as a new, not yet ready member, and releases any
+///   claim that still names a previous incarnation of it.
 ///
 /// With a majority quorum, ownership stays unique across crashes, restarts, message loss, and
 /// partitions that cut members off in both directions; see `Docs/LoadSharing.md` for the
@@ -106,7 +114,8 @@ public struct SegmentOwnership: Sendable {
 
     private var table: [SegmentClaim]
     private var peers: [ClusterMemberID: Peer] = [:]
-    private let startedAt: Timestamp
+    /// When this member started.
+    public let startedAt: Timestamp
     private var lastBeacon: Timestamp?
     /// What was last reported as served (for the start / stop actions).
     private var reportedServing: Set<Segment> = []
@@ -120,6 +129,7 @@ public struct SegmentOwnership: Sendable {
 
     struct Peer: Sendable {
         var lastHeard: Timestamp?
+        var incarnation: UInt32?
         /// The peer's clock: the latest beacon time heard, echoed back.
         var latestSentAt: Timestamp?
         /// This member's clock: the latest own beacon time the peer echoed, once every claim
@@ -138,7 +148,7 @@ public struct SegmentOwnership: Sendable {
         var needsFullTable = false
     }
 
-    /// A member starting at `now`, owning nothing, silent for a failure timeout.
+    /// A member starting at `now`, owning nothing, silent for the startup silence.
     public init(configuration: SegmentOwnershipConfiguration, now: Timestamp) {
         self.configuration = configuration
         table = configuration.segments.all.map { SegmentClaim(segment: $0, owner: nil, version: 0) }
@@ -157,14 +167,14 @@ public struct SegmentOwnership: Sendable {
     /// every peer processed the claim that gave it the segment. Ask before every decision
     /// that only an owner may take (the lease is checked at `now`, not at the last tick).
     public func isServing(_ segment: Segment, now: Timestamp) -> Bool {
-        guard let claim = claim(of: segment), claim.owner == configuration.member else { return false }
+        guard let claim = claim(of: segment), isMine(claim) else { return false }
         return hasLease(now: now) && isConfirmed(segment)
     }
 
     /// The segments this member serves at `now`.
     public func servedSegments(now: Timestamp) -> [Segment] {
         guard hasLease(now: now) else { return [] }
-        return table.filter { $0.owner == configuration.member && isConfirmed($0.segment) }.map(\.segment)
+        return table.filter { isMine($0) && isConfirmed($0.segment) }.map(\.segment)
     }
 
     /// The member that owns the Child SA with this inbound SPI, as this member knows it (nil for
@@ -186,6 +196,10 @@ public struct SegmentOwnership: Sendable {
             guard let echo = peer.echo, now.nanoseconds >= echo.nanoseconds else { return false }
             return now.nanoseconds - echo.nanoseconds < configuration.leaseDuration
         }
+    }
+
+    private func isMine(_ claim: SegmentClaim) -> Bool {
+        claim.owner == configuration.member && claim.incarnation == configuration.incarnation
     }
 
     private func isConfirmed(_ segment: Segment) -> Bool {
@@ -210,6 +224,12 @@ public struct SegmentOwnership: Sendable {
         peers[member]!.needsFullTable = true
     }
 
+    /// The channel's stream to `member` was reset (``SyncChannel/resetStream(to:)``, which a
+    /// bulk resync does): claims in flight to it were dropped, so give it the whole table again.
+    public mutating func streamReset(to member: ClusterMemberID) {
+        peers[member]?.needsFullTable = true
+    }
+
     /// Takes an ownership record delivered by the channel from `member`; other records are
     /// ignored.
     public mutating func receive(_ record: SyncRecord, from member: ClusterMemberID, now: Timestamp) -> [OwnershipAction] {
@@ -220,6 +240,7 @@ public struct SegmentOwnership: Sendable {
             // A peer that processed fewer of our claims than it said before has restarted.
             if beacon.claimsProcessed < peers[member]!.reportedProcessed { peerRestarted(member) }
             peers[member]!.lastHeard = now
+            peers[member]!.incarnation = beacon.incarnation
             peers[member]!.latestSentAt = beacon.sentAt
             if let echo = beacon.echo {
                 // The echo renews the lease only once the claims the peer sent before it are
@@ -246,7 +267,7 @@ public struct SegmentOwnership: Sendable {
                 guard claim.supersedes(held) else { continue }
                 table[Int(claim.segment.rawValue)] = claim
                 news.append(claim)
-                if claim.owner == configuration.member {
+                if isMine(claim) {
                     acquired[claim.segment] = (held.owner, true)
                 } else {
                     acquired[claim.segment] = nil
@@ -264,18 +285,18 @@ public struct SegmentOwnership: Sendable {
     /// Advances the machine to `now`: beacons, views, handovers and takeovers.
     public mutating func tick(now: Timestamp) -> [OwnershipAction] {
         var actions = updateView(now: now)
-        let silent = now.nanoseconds < startedAt.nanoseconds + configuration.failureTimeout
+        let silent = now.nanoseconds < startedAt.nanoseconds + configuration.startupSilence
         if !silent, lastBeacon.map({ now.nanoseconds >= $0.nanoseconds + configuration.beaconInterval }) ?? true {
             lastBeacon = now
             let view = up
             for (member, peer) in peers.sorted(by: { $0.key < $1.key }) {
                 let beacon = OwnershipBeacon(
-                    sentAt: now, echo: peer.latestSentAt, up: view, claimsSent: peer.claimsSent,
+                    incarnation: configuration.incarnation, sentAt: now, echo: peer.latestSentAt, up: view, claimsSent: peer.claimsSent,
                     claimsProcessed: peer.claimsProcessed, ready: isReady)
                 actions.append(.send([.ownershipBeacon(beacon)], to: member))
             }
         }
-        if !silent { actions += moveSegments(now: now) }
+        if !silent { actions += releaseStaleClaims() + moveSegments(now: now) }
         return actions + servingChanges(now: now)
     }
 
@@ -302,7 +323,9 @@ public struct SegmentOwnership: Sendable {
             }
             if isUp, peers[member]!.needsFullTable {
                 peers[member]!.needsFullTable = false
-                actions += send(table.filter { $0.version > 0 }, to: member)
+                // Even an empty table goes out as a record: its sequence number tells the peer
+                // that whatever was dropped before it is superseded.
+                actions += send(table.filter { $0.version > 0 }, to: member, evenIfEmpty: true)
             }
         }
         let view = up
@@ -313,6 +336,17 @@ public struct SegmentOwnership: Sendable {
             agreement = (view, now)
         }
         return actions
+    }
+
+    /// Releases what the table says a previous incarnation of this member owns: nobody holds
+    /// its SAs any more (the peers took over what they could while this member was silent).
+    private mutating func releaseStaleClaims() -> [OwnershipAction] {
+        var released: [SegmentClaim] = []
+        for index in table.indices where table[index].owner == configuration.member && !isMine(table[index]) {
+            table[index] = SegmentClaim(segment: table[index].segment, owner: nil, version: table[index].version + 1)
+            released.append(table[index])
+        }
+        return broadcast(released, except: nil)
     }
 
     /// Hands over and takes over segments, when the views have been agreed for a lease.
@@ -329,12 +363,15 @@ public struct SegmentOwnership: Sendable {
         for index in table.indices {
             let held = table[index]
             guard let target = assignment.owner(of: held.segment) else { continue }
-            if held.owner == me, target != me, peers[target]?.ready == true, isConfirmed(held.segment) {
-                table[index] = SegmentClaim(segment: held.segment, owner: target, version: held.version + 1)
+            if isMine(held), target != me, peers[target]?.ready == true, let incarnation = peers[target]?.incarnation,
+                isConfirmed(held.segment)
+            {
+                table[index] = SegmentClaim(segment: held.segment, owner: target, incarnation: incarnation, version: held.version + 1)
                 acquired[held.segment] = nil
                 claims.append(table[index])
             } else if target == me, held.owner.map({ !agreement.view.contains($0) }) ?? true, isReady || held.owner == nil {
-                table[index] = SegmentClaim(segment: held.segment, owner: me, version: held.version + 1)
+                table[index] = SegmentClaim(
+                    segment: held.segment, owner: me, incarnation: configuration.incarnation, version: held.version + 1)
                 acquired[held.segment] = (held.owner, false)
                 claims.append(table[index])
                 taken.append(held.segment)
@@ -360,10 +397,10 @@ public struct SegmentOwnership: Sendable {
     }
 
     /// Numbered claims records of at most ``claimsPerRecord`` claims each.
-    private mutating func send(_ claims: [SegmentClaim], to member: ClusterMemberID) -> [OwnershipAction] {
-        guard !claims.isEmpty else { return [] }
+    private mutating func send(_ claims: [SegmentClaim], to member: ClusterMemberID, evenIfEmpty: Bool = false) -> [OwnershipAction] {
+        guard !claims.isEmpty || evenIfEmpty else { return [] }
         var records: [SyncRecord] = []
-        for start in stride(from: 0, to: claims.count, by: Self.claimsPerRecord) {
+        for start in stride(from: 0, to: max(claims.count, 1), by: Self.claimsPerRecord) {
             peers[member]!.claimsSent += 1
             records.append(.segmentClaims(sequence: peers[member]!.claimsSent, Array(claims[start..<min(start + Self.claimsPerRecord, claims.count)])))
         }

@@ -1,0 +1,111 @@
+import IPsecHACore
+import IPsecHASimulation
+import IPsecHASync
+import Testing
+
+@Suite("Load sharing: 2, 3 and 5 members on the in-memory channel")
+struct LoadSharingClusterTests {
+    static func member(_ raw: Int) -> ClusterMemberID { ClusterMemberID(rawValue: UInt16(raw)) }
+
+    /// Starts `running` of the members, waits for ownership to settle, and establishes IKE SAs
+    /// for peers spread over the address space.
+    static func cluster(
+        members: Int, running: Int? = nil, seed: UInt64, ikeSAs: Int = 20, faults: NetworkFaults = NetworkFaults()
+    ) throws -> LoadSharingCluster {
+        var cluster = try LoadSharingCluster(seed: seed, memberCount: members, faults: faults)
+        for index in 1...(running ?? members) { try cluster.start(member(index)) }
+        try cluster.run(for: 1_500_000_000, step: 2_000_000)
+        var peer: UInt32 = 0xC633_6400
+        var established = 0
+        var attempts = 0
+        while established < ikeSAs, attempts < 10 * ikeSAs {
+            attempts += 1
+            peer &+= 0x0101_0737
+            if try cluster.establishIKESA(peer: IPAddress(ipv4: peer)) != nil { established += 1 }
+        }
+        #expect(established == ikeSAs, "every segment is served once the cluster settled")
+        try cluster.run(for: 300_000_000, step: 2_000_000)
+        return cluster
+    }
+
+    /// The invariants after the cluster settled: each segment served by exactly one running
+    /// member; each IKE SA held by exactly one running member, the one serving its segment;
+    /// and, throughout, no segment served twice, no sequence number sent twice, no replay accepted.
+    static func expectSettled(_ cluster: LoadSharingCluster, _ context: String) {
+        let report = cluster.report
+        #expect(report.duplicateOwnershipSteps == 0, "\(context): \(report)")
+        #expect(report.sequenceNumbersReused == 0, "\(context): \(report)")
+        #expect(report.replaysAccepted == 0, "\(context): \(report)")
+        for segment in cluster.segments.all {
+            #expect(cluster.servers(of: segment).count == 1, "\(context): \(segment) served by \(cluster.servers(of: segment))")
+        }
+        for (identifier, segment) in cluster.establishedIKESAs.sorted(by: { $0.key < $1.key }) {
+            let holders = cluster.holders(of: identifier)
+            #expect(holders.count == 1 && holders == cluster.servers(of: segment), "\(context): \(identifier) held by \(holders)")
+        }
+    }
+
+    @Test("a member fails, rejoins, and a late member joins", arguments: [2, 3, 5])
+    func failRejoinJoin(members: Int) throws {
+        var cluster = try Self.cluster(members: members, running: members - 1, seed: UInt64(members))
+        Self.expectSettled(cluster, "\(members - 1) of \(members) running")
+        let sent = cluster.report.espPacketsSent
+
+        // The late member joins: it resyncs from every member, then takes its share by handover.
+        try cluster.start(Self.member(members))
+        try cluster.run(for: 2_000_000_000, step: 2_000_000)
+        Self.expectSettled(cluster, "after the join")
+        #expect(cluster.report.segmentsHandedOver > 0)
+        #expect(!cluster.members[Self.member(members)]!.ownership.servedSegments(now: cluster.now).isEmpty)
+
+        // A member fails: the others take its segments with the takeover plan.
+        cluster.crash(Self.member(1))
+        try cluster.run(for: 1_500_000_000, step: 2_000_000)
+        Self.expectSettled(cluster, "after member 1 failed")
+        #expect(cluster.report.segmentsTakenOver > 0)
+
+        // It restarts empty, stays silent, joins again and gets its share back by handover.
+        let handedOver = cluster.report.segmentsHandedOver
+        try cluster.start(Self.member(1))
+        try cluster.run(for: 2_500_000_000, step: 2_000_000)
+        Self.expectSettled(cluster, "after member 1 rejoined")
+        #expect(cluster.report.segmentsHandedOver > handedOver)
+        #expect(cluster.report.espPacketsSent > sent)
+    }
+
+    @Test("ownership stays unique with 10% synch loss, duplication and reordering", arguments: [2, 3, 5])
+    func lossyChannel(members: Int) throws {
+        var faults = NetworkFaults()
+        faults.loss = 0.1
+        faults.duplication = 0.05
+        faults.jitter = 3_000_000
+        var cluster = try Self.cluster(members: members, seed: 40 + UInt64(members), faults: faults)
+        cluster.crash(Self.member(2))
+        try cluster.run(for: 1_500_000_000, step: 2_000_000)
+        try cluster.start(Self.member(2))
+        try cluster.run(for: 3_000_000_000, step: 2_000_000)
+        cluster.network.faults = NetworkFaults()
+        try cluster.run(for: 1_000_000_000, step: 2_000_000)
+        Self.expectSettled(cluster, "\(members) members, lossy")
+    }
+
+    @Test("a minority cut off in both directions serves nothing; the majority serves everything", arguments: [3, 5])
+    func partitionedMinority(members: Int) throws {
+        var cluster = try Self.cluster(members: members, seed: 70 + UInt64(members))
+        let minority = (1...(members - 1) / 2).map(Self.member)
+        let majority = ((members - 1) / 2 + 1...members).map(Self.member)
+        for a in minority { for b in majority { cluster.network.faults.partitions.insert([a.rawValue, b.rawValue]) } }
+        try cluster.run(for: 1_500_000_000, step: 2_000_000)
+        #expect(cluster.report.duplicateOwnershipSteps == 0)
+        for segment in cluster.segments.all {
+            let servers = cluster.servers(of: segment)
+            #expect(servers.count == 1 && majority.contains(servers[0]), "\(segment) served by \(servers) during the partition")
+        }
+        for identifier in cluster.establishedIKESAs.keys {
+            #expect(cluster.holders(of: identifier).contains { majority.contains($0) }, "\(identifier) taken over by the majority")
+        }
+        cluster.network.faults.partitions = []
+        try cluster.run(for: 3_000_000_000, step: 2_000_000)
+        Self.expectSettled(cluster, "after the partition healed")
+    }
+}
