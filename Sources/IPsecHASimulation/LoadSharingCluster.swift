@@ -171,7 +171,14 @@ public struct LoadSharingCluster {
         let end = now.nanoseconds + duration
         while now.nanoseconds < end {
             now = Timestamp(nanoseconds: min(now.nanoseconds + step, end))
-            for id in ids where members[id]!.isRunning { try stepMember(id) }
+            for id in ids {
+                if members[id]!.isRunning {
+                    try stepMember(id)
+                } else {
+                    // What reaches a stopped member is lost.
+                    _ = members[id]!.transport.receive(now: now)
+                }
+            }
             let serving = servingMembers()
             if serving.contains(where: { $0.count > 1 }) { report.duplicateOwnershipSteps += 1 }
             try sendTraffic(serving)

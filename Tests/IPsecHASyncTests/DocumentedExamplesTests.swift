@@ -51,6 +51,13 @@ enum DocExamples {
             ("resyncBegin", .resyncBegin(id: 1, scope: .everything, ikeSAs: 1, childSAs: 2, policies: 1)),
             ("resyncEnd", .resyncEnd(id: 1, ikeSAs: 1, childSAs: 1, policies: 1)),
             ("ownershipChange", .ownershipChange(identifier, owner: ClusterMemberID(rawValue: 2), generation: 7)),
+            ("segmentClaims", .segmentClaims(sequence: 4, [
+                SegmentClaim(segment: Segment(rawValue: 5), owner: ClusterMemberID(rawValue: 2), incarnation: 3, version: 9),
+                SegmentClaim(segment: Segment(rawValue: 6), owner: nil, version: 2),
+            ])),
+            ("ownershipBeacon", .ownershipBeacon(OwnershipBeacon(
+                incarnation: 3, sentAt: Timestamp(nanoseconds: 2_000_000), echo: Timestamp(nanoseconds: 1_000_000),
+                up: [ClusterMemberID(rawValue: 1), ClusterMemberID(rawValue: 2)], claimsSent: 4, claimsProcessed: 7, ready: true))),
         ]
     }
 }
@@ -75,12 +82,20 @@ struct DocumentedExamplesTests {
         return examples
     }
 
+    /// Bytes as the examples show them: two hex digits each, 16 to a line.
+    static func hex(_ bytes: [UInt8]) -> String {
+        stride(from: 0, to: bytes.count, by: 16).map { start in
+            bytes[start..<min(start + 16, bytes.count)].map { String(format: "%02x", $0) }.joined(separator: " ")
+        }.joined(separator: "\n")
+    }
+
     @Test func everyRecordTypeHasAnExampleThatMatchesTheCode() throws {
         let documented = try Self.documentedExamples()
         #expect(documented.count == DocExamples.records.count)
         for (name, record) in DocExamples.records {
-            let bytes = try #require(documented[name], "no example for \(name)")
-            #expect(try record.encoded() == bytes, "\(name)")
+            let encoded = try record.encoded()
+            let bytes = try #require(documented[name], "no example for \(name); the code encodes:\n\(Self.hex(encoded))")
+            #expect(encoded == bytes, "\(name); the code encodes:\n\(Self.hex(encoded))")
             #expect(try SyncRecord.decodeAll(bytes[...]) == [record], "\(name)")
         }
     }

@@ -100,7 +100,7 @@ struct RecordGenerator {
     }
 
     mutating func record() -> SyncRecord {
-        switch next(19) {
+        switch next(21) {
         case 0: return .hello(epoch: UInt32(next(1 << 32)), capabilities: UInt32(next(16)), needsResync: next(2) == 0)
         case 1: return .heartbeat(highestSequence: random.next(), sentAt: Timestamp(nanoseconds: random.next()))
         case 2: return .acknowledgement(cumulative: random.next(), selective: ranges())
@@ -131,6 +131,21 @@ struct RecordGenerator {
                 policies: UInt32(next(10)))
         case 16: return .resyncEnd(id: UInt32(next(1000)), ikeSAs: 1, childSAs: 2, policies: 3)
         case 17: return .ownershipChange(identifier(), owner: ClusterMemberID(rawValue: UInt16(next(8))), generation: next(1000))
+        case 18:
+            return .segmentClaims(
+                sequence: next(1000),
+                (0..<next(70)).map { _ in
+                    SegmentClaim(
+                        segment: Segment(rawValue: UInt16(next(4096))), owner: next(3) == 0 ? nil : ClusterMemberID(rawValue: UInt16(next(16))),
+                        incarnation: UInt32(next(5)), version: next(1 << 40))
+                })
+        case 19:
+            return .ownershipBeacon(
+                OwnershipBeacon(
+                    incarnation: UInt32(next(9)), sentAt: Timestamp(nanoseconds: next(1 << 50)),
+                    echo: next(4) == 0 ? nil : Timestamp(nanoseconds: 1 + next(1 << 50)),
+                    up: (1...UInt16(1 + next(6))).map { ClusterMemberID(rawValue: $0) }, claimsSent: next(100), claimsProcessed: next(100),
+                    ready: next(2) == 0))
         default: return .unknown(type: UInt16(0x0100 + next(0x1000)), value: (0..<next(20)).map { _ in UInt8(next(256)) })
         }
     }

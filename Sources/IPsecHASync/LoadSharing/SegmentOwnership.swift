@@ -296,7 +296,11 @@ public struct SegmentOwnership: Sendable {
                 actions.append(.send([.ownershipBeacon(beacon)], to: member))
             }
         }
-        if !silent { actions += releaseStaleClaims() + moveSegments(now: now) }
+        // After the silence, a failure timeout of beacons before acting: every peer that can hear
+        // this member has had the time to answer, so that it does not act on a view of one.
+        let listening = now.nanoseconds < startedAt.nanoseconds + configuration.startupSilence + configuration.failureTimeout
+        if !silent { actions += releaseStaleClaims() }
+        if !listening { actions += moveSegments(now: now) }
         return actions + servingChanges(now: now)
     }
 

@@ -1,0 +1,153 @@
+import IPsecHACore
+import IPsecHASync
+import Testing
+
+/// Segment ownership machines wired to each other directly (1 ms delay, no channel), ticked
+/// every 2 ms; `cut` members hear nothing and are heard by nobody.
+struct OwnershipHarness {
+    let segments: ClusterSegments
+    let ids: [ClusterMemberID]
+    var machines: [ClusterMemberID: SegmentOwnership] = [:]
+    var incarnations: [ClusterMemberID: UInt32] = [:]
+    var now = Timestamp(nanoseconds: 1_000_000_000)
+    var inFlight: [(at: UInt64, from: ClusterMemberID, to: ClusterMemberID, record: SyncRecord)] = []
+    var cut: Set<ClusterMemberID> = []
+    var overlaps = 0
+    /// When each member last started and stopped serving each segment.
+    var started: [ClusterMemberID: [Segment: Timestamp]] = [:]
+    var stopped: [ClusterMemberID: [Segment: Timestamp]] = [:]
+
+    init(members: Int, segmentCount: Int = 16) throws {
+        segments = try ClusterSegments(count: segmentCount, seed: 99)
+        ids = (1...members).map { ClusterMemberID(rawValue: UInt16($0)) }
+    }
+
+    mutating func start(_ id: ClusterMemberID) throws {
+        let incarnation = (incarnations[id] ?? 0) + 1
+        incarnations[id] = incarnation
+        var machine = SegmentOwnership(
+            configuration: try SegmentOwnershipConfiguration(member: id, incarnation: incarnation, members: ids, segments: segments), now: now)
+        machine.isReady = true
+        machines[id] = machine
+        inFlight.removeAll { $0.to == id }
+    }
+
+    mutating func run(for duration: UInt64) {
+        let end = now.nanoseconds + duration
+        while now.nanoseconds < end {
+            now = Timestamp(nanoseconds: now.nanoseconds + 2_000_000)
+            let due = inFlight.filter { $0.at <= now.nanoseconds }
+            inFlight.removeAll { $0.at <= now.nanoseconds }
+            for message in due where machines[message.to] != nil {
+                perform(machines[message.to]!.receive(message.record, from: message.from, now: now), by: message.to)
+            }
+            for id in ids where machines[id] != nil { perform(machines[id]!.tick(now: now), by: id) }
+            for segment in segments.all where ids.filter({ machines[$0]?.isServing(segment, now: now) == true }).count > 1 {
+                overlaps += 1
+            }
+        }
+    }
+
+    mutating func perform(_ actions: [OwnershipAction], by id: ClusterMemberID) {
+        for action in actions {
+            switch action {
+            case .send(let records, let to):
+                guard !cut.contains(id), !cut.contains(to) else { continue }
+                for record in records { inFlight.append((now.nanoseconds + 1_000_000, id, to, record)) }
+            case .startServing(let segment, _, _): started[id, default: [:]][segment] = now
+            case .stopServing(let segment): stopped[id, default: [:]][segment] = now
+            case .peerUp, .peerDown: break
+            }
+        }
+    }
+
+    func served(by id: ClusterMemberID) -> Set<Segment> { Set(machines[id]?.servedSegments(now: now) ?? []) }
+}
+
+@Suite("Segment ownership: leases, handovers, takeovers")
+struct SegmentOwnershipTests {
+    @Test func configurationsThatCannotHoldAreTypedErrors() throws {
+        let segments = try ClusterSegments(count: 4, seed: 1)
+        let one = ClusterMemberID(rawValue: 1), two = ClusterMemberID(rawValue: 2)
+        #expect(throws: SegmentOwnershipError.self) { try SegmentOwnershipConfiguration(member: one, incarnation: 1, members: [two], segments: segments) }
+        #expect(throws: SegmentOwnershipError.self) {
+            try SegmentOwnershipConfiguration(member: one, incarnation: 1, members: [one, two], segments: segments, leaseDuration: 100_000_000, failureTimeout: 100_000_000)
+        }
+        #expect(throws: SegmentOwnershipError.self) { try SegmentOwnershipConfiguration(member: one, incarnation: 1, members: [one, two], segments: segments, quorum: 3) }
+        #expect(try SegmentOwnershipConfiguration(member: one, incarnation: 1, members: [one, two], segments: segments).quorum == 1)
+        #expect(try SegmentOwnershipConfiguration(member: one, incarnation: 1, members: (1...5).map { ClusterMemberID(rawValue: $0) }, segments: segments).quorum == 3)
+    }
+
+    @Test(arguments: [2, 3, 5])
+    func membersShareTheSegmentsAsTheRendezvousAssignmentSays(members: Int) throws {
+        var harness = try OwnershipHarness(members: members)
+        for id in harness.ids { try harness.start(id) }
+        harness.run(for: 1_000_000_000)
+        #expect(harness.overlaps == 0)
+        let assignment = try SegmentAssignment(segments: harness.segments, members: harness.ids)
+        for id in harness.ids { #expect(harness.served(by: id) == Set(assignment.segments(of: id))) }
+    }
+
+    @Test func aCutOffMemberStopsServingBeforeAnyoneTakesItsSegments() throws {
+        var harness = try OwnershipHarness(members: 3)
+        for id in harness.ids { try harness.start(id) }
+        harness.run(for: 1_000_000_000)
+        let victim = ClusterMemberID(rawValue: 1)
+        let segments = harness.served(by: victim)
+        #expect(!segments.isEmpty)
+        let cutAt = harness.now
+        harness.cut = [victim]
+        harness.run(for: 1_000_000_000)
+        #expect(harness.overlaps == 0)
+        #expect(harness.served(by: victim).isEmpty)
+        let lease = harness.machines[victim]!.configuration.leaseDuration
+        let failure = harness.machines[victim]!.configuration.failureTimeout
+        for segment in segments {
+            let stop = try #require(harness.stopped[victim]?[segment])
+            let takers = harness.ids.filter { $0 != victim }.compactMap { harness.started[$0]?[segment] }
+            let take = try #require(takers.first, "\(segment) taken over")
+            #expect(stop.nanoseconds - cutAt.nanoseconds <= lease, "the lease lapses within its duration")
+            #expect(take.nanoseconds - cutAt.nanoseconds >= failure, "nobody takes over before the failure timeout")
+            #expect(stop.nanoseconds < take.nanoseconds)
+        }
+        // The link heals: the member comes back, learns it lost the segments, and gets its share
+        // back by handover.
+        harness.cut = []
+        harness.run(for: 1_500_000_000)
+        #expect(harness.overlaps == 0)
+        #expect(harness.served(by: victim) == segments)
+    }
+
+    @Test func aRestartedMemberOwnsNothingOfItsPreviousLife() throws {
+        var harness = try OwnershipHarness(members: 2)
+        for id in harness.ids { try harness.start(id) }
+        harness.run(for: 1_000_000_000)
+        let restarted = ClusterMemberID(rawValue: 2)
+        let segments = harness.served(by: restarted)
+        try harness.start(restarted)
+        #expect(harness.served(by: restarted).isEmpty)
+        harness.run(for: 2_000_000_000)
+        #expect(harness.overlaps == 0)
+        // Member 1 took its segments during the silence, then handed them back to the new life.
+        #expect(harness.started[ClusterMemberID(rawValue: 1)]?.keys.contains { segments.contains($0) } == true)
+        #expect(harness.served(by: restarted) == segments)
+        for segment in segments { #expect(harness.machines[restarted]!.claim(of: segment)?.incarnation == 2) }
+    }
+
+    @Test func aLateMemberIsHandedItsShareWithAGapNotAnOverlap() throws {
+        var harness = try OwnershipHarness(members: 3)
+        for id in harness.ids.dropLast() { try harness.start(id) }
+        harness.run(for: 1_000_000_000)
+        #expect(harness.served(by: ClusterMemberID(rawValue: 1)).count + harness.served(by: ClusterMemberID(rawValue: 2)).count == 16)
+        try harness.start(ClusterMemberID(rawValue: 3))
+        harness.run(for: 1_500_000_000)
+        #expect(harness.overlaps == 0)
+        let assignment = try SegmentAssignment(segments: harness.segments, members: harness.ids)
+        for id in harness.ids { #expect(harness.served(by: id) == Set(assignment.segments(of: id))) }
+        for segment in assignment.segments(of: ClusterMemberID(rawValue: 3)) {
+            let previous = harness.ids.dropLast().first { harness.stopped[$0]?[segment] != nil }
+            let stop = try #require(previous.flatMap { harness.stopped[$0]?[segment] })
+            #expect(stop.nanoseconds <= harness.started[ClusterMemberID(rawValue: 3)]![segment]!.nanoseconds)
+        }
+    }
+}
