@@ -106,6 +106,7 @@ public struct LoadSharingCluster {
             now: now)
         var member = LoadSharingMember(
             id: id, ownership: ownership, channel: channel, transport: network.transport(for: id), replicator: Replicator(standbys: others))
+        member.state = GatewayState(localMember: id)
         for other in others { member.replicas[other] = Replica() }
         return member
     }

@@ -29,11 +29,17 @@ public struct GatewayState: Sendable, Equatable {
     /// Inbound SPIs of each PROTECT policy's Child SAs, in the order they were installed.
     var childSAsByPolicy: [SecurityPolicyID: [UInt32]] = [:]
     @usableFromInline var cache: SPDCache
+    /// The member this state sends for, in a load-sharing cluster: outbound packets are mapped
+    /// only to Child SAs it owns (of a duplicated group, its own one). Nil: any Child SA.
+    /// Not replicated, and not part of equality.
+    public let localMember: ClusterMemberID?
 
-    /// An empty state whose SPD cache holds at most `spdCacheCapacity` flows. The cache's hash
-    /// seed comes from the system's random generator.
-    public init(spdCacheCapacity: Int = 65_536) {
+    /// An empty state whose SPD cache holds at most `spdCacheCapacity` flows, sending for
+    /// `localMember` (see ``localMember``). The cache's hash seed comes from the system's
+    /// random generator.
+    public init(spdCacheCapacity: Int = 65_536, localMember: ClusterMemberID? = nil) {
         cache = SPDCache(capacity: spdCacheCapacity, seed: UInt64.random(in: .min ... .max))
+        self.localMember = localMember
     }
 
     /// The most SAs of each kind ``reserveCapacity(ikeSAs:childSAs:)`` reserves room for,
@@ -649,6 +655,24 @@ public struct GatewayState: Sendable, Equatable {
         return body(&ikeSAs.values[index])
     }
 
+    /// The duplicated group (RFC 7296 section 2.8) the Child SA with this inbound SPI belongs to:
+    /// the Child SAs of the same IKE SA with the same policy and selectors, when at least two
+    /// members own one. Where a member owns several (a rekey in progress), the group names the
+    /// one installed last. Nil for an unknown SPI or a Child SA without duplicates.
+    public func duplicatedGroup(ofInboundSPI spi: UInt32) -> DuplicatedChildSAGroup? {
+        guard let sa = childSA(inboundSPI: spi), let parent = ikeSAs[sa.parent] else { return nil }
+        var members: [ClusterMemberID: (spi: UInt32, installedAt: Timestamp)] = [:]
+        for sibling in parent.childSAs.compactMap(childSA(inboundSPI:))
+        where sibling.policy == sa.policy && sibling.localSelectors == sa.localSelectors && sibling.remoteSelectors == sa.remoteSelectors {
+            if let held = members[sibling.owner], held.installedAt.nanoseconds > sibling.lifetime.installedAt.nanoseconds { continue }
+            members[sibling.owner] = (sibling.inboundSPI, sibling.lifetime.installedAt)
+        }
+        guard members.count >= 2 else { return nil }
+        return DuplicatedChildSAGroup(
+            parent: sa.parent, localSelectors: sa.localSelectors, remoteSelectors: sa.remoteSelectors,
+            inboundSPIs: members.mapValues(\.spi))
+    }
+
     /// The first position in the ascending `list` whose value is not below `spi`.
     private static func sortedPosition(of spi: UInt32, in list: [UInt32]) -> Int {
         // Child SAs are mostly installed with ever larger SPIs: the end first.
@@ -685,7 +709,9 @@ public struct GatewayState: Sendable, Equatable {
         case .discard: return .discard(policy.id)
         case .protect:
             for spi in childSAsByPolicy[policy.id] ?? [] {
-                if let slot = spiIndex.slot(of: spi), let sa = childSlots[Int(slot)], sa.selectorsCover(packet) {
+                if let slot = spiIndex.slot(of: spi), let sa = childSlots[Int(slot)], localMember.map({ sa.owner == $0 }) ?? true,
+                    sa.selectorsCover(packet)
+                {
                     return .protect(ChildSASlot(index: slot))
                 }
             }
@@ -715,4 +741,24 @@ public struct CounterCheckpointOutcome: Sendable, Hashable {
 
     /// No outcome yet.
     public init() {}
+}
+
+/// Child SAs of one IKE SA with identical traffic selectors, one per active member of a
+/// load-sharing cluster (RFC 7296 section 2.8 lets a peer hold several): each member sends on
+/// its own, with its own outbound counter and replay window, so that no counter needs to be
+/// synchronised between members; the peer may send on any of them. Returned by
+/// ``GatewayState/duplicatedGroup(ofInboundSPI:)``; see `Docs/LoadSharing.md` for when to prefer
+/// it to sticky ownership.
+public struct DuplicatedChildSAGroup: Sendable, Hashable {
+    /// The IKE SA they were negotiated under.
+    public let parent: IKESAIdentifier
+    /// The selectors they share.
+    public let localSelectors: [TrafficSelector]
+    /// The selectors they share.
+    public let remoteSelectors: [TrafficSelector]
+    /// Each member's Child SA, by inbound SPI.
+    public let inboundSPIs: [ClusterMemberID: UInt32]
+
+    /// The members with a Child SA in the group, ascending.
+    public var members: [ClusterMemberID] { inboundSPIs.keys.sorted() }
 }

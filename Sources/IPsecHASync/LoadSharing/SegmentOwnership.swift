@@ -180,7 +180,11 @@ public struct SegmentOwnership: Sendable {
     /// The member that owns the Child SA with this inbound SPI, as this member knows it (nil for
     /// an SPI outside the layout, or a segment nobody owns): inbound ESP steering.
     public func owner(ofInboundSPI spi: UInt32, layout: SPILayout) -> ClusterMemberID? {
-        layout.segment(ofSPI: spi).flatMap { claim(of: $0)?.owner }
+        switch layout.steering(ofSPI: spi) {
+        case .segment(let segment): claim(of: segment)?.owner
+        case .member(let member): member
+        case nil: nil
+        }
     }
 
     /// The members this one counts as up at the last tick, itself included, ascending.

@@ -72,14 +72,16 @@ struct LoadSharingPrimitivesTests {
                 }
             }
         }
-        // SPIs whose top bits name no segment belong to nobody.
-        #expect(layout.segment(ofSPI: 0xFFFF_FFFF) == nil)
-        #expect(assignment.owner(ofInboundSPI: 0xFFFF_FFFF, layout: layout) == nil)
+        // SPIs whose top bits name no segment (60 of 48) belong to nobody; all ones marks a
+        // duplicated Child SA, steered by its member bits.
+        #expect(layout.segment(ofSPI: 0xF000_0000) == nil && layout.steering(ofSPI: 0xF000_0000) == nil)
+        #expect(assignment.owner(ofInboundSPI: 0xF000_0000, layout: layout) == nil)
+        #expect(layout.steering(ofSPI: 0xFFFF_FFFF) == .member(ClusterMemberID(rawValue: 7)))
     }
 
     @Test func layoutsAndAllocationsThatCannotWorkAreTypedErrors() throws {
         let segments = try ClusterSegments(count: 4096, seed: 3)
-        #expect(throws: LoadSharingError.spiLayoutTooNarrow(segmentBits: 12, memberBits: 9)) { try SPILayout(segments: segments, memberBits: 9) }
+        #expect(throws: LoadSharingError.spiLayoutTooNarrow(segmentBits: 13, memberBits: 8)) { try SPILayout(segments: segments, memberBits: 8) }
         let layout = try SPILayout(segments: segments, memberBits: 4)
         var random = SplitMix64(seed: 1)
         #expect(throws: LoadSharingError.memberOutsideLayout(ClusterMemberID(rawValue: 16), memberBits: 4)) {
@@ -92,7 +94,7 @@ struct LoadSharingPrimitivesTests {
             try layout.allocate(segment: Segment(rawValue: 2), member: ClusterMemberID(rawValue: 1), using: &random) { _ in true }
         }
         // Segment 0, member 0: the reserved SPIs 1 to 255 are in its space and never come out.
-        let one = try SPILayout(segments: ClusterSegments(count: 1, seed: 1), memberBits: 20)
+        let one = try SPILayout(segments: ClusterSegments(count: 1, seed: 1), memberBits: 19)
         for _ in 0..<2_000 {
             #expect(try one.allocate(segment: Segment(rawValue: 0), member: ClusterMemberID(rawValue: 0), using: &random) { _ in false } > 255)
         }
