@@ -21,8 +21,11 @@ public struct LoadSharingMember {
     var transport: InMemorySyncTransport
     var replicator: Replicator
     var lastHello: [ClusterMemberID: Timestamp] = [:]
-    var lastCheckpoint = Timestamp(nanoseconds: 0)
+    var checkpoints = CounterCheckpointScheduler()
     var streamResets: UInt64 = 0
+    /// Segments started whose SAs are still to be adopted from the previous owner's replica,
+    /// which was not complete yet (a bulk resync under way).
+    public internal(set) var pendingAdoptions: [Segment: (previous: ClusterMemberID, handedOver: Bool)] = [:]
 
     /// Whether every replica is complete.
     public var replicasReady: Bool { replicas.values.allSatisfy(\.isReady) }
@@ -203,14 +206,12 @@ public struct LoadSharingCluster {
             member.lastHello[other] = now
             try send([replica.hello(epoch: member.incarnation)], to: other, at: &member)
         }
-        if now.nanoseconds - member.lastCheckpoint.nanoseconds >= checkpointInterval {
-            member.lastCheckpoint = now
-            var changes: [StateChange] = []
-            for spi in member.state.childSAs.map(\.inboundSPI).sorted() {
-                if let slot = member.state.slot(forInboundSPI: spi) { changes += member.state.checkpointCounters(at: slot) }
-            }
-            try replicate(changes, at: &member)
+        member.checkpoints.policy = CounterCheckpointPolicy(packets: 4_096, interval: checkpointInterval)
+        let due = member.checkpoints.takeDueCheckpoints(from: &member.state, now: now)
+        if !due.isEmpty {
+            try perform(member.replicator.replicate(checkpoints: due, state: member.state, channel: &member.channel, now: now).actions, at: &member)
         }
+        try adoptPending(at: &member)
         try completeReleases(at: &member)
         if member.channel.statistics.streamResets != member.streamResets {
             // A resync reset a stream, and with it the claims in flight on it.
@@ -249,8 +250,19 @@ public struct LoadSharingCluster {
             case .send(let records, let to):
                 try send(records, to: to, at: &member)
             case .startServing(let segment, let previous, let handedOver):
-                if let previous, previous != member.id { try adopt(segment, from: previous, handedOver: handedOver, at: &member) }
-            case .stopServing, .peerUp, .peerDown:
+                if let previous, previous != member.id {
+                    // Copies from an earlier ownership of the segment are stale: never send on them.
+                    var changes: [StateChange] = []
+                    for sa in member.state.ikeSAs.values.filter({ segments.segment(of: $0) == segment }).sorted(by: { $0.identifier < $1.identifier }) {
+                        changes += try member.state.deleteIKESA(sa.identifier)
+                    }
+                    try replicate(changes, at: &member)
+                    member.pendingAdoptions[segment] = (previous, handedOver)
+                }
+                try adoptPending(at: &member)
+            case .stopServing(let segment):
+                member.pendingAdoptions[segment] = nil
+            case .peerUp, .peerDown:
                 break
             }
         }
@@ -273,6 +285,15 @@ public struct LoadSharingCluster {
         try perform(result.actions, at: &member)
     }
 
+    /// Adopts the SAs of started segments whose previous owner's replica is complete.
+    private mutating func adoptPending(at member: inout LoadSharingMember) throws {
+        for (segment, origin) in member.pendingAdoptions.sorted(by: { $0.key < $1.key })
+        where member.replicas[origin.previous]?.isReady ?? true {
+            member.pendingAdoptions[segment] = nil
+            try adopt(segment, from: origin.previous, handedOver: origin.handedOver, at: &member)
+        }
+    }
+
     /// Moves the SAs of `segment` from this member's replica of `previous` into its own state:
     /// after a failure with the takeover plan (outbound counters advanced, inbound windows
     /// restored); after a handover the same way, which costs a skip of sequence numbers but
@@ -288,9 +309,7 @@ public struct LoadSharingCluster {
         let plan = replica.takeoverPlan(policy: takeoverPolicy, now: now)
         let rekey = Set(source.applyTakeover(plan).rekey)
         var changes: [StateChange] = []
-        for identifier in identifiers {
-            // A copy from a time this member owned the segment before is stale.
-            if member.state.ikeSAs[identifier] != nil { changes += try member.state.deleteIKESA(identifier) }
+        for identifier in identifiers where member.state.ikeSAs[identifier] == nil {
             var ike = source.ikeSAs[identifier]!
             ike.owner = member.id
             changes += try member.state.createIKESA(ike)
@@ -307,7 +326,9 @@ public struct LoadSharingCluster {
     }
 
     /// Deletes the SAs of segments another member owns now, once that member's replicated
-    /// state holds them (so that they exist somewhere at every moment).
+    /// state holds them with outbound counters at least as far as this member's (so that they
+    /// exist somewhere at every moment, and a stale copy the new owner held from an earlier
+    /// ownership does not count).
     private mutating func completeReleases(at member: inout LoadSharingMember) throws {
         var lost: [Segment: [IKESAIdentifier]] = [:]
         for sa in member.state.ikeSAs.values {
@@ -319,11 +340,21 @@ public struct LoadSharingCluster {
         var changes: [StateChange] = []
         for (segment, identifiers) in lost.sorted(by: { $0.key < $1.key }) {
             guard let owner = member.ownership.claim(of: segment)?.owner, let theirs = member.replicas[owner], theirs.isReady,
-                identifiers.allSatisfy({ theirs.state.ikeSAs[$0] != nil })
+                identifiers.allSatisfy({ Self.holds(theirs.state, $0, asFarAs: member.state) })
             else { continue }
             for identifier in identifiers.sorted() { changes += try member.state.deleteIKESA(identifier) }
         }
         try replicate(changes, at: &member)
+    }
+
+    /// Whether `state` holds the IKE SA and each of its Child SAs in `reference`, with outbound
+    /// counters no lower.
+    private static func holds(_ state: GatewayState, _ identifier: IKESAIdentifier, asFarAs reference: GatewayState) -> Bool {
+        guard state.ikeSAs[identifier] != nil, let mine = reference.ikeSAs[identifier] else { return false }
+        return mine.childSAs.allSatisfy { spi in
+            guard let theirs = state.childSA(inboundSPI: spi), let own = reference.childSA(inboundSPI: spi) else { return false }
+            return theirs.outboundCounter.lastSent >= own.outboundCounter.lastSent
+        }
     }
 
     // MARK: Checks
@@ -375,9 +406,11 @@ public struct LoadSharingCluster {
         }
         var member = members[id]!
         defer { members[id] = member }
+        // The ICV covers the high-order ESN bits (RFC 4303 section 2.2.1): a packet whose
+        // inferred number is not the one it was sent with fails authentication.
         guard let slot = member.state.slot(forInboundSPI: spi),
             case .fresh(let full)? = member.state.checkInbound(wire: UInt32(truncatingIfNeeded: sequenceNumber), at: slot),
-            (try? member.state.commitInbound(full, bytes: 100, at: slot)) != nil
+            full == sequenceNumber, (try? member.state.commitInbound(full, bytes: 100, at: slot)) != nil
         else { return }
         report.espPacketsAccepted += 1
         if !accepted[spi, default: []].insert(full).inserted { report.replaysAccepted += 1 }
