@@ -84,19 +84,21 @@ public enum OwnershipAction: Sendable, Equatable {
 /// time (``tick(now:)``), and returns actions. It rests on four rules:
 /// - **Views.** A peer is up while it was heard within the failure timeout. Each beacon carries
 ///   the sender's view; the views are *agreed* when every peer that is up reports the same set.
-/// - **Leases.** A member serves only while every peer it counts as up echoed one of its beacons
-///   sent within the lease duration, after telling it every claim it had sent (a member learns
-///   of a claim against it before its lease can be renewed), and while it sees a quorum.
-///   A peer that declares it down stops echoing, so its lease lapses a failure timeout minus a
-///   lease duration *before* that peer may act.
+/// - **Leases.** A member serves only while it sees a quorum and enough peers echoed one of its
+///   beacons sent within the lease duration (``hasLease(now:)``: so many that any quorum that
+///   could act without it holds one of them), each echo counting only after every claim that
+///   peer had sent before it was processed (a member learns of a claim against it before its
+///   lease can be renewed). A peer that declares it down stops echoing, so its lease from that
+///   peer lapses a failure timeout minus a lease duration *before* that peer may act.
 /// - **Claims.** Ownership changes only by versioned claims, sent reliably to every peer that
 ///   is up, relayed by each receiver, and given whole to a peer when it comes up. A member
 ///   moves segments only when the views have been agreed for a lease duration: then every
 ///   member computes the same ``SegmentAssignment`` over the members that are up. An owner
 ///   hands a segment to the member the assignment names once that member is ready (it stops
 ///   first, then claims for the other: a gap, never an overlap). The member the assignment names
-///   takes a segment whose owner is down (or that nobody owns), and starts serving it only once
-///   every peer that is up has processed its claim.
+///   takes a segment whose owner is down (or that nobody owns), and starts serving it once every
+///   peer that is up has processed its claim and a lease duration more has passed (a lease
+///   renewed from a peer just before it learnt of the claim has then run out).
 /// - **Restarts.** A member that starts stays silent (``SegmentOwnershipConfiguration/startupSilence``),
 ///   so that peers that still counted it as up declare it down and take its segments from
 ///   their replicas first; it then joins as a new, not yet ready member, and releases any
@@ -119,9 +121,15 @@ public struct SegmentOwnership: Sendable {
     private var lastBeacon: Timestamp?
     /// What was last reported as served (for the start / stop actions).
     private var reportedServing: Set<Segment> = []
-    /// Segments this member claimed and may serve once each listed peer processed the claims
-    /// record of that sequence number.
-    private var awaitingConfirmation: [Segment: [ClusterMemberID: UInt64]] = [:]
+    /// Segments this member took and may serve once each listed peer processed the claims
+    /// record of that sequence number, and a lease duration more has passed (so that a lease a
+    /// member renewed from a peer before that peer learnt of the claim has run out).
+    private var awaitingConfirmation: [Segment: Confirmation] = [:]
+
+    struct Confirmation: Sendable {
+        var waits: [ClusterMemberID: UInt64]
+        var completedAt: Timestamp?
+    }
     /// How each segment this member holds came to it.
     private var acquired: [Segment: (previousOwner: ClusterMemberID?, handedOver: Bool)] = [:]
     private var agreement: (view: [ClusterMemberID], since: Timestamp)?
@@ -168,13 +176,13 @@ public struct SegmentOwnership: Sendable {
     /// that only an owner may take (the lease is checked at `now`, not at the last tick).
     public func isServing(_ segment: Segment, now: Timestamp) -> Bool {
         guard let claim = claim(of: segment), isMine(claim) else { return false }
-        return hasLease(now: now) && isConfirmed(segment)
+        return hasLease(now: now) && isConfirmed(segment, now: now)
     }
 
     /// The segments this member serves at `now`.
     public func servedSegments(now: Timestamp) -> [Segment] {
         guard hasLease(now: now) else { return [] }
-        return table.filter { isMine($0) && isConfirmed($0.segment) }.map(\.segment)
+        return table.filter { isMine($0) && isConfirmed($0.segment, now: now) }.map(\.segment)
     }
 
     /// The member that owns the Child SA with this inbound SPI, as this member knows it (nil for
@@ -192,23 +200,35 @@ public struct SegmentOwnership: Sendable {
         ([configuration.member] + peers.filter(\.value.isUp).map(\.key)).sorted()
     }
 
-    /// Whether the lease is valid at `now`.
+    /// Whether the lease is valid at `now`: this member sees a quorum, and holds fresh echoes
+    /// from enough of the peers it counts as up that every view a taker could act on (a quorum
+    /// without this member) contains one of them: members minus quorum of them, or all when
+    /// fewer are up. With a majority quorum one member's failure then costs the others nothing;
+    /// with two members (quorum 1) a member needs its peer's echoes until it declares it down.
     public func hasLease(now: Timestamp) -> Bool {
         let upPeers = peers.values.filter(\.isUp)
         guard upPeers.count + 1 >= configuration.quorum else { return false }
-        return upPeers.allSatisfy { peer in
+        let needed = min(configuration.members.count - configuration.quorum, upPeers.count)
+        let fresh = upPeers.filter { peer in
             guard let echo = peer.echo, now.nanoseconds >= echo.nanoseconds else { return false }
             return now.nanoseconds - echo.nanoseconds < configuration.leaseDuration
         }
+        return fresh.count >= needed
     }
 
     private func isMine(_ claim: SegmentClaim) -> Bool {
         claim.owner == configuration.member && claim.incarnation == configuration.incarnation
     }
 
-    private func isConfirmed(_ segment: Segment) -> Bool {
-        guard let waits = awaitingConfirmation[segment] else { return true }
-        return waits.allSatisfy { member, sequence in
+    private func isConfirmed(_ segment: Segment, now: Timestamp) -> Bool {
+        guard let confirmation = awaitingConfirmation[segment] else { return true }
+        guard let completed = confirmation.completedAt else { return false }
+        return now.nanoseconds >= completed.nanoseconds + configuration.leaseDuration
+    }
+
+    /// Whether every peer a confirmation waits for processed the claim (or is down).
+    private func isProcessedEverywhere(_ confirmation: Confirmation) -> Bool {
+        confirmation.waits.allSatisfy { member, sequence in
             guard let peer = peers[member], peer.isUp else { return true }
             return peer.reportedProcessed >= sequence
         }
@@ -372,7 +392,7 @@ public struct SegmentOwnership: Sendable {
             let held = table[index]
             guard let target = assignment.owner(of: held.segment) else { continue }
             if isMine(held), target != me, peers[target]?.ready == true, let incarnation = peers[target]?.incarnation,
-                isConfirmed(held.segment)
+                awaitingConfirmation[held.segment] == nil
             {
                 table[index] = SegmentClaim(segment: held.segment, owner: target, incarnation: incarnation, version: held.version + 1)
                 acquired[held.segment] = nil
@@ -390,7 +410,7 @@ public struct SegmentOwnership: Sendable {
         for segment in taken {
             var waits: [ClusterMemberID: UInt64] = [:]
             for (member, peer) in peers where peer.isUp { waits[member] = peer.claimsSent }
-            awaitingConfirmation[segment] = waits
+            awaitingConfirmation[segment] = Confirmation(waits: waits)
         }
         return actions
     }
@@ -417,7 +437,10 @@ public struct SegmentOwnership: Sendable {
 
     /// Start and stop actions for the segments whose serving changed since the last report.
     private mutating func servingChanges(now: Timestamp) -> [OwnershipAction] {
-        for (segment, _) in awaitingConfirmation where isConfirmed(segment) { awaitingConfirmation[segment] = nil }
+        for (segment, confirmation) in awaitingConfirmation {
+            if confirmation.completedAt == nil, isProcessedEverywhere(confirmation) { awaitingConfirmation[segment]!.completedAt = now }
+            if isConfirmed(segment, now: now) { awaitingConfirmation[segment] = nil }
+        }
         let serving = Set(servedSegments(now: now))
         guard serving != reportedServing else { return [] }
         var actions: [OwnershipAction] = reportedServing.subtracting(serving).sorted().map { .stopServing($0) }
