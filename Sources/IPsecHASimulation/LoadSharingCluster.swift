@@ -306,7 +306,7 @@ public struct LoadSharingCluster {
         let identifiers = source.ikeSAs.values.filter { segments.segment(of: $0) == segment }.map(\.identifier).sorted()
         if handedOver { report.segmentsHandedOver += 1 } else { report.segmentsTakenOver += 1 }
         guard !identifiers.isEmpty else { return }
-        let plan = replica.takeoverPlan(policy: takeoverPolicy, now: now)
+        let plan = replica.takeoverPlan(policy: takeoverPolicy, now: now, restrictedTo: Set(identifiers))
         let rekey = Set(source.applyTakeover(plan).rekey)
         var changes: [StateChange] = []
         for identifier in identifiers where member.state.ikeSAs[identifier] == nil {

@@ -9,16 +9,21 @@ public enum TakeoverPlanner {
     ///   - inFlight: IKE SAs with an exchange under way, and whether this side initiated it.
     ///   - suspect: IKE SAs whose updates may have been missed (``SuspectIKESAs/all`` while the
     ///     replica is not a complete copy or a gap in the synch stream is open).
+    ///   - restrictedTo: when given, plan only these IKE SAs and their Child SAs (a load-sharing
+    ///     member that takes over one segment of a failed member's SAs); identifiers the state
+    ///     does not hold are ignored.
     ///
     /// Each Child SA's advance is sized from the freshness the state recorded for it
     /// (``GatewayState/recordCounterFreshness(_:inboundSPI:)``): when its last checkpoint
     /// arrived and the rate then measured.
     public static func plan(
         state: GatewayState, inFlight: [IKESAIdentifier: Bool], suspect: SuspectIKESAs,
-        policy: TakeoverPolicy = TakeoverPolicy(), now: Timestamp
+        policy: TakeoverPolicy = TakeoverPolicy(), now: Timestamp, restrictedTo restriction: Set<IKESAIdentifier>? = nil
     ) -> TakeoverPlan {
         let ikeSAs = state.ikeSAs
         let slotCount = state.childSlots.count
+        // With a restriction, the slots of the Child SAs planned.
+        var includedSlots = restriction.map { _ in [Bool](repeating: false, count: slotCount) }
         // What a Child SA needs of its IKE SA, by slot: filled from each IKE SA's list of
         // children, so that no Child SA hashes its parent's identifier.
         var parentIsSuspect = [Bool](repeating: false, count: slotCount)
@@ -30,6 +35,12 @@ public enum TakeoverPlanner {
         // reference it holds.
         for index in ikeSAs.indices {
             let identifier = ikeSAs.keys[index]
+            if let restriction {
+                guard restriction.contains(identifier) else { continue }
+                for spi in ikeSAs.values[index].childSAs {
+                    if let slot = state.spiIndex.slot(of: spi) { includedSlots![Int(slot)] = true }
+                }
+            }
             let isSuspect = suspect.contains(identifier)
             classifications.append(isSuspect ? .suspect : !inFlight.isEmpty && inFlight[identifier] != nil ? .inFlight : .certain)
             let syncsReplayCounters = replayCounterSyncPolicy && ikeSAs.values[index].extensions.replayCounterSync
@@ -47,6 +58,7 @@ public enum TakeoverPlanner {
         var advanceBySlot = [UInt64](repeating: 0, count: replayCounterSyncPolicy ? slotCount : 0)
         state.forEachChildSACounters { sa in
             let slot = sa.slot.index
+            if let includedSlots, !includedSlots[slot] { return }
             let suspectSA = parentIsSuspect[slot]
             let advance: UInt64
             var reason = ChildSATakeoverReason(
@@ -94,9 +106,12 @@ public enum TakeoverPlanner {
 
         var ikePlans: [IKESATakeover] = []
         ikePlans.reserveCapacity(ikeSAs.count)
-        for (position, index) in ikeSAs.indices.enumerated() {
+        var position = 0
+        for index in ikeSAs.indices {
             let identifier = ikeSAs.keys[index]
+            if let restriction, !restriction.contains(identifier) { continue }
             let classification = classifications[position]
+            position += 1
             let next = ikeSAs.values[index].messageIDs.requests.nextMessageID
             let expected = ikeSAs.values[index].messageIDs.responses.nextExpectedMessageID
             let extensions = ikeSAs.values[index].extensions

@@ -65,12 +65,15 @@ public struct Replica {
     /// The takeover plan if this replica's member took over at `now` (see ``TakeoverPlanner``):
     /// exchanges in flight from the replicated records, every IKE SA suspect while the replica
     /// may have missed updates.
-    public func takeoverPlan(policy: TakeoverPolicy = TakeoverPolicy(), now: Timestamp) -> TakeoverPlan {
+    /// With `restrictedTo`, the plan covers only those IKE SAs and their Child SAs.
+    public func takeoverPlan(
+        policy: TakeoverPolicy = TakeoverPolicy(), now: Timestamp, restrictedTo restriction: Set<IKESAIdentifier>? = nil
+    ) -> TakeoverPlan {
         var inFlightSAs: [IKESAIdentifier: Bool] = [:]
         for exchange in inFlight { inFlightSAs[exchange.ikeSA] = (inFlightSAs[exchange.ikeSA] ?? false) || exchange.initiatedHere }
         let suspect: SuspectIKESAs = mayHaveMissedAnyUpdates ? .all : .none
         return TakeoverPlanner.plan(
-            state: state, inFlight: inFlightSAs, suspect: suspect, policy: policy, now: now)
+            state: state, inFlight: inFlightSAs, suspect: suspect, policy: policy, now: now, restrictedTo: restriction)
     }
 
     /// IKE SAs that records referred to but the replica does not hold: a sign of updates it

@@ -158,6 +158,19 @@ struct TakeoverPlannerManySAsTests {
         for child in plan.childSAs { #expect(child.reason.suspect == (child.parent == named)) }
         #expect(SuspectIKESAs.none.contains(named) == false)
     }
+
+    @Test func aRestrictedPlanCoversExactlyTheNamedSAsWithTheSameDecisions() throws {
+        let state = try state()
+        let now = Timestamp(nanoseconds: 10_800_000_000)
+        let full = TakeoverPlanner.plan(state: state, inFlight: [:], suspect: .all, now: now)
+        let named = Set(state.ikeSAs.keys.sorted().prefix(2) + [IKESAIdentifier(initiatorSPI: 99, responderSPI: 99)])
+        let part = TakeoverPlanner.plan(state: state, inFlight: [:], suspect: .all, now: now, restrictedTo: named)
+        #expect(Set(part.ikeSAs.map(\.identifier)) == named.intersection(state.ikeSAs.keys))
+        #expect(part.ikeSAs == full.ikeSAs.filter { named.contains($0.identifier) })
+        #expect(part.childSAs.count == 4)
+        #expect(part.childSAs == full.childSAs.filter { named.contains($0.parent) })
+        #expect(TakeoverPlanner.plan(state: state, inFlight: [:], suspect: .all, now: now, restrictedTo: []).childSAs.isEmpty)
+    }
 }
 
 @Suite("Applying a takeover plan")
