@@ -11,6 +11,10 @@ struct ReliableReceiver {
     private(set) var delivered: UInt64 = 0
     /// Datagrams above `delivered + 1`, waiting for the gap below them.
     private(set) var held: [UInt64: [SyncRecord]] = [:]
+    /// The sequence numbers of `held`, ascending: acknowledgements and negative acknowledgements
+    /// read them in order for every datagram, and sorting a full hold each time cost more than
+    /// the rest of the channel.
+    private var heldOrder: [UInt64] = []
     /// The highest sequence number known to exist (received, or announced by a heartbeat).
     private(set) var highestKnown: UInt64 = 0
     /// Since when something has been missing, if it is.
@@ -27,6 +31,7 @@ struct ReliableReceiver {
             // resync follows in the new stream).
             delivered = sequence - 1
             held = held.filter { $0.key >= sequence }
+            heldOrder.removeAll { $0 < sequence }
         }
         highestKnown = max(highestKnown, sequence)
         guard sequence > delivered, held[sequence] == nil else { return [] }
@@ -34,12 +39,16 @@ struct ReliableReceiver {
         if sequence == delivered + 1 {
             ready.append(records)
             delivered = sequence
-            while let next = held.removeValue(forKey: delivered + 1) {
+            var consumed = 0
+            while consumed < heldOrder.count, heldOrder[consumed] == delivered + 1, let next = held.removeValue(forKey: delivered + 1) {
                 ready.append(next)
                 delivered += 1
+                consumed += 1
             }
+            heldOrder.removeFirst(consumed)
         } else if held.count < limit {
             held[sequence] = records
+            heldOrder.insert(sequence, at: Self.insertionPoint(of: sequence, in: heldOrder))
         }
         updateGap(now: now)
         return ready
@@ -55,6 +64,7 @@ struct ReliableReceiver {
     mutating func reset() {
         delivered = 0
         held.removeAll()
+        heldOrder.removeAll()
         highestKnown = 0
         gapSince = nil
         lastNegativeAcknowledgement = nil
@@ -68,7 +78,7 @@ struct ReliableReceiver {
         guard hasGap else { return [] }
         var ranges: [SequenceRange] = []
         var start = delivered + 1
-        for sequence in held.keys.sorted() where sequence >= start {
+        for sequence in heldOrder where sequence >= start {
             if sequence > start { ranges.append(SequenceRange(start, sequence - 1)) }
             start = sequence + 1
             if ranges.count == maximum { return ranges }
@@ -80,7 +90,7 @@ struct ReliableReceiver {
     /// The acknowledgement to send: cumulative, plus held ranges above it.
     func acknowledgement(maximumRanges: Int = 32) -> SyncRecord {
         var ranges: [SequenceRange] = []
-        for sequence in held.keys.sorted() {
+        for sequence in heldOrder {
             if let last = ranges.last, last.upper + 1 == sequence {
                 ranges[ranges.count - 1].upper = sequence
             } else if ranges.count < maximumRanges {
@@ -90,6 +100,18 @@ struct ReliableReceiver {
             }
         }
         return .acknowledgement(cumulative: delivered, selective: ranges)
+    }
+
+    /// The first position in the ascending `order` whose value is above `sequence`.
+    private static func insertionPoint(of sequence: UInt64, in order: [UInt64]) -> Int {
+        if let last = order.last, last < sequence { return order.count }
+        var low = 0
+        var high = order.count
+        while low < high {
+            let middle = (low + high) / 2
+            if order[middle] < sequence { low = middle + 1 } else { high = middle }
+        }
+        return low
     }
 
     private mutating func updateGap(now: Timestamp) {

@@ -1,0 +1,682 @@
+public import IPsecHACore
+import IPsecHASync
+
+/// What a ``ClusterSimulation`` runs.
+public struct SimulationConfiguration: Sendable, Hashable {
+    /// The one seed of the run: the same seed gives the same run.
+    public var seed: UInt64 = 1
+    /// Members: one active, the others standbys.
+    public var members = 2
+    /// IKE SAs established before the run starts.
+    public var ikeSAs = 1_000
+    /// Child SAs of each IKE SA.
+    public var childSAsPerIKESA = 2
+    /// ESP packets a second per Child SA, in each direction (at most 1,000: one per step).
+    public var packetsPerSecond = 50
+    /// Simulated time, in milliseconds.
+    public var durationMs: UInt64 = 2_000
+    /// When the active member crashes (nil: it does not).
+    public var crashAtMs: UInt64? = 1_000
+    /// Loss on the synch link (0 to 1).
+    public var syncLoss = 0.1
+    /// Loss on the outside link, between the cluster and the peer (0 to 1).
+    public var outsideLoss = 0.0
+    /// Counter checkpoints: every this many packets...
+    public var checkpointPackets: UInt64 = 4_096
+    /// ...or this many milliseconds, whichever first.
+    public var checkpointMs: UInt64 = 50
+    /// How inbound windows are rebuilt on takeover.
+    public var inboundPolicy: InboundTakeoverPolicy = .conservative
+    /// Synchronous replication of IKE state: a response leaves only once the standbys hold the
+    /// state it depends on.
+    public var synchronousReplication = true
+    /// Milliseconds between two exchanges the peer starts on each IKE SA (every fourth rekeys a
+    /// Child SA); the cluster starts a liveness check on each at twice that.
+    public var ikeExchangeIntervalMs: UInt64 = 400
+    /// Inbound replay window size, on both sides.
+    public var replayWindow: UInt32 = 1_024
+
+    /// The default run (see `ikeha-demo simulate`).
+    public init() {}
+
+    /// Checks the values; the message names the first that does not fit.
+    public func validate() throws(SimulationError) {
+        guard (2...8).contains(members) else { throw .invalid("members must be 2 to 8") }
+        guard (1...100_000).contains(ikeSAs), (1...8).contains(childSAsPerIKESA) else { throw .invalid("1 to 100,000 IKE SAs, 1 to 8 Child SAs each") }
+        guard (1...1_000).contains(packetsPerSecond) else { throw .invalid("packets per second must be 1 to 1,000") }
+        guard (100...600_000).contains(durationMs) else { throw .invalid("duration must be 100 ms to 10 minutes") }
+        guard crashAtMs.map({ $0 < durationMs }) ?? true else { throw .invalid("the crash must come before the end") }
+        guard (0...0.9).contains(syncLoss), (0...0.9).contains(outsideLoss) else { throw .invalid("loss must be 0 to 0.9") }
+        guard checkpointPackets >= 1, checkpointMs >= 1, ikeExchangeIntervalMs >= 10 else { throw .invalid("intervals must be positive") }
+        guard (ReplayWindow.minimumSize...ReplayWindow.maximumSize).contains(replayWindow) else { throw .invalid("replay window size") }
+    }
+}
+
+/// A configuration that cannot run.
+public enum SimulationError: Error, Sendable, Hashable {
+    /// Which value is out of range.
+    case invalid(String)
+    /// The standbys did not become ready before the run (the synch link lost too much).
+    case standbysNotReady
+}
+
+/// What a ``ClusterSimulation`` observed. The invariants of the design must hold: no (SPI,
+/// sequence number) sent twice, no replay accepted on either side, no IKE SA continued at a
+/// message ID the peer refuses.
+public struct SimulationReport: Sendable, Hashable {
+    public var seed: UInt64 = 0
+    public var ikeSAs = 0, childSAs = 0
+    /// ESP packets the cluster sent, and those the peer sent.
+    public var espPacketsSent = 0, espPacketsFromPeer = 0
+    /// Outbound packets whose (SPI, sequence number) the cluster had sent before.
+    public var sequenceNumbersReused = 0
+    /// Packets the cluster sent once, that the peer's own replay window rejected.
+    public var legitPacketsRejectedByPeer = 0
+    /// Packets from the peer the cluster rejected though they were new (inside a takeover's
+    /// conservative advance: the price of never accepting a replay).
+    public var legitPacketsRejectedByCluster = 0
+    /// Replayed packets (the attacker's, or duplicates) accepted by the cluster or the peer.
+    public var replaysAccepted = 0
+    /// Replays the attacker sent.
+    public var replaysAttempted = 0
+    /// IKE requests of the cluster the peer dropped (a wrong message ID, a refused sync).
+    public var ikeRequestsDroppedByPeer = 0
+    /// IKE SAs alive on both sides at the end, and those lost (deleted by the takeover plan, or
+    /// dead at the peer after unanswered requests).
+    public var ikeSAsSurvived = 0, ikeSAsLost = 0
+    /// IKE SAs carried across the takeover by an RFC 6311 message-ID sync.
+    public var ikeSAsResyncedViaRFC6311 = 0
+    /// IKE exchanges completed (peer's and cluster's), and those in flight at the crash.
+    public var ikeExchanges = 0, ikeExchangesInFlightAtCrash = 0
+    /// Child SAs rekeyed by CREATE_CHILD_SA, and Child SAs the takeover plan said to rekey.
+    public var childSARekeys = 0, childSAsRekeyedByTakeover = 0
+    /// Gaps in the synch stream the standbys detected, and the longest time from the loss of a
+    /// synch datagram to its detection.
+    public var missedSyncDetected = 0
+    public var missedSyncDetectionMsMax = 0.0
+    /// Synch datagrams sent and lost.
+    public var syncDatagrams = 0, syncDatagramsLost = 0
+    /// From the crash to the new active member's first packet, in milliseconds (nil: no crash).
+    public var takeoverMs: Double?
+    /// Counter checkpoints sent.
+    public var checkpointsSent = 0
+
+    /// Whether every invariant held.
+    public var invariantsHeld: Bool { sequenceNumbersReused == 0 && replaysAccepted == 0 && ikeRequestsDroppedByPeer == 0 && legitPacketsRejectedByPeer == 0 }
+
+    /// The report as one JSON object, keys in a fixed order.
+    public var json: String {
+        func number(_ value: Double?) -> String { value.map { "\(($0 * 1000).rounded() / 1000)" } ?? "null" }
+        let fields: [(String, String)] = [
+            ("seed", "\(seed)"), ("ike_sas", "\(ikeSAs)"), ("child_sas", "\(childSAs)"), ("esp_packets_sent", "\(espPacketsSent)"),
+            ("esp_packets_from_peer", "\(espPacketsFromPeer)"), ("sequence_numbers_reused", "\(sequenceNumbersReused)"),
+            ("legit_packets_rejected_by_peer", "\(legitPacketsRejectedByPeer)"),
+            ("legit_packets_rejected_by_cluster", "\(legitPacketsRejectedByCluster)"), ("replays_attempted", "\(replaysAttempted)"),
+            ("replays_accepted", "\(replaysAccepted)"), ("ike_requests_dropped_by_peer", "\(ikeRequestsDroppedByPeer)"),
+            ("ike_exchanges", "\(ikeExchanges)"), ("ike_exchanges_in_flight_at_crash", "\(ikeExchangesInFlightAtCrash)"),
+            ("child_sa_rekeys", "\(childSARekeys)"), ("child_sas_rekeyed_by_takeover", "\(childSAsRekeyedByTakeover)"),
+            ("ike_sas_survived", "\(ikeSAsSurvived)"), ("ike_sas_lost", "\(ikeSAsLost)"),
+            ("ike_sas_resynced_via_rfc6311", "\(ikeSAsResyncedViaRFC6311)"), ("missed_sync_detected", "\(missedSyncDetected)"),
+            ("missed_sync_detection_ms_max", number(missedSyncDetectionMsMax)), ("sync_datagrams", "\(syncDatagrams)"),
+            ("sync_datagrams_lost", "\(syncDatagramsLost)"), ("checkpoints_sent", "\(checkpointsSent)"), ("takeover_ms", number(takeoverMs)),
+            ("invariants_held", "\(invariantsHeld)"),
+        ]
+        return "{" + fields.map { "\"\($0.0)\": \($0.1)" }.joined(separator: ", ") + "}"
+    }
+}
+
+/// The peer's replay window: a plain set of the numbers seen above the bottom of the window, an
+/// implementation independent of the package's, so that a bug in one cannot hide in the other.
+struct SetReplayWindow {
+    let size: UInt64
+    var highest: UInt64 = 0
+    var seen: Set<UInt64> = []
+
+    mutating func accept(_ number: UInt64) -> Bool {
+        guard number > 0, number + size > highest else { return false }
+        guard seen.insert(number).inserted else { return false }
+        if number > highest {
+            highest = number
+            if seen.count > Int(size) * 2 { seen = seen.filter { $0 + size > highest } }
+        }
+        return true
+    }
+}
+
+/// A deterministic cluster (one active member, standbys) serving a remote IKEv2/IPsec peer,
+/// attacked by a replaying attacker, on a virtual clock and one seeded random source: the same
+/// configuration gives the same run, byte for byte.
+///
+/// Every member runs the package's stack: gateway state, sealed synch channel on an
+/// ``InMemorySyncNetwork`` (with the configured synch loss), replicator, replica, failure
+/// detection (``ClusterRole``), takeover plan. The peer keeps its own message-ID windows per
+/// IKE SA (RFC 7296 rules, the peer side of RFC 6311) and its own replay windows
+/// (``SetReplayWindow``, not the package's). Traffic: ESP both ways on every Child SA, IKE
+/// exchanges both ways (liveness checks, Child SA rekeys), captured and replayed packets; the
+/// active member may crash in the middle of it all.
+public struct ClusterSimulation {
+    public let configuration: SimulationConfiguration
+    /// What was observed so far.
+    public private(set) var report = SimulationReport()
+    /// The virtual clock.
+    public private(set) var now = Timestamp(nanoseconds: 1_000_000_000)
+
+    struct Member {
+        let id: ClusterMemberID
+        var channel: SyncChannel
+        var transport: InMemorySyncTransport
+        var alive = true
+        var role: ClusterRole
+        /// The active member's own state and replicator.
+        var state: GatewayState?
+        var replicator: Replicator?
+        var scheduler: CounterCheckpointScheduler
+        /// A standby's copy.
+        var replica = Replica()
+        var lastHello: Timestamp?
+    }
+
+    enum ExchangeKind: Equatable { case liveness, rekey(old: UInt32) }
+
+    struct PeerChildSA {
+        /// The cluster's inbound SPI (the peer sends on it) and outbound SPI (the peer receives on it).
+        var clusterInbound: UInt32
+        var clusterOutbound: UInt32
+        var sendNext: UInt64 = 1
+        var received: SetReplayWindow
+    }
+
+    struct PeerIKESA {
+        let identifier: IKESAIdentifier
+        /// The peer's own windows: `requests` for the requests it sends, `responses` for the
+        /// cluster's requests.
+        var windows: IKEMessageIDWindows
+        var outstanding: (messageID: UInt32, kind: ExchangeKind, sentAt: Timestamp, attempts: Int)?
+        var nextExchangeAt: Timestamp
+        var exchangesStarted = 0
+        var dead = false
+        var children: [PeerChildSA]
+        var syncPeer = MessageIDSyncPeer()
+    }
+
+    /// An IKE message on the outside link.
+    enum IKEMessage {
+        case peerRequest(IKESAIdentifier, UInt32, ExchangeKind)
+        case clusterResponse(IKESAIdentifier, UInt32, newChild: (inbound: UInt32, outbound: UInt32)?)
+        case clusterRequest(IKESAIdentifier, UInt32)
+        case peerResponse(IKESAIdentifier, UInt32)
+    }
+
+    private var members: [Member] = []
+    private var active: Int? = 0
+    private let network: InMemorySyncNetwork
+    private var random: SplitMix64
+    /// The peer's IKE SAs, in the order they were established, and their positions.
+    private var peers: [PeerIKESA] = []
+    private var peerIndex: [IKESAIdentifier: Int] = [:]
+    private var outside: [(at: UInt64, message: IKEMessage)] = []
+    /// Responses the active member holds until the standbys acknowledged what they depend on.
+    private var held: [(tickets: [SyncTicket], message: IKEMessage)] = []
+    /// Cluster requests awaiting a response: IKE SA -> message ID.
+    private var clusterOutstanding: [IKESAIdentifier: (UInt32, Timestamp)] = [:]
+    private var highestSent: [UInt32: UInt64] = [:]
+    private var acceptedByCluster: [UInt32: Set<UInt64>] = [:]
+    private var capturedToCluster: [(UInt32, UInt64)] = []
+    private var capturedToPeer: [(Int, UInt32, UInt64)] = []
+    private var crashedAt: Timestamp?
+    /// When synch datagrams from the active member to a standby were lost, not yet detected.
+    private var pendingLosses: [Timestamp] = []
+    private var detecting: Set<ClusterMemberID> = []
+    private var baseline = (sent: 0, lost: 0)
+    private var step = 0
+
+    /// A cluster with the configured members and SAs, the standbys ready.
+    public init(configuration: SimulationConfiguration) throws {
+        try configuration.validate()
+        self.configuration = configuration
+        random = SplitMix64(seed: configuration.seed)
+        var faults = NetworkFaults()
+        faults.loss = configuration.syncLoss
+        faults.jitter = 1_000_000
+        network = InMemorySyncNetwork(faults: faults, seed: configuration.seed ^ 0x5EED)
+        let key = try ChannelKey.generate()
+        let ids = (1...configuration.members).map { ClusterMemberID(rawValue: UInt16($0)) }
+        for id in ids {
+            var channelConfiguration = SyncChannelConfiguration(clusterID: 1, member: id, epoch: 1, key: key, peers: ids.filter { $0 != id })
+            channelConfiguration.logger.logLevel = .warning
+            var member = Member(
+                id: id, channel: try SyncChannel(configuration: channelConfiguration), transport: network.transport(for: id),
+                role: ClusterRole(member: id, epoch: 1, isActive: id == ids[0], activeMember: ids[0]),
+                scheduler: CounterCheckpointScheduler(
+                    policy: CounterCheckpointPolicy(packets: configuration.checkpointPackets, interval: configuration.checkpointMs * 1_000_000)))
+            if id == ids[0] {
+                member.state = GatewayState()
+                member.replicator = Replicator(standbys: ids.filter { $0 != id })
+            }
+            members.append(member)
+        }
+        report.seed = configuration.seed
+        try establish()
+        // The standbys join by bulk resync before the run starts, on a clean synch link.
+        network.faults.loss = 0
+        var waited: UInt64 = 0
+        while !members.dropFirst().allSatisfy(\.replica.isReady) {
+            try advance()
+            waited += 1
+            if waited > 20_000 { throw SimulationError.standbysNotReady }
+        }
+        network.faults.loss = configuration.syncLoss
+        baseline = (network.sent, network.lost)
+        pendingLosses = []
+    }
+
+    /// The IKE SAs and Child SAs, on the active member and at the peer.
+    private mutating func establish() throws {
+        var state = members[0].state!
+        var spi: UInt32 = 0x1000
+        for index in 0..<configuration.ikeSAs {
+            var ike = try SimulationFixtures.ikeSA(UInt64(index + 1), owner: members[0].id, &random)
+            ike.extensions = IKEExtensions(messageIDSync: true, replayCounterSync: true)
+            _ = try state.createIKESA(ike)
+            var children: [PeerChildSA] = []
+            for _ in 0..<configuration.childSAsPerIKESA {
+                spi += 1
+                let child = try SimulationFixtures.childSA(spi, parent: ike.identifier, window: configuration.replayWindow, owner: members[0].id, &random)
+                _ = try state.createChildSA(child)
+                children.append(PeerChildSA(clusterInbound: spi, clusterOutbound: child.outboundSPI, received: SetReplayWindow(size: UInt64(configuration.replayWindow))))
+            }
+            let phase = random.next() % configuration.ikeExchangeIntervalMs
+            peerIndex[ike.identifier] = peers.count
+            peers.append(
+                PeerIKESA(
+                    identifier: ike.identifier,
+                    windows: try IKEMessageIDWindows(resumingAt: 0, expecting: 0, peerWindowSize: 1, localWindowSize: 1),
+                    nextExchangeAt: Timestamp(nanoseconds: now.nanoseconds + (phase + 1) * 1_000_000), children: children))
+        }
+        members[0].state = state
+        report.ikeSAs = configuration.ikeSAs
+        report.childSAs = configuration.ikeSAs * configuration.childSAsPerIKESA
+    }
+
+    /// Runs the configured duration; `progress` gets the fraction done every simulated 100 ms.
+    public mutating func run(progress: (Double) -> Void = { _ in }) throws -> SimulationReport {
+        let start = now.nanoseconds
+        let end = start + configuration.durationMs * 1_000_000
+        while now.nanoseconds < end {
+            if let crashAt = configuration.crashAtMs, crashedAt == nil, now.nanoseconds >= start + crashAt * 1_000_000, let index = active {
+                crash(index)
+            }
+            try advance()
+            try traffic()
+            try ike()
+            step += 1
+            if step % 100 == 0 { progress(Double(now.nanoseconds - start) / Double(end - start)) }
+        }
+        finish()
+        return report
+    }
+
+    // MARK: Synch side
+
+    private mutating func crash(_ index: Int) {
+        members[index].alive = false
+        crashedAt = now
+        report.ikeExchangesInFlightAtCrash = peers.filter { $0.outstanding != nil }.count + clusterOutstanding.count + held.count
+        held = []
+        clusterOutstanding = [:]
+        active = nil
+    }
+
+    /// One millisecond of the synch side: datagrams, ticks, replication, detection, takeover.
+    private mutating func advance() throws {
+        now = Timestamp(nanoseconds: now.nanoseconds + 1_000_000)
+        for index in members.indices where members[index].alive {
+            for datagram in members[index].transport.receive(now: now) {
+                try perform(members[index].channel.receive(datagram, now: now), at: index)
+            }
+            try perform(members[index].channel.tick(now: now), at: index)
+            if index == active {
+                var state = members[index].state.take()!
+                let due = members[index].scheduler.takeDueCheckpoints(from: &state, now: now)
+                members[index].state = state
+                report.checkpointsSent += due.count
+                if !due.isEmpty {
+                    try perform(withReplicator(index) { $0.replicate(checkpoints: due, state: state, channel: &$1, now: $2).actions }, at: index)
+                }
+                try perform(withReplicator(index) { $0.pump(channel: &$1, now: $2) }, at: index)
+            } else {
+                try standbyDuties(index)
+            }
+        }
+        report.syncDatagrams = network.sent - baseline.sent
+        report.syncDatagramsLost = network.lost - baseline.lost
+        // A loss not detected within 200 ms was of a datagram nobody had to miss (an
+        // acknowledgement, a heartbeat) or was repaired first.
+        pendingLosses.removeAll { now.nanoseconds - $0.nanoseconds > 200_000_000 }
+        // Held IKE responses go out once the standbys acknowledged their state.
+        if let index = active {
+            let channel = members[index].channel
+            var stillHeld: [(tickets: [SyncTicket], message: IKEMessage)] = []
+            for entry in held {
+                if entry.tickets.allSatisfy({ channel.isAcknowledged($0) }) { sendOutside(entry.message) } else { stillHeld.append(entry) }
+            }
+            held = stillHeld
+        }
+    }
+
+    private mutating func standbyDuties(_ index: Int) throws {
+        guard let activeID = members[index].role.activeMember else { return }
+        let missing = members[index].channel.missingSince(from: activeID)
+        members[index].replica.observe(missingSince: missing)
+        if let missing, !detecting.contains(members[index].id) {
+            detecting.insert(members[index].id)
+            report.missedSyncDetected += 1
+            if let lost = pendingLosses.first(where: { $0.nanoseconds <= missing.nanoseconds }) {
+                report.missedSyncDetectionMsMax = max(report.missedSyncDetectionMsMax, Double(missing.nanoseconds - lost.nanoseconds) / 1e6)
+                pendingLosses.removeAll { $0.nanoseconds <= missing.nanoseconds }
+            }
+        } else if missing == nil {
+            detecting.remove(members[index].id)
+        }
+        if !members[index].replica.isReady, !members[index].replica.isResyncing,
+            members[index].lastHello.map({ now.nanoseconds - $0.nanoseconds >= 200_000_000 }) ?? true
+        {
+            members[index].lastHello = now
+            let hello = try members[index].channel.send(
+                [members[index].replica.hello(epoch: members[index].channel.configuration.epoch)], to: activeID, now: now)
+            try perform(hello.actions, at: index)
+        }
+        try detectFailure(index)
+    }
+
+    /// A standby that has not heard the active member for three heartbeats promotes itself if
+    /// it is the lowest live standby.
+    private mutating func detectFailure(_ index: Int) throws {
+        guard let activeID = members[index].role.activeMember, let activeIndex = members.firstIndex(where: { $0.id == activeID }) else { return }
+        let events = members[index].role.tick(now: now, lastHeard: members[index].channel.lastHeard(from: activeID))
+        guard events.contains(.activeMemberFailed(activeID)) else { return }
+        let lowest = members.indices.first { $0 != activeIndex && members[$0].alive && members[$0].state == nil }
+        guard lowest == index else { return }
+        try promote(index, replacing: activeID)
+    }
+
+    private mutating func perform(_ actions: [SyncChannelAction], at index: Int) throws {
+        for action in actions {
+            switch action {
+            case .transmit(let to, let datagram):
+                let lost = network.lost
+                try members[index].transport.send(datagram, to: to, now: now)
+                if index == active, network.lost > lost { pendingLosses.append(now) }
+            case .deliver(let from, let records):
+                if index == active {
+                    let state = members[index].state!
+                    try perform(withReplicator(index) { $0.handle(action, state: state, channel: &$1, now: $2) }, at: index)
+                } else if from == members[index].role.activeMember {
+                    members[index].replica.apply(records, now: now)
+                }
+            case .resyncNeeded:
+                if index == active {
+                    let state = members[index].state!
+                    try perform(withReplicator(index) { $0.handle(action, state: state, channel: &$1, now: $2) }, at: index)
+                }
+            case .peerRestarted, .dropped:
+                break
+            }
+        }
+    }
+
+    /// Runs `body` on the active member's replicator and channel, moved out of the member so
+    /// that neither is copied (a copy would duplicate a resync's snapshot on its next change).
+    private mutating func withReplicator<Result>(_ index: Int, _ body: (inout Replicator, inout SyncChannel, Timestamp) -> Result) -> Result {
+        var replicator = members[index].replicator.take()!
+        defer { members[index].replicator = replicator }
+        return body(&replicator, &members[index].channel, now)
+    }
+
+    private mutating func replicate(_ changes: [StateChange]) throws -> [SyncTicket] {
+        guard let index = active, !changes.isEmpty else { return [] }
+        let state = members[index].state!
+        let result = withReplicator(index) { $0.replicate(changes, state: state, channel: &$1, now: $2) }
+        try perform(result.actions, at: index)
+        return configuration.synchronousReplication ? result.tickets : []
+    }
+
+    private mutating func replicateExchange(_ identifier: IKESAIdentifier, _ messageID: UInt32, initiatedHere: Bool, finished: Bool) throws -> [SyncTicket] {
+        guard let index = active else { return [] }
+        let state = members[index].state!
+        let result = withReplicator(index) {
+            $0.replicateExchange(of: identifier, messageID: messageID, initiatedHere: initiatedHere, finished: finished, state: state, channel: &$1, now: $2)
+        }
+        try perform(result.actions, at: index)
+        return configuration.synchronousReplication ? result.tickets : []
+    }
+
+    /// The standby takes over: the plan from its replica, counters and windows applied, every
+    /// IKE SA continued as the plan says (RFC 6311 with the peer where it says so).
+    private mutating func promote(_ index: Int, replacing failed: ClusterMemberID) throws {
+        let epoch = members[index].channel.configuration.epoch + 1
+        _ = try members[index].role.promote(.activeMemberSilent(failed), newEpoch: epoch)
+        try members[index].channel.rotate(toEpoch: epoch)
+        let replica = members[index].replica
+        let plan = replica.takeoverPlan(policy: TakeoverPolicy(inbound: configuration.inboundPolicy), now: now)
+        var state = replica.state
+        let rekey = state.applyTakeover(plan).rekey
+        for spi in rekey { _ = try? state.deleteChildSA(inboundSPI: spi) }
+        report.childSAsRekeyedByTakeover += rekey.count
+        for ikePlan in plan.ikeSAs {
+            let identifier = ikePlan.identifier
+            switch ikePlan.messageIDs {
+            case .exact, .awaitPeerRetransmission:
+                break
+            case .messageIDSync(_, _, let delta):
+                guard let i = peerIndex[identifier], !peers[i].dead, let windows = state.ikeSAs[identifier]?.messageIDs else { continue }
+                var initiator = MessageIDSyncInitiator()
+                guard let request = try? initiator.start(windows: windows, nonce: UInt32(truncatingIfNeeded: random.next())) else { continue }
+                let replayCounter = delta.flatMap { try? ReplayCounterSyncNotification(delta: $0, extendedSequenceNumbers: true) }
+                switch peers[i].syncPeer.process(request, replayCounter: replayCounter, windows: peers[i].windows) {
+                case .respond(let response, let adopted, let replayDelta):
+                    peers[i].windows = adopted
+                    // An exchange the peer had under way restarts later under the new IDs.
+                    peers[i].outstanding = nil
+                    // RFC 6311 section 5.2 on the peer: its outbound counters jump by the delta.
+                    if let replayDelta { for child in peers[i].children.indices { peers[i].children[child].sendNext += replayDelta } }
+                    if let agreed = try? initiator.receive(response, windows: windows) {
+                        _ = try? state.updateMessageIDs(of: identifier) { $0 = agreed }
+                        report.ikeSAsResyncedViaRFC6311 += 1
+                    }
+                case .drop:
+                    report.ikeRequestsDroppedByPeer += 1
+                }
+            case .deleteAndReestablish:
+                _ = try? state.deleteIKESA(identifier)
+                if let i = peerIndex[identifier] { peers[i].dead = true }
+            }
+        }
+        members[index].state = state
+        let others = members.indices.filter { $0 != index && members[$0].alive }.map { members[$0].id }
+        members[index].replicator = Replicator(standbys: others)
+        for other in members.indices where other != index {
+            members[other].role = ClusterRole(member: members[other].id, epoch: members[other].role.epoch, isActive: false, activeMember: members[index].id)
+            members[other].replica = Replica()
+        }
+        active = index
+    }
+
+    // MARK: Outside side
+
+    private mutating func sendOutside(_ message: IKEMessage) {
+        guard random.next() % 1_000_000 >= UInt64(configuration.outsideLoss * 1_000_000) else { return }
+        outside.append((now.nanoseconds + 1_000_000, message))
+    }
+
+    /// ESP both ways on every Child SA, and the attacker's replays.
+    private mutating func traffic() throws {
+        let every = max(1, 1_000 / configuration.packetsPerSecond)
+        for i in peers.indices where (step + i) % every == 0 && !peers[i].dead {
+            for child in peers[i].children.indices {
+                // Cluster -> peer.
+                if let index = active, let slot = members[index].state!.slot(forInboundSPI: peers[i].children[child].clusterInbound),
+                    let number = try? members[index].state!.nextOutboundSequenceNumber(at: slot, bytes: 1_000)
+                {
+                    let spi = peers[i].children[child].clusterOutbound
+                    report.espPacketsSent += 1
+                    if let crashedAt, report.takeoverMs == nil { report.takeoverMs = Double(now.nanoseconds - crashedAt.nanoseconds) / 1e6 }
+                    if number.value <= highestSent[spi, default: 0] { report.sequenceNumbersReused += 1 }
+                    highestSent[spi] = max(highestSent[spi, default: 0], number.value)
+                    if !peers[i].children[child].received.accept(number.value) { report.legitPacketsRejectedByPeer += 1 }
+                    if random.next() % 64 == 0 { capturedToPeer.append((i, spi, number.value)) }
+                }
+                // Peer -> cluster.
+                let number = peers[i].children[child].sendNext
+                peers[i].children[child].sendNext += 1
+                report.espPacketsFromPeer += 1
+                let spi = peers[i].children[child].clusterInbound
+                if receiveAtCluster(spi, number) == false { report.legitPacketsRejectedByCluster += 1 }
+                if random.next() % 64 == 0 { capturedToCluster.append((spi, number)) }
+            }
+        }
+        // The attacker replays one captured packet each way per step.
+        if let (spi, number) = capturedToCluster.randomElement(using: &random) {
+            report.replaysAttempted += 1
+            _ = receiveAtCluster(spi, number)
+        }
+        if let (i, spi, number) = capturedToPeer.randomElement(using: &random),
+            let child = peers[i].children.firstIndex(where: { $0.clusterOutbound == spi })
+        {
+            report.replaysAttempted += 1
+            if peers[i].children[child].received.accept(number) { report.replaysAccepted += 1 }
+        }
+        if capturedToCluster.count > 4_096 { capturedToCluster.removeFirst(2_048) }
+        if capturedToPeer.count > 256 { capturedToPeer.removeFirst(128) }
+    }
+
+    /// A packet at the active member: nil when nobody receives it (no active member, no SA),
+    /// else whether it was accepted. The ICV covers the ESN high bits: a wrong inference fails.
+    private mutating func receiveAtCluster(_ spi: UInt32, _ number: UInt64) -> Bool? {
+        guard let index = active, let slot = members[index].state!.slot(forInboundSPI: spi) else { return nil }
+        guard case .fresh(let full)? = members[index].state!.checkInbound(wire: UInt32(truncatingIfNeeded: number), at: slot), full == number,
+            (try? members[index].state!.commitInbound(full, bytes: 1_000, at: slot)) != nil
+        else { return false }
+        if !acceptedByCluster[spi, default: []].insert(full).inserted { report.replaysAccepted += 1 }
+        return true
+    }
+
+    /// IKE: the peer's requests, retransmissions and the cluster's answers; the cluster's own
+    /// liveness checks.
+    private mutating func ike() throws {
+        let due = outside.filter { $0.at <= now.nanoseconds }
+        outside.removeAll { $0.at <= now.nanoseconds }
+        for (_, message) in due { try deliver(message) }
+        for i in peers.indices where !peers[i].dead {
+            let identifier = peers[i].identifier
+            if var outstanding = peers[i].outstanding {
+                if now.nanoseconds - outstanding.sentAt.nanoseconds >= 100_000_000 {
+                    guard outstanding.attempts < 5 else {
+                        peers[i].dead = true
+                        continue
+                    }
+                    outstanding.attempts += 1
+                    outstanding.sentAt = now
+                    peers[i].outstanding = outstanding
+                    sendOutside(.peerRequest(identifier, outstanding.messageID, outstanding.kind))
+                }
+            } else if now.nanoseconds >= peers[i].nextExchangeAt.nanoseconds, let messageID = try? peers[i].windows.requests.nextRequestID() {
+                peers[i].exchangesStarted += 1
+                let kind: ExchangeKind = peers[i].exchangesStarted % 4 == 0 ? .rekey(old: peers[i].children[0].clusterInbound) : .liveness
+                peers[i].outstanding = (messageID, kind, now, 0)
+                peers[i].nextExchangeAt = Timestamp(nanoseconds: now.nanoseconds + configuration.ikeExchangeIntervalMs * 1_000_000)
+                sendOutside(.peerRequest(identifier, messageID, kind))
+            }
+        }
+        // The cluster's liveness checks, one IKE SA per step in turn, each at twice the interval.
+        if let index = active, !peers.isEmpty {
+            let perStep = max(1, peers.count / Int(2 * configuration.ikeExchangeIntervalMs))
+            for offset in 0..<perStep {
+                let identifier = peers[(step * perStep + offset) % peers.count].identifier
+                guard clusterOutstanding[identifier] == nil, members[index].state!.ikeSAs[identifier] != nil else { continue }
+                var messageID: UInt32?
+                let changes = try members[index].state!.updateMessageIDs(of: identifier) { messageID = try? $0.requests.nextRequestID() }
+                guard let messageID else { continue }
+                let tickets = try replicate(changes) + replicateExchange(identifier, messageID, initiatedHere: true, finished: false)
+                clusterOutstanding[identifier] = (messageID, now)
+                held.append((tickets, .clusterRequest(identifier, messageID)))
+            }
+            for (identifier, request) in clusterOutstanding where now.nanoseconds - request.1.nanoseconds >= 100_000_000 {
+                clusterOutstanding[identifier] = (request.0, now)
+                sendOutside(.clusterRequest(identifier, request.0))
+            }
+        }
+    }
+
+    private mutating func deliver(_ message: IKEMessage) throws {
+        switch message {
+        case .peerRequest(let identifier, let messageID, let kind):
+            guard let index = active, let sa = members[index].state!.ikeSAs[identifier] else { return }
+            switch sa.messageIDs.responses.classify(messageID) {
+            case .new:
+                var tickets = try replicateExchange(identifier, messageID, initiatedHere: false, finished: false)
+                var changes = try members[index].state!.updateMessageIDs(of: identifier) { try? $0.responses.recordProcessed(messageID) }
+                var newChild: (UInt32, UInt32)?
+                if case .rekey(let old) = kind, let oldSA = members[index].state!.childSA(inboundSPI: old) {
+                    var spi = UInt32(truncatingIfNeeded: random.next()) | 0x1000_0000
+                    while members[index].state!.childSA(inboundSPI: spi) != nil { spi &+= 1 }
+                    var fresh = try SimulationFixtures.childSA(spi, parent: identifier, window: configuration.replayWindow, owner: members[index].id, &random)
+                    fresh.localSelectors = oldSA.localSelectors
+                    // The exchange that made it, so that a retransmitted request finds it.
+                    fresh.requestID = messageID
+                    changes += try members[index].state!.createChildSA(fresh)
+                    changes += try members[index].state!.deleteChildSA(inboundSPI: old)
+                    newChild = (spi, fresh.outboundSPI)
+                }
+                tickets += try replicate(changes)
+                tickets += try replicateExchange(identifier, messageID, initiatedHere: false, finished: true)
+                held.append((tickets, .clusterResponse(identifier, messageID, newChild: newChild)))
+            case .retransmission:
+                // The response was lost, or this member took over: answer again. A rekey's new
+                // Child SA is the one its exchange made.
+                let state = members[index].state!
+                let child = kind == .liveness ? nil : sa.childSAs.compactMap(state.childSA(inboundSPI:)).first { $0.requestID == messageID }
+                sendOutside(.clusterResponse(identifier, messageID, newChild: child.map { ($0.inboundSPI, $0.outboundSPI) }))
+            case .tooOld, .outsideWindow:
+                break
+            }
+        case .clusterResponse(let identifier, let messageID, let newChild):
+            guard let i = peerIndex[identifier], !peers[i].dead, let outstanding = peers[i].outstanding, outstanding.messageID == messageID
+            else { return }
+            try? peers[i].windows.requests.receiveResponse(messageID)
+            peers[i].outstanding = nil
+            report.ikeExchanges += 1
+            if case .rekey(let old) = outstanding.kind, let newChild, let child = peers[i].children.firstIndex(where: { $0.clusterInbound == old }),
+                newChild.inbound != old
+            {
+                peers[i].children[child] = PeerChildSA(
+                    clusterInbound: newChild.inbound, clusterOutbound: newChild.outbound, received: SetReplayWindow(size: UInt64(configuration.replayWindow)))
+                report.childSARekeys += 1
+            }
+        case .clusterRequest(let identifier, let messageID):
+            guard let i = peerIndex[identifier], !peers[i].dead else { return }
+            switch peers[i].windows.responses.classify(messageID) {
+            case .new:
+                try? peers[i].windows.responses.recordProcessed(messageID)
+                sendOutside(.peerResponse(identifier, messageID))
+            case .retransmission:
+                sendOutside(.peerResponse(identifier, messageID))
+            case .tooOld, .outsideWindow:
+                report.ikeRequestsDroppedByPeer += 1
+            }
+        case .peerResponse(let identifier, let messageID):
+            guard let index = active, clusterOutstanding[identifier]?.0 == messageID else { return }
+            clusterOutstanding[identifier] = nil
+            report.ikeExchanges += 1
+            let changes = try members[index].state!.updateMessageIDs(of: identifier) { try? $0.requests.receiveResponse(messageID) }
+            _ = try replicate(changes)
+            _ = try replicateExchange(identifier, messageID, initiatedHere: true, finished: true)
+        }
+    }
+
+    private mutating func finish() {
+        let state = active.flatMap { members[$0].state }
+        report.ikeSAsSurvived = peers.filter { !$0.dead && state?.ikeSAs[$0.identifier] != nil }.count
+        report.ikeSAsLost = report.ikeSAs - report.ikeSAsSurvived
+    }
+}

@@ -1,0 +1,128 @@
+import ArgumentParser
+import IPsecHACore
+import IPsecHASimulation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `ikeha-demo simulate` (the default): a whole cluster serving a peer through a crash of the
+/// active member, deterministic from `--seed`, with the invariants checked at the end.
+struct SimulateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "simulate",
+        abstract: "Run a deterministic cluster through a crash of its active member (the default demo)."
+    )
+
+    @Option(help: "The seed: the same seed gives the same run.") var seed: UInt64 = 1
+    @Option(help: "Members: one active, the others standbys (2 to 8).") var members = 2
+    @Option(name: .customLong("ike-sas"), help: "IKE SAs.") var ikeSAs = 1_000
+    @Option(name: .customLong("child-sas-per-ike"), help: "Child SAs per IKE SA.") var childSAsPerIKE = 2
+    @Option(name: .customLong("packets-per-second"), help: "ESP packets a second per Child SA, each way (1 to 1,000).") var packetsPerSecond = 50
+    @Option(name: .customLong("duration-ms"), help: "Simulated milliseconds.") var durationMs: UInt64 = 2_000
+    @Option(name: .customLong("crash-at-ms"), help: "When the active member crashes (default: half-way; negative: never).") var crashAtMs: Int64?
+    @Option(name: .customLong("sync-loss"), help: "Loss on the synch link, 0 to 0.9.") var syncLoss = 0.1
+    @Option(name: .customLong("outside-loss"), help: "Loss between the cluster and the peer, 0 to 0.9.") var outsideLoss = 0.0
+    @Option(name: .customLong("checkpoint-packets"), help: "Counter checkpoint every this many packets...") var checkpointPackets: UInt64 = 4_096
+    @Option(name: .customLong("checkpoint-ms"), help: "...or this many milliseconds.") var checkpointMs: UInt64 = 50
+    @Option(name: .customLong("inbound-policy"), help: "Inbound windows after the takeover: conservative, rfc6311 or permissive.") var inboundPolicy = "conservative"
+    @Option(help: "IKE replication: sync (responses wait for the standbys) or async.") var replication = "sync"
+    @Flag(help: "Print one JSON object instead of the table.") var json = false
+
+    func makeConfiguration() throws -> SimulationConfiguration {
+        var configuration = SimulationConfiguration()
+        configuration.seed = seed
+        configuration.members = members
+        configuration.ikeSAs = ikeSAs
+        configuration.childSAsPerIKESA = childSAsPerIKE
+        configuration.packetsPerSecond = packetsPerSecond
+        configuration.durationMs = durationMs
+        configuration.crashAtMs = crashAtMs.map { $0 < 0 ? nil : UInt64($0) } ?? durationMs / 2
+        configuration.syncLoss = syncLoss
+        configuration.outsideLoss = outsideLoss
+        configuration.checkpointPackets = checkpointPackets
+        configuration.checkpointMs = checkpointMs
+        switch inboundPolicy {
+        case "conservative": configuration.inboundPolicy = .conservative
+        case "rfc6311": configuration.inboundPolicy = .replayCounterSyncWhereNegotiated
+        case "permissive": configuration.inboundPolicy = .permissiveUnsafe
+        default: throw ValidationError("--inbound-policy must be conservative, rfc6311 or permissive")
+        }
+        switch replication {
+        case "sync": configuration.synchronousReplication = true
+        case "async": configuration.synchronousReplication = false
+        default: throw ValidationError("--replication must be sync or async")
+        }
+        do { try configuration.validate() } catch { throw ValidationError("\(error)") }
+        return configuration
+    }
+
+    func validate() throws { _ = try makeConfiguration() }
+
+    func run() throws {
+        let configuration = try makeConfiguration()
+        let showProgress = !json && isatty(2) != 0
+        if showProgress { StandardError.write("setting up \(configuration.ikeSAs) IKE SAs and the standbys...\r") }
+        var simulation = try ClusterSimulation(configuration: configuration)
+        let report = try simulation.run { fraction in
+            if showProgress { StandardError.write("simulating: \(Int(fraction * 100))%   \r") }
+        }
+        if showProgress { StandardError.write(String(repeating: " ", count: 60) + "\r") }
+        if json {
+            print(report.json)
+        } else {
+            print(Self.table(report, configuration))
+        }
+        if !report.invariantsHeld { throw ExitCode.failure }
+    }
+
+    static func table(_ r: SimulationReport, _ c: SimulationConfiguration) -> String {
+        func row(_ name: String, _ value: String) -> String { name.padding(to: 46) + value }
+        let policy: String =
+            switch c.inboundPolicy {
+            case .conservative: "conservative"
+            case .replayCounterSyncWhereNegotiated: "RFC 6311 replay-counter sync"
+            case .permissiveUnsafe: "permissive (unsafe)"
+            }
+        var lines = [
+            "ikeha-demo simulate: seed \(r.seed), \(c.members) members, \(r.ikeSAs) IKE SAs, \(r.childSAs) Child SAs, "
+                + "\(c.packetsPerSecond) packets/s each way per Child SA, \(c.durationMs) ms, \(Int(c.syncLoss * 100))% synch loss",
+            "",
+            "synchronised",
+            row("  synch datagrams (lost)", "\(r.syncDatagrams) (\(r.syncDatagramsLost))"),
+            row("  counter checkpoints", "\(r.checkpointsSent)"),
+            row("  IKE exchanges completed", "\(r.ikeExchanges) (\(r.childSARekeys) Child SA rekeys)"),
+            row("  missed synch messages detected", "\(r.missedSyncDetected) times, within \(r.missedSyncDetectionMsMax) ms at most"),
+            "takeover",
+        ]
+        if let takeover = r.takeoverMs {
+            lines += [
+                row("  active crashed at", "\(c.crashAtMs ?? 0) ms, \(r.ikeExchangesInFlightAtCrash) IKE exchanges in flight"),
+                row("  first ESP packet from the new active", "\(takeover) ms after the crash"),
+                row("  IKE SAs resynced by RFC 6311", "\(r.ikeSAsResyncedViaRFC6311)"),
+                row("  inbound windows", policy),
+                row("  Child SAs the plan rekeyed", "\(r.childSAsRekeyedByTakeover)"),
+            ]
+        } else {
+            lines.append(row("  ", c.crashAtMs == nil ? "no crash in this run" : "the new active member never sent: FAILED"))
+        }
+        lines += [
+            "lost",
+            row("  IKE SAs survived / lost", "\(r.ikeSAsSurvived) / \(r.ikeSAsLost)"),
+            row("  peer packets dropped by the cluster", "\(r.legitPacketsRejectedByCluster) of \(r.espPacketsFromPeer) (inside the advance)"),
+            "invariants",
+            row("  sequence numbers reused", "\(r.sequenceNumbersReused)"),
+            row("  replays accepted", "\(r.replaysAccepted) of \(r.replaysAttempted) attempted"),
+            row("  cluster packets the peer rejected", "\(r.legitPacketsRejectedByPeer) of \(r.espPacketsSent)"),
+            row("  cluster IKE requests the peer dropped", "\(r.ikeRequestsDroppedByPeer)"),
+            "",
+            r.invariantsHeld ? "every invariant held" : "INVARIANT VIOLATED",
+        ]
+        return lines.joined(separator: "\n")
+    }
+}
+
+extension String {
+    /// The string, padded with spaces to `width` characters.
+    fileprivate func padding(to width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
+}
