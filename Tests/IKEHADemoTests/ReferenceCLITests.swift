@@ -73,7 +73,7 @@ struct ReferenceCLITests {
     }
 
     @Test func walkthroughCarriesTheCountersAcrossTheCrash() throws {
-        let result = try runDemo([])
+        let result = try runDemo(["walkthrough"])
         #expect(result.status == 0)
         #expect(result.output.contains("peer: rejected 0 of 5000 packets"))
         #expect(result.output.contains(", 0 accepted"))
@@ -99,5 +99,21 @@ struct StateBenchCLITests {
         ])
         #expect(pairs.values.allSatisfy { $0 > 0 })
         #expect(result.output.contains("(40000 hits of 40000)"))
+    }
+
+    @Test func simulateReportsTheRunAsJSONAndFailsWhenAnInvariantBreaks() throws {
+        let safe = try runDemo(["simulate", "--ike-sas", "20", "--duration-ms", "800", "--json"])
+        #expect(safe.status == 0)
+        for key in [
+            "\"seed\": 1", "\"ike_sas\": 20", "\"child_sas\": 40", "\"esp_packets_sent\"", "\"sequence_numbers_reused\": 0",
+            "\"legit_packets_rejected_by_peer\": 0", "\"replays_accepted\": 0", "\"ike_sas_survived\"", "\"ike_sas_lost\"",
+            "\"ike_sas_resynced_via_rfc6311\"", "\"missed_sync_detected\"", "\"missed_sync_detection_ms_max\"", "\"takeover_ms\"",
+            "\"invariants_held\": true",
+        ] {
+            #expect(safe.output.contains(key), "\(key) in \(safe.output)")
+        }
+        let unsafe = try runDemo(["simulate", "--ike-sas", "20", "--duration-ms", "800", "--inbound-policy", "permissive"])
+        #expect(unsafe.status != 0)
+        #expect(unsafe.output.contains("INVARIANT VIOLATED"))
     }
 }

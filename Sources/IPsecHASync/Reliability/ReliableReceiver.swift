@@ -78,9 +78,9 @@ struct ReliableReceiver {
         guard hasGap else { return [] }
         var ranges: [SequenceRange] = []
         var start = delivered + 1
-        for sequence in heldOrder where sequence >= start {
-            if sequence > start { ranges.append(SequenceRange(start, sequence - 1)) }
-            start = sequence + 1
+        for run in heldRuns(maximum: maximum + 1) {
+            if run.lower > start { ranges.append(SequenceRange(start, run.lower - 1)) }
+            start = run.upper + 1
             if ranges.count == maximum { return ranges }
         }
         if start <= highestKnown { ranges.append(SequenceRange(start, highestKnown)) }
@@ -89,17 +89,27 @@ struct ReliableReceiver {
 
     /// The acknowledgement to send: cumulative, plus held ranges above it.
     func acknowledgement(maximumRanges: Int = 32) -> SyncRecord {
-        var ranges: [SequenceRange] = []
-        for sequence in heldOrder {
-            if let last = ranges.last, last.upper + 1 == sequence {
-                ranges[ranges.count - 1].upper = sequence
-            } else if ranges.count < maximumRanges {
-                ranges.append(SequenceRange(sequence, sequence))
-            } else {
-                break
+        .acknowledgement(cumulative: delivered, selective: heldRuns(maximum: maximumRanges))
+    }
+
+    /// The first `maximum` runs of consecutive held sequence numbers, lowest first. Each run's
+    /// end is found by binary search (in a run, values and positions advance together), so a
+    /// hold of thousands in a few runs costs a few dozen reads, not thousands.
+    private func heldRuns(maximum: Int) -> [SequenceRange] {
+        var runs: [SequenceRange] = []
+        var index = 0
+        while index < heldOrder.count, runs.count < maximum {
+            let first = heldOrder[index]
+            var low = index
+            var high = heldOrder.count - 1
+            while low < high {
+                let middle = (low + high + 1) / 2
+                if heldOrder[middle] - first == UInt64(middle - index) { low = middle } else { high = middle - 1 }
             }
+            runs.append(SequenceRange(first, heldOrder[low]))
+            index = low + 1
         }
-        return .acknowledgement(cumulative: delivered, selective: ranges)
+        return runs
     }
 
     /// The first position in the ascending `order` whose value is above `sequence`.
