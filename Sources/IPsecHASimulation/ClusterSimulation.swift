@@ -17,6 +17,12 @@ public struct SimulationConfiguration: Sendable, Hashable {
     public var durationMs: UInt64 = 2_000
     /// When the active member crashes (nil: it does not).
     public var crashAtMs: UInt64? = 1_000
+    /// When the crashed member restarts, after the crash; it rejoins as a standby (nil: never).
+    public var restartAfterMs: UInt64? = 400
+    /// New IKE SAs the peer establishes a second (IKE_SA_INIT and IKE_AUTH, as one exchange).
+    public var newIKESAsPerSecond = 20
+    /// Delay on the outside link, and extra random delay up to this (which reorders), in ms.
+    public var outsideDelayMs: UInt64 = 1, outsideJitterMs: UInt64 = 0
     /// Loss on the synch link (0 to 1).
     public var syncLoss = 0.1
     /// Loss on the outside link, between the cluster and the peer (0 to 1).
@@ -49,6 +55,9 @@ public struct SimulationConfiguration: Sendable, Hashable {
         guard crashAtMs.map({ $0 < durationMs }) ?? true else { throw .invalid("the crash must come before the end") }
         guard (0...0.9).contains(syncLoss), (0...0.9).contains(outsideLoss) else { throw .invalid("loss must be 0 to 0.9") }
         guard checkpointPackets >= 1, checkpointMs >= 1, ikeExchangeIntervalMs >= 10 else { throw .invalid("intervals must be positive") }
+        guard (0...1_000).contains(newIKESAsPerSecond), outsideDelayMs <= 1_000, outsideJitterMs <= 1_000 else {
+            throw .invalid("new IKE SAs 0 to 1,000 a second, outside delay and jitter up to 1 s")
+        }
         guard (ReplayWindow.minimumSize...ReplayWindow.maximumSize).contains(replayWindow) else { throw .invalid("replay window size") }
     }
 }
@@ -101,6 +110,12 @@ public struct SimulationReport: Sendable, Hashable {
     public var takeoverMs: Double?
     /// Counter checkpoints sent.
     public var checkpointsSent = 0
+    /// IKE SAs the peer established during the run.
+    public var ikeSAsEstablished = 0
+    /// Whether the crashed member restarted and became a complete standby again.
+    public var restartedMemberReady: Bool?
+    /// Records a replica refused as older than what it held (never applied).
+    public var staleRecordsRefused = 0
 
     /// Whether the standby that took over was a complete copy (a standby still resyncing when
     /// the active member failed takes over what it has: the rest is lost).
@@ -127,6 +142,8 @@ public struct SimulationReport: Sendable, Hashable {
             ("missed_sync_detection_ms_max", number(missedSyncDetectionMsMax)), ("sync_datagrams", "\(syncDatagrams)"),
             ("sync_datagrams_lost", "\(syncDatagramsLost)"), ("checkpoints_sent", "\(checkpointsSent)"), ("takeover_ms", number(takeoverMs)),
             ("standby_ready_at_takeover", standbyReadyAtTakeover.map { "\($0)" } ?? "null"),
+            ("ike_sas_established", "\(ikeSAsEstablished)"), ("restarted_member_ready", restartedMemberReady.map { "\($0)" } ?? "null"),
+            ("stale_records_refused", "\(staleRecordsRefused)"),
             ("invariants_held", "\(invariantsHeld)"),
         ]
         return "{" + fields.map { "\"\($0.0)\": \($0.1)" }.joined(separator: ", ") + "}"
@@ -209,6 +226,9 @@ public struct ClusterSimulation {
 
     /// An IKE message on the outside link.
     enum IKEMessage {
+        /// IKE_SA_INIT and IKE_AUTH of a new IKE SA, as one exchange, and its answer.
+        case establish(UInt64)
+        case established(IKESAIdentifier, children: [(inbound: UInt32, outbound: UInt32)])
         case peerRequest(IKESAIdentifier, UInt32, ExchangeKind)
         case clusterResponse(IKESAIdentifier, UInt32, newChild: (inbound: UInt32, outbound: UInt32)?)
         case clusterRequest(IKESAIdentifier, UInt32)
@@ -223,8 +243,15 @@ public struct ClusterSimulation {
     private var peers: [PeerIKESA] = []
     private var peerIndex: [IKESAIdentifier: Int] = [:]
     private var outside: [(at: UInt64, message: IKEMessage)] = []
-    /// Responses the active member holds until the standbys acknowledged what they depend on.
-    private var held: [(tickets: [SyncTicket], message: IKEMessage)] = []
+    /// Responses the active member holds until the standbys acknowledged what they depend on:
+    /// the tickets, and the standbys that were resyncing (no ticket: they must catch up).
+    private var held: [Held] = []
+
+    struct Held {
+        var tickets: [SyncTicket]
+        var resyncing: [ClusterMemberID]
+        var message: IKEMessage
+    }
     /// Cluster requests awaiting a response: IKE SA -> message ID.
     private var clusterOutstanding: [IKESAIdentifier: (UInt32, Timestamp)] = [:]
     private var highestSent: [UInt32: UInt64] = [:]
@@ -237,6 +264,11 @@ public struct ClusterSimulation {
     private var detecting: Set<ClusterMemberID> = []
     private var baseline = (sent: 0, lost: 0)
     private var step = 0
+    /// The crashed member, and the initiator SPIs of new IKE SAs the peer asked for.
+    private var crashed: Int?
+    private var restarted: Int?
+    private var nextIKESPI: UInt64 = 1 << 40
+    private var establishing: [UInt64: Timestamp] = [:]
 
     /// A cluster with the configured members and SAs, the standbys ready.
     public init(configuration: SimulationConfiguration) throws {
@@ -316,6 +348,11 @@ public struct ClusterSimulation {
             if let crashAt = configuration.crashAtMs, crashedAt == nil, now.nanoseconds >= start + crashAt * 1_000_000, let index = active {
                 crash(index)
             }
+            if let restartAfter = configuration.restartAfterMs, let index = crashed, let crashedAt,
+                now.nanoseconds >= crashedAt.nanoseconds + restartAfter * 1_000_000
+            {
+                try restart(index)
+            }
             try advance()
             try traffic()
             try ike()
@@ -330,12 +367,32 @@ public struct ClusterSimulation {
 
     private mutating func crash(_ index: Int) {
         members[index].alive = false
+        crashed = index
         crashedAt = now
         report.ikeExchangesInFlightAtCrash = peers.filter { $0.outstanding != nil }.count + clusterOutstanding.count + held.count
         held = []
         clusterOutstanding = [:]
         pendingLosses = [:]
         active = nil
+    }
+
+    /// The crashed member comes back empty, at a new epoch, as a standby of the current active
+    /// member; it says hello until a bulk resync makes it ready.
+    private mutating func restart(_ index: Int) throws {
+        crashed = nil
+        restarted = index
+        let old = members[index]
+        pendingLosses[old.id] = nil
+        // What reached it while it was down is gone with its memory.
+        _ = members[index].transport.receive(now: now)
+        var channelConfiguration = old.channel.configuration
+        channelConfiguration.epoch = old.channel.configuration.epoch + 1
+        let activeID = active.map { members[$0].id }
+        members[index] = Member(
+            id: old.id, channel: try SyncChannel(configuration: channelConfiguration), transport: old.transport,
+            role: ClusterRole(member: old.id, epoch: channelConfiguration.epoch, isActive: false, activeMember: activeID),
+            scheduler: old.scheduler)
+        report.restartedMemberReady = false
     }
 
     /// One millisecond of the synch side: datagrams, ticks, replication, detection, takeover.
@@ -346,9 +403,9 @@ public struct ClusterSimulation {
                 try perform(members[index].channel.receive(datagram, now: now), at: index)
             }
             try perform(members[index].channel.tick(now: now), at: index)
-            // The scheduler scans every Child SA: every tenth of the checkpoint interval is
-            // often enough (a checkpoint is at most that late).
-            if index == active, step % max(1, Int(configuration.checkpointMs / 10)) == 0 {
+            // The scheduler scans every Child SA: every fifth of the checkpoint interval is
+            // often enough (a checkpoint is at most a fifth of it late).
+            if index == active, step % max(1, Int(configuration.checkpointMs / 5)) == 0 {
                 var state = members[index].state.take()!
                 let due = members[index].scheduler.takeDueCheckpoints(from: &state, now: now)
                 members[index].state = state
@@ -371,21 +428,32 @@ public struct ClusterSimulation {
         // Held IKE responses go out once the standbys acknowledged their state.
         if let index = active {
             let channel = members[index].channel
-            var stillHeld: [(tickets: [SyncTicket], message: IKEMessage)] = []
-            for entry in held {
-                guard entry.tickets.allSatisfy({ channel.isAcknowledged($0) }) else {
-                    stillHeld.append(entry)
-                    continue
-                }
-                if case .clusterRequest(let identifier, let messageID) = entry.message, clusterOutstanding[identifier]?.0 != messageID { continue }
-                sendOutside(entry.message)
+            // In order: tickets grow with time, so the first entry still waiting stops the scan
+            // (a later one is released a step later at worst).
+            var released = 0
+            let replicator = members[index].replicator!
+            // A ticket a stream reset dropped is made good by the resync that followed it.
+            while released < held.count,
+                held[released].tickets.allSatisfy({ channel.isAcknowledged($0) || (channel.wasDropped($0) && replicator.hasCaughtUp($0.peer, channel: channel)) }),
+                held[released].resyncing.allSatisfy({ member in
+                    members.first { $0.id == member }?.alive != true || replicator.hasCaughtUp(member, channel: channel)
+                })
+            {
+                let message = held[released].message
+                released += 1
+                if case .clusterRequest(let identifier, let messageID) = message, clusterOutstanding[identifier]?.0 != messageID { continue }
+                sendOutside(message)
             }
-            held = stillHeld
+            held.removeFirst(released)
         }
     }
 
     private mutating func standbyDuties(_ index: Int) throws {
         guard let activeID = members[index].role.activeMember else { return }
+        if index == restarted, members[index].replica.isReady {
+            report.restartedMemberReady = true
+            restarted = nil
+        }
         let missing = members[index].channel.missingSince(from: activeID)
         members[index].replica.observe(missingSince: missing)
         if let missing, !detecting.contains(members[index].id) {
@@ -427,7 +495,9 @@ public struct ClusterSimulation {
             case .transmit(let to, let datagram):
                 let lost = network.lost
                 try members[index].transport.send(datagram, to: to, now: now)
-                if index == active, network.lost > lost { pendingLosses[to, default: []].append(now) }
+                if index == active, network.lost > lost, members.first(where: { $0.id == to })?.alive == true {
+                    pendingLosses[to, default: []].append(now)
+                }
             case .deliver(let from, let records):
                 if index == active {
                     let state = members[index].state!
@@ -459,7 +529,28 @@ public struct ClusterSimulation {
         let state = members[index].state!
         let result = withReplicator(index) { $0.replicate(changes, state: state, channel: &$1, now: $2) }
         try perform(result.actions, at: index)
-        return configuration.synchronousReplication ? result.tickets : []
+        return awaited(result.tickets, at: index)
+    }
+
+    /// Holds an IKE message until its tickets are acknowledged and, with synchronous
+    /// replication, every live standby that was resyncing has caught up.
+    private mutating func hold(_ tickets: [SyncTicket], _ message: IKEMessage) {
+        var resyncing: [ClusterMemberID] = []
+        if configuration.synchronousReplication, let index = active, let replicator = members[index].replicator {
+            resyncing = members.filter { $0.alive && $0.id != members[index].id && replicator.isResyncing($0.id) }.map(\.id)
+        }
+        held.append(Held(tickets: tickets, resyncing: resyncing, message: message))
+    }
+
+    /// The tickets synchronous replication waits for: those of standbys that are up and not
+    /// being resynced (a failed standby would hold every exchange until it came back; a
+    /// resyncing one until its resync ended). An embedder decides the same from its failure
+    /// detector and ``Replicator/isResyncing(_:)``.
+    private func awaited(_ tickets: [SyncTicket], at index: Int) -> [SyncTicket] {
+        guard configuration.synchronousReplication, let replicator = members[index].replicator else { return [] }
+        return tickets.filter { ticket in
+            members.first { $0.id == ticket.peer }?.alive == true && !replicator.isResyncing(ticket.peer)
+        }
     }
 
     private mutating func replicateExchange(_ identifier: IKESAIdentifier, _ messageID: UInt32, initiatedHere: Bool, finished: Bool) throws -> [SyncTicket] {
@@ -469,7 +560,7 @@ public struct ClusterSimulation {
             $0.replicateExchange(of: identifier, messageID: messageID, initiatedHere: initiatedHere, finished: finished, state: state, channel: &$1, now: $2)
         }
         try perform(result.actions, at: index)
-        return configuration.synchronousReplication ? result.tickets : []
+        return awaited(result.tickets, at: index)
     }
 
     /// The standby takes over: the plan from its replica, counters and windows applied, every
@@ -516,7 +607,8 @@ public struct ClusterSimulation {
             }
         }
         members[index].state = state
-        let others = members.indices.filter { $0 != index && members[$0].alive }.map { members[$0].id }
+        // Every other member, the failed one too: it is replicated to again once it restarts.
+        let others = members.indices.filter { $0 != index }.map { members[$0].id }
         members[index].replicator = Replicator(standbys: others)
         for other in members.indices where other != index {
             members[other].role = ClusterRole(member: members[other].id, epoch: members[other].role.epoch, isActive: false, activeMember: members[index].id)
@@ -530,7 +622,8 @@ public struct ClusterSimulation {
 
     private mutating func sendOutside(_ message: IKEMessage) {
         guard random.next() % 1_000_000 >= UInt64(configuration.outsideLoss * 1_000_000) else { return }
-        outside.append((now.nanoseconds + 1_000_000, message))
+        let jitter = configuration.outsideJitterMs == 0 ? 0 : random.next() % (configuration.outsideJitterMs * 1_000_000)
+        outside.append((now.nanoseconds + configuration.outsideDelayMs * 1_000_000 + jitter, message))
     }
 
     /// ESP both ways on every Child SA, and the attacker's replays.
@@ -612,6 +705,19 @@ public struct ClusterSimulation {
                 sendOutside(.peerRequest(identifier, messageID, kind))
             }
         }
+        // New IKE SAs, and their retransmissions.
+        if configuration.newIKESAsPerSecond > 0, step % max(1, 1_000 / configuration.newIKESAsPerSecond) == 0 {
+            nextIKESPI += 1
+            establishing[nextIKESPI] = now
+            sendOutside(.establish(nextIKESPI))
+        }
+        for (spi, since) in establishing.sorted(by: { $0.key < $1.key }) where now.nanoseconds - since.nanoseconds >= 100_000_000 {
+            if now.nanoseconds - since.nanoseconds >= 500_000_000 {
+                establishing[spi] = nil
+            } else if (now.nanoseconds - since.nanoseconds) % 100_000_000 < 1_000_000 {
+                sendOutside(.establish(spi))
+            }
+        }
         // The cluster's liveness checks, one IKE SA per step in turn, each at twice the interval.
         if let index = active, !peers.isEmpty {
             let perStep = max(1, peers.count / Int(2 * configuration.ikeExchangeIntervalMs))
@@ -623,7 +729,7 @@ public struct ClusterSimulation {
                 guard let messageID else { continue }
                 let tickets = try replicate(changes) + replicateExchange(identifier, messageID, initiatedHere: true, finished: false)
                 clusterOutstanding[identifier] = (messageID, now)
-                held.append((tickets, .clusterRequest(identifier, messageID)))
+                hold(tickets, .clusterRequest(identifier, messageID))
             }
             // Retransmit what went out unanswered (a request still held for its tickets has not).
             let waiting = Set(held.compactMap { entry -> IKESAIdentifier? in
@@ -638,6 +744,40 @@ public struct ClusterSimulation {
 
     private mutating func deliver(_ message: IKEMessage) throws {
         switch message {
+        case .establish(let spi):
+            guard let index = active else { return }
+            if let existing = members[index].state!.ikeSAs.values.first(where: { $0.identifier.initiatorSPI == spi }) {
+                let state = members[index].state!
+                let children = existing.childSAs.compactMap(state.childSA(inboundSPI:)).map { ($0.inboundSPI, $0.outboundSPI) }
+                sendOutside(.established(existing.identifier, children: children))
+                return
+            }
+            var ike = try SimulationFixtures.ikeSA(spi, owner: members[index].id, &random)
+            ike.extensions = IKEExtensions(messageIDSync: true, replayCounterSync: true)
+            var changes = try members[index].state!.createIKESA(ike)
+            var children: [(inbound: UInt32, outbound: UInt32)] = []
+            for _ in 0..<configuration.childSAsPerIKESA {
+                var inbound = UInt32(truncatingIfNeeded: random.next()) | 0x2000_0000
+                while members[index].state!.childSA(inboundSPI: inbound) != nil { inbound &+= 1 }
+                let child = try SimulationFixtures.childSA(inbound, parent: ike.identifier, window: configuration.replayWindow, owner: members[index].id, &random)
+                changes += try members[index].state!.createChildSA(child)
+                children.append((inbound, child.outboundSPI))
+            }
+            hold(try replicate(changes), .established(ike.identifier, children: children))
+        case .established(let identifier, let children):
+            guard establishing.removeValue(forKey: identifier.initiatorSPI) != nil, peerIndex[identifier] == nil else { return }
+            peerIndex[identifier] = peers.count
+            peers.append(
+                PeerIKESA(
+                    identifier: identifier,
+                    windows: try IKEMessageIDWindows(resumingAt: 0, expecting: 0, peerWindowSize: 1, localWindowSize: 1),
+                    nextExchangeAt: Timestamp(nanoseconds: now.nanoseconds + configuration.ikeExchangeIntervalMs * 1_000_000),
+                    children: children.map {
+                        PeerChildSA(clusterInbound: $0.inbound, clusterOutbound: $0.outbound, received: SetReplayWindow(size: UInt64(configuration.replayWindow)))
+                    }))
+            report.ikeSAsEstablished += 1
+            report.ikeSAs += 1
+            report.childSAs += children.count
         case .peerRequest(let identifier, let messageID, let kind):
             guard let index = active, let sa = members[index].state!.ikeSAs[identifier] else { return }
             switch sa.messageIDs.responses.classify(messageID) {
@@ -658,7 +798,7 @@ public struct ClusterSimulation {
                 }
                 tickets += try replicate(changes)
                 tickets += try replicateExchange(identifier, messageID, initiatedHere: false, finished: true)
-                held.append((tickets, .clusterResponse(identifier, messageID, newChild: newChild)))
+                hold(tickets, .clusterResponse(identifier, messageID, newChild: newChild))
             case .retransmission:
                 // The response was lost, or this member took over: answer again. A rekey's new
                 // Child SA is the one its exchange made.
@@ -703,6 +843,7 @@ public struct ClusterSimulation {
     }
 
     private mutating func finish() {
+        report.staleRecordsRefused = members.filter(\.alive).map { Int($0.replica.statistics.stale) }.reduce(0, +)
         let state = active.flatMap { members[$0].state }
         report.ikeSAsSurvived = peers.filter { !$0.dead && state?.ikeSAs[$0.identifier] != nil }.count
         report.ikeSAsLost = report.ikeSAs - report.ikeSAsSurvived

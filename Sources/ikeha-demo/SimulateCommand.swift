@@ -21,8 +21,13 @@ struct SimulateCommand: ParsableCommand {
     @Option(name: .customLong("packets-per-second"), help: "ESP packets a second per Child SA, each way (1 to 1,000).") var packetsPerSecond = 50
     @Option(name: .customLong("duration-ms"), help: "Simulated milliseconds.") var durationMs: UInt64 = 2_000
     @Option(name: .customLong("crash-at-ms"), help: "When the active member crashes (default: half-way; negative: never).") var crashAtMs: Int64?
+    @Flag(name: .customLong("random-crash"), help: "Crash at a time drawn from the seed, between 20% and 80% of the run.") var randomCrash = false
+    @Option(name: .customLong("restart-after-ms"), help: "The crashed member restarts this long after the crash and rejoins as a standby (negative: never).") var restartAfterMs: Int64 = 400
+    @Option(name: .customLong("new-ike-sas-per-second"), help: "New IKE SAs the peer establishes a second.") var newIKESAsPerSecond = 20
     @Option(name: .customLong("sync-loss"), help: "Loss on the synch link, 0 to 0.9.") var syncLoss = 0.1
     @Option(name: .customLong("outside-loss"), help: "Loss between the cluster and the peer, 0 to 0.9.") var outsideLoss = 0.0
+    @Option(name: .customLong("outside-delay-ms"), help: "Delay between the cluster and the peer.") var outsideDelayMs: UInt64 = 1
+    @Option(name: .customLong("outside-jitter-ms"), help: "Extra random delay between the cluster and the peer (reorders).") var outsideJitterMs: UInt64 = 0
     @Option(name: .customLong("checkpoint-packets"), help: "Counter checkpoint every this many packets...") var checkpointPackets: UInt64 = 4_096
     @Option(name: .customLong("checkpoint-ms"), help: "...or this many milliseconds.") var checkpointMs: UInt64 = 50
     @Option(name: .customLong("inbound-policy"), help: "Inbound windows after the takeover: rfc6311 (the peer jumps its counters), conservative or permissive.") var inboundPolicy = "rfc6311"
@@ -38,6 +43,14 @@ struct SimulateCommand: ParsableCommand {
         configuration.packetsPerSecond = packetsPerSecond
         configuration.durationMs = durationMs
         configuration.crashAtMs = crashAtMs.map { $0 < 0 ? nil : UInt64($0) } ?? durationMs / 2
+        if randomCrash {
+            var random = SplitMix64(seed: seed ^ 0xC7A5)
+            configuration.crashAtMs = durationMs / 5 + random.next() % max(1, durationMs * 3 / 5)
+        }
+        configuration.restartAfterMs = restartAfterMs < 0 ? nil : UInt64(restartAfterMs)
+        configuration.newIKESAsPerSecond = newIKESAsPerSecond
+        configuration.outsideDelayMs = outsideDelayMs
+        configuration.outsideJitterMs = outsideJitterMs
         configuration.syncLoss = syncLoss
         configuration.outsideLoss = outsideLoss
         configuration.checkpointPackets = checkpointPackets
@@ -91,7 +104,8 @@ struct SimulateCommand: ParsableCommand {
             "synchronised",
             row("  synch datagrams (lost)", "\(r.syncDatagrams) (\(r.syncDatagramsLost))"),
             row("  counter checkpoints", "\(r.checkpointsSent)"),
-            row("  IKE exchanges completed", "\(r.ikeExchanges) (\(r.childSARekeys) Child SA rekeys)"),
+            row("  IKE exchanges completed", "\(r.ikeExchanges) (\(r.childSARekeys) Child SA rekeys, \(r.ikeSAsEstablished) new IKE SAs)"),
+            row("  records refused as older than held", "\(r.staleRecordsRefused)"),
             row("  missed synch messages detected", "\(r.missedSyncDetected) times, within \(r.missedSyncDetectionMsMax) ms at most"),
             "takeover",
         ]
@@ -103,6 +117,7 @@ struct SimulateCommand: ParsableCommand {
                 row("  IKE SAs resynced by RFC 6311", "\(r.ikeSAsResyncedViaRFC6311)"),
                 row("  inbound windows", policy),
                 row("  Child SAs the plan rekeyed", "\(r.childSAsRekeyedByTakeover)"),
+                row("  the crashed member", r.restartedMemberReady.map { $0 ? "restarted and resynced: a standby again" : "restarted, still resyncing" } ?? "did not restart"),
             ]
         } else {
             lines.append(row("  ", c.crashAtMs == nil ? "no crash in this run" : "the new active member never sent: FAILED"))

@@ -54,12 +54,18 @@ struct ReliableSenderTests {
         let due = sender.timedOut(now: Timestamp(nanoseconds: 2_000), timeout: 1_000, maximum: 2)
         #expect(due.map(\.sequence) == [1, 3])
         #expect(due.allSatisfy { $0.transmissions == 2 })
+        #expect(!sender.isAcknowledged(3))
         sender.resetStream()
         #expect(sender.outstanding.isEmpty)
+        // What the reset dropped is never acknowledged, even though the stream moved past it.
+        #expect(sender.wasDropped(3) && sender.wasDropped(1) && !sender.isAcknowledged(3) && !sender.isAcknowledged(4))
+        #expect(!sender.wasDropped(5))
         let next = sender.enqueue([1], now: t0)
         #expect(next?.sequence == 5)
         #expect(next?.streamReset == true)
         #expect(sender.enqueue([2], now: t0)?.streamReset == false)
+        sender.acknowledge(cumulative: 6, selective: [])
+        #expect(sender.isAcknowledged(6) && !sender.isAcknowledged(4), "later datagrams are acknowledged as usual")
     }
 
     @Test func manyAcknowledgementsKeepTheBufferConsistent() {

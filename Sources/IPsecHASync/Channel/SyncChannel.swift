@@ -190,9 +190,17 @@ public struct SyncChannel {
     /// How many more reliable datagrams the peer's retransmission buffer takes now.
     public func reliableCapacity(to peer: ClusterMemberID) -> Int { peers[peer]?.sender.freeSlots ?? 0 }
 
-    /// Whether the peer acknowledged everything up to the ticket.
+    /// Whether the peer acknowledged everything up to the ticket. Never true for a ticket whose
+    /// datagram a stream reset dropped (``wasDropped(_:)``).
     public func isAcknowledged(_ ticket: SyncTicket) -> Bool {
         peers[ticket.peer]?.sender.isAcknowledged(ticket.sequence) ?? false
+    }
+
+    /// Whether a stream reset (a bulk resync, a peer's restart, an epoch change) dropped the
+    /// ticket's datagram before the peer acknowledged it: it never will be. The resync that
+    /// follows carries the state instead; wait for ``Replicator/hasCaughtUp(_:channel:)``.
+    public func wasDropped(_ ticket: SyncTicket) -> Bool {
+        peers[ticket.peer]?.sender.wasDropped(ticket.sequence) ?? false
     }
 
     /// Drops everything unacknowledged to `peer` and restarts the stream (the next reliable

@@ -28,6 +28,12 @@ struct ReliableSender {
     private var head = 0
     var outstanding: ArraySlice<Outstanding> { storage[head...] }
     private var resetPending = false
+    /// Sequence numbers stream resets dropped unacknowledged, ascending: their tickets never
+    /// become acknowledged (the resync that follows a reset carries the state instead).
+    /// At most ``droppedRangeLimit``; beyond, the two oldest merge, which can only make an
+    /// old ticket look dropped, never acknowledged.
+    private var droppedRanges: [SequenceRange] = []
+    static let droppedRangeLimit = 64
 
     init(limit: Int) { self.limit = max(limit, 1) }
 
@@ -49,6 +55,13 @@ struct ReliableSender {
 
     /// Forgets everything unacknowledged; the next datagram restarts the receiver's stream.
     mutating func resetStream() {
+        if nextSequence - 1 > cumulativeAcknowledged {
+            droppedRanges.append(SequenceRange(cumulativeAcknowledged + 1, nextSequence - 1))
+            if droppedRanges.count > Self.droppedRangeLimit {
+                droppedRanges[1].lower = droppedRanges[0].lower
+                droppedRanges.removeFirst()
+            }
+        }
         cumulativeAcknowledged = nextSequence - 1
         storage.removeAll()
         head = 0
@@ -109,10 +122,23 @@ struct ReliableSender {
     }
 
     /// Whether everything up to `sequence` has been acknowledged (cumulatively or selectively).
+    /// False for a sequence number a stream reset dropped (``wasDropped(_:)``).
     func isAcknowledged(_ sequence: UInt64) -> Bool {
+        if wasDropped(sequence) { return false }
         if sequence <= cumulativeAcknowledged { return true }
         guard let first = outstanding.first?.sequence, sequence >= first else { return false }
         return outstanding.prefix(Int(sequence - first) + 1).allSatisfy(\.selectivelyAcknowledged)
+    }
+
+    /// Whether a stream reset dropped `sequence` before it was acknowledged.
+    func wasDropped(_ sequence: UInt64) -> Bool {
+        var low = 0
+        var high = droppedRanges.count
+        while low < high {
+            let middle = (low + high) / 2
+            if droppedRanges[middle].upper < sequence { low = middle + 1 } else { high = middle }
+        }
+        return low < droppedRanges.count && droppedRanges[low].lower <= sequence
     }
 
     /// The storage indices of the entries of `range` that are still held.

@@ -86,6 +86,9 @@ public struct Replicator {
     /// The standbys replicated to.
     public let standbys: [ClusterMemberID]
     private var resyncs: [ClusterMemberID: Resync] = [:]
+    /// The ticket of the last datagram of each standby's latest resync, the records appended to
+    /// it included.
+    private var resyncCompletions: [ClusterMemberID: SyncTicket] = [:]
     private var nextResyncID: UInt32 = 1
     /// Bulk resyncs started so far.
     public private(set) var resyncsStarted = 0
@@ -95,6 +98,16 @@ public struct Replicator {
 
     /// Whether a bulk resync to `standby` is still being streamed.
     public func isResyncing(_ standby: ClusterMemberID) -> Bool { resyncs[standby] != nil }
+
+    /// Whether a standby holds everything replicated so far that it did not get a ticket for:
+    /// it is not being resynced, and it acknowledged the end of its latest resync (with the
+    /// records that changes made during it appended). Synchronous replication holds an IKE
+    /// message for a standby that was resyncing when the change was made until this is true,
+    /// since ``replicate(_:state:channel:now:)`` gives no ticket for such a standby.
+    public func hasCaughtUp(_ standby: ClusterMemberID, channel: SyncChannel) -> Bool {
+        guard resyncs[standby] == nil else { return false }
+        return resyncCompletions[standby].map(channel.isAcknowledged) ?? true
+    }
 
     /// Sends the records of `changes` to every standby. A standby being resynced gets them
     /// after its resync; a standby whose buffer is full is resynced from `state` (which must
@@ -222,6 +235,7 @@ public struct Replicator {
                 while end > resync.next {
                     if let sent = try? channel.send(resync.records(resync.next..<end), to: standby, now: now) {
                         actions += sent.actions
+                        if let ticket = sent.ticket { resyncCompletions[standby] = ticket }
                         break
                     }
                     end = resync.next + (end - resync.next) / 2
