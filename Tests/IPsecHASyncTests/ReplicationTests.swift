@@ -85,8 +85,13 @@ struct ReplicationTests {
             resyncing = cluster.replicator.isResyncing(ReplicationPair.standbyID)
         }
         #expect(resyncing, "the resync takes more than one step (\(cluster.replicator.resyncsStarted) started, ready: \(cluster.replica.isReady), \(cluster.state.ikeSAs.count) IKE SAs)")
-        for _ in 0..<300 { _ = try cluster.replicate(try history.step(&cluster.state)) }
+        var tickets: [SyncTicket] = []
+        for _ in 0..<300 { tickets += try cluster.replicate(try history.step(&cluster.state)) }
+        // No ticket for a standby being resynced: synchronous replication waits for it to catch up.
+        #expect(tickets.isEmpty)
+        #expect(!cluster.replicator.hasCaughtUp(ReplicationPair.standbyID, channel: cluster.activeChannel))
         try cluster.run(for: 2_000_000_000)
+        #expect(cluster.replicator.hasCaughtUp(ReplicationPair.standbyID, channel: cluster.activeChannel))
         #expect(!cluster.replicator.isResyncing(ReplicationPair.standbyID))
         #expect(cluster.replica.isReady)
         #expect(cluster.replica.state == cluster.state)
