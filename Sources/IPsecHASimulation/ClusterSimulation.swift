@@ -74,7 +74,9 @@ public enum SimulationError: Error, Sendable, Hashable {
 /// sequence number) sent twice, no replay accepted on either side, no IKE SA continued at a
 /// message ID the peer refuses.
 public struct SimulationReport: Sendable, Hashable {
+    /// The seed of the run.
     public var seed: UInt64 = 0
+    /// IKE SAs and Child SAs the run had (those established during it included).
     public var ikeSAs = 0, childSAs = 0
     /// ESP packets the cluster sent, and those the peer sent.
     public var espPacketsSent = 0, espPacketsFromPeer = 0
@@ -100,9 +102,9 @@ public struct SimulationReport: Sendable, Hashable {
     public var ikeExchanges = 0, ikeExchangesInFlightAtCrash = 0
     /// Child SAs rekeyed by CREATE_CHILD_SA, and Child SAs the takeover plan said to rekey.
     public var childSARekeys = 0, childSAsRekeyedByTakeover = 0
-    /// Gaps in the synch stream the standbys detected, and the longest time from the loss of a
-    /// synch datagram to its detection.
+    /// Gaps in the synch stream the standbys detected.
     public var missedSyncDetected = 0
+    /// The longest time from the loss of a synch datagram to a standby to its detection there.
     public var missedSyncDetectionMsMax = 0.0
     /// Synch datagrams sent and lost.
     public var syncDatagrams = 0, syncDatagramsLost = 0
@@ -180,6 +182,7 @@ struct SetReplayWindow {
 /// exchanges both ways (liveness checks, Child SA rekeys), captured and replayed packets; the
 /// active member may crash in the middle of it all.
 public struct ClusterSimulation {
+    /// What runs.
     public let configuration: SimulationConfiguration
     /// What was observed so far.
     public private(set) var report = SimulationReport()

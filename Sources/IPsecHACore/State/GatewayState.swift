@@ -673,25 +673,12 @@ public struct GatewayState: Sendable, Equatable {
             inboundSPIs: members.mapValues(\.spi))
     }
 
-    /// The first position in the ascending `list` whose value is not below `spi`.
-    private static func sortedPosition(of spi: UInt32, in list: [UInt32]) -> Int {
-        // Child SAs are mostly installed with ever larger SPIs: the end first.
-        if let last = list.last, last < spi { return list.endIndex }
-        var low = 0
-        var high = list.count
-        while low < high {
-            let middle = (low + high) / 2
-            if list[middle] < spi { low = middle + 1 } else { high = middle }
-        }
-        return low
-    }
-
     private static func insertSorted(_ spi: UInt32, into list: inout [UInt32]) {
-        list.insert(spi, at: sortedPosition(of: spi, in: list))
+        list.insert(spi, at: list.sortedPosition(of: spi))
     }
 
     private static func removeSorted(_ spi: UInt32, from list: inout [UInt32]) {
-        let position = sortedPosition(of: spi, in: list)
+        let position = list.sortedPosition(of: spi)
         if position < list.count, list[position] == spi { list.remove(at: position) }
     }
 

@@ -48,7 +48,7 @@ struct ReliableReceiver {
             heldOrder.removeFirst(consumed)
         } else if held.count < limit {
             held[sequence] = records
-            heldOrder.insert(sequence, at: Self.insertionPoint(of: sequence, in: heldOrder))
+            heldOrder.insert(sequence, at: heldOrder.sortedPosition(of: sequence))
         }
         updateGap(now: now)
         return ready
@@ -110,18 +110,6 @@ struct ReliableReceiver {
             index = low + 1
         }
         return runs
-    }
-
-    /// The first position in the ascending `order` whose value is above `sequence`.
-    private static func insertionPoint(of sequence: UInt64, in order: [UInt64]) -> Int {
-        if let last = order.last, last < sequence { return order.count }
-        var low = 0
-        var high = order.count
-        while low < high {
-            let middle = (low + high) / 2
-            if order[middle] < sequence { low = middle + 1 } else { high = middle }
-        }
-        return low
     }
 
     private mutating func updateGap(now: Timestamp) {
