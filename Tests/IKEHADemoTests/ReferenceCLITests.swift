@@ -102,7 +102,7 @@ struct StateBenchCLITests {
     }
 
     @Test func simulateReportsTheRunAsJSONAndFailsWhenAnInvariantBreaks() throws {
-        let safe = try runDemo(["simulate", "--ike-sas", "20", "--duration-ms", "800", "--json"])
+        let safe = try runDemo(["simulate", "--ike-sas", "20", "--duration-ms", "800", "--new-ike-sas-per-second", "0", "--json"])
         #expect(safe.status == 0)
         for key in [
             "\"seed\": 1", "\"ike_sas\": 20", "\"child_sas\": 40", "\"esp_packets_sent\"", "\"sequence_numbers_reused\": 0",
@@ -112,7 +112,7 @@ struct StateBenchCLITests {
         ] {
             #expect(safe.output.contains(key), "\(key) in \(safe.output)")
         }
-        let unsafe = try runDemo(["simulate", "--ike-sas", "20", "--duration-ms", "800", "--inbound-policy", "permissive"])
+        let unsafe = try runDemo(["simulate", "--ike-sas", "40", "--duration-ms", "1500", "--inbound-policy", "permissive"])
         #expect(unsafe.status != 0)
         #expect(unsafe.output.contains("INVARIANT VIOLATED"))
     }
