@@ -159,14 +159,17 @@ struct SetReplayWindow {
     var highest: UInt64 = 0
     var seen: Set<UInt64> = []
 
-    mutating func accept(_ number: UInt64) -> Bool {
-        guard number > 0, number + size > highest else { return false }
-        guard seen.insert(number).inserted else { return false }
+    mutating func accept(_ number: UInt64) -> Bool { verdict(number) == "accept" }
+
+    /// `accept`, `replay` (seen) or `stale` (below the window, or 0), recording what it accepts.
+    mutating func verdict(_ number: UInt64) -> String {
+        guard number > 0, number + size > highest else { return "stale" }
+        guard seen.insert(number).inserted else { return "replay" }
         if number > highest {
             highest = number
             if seen.count > Int(size) * 2 { seen = seen.filter { $0 + size > highest } }
         }
-        return true
+        return "accept"
     }
 }
 
@@ -184,6 +187,11 @@ struct SetReplayWindow {
 public struct ClusterSimulation {
     /// What runs.
     public let configuration: SimulationConfiguration
+    /// Where `--trace` lines go (one JSON object a call, no newline), in the order the receivers
+    /// processed the events; nil: no trace. `t` is virtual microseconds since the run began.
+    public var trace: ((String) -> Void)?
+    private var declared: Set<String> = []
+    private var runStart: UInt64 = 0
     /// What was observed so far.
     public private(set) var report = SimulationReport()
     /// The virtual clock.
@@ -346,6 +354,7 @@ public struct ClusterSimulation {
     /// Runs the configured duration; `progress` gets the fraction done every simulated 100 ms.
     public mutating func run(progress: (Double) -> Void = { _ in }) throws -> SimulationReport {
         let start = now.nanoseconds
+        runStart = start
         let end = start + configuration.durationMs * 1_000_000
         while now.nanoseconds < end {
             if let crashAt = configuration.crashAtMs, crashedAt == nil, now.nanoseconds >= start + crashAt * 1_000_000, let index = active {
@@ -366,9 +375,50 @@ public struct ClusterSimulation {
         return report
     }
 
+    // MARK: Trace
+
+    private var micros: UInt64 { (now.nanoseconds - min(now.nanoseconds, runStart)) / 1_000 }
+
+    private func name(_ index: Int?) -> String { index.map { "member-\(members[$0].id.rawValue)" } ?? "cluster" }
+
+    /// One ESP line, after the `child_sa` line of its receiving direction the first time.
+    private mutating func traceESP(src: String, dst: String, spi: UInt32, seq: UInt64, forged: Bool, verdict: String, receiver: String) {
+        guard let trace else { return }
+        if declared.insert("\(receiver):\(spi)").inserted {
+            trace("{\"kind\":\"child_sa\",\"spi\":\(spi),\"receiver\":\"\(receiver)\",\"window\":\(configuration.replayWindow),\"esn\":true}")
+        }
+        trace("{\"kind\":\"esp\",\"t\":\(micros),\"src\":\"\(src)\",\"dst\":\"\(dst)\",\"spi\":\(spi),\"seq\":\(seq),\"forged\":\(forged),\"verdict\":\"\(verdict)\"}")
+    }
+
+    private func traceIKE(src: String, dst: String, _ identifier: IKESAIdentifier, mid: UInt32, exchange: String, response: Bool, verdict: String) {
+        func hex(_ value: UInt64) -> String { let digits = String(value, radix: 16); return String(repeating: "0", count: 16 - digits.count) + digits }
+        trace?(
+            "{\"kind\":\"ike\",\"t\":\(micros),\"src\":\"\(src)\",\"dst\":\"\(dst)\",\"ispi\":\"\(hex(identifier.initiatorSPI))\",\"rspi\":\"\(hex(identifier.responderSPI))\",\"mid\":\(mid),\"exchange\":\"\(exchange)\",\"response\":\(response),\"verdict\":\"\(verdict)\"}")
+    }
+
+    /// The IKE line of a message: who sent it to whom, and what it is.
+    private func describe(_ message: IKEMessage) -> (src: String, dst: String, IKESAIdentifier, mid: UInt32, exchange: String, response: Bool) {
+        let cluster = name(active)
+        switch message {
+        case .establish(let spi): return ("peer", cluster, IKESAIdentifier(initiatorSPI: spi, responderSPI: 0), 1, "IKE_AUTH", false)
+        case .established(let identifier, _): return (cluster, "peer", identifier, 1, "IKE_AUTH", true)
+        case .peerRequest(let identifier, let mid, let kind): return ("peer", cluster, identifier, mid, kind == .liveness ? "INFORMATIONAL" : "CREATE_CHILD_SA", false)
+        case .clusterResponse(let identifier, let mid, let child): return (cluster, "peer", identifier, mid, child == nil ? "INFORMATIONAL" : "CREATE_CHILD_SA", true)
+        case .clusterRequest(let identifier, let mid): return (cluster, "peer", identifier, mid, "INFORMATIONAL", false)
+        case .peerResponse(let identifier, let mid): return ("peer", cluster, identifier, mid, "INFORMATIONAL", true)
+        }
+    }
+
+    private func traceIKE(_ message: IKEMessage, verdict: String) {
+        guard trace != nil else { return }
+        let line = describe(message)
+        traceIKE(src: line.src, dst: line.dst, line.2, mid: line.mid, exchange: line.exchange, response: line.response, verdict: verdict)
+    }
+
     // MARK: Synch side
 
     private mutating func crash(_ index: Int) {
+        trace?("{\"kind\":\"crash\",\"t\":\(micros),\"member\":\"\(name(index))\"}")
         members[index].alive = false
         crashed = index
         crashedAt = now
@@ -619,12 +669,16 @@ public struct ClusterSimulation {
         }
         pendingLosses = [:]
         active = index
+        trace?("{\"kind\":\"failover\",\"t\":\(micros),\"to\":\"\(name(index))\"}")
     }
 
     // MARK: Outside side
 
     private mutating func sendOutside(_ message: IKEMessage) {
-        guard random.next() % 1_000_000 >= UInt64(configuration.outsideLoss * 1_000_000) else { return }
+        guard random.next() % 1_000_000 >= UInt64(configuration.outsideLoss * 1_000_000) else {
+            traceIKE(message, verdict: "lost")
+            return
+        }
         let jitter = configuration.outsideJitterMs == 0 ? 0 : random.next() % (configuration.outsideJitterMs * 1_000_000)
         outside.append((now.nanoseconds + configuration.outsideDelayMs * 1_000_000 + jitter, message))
     }
@@ -643,7 +697,9 @@ public struct ClusterSimulation {
                     if let crashedAt, report.takeoverMs == nil { report.takeoverMs = Double(now.nanoseconds - crashedAt.nanoseconds) / 1e6 }
                     if number.value <= highestSent[spi, default: 0] { report.sequenceNumbersReused += 1 }
                     highestSent[spi] = max(highestSent[spi, default: 0], number.value)
-                    if !peers[i].children[child].received.accept(number.value) { report.legitPacketsRejectedByPeer += 1 }
+                    let verdict = peers[i].children[child].received.verdict(number.value)
+                    if verdict != "accept" { report.legitPacketsRejectedByPeer += 1 }
+                    traceESP(src: name(index), dst: "peer", spi: spi, seq: number.value, forged: false, verdict: verdict, receiver: "peer")
                     if random.next() % 64 == 0 { capturedToPeer.append((i, spi, number.value)) }
                 }
                 // Peer -> cluster.
@@ -651,20 +707,26 @@ public struct ClusterSimulation {
                 peers[i].children[child].sendNext += 1
                 report.espPacketsFromPeer += 1
                 let spi = peers[i].children[child].clusterInbound
-                if receiveAtCluster(spi, number) == false { report.legitPacketsRejectedByCluster += 1 }
+                if receiveAtCluster(spi, number, from: "peer") == false { report.legitPacketsRejectedByCluster += 1 }
                 if random.next() % 64 == 0 { capturedToCluster.append((spi, number)) }
             }
         }
         // The attacker replays one captured packet each way per step.
         if let (spi, number) = capturedToCluster.randomElement(using: &random) {
             report.replaysAttempted += 1
-            _ = receiveAtCluster(spi, number)
+            _ = receiveAtCluster(spi, number, from: "attacker")
+            // And a forgery: a number far ahead, with an ICV the attacker cannot compute. Only
+            // the check phase runs, which changes nothing: the peer's next packets still pass.
+            let forged = number + 1 + random.next() % (1 << 20)
+            _ = receiveAtCluster(spi, forged, from: "attacker", forged: true)
         }
         if let (i, spi, number) = capturedToPeer.randomElement(using: &random),
             let child = peers[i].children.firstIndex(where: { $0.clusterOutbound == spi })
         {
             report.replaysAttempted += 1
-            if peers[i].children[child].received.accept(number) { report.replaysAccepted += 1 }
+            let verdict = peers[i].children[child].received.verdict(number)
+            if verdict == "accept" { report.replaysAccepted += 1 }
+            traceESP(src: "attacker", dst: "peer", spi: spi, seq: number, forged: false, verdict: verdict, receiver: "peer")
         }
         if capturedToCluster.count > 4_096 { capturedToCluster.removeFirst(2_048) }
         if capturedToPeer.count > 256 { capturedToPeer.removeFirst(128) }
@@ -672,12 +734,27 @@ public struct ClusterSimulation {
 
     /// A packet at the active member: nil when nobody receives it (no active member, no SA),
     /// else whether it was accepted. The ICV covers the ESN high bits: a wrong inference fails.
-    private mutating func receiveAtCluster(_ spi: UInt32, _ number: UInt64) -> Bool? {
-        guard let index = active, let slot = members[index].state!.slot(forInboundSPI: spi) else { return nil }
-        guard case .fresh(let full)? = members[index].state!.checkInbound(wire: UInt32(truncatingIfNeeded: number), at: slot), full == number,
-            (try? members[index].state!.commitInbound(full, bytes: 1_000, at: slot)) != nil
-        else { return false }
-        if !acceptedByCluster[spi, default: []].insert(full).inserted { report.replaysAccepted += 1 }
+    private mutating func receiveAtCluster(_ spi: UInt32, _ number: UInt64, from source: String, forged: Bool = false) -> Bool? {
+        guard let index = active else {
+            traceESP(src: source, dst: "cluster", spi: spi, seq: number, forged: forged, verdict: "lost", receiver: "cluster")
+            return nil
+        }
+        guard let slot = members[index].state!.slot(forInboundSPI: spi) else {
+            traceESP(src: source, dst: name(index), spi: spi, seq: number, forged: forged, verdict: "fail", receiver: "cluster")
+            return nil
+        }
+        let verdict: String
+        switch members[index].state!.checkInbound(wire: UInt32(truncatingIfNeeded: number), at: slot) {
+        case .fresh(let full)?:
+            // A forgery fails its ICV; so does a packet whose inferred ESN high bits are not the
+            // ones it was sent with.
+            verdict = forged || full != number || (try? members[index].state!.commitInbound(full, bytes: 1_000, at: slot)) == nil ? "fail" : "accept"
+        case .replayed?: verdict = "replay"
+        case .stale?, nil: verdict = "stale"
+        }
+        traceESP(src: source, dst: name(index), spi: spi, seq: number, forged: forged, verdict: verdict, receiver: "cluster")
+        guard verdict == "accept" else { return false }
+        if !acceptedByCluster[spi, default: []].insert(number).inserted { report.replaysAccepted += 1 }
         return true
     }
 
@@ -686,7 +763,12 @@ public struct ClusterSimulation {
     private mutating func ike() throws {
         let due = outside.filter { $0.at <= now.nanoseconds }
         outside.removeAll { $0.at <= now.nanoseconds }
-        for (_, message) in due { try deliver(message) }
+        for (_, message) in due {
+            // Described before delivery: a takeover in between does not rename the receiver.
+            let line = trace == nil ? nil : describe(message)
+            let verdict = try deliver(message)
+            if let line { traceIKE(src: line.src, dst: line.dst, line.2, mid: line.mid, exchange: line.exchange, response: line.response, verdict: verdict) }
+        }
         for i in peers.indices where !peers[i].dead {
             let identifier = peers[i].identifier
             if var outstanding = peers[i].outstanding {
@@ -745,15 +827,17 @@ public struct ClusterSimulation {
         }
     }
 
-    private mutating func deliver(_ message: IKEMessage) throws {
+    /// Delivers one IKE message; returns its receiver's verdict: `accept`, `retransmit` (a
+    /// retransmission, answered again), `drop`, or `lost` (nobody to receive it).
+    private mutating func deliver(_ message: IKEMessage) throws -> String {
         switch message {
         case .establish(let spi):
-            guard let index = active else { return }
+            guard let index = active else { return "lost" }
             if let existing = members[index].state!.ikeSAs.values.first(where: { $0.identifier.initiatorSPI == spi }) {
                 let state = members[index].state!
                 let children = existing.childSAs.compactMap(state.childSA(inboundSPI:)).map { ($0.inboundSPI, $0.outboundSPI) }
                 sendOutside(.established(existing.identifier, children: children))
-                return
+                return "retransmit"
             }
             var ike = try SimulationFixtures.ikeSA(spi, owner: members[index].id, &random)
             ike.extensions = IKEExtensions(messageIDSync: true, replayCounterSync: true)
@@ -767,8 +851,9 @@ public struct ClusterSimulation {
                 children.append((inbound, child.outboundSPI))
             }
             hold(try replicate(changes), .established(ike.identifier, children: children))
+            return "accept"
         case .established(let identifier, let children):
-            guard establishing.removeValue(forKey: identifier.initiatorSPI) != nil, peerIndex[identifier] == nil else { return }
+            guard establishing.removeValue(forKey: identifier.initiatorSPI) != nil, peerIndex[identifier] == nil else { return "drop" }
             peerIndex[identifier] = peers.count
             peers.append(
                 PeerIKESA(
@@ -781,8 +866,10 @@ public struct ClusterSimulation {
             report.ikeSAsEstablished += 1
             report.ikeSAs += 1
             report.childSAs += children.count
+            return "accept"
         case .peerRequest(let identifier, let messageID, let kind):
-            guard let index = active, let sa = members[index].state!.ikeSAs[identifier] else { return }
+            guard let index = active else { return "lost" }
+            guard let sa = members[index].state!.ikeSAs[identifier] else { return "drop" }
             switch sa.messageIDs.responses.classify(messageID) {
             case .new:
                 var tickets = try replicateExchange(identifier, messageID, initiatedHere: false, finished: false)
@@ -802,18 +889,20 @@ public struct ClusterSimulation {
                 tickets += try replicate(changes)
                 tickets += try replicateExchange(identifier, messageID, initiatedHere: false, finished: true)
                 hold(tickets, .clusterResponse(identifier, messageID, newChild: newChild))
+                return "accept"
             case .retransmission:
                 // The response was lost, or this member took over: answer again. A rekey's new
                 // Child SA is the one its exchange made.
                 let state = members[index].state!
                 let child = kind == .liveness ? nil : sa.childSAs.compactMap(state.childSA(inboundSPI:)).first { $0.requestID == messageID }
                 sendOutside(.clusterResponse(identifier, messageID, newChild: child.map { ($0.inboundSPI, $0.outboundSPI) }))
+                return "retransmit"
             case .tooOld, .outsideWindow:
-                break
+                return "drop"
             }
         case .clusterResponse(let identifier, let messageID, let newChild):
             guard let i = peerIndex[identifier], !peers[i].dead, let outstanding = peers[i].outstanding, outstanding.messageID == messageID
-            else { return }
+            else { return "drop" }
             try? peers[i].windows.requests.receiveResponse(messageID)
             peers[i].outstanding = nil
             report.ikeExchanges += 1
@@ -824,24 +913,30 @@ public struct ClusterSimulation {
                     clusterInbound: newChild.inbound, clusterOutbound: newChild.outbound, received: SetReplayWindow(size: UInt64(configuration.replayWindow)))
                 report.childSARekeys += 1
             }
+            return "accept"
         case .clusterRequest(let identifier, let messageID):
-            guard let i = peerIndex[identifier], !peers[i].dead else { return }
+            guard let i = peerIndex[identifier], !peers[i].dead else { return "drop" }
             switch peers[i].windows.responses.classify(messageID) {
             case .new:
                 try? peers[i].windows.responses.recordProcessed(messageID)
                 sendOutside(.peerResponse(identifier, messageID))
+                return "accept"
             case .retransmission:
                 sendOutside(.peerResponse(identifier, messageID))
+                return "retransmit"
             case .tooOld, .outsideWindow:
                 report.ikeRequestsDroppedByPeer += 1
+                return "drop"
             }
         case .peerResponse(let identifier, let messageID):
-            guard let index = active, clusterOutstanding[identifier]?.0 == messageID else { return }
+            guard let index = active else { return "lost" }
+            guard clusterOutstanding[identifier]?.0 == messageID else { return "drop" }
             clusterOutstanding[identifier] = nil
             report.ikeExchanges += 1
             let changes = try members[index].state!.updateMessageIDs(of: identifier) { try? $0.requests.receiveResponse(messageID) }
             _ = try replicate(changes)
             _ = try replicateExchange(identifier, messageID, initiatedHere: true, finished: true)
+            return "accept"
         }
     }
 

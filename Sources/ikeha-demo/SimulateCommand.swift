@@ -33,6 +33,7 @@ struct SimulateCommand: ParsableCommand {
     @Option(name: .customLong("inbound-policy"), help: "Inbound windows after the takeover: rfc6311 (the peer jumps its counters), conservative or permissive.") var inboundPolicy = "rfc6311"
     @Option(help: "IKE replication: sync (responses wait for the standbys) or async.") var replication = "sync"
     @Flag(help: "Print one JSON object instead of the table.") var json = false
+    @Option(help: "Write every event on the outside link to this file as JSON Lines.") var trace: String?
 
     func makeConfiguration() throws -> SimulationConfiguration {
         var configuration = SimulationConfiguration()
@@ -77,6 +78,16 @@ struct SimulateCommand: ParsableCommand {
         let showProgress = !json && isatty(2) != 0
         if showProgress { StandardError.write("setting up \(configuration.ikeSAs) IKE SAs and the standbys...\r") }
         var simulation = try ClusterSimulation(configuration: configuration)
+        var traceFile: UnsafeMutablePointer<FILE>?
+        if let trace {
+            guard let file = fopen(trace, "w") else { throw ValidationError("cannot write \(trace)") }
+            traceFile = file
+            simulation.trace = { line in
+                fputs(line, file)
+                fputs("\n", file)
+            }
+        }
+        defer { if let traceFile { fclose(traceFile) } }
         let report = try simulation.run { fraction in
             if showProgress { StandardError.write("simulating: \(Int(fraction * 100))%   \r") }
         }

@@ -1,3 +1,4 @@
+import Foundation
 import IPsecHACore
 import IPsecHASimulation
 import Testing
@@ -64,5 +65,58 @@ struct ClusterSimulationTests {
         configuration = SimulationConfiguration()
         configuration.crashAtMs = configuration.durationMs
         #expect(throws: SimulationError.self) { try configuration.validate() }
+    }
+}
+
+@Suite("Cluster simulation: the trace")
+struct ClusterSimulationTraceTests {
+    @Test func theTraceIsJSONLinesThatAnAuditorCanCheckOnItsOwn() throws {
+        var configuration = ClusterSimulationTests.configuration()
+        configuration.ikeSAs = 10
+        var simulation = try ClusterSimulation(configuration: configuration)
+        nonisolated(unsafe) var lines: [String] = []
+        simulation.trace = { lines.append($0) }
+        let report = try simulation.run()
+        var declared: Set<String> = []
+        var accepted: [String: Set<Int64>] = [:]
+        var kinds: [String: Int] = [:]
+        var espCount = 0
+        for line in lines {
+            let parsed = try JSONSerialization.jsonObject(with: Data(line.utf8))
+            let object = try #require(parsed as? [String: Any], "\(line)")
+            let kind = try #require(object["kind"] as? String)
+            kinds[kind, default: 0] += 1
+            switch kind {
+            case "child_sa":
+                let receiver = try #require(object["receiver"] as? String)
+                #expect(["peer", "cluster"].contains(receiver))
+                declared.insert("\(receiver):\(try #require(object["spi"] as? Int))")
+            case "esp":
+                espCount += 1
+                let verdict = try #require(object["verdict"] as? String)
+                #expect(["accept", "replay", "stale", "fail", "lost"].contains(verdict), "\(line)")
+                let receiver = (object["dst"] as? String) == "peer" ? "peer" : "cluster"
+                let spi = try #require(object["spi"] as? Int)
+                #expect(declared.contains("\(receiver):\(spi)"), "a child_sa line comes first: \(line)")
+                if (object["forged"] as? Bool) == true { #expect(verdict != "accept", "\(line)") }
+                if verdict == "accept" {
+                    // The auditor's own replay check: no receiver accepts a sequence number twice.
+                    let seq = Int64(try #require(object["seq"] as? Int))
+                    #expect(accepted["\(receiver):\(spi)", default: []].insert(seq).inserted, "accepted twice: \(line)")
+                }
+            case "ike":
+                let verdict = try #require(object["verdict"] as? String)
+                #expect(["accept", "retransmit", "drop", "lost"].contains(verdict), "\(line)")
+                #expect((object["ispi"] as? String)?.count == 16 && (object["rspi"] as? String)?.count == 16)
+            case "crash", "failover":
+                #expect(object["t"] is Int)
+            default:
+                Issue.record("unknown kind: \(line)")
+            }
+        }
+        #expect(kinds["crash"] == 1 && kinds["failover"] == 1)
+        #expect(kinds["ike", default: 0] > 0)
+        // Every packet of the report is in the trace, with the attacker's replays and forgeries.
+        #expect(espCount >= report.espPacketsSent + report.espPacketsFromPeer + report.replaysAttempted)
     }
 }
