@@ -120,3 +120,28 @@ struct ClusterSimulationTraceTests {
         #expect(espCount >= report.espPacketsSent + report.espPacketsFromPeer + report.replaysAttempted)
     }
 }
+
+@Suite("Cluster simulation: a grid of seeded runs")
+struct ClusterSimulationGridTests {
+    static let grid: [(Double, UInt64, InboundTakeoverPolicy)] = [0.0, 0.2, 0.4].flatMap { loss in
+        [200, 700].flatMap { crash in [InboundTakeoverPolicy.replayCounterSyncWhereNegotiated, .conservative].map { (loss, UInt64(crash), $0) } }
+    }
+
+    @Test("invariants over synch loss, crash time and inbound policy", arguments: grid)
+    func invariantsHold(loss: Double, crashAtMs: UInt64, policy: InboundTakeoverPolicy) throws {
+        var configuration = SimulationConfiguration()
+        configuration.seed = UInt64(loss * 10) * 1_000 + crashAtMs
+        configuration.ikeSAs = 10
+        configuration.durationMs = 1_000
+        configuration.crashAtMs = crashAtMs
+        configuration.syncLoss = loss
+        configuration.inboundPolicy = policy
+        var simulation = try ClusterSimulation(configuration: configuration)
+        let report = try simulation.run()
+        #expect(report.invariantsHeld, "\(report.json)")
+        #expect(report.takeoverMs != nil)
+        // At 40% synch loss an IKE SA established around the crash can still be lost (its
+        // exchange's fate is under investigation: Docs/Simulation.md); below, none is.
+        if loss <= 0.2 { #expect(report.ikeSAsSurvived == report.ikeSAs, "\(report.json)") }
+    }
+}
