@@ -280,6 +280,8 @@ public struct ClusterSimulation {
     private var restarted: Int?
     private var nextIKESPI: UInt64 = 1 << 40
     private var establishing: [UInt64: Timestamp] = [:]
+    /// Message-ID syncs of the takeover for IKE SAs the peer did not know yet, by IKE SA.
+    private var pendingSyncs: [IKESAIdentifier: UInt64?] = [:]
 
     /// A cluster with the configured members and SAs, the standbys ready.
     public init(configuration: SimulationConfiguration) throws {
@@ -633,30 +635,14 @@ public struct ClusterSimulation {
         let rekey = state.applyTakeover(plan).rekey
         for spi in rekey { _ = try? state.deleteChildSA(inboundSPI: spi) }
         report.childSAsRekeyedByTakeover += rekey.count
+        var syncs: [(IKESAIdentifier, UInt64?)] = []
         for ikePlan in plan.ikeSAs {
             let identifier = ikePlan.identifier
             switch ikePlan.messageIDs {
             case .exact, .awaitPeerRetransmission:
                 break
             case .messageIDSync(_, _, let delta):
-                guard let i = peerIndex[identifier], !peers[i].dead, let windows = state.ikeSAs[identifier]?.messageIDs else { continue }
-                var initiator = MessageIDSyncInitiator()
-                guard let request = try? initiator.start(windows: windows, nonce: UInt32(truncatingIfNeeded: random.next())) else { continue }
-                let replayCounter = delta.flatMap { try? ReplayCounterSyncNotification(delta: $0, extendedSequenceNumbers: true) }
-                switch peers[i].syncPeer.process(request, replayCounter: replayCounter, windows: peers[i].windows) {
-                case .respond(let response, let adopted, let replayDelta):
-                    peers[i].windows = adopted
-                    // An exchange the peer had under way restarts later under the new IDs.
-                    peers[i].outstanding = nil
-                    // RFC 6311 section 5.2 on the peer: its outbound counters jump by the delta.
-                    if let replayDelta { for child in peers[i].children.indices { peers[i].children[child].sendNext += replayDelta } }
-                    if let agreed = try? initiator.receive(response, windows: windows) {
-                        _ = try? state.updateMessageIDs(of: identifier) { $0 = agreed }
-                        report.ikeSAsResyncedViaRFC6311 += 1
-                    }
-                case .drop:
-                    report.ikeRequestsDroppedByPeer += 1
-                }
+                syncs.append((identifier, delta))
             case .deleteAndReestablish:
                 _ = try? state.deleteIKESA(identifier)
                 if let i = peerIndex[identifier] { peers[i].dead = true }
@@ -673,6 +659,37 @@ public struct ClusterSimulation {
         pendingLosses = [:]
         active = index
         trace?("{\"kind\":\"failover\",\"t\":\(micros),\"to\":\"\(name(index))\"}")
+        for (identifier, delta) in syncs {
+            if peerIndex[identifier] == nil {
+                // The peer has not had the IKE_AUTH answer yet: the sync follows its retransmission.
+                pendingSyncs[identifier] = delta
+            } else {
+                messageIDSync(identifier, delta: delta)
+            }
+        }
+    }
+
+    /// RFC 6311 between the active member and the peer for one IKE SA: the member proposes,
+    /// the peer adopts the agreed message IDs and jumps its outbound counters by `delta`
+    /// (section 5.2), the member adopts the answer.
+    private mutating func messageIDSync(_ identifier: IKESAIdentifier, delta: UInt64?) {
+        guard let index = active, let i = peerIndex[identifier], !peers[i].dead, let windows = members[index].state!.ikeSAs[identifier]?.messageIDs else { return }
+        var initiator = MessageIDSyncInitiator()
+        guard let request = try? initiator.start(windows: windows, nonce: UInt32(truncatingIfNeeded: random.next())) else { return }
+        let replayCounter = delta.flatMap { try? ReplayCounterSyncNotification(delta: $0, extendedSequenceNumbers: true) }
+        switch peers[i].syncPeer.process(request, replayCounter: replayCounter, windows: peers[i].windows) {
+        case .respond(let response, let adopted, let replayDelta):
+            peers[i].windows = adopted
+            // An exchange the peer had under way restarts later under the new IDs.
+            peers[i].outstanding = nil
+            if let replayDelta { for child in peers[i].children.indices { peers[i].children[child].sendNext += replayDelta } }
+            if let agreed = try? initiator.receive(response, windows: windows) {
+                _ = try? members[index].state!.updateMessageIDs(of: identifier) { $0 = agreed }
+                report.ikeSAsResyncedViaRFC6311 += 1
+            }
+        case .drop:
+            report.ikeRequestsDroppedByPeer += 1
+        }
     }
 
     // MARK: Outside side
@@ -872,6 +889,7 @@ public struct ClusterSimulation {
             report.ikeSAsEstablished += 1
             report.ikeSAs += 1
             report.childSAs += children.count
+            if let delta = pendingSyncs.removeValue(forKey: identifier) { messageIDSync(identifier, delta: delta) }
             return "accept"
         case .peerRequest(let identifier, let messageID, let kind):
             guard let index = active else { return "lost" }

@@ -161,6 +161,9 @@ public enum IKESATakeoverReason: Sendable, Hashable, CustomStringConvertible {
     case exchangeInFlightSync
     /// Synch messages may have been missed; the peer negotiated RFC 6311.
     case missedSynchSync
+    /// Nothing in flight, nothing missed, but the inbound windows were rebuilt for an RFC 6311
+    /// replay-counter jump: a message-ID sync (at the exact values) carries it to the peer.
+    case replayCounterSyncOnly
     /// The peer's request was in flight and there is no RFC 6311: its retransmission is
     /// answered from the replicated state.
     case peerRequestInFlight
@@ -176,6 +179,7 @@ public enum IKESATakeoverReason: Sendable, Hashable, CustomStringConvertible {
         case .nothingInFlightNothingMissed: "nothing in flight, nothing missed: message IDs exact"
         case .exchangeInFlightSync: "exchange in flight: RFC 6311 message-ID sync"
         case .missedSynchSync: "synch messages may have been missed: RFC 6311 message-ID sync"
+        case .replayCounterSyncOnly: "nothing in flight, nothing missed: RFC 6311 message-ID sync carrying the replay-counter jump"
         case .peerRequestInFlight: "peer's request in flight, no RFC 6311: its retransmission is answered from the replicated state"
         case .ownRequestInFlight: "own request in flight, no RFC 6311: delete and re-establish"
         case .missedSynchWithoutSync: "synch messages may have been missed, no RFC 6311: delete and re-establish"

@@ -117,7 +117,10 @@ public enum TakeoverPlanner {
             let extensions = ikeSAs.values[index].extensions
             let plan: MessageIDTakeover
             let reason: IKESATakeoverReason
-            if classification == .certain {
+            // The Child SAs' windows expect the peer to jump its counters (RFC 6311 section 5.2):
+            // even an exact IKE SA needs the exchange that tells it.
+            let carriesReplayCounterSync = replayCounterSyncPolicy && extensions.replayCounterSync && extensions.messageIDSync
+            if classification == .certain, !carriesReplayCounterSync {
                 plan = .exact(nextRequestID: next, nextExpectedRequestID: expected)
                 reason = .nothingInFlightNothingMissed
             } else if extensions.messageIDSync {
@@ -133,7 +136,12 @@ public enum TakeoverPlanner {
                         }
                     }
                     plan = .messageIDSync(send: UInt32(send), receive: UInt32(expected), replayCounterDelta: delta)
-                    reason = classification == .inFlight ? .exchangeInFlightSync : .missedSynchSync
+                    reason =
+                        switch classification {
+                        case .inFlight: .exchangeInFlightSync
+                        case .suspect: .missedSynchSync
+                        case .certain: .replayCounterSyncOnly
+                        }
                 } else {
                     plan = .deleteAndReestablish
                     reason = .messageIDsExhausted

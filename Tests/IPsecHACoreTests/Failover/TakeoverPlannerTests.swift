@@ -159,6 +159,24 @@ struct TakeoverPlannerManySAsTests {
         #expect(SuspectIKESAs.none.contains(named) == false)
     }
 
+    @Test func anExactIKESAStillSyncsWhenItsWindowsExpectTheReplayCounterJump() throws {
+        let state = try state()
+        let now = Timestamp(nanoseconds: 10_800_000_000)
+        let plan = TakeoverPlanner.plan(
+            state: state, inFlight: [:], suspect: .none, policy: TakeoverPolicy(inbound: .replayCounterSyncWhereNegotiated), now: now)
+        for ike in plan.ikeSAs {
+            #expect(ike.classification == .certain && ike.reason == .replayCounterSyncOnly)
+            guard case .messageIDSync(_, _, let delta) = ike.messageIDs else {
+                Issue.record("the jump needs the exchange that carries it")
+                continue
+            }
+            #expect(delta == plan.childSAs.filter { $0.parent == ike.identifier }.map(\.advance).max())
+        }
+        // Conservative windows need nothing from the peer: the values are exact.
+        let conservative = TakeoverPlanner.plan(state: state, inFlight: [:], suspect: .none, now: now)
+        #expect(conservative.ikeSAs.allSatisfy { $0.reason == .nothingInFlightNothingMissed })
+    }
+
     @Test func aRestrictedPlanCoversExactlyTheNamedSAsWithTheSameDecisions() throws {
         let state = try state()
         let now = Timestamp(nanoseconds: 10_800_000_000)
