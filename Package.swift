@@ -14,12 +14,14 @@ let package = Package(
         .library(name: "IPsecHACore", targets: ["IPsecHACore"]),
         .library(name: "IPsecHASync", targets: ["IPsecHASync"]),
         .library(name: "IPsecHASimulation", targets: ["IPsecHASimulation"]),
+        .library(name: "IPsecHASyncNIO", targets: ["IPsecHASyncNIO"]),
         .executable(name: "ikeha-demo", targets: ["ikeha-demo"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
     ],
     targets: [
         // libsodium from the system. SwiftPM finds its flags through pkg-config; the module
@@ -42,6 +44,17 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // The UDP transport, apart so that an embedder with its own transport does not link NIO.
+        .target(
+            name: "IPsecHASyncNIO",
+            dependencies: [
+                "IPsecHACore", "IPsecHASync",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "IPsecHASimulation",
             dependencies: ["IPsecHACore", "IPsecHASync"],
@@ -53,6 +66,9 @@ let package = Package(
                 "IPsecHACore",
                 "IPsecHASync",
                 "IPsecHASimulation",
+                "IPsecHASyncNIO",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

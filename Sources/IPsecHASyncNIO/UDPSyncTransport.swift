@@ -1,0 +1,84 @@
+public import IPsecHACore
+public import IPsecHASync
+internal import NIOConcurrencyHelpers
+public import NIOCore
+internal import NIOPosix
+
+/// A ``SyncTransport`` over UDP sockets (SwiftNIO): one bound socket per member, peers by
+/// address. Received datagrams wait in a bounded queue until the channel's owner calls
+/// ``receive(now:)``; sends are fire-and-forget, as the transport contract says (the synch
+/// channel above authenticates, orders and retransmits).
+public struct UDPSyncTransport: SyncTransport, Sendable {
+    /// The member this transport belongs to.
+    public let member: ClusterMemberID
+    /// The address the socket is bound to (with the port the system chose for port 0).
+    public let localAddress: SocketAddress
+    /// The largest datagram carried (the channel's default is 1,400 bytes).
+    public static let maximumDatagramSize = 65_507
+    /// Datagrams held for ``receive(now:)`` at most; more are dropped (and counted).
+    public static let queueLimit = 65_536
+
+    private let channel: any Channel
+    private let peers: [ClusterMemberID: SocketAddress]
+    private let inbox: Inbox
+
+    final class Inbox: ChannelInboundHandler, Sendable {
+        typealias InboundIn = AddressedEnvelope<ByteBuffer>
+        let state = NIOLockedValueBox<(datagrams: [[UInt8]], dropped: Int)>(([], 0))
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let envelope = unwrapInboundIn(data)
+            let bytes = envelope.data.getBytes(at: envelope.data.readerIndex, length: envelope.data.readableBytes) ?? []
+            state.withLockedValue { state in
+                if state.datagrams.count < UDPSyncTransport.queueLimit { state.datagrams.append(bytes) } else { state.dropped += 1 }
+            }
+        }
+    }
+
+    /// Binds a UDP socket for `member` at `host`:`port` (0: any free port) on `group`, sending
+    /// to `peers`.
+    public static func bind(
+        member: ClusterMemberID, host: String, port: Int, peers: [ClusterMemberID: SocketAddress], group: any EventLoopGroup
+    ) async throws -> UDPSyncTransport {
+        let inbox = Inbox()
+        let channel = try await DatagramBootstrap(group: group)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelInitializer { channel in channel.pipeline.addHandler(inbox) }
+            .bind(host: host, port: port).get()
+        guard let local = channel.localAddress else { throw SyncTransportError.unreachable(member) }
+        return UDPSyncTransport(member: member, localAddress: local, channel: channel, peers: peers, inbox: inbox)
+    }
+
+    private init(member: ClusterMemberID, localAddress: SocketAddress, channel: any Channel, peers: [ClusterMemberID: SocketAddress], inbox: Inbox) {
+        self.member = member
+        self.localAddress = localAddress
+        self.channel = channel
+        self.peers = peers
+        self.inbox = inbox
+    }
+
+    /// This transport with another set of peer addresses.
+    public func with(peers: [ClusterMemberID: SocketAddress]) -> UDPSyncTransport {
+        UDPSyncTransport(member: member, localAddress: localAddress, channel: channel, peers: peers, inbox: inbox)
+    }
+
+    public mutating func send(_ datagram: [UInt8], to member: ClusterMemberID, now: Timestamp) throws(SyncTransportError) {
+        guard datagram.count <= Self.maximumDatagramSize else { throw .tooLarge(datagram.count) }
+        guard let address = peers[member] else { throw .unreachable(member) }
+        let buffer = channel.allocator.buffer(bytes: datagram)
+        channel.writeAndFlush(AddressedEnvelope(remoteAddress: address, data: buffer), promise: nil)
+    }
+
+    public mutating func receive(now: Timestamp) -> [[UInt8]] {
+        inbox.state.withLockedValue { state in
+            defer { state.datagrams.removeAll(keepingCapacity: true) }
+            return state.datagrams
+        }
+    }
+
+    /// Datagrams dropped because the queue was full.
+    public var dropped: Int { inbox.state.withLockedValue { $0.dropped } }
+
+    /// Closes the socket.
+    public func close() async throws { try await channel.close() }
+}

@@ -1,0 +1,209 @@
+import ArgumentParser
+import IPsecHACore
+import IPsecHASimulation
+import IPsecHASync
+import IPsecHASyncNIO
+import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `ikeha-demo member`: one cluster member as its own process, over real UDP sockets.
+///
+/// The active member (`--active`) holds `--ike-sas` IKE SAs with two Child SAs each, sends
+/// simulated ESP on them (counters only), checkpoints the counters, and replicates to its peer;
+/// every 20 ms it prints the highest outbound counter of its first Child SA that the standby has
+/// acknowledged: `acknowledged spi=N last_sent=N`. The standby prints `ready` once its bulk
+/// resync completed; when the active member goes silent for three heartbeats it takes over and
+/// prints one JSON line, its report, then exits.
+struct MemberCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "member",
+        abstract: "Run one cluster member over UDP (with --active, the active one)."
+    )
+
+    @Option(help: "This member's ID (1 to 15).") var id: UInt16
+    @Option(help: "Local UDP address, host:port.") var listen: String
+    @Option(help: "The peer member, id=host:port.") var peer: String
+    @Option(name: .customLong("key-file"), help: "The cluster key: a file of 32 bytes.") var keyFile: String
+    @Flag(help: "Start as the active member.") var active = false
+    @Option(name: .customLong("ike-sas"), help: "IKE SAs the active member holds.") var ikeSAs = 200
+    @Option(name: .customLong("packets-per-second"), help: "Outbound packets a second per Child SA.") var packetsPerSecond = 1_000
+    @Option(name: .customLong("duration-ms"), help: "Stop after this long (0: run until killed or taken over).") var durationMs: UInt64 = 0
+
+    static func address(_ text: String) throws -> (String, Int) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]) else {
+            throw ValidationError("expected host:port, got \(text)")
+        }
+        return (String(text[..<colon]), port)
+    }
+
+    /// Writes a line to standard output at once (a test reads it while the process runs).
+    static func emit(_ line: String) {
+        var text = line + "\n"
+        text.withUTF8 { bytes in
+            var offset = 0
+            while offset < bytes.count {
+                let written = Glibc.write(1, bytes.baseAddress! + offset, bytes.count - offset)
+                if written <= 0 { return }
+                offset += written
+            }
+        }
+    }
+
+    static func monotonicNow() -> Timestamp {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return Timestamp(nanoseconds: UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec))
+    }
+
+    static func readKey(_ path: String) throws -> ChannelKey {
+        guard let file = fopen(path, "rb") else { throw ValidationError("cannot read \(path)") }
+        defer { fclose(file) }
+        var bytes = [UInt8](repeating: 0, count: 64)
+        let count = fread(&bytes, 1, bytes.count, file)
+        return try ChannelKey(bytes: bytes.prefix(count))
+    }
+
+    func run() throws {
+        let member = ClusterMemberID(rawValue: id)
+        let parts = peer.split(separator: "=", maxSplits: 1)
+        guard parts.count == 2, let peerRaw = UInt16(parts[0]) else { throw ValidationError("--peer expects id=host:port") }
+        let peerID = ClusterMemberID(rawValue: peerRaw)
+        let (peerHost, peerPort) = try Self.address(String(parts[1]))
+        let (host, port) = try Self.address(listen)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        let peerAddress = try SocketAddress(ipAddress: peerHost, port: peerPort)
+        var transport = try group.next().makeFutureWithTask {
+            try await UDPSyncTransport.bind(member: member, host: host, port: port, peers: [peerID: peerAddress], group: group)
+        }.wait()
+        // An epoch from the clock: a restarted member comes back with a higher one.
+        let epoch = UInt32(truncatingIfNeeded: Self.monotonicNow().nanoseconds / 1_000_000) | 1
+        var configuration = SyncChannelConfiguration(clusterID: 1, member: member, epoch: epoch, key: try Self.readKey(keyFile), peers: [peerID])
+        configuration.logger.logLevel = .error
+        var channel = try SyncChannel(configuration: configuration)
+        let started = Self.monotonicNow()
+        if active {
+            try runActive(&channel, &transport, peerID: peerID, started: started)
+        } else {
+            try runStandby(&channel, &transport, activeID: peerID, started: started)
+        }
+    }
+
+    private func expired(_ started: Timestamp) -> Bool {
+        durationMs > 0 && Self.monotonicNow().nanoseconds - started.nanoseconds >= durationMs * 1_000_000
+    }
+
+    private func runActive(_ channel: inout SyncChannel, _ transport: inout UDPSyncTransport, peerID: ClusterMemberID, started: Timestamp) throws {
+        var random = SplitMix64(seed: UInt64(id))
+        var state = GatewayState()
+        var slots: [ChildSASlot] = []
+        for index in 0..<ikeSAs {
+            var ike = try SimulationFixtures.ikeSA(UInt64(index + 1), &random)
+            ike.extensions = IKEExtensions(messageIDSync: true, replayCounterSync: true)
+            _ = try state.createIKESA(ike)
+            for child in 0..<2 {
+                let spi = UInt32(0x1000 + 2 * index + child)
+                _ = try state.createChildSA(SimulationFixtures.childSA(spi, parent: ike.identifier, window: 1024, &random))
+                if let slot = state.slot(forInboundSPI: spi) { slots.append(slot) }
+            }
+        }
+        var replicator = Replicator(standbys: [peerID])
+        var scheduler = CounterCheckpointScheduler(policy: CounterCheckpointPolicy(packets: 4_096, interval: 20_000_000))
+        var pending: [(ticket: SyncTicket, lastSent: UInt64)] = []
+        var acknowledged: UInt64 = 0
+        var lastReport = started
+        var owed = 0.0
+        var last = started
+        func perform(_ actions: [SyncChannelAction], now: Timestamp) {
+            for action in actions {
+                switch action {
+                case .transmit(let to, let datagram): try? transport.send(datagram, to: to, now: now)
+                case .deliver, .resyncNeeded: perform(replicator.handle(action, state: state, channel: &channel, now: now), now: now)
+                case .peerRestarted, .dropped: break
+                }
+            }
+        }
+        while !expired(started) {
+            let now = Self.monotonicNow()
+            for datagram in transport.receive(now: now) { perform(channel.receive(datagram, now: now), now: now) }
+            perform(channel.tick(now: now), now: now)
+            perform(replicator.pump(channel: &channel, now: now), now: now)
+            // Outbound packets for the time that passed.
+            owed += Double(now.nanoseconds - last.nanoseconds) / 1e9 * Double(packetsPerSecond)
+            last = now
+            while owed >= 1 {
+                for slot in slots { _ = try? state.nextOutboundSequenceNumber(at: slot, bytes: 1_000) }
+                owed -= 1
+            }
+            let due = scheduler.takeDueCheckpoints(from: &state, now: now)
+            if !due.isEmpty {
+                let result = replicator.replicate(checkpoints: due, state: state, channel: &channel, now: now)
+                perform(result.actions, now: now)
+                if let ticket = result.tickets.first, let first = slots.first, let sa = state[first], due.contains(where: { $0.checkpoint.inboundSPI == sa.inboundSPI }) {
+                    pending.append((ticket, sa.outboundCounter.lastSent))
+                }
+            }
+            while let oldest = pending.first, channel.isAcknowledged(oldest.ticket) {
+                acknowledged = max(acknowledged, oldest.lastSent)
+                pending.removeFirst()
+            }
+            pending.removeAll { channel.wasDropped($0.ticket) }
+            if now.nanoseconds - lastReport.nanoseconds >= 20_000_000, let first = slots.first, let sa = state[first] {
+                lastReport = now
+                Self.emit("acknowledged spi=\(sa.inboundSPI) last_sent=\(acknowledged)")
+            }
+            usleep(500)
+        }
+    }
+
+    private func runStandby(_ channel: inout SyncChannel, _ transport: inout UDPSyncTransport, activeID: ClusterMemberID, started: Timestamp) throws {
+        var replica = Replica()
+        var role = ClusterRole(member: ClusterMemberID(rawValue: id), epoch: channel.configuration.epoch, isActive: false, activeMember: activeID)
+        var lastHello: Timestamp?
+        var announcedReady = false
+        while !expired(started) {
+            let now = Self.monotonicNow()
+            var actions: [SyncChannelAction] = []
+            for datagram in transport.receive(now: now) { actions += channel.receive(datagram, now: now) }
+            actions += channel.tick(now: now)
+            for action in actions {
+                switch action {
+                case .transmit(let to, let datagram): try? transport.send(datagram, to: to, now: now)
+                case .deliver(_, let records): replica.apply(records, now: now)
+                default: break
+                }
+            }
+            replica.observe(missingSince: channel.missingSince(from: activeID))
+            if !replica.isReady, !replica.isResyncing, lastHello.map({ now.nanoseconds - $0.nanoseconds >= 200_000_000 }) ?? true {
+                lastHello = now
+                if let sent = try? channel.send([replica.hello(epoch: channel.configuration.epoch)], to: activeID, now: now) {
+                    for case .transmit(let to, let datagram) in sent.actions { try? transport.send(datagram, to: to, now: now) }
+                }
+            }
+            if replica.isReady, !announcedReady {
+                announcedReady = true
+                Self.emit("ready ike_sas=\(replica.state.ikeSAs.count) child_sas=\(replica.state.childSACount)")
+            }
+            if announcedReady, role.tick(now: now, lastHeard: channel.lastHeard(from: activeID)).contains(.activeMemberFailed(activeID)) {
+                let silentFor = channel.lastHeard(from: activeID).map { (now.nanoseconds - $0.nanoseconds) / 1_000_000 } ?? 0
+                _ = try role.promote(.activeMemberSilent(activeID), newEpoch: channel.configuration.epoch + 1)
+                let plan = replica.takeoverPlan(now: now)
+                var state = replica.state
+                let outcome = state.applyTakeover(plan)
+                let first = state.childSAs.min { $0.inboundSPI < $1.inboundSPI }
+                let copy = first.flatMap { replica.state.childSA(inboundSPI: $0.inboundSPI) }
+                Self.emit(
+                    "{\"detected_after_silence_ms\": \(silentFor), \"ike_sas\": \(replica.state.ikeSAs.count), \"child_sas\": \(replica.state.childSACount), "
+                        + "\"plan_ike_sas\": \(plan.ikeSAs.count), \"plan_child_sas\": \(plan.childSAs.count), \"resumed\": \(outcome.resumed), "
+                        + "\"rekey\": \(outcome.rekey.count), \"spi\": \(first?.inboundSPI ?? 0), \"replica_last_sent\": \(copy?.outboundCounter.lastSent ?? 0), "
+                        + "\"resume_after\": \(first?.outboundCounter.lastSent ?? 0)}")
+                return
+            }
+            usleep(500)
+        }
+    }
+}
