@@ -152,6 +152,32 @@ public struct SimulationReport: Sendable, Hashable {
     }
 }
 
+/// What a picture of the failover needs, for the first few Child SAs (``ClusterSimulation/plot``):
+/// the sequence numbers each member sent over time, the peer's window top, the checkpoints,
+/// and the takeover's resume point.
+public struct FailoverPlot: Sendable {
+    /// One Child SA's history, `t` in virtual milliseconds since the run began.
+    public struct Series: Sendable {
+        /// The Child SA's outbound SPI (the peer's inbound).
+        public var spi: UInt32
+        /// Sequence numbers sent, by member: (t, member ID, number).
+        public var sent: [(t: Double, member: UInt16, number: UInt64)] = []
+        /// The peer's window top after each packet: (t, top).
+        public var peerTop: [(t: Double, top: UInt64)] = []
+        /// Counter checkpoints the active member sent: (t, last sent).
+        public var checkpoints: [(t: Double, lastSent: UInt64)] = []
+        /// Where the new active member resumed, and the last checkpoint it had: (t, last
+        /// checkpoint replicated, resume after).
+        public var takeover: (t: Double, replicated: UInt64, resumeAfter: UInt64)?
+
+    }
+
+    /// The Child SAs drawn.
+    public var series: [Series] = []
+    /// When the active member crashed and when the takeover happened, in milliseconds.
+    public var crash: Double?, failover: Double?
+}
+
 /// The peer's replay window: a plain set of the numbers seen above the bottom of the window, an
 /// implementation independent of the package's, so that a bug in one cannot hide in the other.
 struct SetReplayWindow {
@@ -192,6 +218,13 @@ public struct ClusterSimulation {
     public var trace: ((String) -> Void)?
     private var declared: Set<String> = []
     private var runStart: UInt64 = 0
+    /// With ``recordsPlot``, the data of a picture of the failover (the first three Child SAs).
+    public private(set) var plot = FailoverPlot()
+    /// Whether to collect ``plot``.
+    public var recordsPlot = false
+    private var plotIndex: [UInt32: Int] = [:]
+
+    private var milliseconds: Double { Double(now.nanoseconds - min(now.nanoseconds, runStart)) / 1e6 }
     /// What was observed so far.
     public private(set) var report = SimulationReport()
     /// The virtual clock.
@@ -357,6 +390,12 @@ public struct ClusterSimulation {
     public mutating func run(progress: (Double) -> Void = { _ in }) throws -> SimulationReport {
         let start = now.nanoseconds
         runStart = start
+        if recordsPlot {
+            for child in peers.prefix(3).compactMap(\.children.first) {
+                plotIndex[child.clusterOutbound] = plot.series.count
+                plot.series.append(FailoverPlot.Series(spi: child.clusterOutbound))
+            }
+        }
         let end = start + configuration.durationMs * 1_000_000
         while now.nanoseconds < end {
             if let crashAt = configuration.crashAtMs, crashedAt == nil, now.nanoseconds >= start + crashAt * 1_000_000, let index = active {
@@ -420,6 +459,7 @@ public struct ClusterSimulation {
     // MARK: Synch side
 
     private mutating func crash(_ index: Int) {
+        if recordsPlot { plot.crash = milliseconds }
         trace?("{\"kind\":\"crash\",\"t\":\(micros),\"member\":\"\(name(index))\"}")
         members[index].alive = false
         crashed = index
@@ -465,6 +505,12 @@ public struct ClusterSimulation {
                 let due = members[index].scheduler.takeDueCheckpoints(from: &state, now: now)
                 members[index].state = state
                 report.checkpointsSent += due.count
+                if !plotIndex.isEmpty {
+                    for entry in due {
+                        guard let sa = state.childSA(inboundSPI: entry.checkpoint.inboundSPI), let series = plotIndex[sa.outboundSPI] else { continue }
+                        plot.series[series].checkpoints.append((milliseconds, entry.checkpoint.outbound.lastSent))
+                    }
+                }
                 if !due.isEmpty {
                     try perform(withReplicator(index) { $0.replicate(checkpoints: due, state: state, channel: &$1, now: $2).actions }, at: index)
                 }
@@ -632,6 +678,14 @@ public struct ClusterSimulation {
         let plan = replica.takeoverPlan(
             policy: TakeoverPolicy(minimumAdvance: configuration.checkpointPackets, inbound: configuration.inboundPolicy), now: now)
         var state = replica.state
+        if !plotIndex.isEmpty {
+            for sa in replica.state.childSAs {
+                guard let series = plotIndex[sa.outboundSPI], let decision = plan.childSAs.first(where: { $0.inboundSPI == sa.inboundSPI }),
+                    case .resume(let resumeAfter) = decision.outbound
+                else { continue }
+                plot.series[series].takeover = (milliseconds, sa.outboundCounter.lastSent, resumeAfter)
+            }
+        }
         let rekey = state.applyTakeover(plan).rekey
         for spi in rekey { _ = try? state.deleteChildSA(inboundSPI: spi) }
         report.childSAsRekeyedByTakeover += rekey.count
@@ -659,6 +713,7 @@ public struct ClusterSimulation {
         pendingLosses = [:]
         active = index
         trace?("{\"kind\":\"failover\",\"t\":\(micros),\"to\":\"\(name(index))\"}")
+        if recordsPlot { plot.failover = milliseconds }
         for (identifier, delta) in syncs {
             if peerIndex[identifier] == nil {
                 // The peer has not had the IKE_AUTH answer yet: the sync follows its retransmission.
@@ -718,6 +773,10 @@ public struct ClusterSimulation {
                     if number.value <= highestSent[spi, default: 0] { report.sequenceNumbersReused += 1 }
                     highestSent[spi] = max(highestSent[spi, default: 0], number.value)
                     let verdict = peers[i].children[child].received.verdict(number.value)
+                    if let series = plotIndex[spi] {
+                        plot.series[series].sent.append((milliseconds, members[index].id.rawValue, number.value))
+                        plot.series[series].peerTop.append((milliseconds, peers[i].children[child].received.highest))
+                    }
                     if verdict != "accept" { report.legitPacketsRejectedByPeer += 1 }
                     traceESP(src: name(index), dst: "peer", spi: spi, seq: number.value, forged: false, verdict: verdict, receiver: "peer")
                     if random.next() % 64 == 0 { capturedToPeer.append((i, spi, number.value)) }

@@ -34,6 +34,7 @@ struct SimulateCommand: ParsableCommand {
     @Option(help: "IKE replication: sync (responses wait for the standbys) or async.") var replication = "sync"
     @Flag(help: "Print one JSON object instead of the table.") var json = false
     @Option(help: "Write every event on the outside link to this file as JSON Lines.") var trace: String?
+    @Option(help: "Draw the failover as an SVG picture in this file.") var plot: String?
 
     func makeConfiguration() throws -> SimulationConfiguration {
         var configuration = SimulationConfiguration()
@@ -88,10 +89,16 @@ struct SimulateCommand: ParsableCommand {
             }
         }
         defer { if let traceFile { fclose(traceFile) } }
+        simulation.recordsPlot = plot != nil
         let report = try simulation.run { fraction in
             if showProgress { StandardError.write("simulating: \(Int(fraction * 100))%   \r") }
         }
         if showProgress { StandardError.write(String(repeating: " ", count: 60) + "\r") }
+        if let plot {
+            guard let file = fopen(plot, "w") else { throw ValidationError("cannot write \(plot)") }
+            fputs(FailoverPlotSVG.render(simulation.plot, durationMs: Double(configuration.durationMs)), file)
+            fclose(file)
+        }
         if json {
             print(report.json)
         } else {

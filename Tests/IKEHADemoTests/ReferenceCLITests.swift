@@ -112,6 +112,11 @@ struct StateBenchCLITests {
         ] {
             #expect(safe.output.contains(key), "\(key) in \(safe.output)")
         }
+        let picture = FileManager.default.temporaryDirectory.appendingPathComponent("failover-\(getpid()).svg").path
+        defer { try? FileManager.default.removeItem(atPath: picture) }
+        #expect(try runDemo(["simulate", "--ike-sas", "10", "--duration-ms", "600", "--plot", picture]).status == 0)
+        let svg = try String(contentsOfFile: picture, encoding: .utf8)
+        #expect(svg.hasPrefix("<svg") && svg.contains("<polyline") && svg.contains("takeover: advance"))
         let unsafe = try runDemo(["simulate", "--ike-sas", "40", "--duration-ms", "1500", "--inbound-policy", "permissive"])
         #expect(unsafe.status != 0)
         #expect(unsafe.output.contains("INVARIANT VIOLATED"))

@@ -142,3 +142,26 @@ struct ClusterSimulationGridTests {
         #expect(report.takeoverMs != nil && report.ikeSAsSurvived == report.ikeSAs, "\(report.json)")
     }
 }
+
+@Suite("Cluster simulation: the failover picture's data")
+struct ClusterSimulationPlotTests {
+    @Test func thePlotShowsBothMembersTheCheckpointsAndTheAdvance() throws {
+        var simulation = try ClusterSimulation(configuration: ClusterSimulationTests.configuration())
+        simulation.recordsPlot = true
+        _ = try simulation.run()
+        let plot = simulation.plot
+        #expect(plot.series.count == 3)
+        let crash = try #require(plot.crash)
+        #expect(try #require(plot.failover) > crash)
+        for series in plot.series {
+            #expect(Set(series.sent.map(\.member)) == [1, 2], "sent before the crash by member 1, after by member 2")
+            #expect(!series.checkpoints.isEmpty && !series.peerTop.isEmpty)
+            let takeover = try #require(series.takeover)
+            #expect(takeover.resumeAfter > takeover.replicated)
+            // Member 2's first number is beyond everything member 1 sent.
+            let before = series.sent.filter { $0.member == 1 }.map(\.number).max() ?? 0
+            let after = series.sent.filter { $0.member == 2 }.map(\.number).min() ?? 0
+            #expect(after > before && after == takeover.resumeAfter + 1)
+        }
+    }
+}
