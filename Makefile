@@ -4,7 +4,7 @@
 SWIFT ?= swift
 DEBIAN_PACKAGES := libsodium-dev pkg-config
 
-.PHONY: demo test build release deps bench-replay bench-state bench-sync bench-failover clean
+.PHONY: demo test build release deps soak bench-replay bench-state bench-sync bench-failover clean
 
 deps:
 	@./scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
@@ -38,6 +38,13 @@ bench-sync: deps
 # The takeover plan for 100,000 IKE SAs and 200,000 Child SAs.
 bench-failover: deps
 	$(SWIFT) run -c release ikeha-demo bench failover
+
+# A long simulated run (5 simulated minutes, 2,000 IKE SAs and no new ones, so that the state
+# keeps its size; 20% synch loss; a crash and a
+# restart at a time drawn from the seed), with the resident memory every tenth of the way:
+# it must level off. A few minutes on this machine.
+soak: deps
+	$(SWIFT) run -c release ikeha-demo simulate --seed 11 --ike-sas 2000 --new-ike-sas-per-second 0 --duration-ms 300000 --sync-loss 0.2 --random-crash --soak
 
 clean:
 	rm -rf .build

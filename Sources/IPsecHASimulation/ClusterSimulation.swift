@@ -311,6 +311,11 @@ public struct ClusterSimulation {
     /// The crashed member, and the initiator SPIs of new IKE SAs the peer asked for.
     private var crashed: Int?
     private var restarted: Int?
+    /// Members that (re)joined and are not standbys yet, as the active member sees them: true
+    /// once their bulk resync began. Synchronous replication does not wait for them (a joining
+    /// member counts as a standby only once resynced); it leaves this set when the resync's
+    /// end is acknowledged.
+    private var joining: [ClusterMemberID: Bool] = [:]
     private var nextIKESPI: UInt64 = 1 << 40
     private var establishing: [UInt64: Timestamp] = [:]
     /// Message-ID syncs of the takeover for IKE SAs the peer did not know yet, by IKE SA.
@@ -476,6 +481,7 @@ public struct ClusterSimulation {
     private mutating func restart(_ index: Int) throws {
         crashed = nil
         restarted = index
+        joining[members[index].id] = false
         let old = members[index]
         pendingLosses[old.id] = nil
         // What reached it while it was down is gone with its memory.
@@ -526,6 +532,15 @@ public struct ClusterSimulation {
         // A loss not detected within 200 ms was of a datagram nobody had to miss (an
         // acknowledgement, a heartbeat) or was repaired first.
         for member in pendingLosses.keys { pendingLosses[member]!.removeAll { now.nanoseconds - $0.nanoseconds > 200_000_000 } }
+        if let index = active, let replicator = members[index].replicator {
+            for (member, resyncBegan) in joining {
+                if replicator.isResyncing(member) {
+                    joining[member] = true
+                } else if resyncBegan, replicator.hasCaughtUp(member, channel: members[index].channel) {
+                    joining[member] = nil
+                }
+            }
+        }
         // Held IKE responses go out once the standbys acknowledged their state.
         if let index = active {
             let channel = members[index].channel
@@ -641,7 +656,7 @@ public struct ClusterSimulation {
     private mutating func hold(_ tickets: [SyncTicket], _ message: IKEMessage) {
         var resyncing: [ClusterMemberID] = []
         if configuration.synchronousReplication, let index = active, let replicator = members[index].replicator {
-            resyncing = members.filter { $0.alive && $0.id != members[index].id && replicator.isResyncing($0.id) }.map(\.id)
+            resyncing = members.filter { $0.alive && $0.id != members[index].id && joining[$0.id] == nil && replicator.isResyncing($0.id) }.map(\.id)
         }
         held.append(Held(tickets: tickets, resyncing: resyncing, message: message))
     }
@@ -653,7 +668,7 @@ public struct ClusterSimulation {
     private func awaited(_ tickets: [SyncTicket], at index: Int) -> [SyncTicket] {
         guard configuration.synchronousReplication, let replicator = members[index].replicator else { return [] }
         return tickets.filter { ticket in
-            members.first { $0.id == ticket.peer }?.alive == true && !replicator.isResyncing(ticket.peer)
+            members.first { $0.id == ticket.peer }?.alive == true && joining[ticket.peer] == nil && !replicator.isResyncing(ticket.peer)
         }
     }
 
@@ -709,6 +724,7 @@ public struct ClusterSimulation {
         for other in members.indices where other != index {
             members[other].role = ClusterRole(member: members[other].id, epoch: members[other].role.epoch, isActive: false, activeMember: members[index].id)
             members[other].replica = Replica()
+            if members[other].alive { joining[members[other].id] = false }
         }
         pendingLosses = [:]
         active = index
@@ -834,6 +850,12 @@ public struct ClusterSimulation {
         traceESP(src: source, dst: name(index), spi: spi, seq: number, forged: forged, verdict: verdict, receiver: "cluster")
         guard verdict == "accept" else { return false }
         if !acceptedByCluster[spi, default: []].insert(number).inserted { report.replaysAccepted += 1 }
+        // Bounded memory for long runs: far below the top, no window accepts anything anyway.
+        let limit = 4 * Int(configuration.replayWindow)
+        if acceptedByCluster[spi]!.count > 2 * limit {
+            let floor = number > UInt64(limit) ? number - UInt64(limit) : 0
+            acceptedByCluster[spi] = acceptedByCluster[spi]!.filter { $0 >= floor }
+        }
         return true
     }
 
@@ -851,7 +873,8 @@ public struct ClusterSimulation {
         for i in peers.indices where !peers[i].dead {
             let identifier = peers[i].identifier
             if var outstanding = peers[i].outstanding {
-                if now.nanoseconds - outstanding.sentAt.nanoseconds >= 100_000_000 {
+                // Retransmissions back off, 100 ms doubling (RFC 7296 section 2.1): about 3 s in all.
+                if now.nanoseconds - outstanding.sentAt.nanoseconds >= 100_000_000 << UInt64(outstanding.attempts) {
                     guard outstanding.attempts < 5 else {
                         peers[i].dead = true
                         continue

@@ -35,6 +35,7 @@ struct SimulateCommand: ParsableCommand {
     @Flag(help: "Print one JSON object instead of the table.") var json = false
     @Option(help: "Write every event on the outside link to this file as JSON Lines.") var trace: String?
     @Option(help: "Draw the failover as an SVG picture in this file.") var plot: String?
+    @Flag(help: "Print the resident memory on standard error at every tenth of the run (for make soak).") var soak = false
 
     func makeConfiguration() throws -> SimulationConfiguration {
         var configuration = SimulationConfiguration()
@@ -90,8 +91,13 @@ struct SimulateCommand: ParsableCommand {
         }
         defer { if let traceFile { fclose(traceFile) } }
         simulation.recordsPlot = plot != nil
+        var nextSample = 0.0
         let report = try simulation.run { fraction in
             if showProgress { StandardError.write("simulating: \(Int(fraction * 100))%   \r") }
+            if soak, fraction >= nextSample {
+                nextSample += 0.1
+                StandardError.write("soak: \(Int(fraction * 100))% resident_bytes=\(residentMemoryBytes() ?? 0)\n")
+            }
         }
         if showProgress { StandardError.write(String(repeating: " ", count: 60) + "\r") }
         if let plot {
