@@ -41,17 +41,7 @@ struct MemberCommand: ParsableCommand {
     }
 
     /// Writes a line to standard output at once (a test reads it while the process runs).
-    static func emit(_ line: String) {
-        var text = line + "\n"
-        text.withUTF8 { bytes in
-            var offset = 0
-            while offset < bytes.count {
-                let written = Glibc.write(1, bytes.baseAddress! + offset, bytes.count - offset)
-                if written <= 0 { return }
-                offset += written
-            }
-        }
-    }
+    static func emit(_ line: String) { writeUnbuffered(line + "\n", to: 1) }
 
     static func monotonicNow() -> Timestamp {
         var time = timespec()
