@@ -185,8 +185,6 @@ struct SetReplayWindow {
     var highest: UInt64 = 0
     var seen: Set<UInt64> = []
 
-    mutating func accept(_ number: UInt64) -> Bool { verdict(number) == "accept" }
-
     /// `accept`, `replay` (seen) or `stale` (below the window, or 0), recording what it accepts.
     mutating func verdict(_ number: UInt64) -> String {
         guard number > 0, number + size > highest else { return "stale" }
@@ -552,7 +550,7 @@ public struct ClusterSimulation {
             while released < held.count,
                 held[released].tickets.allSatisfy({ channel.isAcknowledged($0) || (channel.wasDropped($0) && replicator.hasCaughtUp($0.peer, channel: channel)) }),
                 held[released].resyncing.allSatisfy({ member in
-                    members.first { $0.id == member }?.alive != true || replicator.hasCaughtUp(member, channel: channel)
+                    !isAlive(member) || replicator.hasCaughtUp(member, channel: channel)
                 })
             {
                 let message = held[released].message
@@ -611,7 +609,7 @@ public struct ClusterSimulation {
             case .transmit(let to, let datagram):
                 let lost = network.lost
                 try members[index].transport.send(datagram, to: to, now: now)
-                if index == active, network.lost > lost, members.first(where: { $0.id == to })?.alive == true {
+                if index == active, network.lost > lost, isAlive(to) {
                     pendingLosses[to, default: []].append(now)
                 }
             case .deliver(let from, let records):
@@ -648,6 +646,9 @@ public struct ClusterSimulation {
         return awaited(result.tickets, at: index)
     }
 
+    /// Whether the member with this ID runs.
+    private func isAlive(_ id: ClusterMemberID) -> Bool { members.contains { $0.id == id && $0.alive } }
+
     /// Whether a held message matches.
     private func isHeld(_ matches: (IKEMessage) -> Bool) -> Bool { held.contains { matches($0.message) } }
 
@@ -668,7 +669,7 @@ public struct ClusterSimulation {
     private func awaited(_ tickets: [SyncTicket], at index: Int) -> [SyncTicket] {
         guard configuration.synchronousReplication, let replicator = members[index].replicator else { return [] }
         return tickets.filter { ticket in
-            members.first { $0.id == ticket.peer }?.alive == true && joining[ticket.peer] == nil && !replicator.isResyncing(ticket.peer)
+            isAlive(ticket.peer) && joining[ticket.peer] == nil && !replicator.isResyncing(ticket.peer)
         }
     }
 
