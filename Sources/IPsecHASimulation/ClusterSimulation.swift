@@ -286,12 +286,12 @@ public struct ClusterSimulation {
     private var peerIndex: [IKESAIdentifier: Int] = [:]
     private var outside: [(at: UInt64, message: IKEMessage)] = []
     /// Responses the active member holds until the standbys acknowledged what they depend on:
-    /// the tickets, and the standbys that were resyncing (no ticket: they must catch up).
+    /// the tickets, and the standbys that were catching up (no ticket: they must catch up).
     private var held: [Held] = []
 
     struct Held {
         var tickets: [SyncTicket]
-        var resyncing: [ClusterMemberID]
+        var catchingUp: [ClusterMemberID]
         var message: IKEMessage
     }
     /// Cluster requests awaiting a response: IKE SA -> message ID.
@@ -549,7 +549,7 @@ public struct ClusterSimulation {
             // A ticket a stream reset dropped is made good by the resync that followed it.
             while released < held.count,
                 held[released].tickets.allSatisfy({ channel.isAcknowledged($0) || (channel.wasDropped($0) && replicator.hasCaughtUp($0.peer, channel: channel)) }),
-                held[released].resyncing.allSatisfy({ member in
+                held[released].catchingUp.allSatisfy({ member in
                     !isAlive(member) || replicator.hasCaughtUp(member, channel: channel)
                 })
             {
@@ -653,23 +653,23 @@ public struct ClusterSimulation {
     private func isHeld(_ matches: (IKEMessage) -> Bool) -> Bool { held.contains { matches($0.message) } }
 
     /// Holds an IKE message until its tickets are acknowledged and, with synchronous
-    /// replication, every live standby that was resyncing has caught up.
+    /// replication, every live standby that was catching up has caught up.
     private mutating func hold(_ tickets: [SyncTicket], _ message: IKEMessage) {
-        var resyncing: [ClusterMemberID] = []
+        var catchingUp: [ClusterMemberID] = []
         if configuration.synchronousReplication, let index = active, let replicator = members[index].replicator {
-            resyncing = members.filter { $0.alive && $0.id != members[index].id && joining[$0.id] == nil && replicator.isResyncing($0.id) }.map(\.id)
+            catchingUp = members.filter { $0.alive && $0.id != members[index].id && joining[$0.id] == nil && replicator.isCatchingUp($0.id) }.map(\.id)
         }
-        held.append(Held(tickets: tickets, resyncing: resyncing, message: message))
+        held.append(Held(tickets: tickets, catchingUp: catchingUp, message: message))
     }
 
     /// The tickets synchronous replication waits for: those of standbys that are up and not
     /// being resynced (a failed standby would hold every exchange until it came back; a
-    /// resyncing one until its resync ended). An embedder decides the same from its failure
-    /// detector and ``Replicator/isResyncing(_:)``.
+    /// catching-up one until its resync or backlog was sent). An embedder decides the same from
+    /// its failure detector and ``Replicator/isCatchingUp(_:)``.
     private func awaited(_ tickets: [SyncTicket], at index: Int) -> [SyncTicket] {
         guard configuration.synchronousReplication, let replicator = members[index].replicator else { return [] }
         return tickets.filter { ticket in
-            isAlive(ticket.peer) && joining[ticket.peer] == nil && !replicator.isResyncing(ticket.peer)
+            isAlive(ticket.peer) && joining[ticket.peer] == nil && !replicator.isCatchingUp(ticket.peer)
         }
     }
 

@@ -141,7 +141,7 @@ public struct ReplicationPair {
         let end = now.nanoseconds + limit
         while now.nanoseconds < end {
             try run(for: step, step: step)
-            if replica.isReady, network.pending == 0, !replicator.isResyncing(Self.standbyID),
+            if replica.isReady, network.pending == 0, !replicator.isCatchingUp(Self.standbyID),
                 activeChannel.replicationLag(to: Self.standbyID, now: now) == 0
             {
                 return true

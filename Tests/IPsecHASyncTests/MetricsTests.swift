@@ -47,4 +47,23 @@ struct MetricsTests {
         _ = try pair.settle()
         #expect(pair.activeChannel.replicationLag(to: ReplicationPair.standbyID, now: pair.now) == 0)
     }
+
+    @Test func theActiveMemberReportsWhatWaitsForAStandby() throws {
+        let factory = TestMetrics()
+        var pair = try ReplicationPair(seed: 54) { $0.retransmitBufferLimit = 4 }
+        _ = try pair.settle()
+        var reporter = withMetricsFactory(factory) { SyncMetricsReporter(peers: [ReplicationPair.standbyID]) }
+        var history = HistoryGenerator(seed: 55)
+        for _ in 0..<100 { _ = try pair.replicate(try history.step(&pair.state)) }
+        let waiting = pair.replicator.waitingRecords(for: ReplicationPair.standbyID)
+        #expect(waiting > 0)
+        reporter.report(channel: pair.activeChannel, replicator: pair.replicator, now: pair.now)
+        #expect(try factory.expectGauge("ipsecha_sync_waiting_records", [("peer", "2")]).lastValue == Double(waiting))
+        #expect(try factory.expectCounter("ipsecha_sync_backlogs").totalValue == 1)
+        #expect(try factory.expectCounter("ipsecha_sync_resyncs_started").totalValue == 1)
+        _ = try pair.settle()
+        reporter.report(channel: pair.activeChannel, replicator: pair.replicator, now: pair.now)
+        #expect(try factory.expectGauge("ipsecha_sync_waiting_records", [("peer", "2")]).lastValue == 0)
+        #expect(try factory.expectCounter("ipsecha_sync_backlogs").totalValue == 1, "counted once")
+    }
 }

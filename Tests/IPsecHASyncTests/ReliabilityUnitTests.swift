@@ -47,6 +47,18 @@ struct ReliableSenderTests {
         #expect(sender.negativeAcknowledge([SequenceRange(6, 9)], now: t0).lost, "never sent")
     }
 
+    /// A receiver that has not yet seen the datagram announcing a stream reset (it can arrive
+    /// after later ones) asks for numbers the reset dropped: nothing to resend, and no reset.
+    @Test func aRequestForWhatAResetDroppedNeedsNoFurtherReset() {
+        var sender = filled(8, limit: 16)
+        sender.resetStream()
+        for index in 0..<4 { _ = sender.enqueue([UInt8(index)], now: t0) }
+        let answer = sender.negativeAcknowledge([SequenceRange(1, 10)], now: t0)
+        #expect(!answer.lost)
+        #expect(answer.retransmit.map(\.sequence) == [9, 10])
+        #expect(answer.retransmit.first?.streamReset == true, "the resent first datagram still announces the reset")
+    }
+
     @Test func timeoutsAndStreamReset() {
         var sender = filled(4)
         sender.acknowledge(cumulative: 0, selective: [SequenceRange(2, 2)])

@@ -282,3 +282,74 @@ struct InFlightTests {
         if case .messageIDsUpdated = changes.first {} else { Issue.record("expected a message-ID-only change") }
     }
 }
+
+@Suite("Flow control toward a standby")
+struct FlowControlTests {
+    /// A pair whose channel holds only 8 unacknowledged datagrams, ready and idle.
+    func smallBufferPair(seed: UInt64, backlogLimit: Int = 16_384) throws -> ReplicationPair {
+        var pair = try ReplicationPair(seed: seed) { $0.retransmitBufferLimit = 8 }
+        pair.replicator = Replicator(standbys: [ReplicationPair.standbyID], backlogLimit: backlogLimit)
+        #expect(try pair.settle())
+        return pair
+    }
+
+    @Test func aFullBufferQueuesRecordsInsteadOfResyncing() throws {
+        var pair = try smallBufferPair(seed: 90)
+        var history = HistoryGenerator(seed: 91)
+        // Many sends within one instant: the buffer fills long before any acknowledgement.
+        var tickets: [SyncTicket] = []
+        for _ in 0..<200 { tickets += try pair.replicate(try history.step(&pair.state)) }
+        #expect(tickets.count < 200, "some sends found the buffer full")
+        #expect(pair.replicator.backlogsStarted == 1)
+        #expect(pair.replicator.isCatchingUp(ReplicationPair.standbyID))
+        #expect(!pair.replicator.isResyncing(ReplicationPair.standbyID))
+        #expect(!pair.replicator.hasCaughtUp(ReplicationPair.standbyID, channel: pair.activeChannel))
+        #expect(try pair.settle())
+        #expect(pair.replicator.hasCaughtUp(ReplicationPair.standbyID, channel: pair.activeChannel))
+        #expect(pair.replica.state == pair.state)
+        #expect(pair.replicator.resyncsStarted == 1, "only the resync that made the standby ready")
+        #expect(pair.replicator.backlogOverflows == 0)
+    }
+
+    @Test func aBacklogPastItsLimitBecomesAResync() throws {
+        var pair = try smallBufferPair(seed: 92, backlogLimit: 20)
+        var history = HistoryGenerator(seed: 93)
+        for _ in 0..<200 { _ = try pair.replicate(try history.step(&pair.state)) }
+        #expect(pair.replicator.backlogOverflows >= 1)
+        #expect(pair.replicator.resyncsStarted >= 2)
+        #expect(try pair.settle())
+        #expect(pair.replica.state == pair.state)
+        #expect(pair.replica.statistics.resyncsIncomplete == 0)
+    }
+
+    /// A resync leaves in one burst; with reordering, later datagrams reach the standby before
+    /// the one that announces the stream's reset, and the standby asks for the numbers below
+    /// them. That request must not reset the stream again (it did: a lossy standby was resynced
+    /// over and over and was not ready when the active failed).
+    @Test func aReorderedResyncDoesNotResetItself() throws {
+        var faults = NetworkFaults()
+        faults.jitter = 2_000_000
+        var pair = try ReplicationPair(seed: 94, faults: faults)
+        // Datagrams the standby never gets, so that the reset skips numbers it must not ask for.
+        pair.network.faults.partitions = [[1, 2]]
+        var history = HistoryGenerator(seed: 96)
+        for _ in 0..<20 { _ = try pair.replicate(try history.step(&pair.state)) }
+        var records = RecordGenerator(seed: 95)
+        for _ in 0..<1_000 { _ = try pair.state.createIKESA(records.ikeSA()) }
+        try pair.run(for: 10_000_000)
+        pair.network.faults.partitions = []
+        #expect(try pair.settle())
+        #expect(pair.replicator.resyncsStarted == 1)
+        #expect(pair.activeChannel.statistics.streamResets == 1)
+        pair.network.faults.loss = 0.2
+        for _ in 0..<300 {
+            _ = try pair.replicate(try history.step(&pair.state))
+            try pair.run(for: 1_000_000)
+        }
+        pair.network.faults.loss = 0
+        #expect(try pair.settle())
+        #expect(pair.replica.state == pair.state)
+        #expect(pair.replicator.resyncsStarted == 1)
+        #expect(pair.standbyChannel.statistics.negativeAcknowledgementsSent > 0)
+    }
+}

@@ -63,8 +63,8 @@ public enum SyncChannelAction: Sendable, Equatable {
     case deliver(from: ClusterMemberID, records: [SyncRecord])
     /// A peer started again with a new epoch: whatever it held of this member's stream is gone.
     case peerRestarted(ClusterMemberID, epoch: UInt32)
-    /// The stream to this peer was reset because something it missed is no longer held: send it
-    /// a resync.
+    /// The stream to this peer was reset (the peer restarted or rotated its keys, or asked for
+    /// datagrams never sent): send it a resync.
     case resyncNeeded(ClusterMemberID)
     /// A datagram was dropped, and why. No state changed.
     case dropped(SyncChannelError)
@@ -88,7 +88,7 @@ public struct SyncChannelStatistics: Sendable, Hashable {
     public var gapsDetected: UInt64 = 0
     /// Negative acknowledgements sent.
     public var negativeAcknowledgementsSent: UInt64 = 0
-    /// Streams reset because lost data was no longer held.
+    /// Streams reset: a peer restarted or rotated its keys, or asked for datagrams never sent.
     public var streamResets: UInt64 = 0
 }
 
@@ -305,7 +305,7 @@ public struct SyncChannel {
                     statistics.streamResets += 1
                     actions.append(.resyncNeeded(header.sender))
                     configuration.logger.warning(
-                        "synch stream reset: the peer asked for records no longer held; a resync follows",
+                        "synch stream reset: the peer asked for records never sent; a resync follows",
                         metadata: ["peer": "\(header.sender.rawValue)", "missing": "\(ranges)"])
                 }
             case .heartbeat(let highest, _):

@@ -4,8 +4,8 @@ import Metrics
 /// Publishes the synch channel's and the replica's counters to swift-metrics (whatever backend
 /// the process bootstrapped: Prometheus, StatsD, OpenTelemetry...).
 ///
-/// The channel and the replica are plain values that count; call ``report(channel:replica:now:)``
-/// from the owner's loop (every tick, or every second): it adds what changed since the last
+/// The channel, the replica and the replicator are plain values that count; call
+/// ``report(channel:replica:replicator:now:)`` from the owner's loop (every tick, or every second): it adds what changed since the last
 /// report to the counters and sets the replication-lag gauge.
 ///
 /// | metric | kind | meaning |
@@ -19,7 +19,11 @@ import Metrics
 /// | `ipsecha_sync_malformed_dropped` | counter | other datagrams dropped |
 /// | `ipsecha_sync_resyncs_completed` | counter | bulk resyncs a replica completed |
 /// | `ipsecha_sync_records_stale` | counter | records older than the state held, ignored |
+/// | `ipsecha_sync_resyncs_started` | counter | bulk resyncs the active member started |
+/// | `ipsecha_sync_backlogs` | counter | times records waited because a standby's buffer was full |
+/// | `ipsecha_sync_backlog_overflows` | counter | times a standby's waiting records passed the limit (a resync followed) |
 /// | `ipsecha_sync_replication_lag_seconds` | gauge, per peer | age of the oldest unacknowledged datagram |
+/// | `ipsecha_sync_waiting_records` | gauge, per peer | records waiting for room in the channel's buffer (active member) |
 public struct SyncMetricsReporter {
     private let datagramsSent = Counter(label: "ipsecha_sync_datagrams_sent")
     private let retransmissions = Counter(label: "ipsecha_sync_retransmissions")
@@ -30,22 +34,28 @@ public struct SyncMetricsReporter {
     private let malformed = Counter(label: "ipsecha_sync_malformed_dropped")
     private let resyncs = Counter(label: "ipsecha_sync_resyncs_completed")
     private let stale = Counter(label: "ipsecha_sync_records_stale")
+    private let resyncsStarted = Counter(label: "ipsecha_sync_resyncs_started")
+    private let backlogs = Counter(label: "ipsecha_sync_backlogs")
+    private let backlogOverflows = Counter(label: "ipsecha_sync_backlog_overflows")
     private var lastChannel = SyncChannelStatistics()
     private var lastReplica = ReplicaStatistics()
+    private var lastReplicator = (resyncs: 0, backlogs: 0, overflows: 0)
     private var lagGauges: [ClusterMemberID: Gauge] = [:]
+    private var waitingGauges: [ClusterMemberID: Gauge] = [:]
 
     /// A reporter for a member with these peers; the metrics are created in the bootstrapped
     /// backend (or the task's, under `withMetricsFactory`).
     public init(peers: [ClusterMemberID]) {
         for peer in peers {
             lagGauges[peer] = Gauge(label: "ipsecha_sync_replication_lag_seconds", dimensions: [("peer", "\(peer.rawValue)")])
+            waitingGauges[peer] = Gauge(label: "ipsecha_sync_waiting_records", dimensions: [("peer", "\(peer.rawValue)")])
         }
     }
 
     /// Adds what changed since the last report.
-    public mutating func report(channel: SyncChannel, replica: Replica? = nil, now: Timestamp) {
+    public mutating func report(channel: SyncChannel, replica: Replica? = nil, replicator: Replicator? = nil, now: Timestamp) {
         let current = channel.statistics
-        func add(_ counter: Counter, _ new: UInt64, _ old: UInt64) {
+        func add<Count: BinaryInteger>(_ counter: Counter, _ new: Count, _ old: Count) {
             if new > old { counter.increment(by: Int64(clamping: new - old)) }
         }
         add(datagramsSent, current.datagramsSent, lastChannel.datagramsSent)
@@ -60,6 +70,13 @@ public struct SyncMetricsReporter {
             add(resyncs, replica.statistics.resyncsCompleted, lastReplica.resyncsCompleted)
             add(stale, replica.statistics.stale, lastReplica.stale)
             lastReplica = replica.statistics
+        }
+        if let replicator {
+            add(resyncsStarted, replicator.resyncsStarted, lastReplicator.resyncs)
+            add(backlogs, replicator.backlogsStarted, lastReplicator.backlogs)
+            add(backlogOverflows, replicator.backlogOverflows, lastReplicator.overflows)
+            lastReplicator = (replicator.resyncsStarted, replicator.backlogsStarted, replicator.backlogOverflows)
+            for (peer, gauge) in waitingGauges { gauge.record(Double(replicator.waitingRecords(for: peer))) }
         }
         for (peer, gauge) in lagGauges {
             gauge.record(Double(channel.replicationLag(to: peer, now: now)) / 1e9)

@@ -2,8 +2,9 @@ import IPsecHACore
 
 /// The sending half of the reliable stream to one peer: numbers reliable datagrams 1, 2, 3...,
 /// keeps each until it is acknowledged, retransmits on negative acknowledgement or time-out,
-/// and says when something asked for is no longer held (the stream must be reset and a resync
-/// follow). Sans-I/O: it returns what to send; sealing happens in ``SyncChannel``.
+/// and says when a peer asks for something never sent (the stream must be reset and a resync
+/// follow). Everything unacknowledged is held: when the buffer is full nothing more is taken.
+/// Sans-I/O: it returns what to send; sealing happens in ``SyncChannel``.
 struct ReliableSender {
     struct Outstanding {
         let sequence: UInt64
@@ -87,17 +88,19 @@ struct ReliableSender {
         }
     }
 
-    /// The datagrams a negative acknowledgement asks for; `lost` when some are no longer held.
+    /// The datagrams a negative acknowledgement asks for; `lost` when it asks for some that were
+    /// never sent (a peer that lost track of the stream: only a reset can help).
+    ///
+    /// Numbers at or below the cumulative acknowledgement need nothing: they were acknowledged
+    /// (the request is older than the acknowledgement that overtook it), or a stream reset
+    /// dropped them and the datagram that tells the receiver so is still on its way (it can
+    /// arrive after later ones). Resetting again for those, as this once did, made a reordered
+    /// resync reset itself: a standby under loss was resynced over and over.
     mutating func negativeAcknowledge(_ ranges: [SequenceRange], now: Timestamp) -> (retransmit: [Outstanding], lost: Bool) {
         var retransmit: [Outstanding] = []
         var lost = false
         for range in ranges {
-            if range.lower <= cumulativeAcknowledged || range.upper > highestSent {
-                // Asked for something acknowledged before (a receiver that lost its state) or
-                // never sent: only a reset can help.
-                lost = lost || range.upper > cumulativeAcknowledged
-                if range.upper <= cumulativeAcknowledged { continue }
-            }
+            if range.upper > highestSent { lost = true }
             for index in indices(of: range) where !storage[index].selectivelyAcknowledged {
                 storage[index].lastSent = now
                 storage[index].transmissions += 1

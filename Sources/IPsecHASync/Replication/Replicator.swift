@@ -25,25 +25,30 @@ extension SyncRecord {
 /// Tickets let the caller hold an IKE message until the standbys have acknowledged the state
 /// it depends on (synchronous replication); ignoring them gives asynchronous replication.
 public struct Replicator {
-    /// A bulk resync being streamed to one standby, as the channel's buffer lets it.
+    /// What one standby still has to be sent, as the channel's buffer lets it: a bulk resync
+    /// followed by the records of changes made since its snapshot, or only such records (a
+    /// backlog) when the buffer was full for a moment.
     ///
-    /// It reads a snapshot of the state taken when it began (copy-on-write: free until the
-    /// active member changes its own state) and makes each record when it is sent, so that a
-    /// resync of hundreds of thousands of SAs never holds them all as records at once.
-    struct Resync {
+    /// A resync reads a snapshot of the state taken when it began (copy-on-write: free until
+    /// the active member changes its own state) and makes each record when it is sent, so that
+    /// a resync of hundreds of thousands of SAs never holds them all as records at once.
+    struct Pending {
         let id: UInt32
-        let snapshot: GatewayState
+        /// Nil for a backlog.
+        let snapshot: GatewayState?
         /// IKE SAs in identifier order (by dictionary index, so that none is hashed again) and
         /// Child SAs in slot order: the same history gives the same stream. (IKE SA by IKE SA,
         /// each followed by its Child SAs, was tried: reading the Child SAs out of slot order
         /// cost the sender more than the standby saved.)
         let ikeSAs: [Dictionary<IKESAIdentifier, IKESA>.Index]
         let childSlots: [ChildSASlot]
-        /// Records of changes made since the snapshot, sent after the resync's end.
+        /// Records of changes made since the snapshot (or queued in a backlog), sent after the
+        /// resync's end.
         var appended: [SyncRecord] = []
         /// Position of the next record to send.
         var next = 0
 
+        /// A resync of `snapshot`.
         init(id: UInt32, snapshot: GatewayState) {
             self.id = id
             self.snapshot = snapshot
@@ -55,12 +60,31 @@ public struct Replicator {
             childSlots = slots
         }
 
-        /// Begin, policies, IKE SAs, Child SAs, end, then the appended records.
-        var count: Int { snapshot.spd.policies.count + ikeSAs.count + childSlots.count + 2 + appended.count }
+        /// A backlog of `records`.
+        init(backlog records: [SyncRecord]) {
+            id = 0
+            snapshot = nil
+            ikeSAs = []
+            childSlots = []
+            appended = records
+        }
+
+        /// Begin, policies, IKE SAs, Child SAs and end of a resync: 0 for a backlog.
+        var snapshotCount: Int {
+            guard let snapshot else { return 0 }
+            return snapshot.spd.policies.count + ikeSAs.count + childSlots.count + 2
+        }
+
+        var count: Int { snapshotCount + appended.count }
+
+        /// Records not yet sent that a later resync would make good (those of the snapshot are
+        /// made again from the state when they are needed).
+        var unsentAppended: Int { count - max(next, snapshotCount) }
 
         func records(_ positions: Range<Int>) -> [SyncRecord] { positions.map(record(at:)) }
 
         func record(at position: Int) -> SyncRecord {
+            guard let snapshot else { return appended[position] }
             var offset = position
             let policies = snapshot.spd.policies
             if offset == 0 {
@@ -85,33 +109,57 @@ public struct Replicator {
 
     /// The standbys replicated to.
     public let standbys: [ClusterMemberID]
-    private var resyncs: [ClusterMemberID: Resync] = [:]
-    /// The ticket of the last datagram of each standby's latest resync, the records appended to
-    /// it included.
+    private var pending: [ClusterMemberID: Pending] = [:]
+    /// The ticket of the last datagram sent from each standby's latest resync or backlog.
     private var resyncCompletions: [ClusterMemberID: SyncTicket] = [:]
     private var nextResyncID: UInt32 = 1
+    /// At most this many records wait for one standby (a backlog, or the changes made during a
+    /// resync); one more starts a fresh resync from the current state instead, which replaces
+    /// them. Memory stays bounded when a standby cannot keep up; the operator sees
+    /// ``backlogOverflows`` and ``resyncsStarted`` climb.
+    public let backlogLimit: Int
     /// Bulk resyncs started so far.
     public private(set) var resyncsStarted = 0
+    /// Times records were queued because the channel's buffer to a standby was full.
+    public private(set) var backlogsStarted = 0
+    /// Times a standby's queued records passed ``backlogLimit`` (each started a resync).
+    public private(set) var backlogOverflows = 0
 
     /// A replicator for these standbys.
-    public init(standbys: [ClusterMemberID]) { self.standbys = standbys }
+    public init(standbys: [ClusterMemberID], backlogLimit: Int = 16_384) {
+        self.standbys = standbys
+        self.backlogLimit = max(backlogLimit, 1)
+    }
 
     /// Whether a bulk resync to `standby` is still being streamed.
-    public func isResyncing(_ standby: ClusterMemberID) -> Bool { resyncs[standby] != nil }
+    public func isResyncing(_ standby: ClusterMemberID) -> Bool { pending[standby]?.snapshot != nil }
+
+    /// Whether records for `standby` wait to be sent: a resync is being streamed, or a backlog
+    /// waits for room in the channel's buffer. Such a standby gets no tickets; hold what
+    /// depends on it until ``hasCaughtUp(_:channel:)``.
+    public func isCatchingUp(_ standby: ClusterMemberID) -> Bool { pending[standby] != nil }
+
+    /// Records of changes that wait for `standby`, behind a resync or in a backlog (at most
+    /// ``backlogLimit``).
+    public func waitingRecords(for standby: ClusterMemberID) -> Int { pending[standby]?.unsentAppended ?? 0 }
 
     /// Whether a standby holds everything replicated so far that it did not get a ticket for:
-    /// it is not being resynced, and it acknowledged the end of its latest resync (with the
-    /// records that changes made during it appended). Synchronous replication holds an IKE
-    /// message for a standby that was resyncing when the change was made until this is true,
-    /// since ``replicate(_:state:channel:now:)`` gives no ticket for such a standby.
+    /// nothing waits for it (``isCatchingUp(_:)`` is false), and it acknowledged the last
+    /// datagram of its latest resync or backlog. Synchronous replication holds an IKE message
+    /// for a standby that was catching up when the change was made until this is true, since
+    /// ``replicate(_:state:channel:now:)`` gives no ticket for such a standby.
     public func hasCaughtUp(_ standby: ClusterMemberID, channel: SyncChannel) -> Bool {
-        guard resyncs[standby] == nil else { return false }
+        guard pending[standby] == nil else { return false }
         return resyncCompletions[standby].map(channel.isAcknowledged) ?? true
     }
 
-    /// Sends the records of `changes` to every standby. A standby being resynced gets them
-    /// after its resync; a standby whose buffer is full is resynced from `state` (which must
-    /// already include the changes). Returns one ticket per standby that got the records now.
+    /// Sends the records of `changes` to every standby. A standby that is catching up
+    /// (``isCatchingUp(_:)``) gets them after what waits for it; when the channel's buffer to a
+    /// standby is full they wait in a backlog that ``pump(channel:now:)`` sends as the buffer
+    /// frees (a full buffer is a moment of loss or load, which a resync would only prolong:
+    /// the resync itself fills the buffer). Past ``backlogLimit`` the standby is resynced from
+    /// `state` (which must already include the changes). Returns one ticket per standby that
+    /// got the records now.
     public mutating func replicate(
         _ changes: [StateChange], state: GatewayState, channel: inout SyncChannel, now: Timestamp
     ) -> (tickets: [SyncTicket], actions: [SyncChannelAction]) {
@@ -125,19 +173,40 @@ public struct Replicator {
         var tickets: [SyncTicket] = []
         var actions: [SyncChannelAction] = []
         for standby in standbys {
-            if resyncs[standby] != nil {
-                resyncs[standby]!.appended += records
-                continue
-            }
-            do {
-                let sent = try channel.send(records, to: standby, now: now)
-                if let ticket = sent.ticket { tickets.append(ticket) }
-                actions += sent.actions
-            } catch {
-                actions += startResync(of: standby, from: state, channel: &channel, now: now)
-            }
+            let sent = replicate(records: records, to: standby, state: state, channel: &channel, now: now)
+            if let ticket = sent.ticket { tickets.append(ticket) }
+            actions += sent.actions
         }
         return (tickets, actions)
+    }
+
+    private mutating func replicate(
+        records: [SyncRecord], to standby: ClusterMemberID, state: GatewayState, channel: inout SyncChannel, now: Timestamp
+    ) -> (ticket: SyncTicket?, actions: [SyncChannelAction]) {
+        if pending[standby] != nil {
+            return (nil, enqueue(records, for: standby, state: state, channel: &channel, now: now))
+        }
+        do {
+            return try channel.send(records, to: standby, now: now)
+        } catch .sendQueueFull {
+            backlogsStarted += 1
+            pending[standby] = Pending(backlog: records)
+            return (nil, [])
+        } catch {
+            return (nil, startResync(of: standby, from: state, channel: &channel, now: now))
+        }
+    }
+
+    /// Queues records behind what already waits for `standby`, or resyncs it past the limit.
+    private mutating func enqueue(
+        _ records: [SyncRecord], for standby: ClusterMemberID, state: GatewayState, channel: inout SyncChannel, now: Timestamp
+    ) -> [SyncChannelAction] {
+        guard pending[standby]!.unsentAppended + records.count <= backlogLimit else {
+            backlogOverflows += 1
+            return startResync(of: standby, from: state, channel: &channel, now: now)
+        }
+        pending[standby]!.appended += records
+        return []
     }
 
     /// Tells the standbys that an exchange on an IKE SA started (`finished` false) or finished,
@@ -194,13 +263,14 @@ public struct Replicator {
         nextResyncID &+= 1
         resyncsStarted += 1
         channel.resetStream(to: standby)
-        resyncs[standby] = Resync(id: id, snapshot: state)
+        pending[standby] = Pending(id: id, snapshot: state)
         return pump(channel: &channel, now: now)
     }
 
     /// Answers a standby's request for particular IKE SAs: each is sent whole with its Child SAs,
     /// or as deleted when the active member no longer has it. Requests for more than 256 IKE SAs,
-    /// or that do not fit the channel's buffer, are answered with a full resync instead.
+    /// are answered with a full resync instead; when the channel's buffer is full they wait
+    /// like any other records.
     public mutating func resync(
         _ identifiers: [IKESAIdentifier], of standby: ClusterMemberID, from state: GatewayState,
         channel: inout SyncChannel, now: Timestamp
@@ -217,17 +287,14 @@ public struct Replicator {
                 if let child = state.childSA(inboundSPI: spi) { records.append(.childSAUpsert(child)) }
             }
         }
-        guard let sent = try? channel.send(records, to: standby, now: now) else {
-            return startResync(of: standby, from: state, channel: &channel, now: now)
-        }
-        return sent.actions
+        return replicate(records: records, to: standby, state: state, channel: &channel, now: now).actions
     }
 
-    /// Sends as much of every pending resync as the channel's buffers take.
+    /// Sends as much of every pending resync and backlog as the channel's buffers take.
     public mutating func pump(channel: inout SyncChannel, now: Timestamp) -> [SyncChannelAction] {
         var actions: [SyncChannelAction] = []
-        for standby in resyncs.keys.sorted() {
-            var resync = resyncs[standby]!
+        for standby in pending.keys.sorted() {
+            var resync = pending[standby]!
             // Records of a few hundred bytes each: about four per datagram at the default size.
             while resync.next < resync.count, channel.reliableCapacity(to: standby) > 0 {
                 let batchEnd = min(resync.next + 64, resync.count)
@@ -243,7 +310,7 @@ public struct Replicator {
                 if end == resync.next { break }
                 resync.next = end
             }
-            resyncs[standby] = resync.next < resync.count ? resync : nil
+            pending[standby] = resync.next < resync.count ? resync : nil
         }
         return actions
     }
@@ -258,7 +325,7 @@ public struct Replicator {
         case .resyncNeeded(let standby):
             return startResync(of: standby, from: state, channel: &channel, now: now)
         case .deliver(let standby, let records):
-            guard standbys.contains(standby), resyncs[standby] == nil else { return [] }
+            guard standbys.contains(standby), pending[standby]?.snapshot == nil else { return [] }
             var named: [IKESAIdentifier] = []
             for record in records {
                 switch record {
