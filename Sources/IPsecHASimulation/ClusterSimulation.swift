@@ -191,7 +191,9 @@ struct SetReplayWindow {
         guard seen.insert(number).inserted else { return "replay" }
         if number > highest {
             highest = number
-            if seen.count > Int(size) * 2 { seen = seen.filter { $0 + size > highest } }
+            // What fell below the window can never be accepted again: forget it now and then
+            // (a set of twice the window cost a long run a hundred megabytes).
+            if seen.count > Int(size) + 64 { seen = seen.filter { $0 + size > highest } }
         }
         return "accept"
     }
@@ -298,6 +300,13 @@ public struct ClusterSimulation {
     private var clusterOutstanding: [IKESAIdentifier: (UInt32, Timestamp)] = [:]
     private var highestSent: [UInt32: UInt64] = [:]
     private var acceptedByCluster: [UInt32: Set<UInt64>] = [:]
+    /// Per inbound SPI: below this nothing may be accepted (``acceptedByCluster`` forgot it).
+    private var acceptedFloor: [UInt32: UInt64] = [:]
+    /// Child SAs the peer rekeyed away from (inbound, outbound SPI): their bookkeeping goes once
+    /// no member holds them any more (a takeover could bring back one whose delete was not
+    /// replicated, and a later Child SA may draw the same SPI). Without this a long run grew by
+    /// a few kilobytes per rekey.
+    private var retiredChildSAs: [(inbound: UInt32, outbound: UInt32)] = []
     private var capturedToCluster: [(UInt32, UInt64)] = []
     private var capturedToPeer: [(Int, UInt32, UInt64)] = []
     private var crashedAt: Timestamp?
@@ -826,6 +835,18 @@ public struct ClusterSimulation {
         }
         if capturedToCluster.count > 4_096 { capturedToCluster.removeFirst(2_048) }
         if capturedToPeer.count > 256 { capturedToPeer.removeFirst(128) }
+        if step % 1_000 == 0 { forgetRetiredChildSAs() }
+    }
+
+    private mutating func forgetRetiredChildSAs() {
+        let states = members.filter(\.alive).map { $0.state ?? $0.replica.state }
+        retiredChildSAs.removeAll { retired in
+            guard states.allSatisfy({ $0.slot(forInboundSPI: retired.inbound) == nil }) else { return false }
+            acceptedByCluster[retired.inbound] = nil
+            acceptedFloor[retired.inbound] = nil
+            highestSent[retired.outbound] = nil
+            return true
+        }
     }
 
     /// A packet at the active member: nil when nobody receives it (no active member, no SA),
@@ -850,12 +871,16 @@ public struct ClusterSimulation {
         }
         traceESP(src: source, dst: name(index), spi: spi, seq: number, forged: forged, verdict: verdict, receiver: "cluster")
         guard verdict == "accept" else { return false }
-        if !acceptedByCluster[spi, default: []].insert(number).inserted { report.replaysAccepted += 1 }
-        // Bounded memory for long runs: far below the top, no window accepts anything anyway.
-        let limit = 4 * Int(configuration.replayWindow)
-        if acceptedByCluster[spi]!.count > 2 * limit {
-            let floor = number > UInt64(limit) ? number - UInt64(limit) : 0
-            acceptedByCluster[spi] = acceptedByCluster[spi]!.filter { $0 >= floor }
+        // Numbers are kept from one window below the highest accepted: the peer sends in order,
+        // so a packet further below is one the window must refuse (stale), and accepting it
+        // counts as accepting a replay. Bounded memory for long runs.
+        let window = UInt64(configuration.replayWindow)
+        if number < acceptedFloor[spi, default: 0] || !acceptedByCluster[spi, default: []].insert(number).inserted {
+            report.replaysAccepted += 1
+        }
+        if acceptedByCluster[spi]!.count > Int(window) + 64, let top = acceptedByCluster[spi]!.max(), top > window {
+            acceptedFloor[spi] = top - window
+            acceptedByCluster[spi] = acceptedByCluster[spi]!.filter { $0 >= top - window }
         }
         return true
     }
@@ -1018,6 +1043,7 @@ public struct ClusterSimulation {
             if case .rekey(let old) = outstanding.kind, let newChild, let child = peers[i].children.firstIndex(where: { $0.clusterInbound == old }),
                 newChild.inbound != old
             {
+                retiredChildSAs.append((old, peers[i].children[child].clusterOutbound))
                 peers[i].children[child] = PeerChildSA(
                     clusterInbound: newChild.inbound, clusterOutbound: newChild.outbound, received: SetReplayWindow(size: UInt64(configuration.replayWindow)))
                 report.childSARekeys += 1

@@ -18,6 +18,11 @@ import Glibc
 /// acknowledged: `acknowledged spi=N last_sent=N`. The standby prints `ready` once its bulk
 /// resync completed; when the active member goes silent for three heartbeats it takes over and
 /// prints one JSON line, its report, then exits.
+///
+/// Both print a status line on standard error every second (`--status-interval-ms`; 0: none),
+/// rewritten in place when standard error is a terminal: the role, the SAs held, the synch
+/// channel's traffic and, on the active member, the replication lag and what waits for the
+/// standby; on the standby, whether it is ready and how long ago it last heard the active.
 struct MemberCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "member",
@@ -32,6 +37,7 @@ struct MemberCommand: ParsableCommand {
     @Option(name: .customLong("ike-sas"), help: "IKE SAs the active member holds.") var ikeSAs = 200
     @Option(name: .customLong("packets-per-second"), help: "Outbound packets a second per Child SA.") var packetsPerSecond = 1_000
     @Option(name: .customLong("duration-ms"), help: "Stop after this long (0: run until killed or taken over).") var durationMs: UInt64 = 0
+    @Option(name: .customLong("status-interval-ms"), help: "A status line on standard error this often (0: none).") var statusIntervalMs: UInt64 = 1_000
 
     static func address(_ text: String) throws -> (String, Int) {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]) else {
@@ -83,6 +89,21 @@ struct MemberCommand: ParsableCommand {
         }
     }
 
+    /// Prints `fields` as the status line when the interval has passed since `last`.
+    private func status(_ last: inout Timestamp, now: Timestamp, _ fields: @autoclosure () -> String) {
+        guard statusIntervalMs > 0, now.nanoseconds - last.nanoseconds >= statusIntervalMs * 1_000_000 else { return }
+        last = now
+        let line = "member \(id) " + fields()
+        StandardError.write(isatty(2) != 0 ? "\r\u{1B}[K" + line : line + "\n")
+    }
+
+    /// The channel's part of the status line.
+    private static func channelStatus(_ channel: SyncChannel) -> String {
+        let statistics = channel.statistics
+        return "sent=\(statistics.datagramsSent) received=\(statistics.datagramsReceived) retransmitted=\(statistics.retransmissions) "
+            + "gaps=\(statistics.gapsDetected) resets=\(statistics.streamResets) refused=\(statistics.authenticationFailures + statistics.replaysRejected + statistics.malformedDropped)"
+    }
+
     private func expired(_ started: Timestamp) -> Bool {
         durationMs > 0 && Self.monotonicNow().nanoseconds - started.nanoseconds >= durationMs * 1_000_000
     }
@@ -106,6 +127,7 @@ struct MemberCommand: ParsableCommand {
         var pending: [(ticket: SyncTicket, lastSent: UInt64)] = []
         var acknowledged: UInt64 = 0
         var lastReport = started
+        var lastStatus = started
         var owed = 0.0
         var last = started
         func perform(_ actions: [SyncChannelAction], now: Timestamp) {
@@ -146,6 +168,12 @@ struct MemberCommand: ParsableCommand {
                 lastReport = now
                 Self.emit("acknowledged spi=\(sa.inboundSPI) last_sent=\(acknowledged)")
             }
+            status(
+                &lastStatus, now: now,
+                "active ike_sas=\(state.ikeSAs.count) child_sas=\(state.childSACount) "
+                    + "lag_ms=\(channel.replicationLag(to: peerID, now: now) / 1_000_000) "
+                    + "standby=\(replicator.isResyncing(peerID) ? "resyncing" : replicator.isCatchingUp(peerID) ? "catching-up" : "current") "
+                    + "waiting_records=\(replicator.waitingRecords(for: peerID)) resyncs=\(replicator.resyncsStarted) " + Self.channelStatus(channel))
             usleep(500)
         }
     }
@@ -155,6 +183,7 @@ struct MemberCommand: ParsableCommand {
         var role = ClusterRole(member: ClusterMemberID(rawValue: id), epoch: channel.configuration.epoch, isActive: false, activeMember: activeID)
         var lastHello: Timestamp?
         var announcedReady = false
+        var lastStatus = started
         while !expired(started) {
             let now = Self.monotonicNow()
             var actions: [SyncChannelAction] = []
@@ -178,6 +207,12 @@ struct MemberCommand: ParsableCommand {
                 announcedReady = true
                 Self.emit("ready ike_sas=\(replica.state.ikeSAs.count) child_sas=\(replica.state.childSACount)")
             }
+            status(
+                &lastStatus, now: now,
+                "standby \(replica.isReady ? "ready" : replica.isResyncing ? "resyncing" : "joining") "
+                    + "ike_sas=\(replica.state.ikeSAs.count) child_sas=\(replica.state.childSACount) "
+                    + "heard_ms_ago=\(channel.lastHeard(from: activeID).map { String((now.nanoseconds - $0.nanoseconds) / 1_000_000) } ?? "never") "
+                    + Self.channelStatus(channel))
             if announcedReady, role.tick(now: now, lastHeard: channel.lastHeard(from: activeID)).contains(.activeMemberFailed(activeID)) {
                 let silentFor = channel.lastHeard(from: activeID).map { (now.nanoseconds - $0.nanoseconds) / 1_000_000 } ?? 0
                 _ = try role.promote(.activeMemberSilent(activeID), newEpoch: channel.configuration.epoch + 1)

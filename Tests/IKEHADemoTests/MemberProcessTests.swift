@@ -5,28 +5,37 @@ import Testing
 import Glibc
 #endif
 
-/// A member process whose standard output is collected line by line while it runs.
+/// A member process whose standard output and error are collected line by line while it runs.
 final class MemberProcess: @unchecked Sendable {
     let process = Process()
     private let lock = NSLock()
     private var buffer = ""
+    private var errorBuffer = ""
 
     init(_ arguments: [String]) throws {
         let buildDirectory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
         process.executableURL = buildDirectory.appendingPathComponent("ikeha-demo")
         process.arguments = ["member"] + arguments
         let output = Pipe()
+        let error = Pipe()
         process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
+        process.standardError = error
         output.fileHandleForReading.readabilityHandler = { [weak self] handle in
             let data = handle.availableData
             guard let self, !data.isEmpty else { return }
             self.lock.withLock { self.buffer += String(decoding: data, as: UTF8.self) }
         }
+        error.fileHandleForReading.readabilityHandler = { [weak self] handle in
+            let data = handle.availableData
+            guard let self, !data.isEmpty else { return }
+            self.lock.withLock { self.errorBuffer += String(decoding: data, as: UTF8.self) }
+        }
         try process.run()
     }
 
     var lines: [String] { lock.withLock { buffer.split(separator: "\n").map(String.init) } }
+    /// Lines of standard error (status lines, since it is not a terminal).
+    var errorLines: [String] { lock.withLock { errorBuffer.split(separator: "\n").map(String.init) } }
 
     /// Waits up to `seconds` for a line that satisfies `matches`.
     func waitForLine(seconds: Double, _ matches: (String) -> Bool) -> String? {
@@ -53,11 +62,14 @@ struct MemberProcessTests {
         try Data(key).write(to: URL(fileURLWithPath: keyPath))
         defer { try? FileManager.default.removeItem(atPath: keyPath) }
         let base = 41_000 + Int(getpid() % 5_000) * 2
-        let standby = try MemberProcess(["--id", "2", "--listen", "127.0.0.1:\(base + 1)", "--peer", "1=127.0.0.1:\(base)", "--key-file", keyPath, "--duration-ms", "30000"])
+        let standby = try MemberProcess([
+            "--id", "2", "--listen", "127.0.0.1:\(base + 1)", "--peer", "1=127.0.0.1:\(base)", "--key-file", keyPath, "--duration-ms", "30000",
+            "--status-interval-ms", "200",
+        ])
         defer { standby.kill() }
         let active = try MemberProcess([
             "--id", "1", "--listen", "127.0.0.1:\(base)", "--peer", "2=127.0.0.1:\(base + 1)", "--key-file", keyPath, "--active",
-            "--ike-sas", "100", "--duration-ms", "30000",
+            "--ike-sas", "100", "--duration-ms", "30000", "--status-interval-ms", "200",
         ])
         defer { active.kill() }
         let ready = try #require(standby.waitForLine(seconds: 20) { $0.hasPrefix("ready") }, "the standby became ready")
@@ -65,6 +77,13 @@ struct MemberProcessTests {
         // Let counters move and checkpoints be acknowledged, then kill the active member.
         _ = active.waitForLine(seconds: 5) { line in line.hasPrefix("acknowledged") && !line.hasSuffix("last_sent=0") }
         usleep(300_000)
+        // The status lines say what each member is doing.
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline, !active.errorLines.contains(where: { $0.contains("standby=current") }) { usleep(10_000) }
+        let activeStatus = try #require(active.errorLines.last { $0.hasPrefix("member 1 active") }, "\(active.errorLines)")
+        #expect(activeStatus.contains("ike_sas=100 child_sas=200") && activeStatus.contains("standby=current"), "\(activeStatus)")
+        let standbyStatus = try #require(standby.errorLines.last { $0.hasPrefix("member 2 standby") }, "\(standby.errorLines)")
+        #expect(standbyStatus.contains("standby ready ike_sas=100 child_sas=200"), "\(standbyStatus)")
         active.kill()
         let acknowledged = try #require(active.lines.last { $0.hasPrefix("acknowledged") })
         let lastAcknowledged = try #require(acknowledged.split(separator: "=").last.flatMap { UInt64($0) })
