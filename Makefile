@@ -3,6 +3,8 @@
 
 SWIFT ?= swift
 DEBIAN_PACKAGES := libsodium-dev pkg-config
+# Only some tests need these (they skip, saying what is missing, where they are not installed).
+TEST_PACKAGES := tshark
 
 .PHONY: demo test build release deps soak bench-replay bench-state bench-sync bench-failover clean
 
@@ -14,6 +16,7 @@ demo: deps
 	$(SWIFT) run -c release ikeha-demo
 
 test: deps
+	@./scripts/ensure-debian-packages.sh --optional $(TEST_PACKAGES)
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 

@@ -216,6 +216,10 @@ public struct ClusterSimulation {
     /// Where `--trace` lines go (one JSON object a call, no newline), in the order the receivers
     /// processed the events; nil: no trace. `t` is virtual microseconds since the run began.
     public var trace: ((String) -> Void)?
+    /// Where `--pcap` packets go: each packet of the outside link as an IPv4 datagram
+    /// (``OutsideLinkCapture``) with its time in virtual microseconds, in the trace's order;
+    /// nil: no capture.
+    public var capture: ((UInt64, [UInt8]) -> Void)?
     private var declared: Set<String> = []
     private var runStart: UInt64 = 0
     /// With ``recordsPlot``, the data of a picture of the failover (the first three Child SAs).
@@ -436,11 +440,44 @@ public struct ClusterSimulation {
 
     /// One ESP line, after the `child_sa` line of its receiving direction the first time.
     private mutating func traceESP(src: String, dst: String, spi: UInt32, seq: UInt64, forged: Bool, verdict: String, receiver: String) {
+        capture?(micros, OutsideLinkCapture.esp(spi: spi, sequenceNumber: seq, fromPeer: receiver == "cluster"))
         guard let trace else { return }
         if declared.insert("\(receiver):\(spi)").inserted {
             trace("{\"kind\":\"child_sa\",\"spi\":\(spi),\"receiver\":\"\(receiver)\",\"window\":\(configuration.replayWindow),\"esn\":true}")
         }
         trace("{\"kind\":\"esp\",\"t\":\(micros),\"src\":\"\(src)\",\"dst\":\"\(dst)\",\"spi\":\(spi),\"seq\":\(seq),\"forged\":\(forged),\"verdict\":\"\(verdict)\"}")
+    }
+
+    /// An IKE message's trace line and capture.
+    private func traceIKE(_ line: IKELine, verdict: String) {
+        traceIKE(src: line.src, dst: line.dst, line.ikeSA, mid: line.mid, exchange: line.exchange, response: line.response, verdict: verdict)
+        guard let capture else { return }
+        let fromPeer = line.src == "peer"
+        var messages: [IPsecHACore.IKEMessage] = []
+        switch line.exchange {
+        case "IKE_AUTH" where !line.response:
+            // The simulation makes an IKE SA in one step: its request is IKE_SA_INIT's, its
+            // answer IKE_SA_INIT's response and the IKE_AUTH exchange.
+            messages = [OutsideLinkCapture.ikeSAInit(line.ikeSA, isResponse: false)]
+        case "IKE_AUTH":
+            messages = [
+                OutsideLinkCapture.ikeSAInit(line.ikeSA, isResponse: true),
+                OutsideLinkCapture.encryptedIKEMessage(line.ikeSA, exchange: .ikeAuth, messageID: 1, fromOriginalInitiator: true, isResponse: false),
+                OutsideLinkCapture.encryptedIKEMessage(line.ikeSA, exchange: .ikeAuth, messageID: 1, fromOriginalInitiator: false, isResponse: true),
+            ]
+        default:
+            // The peer initiated every IKE SA: its messages carry the I flag.
+            messages = [
+                OutsideLinkCapture.encryptedIKEMessage(
+                    line.ikeSA, exchange: line.exchange == "CREATE_CHILD_SA" ? .createChildSA : .informational, messageID: line.mid,
+                    fromOriginalInitiator: fromPeer, isResponse: line.response)
+            ]
+        }
+        for (index, message) in messages.enumerated() {
+            // IKE_AUTH's request comes from the peer, between the cluster's two responses.
+            let peerSends = messages.count == 3 ? index == 1 : fromPeer
+            if let packet = try? OutsideLinkCapture.ike(message, fromPeer: peerSends) { capture(micros, packet) }
+        }
     }
 
     private func traceIKE(src: String, dst: String, _ identifier: IKESAIdentifier, mid: UInt32, exchange: String, response: Bool, verdict: String) {
@@ -450,7 +487,9 @@ public struct ClusterSimulation {
     }
 
     /// The IKE line of a message: who sent it to whom, and what it is.
-    private func describe(_ message: IKEMessage) -> (src: String, dst: String, IKESAIdentifier, mid: UInt32, exchange: String, response: Bool) {
+    private typealias IKELine = (src: String, dst: String, ikeSA: IKESAIdentifier, mid: UInt32, exchange: String, response: Bool)
+
+    private func describe(_ message: IKEMessage) -> IKELine {
         let cluster = name(active)
         switch message {
         case .establish(let spi): return ("peer", cluster, IKESAIdentifier(initiatorSPI: spi, responderSPI: 0), 1, "IKE_AUTH", false)
@@ -463,9 +502,8 @@ public struct ClusterSimulation {
     }
 
     private func traceIKE(_ message: IKEMessage, verdict: String) {
-        guard trace != nil else { return }
-        let line = describe(message)
-        traceIKE(src: line.src, dst: line.dst, line.2, mid: line.mid, exchange: line.exchange, response: line.response, verdict: verdict)
+        guard trace != nil || capture != nil else { return }
+        traceIKE(describe(message), verdict: verdict)
     }
 
     // MARK: Synch side
@@ -758,8 +796,10 @@ public struct ClusterSimulation {
         var initiator = MessageIDSyncInitiator()
         guard let request = try? initiator.start(windows: windows, nonce: UInt32(truncatingIfNeeded: random.next())) else { return }
         let replayCounter = delta.flatMap { try? ReplayCounterSyncNotification(delta: $0, extendedSequenceNumbers: true) }
+        captureMessageIDSync(identifier, request, replayCounter: replayCounter, fromPeer: false)
         switch peers[i].syncPeer.process(request, replayCounter: replayCounter, windows: peers[i].windows) {
         case .respond(let response, let adopted, let replayDelta):
+            captureMessageIDSync(identifier, response, replayCounter: nil, fromPeer: true)
             peers[i].windows = adopted
             // An exchange the peer had under way restarts later under the new IDs.
             peers[i].outstanding = nil
@@ -771,6 +811,16 @@ public struct ClusterSimulation {
         case .drop:
             report.ikeRequestsDroppedByPeer += 1
         }
+    }
+
+    /// RFC 6311's INFORMATIONAL with Message ID 0, in clear as the package's codec writes it.
+    private func captureMessageIDSync(
+        _ identifier: IKESAIdentifier, _ sync: MessageIDSyncNotification, replayCounter: ReplayCounterSyncNotification?, fromPeer: Bool
+    ) {
+        guard let capture else { return }
+        let message = IPsecHACore.IKEMessage.messageIDSync(
+            ikeSA: identifier, isOriginalInitiator: fromPeer, isResponse: fromPeer, sync: sync, replayCounter: replayCounter)
+        if let packet = try? OutsideLinkCapture.ike(message, fromPeer: fromPeer) { capture(micros, packet) }
     }
 
     // MARK: Outside side
@@ -892,9 +942,9 @@ public struct ClusterSimulation {
         outside.removeAll { $0.at <= now.nanoseconds }
         for (_, message) in due {
             // Described before delivery: a takeover in between does not rename the receiver.
-            let line = trace == nil ? nil : describe(message)
+            let line = trace == nil && capture == nil ? nil : describe(message)
             let verdict = try deliver(message)
-            if let line { traceIKE(src: line.src, dst: line.dst, line.2, mid: line.mid, exchange: line.exchange, response: line.response, verdict: verdict) }
+            if let line { traceIKE(line, verdict: verdict) }
         }
         for i in peers.indices where !peers[i].dead {
             let identifier = peers[i].identifier

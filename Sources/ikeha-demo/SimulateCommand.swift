@@ -34,6 +34,7 @@ struct SimulateCommand: ParsableCommand {
     @Option(help: "IKE replication: sync (responses wait for the standbys) or async.") var replication = "sync"
     @Flag(help: "Print one JSON object instead of the table.") var json = false
     @Option(help: "Write every event on the outside link to this file as JSON Lines.") var trace: String?
+    @Option(help: "Write the outside link to this file as a pcap capture (IKE on UDP 500/4500, ESP in UDP 4500).") var pcap: String?
     @Option(help: "Draw the failover as an SVG picture in this file.") var plot: String?
     @Flag(help: "Print the resident memory on standard error at every tenth of the run (for make soak).") var soak = false
 
@@ -90,6 +91,18 @@ struct SimulateCommand: ParsableCommand {
             }
         }
         defer { if let traceFile { fclose(traceFile) } }
+        var pcapFile: UnsafeMutablePointer<FILE>?
+        if let pcap {
+            guard let file = fopen(pcap, "w") else { throw ValidationError("cannot write \(pcap)") }
+            pcapFile = file
+            let header = OutsideLinkCapture.fileHeader()
+            fwrite(header, 1, header.count, file)
+            simulation.capture = { microseconds, packet in
+                let record = OutsideLinkCapture.record(packet, atMicroseconds: microseconds)
+                fwrite(record, 1, record.count, file)
+            }
+        }
+        defer { if let pcapFile { fclose(pcapFile) } }
         simulation.recordsPlot = plot != nil
         var nextSample = 0.0
         let report = try simulation.run { fraction in

@@ -1,5 +1,6 @@
 import ArgumentParser
 import IPsecHACore
+import IPsecHASimulation
 
 #if canImport(Glibc)
 import Glibc
@@ -127,38 +128,12 @@ struct DecodeCommand: ParsableCommand {
     }
 }
 
-/// Writes `udpPayload` as one IPv4/UDP datagram from 192.0.2.1:500 to 192.0.2.2:500 in a pcap
-/// file (link type raw IPv4).
+/// Writes `udpPayload` as one IPv4/UDP datagram from the peer to the cluster on port 500 in a
+/// pcap file (``OutsideLinkCapture``'s addresses and format).
 func writePcap(udpPayload: [UInt8], to path: String) throws {
-    var file: [UInt8] = []
-    func little32(_ value: UInt32) { for shift in stride(from: 0, to: 32, by: 8) { file.append(UInt8(truncatingIfNeeded: value >> UInt32(shift))) } }
-    func little16(_ value: UInt16) { file.append(UInt8(truncatingIfNeeded: value)); file.append(UInt8(value >> 8)) }
-    little32(0xA1B2_C3D4)
-    little16(2)
-    little16(4)
-    little32(0)
-    little32(0)
-    little32(65_535)
-    little32(101)  // LINKTYPE_RAW: the packet starts with the IPv4 header
-    var packet: [UInt8] = []
-    let udpLength = UInt16(8 + udpPayload.count)
-    let totalLength = 20 + udpLength
-    packet += [0x45, 0x00, UInt8(totalLength >> 8), UInt8(truncatingIfNeeded: totalLength), 0, 0, 0x40, 0, 64, 17, 0, 0]
-    packet += [192, 0, 2, 1, 192, 0, 2, 2]
-    var sum: UInt32 = 0
-    for index in stride(from: 0, to: 20, by: 2) { sum += UInt32(packet[index]) << 8 | UInt32(packet[index + 1]) }
-    while sum > 0xFFFF { sum = (sum & 0xFFFF) + (sum >> 16) }
-    let checksum = ~UInt16(sum)
-    packet[10] = UInt8(checksum >> 8)
-    packet[11] = UInt8(truncatingIfNeeded: checksum)
-    // UDP with checksum 0 (allowed over IPv4).
-    packet += [0x01, 0xF4, 0x01, 0xF4, UInt8(udpLength >> 8), UInt8(truncatingIfNeeded: udpLength), 0, 0]
-    packet += udpPayload
-    little32(0)
-    little32(0)
-    little32(UInt32(packet.count))
-    little32(UInt32(packet.count))
-    file += packet
+    let file = OutsideLinkCapture.fileHeader()
+        + OutsideLinkCapture.record(
+            OutsideLinkCapture.udp(udpPayload, fromPeer: true, port: OutsideLinkCapture.ikePort), atMicroseconds: 0)
     #if canImport(Glibc)
     guard let handle = fopen(path, "wb") else { throw ValidationError("cannot write \(path)") }
     defer { fclose(handle) }

@@ -121,6 +121,109 @@ struct ClusterSimulationTraceTests {
     }
 }
 
+@Suite("Cluster simulation: the pcap capture")
+struct ClusterSimulationCaptureTests {
+    /// A run's capture beside its trace: the same ESP packets in the same order, every
+    /// datagram a valid IPv4/UDP packet on the right port, the RFC 6311 exchanges in clear.
+    func capturedRun() throws -> (trace: [[String: Any]], records: [(micros: UInt64, packet: [UInt8])], file: [UInt8], report: SimulationReport) {
+        var configuration = ClusterSimulationTests.configuration()
+        configuration.ikeSAs = 10
+        var simulation = try ClusterSimulation(configuration: configuration)
+        nonisolated(unsafe) var lines: [[String: Any]] = []
+        nonisolated(unsafe) var file = OutsideLinkCapture.fileHeader()
+        nonisolated(unsafe) var records: [(UInt64, [UInt8])] = []
+        simulation.trace = { line in
+            if let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] { lines.append(object) }
+        }
+        simulation.capture = { micros, packet in
+            records.append((micros, packet))
+            file += OutsideLinkCapture.record(packet, atMicroseconds: micros)
+        }
+        let report = try simulation.run()
+        return (lines, records, file, report)
+    }
+
+    @Test func theCaptureHoldsTheTracedPacketsAsIPv4UDP() throws {
+        let (trace, records, file, report) = try capturedRun()
+        // The file: magic, version 2.4, LINKTYPE_RAW, then records that add up to the file.
+        #expect(Array(file.prefix(4)) == [0xD4, 0xC3, 0xB2, 0xA1])
+        #expect(file[20] == 101)
+        var offset = 24
+        var count = 0
+        while offset + 16 <= file.count {
+            let length = Int(file[offset + 8]) | Int(file[offset + 9]) << 8 | Int(file[offset + 10]) << 16
+            offset += 16 + length
+            count += 1
+        }
+        #expect(offset == file.count && count == records.count)
+        var esp: [(spi: UInt32, seq: UInt32)] = []
+        var messageIDSyncs = 0
+        for (_, packet) in records {
+            // A valid IPv4 header sums to 0xFFFF, its checksum included.
+            var sum = stride(from: 0, to: 20, by: 2).reduce(0) { $0 + (Int(packet[$1]) << 8 | Int(packet[$1 + 1])) }
+            while sum > 0xFFFF { sum = (sum & 0xFFFF) + (sum >> 16) }
+            #expect(packet[0] == 0x45 && packet[9] == 17 && sum == 0xFFFF)
+            #expect(Int(packet[2]) << 8 | Int(packet[3]) == packet.count)
+            let port = UInt16(packet[22]) << 8 | UInt16(packet[23])
+            let payload = Array(packet[28...])
+            func word(_ at: Int) -> UInt32 { payload[at..<at + 4].reduce(0) { $0 << 8 | UInt32($1) } }
+            if port == 500 {
+                #expect(payload[18] == 34, "only IKE_SA_INIT on port 500")
+            } else {
+                #expect(port == 4500)
+                if word(0) == 0 {
+                    let message = try IKEMessage(decoding: Array(payload[4...]))
+                    if message.header.messageID == 0, message.header.exchangeType == .informational, message.payloads.first?.type == .notify {
+                        #expect(try message.notifications().contains { $0.type == .messageIDSync })
+                        messageIDSyncs += 1
+                    }
+                } else {
+                    esp.append((word(0), word(4)))
+                }
+            }
+        }
+        let traced = trace.filter { $0["kind"] as? String == "esp" }
+        #expect(esp.count == traced.count)
+        let mismatched = zip(esp, traced).filter { packet, line in
+            UInt32(line["spi"] as? Int ?? 0) != packet.spi || UInt32(truncatingIfNeeded: line["seq"] as? Int ?? 0) != packet.seq
+        }
+        #expect(mismatched.isEmpty, "\(mismatched.count) ESP packets differ from their trace lines")
+        // Each RFC 6311 sync is a request and its response.
+        #expect(report.ikeSAsResyncedViaRFC6311 > 0 && messageIDSyncs == 2 * report.ikeSAsResyncedViaRFC6311)
+    }
+
+    /// tshark (Debian's package; `make test` installs it when run as root) reads the capture as
+    /// UDP-encapsulated ESP and IKEv2.
+    @Test func tsharkReadsTheCapture() throws {
+        guard let tshark = ["/usr/bin/tshark", "/usr/local/bin/tshark"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            print("skipped: tshark is not installed (apt-get install -y tshark)")
+            return
+        }
+        let (trace, _, file, report) = try capturedRun()
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("ikeha-capture-\(getpid()).pcap").path
+        try Data(file).write(to: URL(fileURLWithPath: path))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        func fields(_ filter: String, _ field: String) throws -> [String] {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: tshark)
+            process.arguments = ["-r", path, "-Y", filter, "-T", "fields", "-e", field]
+            let output = Pipe()
+            process.standardOutput = output
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            let data = output.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 0)
+            return String(decoding: data, as: UTF8.self).split(separator: "\n").map(String.init)
+        }
+        let sequenceNumbers = try fields("esp", "esp.sequence")
+        let traced = trace.filter { $0["kind"] as? String == "esp" }.map { UInt32(truncatingIfNeeded: $0["seq"] as? Int ?? 0) }
+        #expect(sequenceNumbers.compactMap(UInt32.init) == traced, "tshark reads every ESP packet with its sequence number")
+        let syncs = try fields("isakmp.exchangetype == 37 && isakmp.messageid == 0 && isakmp.notify.msgtype == 16422", "isakmp.ispi")
+        #expect(syncs.count == 2 * report.ikeSAsResyncedViaRFC6311, "tshark sees IKEV2_MESSAGE_ID_SYNC both ways")
+    }
+}
+
 @Suite("Cluster simulation: a grid of seeded runs")
 struct ClusterSimulationGridTests {
     static let grid: [(Double, UInt64, InboundTakeoverPolicy)] = [0.0, 0.2, 0.4].flatMap { loss in
