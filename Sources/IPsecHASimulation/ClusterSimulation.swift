@@ -311,6 +311,8 @@ public struct ClusterSimulation {
     /// replicated, and a later Child SA may draw the same SPI). Without this a long run grew by
     /// a few kilobytes per rekey.
     private var retiredChildSAs: [(inbound: UInt32, outbound: UInt32)] = []
+    /// The peer's SPIs in use or still tracked (``claimPeerSPI(_:)``).
+    private var peerSPIs: Set<UInt32> = []
     private var capturedToCluster: [(UInt32, UInt64)] = []
     private var capturedToPeer: [(Int, UInt32, UInt64)] = []
     private var crashedAt: Timestamp?
@@ -385,7 +387,8 @@ public struct ClusterSimulation {
             var children: [PeerChildSA] = []
             for _ in 0..<configuration.childSAsPerIKESA {
                 spi += 1
-                let child = try SimulationFixtures.childSA(spi, parent: ike.identifier, window: configuration.replayWindow, owner: members[0].id, &random)
+                var child = try SimulationFixtures.childSA(spi, parent: ike.identifier, window: configuration.replayWindow, owner: members[0].id, &random)
+                child.outboundSPI = claimPeerSPI(child.outboundSPI)
                 _ = try state.createChildSA(child)
                 children.append(PeerChildSA(clusterInbound: spi, clusterOutbound: child.outboundSPI, received: SetReplayWindow(size: UInt64(configuration.replayWindow))))
             }
@@ -888,6 +891,22 @@ public struct ClusterSimulation {
         if step % 1_000 == 0 { forgetRetiredChildSAs() }
     }
 
+    /// The peer's SPI for a new Child SA (the cluster's outbound SPI), from `spi` on: never one
+    /// in use or still tracked, as a real peer never hands out an SPI it holds. (Random draws
+    /// collided once in a 5-minute soak, and the checks took the second Child SA's numbers for
+    /// reused ones.)
+    private mutating func claimPeerSPI(_ spi: UInt32) -> UInt32 {
+        var spi = spi
+        while spi < 256 || !peerSPIs.insert(spi).inserted { spi &+= 1 }
+        return spi
+    }
+
+    /// Whether the active member may give a new Child SA this inbound SPI: it holds none with it,
+    /// and the checks no longer track one that had it.
+    private func isFreeInboundSPI(_ spi: UInt32, at index: Int) -> Bool {
+        members[index].state!.childSA(inboundSPI: spi) == nil && acceptedByCluster[spi] == nil
+    }
+
     private mutating func forgetRetiredChildSAs() {
         let states = members.filter(\.alive).map { $0.state ?? $0.replica.state }
         retiredChildSAs.removeAll { retired in
@@ -895,6 +914,7 @@ public struct ClusterSimulation {
             acceptedByCluster[retired.inbound] = nil
             acceptedFloor[retired.inbound] = nil
             highestSent[retired.outbound] = nil
+            peerSPIs.remove(retired.outbound)
             return true
         }
     }
@@ -1026,8 +1046,9 @@ public struct ClusterSimulation {
             var children: [(inbound: UInt32, outbound: UInt32)] = []
             for _ in 0..<configuration.childSAsPerIKESA {
                 var inbound = UInt32(truncatingIfNeeded: random.next()) | 0x2000_0000
-                while members[index].state!.childSA(inboundSPI: inbound) != nil { inbound &+= 1 }
-                let child = try SimulationFixtures.childSA(inbound, parent: ike.identifier, window: configuration.replayWindow, owner: members[index].id, &random)
+                while !isFreeInboundSPI(inbound, at: index) { inbound &+= 1 }
+                var child = try SimulationFixtures.childSA(inbound, parent: ike.identifier, window: configuration.replayWindow, owner: members[index].id, &random)
+                child.outboundSPI = claimPeerSPI(child.outboundSPI)
                 changes += try members[index].state!.createChildSA(child)
                 children.append((inbound, child.outboundSPI))
             }
@@ -1059,8 +1080,9 @@ public struct ClusterSimulation {
                 var newChild: (UInt32, UInt32)?
                 if case .rekey(let old) = kind, let oldSA = members[index].state!.childSA(inboundSPI: old) {
                     var spi = UInt32(truncatingIfNeeded: random.next()) | 0x1000_0000
-                    while members[index].state!.childSA(inboundSPI: spi) != nil { spi &+= 1 }
+                    while !isFreeInboundSPI(spi, at: index) { spi &+= 1 }
                     var fresh = try SimulationFixtures.childSA(spi, parent: identifier, window: configuration.replayWindow, owner: members[index].id, &random)
+                    fresh.outboundSPI = claimPeerSPI(fresh.outboundSPI)
                     fresh.localSelectors = oldSA.localSelectors
                     // The exchange that made it, so that a retransmitted request finds it.
                     fresh.requestID = messageID

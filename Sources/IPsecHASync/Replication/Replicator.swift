@@ -118,8 +118,27 @@ public struct Replicator {
     /// them. Memory stays bounded when a standby cannot keep up; the operator sees
     /// ``backlogOverflows`` and ``resyncsStarted`` climb.
     public let backlogLimit: Int
+    /// A standby's requests for a full resync (a hello that needs one, a request for
+    /// everything) are taken at most once this often (1 s by default); earlier ones are refused
+    /// and counted (``resyncRequestsRefused``). A joining standby repeats its hello until it is
+    /// ready, so it is served within this time; a member that asks in a loop costs at most one
+    /// resync of the state each interval.
+    public var minimumResyncRequestInterval: UInt64 = 1_000_000_000
+    /// Requests for named IKE SAs (at most 256 each) answered per standby per second (16 by
+    /// default: 4,096 IKE SAs); beyond, a request counts as one for a full resync, which the
+    /// interval above bounds. Honest standbys ask for few: only records about IKE SAs they do
+    /// not hold make them ask.
+    public var namedResyncRequestsPerSecond = 16
+    private struct RequestLimit {
+        var lastFullResync: Timestamp?
+        var namedWindowStart = Timestamp(nanoseconds: 0)
+        var namedInWindow = 0
+    }
+    private var requestLimits: [ClusterMemberID: RequestLimit] = [:]
     /// Bulk resyncs started so far.
     public private(set) var resyncsStarted = 0
+    /// Resync requests refused by the limits above.
+    public private(set) var resyncRequestsRefused = 0
     /// Times records were queued because the channel's buffer to a standby was full.
     public private(set) var backlogsStarted = 0
     /// Times a standby's queued records passed ``backlogLimit`` (each started a resync).
@@ -262,6 +281,7 @@ public struct Replicator {
         let id = nextResyncID
         nextResyncID &+= 1
         resyncsStarted += 1
+        requestLimits[standby, default: RequestLimit()].lastFullResync = now
         channel.resetStream(to: standby)
         pending[standby] = Pending(id: id, snapshot: state)
         return pump(channel: &channel, now: now)
@@ -288,6 +308,17 @@ public struct Replicator {
             }
         }
         return replicate(records: records, to: standby, state: state, channel: &channel, now: now).actions
+    }
+
+    /// A full resync a standby asked for, unless one started less than the interval ago.
+    private mutating func requestFullResync(
+        of standby: ClusterMemberID, from state: GatewayState, channel: inout SyncChannel, now: Timestamp
+    ) -> [SyncChannelAction] {
+        if let last = requestLimits[standby]?.lastFullResync, now.nanoseconds &- last.nanoseconds < minimumResyncRequestInterval {
+            resyncRequestsRefused += 1
+            return []
+        }
+        return startResync(of: standby, from: state, channel: &channel, now: now)
     }
 
     /// Sends as much of every pending resync and backlog as the channel's buffers take.
@@ -317,7 +348,9 @@ public struct Replicator {
 
     /// Reacts to what the channel reported or delivered on the active member: a standby that
     /// says hello needing a resync, asks for one, restarted, or whose stream broke is resynced
-    /// (wholly, or only the IKE SAs it named).
+    /// (wholly, or only the IKE SAs it named). Requests are rate-limited
+    /// (``minimumResyncRequestInterval``, ``namedResyncRequestsPerSecond``); a broken stream
+    /// is not (the channel reports it once per restart of the peer).
     public mutating func handle(
         _ action: SyncChannelAction, state: GatewayState, channel: inout SyncChannel, now: Timestamp
     ) -> [SyncChannelAction] {
@@ -330,14 +363,25 @@ public struct Replicator {
             for record in records {
                 switch record {
                 case .hello(_, _, true), .resyncRequest(.everything):
-                    return startResync(of: standby, from: state, channel: &channel, now: now)
+                    return requestFullResync(of: standby, from: state, channel: &channel, now: now)
                 case .resyncRequest(.ikeSAs(let identifiers)):
                     named += identifiers
                 default:
                     break
                 }
             }
-            return named.isEmpty ? [] : resync(named, of: standby, from: state, channel: &channel, now: now)
+            guard !named.isEmpty else { return [] }
+            var limit = requestLimits[standby, default: RequestLimit()]
+            if now.nanoseconds &- limit.namedWindowStart.nanoseconds >= 1_000_000_000 {
+                limit.namedWindowStart = now
+                limit.namedInWindow = 0
+            }
+            limit.namedInWindow += 1
+            requestLimits[standby] = limit
+            guard limit.namedInWindow <= namedResyncRequestsPerSecond else {
+                return requestFullResync(of: standby, from: state, channel: &channel, now: now)
+            }
+            return resync(named, of: standby, from: state, channel: &channel, now: now)
         default:
             return []
         }
