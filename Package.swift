@@ -90,6 +90,7 @@ let package = Package(
                 "IPsecHASync", "IPsecHACore", "IPsecHASimulation", "CSodium",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "InMemoryLogging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
         ),
