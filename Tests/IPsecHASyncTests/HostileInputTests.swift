@@ -111,4 +111,23 @@ struct HostileInputTests {
         #expect(try pair.settle())
         #expect(pair.replica.state == pair.state)
     }
+
+    /// An authenticated active member gone wrong cannot grow the standby's bookkeeping: records
+    /// naming IKE SAs it never sent, or exchanges without end.
+    @Test func recordsAboutUnknownSAsAndEndlessExchangesStayBounded() throws {
+        var pair = try ReplicationPair(seed: 85)
+        #expect(try pair.settle())
+        var random = SplitMix64(seed: 86)
+        for _ in 0..<6_000 {
+            let unknown = IKESAIdentifier(initiatorSPI: random.next(), responderSPI: random.next())
+            pair.deliverToStandby([.ikeSADelete(unknown), .exchangeStarted(unknown, messageID: 1, initiatedHere: true)])
+            pair.deliverToStandby([.messageIDUpdate(unknown, generation: 9, try IKEMessageIDWindows(resumingAt: 0, expecting: 0, peerWindowSize: 1, localWindowSize: 1).snapshot)])
+        }
+        #expect(pair.replica.missingIKESAs.count == Replica.missingIKESALimit)
+        #expect(pair.replica.inFlight.count <= 1_024)
+        // Having lost track of that many, it asks for everything (rate-limited at the active member).
+        var replica = pair.replica
+        #expect(replica.takeResyncRequest() == .resyncRequest(.everything))
+        #expect(replica.missingIKESAs.isEmpty)
+    }
 }

@@ -80,8 +80,26 @@ public struct Replica {
     /// missed. ``takeResyncRequest()`` turns them into a request to the active member.
     public private(set) var missingIKESAs: Set<IKESAIdentifier> = []
 
-    /// A request for the IKE SAs the replica found missing (at most 256 at a time), or nil.
+    /// At most this many missing IKE SAs are remembered; one more asks for everything instead.
+    public static let missingIKESALimit = 4_096
+    private var missedTooMany = false
+
+    private mutating func noteMissing(_ identifier: IKESAIdentifier) {
+        guard missingIKESAs.count < Self.missingIKESALimit else {
+            missedTooMany = true
+            return
+        }
+        missingIKESAs.insert(identifier)
+    }
+
+    /// A request for the IKE SAs the replica found missing (at most 256 at a time), for
+    /// everything when it lost track of more than ``missingIKESALimit``, or nil.
     public mutating func takeResyncRequest() -> SyncRecord? {
+        if missedTooMany {
+            missedTooMany = false
+            missingIKESAs = []
+            return .resyncRequest(.everything)
+        }
         guard !missingIKESAs.isEmpty else { return nil }
         let named = Array(missingIKESAs.sorted().prefix(256))
         missingIKESAs.subtract(named)
@@ -129,6 +147,7 @@ public struct Replica {
             state = GatewayState(spdCacheCapacity: 65_536)
             state.reserveCapacity(ikeSAs: Int(ikeSAs), childSAs: Int(childSAs))
             missingIKESAs = []
+            missedTooMany = false
             inFlight = []
             updatedSinceResync = [:]
             resyncBegan = now
@@ -162,7 +181,7 @@ public struct Replica {
             if !count({ (state: inout GatewayState) throws(GatewayStateError) in try state.upsertReplicated(sa, arrivedAt: now) }),
                 state.ikeSAs.index(forKey: sa.parent) == nil
             {
-                missingIKESAs.insert(sa.parent)
+                noteMissing(sa.parent)
             }
         case .childSADelete(let spi):
             count(.childSADeleted(inboundSPI: spi))
@@ -174,13 +193,19 @@ public struct Replica {
         case .messageIDUpdate(let identifier, let generation, let snapshot):
             guard state.ikeSAs.index(forKey: identifier) != nil else {
                 statistics.rejected += 1
-                missingIKESAs.insert(identifier)
+                noteMissing(identifier)
                 return
             }
             if count(.messageIDsUpdated(identifier, generation: generation, snapshot)) { noteUpdate(of: identifier, now: now) }
         case .ownershipChange(let identifier, let owner, let generation):
             updateIKESA(identifier, generation: generation, now: now) { $0.owner = owner }
         case .exchangeStarted(let identifier, let messageID, let initiatedHere):
+            // Bounded by what an honest active member can have under way (a window per IKE SA
+            // each way, with room); beyond, a member gone wrong is ignored and counted.
+            guard inFlight.count < 4 * state.ikeSAs.count + 1_024 else {
+                statistics.rejected += 1
+                return
+            }
             inFlight.insert(InFlightExchange(ikeSA: identifier, messageID: messageID, initiatedHere: initiatedHere))
         case .exchangeFinished(let identifier, let messageID, let initiatedHere):
             inFlight.remove(InFlightExchange(ikeSA: identifier, messageID: messageID, initiatedHere: initiatedHere))
@@ -193,7 +218,7 @@ public struct Replica {
     ) {
         guard var sa = state.ikeSAs[identifier] else {
             statistics.rejected += 1
-            missingIKESAs.insert(identifier)
+            noteMissing(identifier)
             return
         }
         body(&sa)
