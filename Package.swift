@@ -57,7 +57,7 @@ let package = Package(
         ),
         .target(
             name: "IPsecHASimulation",
-            dependencies: ["IPsecHACore", "IPsecHASync"],
+            dependencies: ["IPsecHACore", "IPsecHASync", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
         .executableTarget(

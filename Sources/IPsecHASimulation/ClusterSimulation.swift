@@ -1,5 +1,6 @@
 public import IPsecHACore
 import IPsecHASync
+public import Logging
 
 /// What a ``ClusterSimulation`` runs.
 public struct SimulationConfiguration: Sendable, Hashable {
@@ -334,8 +335,10 @@ public struct ClusterSimulation {
     /// Message-ID syncs of the takeover for IKE SAs the peer did not know yet, by IKE SA.
     private var pendingSyncs: [IKESAIdentifier: UInt64?] = [:]
 
-    /// A cluster with the configured members and SAs, the standbys ready.
-    public init(configuration: SimulationConfiguration) throws {
+    /// A cluster with the configured members and SAs, the standbys ready. Every member's synch
+    /// channel logs to `channelLogger` when given (at its level); by default to the process's
+    /// logging system at `error` level only.
+    public init(configuration: SimulationConfiguration, channelLogger: Logger? = nil) throws {
         try configuration.validate()
         self.configuration = configuration
         random = SplitMix64(seed: configuration.seed)
@@ -350,6 +353,7 @@ public struct ClusterSimulation {
             // The report says what happened; routine channel warnings (a resync follows) would
             // drown it.
             channelConfiguration.logger.logLevel = .error
+            if let channelLogger { channelConfiguration.logger = channelLogger }
             var member = Member(
                 id: id, channel: try SyncChannel(configuration: channelConfiguration), transport: network.transport(for: id),
                 role: ClusterRole(member: id, epoch: 1, isActive: id == ids[0], activeMember: ids[0]),
@@ -404,6 +408,10 @@ public struct ClusterSimulation {
         report.ikeSAs = configuration.ikeSAs
         report.childSAs = configuration.ikeSAs * configuration.childSAsPerIKESA
     }
+
+    /// The gateway state of every member that runs: the active member's own, the standbys'
+    /// replicas.
+    public var liveStates: [GatewayState] { members.filter(\.alive).map { $0.state ?? $0.replica.state } }
 
     /// Runs the configured duration; `progress` gets the fraction done every simulated 100 ms.
     public mutating func run(progress: (Double) -> Void = { _ in }) throws -> SimulationReport {

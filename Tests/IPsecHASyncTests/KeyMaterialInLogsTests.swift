@@ -78,4 +78,38 @@ struct KeyMaterialInLogsTests {
         let described = "\(pair.state.ikeSAs.values.first!) \(pair.state.childSAs.first!) \(newKey)"
         #expect(Self.renderings(of: keys[2]).allSatisfy { !described.contains($0) })
     }
+
+    /// The whole simulation (a peer, an attacker, synch loss, a crash, the takeover, a restart
+    /// and its resync) with every channel logging at `trace`.
+    @Test func aFullClusterSimulationLogsNoKeyByte() throws {
+        let handler = InMemoryLogHandler()
+        var logger = Logger(label: "ipsecha.sync.channel", factory: { _ in handler })
+        logger.logLevel = .trace
+        var configuration = SimulationConfiguration()
+        configuration.ikeSAs = 30
+        configuration.durationMs = 1_500
+        configuration.crashAtMs = 600
+        configuration.restartAfterMs = 300
+        configuration.syncLoss = 0.2
+        var simulation = try ClusterSimulation(configuration: configuration, channelLogger: logger)
+        let report = try simulation.run()
+        #expect(report.invariantsHeld && report.restartedMemberReady == true)
+        let log = handler.entries.map { "\($0.level) \($0.message) \($0.metadata)" }.joined(separator: "\n")
+        #expect(handler.entries.count > 10, "the run logged (\(handler.entries.count) lines)")
+        var keys: [[UInt8]] = []
+        for state in simulation.liveStates {
+            for sa in state.ikeSAs.values {
+                for key in [sa.keys.d, sa.keys.ei, sa.keys.er, sa.keys.pi, sa.keys.pr] where key.count >= 8 {
+                    keys.append(key.withUnsafeBytes { Array($0) })
+                }
+            }
+            for sa in state.childSAs {
+                keys.append(sa.inboundKeys.material.withUnsafeBytes { Array($0) })
+                keys.append(sa.outboundKeys.material.withUnsafeBytes { Array($0) })
+            }
+        }
+        #expect(keys.count > 200)
+        let leaks = keys.flatMap { key in Self.renderings(of: key).filter { log.contains($0) } }
+        #expect(leaks.isEmpty, "key bytes in the log: \(leaks.prefix(5))")
+    }
 }
