@@ -6,7 +6,7 @@ DEBIAN_PACKAGES := libsodium-dev pkg-config
 # Only some tests need these (they skip, saying what is missing, where they are not installed).
 TEST_PACKAGES := tshark
 
-.PHONY: demo test build release deps soak fuzz fuzz-smoke test-sanitize bench-replay bench-state bench-sync bench-failover clean
+.PHONY: demo test build release deps soak fuzz fuzz-smoke test-sanitize docs bench-replay bench-state bench-sync bench-failover clean
 
 deps:
 	@./scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
@@ -49,6 +49,10 @@ bench-failover: deps
 soak: deps
 	$(SWIFT) run -c release ikeha-demo simulate --seed 11 --ike-sas 2000 --new-ike-sas-per-second 0 --duration-ms 300000 --sync-loss 0.2 --random-crash --soak
 
+# The DocC catalogs of the public modules, warnings as errors, into .build/docs/html.
+docs: deps
+	./scripts/docs.sh
+
 # libFuzzer targets of every decoder of network input (FuzzTesting/), with AddressSanitizer:
 # a minute each, or ten seconds each for CI's smoke run.
 fuzz: deps
@@ -61,7 +65,7 @@ fuzz-smoke: deps
 # whole package again, several minutes here).
 test-sanitize: deps
 	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build/asan
-	$(SWIFT) test --skip-build --sanitize=address --scratch-path .build/asan
+	LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/lsan-suppressions.txt $(SWIFT) test --skip-build --sanitize=address --scratch-path .build/asan
 	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build/tsan
 	$(SWIFT) test --skip-build --sanitize=thread --scratch-path .build/tsan
 

@@ -205,10 +205,10 @@ struct SetReplayWindow {
 /// configuration gives the same run, byte for byte.
 ///
 /// Every member runs the package's stack: gateway state, sealed synch channel on an
-/// ``InMemorySyncNetwork`` (with the configured synch loss), replicator, replica, failure
-/// detection (``ClusterRole``), takeover plan. The peer keeps its own message-ID windows per
+/// `InMemorySyncNetwork` (with the configured synch loss), replicator, replica, failure
+/// detection (`ClusterRole`), takeover plan. The peer keeps its own message-ID windows per
 /// IKE SA (RFC 7296 rules, the peer side of RFC 6311) and its own replay windows
-/// (``SetReplayWindow``, not the package's). Traffic: ESP both ways on every Child SA, IKE
+/// (`SetReplayWindow`, not the package's). Traffic: ESP both ways on every Child SA, IKE
 /// exchanges both ways (liveness checks, Child SA rekeys), captured and replayed packets; the
 /// active member may crash in the middle of it all.
 public struct ClusterSimulation {

@@ -52,8 +52,8 @@ public struct LoadSharingReport: Sendable, Hashable {
     public var sendsRefused = 0
 }
 
-/// A deterministic load-sharing cluster of N members on an ``InMemorySyncNetwork``: every member
-/// serves the segments ``SegmentOwnership`` gives it, replicates its own SAs to every other
+/// A deterministic load-sharing cluster of N members on an `InMemorySyncNetwork`: every member
+/// serves the segments `SegmentOwnership` gives it, replicates its own SAs to every other
 /// member, and takes over or hands over segments with their SAs. A remote peer sends ESP to
 /// whichever member serves each Child SA, an attacker replays what it captured, and every step
 /// checks the invariants of the design (``LoadSharingReport``).

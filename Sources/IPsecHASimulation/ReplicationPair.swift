@@ -1,10 +1,10 @@
 public import IPsecHACore
 public import IPsecHASync
 
-/// An active member and a standby joined by an ``InMemorySyncNetwork``, driven on a virtual
+/// An active member and a standby joined by an `InMemorySyncNetwork`, driven on a virtual
 /// clock: the smallest deterministic cluster, for tests, benchmarks and the demo.
 ///
-/// The active member owns ``state`` and a ``Replicator``; the standby a ``Replica``, which says
+/// The active member owns ``state`` and a `Replicator`; the standby a `Replica`, which says
 /// hello until a bulk resync has made it ready. Every datagram goes through the real channel
 /// (sealed with a fresh cluster key, replay-checked, reliable); the network's faults apply.
 public struct ReplicationPair {

@@ -4,7 +4,7 @@ internal import NIOConcurrencyHelpers
 public import NIOCore
 internal import NIOPosix
 
-/// A ``SyncTransport`` over UDP sockets (SwiftNIO): one bound socket per member, peers by
+/// A `SyncTransport` over UDP sockets (SwiftNIO): one bound socket per member, peers by
 /// address. Received datagrams wait in a bounded queue until the channel's owner calls
 /// ``receive(now:)``; sends are fire-and-forget, as the transport contract says (the synch
 /// channel above authenticates, orders and retransmits).

@@ -24,8 +24,10 @@ public struct OutboundSequenceCounter: Sendable, Hashable {
 
     /// A counter for a new Child SA, at 0.
     ///
-    /// - Parameter softLimit: the first number at which ``next()`` says a rekey is due; by
-    ///   default 2^32 - 2^24 without ESN (16.7 million packets of notice) and 2^64 - 2^32 with it.
+    /// - Parameters:
+    ///   - extendedSequenceNumbers: whether the Child SA uses 64-bit sequence numbers (ESN).
+    ///   - softLimit: the first number at which ``next()`` says a rekey is due; by default
+    ///     2^32 - 2^24 without ESN (16.7 million packets of notice) and 2^64 - 2^32 with it.
     public init(extendedSequenceNumbers: Bool, softLimit: UInt64? = nil) throws(SequenceCounterError) {
         try self.init(extendedSequenceNumbers: extendedSequenceNumbers, lastSent: 0, softLimit: softLimit)
     }

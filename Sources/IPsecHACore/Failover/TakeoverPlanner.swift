@@ -9,7 +9,9 @@ public enum TakeoverPlanner {
     ///   - inFlight: IKE SAs with an exchange under way, and whether this side initiated it.
     ///   - suspect: IKE SAs whose updates may have been missed (``SuspectIKESAs/all`` while the
     ///     replica is not a complete copy or a gap in the synch stream is open).
-    ///   - restrictedTo: when given, plan only these IKE SAs and their Child SAs (a load-sharing
+    ///   - policy: the minimum advance and the inbound window policy.
+    ///   - now: the time of the takeover (checkpoint ages are measured to it).
+    ///   - restriction: when given, plan only these IKE SAs and their Child SAs (a load-sharing
     ///     member that takes over one segment of a failed member's SAs); identifiers the state
     ///     does not hold are ignored.
     ///

@@ -93,7 +93,7 @@ public enum OwnershipAction: Sendable, Equatable {
 /// - **Claims.** Ownership changes only by versioned claims, sent reliably to every peer that
 ///   is up, relayed by each receiver, and given whole to a peer when it comes up. A member
 ///   moves segments only when the views have been agreed for a lease duration: then every
-///   member computes the same ``SegmentAssignment`` over the members that are up. An owner
+///   member computes the same `SegmentAssignment` (IPsecHACore) over the members that are up. An owner
 ///   hands a segment to the member the assignment names once that member is ready (it stops
 ///   first, then claims for the other: a gap, never an overlap). The member the assignment names
 ///   takes a segment whose owner is down (or that nobody owns), and starts serving it once every
