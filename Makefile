@@ -6,7 +6,7 @@ DEBIAN_PACKAGES := libsodium-dev pkg-config
 # Only some tests need these (they skip, saying what is missing, where they are not installed).
 TEST_PACKAGES := tshark
 
-.PHONY: demo test build release deps soak fuzz fuzz-smoke test-sanitize docs bench-replay bench-state bench-sync bench-failover clean
+.PHONY: demo test build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-replay bench-state bench-sync bench-failover clean
 
 deps:
 	@./scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
@@ -25,6 +25,10 @@ build: deps
 
 release: deps
 	$(SWIFT) build -c release
+
+# Every benchmark in release, one table with each figure beside its goal (a few minutes).
+bench: deps
+	./scripts/bench.sh
 
 # The anti-replay window against a plain C implementation of the same RFC 6479 ring.
 bench-replay: deps
