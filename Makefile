@@ -6,7 +6,7 @@ DEBIAN_PACKAGES := libsodium-dev pkg-config
 # Only some tests need these (they skip, saying what is missing, where they are not installed).
 TEST_PACKAGES := tshark
 
-.PHONY: demo test build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-replay bench-state bench-sync bench-failover clean
+.PHONY: demo test build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-allocations bench-replay bench-state bench-sync bench-failover clean
 
 deps:
 	@./scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
@@ -29,6 +29,13 @@ release: deps
 # Every benchmark in release, one table with each figure beside its goal (a few minutes).
 bench: deps
 	./scripts/bench.sh
+
+# The hot paths (replay check, counters, SPI lookup, SPD cache, checkpoint encoding) with
+# allocation counts (ordo-one/benchmark, Benchmarks/): fails when one allocates other than
+# Benchmarks/Thresholds says. After a deliberate change:
+# (cd Benchmarks && swift package --allow-writing-to-package-directory benchmark thresholds update --metric mallocCountTotal)
+bench-allocations: deps
+	cd Benchmarks && swift package benchmark thresholds check --metric mallocCountTotal --no-progress
 
 # The anti-replay window against a plain C implementation of the same RFC 6479 ring.
 bench-replay: deps

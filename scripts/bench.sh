@@ -40,3 +40,6 @@ echo
 echo "replay window, Swift against C (goal: within 1.25x):"
 cat "$scratch/replay"
 [ "$replay_status" -eq 0 ] || echo "(the replay comparison missed its goal in this run)"
+echo
+echo "allocations on the hot paths (Benchmarks/, ordo-one/benchmark; goal: as in Benchmarks/Thresholds):"
+(cd Benchmarks && swift package benchmark thresholds check --metric mallocCountTotal --no-progress 2>&1 | tail -1)

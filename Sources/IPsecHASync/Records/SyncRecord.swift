@@ -306,7 +306,10 @@ extension SyncRecord {
 
     /// The record's bytes on the wire (type, length, value).
     public func encoded() throws(SyncCodecError) -> [UInt8] {
-        var writer = ByteWriter()
+        // A checkpoint batch is sized up front: growing the buffer cost three copies for 50 entries.
+        var capacity = 256
+        if case .counterCheckpoints(let entries) = self { capacity = 8 + entries.count * StateEncoding.checkpointEntrySizes.maximum }
+        var writer = ByteWriter(capacity: capacity)
         try encode(into: &writer)
         return writer.bytes
     }
