@@ -87,7 +87,8 @@ let package = Package(
         .testTarget(
             name: "IPsecHASyncTests",
             dependencies: [
-                "IPsecHASync", "IPsecHACore", "IPsecHASimulation", "CSodium",
+                "IPsecHASync", "IPsecHACore", "IPsecHASimulation", "IPsecHASyncNIO", "CSodium",
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
