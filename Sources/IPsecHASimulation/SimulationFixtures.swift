@@ -25,6 +25,23 @@ public enum SimulationFixtures {
             owner: owner)
     }
 
+    /// A gateway state with one policy that protects all IPv4 traffic, one IKE SA and one Child
+    /// SA (inbound SPI 0x1000) under it: every outbound flow maps to that Child SA, for SPD
+    /// cache measurements.
+    public static func protectingEverything(
+        spdCacheCapacity: Int, window: UInt32, _ random: inout SplitMix64
+    ) throws -> GatewayState {
+        var gateway = GatewayState(spdCacheCapacity: spdCacheCapacity)
+        let policy = SecurityPolicy(
+            id: SecurityPolicyID(rawValue: 1), localSelectors: [.any(.ipv4)], remoteSelectors: [.any(.ipv4)],
+            action: .protect(ProtectionSettings()))
+        _ = try gateway.installPolicy(policy)
+        let ike = try ikeSA(1, &random)
+        _ = try gateway.createIKESA(ike)
+        _ = try gateway.createChildSA(childSA(0x1000, parent: ike.identifier, policy: policy.id, window: window, &random))
+        return gateway
+    }
+
     /// A Child SA of `parent` with inbound SPI `spi`, a random outbound SPI and an active
     /// replay window of `window` packets, owned by `owner`.
     public static func childSA(

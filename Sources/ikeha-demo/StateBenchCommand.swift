@@ -69,14 +69,7 @@ struct StateBenchCommand: ParsableCommand {
         print("SAD lookup by inbound SPI: \(Int(spiRate)) per second over \(state.childSACount) Child SAs")
 
         // SPD cache: one PROTECT policy for everything, one Child SA, `flows` cached flows.
-        var gateway = GatewayState(spdCacheCapacity: flows)
-        let policy = SecurityPolicy(
-            id: SecurityPolicyID(rawValue: 1), localSelectors: [.any(.ipv4)], remoteSelectors: [.any(.ipv4)],
-            action: .protect(ProtectionSettings()))
-        _ = try gateway.installPolicy(policy)
-        let ike = try SimulationFixtures.ikeSA(1, &random)
-        _ = try gateway.createIKESA(ike)
-        _ = try gateway.createChildSA(SimulationFixtures.childSA(0x1000, parent: ike.identifier, policy: policy.id, window: window, &random))
+        var gateway = try SimulationFixtures.protectingEverything(spdCacheCapacity: flows, window: window, &random)
         let packets = (0..<flows).map { index in
             FiveTuple(
                 localAddress: IPAddress(ipv4: 0x0A00_0000 | UInt32(index >> 8)),

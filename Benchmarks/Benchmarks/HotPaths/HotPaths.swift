@@ -49,14 +49,7 @@ let benchmarks: @Sendable () -> Void = {
 
     Benchmark("SPDCache.outboundDecision.cachedFlow") { benchmark in
         var random = SplitMix64(seed: 4)
-        var gateway = GatewayState(spdCacheCapacity: 4_096)
-        let policy = SecurityPolicy(
-            id: SecurityPolicyID(rawValue: 1), localSelectors: [.any(.ipv4)], remoteSelectors: [.any(.ipv4)],
-            action: .protect(ProtectionSettings()))
-        _ = try gateway.installPolicy(policy)
-        let ike = try SimulationFixtures.ikeSA(1, &random)
-        _ = try gateway.createIKESA(ike)
-        _ = try gateway.createChildSA(SimulationFixtures.childSA(0x1000, parent: ike.identifier, policy: policy.id, window: 1024, &random))
+        var gateway = try SimulationFixtures.protectingEverything(spdCacheCapacity: 4_096, window: 1024, &random)
         let flows = (0..<1_024).map { index in
             FiveTuple(
                 localAddress: IPAddress(ipv4: 0x0A00_0000 | UInt32(index)), remoteAddress: IPAddress(ipv4: 0xC633_6401),
