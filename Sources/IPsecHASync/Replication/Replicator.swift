@@ -83,6 +83,18 @@ public struct Replicator {
 
         func records(_ positions: Range<Int>) -> [SyncRecord] { positions.map(record(at:)) }
 
+        /// Forgets what was sent, so that a standby that never quite catches up does not keep
+        /// every record it was ever sent: a resync whose snapshot part went out becomes a
+        /// backlog of the rest (releasing its snapshot), a backlog drops its sent records.
+        mutating func compact() {
+            if snapshot != nil, next >= snapshotCount {
+                self = Pending(backlog: Array(appended[(next - snapshotCount)...]))
+            } else if snapshot == nil, next > 0 {
+                appended.removeFirst(next)
+                next = 0
+            }
+        }
+
         func record(at position: Int) -> SyncRecord {
             guard let snapshot else { return appended[position] }
             var offset = position
@@ -341,7 +353,12 @@ public struct Replicator {
                 if end == resync.next { break }
                 resync.next = end
             }
-            pending[standby] = resync.next < resync.count ? resync : nil
+            if resync.next < resync.count {
+                resync.compact()
+                pending[standby] = resync
+            } else {
+                pending[standby] = nil
+            }
         }
         return actions
     }
