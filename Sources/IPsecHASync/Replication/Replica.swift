@@ -62,9 +62,9 @@ public struct Replica {
     /// order and nothing after the gap has been applied.
     public private(set) var missingSince: Timestamp?
 
-    /// The takeover plan if this replica's member took over at `now` (see `TakeoverPlanner` in IPsecHACore):
-    /// exchanges in flight from the replicated records, every IKE SA suspect while the replica
-    /// may have missed updates.
+    /// The takeover plan if this replica's member took over at `now` (see `TakeoverPlanner` in
+    /// IPsecHACore): exchanges in flight from the replicated records, every IKE SA suspect while
+    /// the replica may have missed updates.
     /// With `restrictedTo`, the plan covers only those IKE SAs and their Child SAs.
     public func takeoverPlan(
         policy: TakeoverPolicy = TakeoverPolicy(), now: Timestamp, restrictedTo restriction: Set<IKESAIdentifier>? = nil
