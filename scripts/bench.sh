@@ -11,11 +11,11 @@ scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 
 echo "running: bench state (a million Child SAs, about a minute)" >&2
-"$demo" bench state | tail -1 >"$scratch/state"
+"$demo" bench state 2>>"$scratch/log" | tail -1 >"$scratch/state"
 echo "running: bench sync" >&2
-"$demo" bench sync | tail -1 >"$scratch/sync"
+"$demo" bench sync 2>>"$scratch/log" | tail -1 >"$scratch/sync"
 echo "running: bench failover" >&2
-"$demo" bench failover | tail -1 >"$scratch/failover"
+"$demo" bench failover 2>>"$scratch/log" | tail -1 >"$scratch/failover"
 echo "running: replay window against C" >&2
 replay_status=0
 ./Benchmarks/replay-vs-c.sh >"$scratch/replay" 2>&1 || replay_status=$?
