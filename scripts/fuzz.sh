@@ -7,10 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../FuzzTesting"
 seconds="${1:-60}"
 targets=(datagram sealed-payload sync-records ike-message replay-line)
-swift build -c debug --sanitize=fuzzer --sanitize=address \
-    -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library -Xswiftc -use-ld=lld
-binary="$(swift build -c debug --sanitize=fuzzer --sanitize=address \
-    -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library -Xswiftc -use-ld=lld --show-bin-path)/ikeha-fuzz"
+flags=(-c debug --sanitize=fuzzer --sanitize=address
+    -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library -Xswiftc -use-ld=lld)
+swift build "${flags[@]}"
+binary="$(swift build "${flags[@]}" --show-bin-path)/ikeha-fuzz"
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 mkdir -p Artifacts
