@@ -15,7 +15,9 @@ let package = Package(
         .library(name: "IPsecHASync", targets: ["IPsecHASync"]),
         .library(name: "IPsecHASimulation", targets: ["IPsecHASimulation"]),
         .library(name: "IPsecHASyncNIO", targets: ["IPsecHASyncNIO"]),
+        .library(name: "IPsecHAGateway", targets: ["IPsecHAGateway"]),
         .executable(name: "ikeha-demo", targets: ["ikeha-demo"]),
+        .executable(name: "ikeha-gateway", targets: ["ikeha-gateway"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -60,6 +62,25 @@ let package = Package(
             dependencies: ["IPsecHACore", "IPsecHASync", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
+        // The reference gateway: an IKEv2 responder and a userspace ESP-in-UDP data plane built on
+        // the package, checked against strongSwan (scripts/interop.sh); the worked example of
+        // embedding.
+        .target(
+            name: "IPsecHAGateway",
+            dependencies: ["IPsecHACore", "CSodium", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "ikeha-gateway",
+            dependencies: [
+                "IPsecHACore", "IPsecHASync", "IPsecHASyncNIO", "IPsecHAGateway",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "ikeha-demo",
             dependencies: [
@@ -77,6 +98,11 @@ let package = Package(
         .testTarget(
             name: "IPsecHACoreTests",
             dependencies: ["IPsecHACore"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "IPsecHAGatewayTests",
+            dependencies: ["IPsecHAGateway", "IPsecHACore", "ikeha-gateway", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -17,11 +17,26 @@ public struct IKEPayloadType: RawRepresentable, Sendable, Hashable, CustomString
     public init(rawValue: UInt8) { self.rawValue = rawValue }
     /// No next payload.
     public static let none = Self(rawValue: 0)
+    public static let securityAssociation = Self(rawValue: 33)
+    public static let keyExchange = Self(rawValue: 34)
+    public static let identificationInitiator = Self(rawValue: 35)
+    public static let identificationResponder = Self(rawValue: 36)
+    public static let certificate = Self(rawValue: 37)
+    public static let certificateRequest = Self(rawValue: 38)
+    public static let authentication = Self(rawValue: 39)
+    public static let nonce = Self(rawValue: 40)
     public static let notify = Self(rawValue: 41)
     public static let delete = Self(rawValue: 42)
+    public static let vendorID = Self(rawValue: 43)
+    public static let trafficSelectorInitiator = Self(rawValue: 44)
+    public static let trafficSelectorResponder = Self(rawValue: 45)
     public static let encrypted = Self(rawValue: 46)
+    public static let configuration = Self(rawValue: 47)
     public var description: String {
-        [0: "none", 41: "N", 42: "D", 46: "SK"][rawValue] ?? "payload \(rawValue)"
+        [
+            0: "none", 33: "SA", 34: "KE", 35: "IDi", 36: "IDr", 37: "CERT", 38: "CERTREQ", 39: "AUTH", 40: "No", 41: "N",
+            42: "D", 43: "V", 44: "TSi", 45: "TSr", 46: "SK", 47: "CP",
+        ][rawValue] ?? "payload \(rawValue)"
     }
 }
 
@@ -29,8 +44,21 @@ public struct IKEPayloadType: RawRepresentable, Sendable, Hashable, CustomString
 public struct NotifyMessageType: RawRepresentable, Sendable, Hashable, CustomStringConvertible {
     public let rawValue: UInt16
     public init(rawValue: UInt16) { self.rawValue = rawValue }
+    public static let unsupportedCriticalPayload = Self(rawValue: 1)
+    public static let invalidSyntax = Self(rawValue: 7)
     public static let invalidMessageID = Self(rawValue: 9)
+    public static let noProposalChosen = Self(rawValue: 14)
+    public static let invalidKEPayload = Self(rawValue: 17)
+    public static let authenticationFailed = Self(rawValue: 24)
+    public static let tsUnacceptable = Self(rawValue: 38)
+    public static let childSANotFound = Self(rawValue: 44)
+    public static let initialContact = Self(rawValue: 16384)
     public static let setWindowSize = Self(rawValue: 16385)
+    public static let natDetectionSourceIP = Self(rawValue: 16388)
+    public static let natDetectionDestinationIP = Self(rawValue: 16389)
+    public static let useTransportMode = Self(rawValue: 16391)
+    public static let rekeySA = Self(rawValue: 16393)
+    public static let mobikeSupported = Self(rawValue: 16396)
     public static let messageIDSyncSupported = Self(rawValue: 16420)
     public static let replayCounterSyncSupported = Self(rawValue: 16421)
     public static let messageIDSync = Self(rawValue: 16422)
@@ -39,7 +67,10 @@ public struct NotifyMessageType: RawRepresentable, Sendable, Hashable, CustomStr
     public var isError: Bool { rawValue < 16384 }
     public var description: String {
         let names: [UInt16: String] = [
-            9: "INVALID_MESSAGE_ID", 16385: "SET_WINDOW_SIZE", 16420: "IKEV2_MESSAGE_ID_SYNC_SUPPORTED",
+            1: "UNSUPPORTED_CRITICAL_PAYLOAD", 7: "INVALID_SYNTAX", 9: "INVALID_MESSAGE_ID", 14: "NO_PROPOSAL_CHOSEN",
+            17: "INVALID_KE_PAYLOAD", 24: "AUTHENTICATION_FAILED", 38: "TS_UNACCEPTABLE", 44: "CHILD_SA_NOT_FOUND",
+            16384: "INITIAL_CONTACT", 16385: "SET_WINDOW_SIZE", 16388: "NAT_DETECTION_SOURCE_IP",
+            16389: "NAT_DETECTION_DESTINATION_IP", 16391: "USE_TRANSPORT_MODE", 16393: "REKEY_SA", 16396: "MOBIKE_SUPPORTED", 16420: "IKEV2_MESSAGE_ID_SYNC_SUPPORTED",
             16421: "IPSEC_REPLAY_COUNTER_SYNC_SUPPORTED", 16422: "IKEV2_MESSAGE_ID_SYNC", 16423: "IPSEC_REPLAY_COUNTER_SYNC",
         ]
         return names[rawValue] ?? "notify \(rawValue)"
@@ -83,6 +114,39 @@ public struct IKEHeader: Sendable, Hashable {
         self.length = length
     }
 
+    /// The 28 header bytes, with the fields as they are (``IKEMessage/encoded()`` fills in the
+    /// next payload and the length first).
+    public var encoded: [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(Self.size)
+        bytes.appendBigEndian(initiatorSPI)
+        bytes.appendBigEndian(responderSPI)
+        bytes.append(nextPayload.rawValue)
+        bytes.append(version)
+        bytes.append(exchangeType.rawValue)
+        bytes.append(flags)
+        bytes.appendBigEndian(messageID)
+        bytes.appendBigEndian(length)
+        return bytes
+    }
+
+    /// Parses the header at the start of `bytes` and checks its length field against them.
+    /// Throws on truncation, a version other than 2, or a length that disagrees.
+    public init(decoding bytes: ArraySlice<UInt8>) throws(IKEWireError) {
+        guard bytes.count >= Self.size else { throw .truncated }
+        var reader = WireReader(bytes)
+        initiatorSPI = try reader.uint64()
+        responderSPI = try reader.uint64()
+        nextPayload = IKEPayloadType(rawValue: try reader.uint8())
+        version = try reader.uint8()
+        guard version >> 4 == 2 else { throw .unsupportedVersion(version) }
+        exchangeType = IKEExchangeType(rawValue: try reader.uint8())
+        flags = try reader.uint8()
+        messageID = try reader.uint32()
+        length = try reader.uint32()
+        guard Int(length) == bytes.count else { throw .lengthMismatch(declared: Int(length), actual: bytes.count) }
+    }
+
     /// Whether the R flag is set.
     public var isResponse: Bool { flags & Self.responseFlag != 0 }
     /// Whether the I flag is set.
@@ -110,35 +174,51 @@ public struct IKEPayload: Sendable, Hashable {
 public struct IKEMessage: Sendable, Hashable {
     public var header: IKEHeader
     public var payloads: [IKEPayload]
+    /// When the chain ends in an SK payload: the type of the first payload inside it, which
+    /// the SK payload's next-payload field carries (RFC 7296 section 3.14).
+    public var firstPayloadInsideEncrypted: IKEPayloadType
 
     /// A message; ``encoded()`` fills in the next-payload fields and the length.
-    public init(header: IKEHeader, payloads: [IKEPayload]) {
+    public init(header: IKEHeader, payloads: [IKEPayload], firstPayloadInsideEncrypted: IKEPayloadType = .none) {
         self.header = header
         self.payloads = payloads
+        self.firstPayloadInsideEncrypted = firstPayloadInsideEncrypted
     }
 
     /// The message's bytes: header, then each payload with its generic header.
     public func encoded() throws(IKEWireError) -> [UInt8] {
-        var bytes: [UInt8] = []
+        let chain = try IKEPayload.encodeChain(payloads, lastNextPayload: firstPayloadInsideEncrypted)
         var header = self.header
         header.nextPayload = payloads.first?.type ?? .none
-        var total = IKEHeader.size
-        for payload in payloads {
-            guard payload.body.count + 4 <= Int(UInt16.max) else { throw .payloadTooLong(payload.body.count) }
-            total += payload.body.count + 4
-        }
-        header.length = UInt32(total)
-        bytes.reserveCapacity(total)
-        bytes.appendBigEndian(header.initiatorSPI)
-        bytes.appendBigEndian(header.responderSPI)
-        bytes.append(header.nextPayload.rawValue)
-        bytes.append(header.version)
-        bytes.append(header.exchangeType.rawValue)
-        bytes.append(header.flags)
-        bytes.appendBigEndian(header.messageID)
-        bytes.appendBigEndian(header.length)
+        header.length = UInt32(IKEHeader.size + chain.count)
+        return header.encoded + chain
+    }
+
+    /// Parses a message in clear. Throws a typed error, for any malformed input, before
+    /// returning anything: truncation, a length field that disagrees with the bytes, a version
+    /// other than 2, a payload length below 4 or past the end, reserved bits set.
+    public init(decoding bytes: [UInt8]) throws(IKEWireError) {
+        let header = try IKEHeader(decoding: bytes[...])
+        let chain = try IKEPayload.decodeChainReportingEncrypted(bytes[IKEHeader.size...], first: header.nextPayload)
+        self.payloads = chain.payloads
+        self.firstPayloadInsideEncrypted = chain.firstInner ?? .none
+        self.header = header
+    }
+}
+
+extension IKEPayload {
+    /// A payload chain's bytes: each payload behind its generic header, whose next-payload
+    /// field names the payload after it (0 after the last). The first payload's type goes
+    /// wherever the chain hangs from: the IKE header, or an SK payload (RFC 7296 section 3.14).
+    /// `lastNextPayload` goes in the last payload's next-payload field: 0 (none), except for a
+    /// closing SK payload, whose field names the first payload inside it.
+    public static func encodeChain(
+        _ payloads: [IKEPayload], lastNextPayload: IKEPayloadType = .none
+    ) throws(IKEWireError) -> [UInt8] {
+        var bytes: [UInt8] = []
         for (index, payload) in payloads.enumerated() {
-            bytes.append(index + 1 < payloads.count ? payloads[index + 1].type.rawValue : 0)
+            guard payload.body.count + 4 <= Int(UInt16.max) else { throw .payloadTooLong(payload.body.count) }
+            bytes.append(index + 1 < payloads.count ? payloads[index + 1].type.rawValue : lastNextPayload.rawValue)
             bytes.append(payload.critical ? 0x80 : 0)
             bytes.appendBigEndian(UInt16(payload.body.count + 4))
             bytes.append(contentsOf: payload.body)
@@ -146,25 +226,24 @@ public struct IKEMessage: Sendable, Hashable {
         return bytes
     }
 
-    /// Parses a message in clear. Throws a typed error, for any malformed input, before
-    /// returning anything: truncation, a length field that disagrees with the bytes, a version
-    /// other than 2, a payload length below 4 or past the end, reserved bits set.
-    public init(decoding bytes: [UInt8]) throws(IKEWireError) {
-        guard bytes.count >= IKEHeader.size else { throw .truncated }
-        var reader = WireReader(bytes[...])
-        var header = IKEHeader(
-            initiatorSPI: try reader.uint64(), responderSPI: try reader.uint64(),
-            nextPayload: IKEPayloadType(rawValue: try reader.uint8()), exchangeType: .informational, flags: 0, messageID: 0,
-            length: 0)
-        header.version = try reader.uint8()
-        guard header.version >> 4 == 2 else { throw .unsupportedVersion(header.version) }
-        header.exchangeType = IKEExchangeType(rawValue: try reader.uint8())
-        header.flags = try reader.uint8()
-        header.messageID = try reader.uint32()
-        header.length = try reader.uint32()
-        guard Int(header.length) == bytes.count else { throw .lengthMismatch(declared: Int(header.length), actual: bytes.count) }
+    /// Parses a payload chain that starts with a payload of type `first` and fills `bytes`
+    /// exactly. An SK payload ends the chain: its next-payload field names the first payload
+    /// inside it, and it must be the last payload (RFC 7296 section 3.14); its body is kept
+    /// whole and the inner chain's first type is returned beside the payloads.
+    public static func decodeChain(
+        _ bytes: ArraySlice<UInt8>, first: IKEPayloadType
+    ) throws(IKEWireError) -> [IKEPayload] {
+        try decodeChainReportingEncrypted(bytes, first: first).payloads
+    }
+
+    /// ``decodeChain(_:first:)``, with the type of the first payload inside a closing SK
+    /// payload (nil when the chain has none).
+    public static func decodeChainReportingEncrypted(
+        _ bytes: ArraySlice<UInt8>, first: IKEPayloadType
+    ) throws(IKEWireError) -> (payloads: [IKEPayload], firstInner: IKEPayloadType?) {
+        var reader = WireReader(bytes)
         var payloads: [IKEPayload] = []
-        var next = header.nextPayload
+        var next = first
         while next != .none {
             guard payloads.count < 64 else { throw .tooManyPayloads }
             let following = IKEPayloadType(rawValue: try reader.uint8())
@@ -173,11 +252,14 @@ public struct IKEMessage: Sendable, Hashable {
             let length = Int(try reader.uint16())
             guard length >= 4 else { throw .payloadTooShort(length) }
             payloads.append(IKEPayload(type: next, critical: flags & 0x80 != 0, body: Array(try reader.bytes(length - 4))))
+            if next == .encrypted {
+                guard reader.isAtEnd else { throw .trailingBytes(reader.remaining) }
+                return (payloads, following)
+            }
             next = following
         }
         guard reader.isAtEnd else { throw .trailingBytes(reader.remaining) }
-        self.header = header
-        self.payloads = payloads
+        return (payloads, nil)
     }
 }
 

@@ -1,0 +1,372 @@
+public import IPsecHACore
+
+// The payloads of IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA and INFORMATIONAL (RFC 7296 section 3)
+// that the reference gateway reads and writes. Every parser takes a payload body as received
+// and throws `IKEWireError` for anything malformed, before returning anything.
+
+/// One transform of a proposal (RFC 7296 section 3.3.2).
+public struct IKETransform: Sendable, Hashable {
+    /// Transform types (section 3.3.2).
+    public enum Kind: UInt8, Sendable, Hashable {
+        case encryption = 1
+        case pseudorandomFunction = 2
+        case integrity = 3
+        case keyExchange = 4
+        case extendedSequenceNumbers = 5
+    }
+
+    /// The transform type; nil for a type this gateway does not know (the proposal is then
+    /// not acceptable).
+    public var kind: Kind?
+    /// The raw transform type, as received.
+    public var rawKind: UInt8
+    /// The transform ID within its type.
+    public var id: UInt16
+    /// The Key Length attribute (type 14), when present.
+    public var keyLength: UInt16?
+
+    /// A transform from its parts.
+    public init(_ kind: Kind, id: UInt16, keyLength: UInt16? = nil) {
+        self.kind = kind
+        self.rawKind = kind.rawValue
+        self.id = id
+        self.keyLength = keyLength
+    }
+}
+
+/// One proposal of an SA payload (section 3.3.1).
+public struct IKEProposal: Sendable, Hashable {
+    /// Protocol IDs (section 3.3.1).
+    public static let ike: UInt8 = 1
+    public static let esp: UInt8 = 3
+
+    public var number: UInt8
+    public var protocolID: UInt8
+    /// Empty for the first IKE SA, 8 bytes for a rekeyed one, 4 for ESP.
+    public var spi: [UInt8]
+    public var transforms: [IKETransform]
+
+    /// A proposal from its parts.
+    public init(number: UInt8, protocolID: UInt8, spi: [UInt8], transforms: [IKETransform]) {
+        self.number = number
+        self.protocolID = protocolID
+        self.spi = spi
+        self.transforms = transforms
+    }
+
+    /// The transforms of one type, in order of preference.
+    public func transforms(_ kind: IKETransform.Kind) -> [IKETransform] { transforms.filter { $0.kind == kind } }
+
+    /// The SPI as a 32-bit value (ESP); nil unless it has 4 bytes.
+    public var espSPI: UInt32? { spi.count == 4 ? spi.reduce(0) { $0 << 8 | UInt32($1) } : nil }
+}
+
+/// The SA payload: proposals in order of preference.
+public struct SecurityAssociationPayload: Sendable, Hashable {
+    public var proposals: [IKEProposal]
+
+    /// An SA payload from its proposals.
+    public init(proposals: [IKEProposal]) { self.proposals = proposals }
+
+    /// The body bytes.
+    public var body: [UInt8] {
+        var bytes: [UInt8] = []
+        for (index, proposal) in proposals.enumerated() {
+            var transforms: [UInt8] = []
+            for (transformIndex, transform) in proposal.transforms.enumerated() {
+                var attributes: [UInt8] = []
+                if let keyLength = transform.keyLength {
+                    attributes.appendBigEndian(UInt16(0x800E))
+                    attributes.appendBigEndian(keyLength)
+                }
+                transforms.append(transformIndex + 1 < proposal.transforms.count ? 3 : 0)
+                transforms.append(0)
+                transforms.appendBigEndian(UInt16(8 + attributes.count))
+                transforms.append(transform.rawKind)
+                transforms.append(0)
+                transforms.appendBigEndian(transform.id)
+                transforms += attributes
+            }
+            bytes.append(index + 1 < proposals.count ? 2 : 0)
+            bytes.append(0)
+            bytes.appendBigEndian(UInt16(8 + proposal.spi.count + transforms.count))
+            bytes += [proposal.number, proposal.protocolID, UInt8(proposal.spi.count), UInt8(proposal.transforms.count)]
+            bytes += proposal.spi + transforms
+        }
+        return bytes
+    }
+
+    /// As a payload of the chain.
+    public var payload: IKEPayload { IKEPayload(type: .securityAssociation, body: body) }
+
+    /// Parses an SA payload body; throws for lengths that disagree, counts that do not match,
+    /// an SPI size other than 0, 4 or 8, or attributes other than fixed-length ones.
+    public init(body: [UInt8]) throws(IKEWireError) {
+        var reader = PayloadReader(body)
+        var proposals: [IKEProposal] = []
+        var more = true
+        while more {
+            guard proposals.count < 64 else { throw .tooManyPayloads }
+            let last = try reader.uint8()
+            guard last == 0 || last == 2 else { throw .unexpectedMessage("proposal substructure marker \(last)") }
+            more = last == 2
+            _ = try reader.uint8()
+            let length = Int(try reader.uint16())
+            guard length >= 8 else { throw .payloadTooShort(length) }
+            var proposalReader = PayloadReader(try reader.bytes(length - 4))
+            let number = try proposalReader.uint8()
+            let protocolID = try proposalReader.uint8()
+            let spiSize = Int(try proposalReader.uint8())
+            guard [0, 4, 8].contains(spiSize) else { throw .invalidSPISize(spiSize) }
+            let count = Int(try proposalReader.uint8())
+            let spi = Array(try proposalReader.bytes(spiSize))
+            var transforms: [IKETransform] = []
+            for index in 0..<count {
+                let marker = try proposalReader.uint8()
+                guard marker == (index + 1 < count ? 3 : 0) else { throw .unexpectedMessage("transform substructure marker \(marker)") }
+                _ = try proposalReader.uint8()
+                let transformLength = Int(try proposalReader.uint16())
+                guard transformLength >= 8 else { throw .payloadTooShort(transformLength) }
+                var transformReader = PayloadReader(try proposalReader.bytes(transformLength - 4))
+                let rawKind = try transformReader.uint8()
+                _ = try transformReader.uint8()
+                var transform = IKETransform(.encryption, id: try transformReader.uint16())
+                transform.kind = IKETransform.Kind(rawValue: rawKind)
+                transform.rawKind = rawKind
+                while !transformReader.isAtEnd {
+                    let type = try transformReader.uint16()
+                    guard type & 0x8000 != 0 else { throw .unexpectedMessage("variable-length transform attribute \(type)") }
+                    let value = try transformReader.uint16()
+                    if type & 0x7FFF == 14 { transform.keyLength = value }
+                }
+                transforms.append(transform)
+            }
+            guard proposalReader.isAtEnd else { throw .trailingBytes(proposalReader.remaining) }
+            proposals.append(IKEProposal(number: number, protocolID: protocolID, spi: spi, transforms: transforms))
+        }
+        guard reader.isAtEnd else { throw .trailingBytes(reader.remaining) }
+        self.proposals = proposals
+    }
+}
+
+/// The KE payload (section 3.4).
+public struct KeyExchangePayload: Sendable, Hashable {
+    public var group: KeyExchangeMethod
+    public var data: [UInt8]
+
+    /// A KE payload from its parts.
+    public init(group: KeyExchangeMethod, data: [UInt8]) {
+        self.group = group
+        self.data = data
+    }
+
+    /// As a payload of the chain.
+    public var payload: IKEPayload {
+        var body: [UInt8] = []
+        body.appendBigEndian(group.rawValue)
+        body += [0, 0] + data
+        return IKEPayload(type: .keyExchange, body: body)
+    }
+
+    /// Parses a KE payload body.
+    public init(body: [UInt8]) throws(IKEWireError) {
+        var reader = PayloadReader(body)
+        group = KeyExchangeMethod(rawValue: try reader.uint16())
+        _ = try reader.uint16()
+        data = Array(try reader.bytes(reader.remaining))
+    }
+}
+
+/// An identity as IDi / IDr carry it (section 3.5).
+public struct IKEIdentity: Sendable, Hashable, CustomStringConvertible {
+    /// ID types used here: ID_IPV4_ADDR, ID_FQDN, ID_RFC822_ADDR.
+    public static let ipv4Address: UInt8 = 1
+    public static let fqdn: UInt8 = 2
+    public static let rfc822Address: UInt8 = 3
+
+    public var type: UInt8
+    public var data: [UInt8]
+
+    /// An identity from its parts.
+    public init(type: UInt8, data: [UInt8]) {
+        self.type = type
+        self.data = data
+    }
+
+    /// An identity written as strongSwan reads one: `user@domain` is an RFC 822 address,
+    /// `@name` or any other name an FQDN (without the `@`).
+    public init(_ text: String) {
+        if text.hasPrefix("@") {
+            self.init(type: Self.fqdn, data: Array(text.utf8.dropFirst()))
+        } else if text.contains("@") {
+            self.init(type: Self.rfc822Address, data: Array(text.utf8))
+        } else {
+            self.init(type: Self.fqdn, data: Array(text.utf8))
+        }
+    }
+
+    /// The payload body: type, three reserved bytes, data ("RestOfIDPayload", section 2.15).
+    public var body: [UInt8] { [type, 0, 0, 0] + data }
+
+    /// Parses an ID payload body.
+    public init(body: [UInt8]) throws(IKEWireError) {
+        guard body.count >= 5 else { throw .truncated }
+        self.init(type: body[0], data: Array(body[4...]))
+    }
+
+    public var description: String { String(decoding: data, as: UTF8.self) }
+}
+
+/// The AUTH payload (section 3.8).
+public struct AuthenticationPayload: Sendable, Hashable {
+    /// Shared Key Message Integrity Code.
+    public static let sharedKeyMIC: UInt8 = 2
+
+    public var method: UInt8
+    public var data: [UInt8]
+
+    /// An AUTH payload from its parts.
+    public init(method: UInt8, data: [UInt8]) {
+        self.method = method
+        self.data = data
+    }
+
+    /// As a payload of the chain.
+    public var payload: IKEPayload { IKEPayload(type: .authentication, body: [method, 0, 0, 0] + data) }
+
+    /// Parses an AUTH payload body.
+    public init(body: [UInt8]) throws(IKEWireError) {
+        guard body.count >= 5 else { throw .truncated }
+        self.init(method: body[0], data: Array(body[4...]))
+    }
+}
+
+/// A TSi or TSr payload (section 3.13): IPv4 and IPv6 address ranges.
+public struct TrafficSelectorPayload: Sendable, Hashable {
+    public var selectors: [TrafficSelector]
+
+    /// A payload from its selectors.
+    public init(selectors: [TrafficSelector]) { self.selectors = selectors }
+
+    /// The body bytes.
+    public var body: [UInt8] {
+        var bytes: [UInt8] = [UInt8(selectors.count), 0, 0, 0]
+        for selector in selectors {
+            let v4 = selector.family == .ipv4
+            bytes += [v4 ? 7 : 8, selector.ipProtocol]
+            bytes.appendBigEndian(UInt16(v4 ? 16 : 40))
+            bytes.appendBigEndian(selector.startPort)
+            bytes.appendBigEndian(selector.endPort)
+            for address in [selector.startAddress, selector.endAddress] {
+                if v4 {
+                    bytes.appendBigEndian(UInt32(truncatingIfNeeded: address.low))
+                } else {
+                    bytes.appendBigEndian(address.high)
+                    bytes.appendBigEndian(address.low)
+                }
+            }
+        }
+        return bytes
+    }
+
+    /// Parses a TS payload body; throws for unknown selector types and invalid ranges.
+    public init(body: [UInt8]) throws(IKEWireError) {
+        var reader = PayloadReader(body)
+        let count = Int(try reader.uint8())
+        _ = try reader.bytes(3)
+        var selectors: [TrafficSelector] = []
+        for _ in 0..<count {
+            let type = try reader.uint8()
+            let ipProtocol = try reader.uint8()
+            let length = try reader.uint16()
+            let startPort = try reader.uint16()
+            let endPort = try reader.uint16()
+            let start: IPAddress
+            let end: IPAddress
+            switch (type, length) {
+            case (7, 16):
+                start = IPAddress(ipv4: try reader.uint32())
+                end = IPAddress(ipv4: try reader.uint32())
+            case (8, 40):
+                start = IPAddress(ipv6High: try reader.uint64(), low: try reader.uint64())
+                end = IPAddress(ipv6High: try reader.uint64(), low: try reader.uint64())
+            default:
+                throw .unexpectedMessage("traffic selector type \(type) of \(length) bytes")
+            }
+            do {
+                selectors.append(try TrafficSelector(startAddress: start, endAddress: end, ipProtocol: ipProtocol, startPort: startPort, endPort: endPort))
+            } catch {
+                throw .unexpectedMessage("invalid traffic selector: \(error)")
+            }
+        }
+        guard reader.isAtEnd else { throw .trailingBytes(reader.remaining) }
+        self.selectors = selectors
+    }
+}
+
+/// The Delete payload (section 3.11).
+public struct DeletePayload: Sendable, Hashable {
+    /// 1 for the IKE SA (no SPIs), 3 for ESP.
+    public var protocolID: UInt8
+    /// 4-byte SPIs for ESP.
+    public var spis: [UInt32]
+
+    /// A Delete payload from its parts.
+    public init(protocolID: UInt8, spis: [UInt32]) {
+        self.protocolID = protocolID
+        self.spis = spis
+    }
+
+    /// As a payload of the chain.
+    public var payload: IKEPayload {
+        var body: [UInt8] = [protocolID, protocolID == IKEProposal.ike ? 0 : 4]
+        body.appendBigEndian(UInt16(spis.count))
+        for spi in spis { body.appendBigEndian(spi) }
+        return IKEPayload(type: .delete, body: body)
+    }
+
+    /// Parses a Delete payload body (IKE SA, or 4-byte SPIs).
+    public init(body: [UInt8]) throws(IKEWireError) {
+        var reader = PayloadReader(body)
+        protocolID = try reader.uint8()
+        let spiSize = Int(try reader.uint8())
+        let count = Int(try reader.uint16())
+        guard spiSize == (protocolID == IKEProposal.ike ? 0 : 4) else { throw .invalidSPISize(spiSize) }
+        var spis: [UInt32] = []
+        if spiSize == 4 { for _ in 0..<count { spis.append(try reader.uint32()) } }
+        guard reader.isAtEnd else { throw .trailingBytes(reader.remaining) }
+        self.spis = spis
+    }
+}
+
+/// Bounded big-endian reads over a payload body.
+struct PayloadReader {
+    private let bytes: [UInt8]
+    private var position: Int
+
+    init(_ bytes: [UInt8]) {
+        self.bytes = bytes
+        position = 0
+    }
+
+    init(_ bytes: ArraySlice<UInt8>) { self.init(Array(bytes)) }
+
+    var remaining: Int { bytes.count - position }
+    var isAtEnd: Bool { position == bytes.count }
+
+    mutating func uint8() throws(IKEWireError) -> UInt8 {
+        guard remaining >= 1 else { throw .truncated }
+        defer { position += 1 }
+        return bytes[position]
+    }
+
+    mutating func uint16() throws(IKEWireError) -> UInt16 { UInt16(try uint8()) << 8 | UInt16(try uint8()) }
+    mutating func uint32() throws(IKEWireError) -> UInt32 { UInt32(try uint16()) << 16 | UInt32(try uint16()) }
+    mutating func uint64() throws(IKEWireError) -> UInt64 { UInt64(try uint32()) << 32 | UInt64(try uint32()) }
+
+    mutating func bytes(_ count: Int) throws(IKEWireError) -> ArraySlice<UInt8> {
+        guard count >= 0, remaining >= count else { throw .truncated }
+        defer { position += count }
+        return bytes[position..<position + count]
+    }
+}

@@ -1,0 +1,61 @@
+import ArgumentParser
+import IPsecHACore
+import IPsecHAGateway
+import IPsecHASync
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `ikeha-gateway`: one member of a two-member IKEv2/IPsec cluster, built on the package; the
+/// reference gateway that `scripts/interop.sh` runs against strongSwan.
+///
+/// The active member (`--active`) binds UDP 500 and 4500 on the cluster address, answers
+/// IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA and INFORMATIONAL as responder, answers pings to
+/// `--inner-address` through ESP, and replicates every IKE change (synchronously: a response
+/// leaves once the standby acknowledged what it changed) and the ESP counters (checkpoints)
+/// to its peer. The standby applies what it receives; when the active member falls silent
+/// it takes over: binds the ports, applies the takeover plan, and sends an RFC 6311 message-ID
+/// sync on every IKE SA that negotiated it.
+///
+/// Events go to standard output as `event=NAME key=value ...` lines with `realtime_ms`, the
+/// wall clock in milliseconds; the log goes to standard error.
+@main
+struct GatewayCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ikeha-gateway",
+        abstract: "One member of a two-member IKEv2/IPsec cluster (the package's reference gateway)."
+    )
+
+    @Option(help: "This member's ID (1 to 15).") var member: UInt16
+    @Flag(help: "Start as the active member.") var active = false
+    @Option(name: .customLong("cluster-address"), help: "The IPv4 address peers talk to.") var clusterAddress: String
+    @Option(name: .customLong("inner-address"), help: "The inner IPv4 address this gateway answers pings for.") var innerAddress: String
+    @Option(name: .customLong("remote-subnet"), help: "The peer's inner traffic, as address/length.") var remoteSubnet: String
+    @Option(name: .customLong("local-id"), help: "This gateway's IKE identity.") var localID: String
+    @Option(name: .customLong("remote-id"), help: "The peer's IKE identity.") var remoteID: String
+    @Option(name: .customLong("psk-file"), help: "A file holding the pre-shared key (trailing newline ignored).") var pskFile: String
+    @Option(name: .customLong("sync-listen"), help: "Synch channel: local UDP host:port.") var syncListen: String
+    @Option(name: .customLong("sync-peer"), help: "Synch channel: the other member, id=host:port.") var syncPeer: String
+    @Option(name: .customLong("sync-key-file"), help: "The cluster key: a file of 32 bytes.") var syncKeyFile: String
+    @Option(name: .customLong("checkpoint-packets"), help: "Checkpoint a Child SA's counters every this many packets.") var checkpointPackets: UInt64 = 64
+    @Option(name: .customLong("checkpoint-ms"), help: "...or every this many milliseconds, whichever comes first.") var checkpointMs: UInt64 = 20
+    @Option(name: .customLong("takeover-minimum-advance"), help: "The least a takeover moves counters and windows (default: --checkpoint-packets).") var takeoverMinimumAdvance: UInt64?
+    @Flag(name: .customLong("announce-checkpoints"), help: "Print an event for every counter checkpoint sent (for the interop harness).") var announceCheckpoints = false
+    @Flag(name: .customLong("no-counter-advance"), help: "NEGATIVE CONTROL, unsafe: on takeover resume ESP counters at the last checkpoint.") var noCounterAdvance = false
+    @Flag(name: .customLong("no-message-id-sync"), help: "NEGATIVE CONTROL: on takeover send no RFC 6311 message-ID sync.") var noMessageIDSync = false
+    @Option(name: .customLong("crash-on-exchange"), help: "FAULT INJECTION: exit at once, without answering, when a request of this exchange (e.g. CREATE_CHILD_SA) arrives.") var crashOnExchange: String?
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
+
+    func run() throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var gateway = try ReferenceGateway(options: self)
+        try gateway.run()
+    }
+}

@@ -1,0 +1,361 @@
+import IPsecHACore
+import IPsecHAGateway
+import IPsecHASync
+import IPsecHASyncNIO
+import Logging
+import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The member's loop: the embedding guide's hooks, in the order a gateway calls them.
+struct ReferenceGateway {
+    let options: GatewayCommand
+    let member: ClusterMemberID
+    let peer: ClusterMemberID
+    let clusterAddress: IPAddress
+    let innerAddress: IPAddress
+    var logger = Logger(label: "ikeha-gateway")
+
+    /// Every IKE SA and Child SA this member holds: the IKE stack's state, replicated.
+    var state = GatewayState()
+    var responder: IKEv2Responder
+    var channel: SyncChannel
+    var transport: UDPSyncTransport
+    let group: MultiThreadedEventLoopGroup
+    var replicator: Replicator
+    var scheduler: CounterCheckpointScheduler
+    var sockets: [UDPSocket] = []
+
+    /// Replies held until the standby acknowledged the changes behind them (synchronous
+    /// replication of IKE state), or until `releaseAt`.
+    var held: [(datagram: IKEDatagram, tickets: [SyncTicket], releaseAt: Timestamp)] = []
+    /// How long a reply may wait for the standby's acknowledgement.
+    static let holdLimit: UInt64 = 200_000_000
+    var repliesSinceTakeover = 0
+    var espDrops: [String: Int] = [:]
+
+    init(options: GatewayCommand) throws {
+        self.options = options
+        member = ClusterMemberID(rawValue: options.member)
+        do {
+            clusterAddress = try IPAddress(options.clusterAddress)
+            innerAddress = try IPAddress(options.innerAddress)
+        } catch { throw GatewayError.configuration("addresses: \(error)") }
+        let parts = options.syncPeer.split(separator: "=", maxSplits: 1)
+        guard parts.count == 2, let peerRaw = UInt16(parts[0]) else { throw GatewayError.configuration("--sync-peer expects id=host:port") }
+        peer = ClusterMemberID(rawValue: peerRaw)
+        let (peerHost, peerPort) = try Self.hostAndPort(String(parts[1]))
+        let (host, port) = try Self.hostAndPort(options.syncListen)
+        let psk = try Self.readFile(options.pskFile)
+        var configuration = IKEResponderConfiguration(
+            localIdentity: IKEIdentity(options.localID), remoteIdentity: IKEIdentity(options.remoteID),
+            preSharedKey: KeyMaterial(copying: psk.last == 10 ? psk.dropLast() : psk[...]), member: member)
+        configuration.announceMessageIDSync = true
+        responder = IKEv2Responder(configuration: configuration, logger: Logger(label: "ike"))
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        self.group = group
+        let peerAddress = try SocketAddress(ipAddress: peerHost, port: peerPort)
+        let member = self.member
+        let peer = self.peer
+        transport = try group.next().makeFutureWithTask {
+            try await UDPSyncTransport.bind(member: member, host: host, port: port, peers: [peer: peerAddress], group: group)
+        }.wait()
+        // An epoch from the clock: a restarted member comes back with a higher one.
+        let epoch = UInt32(truncatingIfNeeded: Self.monotonicNow().nanoseconds / 1_000_000) | 1
+        var channelConfiguration = SyncChannelConfiguration(
+            clusterID: 1, member: member, epoch: epoch, key: try ChannelKey(bytes: try Self.readFile(options.syncKeyFile).prefix(64)), peers: [peer])
+        channelConfiguration.logger = Logger(label: "sync")
+        channelConfiguration.logger.logLevel = .warning
+        channel = try SyncChannel(configuration: channelConfiguration)
+        replicator = Replicator(standbys: [peer])
+        scheduler = CounterCheckpointScheduler(
+            policy: CounterCheckpointPolicy(packets: options.checkpointPackets, interval: options.checkpointMs * 1_000_000))
+    }
+
+    // MARK: Roles
+
+    mutating func run() throws {
+        if options.active {
+            try bindIKESockets()
+            let remote = try Self.selector(options.remoteSubnet)
+            let policy = SecurityPolicy(
+                id: SecurityPolicyID(rawValue: 1), localSelectors: [TrafficSelector(address: innerAddress)], remoteSelectors: [remote],
+                action: .protect(ProtectionSettings(extendedSequenceNumbers: false)))
+            let changes = try state.installPolicy(policy)
+            perform(replicator.replicate(changes, state: state, channel: &channel, now: Self.monotonicNow()).actions, now: Self.monotonicNow())
+            emit("active", ["policy": "\(options.innerAddress) <-> \(options.remoteSubnet)"])
+        } else {
+            try runStandby()
+        }
+        while true { try activeStep() }
+    }
+
+    /// The standby: apply what the active member replicates until it falls silent, then take over.
+    mutating func runStandby() throws {
+        var replica = Replica()
+        var role = ClusterRole(member: member, epoch: channel.configuration.epoch, isActive: false, activeMember: peer)
+        var lastHello: Timestamp?
+        var ready = false
+        while true {
+            let now = Self.monotonicNow()
+            var actions: [SyncChannelAction] = []
+            for datagram in transport.receive(now: now) { actions += channel.receive(datagram, now: now) }
+            actions += channel.tick(now: now)
+            for action in actions {
+                switch action {
+                case .transmit(let to, let datagram): try? transport.send(datagram, to: to, now: now)
+                case .deliver(_, let records): replica.apply(records, now: now)
+                default: break
+                }
+            }
+            replica.observe(missingSince: channel.missingSince(from: peer))
+            if let request = replica.takeResyncRequest() { send([request], now: now) }
+            if !replica.isReady, !replica.isResyncing, lastHello.map({ now.nanoseconds - $0.nanoseconds >= 200_000_000 }) ?? true {
+                lastHello = now
+                send([replica.hello(epoch: channel.configuration.epoch)], now: now)
+            }
+            if replica.isReady, !ready {
+                ready = true
+                emit("standby_ready", ["ike_sas": "\(replica.state.ikeSAs.count)", "child_sas": "\(replica.state.childSACount)"])
+            }
+            if ready, role.tick(now: now, lastHeard: channel.lastHeard(from: peer)).contains(.activeMemberFailed(peer)) {
+                try takeOver(from: replica, role: &role, now: now)
+                return
+            }
+            usleep(500)
+        }
+    }
+
+    /// RFC 6027's hard part, in order: promote, new epoch, plan, counters, ports, message IDs.
+    mutating func takeOver(from replica: Replica, role: inout ClusterRole, now: Timestamp) throws {
+        let silence = channel.lastHeard(from: peer).map { (now.nanoseconds - $0.nanoseconds) / 1_000_000 } ?? 0
+        let epoch = channel.configuration.epoch + 1
+        _ = try role.promote(.activeMemberSilent(peer), newEpoch: epoch)
+        try channel.rotate(toEpoch: epoch)
+        // The advance is at least the checkpoint's packet count: that many may have gone out
+        // after the last checkpoint. The inbound window takes the same advance (strongSwan has
+        // no RFC 6311 replay-counter sync), so that many of the peer's next packets are dropped.
+        let policy = TakeoverPolicy(minimumAdvance: options.takeoverMinimumAdvance ?? options.checkpointPackets)
+        let plan = replica.takeoverPlan(policy: policy, now: now)
+        state = replica.state
+        let outcome = state.applyTakeover(plan)
+        if options.noCounterAdvance {
+            // The negative control: what a cluster without counter checkpoints' advance does.
+            for sa in replica.state.childSAs {
+                _ = try? state.updateChildSA(inboundSPI: sa.inboundSPI) { $0.outboundCounter = sa.outboundCounter }
+            }
+        }
+        try bindIKESockets()
+        for decision in plan.childSAs {
+            let resumedAt = state.childSA(inboundSPI: decision.inboundSPI)?.outboundCounter.lastSent ?? 0
+            let checkpoint = replica.state.childSA(inboundSPI: decision.inboundSPI)?.outboundCounter.lastSent ?? 0
+            emit("child_sa_takeover", [
+                "inbound_spi": Self.hex(decision.inboundSPI), "checkpoint_last_sent": "\(checkpoint)", "resume_after": "\(resumedAt)",
+                "advance": "\(resumedAt &- checkpoint)", "reason": "\(decision.reason)",
+            ])
+        }
+        emit("takeover", [
+            "silence_ms": "\(silence)", "epoch": "\(epoch)", "ike_sas": "\(state.ikeSAs.count)", "child_sas": "\(state.childSACount)",
+            "resumed": "\(outcome.resumed)", "rekey": "\(outcome.rekey.count)",
+            "counter_advance": options.noCounterAdvance ? "disabled" : "planned",
+        ])
+        for decision in plan.ikeSAs {
+            emit("ike_sa_takeover", ["ike_sa": "\(decision.identifier)", "classification": "\(decision.classification)", "plan": "\(decision.messageIDs)"])
+            guard !options.noMessageIDSync, state.ikeSAs[decision.identifier]?.extensions.messageIDSync == true else { continue }
+            do {
+                let datagram = try responder.startMessageIDSync(of: decision.identifier, state: state)
+                transmit(datagram)
+                emit("mid_sync_sent", ["ike_sa": "\(decision.identifier)"])
+            } catch {
+                logger.error("message-ID sync not sent", metadata: ["ike_sa": "\(decision.identifier)", "reason": "\(error)"])
+            }
+        }
+        // The old active member may come back: it will resync from this one.
+        replicator = Replicator(standbys: [peer])
+    }
+
+    // MARK: The active member's loop
+
+    mutating func activeStep() throws {
+        let now = Self.monotonicNow()
+        for index in sockets.indices {
+            while let (bytes, from) = sockets[index].receive() {
+                handleUDP(bytes, from: from, on: sockets[index].local, now: now)
+            }
+        }
+        for datagram in transport.receive(now: now) { perform(channel.receive(datagram, now: now), now: now) }
+        perform(channel.tick(now: now), now: now)
+        perform(replicator.pump(channel: &channel, now: now), now: now)
+        let due = scheduler.takeDueCheckpoints(from: &state, now: now)
+        if !due.isEmpty {
+            perform(replicator.replicate(checkpoints: due, state: state, channel: &channel, now: now).actions, now: now)
+            if options.announceCheckpoints {
+                emit("checkpoint", ["child_sas": "\(due.count)", "last_sent": due.map { "\($0.checkpoint.outbound.lastSent)" }.joined(separator: ",")])
+            }
+        }
+        releaseHeldReplies(now: now)
+        responder.expire(now: now)
+        waitForInput(sockets.map { $0.descriptor }, milliseconds: 1)
+    }
+
+    mutating func handleUDP(_ bytes: [UInt8], from remote: Endpoint, on local: Endpoint, now: Timestamp) {
+        if local.port == 500 {
+            handleIKE(bytes, from: remote, on: local, now: now)
+        } else if bytes.count == 1, bytes[0] == 0xFF {
+            return  // NAT-T keepalive (RFC 3948 section 2.3)
+        } else if bytes.count >= 4, bytes[0..<4] == [0, 0, 0, 0] {
+            handleIKE(Array(bytes[4...]), from: remote, on: local, now: now)
+        } else {
+            handleESP(bytes, from: remote, now: now)
+        }
+    }
+
+    mutating func handleIKE(_ bytes: [UInt8], from remote: Endpoint, on local: Endpoint, now: Timestamp) {
+        if let header = try? EncryptedMessage.header(of: bytes), !header.isResponse {
+            let identifier = IKESAIdentifier(initiatorSPI: header.initiatorSPI, responderSPI: header.responderSPI)
+            if let crash = options.crashOnExchange, header.exchangeType.description == crash, state.ikeSAs[identifier] != nil {
+                emit("crash_injected", ["exchange": crash, "message_id": "\(header.messageID)"])
+                exit(137)
+            }
+            if let sa = state.ikeSAs[identifier], sa.messageIDs.responses.classify(header.messageID) == .new {
+                // In flight from now until the exchange finishes: a takeover must know.
+                perform(replicator.replicateExchange(
+                    of: identifier, messageID: header.messageID, initiatedHere: false, finished: false, state: state, channel: &channel, now: now).actions, now: now)
+            }
+        }
+        let outcome = responder.receive(bytes, from: remote, on: local, state: &state, now: now)
+        var tickets: [SyncTicket] = []
+        if !outcome.changes.isEmpty {
+            let sent = replicator.replicate(outcome.changes, state: state, channel: &channel, now: now)
+            tickets += sent.tickets
+            perform(sent.actions, now: now)
+        }
+        if let exchange = outcome.exchange {
+            let sent = replicator.replicateExchange(
+                of: exchange.ikeSA, messageID: exchange.messageID, initiatedHere: false, finished: true, state: state, channel: &channel, now: now)
+            tickets += sent.tickets
+            perform(sent.actions, now: now)
+        }
+        if let synced = outcome.messageIDSyncCompleted {
+            let windows = state.ikeSAs[synced]?.messageIDs
+            emit("mid_sync_done", [
+                "ike_sa": "\(synced)", "next_request_id": "\(windows?.requests.nextMessageID ?? 0)",
+                "next_expected_request_id": "\(windows?.responses.nextExpectedMessageID ?? 0)",
+            ])
+        }
+        for reply in outcome.replies {
+            if tickets.isEmpty { transmit(reply) } else { held.append((reply, tickets, Timestamp(nanoseconds: now.nanoseconds + Self.holdLimit))) }
+        }
+    }
+
+    mutating func releaseHeldReplies(now: Timestamp) {
+        var waiting: [(datagram: IKEDatagram, tickets: [SyncTicket], releaseAt: Timestamp)] = []
+        for entry in held {
+            if entry.tickets.allSatisfy({ channel.isAcknowledged($0) || channel.wasDropped($0) }) {
+                transmit(entry.datagram)
+            } else if now >= entry.releaseAt {
+                logger.warning("the standby did not acknowledge in time: reply sent anyway", metadata: ["peer": "\(entry.datagram.destination)"])
+                transmit(entry.datagram)
+            } else {
+                waiting.append(entry)
+            }
+        }
+        held = waiting
+    }
+
+    mutating func handleESP(_ bytes: [UInt8], from remote: Endpoint, now: Timestamp) {
+        do throws(ESPPacketError) {
+            let (inner, spi) = try ESPDataPlane.decapsulate(bytes[...], state: &state)
+            guard let reply = IPv4Packet.echoReply(to: inner, for: innerAddress), let slot = state.slot(forInboundSPI: spi),
+                let sa = state[slot], let ike = state.ikeSAs[sa.parent]
+            else { return }
+            let packet = try ESPDataPlane.encapsulate(reply, slot: slot, state: &state)
+            if let socket = sockets.firstIndex(where: { $0.local.port == ike.local.port }) {
+                sockets[socket].send(packet, to: ike.remote)
+            }
+            repliesSinceTakeover += 1
+            if repliesSinceTakeover == 1 {
+                emit("first_esp_reply", ["inbound_spi": Self.hex(spi), "sequence_number": "\(state[slot]?.outboundCounter.lastSent ?? 0)"])
+            }
+        } catch {
+            let kind = "\(error)".prefix { $0 != "(" }
+            espDrops[String(kind), default: 0] += 1
+            logger.info("ESP packet dropped", metadata: ["reason": "\(error)", "from": "\(remote)"])
+        }
+    }
+
+    // MARK: Plumbing
+
+    mutating func bindIKESockets() throws {
+        sockets = [try UDPSocket(address: clusterAddress, port: 500), try UDPSocket(address: clusterAddress, port: 4500)]
+        emit("listening", ["address": options.clusterAddress, "ports": "500,4500"])
+    }
+
+    func transmit(_ datagram: IKEDatagram) {
+        guard let socket = sockets.firstIndex(where: { $0.local.port == datagram.localPort }) else { return }
+        // On 4500, IKE goes behind the four-byte non-ESP marker (RFC 3948 section 2.2).
+        sockets[socket].send(datagram.localPort == 4500 ? [0, 0, 0, 0] + datagram.bytes : datagram.bytes, to: datagram.destination)
+    }
+
+    mutating func send(_ records: [SyncRecord], now: Timestamp) {
+        guard let sent = try? channel.send(records, to: peer, now: now) else { return }
+        for case .transmit(let to, let datagram) in sent.actions { try? transport.send(datagram, to: to, now: now) }
+    }
+
+    mutating func perform(_ actions: [SyncChannelAction], now: Timestamp) {
+        for action in actions {
+            switch action {
+            case .transmit(let to, let datagram): try? transport.send(datagram, to: to, now: now)
+            case .deliver, .resyncNeeded: perform(replicator.handle(action, state: state, channel: &channel, now: now), now: now)
+            case .peerRestarted, .dropped: break
+            }
+        }
+    }
+
+    func emit(_ event: String, _ fields: KeyValuePairs<String, String> = [:]) {
+        var time = timespec()
+        clock_gettime(CLOCK_REALTIME, &time)
+        let realtime = UInt64(time.tv_sec) * 1_000 + UInt64(time.tv_nsec) / 1_000_000
+        var line = "event=\(event) member=\(member.rawValue) realtime_ms=\(realtime)"
+        for (key, value) in fields { line += " \(key)=\(value.contains(" ") ? "\"\(value)\"" : value)" }
+        line += "\n"
+        _ = line.withCString { write(1, $0, strlen($0)) }
+    }
+
+    static func monotonicNow() -> Timestamp {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return Timestamp(nanoseconds: UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec))
+    }
+
+    static func hostAndPort(_ text: String) throws -> (String, Int) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]) else {
+            throw GatewayError.configuration("expected host:port, got \(text)")
+        }
+        return (String(text[..<colon]), port)
+    }
+
+    static func selector(_ text: String) throws -> TrafficSelector {
+        let parts = text.split(separator: "/")
+        guard parts.count == 2, let length = Int(parts[1]) else { throw GatewayError.configuration("expected address/length, got \(text)") }
+        do { return try TrafficSelector(prefix: try IPAddress(String(parts[0])), length: length) } catch {
+            throw GatewayError.configuration("\(text): \(error)")
+        }
+    }
+
+    static func readFile(_ path: String) throws -> [UInt8] {
+        guard let file = fopen(path, "rb") else { throw GatewayError.configuration("cannot read \(path)") }
+        defer { fclose(file) }
+        var bytes = [UInt8](repeating: 0, count: 4_096)
+        let count = fread(&bytes, 1, bytes.count, file)
+        return Array(bytes.prefix(count))
+    }
+
+    static func hex(_ value: UInt32) -> String {
+        let digits = String(value, radix: 16)
+        return String(repeating: "0", count: 8 - digits.count) + digits
+    }
+}

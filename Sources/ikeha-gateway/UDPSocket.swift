@@ -1,0 +1,94 @@
+import IPsecHACore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A non-blocking IPv4 UDP socket for IKE (port 500) and IKE + ESP-in-UDP (port 4500).
+final class UDPSocket {
+    let descriptor: Int32
+    let local: Endpoint
+
+    /// Binds `address:port`. Throws a readable error when the address is not here or the
+    /// port is taken.
+    init(address: IPAddress, port: UInt16) throws(GatewayError) {
+        let descriptor = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        guard descriptor >= 0 else { throw .system("socket", errno) }
+        var reuse: Int32 = 1
+        setsockopt(descriptor, SOL_SOCKET, SO_REUSEADDR, &reuse, socklen_t(MemoryLayout<Int32>.size))
+        var socketAddress = Self.socketAddress(address, port)
+        let bound = withUnsafePointer(to: &socketAddress) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else {
+            let error = errno
+            close(descriptor)
+            throw .system("bind \(address):\(port)", error)
+        }
+        _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) | O_NONBLOCK)
+        self.descriptor = descriptor
+        self.local = Endpoint(address: address, port: port, udpEncapsulation: port == 4500)
+    }
+
+    deinit { close(descriptor) }
+
+    /// The next datagram waiting, with its source; nil when none waits.
+    func receive() -> (bytes: [UInt8], from: Endpoint)? {
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        var source = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let count = buffer.withUnsafeMutableBytes { bytes in
+            withUnsafeMutablePointer(to: &source) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(descriptor, bytes.baseAddress, bytes.count, 0, $0, &length) }
+            }
+        }
+        guard count >= 0 else { return nil }
+        let address = IPAddress(ipv4: UInt32(bigEndian: source.sin_addr.s_addr))
+        return (Array(buffer[..<count]), Endpoint(address: address, port: UInt16(bigEndian: source.sin_port), udpEncapsulation: local.port == 4500))
+    }
+
+    /// Sends `bytes` to `destination`; a failure is returned, not thrown: UDP may drop anyway.
+    @discardableResult
+    func send(_ bytes: [UInt8], to destination: Endpoint) -> Int32? {
+        var socketAddress = Self.socketAddress(destination.address, destination.port)
+        let sent = bytes.withUnsafeBytes { bytes in
+            withUnsafePointer(to: &socketAddress) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    sendto(descriptor, bytes.baseAddress, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+        }
+        return sent < 0 ? errno : nil
+    }
+
+    private static func socketAddress(_ address: IPAddress, _ port: UInt16) -> sockaddr_in {
+        var socketAddress = sockaddr_in()
+        socketAddress.sin_family = sa_family_t(AF_INET)
+        socketAddress.sin_port = port.bigEndian
+        socketAddress.sin_addr.s_addr = UInt32(truncatingIfNeeded: address.low).bigEndian
+        return socketAddress
+    }
+}
+
+/// Waits until one of `sockets` can be read, or `milliseconds` pass.
+func waitForInput(_ descriptors: [Int32], milliseconds: Int32) {
+    guard !descriptors.isEmpty else {
+        usleep(UInt32(milliseconds) * 1_000)
+        return
+    }
+    var fds = descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+    _ = poll(&fds, nfds_t(fds.count), milliseconds)
+}
+
+/// Errors of the gateway process.
+enum GatewayError: Error, CustomStringConvertible {
+    case system(String, Int32)
+    case configuration(String)
+
+    var description: String {
+        switch self {
+        case .system(let call, let code): "\(call): \(String(cString: strerror(code)))"
+        case .configuration(let text): text
+        }
+    }
+}

@@ -1,0 +1,214 @@
+import IPsecHACore
+import Testing
+
+@testable import IPsecHAGateway
+
+/// The responder through every exchange it answers, against the in-process initiator.
+@Suite struct IKEv2ResponderTests {
+    static let psk = Array("test-only-pre-shared-key".utf8)
+    static let member = ClusterMemberID(rawValue: 1)
+
+    struct Fixture {
+        var responder: IKEv2Responder
+        var state = GatewayState()
+        var initiator = TestInitiator(psk: IKEv2ResponderTests.psk)
+        var now = Timestamp(nanoseconds: 1_000_000_000)
+
+        init(psk: [UInt8] = IKEv2ResponderTests.psk) throws {
+            let configuration = IKEResponderConfiguration(
+                localIdentity: IKEIdentity("gateway@test"), remoteIdentity: IKEIdentity("peer@test"), preSharedKey: KeyMaterial(copying: psk),
+                member: IKEv2ResponderTests.member)
+            responder = IKEv2Responder(configuration: configuration, logger: .quiet)
+            _ = try state.installPolicy(SecurityPolicy(
+                id: SecurityPolicyID(rawValue: 1), localSelectors: TestInitiator.selectors.responder.selectors,
+                remoteSelectors: TestInitiator.selectors.initiator.selectors, action: .protect(ProtectionSettings(extendedSequenceNumbers: false))))
+        }
+
+        mutating func send(_ bytes: [UInt8]) -> IKEOutcome {
+            responder.receive(bytes, from: initiator.remote, on: initiator.gateway, state: &state, now: now)
+        }
+
+        /// IKE_SA_INIT and IKE_AUTH; returns the IKE_AUTH response in clear.
+        mutating func establish() throws -> IKEMessage {
+            let initResponse = send(try initiator.ikeSAInit())
+            let message1 = try #require(initResponse.replies.first).bytes
+            let responderNonce = try initiator.takeIKESAInitResponse(message1)
+            let auth = send(try initiator.ikeAuth(responderNonce: responderNonce))
+            let reply = try #require(auth.replies.first)
+            let message = try initiator.open(reply.bytes)
+            // The responder's AUTH, checked as the initiator does (section 2.15).
+            let idr = try #require(message.first(.identificationResponder)).body
+            let expected = initiator.pskAuth(message1 + initiator.nonce + IKECrypto.prf(key: initiator.keys!.pr, idr))
+            #expect(try AuthenticationPayload(body: try #require(message.first(.authentication)).body).data == expected)
+            return message
+        }
+    }
+
+    @Test func establishesAnIKESAAndAChildSAWithKeysBothSidesDerive() throws {
+        var fixture = try Fixture()
+        let request = try fixture.initiator.ikeSAInit()
+        let initResponse = fixture.send(request)
+        let bytes = try #require(initResponse.replies.first).bytes
+        let message = try IKEMessage(decoding: bytes)
+        // The ChaCha20-Poly1305 proposal (number 2) is chosen, reduced to its transforms.
+        let chosen = try SecurityAssociationPayload(body: try #require(message.first(.securityAssociation)).body)
+        #expect(chosen.proposals.map(\.number) == [2])
+        // NAT detection as RFC 7296 section 2.23 computes it.
+        let natd = message.notifies.first { $0.type == .natDetectionDestinationIP }
+        #expect(natd?.data == IKEv2Responder.natDetectionHash(initiatorSPI: fixture.initiator.initiatorSPI, responderSPI: message.header.responderSPI, fixture.initiator.remote))
+        // A retransmitted IKE_SA_INIT gets the same response.
+        #expect(fixture.send(request).replies.first?.bytes == bytes)
+
+        let responderNonce = try fixture.initiator.takeIKESAInitResponse(bytes)
+        let authRequest = try fixture.initiator.ikeAuth(responderNonce: responderNonce)
+        let auth = fixture.send(authRequest)
+        let reply = try fixture.initiator.open(try #require(auth.replies.first).bytes)
+        let idr = try #require(reply.first(.identificationResponder)).body
+        let expected = fixture.initiator.pskAuth(bytes + fixture.initiator.nonce + IKECrypto.prf(key: fixture.initiator.keys!.pr, idr))
+        #expect(try AuthenticationPayload(body: try #require(reply.first(.authentication)).body).data == expected)
+        #expect(reply.hasNotify(.messageIDSyncSupported) && reply.hasNotify(.replayCounterSyncSupported))
+
+        let ike = try #require(fixture.state.ikeSAs[fixture.initiator.identifier])
+        #expect(ike.extensions.messageIDSync && !ike.extensions.replayCounterSync)
+        #expect(ike.messageIDs.responses.nextExpectedMessageID == 2)
+        #expect(ike.keys == fixture.initiator.keys!)
+        let child = try #require(fixture.state.childSAs.first)
+        #expect(child.outboundSPI == fixture.initiator.espSPI)
+        #expect(child.inboundKeys.material == fixture.initiator.keymat!.extracting(0..<36))
+        #expect(child.outboundKeys.material == fixture.initiator.keymat!.extracting(36..<72))
+        let sa = try SecurityAssociationPayload(body: try #require(reply.first(.securityAssociation)).body)
+        #expect(sa.proposals.first?.espSPI == child.inboundSPI)
+        // The changes to replicate: the IKE SA, the Child SA, nothing else.
+        #expect(auth.changes.count == 2 && auth.exchange?.messageID == 1)
+        // A retransmitted IKE_AUTH gets the kept response, and changes nothing.
+        let again = fixture.send(authRequest)
+        #expect(again.replies.first?.bytes == auth.replies.first?.bytes && again.changes.isEmpty)
+    }
+
+    @Test func aWrongPreSharedKeyEstablishesNothing() throws {
+        var fixture = try Fixture()
+        fixture.initiator = TestInitiator(psk: Array("another key".utf8))
+        let initResponse = fixture.send(try fixture.initiator.ikeSAInit())
+        let nonce = try fixture.initiator.takeIKESAInitResponse(try #require(initResponse.replies.first).bytes)
+        let auth = fixture.send(try fixture.initiator.ikeAuth(responderNonce: nonce))
+        let reply = try fixture.initiator.open(try #require(auth.replies.first).bytes)
+        #expect(reply.hasNotify(.authenticationFailed))
+        #expect(fixture.state.ikeSAs.isEmpty && fixture.state.childSACount == 0 && auth.changes.isEmpty)
+    }
+
+    @Test func refusesProposalsAndKeyExchangesItDoesNotSupport() throws {
+        var fixture = try Fixture()
+        let aes = SecurityAssociationPayload(proposals: [
+            IKEProposal(number: 1, protocolID: IKEProposal.ike, spi: [], transforms: [
+                IKETransform(.encryption, id: EncryptionAlgorithm.aesCBC.rawValue, keyLength: 256),
+                IKETransform(.pseudorandomFunction, id: PseudorandomFunction.hmacSHA2_256.rawValue),
+                IKETransform(.integrity, id: IntegrityAlgorithm.hmacSHA2_256_128.rawValue),
+                IKETransform(.keyExchange, id: KeyExchangeMethod.curve25519.rawValue),
+            ])
+        ])
+        let refused = fixture.send(try fixture.initiator.ikeSAInit(proposals: aes))
+        #expect(try IKEMessage(decoding: try #require(refused.replies.first).bytes).hasNotify(.noProposalChosen))
+        #expect(fixture.state.ikeSAs.isEmpty)
+    }
+
+    @Test func tamperedAndTruncatedMessagesChangeNothing() throws {
+        var fixture = try Fixture()
+        _ = try fixture.establish()
+        let before = fixture.state
+        var liveness = try fixture.initiator.request(.informational, [])
+        liveness[liveness.count - 3] ^= 0x40
+        #expect(fixture.send(liveness).replies.isEmpty)
+        #expect(fixture.send(Array(liveness.prefix(30))).replies.isEmpty)
+        #expect(fixture.send([0x01, 0x02]).replies.isEmpty)
+        #expect(fixture.state == before)
+        #expect(fixture.state.ikeSAs[fixture.initiator.identifier]?.messageIDs == before.ikeSAs[fixture.initiator.identifier]?.messageIDs)
+    }
+
+    @Test func answersLivenessChecksAndMovesTheMessageIDWindow() throws {
+        var fixture = try Fixture()
+        _ = try fixture.establish()
+        let outcome = fixture.send(try fixture.initiator.request(.informational, []))
+        let reply = try fixture.initiator.open(try #require(outcome.replies.first).bytes)
+        #expect(reply.header.isResponse && reply.header.messageID == 2 && reply.payloads.isEmpty)
+        #expect(fixture.state.ikeSAs[fixture.initiator.identifier]?.messageIDs.responses.nextExpectedMessageID == 3)
+        // A request beyond the window is dropped.
+        fixture.initiator.nextMessageID = 9
+        #expect(fixture.send(try fixture.initiator.request(.informational, [])).replies.isEmpty)
+    }
+
+    @Test func rekeysAChildSAAndDeletesTheOldOneWhenAsked() throws {
+        var fixture = try Fixture()
+        _ = try fixture.establish()
+        let old = try #require(fixture.state.childSAs.first)
+        var rekeySPI: [UInt8] = []
+        rekeySPI.appendBigEndian(fixture.initiator.espSPI)
+        let nonce = IKECrypto.randomBytes(32)
+        let keyPair = IKECrypto.X25519KeyPair()
+        let rekey = fixture.send(try fixture.initiator.request(.createChildSA, [
+            NotifyPayload(protocolID: IKEProposal.esp, spi: rekeySPI, type: .rekeySA).payload,
+            TestInitiator.espProposal(spi: 0xC0DE_0002, keyExchange: true).payload,
+            IKEPayload(type: .nonce, body: nonce),
+            KeyExchangePayload(group: .curve25519, data: keyPair.publicKey).payload,
+            IKEPayload(type: .trafficSelectorInitiator, body: TestInitiator.selectors.initiator.body),
+            IKEPayload(type: .trafficSelectorResponder, body: TestInitiator.selectors.responder.body),
+        ]))
+        let reply = try fixture.initiator.open(try #require(rekey.replies.first).bytes)
+        #expect(reply.payloads.map(\.type) == [.securityAssociation, .nonce, .keyExchange, .trafficSelectorInitiator, .trafficSelectorResponder])
+        let new = try #require(fixture.state.childSAs.first { $0.outboundSPI == 0xC0DE_0002 })
+        // With PFS: KEYMAT = prf+(SK_d, g^ir (new) | Ni | Nr).
+        let ke = try KeyExchangePayload(body: try #require(reply.first(.keyExchange)).body)
+        let shared = try keyPair.sharedSecret(with: ke.data).withUnsafeBytes { Array($0) }
+        let keymat = IKECrypto.prfPlus(key: fixture.initiator.keys!.d, seed: shared + nonce + (try #require(reply.first(.nonce)).body), count: 72)
+        #expect(new.inboundKeys.material == keymat.extracting(0..<36))
+        #expect(fixture.state.childSACount == 2)
+
+        let delete = fixture.send(try fixture.initiator.request(.informational, [DeletePayload(protocolID: IKEProposal.esp, spis: [fixture.initiator.espSPI]).payload]))
+        let deleteReply = try fixture.initiator.open(try #require(delete.replies.first).bytes)
+        #expect(try DeletePayload(body: try #require(deleteReply.first(.delete)).body).spis == [old.inboundSPI])
+        #expect(fixture.state.childSAs.map(\.inboundSPI) == [new.inboundSPI])
+        #expect(fixture.state.ikeSAs[fixture.initiator.identifier]?.messageIDs.responses.nextExpectedMessageID == 4)
+    }
+
+    @Test func deletingTheIKESADeletesItsChildSAs() throws {
+        var fixture = try Fixture()
+        _ = try fixture.establish()
+        let outcome = fixture.send(try fixture.initiator.request(.informational, [DeletePayload(protocolID: IKEProposal.ike, spis: []).payload]))
+        #expect(try fixture.initiator.open(try #require(outcome.replies.first).bytes).payloads.isEmpty)
+        #expect(fixture.state.ikeSAs.isEmpty && fixture.state.childSACount == 0)
+    }
+
+    /// The member that took over asks; the peer (here `MessageIDSyncPeer`, strongSwan in
+    /// interop.sh) answers; both end on the same message IDs.
+    @Test func messageIDSyncAfterATakeover() throws {
+        var fixture = try Fixture()
+        _ = try fixture.establish()
+        _ = fixture.send(try fixture.initiator.request(.informational, []))
+        let identifier = fixture.initiator.identifier
+        let request = try fixture.responder.startMessageIDSync(of: identifier, state: fixture.state)
+        #expect(fixture.responder.isAwaitingMessageIDSync(identifier))
+        #expect(throws: IKEProtocolError.self) { try fixture.responder.startMessageIDSync(of: identifier, state: fixture.state) }
+        // The initiator opens it with SK_er: a request from the original responder.
+        let message = try fixture.initiator.open(request.bytes)
+        #expect(message.header.messageID == 0 && !message.header.isResponse && !message.header.isFromOriginalInitiator)
+        let sync = try MessageIDSyncNotification(try #require(message.notifies.first { $0.type == .messageIDSync }))
+        #expect(sync.expectedReceiveRequestID == 3 && sync.expectedSendRequestID >= 1)
+        var peer = MessageIDSyncPeer()
+        let peerWindows = try IKEMessageIDWindows(resumingAt: 3, expecting: 0, peerWindowSize: 1, localWindowSize: 1)
+        guard case .respond(let answer, let adopted, _) = peer.process(sync, replayCounter: nil, windows: peerWindows) else {
+            Issue.record("the peer dropped the sync")
+            return
+        }
+        let response = try EncryptedMessage.seal(
+            header: IKEHeader(
+                initiatorSPI: identifier.initiatorSPI, responderSPI: identifier.responderSPI, nextPayload: .none, exchangeType: .informational,
+                flags: IKEHeader.initiatorFlag | IKEHeader.responseFlag, messageID: 0, length: 0),
+            payloads: [answer.notify.payload], keyAndSalt: fixture.initiator.keys!.ei)
+        let outcome = fixture.send(response)
+        #expect(outcome.messageIDSyncCompleted == identifier && outcome.changes.count == 1)
+        let windows = try #require(fixture.state.ikeSAs[identifier]?.messageIDs)
+        #expect(windows.requests.nextMessageID == adopted.responses.nextExpectedMessageID)
+        #expect(windows.responses.nextExpectedMessageID == adopted.requests.nextMessageID)
+        // The same answer again is not awaited any more: refused, nothing changes.
+        #expect(fixture.send(response).changes.isEmpty)
+    }
+}
