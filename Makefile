@@ -5,8 +5,10 @@ SWIFT ?= swift
 DEBIAN_PACKAGES := libsodium-dev pkg-config
 # Only some tests need these (they skip, saying what is missing, where they are not installed).
 TEST_PACKAGES := tshark
+# The strongSwan interop scenario (scripts/interop.sh, also run by the test suite as root).
+INTEROP_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins iputils-ping
 
-.PHONY: demo test build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-allocations bench-replay bench-state bench-sync bench-failover clean
+.PHONY: demo test interop build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-allocations bench-replay bench-state bench-sync bench-failover clean
 
 deps:
 	@./scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
@@ -16,9 +18,16 @@ demo: deps
 	$(SWIFT) run -c release ikeha-demo
 
 test: deps
-	@./scripts/ensure-debian-packages.sh --optional $(TEST_PACKAGES)
+	@./scripts/ensure-debian-packages.sh --optional $(TEST_PACKAGES) $(INTEROP_PACKAGES)
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+
+# strongSwan across a member crash, with the negative controls (root; about 40 s): the
+# reference gateway in release, charon from Debian, network namespaces made and removed here.
+interop: deps
+	@./scripts/ensure-debian-packages.sh $(INTEROP_PACKAGES)
+	$(SWIFT) build -c release --product ikeha-gateway
+	./scripts/interop.sh
 
 build: deps
 	$(SWIFT) build

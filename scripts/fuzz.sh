@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../FuzzTesting"
 seconds="${1:-60}"
-targets=(datagram sealed-payload sync-records ike-message replay-line)
+targets=(datagram sealed-payload sync-records ike-message replay-line ike-payloads gateway-ike gateway-esp)
 flags=(-c debug --sanitize=fuzzer --sanitize=address
     -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library -Xswiftc -use-ld=lld)
 swift build "${flags[@]}"

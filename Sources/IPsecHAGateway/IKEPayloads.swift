@@ -6,7 +6,7 @@ public import IPsecHACore
 
 /// One transform of a proposal (RFC 7296 section 3.3.2).
 public struct IKETransform: Sendable, Hashable {
-    /// Transform types (section 3.3.2).
+    /// Transform types (section 3.3.2): encryption, PRF, integrity, key exchange, ESN.
     public enum Kind: UInt8, Sendable, Hashable {
         case encryption = 1
         case pseudorandomFunction = 2
@@ -37,13 +37,18 @@ public struct IKETransform: Sendable, Hashable {
 /// One proposal of an SA payload (section 3.3.1).
 public struct IKEProposal: Sendable, Hashable {
     /// Protocol IDs (section 3.3.1).
+    /// Protocol ID of an IKE SA proposal.
     public static let ike: UInt8 = 1
+    /// Protocol ID of an ESP proposal.
     public static let esp: UInt8 = 3
 
+    /// The proposal number; the answer repeats the chosen one's.
     public var number: UInt8
+    /// ``ike`` or ``esp``.
     public var protocolID: UInt8
     /// Empty for the first IKE SA, 8 bytes for a rekeyed one, 4 for ESP.
     public var spi: [UInt8]
+    /// The transforms offered (or, in an answer, chosen).
     public var transforms: [IKETransform]
 
     /// A proposal from its parts.
@@ -63,6 +68,7 @@ public struct IKEProposal: Sendable, Hashable {
 
 /// The SA payload: proposals in order of preference.
 public struct SecurityAssociationPayload: Sendable, Hashable {
+    /// In order of preference; an answer holds exactly one.
     public var proposals: [IKEProposal]
 
     /// An SA payload from its proposals.
@@ -151,7 +157,9 @@ public struct SecurityAssociationPayload: Sendable, Hashable {
 
 /// The KE payload (section 3.4).
 public struct KeyExchangePayload: Sendable, Hashable {
+    /// The Diffie-Hellman group (31: X25519).
     public var group: KeyExchangeMethod
+    /// The public value.
     public var data: [UInt8]
 
     /// A KE payload from its parts.
@@ -180,11 +188,16 @@ public struct KeyExchangePayload: Sendable, Hashable {
 /// An identity as IDi / IDr carry it (section 3.5).
 public struct IKEIdentity: Sendable, Hashable, CustomStringConvertible {
     /// ID types used here: ID_IPV4_ADDR, ID_FQDN, ID_RFC822_ADDR.
+    /// ID_IPV4_ADDR.
     public static let ipv4Address: UInt8 = 1
+    /// ID_FQDN.
     public static let fqdn: UInt8 = 2
+    /// ID_RFC822_ADDR.
     public static let rfc822Address: UInt8 = 3
 
+    /// The ID type.
     public var type: UInt8
+    /// The identification data.
     public var data: [UInt8]
 
     /// An identity from its parts.
@@ -214,6 +227,7 @@ public struct IKEIdentity: Sendable, Hashable, CustomStringConvertible {
         self.init(type: body[0], data: Array(body[4...]))
     }
 
+    /// The data as text (names and addresses as strongSwan writes them).
     public var description: String { String(decoding: data, as: UTF8.self) }
 }
 
@@ -222,7 +236,9 @@ public struct AuthenticationPayload: Sendable, Hashable {
     /// Shared Key Message Integrity Code.
     public static let sharedKeyMIC: UInt8 = 2
 
+    /// The authentication method.
     public var method: UInt8
+    /// The authentication data.
     public var data: [UInt8]
 
     /// An AUTH payload from its parts.
@@ -243,6 +259,7 @@ public struct AuthenticationPayload: Sendable, Hashable {
 
 /// A TSi or TSr payload (section 3.13): IPv4 and IPv6 address ranges.
 public struct TrafficSelectorPayload: Sendable, Hashable {
+    /// The selectors, in the order sent.
     public var selectors: [TrafficSelector]
 
     /// A payload from its selectors.

@@ -17,8 +17,9 @@ public struct IKEResponderConfiguration: Sendable {
     public var announceReplayCounterSync = true
     /// The inbound anti-replay window of each Child SA, in packets.
     public var replayWindowSize: UInt32 = 1_024
-    /// Child SA lifetimes: rekeying is the initiator's to start; the hard limit is ours.
+    /// The soft lifetime of each Child SA (rekeying is the initiator's to start).
     public var childSASoftLifetimeSeconds: UInt64 = 3_300
+    /// The hard lifetime of each Child SA.
     public var childSAHardLifetimeSeconds: UInt64 = 3_600
     /// At most this many IKE_SA_INIT exchanges wait for their IKE_AUTH; the oldest goes first.
     public var halfOpenLimit = 1_024
@@ -37,8 +38,11 @@ public struct IKEResponderConfiguration: Sendable {
 /// An IKE message to send: its bytes, where to, and from which local port (on 4500 the
 /// transport puts the four-byte non-ESP marker in front, RFC 3948 section 2.2).
 public struct IKEDatagram: Sendable, Hashable {
+    /// The IKE message.
     public var bytes: [UInt8]
+    /// The peer's address and port.
     public var destination: Endpoint
+    /// The local port to send from (500 or 4500).
     public var localPort: UInt16
 }
 
@@ -66,7 +70,9 @@ public struct IKEOutcome: Sendable {
 /// kept here is local and may be lost on failover: exchanges between IKE_SA_INIT and IKE_AUTH,
 /// and the last response of each IKE SA (for retransmitted requests).
 public struct IKEv2Responder: Sendable {
+    /// What the responder was built with.
     public let configuration: IKEResponderConfiguration
+    /// Where it says what it did: exchanges at notice, refusals at notice or warning.
     public var logger: Logger
 
     /// An IKE_SA_INIT answered and awaiting its IKE_AUTH.

@@ -36,6 +36,7 @@ struct ReferenceGateway {
     static let holdLimit: UInt64 = 200_000_000
     var repliesSinceTakeover = 0
     var espDrops: [String: Int] = [:]
+    var lastDropReport = Timestamp(nanoseconds: 0)
 
     init(options: GatewayCommand) throws {
         self.options = options
@@ -198,6 +199,13 @@ struct ReferenceGateway {
         }
         releaseHeldReplies(now: now)
         responder.expire(now: now)
+        if !espDrops.isEmpty, now.nanoseconds - lastDropReport.nanoseconds >= 1_000_000_000 {
+            // One line a second at most: a replay flood must not become a log flood.
+            logger.info("ESP packets dropped in the last second", metadata: espDrops.mapValues { .stringConvertible($0) })
+            emit("esp_dropped", ["counts": espDrops.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",")])
+            espDrops = [:]
+            lastDropReport = now
+        }
         waitForInput(sockets.map { $0.descriptor }, milliseconds: 1)
     }
 
@@ -283,7 +291,7 @@ struct ReferenceGateway {
         } catch {
             let kind = "\(error)".prefix { $0 != "(" }
             espDrops[String(kind), default: 0] += 1
-            logger.info("ESP packet dropped", metadata: ["reason": "\(error)", "from": "\(remote)"])
+            logger.debug("ESP packet dropped", metadata: ["reason": "\(error)", "from": "\(remote)"])
         }
     }
 

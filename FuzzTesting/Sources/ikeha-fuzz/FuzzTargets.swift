@@ -1,4 +1,6 @@
 import IPsecHACore
+import Logging
+@testable import IPsecHAGateway
 @testable import IPsecHASync
 
 #if canImport(Glibc)
@@ -21,6 +23,15 @@ enum FuzzTarget: String, CaseIterable {
     case ikeMessage = "ike-message"
     /// Lines of the reference CLI `ikeha-demo replay`.
     case replayLine = "replay-line"
+    /// The reference gateway's payload parsers (the first byte picks one): SA, KE, ID, AUTH,
+    /// TS, Delete; what parses encodes back to the same value.
+    case ikePayloads = "ike-payloads"
+    /// IKE messages (after the non-ESP marker) to the reference gateway's responder holding an
+    /// established IKE SA: nothing unauthenticated may change its state.
+    case gatewayIKE = "gateway-ike"
+    /// ESP packets to the reference gateway's data plane: nothing unauthenticated may change
+    /// the Child SA.
+    case gatewayESP = "gateway-esp"
 
     static let selected: FuzzTarget = {
         guard let name = getenv("IKEHA_FUZZ_TARGET").map({ String(cString: $0) }) else {
@@ -108,6 +119,79 @@ func fuzzReplayLines(_ bytes: [UInt8]) {
     }
 }
 
+func fuzzIKEPayloads(_ bytes: [UInt8]) {
+    guard let selector = bytes.first else { return }
+    let body = Array(bytes.dropFirst())
+    switch selector % 6 {
+    case 0:
+        guard let sa = try? SecurityAssociationPayload(body: body) else { return }
+        precondition(try! SecurityAssociationPayload(body: sa.body) == sa, "an SA payload did not survive encoding")
+    case 1: _ = try? KeyExchangePayload(body: body)
+    case 2: _ = try? IKEIdentity(body: body)
+    case 3: _ = try? AuthenticationPayload(body: body)
+    case 4:
+        guard let ts = try? TrafficSelectorPayload(body: body) else { return }
+        precondition(try! TrafficSelectorPayload(body: ts.body) == ts, "a TS payload did not survive encoding")
+    default:
+        guard let delete = try? DeletePayload(body: body) else { return }
+        precondition(try! DeletePayload(body: delete.payload.body) == delete, "a Delete payload did not survive encoding")
+    }
+}
+
+/// A gateway state holding one established IKE SA (initiator SPI 1, responder SPI 2) and one
+/// Child SA (inbound SPI 0x1000), with fixed keys: inputs reproduce.
+let gatewayState: GatewayState = {
+    var state = GatewayState()
+    let local = IPAddress(ipv4: 0x0A63_0201)
+    let remote = IPAddress(ipv4: 0x0A63_0101)
+    _ = try! state.installPolicy(SecurityPolicy(
+        id: SecurityPolicyID(rawValue: 1), localSelectors: [TrafficSelector(address: local)], remoteSelectors: [TrafficSelector(address: remote)],
+        action: .protect(ProtectionSettings(extendedSequenceNumbers: false))))
+    func key(_ count: Int, _ seed: UInt8) -> KeyMaterial { KeyMaterial(copying: (0..<count).map { UInt8(truncatingIfNeeded: $0) &+ seed }) }
+    let ike = IKESAIdentifier(initiatorSPI: 1, responderSPI: 2)
+    _ = try! state.createIKESA(try! IKESA(
+        identifier: ike, isOriginalInitiator: false,
+        local: Endpoint(address: IPAddress(ipv4: 0x0A63_0002), port: 4500, udpEncapsulation: true),
+        remote: Endpoint(address: IPAddress(ipv4: 0x0A63_0001), port: 4500, udpEncapsulation: true),
+        transforms: IKEv2Responder.ikeTransforms,
+        keys: IKEKeys(d: key(32, 1), ai: key(0, 0), ar: key(0, 0), ei: key(36, 2), er: key(36, 3), pi: key(32, 4), pr: key(32, 5)),
+        messageIDs: try! IKEMessageIDWindows(resumingAt: 0, expecting: 2, peerWindowSize: 1, localWindowSize: 1),
+        extensions: IKEExtensions(messageIDSync: true), owner: active))
+    _ = try! state.createChildSA(try! ChildSA(
+        inboundSPI: 0x1000, outboundSPI: 0x2000, localSelectors: [TrafficSelector(address: local)], remoteSelectors: [TrafficSelector(address: remote)],
+        transforms: ChildSATransforms(encryption: .chacha20Poly1305, integrity: .none),
+        inboundKeys: ChildSAKeys(encryption: key(36, 6)), outboundKeys: ChildSAKeys(encryption: key(36, 7)),
+        outboundCounter: try! OutboundSequenceCounter(extendedSequenceNumbers: false),
+        inboundWindow: try! ReplayWindow(size: 128, extendedSequenceNumbers: false),
+        lifetime: try! ChildSALifetime(soft: LifetimeLimits(seconds: 10), hard: LifetimeLimits(seconds: 20), installedAt: Timestamp(nanoseconds: 0)),
+        parent: ike, owner: active))
+    return state
+}()
+
+func fuzzGatewayIKE(_ bytes: [UInt8]) {
+    var state = gatewayState
+    var responder = IKEv2Responder(
+        configuration: IKEResponderConfiguration(
+            localIdentity: IKEIdentity("gateway@fuzz"), remoteIdentity: IKEIdentity("peer@fuzz"), preSharedKey: KeyMaterial(copying: [1, 2, 3]),
+            member: active),
+        logger: Logger(label: "fuzz", factory: { _ in SwiftLogNoOpLogHandler() }))
+    let outcome = responder.receive(
+        bytes, from: Endpoint(address: IPAddress(ipv4: 0x0A63_0001), port: 4500), on: Endpoint(address: IPAddress(ipv4: 0x0A63_0002), port: 4500),
+        state: &state, now: Timestamp(nanoseconds: 1_000))
+    // Without the keys only an IKE_SA_INIT can be answered, and it changes no state.
+    precondition(state == gatewayState && outcome.changes.isEmpty, "an unauthenticated IKE message changed the state")
+    precondition(state.ikeSAs == gatewayState.ikeSAs, "an unauthenticated IKE message changed an IKE SA")
+}
+
+func fuzzGatewayESP(_ bytes: [UInt8]) {
+    var state = gatewayState
+    var packet = bytes
+    // Most inputs name the Child SA, so that the replay check and the ICV are reached.
+    if packet.count >= 4, packet[0] & 1 == 0 { packet.replaceSubrange(0..<4, with: [0, 0, 0x10, 0]) }
+    precondition((try? ESPDataPlane.decapsulate(packet[...], state: &state)) == nil, "a forged ESP packet was accepted")
+    precondition(state.childSA(inboundSPI: 0x1000) == gatewayState.childSA(inboundSPI: 0x1000), "a forged ESP packet changed the Child SA")
+}
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ start: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
     let bytes = start.map { Array(UnsafeBufferPointer(start: $0, count: count)) } ?? []
@@ -117,6 +201,9 @@ public func fuzz(_ start: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
     case .syncRecords: fuzzSyncRecords(bytes)
     case .ikeMessage: fuzzIKEMessage(bytes)
     case .replayLine: fuzzReplayLines(bytes)
+    case .ikePayloads: fuzzIKEPayloads(bytes)
+    case .gatewayIKE: fuzzGatewayIKE(bytes)
+    case .gatewayESP: fuzzGatewayESP(bytes)
     }
     return 0
 }
