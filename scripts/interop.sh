@@ -210,6 +210,7 @@ run_scenario() {
     if [ "$scenario" = no-message-id-sync ]; then
         # A dies by itself when charon's rekey request arrives: that exchange is in flight.
         sw --rekey --child net > "$DIR/rekey-crash.log" 2>&1 &
+        PIDS+=($!)
         wait_for "$DIR/member1.events" "event=crash_injected" 5 || fail "$scenario: A did not see the rekey request"
         killed_at=$(sed -n 's/.*event=crash_injected member=1 realtime_ms=\([0-9]*\).*/\1/p' "$DIR/member1.events")
     else
@@ -282,6 +283,7 @@ run_scenario() {
             else fail "negative control did not fail: charon accepted B's reused sequence numbers"; fi
             ;;
         no-message-id-sync)
+            say "B's plan for the IKE SA: $(grep event=ike_sa_takeover "$DIR/member2.events" | sed 's/.*classification=//')"
             say "with A dead while charon's CREATE_CHILD_SA was in flight and no message-ID sync, charon's log says:"
             echo "$after" | grep -E "retransmit|CREATE_CHILD_SA|INFORMATIONAL|giving up|deleting|establish|rekey" | head -12 | sed 's/^/    /'
             sleep 4

@@ -64,7 +64,7 @@ public struct IKEOutcome: Sendable {
 /// and ChaCha20-Poly1305 (RFC 7634), for the IKE SA and for ESP.
 ///
 /// It is sans-I/O like the rest of the package: `receive` takes a message and the
-/// ``GatewayState`` that holds every IKE SA and Child SA, records what the exchange changed
+/// `GatewayState` that holds every IKE SA and Child SA, records what the exchange changed
 /// there, and returns the replies and the changes to replicate. The state is the only thing a
 /// standby needs to carry on: keys, message IDs, selectors and counters are all in it. What is
 /// kept here is local and may be lost on failover: exchanges between IKE_SA_INIT and IKE_AUTH,

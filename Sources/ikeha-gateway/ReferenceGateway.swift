@@ -224,14 +224,16 @@ struct ReferenceGateway {
     mutating func handleIKE(_ bytes: [UInt8], from remote: Endpoint, on local: Endpoint, now: Timestamp) {
         if let header = try? EncryptedMessage.header(of: bytes), !header.isResponse {
             let identifier = IKESAIdentifier(initiatorSPI: header.initiatorSPI, responderSPI: header.responderSPI)
-            if let crash = options.crashOnExchange, header.exchangeType.description == crash, state.ikeSAs[identifier] != nil {
-                emit("crash_injected", ["exchange": crash, "message_id": "\(header.messageID)"])
-                exit(137)
-            }
             if let sa = state.ikeSAs[identifier], sa.messageIDs.responses.classify(header.messageID) == .new {
                 // In flight from now until the exchange finishes: a takeover must know.
                 perform(replicator.replicateExchange(
                     of: identifier, messageID: header.messageID, initiatedHere: false, finished: false, state: state, channel: &channel, now: now).actions, now: now)
+                if let crash = options.crashOnExchange, header.exchangeType.description == crash {
+                    // Dies in the middle of the exchange: the standby heard it start, not finish.
+                    emit("crash_injected", ["exchange": crash, "message_id": "\(header.messageID)"])
+                    usleep(50_000)
+                    exit(137)
+                }
             }
         }
         let outcome = responder.receive(bytes, from: remote, on: local, state: &state, now: now)
@@ -254,8 +256,15 @@ struct ReferenceGateway {
                 "next_expected_request_id": "\(windows?.responses.nextExpectedMessageID ?? 0)",
             ])
         }
+        // Synchronous replication: the reply waits for the standby, if there is one to wait for
+        // (none before it joined, none after a takeover until the old active comes back).
+        let standbyListening = channel.lastHeard(from: peer).map { now.nanoseconds - $0.nanoseconds < 3 * channel.configuration.heartbeatInterval } ?? false
         for reply in outcome.replies {
-            if tickets.isEmpty { transmit(reply) } else { held.append((reply, tickets, Timestamp(nanoseconds: now.nanoseconds + Self.holdLimit))) }
+            if tickets.isEmpty || !standbyListening {
+                transmit(reply)
+            } else {
+                held.append((reply, tickets, Timestamp(nanoseconds: now.nanoseconds + Self.holdLimit)))
+            }
         }
     }
 
