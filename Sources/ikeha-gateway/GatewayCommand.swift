@@ -19,6 +19,11 @@ import Glibc
 /// it takes over: binds the ports, applies the takeover plan, and sends an RFC 6311 message-ID
 /// sync on every IKE SA that negotiated it.
 ///
+/// With `--vrrp-fifo`, keepalived decides instead (`VRRPFollower`): the standby binds the ports
+/// on the virtual address from the start (IP_FREEBIND: it receives once keepalived adds the
+/// address), takes over on MASTER and never on the synch channel's silence alone; an active
+/// member told BACKUP, FAULT or STOP steps down and rejoins as a standby.
+///
 /// Events go to standard output as `event=NAME key=value ...` lines with `realtime_ms`, the
 /// wall clock in milliseconds; the log goes to standard error.
 @main
@@ -46,6 +51,8 @@ struct GatewayCommand: ParsableCommand {
     @Flag(name: .customLong("no-counter-advance"), help: "NEGATIVE CONTROL, unsafe: on takeover resume ESP counters at the last checkpoint.") var noCounterAdvance = false
     @Flag(name: .customLong("no-message-id-sync"), help: "NEGATIVE CONTROL: on takeover send no RFC 6311 message-ID sync.") var noMessageIDSync = false
     @Option(name: .customLong("crash-on-exchange"), help: "FAULT INJECTION: exit at once, without answering, when a request of this exchange (e.g. CREATE_CHILD_SA) arrives.") var crashOnExchange: String?
+    @Option(name: .customLong("vrrp-fifo"), help: "keepalived's notify FIFO: follow its MASTER / BACKUP / FAULT / STOP for this member's role.") var vrrpFIFO: String?
+    @Option(name: .customLong("vrrp-instance"), help: "The VRRP instance to follow on the FIFO.") var vrrpInstance = "VI_1"
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
 
     func run() throws {

@@ -35,6 +35,10 @@ struct ReferenceGateway {
     /// How long a reply may wait for the standby's acknowledgement.
     static let holdLimit: UInt64 = 200_000_000
     var repliesSinceTakeover = 0
+    var role: ClusterRole
+    /// keepalived's notify FIFO and what it last said, with `--vrrp-fifo`.
+    let fifo: VRRPNotifyFIFO?
+    var vrrp = VRRPFollower()
     var espDrops: [String: Int] = [:]
     var lastDropReport = Timestamp(nanoseconds: 0)
 
@@ -72,6 +76,8 @@ struct ReferenceGateway {
         channelConfiguration.logger.logLevel = .warning
         channel = try SyncChannel(configuration: channelConfiguration)
         replicator = Replicator(standbys: [peer])
+        role = ClusterRole(member: member, epoch: epoch, isActive: options.active, activeMember: options.active ? nil : peer)
+        fifo = options.vrrpFIFO.map { VRRPNotifyFIFO(path: $0, instance: options.vrrpInstance) }
         scheduler = CounterCheckpointScheduler(
             policy: CounterCheckpointPolicy(packets: options.checkpointPackets, interval: options.checkpointMs * 1_000_000))
     }
@@ -79,7 +85,8 @@ struct ReferenceGateway {
     // MARK: Roles
 
     mutating func run() throws {
-        if options.active {
+        var isActive = options.active
+        if isActive {
             try bindIKESockets()
             let remote = try Self.selector(options.remoteSubnet)
             let policy = SecurityPolicy(
@@ -88,16 +95,37 @@ struct ReferenceGateway {
             let changes = try state.installPolicy(policy)
             perform(replicator.replicate(changes, state: state, channel: &channel, now: Self.monotonicNow()).actions, now: Self.monotonicNow())
             emit("active", ["policy": "\(options.innerAddress) <-> \(options.remoteSubnet)"])
-        } else {
-            try runStandby()
         }
-        while true { try activeStep() }
+        while true {
+            if isActive {
+                try runActive()
+            } else {
+                try runStandby()
+            }
+            isActive.toggle()
+        }
     }
 
-    /// The standby: apply what the active member replicates until it falls silent, then take over.
+    /// Reads keepalived's notify FIFO, when there is one, and returns the decision of the last
+    /// state it reported.
+    mutating func followVRRP() -> VRRPFollower.Decision {
+        guard let fifo else { return .stay }
+        var decision = VRRPFollower.Decision.stay
+        for state in fifo.read() {
+            decision = vrrp.heard(state, isActive: role.isActive)
+            emit("vrrp", ["state": "\(state)"])
+        }
+        return decision
+    }
+
+    /// The standby: apply what the active member replicates until it falls silent (or, behind
+    /// keepalived, until keepalived says MASTER), then take over.
     mutating func runStandby() throws {
         var replica = Replica()
-        var role = ClusterRole(member: member, epoch: channel.configuration.epoch, isActive: false, activeMember: peer)
+        if fifo != nil, sockets.isEmpty {
+            // Bound before the address is here: the socket receives the moment keepalived adds it.
+            try bindIKESockets(freeBind: true)
+        }
         var lastHello: Timestamp?
         var ready = false
         while true {
@@ -108,7 +136,9 @@ struct ReferenceGateway {
             for action in actions {
                 switch action {
                 case .transmit(let to, let datagram): try? transport.send(datagram, to: to, now: now)
-                case .deliver(_, let records): replica.apply(records, now: now)
+                case .deliver(_, let records):
+                    replica.apply(records, now: now)
+                    vrrp.activeMemberHeard()
                 default: break
                 }
             }
@@ -122,19 +152,30 @@ struct ReferenceGateway {
                 ready = true
                 emit("standby_ready", ["ike_sas": "\(replica.state.ikeSAs.count)", "child_sas": "\(replica.state.childSACount)"])
             }
+            var decision = followVRRP()
             if ready, role.tick(now: now, lastHeard: channel.lastHeard(from: peer)).contains(.activeMemberFailed(peer)) {
-                try takeOver(from: replica, role: &role, now: now)
+                decision = fifo == nil ? .takeOver(.activeMemberSilent(peer)) : vrrp.activeMemberSilent(peer)
+            }
+            switch decision {
+            case .takeOver(let reason):
+                if !ready { logger.warning("taking over before the bulk resync completed: every IKE SA is suspect") }
+                try takeOver(from: replica, reason: reason, now: now)
                 return
+            case .holdBack(let why):
+                logger.warning("\(why)")
+                emit("hold_back", ["reason": why])
+            case .stay, .stepDown:
+                break
             }
             usleep(500)
         }
     }
 
     /// RFC 6027's hard part, in order: promote, new epoch, plan, counters, ports, message IDs.
-    mutating func takeOver(from replica: Replica, role: inout ClusterRole, now: Timestamp) throws {
+    mutating func takeOver(from replica: Replica, reason: PromotionReason, now: Timestamp) throws {
         let silence = channel.lastHeard(from: peer).map { (now.nanoseconds - $0.nanoseconds) / 1_000_000 } ?? 0
         let epoch = channel.configuration.epoch + 1
-        _ = try role.promote(.activeMemberSilent(peer), newEpoch: epoch)
+        _ = try role.promote(reason, newEpoch: epoch)
         try channel.rotate(toEpoch: epoch)
         // The advance is at least the checkpoint's packet count: that many may have gone out
         // after the last checkpoint. The inbound window takes the same advance (strongSwan has
@@ -149,7 +190,7 @@ struct ReferenceGateway {
                 _ = try? state.updateChildSA(inboundSPI: sa.inboundSPI) { $0.outboundCounter = sa.outboundCounter }
             }
         }
-        try bindIKESockets()
+        if sockets.isEmpty { try bindIKESockets() }
         for decision in plan.childSAs {
             let resumedAt = state.childSA(inboundSPI: decision.inboundSPI)?.outboundCounter.lastSent ?? 0
             let checkpoint = replica.state.childSA(inboundSPI: decision.inboundSPI)?.outboundCounter.lastSent ?? 0
@@ -161,7 +202,7 @@ struct ReferenceGateway {
         emit("takeover", [
             "silence_ms": "\(silence)", "epoch": "\(epoch)", "ike_sas": "\(state.ikeSAs.count)", "child_sas": "\(state.childSACount)",
             "resumed": "\(outcome.resumed)", "rekey": "\(outcome.rekey.count)",
-            "counter_advance": options.noCounterAdvance ? "disabled" : "planned",
+            "counter_advance": options.noCounterAdvance ? "disabled" : "planned", "why": "\(reason)",
         ])
         for decision in plan.ikeSAs {
             emit("ike_sa_takeover", ["ike_sa": "\(decision.identifier)", "classification": "\(decision.classification)", "plan": "\(decision.messageIDs)"])
@@ -176,18 +217,61 @@ struct ReferenceGateway {
         }
         // The old active member may come back: it will resync from this one.
         replicator = Replicator(standbys: [peer])
+        repliesSinceTakeover = 0
+        held = []
+    }
+
+    /// The active member: serve IKE and ESP, replicate, until told to step down (keepalived
+    /// moved the address away, or a member with a newer epoch says it is active).
+    mutating func runActive() throws {
+        var lastHello = Timestamp(nanoseconds: 0)
+        while true {
+            let now = Self.monotonicNow()
+            if now.nanoseconds - lastHello.nanoseconds >= 1_000_000_000 {
+                // Says who is active, so that an old active member that comes back (or a split
+                // brain) resolves by epoch.
+                lastHello = now
+                send([.hello(epoch: role.epoch, capabilities: role.capabilities, needsResync: false)], now: now)
+            }
+            var stepDown: String?
+            if case .stepDown(let why) = followVRRP() { stepDown = why }
+            if let newer = try activeStep(now: now) { stepDown = newer }
+            if let why = stepDown {
+                sockets = []
+                held = []
+                emit("stepped_down", ["why": why])
+                logger.warning("no longer the active member", metadata: ["why": "\(why)"])
+                if role.isActive {
+                    // keepalived's decision: the role machine follows it to the next epoch.
+                    role = ClusterRole(member: member, epoch: role.epoch, isActive: false, activeMember: peer)
+                }
+                replicator = Replicator(standbys: [peer])
+                return
+            }
+        }
     }
 
     // MARK: The active member's loop
 
-    mutating func activeStep() throws {
-        let now = Self.monotonicNow()
+    /// One pass of the active member's loop; returns why it must step down, if it must.
+    mutating func activeStep(now: Timestamp) throws -> String? {
         for index in sockets.indices {
             while let (bytes, from) = sockets[index].receive() {
                 handleUDP(bytes, from: from, on: sockets[index].local, now: now)
             }
         }
-        for datagram in transport.receive(now: now) { perform(channel.receive(datagram, now: now), now: now) }
+        var steppedDown: String?
+        for datagram in transport.receive(now: now) {
+            let actions = channel.receive(datagram, now: now)
+            for case .deliver(let from, let records) in actions {
+                for case .hello(let epoch, let capabilities, _) in records {
+                    for case .steppedDown(let newer, let newerEpoch) in role.heardHello(from: from, epoch: epoch, capabilities: capabilities) {
+                        steppedDown = "member \(newer) is active with epoch \(newerEpoch), newer than ours"
+                    }
+                }
+            }
+            perform(actions, now: now)
+        }
         perform(channel.tick(now: now), now: now)
         perform(replicator.pump(channel: &channel, now: now), now: now)
         let due = scheduler.takeDueCheckpoints(from: &state, now: now)
@@ -207,6 +291,7 @@ struct ReferenceGateway {
             lastDropReport = now
         }
         waitForInput(sockets.map { $0.descriptor }, milliseconds: 1)
+        return steppedDown
     }
 
     mutating func handleUDP(_ bytes: [UInt8], from remote: Endpoint, on local: Endpoint, now: Timestamp) {
@@ -306,9 +391,12 @@ struct ReferenceGateway {
 
     // MARK: Plumbing
 
-    mutating func bindIKESockets() throws {
-        sockets = [try UDPSocket(address: clusterAddress, port: 500), try UDPSocket(address: clusterAddress, port: 4500)]
-        emit("listening", ["address": options.clusterAddress, "ports": "500,4500"])
+    mutating func bindIKESockets(freeBind: Bool = false) throws {
+        sockets = [
+            try UDPSocket(address: clusterAddress, port: 500, freeBind: freeBind),
+            try UDPSocket(address: clusterAddress, port: 4500, freeBind: freeBind),
+        ]
+        emit("listening", ["address": options.clusterAddress, "ports": "500,4500", "early": "\(freeBind)"])
     }
 
     func transmit(_ datagram: IKEDatagram) {

@@ -1,4 +1,5 @@
 import IPsecHACore
+import IPsecHASync
 
 #if canImport(Glibc)
 import Glibc
@@ -11,11 +12,14 @@ final class UDPSocket {
 
     /// Binds `address:port`. Throws a readable error when the address is not here or the
     /// port is taken.
-    init(address: IPAddress, port: UInt16) throws(GatewayError) {
+    /// With `freeBind`, the address need not be here yet (IP_FREEBIND): a standby behind
+    /// keepalived binds the virtual address early and receives once it arrives.
+    init(address: IPAddress, port: UInt16, freeBind: Bool = false) throws(GatewayError) {
         let descriptor = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
         guard descriptor >= 0 else { throw .system("socket", errno) }
-        var reuse: Int32 = 1
-        setsockopt(descriptor, SOL_SOCKET, SO_REUSEADDR, &reuse, socklen_t(MemoryLayout<Int32>.size))
+        var on: Int32 = 1
+        setsockopt(descriptor, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
+        if freeBind { setsockopt(descriptor, Int32(IPPROTO_IP), IP_FREEBIND, &on, socklen_t(MemoryLayout<Int32>.size)) }
         var socketAddress = Self.socketAddress(address, port)
         let bound = withUnsafePointer(to: &socketAddress) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
@@ -90,5 +94,41 @@ enum GatewayError: Error, CustomStringConvertible {
         case .system(let call, let code): "\(call): \(String(cString: strerror(code)))"
         case .configuration(let text): text
         }
+    }
+}
+
+/// keepalived's notify FIFO, read without blocking: the states of one VRRP instance.
+final class VRRPNotifyFIFO {
+    let path: String
+    let instance: String
+    private var descriptor: Int32 = -1
+    private var pending: [UInt8] = []
+
+    init(path: String, instance: String) {
+        self.path = path
+        self.instance = instance
+    }
+
+    deinit { if descriptor >= 0 { close(descriptor) } }
+
+    /// The states reported since the last call (keepalived buffers lines until a reader comes).
+    func read() -> [VRRPState] {
+        if descriptor < 0 {
+            descriptor = open(path, O_RDONLY | O_NONBLOCK)
+            if descriptor < 0 { return [] }
+        }
+        var buffer = [UInt8](repeating: 0, count: 4_096)
+        while true {
+            let count = Glibc.read(descriptor, &buffer, buffer.count)
+            if count <= 0 { break }
+            pending += buffer[..<count]
+        }
+        var states: [VRRPState] = []
+        while let newline = pending.firstIndex(of: 10) {
+            let line = String(decoding: pending[..<newline], as: UTF8.self)
+            pending.removeSubrange(...newline)
+            if let state = VRRPState(notifyFIFOLine: line, instance: instance) { states.append(state) }
+        }
+        return states
     }
 }
