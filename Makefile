@@ -7,8 +7,10 @@ DEBIAN_PACKAGES := libsodium-dev pkg-config
 TEST_PACKAGES := tshark
 # The strongSwan interop scenario (scripts/interop.sh, also run by the test suite as root).
 INTEROP_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins iputils-ping
+# The keepalived deployment scenario (scripts/cluster.sh, also run by the test suite as root).
+CLUSTER_PACKAGES := keepalived
 
-.PHONY: demo test interop build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-allocations bench-replay bench-state bench-sync bench-failover clean
+.PHONY: demo test interop cluster build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-allocations bench-replay bench-state bench-sync bench-failover clean
 
 deps:
 	@./scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
@@ -18,7 +20,7 @@ demo: deps
 	$(SWIFT) run -c release ikeha-demo
 
 test: deps
-	@./scripts/ensure-debian-packages.sh --optional $(TEST_PACKAGES) $(INTEROP_PACKAGES)
+	@./scripts/ensure-debian-packages.sh --optional $(TEST_PACKAGES) $(INTEROP_PACKAGES) $(CLUSTER_PACKAGES)
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 
@@ -28,6 +30,14 @@ interop: deps
 	@./scripts/ensure-debian-packages.sh $(INTEROP_PACKAGES)
 	$(SWIFT) build -c release --product ikeha-gateway
 	./scripts/interop.sh
+
+# keepalived moves the address, the package moves the state: strongSwan, two members each with
+# keepalived, a crash and a restart, at advert_int 0.01 s and 0.1 s, with the negative controls
+# (root; about a minute).
+cluster: deps
+	@./scripts/ensure-debian-packages.sh $(INTEROP_PACKAGES) $(CLUSTER_PACKAGES)
+	$(SWIFT) build -c release --product ikeha-gateway
+	./scripts/cluster.sh
 
 build: deps
 	$(SWIFT) build

@@ -180,7 +180,8 @@ struct ReferenceGateway {
         // The advance is at least the checkpoint's packet count: that many may have gone out
         // after the last checkpoint. The inbound window takes the same advance (strongSwan has
         // no RFC 6311 replay-counter sync), so that many of the peer's next packets are dropped.
-        let policy = TakeoverPolicy(minimumAdvance: options.takeoverMinimumAdvance ?? options.checkpointPackets)
+        let policy = TakeoverPolicy(
+            minimumAdvance: options.takeoverMinimumAdvance ?? options.checkpointPackets, stalenessMargin: options.stalenessMarginMs * 1_000_000)
         let plan = replica.takeoverPlan(policy: policy, now: now)
         state = replica.state
         let outcome = state.applyTakeover(plan)

@@ -1,18 +1,20 @@
 import Foundation
 import Testing
 
-/// `scripts/interop.sh` from the test suite: strongSwan across a member crash, with its negative
-/// controls. It needs root, network namespaces, /dev/net/tun and Debian's strongSwan packages
-/// (which it installs when root and missing); elsewhere it says what is missing and the test
-/// is skipped.
-@Suite struct InteropTests {
-    @Test func strongSwanKeepsItsIKESAAcrossAMemberCrash() throws {
+/// The harnesses with a real peer, from the test suite: `scripts/interop.sh` (strongSwan across
+/// a member crash, with its negative controls) and `scripts/cluster.sh` (the same behind
+/// keepalived, with a restart). They need root, network namespaces, /dev/net/tun and Debian's
+/// strongSwan and keepalived packages (which they install when root and missing); elsewhere
+/// they say what is missing and the tests are skipped.
+@Suite(.serialized) struct InteropTests {
+    /// Runs a harness with the debug build of the gateway; nil when it was skipped (exit 77).
+    static func run(_ script: String) throws -> (status: Int32, output: String)? {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
             .appendingPathComponent("ikeha-gateway")
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = [root.appendingPathComponent("scripts/interop.sh").path]
+        process.arguments = [root.appendingPathComponent(script).path]
         process.environment = ProcessInfo.processInfo.environment.merging(["GATEWAY": binary.path]) { $1 }
         let output = Pipe()
         process.standardOutput = output
@@ -22,11 +24,24 @@ import Testing
         process.waitUntilExit()
         if process.terminationStatus == 77 {
             print(text.trimmingCharacters(in: .whitespacesAndNewlines))
-            return
+            return nil
         }
         print(text)
-        #expect(process.terminationStatus == 0, "interop.sh failed")
+        return (process.terminationStatus, text)
+    }
+
+    @Test func strongSwanKeepsItsIKESAAcrossAMemberCrash() throws {
+        guard let (status, text) = try Self.run("scripts/interop.sh") else { return }
+        #expect(status == 0, "interop.sh failed")
         #expect(text.contains("PASS: charon processed the message-ID sync"))
+        #expect(text.contains("PASS: negative control: charon rejected"))
+    }
+
+    @Test func keepalivedMovesTheAddressAndThePackageMovesTheState() throws {
+        guard let (status, text) = try Self.run("scripts/cluster.sh") else { return }
+        #expect(status == 0, "cluster.sh failed")
+        #expect(text.contains("PASS: member 2 took over on keepalived's MASTER"))
+        #expect(text.contains("PASS: member 1 rejoined as a standby through a bulk resync"))
         #expect(text.contains("PASS: negative control: charon rejected"))
     }
 }
