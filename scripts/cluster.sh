@@ -34,7 +34,7 @@ teardown() {
     stop_all
     for ns in "$NS_P" "$NS_1" "$NS_2" "$NS_LAN"; do ip netns del "$ns" 2>/dev/null; done
 }
-trap 'teardown; [ "$FAILURES" -gt 0 ] || rm -rf "$BASE"' EXIT
+trap 'teardown; [ "$FAILURES" -gt 0 ] || [ -n "${KEEP_LOGS:-}" ] || rm -rf "$BASE"' EXIT
 
 setup() {
     mkdir -p "$DIR"

@@ -29,7 +29,7 @@ teardown() {
     ip netns del "$NS_P" 2>/dev/null
     ip netns del "$NS_C" 2>/dev/null
 }
-trap 'teardown; [ "$FAILURES" -gt 0 ] || rm -rf "$BASE"' EXIT
+trap 'teardown; [ "$FAILURES" -gt 0 ] || [ -n "${KEEP_LOGS:-}" ] || rm -rf "$BASE"' EXIT
 
 setup() {
     mkdir -p "$DIR"
