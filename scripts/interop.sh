@@ -49,6 +49,8 @@ setup() {
     start_charon "$NS_P"
 }
 
+kill_member1() { kill -KILL "$(cat "$DIR/member1.pid")" 2>/dev/null; }
+
 member() { # id listen-port peer-port args...
     local id=$1 port=$2 peer_port=$3; shift 3
     start_member "$NS_C" "$id" $CLUSTER_IP $GATEWAY_INNER $PEER_INNER/32 127.0.0.1:"$port" "$((3 - id))=127.0.0.1:$peer_port" "$@"
@@ -66,41 +68,9 @@ run_scenario() {
     esac
     member 1 7101 7102 --active "${a_args[@]}"
     member 2 7102 7101 "${b_args[@]}"
-    wait_for "$DIR/member1.events" "event=active" 5 || { fail "$scenario: member A did not start"; cat "$DIR/member1.log"; teardown; return; }
-    wait_for "$DIR/member2.events" "event=standby_ready" 10 || { fail "$scenario: member B never became a ready standby"; teardown; return; }
-    initiate || { teardown; return; }
-    start_ping "$NS_P" $GATEWAY_INNER
-    sleep 2
-    local log_at killed_at
-    log_at=$(charon_lines)
-    if [ "$scenario" = no-message-id-sync ]; then
-        # A dies by itself when charon's rekey request arrives: that exchange is in flight.
-        sw --rekey --child net > "$DIR/rekey-crash.log" 2>&1 &
-        PIDS+=($!)
-        wait_for "$DIR/member1.events" "event=crash_injected" 5 || fail "$scenario: A did not see the rekey request"
-        killed_at=$(event_time "$DIR/member1.events" crash_injected)
-    else
-        after_next_checkpoint
-        killed_at=$(date +%s%3N)
-        kill -KILL "$(cat "$DIR/member1.pid")"
-        say "A's last checkpoint: $(grep event=checkpoint "$DIR/member1.events" | tail -1 | sed 's/.*last_sent=/last_sent=/')"
-    fi
-    say "member A killed at $killed_at"
-    wait_for "$DIR/member2.events" "event=takeover" 5 || fail "$scenario: B did not take over"
-    [ "$scenario" = no-message-id-sync ] || wait_for "$DIR/member2.events" "event=mid_sync_done" 5 || fail "$scenario: the message-ID sync was not answered"
-    sleep 2
-    local pings first_reply b_first
-    read -r -a pings <<< "$(stop_ping)"
-    b_first=$(event_time "$DIR/member2.events" first_esp_reply 2)
-    first_reply=${b_first:+$((b_first - killed_at))}
-    say "pings: ${pings[0]} sent, ${pings[1]} answered, ${pings[2]} lost; B's first reply ${first_reply:-never} ms after the kill"
-    say "B: $(grep event=takeover "$DIR/member2.events" | cut -d' ' -f4-)"
-    grep event=child_sa_takeover "$DIR/member2.events" | sed 's/^/    /'
-    case $scenario in
-        failover) check_strongswan_after_failover "$log_at" "$first_reply" "$NS_P" $GATEWAY_INNER ;;
-        no-counter-advance) check_replays_rejected "$log_at" ;;
-        no-message-id-sync) report_in_flight_without_sync "$log_at" ;;
-    esac
+    start_and_kill "$scenario" kill_member1 yes || { teardown; return; }
+    after_kill "$scenario"
+    judge "$scenario"
     teardown
 }
 

@@ -16,6 +16,9 @@ public enum IKEProtocolError: Error, Sendable, Hashable {
     case unknownIKESA(IKESAIdentifier)
     /// The AUTH payload, or the identity, is not what the pre-shared key gives.
     case authenticationFailed(String)
+    /// The peer already answered an RFC 6311 message-ID sync on this IKE SA; a second one
+    /// would cost it (see `IKEExtensions.messageIDSyncAnswered`).
+    case messageIDSyncAlreadyAnswered(IKESAIdentifier)
 }
 
 /// An IKEv2 message protected by an SK payload with an AEAD (RFC 7296 section 3.14, RFC 5282,

@@ -187,13 +187,3 @@ public enum IKECrypto {
     // sodium_init() is thread-safe and idempotent; a static let runs it once.
     private static let initialized: Bool = sodium_init() >= 0
 }
-
-extension Array where Element == UInt8 {
-    mutating func appendBigEndian<T: FixedWidthInteger>(_ value: T) {
-        var shift = T.bitWidth - 8
-        while shift >= 0 {
-            append(UInt8(truncatingIfNeeded: value >> shift))
-            shift -= 8
-        }
-    }
-}

@@ -108,7 +108,7 @@ public struct SecurityAssociationPayload: Sendable, Hashable {
     /// Parses an SA payload body; throws for lengths that disagree, counts that do not match,
     /// an SPI size other than 0, 4 or 8, or attributes other than fixed-length ones.
     public init(body: [UInt8]) throws(IKEWireError) {
-        var reader = PayloadReader(body)
+        var reader = WireReader(body)
         var proposals: [IKEProposal] = []
         var more = true
         while more {
@@ -119,7 +119,7 @@ public struct SecurityAssociationPayload: Sendable, Hashable {
             _ = try reader.uint8()
             let length = Int(try reader.uint16())
             guard length >= 8 else { throw .payloadTooShort(length) }
-            var proposalReader = PayloadReader(try reader.bytes(length - 4))
+            var proposalReader = WireReader(try reader.bytes(length - 4))
             let number = try proposalReader.uint8()
             let protocolID = try proposalReader.uint8()
             let spiSize = Int(try proposalReader.uint8())
@@ -133,7 +133,7 @@ public struct SecurityAssociationPayload: Sendable, Hashable {
                 _ = try proposalReader.uint8()
                 let transformLength = Int(try proposalReader.uint16())
                 guard transformLength >= 8 else { throw .payloadTooShort(transformLength) }
-                var transformReader = PayloadReader(try proposalReader.bytes(transformLength - 4))
+                var transformReader = WireReader(try proposalReader.bytes(transformLength - 4))
                 let rawKind = try transformReader.uint8()
                 _ = try transformReader.uint8()
                 var transform = IKETransform(.encryption, id: try transformReader.uint16())
@@ -178,7 +178,7 @@ public struct KeyExchangePayload: Sendable, Hashable {
 
     /// Parses a KE payload body.
     public init(body: [UInt8]) throws(IKEWireError) {
-        var reader = PayloadReader(body)
+        var reader = WireReader(body)
         group = KeyExchangeMethod(rawValue: try reader.uint16())
         _ = try reader.uint16()
         data = Array(try reader.bytes(reader.remaining))
@@ -288,7 +288,7 @@ public struct TrafficSelectorPayload: Sendable, Hashable {
 
     /// Parses a TS payload body; throws for unknown selector types and invalid ranges.
     public init(body: [UInt8]) throws(IKEWireError) {
-        var reader = PayloadReader(body)
+        var reader = WireReader(body)
         let count = Int(try reader.uint8())
         _ = try reader.bytes(3)
         var selectors: [TrafficSelector] = []
@@ -344,7 +344,7 @@ public struct DeletePayload: Sendable, Hashable {
 
     /// Parses a Delete payload body (IKE SA, or 4-byte SPIs).
     public init(body: [UInt8]) throws(IKEWireError) {
-        var reader = PayloadReader(body)
+        var reader = WireReader(body)
         protocolID = try reader.uint8()
         let spiSize = Int(try reader.uint8())
         let count = Int(try reader.uint16())
@@ -353,37 +353,5 @@ public struct DeletePayload: Sendable, Hashable {
         if spiSize == 4 { for _ in 0..<count { spis.append(try reader.uint32()) } }
         guard reader.isAtEnd else { throw .trailingBytes(reader.remaining) }
         self.spis = spis
-    }
-}
-
-/// Bounded big-endian reads over a payload body.
-struct PayloadReader {
-    private let bytes: [UInt8]
-    private var position: Int
-
-    init(_ bytes: [UInt8]) {
-        self.bytes = bytes
-        position = 0
-    }
-
-    init(_ bytes: ArraySlice<UInt8>) { self.init(Array(bytes)) }
-
-    var remaining: Int { bytes.count - position }
-    var isAtEnd: Bool { position == bytes.count }
-
-    mutating func uint8() throws(IKEWireError) -> UInt8 {
-        guard remaining >= 1 else { throw .truncated }
-        defer { position += 1 }
-        return bytes[position]
-    }
-
-    mutating func uint16() throws(IKEWireError) -> UInt16 { UInt16(try uint8()) << 8 | UInt16(try uint8()) }
-    mutating func uint32() throws(IKEWireError) -> UInt32 { UInt32(try uint16()) << 16 | UInt32(try uint16()) }
-    mutating func uint64() throws(IKEWireError) -> UInt64 { UInt64(try uint32()) << 32 | UInt64(try uint32()) }
-
-    mutating func bytes(_ count: Int) throws(IKEWireError) -> ArraySlice<UInt8> {
-        guard count >= 0, remaining >= count else { throw .truncated }
-        defer { position += count }
-        return bytes[position..<position + count]
     }
 }

@@ -563,12 +563,14 @@ public struct IKEv2Responder: Sendable {
     /// Starts an RFC 6311 message-ID sync for an IKE SA this member has just taken over: an
     /// INFORMATIONAL request with Message ID 0 carrying IKEV2_MESSAGE_ID_SYNC (M1 above any ID
     /// the failed member may have used, P1 the next request expected from the peer). Throws
-    /// when the IKE SA is unknown or did not negotiate RFC 6311, or a sync already started.
+    /// when the IKE SA is unknown or did not negotiate RFC 6311, when the peer already answered
+    /// a sync on it (`IKEExtensions.messageIDSyncAnswered`), or a sync already started.
     public mutating func startMessageIDSync(
         of identifier: IKESAIdentifier, state: GatewayState, replayCounterDelta: UInt64? = nil
     ) throws(IKEProtocolError) -> IKEDatagram {
         guard let sa = state.ikeSAs[identifier] else { throw .unknownIKESA(identifier) }
         guard sa.extensions.messageIDSync else { throw .malformed(.unexpectedMessage("RFC 6311 not negotiated on \(identifier)")) }
+        guard !sa.extensions.messageIDSyncAnswered else { throw .messageIDSyncAlreadyAnswered(identifier) }
         var initiator = messageIDSyncs[identifier] ?? MessageIDSyncInitiator()
         let request: MessageIDSyncNotification
         do { request = try initiator.start(windows: sa.messageIDs, nonce: IKECrypto.random(UInt32.self)) } catch {
@@ -587,6 +589,10 @@ public struct IKEv2Responder: Sendable {
         ])
         return IKEDatagram(bytes: bytes, destination: sa.remote, localPort: sa.local.port)
     }
+
+    /// Starts a new failover for RFC 6311's purposes: every IKE SA may be synced once again
+    /// (section 7 allows one sync per IKE SA per failover).
+    public mutating func forgetMessageIDSyncs() { messageIDSyncs = [:] }
 
     /// Whether a message-ID sync of `identifier` awaits its answer.
     public func isAwaitingMessageIDSync(_ identifier: IKESAIdentifier) -> Bool {
@@ -609,7 +615,14 @@ public struct IKEv2Responder: Sendable {
         }
         messageIDSyncs[sa.identifier] = initiator
         var outcome = IKEOutcome()
-        do { outcome.changes = try state.updateMessageIDs(of: sa.identifier) { $0 = adopted } } catch { throw .unknownIKESA(sa.identifier) }
+        do {
+            outcome.changes = try state.updateIKESA(sa.identifier) {
+                $0.messageIDs = adopted
+                $0.extensions.messageIDSyncAnswered = true
+            }
+        } catch {
+            throw .unknownIKESA(sa.identifier)
+        }
         outcome.messageIDSyncCompleted = sa.identifier
         logger.notice("RFC 6311 message-ID sync answered by the peer", metadata: [
             "ike_sa": "\(sa.identifier)", "m2": "\(answer.expectedSendRequestID)", "p2": "\(answer.expectedReceiveRequestID)",

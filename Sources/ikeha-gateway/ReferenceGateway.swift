@@ -39,6 +39,16 @@ struct ReferenceGateway {
     /// keepalived's notify FIFO and what it last said, with `--vrrp-fifo`.
     let fifo: VRRPNotifyFIFO?
     var vrrp = VRRPFollower()
+    /// The newest epoch another member announced; a promotion goes above it.
+    var highestEpochHeard: UInt32 = 0
+    /// When this member last stepped down because another announced a newer epoch.
+    var steppedDownAt: Timestamp?
+    /// This member was active and is not a ready standby since.
+    var hasBeenActive = false
+    /// A member that had stepped down said hello (see `reassertAfterSplitBrain`).
+    var splitBrainHealed = false
+    /// The epochs of members that stepped down, already answered by a reassertion.
+    var reassertedAgainst: Set<UInt32> = []
     var espDrops: [String: Int] = [:]
     var lastDropReport = Timestamp(nanoseconds: 0)
 
@@ -139,6 +149,7 @@ struct ReferenceGateway {
                 case .deliver(_, let records):
                     replica.apply(records, now: now)
                     vrrp.activeMemberHeard()
+                    for case .hello(let epoch, _, _) in records { highestEpochHeard = max(highestEpochHeard, epoch) }
                 default: break
                 }
             }
@@ -146,19 +157,29 @@ struct ReferenceGateway {
             if let request = replica.takeResyncRequest() { send([request], now: now) }
             if !replica.isReady, !replica.isResyncing, lastHello.map({ now.nanoseconds - $0.nanoseconds >= 200_000_000 }) ?? true {
                 lastHello = now
-                send([replica.hello(epoch: channel.configuration.epoch)], now: now)
+                // After stepping down, say so until resynced: this member may have sent on SAs
+                // the active member holds.
+                let capabilities = steppedDownAt != nil || hasBeenActive ? ClusterRole.steppedDownCapability : 0
+                send([.hello(epoch: channel.configuration.epoch, capabilities: capabilities, needsResync: true)], now: now)
             }
             if replica.isReady, !ready {
                 ready = true
+                hasBeenActive = false
+                steppedDownAt = nil
                 emit("standby_ready", ["ike_sas": "\(replica.state.ikeSAs.count)", "child_sas": "\(replica.state.childSACount)"])
             }
             var decision = followVRRP()
             if ready, role.tick(now: now, lastHeard: channel.lastHeard(from: peer)).contains(.activeMemberFailed(peer)) {
                 decision = fifo == nil ? .takeOver(.activeMemberSilent(peer)) : vrrp.activeMemberSilent(peer)
             }
+            if case .stay = decision, vrrp.state == .master, steppedDownAt.map({ now.nanoseconds - $0.nanoseconds >= 1_000_000_000 }) ?? true {
+                // keepalived gave this host the address while another member said it was active
+                // with a newer epoch (a healed split brain): after a hello interval for the
+                // other side to settle, the address decides.
+                decision = .takeOver(.external("keepalived: MASTER, the address is here"))
+            }
             switch decision {
             case .takeOver(let reason):
-                if !ready { logger.warning("taking over before the bulk resync completed: every IKE SA is suspect") }
                 try takeOver(from: replica, reason: reason, now: now)
                 return
             case .holdBack(let why):
@@ -174,7 +195,8 @@ struct ReferenceGateway {
     /// RFC 6027's hard part, in order: promote, new epoch, plan, counters, ports, message IDs.
     mutating func takeOver(from replica: Replica, reason: PromotionReason, now: Timestamp) throws {
         let silence = channel.lastHeard(from: peer).map { (now.nanoseconds - $0.nanoseconds) / 1_000_000 } ?? 0
-        let epoch = channel.configuration.epoch + 1
+        // Above every epoch seen: a split brain resolves in favour of the newest active member.
+        let epoch = max(channel.configuration.epoch, role.epoch, highestEpochHeard) + 1
         _ = try role.promote(reason, newEpoch: epoch)
         try channel.rotate(toEpoch: epoch)
         // The advance is at least the checkpoint's packet count: that many may have gone out
@@ -182,8 +204,18 @@ struct ReferenceGateway {
         // no RFC 6311 replay-counter sync), so that many of the peer's next packets are dropped.
         let policy = TakeoverPolicy(
             minimumAdvance: options.takeoverMinimumAdvance ?? options.checkpointPackets, stalenessMargin: options.stalenessMarginMs * 1_000_000)
-        let plan = replica.takeoverPlan(policy: policy, now: now)
-        state = replica.state
+        let plan: TakeoverPlan
+        if replica.isReady || state.ikeSAs.isEmpty {
+            plan = replica.takeoverPlan(policy: policy, now: now)
+            state = replica.state
+        } else {
+            // No complete copy from the other member (it stepped down before resyncing this one,
+            // after a split brain): continue from this member's own state, every IKE SA
+            // suspect, and counters with no fresh checkpoint jump by the unknown advance (2^30):
+            // the other side may have sent on them meanwhile.
+            logger.warning("taking over from this member's own state: no complete copy from the other member")
+            plan = TakeoverPlanner.plan(state: state, inFlight: [:], suspect: .all, policy: policy, now: now)
+        }
         let outcome = state.applyTakeover(plan)
         if options.noCounterAdvance {
             // The negative control: what a cluster without counter checkpoints' advance does.
@@ -192,6 +224,7 @@ struct ReferenceGateway {
             }
         }
         if sockets.isEmpty { try bindIKESockets() }
+        responder.forgetMessageIDSyncs()
         for decision in plan.childSAs {
             let resumedAt = state.childSA(inboundSPI: decision.inboundSPI)?.outboundCounter.lastSent ?? 0
             let checkpoint = replica.state.childSA(inboundSPI: decision.inboundSPI)?.outboundCounter.lastSent ?? 0
@@ -212,6 +245,10 @@ struct ReferenceGateway {
                 let datagram = try responder.startMessageIDSync(of: decision.identifier, state: state)
                 transmit(datagram)
                 emit("mid_sync_sent", ["ike_sa": "\(decision.identifier)"])
+            } catch .messageIDSyncAlreadyAnswered {
+                // An earlier takeover synced it; the replicated message IDs carry on from there.
+                logger.notice("message-ID sync not sent again", metadata: ["ike_sa": "\(decision.identifier)"])
+                emit("mid_sync_skipped", ["ike_sa": "\(decision.identifier)", "why": "already answered once on this IKE SA"])
             } catch {
                 logger.error("message-ID sync not sent", metadata: ["ike_sa": "\(decision.identifier)", "reason": "\(error)"])
             }
@@ -220,6 +257,34 @@ struct ReferenceGateway {
         replicator = Replicator(standbys: [peer])
         repliesSinceTakeover = 0
         held = []
+    }
+
+    /// A member that had stepped down from the active role says hello: it was active while this
+    /// one was too (a split brain, now healed), and may have sent on every SA this member holds.
+    /// Nothing says how far, so the outbound counters jump by RFC 6311's "very large number"
+    /// (2^30, section 5.2). Message IDs are not synced again: the other member may have synced
+    /// them already, and strongSwan cannot answer a second sync on an IKE SA (its responses
+    /// to message ID 0 would reuse an IV). The inbound windows stay as they are (what the other
+    /// member accepted meanwhile could be replayed to this one once: the price of a split
+    /// brain without an arbiter).
+    mutating func reassertAfterSplitBrain(now: Timestamp) {
+        let epoch = max(role.epoch, channel.configuration.epoch, highestEpochHeard) + 1
+        role = ClusterRole(member: member, epoch: epoch, isActive: true, activeMember: nil)
+        try? channel.rotate(toEpoch: epoch)
+        responder.forgetMessageIDSyncs()
+        var needRekey: [UInt32] = []
+        for identifier in state.ikeSAs.keys.sorted() {
+            do { needRekey += try state.advanceOutboundCounters(ofChildSAsOf: identifier, by: 1 << 30).needRekey } catch {
+                logger.error("counters not moved", metadata: ["ike_sa": "\(identifier)", "reason": "\(error)"])
+            }
+        }
+        for spi in needRekey {
+            logger.warning("Child SA counter cannot move past the other member's: rekey it", metadata: [
+                "inbound_spi": "\(Self.hex(spi))", "last_sent": "\(state.childSA(inboundSPI: spi)?.outboundCounter.lastSent ?? 0)",
+            ])
+        }
+        emit("reasserted", ["epoch": "\(epoch)", "ike_sas": "\(state.ikeSAs.count)", "counter_jump": "\(1 << 30)", "need_rekey": "\(needRekey.count)"])
+        logger.warning("another member was active meanwhile (a healed split brain): counters moved on by 2^30, message IDs synced again")
     }
 
     /// The active member: serve IKE and ESP, replicate, until told to step down (keepalived
@@ -236,8 +301,12 @@ struct ReferenceGateway {
             }
             var stepDown: String?
             if case .stepDown(let why) = followVRRP() { stepDown = why }
-            if let newer = try activeStep(now: now) { stepDown = newer }
+            if let newer = try activeStep(now: now) {
+                stepDown = newer
+                steppedDownAt = now
+            }
             if let why = stepDown {
+                hasBeenActive = true
                 sockets = []
                 held = []
                 emit("stepped_down", ["why": why])
@@ -266,12 +335,19 @@ struct ReferenceGateway {
             let actions = channel.receive(datagram, now: now)
             for case .deliver(let from, let records) in actions {
                 for case .hello(let epoch, let capabilities, _) in records {
+                    highestEpochHeard = max(highestEpochHeard, epoch)
+                    // Once per epoch of the other member: it repeats its hello until resynced.
+                    if capabilities & ClusterRole.steppedDownCapability != 0, reassertedAgainst.insert(epoch).inserted { splitBrainHealed = true }
                     for case .steppedDown(let newer, let newerEpoch) in role.heardHello(from: from, epoch: epoch, capabilities: capabilities) {
                         steppedDown = "member \(newer) is active with epoch \(newerEpoch), newer than ours"
                     }
                 }
             }
             perform(actions, now: now)
+        }
+        if splitBrainHealed {
+            splitBrainHealed = false
+            reassertAfterSplitBrain(now: now)
         }
         perform(channel.tick(now: now), now: now)
         perform(replicator.pump(channel: &channel, now: now), now: now)

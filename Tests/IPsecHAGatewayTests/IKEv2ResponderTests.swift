@@ -210,5 +210,11 @@ import Testing
         #expect(windows.responses.nextExpectedMessageID == adopted.requests.nextMessageID)
         // The same answer again is not awaited any more: refused, nothing changes.
         #expect(fixture.send(response).changes.isEmpty)
+        // Answered once: a later takeover must not ask again (strongSwan could not answer).
+        #expect(fixture.state.ikeSAs[identifier]?.extensions.messageIDSyncAnswered == true)
+        fixture.responder.forgetMessageIDSyncs()
+        #expect(throws: IKEProtocolError.messageIDSyncAlreadyAnswered(identifier)) {
+            try fixture.responder.startMessageIDSync(of: identifier, state: fixture.state)
+        }
     }
 }

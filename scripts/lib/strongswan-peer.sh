@@ -243,3 +243,55 @@ after_next_checkpoint() {
     wait_for_count "$DIR/member1.events" event=checkpoint $((count + 1)) 3 || fail "A sent no checkpoint"
     sleep 0.3
 }
+
+# Members up, the SAs up, pings running for two seconds, then member 1 dies: by itself when
+# charon's rekey request arrives (scenario no-message-id-sync: that exchange is in flight), or
+# otherwise at once, or 300 ms after its next checkpoint when CHECKPOINT is yes; KILL (a
+# function) finishes it either way. Sets LOG_AT (charon's log length before) and KILLED_AT (ms).
+start_and_kill() { # scenario kill-function checkpoint
+    local scenario=$1 kill_member=$2 checkpoint=$3
+    wait_for "$DIR/member1.events" "event=active" 5 || { fail "$scenario: member 1 did not start"; cat "$DIR/member1.log"; return 1; }
+    wait_for "$DIR/member2.events" "event=standby_ready" 10 || { fail "$scenario: member 2 never became a ready standby"; return 1; }
+    initiate || return 1
+    start_ping "$NS_P" "$GATEWAY_INNER"
+    sleep 2
+    LOG_AT=$(charon_lines)
+    if [ "$scenario" = no-message-id-sync ]; then
+        sw --rekey --child net > "$DIR/rekey-crash.log" 2>&1 &
+        PIDS+=($!)
+        wait_for "$DIR/member1.events" "event=crash_injected" 5 || fail "$scenario: member 1 did not see the rekey request"
+        KILLED_AT=$(event_time "$DIR/member1.events" crash_injected)
+    else
+        [ "$checkpoint" = yes ] && after_next_checkpoint
+        KILLED_AT=$(date +%s%3N)
+    fi
+    $kill_member
+    local checkpoint
+    checkpoint=$(grep event=checkpoint "$DIR/member1.events" | tail -1 | sed -n 's/.*last_sent=/last_sent=/p')
+    say "member 1 killed at $KILLED_AT${checkpoint:+; its last checkpoint: $checkpoint}"
+}
+
+# Waits for member 2's takeover (and its message-ID sync), lets the pings run two seconds
+# more, stops them and says how many were lost. Sets FIRST_REPLY: ms from the kill to member
+# 2's first ESP reply, by its own event (a reply from member 1 may still be on its way then).
+after_kill() { # scenario
+    wait_for "$DIR/member2.events" "event=takeover" 5 || fail "$1: member 2 did not take over"
+    [ "$1" = no-message-id-sync ] || wait_for "$DIR/member2.events" "event=mid_sync_done" 5 || fail "$1: the message-ID sync was not answered"
+    sleep 2
+    local pings first
+    read -r -a pings <<< "$(stop_ping)"
+    first=$(event_time "$DIR/member2.events" first_esp_reply 2)
+    FIRST_REPLY=${first:+$((first - KILLED_AT))}
+    say "pings: ${pings[0]} sent, ${pings[1]} answered, ${pings[2]} lost (100 a second); member 2's first reply ${FIRST_REPLY:-never} ms after the kill"
+    say "member 2: $(grep event=takeover "$DIR/member2.events" | cut -d' ' -f4-)"
+    grep event=child_sa_takeover "$DIR/member2.events" | sed 's/^/    /'
+}
+
+# The verdicts of a scenario, from charon's log since the kill.
+judge() { # scenario
+    case $1 in
+        failover) check_strongswan_after_failover "$LOG_AT" "$FIRST_REPLY" "$NS_P" "$GATEWAY_INNER" ;;
+        no-counter-advance) check_replays_rejected "$LOG_AT" ;;
+        no-message-id-sync) report_in_flight_without_sync "$LOG_AT" ;;
+    esac
+}

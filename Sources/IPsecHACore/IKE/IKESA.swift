@@ -156,12 +156,22 @@ public struct IKEExtensions: Sendable, Hashable, Codable {
     /// The Child SAs of this IKE SA use Extended Sequence Numbers; RFC 6311's replay-counter
     /// sync needs all of them to agree.
     public var childSAsUseExtendedSequenceNumbers: Bool
+    /// The peer has answered an RFC 6311 message-ID sync on this IKE SA. Both the request and
+    /// the response carry message ID 0, and a peer whose AEAD IVs come from the message ID
+    /// (strongSwan's sequential IV generator) cannot encrypt a second response to ID 0 under
+    /// the same key: it fails and the IKE SA is lost. So a later takeover must not sync this
+    /// IKE SA again; replicated, so that every member knows.
+    public var messageIDSyncAnswered: Bool
 
     /// Extensions from their parts; none by default.
-    public init(messageIDSync: Bool = false, replayCounterSync: Bool = false, childSAsUseExtendedSequenceNumbers: Bool = true) {
+    public init(
+        messageIDSync: Bool = false, replayCounterSync: Bool = false, childSAsUseExtendedSequenceNumbers: Bool = true,
+        messageIDSyncAnswered: Bool = false
+    ) {
         self.messageIDSync = messageIDSync
         self.replayCounterSync = replayCounterSync
         self.childSAsUseExtendedSequenceNumbers = childSAsUseExtendedSequenceNumbers
+        self.messageIDSyncAnswered = messageIDSyncAnswered
     }
 }
 

@@ -321,30 +321,42 @@ public enum IKEWireError: Error, Sendable, Hashable {
     case unexpectedMessage(String)
 }
 
-/// Bounded big-endian reads over received bytes.
-struct WireReader {
+/// Bounded big-endian reads over received bytes, for IKEv2 payload parsers: every read past
+/// the end throws ``IKEWireError/truncated`` instead of trapping.
+public struct WireReader {
     private let bytes: ArraySlice<UInt8>
     private var position: Int
 
-    init(_ bytes: ArraySlice<UInt8>) {
+    /// A reader at the start of `bytes`.
+    public init(_ bytes: ArraySlice<UInt8>) {
         self.bytes = bytes
         position = bytes.startIndex
     }
 
-    var remaining: Int { bytes.endIndex - position }
-    var isAtEnd: Bool { position == bytes.endIndex }
+    /// A reader at the start of `bytes`.
+    public init(_ bytes: [UInt8]) { self.init(bytes[...]) }
 
-    mutating func uint8() throws(IKEWireError) -> UInt8 {
+    /// Bytes not read yet.
+    public var remaining: Int { bytes.endIndex - position }
+    /// Whether every byte was read.
+    public var isAtEnd: Bool { position == bytes.endIndex }
+
+    /// The next byte.
+    public mutating func uint8() throws(IKEWireError) -> UInt8 {
         guard remaining >= 1 else { throw .truncated }
         defer { position += 1 }
         return bytes[position]
     }
 
-    mutating func uint16() throws(IKEWireError) -> UInt16 { UInt16(try uint8()) << 8 | UInt16(try uint8()) }
-    mutating func uint32() throws(IKEWireError) -> UInt32 { UInt32(try uint16()) << 16 | UInt32(try uint16()) }
-    mutating func uint64() throws(IKEWireError) -> UInt64 { UInt64(try uint32()) << 32 | UInt64(try uint32()) }
+    /// The next two bytes, big-endian.
+    public mutating func uint16() throws(IKEWireError) -> UInt16 { UInt16(try uint8()) << 8 | UInt16(try uint8()) }
+    /// The next four bytes, big-endian.
+    public mutating func uint32() throws(IKEWireError) -> UInt32 { UInt32(try uint16()) << 16 | UInt32(try uint16()) }
+    /// The next eight bytes, big-endian.
+    public mutating func uint64() throws(IKEWireError) -> UInt64 { UInt64(try uint32()) << 32 | UInt64(try uint32()) }
 
-    mutating func bytes(_ count: Int) throws(IKEWireError) -> ArraySlice<UInt8> {
+    /// The next `count` bytes.
+    public mutating func bytes(_ count: Int) throws(IKEWireError) -> ArraySlice<UInt8> {
         guard count >= 0, remaining >= count else { throw .truncated }
         defer { position += count }
         return bytes[position..<position + count]
@@ -352,7 +364,8 @@ struct WireReader {
 }
 
 extension Array where Element == UInt8 {
-    mutating func appendBigEndian<T: FixedWidthInteger>(_ value: T) {
+    /// Appends `value` big-endian, as every IKEv2 and ESP field is written.
+    public mutating func appendBigEndian<T: FixedWidthInteger>(_ value: T) {
         var shift = T.bitWidth - 8
         while shift >= 0 {
             append(UInt8(truncatingIfNeeded: value >> shift))

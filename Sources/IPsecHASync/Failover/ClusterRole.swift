@@ -36,6 +36,11 @@ public enum ClusterRoleEvent: Sendable, Hashable {
 public struct ClusterRole: Sendable {
     /// The hello capability bit an active member sets.
     public static let activeCapability: UInt32 = 0x1
+    /// The hello capability bit of a member that stepped down from the active role and is not
+    /// a ready standby yet: it may have sent on the SAs the receiver holds (a split brain that
+    /// healed), so the active member must move its outbound counters past anything that member
+    /// could have used and resynchronise message IDs with the peers.
+    public static let steppedDownCapability: UInt32 = 0x2
 
     /// Whether this member is the active one.
     public private(set) var isActive: Bool

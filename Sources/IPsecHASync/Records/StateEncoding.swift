@@ -303,7 +303,7 @@ enum StateEncoding {
         let extensions = sa.extensions
         w.write(
             UInt8((extensions.messageIDSync ? 1 : 0) | (extensions.replayCounterSync ? 2 : 0)
-                | (extensions.childSAsUseExtendedSequenceNumbers ? 4 : 0)))
+                | (extensions.childSAsUseExtendedSequenceNumbers ? 4 : 0) | (extensions.messageIDSyncAnswered ? 8 : 0)))
         try write(sa.messageIDs.snapshot, into: &w)
         let keys = sa.keys
         try write(keys.d, into: &w)
@@ -332,9 +332,10 @@ enum StateEncoding {
             keyExchange: KeyExchangeMethod(rawValue: try r.readUInt16()))
         let lifetime = IKESALifetime(rekeyAt: try readTimestamp(&r), reauthenticateAt: try readTimestamp(&r))
         let flags = try r.readUInt8()
-        guard flags & ~7 == 0 else { throw .invalidValue("extension flags \(flags)") }
+        guard flags & ~15 == 0 else { throw .invalidValue("extension flags \(flags)") }
         let extensions = IKEExtensions(
-            messageIDSync: flags & 1 != 0, replayCounterSync: flags & 2 != 0, childSAsUseExtendedSequenceNumbers: flags & 4 != 0)
+            messageIDSync: flags & 1 != 0, replayCounterSync: flags & 2 != 0, childSAsUseExtendedSequenceNumbers: flags & 4 != 0,
+            messageIDSyncAnswered: flags & 8 != 0)
         let snapshot = try readSnapshot(&r)
         let keys = try readIKEKeys(&r)
         do {
