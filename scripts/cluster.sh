@@ -152,22 +152,29 @@ second_failover() {
 
 ms_since() { [ -n "$2" ] && echo "$(( $2 - $1 )) ms" || echo "never"; }
 
-run_one() {
-    local scenario=${1%@*} advert=${1#*@}
-    DIR=$BASE/$scenario-$advert
-    say "=== $scenario, advert_int $advert s ==="
-    setup || { fail "$1: setup"; teardown; return; }
-    keepalived_config 1 150 "$advert"
-    keepalived_config 2 100 "$advert"
+# The namespaces, charon, and keepalived on both members (member 1 first, so that it holds the
+# address): the start of every run.
+start_world() { # name advert
+    DIR=$BASE/$1-$2
+    setup || { fail "$1: setup"; return 1; }
+    keepalived_config 1 150 "$2"
+    keepalived_config 2 100 "$2"
     start_keepalived 1 "$NS_1"
     for _ in $(seq 200); do holds_vip "$NS_1" && break; sleep 0.02; done
-    holds_vip "$NS_1" || { fail "$1: keepalived never gave member 1 the address"; teardown; return; }
+    holds_vip "$NS_1" || { fail "$1: keepalived never gave member 1 the address"; return 1; }
     start_keepalived 2 "$NS_2"
-    # The failover runs use settings a deployment behind keepalived would: checkpoints every
-    # 20 ms or 16 packets, an advance of at least 16, a 50 ms staleness margin (keepalived at
-    # 0.01 s declares a death in about 40 ms). The replay control needs a lag (LAG).
-    local tuned=(--checkpoint-ms 20 --checkpoint-packets 16 --takeover-minimum-advance 16 --staleness-margin-ms 50)
-    local a_args=("${tuned[@]}") b_args=("${tuned[@]}")
+}
+
+# Settings a deployment behind keepalived would use: checkpoints every 20 ms or 16 packets,
+# an advance of at least 16, a 50 ms staleness margin (keepalived at 0.01 s declares a death in
+# about 40 ms). The replay control needs a lag instead (LAG).
+TUNED=(--checkpoint-ms 20 --checkpoint-packets 16 --takeover-minimum-advance 16 --staleness-margin-ms 50)
+
+run_one() {
+    local scenario=${1%@*} advert=${1#*@}
+    say "=== $scenario, advert_int $advert s ==="
+    start_world "$scenario" "$advert" || { teardown; return; }
+    local a_args=("${TUNED[@]}") b_args=("${TUNED[@]}")
     case $scenario in
         no-counter-advance) a_args=("${LAG[@]}" --announce-checkpoints); b_args=("${LAG[@]}" --no-counter-advance) ;;
         no-message-id-sync) a_args+=(--crash-on-exchange CREATE_CHILD_SA); b_args+=(--no-message-id-sync) ;;
@@ -217,17 +224,10 @@ run_one() {
 # exactly one member must be active with strongSwan's IKE SA still up.
 split_brain() { # advert
     local advert=$1
-    DIR=$BASE/split-brain-$advert
     say "=== split brain, advert_int $advert s ==="
-    setup || { fail "split brain: setup"; teardown; return; }
-    keepalived_config 1 150 "$advert"
-    keepalived_config 2 100 "$advert"
-    start_keepalived 1 "$NS_1"
-    for _ in $(seq 200); do holds_vip "$NS_1" && break; sleep 0.02; done
-    start_keepalived 2 "$NS_2"
-    local tuned=(--checkpoint-ms 20 --checkpoint-packets 16 --takeover-minimum-advance 16 --staleness-margin-ms 50)
-    member 1 "$NS_1" --active "${tuned[@]}"
-    member 2 "$NS_2" "${tuned[@]}"
+    start_world split-brain "$advert" || { teardown; return; }
+    member 1 "$NS_1" --active "${TUNED[@]}"
+    member 2 "$NS_2" "${TUNED[@]}"
     wait_for "$DIR/member2.events" "event=standby_ready" 10 || { fail "split brain: member 2 never became a ready standby"; teardown; return; }
     initiate || { teardown; return; }
     start_ping "$NS_P" $GATEWAY_INNER

@@ -186,16 +186,7 @@ struct MemberCommand: ParsableCommand {
         var lastStatus = started
         while !expired(started) {
             let now = Self.monotonicNow()
-            var actions: [SyncChannelAction] = []
-            for datagram in transport.receive(now: now) { actions += channel.receive(datagram, now: now) }
-            actions += channel.tick(now: now)
-            for action in actions {
-                switch action {
-                case .transmit(let to, let datagram): try? transport.send(datagram, to: to, now: now)
-                case .deliver(_, let records): replica.apply(records, now: now)
-                default: break
-                }
-            }
+            for case .deliver(_, let records) in transport.service(&channel, now: now) { replica.apply(records, now: now) }
             replica.observe(missingSince: channel.missingSince(from: activeID))
             if !replica.isReady, !replica.isResyncing, lastHello.map({ now.nanoseconds - $0.nanoseconds >= 200_000_000 }) ?? true {
                 lastHello = now

@@ -140,18 +140,10 @@ struct ReferenceGateway {
         var ready = false
         while true {
             let now = Self.monotonicNow()
-            var actions: [SyncChannelAction] = []
-            for datagram in transport.receive(now: now) { actions += channel.receive(datagram, now: now) }
-            actions += channel.tick(now: now)
-            for action in actions {
-                switch action {
-                case .transmit(let to, let datagram): try? transport.send(datagram, to: to, now: now)
-                case .deliver(_, let records):
-                    replica.apply(records, now: now)
-                    vrrp.activeMemberHeard()
-                    for case .hello(let epoch, _, _) in records { highestEpochHeard = max(highestEpochHeard, epoch) }
-                default: break
-                }
+            for case .deliver(_, let records) in transport.service(&channel, now: now) {
+                replica.apply(records, now: now)
+                vrrp.activeMemberHeard()
+                for case .hello(let epoch, _, _) in records { highestEpochHeard = max(highestEpochHeard, epoch) }
             }
             replica.observe(missingSince: channel.missingSince(from: peer))
             if let request = replica.takeResyncRequest() { send([request], now: now) }

@@ -145,3 +145,20 @@ public struct InMemorySyncTransport: SyncTransport {
         network.receive(for: member, now: now)
     }
 }
+
+extension SyncTransport {
+    /// One turn of a member's loop on this transport: every datagram waiting goes into the
+    /// channel, the channel's timers run, and what the channel wants sent is sent (a refused
+    /// send stays in the channel's retransmission buffer). The channel's other actions
+    /// (deliveries, resync needs, restarts, drops) are returned in order.
+    public mutating func service(_ channel: inout SyncChannel, now: Timestamp) -> [SyncChannelAction] {
+        var actions: [SyncChannelAction] = []
+        for datagram in receive(now: now) { actions += channel.receive(datagram, now: now) }
+        actions += channel.tick(now: now)
+        var others: [SyncChannelAction] = []
+        for action in actions {
+            if case .transmit(let to, let datagram) = action { try? send(datagram, to: to, now: now) } else { others.append(action) }
+        }
+        return others
+    }
+}
