@@ -152,10 +152,15 @@ public struct IKEv2Responder: Sendable {
             }
             return try finish(answer, of: header, sa: sa, state: &state)
         } catch {
-            logger.notice("IKE message dropped", metadata: ["from": "\(remote)", "reason": "\(error)"])
+            // At debug level only: unauthenticated input must not be able to flood the log.
+            droppedMessages += 1
+            logger.debug("IKE message dropped", metadata: ["from": "\(remote)", "reason": "\(error)"])
             return IKEOutcome()
         }
     }
+
+    /// Messages refused so far: malformed, unauthenticated, for unknown IKE SAs.
+    public private(set) var droppedMessages = 0
 
     /// Forgets half-open exchanges older than the configured lifetime.
     public mutating func expire(now: Timestamp) {

@@ -34,7 +34,9 @@ struct ReferenceGateway {
     var held: [(datagram: IKEDatagram, tickets: [SyncTicket], releaseAt: Timestamp)] = []
     /// How long a reply may wait for the standby's acknowledgement.
     static let holdLimit: UInt64 = 200_000_000
+    /// ESP replies sent since this member became active (the first one is an event).
     var repliesSinceTakeover = 0
+    /// Active or standby, and at which epoch.
     var role: ClusterRole
     /// keepalived's notify FIFO and what it last said, with `--vrrp-fifo`.
     let fifo: VRRPNotifyFIFO?
@@ -49,6 +51,7 @@ struct ReferenceGateway {
     var splitBrainHealed = false
     /// The epochs of members that stepped down, already answered by a reassertion.
     var reassertedAgainst: Set<UInt32> = []
+    /// ESP packets dropped since the last report, by reason (reported once a second).
     var espDrops: [String: Int] = [:]
     var lastDropReport = Timestamp(nanoseconds: 0)
 
@@ -65,10 +68,9 @@ struct ReferenceGateway {
         let (peerHost, peerPort) = try Self.hostAndPort(String(parts[1]))
         let (host, port) = try Self.hostAndPort(options.syncListen)
         let psk = try Self.readFile(options.pskFile)
-        var configuration = IKEResponderConfiguration(
+        let configuration = IKEResponderConfiguration(
             localIdentity: IKEIdentity(options.localID), remoteIdentity: IKEIdentity(options.remoteID),
             preSharedKey: KeyMaterial(copying: psk.last == 10 ? psk.dropLast() : psk[...]), member: member)
-        configuration.announceMessageIDSync = true
         responder = IKEv2Responder(configuration: configuration, logger: Logger(label: "ike"))
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.group = group

@@ -120,6 +120,7 @@ import Testing
         #expect(fixture.send(liveness).replies.isEmpty)
         #expect(fixture.send(Array(liveness.prefix(30))).replies.isEmpty)
         #expect(fixture.send([0x01, 0x02]).replies.isEmpty)
+        #expect(fixture.responder.droppedMessages == 3)
         #expect(fixture.state == before)
         #expect(fixture.state.ikeSAs[fixture.initiator.identifier]?.messageIDs == before.ikeSAs[fixture.initiator.identifier]?.messageIDs)
     }
