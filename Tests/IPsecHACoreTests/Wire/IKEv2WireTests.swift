@@ -96,4 +96,28 @@ struct IKEv2WireTests {
         }
         #expect(rejected > 4_000)
     }
+
+    /// An SK payload closes the chain (RFC 7296 section 3.14): its next-payload field names the
+    /// first payload inside, which the message keeps so that it encodes back byte for byte; a
+    /// payload after it is refused.
+    @Test func anEncryptedPayloadClosesTheChain() throws {
+        let header = IKEHeader(initiatorSPI: 1, responderSPI: 2, nextPayload: .none, exchangeType: .informational, flags: 0x08, messageID: 3, length: 0)
+        let message = IKEMessage(
+            header: header, payloads: [IKEPayload(type: .encrypted, body: Array(repeating: 0xAB, count: 25))],
+            firstPayloadInsideEncrypted: .notify)
+        let bytes = try message.encoded()
+        #expect(bytes[28] == IKEPayloadType.notify.rawValue)  // the SK payload's next-payload field
+        let decoded = try IKEMessage(decoding: bytes)
+        #expect(decoded.payloads == message.payloads && decoded.firstPayloadInsideEncrypted == .notify)
+        #expect(try decoded.encoded() == bytes)
+        #expect(try IKEHeader(decoding: bytes[...]).messageID == 3)
+        // A payload after the SK payload: trailing bytes.
+        var chain = try IKEPayload.encodeChain([IKEPayload(type: .encrypted, body: [1, 2, 3])], lastNextPayload: .notify)
+        chain += try IKEPayload.encodeChain([IKEPayload(type: .notify, body: [0, 0, 0x40, 0x24])])
+        #expect(throws: IKEWireError.trailingBytes(8)) { try IKEPayload.decodeChain(chain[...], first: .encrypted) }
+        // A chain in clear keeps no inner type.
+        let plain = try IKEPayload.decodeChainReportingEncrypted(
+            try IKEPayload.encodeChain([IKEPayload(type: .nonce, body: [9])])[...], first: .nonce)
+        #expect(plain.payloads.count == 1 && plain.firstInner == nil)
+    }
 }
