@@ -190,7 +190,11 @@ run_one() {
     takeover=$(event_time "$DIR/member2.events" takeover 2)
     first=$(event_time "$DIR/member2.events" first_esp_reply 2)
     mid=$(event_time "$DIR/member2.events" mid_sync_done 2)
-    say "timeline from the kill: keepalived MASTER on member 2 after $(ms_since "$KILLED_AT" "$vrrp"), takeover after $(ms_since "$KILLED_AT" "$takeover"), first ESP reply from member 2 after $(ms_since "$KILLED_AT" "$first"), RFC 6311 exchange done after $(ms_since "$KILLED_AT" "$mid")"
+    # The first reply strongSwan accepted from member 2: the first one ping printed after
+    # member 2 sent its first (ping -D stamps each reply with the time it came through charon).
+    local accepted=""
+    [ -n "$first" ] && accepted=$(awk -v f="$first" -F'[][]' '/bytes from/ { t = int($2 * 1000); if (t >= f) { printf "%.0f", t; exit } }' "$DIR/ping.log")
+    say "timeline from the kill: keepalived MASTER on member 2 after $(ms_since "$KILLED_AT" "$vrrp"), takeover after $(ms_since "$KILLED_AT" "$takeover"), RFC 6311 exchange done after $(ms_since "$KILLED_AT" "$mid"), first ESP reply sent by member 2 after $(ms_since "$KILLED_AT" "$first"), accepted by strongSwan (ping's reply) after $(ms_since "$KILLED_AT" "$accepted")"
     # Member 1's keepalived died without removing its copy of the address; it sits behind the
     # dead link until that keepalived restarts (and removes it, as the restart check shows).
     holds_vip "$NS_2" && pass "keepalived gave member 2 the address" || fail "the address is not on member 2"
