@@ -39,7 +39,7 @@ public struct ClusterRole: Sendable {
     /// The hello capability bit of a member that stepped down from the active role and is not
     /// a ready standby yet: it may have sent on the SAs the receiver holds (a split brain that
     /// healed), so the active member must move its outbound counters past anything that member
-    /// could have used and resynchronise message IDs with the peers.
+    /// could have used (the reference gateway jumps them by 2^30, once per epoch of that member).
     public static let steppedDownCapability: UInt32 = 0x2
 
     /// Whether this member is the active one.
