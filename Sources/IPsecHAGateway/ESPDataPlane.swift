@@ -141,30 +141,17 @@ public enum IPv4Packet {
         reply[8] = 64
         reply[10] = 0
         reply[11] = 0
-        let headerSum = checksum(reply[0..<headerLength])
+        let headerSum = reply[0..<headerLength].internetChecksum
         reply[10] = UInt8(headerSum >> 8)
         reply[11] = UInt8(headerSum & 0xFF)
         // Echo reply: type 0, the rest echoed, ICMP checksum again.
         reply[headerLength] = 0
         reply[headerLength + 2] = 0
         reply[headerLength + 3] = 0
-        let icmpSum = checksum(reply[headerLength...])
+        let icmpSum = reply[headerLength...].internetChecksum
         reply[headerLength + 2] = UInt8(icmpSum >> 8)
         reply[headerLength + 3] = UInt8(icmpSum & 0xFF)
         return reply
-    }
-
-    /// The Internet checksum (RFC 1071).
-    public static func checksum(_ bytes: ArraySlice<UInt8>) -> UInt16 {
-        var sum: UInt32 = 0
-        var index = bytes.startIndex
-        while index + 1 < bytes.endIndex {
-            sum += UInt32(bytes[index]) << 8 | UInt32(bytes[index + 1])
-            index += 2
-        }
-        if index < bytes.endIndex { sum += UInt32(bytes[index]) << 8 }
-        while sum >> 16 != 0 { sum = (sum & 0xFFFF) + (sum >> 16) }
-        return ~UInt16(sum)
     }
 }
 

@@ -48,10 +48,10 @@ public enum OutsideLinkCapture {
     /// An ESP-in-UDP packet (RFC 3948) on port 4500.
     public static func esp(spi: UInt32, sequenceNumber: UInt64, fromPeer: Bool) -> [UInt8] {
         var esp: [UInt8] = []
-        append(spi, bigEndianTo: &esp)
-        append(UInt32(truncatingIfNeeded: sequenceNumber), bigEndianTo: &esp)
+        esp.appendBigEndian(spi)
+        esp.appendBigEndian(UInt32(truncatingIfNeeded: sequenceNumber))
         // RFC 7634: an 8-byte IV the sender never repeats under a key; the full sequence number is one.
-        append(sequenceNumber, bigEndianTo: &esp)
+        esp.appendBigEndian(sequenceNumber)
         // Payload, padding, pad length and next header (4: IPv4), then the ICV.
         esp += [UInt8](repeating: 0, count: 14) + [0, 4] + [UInt8](repeating: 0, count: 16)
         return udp(esp, fromPeer: fromPeer, port: natTraversalPort)
@@ -73,7 +73,7 @@ public enum OutsideLinkCapture {
         if fromOriginalInitiator { flags |= IKEHeader.initiatorFlag }
         if isResponse { flags |= IKEHeader.responseFlag }
         var iv: [UInt8] = []
-        append(UInt64(messageID) << 1 | (isResponse ? 1 : 0), bigEndianTo: &iv)
+        iv.appendBigEndian(UInt64(messageID) << 1 | (isResponse ? 1 : 0))
         return IPsecHACore.IKEMessage(
             header: IKEHeader(
                 initiatorSPI: identifier.initiatorSPI, responderSPI: identifier.responderSPI, nextPayload: .encrypted,
@@ -97,34 +97,17 @@ public enum OutsideLinkCapture {
         let destination = fromPeer ? clusterAddress : peerAddress
         let total = 20 + 8 + payload.count
         var packet: [UInt8] = [0x45, 0]
-        append(UInt16(total), bigEndianTo: &packet)
+        packet.appendBigEndian(UInt16(total))
         packet += [0, 0, 0x40, 0, 64, 17, 0, 0]  // identification, don't fragment, TTL, UDP, checksum
         packet += source + destination
-        let checksum = internetChecksum(packet)
+        let checksum = packet.internetChecksum
         packet[10] = UInt8(checksum >> 8)
         packet[11] = UInt8(checksum & 0xFF)
-        append(port, bigEndianTo: &packet)
-        append(port, bigEndianTo: &packet)
-        append(UInt16(8 + payload.count), bigEndianTo: &packet)
+        packet.appendBigEndian(port)
+        packet.appendBigEndian(port)
+        packet.appendBigEndian(UInt16(8 + payload.count))
         packet += [0, 0]
         return packet + payload
-    }
-
-    /// RFC 1071: the ones' complement of the ones' complement sum of 16-bit words.
-    static func internetChecksum(_ bytes: [UInt8]) -> UInt16 {
-        var sum: UInt32 = 0
-        var index = 0
-        while index + 1 < bytes.count {
-            sum += UInt32(bytes[index]) << 8 | UInt32(bytes[index + 1])
-            index += 2
-        }
-        if index < bytes.count { sum += UInt32(bytes[index]) << 8 }
-        while sum >> 16 != 0 { sum = (sum & 0xFFFF) + (sum >> 16) }
-        return ~UInt16(sum)
-    }
-
-    static func append<Value: FixedWidthInteger>(_ value: Value, bigEndianTo bytes: inout [UInt8]) {
-        withUnsafeBytes(of: value.bigEndian) { bytes += $0 }
     }
 
     static func append<Value: FixedWidthInteger>(_ value: Value, littleEndianTo bytes: inout [UInt8]) {

@@ -8,14 +8,14 @@ import Testing
     /// An ICMP echo request from 10.99.1.1 to 10.99.2.1 with `payload`.
     static func echoRequest(sequence: UInt16, payload: [UInt8] = Array(0..<56)) -> [UInt8] {
         var icmp: [UInt8] = [8, 0, 0, 0, 0x12, 0x34, UInt8(sequence >> 8), UInt8(sequence & 0xFF)] + payload
-        let icmpSum = IPv4Packet.checksum(icmp[...])
+        let icmpSum = icmp.internetChecksum
         icmp[2] = UInt8(icmpSum >> 8)
         icmp[3] = UInt8(icmpSum & 0xFF)
         var ip: [UInt8] = [0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 1, 0, 0, 10, 99, 1, 1, 10, 99, 2, 1]
         let total = ip.count + icmp.count
         ip[2] = UInt8(total >> 8)
         ip[3] = UInt8(total & 0xFF)
-        let sum = IPv4Packet.checksum(ip[...])
+        let sum = ip.internetChecksum
         ip[10] = UInt8(sum >> 8)
         ip[11] = UInt8(sum & 0xFF)
         return ip + icmp
@@ -43,7 +43,7 @@ import Testing
         let (inner, spi) = try ESPDataPlane.decapsulate(packet[...], state: &gateway)
         #expect(inner == request)
         let reply = try #require(IPv4Packet.echoReply(to: inner, for: IPAddress(ipv4: 0x0A63_0201)))
-        #expect(IPv4Packet.checksum(reply[0..<20]) == 0 && IPv4Packet.checksum(reply[20...]) == 0)
+        #expect(reply[0..<20].internetChecksum == 0 && reply[20...].internetChecksum == 0)
         #expect(reply[20] == 0 && Array(reply[12..<16]) == [10, 99, 2, 1] && Array(reply[16..<20]) == [10, 99, 1, 1])
         #expect(Array(reply[24...]) == Array(request[24...]))
         let slot = try #require(gateway.slot(forInboundSPI: spi))
