@@ -29,9 +29,12 @@ public enum ESPDataPlane {
     /// The bytes of ESP around the payload: SPI, sequence number, IV; the tag.
     static let headerLength = 16
 
-    /// Decrypts an ESP packet for one of the state's Child SAs and returns the inner IP packet
-    /// and the Child SA's inbound SPI. The window moves only for a packet that authenticates.
-    public static func decapsulate(_ packet: ArraySlice<UInt8>, state: inout GatewayState) throws(ESPPacketError) -> (inner: [UInt8], inboundSPI: UInt32) {
+    /// Decrypts an ESP packet for one of the state's Child SAs and returns the inner IP packet,
+    /// the Child SA's inbound SPI, and its slot (for the reply on the same pair, without a
+    /// second lookup). The window moves only for a packet that authenticates.
+    public static func decapsulate(
+        _ packet: ArraySlice<UInt8>, state: inout GatewayState
+    ) throws(ESPPacketError) -> (inner: [UInt8], inboundSPI: UInt32, slot: ChildSASlot) {
         guard packet.count >= headerLength + 2 + IKECrypto.tagLength else { throw .truncated(packet.count) }
         let bytes = Array(packet)
         let spi = UInt32(bigEndianBytes: bytes[0..<4])
@@ -60,7 +63,7 @@ public enum ESPDataPlane {
         do { try state.commitInbound(sequenceNumber, bytes: UInt64(inner.count), at: slot) } catch {
             throw .replayed(sequenceNumber)
         }
-        return (inner, spi)
+        return (inner, spi, slot)
     }
 
     /// Encrypts an inner IP packet on the Child SA in `slot` with its next sequence number.

@@ -153,7 +153,7 @@ struct ReferenceGateway {
                 lastHello = now
                 // After stepping down, say so until resynced: this member may have sent on SAs
                 // the active member holds.
-                let capabilities = steppedDownAt != nil || hasBeenActive ? ClusterRole.steppedDownCapability : 0
+                let capabilities = hasBeenActive ? ClusterRole.steppedDownCapability : 0
                 send([.hello(epoch: channel.configuration.epoch, capabilities: capabilities, needsResync: true)], now: now)
             }
             if replica.isReady, !ready {
@@ -441,9 +441,8 @@ struct ReferenceGateway {
 
     mutating func handleESP(_ bytes: [UInt8], from remote: Endpoint, now: Timestamp) {
         do throws(ESPPacketError) {
-            let (inner, spi) = try ESPDataPlane.decapsulate(bytes[...], state: &state)
-            guard let reply = IPv4Packet.echoReply(to: inner, for: innerAddress), let slot = state.slot(forInboundSPI: spi),
-                let sa = state[slot], let ike = state.ikeSAs[sa.parent]
+            let (inner, spi, slot) = try ESPDataPlane.decapsulate(bytes[...], state: &state)
+            guard let reply = IPv4Packet.echoReply(to: inner, for: innerAddress), let sa = state[slot], let ike = state.ikeSAs[sa.parent]
             else { return }
             let packet = try ESPDataPlane.encapsulate(reply, slot: slot, state: &state)
             if let socket = sockets.firstIndex(where: { $0.local.port == ike.local.port }) {

@@ -9,6 +9,8 @@ import Glibc
 final class UDPSocket {
     let descriptor: Int32
     let local: Endpoint
+    // Reused by every receive: the loop asks each socket once a millisecond, mostly in vain.
+    private var buffer = [UInt8](repeating: 0, count: 65_536)
 
     /// Binds `address:port`. Throws a readable error when the address is not here or the
     /// port is taken.
@@ -38,7 +40,6 @@ final class UDPSocket {
 
     /// The next datagram waiting, with its source; nil when none waits.
     func receive() -> (bytes: [UInt8], from: Endpoint)? {
-        var buffer = [UInt8](repeating: 0, count: 65_536)
         var source = sockaddr_in()
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let count = buffer.withUnsafeMutableBytes { bytes in
@@ -103,6 +104,7 @@ final class VRRPNotifyFIFO {
     let instance: String
     private var descriptor: Int32 = -1
     private var pending: [UInt8] = []
+    private var buffer = [UInt8](repeating: 0, count: 4_096)
 
     init(path: String, instance: String) {
         self.path = path
@@ -117,7 +119,6 @@ final class VRRPNotifyFIFO {
             descriptor = open(path, O_RDONLY | O_NONBLOCK)
             if descriptor < 0 { return [] }
         }
-        var buffer = [UInt8](repeating: 0, count: 4_096)
         while true {
             let count = Glibc.read(descriptor, &buffer, buffer.count)
             if count <= 0 { break }

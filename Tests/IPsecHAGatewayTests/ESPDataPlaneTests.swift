@@ -40,13 +40,14 @@ import Testing
         // SPI, sequence number 1, IV = sequence number, then ciphertext and tag; 4-byte aligned.
         #expect(Array(packet[4..<8]) == [0, 0, 0, 1] && Array(packet[8..<16]) == [0, 0, 0, 0, 0, 0, 0, 1])
         #expect((packet.count - 16 - 16) % 4 == 0)
-        let (inner, spi) = try ESPDataPlane.decapsulate(packet[...], state: &gateway)
+        let (inner, spi, decapsulatedSlot) = try ESPDataPlane.decapsulate(packet[...], state: &gateway)
         #expect(inner == request)
         let reply = try #require(IPv4Packet.echoReply(to: inner, for: IPAddress(ipv4: 0x0A63_0201)))
         #expect(reply[0..<20].internetChecksum == 0 && reply[20...].internetChecksum == 0)
         #expect(reply[20] == 0 && Array(reply[12..<16]) == [10, 99, 2, 1] && Array(reply[16..<20]) == [10, 99, 1, 1])
         #expect(Array(reply[24...]) == Array(request[24...]))
         let slot = try #require(gateway.slot(forInboundSPI: spi))
+        #expect(decapsulatedSlot == slot)
         let back = try ESPDataPlane.encapsulate(reply, slot: slot, state: &gateway)
         #expect(try ESPDataPlane.decapsulate(back[...], state: &peer).inner == reply)
         // Not an echo request to us: no reply.
