@@ -434,7 +434,7 @@ public struct IKEv2Responder: Sendable {
             answer.append(IKEPayload(type: .trafficSelectorInitiator, body: TrafficSelectorPayload(selectors: narrowed.initiatorSelectors).body))
             answer.append(IKEPayload(type: .trafficSelectorResponder, body: TrafficSelectorPayload(selectors: narrowed.responderSelectors).body))
             logger.notice("Child SA installed", metadata: [
-                "ike_sa": "\(parent)", "inbound_spi": "\(Self.hex(inboundSPI))", "outbound_spi": "\(Self.hex(outboundSPI))",
+                "ike_sa": "\(parent)", "inbound_spi": "\(inboundSPI.paddedHexDigits)", "outbound_spi": "\(outboundSPI.paddedHexDigits)",
                 "local_ts": "\(narrowed.responderSelectors)", "remote_ts": "\(narrowed.initiatorSelectors)",
             ])
             return answer
@@ -453,10 +453,6 @@ public struct IKEv2Responder: Sendable {
         }
     }
 
-    static func hex(_ value: UInt32) -> String {
-        let digits = String(value, radix: 16)
-        return String(repeating: "0", count: 8 - digits.count) + digits
-    }
 
     // MARK: CREATE_CHILD_SA, INFORMATIONAL
 
@@ -501,7 +497,7 @@ public struct IKEv2Responder: Sendable {
             let spi = rekeyed.spi.reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
             let old = state.childSAs.first { $0.parent == sa.identifier && $0.outboundSPI == spi }
             logger.notice("Child SA rekeyed; the old one stays until the peer deletes it", metadata: [
-                "ike_sa": "\(sa.identifier)", "old_inbound_spi": "\(old.map { Self.hex($0.inboundSPI) } ?? "unknown")",
+                "ike_sa": "\(sa.identifier)", "old_inbound_spi": "\(old.map { $0.inboundSPI.paddedHexDigits } ?? "unknown")",
             ])
         }
         return answer
@@ -521,7 +517,7 @@ public struct IKEv2Responder: Sendable {
                 guard let child = state.childSAs.first(where: { $0.parent == sa.identifier && $0.outboundSPI == spi }) else { continue }
                 if let changes = try? state.deleteChildSA(inboundSPI: child.inboundSPI) { answer.changes += changes }
                 deleted.append(child.inboundSPI)
-                logger.notice("Child SA deleted by the peer", metadata: ["ike_sa": "\(sa.identifier)", "inbound_spi": "\(Self.hex(child.inboundSPI))"])
+                logger.notice("Child SA deleted by the peer", metadata: ["ike_sa": "\(sa.identifier)", "inbound_spi": "\(child.inboundSPI.paddedHexDigits)"])
             }
         }
         if message.payloads.isEmpty {

@@ -492,9 +492,8 @@ public struct ClusterSimulation {
     }
 
     private func traceIKE(src: String, dst: String, _ identifier: IKESAIdentifier, mid: UInt32, exchange: String, response: Bool, verdict: String) {
-        func hex(_ value: UInt64) -> String { let digits = String(value, radix: 16); return String(repeating: "0", count: 16 - digits.count) + digits }
         trace?(
-            "{\"kind\":\"ike\",\"t\":\(micros),\"src\":\"\(src)\",\"dst\":\"\(dst)\",\"ispi\":\"\(hex(identifier.initiatorSPI))\",\"rspi\":\"\(hex(identifier.responderSPI))\",\"mid\":\(mid),\"exchange\":\"\(exchange)\",\"response\":\(response),\"verdict\":\"\(verdict)\"}")
+            "{\"kind\":\"ike\",\"t\":\(micros),\"src\":\"\(src)\",\"dst\":\"\(dst)\",\"ispi\":\"\(identifier.initiatorSPI.paddedHexDigits)\",\"rspi\":\"\(identifier.responderSPI.paddedHexDigits)\",\"mid\":\(mid),\"exchange\":\"\(exchange)\",\"response\":\(response),\"verdict\":\"\(verdict)\"}")
     }
 
     /// The IKE line of a message: who sent it to whom, and what it is.

@@ -223,7 +223,7 @@ struct ReferenceGateway {
             let resumedAt = state.childSA(inboundSPI: decision.inboundSPI)?.outboundCounter.lastSent ?? 0
             let checkpoint = replica.state.childSA(inboundSPI: decision.inboundSPI)?.outboundCounter.lastSent ?? 0
             emit("child_sa_takeover", [
-                "inbound_spi": Self.hex(decision.inboundSPI), "checkpoint_last_sent": "\(checkpoint)", "resume_after": "\(resumedAt)",
+                "inbound_spi": decision.inboundSPI.paddedHexDigits, "checkpoint_last_sent": "\(checkpoint)", "resume_after": "\(resumedAt)",
                 "advance": "\(resumedAt &- checkpoint)", "reason": "\(decision.reason)",
             ])
         }
@@ -274,7 +274,7 @@ struct ReferenceGateway {
         }
         for spi in needRekey {
             logger.warning("Child SA counter cannot move past the other member's: rekey it", metadata: [
-                "inbound_spi": "\(Self.hex(spi))", "last_sent": "\(state.childSA(inboundSPI: spi)?.outboundCounter.lastSent ?? 0)",
+                "inbound_spi": "\(spi.paddedHexDigits)", "last_sent": "\(state.childSA(inboundSPI: spi)?.outboundCounter.lastSent ?? 0)",
             ])
         }
         emit("reasserted", ["epoch": "\(epoch)", "ike_sas": "\(state.ikeSAs.count)", "counter_jump": "\(1 << 30)", "need_rekey": "\(needRekey.count)"])
@@ -450,7 +450,7 @@ struct ReferenceGateway {
             }
             repliesSinceTakeover += 1
             if repliesSinceTakeover == 1 {
-                emit("first_esp_reply", ["inbound_spi": Self.hex(spi), "sequence_number": "\(state[slot]?.outboundCounter.lastSent ?? 0)"])
+                emit("first_esp_reply", ["inbound_spi": spi.paddedHexDigits, "sequence_number": "\(state[slot]?.outboundCounter.lastSent ?? 0)"])
             }
         } catch {
             let kind = "\(error)".prefix { $0 != "(" }
@@ -529,8 +529,4 @@ struct ReferenceGateway {
         return Array(bytes.prefix(count))
     }
 
-    static func hex(_ value: UInt32) -> String {
-        let digits = String(value, radix: 16)
-        return String(repeating: "0", count: 8 - digits.count) + digits
-    }
 }

@@ -16,11 +16,7 @@ public struct IKESAIdentifier: Sendable, Hashable, Comparable, Codable, CustomSt
     }
 
     public var description: String {
-        func hex(_ value: UInt64) -> String {
-            let digits = String(value, radix: 16)
-            return String(repeating: "0", count: 16 - digits.count) + digits
-        }
-        return "\(hex(initiatorSPI))_i \(hex(responderSPI))_r"
+        "\(initiatorSPI.paddedHexDigits)_i \(responderSPI.paddedHexDigits)_r"
     }
 }
 
