@@ -541,7 +541,7 @@ public struct IKEv2Responder: Sendable {
         let datagram = IKEDatagram(bytes: bytes, destination: sa.remote, localPort: sa.local.port)
         var outcome = IKEOutcome(replies: [datagram], changes: answer.changes, exchange: (sa.identifier, request.messageID))
         if answer.deletesIKESA {
-            for child in sa.childSAs { if let changes = try? state.deleteChildSA(inboundSPI: child) { outcome.changes += changes } }
+            // Its Child SAs go with it (GatewayState.deleteIKESA deletes them first).
             if let changes = try? state.deleteIKESA(sa.identifier) { outcome.changes += changes }
             lastResponses[sa.identifier] = nil
             messageIDSyncs[sa.identifier] = nil

@@ -176,6 +176,9 @@ import Testing
         let outcome = fixture.send(try fixture.initiator.request(.informational, [DeletePayload(protocolID: IKEProposal.ike, spis: []).payload]))
         #expect(try fixture.initiator.open(try #require(outcome.replies.first).bytes).payloads.isEmpty)
         #expect(fixture.state.ikeSAs.isEmpty && fixture.state.childSACount == 0)
+        // Both deletions go to the standby.
+        #expect(outcome.changes.contains { if case .childSADeleted = $0 { true } else { false } })
+        #expect(outcome.changes.contains(.ikeSADeleted(fixture.initiator.identifier)))
     }
 
     /// The member that took over asks; the peer (here `MessageIDSyncPeer`, strongSwan in
