@@ -189,8 +189,7 @@ struct ReferenceGateway {
     /// RFC 6027's hard part, in order: promote, new epoch, plan, counters, ports, message IDs.
     mutating func takeOver(from replica: Replica, reason: PromotionReason, now: Timestamp) throws {
         let silence = channel.lastHeard(from: peer).map { (now.nanoseconds - $0.nanoseconds) / 1_000_000 } ?? 0
-        // Above every epoch seen: a split brain resolves in favour of the newest active member.
-        let epoch = max(channel.configuration.epoch, role.epoch, highestEpochHeard) + 1
+        let epoch = nextEpoch
         _ = try role.promote(reason, newEpoch: epoch)
         try channel.rotate(toEpoch: epoch)
         // The advance is at least the checkpoint's packet count: that many may have gone out
@@ -261,8 +260,8 @@ struct ReferenceGateway {
     /// to message ID 0 would reuse an IV). The inbound windows stay as they are (what the other
     /// member accepted meanwhile could be replayed to this one once: the price of a split
     /// brain without an arbiter).
-    mutating func reassertAfterSplitBrain(now: Timestamp) {
-        let epoch = max(role.epoch, channel.configuration.epoch, highestEpochHeard) + 1
+    mutating func reassertAfterSplitBrain() {
+        let epoch = nextEpoch
         role = ClusterRole(member: member, epoch: epoch, isActive: true, activeMember: nil)
         try? channel.rotate(toEpoch: epoch)
         responder.forgetMessageIDSyncs()
@@ -280,6 +279,10 @@ struct ReferenceGateway {
         emit("reasserted", ["epoch": "\(epoch)", "ike_sas": "\(state.ikeSAs.count)", "counter_jump": "\(1 << 30)", "need_rekey": "\(needRekey.count)"])
         logger.warning("another member was active meanwhile (a healed split brain): counters moved on by 2^30, message IDs synced again")
     }
+
+    /// Above every epoch this member has been at or heard of: a split brain resolves in favour
+    /// of the newest active member.
+    var nextEpoch: UInt32 { max(channel.configuration.epoch, role.epoch, highestEpochHeard) + 1 }
 
     /// The active member: serve IKE and ESP, replicate, until told to step down (keepalived
     /// moved the address away, or a member with a newer epoch says it is active).
@@ -341,7 +344,7 @@ struct ReferenceGateway {
         }
         if splitBrainHealed {
             splitBrainHealed = false
-            reassertAfterSplitBrain(now: now)
+            reassertAfterSplitBrain()
         }
         perform(channel.tick(now: now), now: now)
         perform(replicator.pump(channel: &channel, now: now), now: now)
