@@ -173,8 +173,29 @@ public struct SyncChannel {
         let allReliable = records.allSatisfy(\.isReliable)
         let reliable = try pack(allReliable ? records : records.filter(\.isReliable))
         let unreliable = allReliable ? [] : try pack(records.filter { !$0.isReliable })
+        return try transmit(reliable: reliable, unreliable: unreliable, to: peer, now: now)
+    }
+
+    /// Sends, reliably, the records that `fill` packs (with ``PayloadPacker/append(_:)`` or
+    /// ``PayloadPacker/append(encoding:)``), as ``send(_:to:now:)`` would send them: the path of
+    /// a bulk resync, which encodes SAs straight from the state instead of building records.
+    mutating func sendReliable(
+        to peer: ClusterMemberID, now: Timestamp, _ fill: (inout PayloadPacker) throws(SyncChannelError) -> Void
+    ) throws(SyncChannelError) -> (ticket: SyncTicket?, actions: [SyncChannelAction]) {
+        guard peers[peer] != nil else { throw .unknownMember(peer) }
+        var packer = PayloadPacker(maximumPayload: maximumPayload)
+        try fill(&packer)
+        return try transmit(reliable: packer.payloads(), unreliable: [], to: peer, now: now)
+    }
+
+    /// Queues the reliable payloads for retransmission and seals every payload for `peer`;
+    /// throws, sending nothing, when the retransmission buffer lacks room for the reliable ones.
+    private mutating func transmit(
+        reliable: [[UInt8]], unreliable: [[UInt8]], to peer: ClusterMemberID, now: Timestamp
+    ) throws(SyncChannelError) -> (ticket: SyncTicket?, actions: [SyncChannelAction]) {
         guard reliable.count <= peers[peer]!.sender.freeSlots else { throw .sendQueueFull }
         var actions: [SyncChannelAction] = []
+        actions.reserveCapacity(reliable.count + unreliable.count)
         var last: UInt64?
         for payload in reliable {
             let entry = peers[peer]!.sender.enqueue(payload, now: now)!
@@ -401,44 +422,11 @@ public struct SyncChannel {
 
     // MARK: Internals
 
-    /// Packs encoded records into payloads no larger than ``maximumPayload``: each record is
-    /// encoded straight into the current payload, which is cut before it when it does not fit.
-    ///
-    /// A counter checkpoint record of any length is split at entry boundaries into records that
-    /// each fill what is left of a payload, so that checkpoints are sized once, by encoding them.
+    /// Packs records into payloads no larger than ``maximumPayload`` (see ``PayloadPacker``).
     private func pack(_ records: [SyncRecord]) throws(SyncChannelError) -> [[UInt8]] {
-        var payloads: [[UInt8]] = []
-        var current = ByteWriter(capacity: maximumPayload + 64)
-        for record in records {
-            if case .counterCheckpoints(let entries) = record, !entries.isEmpty {
-                var next = entries.startIndex
-                while next < entries.endIndex {
-                    let after = SyncRecord.encodeCheckpoints(entries, from: next, into: &current, limit: maximumPayload)
-                    if after > next {
-                        next = after
-                    } else {
-                        // Not even one entry fits what is left: a new payload, unless this one is empty.
-                        guard current.count > 0 else { throw .codec(.recordTooLarge(maximumPayload)) }
-                        payloads.append(current.bytes)
-                        current = ByteWriter(capacity: maximumPayload + 64)
-                    }
-                }
-                continue
-            }
-            let start = current.count
-            do { try record.encode(into: &current) } catch { throw .codec(error) }
-            let length = current.count - start
-            guard length <= maximumPayload else { throw .codec(.recordTooLarge(length)) }
-            if current.count > maximumPayload {
-                let overflow = current.bytes(from: start)
-                current.truncate(to: start)
-                payloads.append(current.bytes)
-                current = ByteWriter(capacity: maximumPayload + 64)
-                current.write(bytes: overflow)
-            }
-        }
-        if current.count > 0 { payloads.append(current.bytes) }
-        return payloads
+        var packer = PayloadPacker(maximumPayload: maximumPayload)
+        for record in records { try packer.append(record) }
+        return packer.payloads()
     }
 
     /// Sends reliable datagrams again and control records (acknowledgements, negative
@@ -477,5 +465,65 @@ public struct SyncChannel {
         do { datagram = try sealer.seal(header, payload: payload) } catch { throw .security(error) }
         statistics.datagramsSent += 1
         return .transmit(to: member, datagram: datagram)
+    }
+}
+
+/// Packs encoded records, in order, into payloads no larger than a maximum: each record is
+/// encoded straight into the current payload, which is cut before it when it does not fit.
+///
+/// A counter checkpoint record of any length is split at entry boundaries into records that
+/// each fill what is left of a payload, so that checkpoints are sized once, by encoding them.
+struct PayloadPacker: ~Copyable {
+    private let maximumPayload: Int
+    private var current: ByteWriter
+    private var finished: [[UInt8]] = []
+
+    init(maximumPayload: Int) {
+        self.maximumPayload = maximumPayload
+        current = ByteWriter(capacity: maximumPayload + 64)
+    }
+
+    /// Appends one record.
+    mutating func append(_ record: SyncRecord) throws(SyncChannelError) {
+        guard case .counterCheckpoints(let entries) = record, !entries.isEmpty else {
+            try append { (writer: inout ByteWriter) throws(SyncCodecError) in try record.encode(into: &writer) }
+            return
+        }
+        var next = entries.startIndex
+        while next < entries.endIndex {
+            let after = SyncRecord.encodeCheckpoints(entries, from: next, into: &current, limit: maximumPayload)
+            if after > next {
+                next = after
+            } else {
+                // Not even one entry fits what is left: a new payload, unless this one is empty.
+                guard current.count > 0 else { throw .codec(.recordTooLarge(maximumPayload)) }
+                cut()
+            }
+        }
+    }
+
+    /// Appends the one whole record (type, length and value) that `encode` writes.
+    mutating func append(encoding encode: (inout ByteWriter) throws(SyncCodecError) -> Void) throws(SyncChannelError) {
+        let start = current.count
+        do { try encode(&current) } catch { throw .codec(error) }
+        let length = current.count - start
+        guard length <= maximumPayload else { throw .codec(.recordTooLarge(length)) }
+        if current.count > maximumPayload {
+            let overflow = current.bytes(from: start)
+            current.truncate(to: start)
+            cut()
+            current.write(bytes: overflow)
+        }
+    }
+
+    /// The payloads, the last one included.
+    consuming func payloads() -> [[UInt8]] {
+        if current.count > 0 { finished.append(current.bytes) }
+        return finished
+    }
+
+    private mutating func cut() {
+        finished.append(current.bytes)
+        current.truncate(to: 0)
     }
 }

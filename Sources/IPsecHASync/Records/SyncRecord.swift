@@ -304,6 +304,19 @@ extension SyncRecord {
         return index
     }
 
+    /// Appends the upsert record of `sa` (type, length, value), as ``encode(into:)`` would for
+    /// ``ikeSAUpsert(_:)``, without building the record.
+    static func encodeUpsert(of sa: IKESA, into writer: inout ByteWriter) throws(SyncCodecError) {
+        writer.write(SyncRecordType.ikeSAUpsert.rawValue)
+        try writer.writeBlock { (w: inout ByteWriter) throws(SyncCodecError) in try StateEncoding.write(sa, into: &w) }
+    }
+
+    /// Appends the upsert record of `sa`, as ``encode(into:)`` would for ``childSAUpsert(_:)``.
+    static func encodeUpsert(of sa: ChildSA, into writer: inout ByteWriter) throws(SyncCodecError) {
+        writer.write(SyncRecordType.childSAUpsert.rawValue)
+        try writer.writeBlock { (w: inout ByteWriter) throws(SyncCodecError) in try StateEncoding.write(sa, into: &w) }
+    }
+
     /// The record's bytes on the wire (type, length, value).
     public func encoded() throws(SyncCodecError) -> [UInt8] {
         // A checkpoint batch is sized up front: growing the buffer cost three copies for 50 entries.

@@ -81,7 +81,30 @@ public struct Replicator {
         /// made again from the state when they are needed).
         var unsentAppended: Int { count - max(next, snapshotCount) }
 
-        func records(_ positions: Range<Int>) -> [SyncRecord] { positions.map(record(at:)) }
+        /// Packs the records at `positions`; those of the snapshot's SAs are encoded straight
+        /// from it, without a record (a copy of the SA) in between.
+        func pack(_ positions: Range<Int>, into packer: inout PayloadPacker) throws(SyncChannelError) {
+            guard let snapshot else {
+                for position in positions { try packer.append(appended[position]) }
+                return
+            }
+            let firstIKESA = 1 + snapshot.spd.policies.count
+            let firstChildSA = firstIKESA + ikeSAs.count
+            let end = firstChildSA + childSlots.count
+            for position in positions {
+                if position >= firstIKESA, position < firstChildSA {
+                    let sa = snapshot.ikeSAs.values[ikeSAs[position - firstIKESA]]
+                    try packer.append { (writer: inout ByteWriter) throws(SyncCodecError) in try SyncRecord.encodeUpsert(of: sa, into: &writer) }
+                } else if position >= firstChildSA, position < end {
+                    let slot = childSlots[position - firstChildSA]
+                    try packer.append { (writer: inout ByteWriter) throws(SyncCodecError) in
+                        try SyncRecord.encodeUpsert(of: snapshot[slot]!, into: &writer)
+                    }
+                } else {
+                    try packer.append(record(at: position))
+                }
+            }
+        }
 
         /// Forgets what was sent, so that a standby that never quite catches up does not keep
         /// every record it was ever sent: a resync whose snapshot part went out becomes a
@@ -343,7 +366,11 @@ public struct Replicator {
                 let batchEnd = min(resync.next + 64, resync.count)
                 var end = batchEnd
                 while end > resync.next {
-                    if let sent = try? channel.send(resync.records(resync.next..<end), to: standby, now: now) {
+                    let positions = resync.next..<end
+                    let sent = try? channel.sendReliable(to: standby, now: now) { (packer: inout PayloadPacker) throws(SyncChannelError) in
+                        try resync.pack(positions, into: &packer)
+                    }
+                    if let sent {
                         actions += sent.actions
                         if let ticket = sent.ticket { resyncCompletions[standby] = ticket }
                         break
