@@ -118,21 +118,21 @@ struct DatagramSealer {
 
     mutating func seal(_ header: DatagramHeader, payload: [UInt8]) throws(ChannelSecurityError) -> [UInt8] {
         var header = header
-        var writer = ByteWriter(capacity: DatagramHeader.size + payload.count + Self.tagSize)
         guard let key else {
+            var writer = ByteWriter(capacity: DatagramHeader.size + payload.count)
             header.flags &= ~DatagramHeader.sealedFlag
             header.write(into: &writer)
             writer.write(bytes: payload)
             return writer.bytes
         }
         header.flags |= DatagramHeader.sealedFlag
+        var writer = ByteWriter(capacity: DatagramHeader.size)
         header.write(into: &writer)
         let directionKey = try self.directionKey(key, header)
-        let headerBytes = writer.bytes
         let total = DatagramHeader.size + payload.count + Self.tagSize
         return [UInt8](unsafeUninitializedCapacity: total) { buffer, initialized in
             let base = buffer.baseAddress!
-            headerBytes.withUnsafeBufferPointer { base.update(from: $0.baseAddress!, count: DatagramHeader.size) }
+            writer.copyBytes(to: UnsafeMutableRawPointer(base))
             var sealedLength: UInt64 = 0
             Self.withNonce(header) { nonce in
                 directionKey.withUnsafeBytes { keyBytes in
@@ -174,17 +174,21 @@ struct DatagramSealer {
 
     /// The plaintext, or nil when the tag does not verify under `directionKey`.
     private static func decrypt(_ datagram: [UInt8], _ header: DatagramHeader, _ directionKey: SecureBytes) -> [UInt8]? {
-        var plaintext = [UInt8](repeating: 0, count: datagram.count - DatagramHeader.size - tagSize)
-        var plaintextLength: UInt64 = 0
-        let result = datagram.withUnsafeBufferPointer { buffer in
-            withNonce(header) { nonce in
-                directionKey.withUnsafeBytes { keyBytes in
-                    crypto_aead_chacha20poly1305_ietf_decrypt(
-                        &plaintext, &plaintextLength, nil, buffer.baseAddress! + DatagramHeader.size,
-                        UInt64(buffer.count - DatagramHeader.size), buffer.baseAddress, UInt64(DatagramHeader.size), nonce,
-                        keyBytes.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        var result: Int32 = -1
+        // Not zero-filled first: libsodium writes every byte, or fails and nothing is returned.
+        let plaintext = [UInt8](unsafeUninitializedCapacity: datagram.count - DatagramHeader.size - tagSize) { plaintext, initialized in
+            var plaintextLength: UInt64 = 0
+            result = datagram.withUnsafeBufferPointer { buffer in
+                withNonce(header) { nonce in
+                    directionKey.withUnsafeBytes { keyBytes in
+                        crypto_aead_chacha20poly1305_ietf_decrypt(
+                            plaintext.baseAddress, &plaintextLength, nil, buffer.baseAddress! + DatagramHeader.size,
+                            UInt64(buffer.count - DatagramHeader.size), buffer.baseAddress, UInt64(DatagramHeader.size), nonce,
+                            keyBytes.baseAddress!.assumingMemoryBound(to: UInt8.self))
+                    }
                 }
             }
+            initialized = result == 0 ? Int(plaintextLength) : 0
         }
         return result == 0 ? plaintext : nil
     }

@@ -277,19 +277,29 @@ public struct SyncChannel {
         let claimed = try DatagramHeader.read(datagram[0..<DatagramHeader.size])
         guard claimed.clusterID == configuration.clusterID else { throw .wrongCluster(claimed.clusterID) }
         guard claimed.receiver == configuration.member else { throw .unknownMember(claimed.receiver) }
-        guard let knownEpoch = peers[claimed.sender].map({ $0.epoch }) else { throw .unknownMember(claimed.sender) }
-        if let epoch = knownEpoch, claimed.epoch < epoch { throw .security(.replayed(claimed.packetNumber)) }
-        let sameEpoch = knownEpoch == claimed.epoch
-        if sameEpoch, case .fresh = peers[claimed.sender]!.replay.classify(claimed.packetNumber) {} else if sameEpoch {
-            throw .security(.replayed(claimed.packetNumber))
-        }
-        let (header, payload) = try sealer.open(datagram)
+        // The peer is taken out of the table while it is read and changed, so that it is
+        // neither copied to be read nor copied to be changed; it goes back unchanged when the
+        // datagram is dropped.
+        guard var peer = peers.removeValue(forKey: claimed.sender) else { throw .unknownMember(claimed.sender) }
+        let header: DatagramHeader
         let records: [SyncRecord]
-        do { records = try SyncRecord.decodeAll(payload[...]) } catch { throw .codec(error) }
+        do throws(SyncChannelError) {
+            if let epoch = peer.epoch, claimed.epoch < epoch { throw SyncChannelError.security(.replayed(claimed.packetNumber)) }
+            if peer.epoch == claimed.epoch {
+                guard case .fresh = peer.replay.classify(claimed.packetNumber) else {
+                    throw SyncChannelError.security(.replayed(claimed.packetNumber))
+                }
+            }
+            let payload: [UInt8]
+            (header, payload) = try sealer.open(datagram)
+            do { records = try SyncRecord.decodeAll(payload[...]) } catch { throw SyncChannelError.codec(error) }
+        } catch {
+            peers[claimed.sender] = peer
+            throw error
+        }
+        let sameEpoch = peer.epoch == header.epoch
 
-        // Authentic and well formed: from here on, state changes. The peer is taken out of the
-        // table while it changes, so that its buffers are mutated in place, not copied.
-        var peer = peers.removeValue(forKey: header.sender)!
+        // Authentic and well formed: from here on, state changes.
         var actions: [SyncChannelAction] = []
         if !sameEpoch {
             let restarted = peer.epoch != nil
@@ -343,7 +353,7 @@ public struct SyncChannel {
         if header.reliableSequence > 0 {
             let hadGap = peer.receiver.hasGap
             let ready = peer.receiver.receive(
-                sequence: header.reliableSequence, records: records.filter(\.isReliable),
+                sequence: header.reliableSequence, records: records.allSatisfy(\.isReliable) ? records : records.filter(\.isReliable),
                 streamReset: header.flags & DatagramHeader.streamResetFlag != 0, now: now)
             for batch in ready where !batch.isEmpty { actions.append(.deliver(from: header.sender, records: batch)) }
             if peer.receiver.hasGap && !hadGap {

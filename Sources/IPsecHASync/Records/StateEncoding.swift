@@ -194,7 +194,7 @@ enum StateEncoding {
     }
 
     /// One allocation holding `parts` one after the other: the keys an SA keeps together.
-    static func keyMaterial(concatenating parts: [UnsafeRawBufferPointer]) -> KeyMaterial {
+    static func keyMaterial(concatenating parts: UnsafeBufferPointer<UnsafeRawBufferPointer>) -> KeyMaterial {
         KeyMaterial(count: parts.reduce(0) { $0 + $1.count }) { destination in
             var position = 0
             for part in parts {
@@ -207,13 +207,20 @@ enum StateEncoding {
     /// The seven length-prefixed keys of an IKE SA, read into one allocation (``IKEKeys``
     /// holds views of it).
     static func readIKEKeys(_ r: inout ByteReader) throws(SyncCodecError) -> IKEKeys {
-        var parts: [UnsafeRawBufferPointer] = []
-        parts.reserveCapacity(7)
-        for _ in 0..<7 { parts.append(try readKeyBytes(&r)) }
-        do {
-            return try IKEKeys(packed: keyMaterial(concatenating: parts), lengths: parts.map(\.count))
-        } catch {
-            throw .invalidValue("IKE SA keys")
+        // The parts on the stack: only the lengths are an array per IKE SA.
+        try withUnsafeTemporaryAllocation(of: UnsafeRawBufferPointer.self, capacity: 7) { parts throws(SyncCodecError) in
+            var lengths: [Int] = []
+            lengths.reserveCapacity(7)
+            for index in 0..<7 {
+                let part = try readKeyBytes(&r)
+                parts.initializeElement(at: index, to: part)
+                lengths.append(part.count)
+            }
+            do {
+                return try IKEKeys(packed: keyMaterial(concatenating: UnsafeBufferPointer(parts)), lengths: lengths)
+            } catch {
+                throw .invalidValue("IKE SA keys")
+            }
         }
     }
 
@@ -415,14 +422,19 @@ enum StateEncoding {
         let inboundBytes = try readKeyBytes(&r)
         let outboundEncryptionLength = Int(try r.readUInt16())
         let outboundBytes = try readKeyBytes(&r)
-        let both = keyMaterial(concatenating: [inboundBytes, outboundBytes])
         let inboundKeys: ChildSAKeys
         let outboundKeys: ChildSAKeys
         do {
-            inboundKeys = try ChildSAKeys(
-                material: both.sharingSlice(0..<inboundBytes.count), encryptionKeyLength: inboundEncryptionLength)
-            outboundKeys = try ChildSAKeys(
-                material: both.sharingSlice(inboundBytes.count..<both.count), encryptionKeyLength: outboundEncryptionLength)
+            (inboundKeys, outboundKeys) = try withUnsafeTemporaryAllocation(of: UnsafeRawBufferPointer.self, capacity: 2) { parts in
+                parts.initializeElement(at: 0, to: inboundBytes)
+                parts.initializeElement(at: 1, to: outboundBytes)
+                let both = keyMaterial(concatenating: UnsafeBufferPointer(parts))
+                return (
+                    try ChildSAKeys(material: both.sharingSlice(0..<inboundBytes.count), encryptionKeyLength: inboundEncryptionLength),
+                    try ChildSAKeys(
+                        material: both.sharingSlice(inboundBytes.count..<both.count), encryptionKeyLength: outboundEncryptionLength)
+                )
+            }
         } catch {
             throw .invalidValue("encryption key length")
         }

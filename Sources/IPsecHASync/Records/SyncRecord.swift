@@ -332,6 +332,8 @@ extension SyncRecord {
     public static func decodeAll(_ bytes: ArraySlice<UInt8>) throws(SyncCodecError) -> [SyncRecord] {
         try ByteReader.reading(bytes) { (reader: inout ByteReader) throws(SyncCodecError) in
             var records: [SyncRecord] = []
+            // A full datagram of SAs holds about five records: one allocation, not four growths.
+            records.reserveCapacity(8)
             while !reader.isAtEnd { records.append(try decode(from: &reader)) }
             return records
         }

@@ -168,7 +168,17 @@ public struct Replica {
         case .policyDelete(let id):
             count(.policyRemoved(id))
         case .ikeSAUpsert(let sa):
-            if count({ (state: inout GatewayState) throws(GatewayStateError) in try state.upsertReplicated(sa) }) {
+            // Called directly, not through count(_:): a closure over the SA made a copy of it.
+            let applied: Bool
+            do {
+                try state.upsertReplicated(sa)
+                applied = true
+            } catch {
+                applied = false
+                countFailure(error)
+            }
+            if applied {
+                statistics.applied += 1
                 noteUpdate(of: sa.identifier, now: now)
                 if !missingIKESAs.isEmpty { missingIKESAs.remove(sa.identifier) }
             }
@@ -178,10 +188,12 @@ public struct Replica {
                 inFlight = inFlight.filter { $0.ikeSA != identifier }
             }
         case .childSAUpsert(let sa):
-            if !count({ (state: inout GatewayState) throws(GatewayStateError) in try state.upsertReplicated(sa, arrivedAt: now) }),
-                state.ikeSAs.index(forKey: sa.parent) == nil
-            {
-                noteMissing(sa.parent)
+            do {
+                try state.upsertReplicated(sa, arrivedAt: now)
+                statistics.applied += 1
+            } catch {
+                countFailure(error)
+                if state.ikeSAs.index(forKey: sa.parent) == nil { noteMissing(sa.parent) }
             }
         case .childSADelete(let spi):
             count(.childSADeleted(inboundSPI: spi))
@@ -243,11 +255,14 @@ public struct Replica {
             try body(&state)
             statistics.applied += 1
             return true
-        } catch .staleChange {
-            statistics.stale += 1
         } catch {
-            statistics.rejected += 1
+            countFailure(error)
+            return false
         }
-        return false
+    }
+
+    /// Counts a change that did not apply: stale, or rejected.
+    private mutating func countFailure(_ error: GatewayStateError) {
+        if case .staleChange = error { statistics.stale += 1 } else { statistics.rejected += 1 }
     }
 }

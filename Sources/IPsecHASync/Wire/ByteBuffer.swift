@@ -18,6 +18,11 @@ struct ByteWriter: ~Copyable {
     /// The bytes written so far.
     var bytes: [UInt8] { [UInt8](UnsafeRawBufferPointer(start: base, count: count)) }
 
+    /// Copies the bytes written so far to `destination`, which has room for ``count`` bytes.
+    func copyBytes(to destination: UnsafeMutableRawPointer) {
+        destination.copyMemory(from: base, byteCount: count)
+    }
+
     /// The bytes written from `offset` on.
     func bytes(from offset: Int) -> [UInt8] {
         [UInt8](UnsafeRawBufferPointer(start: base + offset, count: count - offset))
