@@ -18,3 +18,15 @@ func residentMemoryBytes() -> Int? {
     return nil
     #endif
 }
+
+/// Minor page faults the process has taken so far (first touches of fresh memory among them),
+/// from getrusage; nil where that is not available.
+func minorPageFaults() -> Int? {
+    #if canImport(Glibc)
+    var usage = rusage()
+    guard getrusage(RUSAGE_SELF.rawValue, &usage) == 0 else { return nil }
+    return usage.ru_minflt
+    #else
+    return nil
+    #endif
+}

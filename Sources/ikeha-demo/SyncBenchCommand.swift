@@ -37,17 +37,18 @@ struct SyncBenchCommand: ParsableCommand {
     func run() throws {
         let checkpointRate = try measureCheckpoints()
         print("counter checkpoints through seal, open, decode and apply, over \(checkpointSAs) Child SAs: \(Int(checkpointRate)) per second")
-        let (resyncSeconds, resyncBytes, datagrams, activeSeconds, standbySeconds) = try measureResync()
+        let (resyncSeconds, resyncBytes, datagrams, activeSeconds, standbySeconds, pageFaults) = try measureResync()
         print(
             "bulk resync of \(ikeSAs) IKE SAs and \(childSAs) Child SAs: \(resyncSeconds.formatted(decimals: 3)) s on one core "
                 + "(active member \(activeSeconds.formatted(decimals: 3)) s, standby \(standbySeconds.formatted(decimals: 3)) s: "
-                + "each on its own machine, about the larger), \(resyncBytes) bytes in \(datagrams) datagrams")
+                + "each on its own machine, about the larger), \(resyncBytes) bytes in \(datagrams) datagrams, "
+                + "\(pageFaults) page faults (the standby's first touches of the memory its state fills)")
         let (meanHeartbeats, maximumHeartbeats) = try measureTailLoss()
         print("tail loss noticed after \(meanHeartbeats.formatted(decimals: 2)) heartbeat intervals on average, \(maximumHeartbeats.formatted(decimals: 2)) at most")
         print(
             "checkpoints_per_second=\(Int(checkpointRate)) resync_seconds=\(resyncSeconds.formatted(decimals: 3)) "
                 + "resync_active_seconds=\(activeSeconds.formatted(decimals: 3)) resync_standby_seconds=\(standbySeconds.formatted(decimals: 3)) "
-                + "resync_bytes=\(resyncBytes) tail_loss_detection_heartbeats_mean=\(meanHeartbeats.formatted(decimals: 2)) "
+                + "resync_bytes=\(resyncBytes) resync_page_faults=\(pageFaults) tail_loss_detection_heartbeats_mean=\(meanHeartbeats.formatted(decimals: 2)) "
                 + "tail_loss_detection_heartbeats_max=\(maximumHeartbeats.formatted(decimals: 2))")
     }
 
@@ -122,8 +123,9 @@ struct SyncBenchCommand: ParsableCommand {
         return Double(sent) / seconds
     }
 
-    /// Seconds on one core, bytes, datagrams, and the seconds of it that each member spent.
-    func measureResync() throws -> (Double, Int, Int, Double, Double) {
+    /// Seconds on one core, bytes, datagrams, the seconds of it that each member spent, and the
+    /// page faults taken meanwhile.
+    func measureResync() throws -> (Double, Int, Int, Double, Double, Int) {
         var pair = try ReplicationPair(seed: 5)
         pair.network.faults.partitions = [[1, 2]]
         var random = SplitMix64(seed: 6)
@@ -143,14 +145,18 @@ struct SyncBenchCommand: ParsableCommand {
         let clock = ContinuousClock()
         let origin = clock.now
         pair.workClock = { UInt64(origin.duration(to: ContinuousClock().now).inSeconds * 1e9) }
+        let faultsBefore = minorPageFaults() ?? 0
         let started = clock.now
         guard try pair.settle(limit: 60_000_000_000, step: 500_000) else { throw ValidationError("resync did not complete") }
         let elapsed = started.duration(to: clock.now)
+        let pageFaults = (minorPageFaults() ?? 0) - faultsBefore
         guard pair.replica.state == pair.state else { throw ValidationError("resync gave a different state") }
+        // One resync, or the figure would be of something else.
+        guard pair.replicator.resyncsStarted == 1 else { throw ValidationError("\(pair.replicator.resyncsStarted) resyncs instead of one") }
         return (
             elapsed.inSeconds,
             pair.network.bytesSent - bytesBefore, pair.network.sent - datagramsBefore,
-            Double(pair.workTime.active) / 1e9, Double(pair.workTime.standby) / 1e9
+            Double(pair.workTime.active) / 1e9, Double(pair.workTime.standby) / 1e9, pageFaults
         )
     }
 

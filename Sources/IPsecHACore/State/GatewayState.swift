@@ -25,6 +25,13 @@ public struct GatewayState: Sendable, Equatable {
     /// takeover planner reads it once per Child SA, both in the same pass as the slot.
     var freshness: [ChildSAFreshness?] = []
     var freeSlots: [Int32] = []
+    /// The selectors of the Child SA installed last. Child SAs installed one after another
+    /// often have equal selectors (a site's subnets, a remote-access gateway's local side): one
+    /// that does shares these arrays instead of keeping two allocations of its own, which a
+    /// standby filled by a bulk resync would otherwise hold a million times (and touch as
+    /// fresh memory). Not part of equality.
+    private var recentLocalSelectors: [TrafficSelector] = []
+    private var recentRemoteSelectors: [TrafficSelector] = []
     @usableFromInline var spiIndex = SPIIndex()
     /// Inbound SPIs of each PROTECT policy's Child SAs, in the order they were installed.
     var childSAsByPolicy: [SecurityPolicyID: [UInt32]] = [:]
@@ -611,6 +618,17 @@ public struct GatewayState: Sendable, Equatable {
             childSlots.append(sa)
             incarnations.append(0)
             freshness.append(nil)
+        }
+        // In place once stored: a changed copy of the Child SA would be copied again to store it.
+        if recentLocalSelectors == sa.localSelectors {
+            childSlots[Int(slot)]!.localSelectors = recentLocalSelectors
+        } else {
+            recentLocalSelectors = sa.localSelectors
+        }
+        if recentRemoteSelectors == sa.remoteSelectors {
+            childSlots[Int(slot)]!.remoteSelectors = recentRemoteSelectors
+        } else {
+            recentRemoteSelectors = sa.remoteSelectors
         }
         spiIndex.insert(sa.inboundSPI, slot: slot)
         if let parent {
