@@ -22,7 +22,8 @@ public enum TakeoverPlanner {
         state: GatewayState, inFlight: [IKESAIdentifier: Bool], suspect: SuspectIKESAs,
         policy: TakeoverPolicy = TakeoverPolicy(), now: Timestamp, restrictedTo restriction: Set<IKESAIdentifier>? = nil
     ) -> TakeoverPlan {
-        let ikeSAs = state.ikeSAs
+        // The table's slots, read in place: nil where an IKE SA was removed.
+        let ikeSAs = state.ikeSAs.slots
         let slotCount = state.childSlots.count
         // With a restriction, the slots of the Child SAs planned.
         var includedSlots = restriction.map { _ in [Bool](repeating: false, count: slotCount) }
@@ -35,19 +36,19 @@ public enum TakeoverPlanner {
         let replayCounterSyncPolicy = policy.inbound == .replayCounterSyncWhereNegotiated
         // By index, field by field: binding each value would copy the IKE SA and retain every
         // reference it holds.
-        for index in ikeSAs.indices {
-            let identifier = ikeSAs.keys[index]
+        for index in ikeSAs.indices where ikeSAs[index].isPresent {
+            let identifier = ikeSAs[index]!.identifier
             if let restriction {
                 guard restriction.contains(identifier) else { continue }
-                for spi in ikeSAs.values[index].childSAs {
+                for spi in ikeSAs[index]!.childSAs {
                     if let slot = state.spiIndex.slot(of: spi) { includedSlots![Int(slot)] = true }
                 }
             }
             let isSuspect = suspect.contains(identifier)
             classifications.append(isSuspect ? .suspect : !inFlight.isEmpty && inFlight[identifier] != nil ? .inFlight : .certain)
-            let syncsReplayCounters = replayCounterSyncPolicy && ikeSAs.values[index].extensions.replayCounterSync
+            let syncsReplayCounters = replayCounterSyncPolicy && ikeSAs[index]!.extensions.replayCounterSync
             guard isSuspect || syncsReplayCounters else { continue }
-            for spi in ikeSAs.values[index].childSAs {
+            for spi in ikeSAs[index]!.childSAs {
                 guard let slot = state.spiIndex.slot(of: spi) else { continue }
                 parentIsSuspect[Int(slot)] = isSuspect
                 parentSyncsReplayCounters[Int(slot)] = syncsReplayCounters
@@ -109,14 +110,14 @@ public enum TakeoverPlanner {
         var ikePlans: [IKESATakeover] = []
         ikePlans.reserveCapacity(ikeSAs.count)
         var position = 0
-        for index in ikeSAs.indices {
-            let identifier = ikeSAs.keys[index]
+        for index in ikeSAs.indices where ikeSAs[index].isPresent {
+            let identifier = ikeSAs[index]!.identifier
             if let restriction, !restriction.contains(identifier) { continue }
             let classification = classifications[position]
             position += 1
-            let next = ikeSAs.values[index].messageIDs.requests.nextMessageID
-            let expected = ikeSAs.values[index].messageIDs.responses.nextExpectedMessageID
-            let extensions = ikeSAs.values[index].extensions
+            let next = ikeSAs[index]!.messageIDs.requests.nextMessageID
+            let expected = ikeSAs[index]!.messageIDs.responses.nextExpectedMessageID
+            let extensions = ikeSAs[index]!.extensions
             let plan: MessageIDTakeover
             let reason: IKESATakeoverReason
             // The Child SAs' windows expect the peer to jump its counters (RFC 6311 section 5.2):
@@ -128,11 +129,11 @@ public enum TakeoverPlanner {
             } else if extensions.messageIDSync {
                 // M1 above anything the failed member may have used: by at least the peer's
                 // window (RFC 6311 section 5.1); P1 the next request expected from the peer.
-                let send = next + UInt64(max(ikeSAs.values[index].messageIDs.requests.peerWindowSize, 1))
+                let send = next + UInt64(max(ikeSAs[index]!.messageIDs.requests.peerWindowSize, 1))
                 if send <= UInt64(UInt32.max), expected <= UInt64(UInt32.max) {
                     var delta: UInt64?
                     if extensions.replayCounterSync && replayCounterSyncPolicy {
-                        for spi in ikeSAs.values[index].childSAs {
+                        for spi in ikeSAs[index]!.childSAs {
                             guard let slot = state.spiIndex.slot(of: spi) else { continue }
                             delta = max(delta ?? 0, advanceBySlot[Int(slot)])
                         }

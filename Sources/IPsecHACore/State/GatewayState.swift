@@ -15,7 +15,7 @@ public struct GatewayState: Sendable, Equatable {
     /// The Security Policy Database.
     public private(set) var spd = SecurityPolicyDatabase()
     /// The IKE SAs by SPI pair.
-    public private(set) var ikeSAs: [IKESAIdentifier: IKESA] = [:]
+    public private(set) var ikeSAs = IKESATable()
 
     @usableFromInline var childSlots: [ChildSA?] = []
     /// Bumped whenever a slot's Child SA is deleted or changed, so cache entries can tell.
@@ -90,11 +90,11 @@ public struct GatewayState: Sendable, Equatable {
 
     /// Adds an IKE SA (its generation becomes 1).
     public mutating func createIKESA(_ ikeSA: IKESA) throws(GatewayStateError) -> [StateChange] {
-        guard ikeSAs.index(forKey: ikeSA.identifier) == nil else { throw .ikeSAExists(ikeSA.identifier) }
+        guard !ikeSAs.contains(ikeSA.identifier) else { throw .ikeSAExists(ikeSA.identifier) }
         var sa = ikeSA
         sa.childSAs = []
         sa.generation = 1
-        ikeSAs[sa.identifier] = sa
+        ikeSAs.insert(sa)
         return [.ikeSACreated(sa)]
     }
 
@@ -103,14 +103,15 @@ public struct GatewayState: Sendable, Equatable {
     public mutating func updateIKESA(
         _ identifier: IKESAIdentifier, _ body: (inout IKESA) -> Void
     ) throws(GatewayStateError) -> [StateChange] {
-        guard var sa = ikeSAs[identifier] else { throw .unknownIKESA(identifier) }
+        guard let slot = ikeSAs.slot(of: identifier) else { throw .unknownIKESA(identifier) }
+        var sa = ikeSAs.slots[slot]!
         let children = sa.childSAs
         let generation = sa.generation
         body(&sa)
         guard sa.identifier == identifier else { throw .identifierChanged }
         sa.childSAs = children
         sa.generation = generation + 1
-        ikeSAs[identifier] = sa
+        ikeSAs.slots[slot] = sa
         return [.ikeSAUpdated(sa)]
     }
 
@@ -138,10 +139,10 @@ public struct GatewayState: Sendable, Equatable {
     public mutating func advanceOutboundCounters(
         ofChildSAsOf identifier: IKESAIdentifier, by delta: UInt64
     ) throws(GatewayStateError) -> (advanced: [UInt32], needRekey: [UInt32]) {
-        guard let index = ikeSAs.index(forKey: identifier) else { throw .unknownIKESA(identifier) }
+        guard let index = ikeSAs.slot(of: identifier) else { throw .unknownIKESA(identifier) }
         var advanced: [UInt32] = []
         var needRekey: [UInt32] = []
-        for spi in ikeSAs.values[index].childSAs {
+        for spi in ikeSAs.slots[index]!.childSAs {
             guard let slot = spiIndex.slot(of: spi) else { continue }
             do {
                 try childSlots[Int(slot)]!.outboundCounter.advance(by: delta)
@@ -158,7 +159,7 @@ public struct GatewayState: Sendable, Equatable {
         guard let sa = ikeSAs[identifier] else { throw .unknownIKESA(identifier) }
         var changes: [StateChange] = []
         for spi in sa.childSAs { changes += try deleteChildSA(inboundSPI: spi) }
-        ikeSAs[identifier] = nil
+        ikeSAs.remove(identifier)
         changes.append(.ikeSADeleted(identifier))
         return changes
     }
@@ -169,7 +170,7 @@ public struct GatewayState: Sendable, Equatable {
     /// its parent IKE SA does not exist, or it names an unknown policy.
     public mutating func createChildSA(_ childSA: ChildSA) throws(GatewayStateError) -> [StateChange] {
         guard spiIndex.slot(of: childSA.inboundSPI) == nil else { throw .spiInUse(childSA.inboundSPI) }
-        guard ikeSAs.index(forKey: childSA.parent) != nil else { throw .unknownParent(childSA.parent) }
+        guard ikeSAs.contains(childSA.parent) else { throw .unknownParent(childSA.parent) }
         if let policy = childSA.policy, spd.policy(policy) == nil { throw .unknownPolicy(policy) }
         var sa = childSA
         sa.generation = 1
@@ -188,7 +189,7 @@ public struct GatewayState: Sendable, Equatable {
         let generation = sa.generation
         body(&sa)
         guard sa.inboundSPI == inboundSPI else { throw .identifierChanged }
-        guard ikeSAs.index(forKey: sa.parent) != nil else { throw .unknownParent(sa.parent) }
+        guard ikeSAs.contains(sa.parent) else { throw .unknownParent(sa.parent) }
         if sa.policy != childSlots[Int(slot)]!.policy, let policy = sa.policy, spd.policy(policy) == nil {
             throw .unknownPolicy(policy)
         }
@@ -403,10 +404,10 @@ public struct GatewayState: Sendable, Equatable {
         case .policyRemoved(let id):
             _ = try removePolicy(id)
         case .ikeSACreated(let sa):
-            guard ikeSAs.index(forKey: sa.identifier) == nil else { throw .ikeSAExists(sa.identifier) }
+            guard !ikeSAs.contains(sa.identifier) else { throw .ikeSAExists(sa.identifier) }
             try upsertReplicated(sa)
         case .ikeSAUpdated(let sa):
-            guard ikeSAs.index(forKey: sa.identifier) != nil else { throw .unknownIKESA(sa.identifier) }
+            guard ikeSAs.contains(sa.identifier) else { throw .unknownIKESA(sa.identifier) }
             try upsertReplicated(sa)
         case .messageIDsUpdated(let identifier, let generation, let snapshot):
             guard let held = ikeSAs[identifier] else { throw .unknownIKESA(identifier) }
@@ -421,7 +422,7 @@ public struct GatewayState: Sendable, Equatable {
             _ = try deleteIKESA(identifier)
         case .childSACreated(let sa):
             guard spiIndex.slot(of: sa.inboundSPI) == nil else { throw .spiInUse(sa.inboundSPI) }
-            guard ikeSAs.index(forKey: sa.parent) != nil else { throw .unknownParent(sa.parent) }
+            guard ikeSAs.contains(sa.parent) else { throw .unknownParent(sa.parent) }
             if let policy = sa.policy, spd.policy(policy) == nil { throw .unknownPolicy(policy) }
             install(sa)
         case .childSAUpdated(let sa):
@@ -429,7 +430,7 @@ public struct GatewayState: Sendable, Equatable {
                 throw .unknownChildSA(sa.inboundSPI)
             }
             guard sa.generation > held.generation else { throw .staleChange(held: held.generation, received: sa.generation) }
-            guard ikeSAs.index(forKey: sa.parent) != nil else { throw .unknownParent(sa.parent) }
+            guard ikeSAs.contains(sa.parent) else { throw .unknownParent(sa.parent) }
             replace(slot: slot, with: sa)
         case .childSADeleted(let spi):
             _ = try deleteChildSA(inboundSPI: spi)
@@ -479,17 +480,16 @@ public struct GatewayState: Sendable, Equatable {
     /// the list of Child SAs the state maintains. Throws ``GatewayStateError/staleChange(held:received:)``,
     /// changing nothing, for a record not newer than the IKE SA held.
     public mutating func upsertReplicated(_ sa: IKESA) throws(GatewayStateError) {
-        guard let index = ikeSAs.index(forKey: sa.identifier) else {
-            var copy = sa
-            copy.childSAs = []
-            ikeSAs[sa.identifier] = copy
+        guard let slot = ikeSAs.slot(of: sa.identifier) else {
+            let slot = ikeSAs.insert(sa)
+            ikeSAs.slots[slot]!.childSAs = []
             return
         }
-        let held = ikeSAs.values[index].generation
+        let held = ikeSAs.slots[slot]!.generation
         guard sa.generation > held else { throw .staleChange(held: held, received: sa.generation) }
-        let children = ikeSAs.values[index].childSAs
-        ikeSAs.values[index] = sa
-        ikeSAs.values[index].childSAs = children
+        let children = ikeSAs.slots[slot]!.childSAs
+        ikeSAs.slots[slot] = sa
+        ikeSAs.slots[slot]!.childSAs = children
     }
 
     /// Applies a replicated Child SA record (a standby's path for an upsert): installs the
@@ -498,7 +498,7 @@ public struct GatewayState: Sendable, Equatable {
     /// before, if any), with one SPI lookup. Throws, changing nothing, for a stale record, a
     /// parent IKE SA or a policy it does not hold.
     public mutating func upsertReplicated(_ sa: ChildSA, arrivedAt arrival: Timestamp) throws(GatewayStateError) {
-        guard let parent = ikeSAs.index(forKey: sa.parent) else { throw .unknownParent(sa.parent) }
+        guard let parent = ikeSAs.slot(of: sa.parent) else { throw .unknownParent(sa.parent) }
         if let slot = spiIndex.slot(of: sa.inboundSPI) {
             let index = Int(slot)
             let held = childSlots.withUnsafeBufferPointer { $0[index]!.generation }
@@ -604,10 +604,10 @@ public struct GatewayState: Sendable, Equatable {
         return childSlots.indices.contains(index) && childSlots[index].isPresent ? index : nil
     }
 
-    /// Installs `sa` in a free slot; `parent`, when known, is its parent's index in `ikeSAs`
+    /// Installs `sa` in a free slot; `parent`, when known, is its parent's slot in `ikeSAs`
     /// (saving a second lookup).
     @discardableResult
-    private mutating func install(_ sa: ChildSA, parent: Dictionary<IKESAIdentifier, IKESA>.Index? = nil) -> Int32 {
+    private mutating func install(_ sa: ChildSA, parent: Int? = nil) -> Int32 {
         let slot: Int32
         if let free = freeSlots.popLast() {
             slot = free
@@ -632,7 +632,7 @@ public struct GatewayState: Sendable, Equatable {
         }
         spiIndex.insert(sa.inboundSPI, slot: slot)
         if let parent {
-            Self.insertSorted(sa.inboundSPI, into: &ikeSAs.values[parent].childSAs)
+            Self.insertSorted(sa.inboundSPI, into: &ikeSAs.slots[parent]!.childSAs)
         } else {
             withIKESA(sa.parent) { Self.insertSorted(sa.inboundSPI, into: &$0.childSAs) }
         }
@@ -665,12 +665,11 @@ public struct GatewayState: Sendable, Equatable {
         freeSlots.append(slot)
     }
 
-    /// Runs `body` on the IKE SA in place (nothing when it does not exist). Through the
-    /// dictionary's index: `ikeSAs[identifier]!.field = ...` copies the whole IKE SA out and back.
+    /// Runs `body` on the IKE SA in place (nothing when it does not exist).
     @discardableResult
     private mutating func withIKESA<Result>(_ identifier: IKESAIdentifier, _ body: (inout IKESA) -> Result) -> Result? {
-        guard let index = ikeSAs.index(forKey: identifier) else { return nil }
-        return body(&ikeSAs.values[index])
+        guard let slot = ikeSAs.slot(of: identifier) else { return nil }
+        return body(&ikeSAs.slots[slot]!)
     }
 
     /// The duplicated group (RFC 7296 section 2.8) the Child SA with this inbound SPI belongs to:

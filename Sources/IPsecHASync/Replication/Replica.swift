@@ -48,7 +48,7 @@ public struct Replica {
     /// a hundred thousand records within a second, and a time each is not worth a table entry
     /// each); nil for an IKE SA the replica does not hold.
     public func lastUpdate(of identifier: IKESAIdentifier) -> Timestamp? {
-        guard state.ikeSAs.index(forKey: identifier) != nil else { return nil }
+        guard state.ikeSAs.contains(identifier) else { return nil }
         return updatedSinceResync[identifier] ?? resyncBegan
     }
     private var updatedSinceResync: [IKESAIdentifier: Timestamp] = [:]
@@ -193,7 +193,7 @@ public struct Replica {
                 statistics.applied += 1
             } catch {
                 countFailure(error)
-                if state.ikeSAs.index(forKey: sa.parent) == nil { noteMissing(sa.parent) }
+                if !state.ikeSAs.contains(sa.parent) { noteMissing(sa.parent) }
             }
         case .childSADelete(let spi):
             count(.childSADeleted(inboundSPI: spi))
@@ -203,7 +203,7 @@ public struct Replica {
             statistics.stale += UInt64(outcome.stale)
             statistics.rejected += UInt64(outcome.rejected)
         case .messageIDUpdate(let identifier, let generation, let snapshot):
-            guard state.ikeSAs.index(forKey: identifier) != nil else {
+            guard state.ikeSAs.contains(identifier) else {
                 statistics.rejected += 1
                 noteMissing(identifier)
                 return

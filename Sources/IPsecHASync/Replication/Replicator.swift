@@ -36,11 +36,10 @@ public struct Replicator {
         let id: UInt32
         /// Nil for a backlog.
         let snapshot: GatewayState?
-        /// IKE SAs in identifier order (by dictionary index, so that none is hashed again) and
-        /// Child SAs in slot order: the same history gives the same stream. (IKE SA by IKE SA,
-        /// each followed by its Child SAs, was tried: reading the Child SAs out of slot order
-        /// cost the sender more than the standby saved.)
-        let ikeSAs: [Dictionary<IKESAIdentifier, IKESA>.Index]
+        /// IKE SAs and Child SAs in slot order: the same history gives the same stream. (IKE SA
+        /// by IKE SA, each followed by its Child SAs, was tried: reading the Child SAs out of
+        /// slot order cost the sender more than the standby saved.)
+        let ikeSAs: [Int]
         let childSlots: [ChildSASlot]
         /// Records of changes made since the snapshot (or queued in a backlog), sent after the
         /// resync's end.
@@ -52,10 +51,7 @@ public struct Replicator {
         init(id: UInt32, snapshot: GatewayState) {
             self.id = id
             self.snapshot = snapshot
-            let table = snapshot.ikeSAs
-            // Sorted as (identifier, index) pairs: a comparator that read both keys out of the
-            // table cost twice as much.
-            ikeSAs = zip(table.keys, table.indices).sorted { $0.0 < $1.0 }.map(\.1)
+            ikeSAs = Array(snapshot.ikeSAs.values.indices)
             var slots: [ChildSASlot] = []
             slots.reserveCapacity(snapshot.childSACount)
             snapshot.forEachChildSACounters { slots.append($0.slot) }
