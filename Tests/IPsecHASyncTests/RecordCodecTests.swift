@@ -53,6 +53,32 @@ struct RecordCodecTests {
         #expect(datagrams <= encoded / usable + 1)
     }
 
+    @Test func childSAsWithTheSelectorsOfTheOneBeforeShareThemAndTheOthersDecodeTheirOwn() throws {
+        var generator = RecordGenerator(seed: 11)
+        let (x, y) = ([generator.selector(.ipv4)], [generator.selector(.ipv6), generator.selector(.ipv6)])
+        // x x y x: hits, a miss that replaces the remembered list, a miss back.
+        let childSAs = [x, x, y, x].map { selectors in
+            var sa = generator.childSA()
+            sa.localSelectors = selectors
+            sa.remoteSelectors = x
+            return sa
+        }
+        let bytes = try childSAs.flatMap { try SyncRecord.childSAUpsert($0).encoded() }
+        var cache = StateEncoding.SelectorCache()
+        let decoded = try SyncRecord.decodeAll(bytes[...], cache: &cache)
+        #expect(decoded == childSAs.map(SyncRecord.childSAUpsert))
+        let local = decoded.compactMap { record -> [TrafficSelector]? in
+            if case .childSAUpsert(let sa) = record { sa.localSelectors } else { nil }
+        }
+        func storage(_ selectors: [TrafficSelector]) -> UnsafePointer<TrafficSelector>? { selectors.withUnsafeBufferPointer(\.baseAddress) }
+        #expect(storage(local[0]) == storage(local[1]), "equal to the one before: shared")
+        #expect(storage(local[2]) != storage(local[1]) && storage(local[3]) != storage(local[1]), "decoded again after a different one")
+        // The cache outlives the datagram: the next one's first Child SA shares too.
+        let next = try SyncRecord.decodeAll(try SyncRecord.childSAUpsert(childSAs[3]).encoded()[...], cache: &cache)
+        guard case .childSAUpsert(let again) = next.first else { Issue.record("not a Child SA"); return }
+        #expect(storage(again.localSelectors) == storage(local[3]))
+    }
+
     @Test func severalRecordsDecodeInOrder() throws {
         var generator = RecordGenerator(seed: 9)
         let records = (0..<20).map { _ in generator.record() }

@@ -119,12 +119,21 @@ public struct SyncChannel {
         /// Reliable datagrams received since the last acknowledgement, and when the first came.
         var unacknowledged = 0
         var firstUnacknowledged: Timestamp?
+
+        /// The next packet number, used up. Mutating, so that `peers[member]!` reaches it in
+        /// place: reading a field through the dictionary's getter copies the whole peer.
+        mutating func takePacketNumber() -> UInt64 {
+            defer { nextPacketNumber += 1 }
+            return nextPacketNumber
+        }
     }
 
     /// The configuration in force.
     public private(set) var configuration: SyncChannelConfiguration
     private var sealer: DatagramSealer
     private var peers: [ClusterMemberID: Peer]
+    /// Selector arrays decoded before, shared with the Child SAs that arrive with the same.
+    private var selectorCache = StateEncoding.SelectorCache()
     /// The channel's counters.
     public private(set) var statistics = SyncChannelStatistics()
 
@@ -292,7 +301,7 @@ public struct SyncChannel {
             }
             let payload: [UInt8]
             (header, payload) = try sealer.open(datagram)
-            do { records = try SyncRecord.decodeAll(payload[...]) } catch { throw SyncChannelError.codec(error) }
+            do { records = try SyncRecord.decodeAll(payload[...], cache: &selectorCache) } catch { throw SyncChannelError.codec(error) }
         } catch {
             peers[claimed.sender] = peer
             throw error
@@ -465,8 +474,7 @@ public struct SyncChannel {
     private mutating func transmit(
         _ payload: [UInt8], to member: ClusterMemberID, reliableSequence: UInt64, streamReset: Bool
     ) throws(SyncChannelError) -> SyncChannelAction {
-        let packetNumber = peers[member]!.nextPacketNumber
-        peers[member]!.nextPacketNumber += 1
+        let packetNumber = peers[member]!.takePacketNumber()
         let header = DatagramHeader(
             flags: streamReset ? DatagramHeader.streamResetFlag : 0, clusterID: configuration.clusterID,
             sender: configuration.member, receiver: member, epoch: configuration.epoch, packetNumber: packetNumber,

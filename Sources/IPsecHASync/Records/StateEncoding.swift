@@ -180,6 +180,58 @@ enum StateEncoding {
         return selectors
     }
 
+    /// The selector lists of the Child SA decoded last, with their encodings: a Child SA
+    /// whose selectors encode to the same bytes gets the same arrays, neither decoded nor
+    /// allocated again (Child SAs decoded one after another often share selectors: a bulk
+    /// resync of a site's tunnels, a remote-access gateway's local side). It only ever holds
+    /// lists that decoded and validated, so a datagram rejected later leaves nothing wrong in it.
+    struct SelectorCache {
+        struct Entry {
+            var encoding: [UInt8] = []
+            var selectors: [TrafficSelector] = []
+        }
+        var local = Entry()
+        var remote = Entry()
+    }
+
+    /// As ``readSelectors(_:)``, through `cache`.
+    static func readSelectors(_ r: inout ByteReader, cache: inout SelectorCache.Entry) throws(SyncCodecError) -> [TrafficSelector] {
+        // The list's length, from its count and each selector's type; anything odd is left to
+        // the full decoding below, which rejects it.
+        var probe = r
+        if let count = try? probe.readUInt8() {
+            var consistent = true
+            for _ in 0..<count {
+                guard let type = try? probe.readUInt8(), type == 7 || type == 8,
+                    (try? probe.readBytes(5 + (type == 7 ? 8 : 32))) != nil
+                else {
+                    consistent = false
+                    break
+                }
+            }
+            if consistent, !cache.encoding.isEmpty {
+                var reader = r
+                let encoding = try reader.readBytes(probe.position - r.position)
+                let same = cache.encoding.withUnsafeBytes { cached in
+                    // Byte by byte through the buffers: elementsEqual's generic iteration cost
+                    // ten times as much.
+                    guard cached.count == encoding.count else { return false }
+                    for index in 0..<cached.count where cached[index] != encoding[index] { return false }
+                    return true
+                }
+                if same {
+                    r = reader
+                    return cache.selectors
+                }
+            }
+        }
+        let start = r
+        let selectors = try readSelectors(&r)
+        var reader = start
+        cache = SelectorCache.Entry(encoding: [UInt8](try reader.readBytes(r.position - start.position)), selectors: selectors)
+        return selectors
+    }
+
     static func write(_ key: KeyMaterial, into w: inout ByteWriter) throws(SyncCodecError) {
         guard key.count <= 1024 else { throw .recordTooLarge(key.count) }
         w.write(UInt16(key.count))
@@ -397,7 +449,7 @@ enum StateEncoding {
         w.write(usage.outboundPackets)
     }
 
-    static func readChildSA(_ r: inout ByteReader) throws(SyncCodecError) -> ChildSA {
+    static func readChildSA(_ r: inout ByteReader, cache: inout SelectorCache) throws(SyncCodecError) -> ChildSA {
         let inboundSPI = try r.readUInt32()
         let outboundSPI = try r.readUInt32()
         let (ipsecProtocol, mode) = try readProtocolAndMode(&r)
@@ -415,8 +467,8 @@ enum StateEncoding {
             encryption: hasEncryption ? EncryptionAlgorithm(rawValue: encryption) : nil,
             encryptionKeyLength: keyLength == 0 ? nil : keyLength, integrity: IntegrityAlgorithm(rawValue: try r.readUInt16()),
             keyExchange: KeyExchangeMethod(rawValue: try r.readUInt16()))
-        let local = try readSelectors(&r)
-        let remote = try readSelectors(&r)
+        let local = try readSelectors(&r, cache: &cache.local)
+        let remote = try readSelectors(&r, cache: &cache.remote)
         // Both directions' keys into one allocation, as views of it.
         let inboundEncryptionLength = Int(try r.readUInt16())
         let inboundBytes = try readKeyBytes(&r)

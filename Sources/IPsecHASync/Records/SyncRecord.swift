@@ -204,7 +204,7 @@ extension SyncRecord {
     }
 
     /// Reads one record; unknown non-critical types come back as ``unknown(type:value:)``.
-    static func decode(from reader: inout ByteReader) throws(SyncCodecError) -> SyncRecord {
+    static func decode(from reader: inout ByteReader, cache: inout StateEncoding.SelectorCache) throws(SyncCodecError) -> SyncRecord {
         let rawType = try reader.readUInt16()
         var r = try reader.readBlock()
         guard let type = SyncRecordType(rawValue: rawType) else {
@@ -226,7 +226,7 @@ extension SyncRecord {
         case .ikeSADelete:
             record = .ikeSADelete(try StateEncoding.readIdentifier(&r))
         case .childSAUpsert:
-            record = .childSAUpsert(try StateEncoding.readChildSA(&r))
+            record = .childSAUpsert(try StateEncoding.readChildSA(&r, cache: &cache))
         case .childSADelete:
             record = .childSADelete(inboundSPI: try r.readUInt32())
         case .messageIDUpdate:
@@ -330,11 +330,17 @@ extension SyncRecord {
     /// Decodes the records of a datagram payload, in order. Throws on any malformed record,
     /// so that a datagram is taken whole or not at all.
     public static func decodeAll(_ bytes: ArraySlice<UInt8>) throws(SyncCodecError) -> [SyncRecord] {
+        var cache = StateEncoding.SelectorCache()
+        return try decodeAll(bytes, cache: &cache)
+    }
+
+    /// As ``decodeAll(_:)``, reusing the selector arrays in `cache` (a channel keeps one).
+    static func decodeAll(_ bytes: ArraySlice<UInt8>, cache: inout StateEncoding.SelectorCache) throws(SyncCodecError) -> [SyncRecord] {
         try ByteReader.reading(bytes) { (reader: inout ByteReader) throws(SyncCodecError) in
             var records: [SyncRecord] = []
             // A full datagram of SAs holds about five records: one allocation, not four growths.
             records.reserveCapacity(8)
-            while !reader.isAtEnd { records.append(try decode(from: &reader)) }
+            while !reader.isAtEnd { records.append(try decode(from: &reader, cache: &cache)) }
             return records
         }
     }
