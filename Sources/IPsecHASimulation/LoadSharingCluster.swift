@@ -274,6 +274,9 @@ public struct LoadSharingCluster {
             sent = try member.channel.send(records, to: peer, now: now).actions
         } catch .sendQueueFull {
             report.sendsRefused += 1
+            // Lost claims would leave the peer waiting for their number: the whole table goes
+            // again, under a newer one, once the channel takes it.
+            member.ownership.streamReset(to: peer)
             return
         }
         try perform(sent, at: &member)

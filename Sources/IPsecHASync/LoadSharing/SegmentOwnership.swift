@@ -60,7 +60,10 @@ public enum SegmentOwnershipError: Error, Sendable, Hashable {
 
 /// What ``SegmentOwnership`` asks its owner to do.
 public enum OwnershipAction: Sendable, Equatable {
-    /// Send these records to a peer over the synch channel.
+    /// Send these records to a peer over the synch channel. When the channel refuses them
+    /// (``SyncChannelError/sendQueueFull``), call ``SegmentOwnership/streamReset(to:)``: the
+    /// claims are numbered, and a peer that never gets a number waits for it (without it, this
+    /// member's lease is never renewed by that peer).
     case send([SyncRecord], to: ClusterMemberID)
     /// Start serving the IKE SAs and Child SAs of a segment. `previousOwner` held it before
     /// (nil: nobody, or this member after a lapse of its lease). `handedOver` says the previous
@@ -249,7 +252,8 @@ public struct SegmentOwnership: Sendable {
     }
 
     /// The channel's stream to `member` was reset (``SyncChannel/resetStream(to:)``, which a
-    /// bulk resync does): claims in flight to it were dropped, so give it the whole table again.
+    /// bulk resync does), or it refused a send of claims: claims in flight to it were dropped,
+    /// so give it the whole table again (under a newer number, which supersedes the lost ones).
     public mutating func streamReset(to member: ClusterMemberID) {
         peers[member]?.needsFullTable = true
     }
