@@ -51,12 +51,12 @@ enum DocExamples {
             ("resyncBegin", .resyncBegin(id: 1, scope: .everything, ikeSAs: 1, childSAs: 2, policies: 1)),
             ("resyncEnd", .resyncEnd(id: 1, ikeSAs: 1, childSAs: 1, policies: 1)),
             ("ownershipChange", .ownershipChange(identifier, owner: ClusterMemberID(rawValue: 2), generation: 7)),
-            ("segmentClaims", .segmentClaims(sequence: 4, [
+            ("segmentClaims", .segmentClaims(incarnation: 3, sequence: 4, [
                 SegmentClaim(segment: Segment(rawValue: 5), owner: ClusterMemberID(rawValue: 2), incarnation: 3, version: 9),
                 SegmentClaim(segment: Segment(rawValue: 6), owner: nil, version: 2),
             ])),
             ("ownershipBeacon", .ownershipBeacon(OwnershipBeacon(
-                incarnation: 3, sentAt: Timestamp(nanoseconds: 2_000_000), echo: Timestamp(nanoseconds: 1_000_000),
+                incarnation: 3, recipientIncarnation: 2, sentAt: Timestamp(nanoseconds: 2_000_000), echo: Timestamp(nanoseconds: 1_000_000),
                 up: [ClusterMemberID(rawValue: 1), ClusterMemberID(rawValue: 2)], claimsSent: 4, claimsProcessed: 7, ready: true))),
         ]
     }

@@ -133,7 +133,7 @@ struct RecordGenerator {
         case 17: return .ownershipChange(identifier(), owner: ClusterMemberID(rawValue: UInt16(next(8))), generation: next(1000))
         case 18:
             return .segmentClaims(
-                sequence: next(1000),
+                incarnation: UInt32(next(9)), sequence: next(1000),
                 (0..<next(70)).map { _ in
                     SegmentClaim(
                         segment: Segment(rawValue: UInt16(next(4096))), owner: next(3) == 0 ? nil : ClusterMemberID(rawValue: UInt16(next(16))),
@@ -142,7 +142,7 @@ struct RecordGenerator {
         case 19:
             return .ownershipBeacon(
                 OwnershipBeacon(
-                    incarnation: UInt32(next(9)), sentAt: Timestamp(nanoseconds: next(1 << 50)),
+                    incarnation: UInt32(next(9)), recipientIncarnation: UInt32(next(9)), sentAt: Timestamp(nanoseconds: next(1 << 50)),
                     echo: next(4) == 0 ? nil : Timestamp(nanoseconds: 1 + next(1 << 50)),
                     up: (1...UInt16(1 + next(6))).map { ClusterMemberID(rawValue: $0) }, claimsSent: next(100), claimsProcessed: next(100),
                     ready: next(2) == 0))

@@ -35,6 +35,9 @@ public struct SegmentClaim: Sendable, Hashable, CustomStringConvertible {
 public struct OwnershipBeacon: Sendable, Hashable {
     /// The sender's incarnation (its synch channel epoch).
     public var incarnation: UInt32
+    /// The recipient's incarnation as the sender knows it (0: none heard yet): the one that
+    /// ``echo`` and ``claimsProcessed`` refer to. A recipient that restarted since ignores them.
+    public var recipientIncarnation: UInt32
     /// When the sender sent it, on the sender's clock.
     public var sentAt: Timestamp
     /// The latest ``sentAt`` the sender received from the recipient (nil: none yet), echoed so
@@ -52,10 +55,11 @@ public struct OwnershipBeacon: Sendable, Hashable {
 
     /// A beacon from its parts.
     public init(
-        incarnation: UInt32, sentAt: Timestamp, echo: Timestamp?, up: [ClusterMemberID], claimsSent: UInt64, claimsProcessed: UInt64,
-        ready: Bool
+        incarnation: UInt32, recipientIncarnation: UInt32, sentAt: Timestamp, echo: Timestamp?, up: [ClusterMemberID], claimsSent: UInt64,
+        claimsProcessed: UInt64, ready: Bool
     ) {
         self.incarnation = incarnation
+        self.recipientIncarnation = recipientIncarnation
         self.sentAt = sentAt
         self.echo = echo
         self.up = up
@@ -72,6 +76,7 @@ extension StateEncoding {
     static func write(_ beacon: OwnershipBeacon, into w: inout ByteWriter) throws(SyncCodecError) {
         guard beacon.up.count <= beaconMemberLimit else { throw .recordTooLarge(beacon.up.count) }
         w.write(beacon.incarnation)
+        w.write(beacon.recipientIncarnation)
         w.write(beacon.sentAt.nanoseconds)
         w.write(beacon.echo?.nanoseconds ?? 0)
         w.write(beacon.claimsSent)
@@ -83,6 +88,7 @@ extension StateEncoding {
 
     static func readBeacon(_ r: inout ByteReader) throws(SyncCodecError) -> OwnershipBeacon {
         let incarnation = try r.readUInt32()
+        let recipientIncarnation = try r.readUInt32()
         let sentAt = Timestamp(nanoseconds: try r.readUInt64())
         let echo = try r.readUInt64()
         let claimsSent = try r.readUInt64()
@@ -94,7 +100,7 @@ extension StateEncoding {
         up.reserveCapacity(count)
         for _ in 0..<count { up.append(ClusterMemberID(rawValue: try r.readUInt16())) }
         return OwnershipBeacon(
-            incarnation: incarnation, sentAt: sentAt, echo: echo == 0 ? nil : Timestamp(nanoseconds: echo), up: up, claimsSent: claimsSent,
+            incarnation: incarnation, recipientIncarnation: recipientIncarnation, sentAt: sentAt, echo: echo == 0 ? nil : Timestamp(nanoseconds: echo), up: up, claimsSent: claimsSent,
             claimsProcessed: claimsProcessed, ready: ready)
     }
 

@@ -264,13 +264,16 @@ public struct SegmentOwnership: Sendable {
         guard peers[member] != nil else { return [] }
         switch record {
         case .ownershipBeacon(let beacon):
+            guard admit(beacon.incarnation, from: member) else { return [] }
             if let latest = peers[member]!.latestSentAt, beacon.sentAt.nanoseconds <= latest.nanoseconds { return [] }
-            // A peer that processed fewer of our claims than it said before has restarted.
-            if beacon.claimsProcessed < peers[member]!.reportedProcessed { peerRestarted(member) }
+            // A beacon the peer sent before it heard of this incarnation speaks of a previous
+            // one: its echo and its count of our claims mean nothing here. (Taken, and with
+            // restarts inferred from falling counts, two members reset each other's counts in
+            // turn, for ever, and neither got a lease again.)
+            let current = beacon.recipientIncarnation == configuration.incarnation
             peers[member]!.lastHeard = now
-            peers[member]!.incarnation = beacon.incarnation
             peers[member]!.latestSentAt = beacon.sentAt
-            if let echo = beacon.echo {
+            if current, let echo = beacon.echo {
                 // The echo renews the lease only once the claims the peer sent before it are
                 // processed: a member hears of a claim against it before its lease is renewed.
                 if beacon.claimsSent <= peers[member]!.claimsProcessed {
@@ -281,9 +284,10 @@ public struct SegmentOwnership: Sendable {
             }
             peers[member]!.up = beacon.up
             peers[member]!.ready = beacon.ready
-            peers[member]!.reportedProcessed = beacon.claimsProcessed
+            if current { peers[member]!.reportedProcessed = beacon.claimsProcessed }
             return updateView(now: now) + servingChanges(now: now)
-        case .segmentClaims(let sequence, let claims):
+        case .segmentClaims(let incarnation, let sequence, let claims):
+            guard admit(incarnation, from: member) else { return [] }
             peers[member]!.claimsProcessed = sequence
             if let pending = peers[member]!.pendingEcho, pending.claimsSent <= sequence {
                 peers[member]!.pendingEcho = nil
@@ -319,7 +323,7 @@ public struct SegmentOwnership: Sendable {
             let view = up
             for (member, peer) in peers.sorted(by: { $0.key < $1.key }) {
                 let beacon = OwnershipBeacon(
-                    incarnation: configuration.incarnation, sentAt: now, echo: peer.latestSentAt, up: view, claimsSent: peer.claimsSent,
+                    incarnation: configuration.incarnation, recipientIncarnation: peer.incarnation ?? 0, sentAt: now, echo: peer.latestSentAt, up: view, claimsSent: peer.claimsSent,
                     claimsProcessed: peer.claimsProcessed, ready: isReady)
                 actions.append(.send([.ownershipBeacon(beacon)], to: member))
             }
@@ -337,6 +341,18 @@ public struct SegmentOwnership: Sendable {
     /// The most claims one record carries: with its header, one record fits a datagram of the
     /// default size.
     static let claimsPerRecord = 64
+
+    /// Whether to take a record from the peer's `incarnation`: a newer one than known means the
+    /// peer restarted (its claims are numbered from 1 again), whether or not the channel said
+    /// so first; an older one is a stale record of a previous life, ignored.
+    private mutating func admit(_ incarnation: UInt32, from member: ClusterMemberID) -> Bool {
+        if let known = peers[member]!.incarnation {
+            guard incarnation >= known else { return false }
+            if incarnation > known { peerRestarted(member) }
+        }
+        peers[member]!.incarnation = incarnation
+        return true
+    }
 
     private mutating func renew(_ member: ClusterMemberID, echo: Timestamp) {
         if echo.nanoseconds > (peers[member]!.echo?.nanoseconds ?? 0) { peers[member]!.echo = echo }
@@ -434,7 +450,7 @@ public struct SegmentOwnership: Sendable {
         var records: [SyncRecord] = []
         for start in stride(from: 0, to: max(claims.count, 1), by: Self.claimsPerRecord) {
             peers[member]!.claimsSent += 1
-            records.append(.segmentClaims(sequence: peers[member]!.claimsSent, Array(claims[start..<min(start + Self.claimsPerRecord, claims.count)])))
+            records.append(.segmentClaims(incarnation: configuration.incarnation, sequence: peers[member]!.claimsSent, Array(claims[start..<min(start + Self.claimsPerRecord, claims.count)])))
         }
         return [.send(records, to: member)]
     }

@@ -65,9 +65,9 @@ public enum SyncRecord: Sendable, Equatable {
     case ownershipChange(IKESAIdentifier, owner: ClusterMemberID, generation: UInt64)
     /// A load-sharing member's periodic beacon to one peer (``SegmentOwnership``).
     case ownershipBeacon(OwnershipBeacon)
-    /// Segment ownership claims, numbered per recipient so that the recipient can say how far
-    /// it got (``OwnershipBeacon/claimsProcessed``).
-    case segmentClaims(sequence: UInt64, [SegmentClaim])
+    /// Segment ownership claims from the sender's `incarnation`, numbered per recipient within
+    /// it so that the recipient can say how far it got (``OwnershipBeacon/claimsProcessed``).
+    case segmentClaims(incarnation: UInt32, sequence: UInt64, [SegmentClaim])
     /// A record of a type this version does not know, kept as received (skipped by receivers).
     case unknown(type: UInt16, value: [UInt8])
 
@@ -194,7 +194,8 @@ extension SyncRecord {
                 w.write(generation)
             case .ownershipBeacon(let beacon):
                 try StateEncoding.write(beacon, into: &w)
-            case .segmentClaims(let sequence, let claims):
+            case .segmentClaims(let incarnation, let sequence, let claims):
+                w.write(incarnation)
                 w.write(sequence)
                 try StateEncoding.write(claims: claims, into: &w)
             case .unknown(_, let value):
@@ -265,7 +266,7 @@ extension SyncRecord {
         case .ownershipBeacon:
             record = .ownershipBeacon(try StateEncoding.readBeacon(&r))
         case .segmentClaims:
-            record = .segmentClaims(sequence: try r.readUInt64(), try StateEncoding.readClaims(&r))
+            record = .segmentClaims(incarnation: try r.readUInt32(), sequence: try r.readUInt64(), try StateEncoding.readClaims(&r))
         }
         try r.expectEnd()
         return record
