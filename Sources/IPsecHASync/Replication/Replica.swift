@@ -169,18 +169,13 @@ public struct Replica {
             count(.policyRemoved(id))
         case .ikeSAUpsert(let sa):
             // Called directly, not through count(_:): a closure over the SA made a copy of it.
-            let applied: Bool
             do {
                 try state.upsertReplicated(sa)
-                applied = true
-            } catch {
-                applied = false
-                countFailure(error)
-            }
-            if applied {
                 statistics.applied += 1
                 noteUpdate(of: sa.identifier, now: now)
                 if !missingIKESAs.isEmpty { missingIKESAs.remove(sa.identifier) }
+            } catch {
+                countFailure(error)
             }
         case .ikeSADelete(let identifier):
             if count(.ikeSADeleted(identifier)) {
