@@ -196,33 +196,20 @@ enum StateEncoding {
 
     /// As ``readSelectors(_:)``, through `cache`.
     static func readSelectors(_ r: inout ByteReader, cache: inout SelectorCache.Entry) throws(SyncCodecError) -> [TrafficSelector] {
-        // The list's length, from its count and each selector's type; anything odd is left to
-        // the full decoding below, which rejects it.
-        var probe = r
-        if let count = try? probe.readUInt8() {
-            var consistent = true
-            for _ in 0..<count {
-                guard let type = try? probe.readUInt8(), type == 7 || type == 8,
-                    (try? probe.readBytes(5 + (type == 7 ? 8 : 32))) != nil
-                else {
-                    consistent = false
-                    break
-                }
+        // A list's encoding delimits itself (its count, then each selector's type and fields):
+        // bytes that begin with the cached list's encoding are that list, whatever follows.
+        if !cache.encoding.isEmpty, r.remaining >= cache.encoding.count {
+            var reader = r
+            let next = try reader.readBytes(cache.encoding.count)
+            let same = cache.encoding.withUnsafeBytes { cached in
+                // Byte by byte through the buffers: elementsEqual's generic iteration cost ten
+                // times as much.
+                for index in 0..<cached.count where cached[index] != next[index] { return false }
+                return true
             }
-            if consistent, !cache.encoding.isEmpty {
-                var reader = r
-                let encoding = try reader.readBytes(probe.position - r.position)
-                let same = cache.encoding.withUnsafeBytes { cached in
-                    // Byte by byte through the buffers: elementsEqual's generic iteration cost
-                    // ten times as much.
-                    guard cached.count == encoding.count else { return false }
-                    for index in 0..<cached.count where cached[index] != encoding[index] { return false }
-                    return true
-                }
-                if same {
-                    r = reader
-                    return cache.selectors
-                }
+            if same {
+                r = reader
+                return cache.selectors
             }
         }
         let start = r
