@@ -453,7 +453,6 @@ public struct IKEv2Responder: Sendable {
         }
     }
 
-
     // MARK: CREATE_CHILD_SA, INFORMATIONAL
 
     /// The answer to a request within an IKE SA, before it is sealed.

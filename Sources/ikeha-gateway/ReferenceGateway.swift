@@ -531,5 +531,4 @@ struct ReferenceGateway {
         let count = fread(&bytes, 1, bytes.count, file)
         return Array(bytes.prefix(count))
     }
-
 }
