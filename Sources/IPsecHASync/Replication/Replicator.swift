@@ -79,28 +79,47 @@ public struct Replicator {
         /// made again from the state when they are needed).
         var unsentAppended: Int { count - max(next, snapshotCount) }
 
-        /// Packs the records at `positions`; those of the snapshot's SAs are encoded straight
-        /// from it, without a record (a copy of the SA) in between.
+        /// Packs the records at `positions`: resync begin, the snapshot's policies, IKE SAs and
+        /// Child SAs, resync end, then the appended records. The SAs are encoded straight from
+        /// the snapshot, without a record (a copy of the SA) in between.
         func pack(_ positions: Range<Int>, into packer: inout PayloadPacker) throws(SyncChannelError) {
             guard let snapshot else {
                 for position in positions { try packer.append(appended[position]) }
                 return
             }
-            let firstIKESA = 1 + snapshot.spd.policies.count
-            let firstChildSA = firstIKESA + ikeSAs.count
-            let end = firstChildSA + childSlots.count
+            let policies = snapshot.spd.policies
+            let counts = (ikeSAs: UInt32(ikeSAs.count), childSAs: UInt32(childSlots.count), policies: UInt32(policies.count))
             for position in positions {
-                if position >= firstIKESA, position < firstChildSA {
-                    let sa = snapshot.ikeSAs.values[ikeSAs[position - firstIKESA]]
+                var offset = position
+                if offset == 0 {
+                    try packer.append(
+                        .resyncBegin(id: id, scope: .everything, ikeSAs: counts.ikeSAs, childSAs: counts.childSAs, policies: counts.policies))
+                    continue
+                }
+                offset -= 1
+                if offset < policies.count {
+                    try packer.append(.policyUpsert(policies[offset], position: UInt32(offset)))
+                    continue
+                }
+                offset -= policies.count
+                if offset < ikeSAs.count {
+                    let sa = snapshot.ikeSAs.values[ikeSAs[offset]]
                     try packer.append { (writer: inout ByteWriter) throws(SyncCodecError) in try SyncRecord.encodeUpsert(of: sa, into: &writer) }
-                } else if position >= firstChildSA, position < end {
-                    let slot = childSlots[position - firstChildSA]
+                    continue
+                }
+                offset -= ikeSAs.count
+                if offset < childSlots.count {
+                    let slot = childSlots[offset]
                     try packer.append { (writer: inout ByteWriter) throws(SyncCodecError) in
                         try SyncRecord.encodeUpsert(of: snapshot[slot]!, into: &writer)
                     }
-                } else {
-                    try packer.append(record(at: position))
+                    continue
                 }
+                offset -= childSlots.count
+                try packer.append(
+                    offset == 0
+                        ? .resyncEnd(id: id, ikeSAs: counts.ikeSAs, childSAs: counts.childSAs, policies: counts.policies)
+                        : appended[offset - 1])
             }
         }
 
@@ -114,29 +133,6 @@ public struct Replicator {
                 appended.removeFirst(next)
                 next = 0
             }
-        }
-
-        func record(at position: Int) -> SyncRecord {
-            guard let snapshot else { return appended[position] }
-            var offset = position
-            let policies = snapshot.spd.policies
-            if offset == 0 {
-                return .resyncBegin(
-                    id: id, scope: .everything, ikeSAs: UInt32(ikeSAs.count), childSAs: UInt32(childSlots.count),
-                    policies: UInt32(policies.count))
-            }
-            offset -= 1
-            if offset < policies.count { return .policyUpsert(policies[offset], position: UInt32(offset)) }
-            offset -= policies.count
-            if offset < ikeSAs.count { return .ikeSAUpsert(snapshot.ikeSAs.values[ikeSAs[offset]]) }
-            offset -= ikeSAs.count
-            if offset < childSlots.count { return .childSAUpsert(snapshot[childSlots[offset]]!) }
-            offset -= childSlots.count
-            if offset == 0 {
-                return .resyncEnd(
-                    id: id, ikeSAs: UInt32(ikeSAs.count), childSAs: UInt32(childSlots.count), policies: UInt32(policies.count))
-            }
-            return appended[offset - 1]
         }
     }
 
