@@ -620,16 +620,8 @@ public struct GatewayState: Sendable, Equatable {
             freshness.append(nil)
         }
         // In place once stored: a changed copy of the Child SA would be copied again to store it.
-        if recentLocalSelectors == sa.localSelectors {
-            childSlots[Int(slot)]!.localSelectors = recentLocalSelectors
-        } else {
-            recentLocalSelectors = sa.localSelectors
-        }
-        if recentRemoteSelectors == sa.remoteSelectors {
-            childSlots[Int(slot)]!.remoteSelectors = recentRemoteSelectors
-        } else {
-            recentRemoteSelectors = sa.remoteSelectors
-        }
+        Self.share(&childSlots[Int(slot)]!.localSelectors, with: &recentLocalSelectors)
+        Self.share(&childSlots[Int(slot)]!.remoteSelectors, with: &recentRemoteSelectors)
         spiIndex.insert(sa.inboundSPI, slot: slot)
         if let parent {
             Self.insertSorted(sa.inboundSPI, into: &ikeSAs.slots[parent]!.childSAs)
@@ -638,6 +630,12 @@ public struct GatewayState: Sendable, Equatable {
         }
         if let policy = sa.policy { childSAsByPolicy[policy, default: []].append(sa.inboundSPI) }
         return slot
+    }
+
+    /// Makes `selectors` share the arrays of `recent` when they are equal; otherwise they
+    /// become the recent ones (``recentLocalSelectors``).
+    private static func share(_ selectors: inout [TrafficSelector], with recent: inout [TrafficSelector]) {
+        if selectors == recent { selectors = recent } else { recent = selectors }
     }
 
     private mutating func replace(slot: Int32, with sa: ChildSA) {
