@@ -42,7 +42,7 @@ struct SyncBenchCommand: ParsableCommand {
             "bulk resync of \(ikeSAs) IKE SAs and \(childSAs) Child SAs: \(resyncSeconds.formatted(decimals: 3)) s on one core "
                 + "(active member \(activeSeconds.formatted(decimals: 3)) s, standby \(standbySeconds.formatted(decimals: 3)) s: "
                 + "each on its own machine, about the larger), \(resyncBytes) bytes in \(datagrams) datagrams, "
-                + "\(pageFaults) page faults (the standby's first touches of the memory its state fills)")
+                + "\(pageFaults) page faults in the process meanwhile (most of them the standby's first touches of the memory its state fills)")
         let (meanHeartbeats, maximumHeartbeats) = try measureTailLoss()
         print("tail loss noticed after \(meanHeartbeats.formatted(decimals: 2)) heartbeat intervals on average, \(maximumHeartbeats.formatted(decimals: 2)) at most")
         print(
