@@ -223,7 +223,8 @@ public struct ClusterSimulation {
     public var capture: ((UInt64, [UInt8]) -> Void)?
     private var declared: Set<String> = []
     private var runStart: UInt64 = 0
-    /// With ``recordsPlot``, the data of a picture of the failover (the first three Child SAs).
+    /// With ``recordsPlot``, the data of a picture of the failover (the last Child SA of each
+    /// of the first three IKE SAs).
     public private(set) var plot = FailoverPlot()
     /// Whether to collect ``plot``.
     public var recordsPlot = false
@@ -418,7 +419,9 @@ public struct ClusterSimulation {
         let start = now.nanoseconds
         runStart = start
         if recordsPlot {
-            for child in peers.prefix(3).compactMap(\.children.first) {
+            // Each IKE SA's last Child SA: the peer rekeys only the first, so with two or more
+            // per IKE SA each series is one Child SA from start to end, whenever the rekeys fall.
+            for child in peers.prefix(3).compactMap(\.children.last) {
                 plotIndex[child.clusterOutbound] = plot.series.count
                 plot.series.append(FailoverPlot.Series(spi: child.clusterOutbound))
             }

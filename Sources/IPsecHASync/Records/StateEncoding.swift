@@ -92,11 +92,10 @@ enum StateEncoding {
         let usage = ChildSAUsage(
             inboundBytes: try r.readVarint(), inboundPackets: try r.readVarint(), outboundBytes: try r.readVarint(),
             outboundPackets: try r.readVarint())
-        let rate = try r.readVarint()
-        guard rate <= UInt64(UInt32.max) else { throw .invalidValue("packet rate \(rate)") }
+        let rate = try r.readVarint32()
         return CounterCheckpointEntry(
             checkpoint: ChildSACounterCheckpoint(inboundSPI: spi, outbound: outbound, inbound: inbound, usage: usage),
-            generation: generation, packetsPerSecond: UInt32(rate))
+            generation: generation, packetsPerSecond: rate)
     }
 
     // MARK: Addresses, selectors, keys
@@ -263,25 +262,34 @@ enum StateEncoding {
         }
     }
 
+    /// An optional value as a varint: 0 for none, otherwise the value plus one. `UInt64.max`
+    /// stands for none, as the all-ones value always has (a limit or time that far is none).
+    static func writeOptional(_ value: UInt64?, into w: inout ByteWriter) {
+        guard let value, value != none64 else { return w.write(UInt8(0)) }
+        w.writeVarint(value &+ 1)
+    }
+
+    static func readOptional(_ r: inout ByteReader) throws(SyncCodecError) -> UInt64? {
+        let value = try r.readVarint()
+        return value == 0 ? nil : value &- 1
+    }
+
     static func write(_ timestamp: Timestamp?, into w: inout ByteWriter) {
-        w.write(timestamp?.nanoseconds ?? none64)
+        writeOptional(timestamp?.nanoseconds, into: &w)
     }
 
     static func readTimestamp(_ r: inout ByteReader) throws(SyncCodecError) -> Timestamp? {
-        let value = try r.readUInt64()
-        return value == none64 ? nil : Timestamp(nanoseconds: value)
+        try readOptional(&r).map { Timestamp(nanoseconds: $0) }
     }
 
     static func write(_ limits: LifetimeLimits, into w: inout ByteWriter) {
-        w.write(limits.seconds ?? none64)
-        w.write(limits.bytes ?? none64)
-        w.write(limits.packets ?? none64)
+        writeOptional(limits.seconds, into: &w)
+        writeOptional(limits.bytes, into: &w)
+        writeOptional(limits.packets, into: &w)
     }
 
     static func readLimits(_ r: inout ByteReader) throws(SyncCodecError) -> LifetimeLimits {
-        func optional(_ value: UInt64) -> UInt64? { value == none64 ? nil : value }
-        return LifetimeLimits(
-            seconds: optional(try r.readUInt64()), bytes: optional(try r.readUInt64()), packets: optional(try r.readUInt64()))
+        LifetimeLimits(seconds: try readOptional(&r), bytes: try readOptional(&r), packets: try readOptional(&r))
     }
 
     // MARK: Message IDs
@@ -291,12 +299,12 @@ enum StateEncoding {
         guard snapshot.outstandingRequests.count <= maximum, snapshot.requestsProcessedAhead.count <= maximum else {
             throw .recordTooLarge(snapshot.outstandingRequests.count)
         }
-        w.write(snapshot.nextRequestID)
-        w.write(snapshot.peerWindowSize)
+        w.writeVarint(snapshot.nextRequestID)
+        w.writeVarint(UInt64(snapshot.peerWindowSize))
         w.write(UInt16(snapshot.outstandingRequests.count))
         for id in snapshot.outstandingRequests { w.write(id) }
-        w.write(snapshot.nextExpectedRequestID)
-        w.write(snapshot.localWindowSize)
+        w.writeVarint(snapshot.nextExpectedRequestID)
+        w.writeVarint(UInt64(snapshot.localWindowSize))
         w.write(UInt16(snapshot.requestsProcessedAhead.count))
         for id in snapshot.requestsProcessedAhead { w.write(id) }
         w.write(snapshot.highestProcessedRequest != nil)
@@ -313,11 +321,11 @@ enum StateEncoding {
             for _ in 0..<count { ids.append(try r.readUInt32()) }
             return ids
         }
-        let nextRequest = try r.readUInt64()
-        let peerWindow = try r.readUInt32()
+        let nextRequest = try r.readVarint()
+        let peerWindow = try r.readVarint32()
         let outstanding = try readIDs(&r)
-        let nextExpected = try r.readUInt64()
-        let localWindow = try r.readUInt32()
+        let nextExpected = try r.readVarint()
+        let localWindow = try r.readVarint32()
         let ahead = try readIDs(&r)
         let hasHighest = try r.readBool()
         let highest = try r.readUInt32()
@@ -333,7 +341,7 @@ enum StateEncoding {
 
     static func write(_ sa: IKESA, into w: inout ByteWriter) throws(SyncCodecError) {
         write(sa.identifier, into: &w)
-        w.write(sa.generation)
+        w.writeVarint(sa.generation)
         w.write(sa.owner.rawValue)
         w.write(sa.isOriginalInitiator)
         w.write(sa.state.rawValue)
@@ -363,7 +371,7 @@ enum StateEncoding {
 
     static func readIKESA(_ r: inout ByteReader) throws(SyncCodecError) -> IKESA {
         let identifier = try readIdentifier(&r)
-        let generation = try r.readUInt64()
+        let generation = try r.readVarint()
         let owner = ClusterMemberID(rawValue: try r.readUInt16())
         let originalInitiator = try r.readBool()
         let rawState = try r.readUInt8()
@@ -405,9 +413,9 @@ enum StateEncoding {
         w.write(sa.ipsecProtocol.rawValue)
         w.write(sa.mode.rawValue)
         w.write(sa.extendedSequenceNumbers)
-        w.write(sa.generation)
+        w.writeVarint(sa.generation)
         w.write(sa.owner.rawValue)
-        w.write(sa.requestID)
+        w.writeVarint(UInt64(sa.requestID))
         w.write(sa.policy != nil)
         w.write(sa.policy?.rawValue ?? 0)
         write(sa.parent, into: &w)
@@ -422,18 +430,20 @@ enum StateEncoding {
         try write(sa.inboundKeys.material, into: &w)
         w.write(UInt16(sa.outboundKeys.encryptionKeyLength))
         try write(sa.outboundKeys.material, into: &w)
-        w.write(sa.outboundCounter.lastSent)
+        w.writeVarint(sa.outboundCounter.lastSent)
+        // Fixed: the soft limit is usually near the top of the sequence space, where a varint
+        // takes more than 8 bytes.
         w.write(sa.outboundCounter.softLimit)
-        w.write(sa.inboundWindow.size)
-        w.write(sa.inboundWindow.top)
+        w.writeVarint(UInt64(sa.inboundWindow.size))
+        w.writeVarint(sa.inboundWindow.top)
         write(sa.lifetime.soft, into: &w)
         write(sa.lifetime.hard, into: &w)
-        w.write(sa.lifetime.installedAt.nanoseconds)
+        w.writeVarint(sa.lifetime.installedAt.nanoseconds)
         let usage = sa.lifetime.usage
-        w.write(usage.inboundBytes)
-        w.write(usage.inboundPackets)
-        w.write(usage.outboundBytes)
-        w.write(usage.outboundPackets)
+        w.writeVarint(usage.inboundBytes)
+        w.writeVarint(usage.inboundPackets)
+        w.writeVarint(usage.outboundBytes)
+        w.writeVarint(usage.outboundPackets)
     }
 
     static func readChildSA(_ r: inout ByteReader, cache: inout SelectorCache) throws(SyncCodecError) -> ChildSA {
@@ -441,9 +451,9 @@ enum StateEncoding {
         let outboundSPI = try r.readUInt32()
         let (ipsecProtocol, mode) = try readProtocolAndMode(&r)
         let esn = try r.readBool()
-        let generation = try r.readUInt64()
+        let generation = try r.readVarint()
         let owner = ClusterMemberID(rawValue: try r.readUInt16())
-        let requestID = try r.readUInt32()
+        let requestID = try r.readVarint32()
         let hasPolicy = try r.readBool()
         let policyID = try r.readUInt32()
         let parent = try readIdentifier(&r)
@@ -477,16 +487,16 @@ enum StateEncoding {
         } catch {
             throw .invalidValue("encryption key length")
         }
-        let lastSent = try r.readUInt64()
+        let lastSent = try r.readVarint()
         let softLimit = try r.readUInt64()
-        let windowSize = try r.readUInt32()
-        let top = try r.readUInt64()
+        let windowSize = try r.readVarint32()
+        let top = try r.readVarint()
         let soft = try readLimits(&r)
         let hard = try readLimits(&r)
-        let installedAt = Timestamp(nanoseconds: try r.readUInt64())
+        let installedAt = Timestamp(nanoseconds: try r.readVarint())
         let usage = ChildSAUsage(
-            inboundBytes: try r.readUInt64(), inboundPackets: try r.readUInt64(), outboundBytes: try r.readUInt64(),
-            outboundPackets: try r.readUInt64())
+            inboundBytes: try r.readVarint(), inboundPackets: try r.readVarint(), outboundBytes: try r.readVarint(),
+            outboundPackets: try r.readVarint())
         do {
             var sa = try ChildSA(
                 inboundSPI: inboundSPI, outboundSPI: outboundSPI, ipsecProtocol: ipsecProtocol, mode: mode,

@@ -159,7 +159,7 @@ extension SyncRecord {
                 w.write(spi)
             case .messageIDUpdate(let identifier, let generation, let snapshot):
                 StateEncoding.write(identifier, into: &w)
-                w.write(generation)
+                w.writeVarint(generation)
                 try StateEncoding.write(snapshot, into: &w)
             case .exchangeStarted(let identifier, let messageID, let initiatedHere),
                 .exchangeFinished(let identifier, let messageID, let initiatedHere):
@@ -232,7 +232,7 @@ extension SyncRecord {
             record = .childSADelete(inboundSPI: try r.readUInt32())
         case .messageIDUpdate:
             record = .messageIDUpdate(
-                try StateEncoding.readIdentifier(&r), generation: try r.readUInt64(), try StateEncoding.readSnapshot(&r))
+                try StateEncoding.readIdentifier(&r), generation: try r.readVarint(), try StateEncoding.readSnapshot(&r))
         case .exchangeStarted:
             record = .exchangeStarted(try StateEncoding.readIdentifier(&r), messageID: try r.readUInt32(), initiatedHere: try r.readBool())
         case .exchangeFinished:

@@ -221,6 +221,14 @@ struct ByteReader {
         return value | 1 &<< 63
     }
 
+    /// A varint that must fit 32 bits.
+    @inline(__always)
+    mutating func readVarint32() throws(SyncCodecError) -> UInt32 {
+        let value = try readVarint()
+        guard let narrow = UInt32(exactly: value) else { throw .invalidValue("varint \(value) beyond 32 bits") }
+        return narrow
+    }
+
     /// Reads a 16-bit length and returns a reader over exactly that many bytes.
     mutating func readBlock() throws(SyncCodecError) -> ByteReader {
         let length = Int(try readUInt16())
