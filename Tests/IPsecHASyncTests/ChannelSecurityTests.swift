@@ -34,6 +34,8 @@ struct ChannelSecurityTests {
         let replayed = standby.receive(bytes, now: Timestamp(nanoseconds: 3))
         #expect(replayed == [.dropped(.security(.replayed(1)))])
         #expect(standby.statistics.replaysRejected == 1)
+        #expect(active.statistics.recordsSent == 1)
+        #expect(standby.statistics.recordsReceived == 1, "the replay's record is not counted")
     }
 
     @Test func forgedCorruptedTruncatedAndOversizedDatagramsChangeNothing() throws {
@@ -119,6 +121,7 @@ struct ReliableStreamTests {
         #expect(channel.reliableCapacity(to: ClusterMemberID(rawValue: 2)) == 0)
         #expect(throws: SyncChannelError.sendQueueFull) { try channel.send(records, to: ClusterMemberID(rawValue: 2), now: Timestamp(nanoseconds: 1)) }
         #expect(channel.statistics.datagramsSent == 2)
+        #expect(channel.statistics.recordsSent == 6, "the refused send counts nothing")
     }
 
     @Test func ticketsAreAcknowledgedOnlyOnceTheStandbyHasEverything() throws {

@@ -27,6 +27,11 @@ struct MetricsTests {
         #expect(try factory.expectCounter("ipsecha_sync_retransmissions").totalValue > 0)
         #expect(try factory.expectCounter("ipsecha_sync_gaps_detected").totalValue == Int64(pair.standbyChannel.statistics.gapsDetected))
         #expect(try factory.expectCounter("ipsecha_sync_resyncs_completed").totalValue >= 1)
+        // Both reporters feed the same counters.
+        let channels = [pair.activeChannel.statistics, pair.standbyChannel.statistics]
+        #expect(try factory.expectCounter("ipsecha_sync_records_sent").totalValue == Int64(channels.map(\.recordsSent).reduce(0, +)))
+        #expect(try factory.expectCounter("ipsecha_sync_records_received").totalValue == Int64(channels.map(\.recordsReceived).reduce(0, +)))
+        #expect(pair.standbyChannel.statistics.recordsReceived > pair.standbyChannel.statistics.datagramsReceived)
         #expect(try factory.expectGauge("ipsecha_sync_replication_lag_seconds", [("peer", "2")]).lastValue == 0)
         // A second report adds only what changed since.
         reporter.report(channel: pair.activeChannel, now: pair.now)

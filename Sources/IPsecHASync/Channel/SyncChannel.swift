@@ -74,6 +74,10 @@ public enum SyncChannelAction: Sendable, Equatable {
 public struct SyncChannelStatistics: Sendable, Hashable {
     /// Datagrams handed to the transport.
     public var datagramsSent: UInt64 = 0
+    /// Records sent (each once, however often its datagram was retransmitted).
+    public var recordsSent: UInt64 = 0
+    /// Records in the datagrams accepted.
+    public var recordsReceived: UInt64 = 0
     /// Reliable datagrams sent again.
     public var retransmissions: UInt64 = 0
     /// Datagrams accepted.
@@ -182,7 +186,9 @@ public struct SyncChannel {
         let allReliable = records.allSatisfy(\.isReliable)
         let reliable = try pack(allReliable ? records : records.filter(\.isReliable))
         let unreliable = allReliable ? [] : try pack(records.filter { !$0.isReliable })
-        return try transmit(reliable: reliable, unreliable: unreliable, to: peer, now: now)
+        let sent = try transmit(reliable: reliable, unreliable: unreliable, to: peer, now: now)
+        statistics.recordsSent &+= UInt64(records.count)
+        return sent
     }
 
     /// Sends, reliably, the records that `fill` packs (with ``PayloadPacker/append(_:)`` or
@@ -194,7 +200,10 @@ public struct SyncChannel {
         guard peers[peer] != nil else { throw .unknownMember(peer) }
         var packer = PayloadPacker(maximumPayload: maximumPayload)
         try fill(&packer)
-        return try transmit(reliable: packer.payloads(), unreliable: [], to: peer, now: now)
+        let records = packer.recordCount
+        let sent = try transmit(reliable: packer.payloads(), unreliable: [], to: peer, now: now)
+        statistics.recordsSent &+= UInt64(records)
+        return sent
     }
 
     /// Queues the reliable payloads for retransmission and seals every payload for `peer`;
@@ -329,6 +338,7 @@ public struct SyncChannel {
         try? peer.replay.commit(header.packetNumber)
         peer.lastHeard = now
         statistics.datagramsReceived += 1
+        statistics.recordsReceived &+= UInt64(records.count)
 
         var control: [SyncRecord] = []
         var retransmit: [ReliableSender.Outstanding] = []
@@ -465,6 +475,7 @@ public struct SyncChannel {
             for payload in try pack(control) {
                 actions.append(try transmit(payload, to: member, reliableSequence: 0, streamReset: false))
             }
+            statistics.recordsSent &+= UInt64(control.count)
         } catch {
             configuration.logger.error(
                 "synch datagram not sent; a later tick sends it", metadata: ["peer": "\(member.rawValue)", "reason": "\(error)"])
@@ -495,6 +506,8 @@ struct PayloadPacker: ~Copyable {
     private let maximumPayload: Int
     private var current: ByteWriter
     private var finished: [[UInt8]] = []
+    /// Records appended so far (a checkpoint record split across payloads counts once).
+    private(set) var recordCount = 0
 
     init(maximumPayload: Int) {
         self.maximumPayload = maximumPayload
@@ -507,6 +520,7 @@ struct PayloadPacker: ~Copyable {
             try append { (writer: inout ByteWriter) throws(SyncCodecError) in try record.encode(into: &writer) }
             return
         }
+        recordCount += 1
         var next = entries.startIndex
         while next < entries.endIndex {
             let after = SyncRecord.encodeCheckpoints(entries, from: next, into: &current, limit: maximumPayload)
@@ -524,6 +538,7 @@ struct PayloadPacker: ~Copyable {
     mutating func append(encoding encode: (inout ByteWriter) throws(SyncCodecError) -> Void) throws(SyncChannelError) {
         let start = current.count
         do { try encode(&current) } catch { throw .codec(error) }
+        recordCount += 1
         let length = current.count - start
         guard length <= maximumPayload else { throw .codec(.recordTooLarge(length)) }
         if current.count > maximumPayload {

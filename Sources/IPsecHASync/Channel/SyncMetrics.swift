@@ -11,6 +11,8 @@ import Metrics
 /// | metric | kind | meaning |
 /// |---|---|---|
 /// | `ipsecha_sync_datagrams_sent` | counter | datagrams handed to the transport |
+/// | `ipsecha_sync_records_sent` | counter | records sent (each once, however often retransmitted) |
+/// | `ipsecha_sync_records_received` | counter | records in the datagrams accepted |
 /// | `ipsecha_sync_retransmissions` | counter | reliable datagrams sent again |
 /// | `ipsecha_sync_gaps_detected` | counter | gaps noticed in a peer's stream |
 /// | `ipsecha_sync_stream_resets` | counter | streams reset (a resync follows) |
@@ -26,6 +28,8 @@ import Metrics
 /// | `ipsecha_sync_waiting_records` | gauge, per peer | records waiting for room in the channel's buffer (active member) |
 public struct SyncMetricsReporter {
     private let datagramsSent = Counter(label: "ipsecha_sync_datagrams_sent")
+    private let recordsSent = Counter(label: "ipsecha_sync_records_sent")
+    private let recordsReceived = Counter(label: "ipsecha_sync_records_received")
     private let retransmissions = Counter(label: "ipsecha_sync_retransmissions")
     private let gaps = Counter(label: "ipsecha_sync_gaps_detected")
     private let resets = Counter(label: "ipsecha_sync_stream_resets")
@@ -59,6 +63,8 @@ public struct SyncMetricsReporter {
             if new > old { counter.increment(by: Int64(clamping: new - old)) }
         }
         add(datagramsSent, current.datagramsSent, lastChannel.datagramsSent)
+        add(recordsSent, current.recordsSent, lastChannel.recordsSent)
+        add(recordsReceived, current.recordsReceived, lastChannel.recordsReceived)
         add(retransmissions, current.retransmissions, lastChannel.retransmissions)
         add(gaps, current.gapsDetected, lastChannel.gapsDetected)
         add(resets, current.streamResets, lastChannel.streamResets)
