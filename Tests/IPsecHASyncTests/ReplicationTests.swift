@@ -42,6 +42,17 @@ struct ReplicationTests {
         #expect(cluster.state.ikeSAs.count > 5)
     }
 
+    @Test func aResyncKeepsTheReplicasSPDCacheCapacity() {
+        var replica = Replica(spdCacheCapacity: 100)
+        replica.apply(
+            [
+                .resyncBegin(id: 1, scope: .everything, ikeSAs: 0, childSAs: 0, policies: 0),
+                .resyncEnd(id: 1, ikeSAs: 0, childSAs: 0, policies: 0),
+            ], now: Timestamp(nanoseconds: 1))
+        #expect(replica.isReady)
+        #expect(replica.state.spdCacheCapacity == 100)
+    }
+
     @Test func lateJoinerCatchesUpByBulkResync() throws {
         var cluster = try ReplicationPair(seed: 6)
         var history = HistoryGenerator(seed: 7)

@@ -392,6 +392,8 @@ public struct GatewayState: Sendable, Equatable {
     public var spdCacheStatistics: SPDCacheStatistics { cache.statistics }
     /// How many flows the SPD cache holds.
     public var spdCacheCount: Int { cache.count }
+    /// How many flows the SPD cache holds at most.
+    public var spdCacheCapacity: Int { cache.capacity }
 
     // MARK: Replication
 

@@ -264,30 +264,34 @@ enum StateEncoding {
 
     /// An optional value as a varint: 0 for none, otherwise the value plus one. `UInt64.max`
     /// stands for none, as the all-ones value always has (a limit or time that far is none).
-    static func writeOptional(_ value: UInt64?, into w: inout ByteWriter) {
-        guard let value, value != none64 else { return w.write(UInt8(0)) }
-        w.writeVarint(value &+ 1)
+    @inline(__always)
+    static func writeOptional(_ value: UInt64?, into cursor: inout WriteCursor) {
+        guard let value, value != none64 else { return cursor.write(UInt8(0)) }
+        cursor.writeVarint(value &+ 1)
     }
 
+    @inline(__always)
     static func readOptional(_ r: inout ByteReader) throws(SyncCodecError) -> UInt64? {
         let value = try r.readVarint()
         return value == 0 ? nil : value &- 1
     }
 
     static func write(_ timestamp: Timestamp?, into w: inout ByteWriter) {
-        writeOptional(timestamp?.nanoseconds, into: &w)
+        w.withReservedCursor(10) { writeOptional(timestamp?.nanoseconds, into: &$0) }
     }
 
     static func readTimestamp(_ r: inout ByteReader) throws(SyncCodecError) -> Timestamp? {
         try readOptional(&r).map { Timestamp(nanoseconds: $0) }
     }
 
-    static func write(_ limits: LifetimeLimits, into w: inout ByteWriter) {
-        writeOptional(limits.seconds, into: &w)
-        writeOptional(limits.bytes, into: &w)
-        writeOptional(limits.packets, into: &w)
+    @inline(__always)
+    static func write(_ limits: LifetimeLimits, into cursor: inout WriteCursor) {
+        writeOptional(limits.seconds, into: &cursor)
+        writeOptional(limits.bytes, into: &cursor)
+        writeOptional(limits.packets, into: &cursor)
     }
 
+    @inline(__always)
     static func readLimits(_ r: inout ByteReader) throws(SyncCodecError) -> LifetimeLimits {
         LifetimeLimits(seconds: try readOptional(&r), bytes: try readOptional(&r), packets: try readOptional(&r))
     }
@@ -430,20 +434,23 @@ enum StateEncoding {
         try write(sa.inboundKeys.material, into: &w)
         w.write(UInt16(sa.outboundKeys.encryptionKeyLength))
         try write(sa.outboundKeys.material, into: &w)
-        w.writeVarint(sa.outboundCounter.lastSent)
-        // Fixed: the soft limit is usually near the top of the sequence space, where a varint
-        // takes more than 8 bytes.
-        w.write(sa.outboundCounter.softLimit)
-        w.writeVarint(UInt64(sa.inboundWindow.size))
-        w.writeVarint(sa.inboundWindow.top)
-        write(sa.lifetime.soft, into: &w)
-        write(sa.lifetime.hard, into: &w)
-        w.writeVarint(sa.lifetime.installedAt.nanoseconds)
-        let usage = sa.lifetime.usage
-        w.writeVarint(usage.inboundBytes)
-        w.writeVarint(usage.inboundPackets)
-        w.writeVarint(usage.outboundBytes)
-        w.writeVarint(usage.outboundPackets)
+        // Counters, limits and times: twelve varints and one fixed field, under one capacity check.
+        w.withReservedCursor(12 * 10 + 8) { cursor in
+            cursor.writeVarint(sa.outboundCounter.lastSent)
+            // Fixed: the soft limit is usually near the top of the sequence space, where a
+            // varint takes more than 8 bytes.
+            cursor.write(sa.outboundCounter.softLimit)
+            cursor.writeVarint(UInt64(sa.inboundWindow.size))
+            cursor.writeVarint(sa.inboundWindow.top)
+            write(sa.lifetime.soft, into: &cursor)
+            write(sa.lifetime.hard, into: &cursor)
+            cursor.writeVarint(sa.lifetime.installedAt.nanoseconds)
+            let usage = sa.lifetime.usage
+            cursor.writeVarint(usage.inboundBytes)
+            cursor.writeVarint(usage.inboundPackets)
+            cursor.writeVarint(usage.outboundBytes)
+            cursor.writeVarint(usage.outboundPackets)
+        }
     }
 
     static func readChildSA(_ r: inout ByteReader, cache: inout SelectorCache) throws(SyncCodecError) -> ChildSA {

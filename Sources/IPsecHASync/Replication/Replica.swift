@@ -144,7 +144,7 @@ public struct Replica {
         case .hello, .heartbeat, .acknowledgement, .negativeAcknowledgement, .resyncRequest, .ownershipBeacon, .segmentClaims, .unknown:
             return
         case .resyncBegin(let id, _, let ikeSAs, let childSAs, _):
-            state = GatewayState(spdCacheCapacity: 65_536)
+            state = GatewayState(spdCacheCapacity: state.spdCacheCapacity, localMember: state.localMember)
             state.reserveCapacity(ikeSAs: Int(ikeSAs), childSAs: Int(childSAs))
             missingIKESAs = []
             missedTooMany = false

@@ -110,9 +110,21 @@ struct WriteCursor {
     var pointer: UnsafeMutableRawPointer
 
     @inline(__always)
+    mutating func write(_ value: UInt8) {
+        pointer.storeBytes(of: value, as: UInt8.self)
+        pointer += 1
+    }
+
+    @inline(__always)
     mutating func write(_ value: UInt32) {
         pointer.storeBytes(of: value.bigEndian, toByteOffset: 0, as: UInt32.self)
         pointer += 4
+    }
+
+    @inline(__always)
+    mutating func write(_ value: UInt64) {
+        pointer.storeBytes(of: value.bigEndian, toByteOffset: 0, as: UInt64.self)
+        pointer += 8
     }
 
     /// As ``ByteWriter/writeVarint(_:)``: at most 10 bytes.
