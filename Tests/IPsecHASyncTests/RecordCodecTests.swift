@@ -119,6 +119,31 @@ struct RecordCodecTests {
         #expect(throws: SyncCodecError.unknownCriticalRecord(0x8123)) { try SyncRecord.decodeAll((heartbeat + critical)[...]) }
     }
 
+    /// Every counter, time and limit at its largest: the longest varints, which the encoder must
+    /// have reserved room for.
+    @Test func childSAWithTheLargestCountersRoundTrips() throws {
+        var generator = RecordGenerator(seed: 13)
+        let model = generator.childSA()
+        let most = UInt64.max - 1
+        var sa = try ChildSA(
+            inboundSPI: model.inboundSPI, outboundSPI: model.outboundSPI, ipsecProtocol: .esp, mode: .tunnel,
+            localSelectors: model.localSelectors, remoteSelectors: model.remoteSelectors, transforms: model.transforms,
+            inboundKeys: model.inboundKeys, outboundKeys: model.outboundKeys,
+            outboundCounter: try OutboundSequenceCounter(extendedSequenceNumbers: true, lastSent: UInt64.max, softLimit: UInt64.max),
+            inboundWindow: try ReplayWindow(
+                size: ReplayWindow.maximumSize, extendedSequenceNumbers: true,
+                restoringFrom: ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: UInt64.max), policy: .permissiveUnsafe),
+            lifetime: try ChildSALifetime(
+                soft: LifetimeLimits(seconds: most, bytes: most, packets: most), hard: LifetimeLimits(seconds: most, bytes: most, packets: most),
+                installedAt: Timestamp(nanoseconds: UInt64.max),
+                usage: ChildSAUsage(inboundBytes: .max, inboundPackets: .max, outboundBytes: .max, outboundPackets: .max)),
+            requestID: UInt32.max, policy: SecurityPolicyID(rawValue: UInt32.max), parent: model.parent, owner: model.owner)
+        sa.generation = UInt64.max
+        let record = SyncRecord.childSAUpsert(sa)
+        let bytes = try record.encoded()
+        #expect(try SyncRecord.decodeAll(bytes[...]) == [record])
+    }
+
     @Test func invalidStateIsRefusedByTheModel() throws {
         var generator = RecordGenerator(seed: 12)
         var bytes = try SyncRecord.childSAUpsert(generator.childSA()).encoded()

@@ -263,7 +263,7 @@ enum StateEncoding {
     }
 
     /// An optional value as a varint: 0 for none, otherwise the value plus one. `UInt64.max`
-    /// stands for none, as the all-ones value always has (a limit or time that far is none).
+    /// means none too (no limit or time is that far), so that every value fits.
     @inline(__always)
     static func writeOptional(_ value: UInt64?, into cursor: inout WriteCursor) {
         guard let value, value != none64 else { return cursor.write(UInt8(0)) }
@@ -434,8 +434,9 @@ enum StateEncoding {
         try write(sa.inboundKeys.material, into: &w)
         w.write(UInt16(sa.outboundKeys.encryptionKeyLength))
         try write(sa.outboundKeys.material, into: &w)
-        // Counters, limits and times: twelve varints and one fixed field, under one capacity check.
-        w.withReservedCursor(12 * 10 + 8) { cursor in
+        // Counters, limits and times under one capacity check: at most 10 bytes each, the
+        // window size 5, the soft limit 8.
+        w.withReservedCursor(13 * 10 + 5 + 8) { cursor in
             cursor.writeVarint(sa.outboundCounter.lastSent)
             // Fixed: the soft limit is usually near the top of the sequence space, where a
             // varint takes more than 8 bytes.

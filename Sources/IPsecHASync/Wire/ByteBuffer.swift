@@ -86,7 +86,10 @@ struct ByteWriter: ~Copyable {
         reserve(capacity)
         var cursor = WriteCursor(pointer: base + count)
         body(&cursor)
-        count = cursor.pointer - base
+        let written = cursor.pointer - (base + count)
+        // Past the reservation, memory is already overwritten: stop rather than go on with it.
+        precondition(written <= capacity, "wrote \(written) bytes into a reservation of \(capacity)")
+        count += written
     }
 
     /// Overwrites a 16-bit value written earlier at `offset` (a length filled in afterwards).
