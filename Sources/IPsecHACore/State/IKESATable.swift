@@ -32,7 +32,7 @@ public struct IKESATable: Sendable, Equatable {
     public func contains(_ identifier: IKESAIdentifier) -> Bool { positions[identifier] != nil }
 
     /// The identifiers, in no particular order.
-    public var keys: Dictionary<IKESAIdentifier, Int32>.Keys { positions.keys }
+    public var keys: some Collection<IKESAIdentifier> & Sendable { positions.keys }
 
     /// The IKE SAs, in slot order.
     public var values: Values { Values(slots: slots) }
