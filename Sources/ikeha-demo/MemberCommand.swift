@@ -49,12 +49,6 @@ struct MemberCommand: ParsableCommand {
     /// Writes a line to standard output at once (a test reads it while the process runs).
     static func emit(_ line: String) { writeUnbuffered(line + "\n", to: 1) }
 
-    static func monotonicNow() -> Timestamp {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return Timestamp(nanoseconds: UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec))
-    }
-
     static func readKey(_ path: String) throws -> ChannelKey {
         guard let file = fopen(path, "rb") else { throw ValidationError("cannot read \(path)") }
         defer { fclose(file) }
@@ -77,11 +71,11 @@ struct MemberCommand: ParsableCommand {
             try await UDPSyncTransport.bind(member: member, host: host, port: port, peers: [peerID: peerAddress], group: group)
         }.wait()
         // An epoch from the clock: a restarted member comes back with a higher one.
-        let epoch = UInt32(truncatingIfNeeded: Self.monotonicNow().nanoseconds / 1_000_000) | 1
+        let epoch = UInt32(truncatingIfNeeded: Timestamp.monotonicNow().nanoseconds / 1_000_000) | 1
         var configuration = SyncChannelConfiguration(clusterID: 1, member: member, epoch: epoch, key: try Self.readKey(keyFile), peers: [peerID])
         configuration.logger.logLevel = .error
         var channel = try SyncChannel(configuration: configuration)
-        let started = Self.monotonicNow()
+        let started = Timestamp.monotonicNow()
         if active {
             try runActive(&channel, &transport, peerID: peerID, started: started)
         } else {
@@ -105,7 +99,7 @@ struct MemberCommand: ParsableCommand {
     }
 
     private func expired(_ started: Timestamp) -> Bool {
-        durationMs > 0 && Self.monotonicNow().nanoseconds - started.nanoseconds >= durationMs * 1_000_000
+        durationMs > 0 && Timestamp.monotonicNow().nanoseconds - started.nanoseconds >= durationMs * 1_000_000
     }
 
     private func runActive(_ channel: inout SyncChannel, _ transport: inout UDPSyncTransport, peerID: ClusterMemberID, started: Timestamp) throws {
@@ -140,7 +134,7 @@ struct MemberCommand: ParsableCommand {
             }
         }
         while !expired(started) {
-            let now = Self.monotonicNow()
+            let now = Timestamp.monotonicNow()
             for datagram in transport.receive(now: now) { perform(channel.receive(datagram, now: now), now: now) }
             perform(channel.tick(now: now), now: now)
             perform(replicator.pump(channel: &channel, now: now), now: now)
@@ -185,7 +179,7 @@ struct MemberCommand: ParsableCommand {
         var announcedReady = false
         var lastStatus = started
         while !expired(started) {
-            let now = Self.monotonicNow()
+            let now = Timestamp.monotonicNow()
             for case .deliver(_, let records) in transport.service(&channel, now: now) { replica.apply(records, now: now) }
             replica.observe(missingSince: channel.missingSince(from: activeID))
             if !replica.isReady, !replica.isResyncing, lastHello.map({ now.nanoseconds - $0.nanoseconds >= 200_000_000 }) ?? true {

@@ -81,7 +81,7 @@ struct ReferenceGateway {
             try await UDPSyncTransport.bind(member: member, host: host, port: port, peers: [peer: peerAddress], group: group)
         }.wait()
         // An epoch from the clock: a restarted member comes back with a higher one.
-        let epoch = UInt32(truncatingIfNeeded: Self.monotonicNow().nanoseconds / 1_000_000) | 1
+        let epoch = UInt32(truncatingIfNeeded: Timestamp.monotonicNow().nanoseconds / 1_000_000) | 1
         var channelConfiguration = SyncChannelConfiguration(
             clusterID: 1, member: member, epoch: epoch, key: try ChannelKey(bytes: try Self.readFile(options.syncKeyFile).prefix(64)), peers: [peer])
         channelConfiguration.logger = Logger(label: "sync")
@@ -105,7 +105,7 @@ struct ReferenceGateway {
                 id: SecurityPolicyID(rawValue: 1), localSelectors: [TrafficSelector(address: innerAddress)], remoteSelectors: [remote],
                 action: .protect(ProtectionSettings(extendedSequenceNumbers: false)))
             let changes = try state.installPolicy(policy)
-            perform(replicator.replicate(changes, state: state, channel: &channel, now: Self.monotonicNow()).actions, now: Self.monotonicNow())
+            perform(replicator.replicate(changes, state: state, channel: &channel, now: Timestamp.monotonicNow()).actions, now: Timestamp.monotonicNow())
             emit("active", ["policy": "\(options.innerAddress) <-> \(options.remoteSubnet)"])
         }
         while true {
@@ -141,7 +141,7 @@ struct ReferenceGateway {
         var lastHello: Timestamp?
         var ready = false
         while true {
-            let now = Self.monotonicNow()
+            let now = Timestamp.monotonicNow()
             for case .deliver(_, let records) in transport.service(&channel, now: now) {
                 replica.apply(records, now: now)
                 vrrp.activeMemberHeard()
@@ -289,7 +289,7 @@ struct ReferenceGateway {
     mutating func runActive() throws {
         var lastHello = Timestamp(nanoseconds: 0)
         while true {
-            let now = Self.monotonicNow()
+            let now = Timestamp.monotonicNow()
             if now.nanoseconds - lastHello.nanoseconds >= 1_000_000_000 {
                 // Says who is active, so that an old active member that comes back (or a split
                 // brain) resolves by epoch.
@@ -501,12 +501,6 @@ struct ReferenceGateway {
         for (key, value) in fields { line += " \(key)=\(value.contains(" ") ? "\"\(value)\"" : value)" }
         line += "\n"
         _ = line.withCString { write(1, $0, strlen($0)) }
-    }
-
-    static func monotonicNow() -> Timestamp {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return Timestamp(nanoseconds: UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec))
     }
 
     static func hostAndPort(_ text: String) throws -> (String, Int) {
