@@ -134,6 +134,38 @@ struct SegmentOwnershipTests {
         for segment in segments { #expect(harness.machines[restarted]!.claim(of: segment)?.incarnation == 2) }
     }
 
+    /// A beacon the peer sent before it heard of this member's restart speaks of the previous
+    /// life: its echo renews no lease and its count of claims processed is not taken. (Taken,
+    /// two members that restarted reset each other's counts in turn and never held a lease.)
+    @Test func aBeaconAddressedToAPreviousIncarnationRenewsNothing() throws {
+        let segments = try ClusterSegments(count: 16, seed: 99)
+        let (peer, member) = (ClusterMemberID(rawValue: 1), ClusterMemberID(rawValue: 2))
+        var now = Timestamp(nanoseconds: 1_000_000_000)
+        var machine = SegmentOwnership(
+            configuration: try SegmentOwnershipConfiguration(member: member, incarnation: 2, members: [peer, member], segments: segments),
+            now: now)
+        now = Timestamp(nanoseconds: now.nanoseconds + 500_000_000)
+        let beaconSent = now
+        let sent = machine.tick(now: now).contains { action in
+            guard case .send(let records, let to) = action, to == peer, case .ownershipBeacon? = records.first else { return false }
+            return true
+        }
+        #expect(sent, "the echo the peer returns below is of this beacon")
+        func beacon(to incarnation: UInt32, sentAt: UInt64) -> SyncRecord {
+            .ownershipBeacon(
+                OwnershipBeacon(
+                    incarnation: 1, recipientIncarnation: incarnation, sentAt: Timestamp(nanoseconds: sentAt), echo: beaconSent,
+                    up: [peer, member], claimsSent: 0, claimsProcessed: 0, ready: true))
+        }
+        now = Timestamp(nanoseconds: now.nanoseconds + 1_000_000)
+        _ = machine.receive(beacon(to: 1, sentAt: now.nanoseconds), from: peer, now: now)
+        #expect(machine.up == [peer, member], "the peer is heard")
+        #expect(!machine.hasLease(now: now), "but its echo was of the previous life's beacons")
+        now = Timestamp(nanoseconds: now.nanoseconds + 1_000_000)
+        _ = machine.receive(beacon(to: 2, sentAt: now.nanoseconds), from: peer, now: now)
+        #expect(machine.hasLease(now: now))
+    }
+
     @Test func aLateMemberIsHandedItsShareWithAGapNotAnOverlap() throws {
         var harness = try OwnershipHarness(members: 3)
         for id in harness.ids.dropLast() { try harness.start(id) }
