@@ -154,6 +154,21 @@ public struct GatewayState: Sendable, Equatable {
         return (advanced, needRekey)
     }
 
+    /// Rekeys an IKE SA (RFC 7296 section 2.18): adds `new`, the IKE SA the CREATE_CHILD_SA
+    /// exchange made (its generation becomes 1), and moves every Child SA of `old` to it, each
+    /// a Child SA update. The old IKE SA stays, without Child SAs, until it is deleted: the
+    /// rekey's initiator deletes it with the last request it sends on it, and a responder must
+    /// still answer that request. Throws for an unknown `old` or a `new` identifier in use;
+    /// nothing changes then.
+    public mutating func rekeyIKESA(_ old: IKESAIdentifier, to new: IKESA) throws(GatewayStateError) -> [StateChange] {
+        guard let children = ikeSAs[old]?.childSAs else { throw .unknownIKESA(old) }
+        var changes = try createIKESA(new)
+        for spi in children {
+            changes += try updateChildSA(inboundSPI: spi) { $0.parent = new.identifier }
+        }
+        return changes
+    }
+
     /// Deletes an IKE SA and, first, each of its Child SAs.
     public mutating func deleteIKESA(_ identifier: IKESAIdentifier) throws(GatewayStateError) -> [StateChange] {
         guard let sa = ikeSAs[identifier] else { throw .unknownIKESA(identifier) }

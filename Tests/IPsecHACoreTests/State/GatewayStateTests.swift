@@ -148,6 +148,36 @@ struct GatewayStateTests {
         #expect(a.withUnsafeBytes { Array($0) } == [1, 2, 3])
     }
 
+    /// RFC 7296 section 2.18: the Child SAs move to the new IKE SA, the old one stays empty
+    /// until deleted, and a copy that applies the changes ends the same.
+    @Test func anIKESARekeyMovesItsChildSAsToTheNewIKESA() throws {
+        var random = SplitMix64(seed: 22)
+        var state = GatewayState()
+        let old = Fixtures.ikeSA(1, &random)
+        var changes = try state.createIKESA(old)
+        for spi in [0x1001, 0x1002, 0x1003] as [UInt32] {
+            changes += try state.createChildSA(Fixtures.childSA(inboundSPI: spi, parent: old.identifier, &random))
+        }
+        var replica = GatewayState()
+        for change in changes { try replica.apply(change) }
+
+        let new = Fixtures.ikeSA(2, &random)
+        #expect(throws: GatewayStateError.unknownIKESA(new.identifier)) { try state.rekeyIKESA(new.identifier, to: new) }
+        #expect(throws: GatewayStateError.ikeSAExists(old.identifier)) { try state.rekeyIKESA(old.identifier, to: old) }
+        let rekey = try state.rekeyIKESA(old.identifier, to: new)
+        #expect(rekey.count == 4, "the new IKE SA, then one update per Child SA")
+        #expect(state.ikeSAs[new.identifier]?.childSAs == [0x1001, 0x1002, 0x1003])
+        #expect(state.ikeSAs[old.identifier]?.childSAs == [])
+        #expect(state.childSAs.allSatisfy { $0.parent == new.identifier && $0.generation == 2 })
+        for change in rekey { try replica.apply(change) }
+        #expect(replica == state)
+
+        // The peer deletes the old IKE SA: the Child SAs stay, with the new one.
+        _ = try state.deleteIKESA(old.identifier)
+        #expect(state.childSACount == 3)
+        #expect(state.ikeSAs.count == 1)
+    }
+
     @Test func eachIKESAListsItsChildSAsInOrderThroughInstallsDeletesAndRekeys() throws {
         var random = SplitMix64(seed: 21)
         var state = GatewayState()
