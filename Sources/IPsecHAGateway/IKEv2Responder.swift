@@ -59,7 +59,7 @@ public struct IKEOutcome: Sendable {
 }
 
 /// The IKEv2 responder of the reference gateway: IKE_SA_INIT, IKE_AUTH with a pre-shared key,
-/// CREATE_CHILD_SA to rekey Child SAs, INFORMATIONAL (liveness checks, deletes), and the cluster
+/// CREATE_CHILD_SA to rekey Child SAs and the IKE SA, INFORMATIONAL (liveness checks, deletes), and the cluster
 /// member's side of an RFC 6311 message-ID sync. One proposal set: X25519, PRF_HMAC_SHA2_256
 /// and ChaCha20-Poly1305 (RFC 7634), for the IKE SA and for ESP.
 ///
@@ -469,9 +469,7 @@ public struct IKEv2Responder: Sendable {
         var answer = RequestAnswer()
         let offered = try message.decode(.securityAssociation, SecurityAssociationPayload.init(body:))
         if offered.proposals.contains(where: { $0.protocolID == IKEProposal.ike }) {
-            logger.notice("IKE SA rekey asked for: not supported, NO_PROPOSAL_CHOSEN", metadata: ["ike_sa": "\(sa.identifier)"])
-            answer.payloads = [NotifyPayload(type: .noProposalChosen).payload]
-            return answer
+            return try rekeyIKESA(message, offered: offered, of: sa, state: &state)
         }
         let initiatorNonce = try message.required(.nonce).body
         let responderNonce = IKECrypto.randomBytes(32)
@@ -499,6 +497,71 @@ public struct IKEv2Responder: Sendable {
                 "ike_sa": "\(sa.identifier)", "old_inbound_spi": "\(old.map { $0.inboundSPI.paddedHexDigits } ?? "unknown")",
             ])
         }
+        return answer
+    }
+
+    /// CREATE_CHILD_SA rekeying the IKE SA (RFC 7296 sections 1.3.2 and 2.18): SA (the new
+    /// initiator SPI in the proposal), Ni, KEi; answered with SA (the new responder SPI), Nr,
+    /// KEr. The new IKE SA's keys come from SK_d of the old one; every Child SA moves to it; the
+    /// old one stays until the peer deletes it. The changes go to the standbys before the answer
+    /// does (synchronous replication), so a member that takes over knows the new SPIs.
+    private mutating func rekeyIKESA(
+        _ message: IKEMessage, offered: SecurityAssociationPayload, of sa: IKESA, state: inout GatewayState
+    ) throws(IKEProtocolError) -> RequestAnswer {
+        var answer = RequestAnswer()
+        guard var proposal = Self.chooseIKEProposal(offered), proposal.spi.count == 8 else {
+            logger.notice("IKE SA rekey: no acceptable proposal", metadata: ["ike_sa": "\(sa.identifier)"])
+            answer.payloads = [NotifyPayload(type: .noProposalChosen).payload]
+            return answer
+        }
+        let initiatorNonce = try message.required(.nonce).body
+        guard (16...256).contains(initiatorNonce.count) else { throw .malformed(.unexpectedMessage("nonce of \(initiatorNonce.count) bytes")) }
+        let ke = try message.decode(.keyExchange, KeyExchangePayload.init(body:))
+        guard ke.group == .curve25519 else {
+            var data: [UInt8] = []
+            data.appendBigEndian(KeyExchangeMethod.curve25519.rawValue)
+            answer.payloads = [NotifyPayload(type: .invalidKEPayload, data: data).payload]
+            return answer
+        }
+        let initiatorSPI = proposal.spi.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        var identifier = IKESAIdentifier(initiatorSPI: initiatorSPI, responderSPI: IKECrypto.random(UInt64.self) | 1)
+        while state.ikeSAs.contains(identifier) { identifier = IKESAIdentifier(initiatorSPI: initiatorSPI, responderSPI: IKECrypto.random(UInt64.self) | 1) }
+        let keyPair = IKECrypto.X25519KeyPair()
+        let shared = try keyPair.sharedSecret(with: ke.data)
+        let responderNonce = IKECrypto.randomBytes(32)
+        // SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr); the keys as for IKE_SA_INIT, with
+        // the new SPIs (section 2.18).
+        let skeyseed = KeyMaterial(copying: IKECrypto.prf(key: sa.keys.d, shared.withUnsafeBytes { Array($0) }, initiatorNonce, responderNonce))
+        var seed = initiatorNonce + responderNonce
+        seed.appendBigEndian(identifier.initiatorSPI)
+        seed.appendBigEndian(identifier.responderSPI)
+        let new: IKESA
+        do {
+            let keys = try IKEKeys(packed: IKECrypto.prfPlus(key: skeyseed, seed: seed, count: Self.keyLengths.reduce(0, +)), lengths: Self.keyLengths)
+            var extensions = sa.extensions
+            extensions.messageIDSyncAnswered = false
+            var fresh = try IKESA(
+                identifier: identifier, isOriginalInitiator: false, local: sa.local, remote: sa.remote, transforms: Self.ikeTransforms,
+                keys: keys, lifetime: sa.lifetime,
+                // The new IKE SA's message IDs start at 0 both ways (section 2.18).
+                messageIDs: try IKEMessageIDWindows(resumingAt: 0, expecting: 0, peerWindowSize: 1, localWindowSize: 1),
+                extensions: extensions, owner: configuration.member)
+            fresh.state = .established
+            new = fresh
+        } catch {
+            throw .invalidKeyExchange("\(error)")
+        }
+        do { answer.changes = try state.rekeyIKESA(sa.identifier, to: new) } catch { throw .unknownIKESA(sa.identifier) }
+        proposal.spi = []
+        proposal.spi.appendBigEndian(identifier.responderSPI)
+        answer.payloads = [
+            SecurityAssociationPayload(proposals: [proposal]).payload,
+            IKEPayload(type: .nonce, body: responderNonce),
+            KeyExchangePayload(group: .curve25519, data: keyPair.publicKey).payload,
+        ]
+        logger.notice("IKE SA rekeyed; the old one stays until the peer deletes it", metadata: [
+            "old_ike_sa": "\(sa.identifier)", "ike_sa": "\(identifier)", "child_sas": "\(sa.childSAs.count)",
+        ])
         return answer
     }
 

@@ -170,6 +170,71 @@ import Testing
         #expect(fixture.state.ikeSAs[fixture.initiator.identifier]?.messageIDs.responses.nextExpectedMessageID == 4)
     }
 
+    /// RFC 7296 sections 1.3.2 and 2.18, as strongSwan rekeys an IKE SA: the new IKE SA's keys
+    /// derive from SK_d of the old one, the Child SA moves to it, message IDs start at 0, and
+    /// the peer then deletes the old IKE SA on it.
+    @Test func rekeysTheIKESAAndMovesItsChildSA() throws {
+        var fixture = try Fixture()
+        _ = try fixture.establish()
+        let old = fixture.initiator.identifier
+        let oldKeys = try #require(fixture.initiator.keys)
+        let child = try #require(fixture.state.childSAs.first)
+        let newInitiatorSPI: UInt64 = 0x99AA_BBCC_DDEE_FF01
+        var spi: [UInt8] = []
+        spi.appendBigEndian(newInitiatorSPI)
+        let offer = SecurityAssociationPayload(proposals: [
+            IKEProposal(number: 1, protocolID: IKEProposal.ike, spi: spi, transforms: [
+                IKETransform(.encryption, id: EncryptionAlgorithm.chacha20Poly1305.rawValue),
+                IKETransform(.pseudorandomFunction, id: PseudorandomFunction.hmacSHA2_256.rawValue),
+                IKETransform(.keyExchange, id: KeyExchangeMethod.curve25519.rawValue),
+            ])
+        ])
+        let nonce = IKECrypto.randomBytes(32)
+        let keyPair = IKECrypto.X25519KeyPair()
+        let rekey = fixture.send(try fixture.initiator.request(.createChildSA, [
+            offer.payload, IKEPayload(type: .nonce, body: nonce), KeyExchangePayload(group: .curve25519, data: keyPair.publicKey).payload,
+        ]))
+        let reply = try fixture.initiator.open(try #require(rekey.replies.first).bytes)
+        #expect(reply.header.messageID == 2, "answered on the old IKE SA")
+        #expect(reply.payloads.map(\.type) == [.securityAssociation, .nonce, .keyExchange])
+        let saBody = try #require(reply.first(.securityAssociation)).body
+        let chosen = try #require(try SecurityAssociationPayload(body: saBody).proposals.first)
+        #expect(chosen.protocolID == IKEProposal.ike && chosen.spi.count == 8)
+        let new = IKESAIdentifier(initiatorSPI: newInitiatorSPI, responderSPI: chosen.spi.reduce(0) { $0 << 8 | UInt64($1) })
+
+        // The initiator's derivation: SKEYSEED = prf(SK_d (old), g^ir | Ni | Nr).
+        let ke = try KeyExchangePayload(body: try #require(reply.first(.keyExchange)).body)
+        let shared = try keyPair.sharedSecret(with: ke.data).withUnsafeBytes { Array($0) }
+        let responderNonce = try #require(reply.first(.nonce)).body
+        let skeyseed = KeyMaterial(copying: IKECrypto.prf(key: oldKeys.d, shared, nonce, responderNonce))
+        var seed = nonce + responderNonce
+        seed.appendBigEndian(new.initiatorSPI)
+        seed.appendBigEndian(new.responderSPI)
+        let keys = try IKEKeys(packed: IKECrypto.prfPlus(key: skeyseed, seed: seed, count: 168), lengths: IKEv2Responder.keyLengths)
+        let rekeyed = try #require(fixture.state.ikeSAs[new])
+        #expect(rekeyed.keys == keys)
+        #expect(rekeyed.childSAs == [child.inboundSPI])
+        #expect(fixture.state.childSA(inboundSPI: child.inboundSPI)?.parent == new)
+        #expect(fixture.state.ikeSAs[old]?.childSAs == [])
+        // What the standby is sent: the new IKE SA and the moved Child SA.
+        #expect(rekey.changes.contains { if case .ikeSACreated(let sa) = $0 { sa.identifier == new && sa.keys == keys } else { false } })
+        #expect(rekey.changes.contains { if case .childSAUpdated(let sa) = $0 { sa.parent == new } else { false } })
+
+        // The peer deletes the old IKE SA; then talks on the new one from message ID 0.
+        let delete = fixture.send(try fixture.initiator.request(.informational, [DeletePayload(protocolID: IKEProposal.ike, spis: []).payload]))
+        #expect(try fixture.initiator.open(try #require(delete.replies.first).bytes).payloads.isEmpty)
+        #expect(fixture.state.ikeSAs[old] == nil)
+        #expect(fixture.state.childSACount == 1)
+        fixture.initiator.initiatorSPI = new.initiatorSPI
+        fixture.initiator.responderSPI = new.responderSPI
+        fixture.initiator.keys = keys
+        fixture.initiator.nextMessageID = 0
+        let liveness = fixture.send(try fixture.initiator.request(.informational, []))
+        let answer = try fixture.initiator.open(try #require(liveness.replies.first).bytes)
+        #expect(answer.header.messageID == 0)
+        #expect(fixture.state.ikeSAs[new]?.messageIDs.responses.nextExpectedMessageID == 1)
+    }
+
     @Test func deletingTheIKESADeletesItsChildSAs() throws {
         var fixture = try Fixture()
         _ = try fixture.establish()
