@@ -5,9 +5,11 @@
 # killed with SIGKILL, B takes over; then a liveness check and a Child SA rekey by charon.
 # The verdicts are read from charon's own log and from swanctl (Docs/Interop.md).
 #
-# Scenarios: "failover" (must pass), and the negative controls "no-counter-advance" (charon
-# must reject B's ESP as replays) and "no-message-id-sync" (A dies with a CREATE_CHILD_SA in
-# flight; what follows is reported). Usage: interop.sh [scenario ...]; default: all three.
+# Scenarios: "failover" (must pass), "ike-rekey" (charon rekeys the IKE SA against A first; B
+# must take over the new one; must pass), and the negative controls "no-counter-advance"
+# (charon must reject B's ESP as replays) and "no-message-id-sync" (A dies with a
+# CREATE_CHILD_SA in flight; what follows is reported). Usage: interop.sh [scenario ...];
+# default: all four.
 #
 # Needs root, network namespaces, /dev/net/tun and Debian's strongSwan packages (installed
 # when missing and root; otherwise exit 77). Traffic stays inside the namespaces made here;
@@ -17,7 +19,7 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 GATEWAY=${GATEWAY:-$HERE/.build/release/ikeha-gateway}
 source "$HERE/scripts/lib/strongswan-peer.sh"
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(failover no-counter-advance no-message-id-sync)
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(failover ike-rekey no-counter-advance no-message-id-sync)
 BASE=$(mktemp -d /tmp/ikeha-interop.XXXXXX)
 NS_P=ikeha-peer-$$ NS_C=ikeha-cluster-$$
 VETH_P=ikp$$ VETH_C=ikc$$

@@ -244,6 +244,24 @@ after_next_checkpoint() {
     sleep 0.3
 }
 
+# charon rekeys the IKE SA against member A (RFC 7296 section 2.18); SPIS_BEFORE becomes the new
+# IKE SA's SPIs, so that the failover checks look for that one after the takeover.
+rekey_ike_sa() { # scenario
+    local at old
+    old=$(ike_spis)
+    at=$(charon_lines)
+    sw --rekey --ike gw > "$DIR/ike-rekey.log" 2>&1
+    sleep 1
+    local rekeyed
+    rekeyed=$(charon_since "$at" | grep -E "IKE_SA gw\[[0-9]+\] rekeyed between" | head -1 | sed 's/^ *//')
+    SPIS_BEFORE=$(ike_spis)
+    if [ -n "$rekeyed" ] && [ -n "$SPIS_BEFORE" ] && [ "$SPIS_BEFORE" != "$old" ]; then
+        pass "IKE SA rekeyed by charon against A ($old -> $SPIS_BEFORE): $rekeyed"
+    else
+        fail "$1: the IKE SA rekey against A failed"; charon_since "$at" | tail -10; return 1
+    fi
+}
+
 # Members up, the SAs up, pings running for two seconds, then member 1 dies: by itself when
 # charon's rekey request arrives (scenario no-message-id-sync: that exchange is in flight), or
 # otherwise at once, or 300 ms after its next checkpoint when CHECKPOINT is yes; KILL (a
@@ -255,6 +273,7 @@ start_and_kill() { # scenario kill-function checkpoint
     initiate || return 1
     start_ping "$NS_P" "$GATEWAY_INNER"
     sleep 2
+    if [ "$scenario" = ike-rekey ]; then rekey_ike_sa "$scenario" || return 1; fi
     LOG_AT=$(charon_lines)
     if [ "$scenario" = no-message-id-sync ]; then
         sw --rekey --child net > "$DIR/rekey-crash.log" 2>&1 &
@@ -290,7 +309,7 @@ after_kill() { # scenario
 # The verdicts of a scenario, from charon's log since the kill.
 judge() { # scenario
     case $1 in
-        failover) check_strongswan_after_failover "$LOG_AT" "$FIRST_REPLY" "$NS_P" "$GATEWAY_INNER" ;;
+        failover | ike-rekey) check_strongswan_after_failover "$LOG_AT" "$FIRST_REPLY" "$NS_P" "$GATEWAY_INNER" ;;
         no-counter-advance) check_replays_rejected "$LOG_AT" ;;
         no-message-id-sync) report_in_flight_without_sync "$LOG_AT" ;;
     esac
