@@ -41,6 +41,9 @@ public struct SimulationConfiguration: Sendable, Hashable {
     /// Milliseconds between two exchanges the peer starts on each IKE SA (every fourth rekeys a
     /// Child SA); the cluster starts a liveness check on each at twice that.
     public var ikeExchangeIntervalMs: UInt64 = 400
+    /// Every this many exchanges the peer starts on an IKE SA, it rekeys the IKE SA (RFC 7296
+    /// section 2.18) instead, then deletes the old one; 0: never.
+    public var ikeSARekeyEvery = 0
     /// Inbound replay window size, on both sides.
     public var replayWindow: UInt32 = 1_024
 
@@ -56,6 +59,7 @@ public struct SimulationConfiguration: Sendable, Hashable {
         guard crashAtMs.map({ $0 < durationMs }) ?? true else { throw .invalid("the crash must come before the end") }
         guard (0...0.9).contains(syncLoss), (0...0.9).contains(outsideLoss) else { throw .invalid("loss must be 0 to 0.9") }
         guard checkpointPackets >= 1, checkpointMs >= 1, ikeExchangeIntervalMs >= 10 else { throw .invalid("intervals must be positive") }
+        guard ikeSARekeyEvery >= 0 else { throw .invalid("IKE SA rekeys every 0 (never) or more exchanges") }
         guard (0...1_000).contains(newIKESAsPerSecond), outsideDelayMs <= 1_000, outsideJitterMs <= 1_000 else {
             throw .invalid("new IKE SAs 0 to 1,000 a second, outside delay and jitter up to 1 s")
         }
@@ -103,6 +107,8 @@ public struct SimulationReport: Sendable, Hashable {
     public var ikeExchanges = 0, ikeExchangesInFlightAtCrash = 0
     /// Child SAs rekeyed by CREATE_CHILD_SA, and Child SAs the takeover plan said to rekey.
     public var childSARekeys = 0, childSAsRekeyedByTakeover = 0
+    /// IKE SAs the peer rekeyed (``SimulationConfiguration/ikeSARekeyEvery``).
+    public var ikeSARekeys = 0
     /// Gaps in the synch stream the standbys detected.
     public var missedSyncDetected = 0
     /// The longest time from the loss of a synch datagram to a standby to its detection there.
@@ -140,6 +146,7 @@ public struct SimulationReport: Sendable, Hashable {
             ("replays_accepted", "\(replaysAccepted)"), ("ike_requests_dropped_by_peer", "\(ikeRequestsDroppedByPeer)"),
             ("ike_exchanges", "\(ikeExchanges)"), ("ike_exchanges_in_flight_at_crash", "\(ikeExchangesInFlightAtCrash)"),
             ("child_sa_rekeys", "\(childSARekeys)"), ("child_sas_rekeyed_by_takeover", "\(childSAsRekeyedByTakeover)"),
+            ("ike_sa_rekeys", "\(ikeSARekeys)"),
             ("ike_sas_survived", "\(ikeSAsSurvived)"), ("ike_sas_lost", "\(ikeSAsLost)"),
             ("ike_sas_resynced_via_rfc6311", "\(ikeSAsResyncedViaRFC6311)"), ("missed_sync_detected", "\(missedSyncDetected)"),
             ("missed_sync_detection_ms_max", number(missedSyncDetectionMsMax)), ("sync_datagrams", "\(syncDatagrams)"),
@@ -251,7 +258,9 @@ public struct ClusterSimulation {
         var lastHello: Timestamp?
     }
 
-    enum ExchangeKind: Equatable { case liveness, rekey(old: UInt32) }
+    /// What the peer asks for: a liveness check, a Child SA rekey, or an IKE SA rekey whose new
+    /// IKE SA gets this initiator SPI.
+    enum ExchangeKind: Equatable { case liveness, rekey(old: UInt32), ikeRekey(newInitiatorSPI: UInt64) }
 
     struct PeerChildSA {
         /// The cluster's inbound SPI (the peer sends on it) and outbound SPI (the peer receives on it).
@@ -262,7 +271,8 @@ public struct ClusterSimulation {
     }
 
     struct PeerIKESA {
-        let identifier: IKESAIdentifier
+        /// Changes when the peer rekeys the IKE SA.
+        var identifier: IKESAIdentifier
         /// The peer's own windows: `requests` for the requests it sends, `responses` for the
         /// cluster's requests.
         var windows: IKEMessageIDWindows
@@ -280,7 +290,10 @@ public struct ClusterSimulation {
         case establish(UInt64)
         case established(IKESAIdentifier, children: [(inbound: UInt32, outbound: UInt32)])
         case peerRequest(IKESAIdentifier, UInt32, ExchangeKind)
-        case clusterResponse(IKESAIdentifier, UInt32, newChild: (inbound: UInt32, outbound: UInt32)?)
+        case clusterResponse(IKESAIdentifier, UInt32, newChild: (inbound: UInt32, outbound: UInt32)?, newIKESA: IKESAIdentifier? = nil)
+        /// The peer deletes an IKE SA it rekeyed away from (INFORMATIONAL with a Delete; its
+        /// answer is not modelled: the peer says it again when the cluster talks on that SA).
+        case peerDeleteIKESA(IKESAIdentifier)
         case clusterRequest(IKESAIdentifier, UInt32)
         case peerResponse(IKESAIdentifier, UInt32)
     }
@@ -313,6 +326,8 @@ public struct ClusterSimulation {
     /// replicated, and a later Child SA may draw the same SPI). Without this a long run grew by
     /// a few kilobytes per rekey.
     private var retiredChildSAs: [(inbound: UInt32, outbound: UInt32)] = []
+    /// IKE SAs the peer rekeyed away from, while a member still holds them.
+    private var retiredIKESAs: Set<IKESAIdentifier> = []
     /// The peer's SPIs in use or still tracked (``claimPeerSPI(_:)``).
     private var peerSPIs: Set<UInt32> = []
     private var capturedToCluster: [(UInt32, UInt64)] = []
@@ -414,6 +429,9 @@ public struct ClusterSimulation {
     /// replicas.
     public var liveStates: [GatewayState] { members.filter(\.alive).map { $0.state ?? $0.replica.state } }
 
+    /// The active member's gateway state; nil while no member is active.
+    public var activeState: GatewayState? { active.flatMap { members[$0].state } }
+
     /// Runs the configured duration; `progress` gets the fraction done every simulated 100 ms.
     public mutating func run(progress: (Double) -> Void = { _ in }) throws -> SimulationReport {
         let start = now.nanoseconds
@@ -508,7 +526,9 @@ public struct ClusterSimulation {
         case .establish(let spi): return ("peer", cluster, IKESAIdentifier(initiatorSPI: spi, responderSPI: 0), 1, "IKE_AUTH", false)
         case .established(let identifier, _): return (cluster, "peer", identifier, 1, "IKE_AUTH", true)
         case .peerRequest(let identifier, let mid, let kind): return ("peer", cluster, identifier, mid, kind == .liveness ? "INFORMATIONAL" : "CREATE_CHILD_SA", false)
-        case .clusterResponse(let identifier, let mid, let child): return (cluster, "peer", identifier, mid, child == nil ? "INFORMATIONAL" : "CREATE_CHILD_SA", true)
+        case .clusterResponse(let identifier, let mid, let child, let ike):
+            return (cluster, "peer", identifier, mid, child == nil && ike == nil ? "INFORMATIONAL" : "CREATE_CHILD_SA", true)
+        case .peerDeleteIKESA(let identifier): return ("peer", cluster, identifier, 0, "INFORMATIONAL", false)
         case .clusterRequest(let identifier, let mid): return (cluster, "peer", identifier, mid, "INFORMATIONAL", false)
         case .peerResponse(let identifier, let mid): return ("peer", cluster, identifier, mid, "INFORMATIONAL", true)
         }
@@ -919,6 +939,7 @@ public struct ClusterSimulation {
 
     private mutating func forgetRetiredChildSAs() {
         let states = members.filter(\.alive).map { $0.state ?? $0.replica.state }
+        retiredIKESAs = retiredIKESAs.filter { identifier in states.contains { $0.ikeSAs.contains(identifier) } }
         retiredChildSAs.removeAll { retired in
             guard states.allSatisfy({ $0.slot(forInboundSPI: retired.inbound) == nil }) else { return false }
             acceptedByCluster[retired.inbound] = nil
@@ -992,7 +1013,12 @@ public struct ClusterSimulation {
                 }
             } else if now.nanoseconds >= peers[i].nextExchangeAt.nanoseconds, let messageID = try? peers[i].windows.requests.nextRequestID() {
                 peers[i].exchangesStarted += 1
-                let kind: ExchangeKind = peers[i].exchangesStarted % 4 == 0 ? .rekey(old: peers[i].children[0].clusterInbound) : .liveness
+                let kind: ExchangeKind
+                if configuration.ikeSARekeyEvery > 0, peers[i].exchangesStarted % configuration.ikeSARekeyEvery == 0 {
+                    kind = .ikeRekey(newInitiatorSPI: random.next() | 1)
+                } else {
+                    kind = peers[i].exchangesStarted % 4 == 0 ? .rekey(old: peers[i].children[0].clusterInbound) : .liveness
+                }
                 peers[i].outstanding = (messageID, kind, now, 0)
                 peers[i].nextExchangeAt = Timestamp(nanoseconds: now.nanoseconds + configuration.ikeExchangeIntervalMs * 1_000_000)
                 sendOutside(.peerRequest(identifier, messageID, kind))
@@ -1100,28 +1126,57 @@ public struct ClusterSimulation {
                     changes += try members[index].state!.deleteChildSA(inboundSPI: old)
                     newChild = (spi, fresh.outboundSPI)
                 }
+                var newIKESA: IKESAIdentifier?
+                if case .ikeRekey(let initiatorSPI) = kind {
+                    // RFC 7296 section 2.18: a new IKE SA, message IDs from 0, the Child SAs moved.
+                    var fresh = try SimulationFixtures.ikeSA(initiatorSPI, remote: sa.remote.address, owner: members[index].id, &random)
+                    fresh.extensions = IKEExtensions(messageIDSync: sa.extensions.messageIDSync, replayCounterSync: sa.extensions.replayCounterSync)
+                    fresh.messageIDs = try IKEMessageIDWindows(resumingAt: 0, expecting: 0, peerWindowSize: 1, localWindowSize: 1)
+                    changes += try members[index].state!.rekeyIKESA(identifier, to: fresh)
+                    newIKESA = fresh.identifier
+                }
                 tickets += try replicate(changes)
                 tickets += try replicateExchange(identifier, messageID, initiatedHere: false, finished: true)
-                hold(tickets, .clusterResponse(identifier, messageID, newChild: newChild))
+                hold(tickets, .clusterResponse(identifier, messageID, newChild: newChild, newIKESA: newIKESA))
                 return "accept"
             case .retransmission:
                 // The response was lost, or this member took over: answer again, unless the
                 // answer is still held for the standbys. A rekey's new Child SA is the one its
                 // exchange made.
-                if isHeld({ if case .clusterResponse(identifier, messageID, _) = $0 { true } else { false } }) { return "retransmit" }
+                if isHeld({ if case .clusterResponse(identifier, messageID, _, _) = $0 { true } else { false } }) { return "retransmit" }
                 let state = members[index].state!
-                let child = kind == .liveness ? nil : sa.childSAs.compactMap(state.childSA(inboundSPI:)).first { $0.requestID == messageID }
-                sendOutside(.clusterResponse(identifier, messageID, newChild: child.map { ($0.inboundSPI, $0.outboundSPI) }))
+                switch kind {
+                case .liveness:
+                    sendOutside(.clusterResponse(identifier, messageID, newChild: nil))
+                case .rekey:
+                    let child = sa.childSAs.compactMap(state.childSA(inboundSPI:)).first { $0.requestID == messageID }
+                    sendOutside(.clusterResponse(identifier, messageID, newChild: child.map { ($0.inboundSPI, $0.outboundSPI) }))
+                case .ikeRekey(let initiatorSPI):
+                    // The IKE SA that exchange made, found by the initiator SPI the peer proposed.
+                    let made = state.ikeSAs.keys.first { $0.initiatorSPI == initiatorSPI }
+                    sendOutside(.clusterResponse(identifier, messageID, newChild: nil, newIKESA: made))
+                }
                 return "retransmit"
             case .tooOld, .outsideWindow:
                 return "drop"
             }
-        case .clusterResponse(let identifier, let messageID, let newChild):
+        case .clusterResponse(let identifier, let messageID, let newChild, let newIKESA):
             guard let i = peerIndex[identifier], !peers[i].dead, let outstanding = peers[i].outstanding, outstanding.messageID == messageID
             else { return "drop" }
             try? peers[i].windows.requests.receiveResponse(messageID)
             peers[i].outstanding = nil
             report.ikeExchanges += 1
+            if case .ikeRekey = outstanding.kind, let newIKESA, newIKESA != identifier {
+                // Continue on the new IKE SA, from message ID 0, and delete the old one on it.
+                peerIndex[identifier] = nil
+                peerIndex[newIKESA] = i
+                peers[i].identifier = newIKESA
+                peers[i].windows = try IKEMessageIDWindows(resumingAt: 0, expecting: 0, peerWindowSize: 1, localWindowSize: 1)
+                peers[i].syncPeer = MessageIDSyncPeer()
+                retiredIKESAs.insert(identifier)
+                report.ikeSARekeys += 1
+                sendOutside(.peerDeleteIKESA(identifier))
+            }
             if case .rekey(let old) = outstanding.kind, let newChild, let child = peers[i].children.firstIndex(where: { $0.clusterInbound == old }),
                 newChild.inbound != old
             {
@@ -1132,6 +1187,12 @@ public struct ClusterSimulation {
             }
             return "accept"
         case .clusterRequest(let identifier, let messageID):
+            if peerIndex[identifier] == nil, retiredIKESAs.contains(identifier) {
+                // A request on an IKE SA the peer deleted after rekeying it (the delete was lost,
+                // or a takeover brought the IKE SA back): it says so again.
+                sendOutside(.peerDeleteIKESA(identifier))
+                return "drop"
+            }
             guard let i = peerIndex[identifier], !peers[i].dead else { return "drop" }
             switch peers[i].windows.responses.classify(messageID) {
             case .new:
@@ -1145,6 +1206,12 @@ public struct ClusterSimulation {
                 report.ikeRequestsDroppedByPeer += 1
                 return "drop"
             }
+        case .peerDeleteIKESA(let identifier):
+            guard let index = active else { return "lost" }
+            guard members[index].state!.ikeSAs.contains(identifier) else { return "drop" }
+            clusterOutstanding[identifier] = nil
+            _ = try replicate(try members[index].state!.deleteIKESA(identifier))
+            return "accept"
         case .peerResponse(let identifier, let messageID):
             guard let index = active else { return "lost" }
             guard clusterOutstanding[identifier]?.0 == messageID else { return "drop" }
@@ -1159,7 +1226,7 @@ public struct ClusterSimulation {
 
     private mutating func finish() {
         report.staleRecordsRefused = members.filter(\.alive).map { Int($0.replica.statistics.stale) }.reduce(0, +)
-        let state = active.flatMap { members[$0].state }
+        let state = activeState
         report.ikeSAsSurvived = peers.filter { !$0.dead && state?.ikeSAs[$0.identifier] != nil }.count
         report.ikeSAsLost = report.ikeSAs - report.ikeSAsSurvived
     }

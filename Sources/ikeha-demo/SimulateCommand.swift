@@ -24,6 +24,7 @@ struct SimulateCommand: ParsableCommand {
     @Flag(name: .customLong("random-crash"), help: "Crash at a time drawn from the seed, between 20% and 80% of the run.") var randomCrash = false
     @Option(name: .customLong("restart-after-ms"), help: "The crashed member restarts this long after the crash and rejoins as a standby (negative: never).") var restartAfterMs: Int64 = 400
     @Option(name: .customLong("new-ike-sas-per-second"), help: "New IKE SAs the peer establishes a second.") var newIKESAsPerSecond = 20
+    @Option(name: .customLong("ike-sa-rekey-every"), help: "Every this many exchanges on an IKE SA, the peer rekeys the IKE SA (0: never).") var ikeSARekeyEvery = 0
     @Option(name: .customLong("sync-loss"), help: "Loss on the synch link, 0 to 0.9.") var syncLoss = 0.1
     @Option(name: .customLong("outside-loss"), help: "Loss between the cluster and the peer, 0 to 0.9.") var outsideLoss = 0.0
     @Option(name: .customLong("outside-delay-ms"), help: "Delay between the cluster and the peer.") var outsideDelayMs: UInt64 = 1
@@ -53,6 +54,7 @@ struct SimulateCommand: ParsableCommand {
         }
         configuration.restartAfterMs = restartAfterMs < 0 ? nil : UInt64(restartAfterMs)
         configuration.newIKESAsPerSecond = newIKESAsPerSecond
+        configuration.ikeSARekeyEvery = ikeSARekeyEvery
         configuration.outsideDelayMs = outsideDelayMs
         configuration.outsideJitterMs = outsideJitterMs
         configuration.syncLoss = syncLoss
@@ -141,7 +143,7 @@ struct SimulateCommand: ParsableCommand {
             "synchronised",
             row("  synch datagrams (lost)", "\(r.syncDatagrams) (\(r.syncDatagramsLost))"),
             row("  counter checkpoints", "\(r.checkpointsSent)"),
-            row("  IKE exchanges completed", "\(r.ikeExchanges) (\(r.childSARekeys) Child SA rekeys, \(r.ikeSAsEstablished) new IKE SAs)"),
+            row("  IKE exchanges completed", "\(r.ikeExchanges) (\(r.childSARekeys) Child SA rekeys, \(r.ikeSARekeys) IKE SA rekeys, \(r.ikeSAsEstablished) new IKE SAs)"),
             row("  records refused as older than held", "\(r.staleRecordsRefused)"),
             row("  missed synch messages detected", "\(r.missedSyncDetected) times, within \(r.missedSyncDetectionMsMax) ms at most"),
             "takeover",

@@ -45,6 +45,31 @@ struct ClusterSimulationTests {
         #expect(report.replaysAttempted > 100 && report.espPacketsSent > 1_000 && report.childSARekeys > 0)
     }
 
+    /// The peer rekeys IKE SAs all along (RFC 7296 section 2.18), across the crash: the new IKE
+    /// SAs are replicated before their answers, so the member that takes over continues each
+    /// on its new SPIs, and the old ones go once the peer deletes them. A rekey whose answer the
+    /// crash swallowed leaves its new IKE SA behind: the RFC 6311 sync that follows tells the
+    /// peer to stop waiting for that answer (section 9), so the peer never learns of it and
+    /// goes on with the old one; the Child SAs keep working (they are found by SPI).
+    @Test(arguments: [(2, 0.1), (3, 0.3)] as [(Int, Double)])
+    func ikeSARekeysSurviveACrash(members: Int, syncLoss: Double) throws {
+        var configuration = Self.configuration(members: members)
+        configuration.syncLoss = syncLoss
+        configuration.ikeSARekeyEvery = 3
+        var simulation = try ClusterSimulation(configuration: configuration)
+        let report = try simulation.run()
+        #expect(report.invariantsHeld, "\(report.json)")
+        #expect(report.ikeSARekeys > report.ikeSAs / 2, "\(report.json)")
+        #expect(report.ikeSAsSurvived == report.ikeSAs && report.ikeRequestsDroppedByPeer == 0, "\(report.json)")
+        #expect(report.ikeSAsResyncedViaRFC6311 > 0, "RFC 6311 on rekeyed IKE SAs too: \(report.json)")
+        #expect(report.legitPacketsRejectedByCluster == 0, "every Child SA the peer uses is there: \(report.json)")
+        // Old IKE SAs the peer deleted are gone; what is left over is at most one new IKE SA
+        // per rekey that was under way at the crash.
+        let active = try #require(simulation.activeState)
+        #expect(active.ikeSAs.count >= report.ikeSAs)
+        #expect(active.ikeSAs.count - report.ikeSAs <= report.ikeExchangesInFlightAtCrash, "\(active.ikeSAs.count) IKE SAs: \(report.json)")
+    }
+
     @Test func theChecksCanFail() throws {
         // Permissive windows accept the attacker's replays once: the check sees them.
         var permissive = Self.configuration()
