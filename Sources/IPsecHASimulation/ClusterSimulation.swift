@@ -107,8 +107,9 @@ public struct SimulationReport: Sendable, Hashable {
     public var ikeExchanges = 0, ikeExchangesInFlightAtCrash = 0
     /// Child SAs rekeyed by CREATE_CHILD_SA, and Child SAs the takeover plan said to rekey.
     public var childSARekeys = 0, childSAsRekeyedByTakeover = 0
-    /// IKE SAs the peer rekeyed (``SimulationConfiguration/ikeSARekeyEvery``).
-    public var ikeSARekeys = 0
+    /// IKE SAs the peer rekeyed (``SimulationConfiguration/ikeSARekeyEvery``), and rekeys the
+    /// takeover took back because the peer never saw them (``IKESATakeover/unconfirmedRekey``).
+    public var ikeSARekeys = 0, ikeSARekeysUndoneByTakeover = 0
     /// Gaps in the synch stream the standbys detected.
     public var missedSyncDetected = 0
     /// The longest time from the loss of a synch datagram to a standby to its detection there.
@@ -146,7 +147,7 @@ public struct SimulationReport: Sendable, Hashable {
             ("replays_accepted", "\(replaysAccepted)"), ("ike_requests_dropped_by_peer", "\(ikeRequestsDroppedByPeer)"),
             ("ike_exchanges", "\(ikeExchanges)"), ("ike_exchanges_in_flight_at_crash", "\(ikeExchangesInFlightAtCrash)"),
             ("child_sa_rekeys", "\(childSARekeys)"), ("child_sas_rekeyed_by_takeover", "\(childSAsRekeyedByTakeover)"),
-            ("ike_sa_rekeys", "\(ikeSARekeys)"),
+            ("ike_sa_rekeys", "\(ikeSARekeys)"), ("ike_sa_rekeys_undone_by_takeover", "\(ikeSARekeysUndoneByTakeover)"),
             ("ike_sas_survived", "\(ikeSAsSurvived)"), ("ike_sas_lost", "\(ikeSAsLost)"),
             ("ike_sas_resynced_via_rfc6311", "\(ikeSAsResyncedViaRFC6311)"), ("missed_sync_detected", "\(missedSyncDetected)"),
             ("missed_sync_detection_ms_max", number(missedSyncDetectionMsMax)), ("sync_datagrams", "\(syncDatagrams)"),
@@ -788,6 +789,13 @@ public struct ClusterSimulation {
         var syncs: [(IKESAIdentifier, UInt64?)] = []
         for ikePlan in plan.ikeSAs {
             let identifier = ikePlan.identifier
+            // A rekey whose answer may have died with the failed member: the probe (a liveness
+            // check, answered at once here) finds whether the peer knows the new IKE SA.
+            if ikePlan.unconfirmedRekey != nil, peerIndex[identifier] == nil {
+                _ = try state.undoIKESARekey(identifier)
+                report.ikeSARekeysUndoneByTakeover += 1
+                continue
+            }
             switch ikePlan.messageIDs {
             case .exact, .awaitPeerRetransmission:
                 break
@@ -1113,6 +1121,12 @@ public struct ClusterSimulation {
             case .new:
                 var tickets = try replicateExchange(identifier, messageID, initiatedHere: false, finished: false)
                 var changes = try members[index].state!.updateMessageIDs(of: identifier) { try? $0.responses.recordProcessed(messageID) }
+                // A request on the new IKE SA of a rekey proves the peer has it: the old one,
+                // empty since the rekey, goes even if the peer's delete was lost.
+                if let old = sa.rekeyedFrom, members[index].state!.ikeSAs[old]?.childSAs.isEmpty == true {
+                    clusterOutstanding[old] = nil
+                    changes += try members[index].state!.deleteIKESA(old)
+                }
                 var newChild: (UInt32, UInt32)?
                 if case .rekey(let old) = kind, let oldSA = members[index].state!.childSA(inboundSPI: old) {
                     var spi = UInt32(truncatingIfNeeded: random.next()) | 0x1000_0000

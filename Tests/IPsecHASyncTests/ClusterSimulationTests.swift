@@ -48,26 +48,32 @@ struct ClusterSimulationTests {
     /// The peer rekeys IKE SAs all along (RFC 7296 section 2.18), across the crash: the new IKE
     /// SAs are replicated before their answers, so the member that takes over continues each
     /// on its new SPIs, and the old ones go once the peer deletes them. A rekey whose answer the
-    /// crash swallowed leaves its new IKE SA behind: the RFC 6311 sync that follows tells the
-    /// peer to stop waiting for that answer (section 9), so the peer never learns of it and
-    /// goes on with the old one; the Child SAs keep working (they are found by SPI).
-    @Test(arguments: [(2, 0.1), (3, 0.3)] as [(Int, Double)])
-    func ikeSARekeysSurviveACrash(members: Int, syncLoss: Double) throws {
+    /// crash swallowed is taken back: the RFC 6311 sync that follows tells the peer to stop
+    /// waiting for that answer (section 9), so the peer goes on with the old IKE SA.
+    @Test(arguments: [(2, 0.1, 0.0), (3, 0.3, 0.0), (2, 0.1, 0.1)] as [(Int, Double, Double)])
+    func ikeSARekeysSurviveACrash(members: Int, syncLoss: Double, outsideLoss: Double) throws {
         var configuration = Self.configuration(members: members)
         configuration.syncLoss = syncLoss
-        configuration.ikeSARekeyEvery = 3
+        configuration.outsideLoss = outsideLoss
+        configuration.ikeSAs = 200
+        configuration.ikeSARekeyEvery = 2
         var simulation = try ClusterSimulation(configuration: configuration)
         let report = try simulation.run()
         #expect(report.invariantsHeld, "\(report.json)")
         #expect(report.ikeSARekeys > report.ikeSAs / 2, "\(report.json)")
         #expect(report.ikeSAsSurvived == report.ikeSAs && report.ikeRequestsDroppedByPeer == 0, "\(report.json)")
+        // Answers lost on the way, then the crash: rekeys the peer never saw, taken back.
+        if outsideLoss > 0 { #expect(report.ikeSARekeysUndoneByTakeover > 0, "\(report.json)") }
         #expect(report.ikeSAsResyncedViaRFC6311 > 0, "RFC 6311 on rekeyed IKE SAs too: \(report.json)")
         #expect(report.legitPacketsRejectedByCluster == 0, "every Child SA the peer uses is there: \(report.json)")
-        // Old IKE SAs the peer deleted are gone; what is left over is at most one new IKE SA
-        // per rekey that was under way at the crash.
+        // Old IKE SAs are gone (deleted by the peer, or once it used the new one), and so are
+        // the new IKE SAs of rekeys it never saw (the takeover took them back): no IKE SA is
+        // left empty, and none still has the one it was rekeyed from beside it. (With loss on
+        // the outside link some rekeys are still settling when the run ends.)
+        guard outsideLoss == 0 else { return }
         let active = try #require(simulation.activeState)
-        #expect(active.ikeSAs.count >= report.ikeSAs)
-        #expect(active.ikeSAs.count - report.ikeSAs <= report.ikeExchangesInFlightAtCrash, "\(active.ikeSAs.count) IKE SAs: \(report.json)")
+        #expect(active.ikeSAs.values.allSatisfy { !$0.childSAs.isEmpty })
+        #expect(active.ikeSAs.values.allSatisfy { $0.rekeyedFrom.map { !active.ikeSAs.contains($0) } ?? true })
     }
 
     @Test func theChecksCanFail() throws {

@@ -48,6 +48,7 @@ struct RecordGenerator {
             extensions: IKEExtensions(messageIDSync: next(2) == 0, replayCounterSync: next(2) == 0, childSAsUseExtendedSequenceNumbers: next(2) == 0),
             owner: ClusterMemberID(rawValue: UInt16(next(8))))
         sa.generation = next(1000)
+        if next(3) == 0 { sa.rekeyedFrom = identifier() }
         return sa
     }
 

@@ -53,6 +53,26 @@ struct ReplicationTests {
         #expect(replica.state.spdCacheCapacity == 100)
     }
 
+    /// RFC 7296 section 2.18 on the standby: the new IKE SA (naming the one it replaced), the
+    /// Child SAs moved to it, then the old IKE SA's delete.
+    @Test func anIKESARekeyReachesTheStandby() throws {
+        var cluster = try ReplicationPair(seed: 8)
+        var random = SplitMix64(seed: 9)
+        let old = try SimulationFixtures.ikeSA(1, &random)
+        var changes = try cluster.state.createIKESA(old)
+        changes += try cluster.state.createChildSA(SimulationFixtures.childSA(0x2001, parent: old.identifier, window: 64, &random))
+        _ = try cluster.replicate(changes)
+        let new = try SimulationFixtures.ikeSA(2, &random)
+        _ = try cluster.replicate(try cluster.state.rekeyIKESA(old.identifier, to: new))
+        #expect(try cluster.settle())
+        #expect(cluster.replica.state == cluster.state)
+        #expect(cluster.replica.state.ikeSAs[new.identifier]?.rekeyedFrom == old.identifier)
+        #expect(cluster.replica.state.childSA(inboundSPI: 0x2001)?.parent == new.identifier)
+        _ = try cluster.replicate(try cluster.state.deleteIKESA(old.identifier))
+        #expect(try cluster.settle())
+        #expect(cluster.replica.state == cluster.state && cluster.replica.state.childSACount == 1)
+    }
+
     @Test func lateJoinerCatchesUpByBulkResync() throws {
         var cluster = try ReplicationPair(seed: 6)
         var history = HistoryGenerator(seed: 7)

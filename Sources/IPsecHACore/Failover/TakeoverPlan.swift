@@ -151,6 +151,25 @@ public struct IKESATakeover: Sendable, Hashable {
     public var messageIDs: MessageIDTakeover
     /// The reasoning, for the operator.
     public var reason: IKESATakeoverReason
+    /// Set when this IKE SA came from a rekey of the named one (still held) that the peer has
+    /// not used yet: the failed member may have died before its answer left, and an RFC 6311
+    /// sync on the old IKE SA tells the peer to stop waiting for it, so the peer may never
+    /// learn of this one. Probe it (a liveness check, or the message-ID sync this plan asks
+    /// for); answered, the peer has it and will delete the old one; unanswered after the
+    /// peer's retransmission time, ``GatewayState/undoIKESARekey(_:)`` moves the Child SAs back.
+    public var unconfirmedRekey: IKESAIdentifier?
+
+    /// A decision for one IKE SA.
+    public init(
+        identifier: IKESAIdentifier, classification: IKESAClassification, messageIDs: MessageIDTakeover, reason: IKESATakeoverReason,
+        unconfirmedRekey: IKESAIdentifier? = nil
+    ) {
+        self.identifier = identifier
+        self.classification = classification
+        self.messageIDs = messageIDs
+        self.reason = reason
+        self.unconfirmedRekey = unconfirmedRekey
+    }
 }
 
 /// Why an IKE SA's message IDs are handled as they are.

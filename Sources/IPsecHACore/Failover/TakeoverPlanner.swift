@@ -156,9 +156,42 @@ public enum TakeoverPlanner {
                 plan = .deleteAndReestablish
                 reason = classification == .inFlight ? .ownRequestInFlight : .missedSynchWithoutSync
             }
-            ikePlans.append(IKESATakeover(identifier: identifier, classification: classification, messageIDs: plan, reason: reason))
+            // A rekey the peer may not have seen: its predecessor is still there and the peer has
+            // not used this IKE SA yet (nothing asked of it, nothing it answered).
+            var unconfirmedRekey: IKESAIdentifier?
+            if let old = ikeSAs[index]!.rekeyedFrom, state.ikeSAs.contains(old), expected == 0,
+                ikeSAs[index]!.messageIDs.requests.outstanding.isEmpty, next == 0
+            {
+                unconfirmedRekey = old
+            }
+            ikePlans.append(
+                IKESATakeover(
+                    identifier: identifier, classification: classification, messageIDs: plan, reason: reason,
+                    unconfirmedRekey: unconfirmedRekey))
         }
+        shareReplayCounterDeltas(across: &ikePlans, state: state)
         return TakeoverPlan(ikeSAs: ikePlans, childSAs: childPlans)
+    }
+
+    /// An IKE SA rekeyed while its predecessor is still held: the Child SAs sit under the new
+    /// one here, but the peer holds them under whichever IKE SA it believes current (the old
+    /// one if the rekey's answer never reached it), and applies an RFC 6311 replay-counter
+    /// delta to the Child SAs of the IKE SA the sync arrived on. Both syncs carry the larger
+    /// delta, so that the jump reaches the Child SAs either way (on the other IKE SA the peer
+    /// holds none of them).
+    private static func shareReplayCounterDeltas(across plans: inout [IKESATakeover], state: GatewayState) {
+        var position: [IKESAIdentifier: Int] = [:]
+        for index in plans.indices {
+            guard let old = state.ikeSAs[plans[index].identifier]?.rekeyedFrom, state.ikeSAs.contains(old) else { continue }
+            if position.isEmpty { for (at, plan) in plans.enumerated() { position[plan.identifier] = at } }
+            guard let predecessor = position[old],
+                case .messageIDSync(let send, let receive, let delta) = plans[index].messageIDs,
+                case .messageIDSync(let oldSend, let oldReceive, let oldDelta) = plans[predecessor].messageIDs
+            else { continue }
+            let shared: UInt64? = (delta == nil && oldDelta == nil) ? nil : max(delta ?? 0, oldDelta ?? 0)
+            plans[index].messageIDs = .messageIDSync(send: send, receive: receive, replayCounterDelta: shared)
+            plans[predecessor].messageIDs = .messageIDSync(send: oldSend, receive: oldReceive, replayCounterDelta: shared)
+        }
     }
 
     /// `value * numerator / denominator`, saturating, without overflow in between.

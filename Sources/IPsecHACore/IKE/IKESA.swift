@@ -198,6 +198,12 @@ public struct IKESA: Sendable, Equatable {
     public internal(set) var childSAs: [UInt32]
     /// The cluster member that runs the IKE SA.
     public var owner: ClusterMemberID
+    /// The IKE SA this one replaced by a rekey (RFC 7296 section 2.18), set by
+    /// ``GatewayState/rekeyIKESA(_:to:)``. While that one still exists and the peer has not
+    /// used this one, the peer may never have seen the rekey's answer: a member that takes
+    /// over probes this IKE SA (``IKESATakeover/unconfirmedRekey``) and, without an answer,
+    /// moves the Child SAs back (``GatewayState/undoIKESARekey(_:)``).
+    public var rekeyedFrom: IKESAIdentifier?
     /// Bumped on every replicated change; a replica never applies an older one. ``GatewayState``
     /// sets it on every change it makes; decoders of replicated records set it from the wire.
     public var generation: UInt64
@@ -223,6 +229,7 @@ public struct IKESA: Sendable, Equatable {
         self.extensions = extensions
         self.childSAs = []
         self.owner = owner
+        self.rekeyedFrom = nil
         self.generation = 0
     }
 }

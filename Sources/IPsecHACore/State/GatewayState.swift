@@ -162,11 +162,28 @@ public struct GatewayState: Sendable, Equatable {
     /// nothing changes then.
     public mutating func rekeyIKESA(_ old: IKESAIdentifier, to new: IKESA) throws(GatewayStateError) -> [StateChange] {
         guard let children = ikeSAs[old]?.childSAs else { throw .unknownIKESA(old) }
-        var changes = try createIKESA(new)
+        var successor = new
+        successor.rekeyedFrom = old
+        var changes = try createIKESA(successor)
         for spi in children {
             changes += try updateChildSA(inboundSPI: spi) { $0.parent = new.identifier }
         }
         return changes
+    }
+
+    /// Takes back a rekey the peer never saw (its answer died with a failed member, and an
+    /// RFC 6311 sync told the peer to stop waiting for it): moves every Child SA of
+    /// `identifier` back to the IKE SA it was rekeyed from, then deletes `identifier`. Throws
+    /// when `identifier` is unknown, was not made by ``rekeyIKESA(_:to:)``, or its predecessor
+    /// is gone (the peer deleted it: it did see the rekey); nothing changes then.
+    public mutating func undoIKESARekey(_ identifier: IKESAIdentifier) throws(GatewayStateError) -> [StateChange] {
+        guard let sa = ikeSAs[identifier] else { throw .unknownIKESA(identifier) }
+        guard let old = sa.rekeyedFrom, ikeSAs.contains(old) else { throw .unknownParent(sa.rekeyedFrom ?? identifier) }
+        var changes: [StateChange] = []
+        for spi in sa.childSAs {
+            changes += try updateChildSA(inboundSPI: spi) { $0.parent = old }
+        }
+        return changes + (try deleteIKESA(identifier))
     }
 
     /// Deletes an IKE SA and, first, each of its Child SAs.

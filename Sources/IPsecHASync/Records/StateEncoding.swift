@@ -361,7 +361,9 @@ enum StateEncoding {
         let extensions = sa.extensions
         w.write(
             UInt8((extensions.messageIDSync ? 1 : 0) | (extensions.replayCounterSync ? 2 : 0)
-                | (extensions.childSAsUseExtendedSequenceNumbers ? 4 : 0) | (extensions.messageIDSyncAnswered ? 8 : 0)))
+                | (extensions.childSAsUseExtendedSequenceNumbers ? 4 : 0) | (extensions.messageIDSyncAnswered ? 8 : 0)
+                | (sa.rekeyedFrom != nil ? 16 : 0)))
+        if let rekeyedFrom = sa.rekeyedFrom { write(rekeyedFrom, into: &w) }
         try write(sa.messageIDs.snapshot, into: &w)
         let keys = sa.keys
         try write(keys.d, into: &w)
@@ -390,7 +392,8 @@ enum StateEncoding {
             keyExchange: KeyExchangeMethod(rawValue: try r.readUInt16()))
         let lifetime = IKESALifetime(rekeyAt: try readTimestamp(&r), reauthenticateAt: try readTimestamp(&r))
         let flags = try r.readUInt8()
-        guard flags & ~15 == 0 else { throw .invalidValue("extension flags \(flags)") }
+        guard flags & ~31 == 0 else { throw .invalidValue("extension flags \(flags)") }
+        let rekeyedFrom = flags & 16 != 0 ? try readIdentifier(&r) : nil
         let extensions = IKEExtensions(
             messageIDSync: flags & 1 != 0, replayCounterSync: flags & 2 != 0, childSAsUseExtendedSequenceNumbers: flags & 4 != 0,
             messageIDSyncAnswered: flags & 8 != 0)
@@ -403,6 +406,7 @@ enum StateEncoding {
                 lifetime: lifetime, messageIDs: try IKEMessageIDWindows(restoringFrom: snapshot), extensions: extensions,
                 owner: owner)
             sa.generation = generation
+            sa.rekeyedFrom = rekeyedFrom
             return sa
         } catch {
             throw .invalidState("IKE SA: \(error)")

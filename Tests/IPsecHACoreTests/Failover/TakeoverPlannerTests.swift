@@ -48,6 +48,46 @@ struct TakeoverPlannerTests {
         #expect(child.reason.description.contains("100000 packets/s"))
     }
 
+    /// A rekey the peer may not have seen: the new IKE SA is flagged while the old one is held
+    /// and the new one unused, both syncs carry the replay-counter jump (the peer applies it on
+    /// whichever it holds the Child SA under), and taking the rekey back restores the old one.
+    @Test func aRekeyThePeerMayNotHaveSeenIsFlaggedAndCanBeTakenBack() throws {
+        var s = try setup()
+        try s.state.recordCounterFreshness(ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 100_000), inboundSPI: 4096)
+        var random = SplitMix64(seed: 2)
+        var new = Fixtures.ikeSA(2, &random)
+        new.extensions = s.ike.extensions
+        _ = try s.state.rekeyIKESA(s.ike.identifier, to: new)
+        let policy = TakeoverPolicy(inbound: .replayCounterSyncWhereNegotiated)
+        let plan = TakeoverPlanner.plan(state: s.state, inFlight: [:], suspect: [], policy: policy, now: now)
+        let planned = try #require(plan.ikeSAs.first { $0.identifier == new.identifier })
+        let old = try #require(plan.ikeSAs.first { $0.identifier == s.ike.identifier })
+        #expect(planned.unconfirmedRekey == s.ike.identifier)
+        #expect(old.unconfirmedRekey == nil)
+        guard case .messageIDSync(_, _, let delta) = planned.messageIDs, case .messageIDSync(_, _, let oldDelta) = old.messageIDs else {
+            Issue.record("both IKE SAs take a message-ID sync: \(plan.ikeSAs)")
+            return
+        }
+        #expect(delta == 25_000 && oldDelta == 25_000, "the old IKE SA has no Child SA here, but the peer may")
+
+        // Used by the peer: confirmed.
+        var used = s.state
+        _ = try used.updateMessageIDs(of: new.identifier) { try? $0.responses.recordProcessed(0) }
+        #expect(TakeoverPlanner.plan(state: used, inFlight: [:], suspect: [], policy: policy, now: now).ikeSAs.allSatisfy { $0.unconfirmedRekey == nil })
+
+        // Taken back: the Child SA under the old IKE SA again, the new one gone.
+        var undone = s.state
+        let changes = try undone.undoIKESARekey(new.identifier)
+        #expect(undone.childSA(inboundSPI: 4096)?.parent == s.ike.identifier)
+        #expect(undone.ikeSAs[new.identifier] == nil && undone.ikeSAs[s.ike.identifier]?.childSAs == [4096])
+        #expect(changes.last == .ikeSADeleted(new.identifier))
+        // The old one deleted (the peer did see the rekey): nothing to take back.
+        var deleted = s.state
+        _ = try deleted.deleteIKESA(s.ike.identifier)
+        #expect(throws: GatewayStateError.self) { try deleted.undoIKESARekey(new.identifier) }
+        #expect(deleted.childSA(inboundSPI: 4096)?.parent == new.identifier)
+    }
+
     @Test func slowSAsStillJumpByTheMinimum() throws {
         var s = try setup()
         try s.state.recordCounterFreshness(ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 10), inboundSPI: 4096)

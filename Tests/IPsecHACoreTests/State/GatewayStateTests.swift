@@ -168,6 +168,7 @@ struct GatewayStateTests {
         #expect(rekey.count == 4, "the new IKE SA, then one update per Child SA")
         #expect(state.ikeSAs[new.identifier]?.childSAs == [0x1001, 0x1002, 0x1003])
         #expect(state.ikeSAs[old.identifier]?.childSAs == [])
+        #expect(state.ikeSAs[new.identifier]?.rekeyedFrom == old.identifier)
         #expect(state.childSAs.allSatisfy { $0.parent == new.identifier && $0.generation == 2 })
         for change in rekey { try replica.apply(change) }
         #expect(replica == state)
