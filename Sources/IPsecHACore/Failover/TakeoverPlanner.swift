@@ -109,6 +109,8 @@ public enum TakeoverPlanner {
 
         var ikePlans: [IKESATakeover] = []
         ikePlans.reserveCapacity(ikeSAs.count)
+        // Plans of IKE SAs rekeyed from one still held, and that one.
+        var rekeys: [(plan: Int, predecessor: IKESAIdentifier)] = []
         var position = 0
         for index in ikeSAs.indices where ikeSAs[index].isPresent {
             let identifier = ikeSAs[index]!.identifier
@@ -159,17 +161,16 @@ public enum TakeoverPlanner {
             // A rekey the peer may not have seen: its predecessor is still there and the peer has
             // not used this IKE SA yet (nothing asked of it, nothing it answered).
             var unconfirmedRekey: IKESAIdentifier?
-            if let old = ikeSAs[index]!.rekeyedFrom, state.ikeSAs.contains(old), expected == 0,
-                ikeSAs[index]!.messageIDs.requests.outstanding.isEmpty, next == 0
-            {
-                unconfirmedRekey = old
+            if let old = ikeSAs[index]!.rekeyedFrom, state.ikeSAs.contains(old) {
+                rekeys.append((ikePlans.count, old))
+                if expected == 0, next == 0, ikeSAs[index]!.messageIDs.requests.outstanding.isEmpty { unconfirmedRekey = old }
             }
             ikePlans.append(
                 IKESATakeover(
                     identifier: identifier, classification: classification, messageIDs: plan, reason: reason,
                     unconfirmedRekey: unconfirmedRekey))
         }
-        shareReplayCounterDeltas(across: &ikePlans, state: state)
+        if !rekeys.isEmpty { shareReplayCounterDeltas(rekeys, across: &ikePlans) }
         return TakeoverPlan(ikeSAs: ikePlans, childSAs: childPlans)
     }
 
@@ -179,11 +180,12 @@ public enum TakeoverPlanner {
     /// delta to the Child SAs of the IKE SA the sync arrived on. Both syncs carry the larger
     /// delta, so that the jump reaches the Child SAs either way (on the other IKE SA the peer
     /// holds none of them).
-    private static func shareReplayCounterDeltas(across plans: inout [IKESATakeover], state: GatewayState) {
+    private static func shareReplayCounterDeltas(
+        _ rekeys: [(plan: Int, predecessor: IKESAIdentifier)], across plans: inout [IKESATakeover]
+    ) {
         var position: [IKESAIdentifier: Int] = [:]
-        for index in plans.indices {
-            guard let old = state.ikeSAs[plans[index].identifier]?.rekeyedFrom, state.ikeSAs.contains(old) else { continue }
-            if position.isEmpty { for (at, plan) in plans.enumerated() { position[plan.identifier] = at } }
+        for (at, plan) in plans.enumerated() { position[plan.identifier] = at }
+        for (index, old) in rekeys {
             guard let predecessor = position[old],
                 case .messageIDSync(let send, let receive, let delta) = plans[index].messageIDs,
                 case .messageIDSync(let oldSend, let oldReceive, let oldDelta) = plans[predecessor].messageIDs
