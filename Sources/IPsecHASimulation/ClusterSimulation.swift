@@ -108,7 +108,7 @@ public struct SimulationReport: Sendable, Hashable {
     /// Child SAs rekeyed by CREATE_CHILD_SA, and Child SAs the takeover plan said to rekey.
     public var childSARekeys = 0, childSAsRekeyedByTakeover = 0
     /// IKE SAs the peer rekeyed (``SimulationConfiguration/ikeSARekeyEvery``), and rekeys the
-    /// takeover took back because the peer never saw them (``IKESATakeover/unconfirmedRekey``).
+    /// takeover took back because the peer never saw them (`IKESATakeover.unconfirmedRekey`).
     public var ikeSARekeys = 0, ikeSARekeysUndoneByTakeover = 0
     /// Gaps in the synch stream the standbys detected.
     public var missedSyncDetected = 0
@@ -926,7 +926,7 @@ public struct ClusterSimulation {
         }
         if capturedToCluster.count > 4_096 { capturedToCluster.removeFirst(2_048) }
         if capturedToPeer.count > 256 { capturedToPeer.removeFirst(128) }
-        if step % 1_000 == 0 { forgetRetiredChildSAs() }
+        if step % 1_000 == 0 { forgetRetiredSAs() }
     }
 
     /// The peer's SPI for a new Child SA (the cluster's outbound SPI), from `spi` on: never one
@@ -945,7 +945,7 @@ public struct ClusterSimulation {
         members[index].state!.childSA(inboundSPI: spi) == nil && acceptedByCluster[spi] == nil
     }
 
-    private mutating func forgetRetiredChildSAs() {
+    private mutating func forgetRetiredSAs() {
         let states = members.filter(\.alive).map { $0.state ?? $0.replica.state }
         retiredIKESAs = retiredIKESAs.filter { identifier in states.contains { $0.ikeSAs.contains(identifier) } }
         retiredChildSAs.removeAll { retired in
