@@ -235,6 +235,37 @@ import Testing
         #expect(fixture.state.ikeSAs[new]?.messageIDs.responses.nextExpectedMessageID == 1)
     }
 
+    /// IKE SA rekeys it cannot do are refused with the notify RFC 7296 names, and change
+    /// nothing but the message ID they consumed.
+    @Test func refusesIKESARekeysItCannotDo() throws {
+        var fixture = try Fixture()
+        _ = try fixture.establish()
+        let before = fixture.state.ikeSAs.count
+        func offer(spi: Int, encryption: EncryptionAlgorithm = .chacha20Poly1305) -> IKEPayload {
+            SecurityAssociationPayload(proposals: [
+                IKEProposal(number: 1, protocolID: IKEProposal.ike, spi: Array(repeating: 0x5A, count: spi), transforms: [
+                    IKETransform(.encryption, id: encryption.rawValue, keyLength: encryption == .chacha20Poly1305 ? nil : 256),
+                    IKETransform(.pseudorandomFunction, id: PseudorandomFunction.hmacSHA2_256.rawValue),
+                    IKETransform(.keyExchange, id: KeyExchangeMethod.curve25519.rawValue),
+                ])
+            ]).payload
+        }
+        let nonce = IKEPayload(type: .nonce, body: IKECrypto.randomBytes(32))
+        let x25519 = KeyExchangePayload(group: .curve25519, data: IKECrypto.X25519KeyPair().publicKey).payload
+        let cases: [([IKEPayload], NotifyMessageType)] = [
+            ([offer(spi: 4), nonce, x25519], .noProposalChosen),  // an SPI that is not an IKE SPI
+            ([offer(spi: 8, encryption: .aesCBC), nonce, x25519], .noProposalChosen),
+            ([offer(spi: 8), nonce, KeyExchangePayload(group: .ecp256, data: Array(repeating: 1, count: 64)).payload], .invalidKEPayload),
+        ]
+        for (payloads, expected) in cases {
+            let outcome = fixture.send(try fixture.initiator.request(.createChildSA, payloads))
+            let reply = try fixture.initiator.open(try #require(outcome.replies.first).bytes)
+            #expect(reply.hasNotify(expected), "\(reply.notifies.map(\.type))")
+            #expect(fixture.state.ikeSAs.count == before)
+            #expect(fixture.state.childSAs.allSatisfy { $0.parent == fixture.initiator.identifier })
+        }
+    }
+
     @Test func deletingTheIKESADeletesItsChildSAs() throws {
         var fixture = try Fixture()
         _ = try fixture.establish()
