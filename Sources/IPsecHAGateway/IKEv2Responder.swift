@@ -202,13 +202,7 @@ public struct IKEv2Responder: Sendable {
         let shared = try keyPair.sharedSecret(with: ke.data)
         let responderNonce = IKECrypto.randomBytes(32)
         let nonces = initiatorNonce + responderNonce
-        let skeyseed = IKECrypto.prf(key: nonces, secret: shared)
-        var seed = nonces
-        seed.appendBigEndian(identifier.initiatorSPI)
-        seed.appendBigEndian(identifier.responderSPI)
-        let material = IKECrypto.prfPlus(key: skeyseed, seed: seed, count: Self.keyLengths.reduce(0, +))
-        let keys: IKEKeys
-        do { keys = try IKEKeys(packed: material, lengths: Self.keyLengths) } catch { throw .invalidKeyExchange("\(error)") }
+        let keys = try Self.ikeKeys(skeyseed: IKECrypto.prf(key: nonces, secret: shared), nonces: nonces, identifier: identifier)
 
         let natdSourceExpected = Self.natDetectionHash(initiatorSPI: header.initiatorSPI, responderSPI: 0, remote)
         if let claimed = message.notifies.first(where: { $0.type == .natDetectionSourceIP }), claimed.data != natdSourceExpected {
@@ -233,6 +227,16 @@ public struct IKEv2Responder: Sendable {
             responderNonce: responderNonce, keys: keys, createdAt: now)
         logger.info("IKE_SA_INIT answered", metadata: ["ike_sa": "\(identifier)", "from": "\(remote)"])
         return IKEOutcome(replies: [IKEDatagram(bytes: response, destination: remote, localPort: local.port)])
+    }
+
+    /// {SK_d | SK_ai | SK_ar | SK_ei | SK_er | SK_pi | SK_pr} = prf+(SKEYSEED, Ni | Nr | SPIi |
+    /// SPIr) (RFC 7296 section 2.14; with the new SPIs for a rekey, section 2.18).
+    static func ikeKeys(skeyseed: KeyMaterial, nonces: [UInt8], identifier: IKESAIdentifier) throws(IKEProtocolError) -> IKEKeys {
+        var seed = nonces
+        seed.appendBigEndian(identifier.initiatorSPI)
+        seed.appendBigEndian(identifier.responderSPI)
+        let material = IKECrypto.prfPlus(key: skeyseed, seed: seed, count: keyLengths.reduce(0, +))
+        do { return try IKEKeys(packed: material, lengths: keyLengths) } catch { throw .invalidKeyExchange("\(error)") }
     }
 
     /// The first IKE proposal that offers ChaCha20-Poly1305, PRF_HMAC_SHA2_256 and X25519 (and
@@ -524,20 +528,18 @@ public struct IKEv2Responder: Sendable {
             return answer
         }
         let initiatorSPI = proposal.spi.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-        var identifier = IKESAIdentifier(initiatorSPI: initiatorSPI, responderSPI: IKECrypto.random(UInt64.self) | 1)
-        while state.ikeSAs.contains(identifier) { identifier = IKESAIdentifier(initiatorSPI: initiatorSPI, responderSPI: IKECrypto.random(UInt64.self) | 1) }
+        var identifier: IKESAIdentifier
+        repeat {
+            identifier = IKESAIdentifier(initiatorSPI: initiatorSPI, responderSPI: IKECrypto.random(UInt64.self) | 1)
+        } while state.ikeSAs.contains(identifier)
         let keyPair = IKECrypto.X25519KeyPair()
         let shared = try keyPair.sharedSecret(with: ke.data)
         let responderNonce = IKECrypto.randomBytes(32)
-        // SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr); the keys as for IKE_SA_INIT, with
-        // the new SPIs (section 2.18).
+        // SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr) (section 2.18).
         let skeyseed = KeyMaterial(copying: IKECrypto.prf(key: sa.keys.d, shared.withUnsafeBytes { Array($0) }, initiatorNonce, responderNonce))
-        var seed = initiatorNonce + responderNonce
-        seed.appendBigEndian(identifier.initiatorSPI)
-        seed.appendBigEndian(identifier.responderSPI)
+        let keys = try Self.ikeKeys(skeyseed: skeyseed, nonces: initiatorNonce + responderNonce, identifier: identifier)
         let new: IKESA
         do {
-            let keys = try IKEKeys(packed: IKECrypto.prfPlus(key: skeyseed, seed: seed, count: Self.keyLengths.reduce(0, +)), lengths: Self.keyLengths)
             var extensions = sa.extensions
             extensions.messageIDSyncAnswered = false
             var fresh = try IKESA(
