@@ -164,11 +164,7 @@ public struct GatewayState: Sendable, Equatable {
         guard let children = ikeSAs[old]?.childSAs else { throw .unknownIKESA(old) }
         var successor = new
         successor.rekeyedFrom = old
-        var changes = try createIKESA(successor)
-        for spi in children {
-            changes += try updateChildSA(inboundSPI: spi) { $0.parent = new.identifier }
-        }
-        return changes
+        return try createIKESA(successor) + moveChildSAs(children, to: new.identifier)
     }
 
     /// Takes back a rekey the peer never saw (its answer died with a failed member, and an
@@ -179,11 +175,14 @@ public struct GatewayState: Sendable, Equatable {
     public mutating func undoIKESARekey(_ identifier: IKESAIdentifier) throws(GatewayStateError) -> [StateChange] {
         guard let sa = ikeSAs[identifier] else { throw .unknownIKESA(identifier) }
         guard let old = sa.rekeyedFrom, ikeSAs.contains(old) else { throw .unknownParent(sa.rekeyedFrom ?? identifier) }
+        return try moveChildSAs(sa.childSAs, to: old) + deleteIKESA(identifier)
+    }
+
+    /// Gives the Child SAs with these inbound SPIs a new parent, an update each.
+    private mutating func moveChildSAs(_ spis: [UInt32], to parent: IKESAIdentifier) throws(GatewayStateError) -> [StateChange] {
         var changes: [StateChange] = []
-        for spi in sa.childSAs {
-            changes += try updateChildSA(inboundSPI: spi) { $0.parent = old }
-        }
-        return changes + (try deleteIKESA(identifier))
+        for spi in spis { changes += try updateChildSA(inboundSPI: spi) { $0.parent = parent } }
+        return changes
     }
 
     /// Deletes an IKE SA and, first, each of its Child SAs.
