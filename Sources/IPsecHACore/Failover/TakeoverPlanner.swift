@@ -183,10 +183,12 @@ public enum TakeoverPlanner {
     private static func shareReplayCounterDeltas(
         _ rekeys: [(plan: Int, predecessor: IKESAIdentifier)], across plans: inout [IKESATakeover]
     ) {
-        var position: [IKESAIdentifier: Int] = [:]
-        for (at, plan) in plans.enumerated() { position[plan.identifier] = at }
+        // Only the predecessors' positions: a table of every plan would cost a takeover of
+        // 100,000 IKE SAs milliseconds for the few rekeys under way.
+        var position = [IKESAIdentifier: Int](rekeys.map { ($0.predecessor, -1) }, uniquingKeysWith: { first, _ in first })
+        for (at, plan) in plans.enumerated() where position[plan.identifier] != nil { position[plan.identifier] = at }
         for (index, old) in rekeys {
-            guard let predecessor = position[old],
+            guard let predecessor = position[old], predecessor >= 0,
                 case .messageIDSync(let send, let receive, let delta) = plans[index].messageIDs,
                 case .messageIDSync(let oldSend, let oldReceive, let oldDelta) = plans[predecessor].messageIDs
             else { continue }
