@@ -546,7 +546,7 @@ public struct IKEv2Responder: Sendable {
                 identifier: identifier, isOriginalInitiator: false, local: sa.local, remote: sa.remote, transforms: Self.ikeTransforms,
                 keys: keys, lifetime: sa.lifetime,
                 // The new IKE SA's message IDs start at 0 both ways (section 2.18).
-                messageIDs: try IKEMessageIDWindows(resumingAt: 0, expecting: 0, peerWindowSize: 1, localWindowSize: 1),
+                messageIDs: IKEMessageIDWindows(),
                 extensions: extensions, owner: configuration.member)
             fresh.state = .established
             new = fresh

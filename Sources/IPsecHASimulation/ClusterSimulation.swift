@@ -418,7 +418,7 @@ public struct ClusterSimulation {
             peers.append(
                 PeerIKESA(
                     identifier: ike.identifier,
-                    windows: try IKEMessageIDWindows(resumingAt: 0, expecting: 0, peerWindowSize: 1, localWindowSize: 1),
+                    windows: IKEMessageIDWindows(),
                     nextExchangeAt: Timestamp(nanoseconds: now.nanoseconds + (phase + 1) * 1_000_000), children: children))
         }
         members[0].state = state
@@ -1104,7 +1104,7 @@ public struct ClusterSimulation {
             peers.append(
                 PeerIKESA(
                     identifier: identifier,
-                    windows: try IKEMessageIDWindows(resumingAt: 0, expecting: 0, peerWindowSize: 1, localWindowSize: 1),
+                    windows: IKEMessageIDWindows(),
                     nextExchangeAt: Timestamp(nanoseconds: now.nanoseconds + configuration.ikeExchangeIntervalMs * 1_000_000),
                     children: children.map {
                         PeerChildSA(clusterInbound: $0.inbound, clusterOutbound: $0.outbound, received: SetReplayWindow(size: UInt64(configuration.replayWindow)))
@@ -1142,10 +1142,10 @@ public struct ClusterSimulation {
                 }
                 var newIKESA: IKESAIdentifier?
                 if case .ikeRekey(let initiatorSPI) = kind {
-                    // RFC 7296 section 2.18: a new IKE SA, message IDs from 0, the Child SAs moved.
+                    // RFC 7296 section 2.18: a new IKE SA (message IDs from 0, as every new one), the
+                    // Child SAs moved.
                     var fresh = try SimulationFixtures.ikeSA(initiatorSPI, remote: sa.remote.address, owner: members[index].id, &random)
                     fresh.extensions = IKEExtensions(messageIDSync: sa.extensions.messageIDSync, replayCounterSync: sa.extensions.replayCounterSync)
-                    fresh.messageIDs = try IKEMessageIDWindows(resumingAt: 0, expecting: 0, peerWindowSize: 1, localWindowSize: 1)
                     changes += try members[index].state!.rekeyIKESA(identifier, to: fresh)
                     newIKESA = fresh.identifier
                 }
@@ -1185,7 +1185,7 @@ public struct ClusterSimulation {
                 peerIndex[identifier] = nil
                 peerIndex[newIKESA] = i
                 peers[i].identifier = newIKESA
-                peers[i].windows = try IKEMessageIDWindows(resumingAt: 0, expecting: 0, peerWindowSize: 1, localWindowSize: 1)
+                peers[i].windows = IKEMessageIDWindows()
                 peers[i].syncPeer = MessageIDSyncPeer()
                 retiredIKESAs.insert(identifier)
                 report.ikeSARekeys += 1
