@@ -267,8 +267,10 @@ public struct TrafficSelectorPayload: Sendable, Hashable {
 
     /// The body bytes.
     public var body: [UInt8] {
-        var bytes: [UInt8] = [UInt8(selectors.count), 0, 0, 0]
-        for selector in selectors {
+        // The responder answers at most ChildSA.maximumSelectors; a longer list is cut, never
+        // a trap.
+        var bytes: [UInt8] = [UInt8(clamping: selectors.count), 0, 0, 0]
+        for selector in selectors.prefix(Int(UInt8.max)) {
             let v4 = selector.family == .ipv4
             bytes += [v4 ? 7 : 8, selector.ipProtocol]
             bytes.appendBigEndian(UInt16(v4 ? 16 : 40))

@@ -393,7 +393,14 @@ public struct IKEv2Responder: Sendable {
                 return [NotifyPayload(type: .noProposalChosen).payload]
             }
             let narrowed: NarrowedSelectors
-            do { narrowed = try state.spd.narrow(initiatorSelectors: tsi.selectors, responderSelectors: tsr.selectors) } catch {
+            do {
+                narrowed = try state.spd.narrow(initiatorSelectors: tsi.selectors, responderSelectors: tsr.selectors)
+                // More selectors than a Child SA holds (and than a TS payload counts) cannot be
+                // answered: as unacceptable as no intersection at all.
+                guard narrowed.initiatorSelectors.count + narrowed.responderSelectors.count <= ChildSA.maximumSelectors else {
+                    throw SecurityPolicyError.tooManySelectors(narrowed.initiatorSelectors.count + narrowed.responderSelectors.count)
+                }
+            } catch {
                 logger.notice("Child SA: traffic selectors unacceptable", metadata: ["ike_sa": "\(parent)", "tsi": "\(tsi.selectors)", "tsr": "\(tsr.selectors)"])
                 return [NotifyPayload(type: .tsUnacceptable).payload]
             }
@@ -496,7 +503,7 @@ public struct IKEv2Responder: Sendable {
         let rekeyed = message.notifies.first { $0.type == .rekeySA && $0.protocolID == IKEProposal.esp && $0.spi.count == 4 }
         if let rekeyed {
             let spi = rekeyed.spi.reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
-            let old = state.childSAs.first { $0.parent == sa.identifier && $0.outboundSPI == spi }
+            let old = state.childSA(of: sa.identifier, outboundSPI: spi)
             logger.notice("Child SA rekeyed; the old one stays until the peer deletes it", metadata: [
                 "ike_sa": "\(sa.identifier)", "old_inbound_spi": "\(old.map { $0.inboundSPI.paddedHexDigits } ?? "unknown")",
             ])
@@ -577,8 +584,9 @@ public struct IKEv2Responder: Sendable {
                 answer.deletesIKESA = true
                 continue
             }
-            for spi in delete.spis {
-                guard let child = state.childSAs.first(where: { $0.parent == sa.identifier && $0.outboundSPI == spi }) else { continue }
+            // At most the IKE SA's own Child SAs can be named; the rest of a longer list is junk.
+            for spi in delete.spis.prefix(sa.childSAs.count) {
+                guard let child = state.childSA(of: sa.identifier, outboundSPI: spi) else { continue }
                 if let changes = try? state.deleteChildSA(inboundSPI: child.inboundSPI) { answer.changes += changes }
                 deleted.append(child.inboundSPI)
                 logger.notice("Child SA deleted by the peer", metadata: ["ike_sa": "\(sa.identifier)", "inbound_spi": "\(child.inboundSPI.paddedHexDigits)"])

@@ -282,7 +282,12 @@ struct ReferenceGateway {
 
     /// Above every epoch this member has been at or heard of: a split brain resolves in favour
     /// of the newest active member.
-    var nextEpoch: UInt32 { max(channel.configuration.epoch, role.epoch, highestEpochHeard) + 1 }
+    /// Saturates at the largest epoch (a hello from a key holder can claim it: adding one
+    /// trapped); a promotion at the largest then fails with a logged error instead.
+    var nextEpoch: UInt32 {
+        let highest = max(channel.configuration.epoch, role.epoch, highestEpochHeard)
+        return highest == .max ? .max : highest + 1
+    }
 
     /// The active member: serve IKE and ESP, replicate, until told to step down (keepalived
     /// moved the address away, or a member with a newer epoch says it is active).

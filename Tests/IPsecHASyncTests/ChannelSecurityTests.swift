@@ -8,19 +8,33 @@ struct ChannelSecurityTests {
     static let active = ClusterMemberID(rawValue: 1)
     static let standby = ClusterMemberID(rawValue: 2)
 
-    func channels(key: ChannelKey) throws -> (SyncChannel, SyncChannel) {
-        (
-            try SyncChannel(configuration: SyncChannelConfiguration(clusterID: 9, member: Self.active, epoch: 3, key: key, peers: [Self.standby])),
-            try SyncChannel(configuration: SyncChannelConfiguration(clusterID: 9, member: Self.standby, epoch: 4, key: key, peers: [Self.active]))
-        )
+    /// An active member's channel and a standby's, with the handshake between them done.
+    func channels(key: ChannelKey, activeEpoch: UInt32 = 3, standbyEpoch: UInt32 = 4) throws -> (SyncChannel, SyncChannel) {
+        var active = try SyncChannel(
+            configuration: SyncChannelConfiguration(clusterID: 9, member: Self.active, epoch: activeEpoch, key: key, peers: [Self.standby]))
+        var standby = try SyncChannel(
+            configuration: SyncChannelConfiguration(clusterID: 9, member: Self.standby, epoch: standbyEpoch, key: key, peers: [Self.active]))
+        _ = establish(&active, &standby)
+        return (active, standby)
     }
 
     /// A reliable datagram from the active member carrying one IKE SA.
     func datagram(_ sender: inout SyncChannel) throws -> [UInt8] {
         var generator = RecordGenerator(seed: 1)
         let sent = try sender.send([.ikeSAUpsert(generator.ikeSA())], to: Self.standby, now: Timestamp(nanoseconds: 1))
-        guard case .transmit(_, let bytes) = sent.actions[0] else { throw SyncChannelError.tooShort(0) }
+        guard case .transmit(_, let bytes)? = sent.actions.first else { throw SyncChannelError.tooShort(0) }
         return bytes
+    }
+
+    /// An unreliable datagram (a hello record) from the active member.
+    func hello(_ sender: inout SyncChannel) throws -> [UInt8] {
+        let sent = try sender.send([.hello(epoch: 1, capabilities: 0, needsResync: false)], to: Self.standby, now: Timestamp(nanoseconds: 1))
+        guard case .transmit(_, let bytes)? = sent.actions.first else { throw SyncChannelError.tooShort(0) }
+        return bytes
+    }
+
+    func isReplay(_ actions: [SyncChannelAction]) -> Bool {
+        if case .dropped(.security(.replayed))? = actions.first, actions.count == 1 { true } else { false }
     }
 
     func delivers(_ actions: [SyncChannelAction]) -> Bool {
@@ -29,13 +43,13 @@ struct ChannelSecurityTests {
 
     @Test func genuineDatagramIsDeliveredOnceAndItsReplayRefused() throws {
         var (active, standby) = try channels(key: try ChannelKey.generate())
+        let (sent, received) = (active.statistics.recordsSent, standby.statistics.recordsReceived)
         let bytes = try datagram(&active)
         #expect(delivers(standby.receive(bytes, now: Timestamp(nanoseconds: 2))))
-        let replayed = standby.receive(bytes, now: Timestamp(nanoseconds: 3))
-        #expect(replayed == [.dropped(.security(.replayed(1)))])
+        #expect(isReplay(standby.receive(bytes, now: Timestamp(nanoseconds: 3))))
         #expect(standby.statistics.replaysRejected == 1)
-        #expect(active.statistics.recordsSent == 1)
-        #expect(standby.statistics.recordsReceived == 1, "the replay's record is not counted")
+        #expect(active.statistics.recordsSent == sent + 1)
+        #expect(standby.statistics.recordsReceived == received + 1, "the replay's record is not counted")
     }
 
     @Test func forgedCorruptedTruncatedAndOversizedDatagramsChangeNothing() throws {
@@ -50,14 +64,14 @@ struct ChannelSecurityTests {
             flipped[index] ^= 0x10
             #expect(!delivers(standby.receive(flipped, now: Timestamp(nanoseconds: 2))))
         }
-        for length in [0, 1, 31, 32, 47, bytes.count - 1] {
+        for length in [0, 1, 31, 32, 47, 48, 63, bytes.count - 1] {
             #expect(!delivers(standby.receive(Array(bytes.prefix(length)), now: Timestamp(nanoseconds: 2))))
         }
         let oversized = standby.receive(bytes + [UInt8](repeating: 0, count: 1_400), now: Timestamp(nanoseconds: 2))
         #expect(oversized == [.dropped(.tooLong(bytes.count + 1_400))])
         // Sealed under another cluster key: authentic-looking but not ours.
         var (stranger, _) = try channels(key: try ChannelKey.generate())
-        #expect(standby.receive(try datagram(&stranger), now: Timestamp(nanoseconds: 2)) == [.dropped(.security(.authenticationFailed))])
+        #expect(standby.receive(try datagram(&stranger), now: Timestamp(nanoseconds: 2)) == [.dropped(.security(.unknownIncarnation))])
         #expect(standby.statistics.datagramsReceived == before.datagramsReceived)
         #expect(standby.statistics.authenticationFailures > 0)
         #expect(standby.statistics.malformedDropped > 0)
@@ -65,7 +79,7 @@ struct ChannelSecurityTests {
         #expect(delivers(standby.receive(bytes, now: Timestamp(nanoseconds: 3))))
     }
 
-    @Test func otherClustersMembersAndOlderEpochsAreRefused() throws {
+    @Test func otherClustersAndMembersAreRefused() throws {
         let key = try ChannelKey.generate()
         var (active, standby) = try channels(key: key)
         let genuine = try datagram(&active)
@@ -74,15 +88,117 @@ struct ChannelSecurityTests {
         #expect(standby.receive(wrongCluster, now: Timestamp(nanoseconds: 2)) == [.dropped(.wrongCluster(8))])
         var stranger = try SyncChannel(
             configuration: SyncChannelConfiguration(clusterID: 9, member: ClusterMemberID(rawValue: 5), epoch: 1, key: key, peers: [Self.standby]))
-        #expect(standby.receive(try datagram(&stranger), now: Timestamp(nanoseconds: 2)) == [.dropped(.unknownMember(ClusterMemberID(rawValue: 5)))])
+        #expect(stranger.tick(now: Timestamp(nanoseconds: 1)).contains { if case .transmit = $0 { true } else { false } })
+        for case .transmit(_, let handshake) in stranger.tick(now: Timestamp(nanoseconds: 100_000_000)) {
+            #expect(standby.receive(handshake, now: Timestamp(nanoseconds: 2)) == [.dropped(.unknownMember(ClusterMemberID(rawValue: 5)))])
+        }
         #expect(delivers(standby.receive(genuine, now: Timestamp(nanoseconds: 2))))
-        var older = try SyncChannel(
-            configuration: SyncChannelConfiguration(clusterID: 9, member: Self.active, epoch: 2, key: key, peers: [Self.standby]))
-        #expect(standby.receive(try datagram(&older), now: Timestamp(nanoseconds: 3)) == [.dropped(.security(.replayed(1)))])
-        // A restarted active member (higher epoch) is taken, and reported.
+    }
+
+    /// Review H1: a member restarted with a lower or an equal epoch (a reboot, a clock reset)
+    /// rejoins at once, and its peer restarts the stream to it; the data of its earlier run is
+    /// refused unopened.
+    @Test(arguments: [UInt32(1), 4, 4_000_000_000])
+    func aRestartedMemberRejoinsWhateverItsEpoch(restartEpoch: UInt32) throws {
+        let key = try ChannelKey.generate()
+        var (active, standby) = try channels(key: key, activeEpoch: 5, standbyEpoch: 4)
+        let before = try datagram(&active)
+        #expect(delivers(standby.receive(before, now: Timestamp(nanoseconds: 2))))
         var restarted = try SyncChannel(
-            configuration: SyncChannelConfiguration(clusterID: 9, member: Self.active, epoch: 4, key: key, peers: [Self.standby]))
-        #expect(standby.receive(try datagram(&restarted), now: Timestamp(nanoseconds: 4)).contains(.peerRestarted(Self.active, epoch: 4)))
+            configuration: SyncChannelConfiguration(clusterID: 9, member: Self.standby, epoch: restartEpoch, key: key, peers: [Self.active]))
+        #expect(restarted.configuration.incarnation != standby.configuration.incarnation)
+        var resyncNeeded = 0
+        var now = Timestamp(nanoseconds: 10_000_000)
+        // The handshake, watching the active member's actions for the restart.
+        for _ in 0..<20 where !(active.isEstablished(with: Self.standby) && restarted.isEstablished(with: Self.active)) {
+            var toActive = restarted.tick(now: now).compactMap { if case .transmit(_, let d) = $0 { d } else { nil } }
+            var toStandby = active.tick(now: now).compactMap { if case .transmit(_, let d) = $0 { d } else { nil } }
+            while !toActive.isEmpty || !toStandby.isEmpty {
+                let (a, b) = (toActive, toStandby)
+                (toActive, toStandby) = ([], [])
+                for datagram in a {
+                    for action in active.receive(datagram, now: now) {
+                        if case .transmit(_, let d) = action { toStandby.append(d) }
+                        if case .resyncNeeded(Self.standby) = action { resyncNeeded += 1 }
+                    }
+                }
+                for datagram in b { toActive += restarted.receive(datagram, now: now).compactMap { if case .transmit(_, let d) = $0 { d } else { nil } } }
+            }
+            now = Timestamp(nanoseconds: now.nanoseconds + 10_000_000)
+        }
+        #expect(active.isEstablished(with: Self.standby) && restarted.isEstablished(with: Self.active))
+        #expect(resyncNeeded == 1, "the active member resyncs the restarted standby once")
+        #expect(now.nanoseconds < 200_000_000, "rejoined within a few heartbeats")
+        #expect(delivers(restarted.receive(try datagram(&active), now: now)))
+        // The earlier run's datagram is for another incarnation: refused.
+        #expect(!delivers(restarted.receive(before, now: now)))
+    }
+
+    /// Review H1 and L5: two runs of one member (same ID, same epoch, same key), or two members
+    /// misconfigured with one ID, never seal under the same key: the same plaintext at the same
+    /// packet number gives unrelated ciphertexts.
+    @Test func twoRunsWithOneEpochNeverShareAKeystream() throws {
+        let key = try ChannelKey.generate()
+        var ciphertexts: [[UInt8]] = []
+        for _ in 0..<2 {
+            var (active, _) = try channels(key: key, activeEpoch: 8123, standbyEpoch: 8123)
+            ciphertexts.append(Array(try datagram(&active).dropFirst(DatagramHeader.size)))
+        }
+        #expect(ciphertexts[0].count == ciphertexts[1].count)
+        #expect(zip(ciphertexts[0], ciphertexts[1]).filter { $0 == $1 }.count < ciphertexts[0].count / 8)
+    }
+
+    /// Review H3: a recording of the active member's datagrams replayed to a restarted standby
+    /// delivers nothing: every key was bound to the standby's previous incarnation.
+    @Test func aRecordingReplayedToARestartedMemberIsRefused() throws {
+        let key = try ChannelKey.generate()
+        var (active, standby) = try channels(key: key)
+        var recording: [[UInt8]] = []
+        var generator = RecordGenerator(seed: 7)
+        for index in 0..<20 {
+            let sent = try active.send([.ikeSAUpsert(generator.ikeSA())], to: Self.standby, now: Timestamp(nanoseconds: UInt64(index + 1)))
+            for case .transmit(_, let bytes) in sent.actions { recording.append(bytes) }
+        }
+        recording += active.tick(now: Timestamp(nanoseconds: 1_000_000_000)).compactMap { if case .transmit(_, let d) = $0 { d } else { nil } }
+        for bytes in recording { _ = standby.receive(bytes, now: Timestamp(nanoseconds: 30)) }
+        var restarted = try SyncChannel(
+            configuration: SyncChannelConfiguration(clusterID: 9, member: Self.standby, epoch: 4, key: key, peers: [Self.active]))
+        for bytes in recording {
+            let actions = restarted.receive(bytes, now: Timestamp(nanoseconds: 40))
+            #expect(!delivers(actions))
+            #expect(!actions.contains { if case .peerRestarted = $0 { true } else { false } })
+        }
+        #expect(restarted.statistics.datagramsReceived == 0)
+        #expect(restarted.incarnation(of: Self.active) == nil)
+    }
+
+    /// Review M1: after a rotation, datagrams under the old key open only until every peer was
+    /// heard under the new one; then the old key is gone.
+    @Test func thePreviousKeyIsRetiredOnceEveryPeerUsesTheNewOne() throws {
+        let oldKey = try ChannelKey.generate()
+        let newKey = try ChannelKey.generate()
+        var (active, standby) = try channels(key: oldKey)
+        let underOldKey = try hello(&active)
+        let alsoUnderOldKey = try hello(&active)
+        try standby.rotate(toEpoch: 5, key: newKey)
+        #expect(standby.acceptsPreviousKey)
+        #expect(delivers(standby.receive(underOldKey, now: Timestamp(nanoseconds: 2))), "the peer has not rotated yet")
+        try active.rotate(toEpoch: 6, key: newKey)
+        #expect(delivers(standby.receive(try hello(&active), now: Timestamp(nanoseconds: 3))))
+        #expect(!standby.acceptsPreviousKey, "every peer was heard under the new key")
+        #expect(standby.receive(alsoUnderOldKey, now: Timestamp(nanoseconds: 4)) == [.dropped(.security(.authenticationFailed))])
+    }
+
+    @Test func thePreviousKeyIsRetiredAfterTheGraceWhenAPeerNeverRotates() throws {
+        let oldKey = try ChannelKey.generate()
+        var (active, standby) = try channels(key: oldKey)
+        let lateDatagram = try datagram(&active)
+        try standby.rotate(toEpoch: 5, key: try ChannelKey.generate())
+        _ = standby.tick(now: Timestamp(nanoseconds: 1_000_000_000))
+        #expect(standby.acceptsPreviousKey)
+        _ = standby.tick(now: Timestamp(nanoseconds: 1_000_000_000 + standby.configuration.previousKeyGrace))
+        #expect(!standby.acceptsPreviousKey)
+        #expect(standby.receive(lateDatagram, now: Timestamp(nanoseconds: 40_000_000_000)) == [.dropped(.security(.authenticationFailed))])
     }
 
     @Test func noKeyMeansNoChannelUnlessInsecureIsNamed() throws {
@@ -93,7 +209,9 @@ struct ChannelSecurityTests {
             configuration: SyncChannelConfiguration(clusterID: 9, member: Self.active, epoch: 1, key: nil, peers: [Self.standby], allowInsecure: true))
         var (_, sealed) = try channels(key: try ChannelKey.generate())
         // A keyed member refuses clear datagrams.
-        #expect(sealed.receive(try datagram(&insecure), now: Timestamp(nanoseconds: 2)) == [.dropped(.security(.authenticationFailed))])
+        for case .transmit(_, let clear) in insecure.tick(now: Timestamp(nanoseconds: 1)) {
+            #expect(sealed.receive(clear, now: Timestamp(nanoseconds: 2)) == [.dropped(.security(.authenticationFailed))])
+        }
         #expect(throws: ChannelSecurityError.invalidKeyLength(16)) { try ChannelKey(bytes: [UInt8](repeating: 1, count: 16)) }
         #expect(String(describing: try ChannelKey.generate()) == "ChannelKey(32 bytes, redacted)")
     }
@@ -115,13 +233,18 @@ struct ReliableStreamTests {
             clusterID: 1, member: ClusterMemberID(rawValue: 1), epoch: 1, key: try ChannelKey.generate(), peers: [ClusterMemberID(rawValue: 2)])
         configuration.retransmitBufferLimit = 2
         var channel = try SyncChannel(configuration: configuration)
+        var peer = try SyncChannel(
+            configuration: SyncChannelConfiguration(
+                clusterID: 1, member: ClusterMemberID(rawValue: 2), epoch: 1, key: configuration.key, peers: [ClusterMemberID(rawValue: 1)]))
+        _ = establish(&channel, &peer)
+        let (datagramsBefore, recordsBefore) = (channel.statistics.datagramsSent, channel.statistics.recordsSent)
         let records = Array(repeating: SyncRecord.childSADelete(inboundSPI: 300), count: 3)
         _ = try channel.send(records, to: ClusterMemberID(rawValue: 2), now: Timestamp(nanoseconds: 1))
         _ = try channel.send(records, to: ClusterMemberID(rawValue: 2), now: Timestamp(nanoseconds: 1))
         #expect(channel.reliableCapacity(to: ClusterMemberID(rawValue: 2)) == 0)
         #expect(throws: SyncChannelError.sendQueueFull) { try channel.send(records, to: ClusterMemberID(rawValue: 2), now: Timestamp(nanoseconds: 1)) }
-        #expect(channel.statistics.datagramsSent == 2)
-        #expect(channel.statistics.recordsSent == 6, "the refused send counts nothing")
+        #expect(channel.statistics.datagramsSent == datagramsBefore + 2)
+        #expect(channel.statistics.recordsSent == recordsBefore + 6, "the refused send counts nothing")
     }
 
     @Test func ticketsAreAcknowledgedOnlyOnceTheStandbyHasEverything() throws {

@@ -36,7 +36,7 @@ struct RecordCodecTests {
         configuration.member = standby
         configuration.peers = [active]
         var receiver = try SyncChannel(configuration: configuration)
-        let now = Timestamp.seconds(1)
+        let now = establish(&sender, &receiver, now: Timestamp.seconds(1))
         var delivered: [CounterCheckpointEntry] = []
         var datagrams = 0
         for case .transmit(_, let datagram) in try sender.send(Replicator.batches(entries), to: standby, now: now).actions {

@@ -166,6 +166,35 @@ struct SegmentOwnershipTests {
         #expect(machine.hasLease(now: now))
     }
 
+    /// Review M2: a claim at the largest version trapped at the next tick (version + 1), and a
+    /// beacon sent "at the end of time" shut the peer's later beacons out for good. Both are
+    /// refused; the genuine beacon after them still renews the lease.
+    @Test func claimsAndBeaconsWithExtremeValuesAreRefused() throws {
+        let segments = try ClusterSegments(count: 16, seed: 99)
+        let (peer, member) = (ClusterMemberID(rawValue: 1), ClusterMemberID(rawValue: 2))
+        var now = Timestamp(nanoseconds: 1_000_000_000)
+        var machine = SegmentOwnership(
+            configuration: try SegmentOwnershipConfiguration(member: member, incarnation: 2, members: [peer, member], segments: segments),
+            now: now)
+        now = Timestamp(nanoseconds: now.nanoseconds + 500_000_000)
+        let beaconSent = now
+        _ = machine.tick(now: now)
+        let claims = (0..<16).map { SegmentClaim(segment: Segment(rawValue: UInt16($0)), owner: member, incarnation: 1, version: .max) }
+        _ = machine.receive(.segmentClaims(incarnation: 1, sequence: 1, claims), from: peer, now: now)
+        for step in 1...20 { _ = machine.tick(now: Timestamp(nanoseconds: now.nanoseconds + UInt64(step) * 100_000_000)) }
+        #expect(segments.all.allSatisfy { machine.claim(of: $0)?.version != .max })
+        func beacon(sentAt: UInt64) -> SyncRecord {
+            .ownershipBeacon(
+                OwnershipBeacon(
+                    incarnation: 1, recipientIncarnation: 2, sentAt: Timestamp(nanoseconds: sentAt), echo: beaconSent,
+                    up: [peer, member], claimsSent: 0, claimsProcessed: 0, ready: true))
+        }
+        now = Timestamp(nanoseconds: now.nanoseconds + 1_000_000)
+        _ = machine.receive(beacon(sentAt: .max), from: peer, now: now)
+        _ = machine.receive(beacon(sentAt: now.nanoseconds), from: peer, now: now)
+        #expect(machine.hasLease(now: now), "the genuine beacon was taken")
+    }
+
     @Test func aLateMemberIsHandedItsShareWithAGapNotAnOverlap() throws {
         var harness = try OwnershipHarness(members: 3)
         for id in harness.ids.dropLast() { try harness.start(id) }

@@ -14,8 +14,10 @@ import Glibc
 enum FuzzTarget: String, CaseIterable {
     /// Datagrams as they arrive on the synch port, with no key: all must be dropped untouched.
     case datagram
-    /// Authenticated datagrams: the input is the payload of a datagram correctly sealed by the
-    /// peer, so that the record decoder behind the authentication is reached.
+    /// Sequences of authenticated datagrams to one channel: the input is cut into datagrams
+    /// (packet number, reliable sequence, flags and payload each taken from it, extremes
+    /// included) correctly sealed by the peer, so that the record decoder and the reliability
+    /// state behind the authentication are reached.
     case sealedPayload = "sealed-payload"
     /// Synch records (type-length-value).
     case syncRecords = "sync-records"
@@ -47,9 +49,36 @@ let clusterKey = try! ChannelKey(bytes: (0..<32).map { UInt8($0) })
 let active = ClusterMemberID(rawValue: 1)
 let standby = ClusterMemberID(rawValue: 2)
 
+let activeIncarnation = ChannelIncarnation(high: 1, low: 1)!
+let standbyIncarnation = ChannelIncarnation(high: 2, low: 2)!
+
 func receivingChannel() -> SyncChannel {
-    try! SyncChannel(configuration: SyncChannelConfiguration(clusterID: 7, member: standby, epoch: 1, key: clusterKey, peers: [active]))
+    var configuration = SyncChannelConfiguration(clusterID: 7, member: standby, epoch: 1, key: clusterKey, peers: [active])
+    configuration.incarnation = standbyIncarnation
+    return try! SyncChannel(configuration: configuration)
 }
+
+/// The standby's channel once the handshake with the active member (``activeIncarnation``)
+/// is done, made once: each input starts from a copy.
+let establishedChannel: SyncChannel = {
+    var configuration = SyncChannelConfiguration(clusterID: 7, member: active, epoch: 1, key: clusterKey, peers: [standby])
+    configuration.incarnation = activeIncarnation
+    var sender = try! SyncChannel(configuration: configuration)
+    var receiver = receivingChannel()
+    for tick in 1...20 where !(sender.isEstablished(with: standby) && receiver.isEstablished(with: active)) {
+        let now = Timestamp(nanoseconds: UInt64(tick) * 100_000_000)
+        var toReceiver = sender.tick(now: now)
+        var toSender = receiver.tick(now: now)
+        while !toReceiver.isEmpty || !toSender.isEmpty {
+            let (forReceiver, forSender) = (toReceiver, toSender)
+            (toReceiver, toSender) = ([], [])
+            for case .transmit(_, let datagram) in forReceiver { toSender += receiver.receive(datagram, now: now) }
+            for case .transmit(_, let datagram) in forSender { toReceiver += sender.receive(datagram, now: now) }
+        }
+    }
+    precondition(receiver.isEstablished(with: active), "the fuzzed channel's handshake did not complete")
+    return receiver
+}()
 
 /// Refused input changes nothing: no delivery, nothing counted as received, the peer unheard.
 func expectUntouched(_ channel: SyncChannel, after actions: [SyncChannelAction]) {
@@ -68,21 +97,32 @@ func fuzzDatagram(_ bytes: [UInt8]) {
 }
 
 func fuzzSealedPayload(_ bytes: [UInt8]) {
-    guard bytes.count >= 9 else { return }
+    var channel = establishedChannel
     var sealer = DatagramSealer(key: clusterKey)
-    let packetNumber = UInt64(bytes[0]) | 1
-    let header = DatagramHeader(
-        flags: bytes[1] & DatagramHeader.streamResetFlag, clusterID: 7, sender: active, receiver: standby, epoch: 1,
-        packetNumber: packetNumber, reliableSequence: UInt64(bytes[2]))
-    let payload = Array(bytes[3...])
-    guard let datagram = try? sealer.seal(header, payload: payload), datagram.count <= 1_400 else { return }
-    var channel = receivingChannel()
-    let actions = channel.receive(datagram, now: Timestamp(nanoseconds: 1_000))
-    if (try? SyncRecord.decodeAll(payload[...])) == nil {
-        // Authentic but malformed: refused before any state changed.
-        expectUntouched(channel, after: actions)
-    } else {
-        precondition(channel.statistics.datagramsReceived == 1, "an authentic, well-formed datagram was not taken")
+    var input = bytes[...]
+    // Each datagram: packet number (8), reliable sequence (8), flags (1), payload length (1),
+    // payload. Every value is reachable, the largest ones included.
+    while input.count >= 18 {
+        func take(_ count: Int) -> ArraySlice<UInt8> {
+            defer { input = input.dropFirst(count) }
+            return input.prefix(count)
+        }
+        let packetNumber = take(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        let reliableSequence = take(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        let flags = take(1).first! & DatagramHeader.streamResetFlag
+        let payload = Array(take(Int(take(1).first!)))
+        let header = DatagramHeader(
+            flags: flags, clusterID: 7, sender: active, receiver: standby, epoch: 1, senderIncarnation: activeIncarnation,
+            packetNumber: max(packetNumber, 1), reliableSequence: reliableSequence)
+        guard let datagram = try? sealer.seal(header, payload: payload, receiverIncarnation: standbyIncarnation) else { continue }
+        let received = channel.statistics.datagramsReceived
+        let actions = channel.receive(datagram, now: Timestamp(nanoseconds: 10_000_000_000))
+        if (try? SyncRecord.decodeAll(payload[...])) == nil {
+            // Authentic but malformed: refused before any state changed.
+            precondition(actions.allSatisfy { if case .dropped = $0 { true } else { false } }, "a malformed datagram acted: \(actions)")
+            precondition(channel.statistics.datagramsReceived == received, "a malformed datagram was counted as received")
+        }
+        _ = channel.tick(now: Timestamp(nanoseconds: 10_100_000_000))
     }
 }
 

@@ -83,6 +83,11 @@ public struct ChildSA: Sendable, Equatable {
     /// Whether the pair uses Extended Sequence Numbers (both directions do, or neither).
     public var extendedSequenceNumbers: Bool { outboundCounter.extendedSequenceNumbers }
 
+    /// The most traffic selectors a Child SA (or a policy) holds, both sides together: its
+    /// replication record, keys included, then fits one synch datagram of the default size even
+    /// with IPv6 selectors (38 bytes each), so it replicates and resyncs like any other.
+    public static let maximumSelectors = 24
+
     /// A Child SA. Throws when an SPI is 0 to 255 (reserved by IANA, RFC 4303 section 2.1),
     /// when a selector list is empty, or when the counter and the window disagree on ESN.
     public init(
@@ -95,6 +100,9 @@ public struct ChildSA: Sendable, Equatable {
         guard inboundSPI > 255 else { throw .reservedSPI(inboundSPI) }
         guard outboundSPI > 255 else { throw .reservedSPI(outboundSPI) }
         guard !localSelectors.isEmpty, !remoteSelectors.isEmpty else { throw .emptySelectors }
+        guard localSelectors.count + remoteSelectors.count <= Self.maximumSelectors else {
+            throw .tooManySelectors(localSelectors.count + remoteSelectors.count)
+        }
         guard outboundCounter.extendedSequenceNumbers == inboundWindow.extendedSequenceNumbers else {
             throw .extendedSequenceNumbersMismatch
         }
@@ -211,6 +219,8 @@ public enum ChildSAError: Error, Sendable, Hashable {
     case reservedSPI(UInt32)
     /// A Child SA needs at least one selector on each side.
     case emptySelectors
+    /// More selectors, both sides together, than ``ChildSA/maximumSelectors``.
+    case tooManySelectors(Int)
     /// The outbound counter and the inbound window disagree on Extended Sequence Numbers.
     case extendedSequenceNumbersMismatch
     /// A soft lifetime limit is above the matching hard limit.

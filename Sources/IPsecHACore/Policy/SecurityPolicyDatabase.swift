@@ -10,10 +10,13 @@ public struct SecurityPolicyDatabase: Sendable, Hashable {
     /// An empty SPD.
     public init() {}
 
-    /// Inserts `policy` at `position` (the end by default). Throws when its ID is taken or the
-    /// position is outside the list.
+    /// Inserts `policy` at `position` (the end by default). Throws when its ID is taken, the
+    /// position is outside the list, or it has more than ``ChildSA/maximumSelectors`` selectors
+    /// (its replication record must fit one synch datagram).
     public mutating func insert(_ policy: SecurityPolicy, at position: Int? = nil) throws(SecurityPolicyError) {
         guard !policies.contains(where: { $0.id == policy.id }) else { throw .duplicateID(policy.id) }
+        let selectors = policy.localSelectors.count + policy.remoteSelectors.count
+        guard selectors <= ChildSA.maximumSelectors else { throw .tooManySelectors(selectors) }
         let index = position ?? policies.count
         guard (0...policies.count).contains(index) else { throw .positionOutOfRange(index) }
         policies.insert(policy, at: index)
@@ -43,6 +46,8 @@ public struct SecurityPolicyDatabase: Sendable, Hashable {
 public enum SecurityPolicyError: Error, Sendable, Hashable {
     /// A policy with this ID exists already.
     case duplicateID(SecurityPolicyID)
+    /// More selectors, both sides together, than ``ChildSA/maximumSelectors``.
+    case tooManySelectors(Int)
     /// No policy has this ID.
     case unknownID(SecurityPolicyID)
     /// The insertion position is outside the list.

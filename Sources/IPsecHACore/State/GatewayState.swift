@@ -198,11 +198,14 @@ public struct GatewayState: Sendable, Equatable {
     // MARK: Child SAs
 
     /// Installs a Child SA (its generation becomes 1). Throws when its inbound SPI is taken,
-    /// its parent IKE SA does not exist, or it names an unknown policy.
+    /// its parent IKE SA does not exist, it names an unknown policy, or it has more than
+    /// ``ChildSA/maximumSelectors`` selectors.
     public mutating func createChildSA(_ childSA: ChildSA) throws(GatewayStateError) -> [StateChange] {
         guard spiIndex.slot(of: childSA.inboundSPI) == nil else { throw .spiInUse(childSA.inboundSPI) }
         guard ikeSAs.contains(childSA.parent) else { throw .unknownParent(childSA.parent) }
         if let policy = childSA.policy, spd.policy(policy) == nil { throw .unknownPolicy(policy) }
+        let selectors = childSA.localSelectors.count + childSA.remoteSelectors.count
+        guard selectors <= ChildSA.maximumSelectors else { throw .childSA(.tooManySelectors(selectors)) }
         var sa = childSA
         sa.generation = 1
         install(sa)
@@ -221,6 +224,8 @@ public struct GatewayState: Sendable, Equatable {
         body(&sa)
         guard sa.inboundSPI == inboundSPI else { throw .identifierChanged }
         guard ikeSAs.contains(sa.parent) else { throw .unknownParent(sa.parent) }
+        let selectors = sa.localSelectors.count + sa.remoteSelectors.count
+        guard selectors <= ChildSA.maximumSelectors else { throw .childSA(.tooManySelectors(selectors)) }
         if sa.policy != childSlots[Int(slot)]!.policy, let policy = sa.policy, spd.policy(policy) == nil {
             throw .unknownPolicy(policy)
         }
@@ -241,7 +246,18 @@ public struct GatewayState: Sendable, Equatable {
         spiIndex.slot(of: inboundSPI).flatMap { childSlots[Int($0)] }
     }
 
-    /// Every Child SA, in no particular order.
+    /// The Child SA of IKE SA `parent` whose outbound SPI (the peer's) is `outboundSPI`: the
+    /// one a Delete or a REKEY_SA notify names. Looks only at that IKE SA's Child SAs.
+    public func childSA(of parent: IKESAIdentifier, outboundSPI: UInt32) -> ChildSA? {
+        guard let children = ikeSAs[parent]?.childSAs else { return nil }
+        for inboundSPI in children {
+            if let child = childSA(inboundSPI: inboundSPI), child.outboundSPI == outboundSPI { return child }
+        }
+        return nil
+    }
+
+    /// Every Child SA, in no particular order: a copy of each, O(n). Not for a per-exchange
+    /// path (use ``childSA(inboundSPI:)`` or ``childSA(of:outboundSPI:)``).
     public var childSAs: [ChildSA] { childSlots.compactMap { $0 } }
 
     /// What a takeover or a checkpoint scheduler needs of a Child SA, read without building an

@@ -1,20 +1,21 @@
 internal import CSodium
 public import IPsecHACore
 
-/// The fixed header of every synch datagram (32 bytes, big-endian), authenticated as the AEAD's
+/// The fixed header of every synch datagram (48 bytes, big-endian), authenticated as the AEAD's
 /// additional data when the datagram is sealed.
 ///
 /// ```
-///  0  magic 0x49 0x48 ("IH")    2  version (1)    3  flags
+///  0  magic 0x49 0x48 ("IH")    2  version (2)    3  flags
 ///  4  cluster ID (4)            8  sender member (2)    10  receiver member (2)
-/// 12  sender's epoch (4)       16  packet number (8): every datagram, strictly increasing
-/// 24  reliable sequence (8): 0 when the datagram carries no reliable records
+/// 12  sender's epoch (4)       16  sender's incarnation (16)
+/// 32  packet number (8): every datagram, strictly increasing per (sender incarnation, receiver)
+/// 40  reliable sequence (8): 0 when the datagram carries no reliable records
 /// ```
 public struct DatagramHeader: Sendable, Hashable {
     /// Header length in bytes.
-    public static let size = 32
+    public static let size = 48
     /// Protocol version this package speaks.
-    public static let currentVersion: UInt8 = 1
+    public static let currentVersion: UInt8 = 2
     static let magic: (UInt8, UInt8) = (0x49, 0x48)
 
     /// Flag: the payload is sealed (ChaCha20-Poly1305-IETF); clear only in insecure test mode.
@@ -22,10 +23,13 @@ public struct DatagramHeader: Sendable, Hashable {
     /// Flag: the reliable stream restarts at this datagram's sequence number (after the sender
     /// could no longer retransmit something; a bulk resync follows).
     public static let streamResetFlag: UInt8 = 0x02
+    /// Flag: a handshake, sealed under the sender's handshake key (bound to the sender's
+    /// incarnation only); its payload is a ``ChannelHandshake``, not records.
+    public static let handshakeFlag: UInt8 = 0x04
 
     /// Protocol version.
     public var version: UInt8 = currentVersion
-    /// Flag bits (``sealedFlag``, ``streamResetFlag``).
+    /// Flag bits (``sealedFlag``, ``streamResetFlag``, ``handshakeFlag``).
     public var flags: UInt8
     /// The cluster this datagram belongs to; other clusters' datagrams are dropped.
     public var clusterID: UInt32
@@ -33,9 +37,13 @@ public struct DatagramHeader: Sendable, Hashable {
     public var sender: ClusterMemberID
     /// The member it is for.
     public var receiver: ClusterMemberID
-    /// The sender's epoch: new on every start of the sender, and on every key rotation.
+    /// The sender's epoch (its role epoch, ``ClusterRole/epoch``). Carried for operators and
+    /// captures; the channel's keys, nonces and replay checks do not depend on it.
     public var epoch: UInt32
-    /// Unique per (sender, receiver, epoch): the nonce, and what the replay window checks.
+    /// The run of the sender's channel that sealed the datagram.
+    public var senderIncarnation: ChannelIncarnation
+    /// Unique per (sender incarnation, receiver): part of the nonce, and what the replay window
+    /// checks.
     public var packetNumber: UInt64
     /// The reliable stream position of the records carried, or 0.
     public var reliableSequence: UInt64
@@ -43,16 +51,20 @@ public struct DatagramHeader: Sendable, Hashable {
     /// A header from its parts.
     public init(
         flags: UInt8, clusterID: UInt32, sender: ClusterMemberID, receiver: ClusterMemberID, epoch: UInt32,
-        packetNumber: UInt64, reliableSequence: UInt64
+        senderIncarnation: ChannelIncarnation, packetNumber: UInt64, reliableSequence: UInt64
     ) {
         self.flags = flags
         self.clusterID = clusterID
         self.sender = sender
         self.receiver = receiver
         self.epoch = epoch
+        self.senderIncarnation = senderIncarnation
         self.packetNumber = packetNumber
         self.reliableSequence = reliableSequence
     }
+
+    /// Whether this is a handshake datagram.
+    public var isHandshake: Bool { flags & Self.handshakeFlag != 0 }
 
     func write(into writer: inout ByteWriter) {
         writer.write(Self.magic.0)
@@ -63,52 +75,122 @@ public struct DatagramHeader: Sendable, Hashable {
         writer.write(sender.rawValue)
         writer.write(receiver.rawValue)
         writer.write(epoch)
+        writer.write(senderIncarnation.high)
+        writer.write(senderIncarnation.low)
         writer.write(packetNumber)
         writer.write(reliableSequence)
     }
 
     static func read(_ bytes: ArraySlice<UInt8>) throws(SyncChannelError) -> DatagramHeader {
-        let fields: (magic: (UInt8, UInt8), version: UInt8, header: DatagramHeader)
+        let fields: (magic: (UInt8, UInt8), version: UInt8, header: DatagramHeader?)
         do {
             fields = try ByteReader.reading(bytes) { (reader: inout ByteReader) throws(SyncCodecError) in
                 let magic = (try reader.readUInt8(), try reader.readUInt8())
                 let version = try reader.readUInt8()
-                let header = DatagramHeader(
-                    flags: try reader.readUInt8(), clusterID: try reader.readUInt32(),
-                    sender: ClusterMemberID(rawValue: try reader.readUInt16()), receiver: ClusterMemberID(rawValue: try reader.readUInt16()),
-                    epoch: try reader.readUInt32(), packetNumber: try reader.readUInt64(), reliableSequence: try reader.readUInt64())
-                return (magic, version, header)
+                let flags = try reader.readUInt8()
+                let clusterID = try reader.readUInt32()
+                let sender = ClusterMemberID(rawValue: try reader.readUInt16())
+                let receiver = ClusterMemberID(rawValue: try reader.readUInt16())
+                let epoch = try reader.readUInt32()
+                let incarnation = ChannelIncarnation(high: try reader.readUInt64(), low: try reader.readUInt64())
+                let packetNumber = try reader.readUInt64()
+                let reliableSequence = try reader.readUInt64()
+                return (
+                    magic, version,
+                    incarnation.map {
+                        DatagramHeader(
+                            flags: flags, clusterID: clusterID, sender: sender, receiver: receiver, epoch: epoch,
+                            senderIncarnation: $0, packetNumber: packetNumber, reliableSequence: reliableSequence)
+                    }
+                )
             }
         } catch {
             throw .tooShort(bytes.count)
         }
         guard fields.magic == magic else { throw .notSynchProtocol }
         guard fields.version == currentVersion else { throw .unsupportedVersion(fields.version) }
-        var header = fields.header
+        guard var header = fields.header else { throw .invalidHeader("incarnation 0") }
         header.version = fields.version
-        guard header.flags & ~(sealedFlag | streamResetFlag) == 0 else { throw .invalidHeader("flags \(header.flags)") }
+        guard header.flags & ~(sealedFlag | streamResetFlag | handshakeFlag) == 0 else { throw .invalidHeader("flags \(header.flags)") }
         guard header.packetNumber > 0 else { throw .invalidHeader("packet number 0") }
+        if header.isHandshake {
+            guard header.reliableSequence == 0, header.flags & streamResetFlag == 0 else {
+                throw .invalidHeader("handshake with a reliable sequence or a stream reset")
+            }
+        }
         return header
     }
 }
 
-/// Seals and opens datagrams: ChaCha20-Poly1305-IETF under the key of the direction
-/// (sender, receiver, epoch), the nonce built from the sender, the receiver and the packet
-/// number, and the whole header as additional data. Without a key (insecure mode) payloads
-/// travel in clear, marked as such, and a sealing receiver refuses them.
+/// The payload of a handshake datagram (32 bytes): the sender's challenge to the receiver, and
+/// the receiver's incarnation and challenge as the sender last heard them (zero when none).
+///
+/// A member takes a peer's incarnation as current only from a handshake that echoes the
+/// member's own incarnation and its current challenge to that peer; it then moves to a new
+/// challenge. A recorded handshake therefore never installs an incarnation again, and a
+/// restarted member, with a new incarnation, answers nothing recorded before it started.
+public struct ChannelHandshake: Sendable, Hashable {
+    /// Encoded length.
+    public static let size = 32
+    /// The sender's current challenge to the receiver.
+    public var challenge: UInt64
+    /// The receiver's incarnation as the sender last heard it, if any.
+    public var echoedIncarnation: ChannelIncarnation?
+    /// The receiver's challenge the sender last heard (meaningful with an echoed incarnation).
+    public var echoedChallenge: UInt64
+
+    /// A handshake from its parts.
+    public init(challenge: UInt64, echoedIncarnation: ChannelIncarnation?, echoedChallenge: UInt64) {
+        self.challenge = challenge
+        self.echoedIncarnation = echoedIncarnation
+        self.echoedChallenge = echoedChallenge
+    }
+
+    var encoded: [UInt8] {
+        var writer = ByteWriter(capacity: Self.size)
+        writer.write(challenge)
+        let echoed = echoedIncarnation ?? .none
+        writer.write(echoed.high)
+        writer.write(echoed.low)
+        writer.write(echoedChallenge)
+        return writer.bytes
+    }
+
+    static func decode(_ bytes: [UInt8]) throws(SyncChannelError) -> ChannelHandshake {
+        guard bytes.count == size else { throw .codec(bytes.count < size ? .truncated : .trailingBytes(bytes.count - size)) }
+        do {
+            return try ByteReader.reading(bytes[...]) { (reader: inout ByteReader) throws(SyncCodecError) in
+                ChannelHandshake(
+                    challenge: try reader.readUInt64(),
+                    echoedIncarnation: ChannelIncarnation(high: try reader.readUInt64(), low: try reader.readUInt64()),
+                    echoedChallenge: try reader.readUInt64())
+            }
+        } catch {
+            throw .codec(error)
+        }
+    }
+}
+
+/// Seals and opens datagrams: ChaCha20-Poly1305-IETF under the key of the direction (cluster,
+/// sender, receiver, and both ends' incarnations; the receiver's left out of handshake keys),
+/// the nonce built from the sender, the receiver and the packet number, and the whole header as
+/// additional data. Without a key (insecure mode) payloads travel in clear, marked as such, and
+/// a sealing receiver refuses them.
 struct DatagramSealer {
     static let tagSize = 16
     private(set) var key: ChannelKey?
-    /// The cluster key before the last rotation: datagrams of peers that have not rotated yet
-    /// still open with it.
-    private var previousKey: ChannelKey?
-    /// Direction keys derived so far, at most a few per peer (current and previous epoch).
-    private var derived: [UInt64: SecureBytes] = [:]
-    private var derivedPrevious: [UInt64: SecureBytes] = [:]
+    /// The cluster key before the last rotation, until it is retired: datagrams of peers that
+    /// have not rotated yet still open with it.
+    private(set) var previousKey: ChannelKey?
+    /// Direction keys of data (and of this member's own handshakes): only for incarnations a
+    /// handshake established, so at most a few per peer.
+    private var derived: [DirectionKeyContext: SecureBytes] = [:]
+    private var derivedPrevious: [DirectionKeyContext: SecureBytes] = [:]
 
     init(key: ChannelKey?) { self.key = key }
 
-    /// Seals with `newKey` from now on; keeps opening with the old key too.
+    /// Seals with `newKey` from now on; keeps opening with the old key until
+    /// ``retirePreviousKey()``.
     mutating func rotate(to newKey: ChannelKey) {
         previousKey = key
         derivedPrevious = derived
@@ -116,7 +198,24 @@ struct DatagramSealer {
         derived = [:]
     }
 
-    mutating func seal(_ header: DatagramHeader, payload: [UInt8]) throws(ChannelSecurityError) -> [UInt8] {
+    /// Forgets the previous cluster key and its direction keys (their guarded memory is wiped
+    /// as it is freed).
+    mutating func retirePreviousKey() {
+        previousKey = nil
+        derivedPrevious = [:]
+    }
+
+    static func context(_ header: DatagramHeader, receiverIncarnation: ChannelIncarnation, clusterID: UInt32) -> DirectionKeyContext {
+        DirectionKeyContext(
+            clusterID: clusterID, sender: header.sender.rawValue, receiver: header.receiver.rawValue,
+            senderIncarnation: header.senderIncarnation, receiverIncarnation: header.isHandshake ? .none : receiverIncarnation)
+    }
+
+    /// Seals `payload` under `header` for a receiver whose incarnation is `receiverIncarnation`
+    /// (ignored for a handshake).
+    mutating func seal(
+        _ header: DatagramHeader, payload: [UInt8], receiverIncarnation: ChannelIncarnation
+    ) throws(ChannelSecurityError) -> [UInt8] {
         var header = header
         guard let key else {
             var writer = ByteWriter(capacity: DatagramHeader.size + payload.count)
@@ -128,7 +227,8 @@ struct DatagramSealer {
         header.flags |= DatagramHeader.sealedFlag
         var writer = ByteWriter(capacity: DatagramHeader.size)
         header.write(into: &writer)
-        let directionKey = try self.directionKey(key, header)
+        let directionKey = try Self.cachedKey(
+            key, Self.context(header, receiverIncarnation: receiverIncarnation, clusterID: header.clusterID), cache: &derived)
         let total = DatagramHeader.size + payload.count + Self.tagSize
         return [UInt8](unsafeUninitializedCapacity: total) { buffer, initialized in
             let base = buffer.baseAddress!
@@ -146,25 +246,38 @@ struct DatagramSealer {
         }
     }
 
-    /// The header and plaintext payload of a datagram, after authentication when sealed.
-    mutating func open(_ datagram: [UInt8]) throws(SyncChannelError) -> (DatagramHeader, [UInt8]) {
-        guard datagram.count >= DatagramHeader.size else { throw .tooShort(datagram.count) }
-        let header = try DatagramHeader.read(datagram[0..<DatagramHeader.size])
+    /// The plaintext payload of a datagram whose header was read, after authentication when
+    /// sealed, and whether it opened only under the previous cluster key. `receiverIncarnation`
+    /// is this member's. Handshake keys are derived on the stack for the trial and never kept:
+    /// anyone can claim any incarnation in a handshake.
+    mutating func open(
+        _ datagram: [UInt8], _ header: DatagramHeader, receiverIncarnation: ChannelIncarnation
+    ) throws(SyncChannelError) -> (payload: [UInt8], underPreviousKey: Bool) {
         let sealed = header.flags & DatagramHeader.sealedFlag != 0
         guard let key else {
             guard !sealed else { throw .security(.noKey) }
-            return (header, Array(datagram[DatagramHeader.size...]))
+            return (Array(datagram[DatagramHeader.size...]), false)
         }
         guard sealed else { throw .security(.authenticationFailed) }
         guard datagram.count >= DatagramHeader.size + Self.tagSize else { throw .tooShort(datagram.count) }
-        do {
-            if let plaintext = Self.decrypt(datagram, header, try Self.directionKey(key, header, cache: &derived)) {
-                return (header, plaintext)
-            }
-            if let previousKey,
-                let plaintext = Self.decrypt(datagram, header, try Self.directionKey(previousKey, header, cache: &derivedPrevious))
-            {
-                return (header, plaintext)
+        let context = Self.context(header, receiverIncarnation: receiverIncarnation, clusterID: header.clusterID)
+        do throws(ChannelSecurityError) {
+            if header.isHandshake {
+                if let plaintext = try key.withDirectionKey(context, { Self.decrypt(datagram, header, $0) }) { return (plaintext, false) }
+                if let previousKey,
+                    let plaintext = try previousKey.withDirectionKey(context, { Self.decrypt(datagram, header, $0) })
+                {
+                    return (plaintext, true)
+                }
+            } else {
+                if let plaintext = try Self.decrypt(datagram, header, Self.cachedKey(key, context, cache: &derived)) {
+                    return (plaintext, false)
+                }
+                if let previousKey,
+                    let plaintext = try Self.decrypt(datagram, header, Self.cachedKey(previousKey, context, cache: &derivedPrevious))
+                {
+                    return (plaintext, true)
+                }
             }
         } catch {
             throw .security(error)
@@ -172,20 +285,22 @@ struct DatagramSealer {
         throw .security(.authenticationFailed)
     }
 
-    /// The plaintext, or nil when the tag does not verify under `directionKey`.
     private static func decrypt(_ datagram: [UInt8], _ header: DatagramHeader, _ directionKey: SecureBytes) -> [UInt8]? {
+        directionKey.withUnsafeBytes { decrypt(datagram, header, $0.baseAddress!.assumingMemoryBound(to: UInt8.self)) }
+    }
+
+    /// The plaintext, or nil when the tag does not verify under `directionKey`.
+    private static func decrypt(_ datagram: [UInt8], _ header: DatagramHeader, _ directionKey: UnsafePointer<UInt8>) -> [UInt8]? {
         var result: Int32 = -1
         // Not zero-filled first: libsodium writes every byte, or fails and nothing is returned.
         let plaintext = [UInt8](unsafeUninitializedCapacity: datagram.count - DatagramHeader.size - tagSize) { plaintext, initialized in
             var plaintextLength: UInt64 = 0
             result = datagram.withUnsafeBufferPointer { buffer in
                 withNonce(header) { nonce in
-                    directionKey.withUnsafeBytes { keyBytes in
-                        crypto_aead_chacha20poly1305_ietf_decrypt(
-                            plaintext.baseAddress, &plaintextLength, nil, buffer.baseAddress! + DatagramHeader.size,
-                            UInt64(buffer.count - DatagramHeader.size), buffer.baseAddress, UInt64(DatagramHeader.size), nonce,
-                            keyBytes.baseAddress!.assumingMemoryBound(to: UInt8.self))
-                    }
+                    crypto_aead_chacha20poly1305_ietf_decrypt(
+                        plaintext.baseAddress, &plaintextLength, nil, buffer.baseAddress! + DatagramHeader.size,
+                        UInt64(buffer.count - DatagramHeader.size), buffer.baseAddress, UInt64(DatagramHeader.size), nonce,
+                        directionKey)
                 }
             }
             initialized = result == 0 ? Int(plaintextLength) : 0
@@ -193,20 +308,15 @@ struct DatagramSealer {
         return result == 0 ? plaintext : nil
     }
 
-    private mutating func directionKey(_ key: ChannelKey, _ header: DatagramHeader) throws(ChannelSecurityError) -> SecureBytes {
-        try Self.directionKey(key, header, cache: &derived)
-    }
-
-    private static func directionKey(
-        _ key: ChannelKey, _ header: DatagramHeader, cache: inout [UInt64: SecureBytes]
+    private static func cachedKey(
+        _ key: ChannelKey, _ context: DirectionKeyContext, cache: inout [DirectionKeyContext: SecureBytes]
     ) throws(ChannelSecurityError) -> SecureBytes {
-        let id = UInt64(header.epoch) << 32 | UInt64(header.sender.rawValue) << 16 | UInt64(header.receiver.rawValue)
-        if let cached = cache[id] { return cached }
-        let derivedKey = try key.directionKey(epoch: header.epoch, sender: header.sender.rawValue, receiver: header.receiver.rawValue)
-        // Bounded: only headers naming configured members, this cluster and a current or newer
-        // epoch get here (SyncChannel checks that first), and the cache is emptied wholesale.
+        if let cached = cache[context] { return cached }
+        let derivedKey = try key.directionKey(context)
+        // Bounded: only incarnations a handshake established (SyncChannel checks the header's
+        // incarnation before opening data), and the cache is emptied wholesale.
         if cache.count >= 64 { cache.removeAll() }
-        cache[id] = derivedKey
+        cache[context] = derivedKey
         return derivedKey
     }
 

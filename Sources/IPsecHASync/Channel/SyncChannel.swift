@@ -7,9 +7,15 @@ public struct SyncChannelConfiguration: Sendable {
     public var clusterID: UInt32
     /// This member.
     public var member: ClusterMemberID
-    /// This member's epoch: it must differ (grow) on every start, and on every key rotation, so
-    /// that no packet number is ever reused under a key.
+    /// This member's epoch (its role epoch, ``ClusterRole/epoch``), carried in every header.
+    /// Nonce uniqueness does not rest on it: a restarted member may come back with any epoch,
+    /// equal or lower, whatever its clock says.
     public var epoch: UInt32
+    /// This run of the channel: random, new on every start. Every direction key is bound to the
+    /// incarnations of both ends, so nothing sealed by or for an earlier run is ever reused or
+    /// accepted. The default draws from the system's secure generator; only deterministic
+    /// simulations pass their own.
+    public var incarnation = ChannelIncarnation.random()
     /// The cluster key; nil only with ``allowInsecure``.
     public var key: ChannelKey?
     /// Run without a key: datagrams travel in clear, unauthenticated. For tests only.
@@ -35,6 +41,11 @@ public struct SyncChannelConfiguration: Sendable {
     /// Longest wait before acknowledging what arrived in order (default 2 ms); call
     /// ``SyncChannel/tick(now:)`` at least this often.
     public var acknowledgementDelay: UInt64 = 2_000_000
+    /// How long datagrams sealed under the cluster key before the last rotation keep opening,
+    /// counted from the first ``SyncChannel/tick(now:)`` after the rotation (default 30 s). The
+    /// previous key is retired and wiped sooner, as soon as every peer was heard under the new
+    /// key.
+    public var previousKeyGrace: UInt64 = 30_000_000_000
     /// Where the channel logs what an operator should know: gaps, stream resets, peers
     /// restarting (notice), authentication failures (debug: they are counted, and an attacker
     /// must not be able to flood the log).
@@ -61,7 +72,9 @@ public enum SyncChannelAction: Sendable, Equatable {
     case transmit(to: ClusterMemberID, datagram: [UInt8])
     /// Records from a peer, in the order the peer sent them (reliable ones exactly once).
     case deliver(from: ClusterMemberID, records: [SyncRecord])
-    /// A peer started again with a new epoch: whatever it held of this member's stream is gone.
+    /// A handshake established a new incarnation of a peer: a start, or a restart after which
+    /// whatever it held of this member's stream is gone (``resyncNeeded(_:)`` comes with it
+    /// then). `epoch` is the epoch in the peer's header.
     case peerRestarted(ClusterMemberID, epoch: UInt32)
     /// The stream to this peer was reset (the peer restarted or rotated its keys, or asked for
     /// datagrams never sent): send it a resync.
@@ -92,8 +105,12 @@ public struct SyncChannelStatistics: Sendable, Hashable {
     public var gapsDetected: UInt64 = 0
     /// Negative acknowledgements sent.
     public var negativeAcknowledgementsSent: UInt64 = 0
-    /// Streams reset: a peer restarted or rotated its keys, or asked for datagrams never sent.
+    /// Streams reset: a peer restarted, or asked for datagrams never sent.
     public var streamResets: UInt64 = 0
+    /// Handshake datagrams sent.
+    public var handshakesSent: UInt64 = 0
+    /// Incarnations of peers established by a handshake (starts and restarts).
+    public var peerIncarnationsAccepted: UInt64 = 0
 }
 
 /// Names a reliable send: acknowledged once every datagram up to `sequence` to `peer` was.
@@ -113,10 +130,28 @@ public struct SyncTicket: Sendable, Hashable {
 /// reads a clock or touches a socket.
 public struct SyncChannel {
     struct Peer {
+        /// Never reset while this channel runs: with keys bound to this channel's incarnation,
+        /// that makes every (key, nonce) pair unique whatever else changes.
         var nextPacketNumber: UInt64 = 1
         var sender: ReliableSender
         var lastHeartbeatSent: Timestamp?
+        /// The peer's incarnation, taken from a handshake that answered this member's challenge.
+        var incarnation: ChannelIncarnation?
+        /// The epoch in the peer's latest accepted header.
         var epoch: UInt32?
+        /// This member's current challenge to the peer; a new one after each incarnation taken,
+        /// so that no recorded handshake can install an incarnation again.
+        var challenge: UInt64 = 0
+        /// The peer's incarnation and challenge from its latest handshake, echoed in ours.
+        var heardIncarnation: ChannelIncarnation?
+        var heardChallenge: UInt64 = 0
+        /// Whether the peer took this member's incarnation: data from it opened.
+        var established = false
+        var lastHandshakeSent: Timestamp?
+        /// Whether this member asked the peer to answer again after a silence.
+        var renewing = false
+        /// Whether data sealed under the current cluster key came from it since the last rotation.
+        var heardUnderCurrentKey = false
         var replay: ReplayWindow
         var receiver: ReliableReceiver
         var lastHeard: Timestamp?
@@ -136,6 +171,9 @@ public struct SyncChannel {
     public private(set) var configuration: SyncChannelConfiguration
     private var sealer: DatagramSealer
     private var peers: [ClusterMemberID: Peer]
+    /// When the previous cluster key is retired at the latest (set at the first tick after a
+    /// rotation).
+    private var previousKeyDeadline: Timestamp?
     /// Selector arrays decoded before, shared with the Child SAs that arrive with the same.
     private var selectorCache = StateEncoding.SelectorCache()
     /// The channel's counters.
@@ -160,10 +198,17 @@ public struct SyncChannel {
     private static func freshPeer(_ configuration: SyncChannelConfiguration) -> Peer {
         Peer(
             sender: ReliableSender(limit: configuration.retransmitBufferLimit),
-            replay: try! ReplayWindow(
-                size: min(max(configuration.replayWindowSize, ReplayWindow.minimumSize), ReplayWindow.maximumSize),
-                extendedSequenceNumbers: true),
+            replay: replayWindow(configuration, seenUpTo: 0),
             receiver: ReliableReceiver(limit: configuration.receiveHoldLimit))
+    }
+
+    /// A replay window for a peer's packet numbers with everything up to `packetNumber` seen.
+    private static func replayWindow(_ configuration: SyncChannelConfiguration, seenUpTo packetNumber: UInt64) -> ReplayWindow {
+        let size = min(max(configuration.replayWindowSize, ReplayWindow.minimumSize), ReplayWindow.maximumSize)
+        // Cannot throw: the size is clamped to the allowed range and 64-bit numbers have room.
+        return try! ReplayWindow(
+            size: size, extendedSequenceNumbers: true,
+            restoringFrom: ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: packetNumber), policy: .conservative(advance: 0))
     }
 
     /// The largest payload of records one datagram carries.
@@ -218,10 +263,14 @@ public struct SyncChannel {
         for payload in reliable {
             let entry = peers[peer]!.sender.enqueue(payload, now: now)!
             last = entry.sequence
-            actions.append(try transmit(payload, to: peer, reliableSequence: entry.sequence, streamReset: entry.streamReset))
+            // Before the handshake with the peer, reliable datagrams wait in the buffer: they go
+            // out once it completes.
+            if let action = try transmit(payload, to: peer, reliableSequence: entry.sequence, streamReset: entry.streamReset) {
+                actions.append(action)
+            }
         }
         for payload in unreliable {
-            actions.append(try transmit(payload, to: peer, reliableSequence: 0, streamReset: false))
+            if let action = try transmit(payload, to: peer, reliableSequence: 0, streamReset: false) { actions.append(action) }
         }
         return (last.map { SyncTicket(peer: peer, sequence: $0) }, actions)
     }
@@ -249,25 +298,43 @@ public struct SyncChannel {
         statistics.streamResets += 1
     }
 
-    /// Moves this member to a new, higher epoch: new direction keys (derived from `key` if
-    /// given, the current cluster key otherwise), packet numbers from 1 again, and every
-    /// stream restarted. Peers see the new epoch and resync; datagrams sealed under the previous
-    /// cluster key keep opening until the peers rotate too. Rotate rarely: each rotation costs a
-    /// bulk resync of every standby. Throws when `epoch` is not above the current one.
+    /// Moves this member to a new, higher epoch, and to a new cluster key when `key` is given.
+    /// Nothing restarts: packet numbers go on, streams go on. Datagrams sealed under the previous
+    /// cluster key keep opening until every peer was heard under the new one, or for
+    /// ``SyncChannelConfiguration/previousKeyGrace`` at most; then the previous key is wiped.
+    /// Throws when `epoch` is not above the current one.
     public mutating func rotate(toEpoch epoch: UInt32, key: ChannelKey? = nil) throws(SyncChannelError) {
         guard epoch > configuration.epoch else { throw .invalidHeader("epoch \(epoch) not above \(configuration.epoch)") }
         if let key {
             guard configuration.key != nil else { throw .security(.noKey) }
             sealer.rotate(to: key)
             configuration.key = key
+            previousKeyDeadline = nil
+            for member in peers.keys { peers[member]!.heardUnderCurrentKey = false }
         }
         configuration.epoch = epoch
-        for member in peers.keys {
-            peers[member]!.nextPacketNumber = 1
-            peers[member]!.sender.resetStream()
-        }
-        statistics.streamResets += UInt64(peers.count)
         configuration.logger.notice("synch channel moved to a new epoch", metadata: ["epoch": "\(epoch)", "newKey": "\(key != nil)"])
+    }
+
+    /// Whether datagrams sealed under the cluster key before the last rotation still open.
+    public var acceptsPreviousKey: Bool { sealer.previousKey != nil }
+
+    /// Stops opening datagrams sealed under the previous cluster key, and wipes it.
+    public mutating func retirePreviousKey() {
+        guard sealer.previousKey != nil else { return }
+        sealer.retirePreviousKey()
+        previousKeyDeadline = nil
+        configuration.logger.notice("previous cluster key retired")
+    }
+
+    /// The peer's incarnation this channel established by handshake, if any.
+    public func incarnation(of peer: ClusterMemberID) -> ChannelIncarnation? { peers[peer]?.incarnation }
+
+    /// Whether the handshake with `peer` is complete both ways: each end took the other's
+    /// incarnation, so data flows.
+    public func isEstablished(with peer: ClusterMemberID) -> Bool {
+        guard let state = peers[peer] else { return false }
+        return state.incarnation != nil && state.established
     }
 
     // MARK: Receiving
@@ -299,41 +366,50 @@ public struct SyncChannel {
         // neither copied to be read nor copied to be changed; it goes back unchanged when the
         // datagram is dropped.
         guard var peer = peers.removeValue(forKey: claimed.sender) else { throw .unknownMember(claimed.sender) }
-        let header: DatagramHeader
+        if claimed.isHandshake {
+            let handshake: ChannelHandshake
+            do throws(SyncChannelError) {
+                let opened = try sealer.open(datagram, claimed, receiverIncarnation: configuration.incarnation)
+                handshake = try ChannelHandshake.decode(opened.payload)
+            } catch {
+                peers[claimed.sender] = peer
+                throw error
+            }
+            return acceptHandshake(handshake, claimed, from: &peer, now: now)
+        }
+        let header = claimed
         let records: [SyncRecord]
+        let underPreviousKey: Bool
         do throws(SyncChannelError) {
-            if let epoch = peer.epoch, claimed.epoch < epoch { throw SyncChannelError.security(.replayed(claimed.packetNumber)) }
-            if peer.epoch == claimed.epoch {
-                guard case .fresh = peer.replay.classify(claimed.packetNumber) else {
-                    throw SyncChannelError.security(.replayed(claimed.packetNumber))
-                }
+            // Data is sealed for one pair of incarnations: anything else (a peer's earlier run,
+            // or data for an earlier run of this member) cannot open, and is dropped unopened.
+            guard peer.incarnation == claimed.senderIncarnation else { throw SyncChannelError.security(.unknownIncarnation) }
+            guard case .fresh = peer.replay.classify(claimed.packetNumber) else {
+                throw SyncChannelError.security(.replayed(claimed.packetNumber))
+            }
+            guard claimed.reliableSequence < ReliableReceiver.sequenceCeiling else {
+                throw SyncChannelError.invalidHeader("reliable sequence \(claimed.reliableSequence)")
             }
             let payload: [UInt8]
-            (header, payload) = try sealer.open(datagram)
+            (payload, underPreviousKey) = try sealer.open(datagram, claimed, receiverIncarnation: configuration.incarnation)
             do { records = try SyncRecord.decodeAll(payload[...], cache: &selectorCache) } catch { throw SyncChannelError.codec(error) }
+            for case .heartbeat(let highest, _) in records where highest >= ReliableReceiver.sequenceCeiling {
+                throw SyncChannelError.invalidHeader("heartbeat announcing reliable sequence \(highest)")
+            }
         } catch {
             peers[claimed.sender] = peer
             throw error
         }
-        let sameEpoch = peer.epoch == header.epoch
 
         // Authentic and well formed: from here on, state changes.
         var actions: [SyncChannelAction] = []
-        if !sameEpoch {
-            let restarted = peer.epoch != nil
-            peer.epoch = header.epoch
-            peer.replay = Self.freshPeer(configuration).replay
-            peer.receiver.reset()
-            if restarted {
-                // It lost our stream too (a restart), or rotated its keys and dropped what we had
-                // not acknowledged: restart the stream and let the owner resync the peer.
-                peer.sender.resetStream()
-                statistics.streamResets += 1
-                actions.append(.resyncNeeded(header.sender))
-            }
-            actions.append(.peerRestarted(header.sender, epoch: header.epoch))
-            configuration.logger.notice(
-                "synch peer started", metadata: ["peer": "\(header.sender.rawValue)", "epoch": "\(header.epoch)", "restart": "\(restarted)"])
+        peer.established = true
+        peer.renewing = false
+        peer.epoch = header.epoch
+        if peer.heardIncarnation != peer.incarnation { peer.heardIncarnation = nil }
+        if !underPreviousKey && sealer.previousKey != nil && !peer.heardUnderCurrentKey {
+            peer.heardUnderCurrentKey = true
+            if peers.values.allSatisfy(\.heardUnderCurrentKey) { retirePreviousKey() }
         }
         try? peer.replay.commit(header.packetNumber)
         peer.lastHeard = now
@@ -348,19 +424,10 @@ public struct SyncChannel {
             case .acknowledgement(let cumulative, let selective):
                 peer.sender.acknowledge(cumulative: cumulative, selective: selective)
             case .negativeAcknowledgement(let ranges):
-                let answer = peer.sender.negativeAcknowledge(ranges, now: now)
-                retransmit += answer.retransmit
-                if answer.lost {
-                    peer.sender.resetStream()
-                    statistics.streamResets += 1
-                    actions.append(.resyncNeeded(header.sender))
-                    configuration.logger.warning(
-                        "synch stream reset: the peer asked for records never sent; a resync follows",
-                        metadata: ["peer": "\(header.sender.rawValue)", "missing": "\(ranges)"])
-                }
+                retransmit += peer.sender.negativeAcknowledge(ranges, now: now)
             case .heartbeat(let highest, _):
                 let hadGap = peer.receiver.hasGap
-                peer.receiver.announce(highest: highest, now: now)
+                peer.receiver.announce(highest: highest, now: now)  // below the ceiling, checked above
                 if peer.receiver.hasGap && !hadGap { statistics.gapsDetected += 1 }
                 if peer.receiver.hasGap { control.append(negativeAcknowledgement(&peer, now: now)) }
                 unreliable.append(record)
@@ -392,6 +459,84 @@ public struct SyncChannel {
         return actions
     }
 
+    /// Takes an authentic handshake: remembers the peer's challenge to echo it, takes the peer's
+    /// incarnation when the handshake answers this member's current challenge, and answers when
+    /// there is something new to say.
+    private mutating func acceptHandshake(
+        _ handshake: ChannelHandshake, _ header: DatagramHeader, from peer: inout Peer, now: Timestamp
+    ) -> [SyncChannelAction] {
+        var actions: [SyncChannelAction] = []
+        var answer = peer.heardIncarnation != header.senderIncarnation || peer.heardChallenge != handshake.challenge
+        peer.heardIncarnation = header.senderIncarnation
+        peer.heardChallenge = handshake.challenge
+        let answersUs = handshake.echoedIncarnation == configuration.incarnation && handshake.echoedChallenge == peer.challenge
+        if answersUs && peer.renewing && peer.incarnation == header.senderIncarnation {
+            // The peer answered after a silence: its packet numbers go on from this handshake's,
+            // so the window moves there (a window pushed far ahead by a forgery no longer shuts
+            // the peer out), and everything the peer sent before it counts as seen.
+            peer.renewing = false
+            peer.challenge &+= 1
+            peer.replay = Self.replayWindow(configuration, seenUpTo: header.packetNumber)
+            answer = true
+            configuration.logger.notice(
+                "synch peer answered after a silence", metadata: ["peer": "\(header.sender.rawValue)"])
+        } else if answersUs && peer.incarnation != header.senderIncarnation {
+            let restarted = peer.incarnation != nil
+            peer.incarnation = header.senderIncarnation
+            peer.epoch = header.epoch
+            peer.challenge &+= 1
+            peer.established = false
+            peer.renewing = false
+            // Its packet numbers are shared by handshakes and data: nothing it sent before this
+            // answer can be fresh.
+            peer.replay = Self.replayWindow(configuration, seenUpTo: header.packetNumber)
+            peer.receiver.reset()
+            peer.unacknowledged = 0
+            peer.firstUnacknowledged = nil
+            if restarted {
+                // It lost our stream with its previous run: restart the stream and let the
+                // owner resync the peer.
+                peer.sender.resetStream()
+                statistics.streamResets += 1
+                actions.append(.resyncNeeded(header.sender))
+            }
+            actions.append(.peerRestarted(header.sender, epoch: header.epoch))
+            statistics.peerIncarnationsAccepted += 1
+            answer = true
+            configuration.logger.notice(
+                "synch peer started",
+                metadata: [
+                    "peer": "\(header.sender.rawValue)", "epoch": "\(header.epoch)", "incarnation": "\(header.senderIncarnation)",
+                    "restart": "\(restarted)",
+                ])
+        }
+        // Reliable datagrams queued before the peer was known go out now, after the answer that
+        // completes its side of the handshake.
+        let queued = answersUs ? peer.sender.timedOut(now: now, timeout: 0, maximum: Int.max) : []
+        peers[header.sender] = peer
+        if answer { actions.append(contentsOf: sendHandshake(to: header.sender, now: now)) }
+        transmit(queued, control: [], to: header.sender, into: &actions)
+        return actions
+    }
+
+    /// A handshake datagram to `member`: this member's challenge, and the peer's last heard.
+    /// Empty when sealing fails (a later tick tries again).
+    private mutating func sendHandshake(to member: ClusterMemberID, now: Timestamp) -> [SyncChannelAction] {
+        peers[member]!.lastHandshakeSent = now
+        let peer = peers[member]!
+        let payload = ChannelHandshake(
+            challenge: peer.challenge, echoedIncarnation: peer.heardIncarnation, echoedChallenge: peer.heardChallenge
+        ).encoded
+        do {
+            let action = try transmit(payload, to: member, reliableSequence: 0, streamReset: false, handshake: true)
+            statistics.handshakesSent += 1
+            return action.map { [$0] } ?? []
+        } catch {
+            configuration.logger.error("synch handshake not sent", metadata: ["peer": "\(member.rawValue)", "reason": "\(error)"])
+            return []
+        }
+    }
+
     private func acknowledgement(_ peer: inout Peer) -> SyncRecord {
         peer.unacknowledged = 0
         peer.firstUnacknowledged = nil
@@ -412,13 +557,44 @@ public struct SyncChannel {
     /// retransmissions, and repeated negative acknowledgements for gaps still open.
     public mutating func tick(now: Timestamp) -> [SyncChannelAction] {
         var actions: [SyncChannelAction] = []
+        if sealer.previousKey != nil {
+            if let deadline = previousKeyDeadline {
+                if now >= deadline { retirePreviousKey() }
+            } else {
+                let (deadline, overflow) = now.nanoseconds.addingReportingOverflow(configuration.previousKeyGrace)
+                previousKeyDeadline = Timestamp(nanoseconds: overflow ? .max : deadline)
+            }
+        }
         for member in peers.keys.sorted() {
+            if peers[member]!.established,
+                let heard = peers[member]!.lastHeard,
+                now.nanoseconds >= heard.nanoseconds &+ configuration.heartbeatInterval &* 4
+            {
+                // Silent for four heartbeats: a partition, a dead peer, or a window a forgery
+                // pushed ahead. Handshakes go out until data comes again; an answer moves the
+                // window to the peer's packet numbers.
+                peers[member]!.established = false
+                peers[member]!.renewing = true
+            }
+            let peerState = peers[member]!
+            // Handshakes until both ends hold each other's incarnation, and again when the peer
+            // shows another incarnation (it restarted, or a recording is replayed).
+            let handshakeWanted =
+                peerState.incarnation == nil || !peerState.established
+                || (peerState.heardIncarnation != nil && peerState.heardIncarnation != peerState.incarnation)
+            if handshakeWanted,
+                peerState.lastHandshakeSent.map({ now.nanoseconds >= $0.nanoseconds &+ configuration.heartbeatInterval }) ?? true
+            {
+                actions += sendHandshake(to: member, now: now)
+            }
             var peer = peers.removeValue(forKey: member)!
             var control: [SyncRecord] = []
-            if peer.lastHeartbeatSent.map({ now.nanoseconds >= $0.nanoseconds &+ configuration.heartbeatInterval }) ?? true {
+            if peer.incarnation != nil,
+                peer.lastHeartbeatSent.map({ now.nanoseconds >= $0.nanoseconds &+ configuration.heartbeatInterval }) ?? true
+            {
                 peer.lastHeartbeatSent = now
                 control.append(.heartbeat(highestSequence: peer.sender.highestSent, sentAt: now))
-                if peer.epoch != nil { control.append(acknowledgement(&peer)) }
+                control.append(acknowledgement(&peer))
             } else if let first = peer.firstUnacknowledged,
                 now.nanoseconds >= first.nanoseconds &+ configuration.acknowledgementDelay
             {
@@ -468,12 +644,14 @@ public struct SyncChannel {
     ) {
         do {
             for entry in retransmit {
+                guard let action = try transmit(entry.payload, to: member, reliableSequence: entry.sequence, streamReset: entry.streamReset)
+                else { break }
                 statistics.retransmissions += 1
-                actions.append(try transmit(entry.payload, to: member, reliableSequence: entry.sequence, streamReset: entry.streamReset))
+                actions.append(action)
             }
-            guard !control.isEmpty else { return }
+            guard !control.isEmpty, peers[member]!.incarnation != nil else { return }
             for payload in try pack(control) {
-                actions.append(try transmit(payload, to: member, reliableSequence: 0, streamReset: false))
+                if let action = try transmit(payload, to: member, reliableSequence: 0, streamReset: false) { actions.append(action) }
             }
             statistics.recordsSent &+= UInt64(control.count)
         } catch {
@@ -482,16 +660,24 @@ public struct SyncChannel {
         }
     }
 
+    /// Seals one datagram to `member`; nil (nothing sent, no packet number used) for data while
+    /// the peer's incarnation is unknown, since data keys are bound to it.
     private mutating func transmit(
-        _ payload: [UInt8], to member: ClusterMemberID, reliableSequence: UInt64, streamReset: Bool
-    ) throws(SyncChannelError) -> SyncChannelAction {
+        _ payload: [UInt8], to member: ClusterMemberID, reliableSequence: UInt64, streamReset: Bool, handshake: Bool = false
+    ) throws(SyncChannelError) -> SyncChannelAction? {
+        let receiverIncarnation = peers[member]!.incarnation
+        guard handshake || receiverIncarnation != nil else { return nil }
         let packetNumber = peers[member]!.takePacketNumber()
         let header = DatagramHeader(
-            flags: streamReset ? DatagramHeader.streamResetFlag : 0, clusterID: configuration.clusterID,
-            sender: configuration.member, receiver: member, epoch: configuration.epoch, packetNumber: packetNumber,
-            reliableSequence: reliableSequence)
+            flags: (streamReset ? DatagramHeader.streamResetFlag : 0) | (handshake ? DatagramHeader.handshakeFlag : 0),
+            clusterID: configuration.clusterID, sender: configuration.member, receiver: member, epoch: configuration.epoch,
+            senderIncarnation: configuration.incarnation, packetNumber: packetNumber, reliableSequence: reliableSequence)
         let datagram: [UInt8]
-        do { datagram = try sealer.seal(header, payload: payload) } catch { throw .security(error) }
+        do {
+            datagram = try sealer.seal(header, payload: payload, receiverIncarnation: receiverIncarnation ?? .none)
+        } catch {
+            throw .security(error)
+        }
         statistics.datagramsSent += 1
         return .transmit(to: member, datagram: datagram)
     }

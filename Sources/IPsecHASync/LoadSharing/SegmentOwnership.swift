@@ -260,11 +260,17 @@ public struct SegmentOwnership: Sendable {
 
     /// Takes an ownership record delivered by the channel from `member`; other records are
     /// ignored.
+    /// Received claim versions and beacon times at or above this are refused.
+    static let valueCeiling: UInt64 = 1 << 62
+
     public mutating func receive(_ record: SyncRecord, from member: ClusterMemberID, now: Timestamp) -> [OwnershipAction] {
         guard peers[member] != nil else { return [] }
         switch record {
         case .ownershipBeacon(let beacon):
             guard admit(beacon.incarnation, from: member) else { return [] }
+            // Times this far out (146 years in nanoseconds) are a forger's: taken, the largest
+            // would shut the peer's genuine beacons out, or block lease renewal, for good.
+            guard beacon.sentAt.nanoseconds < Self.valueCeiling, (beacon.echo?.nanoseconds ?? 0) < Self.valueCeiling else { return [] }
             if let latest = peers[member]!.latestSentAt, beacon.sentAt.nanoseconds <= latest.nanoseconds { return [] }
             // A beacon the peer sent before it heard of this incarnation speaks of a previous
             // one: its echo and its count of our claims mean nothing here. (Taken, and with
@@ -294,7 +300,9 @@ public struct SegmentOwnership: Sendable {
                 renew(member, echo: pending.echo)
             }
             var news: [SegmentClaim] = []
-            for claim in claims where Int(claim.segment.rawValue) < table.count {
+            // A version near the largest would trap at the next move (version + 1): no genuine
+            // claim gets there.
+            for claim in claims where Int(claim.segment.rawValue) < table.count && claim.version < Self.valueCeiling {
                 let held = table[Int(claim.segment.rawValue)]
                 guard claim.supersedes(held) else { continue }
                 table[Int(claim.segment.rawValue)] = claim

@@ -5,6 +5,9 @@ import IPsecHACore
 /// from gaps in what arrived and from the peer's heartbeats (which carry the highest sequence
 /// number sent, so a loss at the end of a burst is noticed at the next heartbeat).
 struct ReliableReceiver {
+    /// Reliable sequence numbers (received or announced) at or above this are refused: no
+    /// sender reaches it (2^62 datagrams), and below it no arithmetic on them can overflow.
+    static let sequenceCeiling: UInt64 = 1 << 62
     /// At most this many early datagrams are held; later ones are dropped and come again.
     let limit: Int
     /// Everything up to this was delivered.

@@ -88,26 +88,25 @@ struct ReliableSender {
         }
     }
 
-    /// The datagrams a negative acknowledgement asks for; `lost` when it asks for some that were
-    /// never sent (a peer that lost track of the stream: only a reset can help).
+    /// The datagrams a negative acknowledgement asks for, still held and not selectively
+    /// acknowledged.
     ///
     /// Numbers at or below the cumulative acknowledgement need nothing: they were acknowledged
     /// (the request is older than the acknowledgement that overtook it), or a stream reset
     /// dropped them and the datagram that tells the receiver so is still on its way (it can
-    /// arrive after later ones). Resetting again for those, as this once did, made a reordered
-    /// resync reset itself: a standby under loss was resynced over and over.
-    mutating func negativeAcknowledge(_ ranges: [SequenceRange], now: Timestamp) -> (retransmit: [Outstanding], lost: Bool) {
+    /// arrive after later ones). Numbers above the highest sent are ignored: a peer's receiver
+    /// starts afresh with each incarnation of this member, so only a forger asks for them, and
+    /// resetting the stream for it (as this once did) let one datagram start a bulk resync.
+    mutating func negativeAcknowledge(_ ranges: [SequenceRange], now: Timestamp) -> [Outstanding] {
         var retransmit: [Outstanding] = []
-        var lost = false
         for range in ranges {
-            if range.upper > highestSent { lost = true }
             for index in indices(of: range) where !storage[index].selectivelyAcknowledged {
                 storage[index].lastSent = now
                 storage[index].transmissions += 1
                 retransmit.append(storage[index])
             }
         }
-        return (retransmit, lost)
+        return retransmit
     }
 
     /// Datagrams unacknowledged for `timeout` or longer, at most `maximum`, marked as resent now.

@@ -1,9 +1,9 @@
 internal import CSodium
 
 /// The cluster's synch-channel key: 32 secret bytes every member shares (distributed by the
-/// operator, like a VRRP or conntrackd secret), from which each direction of each member pair
-/// gets its own key per epoch (`crypto_kdf_derive_from_key`, context "IKEHASYN"). Held in
-/// `sodium_malloc` memory; printed as its length only.
+/// operator, like a VRRP or conntrackd secret), from which each direction between two running
+/// members gets its own key: keyed BLAKE2b over the cluster ID, both member IDs and both
+/// members' ``ChannelIncarnation``s. Held in `sodium_malloc` memory; printed as its length only.
 public struct ChannelKey: Sendable, CustomStringConvertible {
     /// The length of a cluster key: 32 bytes.
     public static let byteCount = 32
@@ -36,26 +36,49 @@ public struct ChannelKey: Sendable, CustomStringConvertible {
         return try ChannelKey(bytes: bytes)
     }
 
-    /// The key that seals datagrams from `sender` to `receiver` in `epoch`.
-    func directionKey(epoch: UInt32, sender: UInt16, receiver: UInt16) throws(ChannelSecurityError) -> SecureBytes {
-        let subkeyID = UInt64(epoch) << 32 | UInt64(sender) << 16 | UInt64(receiver)
-        let context: [CChar] = Array("IKEHASYN".utf8CString.prefix(8))
+    /// The key that seals datagrams in the direction `context` names, in `sodium_malloc` memory.
+    func directionKey(_ context: DirectionKeyContext) throws(ChannelSecurityError) -> SecureBytes {
         var failed = false
         let key: SecureBytes
         do {
-            key = try SecureBytes(count: Int(crypto_aead_chacha20poly1305_ietf_keybytes())) { destination in
-                secret.withUnsafeBytes { master in
-                    failed =
-                        crypto_kdf_derive_from_key(
-                            destination.baseAddress!.assumingMemoryBound(to: UInt8.self), destination.count, subkeyID,
-                            context, master.baseAddress!.assumingMemoryBound(to: UInt8.self)) != 0
-                }
+            key = try SecureBytes(count: Self.byteCount) { destination in
+                failed = !derive(context, into: destination.baseAddress!.assumingMemoryBound(to: UInt8.self))
             }
         } catch {
             throw .sodium(error)
         }
         if failed { throw .keyDerivationFailed }
         return key
+    }
+
+    /// Calls `body` with the direction key of `context` in a stack buffer that is zeroed after:
+    /// for trial opens of handshakes, which an attacker can send with any incarnation, so that
+    /// no guarded allocation is made for a key that may never authenticate anything.
+    func withDirectionKey<Result>(
+        _ context: DirectionKeyContext, _ body: (UnsafePointer<UInt8>) -> Result
+    ) throws(ChannelSecurityError) -> Result {
+        let result: Result? = withUnsafeTemporaryAllocation(byteCount: Self.byteCount, alignment: 16) { buffer in
+            let base = buffer.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            defer { sodium_memzero(buffer.baseAddress!, buffer.count) }
+            guard derive(context, into: base) else { return nil }
+            return body(base)
+        }
+        guard let result else { throw .keyDerivationFailed }
+        return result
+    }
+
+    /// BLAKE2b-256 keyed with the cluster key over the label and the context (54 bytes, laid
+    /// out in `Docs/SyncProtocol.md`).
+    private func derive(_ context: DirectionKeyContext, into destination: UnsafeMutablePointer<UInt8>) -> Bool {
+        var message = ByteWriter(capacity: DirectionKeyContext.encodedSize)
+        context.write(into: &message)
+        return message.withBytes { input in
+            secret.withUnsafeBytes { master in
+                crypto_generichash(
+                    destination, Self.byteCount, input.baseAddress!.assumingMemoryBound(to: UInt8.self), UInt64(input.count),
+                    master.baseAddress!.assumingMemoryBound(to: UInt8.self), master.count) == 0
+            }
+        }
     }
 
     public var description: String { "ChannelKey(32 bytes, redacted)" }
@@ -68,13 +91,41 @@ public enum ChannelSecurityError: Error, Sendable, Hashable {
     case invalidKeyLength(Int)
     /// libsodium failed.
     case sodium(SodiumError)
-    /// `crypto_kdf_derive_from_key` failed.
+    /// The direction key could not be derived (libsodium's `crypto_generichash` failed).
     case keyDerivationFailed
     /// The datagram's tag did not verify: forged, corrupted, or sealed under another key.
     case authenticationFailed
-    /// The datagram was received before (same sender, epoch and packet number), or is older
-    /// than the replay window.
+    /// The datagram was received before (same sender incarnation and packet number), or is
+    /// older than the replay window.
     case replayed(UInt64)
+    /// Data from an incarnation of the sender that no handshake established (an earlier run of
+    /// the sender, data sealed for an earlier run of this member, or a forgery): dropped unopened.
+    case unknownIncarnation
     /// The channel has no key and insecure mode was not chosen.
     case noKey
+}
+
+/// What a direction key is derived from: the cluster, the two members, and the incarnations of
+/// both (the receiver's is ``ChannelIncarnation/none`` for a handshake key, which the sender
+/// uses before it knows the receiver's).
+struct DirectionKeyContext: Hashable {
+    static let label: [UInt8] = Array("IKEHA-SYNCH-v2".utf8)
+    static let encodedSize = 14 + 4 + 2 + 2 + 16 + 16
+
+    var clusterID: UInt32
+    var sender: UInt16
+    var receiver: UInt16
+    var senderIncarnation: ChannelIncarnation
+    var receiverIncarnation: ChannelIncarnation
+
+    func write(into writer: inout ByteWriter) {
+        writer.write(bytes: Self.label)
+        writer.write(clusterID)
+        writer.write(sender)
+        writer.write(receiver)
+        writer.write(senderIncarnation.high)
+        writer.write(senderIncarnation.low)
+        writer.write(receiverIncarnation.high)
+        writer.write(receiverIncarnation.low)
+    }
 }

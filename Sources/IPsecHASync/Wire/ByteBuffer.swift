@@ -23,6 +23,11 @@ struct ByteWriter: ~Copyable {
         destination.copyMemory(from: base, byteCount: count)
     }
 
+    /// Calls `body` with the bytes written so far, in place.
+    func withBytes<Result>(_ body: (UnsafeRawBufferPointer) -> Result) -> Result {
+        body(UnsafeRawBufferPointer(start: base, count: count))
+    }
+
     /// The bytes written from `offset` on.
     func bytes(from offset: Int) -> [UInt8] {
         [UInt8](UnsafeRawBufferPointer(start: base + offset, count: count - offset))
