@@ -106,7 +106,7 @@ public enum ChannelSecurityError: Error, Sendable, Hashable {
 }
 
 /// What a direction key is derived from: the cluster, the two members, and the incarnations of
-/// both (the receiver's is ``ChannelIncarnation/none`` for a handshake key, which the sender
+/// both (the receiver's is all zero for a handshake key, which the sender
 /// uses before it knows the receiver's).
 struct DirectionKeyContext: Hashable {
     static let label: [UInt8] = Array("IKEHA-SYNCH-v2".utf8)
