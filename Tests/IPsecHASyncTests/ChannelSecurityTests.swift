@@ -134,6 +134,21 @@ struct ChannelSecurityTests {
         #expect(!delivers(restarted.receive(before, now: now)))
     }
 
+    /// A standby's first hello goes out before any handshake: it waits in the channel and is
+    /// sent once the handshake completes (embedders send it once and wait for the resync).
+    @Test func unreliableRecordsSentBeforeTheHandshakeGoOutAfterIt() throws {
+        let key = try ChannelKey.generate()
+        var active = try SyncChannel(
+            configuration: SyncChannelConfiguration(clusterID: 9, member: Self.active, epoch: 3, key: key, peers: [Self.standby]))
+        var standby = try SyncChannel(
+            configuration: SyncChannelConfiguration(clusterID: 9, member: Self.standby, epoch: 4, key: key, peers: [Self.active]))
+        let hello = SyncRecord.hello(epoch: 4, capabilities: 0, needsResync: true)
+        #expect(try standby.send([hello], to: Self.active, now: Timestamp(nanoseconds: 1)).actions.isEmpty, "no key for the peer yet")
+        var atActive: [SyncRecord] = []
+        _ = establish(&active, &standby) { receiver, records in if receiver == Self.active { atActive += records } }
+        #expect(atActive.filter { $0 == hello }.count == 1)
+    }
+
     /// Review H1 and L5: two runs of one member (same ID, same epoch, same key), or two members
     /// misconfigured with one ID, never seal under the same key: the same plaintext at the same
     /// packet number gives unrelated ciphertexts.

@@ -137,8 +137,6 @@ public struct SyncChannel {
         var lastHeartbeatSent: Timestamp?
         /// The peer's incarnation, taken from a handshake that answered this member's challenge.
         var incarnation: ChannelIncarnation?
-        /// The epoch in the peer's latest accepted header.
-        var epoch: UInt32?
         /// This member's current challenge to the peer; a new one after each incarnation taken,
         /// so that no recorded handshake can install an incarnation again.
         var challenge: UInt64 = 0
@@ -150,6 +148,10 @@ public struct SyncChannel {
         var lastHandshakeSent: Timestamp?
         /// Whether this member asked the peer to answer again after a silence.
         var renewing = false
+        /// Unreliable payloads sent before the handshake gave the peer's incarnation (a
+        /// standby's first hello, say), sent once it does; the oldest go beyond
+        /// ``SyncChannel/unreliableHoldLimit``.
+        var heldUnreliable: [[UInt8]] = []
         /// Whether data sealed under the current cluster key came from it since the last rotation.
         var heardUnderCurrentKey = false
         var replay: ReplayWindow
@@ -211,6 +213,9 @@ public struct SyncChannel {
             restoringFrom: ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: packetNumber), policy: .conservative(advance: 0))
     }
 
+    /// Unreliable payloads held per peer until its handshake completes.
+    static let unreliableHoldLimit = 16
+
     /// The largest payload of records one datagram carries.
     public var maximumPayload: Int {
         configuration.maximumDatagramSize - DatagramHeader.size - (configuration.key == nil ? 0 : DatagramSealer.tagSize)
@@ -270,7 +275,12 @@ public struct SyncChannel {
             }
         }
         for payload in unreliable {
-            if let action = try transmit(payload, to: peer, reliableSequence: 0, streamReset: false) { actions.append(action) }
+            if let action = try transmit(payload, to: peer, reliableSequence: 0, streamReset: false) {
+                actions.append(action)
+            } else {
+                if peers[peer]!.heldUnreliable.count >= Self.unreliableHoldLimit { peers[peer]!.heldUnreliable.removeFirst() }
+                peers[peer]!.heldUnreliable.append(payload)
+            }
         }
         return (last.map { SyncTicket(peer: peer, sequence: $0) }, actions)
     }
@@ -405,7 +415,6 @@ public struct SyncChannel {
         var actions: [SyncChannelAction] = []
         peer.established = true
         peer.renewing = false
-        peer.epoch = header.epoch
         if peer.heardIncarnation != peer.incarnation { peer.heardIncarnation = nil }
         if !underPreviousKey && sealer.previousKey != nil && !peer.heardUnderCurrentKey {
             peer.heardUnderCurrentKey = true
@@ -470,26 +479,23 @@ public struct SyncChannel {
         peer.heardIncarnation = header.senderIncarnation
         peer.heardChallenge = handshake.challenge
         let answersUs = handshake.echoedIncarnation == configuration.incarnation && handshake.echoedChallenge == peer.challenge
-        if answersUs && peer.renewing && peer.incarnation == header.senderIncarnation {
-            // The peer answered after a silence: its packet numbers go on from this handshake's,
-            // so the window moves there (a window pushed far ahead by a forgery no longer shuts
-            // the peer out), and everything the peer sent before it counts as seen.
-            peer.renewing = false
+        let renewal = answersUs && peer.renewing && peer.incarnation == header.senderIncarnation
+        let newIncarnation = answersUs && peer.incarnation != header.senderIncarnation
+        // Either completes this member's side of a handshake: what waited for it goes out.
+        let completed = renewal || newIncarnation
+        if completed {
             peer.challenge &+= 1
+            peer.renewing = false
+            // The peer's packet numbers are shared by handshakes and data: nothing it sent before
+            // this answer can be fresh. (After a silence this also moves a window that a forgery
+            // pushed far ahead back to where the peer is, so it no longer shuts the peer out.)
             peer.replay = Self.replayWindow(configuration, seenUpTo: header.packetNumber)
             answer = true
-            configuration.logger.notice(
-                "synch peer answered after a silence", metadata: ["peer": "\(header.sender.rawValue)"])
-        } else if answersUs && peer.incarnation != header.senderIncarnation {
+        }
+        if newIncarnation {
             let restarted = peer.incarnation != nil
             peer.incarnation = header.senderIncarnation
-            peer.epoch = header.epoch
-            peer.challenge &+= 1
             peer.established = false
-            peer.renewing = false
-            // Its packet numbers are shared by handshakes and data: nothing it sent before this
-            // answer can be fresh.
-            peer.replay = Self.replayWindow(configuration, seenUpTo: header.packetNumber)
             peer.receiver.reset()
             peer.unacknowledged = 0
             peer.firstUnacknowledged = nil
@@ -502,20 +508,26 @@ public struct SyncChannel {
             }
             actions.append(.peerRestarted(header.sender, epoch: header.epoch))
             statistics.peerIncarnationsAccepted += 1
-            answer = true
             configuration.logger.notice(
                 "synch peer started",
                 metadata: [
                     "peer": "\(header.sender.rawValue)", "epoch": "\(header.epoch)", "incarnation": "\(header.senderIncarnation)",
                     "restart": "\(restarted)",
                 ])
+        } else if renewal {
+            configuration.logger.notice("synch peer answered after a silence", metadata: ["peer": "\(header.sender.rawValue)"])
         }
-        // Reliable datagrams queued before the peer was known go out now, after the answer that
+        // Datagrams queued before the peer was known go out now, after the answer that
         // completes its side of the handshake.
-        let queued = answersUs ? peer.sender.timedOut(now: now, timeout: 0, maximum: Int.max) : []
+        let queued = completed ? peer.sender.timedOut(now: now, timeout: 0, maximum: Int.max) : []
+        let heldUnreliable = completed ? peer.heldUnreliable : []
+        if completed { peer.heldUnreliable = [] }
         peers[header.sender] = peer
         if answer { actions.append(contentsOf: sendHandshake(to: header.sender, now: now)) }
         transmit(queued, control: [], to: header.sender, into: &actions)
+        for payload in heldUnreliable {
+            if let action = try? transmit(payload, to: header.sender, reliableSequence: 0, streamReset: false) { actions.append(action) }
+        }
         return actions
     }
 
