@@ -70,7 +70,8 @@ struct MemberCommand: ParsableCommand {
         var transport = try group.next().makeFutureWithTask {
             try await UDPSyncTransport.bind(member: member, host: host, port: port, peers: [peerID: peerAddress], group: group)
         }.wait()
-        // An epoch from the clock: a restarted member comes back with a higher one.
+        // The role epoch, from the clock: it only orders members that are active at once (split
+        // brain). The synch channel does not rely on it: a restart with a lower or equal one is fine.
         let epoch = UInt32(truncatingIfNeeded: Timestamp.monotonicNow().nanoseconds / 1_000_000) | 1
         var configuration = SyncChannelConfiguration(clusterID: 1, member: member, epoch: epoch, key: try Self.readKey(keyFile), peers: [peerID])
         configuration.logger.logLevel = .error

@@ -134,65 +134,70 @@ struct SegmentOwnershipTests {
         for segment in segments { #expect(harness.machines[restarted]!.claim(of: segment)?.incarnation == 2) }
     }
 
-    /// A beacon the peer sent before it heard of this member's restart speaks of the previous
-    /// life: its echo renews no lease and its count of claims processed is not taken. (Taken,
-    /// two members that restarted reset each other's counts in turn and never held a lease.)
-    @Test func aBeaconAddressedToAPreviousIncarnationRenewsNothing() throws {
-        let segments = try ClusterSegments(count: 16, seed: 99)
-        let (peer, member) = (ClusterMemberID(rawValue: 1), ClusterMemberID(rawValue: 2))
+    /// Member 2 (incarnation 2) of a two-member cluster, right after it sent its first beacon
+    /// to member 1, and the beacons member 1 (incarnation 1) answers with.
+    struct AfterFirstBeacon {
+        let segments: ClusterSegments
+        let peer = ClusterMemberID(rawValue: 1)
+        let member = ClusterMemberID(rawValue: 2)
+        var machine: SegmentOwnership
         var now = Timestamp(nanoseconds: 1_000_000_000)
-        var machine = SegmentOwnership(
-            configuration: try SegmentOwnershipConfiguration(member: member, incarnation: 2, members: [peer, member], segments: segments),
-            now: now)
-        now = Timestamp(nanoseconds: now.nanoseconds + 500_000_000)
-        let beaconSent = now
-        let sent = machine.tick(now: now).contains { action in
-            guard case .send(let records, let to) = action, to == peer, case .ownershipBeacon? = records.first else { return false }
-            return true
+        let beaconSent: Timestamp
+        let sentBeacon: Bool
+
+        init() throws {
+            segments = try ClusterSegments(count: 16, seed: 99)
+            machine = SegmentOwnership(
+                configuration: try SegmentOwnershipConfiguration(member: member, incarnation: 2, members: [peer, member], segments: segments),
+                now: now)
+            now = Timestamp(nanoseconds: now.nanoseconds + 500_000_000)
+            beaconSent = now
+            let peer = peer
+            sentBeacon = machine.tick(now: now).contains { action in
+                guard case .send(let records, let to) = action, to == peer, case .ownershipBeacon? = records.first else { return false }
+                return true
+            }
         }
-        #expect(sent, "the echo the peer returns below is of this beacon")
-        func beacon(to incarnation: UInt32, sentAt: UInt64) -> SyncRecord {
+
+        /// Member 1's beacon, echoing member 2's first one.
+        func beacon(to incarnation: UInt32 = 2, sentAt: UInt64) -> SyncRecord {
             .ownershipBeacon(
                 OwnershipBeacon(
                     incarnation: 1, recipientIncarnation: incarnation, sentAt: Timestamp(nanoseconds: sentAt), echo: beaconSent,
                     up: [peer, member], claimsSent: 0, claimsProcessed: 0, ready: true))
         }
-        now = Timestamp(nanoseconds: now.nanoseconds + 1_000_000)
-        _ = machine.receive(beacon(to: 1, sentAt: now.nanoseconds), from: peer, now: now)
-        #expect(machine.up == [peer, member], "the peer is heard")
-        #expect(!machine.hasLease(now: now), "but its echo was of the previous life's beacons")
-        now = Timestamp(nanoseconds: now.nanoseconds + 1_000_000)
-        _ = machine.receive(beacon(to: 2, sentAt: now.nanoseconds), from: peer, now: now)
-        #expect(machine.hasLease(now: now))
+
+        mutating func advance(by nanoseconds: UInt64) { now = Timestamp(nanoseconds: now.nanoseconds + nanoseconds) }
+    }
+
+    /// A beacon the peer sent before it heard of this member's restart speaks of the previous
+    /// life: its echo renews no lease and its count of claims processed is not taken. (Taken,
+    /// two members that restarted reset each other's counts in turn and never held a lease.)
+    @Test func aBeaconAddressedToAPreviousIncarnationRenewsNothing() throws {
+        var cluster = try AfterFirstBeacon()
+        #expect(cluster.sentBeacon, "the echo the peer returns below is of this beacon")
+        cluster.advance(by: 1_000_000)
+        _ = cluster.machine.receive(cluster.beacon(to: 1, sentAt: cluster.now.nanoseconds), from: cluster.peer, now: cluster.now)
+        #expect(cluster.machine.up == [cluster.peer, cluster.member], "the peer is heard")
+        #expect(!cluster.machine.hasLease(now: cluster.now), "but its echo was of the previous life's beacons")
+        cluster.advance(by: 1_000_000)
+        _ = cluster.machine.receive(cluster.beacon(to: 2, sentAt: cluster.now.nanoseconds), from: cluster.peer, now: cluster.now)
+        #expect(cluster.machine.hasLease(now: cluster.now))
     }
 
     /// Review M2: a claim at the largest version trapped at the next tick (version + 1), and a
     /// beacon sent "at the end of time" shut the peer's later beacons out for good. Both are
     /// refused; the genuine beacon after them still renews the lease.
     @Test func claimsAndBeaconsWithExtremeValuesAreRefused() throws {
-        let segments = try ClusterSegments(count: 16, seed: 99)
-        let (peer, member) = (ClusterMemberID(rawValue: 1), ClusterMemberID(rawValue: 2))
-        var now = Timestamp(nanoseconds: 1_000_000_000)
-        var machine = SegmentOwnership(
-            configuration: try SegmentOwnershipConfiguration(member: member, incarnation: 2, members: [peer, member], segments: segments),
-            now: now)
-        now = Timestamp(nanoseconds: now.nanoseconds + 500_000_000)
-        let beaconSent = now
-        _ = machine.tick(now: now)
-        let claims = (0..<16).map { SegmentClaim(segment: Segment(rawValue: UInt16($0)), owner: member, incarnation: 1, version: .max) }
-        _ = machine.receive(.segmentClaims(incarnation: 1, sequence: 1, claims), from: peer, now: now)
-        for step in 1...20 { _ = machine.tick(now: Timestamp(nanoseconds: now.nanoseconds + UInt64(step) * 100_000_000)) }
-        #expect(segments.all.allSatisfy { machine.claim(of: $0)?.version != .max })
-        func beacon(sentAt: UInt64) -> SyncRecord {
-            .ownershipBeacon(
-                OwnershipBeacon(
-                    incarnation: 1, recipientIncarnation: 2, sentAt: Timestamp(nanoseconds: sentAt), echo: beaconSent,
-                    up: [peer, member], claimsSent: 0, claimsProcessed: 0, ready: true))
-        }
-        now = Timestamp(nanoseconds: now.nanoseconds + 1_000_000)
-        _ = machine.receive(beacon(sentAt: .max), from: peer, now: now)
-        _ = machine.receive(beacon(sentAt: now.nanoseconds), from: peer, now: now)
-        #expect(machine.hasLease(now: now), "the genuine beacon was taken")
+        var cluster = try AfterFirstBeacon()
+        let claims = (0..<16).map { SegmentClaim(segment: Segment(rawValue: UInt16($0)), owner: cluster.member, incarnation: 1, version: .max) }
+        _ = cluster.machine.receive(.segmentClaims(incarnation: 1, sequence: 1, claims), from: cluster.peer, now: cluster.now)
+        for step in 1...20 { _ = cluster.machine.tick(now: Timestamp(nanoseconds: cluster.now.nanoseconds + UInt64(step) * 100_000_000)) }
+        #expect(cluster.segments.all.allSatisfy { cluster.machine.claim(of: $0)?.version != .max })
+        cluster.advance(by: 1_000_000)
+        _ = cluster.machine.receive(cluster.beacon(sentAt: .max), from: cluster.peer, now: cluster.now)
+        _ = cluster.machine.receive(cluster.beacon(sentAt: cluster.now.nanoseconds), from: cluster.peer, now: cluster.now)
+        #expect(cluster.machine.hasLease(now: cluster.now), "the genuine beacon was taken")
     }
 
     @Test func aLateMemberIsHandedItsShareWithAGapNotAnOverlap() throws {

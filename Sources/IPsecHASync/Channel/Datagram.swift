@@ -205,9 +205,9 @@ struct DatagramSealer {
         derivedPrevious = [:]
     }
 
-    static func context(_ header: DatagramHeader, receiverIncarnation: ChannelIncarnation, clusterID: UInt32) -> DirectionKeyContext {
+    static func context(_ header: DatagramHeader, receiverIncarnation: ChannelIncarnation) -> DirectionKeyContext {
         DirectionKeyContext(
-            clusterID: clusterID, sender: header.sender.rawValue, receiver: header.receiver.rawValue,
+            clusterID: header.clusterID, sender: header.sender.rawValue, receiver: header.receiver.rawValue,
             senderIncarnation: header.senderIncarnation, receiverIncarnation: header.isHandshake ? .none : receiverIncarnation)
     }
 
@@ -228,7 +228,7 @@ struct DatagramSealer {
         var writer = ByteWriter(capacity: DatagramHeader.size)
         header.write(into: &writer)
         let directionKey = try Self.cachedKey(
-            key, Self.context(header, receiverIncarnation: receiverIncarnation, clusterID: header.clusterID), cache: &derived)
+            key, Self.context(header, receiverIncarnation: receiverIncarnation), cache: &derived)
         let total = DatagramHeader.size + payload.count + Self.tagSize
         return [UInt8](unsafeUninitializedCapacity: total) { buffer, initialized in
             let base = buffer.baseAddress!
@@ -260,7 +260,7 @@ struct DatagramSealer {
         }
         guard sealed else { throw .security(.authenticationFailed) }
         guard datagram.count >= DatagramHeader.size + Self.tagSize else { throw .tooShort(datagram.count) }
-        let context = Self.context(header, receiverIncarnation: receiverIncarnation, clusterID: header.clusterID)
+        let context = Self.context(header, receiverIncarnation: receiverIncarnation)
         do throws(ChannelSecurityError) {
             if header.isHandshake {
                 if let plaintext = try key.withDirectionKey(context, { Self.decrypt(datagram, header, $0) }) { return (plaintext, false) }
