@@ -59,8 +59,9 @@ func receivingChannel() -> SyncChannel {
 }
 
 /// The standby's channel once the handshake with the active member (``activeIncarnation``)
-/// is done, made once: each input starts from a copy.
-let establishedChannel: SyncChannel = {
+/// is done, made once: each input starts from a copy. (Unchecked: libFuzzer calls the target
+/// from one thread, and the value is only read, copied, after it is made.)
+nonisolated(unsafe) let establishedChannel: SyncChannel = {
     var configuration = SyncChannelConfiguration(clusterID: 7, member: active, epoch: 1, key: clusterKey, peers: [standby])
     configuration.incarnation = activeIncarnation
     var sender = try! SyncChannel(configuration: configuration)
