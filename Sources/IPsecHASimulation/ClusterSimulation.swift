@@ -791,10 +791,15 @@ public struct ClusterSimulation {
             let identifier = ikePlan.identifier
             // A rekey whose answer may have died with the failed member: the probe (a liveness
             // check, answered at once here) finds whether the peer knows the new IKE SA.
-            if ikePlan.unconfirmedRekey != nil, peerIndex[identifier] == nil {
-                _ = try state.undoIKESARekey(identifier)
-                report.ikeSARekeysUndoneByTakeover += 1
-                continue
+            if let old = ikePlan.unconfirmedRekey {
+                if peerIndex[identifier] == nil {
+                    _ = try state.undoIKESARekey(identifier)
+                    report.ikeSARekeysUndoneByTakeover += 1
+                    continue
+                }
+                // Answered: the peer had the rekey's answer, so it is done with the old IKE SA
+                // (its Delete may have died with the failed member).
+                _ = try? state.deleteIKESA(old)
             }
             switch ikePlan.messageIDs {
             case .exact, .awaitPeerRetransmission:

@@ -144,3 +144,57 @@ struct ReliableReceiverTests {
         #expect(receiver.held.isEmpty)
     }
 }
+
+@Suite("Synch channel: repairing gaps")
+struct GapRepairTests {
+    static let active = ClusterMemberID(rawValue: 1)
+    static let standby = ClusterMemberID(rawValue: 2)
+
+    /// Two established channels and five reliable datagrams from the active member, not yet
+    /// delivered, in sequence order.
+    func sent() throws -> (active: SyncChannel, standby: SyncChannel, datagrams: [[UInt8]], now: Timestamp) {
+        let key = try ChannelKey.generate()
+        var active = try SyncChannel(
+            configuration: SyncChannelConfiguration(clusterID: 9, member: Self.active, epoch: 1, key: key, peers: [Self.standby]))
+        var standby = try SyncChannel(
+            configuration: SyncChannelConfiguration(clusterID: 9, member: Self.standby, epoch: 1, key: key, peers: [Self.active]))
+        let now = establish(&active, &standby)
+        var generator = RecordGenerator(seed: 5)
+        var datagrams: [[UInt8]] = []
+        for _ in 0..<5 {
+            for case .transmit(_, let bytes) in try active.send([.ikeSAUpsert(generator.ikeSA())], to: Self.standby, now: now).actions {
+                datagrams.append(bytes)
+            }
+        }
+        return (active, standby, datagrams, now)
+    }
+
+    /// What the active member sends again when the standby's datagrams reach it.
+    func retransmissions(_ fromStandby: [SyncChannelAction], to active: inout SyncChannel, now: Timestamp) -> UInt64 {
+        let before = active.statistics.retransmissions
+        for case .transmit(_, let bytes) in fromStandby { _ = active.receive(bytes, now: now) }
+        return active.statistics.retransmissions - before
+    }
+
+    @Test func aHoleOpeningAboveOneBeingRepairedIsAskedForAtOnce() throws {
+        var (active, standby, datagrams, now) = try sent()
+        try #require(datagrams.count == 5)
+        _ = standby.receive(datagrams[0], now: now)
+        #expect(retransmissions(standby.receive(datagrams[2], now: now), to: &active, now: now) == 1, "2 is missing")
+        // 2 is still missing (its copy is on its way); 4 goes missing too: only 4 is asked for.
+        #expect(retransmissions(standby.receive(datagrams[4], now: now), to: &active, now: now) == 1, "4 is missing")
+        #expect(standby.statistics.gapsDetected == 2)
+    }
+
+    @Test func aGapStillOpenIsAskedForAgainSoonNotAfterTheRetransmitTimeout() throws {
+        var (active, standby, datagrams, now) = try sent()
+        _ = standby.receive(datagrams[0], now: now)
+        _ = retransmissions(standby.receive(datagrams[2], now: now), to: &active, now: now)
+        // The copy of 2 was lost: the standby asks again once the repeat interval has passed,
+        // long before the active member's retransmission timer would send it.
+        let repeatAt = Timestamp(nanoseconds: now.nanoseconds + standby.configuration.negativeAcknowledgementRepeat)
+        #expect(standby.configuration.negativeAcknowledgementRepeat < active.configuration.retransmitTimeout)
+        #expect(retransmissions(standby.tick(now: Timestamp(nanoseconds: repeatAt.nanoseconds - 1)), to: &active, now: repeatAt) == 0)
+        #expect(retransmissions(standby.tick(now: repeatAt), to: &active, now: repeatAt) == 1)
+    }
+}

@@ -155,8 +155,9 @@ public struct IKESATakeover: Sendable, Hashable {
     /// not used yet: the failed member may have died before its answer left, and an RFC 6311
     /// sync on the old IKE SA tells the peer to stop waiting for it, so the peer may never
     /// learn of this one. Probe it (a liveness check, or the message-ID sync this plan asks
-    /// for); answered, the peer has it and will delete the old one; unanswered after the
-    /// peer's retransmission time, ``GatewayState/undoIKESARekey(_:)`` moves the Child SAs back.
+    /// for); answered, the peer has it and is done with the old one, whose Delete may have
+    /// died with the failed member: delete the old IKE SA. Unanswered after the peer's
+    /// retransmission time, ``GatewayState/undoIKESARekey(_:)`` moves the Child SAs back.
     public var unconfirmedRekey: IKESAIdentifier?
 
     /// A decision for one IKE SA.

@@ -26,9 +26,15 @@ public struct SyncChannelConfiguration: Sendable {
     public var maximumDatagramSize: Int = 1_400
     /// Heartbeat interval (default 50 ms).
     public var heartbeatInterval: UInt64 = 50_000_000
-    /// A reliable datagram unacknowledged this long is sent again; a gap still open this long
-    /// after a negative acknowledgement is asked for again (default 100 ms).
+    /// A reliable datagram unacknowledged this long is sent again (default 100 ms).
     public var retransmitTimeout: UInt64 = 100_000_000
+    /// A gap still open this long after the last negative acknowledgement of every missing
+    /// range is asked for again (default 10 ms). Keep it above the synch link's round-trip
+    /// time, or datagrams are sent again while the first copy is still on its way; below
+    /// ``retransmitTimeout`` it is what repairs a lost retransmission quickly: under 30% loss
+    /// one hole in a few thousand loses seven copies in a row, and at 100 ms a copy that
+    /// stalls the standby's stream for most of a second.
+    public var negativeAcknowledgementRepeat: UInt64 = 10_000_000
     /// Unacknowledged reliable datagrams held per peer (default 4,096).
     public var retransmitBufferLimit: Int = 4_096
     /// Early datagrams held per peer while a gap is open (default 4,096).
@@ -446,14 +452,19 @@ public struct SyncChannel {
         }
         if !unreliable.isEmpty { actions.append(.deliver(from: header.sender, records: unreliable)) }
         if header.reliableSequence > 0 {
-            let hadGap = peer.receiver.hasGap
+            let highestBefore = peer.receiver.highestKnown
             let ready = peer.receiver.receive(
                 sequence: header.reliableSequence, records: records.allSatisfy(\.isReliable) ? records : records.filter(\.isReliable),
                 streamReset: header.flags & DatagramHeader.streamResetFlag != 0, now: now)
             for batch in ready where !batch.isEmpty { actions.append(.deliver(from: header.sender, records: batch)) }
-            if peer.receiver.hasGap && !hadGap {
+            // A datagram above the next expected one opens a hole: asked for at once, even while
+            // older holes are still being repaired (under steady loss the stream is never
+            // whole, and waiting for the next heartbeat would put the standby that much behind).
+            // Both numbers are below the sequence ceiling, checked above; after a stream reset
+            // nothing below the datagram is missing any more.
+            if header.reliableSequence > max(highestBefore, peer.receiver.delivered) + 1 {
                 statistics.gapsDetected += 1
-                control.append(negativeAcknowledgement(&peer, now: now))
+                control.append(negativeAcknowledgement(&peer, now: now, only: SequenceRange(highestBefore + 1, header.reliableSequence - 1)))
             }
             // Acknowledge at once every few datagrams, or when out of order (the sender needs
             // the selective ranges); otherwise ``tick(now:)`` acknowledges within the delay.
@@ -555,10 +566,14 @@ public struct SyncChannel {
         return peer.receiver.acknowledgement()
     }
 
-    private mutating func negativeAcknowledgement(_ peer: inout Peer, now: Timestamp) -> SyncRecord {
-        peer.receiver.lastNegativeAcknowledgement = now
+    /// Asks `peer` again for what is missing from its stream: every missing range, or `only`
+    /// the hole one datagram just opened. Asking for one hole starts the timer of the repeated
+    /// requests for every range but does not restart it: holes opening all the time must not
+    /// keep the older ones from being asked for again.
+    private mutating func negativeAcknowledgement(_ peer: inout Peer, now: Timestamp, only hole: SequenceRange? = nil) -> SyncRecord {
+        if hole == nil || peer.receiver.lastNegativeAcknowledgement == nil { peer.receiver.lastNegativeAcknowledgement = now }
         statistics.negativeAcknowledgementsSent += 1
-        let missing = peer.receiver.missingRanges()
+        let missing = hole.map { [$0] } ?? peer.receiver.missingRanges()
         configuration.logger.info("synch records missing, asking again", metadata: ["missing": "\(missing)"])
         return .negativeAcknowledgement(missing)
     }
@@ -613,7 +628,7 @@ public struct SyncChannel {
                 control.append(acknowledgement(&peer))
             }
             if peer.receiver.hasGap,
-                peer.receiver.lastNegativeAcknowledgement.map({ now.nanoseconds >= $0.nanoseconds &+ configuration.retransmitTimeout }) ?? true
+                peer.receiver.lastNegativeAcknowledgement.map({ now.nanoseconds >= $0.nanoseconds &+ configuration.negativeAcknowledgementRepeat }) ?? true
             {
                 control.append(negativeAcknowledgement(&peer, now: now))
             }
