@@ -7,8 +7,13 @@ public struct IKEResponderConfiguration: Sendable {
     public var localIdentity: IKEIdentity
     /// The only identity accepted from initiators (IDi).
     public var remoteIdentity: IKEIdentity
-    /// The pre-shared key both sides authenticate with (RFC 7296 section 2.15).
+    /// The pre-shared key both sides authenticate with (RFC 7296 section 2.15). One shorter
+    /// than ``minimumPreSharedKeyLength`` authenticates nobody: an empty key would let anyone
+    /// who knows the identities in, and a short one falls to an offline search of one captured
+    /// IKE_AUTH.
     public var preSharedKey: KeyMaterial
+    /// The shortest pre-shared key the responder authenticates with: 16 bytes.
+    public static let minimumPreSharedKeyLength = 16
     /// The member that answers; it owns the SAs it creates.
     public var member: ClusterMemberID
     /// Announce IKEV2_MESSAGE_ID_SYNC_SUPPORTED in IKE_AUTH (RFC 6311 section 4).
@@ -325,11 +330,18 @@ public struct IKEv2Responder: Sendable {
         let initiatorID = try message.decode(.identificationInitiator, IKEIdentity.init(body:))
         let auth = try message.decode(.authentication, AuthenticationPayload.init(body:))
         let expected = pskAuthentication(pending.request + pending.responderNonce + IKECrypto.prf(key: pending.keys.pi, initiatorIDBody))
-        guard initiatorID == configuration.remoteIdentity, auth.method == AuthenticationPayload.sharedKeyMIC,
+        let keyTooShort = configuration.preSharedKey.count < IKEResponderConfiguration.minimumPreSharedKeyLength
+        guard !keyTooShort, initiatorID == configuration.remoteIdentity, auth.method == AuthenticationPayload.sharedKeyMIC,
             IKECrypto.constantTimeEqual(auth.data, expected)
         else {
             halfOpen[identifier.initiatorSPI] = nil
-            logger.warning("IKE_AUTH failed: wrong identity or pre-shared key", metadata: ["ike_sa": "\(identifier)", "identity": "\(initiatorID)"])
+            if keyTooShort {
+                logger.error(
+                    "IKE_AUTH refused: the configured pre-shared key is shorter than \(IKEResponderConfiguration.minimumPreSharedKeyLength) bytes",
+                    metadata: ["ike_sa": "\(identifier)"])
+            } else {
+                logger.warning("IKE_AUTH failed: wrong identity or pre-shared key", metadata: ["ike_sa": "\(identifier)", "identity": "\(initiatorID)"])
+            }
             let reply = try EncryptedMessage.seal(header: replyHeader, payloads: [NotifyPayload(type: .authenticationFailed).payload], keyAndSalt: pending.keys.er)
             return IKEOutcome(replies: [IKEDatagram(bytes: reply, destination: remote, localPort: local.port)])
         }

@@ -32,7 +32,7 @@ struct MemberCommand: ParsableCommand {
     @Option(help: "This member's ID (1 to 15).") var id: UInt16
     @Option(help: "Local UDP address, host:port.") var listen: String
     @Option(help: "The peer member, id=host:port.") var peer: String
-    @Option(name: .customLong("key-file"), help: "The cluster key: a file of 32 bytes.") var keyFile: String
+    @Option(name: .customLong("key-file"), help: "The cluster key: a file of 32 bytes, mode 600, owned by this user.") var keyFile: String
     @Flag(help: "Start as the active member.") var active = false
     @Option(name: .customLong("ike-sas"), help: "IKE SAs the active member holds.") var ikeSAs = 200
     @Option(name: .customLong("packets-per-second"), help: "Outbound packets a second per Child SA.") var packetsPerSecond = 1_000
@@ -48,14 +48,6 @@ struct MemberCommand: ParsableCommand {
 
     /// Writes a line to standard output at once (a test reads it while the process runs).
     static func emit(_ line: String) { writeUnbuffered(line + "\n", to: 1) }
-
-    static func readKey(_ path: String) throws -> ChannelKey {
-        guard let file = fopen(path, "rb") else { throw ValidationError("cannot read \(path)") }
-        defer { fclose(file) }
-        var bytes = [UInt8](repeating: 0, count: 64)
-        let count = fread(&bytes, 1, bytes.count, file)
-        return try ChannelKey(bytes: bytes.prefix(count))
-    }
 
     func run() throws {
         let member = ClusterMemberID(rawValue: id)
@@ -73,7 +65,7 @@ struct MemberCommand: ParsableCommand {
         // The role epoch, from the clock: it only orders members that are active at once (split
         // brain). The synch channel does not rely on it: a restart with a lower or equal one is fine.
         let epoch = UInt32(truncatingIfNeeded: Timestamp.monotonicNow().nanoseconds / 1_000_000) | 1
-        var configuration = SyncChannelConfiguration(clusterID: 1, member: member, epoch: epoch, key: try Self.readKey(keyFile), peers: [peerID])
+        var configuration = SyncChannelConfiguration(clusterID: 1, member: member, epoch: epoch, key: try ChannelKey(contentsOfFile: keyFile), peers: [peerID])
         configuration.logger.logLevel = .error
         var channel = try SyncChannel(configuration: configuration)
         let started = Timestamp.monotonicNow()

@@ -40,10 +40,10 @@ struct GatewayCommand: ParsableCommand {
     @Option(name: .customLong("remote-subnet"), help: "The peer's inner traffic, as address/length.") var remoteSubnet: String
     @Option(name: .customLong("local-id"), help: "This gateway's IKE identity.") var localID: String
     @Option(name: .customLong("remote-id"), help: "The peer's IKE identity.") var remoteID: String
-    @Option(name: .customLong("psk-file"), help: "A file holding the pre-shared key (trailing newline ignored).") var pskFile: String
+    @Option(name: .customLong("psk-file"), help: "A file holding the pre-shared key: 16 to 1,024 bytes (one trailing newline ignored), mode 600, owned by this user.") var pskFile: String
     @Option(name: .customLong("sync-listen"), help: "Synch channel: local UDP host:port.") var syncListen: String
     @Option(name: .customLong("sync-peer"), help: "Synch channel: the other member, id=host:port.") var syncPeer: String
-    @Option(name: .customLong("sync-key-file"), help: "The cluster key: a file of 32 bytes.") var syncKeyFile: String
+    @Option(name: .customLong("sync-key-file"), help: "The cluster key: a file of 32 bytes, mode 600, owned by this user.") var syncKeyFile: String
     @Option(name: .customLong("checkpoint-packets"), help: "Checkpoint a Child SA's counters every this many packets.") var checkpointPackets: UInt64 = 64
     @Option(name: .customLong("checkpoint-ms"), help: "...or every this many milliseconds, whichever comes first.") var checkpointMs: UInt64 = 20
     @Option(name: .customLong("takeover-minimum-advance"), help: "The least a takeover moves counters and windows (default: --checkpoint-packets).") var takeoverMinimumAdvance: UInt64?

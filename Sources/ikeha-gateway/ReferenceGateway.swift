@@ -34,6 +34,9 @@ struct ReferenceGateway {
     var held: [(datagram: IKEDatagram, tickets: [SyncTicket], releaseAt: Timestamp)] = []
     /// How long a reply may wait for the standby's acknowledgement.
     static let holdLimit: UInt64 = 200_000_000
+    /// The pre-shared key's length in bytes (the responder authenticates nobody with a shorter
+    /// one; a longer file is a mistake, not a key to cut).
+    static let preSharedKeyLength = IKEResponderConfiguration.minimumPreSharedKeyLength...1_024
     /// ESP replies sent since this member became active (the first one is an event).
     var repliesSinceTakeover = 0
     /// Active or standby, and at which epoch.
@@ -67,10 +70,12 @@ struct ReferenceGateway {
         peer = ClusterMemberID(rawValue: peerRaw)
         let (peerHost, peerPort) = try Self.hostAndPort(String(parts[1]))
         let (host, port) = try Self.hostAndPort(options.syncListen)
-        let psk = try Self.readFile(options.pskFile)
+        let psk = try SecretFile.read(options.pskFile, length: Self.preSharedKeyLength, dropTrailingNewline: true) { bytes in
+            KeyMaterial(count: bytes.count) { $0.copyMemory(from: bytes) }
+        }
         let configuration = IKEResponderConfiguration(
             localIdentity: IKEIdentity(options.localID), remoteIdentity: IKEIdentity(options.remoteID),
-            preSharedKey: KeyMaterial(copying: psk.last == 10 ? psk.dropLast() : psk[...]), member: member)
+            preSharedKey: psk, member: member)
         responder = IKEv2Responder(configuration: configuration, logger: Logger(label: "ike"))
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.group = group
@@ -84,7 +89,7 @@ struct ReferenceGateway {
         // brain). The synch channel does not rely on it: a restart with a lower or equal one is fine.
         let epoch = UInt32(truncatingIfNeeded: Timestamp.monotonicNow().nanoseconds / 1_000_000) | 1
         var channelConfiguration = SyncChannelConfiguration(
-            clusterID: 1, member: member, epoch: epoch, key: try ChannelKey(bytes: try Self.readFile(options.syncKeyFile).prefix(64)), peers: [peer])
+            clusterID: 1, member: member, epoch: epoch, key: try ChannelKey(contentsOfFile: options.syncKeyFile), peers: [peer])
         channelConfiguration.logger = Logger(label: "sync")
         channelConfiguration.logger.logLevel = .warning
         channel = try SyncChannel(configuration: channelConfiguration)
@@ -524,11 +529,4 @@ struct ReferenceGateway {
         }
     }
 
-    static func readFile(_ path: String) throws -> [UInt8] {
-        guard let file = fopen(path, "rb") else { throw GatewayError.configuration("cannot read \(path)") }
-        defer { fclose(file) }
-        var bytes = [UInt8](repeating: 0, count: 4_096)
-        let count = fread(&bytes, 1, bytes.count, file)
-        return Array(bytes.prefix(count))
-    }
 }

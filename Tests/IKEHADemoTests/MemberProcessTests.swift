@@ -60,6 +60,7 @@ struct MemberProcessTests {
         var key = [UInt8](repeating: 0, count: 32)
         for index in key.indices { key[index] = UInt8.random(in: 0...255) }
         try Data(key).write(to: URL(fileURLWithPath: keyPath))
+        #expect(chmod(keyPath, 0o600) == 0, "members refuse a key file others can read")
         defer { try? FileManager.default.removeItem(atPath: keyPath) }
         let base = 41_000 + Int(getpid() % 5_000) * 2
         let standby = try MemberProcess([

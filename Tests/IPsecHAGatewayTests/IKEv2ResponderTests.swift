@@ -96,6 +96,18 @@ import Testing
         #expect(fixture.state.ikeSAs.isEmpty && fixture.state.childSACount == 0 && auth.changes.isEmpty)
     }
 
+    @Test(arguments: [[], Array("fifteen bytes!!".utf8)] as [[UInt8]])
+    func aPreSharedKeyShorterThan16BytesAuthenticatesNobody(psk: [UInt8]) throws {
+        var fixture = try Fixture(psk: psk)
+        fixture.initiator = TestInitiator(psk: psk)
+        let initResponse = fixture.send(try fixture.initiator.ikeSAInit())
+        let nonce = try fixture.initiator.takeIKESAInitResponse(try #require(initResponse.replies.first).bytes)
+        let auth = fixture.send(try fixture.initiator.ikeAuth(responderNonce: nonce))
+        let reply = try fixture.initiator.open(try #require(auth.replies.first).bytes)
+        #expect(reply.hasNotify(.authenticationFailed), "the initiator knows the same short key")
+        #expect(fixture.state.ikeSAs.isEmpty && auth.changes.isEmpty)
+    }
+
     @Test func refusesProposalsAndKeyExchangesItDoesNotSupport() throws {
         var fixture = try Fixture()
         let aes = SecurityAssociationPayload(proposals: [

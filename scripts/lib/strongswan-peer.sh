@@ -116,8 +116,8 @@ secrets { ike-interop { id-a = peer@interop
                         id-b = gateway@interop
                         secret = "$PSK" } }
 CONF
-    printf '%s' "$PSK" > "$DIR/psk"
-    head -c 32 /dev/urandom > "$DIR/sync.key"
+    # The gateway refuses secrets that group or others can read.
+    (umask 077 && printf '%s' "$PSK" > "$DIR/psk" && head -c 32 /dev/urandom > "$DIR/sync.key")
 }
 
 # charon in namespace NS with a private /run (its pid file is fixed); its PID joins PIDS.

@@ -213,7 +213,7 @@ func fuzzGatewayIKE(_ bytes: [UInt8]) {
     var state = gatewayState
     var responder = IKEv2Responder(
         configuration: IKEResponderConfiguration(
-            localIdentity: IKEIdentity("gateway@fuzz"), remoteIdentity: IKEIdentity("peer@fuzz"), preSharedKey: KeyMaterial(copying: [1, 2, 3]),
+            localIdentity: IKEIdentity("gateway@fuzz"), remoteIdentity: IKEIdentity("peer@fuzz"), preSharedKey: KeyMaterial(copying: Array("fuzz-only-pre-shared-key".utf8)),
             member: active),
         logger: Logger(label: "fuzz", factory: { _ in SwiftLogNoOpLogHandler() }))
     let outcome = responder.receive(

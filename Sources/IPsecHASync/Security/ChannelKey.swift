@@ -13,10 +13,10 @@ public struct ChannelKey: Sendable, CustomStringConvertible {
     /// A cluster key from 32 bytes. Throws when the length is wrong.
     public init(bytes: some Collection<UInt8>) throws(ChannelSecurityError) {
         guard bytes.count == Self.byteCount else { throw .invalidKeyLength(bytes.count) }
-        let array = Array(bytes)
         do {
+            // Byte by byte into guarded memory: no intermediate copy is left behind unwiped.
             secret = try SecureBytes(count: Self.byteCount) { destination in
-                array.withUnsafeBytes { destination.copyMemory(from: $0) }
+                for (index, byte) in bytes.enumerated() { destination[index] = byte }
             }
         } catch {
             throw .sodium(error)
