@@ -187,8 +187,7 @@ public struct IKEv2Responder: Sendable {
         do { message = try IKEMessage(decoding: bytes) } catch { throw .malformed(error) }
         let offered = try message.decode(.securityAssociation, SecurityAssociationPayload.init(body:))
         let ke = try message.decode(.keyExchange, KeyExchangePayload.init(body:))
-        let initiatorNonce = try message.required(.nonce).body
-        guard (16...256).contains(initiatorNonce.count) else { throw .malformed(.unexpectedMessage("nonce of \(initiatorNonce.count) bytes")) }
+        let initiatorNonce = try Self.initiatorNonce(of: message)
         var reply = IKEHeader(
             initiatorSPI: header.initiatorSPI, responderSPI: 0, nextPayload: .none, exchangeType: .ikeSAInit,
             flags: IKEHeader.responseFlag, messageID: 0, length: 0)
@@ -236,6 +235,14 @@ public struct IKEv2Responder: Sendable {
 
     /// {SK_d | SK_ai | SK_ar | SK_ei | SK_er | SK_pi | SK_pr} = prf+(SKEYSEED, Ni | Nr | SPIi |
     /// SPIr) (RFC 7296 section 2.14; with the new SPIs for a rekey, section 2.18).
+    /// The initiator's nonce of IKE_SA_INIT or CREATE_CHILD_SA: 16 to 256 bytes (RFC 7296
+    /// sections 2.10 and 3.9); a shorter one weakens the keys derived from it.
+    static func initiatorNonce(of message: IKEMessage) throws(IKEProtocolError) -> [UInt8] {
+        let nonce = try message.required(.nonce).body
+        guard (16...256).contains(nonce.count) else { throw .malformed(.unexpectedMessage("nonce of \(nonce.count) bytes")) }
+        return nonce
+    }
+
     static func ikeKeys(skeyseed: KeyMaterial, nonces: [UInt8], identifier: IKESAIdentifier) throws(IKEProtocolError) -> IKEKeys {
         var seed = nonces
         seed.appendBigEndian(identifier.initiatorSPI)
@@ -494,7 +501,7 @@ public struct IKEv2Responder: Sendable {
         if offered.proposals.contains(where: { $0.protocolID == IKEProposal.ike }) {
             return try rekeyIKESA(message, offered: offered, of: sa, state: &state)
         }
-        let initiatorNonce = try message.required(.nonce).body
+        let initiatorNonce = try Self.initiatorNonce(of: message)
         let responderNonce = IKECrypto.randomBytes(32)
         var keyExchange: KeyExchangePayload?
         if let ke = message.first(.keyExchange) {
@@ -537,8 +544,7 @@ public struct IKEv2Responder: Sendable {
             answer.payloads = [NotifyPayload(type: .noProposalChosen).payload]
             return answer
         }
-        let initiatorNonce = try message.required(.nonce).body
-        guard (16...256).contains(initiatorNonce.count) else { throw .malformed(.unexpectedMessage("nonce of \(initiatorNonce.count) bytes")) }
+        let initiatorNonce = try Self.initiatorNonce(of: message)
         let ke = try message.decode(.keyExchange, KeyExchangePayload.init(body:))
         guard ke.group == .curve25519 else {
             var data: [UInt8] = []

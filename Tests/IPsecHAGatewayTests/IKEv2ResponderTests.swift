@@ -182,6 +182,54 @@ import Testing
         #expect(fixture.state.ikeSAs[fixture.initiator.identifier]?.messageIDs.responses.nextExpectedMessageID == 4)
     }
 
+    /// RFC 7296 section 2.10: at least 128 bits of nonce, as in IKE_SA_INIT and the IKE rekey.
+    @Test(arguments: [0, 15, 257])
+    func aNewChildSAWithANonceOfTheWrongLengthIsRefused(length: Int) throws {
+        var fixture = try Fixture()
+        _ = try fixture.establish()
+        let before = fixture.state.childSACount
+        let outcome = fixture.send(try fixture.initiator.request(.createChildSA, [
+            TestInitiator.espProposal(spi: 0xC0DE_0003).payload,
+            IKEPayload(type: .nonce, body: IKECrypto.randomBytes(length)),
+            IKEPayload(type: .trafficSelectorInitiator, body: TestInitiator.selectors.initiator.body),
+            IKEPayload(type: .trafficSelectorResponder, body: TestInitiator.selectors.responder.body),
+        ]))
+        #expect(outcome.changes.isEmpty && fixture.state.childSACount == before)
+        #expect(!fixture.state.childSAs.contains { $0.outboundSPI == 0xC0DE_0003 })
+    }
+
+    /// A policy with a whole subnet on the peer's side narrows a list of single addresses to
+    /// as many selectors: up to `ChildSA.maximumSelectors` together they make a Child SA, one
+    /// more is TS_UNACCEPTABLE (above 255 it trapped the encoder; above about 30 IPv6 ones the
+    /// Child SA's record no longer fit a synch datagram).
+    @Test(arguments: [23, 24, 300])
+    func aNewChildSAOfMoreSelectorsThanTheModelHoldsIsRefused(initiatorSelectors: Int) throws {
+        var fixture = try Fixture()
+        _ = try fixture.establish()
+        _ = try fixture.state.installPolicy(
+            SecurityPolicy(
+                id: SecurityPolicyID(rawValue: 2), localSelectors: TestInitiator.selectors.responder.selectors,
+                remoteSelectors: [try TrafficSelector(prefix: IPAddress(ipv4: 0x0A63_0000), length: 16)],
+                action: .protect(ProtectionSettings(extendedSequenceNumbers: false))),
+            at: 0)
+        let before = fixture.state.childSACount
+        let proposed = (0..<initiatorSelectors).map { TrafficSelector(address: IPAddress(ipv4: 0x0A63_1000 + UInt32($0))) }
+        let outcome = fixture.send(try fixture.initiator.request(.createChildSA, [
+            TestInitiator.espProposal(spi: 0xC0DE_0004).payload,
+            IKEPayload(type: .nonce, body: IKECrypto.randomBytes(32)),
+            IKEPayload(type: .trafficSelectorInitiator, body: TrafficSelectorPayload(selectors: proposed).body),
+            IKEPayload(type: .trafficSelectorResponder, body: TestInitiator.selectors.responder.body),
+        ]))
+        let reply = try fixture.initiator.open(try #require(outcome.replies.first).bytes)
+        if initiatorSelectors + 1 <= ChildSA.maximumSelectors {
+            #expect(fixture.state.childSACount == before + 1, "\(reply.notifies.map(\.type))")
+        } else {
+            #expect(reply.hasNotify(.tsUnacceptable))
+            #expect(fixture.state.childSACount == before)
+            #expect(!outcome.changes.contains { if case .childSACreated = $0 { true } else { false } })
+        }
+    }
+
     /// RFC 7296 sections 1.3.2 and 2.18, as strongSwan rekeys an IKE SA: the new IKE SA's keys
     /// derive from SK_d of the old one, the Child SA moves to it, message IDs start at 0, and
     /// the peer then deletes the old IKE SA on it.

@@ -384,3 +384,62 @@ struct FlowControlTests {
         #expect(pair.standbyChannel.statistics.negativeAcknowledgementsSent > 0)
     }
 }
+
+@Suite("Replication: records at the size limit of a datagram")
+struct RecordSizeLimitTests {
+    /// A Child SA under `parent` with 24 distinct IPv6 selectors (the most the model allows)
+    /// and keys of `keyLength` bytes in each direction, both for encryption and integrity.
+    static func childSA(_ generator: inout RecordGenerator, parent: IKESAIdentifier, keyLength: Int) -> ChildSA {
+        var sa = generator.childSA(parent: parent)
+        sa.policy = nil
+        sa.localSelectors = (0..<12).map { _ in generator.selector(.ipv6) }
+        sa.remoteSelectors = (0..<12).map { _ in generator.selector(.ipv6) }
+        sa.inboundKeys = ChildSAKeys(encryption: generator.key(keyLength), integrity: generator.key(keyLength))
+        sa.outboundKeys = ChildSAKeys(encryption: generator.key(keyLength), integrity: generator.key(keyLength))
+        return sa
+    }
+
+    /// The largest Child SA a gateway makes (24 IPv6 selectors; 64 bytes per key, more than
+    /// HMAC-SHA2-512 or AES-GCM-256 with its salt need) fits one datagram of the default size,
+    /// in a bulk resync and as a change.
+    @Test func theLargestChildSAReachesTheStandbyInAResyncAndAsAChange() throws {
+        var pair = try ReplicationPair(seed: 40)
+        var generator = RecordGenerator(seed: 41)
+        let ike = generator.ikeSA()
+        _ = try pair.state.createIKESA(ike)
+        let first = Self.childSA(&generator, parent: ike.identifier, keyLength: 64)
+        #expect(first.localSelectors.count + first.remoteSelectors.count == ChildSA.maximumSelectors)
+        #expect(try SyncRecord.childSAUpsert(first).encoded().count <= pair.activeChannel.maximumPayload)
+        _ = try pair.state.createChildSA(first)
+        #expect(try pair.settle())
+        #expect(pair.replica.state == pair.state)
+        _ = try pair.replicate(try pair.state.createChildSA(Self.childSA(&generator, parent: ike.identifier, keyLength: 64)))
+        #expect(try pair.settle())
+        #expect(pair.replica.state == pair.state && pair.replicator.recordsTooLarge == 0)
+    }
+
+    /// A Child SA whose record cannot fit any datagram (keys of a kilobyte) is skipped and
+    /// counted: the resync completes without it and later changes still arrive. (It stopped the
+    /// resync for good: the standby was never ready again.)
+    @Test func aRecordLargerThanADatagramIsSkippedNotRetriedForever() throws {
+        var pair = try ReplicationPair(seed: 42)
+        var generator = RecordGenerator(seed: 43)
+        let ike = generator.ikeSA()
+        _ = try pair.state.createIKESA(ike)
+        let huge = Self.childSA(&generator, parent: ike.identifier, keyLength: 1_000)
+        _ = try pair.state.createChildSA(huge)
+        var normal = generator.childSA(parent: ike.identifier)
+        normal.policy = nil
+        _ = try pair.state.createChildSA(normal)
+        #expect(try pair.settle(limit: 2_000_000_000))
+        #expect(pair.replica.isReady && pair.replicator.recordsTooLarge == 1)
+        #expect(pair.replica.state.childSAs.map(\.inboundSPI).sorted() == [normal.inboundSPI])
+        // A change carrying the huge SA with another: the other still goes.
+        let changes = try pair.state.updateChildSA(inboundSPI: huge.inboundSPI) { $0.requestID += 1 }
+            + pair.state.updateChildSA(inboundSPI: normal.inboundSPI) { $0.requestID += 1 }
+        _ = try pair.replicate(changes)
+        #expect(try pair.settle(limit: 2_000_000_000))
+        #expect(pair.replicator.recordsTooLarge == 2 && pair.replicator.resyncsStarted == 1)
+        #expect(pair.replica.state.childSA(inboundSPI: normal.inboundSPI)?.requestID == pair.state.childSA(inboundSPI: normal.inboundSPI)?.requestID)
+    }
+}

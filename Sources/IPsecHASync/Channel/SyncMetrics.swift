@@ -24,6 +24,7 @@ import Metrics
 /// | `ipsecha_sync_resyncs_started` | counter | bulk resyncs the active member started |
 /// | `ipsecha_sync_backlogs` | counter | times records waited because a standby's buffer was full |
 /// | `ipsecha_sync_backlog_overflows` | counter | times a standby's waiting records passed the limit (a resync followed) |
+/// | `ipsecha_sync_records_too_large` | counter | records skipped because no datagram holds them (the standby lacks their SA) |
 /// | `ipsecha_sync_replication_lag_seconds` | gauge, per peer | age of the oldest unacknowledged datagram |
 /// | `ipsecha_sync_waiting_records` | gauge, per peer | records waiting for room in the channel's buffer (active member) |
 public struct SyncMetricsReporter {
@@ -41,9 +42,10 @@ public struct SyncMetricsReporter {
     private let resyncsStarted = Counter(label: "ipsecha_sync_resyncs_started")
     private let backlogs = Counter(label: "ipsecha_sync_backlogs")
     private let backlogOverflows = Counter(label: "ipsecha_sync_backlog_overflows")
+    private let recordsTooLarge = Counter(label: "ipsecha_sync_records_too_large")
     private var lastChannel = SyncChannelStatistics()
     private var lastReplica = ReplicaStatistics()
-    private var lastReplicator = (resyncs: 0, backlogs: 0, overflows: 0)
+    private var lastReplicator = (resyncs: 0, backlogs: 0, overflows: 0, tooLarge: 0)
     private var lagGauges: [ClusterMemberID: Gauge] = [:]
     private var waitingGauges: [ClusterMemberID: Gauge] = [:]
 
@@ -81,7 +83,8 @@ public struct SyncMetricsReporter {
             add(resyncsStarted, replicator.resyncsStarted, lastReplicator.resyncs)
             add(backlogs, replicator.backlogsStarted, lastReplicator.backlogs)
             add(backlogOverflows, replicator.backlogOverflows, lastReplicator.overflows)
-            lastReplicator = (replicator.resyncsStarted, replicator.backlogsStarted, replicator.backlogOverflows)
+            add(recordsTooLarge, replicator.recordsTooLarge, lastReplicator.tooLarge)
+            lastReplicator = (replicator.resyncsStarted, replicator.backlogsStarted, replicator.backlogOverflows, replicator.recordsTooLarge)
             for (peer, gauge) in waitingGauges { gauge.record(Double(replicator.waitingRecords(for: peer))) }
         }
         for (peer, gauge) in lagGauges {

@@ -1,4 +1,5 @@
 public import IPsecHACore
+public import Logging
 
 extension SyncRecord {
     /// The record that carries a state change to the standbys.
@@ -46,6 +47,9 @@ public struct Replicator {
         var appended: [SyncRecord] = []
         /// Position of the next record to send.
         var next = 0
+        /// Snapshot records skipped as too large for a datagram, left out of the counts the
+        /// resync's end announces (the standby checks them before it calls itself ready).
+        var skipped: (policies: UInt32, ikeSAs: UInt32, childSAs: UInt32) = (0, 0, 0)
 
         /// A resync of `snapshot`.
         init(id: UInt32, snapshot: GatewayState) {
@@ -65,6 +69,19 @@ public struct Replicator {
             ikeSAs = []
             childSlots = []
             appended = records
+        }
+
+        /// Notes that the record at `position` is skipped.
+        mutating func skip(_ position: Int) {
+            guard let snapshot, position > 0 else { return }
+            let policies = snapshot.spd.policies.count
+            if position <= policies {
+                skipped.policies += 1
+            } else if position <= policies + ikeSAs.count {
+                skipped.ikeSAs += 1
+            } else if position <= policies + ikeSAs.count + childSlots.count {
+                skipped.childSAs += 1
+            }
         }
 
         /// Begin, policies, IKE SAs, Child SAs and end of a resync: 0 for a backlog.
@@ -118,7 +135,9 @@ public struct Replicator {
                 offset -= childSlots.count
                 try packer.append(
                     offset == 0
-                        ? .resyncEnd(id: id, ikeSAs: counts.ikeSAs, childSAs: counts.childSAs, policies: counts.policies)
+                        ? .resyncEnd(
+                            id: id, ikeSAs: counts.ikeSAs - skipped.ikeSAs, childSAs: counts.childSAs - skipped.childSAs,
+                            policies: counts.policies - skipped.policies)
                         : appended[offset - 1])
             }
         }
@@ -172,6 +191,13 @@ public struct Replicator {
     public private(set) var backlogsStarted = 0
     /// Times a standby's queued records passed ``backlogLimit`` (each started a resync).
     public private(set) var backlogOverflows = 0
+    /// Records skipped because they do not fit one datagram (a Child SA with keys far longer
+    /// than any transform's): the standby lacks what they describe, which beats stalling every
+    /// later change behind them. Selector counts are bounded at creation
+    /// (`ChildSA.maximumSelectors`) so that real SAs never get here.
+    public private(set) var recordsTooLarge = 0
+    /// Where skipped records are reported (error level).
+    public var logger = Logger(label: "ipsecha.sync.replicator")
 
     /// A replicator for these standbys.
     public init(standbys: [ClusterMemberID], backlogLimit: Int = 16_384) {
@@ -240,9 +266,33 @@ public struct Replicator {
             backlogsStarted += 1
             pending[standby] = Pending(backlog: records)
             return (nil, [])
+        } catch .codec(.recordTooLarge) where records.count > 1 {
+            // One of them cannot go: the others, one by one.
+            var ticket: SyncTicket?
+            var actions: [SyncChannelAction] = []
+            for (index, record) in records.enumerated() {
+                guard pending[standby] == nil else {
+                    actions += enqueue(Array(records[index...]), for: standby, state: state, channel: &channel, now: now)
+                    break
+                }
+                let sent = replicate(records: [record], to: standby, state: state, channel: &channel, now: now)
+                ticket = sent.ticket ?? ticket
+                actions += sent.actions
+            }
+            return (ticket, actions)
+        } catch .codec(.recordTooLarge) {
+            skipTooLarge(for: standby)
+            return (nil, [])
         } catch {
             return (nil, startResync(of: standby, from: state, channel: &channel, now: now))
         }
+    }
+
+    private mutating func skipTooLarge(for standby: ClusterMemberID) {
+        recordsTooLarge += 1
+        logger.error(
+            "synch record larger than a datagram skipped: the standby lacks the SA it describes",
+            metadata: ["standby": "\(standby.rawValue)"])
     }
 
     /// Queues records behind what already waits for `standby`, or resyncs it past the limit.
@@ -361,15 +411,21 @@ public struct Replicator {
                 var end = batchEnd
                 while end > resync.next {
                     let positions = resync.next..<end
-                    let sent = try? channel.sendReliable(to: standby, now: now) { (packer: inout PayloadPacker) throws(SyncChannelError) in
-                        try resync.pack(positions, into: &packer)
-                    }
-                    if let sent {
+                    do {
+                        let sent = try channel.sendReliable(to: standby, now: now) { (packer: inout PayloadPacker) throws(SyncChannelError) in
+                            try resync.pack(positions, into: &packer)
+                        }
                         actions += sent.actions
                         if let ticket = sent.ticket { resyncCompletions[standby] = ticket }
                         break
+                    } catch .codec(.recordTooLarge) where positions.count == 1 {
+                        // Retried, it would stop the resync here for good.
+                        resync.skip(resync.next)
+                        skipTooLarge(for: standby)
+                        break
+                    } catch {
+                        end = resync.next + (end - resync.next) / 2
                     }
-                    end = resync.next + (end - resync.next) / 2
                 }
                 if end == resync.next { break }
                 resync.next = end

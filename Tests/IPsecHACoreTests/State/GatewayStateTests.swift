@@ -3,6 +3,39 @@ import Testing
 
 @Suite("Gateway state: SAD, lifetimes, key material")
 struct GatewayStateTests {
+    /// Every SA and policy fits one synch datagram: at most `ChildSA.maximumSelectors`
+    /// selectors, both sides together, wherever they are made or changed.
+    @Test func selectorsBeyondTheMaximumAreTypedErrorsEverywhere() throws {
+        var random = SplitMix64(seed: 9)
+        var state = GatewayState()
+        let ike = Fixtures.ikeSA(100, &random)
+        _ = try state.createIKESA(ike)
+        let twelve = (0..<12).map { TrafficSelector(address: IPAddress(ipv4: 0x0A00_0000 + UInt32($0))) }
+        let thirteen = twelve + [TrafficSelector(address: IPAddress(ipv4: 0x0B00_0000))]
+        let sa = Fixtures.childSA(inboundSPI: 0xC000_0001, parent: ike.identifier, local: twelve, remote: twelve, &random)
+        _ = try state.createChildSA(sa)
+        #expect(throws: GatewayStateError.childSA(.tooManySelectors(25))) {
+            try state.updateChildSA(inboundSPI: 0xC000_0001) { $0.remoteSelectors = thirteen }
+        }
+        #expect(state.childSA(inboundSPI: 0xC000_0001)?.remoteSelectors == twelve, "unchanged")
+        var tooMany = Fixtures.childSA(inboundSPI: 0xC000_0002, parent: ike.identifier, local: twelve, remote: twelve, &random)
+        tooMany.localSelectors = thirteen
+        #expect(throws: GatewayStateError.childSA(.tooManySelectors(25))) { try state.createChildSA(tooMany) }
+        #expect(throws: ChildSAError.tooManySelectors(25)) {
+            try ChildSA(
+                inboundSPI: 0xC000_0003, outboundSPI: 0xC000_1003, localSelectors: thirteen, remoteSelectors: twelve,
+                transforms: sa.transforms, inboundKeys: sa.inboundKeys, outboundKeys: sa.outboundKeys,
+                outboundCounter: OutboundSequenceCounter(extendedSequenceNumbers: true), inboundWindow: ReplayWindow(extendedSequenceNumbers: true),
+                lifetime: sa.lifetime, parent: ike.identifier, owner: Fixtures.member)
+        }
+        let policy = SecurityPolicy(
+            id: SecurityPolicyID(rawValue: 1), localSelectors: thirteen, remoteSelectors: twelve, action: .protect(ProtectionSettings()))
+        var spd = SecurityPolicyDatabase()
+        #expect(throws: SecurityPolicyError.tooManySelectors(25)) { try spd.insert(policy) }
+        #expect(throws: GatewayStateError.self) { try state.installPolicy(policy) }
+        #expect(state.spd.policies.isEmpty && state.childSACount == 1)
+    }
+
     @Test func spiCollisionsAndMissingParentsAreTypedErrors() throws {
         var random = SplitMix64(seed: 1)
         var state = GatewayState()
