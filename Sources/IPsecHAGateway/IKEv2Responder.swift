@@ -592,9 +592,23 @@ public struct IKEv2Responder: Sendable {
         return answer
     }
 
+    /// Inbound SPIs of the Child SAs of `sa`, by outbound SPI.
+    private static func childSAsByOutboundSPI(of sa: IKESA, in state: GatewayState) -> [UInt32: UInt32] {
+        var table: [UInt32: UInt32] = [:]
+        table.reserveCapacity(sa.childSAs.count)
+        for inboundSPI in sa.childSAs {
+            if let outboundSPI = state.childSA(inboundSPI: inboundSPI)?.outboundSPI { table[outboundSPI] = inboundSPI }
+        }
+        return table
+    }
+
     private mutating func informational(_ message: IKEMessage, of sa: IKESA, state: inout GatewayState) throws(IKEProtocolError) -> RequestAnswer {
         var answer = RequestAnswer()
         var deleted: [UInt32] = []
+        // The IKE SA's own Child SAs by the SPI the peer names them by (their outbound SPI),
+        // made once: a Delete may name thousands of SPIs (16,000 fit a message), and an IKE SA
+        // may hold thousands of Child SAs, so no lookup may walk either list.
+        var own: [UInt32: UInt32]?
         for payload in message.payloads where payload.type == .delete {
             let delete: DeletePayload
             do { delete = try DeletePayload(body: payload.body) } catch { throw .malformed(error) }
@@ -602,12 +616,13 @@ public struct IKEv2Responder: Sendable {
                 answer.deletesIKESA = true
                 continue
             }
-            // At most the IKE SA's own Child SAs can be named; the rest of a longer list is junk.
-            for spi in delete.spis.prefix(sa.childSAs.count) {
-                guard let child = state.childSA(of: sa.identifier, outboundSPI: spi) else { continue }
-                if let changes = try? state.deleteChildSA(inboundSPI: child.inboundSPI) { answer.changes += changes }
-                deleted.append(child.inboundSPI)
-                logger.notice("Child SA deleted by the peer", metadata: ["ike_sa": "\(sa.identifier)", "inbound_spi": "\(child.inboundSPI.paddedHexDigits)"])
+            let byOutboundSPI = own ?? Self.childSAsByOutboundSPI(of: sa, in: state)
+            own = byOutboundSPI
+            for spi in delete.spis {
+                guard let inboundSPI = byOutboundSPI[spi], let changes = try? state.deleteChildSA(inboundSPI: inboundSPI) else { continue }
+                answer.changes += changes
+                deleted.append(inboundSPI)
+                logger.notice("Child SA deleted by the peer", metadata: ["ike_sa": "\(sa.identifier)", "inbound_spi": "\(inboundSPI.paddedHexDigits)"])
             }
         }
         if message.payloads.isEmpty {

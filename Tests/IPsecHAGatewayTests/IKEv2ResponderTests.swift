@@ -326,6 +326,32 @@ import Testing
         }
     }
 
+    /// A Delete names Child SAs of its own IKE SA by their outbound SPIs (RFC 7296 section
+    /// 3.11). Each is found through a table of the IKE SA's Child SAs, made once: one
+    /// INFORMATIONAL naming 16,000 SPIs to an IKE SA of 20,000 Child SAs walked the list for
+    /// each and stalled the gateway's loop for minutes (review H4; the time limit sees that).
+    @Test(.timeLimit(.minutes(1)))
+    func aDeleteNamingThousandsOfSPIsFindsItsChildSAsWithoutWalkingTheList() throws {
+        var fixture = try Fixture()
+        _ = try fixture.establish()
+        let template = try #require(fixture.state.childSAs.first)
+        for index in 0..<UInt32(20_000) {
+            _ = try fixture.state.createChildSA(
+                ChildSA(
+                    inboundSPI: 0x4000_0000 + index, outboundSPI: 0x6000_0000 + index, localSelectors: template.localSelectors,
+                    remoteSelectors: template.remoteSelectors, transforms: template.transforms, inboundKeys: template.inboundKeys,
+                    outboundKeys: template.outboundKeys, outboundCounter: template.outboundCounter, inboundWindow: template.inboundWindow,
+                    lifetime: template.lifetime, parent: template.parent, owner: template.owner))
+        }
+        // 16,000 SPIs nobody has, then two of the IKE SA's own, one named twice.
+        let named = (0..<UInt32(16_000)).map { 0x7000_0000 + $0 } + [0x6000_0007, fixture.initiator.espSPI, 0x6000_0007]
+        let outcome = fixture.send(try fixture.initiator.request(.informational, [DeletePayload(protocolID: IKEProposal.esp, spis: named).payload]))
+        let reply = try fixture.initiator.open(try #require(outcome.replies.first).bytes)
+        #expect(try DeletePayload(body: try #require(reply.first(.delete)).body).spis == [0x4000_0007, template.inboundSPI])
+        #expect(fixture.state.childSACount == 19_999)
+        #expect(fixture.state.childSA(inboundSPI: 0x4000_0007) == nil && fixture.state.childSA(inboundSPI: template.inboundSPI) == nil)
+    }
+
     @Test func deletingTheIKESADeletesItsChildSAs() throws {
         var fixture = try Fixture()
         _ = try fixture.establish()
