@@ -770,6 +770,7 @@ public struct ClusterSimulation {
         let epoch = members[index].channel.configuration.epoch + 1
         _ = try members[index].role.promote(.activeMemberSilent(failed), newEpoch: epoch)
         try members[index].channel.rotate(toEpoch: epoch)
+        members[index].replica.applyHeldCheckpoints(members[index].channel.recordsHeldBehindGap(from: failed), now: now)
         let replica = members[index].replica
         report.standbyReadyAtTakeover = replica.isReady
         let plan = replica.takeoverPlan(

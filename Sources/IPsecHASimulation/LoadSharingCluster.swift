@@ -304,7 +304,11 @@ public struct LoadSharingCluster {
     private mutating func adopt(
         _ segment: Segment, from previous: ClusterMemberID, handedOver: Bool, at member: inout LoadSharingMember
     ) throws {
-        guard let replica = member.replicas[previous] else { return }
+        guard var replica = member.replicas[previous] else { return }
+        if !handedOver {
+            replica.applyHeldCheckpoints(member.channel.recordsHeldBehindGap(from: previous), now: now)
+            member.replicas[previous] = replica
+        }
         var source = replica.state
         let identifiers = source.ikeSAs.values.filter { segments.segment(of: $0) == segment }.map(\.identifier).sorted()
         if handedOver { report.segmentsHandedOver += 1 } else { report.segmentsTakenOver += 1 }

@@ -194,6 +194,7 @@ struct MemberCommand: ParsableCommand {
             if announcedReady, role.tick(now: now, lastHeard: channel.lastHeard(from: activeID)).contains(.activeMemberFailed(activeID)) {
                 let silentFor = channel.lastHeard(from: activeID).map { (now.nanoseconds - $0.nanoseconds) / 1_000_000 } ?? 0
                 _ = try role.promote(.activeMemberSilent(activeID), newEpoch: channel.configuration.epoch + 1)
+                replica.applyHeldCheckpoints(channel.recordsHeldBehindGap(from: activeID), now: now)
                 let plan = replica.takeoverPlan(now: now)
                 var state = replica.state
                 let outcome = state.applyTakeover(plan)

@@ -193,14 +193,18 @@ struct ReferenceGateway {
     }
 
     /// RFC 6027's hard part, in order: promote, new epoch, plan, counters, ports, message IDs.
-    mutating func takeOver(from replica: Replica, reason: PromotionReason, now: Timestamp) throws {
+    mutating func takeOver(from standbyReplica: Replica, reason: PromotionReason, now: Timestamp) throws {
+        var replica = standbyReplica
+        replica.applyHeldCheckpoints(channel.recordsHeldBehindGap(from: peer), now: now)
         let silence = channel.lastHeard(from: peer).map { (now.nanoseconds - $0.nanoseconds) / 1_000_000 } ?? 0
         let epoch = nextEpoch
         _ = try role.promote(reason, newEpoch: epoch)
         try channel.rotate(toEpoch: epoch)
         // The advance is at least the checkpoint's packet count: that many may have gone out
-        // after the last checkpoint. The inbound window takes the same advance (strongSwan has
-        // no RFC 6311 replay-counter sync), so that many of the peer's next packets are dropped.
+        // after the last checkpoint. Outbound it is also at least the policy's maximum rate for
+        // the time unaccounted for (a burst while checkpoints were lost). The inbound window
+        // takes the measured advance (strongSwan has no RFC 6311 replay-counter sync), so that
+        // many of the peer's next packets are dropped: hence the checkpoint count, not 4,096.
         let policy = TakeoverPolicy(
             minimumAdvance: options.takeoverMinimumAdvance ?? options.checkpointPackets, stalenessMargin: options.stalenessMarginMs * 1_000_000)
         let plan: TakeoverPlan

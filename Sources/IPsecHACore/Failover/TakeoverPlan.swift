@@ -30,8 +30,17 @@ public struct TakeoverPolicy: Sendable, Hashable {
     /// policy's packet count: that many may have gone out after the last checkpoint).
     public var minimumAdvance: UInt64
     /// Added to the time since the last checkpoint: how long the failed member may have kept
-    /// sending before it was declared dead, plus the checkpoint's own transit.
+    /// sending before it was declared dead, plus the checkpoint's own transit and the
+    /// checkpoint scheduler's interval.
     public var stalenessMargin: UInt64
+    /// The most packets one Child SA can send a second (default 15,000,000: 10 Gb/s of the
+    /// smallest packets; nil: trust the measured rates). The outbound counter, and with RFC
+    /// 6311 the peer's counters, move at least this rate times the time the standby cannot
+    /// account for. A checkpoint's rate only says what the SA did then: a burst while synch
+    /// messages were lost reused sequence numbers, and with them ESP IVs (review M3). Moving
+    /// an outbound counter far costs only sequence numbers; the conservative inbound window,
+    /// whose advance drops the peer's packets, keeps the measured rate.
+    public var maximumPacketsPerSecond: UInt64?
     /// Suspect SAs, and SAs whose rate is unknown, take this many times the advance.
     public var suspectFactor: UInt64
     /// The advance when nothing is known (RFC 6311 section 5.2: "a very large number, e.g. 2^30").
@@ -40,14 +49,16 @@ public struct TakeoverPolicy: Sendable, Hashable {
     public var inbound: InboundTakeoverPolicy
 
     /// A policy; by default an advance of at least 4,096 (the default checkpoint packet count),
-    /// 200 ms of staleness margin, 4 times for suspect SAs, 2^30 when nothing is known, and the
+    /// 200 ms of staleness margin, at least 15,000,000 packets a second of the time
+    /// unaccounted for outbound, 4 times for suspect SAs, 2^30 when nothing is known, and the
     /// conservative inbound policy.
     public init(
-        minimumAdvance: UInt64 = 4_096, stalenessMargin: UInt64 = 200_000_000, suspectFactor: UInt64 = 4,
-        unknownAdvance: UInt64 = 1 << 30, inbound: InboundTakeoverPolicy = .conservative
+        minimumAdvance: UInt64 = 4_096, stalenessMargin: UInt64 = 200_000_000, maximumPacketsPerSecond: UInt64? = 15_000_000,
+        suspectFactor: UInt64 = 4, unknownAdvance: UInt64 = 1 << 30, inbound: InboundTakeoverPolicy = .conservative
     ) {
         self.minimumAdvance = max(minimumAdvance, 1)
         self.stalenessMargin = stalenessMargin
+        self.maximumPacketsPerSecond = maximumPacketsPerSecond
         self.suspectFactor = max(suspectFactor, 1)
         self.unknownAdvance = max(unknownAdvance, minimumAdvance)
         self.inbound = inbound
@@ -92,7 +103,8 @@ public struct ChildSATakeover: Sendable, Hashable {
     public var outbound: OutboundTakeover
     /// The inbound window.
     public var inbound: InboundTakeover
-    /// How far the counters move beyond the checkpoint.
+    /// How far the outbound counter moves beyond the checkpoint (and, with RFC 6311, the
+    /// delta asked of the peer). A conservative inbound window carries its own advance.
     public var advance: UInt64
     /// The reasoning, for the operator (``ChildSATakeoverReason/description`` reads it out).
     public var reason: ChildSATakeoverReason

@@ -14,13 +14,19 @@ public enum TakeoverPlanner {
     ///   - restriction: when given, plan only these IKE SAs and their Child SAs (a load-sharing
     ///     member that takes over one segment of a failed member's SAs); identifiers the state
     ///     does not hold are ignored.
+    ///   - completeAsOf: the last time the standby knew it held everything the failed member
+    ///     had sent (no gap in the synch stream); nil when unknown.
     ///
     /// Each Child SA's advance is sized from the freshness the state recorded for it
     /// (``GatewayState/recordCounterFreshness(_:inboundSPI:)``): when its last checkpoint
-    /// arrived and the rate then measured.
+    /// arrived and the rate then measured, times the suspect factor when it is suspect. The
+    /// outbound advance is at least ``TakeoverPolicy/maximumPacketsPerSecond`` times the time
+    /// since the later of that checkpoint and `completeAsOf` (an idle SA sends no checkpoints,
+    /// but while the stream was complete it sent nothing unreported) plus the margin.
     public static func plan(
         state: GatewayState, inFlight: [IKESAIdentifier: Bool], suspect: SuspectIKESAs,
-        policy: TakeoverPolicy = TakeoverPolicy(), now: Timestamp, restrictedTo restriction: Set<IKESAIdentifier>? = nil
+        policy: TakeoverPolicy = TakeoverPolicy(), now: Timestamp, restrictedTo restriction: Set<IKESAIdentifier>? = nil,
+        completeAsOf: Timestamp? = nil
     ) -> TakeoverPlan {
         // The table's slots, read in place: nil where an IKE SA was removed.
         let ikeSAs = state.ikeSAs.slots
@@ -63,18 +69,27 @@ public enum TakeoverPlanner {
             let slot = sa.slot.index
             if let includedSlots, !includedSlots[slot] { return }
             let suspectSA = parentIsSuspect[slot]
-            let advance: UInt64
+            // The measured advance (what the SA was doing) and the outbound one (what it could
+            // have done since the standby last knew).
+            let measured: UInt64
+            var advance: UInt64
             var reason = ChildSATakeoverReason(
                 checkpointAge: nil, packetsPerSecond: nil, suspect: suspectSA, outboundLimitReached: false, inboundLimitReached: false)
             if let known = sa.freshness, let rate = known.packetsPerSecond {
-                let stale = now.nanoseconds > known.lastCheckpoint.nanoseconds ? now.nanoseconds - known.lastCheckpoint.nanoseconds : 0
-                let window = stale.addingReportingOverflow(policy.stalenessMargin)
-                let expected = multiplyDivide(rate, window.overflow ? .max : window.partialValue, 1_000_000_000)
+                let stale = elapsed(since: known.lastCheckpoint, until: now)
+                let expected = multiplyDivide(rate, saturatingAdd(stale, policy.stalenessMargin), 1_000_000_000)
                 let base = max(policy.minimumAdvance, expected)
-                advance = suspectSA ? saturatingMultiply(base, policy.suspectFactor) : base
+                measured = suspectSA ? saturatingMultiply(base, policy.suspectFactor) : base
+                advance = measured
+                if let maximum = policy.maximumPacketsPerSecond {
+                    let known = completeAsOf.map { max($0, known.lastCheckpoint) } ?? known.lastCheckpoint
+                    let unaccounted = saturatingAdd(elapsed(since: known, until: now), policy.stalenessMargin)
+                    advance = max(advance, multiplyDivide(maximum, unaccounted, 1_000_000_000))
+                }
                 reason.checkpointAge = stale
                 reason.packetsPerSecond = rate
             } else {
+                measured = policy.unknownAdvance
                 advance = policy.unknownAdvance
             }
             let hardLimit = sa.hardLimit
@@ -88,19 +103,18 @@ public enum TakeoverPlanner {
             }
             let top = sa.inboundTop
             let inboundLimit = sa.extendedSequenceNumbers ? UInt64.max : UInt64(UInt32.max)
+            // The peer jumps by the outbound advance when asked (RFC 6311); a conservative
+            // window moves by the measured one, since its advance drops the peer's packets.
+            let syncsWithPeer = policy.inbound == .replayCounterSyncWhereNegotiated && parentSyncsReplayCounters[slot]
+            let inboundAdvance = syncsWithPeer ? advance : measured
             let inbound: InboundTakeover
-            if top > inboundLimit - min(advance, inboundLimit) {
+            if top > inboundLimit - min(inboundAdvance, inboundLimit) {
                 inbound = .rekey
                 reason.inboundLimitReached = true
+            } else if policy.inbound == .permissiveUnsafe {
+                inbound = .restore(.permissiveUnsafe)
             } else {
-                switch policy.inbound {
-                case .permissiveUnsafe:
-                    inbound = .restore(.permissiveUnsafe)
-                case .replayCounterSyncWhereNegotiated where parentSyncsReplayCounters[slot]:
-                    inbound = .restore(.replayCounterSync(delta: advance))
-                case .conservative, .replayCounterSyncWhereNegotiated:
-                    inbound = .restore(.conservative(advance: advance))
-                }
+                inbound = .restore(syncsWithPeer ? .replayCounterSync(delta: advance) : .conservative(advance: measured))
             }
             if replayCounterSyncPolicy { advanceBySlot[slot] = advance }
             childPlans.append(
@@ -203,6 +217,16 @@ public enum TakeoverPlanner {
         let product = value.multipliedFullWidth(by: numerator)
         guard product.high < denominator else { return .max }
         return denominator.dividingFullWidth((product.high, product.low)).quotient
+    }
+
+    static func saturatingAdd(_ a: UInt64, _ b: UInt64) -> UInt64 {
+        let (sum, overflow) = a.addingReportingOverflow(b)
+        return overflow ? .max : sum
+    }
+
+    /// Nanoseconds from `start` to `end`, 0 when `start` is later.
+    static func elapsed(since start: Timestamp, until end: Timestamp) -> UInt64 {
+        end.nanoseconds > start.nanoseconds ? end.nanoseconds - start.nanoseconds : 0
     }
 
     static func saturatingMultiply(_ a: UInt64, _ b: UInt64) -> UInt64 {

@@ -642,6 +642,15 @@ public struct SyncChannel {
     /// Whether records from `peer` are known to be missing (a gap not yet repaired), and since when.
     public func missingSince(from peer: ClusterMemberID) -> Timestamp? { peers[peer]?.receiver.gapSince }
 
+    /// The reliable records from `peer` that arrived early and wait behind a gap, in sequence
+    /// order. Not delivered, since what is missing may change what they mean; a standby that
+    /// takes over reads the counter checkpoints among them
+    /// (``Replica/applyHeldCheckpoints(_:now:)``).
+    public func recordsHeldBehindGap(from peer: ClusterMemberID) -> [SyncRecord] {
+        guard let receiver = peers[peer]?.receiver else { return [] }
+        return receiver.heldInOrder.flatMap { receiver.held[$0] ?? [] }
+    }
+
     /// How long the oldest reliable datagram to `peer` has waited for its acknowledgement: the
     /// replication lag (0 when everything is acknowledged).
     public func replicationLag(to peer: ClusterMemberID, now: Timestamp) -> UInt64 {

@@ -18,6 +18,8 @@ struct ReliableReceiver {
     /// read them in order for every datagram, and sorting a full hold each time cost more than
     /// the rest of the channel.
     private var heldOrder: [UInt64] = []
+    /// The sequence numbers of the held datagrams, ascending.
+    var heldInOrder: [UInt64] { heldOrder }
     /// The highest sequence number known to exist (received, or announced by a heartbeat).
     private(set) var highestKnown: UInt64 = 0
     /// Since when something has been missing, if it is.

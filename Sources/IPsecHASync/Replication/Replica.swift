@@ -61,6 +61,11 @@ public struct Replica {
     /// While a gap is open every SA may have missed an update, since records are delivered in
     /// order and nothing after the gap has been applied.
     public private(set) var missingSince: Timestamp?
+    /// The last time records from the active member were applied while no gap was known (its
+    /// heartbeats count): until then the replica held everything the active member had sent,
+    /// so an SA that sent no checkpoint was idle up to then. A takeover sizes the outbound
+    /// advance from it.
+    public private(set) var completeAsOf: Timestamp?
 
     /// The takeover plan if this replica's member took over at `now` (see `TakeoverPlanner` in
     /// IPsecHACore): exchanges in flight from the replicated records, every IKE SA suspect while
@@ -73,7 +78,23 @@ public struct Replica {
         for exchange in inFlight { inFlightSAs[exchange.ikeSA] = (inFlightSAs[exchange.ikeSA] ?? false) || exchange.initiatedHere }
         let suspect: SuspectIKESAs = mayHaveMissedAnyUpdates ? .all : .none
         return TakeoverPlanner.plan(
-            state: state, inFlight: inFlightSAs, suspect: suspect, policy: policy, now: now, restrictedTo: restriction)
+            state: state, inFlight: inFlightSAs, suspect: suspect, policy: policy, now: now, restrictedTo: restriction,
+            completeAsOf: completeAsOf)
+    }
+
+    /// Applies the counter checkpoints among `records`, the records the channel holds behind a
+    /// gap (``SyncChannel/recordsHeldBehindGap(from:)``), and nothing else: at takeover they
+    /// are the freshest counters there are, and applying them out of order is safe (each is
+    /// refused unless newer than the SA's generation, and counters only move forward). Other
+    /// records need the ones missing before them. Call it just before ``takeoverPlan(policy:now:restrictedTo:)``.
+    public mutating func applyHeldCheckpoints(_ records: [SyncRecord], now: Timestamp) {
+        let arrival = missingSince.map { min($0, now) } ?? now
+        for case .counterCheckpoints(let entries) in records {
+            let outcome = state.applyCounterCheckpoints(entries, arrivedAt: arrival)
+            statistics.applied += UInt64(outcome.applied)
+            statistics.stale += UInt64(outcome.stale)
+            statistics.rejected += UInt64(outcome.rejected)
+        }
     }
 
     /// IKE SAs that records referred to but the replica does not hold: a sign of updates it
@@ -134,9 +155,16 @@ public struct Replica {
         .hello(epoch: epoch, capabilities: 0, needsResync: !isReady)
     }
 
-    /// Applies records delivered by the channel, in order.
+    /// Applies records delivered by the channel, in order. While a gap is known
+    /// (``observe(missingSince:)``), what arrives counts as of the gap's start: it may be a
+    /// retransmission, or wait behind one, and a checkpoint's age must include that delay.
     public mutating func apply(_ records: [SyncRecord], now: Timestamp) {
-        for record in records { apply(record, now: now) }
+        guard let gap = missingSince, gap < now else {
+            completeAsOf = now
+            for record in records { apply(record, now: now) }
+            return
+        }
+        for record in records { apply(record, now: gap) }
     }
 
     private mutating func apply(_ record: SyncRecord, now: Timestamp) {

@@ -28,6 +28,8 @@ struct TakeoverPlannerTests {
         return result
     }
 
+    /// The measured rates alone: the arithmetic the bound below is added to.
+    static let measuredOnly = TakeoverPolicy(maximumPacketsPerSecond: nil)
     let now = Timestamp.seconds(100)
     let checkpointed = Timestamp(nanoseconds: 100_000_000_000 - 50_000_000)  // 50 ms before now
 
@@ -35,7 +37,7 @@ struct TakeoverPlannerTests {
         var s = try setup()
         try s.state.recordCounterFreshness(ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 100_000), inboundSPI: 4096)
         let plan = TakeoverPlanner.plan(
-            state: s.state, inFlight: [:], suspect: [], now: now)
+            state: s.state, inFlight: [:], suspect: [], policy: Self.measuredOnly, now: now)
         let ike = try #require(plan.ikeSAs.first)
         #expect(ike.classification == .certain)
         #expect(ike.messageIDs == .exact(nextRequestID: 3, nextExpectedRequestID: 5))
@@ -58,7 +60,7 @@ struct TakeoverPlannerTests {
         var new = Fixtures.ikeSA(2, &random)
         new.extensions = s.ike.extensions
         _ = try s.state.rekeyIKESA(s.ike.identifier, to: new)
-        let policy = TakeoverPolicy(inbound: .replayCounterSyncWhereNegotiated)
+        let policy = TakeoverPolicy(maximumPacketsPerSecond: nil, inbound: .replayCounterSyncWhereNegotiated)
         let plan = TakeoverPlanner.plan(state: s.state, inFlight: [:], suspect: [], policy: policy, now: now)
         let planned = try #require(plan.ikeSAs.first { $0.identifier == new.identifier })
         let old = try #require(plan.ikeSAs.first { $0.identifier == s.ike.identifier })
@@ -88,11 +90,48 @@ struct TakeoverPlannerTests {
         #expect(deleted.childSA(inboundSPI: 4096)?.parent == new.identifier)
     }
 
+    /// Review M3: an SA checkpointed at 100 packets a second bursts while the synch link is
+    /// lost, then the active member fails. The measured rate alone resumed at 4,096 past the
+    /// checkpoint while about 10,000 numbers had gone out; the bound covers the burst.
+    @Test func aBurstAfterTheLastCheckpointIsCoveredByTheMaximumRate() throws {
+        var s = try setup(lastSent: 1_000)
+        let lastCheckpoint = Timestamp(nanoseconds: now.nanoseconds - 100_000_000)
+        try s.state.recordCounterFreshness(ChildSAFreshness(lastCheckpoint: lastCheckpoint, packetsPerSecond: 100), inboundSPI: 4096)
+        // The active member really sent 10,000 more in the 100 ms the link was down (100,000/s).
+        let reallySent: UInt64 = 11_000
+        let measured = TakeoverPlanner.plan(state: s.state, inFlight: [:], suspect: [], policy: Self.measuredOnly, now: now)
+        #expect(measured.childSAs.first?.outbound == .resume(lastSent: 1_000 + 4_096), "what the review found: reuse")
+        let bounded = TakeoverPlanner.plan(
+            state: s.state, inFlight: [:], suspect: [], policy: TakeoverPolicy(maximumPacketsPerSecond: 100_000), now: now,
+            completeAsOf: lastCheckpoint)
+        guard case .resume(let resumeAfter)? = bounded.childSAs.first?.outbound else {
+            Issue.record("expected to resume")
+            return
+        }
+        // 100,000/s over 0.1 s unaccounted for and the 0.2 s margin.
+        #expect(resumeAfter == 1_000 + 30_000 && resumeAfter > reallySent)
+        #expect(bounded.childSAs.first?.inbound == .restore(.conservative(advance: 4_096)), "the window keeps the measured advance")
+    }
+
+    /// An idle SA sends no checkpoints, so its last one is old; while the stream was complete
+    /// it sent nothing unreported, so the bound counts from the stream, not from that
+    /// checkpoint (idle for a few minutes, a 32-bit SA would have to be rekeyed).
+    @Test func anIdleSAIsBoundedFromWhenTheStreamWasLastComplete() throws {
+        var s = try setup(esn: false, lastSent: 1_000)
+        try s.state.recordCounterFreshness(ChildSAFreshness(lastCheckpoint: .seconds(1), packetsPerSecond: 1), inboundSPI: 4096)
+        let complete = Timestamp(nanoseconds: now.nanoseconds - 50_000_000)
+        let plan = TakeoverPlanner.plan(state: s.state, inFlight: [:], suspect: [], now: now, completeAsOf: complete)
+        // 15,000,000/s over 50 ms and the 200 ms margin.
+        #expect(plan.childSAs.first?.outbound == .resume(lastSent: 1_000 + 3_750_000))
+        let unknownStream = TakeoverPlanner.plan(state: s.state, inFlight: [:], suspect: [], now: now)
+        #expect(unknownStream.childSAs.first?.outbound == .resume(lastSent: 1_000 + 1_488_000_000), "99.2 s at the maximum rate: a third of 2^32")
+    }
+
     @Test func slowSAsStillJumpByTheMinimum() throws {
         var s = try setup()
         try s.state.recordCounterFreshness(ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 10), inboundSPI: 4096)
         let plan = TakeoverPlanner.plan(
-            state: s.state, inFlight: [:], suspect: [], now: now)
+            state: s.state, inFlight: [:], suspect: [], policy: Self.measuredOnly, now: now)
         #expect(plan.childSAs.first?.advance == 4_096)
     }
 
@@ -108,7 +147,7 @@ struct TakeoverPlannerTests {
         try s.state.recordCounterFreshness(ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 100_000), inboundSPI: 4096)
         let plan = TakeoverPlanner.plan(
             state: s.state, inFlight: [:], suspect: [s.ike.identifier],
-            policy: TakeoverPolicy(inbound: .replayCounterSyncWhereNegotiated), now: now)
+            policy: TakeoverPolicy(maximumPacketsPerSecond: nil, inbound: .replayCounterSyncWhereNegotiated), now: now)
         let ike = try #require(plan.ikeSAs.first)
         #expect(ike.classification == .suspect)
         // Next request 3 plus the peer's window of 4 (RFC 6311 5.1); the peer's next request is 5.
@@ -167,7 +206,7 @@ struct TakeoverPlannerManySAsTests {
     @Test func everySAIsSuspectWithAll() throws {
         let state = try state()
         let plan = TakeoverPlanner.plan(
-            state: state, inFlight: [:], suspect: .all, policy: TakeoverPolicy(inbound: .replayCounterSyncWhereNegotiated),
+            state: state, inFlight: [:], suspect: .all, policy: TakeoverPolicy(maximumPacketsPerSecond: nil, inbound: .replayCounterSyncWhereNegotiated),
             now: Timestamp(nanoseconds: 10_800_000_000))
         #expect(plan.ikeSAs.count == 3 && plan.childSAs.count == 6)
         #expect(plan.ikeSAs.allSatisfy { $0.classification == .suspect && $0.reason == .missedSynchSync })
@@ -203,7 +242,7 @@ struct TakeoverPlannerManySAsTests {
         let state = try state()
         let now = Timestamp(nanoseconds: 10_800_000_000)
         let plan = TakeoverPlanner.plan(
-            state: state, inFlight: [:], suspect: .none, policy: TakeoverPolicy(inbound: .replayCounterSyncWhereNegotiated), now: now)
+            state: state, inFlight: [:], suspect: .none, policy: TakeoverPolicy(maximumPacketsPerSecond: nil, inbound: .replayCounterSyncWhereNegotiated), now: now)
         for ike in plan.ikeSAs {
             #expect(ike.classification == .certain && ike.reason == .replayCounterSyncOnly)
             guard case .messageIDSync(_, _, let delta) = ike.messageIDs else {
@@ -258,7 +297,14 @@ struct ApplyTakeoverTests {
 
         let resumed = try #require(standby.childSA(inboundSPI: 0x1000))
         #expect(resumed.outboundCounter.lastSent == 5_000 + first.advance)
-        let top = 4_000 + first.advance
+        // The conservative window moves by the measured advance, the outbound counter by the
+        // bound (15,000,000 packets/s over 0.1 s of staleness and the 0.2 s margin).
+        guard case .restore(.conservative(let measured)) = first.inbound else {
+            Issue.record("expected a conservative window: \(first.inbound)")
+            return
+        }
+        #expect(first.advance == 4_500_000 && measured == 4_096)
+        let top = 4_000 + measured
         #expect(resumed.inboundWindow.top == top)
         for number in [4_000, 4_001, top - 1, top] as [UInt64] {
             #expect(standby.checkInbound(wire: UInt32(number), at: standby.slot(forInboundSPI: 0x1000)!) != .fresh(number))
