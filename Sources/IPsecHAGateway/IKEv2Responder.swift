@@ -164,6 +164,23 @@ public struct IKEv2Responder: Sendable {
         }
     }
 
+    /// The IKE SA and message ID of `bytes` when it is an authentic request that starts a new
+    /// exchange on an established IKE SA (not a retransmission); nil for anything else. The
+    /// gateway tells the standbys that an exchange started only then: replicating the clear
+    /// header of whatever arrives let anyone who saw the SPIs on the wire fill the synch
+    /// channel and the standby's table of exchanges in flight (review M5). It costs one more
+    /// decryption of the request, which ``receive(_:from:on:state:now:)`` then processes.
+    public func authenticNewRequest(_ bytes: [UInt8], state: GatewayState) -> (ikeSA: IKESAIdentifier, messageID: UInt32)? {
+        guard let header = try? EncryptedMessage.header(of: bytes), !header.isResponse,
+            header.exchangeType != .ikeSAInit, header.exchangeType != .ikeAuth
+        else { return nil }
+        let identifier = IKESAIdentifier(initiatorSPI: header.initiatorSPI, responderSPI: header.responderSPI)
+        guard let sa = state.ikeSAs[identifier], sa.messageIDs.responses.classify(header.messageID) == .new,
+            (try? EncryptedMessage.open(bytes, keyAndSalt: sa.keys.ei)) != nil
+        else { return nil }
+        return (identifier, header.messageID)
+    }
+
     /// Messages refused so far: malformed, unauthenticated, for unknown IKE SAs.
     public private(set) var droppedMessages = 0
 

@@ -307,15 +307,9 @@ public struct ClusterSimulation {
     private var peers: [PeerIKESA] = []
     private var peerIndex: [IKESAIdentifier: Int] = [:]
     private var outside: [(at: UInt64, message: IKEMessage)] = []
-    /// Responses the active member holds until the standbys acknowledged what they depend on:
+    /// Messages the active member holds until the standbys acknowledged what they depend on:
     /// the tickets, and the standbys that were catching up (no ticket: they must catch up).
-    private var held: [Held] = []
-
-    struct Held {
-        var tickets: [SyncTicket]
-        var catchingUp: [ClusterMemberID]
-        var message: IKEMessage
-    }
+    private var held = HeldReplies<IKEMessage>()
     /// Cluster requests awaiting a response: IKE SA -> message ID.
     private var clusterOutstanding: [IKESAIdentifier: (UInt32, Timestamp)] = [:]
     private var highestSent: [UInt32: UInt64] = [:]
@@ -549,7 +543,7 @@ public struct ClusterSimulation {
         crashed = index
         crashedAt = now
         report.ikeExchangesInFlightAtCrash = peers.filter { $0.outstanding != nil }.count + clusterOutstanding.count + held.count
-        held = []
+        held.removeAll()
         clusterOutstanding = [:]
         pendingLosses = [:]
         active = nil
@@ -621,25 +615,12 @@ public struct ClusterSimulation {
             }
         }
         // Held IKE responses go out once the standbys acknowledged their state.
-        if let index = active {
-            let channel = members[index].channel
-            // In order: tickets grow with time, so the first entry still waiting stops the scan
-            // (a later one is released a step later at worst).
-            var released = 0
-            let replicator = members[index].replicator!
-            // A ticket a stream reset dropped is made good by the resync that followed it.
-            while released < held.count,
-                held[released].tickets.allSatisfy({ channel.isAcknowledged($0) || (channel.wasDropped($0) && replicator.hasCaughtUp($0.peer, channel: channel)) }),
-                held[released].catchingUp.allSatisfy({ member in
-                    !isAlive(member) || replicator.hasCaughtUp(member, channel: channel)
-                })
-            {
-                let message = held[released].message
-                released += 1
+        if let index = active, let replicator = members[index].replicator {
+            let alive = Set(members.filter(\.alive).map(\.id))
+            for message in held.release(channel: members[index].channel, replicator: replicator, now: now, gone: { !alive.contains($0) }) {
                 if case .clusterRequest(let identifier, let messageID) = message, clusterOutstanding[identifier]?.0 != messageID { continue }
                 sendOutside(message)
             }
-            held.removeFirst(released)
         }
     }
 
@@ -731,16 +712,16 @@ public struct ClusterSimulation {
     private func isAlive(_ id: ClusterMemberID) -> Bool { members.contains { $0.id == id && $0.alive } }
 
     /// Whether a held message matches.
-    private func isHeld(_ matches: (IKEMessage) -> Bool) -> Bool { held.contains { matches($0.message) } }
+    private func isHeld(_ matches: (IKEMessage) -> Bool) -> Bool { held.replies.contains(where: matches) }
 
     /// Holds an IKE message until its tickets are acknowledged and, with synchronous
     /// replication, every live standby that was catching up has caught up.
     private mutating func hold(_ tickets: [SyncTicket], _ message: IKEMessage) {
-        var catchingUp: [ClusterMemberID] = []
-        if configuration.synchronousReplication, let index = active, let replicator = members[index].replicator {
-            catchingUp = members.filter { $0.alive && $0.id != members[index].id && joining[$0.id] == nil && replicator.isCatchingUp($0.id) }.map(\.id)
-        }
-        held.append(Held(tickets: tickets, catchingUp: catchingUp, message: message))
+        guard let index = active, let replicator = members[index].replicator else { return }
+        let standbys =
+            configuration.synchronousReplication
+            ? members.filter { $0.alive && $0.id != members[index].id && joining[$0.id] == nil }.map(\.id) : []
+        if let free = held.hold(message, tickets: tickets, standbys: standbys, replicator: replicator) { sendOutside(free) }
     }
 
     /// The tickets synchronous replication waits for: those of standbys that are up and not
@@ -1065,8 +1046,8 @@ public struct ClusterSimulation {
                 hold(tickets, .clusterRequest(identifier, messageID))
             }
             // Retransmit what went out unanswered (a request still held for its tickets has not).
-            let waiting = Set(held.compactMap { entry -> IKESAIdentifier? in
-                if case .clusterRequest(let identifier, _) = entry.message { identifier } else { nil }
+            let waiting = Set(held.replies.compactMap { message -> IKESAIdentifier? in
+                if case .clusterRequest(let identifier, _) = message { identifier } else { nil }
             })
             for (identifier, request) in clusterOutstanding where now.nanoseconds - request.1.nanoseconds >= 100_000_000 && !waiting.contains(identifier) {
                 clusterOutstanding[identifier] = (request.0, now)

@@ -29,11 +29,13 @@ struct ReferenceGateway {
     var scheduler: CounterCheckpointScheduler
     var sockets: [UDPSocket] = []
 
-    /// Replies held until the standby acknowledged the changes behind them (synchronous
-    /// replication of IKE state), or until `releaseAt`.
-    var held: [(datagram: IKEDatagram, tickets: [SyncTicket], releaseAt: Timestamp)] = []
-    /// How long a reply may wait for the standby's acknowledgement.
-    static let holdLimit: UInt64 = 200_000_000
+    /// Replies held until the standby holds the changes behind them (synchronous replication
+    /// of IKE state): their tickets acknowledged, and a standby that was catching up caught up.
+    var held = HeldReplies<IKEDatagram>()
+    /// How long a reply may wait for the standby: then it goes anyway, with a warning. Below
+    /// the peer's first retransmission (strongSwan: 4 s), long enough for a resync of
+    /// thousands of SAs.
+    static let holdLimit: UInt64 = 2_000_000_000
     /// The pre-shared key's length in bytes (the responder authenticates nobody with a shorter
     /// one; a longer file is a mistake, not a key to cut).
     static let preSharedKeyLength = IKEResponderConfiguration.minimumPreSharedKeyLength...1_024
@@ -259,7 +261,7 @@ struct ReferenceGateway {
         // The old active member may come back: it will resync from this one.
         replicator = Replicator(standbys: [peer])
         repliesSinceTakeover = 0
-        held = []
+        held.removeAll()
     }
 
     /// A member that had stepped down from the active role says hello: it was active while this
@@ -320,7 +322,7 @@ struct ReferenceGateway {
             if let why = stepDown {
                 hasBeenActive = true
                 sockets = []
-                held = []
+                held.removeAll()
                 emit("stepped_down", ["why": why])
                 logger.warning("no longer the active member", metadata: ["why": "\(why)"])
                 if role.isActive {
@@ -396,18 +398,16 @@ struct ReferenceGateway {
     }
 
     mutating func handleIKE(_ bytes: [UInt8], from remote: Endpoint, on local: Endpoint, now: Timestamp) {
-        if let header = try? EncryptedMessage.header(of: bytes), !header.isResponse {
-            let identifier = IKESAIdentifier(initiatorSPI: header.initiatorSPI, responderSPI: header.responderSPI)
-            if let sa = state.ikeSAs[identifier], sa.messageIDs.responses.classify(header.messageID) == .new {
-                // In flight from now until the exchange finishes: a takeover must know.
-                perform(replicator.replicateExchange(
-                    of: identifier, messageID: header.messageID, initiatedHere: false, finished: false, state: state, channel: &channel, now: now).actions, now: now)
-                if let crash = options.crashOnExchange, header.exchangeType.description == crash {
-                    // Dies in the middle of the exchange: the standby heard it start, not finish.
-                    emit("crash_injected", ["exchange": crash, "message_id": "\(header.messageID)"])
-                    usleep(50_000)
-                    exit(137)
-                }
+        if let (identifier, messageID) = responder.authenticNewRequest(bytes, state: state) {
+            // In flight from now until the exchange finishes: a takeover must know. Only for an
+            // authentic request: anybody can send the clear header.
+            perform(replicator.replicateExchange(
+                of: identifier, messageID: messageID, initiatedHere: false, finished: false, state: state, channel: &channel, now: now).actions, now: now)
+            if let crash = options.crashOnExchange, let header = try? EncryptedMessage.header(of: bytes), header.exchangeType.description == crash {
+                // Dies in the middle of the exchange: the standby heard it start, not finish.
+                emit("crash_injected", ["exchange": crash, "message_id": "\(messageID)"])
+                usleep(50_000)
+                exit(137)
             }
         }
         let outcome = responder.receive(bytes, from: remote, on: local, state: &state, now: now)
@@ -431,30 +431,30 @@ struct ReferenceGateway {
             ])
         }
         // Synchronous replication: the reply waits for the standby, if there is one to wait for
-        // (none before it joined, none after a takeover until the old active comes back).
-        let standbyListening = channel.lastHeard(from: peer).map { now.nanoseconds - $0.nanoseconds < 3 * channel.configuration.heartbeatInterval } ?? false
+        // (none before it joined, none after a takeover until the old active comes back), also
+        // while it catches up (a resync or a backlog gives no ticket).
+        guard standbyListening(now: now) else {
+            outcome.replies.forEach { transmit($0) }
+            return
+        }
         for reply in outcome.replies {
-            if tickets.isEmpty || !standbyListening {
-                transmit(reply)
-            } else {
-                held.append((reply, tickets, Timestamp(nanoseconds: now.nanoseconds + Self.holdLimit)))
-            }
+            let deadline = Timestamp(nanoseconds: now.nanoseconds + Self.holdLimit)
+            if let free = held.hold(reply, tickets: tickets, standbys: [peer], replicator: replicator, deadline: deadline) { transmit(free) }
         }
     }
 
+    /// Whether the standby was heard within three heartbeats: otherwise nobody is there to wait for.
+    func standbyListening(now: Timestamp) -> Bool {
+        channel.lastHeard(from: peer).map { now.nanoseconds - $0.nanoseconds < 3 * channel.configuration.heartbeatInterval } ?? false
+    }
+
     mutating func releaseHeldReplies(now: Timestamp) {
-        var waiting: [(datagram: IKEDatagram, tickets: [SyncTicket], releaseAt: Timestamp)] = []
-        for entry in held {
-            if entry.tickets.allSatisfy({ channel.isAcknowledged($0) || channel.wasDropped($0) }) {
-                transmit(entry.datagram)
-            } else if now >= entry.releaseAt {
-                logger.warning("the standby did not acknowledge in time: reply sent anyway", metadata: ["peer": "\(entry.datagram.destination)"])
-                transmit(entry.datagram)
-            } else {
-                waiting.append(entry)
-            }
+        let expiredBefore = held.expired
+        let listening = standbyListening(now: now)
+        for reply in held.release(channel: channel, replicator: replicator, now: now, gone: { _ in !listening }) { transmit(reply) }
+        if held.expired > expiredBefore {
+            logger.warning("the standby did not acknowledge in time: replies sent anyway", metadata: ["replies": "\(held.expired - expiredBefore)"])
         }
-        held = waiting
     }
 
     mutating func handleESP(_ bytes: [UInt8], from remote: Endpoint, now: Timestamp) {

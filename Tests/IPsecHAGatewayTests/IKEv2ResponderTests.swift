@@ -352,6 +352,22 @@ import Testing
         #expect(fixture.state.childSA(inboundSPI: 0x4000_0007) == nil && fixture.state.childSA(inboundSPI: template.inboundSPI) == nil)
     }
 
+    /// Review M5: the gateway replicated "exchange started" for any request whose clear
+    /// header named an IKE SA and its next message ID; only an authentic new request counts.
+    @Test func onlyAnAuthenticNewRequestStartsAnExchange() throws {
+        var fixture = try Fixture()
+        _ = try fixture.establish()
+        let identifier = fixture.initiator.identifier
+        let liveness = try fixture.initiator.request(.informational, [])
+        var forged = liveness
+        forged[forged.count - 1] ^= 1
+        #expect(fixture.responder.authenticNewRequest(forged, state: fixture.state) == nil, "right SPIs and message ID, no valid tag")
+        let started = try #require(fixture.responder.authenticNewRequest(liveness, state: fixture.state))
+        #expect(started.ikeSA == identifier && started.messageID == 2)
+        _ = fixture.send(liveness)
+        #expect(fixture.responder.authenticNewRequest(liveness, state: fixture.state) == nil, "a retransmission starts nothing")
+    }
+
     @Test func deletingTheIKESADeletesItsChildSAs() throws {
         var fixture = try Fixture()
         _ = try fixture.establish()
