@@ -30,6 +30,14 @@ public struct IKEResponderConfiguration: Sendable {
     public var halfOpenLimit = 1_024
     /// A half-open exchange is forgotten after this long.
     public var halfOpenLifetime: UInt64 = 30_000_000_000
+    /// From this many half-open exchanges on, an IKE_SA_INIT without a valid COOKIE is answered
+    /// with one (RFC 7296 section 2.6) and costs nothing more: a flood from spoofed addresses
+    /// can neither evict a real initiator's exchange nor take the responder's time, since only
+    /// an initiator that receives at its address can return the cookie (default 256; 0: always).
+    public var cookieThreshold = 256
+    /// How long a cookie secret is used before the next one (the previous one is still
+    /// accepted for as long again).
+    public var cookieSecretLifetime: UInt64 = 60_000_000_000
 
     /// A configuration from the identities, the key and the member.
     public init(localIdentity: IKEIdentity, remoteIdentity: IKEIdentity, preSharedKey: KeyMaterial, member: ClusterMemberID) {
@@ -93,6 +101,12 @@ public struct IKEv2Responder: Sendable {
     }
 
     private var halfOpen: [UInt64: HalfOpen] = [:]
+    /// The secrets cookies are made with (RFC 7296 section 2.6): the current one, its version
+    /// (the first four bytes of each cookie), when it was made, and the previous one.
+    private var cookieSecret: (version: UInt32, secret: KeyMaterial, since: Timestamp)?
+    private var previousCookieSecret: (version: UInt32, secret: KeyMaterial)?
+    /// IKE_SA_INIT requests answered with a COOKIE instead of an exchange.
+    public private(set) var cookiesSent = 0
     private var lastResponses: [IKESAIdentifier: (messageID: UInt32, datagram: IKEDatagram)] = [:]
     private var messageIDSyncs: [IKESAIdentifier: MessageIDSyncInitiator] = [:]
 
@@ -202,12 +216,23 @@ public struct IKEv2Responder: Sendable {
         }
         let message: IKEMessage
         do { message = try IKEMessage(decoding: bytes) } catch { throw .malformed(error) }
-        let offered = try message.decode(.securityAssociation, SecurityAssociationPayload.init(body:))
-        let ke = try message.decode(.keyExchange, KeyExchangePayload.init(body:))
         let initiatorNonce = try Self.initiatorNonce(of: message)
         var reply = IKEHeader(
             initiatorSPI: header.initiatorSPI, responderSPI: 0, nextPayload: .none, exchangeType: .ikeSAInit,
             flags: IKEHeader.responseFlag, messageID: 0, length: 0)
+        if halfOpen.count >= configuration.cookieThreshold {
+            // Under load, before any costly work: only an initiator that receives at its address
+            // gets past this (section 2.6).
+            let expected = cookie(nonce: initiatorNonce, remote: remote, initiatorSPI: header.initiatorSPI, now: now)
+            let returned = message.notifies.first { $0.type == .cookie }?.data
+            guard let returned, isValidCookie(returned, nonce: initiatorNonce, remote: remote, initiatorSPI: header.initiatorSPI) else {
+                cookiesSent += 1
+                logger.debug("IKE_SA_INIT answered with a cookie", metadata: ["from": "\(remote)", "half_open": "\(halfOpen.count)"])
+                return IKEOutcome(replies: [try plainReply(reply, [NotifyPayload(type: .cookie, data: expected).payload], to: remote, on: local)])
+            }
+        }
+        let offered = try message.decode(.securityAssociation, SecurityAssociationPayload.init(body:))
+        let ke = try message.decode(.keyExchange, KeyExchangePayload.init(body:))
         guard let proposal = Self.chooseIKEProposal(offered) else {
             logger.notice("IKE_SA_INIT: no acceptable proposal", metadata: ["from": "\(remote)"])
             return IKEOutcome(replies: [try plainReply(reply, [NotifyPayload(type: .noProposalChosen).payload], to: remote, on: local)])
@@ -246,12 +271,41 @@ public struct IKEv2Responder: Sendable {
         halfOpen[header.initiatorSPI] = HalfOpen(
             identifier: identifier, remote: remote, request: bytes, response: response, initiatorNonce: initiatorNonce,
             responderNonce: responderNonce, keys: keys, createdAt: now)
-        logger.info("IKE_SA_INIT answered", metadata: ["ike_sa": "\(identifier)", "from": "\(remote)"])
+        // Debug only: anybody can send IKE_SA_INIT, and the log must not grow with a flood.
+        logger.debug("IKE_SA_INIT answered", metadata: ["ike_sa": "\(identifier)", "from": "\(remote)"])
         return IKEOutcome(replies: [IKEDatagram(bytes: response, destination: remote, localPort: local.port)])
     }
 
-    /// {SK_d | SK_ai | SK_ar | SK_ei | SK_er | SK_pi | SK_pr} = prf+(SKEYSEED, Ni | Nr | SPIi |
-    /// SPIr) (RFC 7296 section 2.14; with the new SPIs for a rekey, section 2.18).
+    /// The cookie for an IKE_SA_INIT (RFC 7296 section 2.6): the secret's version, then
+    /// prf(secret, Ni | IPi | SPIi). A new secret is made when the current one is older than
+    /// its lifetime.
+    private mutating func cookie(nonce: [UInt8], remote: Endpoint, initiatorSPI: UInt64, now: Timestamp) -> [UInt8] {
+        if cookieSecret.map({ now.nanoseconds &- $0.since.nanoseconds >= configuration.cookieSecretLifetime }) ?? true {
+            if let current = cookieSecret { previousCookieSecret = (current.version, current.secret) }
+            cookieSecret = ((cookieSecret?.version ?? 0) &+ 1, KeyMaterial(copying: IKECrypto.randomBytes(32)), now)
+        }
+        return Self.cookie(version: cookieSecret!.version, secret: cookieSecret!.secret, nonce: nonce, remote: remote, initiatorSPI: initiatorSPI)
+    }
+
+    /// Whether `cookie` was made by the current or the previous secret for this initiator.
+    private func isValidCookie(_ cookie: [UInt8], nonce: [UInt8], remote: Endpoint, initiatorSPI: UInt64) -> Bool {
+        guard cookie.count == 36 else { return false }
+        let version = cookie[0..<4].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+        for secret in [cookieSecret.map { ($0.version, $0.secret) }, previousCookieSecret].compactMap({ $0 }) where secret.0 == version {
+            let expected = Self.cookie(version: version, secret: secret.1, nonce: nonce, remote: remote, initiatorSPI: initiatorSPI)
+            return IKECrypto.constantTimeEqual(cookie, expected)
+        }
+        return false
+    }
+
+    private static func cookie(version: UInt32, secret: KeyMaterial, nonce: [UInt8], remote: Endpoint, initiatorSPI: UInt64) -> [UInt8] {
+        var spi: [UInt8] = []
+        spi.appendBigEndian(initiatorSPI)
+        var cookie: [UInt8] = []
+        cookie.appendBigEndian(version)
+        return cookie + IKECrypto.prf(key: secret, nonce, addressBytes(remote.address), spi)
+    }
+
     /// The initiator's nonce of IKE_SA_INIT or CREATE_CHILD_SA: 16 to 256 bytes (RFC 7296
     /// sections 2.10 and 3.9); a shorter one weakens the keys derived from it.
     static func initiatorNonce(of message: IKEMessage) throws(IKEProtocolError) -> [UInt8] {
@@ -260,6 +314,8 @@ public struct IKEv2Responder: Sendable {
         return nonce
     }
 
+    /// {SK_d | SK_ai | SK_ar | SK_ei | SK_er | SK_pi | SK_pr} = prf+(SKEYSEED, Ni | Nr | SPIi |
+    /// SPIr) (RFC 7296 section 2.14; with the new SPIs for a rekey, section 2.18).
     static func ikeKeys(skeyseed: KeyMaterial, nonces: [UInt8], identifier: IKESAIdentifier) throws(IKEProtocolError) -> IKEKeys {
         var seed = nonces
         seed.appendBigEndian(identifier.initiatorSPI)
@@ -315,14 +371,21 @@ public struct IKEv2Responder: Sendable {
         var input: [UInt8] = []
         input.appendBigEndian(initiatorSPI)
         input.appendBigEndian(responderSPI)
-        if endpoint.address.family == .ipv4 {
-            input.appendBigEndian(UInt32(truncatingIfNeeded: endpoint.address.low))
-        } else {
-            input.appendBigEndian(endpoint.address.high)
-            input.appendBigEndian(endpoint.address.low)
-        }
+        input += addressBytes(endpoint.address)
         input.appendBigEndian(endpoint.port)
         return IKECrypto.sha1(input)
+    }
+
+    /// An address as on the wire: 4 bytes for IPv4, 16 for IPv6.
+    static func addressBytes(_ address: IPAddress) -> [UInt8] {
+        var bytes: [UInt8] = []
+        if address.family == .ipv4 {
+            bytes.appendBigEndian(UInt32(truncatingIfNeeded: address.low))
+        } else {
+            bytes.appendBigEndian(address.high)
+            bytes.appendBigEndian(address.low)
+        }
+        return bytes
     }
 
     private func plainReply(_ header: IKEHeader, _ payloads: [IKEPayload], to remote: Endpoint, on local: Endpoint) throws(IKEProtocolError) -> IKEDatagram {

@@ -36,6 +36,8 @@ struct ReferenceGateway {
     /// the peer's first retransmission (strongSwan: 4 s), long enough for a resync of
     /// thousands of SAs.
     static let holdLimit: UInt64 = 2_000_000_000
+    /// IKE and ESP datagrams read from one socket before the loop turns to the synch channel.
+    static let datagramsPerSocketAndTurn = 64
     /// The pre-shared key's length in bytes (the responder authenticates nobody with a shorter
     /// one; a longer file is a mistake, not a key to cut).
     static let preSharedKeyLength = IKEResponderConfiguration.minimumPreSharedKeyLength...1_024
@@ -339,8 +341,12 @@ struct ReferenceGateway {
 
     /// One pass of the active member's loop; returns why it must step down, if it must.
     mutating func activeStep(now: Timestamp) throws -> String? {
+        // A bounded number of datagrams per socket and turn: under an IKE flood the queue never
+        // empties, and the synch channel (heartbeats above all) must still run every turn, or
+        // the standby declares this member dead (review H2).
         for index in sockets.indices {
-            while let (bytes, from) = sockets[index].receive() {
+            for _ in 0..<Self.datagramsPerSocketAndTurn {
+                guard let (bytes, from) = sockets[index].receive() else { break }
                 handleUDP(bytes, from: from, on: sockets[index].local, now: now)
             }
         }

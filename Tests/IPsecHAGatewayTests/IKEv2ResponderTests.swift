@@ -108,6 +108,52 @@ import Testing
         #expect(fixture.state.ikeSAs.isEmpty && auth.changes.isEmpty)
     }
 
+    /// Review H2: IKE_SA_INITs from spoofed addresses filled the half-open table and evicted
+    /// a real initiator's exchange before its IKE_AUTH. Past the threshold the responder asks
+    /// for a cookie (RFC 7296 section 2.6) and does nothing else; the real initiator returns it.
+    @Test func aSpoofedIKESAInitFloodGetsCookiesAndARealInitiatorStillGetsIn() throws {
+        var fixture = try Fixture()
+        var flooder = TestInitiator(psk: IKEv2ResponderTests.psk)
+        let threshold = fixture.responder.configuration.cookieThreshold
+        let limit = fixture.responder.configuration.halfOpenLimit
+        // The real initiator starts while the table is empty.
+        let nonce = try fixture.initiator.takeIKESAInitResponse(try #require(fixture.send(try fixture.initiator.ikeSAInit()).replies.first).bytes)
+        var cookieOnly = 0
+        for index in 0..<(limit + 100) {
+            flooder.initiatorSPI = 0x5000_0000 + UInt64(index)
+            let spoofed = Endpoint(address: IPAddress(ipv4: 0xC633_6400 + UInt32(index)), port: 500, udpEncapsulation: false)
+            let outcome = fixture.responder.receive(try flooder.ikeSAInit(), from: spoofed, on: fixture.initiator.gateway, state: &fixture.state, now: fixture.now)
+            let reply = try IKEMessage(decoding: try #require(outcome.replies.first).bytes)
+            if reply.payloads.count == 1, reply.hasNotify(.cookie) { cookieOnly += 1 }
+        }
+        #expect(cookieOnly == limit + 100 - (threshold - 1))
+        #expect(fixture.responder.cookiesSent == cookieOnly)
+        // Not evicted: IKE_AUTH completes.
+        let auth = fixture.send(try fixture.initiator.ikeAuth(responderNonce: nonce))
+        let reply = try fixture.initiator.open(try #require(auth.replies.first).bytes)
+        #expect(!reply.hasNotify(.authenticationFailed) && fixture.state.ikeSAs.count == 1)
+
+        // A new initiator while the table is still at the threshold (one more spoofed exchange
+        // for the one that completed): asked for the cookie, returns it, gets in.
+        flooder.initiatorSPI = 0x6000_0000
+        _ = fixture.responder.receive(
+            try flooder.ikeSAInit(), from: Endpoint(address: IPAddress(ipv4: 0xC633_6500), port: 500, udpEncapsulation: false),
+            on: fixture.initiator.gateway, state: &fixture.state, now: fixture.now)
+        var second = TestInitiator(psk: IKEv2ResponderTests.psk)
+        second.initiatorSPI = 0x7777
+        let asked = try IKEMessage(decoding: try #require(fixture.responder.receive(
+            try second.ikeSAInit(), from: second.remote, on: second.gateway, state: &fixture.state, now: fixture.now).replies.first).bytes)
+        let cookie = try #require(asked.notifies.first { $0.type == .cookie }).data
+        // Returned from another address, or for another SPI, it is not valid.
+        var elsewhere = second.remote
+        elsewhere.address = IPAddress(ipv4: 0x0A63_0099)
+        let replayed = fixture.responder.receive(try second.ikeSAInit(cookie: cookie), from: elsewhere, on: second.gateway, state: &fixture.state, now: fixture.now)
+        #expect(try IKEMessage(decoding: try #require(replayed.replies.first).bytes).hasNotify(.cookie))
+        let answer = fixture.responder.receive(try second.ikeSAInit(cookie: cookie), from: second.remote, on: second.gateway, state: &fixture.state, now: fixture.now)
+        let response = try IKEMessage(decoding: try #require(answer.replies.first).bytes)
+        #expect(response.header.responderSPI != 0 && response.first(.keyExchange) != nil, "a full IKE_SA_INIT response")
+    }
+
     @Test func refusesProposalsAndKeyExchangesItDoesNotSupport() throws {
         var fixture = try Fixture()
         let aes = SecurityAssociationPayload(proposals: [

@@ -39,7 +39,7 @@ struct TestInitiator {
         responder: TrafficSelectorPayload(selectors: [TrafficSelector(address: IPAddress(ipv4: 0x0A63_0201))])
     )
 
-    mutating func ikeSAInit(proposals: SecurityAssociationPayload? = nil) throws -> [UInt8] {
+    mutating func ikeSAInit(proposals: SecurityAssociationPayload? = nil, cookie: [UInt8]? = nil) throws -> [UInt8] {
         let offer = proposals ?? SecurityAssociationPayload(proposals: [
             IKEProposal(number: 1, protocolID: IKEProposal.ike, spi: [], transforms: [
                 IKETransform(.encryption, id: EncryptionAlgorithm.aesGCM16.rawValue, keyLength: 256),
@@ -55,7 +55,8 @@ struct TestInitiator {
         let header = IKEHeader(
             initiatorSPI: initiatorSPI, responderSPI: 0, nextPayload: .none, exchangeType: .ikeSAInit, flags: IKEHeader.initiatorFlag,
             messageID: 0, length: 0)
-        request1 = try IKEMessage(header: header, payloads: [
+        // A cookie the responder asked for goes first (RFC 7296 section 2.6).
+        request1 = try IKEMessage(header: header, payloads: (cookie.map { [NotifyPayload(type: .cookie, data: $0).payload] } ?? []) + [
             offer.payload,
             KeyExchangePayload(group: .curve25519, data: keyPair.publicKey).payload,
             IKEPayload(type: .nonce, body: nonce),

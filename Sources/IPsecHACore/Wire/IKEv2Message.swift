@@ -56,6 +56,7 @@ public struct NotifyMessageType: RawRepresentable, Sendable, Hashable, CustomStr
     public static let setWindowSize = Self(rawValue: 16385)
     public static let natDetectionSourceIP = Self(rawValue: 16388)
     public static let natDetectionDestinationIP = Self(rawValue: 16389)
+    public static let cookie = Self(rawValue: 16390)
     public static let useTransportMode = Self(rawValue: 16391)
     public static let rekeySA = Self(rawValue: 16393)
     public static let mobikeSupported = Self(rawValue: 16396)
@@ -70,7 +71,7 @@ public struct NotifyMessageType: RawRepresentable, Sendable, Hashable, CustomStr
             1: "UNSUPPORTED_CRITICAL_PAYLOAD", 7: "INVALID_SYNTAX", 9: "INVALID_MESSAGE_ID", 14: "NO_PROPOSAL_CHOSEN",
             17: "INVALID_KE_PAYLOAD", 24: "AUTHENTICATION_FAILED", 38: "TS_UNACCEPTABLE", 44: "CHILD_SA_NOT_FOUND",
             16384: "INITIAL_CONTACT", 16385: "SET_WINDOW_SIZE", 16388: "NAT_DETECTION_SOURCE_IP",
-            16389: "NAT_DETECTION_DESTINATION_IP", 16391: "USE_TRANSPORT_MODE", 16393: "REKEY_SA", 16396: "MOBIKE_SUPPORTED", 16420: "IKEV2_MESSAGE_ID_SYNC_SUPPORTED",
+            16389: "NAT_DETECTION_DESTINATION_IP", 16390: "COOKIE", 16391: "USE_TRANSPORT_MODE", 16393: "REKEY_SA", 16396: "MOBIKE_SUPPORTED", 16420: "IKEV2_MESSAGE_ID_SYNC_SUPPORTED",
             16421: "IPSEC_REPLAY_COUNTER_SYNC_SUPPORTED", 16422: "IKEV2_MESSAGE_ID_SYNC", 16423: "IPSEC_REPLAY_COUNTER_SYNC",
         ]
         return names[rawValue] ?? "notify \(rawValue)"
