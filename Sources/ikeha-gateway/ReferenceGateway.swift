@@ -58,6 +58,12 @@ struct ReferenceGateway {
     var splitBrainHealed = false
     /// The epochs of members that stepped down, already answered by a reassertion.
     var reassertedAgainst: Set<UInt32> = []
+    /// When this member last reasserted itself after a split brain.
+    var lastReassertion: Timestamp?
+    /// Reassertions (each jumps every outbound counter by 2^30) at most this often: a key holder
+    /// sending hellos with ever new epochs burnt 2^30 numbers per Child SA with each (review
+    /// M2), and a real split brain does not heal twice in ten seconds.
+    static let minimumReassertionInterval: UInt64 = 10_000_000_000
     /// ESP packets dropped since the last report, by reason (reported once a second).
     var espDrops: [String: Int] = [:]
     var lastDropReport = Timestamp(nanoseconds: 0)
@@ -224,6 +230,7 @@ struct ReferenceGateway {
             plan = TakeoverPlanner.plan(state: state, inFlight: [:], suspect: .all, policy: policy, now: now)
         }
         let outcome = state.applyTakeover(plan)
+        retireChildSAs(outcome.rekey, now: now)
         if options.noCounterAdvance {
             // The negative control: what a cluster without counter checkpoints' advance does.
             for sa in replica.state.childSAs {
@@ -285,13 +292,25 @@ struct ReferenceGateway {
                 logger.error("counters not moved", metadata: ["ike_sa": "\(identifier)", "reason": "\(error)"])
             }
         }
-        for spi in needRekey {
-            logger.warning("Child SA counter cannot move past the other member's: rekey it", metadata: [
-                "inbound_spi": "\(spi.paddedHexDigits)", "last_sent": "\(state.childSA(inboundSPI: spi)?.outboundCounter.lastSent ?? 0)",
-            ])
-        }
+        retireChildSAs(needRekey, now: Timestamp.monotonicNow())
         emit("reasserted", ["epoch": "\(epoch)", "ike_sas": "\(state.ikeSAs.count)", "counter_jump": "\(1 << 30)", "need_rekey": "\(needRekey.count)"])
         logger.warning("another member was active meanwhile (a healed split brain): counters moved on by 2^30, message IDs synced again")
+    }
+
+    /// Deletes Child SAs whose counters cannot move past what the other member may have used
+    /// (within the advance of 2^32, without ESN): sending on them would reuse sequence numbers,
+    /// and their windows cannot tell replays (review L4). This responder cannot start a rekey;
+    /// the peer makes a new Child SA once its packets on the old one go unanswered.
+    mutating func retireChildSAs(_ spis: [UInt32], now: Timestamp) {
+        for spi in spis {
+            let lastSent = state.childSA(inboundSPI: spi)?.outboundCounter.lastSent ?? 0
+            guard let changes = try? state.deleteChildSA(inboundSPI: spi) else { continue }
+            perform(replicator.replicate(changes, state: state, channel: &channel, now: now).actions, now: now)
+            logger.warning(
+                "Child SA deleted: its counter cannot move past what the other member may have used",
+                metadata: ["inbound_spi": "\(spi.paddedHexDigits)", "last_sent": "\(lastSent)"])
+            emit("child_sa_retired", ["inbound_spi": spi.paddedHexDigits, "last_sent": "\(lastSent)"])
+        }
     }
 
     /// Above every epoch this member has been at or heard of: a split brain resolves in favour
@@ -357,7 +376,14 @@ struct ReferenceGateway {
                 for case .hello(let epoch, let capabilities, _) in records {
                     highestEpochHeard = max(highestEpochHeard, epoch)
                     // Once per epoch of the other member: it repeats its hello until resynced.
-                    if capabilities & ClusterRole.steppedDownCapability != 0, reassertedAgainst.insert(epoch).inserted { splitBrainHealed = true }
+                    if capabilities & ClusterRole.steppedDownCapability != 0, !reassertedAgainst.contains(epoch),
+                        lastReassertion.map({ now.nanoseconds &- $0.nanoseconds >= Self.minimumReassertionInterval }) ?? true
+                    {
+                        if reassertedAgainst.count >= 64 { reassertedAgainst.removeAll() }
+                        reassertedAgainst.insert(epoch)
+                        lastReassertion = now
+                        splitBrainHealed = true
+                    }
                     for case .steppedDown(let newer, let newerEpoch) in role.heardHello(from: from, epoch: epoch, capabilities: capabilities) {
                         steppedDown = "member \(newer) is active with epoch \(newerEpoch), newer than ours"
                     }
