@@ -102,7 +102,10 @@ let package = Package(
         ),
         .testTarget(
             name: "IPsecHAGatewayTests",
-            dependencies: ["IPsecHAGateway", "IPsecHACore", "ikeha-gateway", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "IPsecHAGateway", "IPsecHACore", "ikeha-gateway", .product(name: "Logging", package: "swift-log"),
+                .product(name: "InMemoryLogging", package: "swift-log"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -53,6 +53,15 @@ setup() {
 
 kill_member1() { kill -KILL "$(cat "$DIR/member1.pid")" 2>/dev/null; }
 
+# Whether process PID runs with a core file size limit of 0 (it sets it as it starts).
+core_dumps_disabled() { # pid
+    for _ in $(seq 30); do
+        grep -Eq "^Max core file size +0 +0 " "/proc/$1/limits" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
 member() { # id listen-port peer-port args...
     local id=$1 port=$2 peer_port=$3; shift 3
     start_member "$NS_C" "$id" $CLUSTER_IP $GATEWAY_INNER $PEER_INNER/32 127.0.0.1:"$port" "$((3 - id))=127.0.0.1:$peer_port" "$@"
@@ -70,6 +79,9 @@ run_scenario() {
     esac
     member 1 7101 7102 --active "${a_args[@]}"
     member 2 7102 7101 "${b_args[@]}"
+    # Keys live in the members' memory: neither may leave a core file (review L3).
+    if core_dumps_disabled "$(cat "$DIR/member1.pid")"; then pass "$scenario: member 1 runs with core dumps disabled"
+    else fail "$scenario: member 1 may write a core file: $(grep 'core file' "/proc/$(cat "$DIR/member1.pid")/limits")"; fi
     start_and_kill "$scenario" kill_member1 yes || { teardown; return; }
     after_kill "$scenario"
     judge "$scenario"

@@ -30,10 +30,18 @@ public enum IKECrypto {
     }
 
     /// SKEYSEED = prf(Ni | Nr, g^ir) (section 2.14): a secret input, a secret output.
+    /// Neither g^ir nor the result passes through an array: both are read and written in place.
     public static func prf(key: [UInt8], secret: KeyMaterial) -> KeyMaterial {
-        var output = secret.withUnsafeBytes { secret in key.withUnsafeBytes { prf(rawKey: $0, [Array(secret)]) } }
-        defer { sodium_memzero(&output, output.count) }
-        return KeyMaterial(copying: output)
+        KeyMaterial(count: Int(crypto_auth_hmacsha256_BYTES)) { output in
+            initialize()
+            var state = crypto_auth_hmacsha256_state()
+            defer { sodium_memzero(&state, MemoryLayout<crypto_auth_hmacsha256_state>.size) }
+            _ = crypto_auth_hmacsha256_init(&state, key, key.count)
+            secret.withUnsafeBytes { bytes in
+                if let base = bytes.bindMemory(to: UInt8.self).baseAddress { _ = crypto_auth_hmacsha256_update(&state, base, UInt64(bytes.count)) }
+            }
+            _ = crypto_auth_hmacsha256_final(&state, output.bindMemory(to: UInt8.self).baseAddress!)
+        }
     }
 
     /// Whether two byte strings are equal, in time that depends on their length only.
@@ -44,6 +52,8 @@ public enum IKECrypto {
     private static func prf(rawKey key: UnsafeRawBufferPointer, _ data: [[UInt8]]) -> [UInt8] {
         initialize()
         var state = crypto_auth_hmacsha256_state()
+        // The state holds the key's pads: wiped, since the key may be SK_d or the PSK.
+        defer { sodium_memzero(&state, MemoryLayout<crypto_auth_hmacsha256_state>.size) }
         _ = crypto_auth_hmacsha256_init(&state, key.bindMemory(to: UInt8.self).baseAddress!, key.count)
         for part in data { _ = crypto_auth_hmacsha256_update(&state, part, UInt64(part.count)) }
         var out = [UInt8](repeating: 0, count: Int(crypto_auth_hmacsha256_BYTES))

@@ -227,8 +227,21 @@ public struct IKEIdentity: Sendable, Hashable, CustomStringConvertible {
         self.init(type: body[0], data: Array(body[4...]))
     }
 
-    /// The data as text (names and addresses as strongSwan writes them).
-    public var description: String { String(decoding: data, as: UTF8.self) }
+    /// The data as text (names and addresses as strongSwan writes them), for logs: printable
+    /// ASCII as it is, every other byte as `\xNN`, and at most 128 bytes. An initiator chooses
+    /// these bytes before it authenticates, so newlines and terminal escapes must not reach a
+    /// log line as they came (review L2).
+    public var description: String {
+        var text = ""
+        for byte in data.prefix(128) {
+            if (0x20..<0x7F).contains(byte), byte != UInt8(ascii: "\\") {
+                text.unicodeScalars.append(Unicode.Scalar(byte))
+            } else {
+                text += "\\x" + String(byte >> 4, radix: 16) + String(byte & 0xF, radix: 16)
+            }
+        }
+        return data.count > 128 ? text + "..." : text
+    }
 }
 
 /// The AUTH payload (section 3.8).

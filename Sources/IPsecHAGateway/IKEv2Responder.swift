@@ -107,6 +107,10 @@ public struct IKEv2Responder: Sendable {
     private var previousCookieSecret: (version: UInt32, secret: KeyMaterial)?
     /// IKE_SA_INIT requests answered with a COOKIE instead of an exchange.
     public private(set) var cookiesSent = 0
+    /// IKE_AUTH requests refused for a wrong identity or pre-shared key.
+    public private(set) var authenticationFailures = 0
+    private var authenticationFailuresWarned = 0
+    private var lastAuthenticationWarning: Timestamp?
     private var lastResponses: [IKESAIdentifier: (messageID: UInt32, datagram: IKEDatagram)] = [:]
     private var messageIDSyncs: [IKESAIdentifier: MessageIDSyncInitiator] = [:]
 
@@ -427,7 +431,19 @@ public struct IKEv2Responder: Sendable {
                     "IKE_AUTH refused: the configured pre-shared key is shorter than \(IKEResponderConfiguration.minimumPreSharedKeyLength) bytes",
                     metadata: ["ike_sa": "\(identifier)"])
             } else {
-                logger.warning("IKE_AUTH failed: wrong identity or pre-shared key", metadata: ["ike_sa": "\(identifier)", "identity": "\(initiatorID)"])
+                authenticationFailures += 1
+                // One warning a second at most, with the count since the last: a peer that only
+                // completed IKE_SA_INIT can repeat this as fast as it likes.
+                let metadata: Logger.Metadata = [
+                    "ike_sa": "\(identifier)", "identity": "\(initiatorID)", "failures": "\(authenticationFailures - authenticationFailuresWarned)",
+                ]
+                if lastAuthenticationWarning.map({ now.nanoseconds &- $0.nanoseconds >= 1_000_000_000 }) ?? true {
+                    lastAuthenticationWarning = now
+                    authenticationFailuresWarned = authenticationFailures
+                    logger.warning("IKE_AUTH failed: wrong identity or pre-shared key", metadata: metadata)
+                } else {
+                    logger.debug("IKE_AUTH failed: wrong identity or pre-shared key", metadata: metadata)
+                }
             }
             let reply = try EncryptedMessage.seal(header: replyHeader, payloads: [NotifyPayload(type: .authenticationFailed).payload], keyAndSalt: pending.keys.er)
             return IKEOutcome(replies: [IKEDatagram(bytes: reply, destination: remote, localPort: local.port)])

@@ -57,6 +57,12 @@ struct GatewayCommand: ParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
 
     func run() throws {
+        // Every IKE and ESP key and the PSK are in this process's memory: no core file may
+        // hold them, whatever the host's default (review L3).
+        var noCore = rlimit(rlim_cur: 0, rlim_max: 0)
+        if setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), &noCore) != 0 {
+            throw GatewayError.configuration("cannot disable core dumps (setrlimit RLIMIT_CORE)")
+        }
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

@@ -1,4 +1,6 @@
 import IPsecHACore
+import InMemoryLogging
+import Logging
 import Testing
 
 @testable import IPsecHAGateway
@@ -152,6 +154,29 @@ import Testing
         let answer = fixture.responder.receive(try second.ikeSAInit(cookie: cookie), from: second.remote, on: second.gateway, state: &fixture.state, now: fixture.now)
         let response = try IKEMessage(decoding: try #require(answer.replies.first).bytes)
         #expect(response.header.responderSPI != 0 && response.first(.keyExchange) != nil, "a full IKE_SA_INIT response")
+    }
+
+    /// Review L2: the identity an initiator sends before it authenticates went to the log as
+    /// it came (newlines, terminal escapes), once per failed IKE_AUTH at warning level.
+    @Test func failedAuthenticationsLogAnEscapedIdentityOnceASecond() throws {
+        let handler = InMemoryLogHandler()
+        var fixture = try Fixture()
+        var logger = Logger(label: "ike", factory: { _ in handler })
+        logger.logLevel = .info
+        fixture.responder = IKEv2Responder(configuration: fixture.responder.configuration, logger: logger)
+        let evil = IKEIdentity(type: IKEIdentity.fqdn, data: Array("peer\nFAKE LINE\u{1B}[2J\\".utf8))
+        #expect(evil.description == "peer\\x0aFAKE LINE\\x1b[2J\\x5c")
+        for attempt in 0..<5 as Range<UInt64> {
+            fixture.initiator = TestInitiator(psk: Array("a wrong pre-shared key".utf8))
+            fixture.initiator.initiatorSPI = 0x100 + attempt
+            let initResponse = fixture.send(try fixture.initiator.ikeSAInit())
+            let nonce = try fixture.initiator.takeIKESAInitResponse(try #require(initResponse.replies.first).bytes)
+            _ = fixture.send(try fixture.initiator.ikeAuth(responderNonce: nonce))
+        }
+        #expect(fixture.responder.authenticationFailures == 5)
+        let warnings = handler.entries.filter { $0.level == .warning }
+        #expect(warnings.count == 1, "\(warnings.map(\.message))")
+        #expect(handler.entries.allSatisfy { !"\($0.message) \($0.metadata)".contains("\n") })
     }
 
     @Test func refusesProposalsAndKeyExchangesItDoesNotSupport() throws {

@@ -39,9 +39,17 @@ public struct KeyMaterial: @unchecked Sendable, Equatable, CustomStringConvertib
     public var count: Int { Int(length) }
 
     /// Key material holding a copy of `bytes`.
+    /// Straight from contiguous bytes (arrays, slices, buffers), so that no intermediate copy of
+    /// a secret is left behind; other sequences go through an array first.
     public init(copying bytes: some Sequence<UInt8>) {
-        let array = Array(bytes)
-        self.init(count: array.count) { destination in array.withUnsafeBytes { destination.copyMemory(from: $0) } }
+        if let made = bytes.withContiguousStorageIfAvailable({ buffer in
+            KeyMaterial(count: buffer.count) { $0.copyMemory(from: UnsafeRawBufferPointer(buffer)) }
+        }) {
+            self = made
+        } else {
+            let array = Array(bytes)
+            self.init(count: array.count) { destination in array.withUnsafeBytes { destination.copyMemory(from: $0) } }
+        }
     }
 
     private init(viewOf storage: Storage, offset: Int, count: Int) {
