@@ -5,7 +5,8 @@ public import NIOCore
 internal import NIOPosix
 
 /// A `SyncTransport` over UDP sockets (SwiftNIO): one bound socket per member, peers by
-/// address. Received datagrams wait in a bounded queue until the channel's owner calls
+/// address. Received datagrams from the configured peers' addresses (and from nowhere else)
+/// wait in a queue bounded in datagrams and in bytes until the channel's owner calls
 /// ``receive(now:)``; sends are fire-and-forget, as the transport contract says (the synch
 /// channel above authenticates, orders and retransmits).
 public struct UDPSyncTransport: SyncTransport, Sendable {
@@ -17,6 +18,9 @@ public struct UDPSyncTransport: SyncTransport, Sendable {
     public static let maximumDatagramSize = 65_507
     /// Datagrams held for ``receive(now:)`` at most; more are dropped (and counted).
     public static let queueLimit = 65_536
+    /// Bytes held for ``receive(now:)`` at most (16 MiB): 65,536 datagrams of 64 KiB would be
+    /// 4 GiB from anybody who can reach the port (review L7).
+    public static let queueByteLimit = 16 << 20
 
     private let channel: any Channel
     private let peers: [ClusterMemberID: SocketAddress]
@@ -24,13 +28,32 @@ public struct UDPSyncTransport: SyncTransport, Sendable {
 
     final class Inbox: ChannelInboundHandler, Sendable {
         typealias InboundIn = AddressedEnvelope<ByteBuffer>
-        let state = NIOLockedValueBox<(datagrams: [[UInt8]], dropped: Int)>(([], 0))
+        struct State {
+            var datagrams: [[UInt8]] = []
+            var bytes = 0
+            var dropped = 0
+            var refused = 0
+            /// The peers' addresses: datagrams from anywhere else are refused unread.
+            var sources: Set<SocketAddress> = []
+        }
+        let state = NIOLockedValueBox(State())
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             let envelope = unwrapInboundIn(data)
-            let bytes = envelope.data.getBytes(at: envelope.data.readerIndex, length: envelope.data.readableBytes) ?? []
+            let length = envelope.data.readableBytes
             state.withLockedValue { state in
-                if state.datagrams.count < UDPSyncTransport.queueLimit { state.datagrams.append(bytes) } else { state.dropped += 1 }
+                guard state.sources.contains(envelope.remoteAddress) else {
+                    state.refused += 1
+                    return
+                }
+                guard state.datagrams.count < UDPSyncTransport.queueLimit, state.bytes + length <= UDPSyncTransport.queueByteLimit,
+                    let bytes = envelope.data.getBytes(at: envelope.data.readerIndex, length: length)
+                else {
+                    state.dropped += 1
+                    return
+                }
+                state.datagrams.append(bytes)
+                state.bytes += length
             }
         }
     }
@@ -55,6 +78,7 @@ public struct UDPSyncTransport: SyncTransport, Sendable {
         self.channel = channel
         self.peers = peers
         self.inbox = inbox
+        inbox.state.withLockedValue { $0.sources = Set(peers.values) }
     }
 
     /// This transport with another set of peer addresses.
@@ -71,13 +95,19 @@ public struct UDPSyncTransport: SyncTransport, Sendable {
 
     public mutating func receive(now: Timestamp) -> [[UInt8]] {
         inbox.state.withLockedValue { state in
-            defer { state.datagrams.removeAll(keepingCapacity: true) }
+            defer {
+                state.datagrams.removeAll(keepingCapacity: true)
+                state.bytes = 0
+            }
             return state.datagrams
         }
     }
 
     /// Datagrams dropped because the queue was full.
     public var dropped: Int { inbox.state.withLockedValue { $0.dropped } }
+
+    /// Datagrams refused because they came from an address that is not a peer's.
+    public var refused: Int { inbox.state.withLockedValue { $0.refused } }
 
     /// Closes the socket.
     public func close() async throws { try await channel.close() }

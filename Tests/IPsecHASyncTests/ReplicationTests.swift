@@ -273,6 +273,22 @@ struct PerSAResyncTests {
         #expect(pair.replicator.resyncsStarted == 1, "answered per SA, not by a full resync")
     }
 
+    /// Review L6: a request naming more than 256 IKE SAs (it fits one datagram when the synch
+    /// link carries jumbo frames) started a full resync each time, past the rate limit.
+    @Test func requestsForManyIKESAsAreFullResyncsUnderTheRateLimit() throws {
+        var pair = try ReplicationPair(seed: 95) { $0.maximumDatagramSize = 9_000 }
+        #expect(try pair.settle())
+        try pair.run(for: pair.replicator.minimumResyncRequestInterval)
+        let started = pair.replicator.resyncsStarted
+        let many = (1...300).map { IKESAIdentifier(initiatorSPI: UInt64($0), responderSPI: 7) }
+        for _ in 0..<5 {
+            try pair.sendFromStandby([.resyncRequest(.ikeSAs(many))])
+            try pair.run(for: 2_000_000)
+        }
+        #expect(pair.replicator.resyncsStarted == started + 1)
+        #expect(pair.replicator.resyncRequestsRefused >= 4)
+    }
+
     @Test func askingForAnIKESAThatIsGoneDeletesIt() throws {
         var pair = try ReplicationPair(seed: 72)
         #expect(try pair.settle())

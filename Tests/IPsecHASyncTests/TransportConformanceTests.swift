@@ -46,4 +46,28 @@ struct TransportConformanceTests {
         try await second.close()
         try await group.shutdownGracefully()
     }
+
+    /// Review L7: the socket took datagrams from anybody, up to 65,536 of any size.
+    @Test func udpDatagramsFromAnAddressThatIsNotAPeersAreRefused() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let (aID, bID) = (ClusterMemberID(rawValue: 1), ClusterMemberID(rawValue: 2))
+        let a = try await UDPSyncTransport.bind(member: aID, host: "127.0.0.1", port: 0, peers: [:], group: group)
+        let b = try await UDPSyncTransport.bind(member: bID, host: "127.0.0.1", port: 0, peers: [:], group: group)
+        let stranger = try await UDPSyncTransport.bind(member: bID, host: "127.0.0.1", port: 0, peers: [:], group: group)
+        var receiver = a.with(peers: [bID: b.localAddress])
+        var peer = b.with(peers: [aID: a.localAddress])
+        var impostor = stranger.with(peers: [aID: a.localAddress])
+        let now = Timestamp(nanoseconds: 1)
+        try impostor.send([1, 2, 3], to: aID, now: now)
+        try peer.send([4, 5, 6], to: aID, now: now)
+        var received: [[UInt8]] = []
+        for _ in 0..<200 where received.isEmpty || receiver.refused == 0 {
+            received += receiver.receive(now: now)
+            usleep(5_000)
+        }
+        #expect(received == [[4, 5, 6]])
+        #expect(receiver.refused == 1 && receiver.dropped == 0)
+        for transport in [a, b, stranger] { try await transport.close() }
+        try await group.shutdownGracefully()
+    }
 }

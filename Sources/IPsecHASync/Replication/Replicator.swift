@@ -367,14 +367,15 @@ public struct Replicator {
     }
 
     /// Answers a standby's request for particular IKE SAs: each is sent whole with its Child SAs,
-    /// or as deleted when the active member no longer has it. Requests for more than 256 IKE SAs,
-    /// are answered with a full resync instead; when the channel's buffer is full they wait
-    /// like any other records.
+    /// or as deleted when the active member no longer has it. Requests for more than 256 IKE SAs
+    /// count as a request for a full resync, under its rate limit
+    /// (``minimumResyncRequestInterval``); when the channel's buffer is full they wait like any
+    /// other records.
     public mutating func resync(
         _ identifiers: [IKESAIdentifier], of standby: ClusterMemberID, from state: GatewayState,
         channel: inout SyncChannel, now: Timestamp
     ) -> [SyncChannelAction] {
-        guard identifiers.count <= 256 else { return startResync(of: standby, from: state, channel: &channel, now: now) }
+        guard identifiers.count <= 256 else { return requestFullResync(of: standby, from: state, channel: &channel, now: now) }
         var records: [SyncRecord] = []
         for identifier in Set(identifiers).sorted() {
             guard let sa = state.ikeSAs[identifier] else {
