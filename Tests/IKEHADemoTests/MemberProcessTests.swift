@@ -55,23 +55,29 @@ final class MemberProcess: @unchecked Sendable {
 
 @Suite("Two member processes over UDP on loopback")
 struct MemberProcessTests {
-    @Test func theStandbyTakesOverWhenTheActiveIsKilled() throws {
-        let keyPath = FileManager.default.temporaryDirectory.appendingPathComponent("ikeha-key-\(getpid())").path
+    /// A key file (mode 600, removed by the caller), a standby and an active member with 100
+    /// IKE SAs on loopback ports from `base`.
+    static func startPair(base: Int) throws -> (keyPath: String, standby: MemberProcess, active: MemberProcess) {
+        let keyPath = FileManager.default.temporaryDirectory.appendingPathComponent("ikeha-key-\(getpid())-\(base)").path
         var key = [UInt8](repeating: 0, count: 32)
         for index in key.indices { key[index] = UInt8.random(in: 0...255) }
         try Data(key).write(to: URL(fileURLWithPath: keyPath))
         #expect(chmod(keyPath, 0o600) == 0, "members refuse a key file others can read")
-        defer { try? FileManager.default.removeItem(atPath: keyPath) }
-        let base = 41_000 + Int(getpid() % 5_000) * 2
         let standby = try MemberProcess([
             "--id", "2", "--listen", "127.0.0.1:\(base + 1)", "--peer", "1=127.0.0.1:\(base)", "--key-file", keyPath, "--duration-ms", "30000",
             "--status-interval-ms", "200",
         ])
-        defer { standby.kill() }
         let active = try MemberProcess([
             "--id", "1", "--listen", "127.0.0.1:\(base)", "--peer", "2=127.0.0.1:\(base + 1)", "--key-file", keyPath, "--active",
             "--ike-sas", "100", "--duration-ms", "30000", "--status-interval-ms", "200",
         ])
+        return (keyPath, standby, active)
+    }
+
+    @Test func theStandbyTakesOverWhenTheActiveIsKilled() throws {
+        let (keyPath, standby, active) = try Self.startPair(base: 41_000 + Int(getpid() % 5_000) * 2)
+        defer { try? FileManager.default.removeItem(atPath: keyPath) }
+        defer { standby.kill() }
         defer { active.kill() }
         let ready = try #require(standby.waitForLine(seconds: 20) { $0.hasPrefix("ready") }, "the standby became ready")
         #expect(ready == "ready ike_sas=100 child_sas=200")
@@ -99,5 +105,21 @@ struct MemberProcessTests {
         #expect(UInt64(replicated) >= lastAcknowledged, "acknowledged \(lastAcknowledged), replicated \(replicated)")
         #expect(resumeAfter > replicated, "the counter resumes beyond what was replicated")
         standby.kill()
+    }
+
+    /// The active member said "standby=current" for a standby that had exited, and kept
+    /// retransmitting to it; it says "silent" once four heartbeats went unanswered.
+    @Test func theActiveMemberSaysWhenItsStandbyFellSilent() throws {
+        let (keyPath, standby, active) = try Self.startPair(base: 51_000 + Int(getpid() % 5_000) * 2)
+        defer { try? FileManager.default.removeItem(atPath: keyPath) }
+        defer { active.kill() }
+        _ = try #require(standby.waitForLine(seconds: 20) { $0.hasPrefix("ready") }, "the standby became ready")
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline, !active.errorLines.contains(where: { $0.contains("standby=current") }) { usleep(10_000) }
+        #expect(active.errorLines.contains { $0.contains("standby=current") })
+        standby.kill()
+        let silentBy = Date().addingTimeInterval(3)
+        while Date() < silentBy, !(active.errorLines.last?.contains("standby=silent") ?? false) { usleep(10_000) }
+        #expect(active.errorLines.last?.contains("standby=silent") == true, "\(active.errorLines.suffix(3))")
     }
 }

@@ -198,3 +198,26 @@ struct GapRepairTests {
         #expect(retransmissions(standby.tick(now: repeatAt), to: &active, now: repeatAt) == 1)
     }
 }
+
+@Suite("Synch channel: a silent peer")
+struct SilentPeerTests {
+    /// A standby that went away made the active member retransmit everything unacknowledged
+    /// every 100 ms for as long as it was gone. Once the peer is silent (four heartbeats),
+    /// only the renewal handshake goes out; its answer brings everything at once.
+    @Test func nothingIsRetransmittedToASilentPeerAndEverythingWhenItAnswers() throws {
+        var (active, standby, datagrams, start) = try GapRepairTests().sent()
+        #expect(datagrams.count == 5)
+        var now = start
+        for _ in 0..<1_000 {
+            now = Timestamp(nanoseconds: now.nanoseconds + 1_000_000)
+            _ = active.tick(now: now)
+        }
+        #expect(!active.isEstablished(with: GapRepairTests.standby))
+        #expect(active.statistics.retransmissions <= 5, "one round before the silence was noticed, none after")
+        var records = 0
+        _ = establish(&active, &standby, now: now) { receiver, delivered in
+            if receiver == GapRepairTests.standby { records += delivered.count }
+        }
+        #expect(records >= 5, "everything unacknowledged arrived once the handshake was answered")
+    }
+}

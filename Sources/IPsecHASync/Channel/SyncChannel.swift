@@ -632,7 +632,11 @@ public struct SyncChannel {
             {
                 control.append(negativeAcknowledgement(&peer, now: now))
             }
-            let due = peer.sender.timedOut(now: now, timeout: configuration.retransmitTimeout, maximum: 64)
+            // Nothing is sent again to a peer silent for four heartbeats: the renewal handshake
+            // goes out instead, and its answer sends everything unacknowledged at once. (A
+            // standby that was gone kept the active member retransmitting thousands of
+            // datagrams a second.)
+            let due = peer.established ? peer.sender.timedOut(now: now, timeout: configuration.retransmitTimeout, maximum: 64) : []
             peers[member] = peer
             transmit(due, control: control, to: member, into: &actions)
         }
