@@ -38,6 +38,7 @@ struct MemberCommand: ParsableCommand {
     @Option(name: .customLong("packets-per-second"), help: "Outbound packets a second per Child SA.") var packetsPerSecond = 1_000
     @Option(name: .customLong("duration-ms"), help: "Stop after this long (0: run until killed or taken over).") var durationMs: UInt64 = 0
     @Option(name: .customLong("status-interval-ms"), help: "A status line on standard error this often (0: none).") var statusIntervalMs: UInt64 = 1_000
+    @Option(help: "The role epoch (default: from the monotonic clock; a low one plays a member whose machine rebooted).") var epoch: UInt32?
 
     static func address(_ text: String) throws -> (String, Int) {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]) else {
@@ -64,7 +65,7 @@ struct MemberCommand: ParsableCommand {
         }.wait()
         // The role epoch, from the clock: it only orders members that are active at once (split
         // brain). The synch channel does not rely on it: a restart with a lower or equal one is fine.
-        let epoch = UInt32(truncatingIfNeeded: Timestamp.monotonicNow().nanoseconds / 1_000_000) | 1
+        let epoch = self.epoch ?? UInt32(truncatingIfNeeded: Timestamp.monotonicNow().nanoseconds / 1_000_000) | 1
         var configuration = SyncChannelConfiguration(clusterID: 1, member: member, epoch: epoch, key: try ChannelKey(contentsOfFile: keyFile), peers: [peerID])
         configuration.logger.logLevel = .error
         var channel = try SyncChannel(configuration: configuration)

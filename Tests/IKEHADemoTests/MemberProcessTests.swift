@@ -58,20 +58,27 @@ struct MemberProcessTests {
     /// A key file (mode 600, removed by the caller), a standby and an active member with 100
     /// IKE SAs on loopback ports from `base`.
     static func startPair(base: Int) throws -> (keyPath: String, standby: MemberProcess, active: MemberProcess) {
+        let keyPath = try keyFile(base: base)
+        return (keyPath, try standby(base: base, keyPath: keyPath), try MemberProcess([
+            "--id", "1", "--listen", "127.0.0.1:\(base)", "--peer", "2=127.0.0.1:\(base + 1)", "--key-file", keyPath, "--active",
+            "--ike-sas", "100", "--duration-ms", "30000", "--status-interval-ms", "200",
+        ]))
+    }
+
+    static func standby(base: Int, keyPath: String, extra: [String] = []) throws -> MemberProcess {
+        try MemberProcess([
+            "--id", "2", "--listen", "127.0.0.1:\(base + 1)", "--peer", "1=127.0.0.1:\(base)", "--key-file", keyPath, "--duration-ms", "30000",
+            "--status-interval-ms", "200",
+        ] + extra)
+    }
+
+    static func keyFile(base: Int) throws -> String {
         let keyPath = FileManager.default.temporaryDirectory.appendingPathComponent("ikeha-key-\(getpid())-\(base)").path
         var key = [UInt8](repeating: 0, count: 32)
         for index in key.indices { key[index] = UInt8.random(in: 0...255) }
         try Data(key).write(to: URL(fileURLWithPath: keyPath))
         #expect(chmod(keyPath, 0o600) == 0, "members refuse a key file others can read")
-        let standby = try MemberProcess([
-            "--id", "2", "--listen", "127.0.0.1:\(base + 1)", "--peer", "1=127.0.0.1:\(base)", "--key-file", keyPath, "--duration-ms", "30000",
-            "--status-interval-ms", "200",
-        ])
-        let active = try MemberProcess([
-            "--id", "1", "--listen", "127.0.0.1:\(base)", "--peer", "2=127.0.0.1:\(base + 1)", "--key-file", keyPath, "--active",
-            "--ike-sas", "100", "--duration-ms", "30000", "--status-interval-ms", "200",
-        ])
-        return (keyPath, standby, active)
+        return keyPath
     }
 
     @Test func theStandbyTakesOverWhenTheActiveIsKilled() throws {
@@ -121,5 +128,26 @@ struct MemberProcessTests {
         let silentBy = Date().addingTimeInterval(3)
         while Date() < silentBy, !(active.errorLines.last?.contains("standby=silent") ?? false) { usleep(10_000) }
         #expect(active.errorLines.last?.contains("standby=silent") == true, "\(active.errorLines.suffix(3))")
+    }
+
+    /// Issue 20's scenario: the standby's machine "reboots" (the new process's epoch is far
+    /// below the old one's, as a monotonic clock after a reboot) and it must rejoin within
+    /// seconds. It stayed joining forever, the active member refusing its every datagram.
+    @Test func aStandbyRestartedWithALowEpochRejoinsWithinSeconds() throws {
+        let base = 31_000 + Int(getpid() % 5_000) * 2
+        let keyPath = try Self.keyFile(base: base)
+        defer { try? FileManager.default.removeItem(atPath: keyPath) }
+        let first = try Self.standby(base: base, keyPath: keyPath, extra: ["--epoch", "4000000001"])
+        let active = try MemberProcess([
+            "--id", "1", "--listen", "127.0.0.1:\(base)", "--peer", "2=127.0.0.1:\(base + 1)", "--key-file", keyPath, "--active",
+            "--ike-sas", "100", "--duration-ms", "30000", "--status-interval-ms", "200", "--epoch", "4000000003",
+        ])
+        defer { active.kill() }
+        _ = try #require(first.waitForLine(seconds: 20) { $0.hasPrefix("ready") }, "the first run became ready")
+        first.kill()
+        let restarted = try Self.standby(base: base, keyPath: keyPath, extra: ["--epoch", "1"])
+        defer { restarted.kill() }
+        let ready = restarted.waitForLine(seconds: 5) { $0.hasPrefix("ready") }
+        #expect(ready == "ready ike_sas=100 child_sas=200", "\(restarted.errorLines.suffix(3))")
     }
 }
