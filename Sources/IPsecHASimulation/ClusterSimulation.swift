@@ -38,6 +38,14 @@ public struct SimulationConfiguration: Sendable, Hashable {
     /// Synchronous replication of IKE state: a response leaves only once the standbys hold the
     /// state it depends on.
     public var synchronousReplication = true
+    /// The takeover's bound on a Child SA's rate (``TakeoverPolicy/maximumPacketsPerSecond``;
+    /// nil: the measured rates alone, the negative control of the burst below).
+    public var maximumPacketsPerSecond: UInt64? = 15_000_000
+    /// For this long before the crash the synch link loses everything (review M3)...
+    public var outageBeforeCrashMs: UInt64 = 0
+    /// ...while the first IKE SA's first Child SA sends this many more packets each
+    /// millisecond to the peer: a burst the last checkpoint's rate knows nothing of.
+    public var burstPacketsPerMs = 0
     /// Milliseconds between two exchanges the peer starts on each IKE SA (every fourth rekeys a
     /// Child SA); the cluster starts a liveness check on each at twice that.
     public var ikeExchangeIntervalMs: UInt64 = 400
@@ -64,6 +72,9 @@ public struct SimulationConfiguration: Sendable, Hashable {
             throw .invalid("new IKE SAs 0 to 1,000 a second, outside delay and jitter up to 1 s")
         }
         guard (ReplayWindow.minimumSize...ReplayWindow.maximumSize).contains(replayWindow) else { throw .invalid("replay window size") }
+        guard outageBeforeCrashMs <= (crashAtMs ?? 0), (0...10_000).contains(burstPacketsPerMs) else {
+            throw .invalid("an outage before the crash needs a crash after it; bursts of 0 to 10,000 packets a millisecond")
+        }
     }
 }
 
@@ -310,6 +321,8 @@ public struct ClusterSimulation {
     /// Messages the active member holds until the standbys acknowledged what they depend on:
     /// the tickets, and the standbys that were catching up (no ticket: they must catch up).
     private var held = HeldReplies<IKEMessage>()
+    /// The burst before the crash is on (``SimulationConfiguration/burstPacketsPerMs``).
+    private var bursting = false
     /// Cluster requests awaiting a response: IKE SA -> message ID.
     private var clusterOutstanding: [IKESAIdentifier: (UInt32, Timestamp)] = [:]
     private var highestSent: [UInt32: UInt64] = [:]
@@ -441,8 +454,14 @@ public struct ClusterSimulation {
         }
         let end = start + configuration.durationMs * 1_000_000
         while now.nanoseconds < end {
-            if let crashAt = configuration.crashAtMs, crashedAt == nil, now.nanoseconds >= start + crashAt * 1_000_000, let index = active {
-                crash(index)
+            if let crashAt = configuration.crashAtMs, crashedAt == nil {
+                if now.nanoseconds >= start + crashAt * 1_000_000, let index = active {
+                    crash(index)
+                    network.faults.loss = configuration.syncLoss
+                } else if configuration.outageBeforeCrashMs > 0, now.nanoseconds >= start + (crashAt - configuration.outageBeforeCrashMs) * 1_000_000 {
+                    network.faults.loss = 1
+                    bursting = true
+                }
             }
             if let restartAfter = configuration.restartAfterMs, let index = crashed, let crashedAt,
                 now.nanoseconds >= crashedAt.nanoseconds + restartAfter * 1_000_000
@@ -755,7 +774,10 @@ public struct ClusterSimulation {
         let replica = members[index].replica
         report.standbyReadyAtTakeover = replica.isReady
         let plan = replica.takeoverPlan(
-            policy: TakeoverPolicy(minimumAdvance: configuration.checkpointPackets, inbound: configuration.inboundPolicy), now: now)
+            policy: TakeoverPolicy(
+                minimumAdvance: configuration.checkpointPackets, maximumPacketsPerSecond: configuration.maximumPacketsPerSecond,
+                inbound: configuration.inboundPolicy),
+            now: now)
         var state = replica.state
         if !plotIndex.isEmpty {
             for sa in replica.state.childSAs {
@@ -862,29 +884,36 @@ public struct ClusterSimulation {
         outside.append((now.nanoseconds + configuration.outsideDelayMs * 1_000_000 + jitter, message))
     }
 
+    /// One ESP packet from the active member to the peer on Child SA `child` of the peer's IKE
+    /// SA `i`, with the checks: no sequence number twice, every one accepted by the peer.
+    private mutating func sendToPeer(_ i: Int, _ child: Int) {
+        guard let index = active, let slot = members[index].state!.slot(forInboundSPI: peers[i].children[child].clusterInbound),
+            let number = try? members[index].state!.nextOutboundSequenceNumber(at: slot, bytes: 1_000)
+        else { return }
+        let spi = peers[i].children[child].clusterOutbound
+        report.espPacketsSent += 1
+        if let crashedAt, report.takeoverMs == nil { report.takeoverMs = Double(now.nanoseconds - crashedAt.nanoseconds) / 1e6 }
+        if number.value <= highestSent[spi, default: 0] { report.sequenceNumbersReused += 1 }
+        highestSent[spi] = max(highestSent[spi, default: 0], number.value)
+        let verdict = peers[i].children[child].received.verdict(number.value)
+        if let series = plotIndex[spi] {
+            plot.series[series].sent.append((milliseconds, members[index].id.rawValue, number.value))
+            plot.series[series].peerTop.append((milliseconds, peers[i].children[child].received.highest))
+        }
+        if verdict != "accept" { report.legitPacketsRejectedByPeer += 1 }
+        traceESP(src: name(index), dst: "peer", spi: spi, seq: number.value, forged: false, verdict: verdict, receiver: "peer")
+        if random.next() % 64 == 0 { capturedToPeer.append((i, spi, number.value)) }
+    }
+
     /// ESP both ways on every Child SA, and the attacker's replays.
     private mutating func traffic() throws {
+        if bursting, crashedAt == nil, let first = peers.indices.first, !peers[first].dead, !peers[first].children.isEmpty {
+            for _ in 0..<configuration.burstPacketsPerMs { sendToPeer(first, 0) }
+        }
         let every = max(1, 1_000 / configuration.packetsPerSecond)
         for i in peers.indices where (step + i) % every == 0 && !peers[i].dead {
             for child in peers[i].children.indices {
-                // Cluster -> peer.
-                if let index = active, let slot = members[index].state!.slot(forInboundSPI: peers[i].children[child].clusterInbound),
-                    let number = try? members[index].state!.nextOutboundSequenceNumber(at: slot, bytes: 1_000)
-                {
-                    let spi = peers[i].children[child].clusterOutbound
-                    report.espPacketsSent += 1
-                    if let crashedAt, report.takeoverMs == nil { report.takeoverMs = Double(now.nanoseconds - crashedAt.nanoseconds) / 1e6 }
-                    if number.value <= highestSent[spi, default: 0] { report.sequenceNumbersReused += 1 }
-                    highestSent[spi] = max(highestSent[spi, default: 0], number.value)
-                    let verdict = peers[i].children[child].received.verdict(number.value)
-                    if let series = plotIndex[spi] {
-                        plot.series[series].sent.append((milliseconds, members[index].id.rawValue, number.value))
-                        plot.series[series].peerTop.append((milliseconds, peers[i].children[child].received.highest))
-                    }
-                    if verdict != "accept" { report.legitPacketsRejectedByPeer += 1 }
-                    traceESP(src: name(index), dst: "peer", spi: spi, seq: number.value, forged: false, verdict: verdict, receiver: "peer")
-                    if random.next() % 64 == 0 { capturedToPeer.append((i, spi, number.value)) }
-                }
+                sendToPeer(i, child)
                 // Peer -> cluster.
                 let number = peers[i].children[child].sendNext
                 peers[i].children[child].sendNext += 1

@@ -33,6 +33,8 @@ struct SimulateCommand: ParsableCommand {
     @Option(name: .customLong("checkpoint-ms"), help: "...or this many milliseconds.") var checkpointMs: UInt64 = 50
     @Option(name: .customLong("inbound-policy"), help: "Inbound windows after the takeover: rfc6311 (the peer jumps its counters), conservative or permissive.") var inboundPolicy = "rfc6311"
     @Option(help: "IKE replication: sync (responses wait for the standbys) or async.") var replication = "sync"
+    @Option(name: .customLong("outage-before-crash-ms"), help: "The synch link loses everything this long before the crash...") var outageBeforeCrashMs: UInt64 = 0
+    @Option(name: .customLong("burst-packets-per-ms"), help: "...while one Child SA sends this many more packets a millisecond.") var burstPacketsPerMs = 0
     @Flag(help: "Print one JSON object instead of the table.") var json = false
     @Option(help: "Write every event on the outside link to this file as JSON Lines.") var trace: String?
     @Option(help: "Write the outside link to this file as a pcap capture (IKE on UDP 500/4500, ESP in UDP 4500).") var pcap: String?
@@ -61,6 +63,8 @@ struct SimulateCommand: ParsableCommand {
         configuration.outsideLoss = outsideLoss
         configuration.checkpointPackets = checkpointPackets
         configuration.checkpointMs = checkpointMs
+        configuration.outageBeforeCrashMs = outageBeforeCrashMs
+        configuration.burstPacketsPerMs = burstPacketsPerMs
         switch inboundPolicy {
         case "conservative": configuration.inboundPolicy = .conservative
         case "rfc6311": configuration.inboundPolicy = .replayCounterSyncWhereNegotiated

@@ -92,6 +92,21 @@ struct ClusterSimulationTests {
         #expect(undone > 0)
     }
 
+    /// Review M3 in the whole cluster: the synch link is lost for 100 ms before the crash while
+    /// a Child SA checkpointed at 50 packets a second bursts to 500,000. The takeover must
+    /// reuse no sequence number; trusting the measured rate (the negative control) did.
+    @Test func aBurstDuringASynchOutageBeforeTheCrashReusesNoSequenceNumber() throws {
+        var configuration = Self.configuration()
+        configuration.outageBeforeCrashMs = 100
+        configuration.burstPacketsPerMs = 500
+        let report = try Self.run(configuration)
+        #expect(report.sequenceNumbersReused == 0 && report.invariantsHeld, "\(report.json)")
+        #expect(report.espPacketsSent > 25_000, "the burst went out: \(report.json)")
+        configuration.maximumPacketsPerSecond = nil
+        let measuredOnly = try Self.run(configuration)
+        #expect(measuredOnly.sequenceNumbersReused > 0, "the measured rate alone is not enough: \(measuredOnly.json)")
+    }
+
     @Test func theChecksCanFail() throws {
         // Permissive windows accept the attacker's replays once: the check sees them.
         var permissive = Self.configuration()

@@ -493,9 +493,13 @@ public struct GatewayState: Sendable, Equatable {
     /// counter at the planned value and its inbound window rebuilt from its checkpoint with the
     /// planned policy, replacing the passive copy (whose bitmap means nothing). Returns the
     /// Child SAs that must be rekeyed instead: those the plan says so for, and any whose planned
-    /// values do not fit (their counters are left as they were: send nothing on them). Child
-    /// SAs the plan does not name, or that are gone, are left alone. Message IDs are the IKE
-    /// stack's to apply (``TakeoverPlan/ikeSAs``).
+    /// values do not fit. Those are made unusable until the rekey replaces them: their outbound
+    /// counter stands at its limit (``nextOutboundSequenceNumber(at:bytes:)`` throws
+    /// ``SequenceCounterError/exhausted(lastSent:)``) and their window's top at the end of the
+    /// sequence space with everything seen (``checkInbound(wire:at:)`` accepts nothing): from
+    /// the unmoved counters they would reuse sequence numbers, and their passive windows cannot
+    /// tell replays (review L4). Child SAs the plan does not name, or that are gone, are left
+    /// alone. Message IDs are the IKE stack's to apply (``TakeoverPlan/ikeSAs``).
     public mutating func applyTakeover(_ plan: TakeoverPlan) -> (resumed: Int, rekey: [UInt32]) {
         var resumed = 0
         var rekey: [UInt32] = []
@@ -503,6 +507,7 @@ public struct GatewayState: Sendable, Equatable {
             guard let slot = spiIndex.slot(of: decision.inboundSPI) else { continue }
             let index = Int(slot)
             guard case .resume(let lastSent) = decision.outbound, case .restore(let policy) = decision.inbound else {
+                retireForRekey(at: index)
                 rekey.append(decision.inboundSPI)
                 continue
             }
@@ -518,10 +523,29 @@ public struct GatewayState: Sendable, Equatable {
                 childSlots[index]!.inboundWindow = window
                 resumed += 1
             } catch {
+                retireForRekey(at: index)
                 rekey.append(decision.inboundSPI)
             }
         }
         return (resumed, rekey)
+    }
+
+    /// Leaves the Child SA at `index` neither sending nor accepting (see ``applyTakeover(_:)``).
+    private mutating func retireForRekey(at index: Int) {
+        let counter = childSlots[index]!.outboundCounter
+        let limit = counter.hardLimit
+        let size = childSlots[index]!.inboundWindow.size
+        if let exhausted = try? OutboundSequenceCounter(
+            extendedSequenceNumbers: counter.extendedSequenceNumbers, lastSent: limit, softLimit: min(counter.softLimit, limit))
+        {
+            childSlots[index]!.outboundCounter = exhausted
+        }
+        if let closed = try? ReplayWindow(
+            size: size, extendedSequenceNumbers: counter.extendedSequenceNumbers,
+            restoringFrom: ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: limit), policy: .conservative(advance: 0))
+        {
+            childSlots[index]!.inboundWindow = closed
+        }
     }
 
     /// Applies a replicated IKE SA record (a standby's path for an upsert): installs the IKE SA

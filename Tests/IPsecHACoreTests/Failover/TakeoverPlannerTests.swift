@@ -310,6 +310,13 @@ struct ApplyTakeoverTests {
             #expect(standby.checkInbound(wire: UInt32(number), at: standby.slot(forInboundSPI: 0x1000)!) != .fresh(number))
         }
         #expect(standby.checkInbound(wire: UInt32(top + 1), at: standby.slot(forInboundSPI: 0x1000)!) == .fresh(top + 1))
-        #expect(standby.childSA(inboundSPI: 0x1001)?.outboundCounter.lastSent == 0xFFFF_F000, "a Child SA to rekey is left alone")
+        // A Child SA to rekey neither sends nor accepts until the rekey replaces it (review L4:
+        // it sent from the unmoved counter and checked against a passive window).
+        let retired = try #require(standby.slot(forInboundSPI: 0x1001))
+        #expect(throws: SequenceCounterError.self) { try standby.nextOutboundSequenceNumber(at: retired, bytes: 100) }
+        for wire in [0xFFFF_F001, 0xFFFF_FFFF, 1, 101] as [UInt32] {
+            guard case .fresh = standby.checkInbound(wire: wire, at: retired) else { continue }
+            Issue.record("packet \(wire) accepted on a Child SA to rekey")
+        }
     }
 }
