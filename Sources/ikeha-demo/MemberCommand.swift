@@ -160,23 +160,10 @@ struct MemberCommand: ParsableCommand {
                 &lastStatus, now: now,
                 "active ike_sas=\(state.ikeSAs.count) child_sas=\(state.childSACount) "
                     + "lag_ms=\(channel.replicationLag(to: peerID, now: now) / 1_000_000) "
-                    + "standby=\(Self.standbyStatus(peerID, channel: channel, replicator: replicator)) "
+                    + "standby=\(replicator.status(of: peerID, channel: channel, now: now)) "
                     + "waiting_records=\(replicator.waitingRecords(for: peerID)) resyncs=\(replicator.resyncsStarted) " + Self.channelStatus(channel))
             usleep(500)
         }
-    }
-
-    /// What the active member knows of its standby: "silent" (not heard for four heartbeats:
-    /// it may be gone, nothing it holds is fresh), "resyncing", "catching-up", "lagging" (an
-    /// acknowledgement outstanding longer than three heartbeats), or "current". It said
-    /// "current" for a standby that had exited.
-    static func standbyStatus(_ standby: ClusterMemberID, channel: SyncChannel, replicator: Replicator) -> String {
-        let now = Timestamp.monotonicNow()
-        if !channel.isEstablished(with: standby) { return "silent" }
-        if replicator.isResyncing(standby) { return "resyncing" }
-        if replicator.isCatchingUp(standby) { return "catching-up" }
-        if channel.replicationLag(to: standby, now: now) > 3 * channel.configuration.heartbeatInterval { return "lagging" }
-        return "current"
     }
 
     private func runStandby(_ channel: inout SyncChannel, _ transport: inout UDPSyncTransport, activeID: ClusterMemberID, started: Timestamp) throws {

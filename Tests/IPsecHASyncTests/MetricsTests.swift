@@ -71,4 +71,31 @@ struct MetricsTests {
         #expect(try factory.expectGauge("ipsecha_sync_waiting_records", [("peer", "2")]).lastValue == 0)
         #expect(try factory.expectCounter("ipsecha_sync_backlogs").totalValue == 1, "counted once")
     }
+
+    /// Issue 20: the active member must not call a standby current unless it acknowledged
+    /// recent state; cut off, it is silent, and the metric says 0.
+    @Test func theStandbyIsCurrentOnlyWhileItAcknowledges() throws {
+        let factory = TestMetrics()
+        var pair = try ReplicationPair(seed: 56)
+        _ = try pair.settle()
+        var reporter = withMetricsFactory(factory) { SyncMetricsReporter(peers: [ReplicationPair.standbyID]) }
+        func status() -> StandbyStatus { pair.replicator.status(of: ReplicationPair.standbyID, channel: pair.activeChannel, now: pair.now) }
+        reporter.report(channel: pair.activeChannel, replicator: pair.replicator, now: pair.now)
+        #expect(status() == .current)
+        #expect(try factory.expectGauge("ipsecha_sync_standby_current", [("peer", "2")]).lastValue == 1)
+        pair.network.faults.partitions = [[1, 2]]
+        var history = HistoryGenerator(seed: 57)
+        var changes: [StateChange] = []
+        while changes.isEmpty { changes = try history.step(&pair.state) }
+        _ = try pair.replicate(changes)
+        try pair.run(for: 170_000_000)
+        #expect(status() == .lagging, "an acknowledgement outstanding for more than three heartbeats")
+        try pair.run(for: 100_000_000)
+        #expect(status() == .silent)
+        reporter.report(channel: pair.activeChannel, replicator: pair.replicator, now: pair.now)
+        #expect(try factory.expectGauge("ipsecha_sync_standby_current", [("peer", "2")]).lastValue == 0)
+        pair.network.faults.partitions = []
+        _ = try pair.settle()
+        #expect(status() == .current)
+    }
 }

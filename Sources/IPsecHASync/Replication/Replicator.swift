@@ -482,3 +482,32 @@ public struct Replicator {
         }
     }
 }
+
+/// What the active member knows of a standby, most urgent first.
+public enum StandbyStatus: String, Sendable, Hashable, CustomStringConvertible {
+    /// Not heard for four heartbeats (the channel is renewing its handshake): it may be gone,
+    /// and nothing it holds is fresh.
+    case silent
+    /// A bulk resync is being streamed to it.
+    case resyncing
+    /// Records wait for room in the channel's buffer to it.
+    case catchingUp = "catching-up"
+    /// An acknowledgement has been outstanding for more than three heartbeats.
+    case lagging
+    /// It acknowledged recent state: a takeover now would lose nothing replicated.
+    case current
+
+    public var description: String { rawValue }
+}
+
+extension Replicator {
+    /// What is known of `standby` at `now`: ``StandbyStatus/current`` only when it is heard,
+    /// caught up, and nothing has waited for its acknowledgement longer than three heartbeats.
+    public func status(of standby: ClusterMemberID, channel: SyncChannel, now: Timestamp) -> StandbyStatus {
+        if !channel.isEstablished(with: standby) { return .silent }
+        if isResyncing(standby) { return .resyncing }
+        if isCatchingUp(standby) { return .catchingUp }
+        if channel.replicationLag(to: standby, now: now) > 3 * channel.configuration.heartbeatInterval { return .lagging }
+        return .current
+    }
+}
