@@ -38,7 +38,7 @@ public struct SimulationConfiguration: Sendable, Hashable {
     /// Synchronous replication of IKE state: a response leaves only once the standbys hold the
     /// state it depends on.
     public var synchronousReplication = true
-    /// The takeover's bound on a Child SA's rate (``TakeoverPolicy/maximumPacketsPerSecond``;
+    /// The takeover's bound on a Child SA's rate (`TakeoverPolicy.maximumPacketsPerSecond`;
     /// nil: the measured rates alone, the negative control of the burst below).
     public var maximumPacketsPerSecond: UInt64? = 15_000_000
     /// For this long before the crash the synch link loses everything (review M3)...
