@@ -26,6 +26,14 @@ public struct IKEResponderConfiguration: Sendable {
     public var childSASoftLifetimeSeconds: UInt64 = 3_300
     /// The hard lifetime of each Child SA.
     public var childSAHardLifetimeSeconds: UInt64 = 3_600
+    /// At most this many Child SAs in one IKE SA: a CREATE_CHILD_SA for another is answered
+    /// NO_ADDITIONAL_SAS. Rekeys may go up to twice as many, while the old Child SAs wait for
+    /// the peer's Delete. Every SA is replicated: an authenticated peer must not grow both
+    /// members' memory without bound (review M6).
+    public var maximumChildSAsPerIKESA = 16
+    /// At most this many IKE SAs from one peer address: IKE_AUTH for another is answered
+    /// NO_ADDITIONAL_SAS, unless it carries INITIAL_CONTACT (which first deletes the others).
+    public var maximumIKESAsPerPeerAddress = 4
     /// At most this many IKE_SA_INIT exchanges wait for their IKE_AUTH; the oldest goes first.
     public var halfOpenLimit = 1_024
     /// A half-open exchange is forgotten after this long.
@@ -449,6 +457,25 @@ public struct IKEv2Responder: Sendable {
             return IKEOutcome(replies: [IKEDatagram(bytes: reply, destination: remote, localPort: local.port)])
         }
         halfOpen[identifier.initiatorSPI] = nil
+        var outcome = IKEOutcome()
+        if message.hasNotify(.initialContact) {
+            // RFC 7296 section 2.4: the peer has no other IKE SA with this gateway any more (it
+            // restarted). Every IKE SA this responder made shares the one identity it accepts.
+            for other in state.ikeSAs.values.filter({ !$0.isOriginalInitiator }).map(\.identifier) {
+                if let changes = try? state.deleteIKESA(other) { outcome.changes += changes }
+                lastResponses[other] = nil
+                logger.notice("IKE SA deleted: the peer says INITIAL_CONTACT", metadata: ["ike_sa": "\(other)", "new_ike_sa": "\(identifier)"])
+            }
+        }
+        let fromPeer = state.ikeSAs.values.count { !$0.isOriginalInitiator && $0.remote.address == remote.address }
+        guard fromPeer < configuration.maximumIKESAsPerPeerAddress else {
+            logger.warning("IKE_AUTH refused: the peer holds the most IKE SAs allowed", metadata: [
+                "from": "\(remote)", "ike_sas": "\(fromPeer)",
+            ])
+            let reply = try EncryptedMessage.seal(header: replyHeader, payloads: [NotifyPayload(type: .noAdditionalSAs).payload], keyAndSalt: pending.keys.er)
+            outcome.replies = [IKEDatagram(bytes: reply, destination: remote, localPort: local.port)]
+            return outcome
+        }
 
         let responderIDBody = configuration.localIdentity.body
         let ourAuth = pskAuthentication(pending.response + pending.initiatorNonce + IKECrypto.prf(key: pending.keys.pr, responderIDBody))
@@ -469,7 +496,6 @@ public struct IKEv2Responder: Sendable {
             throw .invalidKeyExchange("\(error)")
         }
         ike.state = .established
-        var outcome = IKEOutcome()
         do { outcome.changes += try state.createIKESA(ike) } catch { throw .unknownIKESA(identifier) }
         var payloads: [IKEPayload] = [
             IKEPayload(type: .identificationResponder, body: responderIDBody),
@@ -598,6 +624,14 @@ public struct IKEv2Responder: Sendable {
             return try rekeyIKESA(message, offered: offered, of: sa, state: &state)
         }
         let initiatorNonce = try Self.initiatorNonce(of: message)
+        let isRekey = message.notifies.contains { $0.type == .rekeySA }
+        guard sa.childSAs.count < configuration.maximumChildSAsPerIKESA * (isRekey ? 2 : 1) else {
+            logger.notice("CREATE_CHILD_SA refused: the IKE SA holds the most Child SAs allowed", metadata: [
+                "ike_sa": "\(sa.identifier)", "child_sas": "\(sa.childSAs.count)",
+            ])
+            answer.payloads = [NotifyPayload(type: .noAdditionalSAs).payload]
+            return answer
+        }
         let responderNonce = IKECrypto.randomBytes(32)
         var keyExchange: KeyExchangePayload?
         if let ke = message.first(.keyExchange) {

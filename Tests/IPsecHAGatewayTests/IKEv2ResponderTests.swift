@@ -179,6 +179,55 @@ import Testing
         #expect(handler.entries.allSatisfy { !"\($0.message) \($0.metadata)".contains("\n") })
     }
 
+    /// Review M6: an authenticated peer made as many Child SAs as it liked, each replicated.
+    @Test func anIKESAHoldsAtMostSoManyChildSAs() throws {
+        var fixture = try Fixture()
+        _ = try fixture.establish()
+        let limit = fixture.responder.configuration.maximumChildSAsPerIKESA
+        func create(_ spi: UInt32, rekeying: UInt32? = nil) throws -> IKEMessage {
+            var rekey: [IKEPayload] = []
+            if let rekeying {
+                var bytes: [UInt8] = []
+                bytes.appendBigEndian(rekeying)
+                rekey = [NotifyPayload(protocolID: IKEProposal.esp, spi: bytes, type: .rekeySA).payload]
+            }
+            let outcome = fixture.send(try fixture.initiator.request(.createChildSA, rekey + [
+                TestInitiator.espProposal(spi: spi).payload,
+                IKEPayload(type: .nonce, body: IKECrypto.randomBytes(32)),
+                IKEPayload(type: .trafficSelectorInitiator, body: TestInitiator.selectors.initiator.body),
+                IKEPayload(type: .trafficSelectorResponder, body: TestInitiator.selectors.responder.body),
+            ]))
+            return try fixture.initiator.open(try #require(outcome.replies.first).bytes)
+        }
+        for index in 1..<UInt32(limit) { #expect(try create(0xC0DE_1000 + index).first(.securityAssociation) != nil) }
+        #expect(fixture.state.childSACount == limit)
+        #expect(try create(0xC0DE_2000).hasNotify(.noAdditionalSAs))
+        #expect(fixture.state.childSACount == limit)
+        #expect(try create(0xC0DE_2001, rekeying: fixture.initiator.espSPI).first(.securityAssociation) != nil, "a rekey still goes")
+        #expect(fixture.state.childSACount == limit + 1)
+    }
+
+    /// Review M6: a peer that reconnects without deleting (or does so on purpose) kept every
+    /// IKE SA it ever made. One address holds a bounded number; INITIAL_CONTACT (RFC 7296
+    /// section 2.4) deletes the others.
+    @Test func aPeerAddressHoldsSoManyIKESAsAndInitialContactClearsThem() throws {
+        var fixture = try Fixture()
+        let limit = fixture.responder.configuration.maximumIKESAsPerPeerAddress
+        func connect(_ spi: UInt64, notifies: [NotifyMessageType] = [.messageIDSyncSupported]) throws -> IKEMessage {
+            fixture.initiator = TestInitiator(psk: IKEv2ResponderTests.psk)
+            fixture.initiator.initiatorSPI = spi
+            let nonce = try fixture.initiator.takeIKESAInitResponse(try #require(fixture.send(try fixture.initiator.ikeSAInit()).replies.first).bytes)
+            return try fixture.initiator.open(try #require(fixture.send(try fixture.initiator.ikeAuth(responderNonce: nonce, extraNotifies: notifies)).replies.first).bytes)
+        }
+        for index in 0..<UInt64(limit) { #expect(try connect(0x100 + index).first(.authentication) != nil) }
+        #expect(fixture.state.ikeSAs.count == limit)
+        #expect(try connect(0x200).hasNotify(.noAdditionalSAs))
+        #expect(fixture.state.ikeSAs.count == limit)
+        let restarted = try connect(0x300, notifies: [.initialContact])
+        #expect(restarted.first(.authentication) != nil)
+        #expect(fixture.state.ikeSAs.keys.map(\.initiatorSPI) == [0x300] && fixture.state.childSACount == 1)
+    }
+
     @Test func refusesProposalsAndKeyExchangesItDoesNotSupport() throws {
         var fixture = try Fixture()
         let aes = SecurityAssociationPayload(proposals: [

@@ -50,6 +50,7 @@ public struct NotifyMessageType: RawRepresentable, Sendable, Hashable, CustomStr
     public static let noProposalChosen = Self(rawValue: 14)
     public static let invalidKEPayload = Self(rawValue: 17)
     public static let authenticationFailed = Self(rawValue: 24)
+    public static let noAdditionalSAs = Self(rawValue: 35)
     public static let tsUnacceptable = Self(rawValue: 38)
     public static let childSANotFound = Self(rawValue: 44)
     public static let initialContact = Self(rawValue: 16384)
@@ -69,7 +70,7 @@ public struct NotifyMessageType: RawRepresentable, Sendable, Hashable, CustomStr
     public var description: String {
         let names: [UInt16: String] = [
             1: "UNSUPPORTED_CRITICAL_PAYLOAD", 7: "INVALID_SYNTAX", 9: "INVALID_MESSAGE_ID", 14: "NO_PROPOSAL_CHOSEN",
-            17: "INVALID_KE_PAYLOAD", 24: "AUTHENTICATION_FAILED", 38: "TS_UNACCEPTABLE", 44: "CHILD_SA_NOT_FOUND",
+            17: "INVALID_KE_PAYLOAD", 24: "AUTHENTICATION_FAILED", 35: "NO_ADDITIONAL_SAS", 38: "TS_UNACCEPTABLE", 44: "CHILD_SA_NOT_FOUND",
             16384: "INITIAL_CONTACT", 16385: "SET_WINDOW_SIZE", 16388: "NAT_DETECTION_SOURCE_IP",
             16389: "NAT_DETECTION_DESTINATION_IP", 16390: "COOKIE", 16391: "USE_TRANSPORT_MODE", 16393: "REKEY_SA", 16396: "MOBIKE_SUPPORTED", 16420: "IKEV2_MESSAGE_ID_SYNC_SUPPORTED",
             16421: "IPSEC_REPLAY_COUNTER_SYNC_SUPPORTED", 16422: "IKEV2_MESSAGE_ID_SYNC", 16423: "IPSEC_REPLAY_COUNTER_SYNC",
