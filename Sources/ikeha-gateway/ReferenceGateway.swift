@@ -58,6 +58,8 @@ struct ReferenceGateway {
     var splitBrainHealed = false
     /// The epochs of members that stepped down, already answered by a reassertion.
     var reassertedAgainst: Set<UInt32> = []
+    /// When the Child SAs' hard lifetimes were last checked (once a second).
+    var lastLifetimeSweep = Timestamp(nanoseconds: 0)
     /// When this member last reasserted itself after a split brain.
     var lastReassertion: Timestamp?
     /// Reassertions (each jumps every outbound counter by 2^30) at most this often: a key holder
@@ -230,7 +232,7 @@ struct ReferenceGateway {
             plan = TakeoverPlanner.plan(state: state, inFlight: [:], suspect: .all, policy: policy, now: now)
         }
         let outcome = state.applyTakeover(plan)
-        retireChildSAs(outcome.rekey, now: now)
+        retireChildSAs(outcome.rekey, why: Self.cannotMoveOn, now: now)
         if options.noCounterAdvance {
             // The negative control: what a cluster without counter checkpoints' advance does.
             for sa in replica.state.childSAs {
@@ -292,26 +294,29 @@ struct ReferenceGateway {
                 logger.error("counters not moved", metadata: ["ike_sa": "\(identifier)", "reason": "\(error)"])
             }
         }
-        retireChildSAs(needRekey, now: Timestamp.monotonicNow())
+        retireChildSAs(needRekey, why: Self.cannotMoveOn, now: Timestamp.monotonicNow())
         emit("reasserted", ["epoch": "\(epoch)", "ike_sas": "\(state.ikeSAs.count)", "counter_jump": "\(1 << 30)", "need_rekey": "\(needRekey.count)"])
         logger.warning("another member was active meanwhile (a healed split brain): counters moved on by 2^30, message IDs synced again")
     }
 
-    /// Deletes Child SAs whose counters cannot move past what the other member may have used
-    /// (within the advance of 2^32, without ESN): sending on them would reuse sequence numbers,
-    /// and their windows cannot tell replays (review L4). This responder cannot start a rekey;
-    /// the peer makes a new Child SA once its packets on the old one go unanswered.
-    mutating func retireChildSAs(_ spis: [UInt32], now: Timestamp) {
+    /// Deletes Child SAs this member must not use any more, and replicates that: those whose
+    /// counters cannot move past what the other member may have used (within the advance of
+    /// 2^32, without ESN: they would reuse sequence numbers, and their windows cannot tell
+    /// replays; review L4), and those past a hard lifetime (RFC 4301). This responder cannot
+    /// start a rekey; the peer makes a new Child SA once its packets on the old one go
+    /// unanswered.
+    mutating func retireChildSAs(_ spis: [UInt32], why: String, now: Timestamp) {
         for spi in spis {
             let lastSent = state.childSA(inboundSPI: spi)?.outboundCounter.lastSent ?? 0
             guard let changes = try? state.deleteChildSA(inboundSPI: spi) else { continue }
             perform(replicator.replicate(changes, state: state, channel: &channel, now: now).actions, now: now)
-            logger.warning(
-                "Child SA deleted: its counter cannot move past what the other member may have used",
-                metadata: ["inbound_spi": "\(spi.paddedHexDigits)", "last_sent": "\(lastSent)"])
-            emit("child_sa_retired", ["inbound_spi": spi.paddedHexDigits, "last_sent": "\(lastSent)"])
+            logger.warning("Child SA deleted: \(why)", metadata: ["inbound_spi": "\(spi.paddedHexDigits)", "last_sent": "\(lastSent)"])
+            emit("child_sa_retired", ["inbound_spi": spi.paddedHexDigits, "last_sent": "\(lastSent)", "why": why])
         }
     }
+
+    /// The counters that cannot move on, in `retireChildSAs`'s words.
+    static let cannotMoveOn = "its counter cannot move past what the other member may have used"
 
     /// Above every epoch this member has been at or heard of: a split brain resolves in favour
     /// of the newest active member.
@@ -406,6 +411,10 @@ struct ReferenceGateway {
         }
         releaseHeldReplies(now: now)
         responder.expire(now: now)
+        if now.nanoseconds &- lastLifetimeSweep.nanoseconds >= 1_000_000_000 {
+            lastLifetimeSweep = now
+            retireChildSAs(state.expiredChildSAs(at: now), why: "past its hard lifetime", now: now)
+        }
         if !espDrops.isEmpty, now.nanoseconds - lastDropReport.nanoseconds >= 1_000_000_000 {
             // One line a second at most: a replay flood must not become a log flood.
             logger.info("ESP packets dropped in the last second", metadata: espDrops.mapValues { .stringConvertible($0) })

@@ -143,4 +143,34 @@ struct TakeoverTests {
         }
         #expect(resumeAfter > 50_000)
     }
+
+    /// Review L9 and M6: lifetimes are replicated in the active member's clock, which means
+    /// nothing on another host (a rebooted one, here 995 s behind). The takeover moves them
+    /// onto the new active member's clock, measured from the heartbeats, so that a hard
+    /// lifetime ends when it should; then the state names the Child SA as expired.
+    @Test func lifetimesMoveOntoTheNewActiveMembersClockAndHardOnesEnd() throws {
+        var generator = RecordGenerator(seed: 72)
+        let ike = generator.ikeSA()
+        var child = generator.childSA(parent: ike.identifier)
+        child.policy = nil
+        child.lifetime = try ChildSALifetime(soft: LifetimeLimits(seconds: 5), hard: LifetimeLimits(seconds: 10), installedAt: .seconds(999))
+        var replica = Replica()
+        // The active member's clock reads 1,000 s when this member's reads 5 s.
+        replica.apply([.heartbeat(highestSequence: 0, sentAt: .seconds(1_000))], now: .seconds(5))
+        replica.apply(
+            [
+                .resyncBegin(id: 1, scope: .everything, ikeSAs: 1, childSAs: 1, policies: 0), .ikeSAUpsert(ike), .childSAUpsert(child),
+                .resyncEnd(id: 1, ikeSAs: 1, childSAs: 1, policies: 0),
+            ], now: .seconds(5))
+        #expect(replica.isReady && replica.activeClockOffset == -995_000_000_000)
+        let plan = replica.takeoverPlan(now: .seconds(6))
+        var state = replica.state
+        _ = state.applyTakeover(plan)
+        let moved = try #require(state.childSA(inboundSPI: child.inboundSPI))
+        #expect(moved.lifetime.installedAt == .seconds(4), "installed 1 s before the heartbeat, on this clock")
+        #expect(state.expiredChildSAs(at: .seconds(13)).isEmpty)
+        #expect(state.expiredChildSAs(at: .seconds(14)) == [child.inboundSPI])
+        // Unmoved, it would have lived for 16 more minutes here.
+        #expect(replica.state.expiredChildSAs(at: .seconds(14)).isEmpty)
+    }
 }

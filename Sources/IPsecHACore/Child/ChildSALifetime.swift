@@ -76,7 +76,8 @@ public struct ChildSALifetime: Sendable, Hashable {
     /// Limits that end the SA.
     public let hard: LifetimeLimits
     /// When the SA was installed.
-    public let installedAt: Timestamp
+    public var installedAt: Timestamp { installedAtStorage }
+    private var installedAtStorage: Timestamp
 
     /// A lifetime; throws when a soft limit is above the matching hard limit.
     public init(
@@ -92,8 +93,16 @@ public struct ChildSALifetime: Sendable, Hashable {
         }
         self.soft = soft
         self.hard = hard
-        self.installedAt = installedAt
+        self.installedAtStorage = installedAt
         self.usage = usage
+    }
+
+    /// The same lifetime with its installation time moved by `offset` nanoseconds (onto
+    /// another member's clock).
+    public func shifted(by offset: Int64) -> ChildSALifetime {
+        var moved = self
+        moved.installedAtStorage = installedAt.shifted(by: offset)
+        return moved
     }
 
     /// The state at time `now`.

@@ -226,4 +226,16 @@ public struct TakeoverPlan: Sendable, Hashable {
     public var ikeSAs: [IKESATakeover]
     /// One per Child SA, in no particular order.
     public var childSAs: [ChildSATakeover]
+    /// This member's clock minus the failed member's, in nanoseconds, when known (a replica
+    /// measures it from the heartbeats). The replicated lifetimes count in the failed member's
+    /// clock; ``GatewayState/applyTakeover(_:)`` moves them onto this member's, so that hard
+    /// lifetimes mean the same here (review L9).
+    public var clockOffset: Int64?
+
+    /// A plan from its decisions.
+    public init(ikeSAs: [IKESATakeover], childSAs: [ChildSATakeover], clockOffset: Int64? = nil) {
+        self.ikeSAs = ikeSAs
+        self.childSAs = childSAs
+        self.clockOffset = clockOffset
+    }
 }

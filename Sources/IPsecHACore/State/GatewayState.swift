@@ -256,6 +256,15 @@ public struct GatewayState: Sendable, Equatable {
         return nil
     }
 
+    /// Inbound SPIs of the Child SAs past a hard lifetime at `now` (RFC 4301: they must go).
+    /// O(n): for a sweep every second or so, not a packet path.
+    public func expiredChildSAs(at now: Timestamp) -> [UInt32] {
+        childSlots.compactMap { slot in
+            guard let sa = slot, sa.lifetime.state(at: now) == .expired else { return nil }
+            return sa.inboundSPI
+        }
+    }
+
     /// Every Child SA, in no particular order: a copy of each, O(n). Not for a per-exchange
     /// path (use ``childSA(inboundSPI:)`` or ``childSA(of:outboundSPI:)``).
     public var childSAs: [ChildSA] { childSlots.compactMap { $0 } }
@@ -500,12 +509,23 @@ public struct GatewayState: Sendable, Equatable {
     /// the unmoved counters they would reuse sequence numbers, and their passive windows cannot
     /// tell replays (review L4). Child SAs the plan does not name, or that are gone, are left
     /// alone. Message IDs are the IKE stack's to apply (``TakeoverPlan/ikeSAs``).
+    ///
+    /// With the plan's ``TakeoverPlan/clockOffset``, the planned SAs' lifetimes move onto this
+    /// member's clock.
     public mutating func applyTakeover(_ plan: TakeoverPlan) -> (resumed: Int, rekey: [UInt32]) {
         var resumed = 0
         var rekey: [UInt32] = []
+        if let offset = plan.clockOffset {
+            for decision in plan.ikeSAs {
+                guard let slot = ikeSAs.slot(of: decision.identifier) else { continue }
+                ikeSAs.slots[slot]!.lifetime.rekeyAt = ikeSAs.slots[slot]!.lifetime.rekeyAt?.shifted(by: offset)
+                ikeSAs.slots[slot]!.lifetime.reauthenticateAt = ikeSAs.slots[slot]!.lifetime.reauthenticateAt?.shifted(by: offset)
+            }
+        }
         for decision in plan.childSAs {
             guard let slot = spiIndex.slot(of: decision.inboundSPI) else { continue }
             let index = Int(slot)
+            if let offset = plan.clockOffset { childSlots[index]!.lifetime = childSlots[index]!.lifetime.shifted(by: offset) }
             guard case .resume(let lastSent) = decision.outbound, case .restore(let policy) = decision.inbound else {
                 retireForRekey(at: index)
                 rekey.append(decision.inboundSPI)

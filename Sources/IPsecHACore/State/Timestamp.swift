@@ -14,6 +14,17 @@ public struct Timestamp: Sendable, Hashable, Comparable, Codable, CustomStringCo
     }
 
     /// This timestamp plus `seconds`, saturating at the end of time.
+    /// This time moved by `offset` nanoseconds, saturating at both ends: a time read on one
+    /// member's clock, on another's.
+    public func shifted(by offset: Int64) -> Timestamp {
+        if offset >= 0 {
+            let (sum, overflow) = nanoseconds.addingReportingOverflow(UInt64(offset))
+            return Timestamp(nanoseconds: overflow ? .max : sum)
+        }
+        let back = offset.magnitude
+        return Timestamp(nanoseconds: nanoseconds > back ? nanoseconds - back : 0)
+    }
+
     public func adding(seconds: UInt64) -> Timestamp {
         let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
         let (sum, overflow2) = nanoseconds.addingReportingOverflow(product)

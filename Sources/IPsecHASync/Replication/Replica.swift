@@ -66,6 +66,10 @@ public struct Replica {
     /// so an SA that sent no checkpoint was idle up to then. A takeover sizes the outbound
     /// advance from it.
     public private(set) var completeAsOf: Timestamp?
+    /// This member's clock minus the active member's, in nanoseconds, from the last heartbeat
+    /// (its send time against its arrival; the link's delay makes it a little late, which
+    /// moves lifetimes later by as much). A takeover moves the replicated lifetimes by it.
+    public private(set) var activeClockOffset: Int64?
 
     /// The takeover plan if this replica's member took over at `now` (see `TakeoverPlanner` in
     /// IPsecHACore): exchanges in flight from the replicated records, every IKE SA suspect while
@@ -77,9 +81,11 @@ public struct Replica {
         var inFlightSAs: [IKESAIdentifier: Bool] = [:]
         for exchange in inFlight { inFlightSAs[exchange.ikeSA] = (inFlightSAs[exchange.ikeSA] ?? false) || exchange.initiatedHere }
         let suspect: SuspectIKESAs = mayHaveMissedAnyUpdates ? .all : .none
-        return TakeoverPlanner.plan(
+        var plan = TakeoverPlanner.plan(
             state: state, inFlight: inFlightSAs, suspect: suspect, policy: policy, now: now, restrictedTo: restriction,
             completeAsOf: completeAsOf)
+        plan.clockOffset = activeClockOffset
+        return plan
     }
 
     /// Applies the counter checkpoints among `records`, the records the channel holds behind a
@@ -159,6 +165,9 @@ public struct Replica {
     /// (``observe(missingSince:)``), what arrives counts as of the gap's start: it may be a
     /// retransmission, or wait behind one, and a checkpoint's age must include that delay.
     public mutating func apply(_ records: [SyncRecord], now: Timestamp) {
+        for case .heartbeat(_, let sentAt) in records {
+            activeClockOffset = Int64(truncatingIfNeeded: now.nanoseconds &- sentAt.nanoseconds)
+        }
         guard let gap = missingSince, gap < now else {
             completeAsOf = now
             for record in records { apply(record, now: now) }
