@@ -10,7 +10,7 @@ INTEROP_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins
 # The keepalived deployment scenario (scripts/cluster.sh, also run by the test suite as root).
 CLUSTER_PACKAGES := keepalived
 
-.PHONY: demo test interop cluster build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-allocations bench-replay bench-state bench-sync bench-failover clean
+.PHONY: demo test interop cluster build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-allocations bench-replay bench-state bench-sync bench-failover bench-delete clean
 
 deps:
 	@./scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
@@ -71,6 +71,10 @@ bench-sync: deps
 # The takeover plan for 100,000 IKE SAs and 200,000 Child SAs.
 bench-failover: deps
 	$(SWIFT) run -c release ikeha-demo bench failover
+
+# A Delete through the IKEv2 responder with 100,000 Child SAs installed.
+bench-delete: deps
+	$(SWIFT) run -c release ikeha-demo bench delete
 
 # A long simulated run (5 simulated minutes, 2,000 IKE SAs and no new ones, so that the state
 # keeps its size; 20% synch loss; a crash and a

@@ -85,6 +85,7 @@ let package = Package(
             name: "ikeha-demo",
             dependencies: [
                 "IPsecHACore",
+                "IPsecHAGateway",
                 "IPsecHASync",
                 "IPsecHASimulation",
                 "IPsecHASyncNIO",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every `ikeha-demo bench` command in release (state, sync, failover) and the replay window
+# Runs every `ikeha-demo bench` command in release (state, sync, failover, delete) and the replay window
 # against C, and prints one table: each figure beside its goal. These machines are noisy (the
 # same binary varies up to 40% between runs): read a miss by a few percent as a reason to run
 # again, not as a verdict.
@@ -16,6 +16,8 @@ echo "running: bench sync" >&2
 "$demo" bench sync 2>>"$scratch/log" | tail -1 >"$scratch/sync"
 echo "running: bench failover" >&2
 "$demo" bench failover 2>>"$scratch/log" | tail -1 >"$scratch/failover"
+echo "running: bench delete" >&2
+"$demo" bench delete 2>>"$scratch/log" | tail -1 >"$scratch/delete"
 echo "running: replay window against C" >&2
 replay_status=0
 ./Benchmarks/replay-vs-c.sh >"$scratch/replay" 2>&1 || replay_status=$?
@@ -36,6 +38,7 @@ row "bulk resync, 100k IKE + 200k Child SAs, one core" "$(value sync resync_seco
 row "  of it, the standby's share" "$(value sync resync_standby_seconds)" "s" "" le 1
 row "tail loss noticed, worst trial" "$(value sync tail_loss_detection_heartbeats_max)" "beats" "<= 2" le 2
 row "takeover plan, 100k IKE + 200k Child SAs" "$(value failover plan_milliseconds)" "ms" "< 50" le 50
+row "Delete of 16,002 SPIs, 100k Child SAs installed" "$(value delete delete_16002_ms)" "ms" "< 10" le 10
 echo
 echo "replay window, Swift against C (goal: within 1.25x):"
 cat "$scratch/replay"

@@ -5,7 +5,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Time the package's hot paths (build with -c release for meaningful numbers).",
-        subcommands: [ReplayBenchCommand.self, StateBenchCommand.self, SyncBenchCommand.self, FailoverBenchCommand.self]
+        subcommands: [ReplayBenchCommand.self, StateBenchCommand.self, SyncBenchCommand.self, FailoverBenchCommand.self, DeleteBenchCommand.self]
     )
 }
 
