@@ -34,6 +34,10 @@ public struct IKEResponderConfiguration: Sendable {
     /// At most this many IKE SAs from one peer address: IKE_AUTH for another is answered
     /// NO_ADDITIONAL_SAS, unless it carries INITIAL_CONTACT (which first deletes the others).
     public var maximumIKESAsPerPeerAddress = 4
+    /// At most this many half-open exchanges from one address; further IKE_SA_INITs from it
+    /// are dropped before any work until some complete or expire. Cookies stop spoofed
+    /// floods; this stops one real address from taking the whole table (review H2).
+    public var halfOpenPerAddressLimit = 16
     /// At most this many IKE_SA_INIT exchanges wait for their IKE_AUTH; the oldest goes first.
     public var halfOpenLimit = 1_024
     /// A half-open exchange is forgotten after this long.
@@ -242,6 +246,11 @@ public struct IKEv2Responder: Sendable {
                 logger.debug("IKE_SA_INIT answered with a cookie", metadata: ["from": "\(remote)", "half_open": "\(halfOpen.count)"])
                 return IKEOutcome(replies: [try plainReply(reply, [NotifyPayload(type: .cookie, data: expected).payload], to: remote, on: local)])
             }
+        }
+        let fromAddress = halfOpen.values.count { $0.remote.address == remote.address }
+        guard fromAddress < configuration.halfOpenPerAddressLimit else {
+            logger.debug("IKE_SA_INIT dropped: too many half-open exchanges from this address", metadata: ["from": "\(remote)"])
+            return IKEOutcome()
         }
         let offered = try message.decode(.securityAssociation, SecurityAssociationPayload.init(body:))
         let ke = try message.decode(.keyExchange, KeyExchangePayload.init(body:))

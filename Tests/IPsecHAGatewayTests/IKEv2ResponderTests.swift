@@ -228,6 +228,24 @@ import Testing
         #expect(fixture.state.ikeSAs.keys.map(\.initiatorSPI) == [0x300] && fixture.state.childSACount == 1)
     }
 
+    /// Review H2: cookies stop spoofed sources; one real address is limited to so many
+    /// half-open exchanges, so it cannot take the whole table from the others.
+    @Test func oneAddressHoldsAtMostSoManyHalfOpenExchanges() throws {
+        var fixture = try Fixture()
+        let limit = fixture.responder.configuration.halfOpenPerAddressLimit
+        var greedy = TestInitiator(psk: IKEv2ResponderTests.psk)
+        var answered = 0
+        for index in 0..<(limit + 5) {
+            greedy.initiatorSPI = 0x9000 + UInt64(index)
+            if !fixture.send(try greedy.ikeSAInit()).replies.isEmpty { answered += 1 }
+        }
+        #expect(answered == limit)
+        var other = TestInitiator(psk: IKEv2ResponderTests.psk)
+        other.initiatorSPI = 0xA000
+        let elsewhere = Endpoint(address: IPAddress(ipv4: 0x0A63_0042), port: 500, udpEncapsulation: false)
+        #expect(!fixture.responder.receive(try other.ikeSAInit(), from: elsewhere, on: other.gateway, state: &fixture.state, now: fixture.now).replies.isEmpty)
+    }
+
     @Test func refusesProposalsAndKeyExchangesItDoesNotSupport() throws {
         var fixture = try Fixture()
         let aes = SecurityAssociationPayload(proposals: [
