@@ -56,16 +56,8 @@ struct ReferenceGateway {
     var hasBeenActive = false
     /// A member that had stepped down said hello (see `reassertAfterSplitBrain`).
     var splitBrainHealed = false
-    /// The epochs of members that stepped down, already answered by a reassertion.
-    var reassertedAgainst: Set<UInt32> = []
     /// When the Child SAs' hard lifetimes were last checked (once a second).
     var lastLifetimeSweep = Timestamp(nanoseconds: 0)
-    /// When this member last reasserted itself after a split brain.
-    var lastReassertion: Timestamp?
-    /// Reassertions (each jumps every outbound counter by 2^30) at most this often: a key holder
-    /// sending hellos with ever new epochs burnt 2^30 numbers per Child SA with each (review
-    /// M2), and a real split brain does not heal twice in ten seconds.
-    static let minimumReassertionInterval: UInt64 = 10_000_000_000
     /// ESP packets dropped since the last report, by reason (reported once a second).
     var espDrops: [String: Int] = [:]
     var lastDropReport = Timestamp(nanoseconds: 0)
@@ -285,7 +277,7 @@ struct ReferenceGateway {
     /// brain without an arbiter).
     mutating func reassertAfterSplitBrain() {
         let epoch = nextEpoch
-        role = ClusterRole(member: member, epoch: epoch, isActive: true, activeMember: nil)
+        do { try role.reassert(newEpoch: epoch) } catch { logger.error("epoch not moved on", metadata: ["reason": "\(error)"]) }
         try? channel.rotate(toEpoch: epoch)
         responder.forgetMessageIDSyncs()
         var needRekey: [UInt32] = []
@@ -381,14 +373,7 @@ struct ReferenceGateway {
                 for case .hello(let epoch, let capabilities, _) in records {
                     highestEpochHeard = max(highestEpochHeard, epoch)
                     // Once per epoch of the other member: it repeats its hello until resynced.
-                    if capabilities & ClusterRole.steppedDownCapability != 0, !reassertedAgainst.contains(epoch),
-                        lastReassertion.map({ now.nanoseconds &- $0.nanoseconds >= Self.minimumReassertionInterval }) ?? true
-                    {
-                        if reassertedAgainst.count >= 64 { reassertedAgainst.removeAll() }
-                        reassertedAgainst.insert(epoch)
-                        lastReassertion = now
-                        splitBrainHealed = true
-                    }
+                    if role.reassertionDue(afterHelloFrom: from, epoch: epoch, capabilities: capabilities, now: now) { splitBrainHealed = true }
                     for case .steppedDown(let newer, let newerEpoch) in role.heardHello(from: from, epoch: epoch, capabilities: capabilities) {
                         steppedDown = "member \(newer) is active with epoch \(newerEpoch), newer than ours"
                     }

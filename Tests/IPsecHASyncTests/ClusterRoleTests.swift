@@ -49,4 +49,29 @@ struct ClusterRoleTests {
         #expect(try role.promote(.activeMemberSilent(ReplicationPair.activeID), newEpoch: 2).count == 1)
         #expect(pair.replica.takeoverPlan(now: pair.now).ikeSAs.count == pair.replica.state.ikeSAs.count)
     }
+
+    /// Review M2 (5) and L8: every hello from a stepped-down member with a new epoch made the
+    /// active member jump its counters by 2^30. Once per epoch, at most once per 10 s; the
+    /// memory of it survives the reassertion's own epoch change.
+    @Test func reassertionsAreOncePerEpochAndAtMostEveryTenSeconds() throws {
+        let other = ClusterMemberID(rawValue: 2)
+        var role = ClusterRole(member: ClusterMemberID(rawValue: 1), epoch: 5, isActive: true, activeMember: nil)
+        let steppedDown = ClusterRole.steppedDownCapability
+        func due(_ epoch: UInt32, _ capabilities: UInt32, at seconds: UInt64) -> Bool {
+            role.reassertionDue(afterHelloFrom: other, epoch: epoch, capabilities: capabilities, now: .seconds(seconds))
+        }
+        #expect(!due(9, 0, at: 1), "an ordinary hello")
+        #expect(due(9, steppedDown, at: 1))
+        try role.reassert(newEpoch: 10)
+        #expect(role.epoch == 10 && role.isActive)
+        #expect(!due(9, steppedDown, at: 30), "that epoch was answered")
+        for epoch in 11..<100 as Range<UInt32> {
+            #expect(!due(epoch, steppedDown, at: 5), "within 10 s")
+        }
+        #expect(due(100, steppedDown, at: 11))
+        var standby = ClusterRole(member: ClusterMemberID(rawValue: 3), epoch: 5, isActive: false, activeMember: other)
+        let standbyDue = standby.reassertionDue(afterHelloFrom: other, epoch: 9, capabilities: steppedDown, now: .seconds(1))
+        #expect(!standbyDue)
+        #expect(throws: ClusterRoleError.notActive) { try standby.reassert(newEpoch: 10) }
+    }
 }

@@ -39,8 +39,13 @@ public struct ClusterRole: Sendable {
     /// The hello capability bit of a member that stepped down from the active role and is not
     /// a ready standby yet: it may have sent on the SAs the receiver holds (a split brain that
     /// healed), so the active member must move its outbound counters past anything that member
-    /// could have used (the reference gateway jumps them by 2^30, once per epoch of that member).
+    /// could have used (the reference gateway jumps them by 2^30; see
+    /// ``reassertionDue(afterHelloFrom:epoch:capabilities:now:)``).
     public static let steppedDownCapability: UInt32 = 0x2
+    /// Reassertions at most this often (10 s): each moves every outbound counter by 2^30, a
+    /// key holder sending hellos with ever new epochs burnt that much per Child SA with each
+    /// (review M2, L8), and a real split brain does not heal twice in ten seconds.
+    public static let minimumReassertionInterval: UInt64 = 10_000_000_000
 
     /// Whether this member is the active one.
     public private(set) var isActive: Bool
@@ -55,6 +60,9 @@ public struct ClusterRole: Sendable {
     /// Intervals without a word from the active member before it is declared failed.
     public let missCount: UInt64
     private var failureReported = false
+    /// Epochs of stepped-down members already answered by a reassertion (at most 64 kept).
+    private var reassertedEpochs: Set<UInt32> = []
+    private var lastReassertion: Timestamp?
 
     /// A member in its initial role.
     public init(member: ClusterMemberID, epoch: UInt32, isActive: Bool, activeMember: ClusterMemberID?, heartbeatInterval: UInt64 = 50_000_000, missCount: UInt64 = 3) {
@@ -85,6 +93,20 @@ public struct ClusterRole: Sendable {
         return []
     }
 
+    /// Whether this active member must reassert itself, on a hello with `capabilities` from
+    /// `peer` at `epoch` at `now`: the peer stepped down from the active role (a healed split
+    /// brain), this member has not answered that epoch yet, and it has not reasserted within
+    /// ``minimumReassertionInterval``. When true, the reassertion is counted as done.
+    public mutating func reassertionDue(afterHelloFrom peer: ClusterMemberID, epoch peerEpoch: UInt32, capabilities: UInt32, now: Timestamp) -> Bool {
+        guard isActive, peer != member, capabilities & Self.steppedDownCapability != 0, !reassertedEpochs.contains(peerEpoch),
+            lastReassertion.map({ now.nanoseconds &- $0.nanoseconds >= Self.minimumReassertionInterval }) ?? true
+        else { return false }
+        if reassertedEpochs.count >= 64 { reassertedEpochs.removeAll() }
+        reassertedEpochs.insert(peerEpoch)
+        lastReassertion = now
+        return true
+    }
+
     /// Checks the active member's liveness: `lastHeard` is when anything authentic last came
     /// from it (``SyncChannel/lastHeard(from:)``), nil if never.
     public mutating func tick(now: Timestamp, lastHeard: Timestamp?) -> [ClusterRoleEvent] {
@@ -95,6 +117,15 @@ public struct ClusterRole: Sendable {
         guard now.nanoseconds > heard.nanoseconds, now.nanoseconds - heard.nanoseconds >= limit else { return [] }
         failureReported = true
         return [.activeMemberFailed(active)]
+    }
+
+    /// Moves this active member to a newer epoch after a healed split brain (after
+    /// ``reassertionDue(afterHelloFrom:epoch:capabilities:now:)``), above the other member's,
+    /// keeping what it remembers of earlier reassertions. Throws unless active and newer.
+    public mutating func reassert(newEpoch: UInt32) throws(ClusterRoleError) {
+        guard isActive else { throw .notActive }
+        guard newEpoch > epoch else { throw .epochNotNewer(current: epoch, proposed: newEpoch) }
+        epoch = newEpoch
     }
 
     /// Makes this member active (after a failure was reported, or when an external system
@@ -115,6 +146,8 @@ public struct ClusterRole: Sendable {
 public enum ClusterRoleError: Error, Sendable, Hashable {
     /// This member is active already.
     case alreadyActive
+    /// Only an active member reasserts itself.
+    case notActive
     /// A promotion must move to a newer epoch.
     case epochNotNewer(current: UInt32, proposed: UInt32)
 }
