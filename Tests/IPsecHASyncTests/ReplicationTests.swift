@@ -415,14 +415,21 @@ struct RecordSizeLimitTests {
         return sa
     }
 
+    /// A pair (not yet settled) whose active member holds one IKE SA, and the generator that
+    /// made it.
+    static func pairWithAnIKESA(seed: UInt64) throws -> (ReplicationPair, RecordGenerator, IKESA) {
+        var pair = try ReplicationPair(seed: seed)
+        var generator = RecordGenerator(seed: seed + 1)
+        let ike = generator.ikeSA()
+        _ = try pair.state.createIKESA(ike)
+        return (pair, generator, ike)
+    }
+
     /// The largest Child SA a gateway makes (24 IPv6 selectors; 64 bytes per key, more than
     /// HMAC-SHA2-512 or AES-GCM-256 with its salt need) fits one datagram of the default size,
     /// in a bulk resync and as a change.
     @Test func theLargestChildSAReachesTheStandbyInAResyncAndAsAChange() throws {
-        var pair = try ReplicationPair(seed: 40)
-        var generator = RecordGenerator(seed: 41)
-        let ike = generator.ikeSA()
-        _ = try pair.state.createIKESA(ike)
+        var (pair, generator, ike) = try Self.pairWithAnIKESA(seed: 40)
         let first = Self.childSA(&generator, parent: ike.identifier, keyLength: 64)
         #expect(first.localSelectors.count + first.remoteSelectors.count == ChildSA.maximumSelectors)
         #expect(try SyncRecord.childSAUpsert(first).encoded().count <= pair.activeChannel.maximumPayload)
@@ -438,10 +445,7 @@ struct RecordSizeLimitTests {
     /// counted: the resync completes without it and later changes still arrive. (It stopped the
     /// resync for good: the standby was never ready again.)
     @Test func aRecordLargerThanADatagramIsSkippedNotRetriedForever() throws {
-        var pair = try ReplicationPair(seed: 42)
-        var generator = RecordGenerator(seed: 43)
-        let ike = generator.ikeSA()
-        _ = try pair.state.createIKESA(ike)
+        var (pair, generator, ike) = try Self.pairWithAnIKESA(seed: 42)
         let huge = Self.childSA(&generator, parent: ike.identifier, keyLength: 1_000)
         _ = try pair.state.createChildSA(huge)
         var normal = generator.childSA(parent: ike.identifier)
