@@ -1,0 +1,169 @@
+// A standby's side: replicated changes and records applied, with the stale ones refused.
+extension GatewayState {
+    // MARK: Replication
+
+    /// Applies a change made by another member's state. Throws, changing nothing, when the
+    /// change does not fit (an SA that exists or does not, a record not newer than the one held).
+    public mutating func apply(_ change: StateChange) throws(GatewayStateError) {
+        switch change {
+        case .policyInstalled(let policy, let position):
+            _ = try installPolicy(policy, at: position)
+        case .policyRemoved(let id):
+            _ = try removePolicy(id)
+        case .ikeSACreated(let sa):
+            guard !ikeSAs.contains(sa.identifier) else { throw .ikeSAExists(sa.identifier) }
+            try upsertReplicated(sa)
+        case .ikeSAUpdated(let sa):
+            guard ikeSAs.contains(sa.identifier) else { throw .unknownIKESA(sa.identifier) }
+            try upsertReplicated(sa)
+        case .messageIDsUpdated(let identifier, let generation, let snapshot):
+            guard let held = ikeSAs[identifier] else { throw .unknownIKESA(identifier) }
+            guard generation > held.generation else { throw .staleChange(held: held.generation, received: generation) }
+            let windows: IKEMessageIDWindows
+            do { windows = try IKEMessageIDWindows(restoringFrom: snapshot) } catch { throw .messageIDs(error) }
+            withIKESA(identifier) { sa in
+                sa.messageIDs = windows
+                sa.generation = generation
+            }
+        case .ikeSADeleted(let identifier):
+            _ = try deleteIKESA(identifier)
+        case .childSACreated(let sa):
+            guard spiIndex.slot(of: sa.inboundSPI) == nil else { throw .spiInUse(sa.inboundSPI) }
+            guard ikeSAs.contains(sa.parent) else { throw .unknownParent(sa.parent) }
+            if let policy = sa.policy, spd.policy(policy) == nil { throw .unknownPolicy(policy) }
+            install(sa)
+        case .childSAUpdated(let sa):
+            guard let slot = spiIndex.slot(of: sa.inboundSPI), let held = childSlots[Int(slot)] else {
+                throw .unknownChildSA(sa.inboundSPI)
+            }
+            guard sa.generation > held.generation else { throw .staleChange(held: held.generation, received: sa.generation) }
+            guard ikeSAs.contains(sa.parent) else { throw .unknownParent(sa.parent) }
+            replace(slot: slot, with: sa)
+        case .childSADeleted(let spi):
+            _ = try deleteChildSA(inboundSPI: spi)
+        case .countersAdvanced(let checkpoint, let generation):
+            try applyCounterCheckpoint(checkpoint, generation: generation)
+        }
+    }
+
+    /// Applies a replicated IKE SA record (a standby's path for an upsert): installs the IKE SA
+    /// when it is absent, replaces the one held when the record's generation is newer, keeping
+    /// the list of Child SAs the state maintains. Throws ``GatewayStateError/staleChange(held:received:)``,
+    /// changing nothing, for a record not newer than the IKE SA held.
+    public mutating func upsertReplicated(_ sa: IKESA) throws(GatewayStateError) {
+        guard let slot = ikeSAs.slot(of: sa.identifier) else {
+            let slot = ikeSAs.insert(sa)
+            ikeSAs.slots[slot]!.childSAs = []
+            return
+        }
+        let held = ikeSAs.slots[slot]!.generation
+        guard sa.generation > held else { throw .staleChange(held: held, received: sa.generation) }
+        let children = ikeSAs.slots[slot]!.childSAs
+        ikeSAs.slots[slot] = sa
+        ikeSAs.slots[slot]!.childSAs = children
+    }
+
+    /// Applies a replicated Child SA record (a standby's path for an upsert): installs the
+    /// Child SA when its inbound SPI is free, replaces the one held when the record's generation
+    /// is newer; either way records it as checkpointed at `arrival` (keeping the rate measured
+    /// before, if any), with one SPI lookup. Throws, changing nothing, for a stale record, a
+    /// parent IKE SA or a policy it does not hold.
+    public mutating func upsertReplicated(_ sa: ChildSA, arrivedAt arrival: Timestamp) throws(GatewayStateError) {
+        guard let parent = ikeSAs.slot(of: sa.parent) else { throw .unknownParent(sa.parent) }
+        if let slot = spiIndex.slot(of: sa.inboundSPI) {
+            let index = Int(slot)
+            let held = childSlots.withUnsafeBufferPointer { $0[index]!.generation }
+            guard sa.generation > held else { throw .staleChange(held: held, received: sa.generation) }
+            if let policy = sa.policy, spd.policy(policy) == nil { throw .unknownPolicy(policy) }
+            replace(slot: slot, with: sa)
+            freshness[index] = ChildSAFreshness(lastCheckpoint: arrival, packetsPerSecond: freshness[index]?.packetsPerSecond)
+        } else {
+            if let policy = sa.policy, spd.policy(policy) == nil { throw .unknownPolicy(policy) }
+            let slot = install(sa, parent: parent)
+            freshness[Int(slot)] = ChildSAFreshness(lastCheckpoint: arrival, packetsPerSecond: nil)
+        }
+    }
+
+    /// Applies one replicated counter checkpoint (what ``apply(_:)`` does for
+    /// ``StateChange/countersAdvanced(_:generation:)``), in place and without building a change:
+    /// the replica's per-checkpoint path. With `freshness`, also records it as
+    /// ``recordCounterFreshness(_:inboundSPI:)`` would. Throws, changing nothing, for an unknown
+    /// Child SA or a generation not above the one held.
+    public mutating func applyCounterCheckpoint(
+        _ checkpoint: ChildSACounterCheckpoint, generation: UInt64, freshness arrival: ChildSAFreshness? = nil
+    ) throws(GatewayStateError) {
+        guard let slot = spiIndex.slot(of: checkpoint.inboundSPI) else { throw .unknownChildSA(checkpoint.inboundSPI) }
+        try adoptCounterCheckpoint(checkpoint, generation: generation, freshness: arrival, at: Int(slot))
+    }
+
+    /// The per-slot part of applying a checkpoint; `index` must hold a Child SA (the SPI index
+    /// names only occupied slots).
+    private mutating func adoptCounterCheckpoint(
+        _ checkpoint: ChildSACounterCheckpoint, generation: UInt64, freshness arrival: ChildSAFreshness?, at index: Int
+    ) throws(GatewayStateError) {
+        // In place throughout: a copy of the Child SA would retain its references and share,
+        // then copy, its replay ring.
+        let adopted: Bool
+        do { adopted = try childSlots[index]!.adopt(checkpoint, ifNewerThanHeld: generation) } catch { throw .childSA(error) }
+        guard adopted else {
+            throw .staleChange(held: childSlots.withUnsafeBufferPointer { $0[index]!.generation }, received: generation)
+        }
+        if let arrival { freshness[index] = arrival }
+    }
+
+    /// Applies a batch of replicated counter checkpoints as
+    /// ``applyCounterCheckpoint(_:generation:freshness:)`` would one by one, recording each
+    /// applied one as arrived at `arrival` with its measured rate (none when the rate is 0), and
+    /// counts the outcomes. Entries that do not apply change nothing.
+    ///
+    /// A standby's per-batch path: it first finds every entry's slot, then touches every Child
+    /// SA, then applies, so that the processor overlaps the cache misses of a batch that spans
+    /// thousands of SAs instead of taking them one after another.
+    public mutating func applyCounterCheckpoints(
+        _ entries: [CounterCheckpointEntry], arrivedAt arrival: Timestamp
+    ) -> CounterCheckpointOutcome {
+        var outcome = CounterCheckpointOutcome()
+        withUnsafeTemporaryAllocation(of: Int32.self, capacity: entries.count) { slots in
+            for index in entries.indices {
+                slots[index] = spiIndex.slot(of: entries[index].checkpoint.inboundSPI) ?? -1
+            }
+            childSlots.withUnsafeBufferPointer { childSlots in
+                var touched: UInt64 = 0
+                for slot in slots where slot >= 0 {
+                    // The first and the last of the fields a checkpoint writes: between them,
+                    // every cache line the update needs.
+                    touched &+= childSlots[Int(slot)]!.generation &+ childSlots[Int(slot)]!.lifetime.usage.outboundPackets
+                }
+                // Keeps the loads from being optimised away.
+                if touched == 1 { outcome.rejected &+= 0 }
+            }
+            for index in entries.indices {
+                let entry = entries[index]
+                guard slots[index] >= 0 else {
+                    outcome.rejected += 1
+                    continue
+                }
+                do throws(GatewayStateError) {
+                    try adoptCounterCheckpoint(
+                        entry.checkpoint, generation: entry.generation,
+                        freshness: ChildSAFreshness(
+                            lastCheckpoint: arrival, packetsPerSecond: entry.packetsPerSecond == 0 ? nil : UInt64(entry.packetsPerSecond)),
+                        at: Int(slots[index]))
+                    outcome.applied += 1
+                } catch .staleChange {
+                    outcome.stale += 1
+                } catch {
+                    outcome.rejected += 1
+                }
+            }
+        }
+        return outcome
+    }
+
+    public static func == (lhs: GatewayState, rhs: GatewayState) -> Bool {
+        guard lhs.spd.policies == rhs.spd.policies, lhs.ikeSAs == rhs.ikeSAs, lhs.childSACount == rhs.childSACount else {
+            return false
+        }
+        return lhs.childSlots.allSatisfy { sa in sa.map { rhs.childSA(inboundSPI: $0.inboundSPI) == $0 } ?? true }
+    }
+}

@@ -1,0 +1,73 @@
+// The standby's copy becoming the active one: the takeover plan's counters applied.
+extension GatewayState {
+    /// Applies the counter part of a takeover plan (``TakeoverPlanner``) to this state, as the
+    /// standby's copy becomes the active one: each Child SA the plan resumes gets its outbound
+    /// counter at the planned value and its inbound window rebuilt from its checkpoint with the
+    /// planned policy, replacing the passive copy (whose bitmap means nothing). Returns the
+    /// Child SAs that must be rekeyed instead: those the plan says so for, and any whose planned
+    /// values do not fit. Those are made unusable until the rekey replaces them: their outbound
+    /// counter stands at its limit (``nextOutboundSequenceNumber(at:bytes:)`` throws
+    /// ``SequenceCounterError/exhausted(lastSent:)``) and their window's top at the end of the
+    /// sequence space with everything seen (``checkInbound(wire:at:)`` accepts nothing): from
+    /// the unmoved counters they would reuse sequence numbers, and their passive windows cannot
+    /// tell replays (review L4). Child SAs the plan does not name, or that are gone, are left
+    /// alone. Message IDs are the IKE stack's to apply (``TakeoverPlan/ikeSAs``).
+    ///
+    /// With the plan's ``TakeoverPlan/clockOffset``, the planned SAs' lifetimes move onto this
+    /// member's clock.
+    public mutating func applyTakeover(_ plan: TakeoverPlan) -> (resumed: Int, rekey: [UInt32]) {
+        var resumed = 0
+        var rekey: [UInt32] = []
+        if let offset = plan.clockOffset {
+            for decision in plan.ikeSAs {
+                guard let slot = ikeSAs.slot(of: decision.identifier) else { continue }
+                ikeSAs.slots[slot]!.lifetime.rekeyAt = ikeSAs.slots[slot]!.lifetime.rekeyAt?.shifted(by: offset)
+                ikeSAs.slots[slot]!.lifetime.reauthenticateAt = ikeSAs.slots[slot]!.lifetime.reauthenticateAt?.shifted(by: offset)
+            }
+        }
+        for decision in plan.childSAs {
+            guard let slot = spiIndex.slot(of: decision.inboundSPI) else { continue }
+            let index = Int(slot)
+            if let offset = plan.clockOffset { childSlots[index]!.lifetime = childSlots[index]!.lifetime.shifted(by: offset) }
+            guard case .resume(let lastSent) = decision.outbound, case .restore(let policy) = decision.inbound else {
+                retireForRekey(at: index)
+                rekey.append(decision.inboundSPI)
+                continue
+            }
+            let held = childSlots.withUnsafeBufferPointer { slots in
+                (slots[index]!.outboundCounter, slots[index]!.inboundWindow.size, slots[index]!.inboundWindow.checkpoint)
+            }
+            do {
+                let counter = try OutboundSequenceCounter(
+                    extendedSequenceNumbers: held.0.extendedSequenceNumbers, lastSent: lastSent, softLimit: held.0.softLimit)
+                let window = try ReplayWindow(
+                    size: held.1, extendedSequenceNumbers: held.0.extendedSequenceNumbers, restoringFrom: held.2, policy: policy)
+                childSlots[index]!.outboundCounter = counter
+                childSlots[index]!.inboundWindow = window
+                resumed += 1
+            } catch {
+                retireForRekey(at: index)
+                rekey.append(decision.inboundSPI)
+            }
+        }
+        return (resumed, rekey)
+    }
+
+    /// Leaves the Child SA at `index` neither sending nor accepting (see ``applyTakeover(_:)``).
+    private mutating func retireForRekey(at index: Int) {
+        let counter = childSlots[index]!.outboundCounter
+        let limit = counter.hardLimit
+        let size = childSlots[index]!.inboundWindow.size
+        if let exhausted = try? OutboundSequenceCounter(
+            extendedSequenceNumbers: counter.extendedSequenceNumbers, lastSent: limit, softLimit: min(counter.softLimit, limit))
+        {
+            childSlots[index]!.outboundCounter = exhausted
+        }
+        if let closed = try? ReplayWindow(
+            size: size, extendedSequenceNumbers: counter.extendedSequenceNumbers,
+            restoringFrom: ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: limit), policy: .conservative(advance: 0))
+        {
+            childSlots[index]!.inboundWindow = closed
+        }
+    }
+}
