@@ -64,6 +64,8 @@ struct ClusterSimulationTests {
         #expect(report.ikeSAsSurvived == report.ikeSAs && report.ikeRequestsDroppedByPeer == 0, "\(report.json)")
         #expect(report.ikeSAsResyncedViaRFC6311 > 0, "RFC 6311 on rekeyed IKE SAs too: \(report.json)")
         #expect(report.legitPacketsRejectedByCluster == 0, "every Child SA the peer uses is there: \(report.json)")
+        // Rekeys, takebacks, a takeover and a resync later, every member's tables still agree.
+        for state in simulation.liveStates { #expect(state.invariantViolations().isEmpty, "\(state.invariantViolations().prefix(3))") }
         // Old IKE SAs are gone (deleted by the peer, or once it used the new one), and so are
         // the new IKE SAs of rekeys it never saw (the takeover took them back): no IKE SA is
         // left empty, and none still has the one it was rekeyed from beside it. (With loss on

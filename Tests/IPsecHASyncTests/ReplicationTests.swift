@@ -10,9 +10,13 @@ struct ReplicationTests {
         try cluster.run(for: 300_000_000)
         #expect(cluster.replica.isReady)
         var history = HistoryGenerator(seed: 2)
-        for _ in 0..<200 { _ = try cluster.replicate(try history.step(&cluster.state)) }
+        for _ in 0..<200 {
+            _ = try cluster.replicate(try history.step(&cluster.state))
+            #expect(cluster.state.invariantViolations().isEmpty, "\(cluster.state.invariantViolations())")
+        }
         try cluster.run(for: 300_000_000)
         #expect(cluster.replica.state == cluster.state)
+        #expect(cluster.replica.state.invariantViolations().isEmpty, "\(cluster.replica.state.invariantViolations())")
         #expect(cluster.replica.statistics.stale == 0)
         #expect(cluster.replica.statistics.rejected == 0)
     }
@@ -36,6 +40,7 @@ struct ReplicationTests {
         try cluster.run(for: 2_000_000_000)
         #expect(cluster.replica.isReady)
         #expect(cluster.replica.state == cluster.state)
+        #expect(cluster.replica.state.invariantViolations().isEmpty && cluster.state.invariantViolations().isEmpty)
         #expect(cluster.activeChannel.statistics.retransmissions > 0)
         #expect(cluster.standbyChannel.statistics.gapsDetected > 0)
         #expect(cluster.standbyChannel.statistics.authenticationFailures > 0, "corrupted datagrams were refused")
