@@ -1,4 +1,5 @@
 import IPsecHACore
+import IPsecHASimulation
 @testable import IPsecHASync
 import Testing
 
@@ -219,5 +220,33 @@ struct SilentPeerTests {
             if receiver == GapRepairTests.standby { records += delivered.count }
         }
         #expect(records >= 5, "everything unacknowledged arrived once the handshake was answered")
+    }
+}
+
+@Suite("Synch channel: the reliable streams' invariants")
+struct ReliableStreamInvariantTests {
+    /// Loss, duplication, reordering and corruption, a stream reset and a resync: after every
+    /// millisecond the senders' and receivers' tables still agree with themselves.
+    @Test(arguments: [7, 8] as [UInt64])
+    func hostileLinksLeaveTheTablesConsistent(seed: UInt64) throws {
+        var faults = NetworkFaults()
+        faults.loss = 0.3
+        faults.duplication = 0.1
+        faults.corruption = 0.02
+        faults.jitter = 5_000_000
+        var pair = try ReplicationPair(seed: seed, faults: faults)
+        var history = HistoryGenerator(seed: seed + 1)
+        var checked = 0
+        for step in 0..<400 {
+            _ = try pair.replicate(try history.step(&pair.state))
+            if step == 200 { pair.activeChannel.resetStream(to: ReplicationPair.standbyID) }
+            try pair.run(for: 1_000_000)
+            let violations = pair.activeChannel.invariantViolations() + pair.standbyChannel.invariantViolations()
+            #expect(violations.isEmpty, "step \(step): \(violations)")
+            if !violations.isEmpty { break }
+            checked += 1
+        }
+        #expect(checked == 400)
+        #expect(pair.standbyChannel.statistics.gapsDetected > 0 && pair.activeChannel.statistics.retransmissions > 0)
     }
 }

@@ -646,6 +646,15 @@ public struct SyncChannel {
     /// Whether records from `peer` are known to be missing (a gap not yet repaired), and since when.
     public func missingSince(from peer: ClusterMemberID) -> Timestamp? { peers[peer]?.receiver.gapSince }
 
+    /// Every broken invariant of the reliable streams to and from each peer, described (for the
+    /// tests, which run it through lossy, reordering exchanges).
+    func invariantViolations() -> [String] {
+        peers.keys.sorted().flatMap { member in
+            let peer = peers[member]!
+            return (peer.sender.invariantViolations() + peer.receiver.invariantViolations()).map { "peer \(member.rawValue): \($0)" }
+        }
+    }
+
     /// The reliable records from `peer` that arrived early and wait behind a gap, in sequence
     /// order. Not delivered, since what is missing may change what they mean; a standby that
     /// takes over reads the counter checkpoints among them

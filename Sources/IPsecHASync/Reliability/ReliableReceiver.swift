@@ -125,4 +125,21 @@ struct ReliableReceiver {
             lastNegativeAcknowledgement = nil
         }
     }
+
+    /// Every broken invariant, described (for the tests): the held datagrams and their ordered
+    /// list agree, all above what was delivered and within the limit; the gap's start is known
+    /// exactly while something is missing.
+    func invariantViolations() -> [String] {
+        var violations: [String] = []
+        if Set(heldOrder) != Set(held.keys) || heldOrder.count != held.count { violations.append("receiver's held list disagrees with its hold") }
+        if heldOrder != heldOrder.sorted() { violations.append("receiver's held list is out of order") }
+        if heldOrder.contains(where: { $0 <= delivered + 1 }) { violations.append("receiver holds a datagram it could have delivered") }
+        if held.count > limit { violations.append("receiver holds \(held.count), above its limit \(limit)") }
+        if highestKnown < delivered || heldOrder.contains(where: { $0 > highestKnown }) {
+            violations.append("receiver's highest known \(highestKnown) below what it holds or delivered (\(delivered))")
+        }
+        if (gapSince != nil) != hasGap { violations.append("receiver's gap start \(String(describing: gapSince)) with a gap: \(hasGap)") }
+        return violations
+    }
 }
+

@@ -152,4 +152,29 @@ struct ReliableSender {
         guard lower <= upper else { return 0..<0 }
         return head + Int(lower - first)..<head + Int(upper - first + 1)
     }
+
+    /// Every broken invariant, described (for the tests): the outstanding datagrams are exactly
+    /// the numbers after the cumulative acknowledgement, in order, within the limit; the
+    /// dropped ranges are ordered, apart, and all acknowledged-or-dropped.
+    func invariantViolations() -> [String] {
+        var violations: [String] = []
+        if head > storage.count { violations.append("sender head \(head) past \(storage.count) entries") }
+        let expected = nextSequence - 1 - min(cumulativeAcknowledged, nextSequence - 1)
+        if UInt64(outstanding.count) != expected {
+            violations.append("sender holds \(outstanding.count) datagrams, \(expected) are unacknowledged")
+        }
+        if outstanding.count > limit { violations.append("sender holds \(outstanding.count), above its limit \(limit)") }
+        for (offset, entry) in outstanding.enumerated() where entry.sequence != cumulativeAcknowledged + 1 + UInt64(offset) {
+            violations.append("sender entry \(offset) is \(entry.sequence), not \(cumulativeAcknowledged + 1 + UInt64(offset))")
+            break
+        }
+        for (earlier, later) in zip(droppedRanges, droppedRanges.dropFirst()) where earlier.upper >= later.lower {
+            violations.append("dropped ranges \(earlier) and \(later) overlap or are out of order")
+        }
+        if droppedRanges.count > Self.droppedRangeLimit || droppedRanges.contains(where: { $0.lower > $0.upper || $0.upper > cumulativeAcknowledged }) {
+            violations.append("dropped ranges \(droppedRanges) beyond what was acknowledged (\(cumulativeAcknowledged)) or their limit")
+        }
+        return violations
+    }
 }
+
