@@ -646,6 +646,31 @@ public struct SyncChannel {
     /// Whether records from `peer` are known to be missing (a gap not yet repaired), and since when.
     public func missingSince(from peer: ClusterMemberID) -> Timestamp? { peers[peer]?.receiver.gapSince }
 
+    /// When ``tick(now:)`` next has something to do, given that it last ran at `lastTick`: the
+    /// earliest heartbeat, delayed acknowledgement, retransmission, repeated negative
+    /// acknowledgement, handshake or silence check among the peers. An event loop sleeps until
+    /// then (or until a datagram arrives) instead of polling.
+    public func nextDeadline(after lastTick: Timestamp) -> Timestamp {
+        let interval = configuration.heartbeatInterval
+        var earliest = lastTick.nanoseconds &+ interval
+        func consider(_ time: UInt64) { earliest = min(earliest, max(time, lastTick.nanoseconds &+ 1)) }
+        if sealer.previousKey != nil, let deadline = previousKeyDeadline { consider(deadline.nanoseconds) }
+        for peer in peers.values {
+            // Heartbeats go only to a peer whose incarnation is known; handshakes before.
+            if peer.incarnation != nil { consider((peer.lastHeartbeatSent?.nanoseconds ?? 0) &+ interval) }
+            if let first = peer.firstUnacknowledged { consider(first.nanoseconds &+ configuration.acknowledgementDelay) }
+            if let heard = peer.lastHeard, peer.established { consider(heard.nanoseconds &+ interval &* 4) }
+            if peer.incarnation == nil || !peer.established { consider((peer.lastHandshakeSent?.nanoseconds ?? 0) &+ interval) }
+            if peer.receiver.hasGap {
+                consider((peer.receiver.lastNegativeAcknowledgement?.nanoseconds ?? 0) &+ configuration.negativeAcknowledgementRepeat)
+            }
+            if peer.established, let oldest = peer.sender.outstanding.lazy.filter({ !$0.selectivelyAcknowledged }).map(\.lastSent.nanoseconds).min() {
+                consider(oldest &+ configuration.retransmitTimeout)
+            }
+        }
+        return Timestamp(nanoseconds: earliest)
+    }
+
     /// Every broken invariant of the reliable streams to and from each peer, described (for the
     /// tests, which run it through lossy, reordering exchanges).
     func invariantViolations() -> [String] {

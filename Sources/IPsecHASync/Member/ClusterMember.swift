@@ -1,0 +1,339 @@
+public import IPsecHACore
+
+/// What a change made through ``ClusterMember/update(now:_:)`` is known by: the member gives it
+/// back as ``ClusterMemberAction/released(_:)`` once every standby holds the change, so that
+/// what depends on it (an IKE reply) may leave.
+public struct ReplicationToken: Sendable, Hashable, CustomStringConvertible {
+    /// Tokens count up from 1 in one member's run.
+    public let value: UInt64
+
+    public var description: String { "token \(value)" }
+}
+
+/// What an embedder does next for its ``ClusterMember``, in order.
+public enum ClusterMemberAction: Sendable, Hashable {
+    /// Send `datagram` to `peer` on the synch transport.
+    case transmit(to: ClusterMemberID, datagram: [UInt8])
+    /// Every standby holds the change behind this token (or none could be waited for): what
+    /// depends on it may leave.
+    case released(ReplicationToken)
+    /// This standby holds a complete copy of the active member's state: it can take over.
+    case becameReady
+    /// This member took over: the plan is applied (outbound counters advanced, inbound windows
+    /// rebuilt, lifetimes on this member's clock; the Child SAs in `rekey` can neither send nor
+    /// accept until rekeyed). Start serving IKE and ESP, and carry out the plan's message-ID
+    /// decisions with the peers (RFC 6311).
+    case tookOver(TakeoverPlan, rekey: [UInt32])
+    /// Another member is active with a newer epoch: stop serving; this member is a standby of
+    /// that one now, and resyncs from it.
+    case steppedDown(newerActive: ClusterMemberID, epoch: UInt32)
+}
+
+/// How a ``ClusterMember`` runs.
+public struct ClusterMemberConfiguration: Sendable {
+    /// The synch channel: this member, its peers, the cluster key.
+    public var channel: SyncChannelConfiguration
+    /// The member that is active at the start; this one when it names this member.
+    public var activeMember: ClusterMemberID
+    /// When the active member checkpoints counters.
+    public var checkpoints = CounterCheckpointPolicy()
+    /// How a takeover advances counters and rebuilds windows.
+    public var takeover = TakeoverPolicy()
+    /// How often a standby that is not ready says hello, and an active member says who it is.
+    public var helloInterval: UInt64 = 200_000_000
+    /// Heartbeat intervals of silence before a ready standby declares the active member failed.
+    public var missCount: UInt64 = 3
+    /// A change's token is released at the latest this long after the change (nil: never
+    /// without the standbys), so that a standby that heartbeats but never acknowledges cannot
+    /// hold the IKE SAs for good.
+    public var releaseDeadline: UInt64? = 2_000_000_000
+
+    /// A configuration for the channel, with `activeMember` active at the start.
+    public init(channel: SyncChannelConfiguration, activeMember: ClusterMemberID) {
+        self.channel = channel
+        self.activeMember = activeMember
+    }
+}
+
+/// Why ``ClusterMember`` refused a call.
+public enum ClusterMemberError: Error, Sendable, Hashable {
+    /// Only the active member changes the state; a standby's comes from it.
+    case notActive
+    /// The change itself failed; the state is as it was.
+    case state(GatewayStateError)
+}
+
+/// One cluster member as one sans-I/O state machine: it owns the synch channel, the replicator
+/// (active) or the replica (standby), the role and its failure detection, and the counter
+/// checkpoints, and routes what each says to the others. The embedder feeds it datagrams
+/// (``receive(_:now:)``), the time (``tick(now:)``) and state changes (``update(now:_:)``);
+/// it drains ``nextAction()`` after each call and sleeps until ``nextDeadline`` or the next
+/// datagram. Two roles: active (serves, replicates, checkpoints) and standby (applies, and takes
+/// over when the active member falls silent). The parts below it stay public for embedders
+/// that need another arrangement.
+public struct ClusterMember {
+    enum Lifecycle {
+        case standby(active: ClusterMemberID, replica: Replica, lastHello: Timestamp?, ready: Bool)
+        case active(replicator: Replicator, state: GatewayState, lastHello: Timestamp?)
+        /// Only while a lifecycle's parts are out being changed, so that none is copied.
+        case moving
+    }
+
+    /// The configuration it runs with.
+    public let configuration: ClusterMemberConfiguration
+    /// The synch channel (read its statistics, or ``SyncChannel/isEstablished(with:)``).
+    public private(set) var channel: SyncChannel
+    private var role: ClusterRole
+    private var lifecycle: Lifecycle
+    private var scheduler: CounterCheckpointScheduler
+    private var held = HeldReplies<ReplicationToken>()
+    private var outbox: [ClusterMemberAction] = []
+    private var outboxHead = 0
+    private var nextToken: UInt64 = 1
+    private var lastTick = Timestamp(nanoseconds: 0)
+    private var highestEpochHeard: UInt32 = 0
+
+    /// A member as the configuration says: active, or a standby of the active member.
+    public init(configuration: ClusterMemberConfiguration) throws(SyncChannelError) {
+        self.configuration = configuration
+        channel = try SyncChannel(configuration: configuration.channel)
+        let me = configuration.channel.member
+        let isActive = configuration.activeMember == me
+        role = ClusterRole(
+            member: me, epoch: configuration.channel.epoch, isActive: isActive, activeMember: isActive ? nil : configuration.activeMember,
+            heartbeatInterval: configuration.channel.heartbeatInterval, missCount: configuration.missCount)
+        lifecycle =
+            isActive
+            ? .active(replicator: Replicator(standbys: configuration.channel.peers), state: GatewayState(), lastHello: nil)
+            : .standby(active: configuration.activeMember, replica: Replica(), lastHello: nil, ready: false)
+        scheduler = CounterCheckpointScheduler(policy: configuration.checkpoints)
+    }
+
+    /// Whether this member is the active one.
+    public var isActive: Bool { if case .active = lifecycle { true } else { false } }
+
+    /// The state this member holds: the one it serves from (active), or its copy (standby).
+    public var state: GatewayState {
+        switch lifecycle {
+        case .active(_, let state, _): state
+        case .standby(_, let replica, _, _): replica.state
+        case .moving: GatewayState()
+        }
+    }
+
+    /// What the active member knows of `standby` (nil on a standby).
+    public func status(of standby: ClusterMemberID, now: Timestamp) -> StandbyStatus? {
+        guard case .active(let replicator, _, _) = lifecycle else { return nil }
+        return replicator.status(of: standby, channel: channel, now: now)
+    }
+
+    // MARK: Inputs
+
+    /// Takes a datagram from the synch transport.
+    public mutating func receive(_ datagram: [UInt8], now: Timestamp) {
+        route(channel.receive(datagram, now: now), now: now)
+        release(now: now)
+    }
+
+    /// Lets time pass: the channel's timers, checkpoints, hellos, failure detection, and a
+    /// takeover when the active member fell silent.
+    public mutating func tick(now: Timestamp) {
+        lastTick = now
+        route(channel.tick(now: now), now: now)
+        switch lifecycle {
+        case .active: activeTick(now: now)
+        case .standby: standbyTick(now: now)
+        case .moving: break
+        }
+        release(now: now)
+    }
+
+    /// Changes the state (active member only): `body` makes the change with the state's own
+    /// mutations and returns their `StateChange` values, which go to the standbys. The token
+    /// comes back as ``ClusterMemberAction/released(_:)`` once they hold the change. Throws
+    /// ``ClusterMemberError/notActive`` on a standby, and the state's own error, changing
+    /// nothing, when `body` throws.
+    public mutating func update(
+        now: Timestamp, _ body: (inout GatewayState) throws(GatewayStateError) -> [StateChange]
+    ) throws(ClusterMemberError) -> ReplicationToken {
+        guard case .active(var replicator, var state, let lastHello) = lifecycle else { throw .notActive }
+        lifecycle = .moving
+        defer { lifecycle = .active(replicator: replicator, state: state, lastHello: lastHello) }
+        let changes: [StateChange]
+        do { changes = try body(&state) } catch { throw .state(error) }
+        let token = ReplicationToken(value: nextToken)
+        nextToken += 1
+        let sent = replicator.replicate(changes, state: state, channel: &channel, now: now)
+        enqueue(sent.actions)
+        let standbys = configuration.channel.peers.filter { channel.isEstablished(with: $0) }
+        let deadline = configuration.releaseDeadline.map { Timestamp(nanoseconds: now.nanoseconds &+ $0) }
+        if let free = held.hold(token, tickets: sent.tickets, standbys: standbys, replicator: replicator, deadline: deadline) {
+            outbox.append(.released(free))
+        }
+        return token
+    }
+
+    /// Runs the packet path on the state (active member only): sequence numbers, replay
+    /// checks, SPD cache decisions. Nothing is replicated from here; the counters reach the
+    /// standbys with the next checkpoint (``ClusterMemberConfiguration/checkpoints``). Nil on
+    /// a standby, which must not send.
+    public mutating func packetPath<Result>(_ body: (inout GatewayState) -> Result) -> Result? {
+        guard case .active(let replicator, var state, let lastHello) = lifecycle else { return nil }
+        lifecycle = .moving
+        defer { lifecycle = .active(replicator: replicator, state: state, lastHello: lastHello) }
+        return body(&state)
+    }
+
+    // MARK: Outputs
+
+    /// The next thing to do, oldest first; nil when there is nothing.
+    public mutating func nextAction() -> ClusterMemberAction? {
+        guard outboxHead < outbox.count else { return nil }
+        defer {
+            outboxHead += 1
+            if outboxHead == outbox.count {
+                outbox.removeAll(keepingCapacity: true)
+                outboxHead = 0
+            }
+        }
+        return outbox[outboxHead]
+    }
+
+    /// When ``tick(now:)`` next has work, unless a datagram comes first: sleep until then.
+    public var nextDeadline: Timestamp {
+        var earliest = channel.nextDeadline(after: lastTick).nanoseconds
+        let hello = configuration.helloInterval
+        switch lifecycle {
+        case .active(let replicator, _, let lastHello):
+            earliest = min(earliest, lastTick.nanoseconds &+ configuration.checkpoints.interval, (lastHello?.nanoseconds ?? 0) &+ hello)
+            if configuration.channel.peers.contains(where: replicator.isCatchingUp) || held.count > 0 {
+                earliest = min(earliest, lastTick.nanoseconds &+ configuration.channel.acknowledgementDelay)
+            }
+        case .standby(let active, let replica, let lastHello, let ready):
+            if !replica.isReady, !replica.isResyncing { earliest = min(earliest, (lastHello?.nanoseconds ?? 0) &+ hello) }
+            if ready, let heard = channel.lastHeard(from: active) {
+                earliest = min(earliest, heard.nanoseconds &+ configuration.channel.heartbeatInterval &* configuration.missCount)
+            }
+        case .moving:
+            break
+        }
+        return Timestamp(nanoseconds: max(earliest, lastTick.nanoseconds &+ 1))
+    }
+
+    // MARK: Internals
+
+    private mutating func enqueue(_ actions: [SyncChannelAction]) {
+        for case .transmit(let to, let datagram) in actions { outbox.append(.transmit(to: to, datagram: datagram)) }
+    }
+
+    /// Routes what the channel said: datagrams out, records to the replicator or the replica,
+    /// hellos to the role.
+    private mutating func route(_ actions: [SyncChannelAction], now: Timestamp) {
+        for action in actions {
+            switch action {
+            case .transmit(let to, let datagram):
+                outbox.append(.transmit(to: to, datagram: datagram))
+            case .deliver(let from, let records):
+                for case .hello(let epoch, let capabilities, _) in records { heardHello(from: from, epoch: epoch, capabilities: capabilities) }
+                switch lifecycle {
+                case .active(var replicator, let state, let lastHello):
+                    lifecycle = .moving
+                    let answer = replicator.handle(action, state: state, channel: &channel, now: now)
+                    lifecycle = .active(replicator: replicator, state: state, lastHello: lastHello)
+                    enqueue(answer)
+                case .standby(let active, var replica, let lastHello, let ready) where from == active:
+                    lifecycle = .moving
+                    replica.apply(records, now: now)
+                    lifecycle = .standby(active: active, replica: replica, lastHello: lastHello, ready: ready)
+                case .standby, .moving:
+                    break
+                }
+            case .resyncNeeded:
+                guard case .active(var replicator, let state, let lastHello) = lifecycle else { continue }
+                lifecycle = .moving
+                let answer = replicator.handle(action, state: state, channel: &channel, now: now)
+                lifecycle = .active(replicator: replicator, state: state, lastHello: lastHello)
+                enqueue(answer)
+            case .peerRestarted, .dropped:
+                break
+            }
+        }
+    }
+
+    private mutating func heardHello(from peer: ClusterMemberID, epoch: UInt32, capabilities: UInt32) {
+        highestEpochHeard = max(highestEpochHeard, epoch)
+        for case .steppedDown(let newer, let newerEpoch) in role.heardHello(from: peer, epoch: epoch, capabilities: capabilities) {
+            // A newer active member: what this one served is the other's to carry on.
+            held.removeAll()
+            lifecycle = .standby(active: newer, replica: Replica(), lastHello: nil, ready: false)
+            outbox.append(.steppedDown(newerActive: newer, epoch: newerEpoch))
+        }
+        if case .standby(let active, let replica, let lastHello, let ready) = lifecycle, capabilities & ClusterRole.activeCapability != 0,
+            peer != active, role.activeMember == peer
+        {
+            lifecycle = .standby(active: peer, replica: replica, lastHello: lastHello, ready: ready)
+        }
+    }
+
+    private mutating func activeTick(now: Timestamp) {
+        guard case .active(var replicator, var state, var lastHello) = lifecycle else { return }
+        lifecycle = .moving
+        enqueue(replicator.pump(channel: &channel, now: now))
+        let due = scheduler.takeDueCheckpoints(from: &state, now: now)
+        if !due.isEmpty { enqueue(replicator.replicate(checkpoints: due, state: state, channel: &channel, now: now).actions) }
+        if lastHello.map({ now.nanoseconds &- $0.nanoseconds >= configuration.helloInterval }) ?? true {
+            // Says who is active, so that a member that was active too steps down (epochs decide).
+            lastHello = now
+            let hello = SyncRecord.hello(epoch: role.epoch, capabilities: role.capabilities, needsResync: false)
+            for peer in configuration.channel.peers {
+                if let sent = try? channel.send([hello], to: peer, now: now) { enqueue(sent.actions) }
+            }
+        }
+        lifecycle = .active(replicator: replicator, state: state, lastHello: lastHello)
+    }
+
+    private mutating func standbyTick(now: Timestamp) {
+        guard case .standby(let active, var replica, var lastHello, var ready) = lifecycle else { return }
+        lifecycle = .moving
+        replica.observe(missingSince: channel.missingSince(from: active))
+        if !replica.isReady, !replica.isResyncing, lastHello.map({ now.nanoseconds &- $0.nanoseconds >= configuration.helloInterval }) ?? true {
+            lastHello = now
+            if let sent = try? channel.send([replica.hello(epoch: channel.configuration.epoch)], to: active, now: now) { enqueue(sent.actions) }
+        }
+        if replica.isReady, let request = replica.takeResyncRequest(), let sent = try? channel.send([request], to: active, now: now) {
+            enqueue(sent.actions)
+        }
+        if replica.isReady, !ready {
+            ready = true
+            outbox.append(.becameReady)
+        }
+        // Only a ready standby takes over: an incomplete copy would lose what it lacks.
+        if ready, role.tick(now: now, lastHeard: channel.lastHeard(from: active)).contains(.activeMemberFailed(active)) {
+            takeOver(from: active, replica: &replica, now: now)
+            return
+        }
+        lifecycle = .standby(active: active, replica: replica, lastHello: lastHello, ready: ready)
+    }
+
+    private mutating func takeOver(from failed: ClusterMemberID, replica: inout Replica, now: Timestamp) {
+        let highest = max(channel.configuration.epoch, role.epoch, highestEpochHeard)
+        let epoch = highest == .max ? highest : highest + 1
+        _ = try? role.promote(.activeMemberSilent(failed), newEpoch: epoch)
+        try? channel.rotate(toEpoch: epoch)
+        replica.applyHeldCheckpoints(channel.recordsHeldBehindGap(from: failed), now: now)
+        let plan = replica.takeoverPlan(policy: configuration.takeover, now: now)
+        var state = replica.state
+        replica = Replica()
+        let outcome = state.applyTakeover(plan)
+        lifecycle = .active(replicator: Replicator(standbys: configuration.channel.peers), state: state, lastHello: nil)
+        outbox.append(.tookOver(plan, rekey: outcome.rekey))
+    }
+
+    private mutating func release(now: Timestamp) {
+        guard case .active(let replicator, _, _) = lifecycle, held.count > 0 else { return }
+        let channel = self.channel
+        for token in held.release(channel: channel, replicator: replicator, now: now, gone: { !channel.isEstablished(with: $0) }) {
+            outbox.append(.released(token))
+        }
+    }
+}

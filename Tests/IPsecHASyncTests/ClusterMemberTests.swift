@@ -1,0 +1,126 @@
+import IPsecHACore
+import IPsecHASimulation
+import IPsecHASync
+import Testing
+
+/// Two `ClusterMember`s on an in-memory network, on a virtual clock that jumps from one
+/// deadline or delivery to the next (no polling).
+struct MemberPair {
+    static let activeID = ClusterMemberID(rawValue: 1)
+    static let standbyID = ClusterMemberID(rawValue: 2)
+    let network: InMemorySyncNetwork
+    var members: [ClusterMember]
+    var transports: [InMemorySyncTransport]
+    var alive = [true, true]
+    var now = Timestamp.seconds(1)
+    var ticks = 0
+    /// Every action each member gave, except transmissions.
+    var events: [[ClusterMemberAction]] = [[], []]
+
+    init(seed: UInt64, faults: NetworkFaults = NetworkFaults()) throws {
+        network = InMemorySyncNetwork(faults: faults, seed: seed)
+        let key = try ChannelKey.generate()
+        members = try [Self.activeID, Self.standbyID].map { id in
+            let peer = id == Self.activeID ? Self.standbyID : Self.activeID
+            let channel = SyncChannelConfiguration(clusterID: 3, member: id, epoch: 1, key: key, peers: [peer])
+            return try ClusterMember(configuration: ClusterMemberConfiguration(channel: channel, activeMember: Self.activeID))
+        }
+        transports = [network.transport(for: Self.activeID), network.transport(for: Self.standbyID)]
+    }
+
+    /// Runs until `until`: each member ticks at its deadline and takes datagrams as they arrive.
+    mutating func run(until end: Timestamp) throws {
+        var steps = 0
+        while now < end {
+            steps += 1
+            if steps > 200_000 {
+                Issue.record("no progress at \(now): deadlines \(members.map(\.nextDeadline)), delivery \(String(describing: network.nextDelivery))")
+                return
+            }
+            var next = end.nanoseconds
+            for index in members.indices where alive[index] { next = min(next, members[index].nextDeadline.nanoseconds) }
+            if let delivery = network.nextDelivery { next = min(next, delivery.nanoseconds) }
+            now = Timestamp(nanoseconds: max(next, now.nanoseconds + 1))
+            for index in members.indices where !alive[index] { _ = transports[index].receive(now: now) }  // lost with it
+            for index in members.indices where alive[index] {
+                for datagram in transports[index].receive(now: now) { members[index].receive(datagram, now: now) }
+                if members[index].nextDeadline <= now {
+                    members[index].tick(now: now)
+                    ticks += 1
+                }
+                try drain(index)
+            }
+        }
+    }
+
+    mutating func drain(_ index: Int) throws {
+        while let action = members[index].nextAction() {
+            if case .transmit(let to, let datagram) = action {
+                try transports[index].send(datagram, to: to, now: now)
+            } else {
+                events[index].append(action)
+            }
+        }
+    }
+
+    mutating func run(for duration: UInt64) throws { try run(until: Timestamp(nanoseconds: now.nanoseconds + duration)) }
+}
+
+@Suite("ClusterMember: one machine per member")
+struct ClusterMemberTests {
+    @Test func theStandbyBecomesReadyAndAChangeIsReleasedOnceItHoldsIt() throws {
+        var pair = try MemberPair(seed: 1)
+        try pair.run(for: 500_000_000)
+        #expect(pair.events[1] == [.becameReady])
+        var random = SplitMix64(seed: 2)
+        let ike = try SimulationFixtures.ikeSA(7, &random)
+        let token = try pair.members[0].update(now: pair.now) { state throws(GatewayStateError) in
+            try state.createIKESA(ike) + state.createChildSA(try! SimulationFixtures.childSA(0x4000, parent: ike.identifier, window: 64, &random))
+        }
+        try pair.drain(0)
+        #expect(!pair.events[0].contains(.released(token)), "not before the standby acknowledged")
+        try pair.run(for: 20_000_000)
+        #expect(pair.events[0].contains(.released(token)))
+        #expect(pair.members[1].state == pair.members[0].state && pair.members[1].state.childSACount == 1)
+        #expect(throws: ClusterMemberError.notActive) { try pair.members[1].update(now: pair.now) { _ throws(GatewayStateError) in [] } }
+    }
+
+    /// The active member dies with counters moving; the ready standby notices within the miss
+    /// count, takes over with the plan applied, and resumes beyond every number used.
+    @Test func theStandbyTakesOverWhenTheActiveMemberFallsSilent() throws {
+        var pair = try MemberPair(seed: 3)
+        try pair.run(for: 300_000_000)
+        var random = SplitMix64(seed: 4)
+        let ike = try SimulationFixtures.ikeSA(9, &random)
+        _ = try pair.members[0].update(now: pair.now) { state throws(GatewayStateError) in
+            try state.createIKESA(ike) + state.createChildSA(try! SimulationFixtures.childSA(0x5000, parent: ike.identifier, window: 64, &random))
+        }
+        for _ in 0..<300 {
+            _ = pair.members[0].packetPath { state in
+                let slot = state.slot(forInboundSPI: 0x5000)!
+                for _ in 0..<10 { _ = try? state.nextOutboundSequenceNumber(at: slot, bytes: 100) }
+            }
+            try pair.run(for: 1_000_000)
+        }
+        let used = try #require(pair.members[0].state.childSA(inboundSPI: 0x5000)).outboundCounter.lastSent
+        pair.alive[0] = false
+        try pair.run(for: 400_000_000)
+        guard case .tookOver(let plan, let rekey)? = pair.events[1].last else {
+            Issue.record("no takeover: \(pair.events[1])")
+            return
+        }
+        #expect(pair.members[1].isActive && rekey.isEmpty && plan.childSAs.count == 1)
+        #expect(try #require(pair.members[1].state.childSA(inboundSPI: 0x5000)).outboundCounter.lastSent > used)
+        #expect(pair.members[1].packetPath { _ in true } == true, "it serves now")
+    }
+
+    /// The event loop sleeps until the next deadline: an idle pair ticks about once a heartbeat
+    /// each, not every millisecond.
+    @Test func anIdlePairWakesAboutOnceAHeartbeat() throws {
+        var pair = try MemberPair(seed: 5)
+        try pair.run(for: 500_000_000)
+        let before = pair.ticks
+        try pair.run(for: 1_000_000_000)
+        #expect(pair.ticks - before < 200, "\(pair.ticks - before) ticks in an idle second")
+    }
+}
