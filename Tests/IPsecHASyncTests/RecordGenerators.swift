@@ -1,4 +1,5 @@
 import IPsecHACore
+import IPsecHASync
 @testable import IPsecHASync
 
 /// Random but valid state and records for property tests.
@@ -149,5 +150,18 @@ struct RecordGenerator {
                     ready: next(2) == 0))
         default: return .unknown(type: UInt16(0x0100 + next(0x1000)), value: (0..<next(20)).map { _ in UInt8(next(256)) })
         }
+    }
+}
+
+extension NetworkFaults {
+    /// What the tests call a hostile link: 30% loss, 10% duplication, 2% corruption, and up to
+    /// 5 ms of jitter, which reorders.
+    static var hostile: NetworkFaults {
+        var faults = NetworkFaults()
+        faults.loss = 0.3
+        faults.duplication = 0.1
+        faults.corruption = 0.02
+        faults.jitter = 5_000_000
+        return faults
     }
 }

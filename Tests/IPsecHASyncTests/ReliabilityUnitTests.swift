@@ -229,12 +229,7 @@ struct ReliableStreamInvariantTests {
     /// millisecond the senders' and receivers' tables still agree with themselves.
     @Test(arguments: [7, 8] as [UInt64])
     func hostileLinksLeaveTheTablesConsistent(seed: UInt64) throws {
-        var faults = NetworkFaults()
-        faults.loss = 0.3
-        faults.duplication = 0.1
-        faults.corruption = 0.02
-        faults.jitter = 5_000_000
-        var pair = try ReplicationPair(seed: seed, faults: faults)
+        var pair = try ReplicationPair(seed: seed, faults: .hostile)
         var history = HistoryGenerator(seed: seed + 1)
         var checked = 0
         for step in 0..<400 {

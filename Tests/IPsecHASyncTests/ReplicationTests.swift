@@ -23,12 +23,7 @@ struct ReplicationTests {
 
     @Test(arguments: [3, 4, 5] as [UInt64])
     func convergesUnderLossDuplicationReorderingAndCorruption(seed: UInt64) throws {
-        var faults = NetworkFaults()
-        faults.loss = 0.3
-        faults.duplication = 0.1
-        faults.corruption = 0.02
-        faults.jitter = 5_000_000
-        var cluster = try ReplicationPair(seed: seed, faults: faults)
+        var cluster = try ReplicationPair(seed: seed, faults: .hostile)
         try cluster.run(for: 500_000_000)
         var history = HistoryGenerator(seed: seed * 10)
         for _ in 0..<300 {
