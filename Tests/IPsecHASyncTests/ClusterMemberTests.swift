@@ -123,4 +123,43 @@ struct ClusterMemberTests {
         try pair.run(for: 1_000_000_000)
         #expect(pair.ticks - before < 200, "\(pair.ticks - before) ticks in an idle second")
     }
+
+    /// A split brain: the members cannot hear each other, the standby takes over while the
+    /// active member goes on sending; when they hear each other again, epochs decide. The
+    /// older active steps down and says so, and the newer moves every counter past anything
+    /// the other could have used, then resyncs it.
+    @Test func aHealedSplitBrainLeavesOneActiveMemberBeyondTheOthersCounters() throws {
+        var pair = try MemberPair(seed: 6)
+        try pair.run(for: 300_000_000)
+        var random = SplitMix64(seed: 7)
+        let ike = try SimulationFixtures.ikeSA(11, &random)
+        _ = try pair.members[0].update(now: pair.now) { state throws(GatewayStateError) in
+            try state.createIKESA(ike) + state.createChildSA(try! SimulationFixtures.childSA(0x6000, parent: ike.identifier, window: 64, &random))
+        }
+        try pair.run(for: 50_000_000)
+        func send(_ member: Int, _ count: Int) {
+            _ = pair.members[member].packetPath { state in
+                let slot = state.slot(forInboundSPI: 0x6000)!
+                for _ in 0..<count { _ = try? state.nextOutboundSequenceNumber(at: slot, bytes: 100) }
+            }
+        }
+        pair.network.faults.partitions = [[1, 2]]
+        for _ in 0..<400 {
+            send(0, 100)
+            send(1, 100)
+            try pair.run(for: 1_000_000)
+        }
+        #expect(pair.members[0].isActive && pair.members[1].isActive, "both active during the split")
+        let oldActiveSent = try #require(pair.members[0].state.childSA(inboundSPI: 0x6000)).outboundCounter.lastSent
+        pair.network.faults.partitions = []
+        try pair.run(for: 2_000_000_000)
+        #expect(!pair.members[0].isActive && pair.members[1].isActive)
+        #expect(pair.events[0].contains { if case .steppedDown(ClusterMemberID(rawValue: 2), _) = $0 { true } else { false } }, "\(pair.events[0])")
+        #expect(pair.events[1].contains(.reasserted(jump: ClusterMember.reassertionJump, rekey: [])), "\(pair.events[1])")
+        #expect(pair.events[0].last == .becameReady, "resynced from the newer active member")
+        let resumed = try #require(pair.members[1].state.childSA(inboundSPI: 0x6000)).outboundCounter.lastSent
+        #expect(resumed > oldActiveSent + ClusterMember.reassertionJump / 2, "beyond what the other sent")
+        #expect(pair.members[0].state == pair.members[1].state)
+    }
 }
+

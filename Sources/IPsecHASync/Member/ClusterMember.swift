@@ -27,6 +27,11 @@ public enum ClusterMemberAction: Sendable, Hashable {
     /// Another member is active with a newer epoch: stop serving; this member is a standby of
     /// that one now, and resyncs from it.
     case steppedDown(newerActive: ClusterMemberID, epoch: UInt32)
+    /// A member that had been active too (a split brain that healed) stepped down: this one
+    /// moved every outbound counter on by `jump` past anything that member could have used,
+    /// and moved to a newer epoch. The Child SAs in `rekey` could not move that far (32-bit
+    /// counters near their end) and were deleted.
+    case reasserted(jump: UInt64, rekey: [UInt32])
 }
 
 /// How a ``ClusterMember`` runs.
@@ -92,6 +97,12 @@ public struct ClusterMember {
     private var nextToken: UInt64 = 1
     private var lastTick = Timestamp(nanoseconds: 0)
     private var highestEpochHeard: UInt32 = 0
+    /// This member stepped down from the active role and is not a ready standby since: its
+    /// hellos say so, since it may have sent on SAs the active member holds.
+    private var steppedDown = false
+    /// How far a reassertion moves outbound counters: RFC 6311's "very large number" (2^30,
+    /// section 5.2), since nothing says how far the other member went.
+    public static let reassertionJump: UInt64 = 1 << 30
 
     /// A member as the configuration says: active, or a standby of the active member.
     public init(configuration: ClusterMemberConfiguration) throws(SyncChannelError) {
@@ -234,7 +245,7 @@ public struct ClusterMember {
             case .transmit(let to, let datagram):
                 outbox.append(.transmit(to: to, datagram: datagram))
             case .deliver(let from, let records):
-                for case .hello(let epoch, let capabilities, _) in records { heardHello(from: from, epoch: epoch, capabilities: capabilities) }
+                for case .hello(let epoch, let capabilities, _) in records { heardHello(from: from, epoch: epoch, capabilities: capabilities, now: now) }
                 switch lifecycle {
                 case .active(var replicator, let state, let lastHello):
                     lifecycle = .moving
@@ -260,11 +271,13 @@ public struct ClusterMember {
         }
     }
 
-    private mutating func heardHello(from peer: ClusterMemberID, epoch: UInt32, capabilities: UInt32) {
+    private mutating func heardHello(from peer: ClusterMemberID, epoch: UInt32, capabilities: UInt32, now: Timestamp) {
         highestEpochHeard = max(highestEpochHeard, epoch)
+        if role.reassertionDue(afterHelloFrom: peer, epoch: epoch, capabilities: capabilities, now: now) { reassert(now: now) }
         for case .steppedDown(let newer, let newerEpoch) in role.heardHello(from: peer, epoch: epoch, capabilities: capabilities) {
             // A newer active member: what this one served is the other's to carry on.
             held.removeAll()
+            steppedDown = true
             lifecycle = .standby(active: newer, replica: Replica(), lastHello: nil, ready: false)
             outbox.append(.steppedDown(newerActive: newer, epoch: newerEpoch))
         }
@@ -298,13 +311,16 @@ public struct ClusterMember {
         replica.observe(missingSince: channel.missingSince(from: active))
         if !replica.isReady, !replica.isResyncing, lastHello.map({ now.nanoseconds &- $0.nanoseconds >= configuration.helloInterval }) ?? true {
             lastHello = now
-            if let sent = try? channel.send([replica.hello(epoch: channel.configuration.epoch)], to: active, now: now) { enqueue(sent.actions) }
+            let hello = SyncRecord.hello(
+                epoch: channel.configuration.epoch, capabilities: steppedDown ? ClusterRole.steppedDownCapability : 0, needsResync: true)
+            if let sent = try? channel.send([hello], to: active, now: now) { enqueue(sent.actions) }
         }
         if replica.isReady, let request = replica.takeResyncRequest(), let sent = try? channel.send([request], to: active, now: now) {
             enqueue(sent.actions)
         }
         if replica.isReady, !ready {
             ready = true
+            steppedDown = false
             outbox.append(.becameReady)
         }
         // Only a ready standby takes over: an incomplete copy would lose what it lacks.
@@ -327,6 +343,29 @@ public struct ClusterMember {
         let outcome = state.applyTakeover(plan)
         lifecycle = .active(replicator: Replicator(standbys: configuration.channel.peers), state: state, lastHello: nil)
         outbox.append(.tookOver(plan, rekey: outcome.rekey))
+    }
+
+    /// After a healed split brain: every outbound counter on by ``reassertionJump``, replicated,
+    /// the Child SAs that cannot move deleted, and a newer epoch.
+    private mutating func reassert(now: Timestamp) {
+        guard case .active(var replicator, var state, let lastHello) = lifecycle else { return }
+        lifecycle = .moving
+        let highest = max(channel.configuration.epoch, role.epoch, highestEpochHeard)
+        let epoch = highest == .max ? highest : highest + 1
+        try? role.reassert(newEpoch: epoch)
+        try? channel.rotate(toEpoch: epoch)
+        var changes: [StateChange] = []
+        var rekey: [UInt32] = []
+        for identifier in state.ikeSAs.keys.sorted() {
+            guard let moved = try? state.advanceOutboundCounters(ofChildSAsOf: identifier, by: Self.reassertionJump) else { continue }
+            // The moved counters go to the standbys at once, not with the next checkpoint.
+            for spi in moved.advanced { if let slot = state.slot(forInboundSPI: spi) { changes += state.checkpointCounters(at: slot) } }
+            rekey += moved.needRekey
+        }
+        for spi in rekey { changes += (try? state.deleteChildSA(inboundSPI: spi)) ?? [] }
+        enqueue(replicator.replicate(changes, state: state, channel: &channel, now: now).actions)
+        lifecycle = .active(replicator: replicator, state: state, lastHello: lastHello)
+        outbox.append(.reasserted(jump: Self.reassertionJump, rekey: rekey))
     }
 
     private mutating func release(now: Timestamp) {
