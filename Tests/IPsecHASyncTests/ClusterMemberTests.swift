@@ -83,6 +83,13 @@ struct ClusterMemberTests {
         #expect(pair.events[0].contains(.released(token)))
         #expect(pair.members[1].state == pair.members[0].state && pair.members[1].state.childSACount == 1)
         #expect(throws: ClusterMemberError.notActive) { try pair.members[1].update(now: pair.now) { _ throws(GatewayStateError) in [] } }
+        // A change that fails leaves the state as it was and replicates nothing.
+        let before = pair.members[0].state
+        #expect(throws: ClusterMemberError.state(.ikeSAExists(ike.identifier))) {
+            try pair.members[0].update(now: pair.now) { state throws(GatewayStateError) in try state.createIKESA(ike) }
+        }
+        #expect(pair.members[0].state == before && pair.members[0].nextAction() == nil)
+        #expect(pair.members[1].packetPath { _ in true } == nil, "a standby does not send")
     }
 
     /// The active member dies with counters moving; the ready standby notices within the miss
