@@ -64,6 +64,23 @@ struct MemberPair {
     }
 
     mutating func run(for duration: UInt64) throws { try run(until: Timestamp(nanoseconds: now.nanoseconds + duration)) }
+
+    /// An IKE SA with one Child SA (inbound SPI `spi`) made through the active member.
+    mutating func createSAs(ikeSPI: UInt64, childSPI spi: UInt32, seed: UInt64) throws -> (IKESA, ReplicationToken) {
+        var random = SplitMix64(seed: seed)
+        let ike = try SimulationFixtures.ikeSA(ikeSPI, &random)
+        let child = try SimulationFixtures.childSA(spi, parent: ike.identifier, window: 64, &random)
+        let token = try members[0].update(now: now) { state throws(GatewayStateError) in try state.createIKESA(ike) + state.createChildSA(child) }
+        return (ike, token)
+    }
+
+    /// `count` packets out on the Child SA with inbound SPI `spi`, if `member` is active.
+    mutating func send(_ member: Int, spi: UInt32, count: Int) {
+        _ = members[member].packetPath { state in
+            guard let slot = state.slot(forInboundSPI: spi) else { return }
+            for _ in 0..<count { _ = try? state.nextOutboundSequenceNumber(at: slot, bytes: 100) }
+        }
+    }
 }
 
 @Suite("ClusterMember: one machine per member")
@@ -72,11 +89,7 @@ struct ClusterMemberTests {
         var pair = try MemberPair(seed: 1)
         try pair.run(for: 500_000_000)
         #expect(pair.events[1] == [.becameReady])
-        var random = SplitMix64(seed: 2)
-        let ike = try SimulationFixtures.ikeSA(7, &random)
-        let token = try pair.members[0].update(now: pair.now) { state throws(GatewayStateError) in
-            try state.createIKESA(ike) + state.createChildSA(try! SimulationFixtures.childSA(0x4000, parent: ike.identifier, window: 64, &random))
-        }
+        let (ike, token) = try pair.createSAs(ikeSPI: 7, childSPI: 0x4000, seed: 2)
         try pair.drain(0)
         #expect(!pair.events[0].contains(.released(token)), "not before the standby acknowledged")
         try pair.run(for: 20_000_000)
@@ -97,16 +110,9 @@ struct ClusterMemberTests {
     @Test func theStandbyTakesOverWhenTheActiveMemberFallsSilent() throws {
         var pair = try MemberPair(seed: 3)
         try pair.run(for: 300_000_000)
-        var random = SplitMix64(seed: 4)
-        let ike = try SimulationFixtures.ikeSA(9, &random)
-        _ = try pair.members[0].update(now: pair.now) { state throws(GatewayStateError) in
-            try state.createIKESA(ike) + state.createChildSA(try! SimulationFixtures.childSA(0x5000, parent: ike.identifier, window: 64, &random))
-        }
+        _ = try pair.createSAs(ikeSPI: 9, childSPI: 0x5000, seed: 4)
         for _ in 0..<300 {
-            _ = pair.members[0].packetPath { state in
-                let slot = state.slot(forInboundSPI: 0x5000)!
-                for _ in 0..<10 { _ = try? state.nextOutboundSequenceNumber(at: slot, bytes: 100) }
-            }
+            pair.send(0, spi: 0x5000, count: 10)
             try pair.run(for: 1_000_000)
         }
         let used = try #require(pair.members[0].state.childSA(inboundSPI: 0x5000)).outboundCounter.lastSent
@@ -138,22 +144,12 @@ struct ClusterMemberTests {
     @Test func aHealedSplitBrainLeavesOneActiveMemberBeyondTheOthersCounters() throws {
         var pair = try MemberPair(seed: 6)
         try pair.run(for: 300_000_000)
-        var random = SplitMix64(seed: 7)
-        let ike = try SimulationFixtures.ikeSA(11, &random)
-        _ = try pair.members[0].update(now: pair.now) { state throws(GatewayStateError) in
-            try state.createIKESA(ike) + state.createChildSA(try! SimulationFixtures.childSA(0x6000, parent: ike.identifier, window: 64, &random))
-        }
+        _ = try pair.createSAs(ikeSPI: 11, childSPI: 0x6000, seed: 7)
         try pair.run(for: 50_000_000)
-        func send(_ member: Int, _ count: Int) {
-            _ = pair.members[member].packetPath { state in
-                let slot = state.slot(forInboundSPI: 0x6000)!
-                for _ in 0..<count { _ = try? state.nextOutboundSequenceNumber(at: slot, bytes: 100) }
-            }
-        }
         pair.network.faults.partitions = [[1, 2]]
         for _ in 0..<400 {
-            send(0, 100)
-            send(1, 100)
+            pair.send(0, spi: 0x6000, count: 100)
+            pair.send(1, spi: 0x6000, count: 100)
             try pair.run(for: 1_000_000)
         }
         #expect(pair.members[0].isActive && pair.members[1].isActive, "both active during the split")
