@@ -731,7 +731,7 @@ public struct ClusterSimulation {
     private func isAlive(_ id: ClusterMemberID) -> Bool { members.contains { $0.id == id && $0.alive } }
 
     /// Whether a held message matches.
-    private func isHeld(_ matches: (IKEMessage) -> Bool) -> Bool { held.replies.contains(where: matches) }
+    private func isHeld(_ matches: (IKEMessage) -> Bool) -> Bool { held.contains(where: matches) }
 
     /// Holds an IKE message until its tickets are acknowledged and, with synchronous
     /// replication, every live standby that was catching up has caught up.

@@ -13,7 +13,6 @@ public struct Timestamp: Sendable, Hashable, Comparable, Codable, CustomStringCo
         Timestamp(nanoseconds: seconds.multipliedReportingOverflow(by: 1_000_000_000).overflow ? .max : seconds * 1_000_000_000)
     }
 
-    /// This timestamp plus `seconds`, saturating at the end of time.
     /// This time moved by `offset` nanoseconds, saturating at both ends: a time read on one
     /// member's clock, on another's.
     public func shifted(by offset: Int64) -> Timestamp {
@@ -25,6 +24,7 @@ public struct Timestamp: Sendable, Hashable, Comparable, Codable, CustomStringCo
         return Timestamp(nanoseconds: nanoseconds > back ? nanoseconds - back : 0)
     }
 
+    /// This timestamp plus `seconds`, saturating at the end of time.
     public func adding(seconds: UInt64) -> Timestamp {
         let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
         let (sum, overflow2) = nanoseconds.addingReportingOverflow(product)

@@ -246,29 +246,36 @@ public struct ClusterMember {
                 outbox.append(.transmit(to: to, datagram: datagram))
             case .deliver(let from, let records):
                 for case .hello(let epoch, let capabilities, _) in records { heardHello(from: from, epoch: epoch, capabilities: capabilities, now: now) }
-                switch lifecycle {
-                case .active(var replicator, let state, let lastHello):
-                    lifecycle = .moving
-                    let answer = replicator.handle(action, state: state, channel: &channel, now: now)
-                    lifecycle = .active(replicator: replicator, state: state, lastHello: lastHello)
-                    enqueue(answer)
-                case .standby(let active, var replica, let lastHello, let ready) where from == active:
+                if case .standby(let active, var replica, let lastHello, let ready) = lifecycle {
+                    guard from == active else { continue }
                     lifecycle = .moving
                     replica.apply(records, now: now)
                     lifecycle = .standby(active: active, replica: replica, lastHello: lastHello, ready: ready)
-                case .standby, .moving:
-                    break
+                } else {
+                    handOnToReplicator(action, now: now)
                 }
             case .resyncNeeded:
-                guard case .active(var replicator, let state, let lastHello) = lifecycle else { continue }
-                lifecycle = .moving
-                let answer = replicator.handle(action, state: state, channel: &channel, now: now)
-                lifecycle = .active(replicator: replicator, state: state, lastHello: lastHello)
-                enqueue(answer)
+                handOnToReplicator(action, now: now)
             case .peerRestarted, .dropped:
                 break
             }
         }
+    }
+
+    /// Gives a delivery or a resync need to the replicator (active member only) and sends its answer.
+    private mutating func handOnToReplicator(_ action: SyncChannelAction, now: Timestamp) {
+        guard case .active(var replicator, let state, let lastHello) = lifecycle else { return }
+        lifecycle = .moving
+        let answer = replicator.handle(action, state: state, channel: &channel, now: now)
+        lifecycle = .active(replicator: replicator, state: state, lastHello: lastHello)
+        enqueue(answer)
+    }
+
+    /// Above every epoch this member has been at or heard of (saturating: a hello from a key
+    /// holder can claim the largest), for a takeover or a reassertion.
+    private var nextEpoch: UInt32 {
+        let highest = max(channel.configuration.epoch, role.epoch, highestEpochHeard)
+        return highest == .max ? highest : highest + 1
     }
 
     private mutating func heardHello(from peer: ClusterMemberID, epoch: UInt32, capabilities: UInt32, now: Timestamp) {
@@ -332,8 +339,7 @@ public struct ClusterMember {
     }
 
     private mutating func takeOver(from failed: ClusterMemberID, replica: inout Replica, now: Timestamp) {
-        let highest = max(channel.configuration.epoch, role.epoch, highestEpochHeard)
-        let epoch = highest == .max ? highest : highest + 1
+        let epoch = nextEpoch
         _ = try? role.promote(.activeMemberSilent(failed), newEpoch: epoch)
         try? channel.rotate(toEpoch: epoch)
         replica.applyHeldCheckpoints(channel.recordsHeldBehindGap(from: failed), now: now)
@@ -350,8 +356,7 @@ public struct ClusterMember {
     private mutating func reassert(now: Timestamp) {
         guard case .active(var replicator, var state, let lastHello) = lifecycle else { return }
         lifecycle = .moving
-        let highest = max(channel.configuration.epoch, role.epoch, highestEpochHeard)
-        let epoch = highest == .max ? highest : highest + 1
+        let epoch = nextEpoch
         try? role.reassert(newEpoch: epoch)
         try? channel.rotate(toEpoch: epoch)
         var changes: [StateChange] = []

@@ -30,6 +30,9 @@ public struct HeldReplies<Reply> {
     /// The replies held now, oldest first.
     public var replies: [Reply] { entries.map(\.reply) }
 
+    /// Whether a held reply matches, without building ``replies``.
+    public func contains(where matches: (Reply) -> Bool) -> Bool { entries.contains { matches($0.reply) } }
+
     /// Holds `reply` until every ticket is acknowledged and every standby that is catching up
     /// now has caught up; returns it instead when there is nothing to wait for. With a
     /// `deadline`, it goes then anyway (counted in ``expired``): a standby that heartbeats but

@@ -95,12 +95,7 @@ public struct Replica {
     /// records need the ones missing before them. Call it just before ``takeoverPlan(policy:now:restrictedTo:)``.
     public mutating func applyHeldCheckpoints(_ records: [SyncRecord], now: Timestamp) {
         let arrival = missingSince.map { min($0, now) } ?? now
-        for case .counterCheckpoints(let entries) in records {
-            let outcome = state.applyCounterCheckpoints(entries, arrivedAt: arrival)
-            statistics.applied += UInt64(outcome.applied)
-            statistics.stale += UInt64(outcome.stale)
-            statistics.rejected += UInt64(outcome.rejected)
-        }
+        for case .counterCheckpoints(let entries) in records { applyCheckpoints(entries, arrivedAt: arrival) }
     }
 
     /// IKE SAs that records referred to but the replica does not hold: a sign of updates it
@@ -230,10 +225,7 @@ public struct Replica {
         case .childSADelete(let spi):
             count(.childSADeleted(inboundSPI: spi))
         case .counterCheckpoints(let entries):
-            let outcome = state.applyCounterCheckpoints(entries, arrivedAt: now)
-            statistics.applied += UInt64(outcome.applied)
-            statistics.stale += UInt64(outcome.stale)
-            statistics.rejected += UInt64(outcome.rejected)
+            applyCheckpoints(entries, arrivedAt: now)
         case .messageIDUpdate(let identifier, let generation, let snapshot):
             guard state.ikeSAs.contains(identifier) else {
                 statistics.rejected += 1
@@ -254,6 +246,14 @@ public struct Replica {
         case .exchangeFinished(let identifier, let messageID, let initiatedHere):
             inFlight.remove(InFlightExchange(ikeSA: identifier, messageID: messageID, initiatedHere: initiatedHere))
         }
+    }
+
+    /// Applies counter checkpoints and counts how they fared.
+    private mutating func applyCheckpoints(_ entries: [CounterCheckpointEntry], arrivedAt arrival: Timestamp) {
+        let outcome = state.applyCounterCheckpoints(entries, arrivedAt: arrival)
+        statistics.applied += UInt64(outcome.applied)
+        statistics.stale += UInt64(outcome.stale)
+        statistics.rejected += UInt64(outcome.rejected)
     }
 
     /// Applies a replicated partial update of an IKE SA as a whole-record update at `generation`.
