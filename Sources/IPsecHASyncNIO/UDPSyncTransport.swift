@@ -37,6 +37,8 @@ public struct UDPSyncTransport: SyncTransport, Sendable {
             var sources: Set<SocketAddress> = []
         }
         let state = NIOLockedValueBox(State())
+        /// True while datagrams may wait: what ``UDPSyncTransport/wait(until:)`` sleeps on.
+        let arrived = ConditionLock(value: false)
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             let envelope = unwrapInboundIn(data)
@@ -55,6 +57,8 @@ public struct UDPSyncTransport: SyncTransport, Sendable {
                 state.datagrams.append(bytes)
                 state.bytes += length
             }
+            arrived.lock()
+            arrived.unlock(withValue: true)
         }
     }
 
@@ -101,6 +105,17 @@ public struct UDPSyncTransport: SyncTransport, Sendable {
             }
             return state.datagrams
         }
+    }
+
+    /// Blocks the calling thread until a datagram is waiting or the monotonic clock reaches
+    /// `deadline`, whichever comes first: the sleep of a member's loop between its
+    /// `nextDeadline`s, so that it neither polls nor answers late. May return early (a datagram
+    /// that ``receive(now:)`` already took); the caller then simply finds nothing.
+    public func wait(until deadline: Timestamp) {
+        let now = Timestamp.monotonicNow()
+        guard deadline > now else { return }
+        let seconds = Double(deadline.nanoseconds - now.nanoseconds) / 1e9
+        if inbox.arrived.lock(whenValue: true, timeoutSeconds: seconds) { inbox.arrived.unlock(withValue: false) }
     }
 
     /// Datagrams dropped because the queue was full.

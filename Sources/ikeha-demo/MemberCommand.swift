@@ -66,14 +66,16 @@ struct MemberCommand: ParsableCommand {
         // The role epoch, from the clock: it only orders members that are active at once (split
         // brain). The synch channel does not rely on it: a restart with a lower or equal one is fine.
         let epoch = self.epoch ?? UInt32(truncatingIfNeeded: Timestamp.monotonicNow().nanoseconds / 1_000_000) | 1
-        var configuration = SyncChannelConfiguration(clusterID: 1, member: member, epoch: epoch, key: try ChannelKey(contentsOfFile: keyFile), peers: [peerID])
-        configuration.logger.logLevel = .error
-        var channel = try SyncChannel(configuration: configuration)
+        var channel = SyncChannelConfiguration(clusterID: 1, member: member, epoch: epoch, key: try ChannelKey(contentsOfFile: keyFile), peers: [peerID])
+        channel.logger.logLevel = .error
+        var configuration = ClusterMemberConfiguration(channel: channel, activeMember: active ? member : peerID)
+        configuration.checkpoints = CounterCheckpointPolicy(packets: 4_096, interval: 20_000_000)
+        var cluster = try ClusterMember(configuration: configuration)
         let started = Timestamp.monotonicNow()
         if active {
-            try runActive(&channel, &transport, peerID: peerID, started: started)
+            try runActive(&cluster, &transport, peerID: peerID, started: started)
         } else {
-            try runStandby(&channel, &transport, activeID: peerID, started: started)
+            runStandby(&cluster, &transport, activeID: peerID, started: started)
         }
     }
 
@@ -92,123 +94,111 @@ struct MemberCommand: ParsableCommand {
             + "gaps=\(statistics.gapsDetected) resets=\(statistics.streamResets) refused=\(statistics.authenticationFailures + statistics.replaysRejected + statistics.malformedDropped)"
     }
 
-    private func expired(_ started: Timestamp) -> Bool {
-        durationMs > 0 && Timestamp.monotonicNow().nanoseconds - started.nanoseconds >= durationMs * 1_000_000
+    private func expired(_ started: Timestamp, now: Timestamp) -> Bool {
+        durationMs > 0 && now.nanoseconds - started.nanoseconds >= durationMs * 1_000_000
     }
 
-    private func runActive(_ channel: inout SyncChannel, _ transport: inout UDPSyncTransport, peerID: ClusterMemberID, started: Timestamp) throws {
+    /// One turn of the member's loop: the datagrams that arrived, then the time. Returns the
+    /// actions that are not transmissions (those go out at once).
+    private static func turn(_ cluster: inout ClusterMember, _ transport: inout UDPSyncTransport, now: Timestamp) -> [ClusterMemberAction] {
+        for datagram in transport.receive(now: now) { cluster.receive(datagram, now: now) }
+        cluster.tick(now: now)
+        var others: [ClusterMemberAction] = []
+        while let action = cluster.nextAction() {
+            if case .transmit(let to, let datagram) = action { try? transport.send(datagram, to: to, now: now) } else { others.append(action) }
+        }
+        return others
+    }
+
+    private func runActive(_ cluster: inout ClusterMember, _ transport: inout UDPSyncTransport, peerID: ClusterMemberID, started: Timestamp) throws {
         var random = SplitMix64(seed: UInt64(id))
-        var state = GatewayState()
         var slots: [ChildSASlot] = []
         for index in 0..<ikeSAs {
             var ike = try SimulationFixtures.ikeSA(UInt64(index + 1), &random)
             ike.extensions = IKEExtensions(messageIDSync: true, replayCounterSync: true)
-            _ = try state.createIKESA(ike)
-            for child in 0..<2 {
-                let spi = UInt32(0x1000 + 2 * index + child)
-                _ = try state.createChildSA(SimulationFixtures.childSA(spi, parent: ike.identifier, window: 1024, &random))
-                if let slot = state.slot(forInboundSPI: spi) { slots.append(slot) }
+            let children = try (0..<2).map { child in
+                try SimulationFixtures.childSA(UInt32(0x1000 + 2 * index + child), parent: ike.identifier, window: 1024, &random)
             }
+            _ = try cluster.update(now: started) { state throws(GatewayStateError) in
+                var changes = try state.createIKESA(ike)
+                for child in children { changes += try state.createChildSA(child) }
+                return changes
+            }
+            slots += children.compactMap { cluster.state.slot(forInboundSPI: $0.inboundSPI) }
         }
-        var replicator = Replicator(standbys: [peerID])
-        var scheduler = CounterCheckpointScheduler(policy: CounterCheckpointPolicy(packets: 4_096, interval: 20_000_000))
-        var pending: [(ticket: SyncTicket, lastSent: UInt64)] = []
+        // The first Child SA's counter, checkpointed every 20 ms through a token of its own:
+        // once the token is released the standby holds at least that counter.
+        var pending: [ReplicationToken: UInt64] = [:]
         var acknowledged: UInt64 = 0
         var lastReport = started
         var lastStatus = started
         var owed = 0.0
         var last = started
-        func perform(_ actions: [SyncChannelAction], now: Timestamp) {
-            for action in actions {
-                switch action {
-                case .transmit(let to, let datagram): try? transport.send(datagram, to: to, now: now)
-                case .deliver, .resyncNeeded: perform(replicator.handle(action, state: state, channel: &channel, now: now), now: now)
-                case .peerRestarted, .dropped: break
-                }
+        var now = started
+        while !expired(started, now: now) {
+            for case .released(let token) in Self.turn(&cluster, &transport, now: now) {
+                if let lastSent = pending.removeValue(forKey: token) { acknowledged = max(acknowledged, lastSent) }
             }
-        }
-        while !expired(started) {
-            let now = Timestamp.monotonicNow()
-            for datagram in transport.receive(now: now) { perform(channel.receive(datagram, now: now), now: now) }
-            perform(channel.tick(now: now), now: now)
-            perform(replicator.pump(channel: &channel, now: now), now: now)
             // Outbound packets for the time that passed.
             owed += Double(now.nanoseconds - last.nanoseconds) / 1e9 * Double(packetsPerSecond)
             last = now
             while owed >= 1 {
-                for slot in slots { _ = try? state.nextOutboundSequenceNumber(at: slot, bytes: 1_000) }
+                _ = cluster.packetPath { state in for slot in slots { _ = try? state.nextOutboundSequenceNumber(at: slot, bytes: 1_000) } }
                 owed -= 1
             }
-            let due = scheduler.takeDueCheckpoints(from: &state, now: now)
-            if !due.isEmpty {
-                let result = replicator.replicate(checkpoints: due, state: state, channel: &channel, now: now)
-                perform(result.actions, now: now)
-                if let ticket = result.tickets.first, let first = slots.first, let sa = state[first], due.contains(where: { $0.checkpoint.inboundSPI == sa.inboundSPI }) {
-                    pending.append((ticket, sa.outboundCounter.lastSent))
-                }
-            }
-            while let oldest = pending.first, channel.isAcknowledged(oldest.ticket) {
-                acknowledged = max(acknowledged, oldest.lastSent)
-                pending.removeFirst()
-            }
-            pending.removeAll { channel.wasDropped($0.ticket) }
-            if now.nanoseconds - lastReport.nanoseconds >= 20_000_000, let first = slots.first, let sa = state[first] {
+            if now.nanoseconds - lastReport.nanoseconds >= 20_000_000, let first = slots.first, let sa = cluster.state[first] {
                 lastReport = now
+                // Only while the standby is there: a token is released without it otherwise.
+                if cluster.channel.isEstablished(with: peerID), let token = try? cluster.update(now: now, { state in state.checkpointCounters(at: first) }) {
+                    pending[token] = sa.outboundCounter.lastSent
+                }
                 Self.emit("acknowledged spi=\(sa.inboundSPI) last_sent=\(acknowledged)")
             }
             status(
                 &lastStatus, now: now,
-                "active ike_sas=\(state.ikeSAs.count) child_sas=\(state.childSACount) "
-                    + "lag_ms=\(channel.replicationLag(to: peerID, now: now) / 1_000_000) "
-                    + "standby=\(replicator.status(of: peerID, channel: channel, now: now)) "
-                    + "waiting_records=\(replicator.waitingRecords(for: peerID)) resyncs=\(replicator.resyncsStarted) " + Self.channelStatus(channel))
-            usleep(500)
+                "active ike_sas=\(cluster.state.ikeSAs.count) child_sas=\(cluster.state.childSACount) "
+                    + "lag_ms=\(cluster.channel.replicationLag(to: peerID, now: now) / 1_000_000) "
+                    + "standby=\(cluster.status(of: peerID, now: now).map { "\($0)" } ?? "none") " + Self.channelStatus(cluster.channel))
+            // Sleeps until the member has work, a datagram comes, or the next millisecond's packets are due.
+            transport.wait(until: min(cluster.nextDeadline, Timestamp(nanoseconds: now.nanoseconds + 1_000_000)))
+            now = Timestamp.monotonicNow()
         }
     }
 
-    private func runStandby(_ channel: inout SyncChannel, _ transport: inout UDPSyncTransport, activeID: ClusterMemberID, started: Timestamp) throws {
-        var replica = Replica()
-        var role = ClusterRole(member: ClusterMemberID(rawValue: id), epoch: channel.configuration.epoch, isActive: false, activeMember: activeID)
-        var lastHello: Timestamp?
-        var announcedReady = false
+    private func runStandby(_ cluster: inout ClusterMember, _ transport: inout UDPSyncTransport, activeID: ClusterMemberID, started: Timestamp) {
         var lastStatus = started
-        while !expired(started) {
-            let now = Timestamp.monotonicNow()
-            for case .deliver(_, let records) in transport.service(&channel, now: now) { replica.apply(records, now: now) }
-            replica.observe(missingSince: channel.missingSince(from: activeID))
-            if !replica.isReady, !replica.isResyncing, lastHello.map({ now.nanoseconds - $0.nanoseconds >= 200_000_000 }) ?? true {
-                lastHello = now
-                if let sent = try? channel.send([replica.hello(epoch: channel.configuration.epoch)], to: activeID, now: now) {
-                    for case .transmit(let to, let datagram) in sent.actions { try? transport.send(datagram, to: to, now: now) }
+        var now = started
+        // The replica's copy of the first Child SA's counter, as it was when the takeover began.
+        var replicaLastSent: UInt64 = 0
+        while !expired(started, now: now) {
+            let first = cluster.state.childSAs.min { $0.inboundSPI < $1.inboundSPI }
+            replicaLastSent = first?.outboundCounter.lastSent ?? 0
+            let silentFor = cluster.channel.lastHeard(from: activeID).map { (now.nanoseconds - $0.nanoseconds) / 1_000_000 } ?? 0
+            for action in Self.turn(&cluster, &transport, now: now) {
+                switch action {
+                case .becameReady:
+                    Self.emit("ready ike_sas=\(cluster.state.ikeSAs.count) child_sas=\(cluster.state.childSACount)")
+                case .tookOver(let plan, let rekey):
+                    let resumed = cluster.state.childSA(inboundSPI: first?.inboundSPI ?? 0)
+                    Self.emit(
+                        "{\"detected_after_silence_ms\": \(silentFor), \"ike_sas\": \(cluster.state.ikeSAs.count), \"child_sas\": \(cluster.state.childSACount), "
+                            + "\"plan_ike_sas\": \(plan.ikeSAs.count), \"plan_child_sas\": \(plan.childSAs.count), \"resumed\": \(plan.childSAs.count - rekey.count), "
+                            + "\"rekey\": \(rekey.count), \"spi\": \(first?.inboundSPI ?? 0), \"replica_last_sent\": \(replicaLastSent), "
+                            + "\"resume_after\": \(resumed?.outboundCounter.lastSent ?? 0)}")
+                    return
+                default:
+                    break
                 }
             }
-            if replica.isReady, !announcedReady {
-                announcedReady = true
-                Self.emit("ready ike_sas=\(replica.state.ikeSAs.count) child_sas=\(replica.state.childSACount)")
-            }
+            let lifecycle = cluster.isReady ? "ready" : cluster.isResyncing ? "resyncing" : "joining"
             status(
                 &lastStatus, now: now,
-                "standby \(replica.isReady ? "ready" : replica.isResyncing ? "resyncing" : "joining") "
-                    + "ike_sas=\(replica.state.ikeSAs.count) child_sas=\(replica.state.childSACount) "
-                    + "heard_ms_ago=\(channel.lastHeard(from: activeID).map { String((now.nanoseconds - $0.nanoseconds) / 1_000_000) } ?? "never") "
-                    + Self.channelStatus(channel))
-            if announcedReady, role.tick(now: now, lastHeard: channel.lastHeard(from: activeID)).contains(.activeMemberFailed(activeID)) {
-                let silentFor = channel.lastHeard(from: activeID).map { (now.nanoseconds - $0.nanoseconds) / 1_000_000 } ?? 0
-                _ = try role.promote(.activeMemberSilent(activeID), newEpoch: channel.configuration.epoch + 1)
-                replica.applyHeldCheckpoints(channel.recordsHeldBehindGap(from: activeID), now: now)
-                let plan = replica.takeoverPlan(now: now)
-                var state = replica.state
-                let outcome = state.applyTakeover(plan)
-                let first = state.childSAs.min { $0.inboundSPI < $1.inboundSPI }
-                let copy = first.flatMap { replica.state.childSA(inboundSPI: $0.inboundSPI) }
-                Self.emit(
-                    "{\"detected_after_silence_ms\": \(silentFor), \"ike_sas\": \(replica.state.ikeSAs.count), \"child_sas\": \(replica.state.childSACount), "
-                        + "\"plan_ike_sas\": \(plan.ikeSAs.count), \"plan_child_sas\": \(plan.childSAs.count), \"resumed\": \(outcome.resumed), "
-                        + "\"rekey\": \(outcome.rekey.count), \"spi\": \(first?.inboundSPI ?? 0), \"replica_last_sent\": \(copy?.outboundCounter.lastSent ?? 0), "
-                        + "\"resume_after\": \(first?.outboundCounter.lastSent ?? 0)}")
-                return
-            }
-            usleep(500)
+                "standby \(lifecycle) ike_sas=\(cluster.state.ikeSAs.count) child_sas=\(cluster.state.childSACount) "
+                    + "heard_ms_ago=\(cluster.channel.lastHeard(from: activeID).map { String((now.nanoseconds - $0.nanoseconds) / 1_000_000) } ?? "never") "
+                    + Self.channelStatus(cluster.channel))
+            let nextStatus = Timestamp(nanoseconds: lastStatus.nanoseconds + max(statusIntervalMs, 1) * 1_000_000)
+            transport.wait(until: min(cluster.nextDeadline, nextStatus))
+            now = Timestamp.monotonicNow()
         }
     }
 }

@@ -87,7 +87,8 @@ extension GatewayState {
     /// Applies one replicated counter checkpoint (what ``apply(_:)`` does for
     /// ``StateChange/countersAdvanced(_:generation:)``), in place and without building a change:
     /// the replica's per-checkpoint path. With `freshness`, also records it as
-    /// ``recordCounterFreshness(_:inboundSPI:)`` would. Throws, changing nothing, for an unknown
+    /// ``recordCounterFreshness(_:inboundSPI:)`` would, keeping the rate held when `freshness`
+    /// has none. Throws, changing nothing, for an unknown
     /// Child SA or a generation not above the one held.
     public mutating func applyCounterCheckpoint(
         _ checkpoint: ChildSACounterCheckpoint, generation: UInt64, freshness arrival: ChildSAFreshness? = nil
@@ -108,12 +109,19 @@ extension GatewayState {
         guard adopted else {
             throw .staleChange(held: childSlots.withUnsafeBufferPointer { $0[index]!.generation }, received: generation)
         }
-        if let arrival { freshness[index] = arrival }
+        // A checkpoint without a rate (one made by a state change, not by the scheduler) keeps
+        // the rate measured before: forgetting it would make a takeover treat a busy SA as one
+        // never measured and move its counter by the unknown advance.
+        if let arrival {
+            freshness[index] = ChildSAFreshness(
+                lastCheckpoint: arrival.lastCheckpoint, packetsPerSecond: arrival.packetsPerSecond ?? freshness[index]?.packetsPerSecond)
+        }
     }
 
     /// Applies a batch of replicated counter checkpoints as
     /// ``applyCounterCheckpoint(_:generation:freshness:)`` would one by one, recording each
-    /// applied one as arrived at `arrival` with its measured rate (none when the rate is 0), and
+    /// applied one as arrived at `arrival` with its measured rate (the one held when the rate
+    /// is 0: a checkpoint a state change made, which measured nothing), and
     /// counts the outcomes. Entries that do not apply change nothing.
     ///
     /// A standby's per-batch path: it first finds every entry's slot, then touches every Child

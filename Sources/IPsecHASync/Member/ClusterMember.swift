@@ -123,6 +123,19 @@ public struct ClusterMember {
     /// Whether this member is the active one.
     public var isActive: Bool { if case .active = lifecycle { true } else { false } }
 
+    /// Whether this member can serve: the active member, or a standby that holds a complete
+    /// copy of the active member's state.
+    public var isReady: Bool {
+        switch lifecycle {
+        case .active: true
+        case .standby(_, _, _, let ready): ready
+        case .moving: false
+        }
+    }
+
+    /// Whether this standby is receiving a bulk resync from the active member.
+    public var isResyncing: Bool { if case .standby(_, let replica, _, _) = lifecycle { replica.isResyncing } else { false } }
+
     /// The state this member holds: the one it serves from (active), or its copy (standby).
     public var state: GatewayState {
         switch lifecycle {

@@ -94,6 +94,20 @@ struct CounterCheckpointTests {
         #expect(other.state == (try standby(childSAs: 2)).state)
     }
 
+    /// A checkpoint a state change made (through `update`, or a reassertion) carries no rate:
+    /// the standby forgot the rate it had measured, and a takeover then moved that busy SA's
+    /// counter by the unknown advance (2^30) instead of by what its rate says.
+    @Test func aCheckpointWithoutARateKeepsTheRateMeasuredBefore() throws {
+        var s = try standby(childSAs: 1)
+        let spi = s.spis[0]
+        _ = s.state.applyCounterCheckpoints([entry(spi, generation: 2, lastSent: 1_000, top: 9, rate: 1_000)], arrivedAt: .seconds(3))
+        _ = s.state.applyCounterCheckpoints([entry(spi, generation: 3, lastSent: 1_500, top: 9, rate: 0)], arrivedAt: .seconds(4))
+        #expect(s.state.counterFreshness(inboundSPI: spi) == ChildSAFreshness(lastCheckpoint: .seconds(4), packetsPerSecond: 1_000))
+        let plan = TakeoverPlanner.plan(state: s.state, inFlight: [:], suspect: .none, policy: TakeoverPolicy(), now: .seconds(4))
+        let advance = try #require(plan.childSAs.first?.advance)
+        #expect(advance < TakeoverPolicy().unknownAdvance, "advance \(advance)")
+    }
+
     @Test func capacityReservationIsBoundedAndChangesNothing() throws {
         var s = try standby(childSAs: 3)
         let before = s.state
