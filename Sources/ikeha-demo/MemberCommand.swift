@@ -98,18 +98,6 @@ struct MemberCommand: ParsableCommand {
         durationMs > 0 && now.nanoseconds - started.nanoseconds >= durationMs * 1_000_000
     }
 
-    /// One turn of the member's loop: the datagrams that arrived, then the time. Returns the
-    /// actions that are not transmissions (those go out at once).
-    private static func turn(_ cluster: inout ClusterMember, _ transport: inout UDPSyncTransport, now: Timestamp) -> [ClusterMemberAction] {
-        for datagram in transport.receive(now: now) { cluster.receive(datagram, now: now) }
-        cluster.tick(now: now)
-        var others: [ClusterMemberAction] = []
-        while let action = cluster.nextAction() {
-            if case .transmit(let to, let datagram) = action { try? transport.send(datagram, to: to, now: now) } else { others.append(action) }
-        }
-        return others
-    }
-
     private func runActive(_ cluster: inout ClusterMember, _ transport: inout UDPSyncTransport, peerID: ClusterMemberID, started: Timestamp) throws {
         var random = SplitMix64(seed: UInt64(id))
         var slots: [ChildSASlot] = []
@@ -136,7 +124,7 @@ struct MemberCommand: ParsableCommand {
         var last = started
         var now = started
         while !expired(started, now: now) {
-            for case .released(let token) in Self.turn(&cluster, &transport, now: now) {
+            for case .released(let token) in transport.service(&cluster, now: now) {
                 if let lastSent = pending.removeValue(forKey: token) { acknowledged = max(acknowledged, lastSent) }
             }
             // Outbound packets for the time that passed.
@@ -174,7 +162,7 @@ struct MemberCommand: ParsableCommand {
             let first = cluster.state.childSAs.min { $0.inboundSPI < $1.inboundSPI }
             replicaLastSent = first?.outboundCounter.lastSent ?? 0
             let silentFor = cluster.channel.lastHeard(from: activeID).map { (now.nanoseconds - $0.nanoseconds) / 1_000_000 } ?? 0
-            for action in Self.turn(&cluster, &transport, now: now) {
+            for action in transport.service(&cluster, now: now) {
                 switch action {
                 case .becameReady:
                     Self.emit("ready ike_sas=\(cluster.state.ikeSAs.count) child_sas=\(cluster.state.childSACount)")

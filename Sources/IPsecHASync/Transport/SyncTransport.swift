@@ -162,3 +162,19 @@ extension SyncTransport {
         return others
     }
 }
+
+extension SyncTransport {
+    /// One turn of a cluster member's loop on this transport: every datagram waiting goes into
+    /// the member, the member's time runs, and what it wants sent is sent (a refused send stays
+    /// in the channel's retransmission buffer). The member's other actions are returned in
+    /// order. Sleep until the member's ``ClusterMember/nextDeadline`` or the next datagram.
+    public mutating func service(_ member: inout ClusterMember, now: Timestamp) -> [ClusterMemberAction] {
+        for datagram in receive(now: now) { member.receive(datagram, now: now) }
+        member.tick(now: now)
+        var others: [ClusterMemberAction] = []
+        while let action = member.nextAction() {
+            if case .transmit(let to, let datagram) = action { try? send(datagram, to: to, now: now) } else { others.append(action) }
+        }
+        return others
+    }
+}
