@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "IPsecHACore", targets: ["IPsecHACore"]),
         .library(name: "IPsecHASync", targets: ["IPsecHASync"]),
         .library(name: "IPsecHASimulation", targets: ["IPsecHASimulation"]),
+        .library(name: "IPsecHATestKit", targets: ["IPsecHATestKit"]),
         .library(name: "IPsecHASyncNIO", targets: ["IPsecHASyncNIO"]),
         .library(name: "IPsecHAGateway", targets: ["IPsecHAGateway"]),
         .executable(name: "ikeha-demo", targets: ["ikeha-demo"]),
@@ -57,9 +58,17 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // What tests of an embedder need and production code must not carry: the in-memory
+        // network with fault injection, SA fixtures, the transport conformance check, clusters
+        // of members on a virtual clock.
+        .target(
+            name: "IPsecHATestKit",
+            dependencies: ["IPsecHACore", "IPsecHASync"],
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "IPsecHASimulation",
-            dependencies: ["IPsecHACore", "IPsecHASync", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["IPsecHACore", "IPsecHASync", "IPsecHATestKit", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
         // The reference gateway: an IKEv2 responder and a userspace ESP-in-UDP data plane built on
@@ -89,6 +98,7 @@ let package = Package(
                 "IPsecHASync",
                 "IPsecHASimulation",
                 "IPsecHASyncNIO",
+                "IPsecHATestKit",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -117,7 +127,7 @@ let package = Package(
         .testTarget(
             name: "IPsecHASyncTests",
             dependencies: [
-                "IPsecHASync", "IPsecHACore", "IPsecHASimulation", "IPsecHASyncNIO", "CSodium",
+                "IPsecHASync", "IPsecHACore", "IPsecHASimulation", "IPsecHASyncNIO", "IPsecHATestKit", "CSodium",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,5 +1,6 @@
 public import IPsecHACore
 import IPsecHASync
+import IPsecHATestKit
 public import Logging
 
 /// What a ``ClusterSimulation`` runs.
@@ -409,13 +410,13 @@ public struct ClusterSimulation {
         var state = members[0].state!
         var spi: UInt32 = 0x1000
         for index in 0..<configuration.ikeSAs {
-            var ike = try SimulationFixtures.ikeSA(UInt64(index + 1), owner: members[0].id, &random)
+            var ike = try SAFixtures.ikeSA(UInt64(index + 1), owner: members[0].id, &random)
             ike.extensions = IKEExtensions(messageIDSync: true, replayCounterSync: true)
             _ = try state.createIKESA(ike)
             var children: [PeerChildSA] = []
             for _ in 0..<configuration.childSAsPerIKESA {
                 spi += 1
-                var child = try SimulationFixtures.childSA(spi, parent: ike.identifier, window: configuration.replayWindow, owner: members[0].id, &random)
+                var child = try SAFixtures.childSA(spi, parent: ike.identifier, window: configuration.replayWindow, owner: members[0].id, &random)
                 child.outboundSPI = claimPeerSPI(child.outboundSPI)
                 _ = try state.createChildSA(child)
                 children.append(PeerChildSA(clusterInbound: spi, clusterOutbound: child.outboundSPI, received: SetReplayWindow(size: UInt64(configuration.replayWindow))))
@@ -1100,14 +1101,14 @@ public struct ClusterSimulation {
                 sendOutside(.established(existing.identifier, children: children))
                 return "retransmit"
             }
-            var ike = try SimulationFixtures.ikeSA(spi, owner: members[index].id, &random)
+            var ike = try SAFixtures.ikeSA(spi, owner: members[index].id, &random)
             ike.extensions = IKEExtensions(messageIDSync: true, replayCounterSync: true)
             var changes = try members[index].state!.createIKESA(ike)
             var children: [(inbound: UInt32, outbound: UInt32)] = []
             for _ in 0..<configuration.childSAsPerIKESA {
                 var inbound = UInt32(truncatingIfNeeded: random.next()) | 0x2000_0000
                 while !isFreeInboundSPI(inbound, at: index) { inbound &+= 1 }
-                var child = try SimulationFixtures.childSA(inbound, parent: ike.identifier, window: configuration.replayWindow, owner: members[index].id, &random)
+                var child = try SAFixtures.childSA(inbound, parent: ike.identifier, window: configuration.replayWindow, owner: members[index].id, &random)
                 child.outboundSPI = claimPeerSPI(child.outboundSPI)
                 changes += try members[index].state!.createChildSA(child)
                 children.append((inbound, child.outboundSPI))
@@ -1147,7 +1148,7 @@ public struct ClusterSimulation {
                 if case .rekey(let old) = kind, let oldSA = members[index].state!.childSA(inboundSPI: old) {
                     var spi = UInt32(truncatingIfNeeded: random.next()) | 0x1000_0000
                     while !isFreeInboundSPI(spi, at: index) { spi &+= 1 }
-                    var fresh = try SimulationFixtures.childSA(spi, parent: identifier, window: configuration.replayWindow, owner: members[index].id, &random)
+                    var fresh = try SAFixtures.childSA(spi, parent: identifier, window: configuration.replayWindow, owner: members[index].id, &random)
                     fresh.outboundSPI = claimPeerSPI(fresh.outboundSPI)
                     fresh.localSelectors = oldSA.localSelectors
                     // The exchange that made it, so that a retransmitted request finds it.
@@ -1160,7 +1161,7 @@ public struct ClusterSimulation {
                 if case .ikeRekey(let initiatorSPI) = kind {
                     // RFC 7296 section 2.18: a new IKE SA (message IDs from 0, as every new one), the
                     // Child SAs moved.
-                    var fresh = try SimulationFixtures.ikeSA(initiatorSPI, remote: sa.remote.address, owner: members[index].id, &random)
+                    var fresh = try SAFixtures.ikeSA(initiatorSPI, remote: sa.remote.address, owner: members[index].id, &random)
                     fresh.extensions = IKEExtensions(messageIDSync: sa.extensions.messageIDSync, replayCounterSync: sa.extensions.replayCounterSync)
                     changes += try members[index].state!.rekeyIKESA(identifier, to: fresh)
                     newIKESA = fresh.identifier

@@ -1,5 +1,6 @@
 public import IPsecHACore
 public import IPsecHASync
+public import IPsecHATestKit
 
 /// One member of a ``LoadSharingCluster``: the SAs it serves, a replica of every other
 /// member's, and the machines that move them.
@@ -143,13 +144,13 @@ public struct LoadSharingCluster {
         nextIKESPI += 1
         var member = members[id]!
         defer { members[id] = member }
-        let ike = try SimulationFixtures.ikeSA(spi, remote: peer, owner: id, &random)
+        let ike = try SAFixtures.ikeSA(spi, remote: peer, owner: id, &random)
         var changes = try member.state.createIKESA(ike)
         for _ in 0..<childSAs {
             let state = member.state
             let inbound = try layout.allocate(segment: segment, member: id, using: &random) { state.childSA(inboundSPI: $0) != nil }
             changes += try member.state.createChildSA(
-                SimulationFixtures.childSA(inbound, parent: ike.identifier, window: 128, owner: id, &random))
+                SAFixtures.childSA(inbound, parent: ike.identifier, window: 128, owner: id, &random))
             peerNext[inbound] = 1
         }
         establishedIKESAs[ike.identifier] = segment

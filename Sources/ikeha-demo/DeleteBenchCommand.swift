@@ -1,7 +1,7 @@
 import ArgumentParser
 import IPsecHACore
 import IPsecHAGateway
-import IPsecHASimulation
+import IPsecHATestKit
 import Logging
 
 /// `ikeha-demo bench delete`: an authenticated INFORMATIONAL with a Delete through the
@@ -30,17 +30,17 @@ struct DeleteBenchCommand: ParsableCommand {
         var state = GatewayState()
         var identifiers: [IKESAIdentifier] = []
         for index in 0..<childSAs / 2 {
-            let sa = try SimulationFixtures.ikeSA(UInt64(index + 1), &random)
+            let sa = try SAFixtures.ikeSA(UInt64(index + 1), &random)
             _ = try state.createIKESA(sa)
             identifiers.append(sa.identifier)
         }
         for index in 0..<childSAs {
-            _ = try state.createChildSA(SimulationFixtures.childSA(UInt32(0x1000 + index), parent: identifiers[index / 2], window: 64, &random))
+            _ = try state.createChildSA(SAFixtures.childSA(UInt32(0x1000 + index), parent: identifiers[index / 2], window: 64, &random))
         }
         let responder = IKEv2Responder(
             configuration: IKEResponderConfiguration(
                 localIdentity: IKEIdentity("gateway@bench"), remoteIdentity: IKEIdentity("peer@bench"),
-                preSharedKey: KeyMaterial(copying: Array("bench-only-pre-shared-key".utf8)), member: SimulationFixtures.member),
+                preSharedKey: KeyMaterial(copying: Array("bench-only-pre-shared-key".utf8)), member: SAFixtures.member),
             logger: Logger(label: "bench", factory: { _ in SwiftLogNoOpLogHandler() }))
         let clock = ContinuousClock()
         var results: [(named: Int, milliseconds: Double)] = []

@@ -1,6 +1,6 @@
 import ArgumentParser
 import IPsecHACore
-import IPsecHASimulation
+import IPsecHATestKit
 
 /// `ikeha-demo bench failover`: the takeover plan of a large standby state.
 struct FailoverBenchCommand: ParsableCommand {
@@ -29,14 +29,14 @@ struct FailoverBenchCommand: ParsableCommand {
         var state = GatewayState()
         var identifiers: [IKESAIdentifier] = []
         for index in 0..<ikeSAs {
-            let sa = try SimulationFixtures.ikeSA(UInt64(index + 1), &random)
+            let sa = try SAFixtures.ikeSA(UInt64(index + 1), &random)
             _ = try state.createIKESA(sa)
             identifiers.append(sa.identifier)
         }
         let now = Timestamp.seconds(1_000)
         for index in 0..<childSAs {
             let spi = UInt32(0x1000 + index)
-            _ = try state.createChildSA(SimulationFixtures.childSA(spi, parent: identifiers[index % ikeSAs], window: 1024, &random))
+            _ = try state.createChildSA(SAFixtures.childSA(spi, parent: identifiers[index % ikeSAs], window: 1024, &random))
             try state.recordCounterFreshness(
                 ChildSAFreshness(
                     lastCheckpoint: Timestamp(nanoseconds: now.nanoseconds - random.next() % 50_000_000), packetsPerSecond: random.next() % 200_000),

@@ -1,7 +1,7 @@
 import ArgumentParser
 import IPsecHACore
-import IPsecHASimulation
 import IPsecHASync
+import IPsecHATestKit
 import IPsecHASyncNIO
 import NIOCore
 import NIOPosix
@@ -102,10 +102,10 @@ struct MemberCommand: ParsableCommand {
         var random = SplitMix64(seed: UInt64(id))
         var slots: [ChildSASlot] = []
         for index in 0..<ikeSAs {
-            var ike = try SimulationFixtures.ikeSA(UInt64(index + 1), &random)
+            var ike = try SAFixtures.ikeSA(UInt64(index + 1), &random)
             ike.extensions = IKEExtensions(messageIDSync: true, replayCounterSync: true)
             let children = try (0..<2).map { child in
-                try SimulationFixtures.childSA(UInt32(0x1000 + 2 * index + child), parent: ike.identifier, window: 1024, &random)
+                try SAFixtures.childSA(UInt32(0x1000 + 2 * index + child), parent: ike.identifier, window: 1024, &random)
             }
             _ = try cluster.update(now: started) { state throws(GatewayStateError) in
                 var changes = try state.createIKESA(ike)

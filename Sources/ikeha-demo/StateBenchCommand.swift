@@ -1,6 +1,6 @@
 import ArgumentParser
 import IPsecHACore
-import IPsecHASimulation
+import IPsecHATestKit
 
 /// `ikeha-demo bench state`: SAD lookup by inbound SPI, SPD cache lookup by five-tuple, and the
 /// memory an IKE SA and a Child SA take, on a populated `GatewayState`.
@@ -38,7 +38,7 @@ struct StateBenchCommand: ParsableCommand {
         var ikeIdentifiers: [IKESAIdentifier] = []
         ikeIdentifiers.reserveCapacity(ikeSAs)
         for index in 0..<ikeSAs {
-            let sa = try SimulationFixtures.ikeSA(UInt64(index + 1), &random)
+            let sa = try SAFixtures.ikeSA(UInt64(index + 1), &random)
             _ = try state.createIKESA(sa)
             ikeIdentifiers.append(sa.identifier)
         }
@@ -52,7 +52,7 @@ struct StateBenchCommand: ParsableCommand {
         let afterSPIs = residentMemoryBytes() ?? 0
         for (index, spi) in installed.enumerated() {
             _ = try state.createChildSA(
-                SimulationFixtures.childSA(spi, parent: ikeIdentifiers[index % ikeSAs], window: window, &random))
+                SAFixtures.childSA(spi, parent: ikeIdentifiers[index % ikeSAs], window: window, &random))
         }
         let afterChild = residentMemoryBytes() ?? 0
         let bytesPerIKE = Double(afterIKE - before) / Double(ikeSAs)
@@ -69,7 +69,7 @@ struct StateBenchCommand: ParsableCommand {
         print("SAD lookup by inbound SPI: \(Int(spiRate)) per second over \(state.childSACount) Child SAs")
 
         // SPD cache: one PROTECT policy for everything, one Child SA, `flows` cached flows.
-        var gateway = try SimulationFixtures.protectingEverything(spdCacheCapacity: flows, window: window, &random)
+        var gateway = try SAFixtures.protectingEverything(spdCacheCapacity: flows, window: window, &random)
         let packets = (0..<flows).map { index in
             FiveTuple(
                 localAddress: IPAddress(ipv4: 0x0A00_0000 | UInt32(index >> 8)),

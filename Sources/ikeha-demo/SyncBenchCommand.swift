@@ -1,7 +1,7 @@
 import ArgumentParser
 import IPsecHACore
-import IPsecHASimulation
 import IPsecHASync
+import IPsecHATestKit
 
 /// `ikeha-demo bench sync`: counter checkpoints through the whole channel, a bulk resync to a
 /// fresh standby, and how fast a lost tail of a burst is noticed.
@@ -62,14 +62,14 @@ struct SyncBenchCommand: ParsableCommand {
         var receiver = try SyncChannel(configuration: SyncChannelConfiguration(clusterID: 1, member: standby, epoch: 1, key: key, peers: [active]))
         var replica = Replica()
         var random = SplitMix64(seed: 3)
-        let ike = try SimulationFixtures.ikeSA(1, &random)
+        let ike = try SAFixtures.ikeSA(1, &random)
         var setup: [SyncRecord] = [
             .resyncBegin(id: 1, scope: .everything, ikeSAs: 1, childSAs: UInt32(checkpointSAs), policies: 0), .ikeSAUpsert(ike),
         ]
         let saCount = checkpointSAs
         var spis: [UInt32] = []
         for index in 0..<saCount {
-            var sa = try SimulationFixtures.childSA(UInt32(0x1000 + index), parent: ike.identifier, window: 1024, &random)
+            var sa = try SAFixtures.childSA(UInt32(0x1000 + index), parent: ike.identifier, window: 1024, &random)
             sa.generation = 1
             spis.append(sa.inboundSPI)
             setup.append(.childSAUpsert(sa))
@@ -131,13 +131,13 @@ struct SyncBenchCommand: ParsableCommand {
         var random = SplitMix64(seed: 6)
         var identifiers: [IKESAIdentifier] = []
         for index in 0..<ikeSAs {
-            let sa = try SimulationFixtures.ikeSA(UInt64(index + 1), &random)
+            let sa = try SAFixtures.ikeSA(UInt64(index + 1), &random)
             _ = try pair.state.createIKESA(sa)
             identifiers.append(sa.identifier)
         }
         for index in 0..<childSAs {
             _ = try pair.state.createChildSA(
-                SimulationFixtures.childSA(UInt32(0x1000 + index), parent: identifiers[index % ikeSAs], window: 1024, &random))
+                SAFixtures.childSA(UInt32(0x1000 + index), parent: identifiers[index % ikeSAs], window: 1024, &random))
         }
         let bytesBefore = pair.network.bytesSent
         let datagramsBefore = pair.network.sent
@@ -171,7 +171,7 @@ struct SyncBenchCommand: ParsableCommand {
             // Start each trial at a different phase of the heartbeat cycle.
             try pair.run(for: UInt64(trial) * 7_000_000 % 50_000_000 + 100_000_000, step: 100_000)
             for index in 0..<10 {
-                let sa = try SimulationFixtures.ikeSA(UInt64(trial * 100 + index + 1), &random)
+                let sa = try SAFixtures.ikeSA(UInt64(trial * 100 + index + 1), &random)
                 if index == 9 { pair.network.faults.loss = 1 }
                 _ = try pair.replicate(try pair.state.createIKESA(sa))
             }

@@ -1,7 +1,7 @@
 import ArgumentParser
 import IPsecHACore
-import IPsecHASimulation
 import IPsecHASync
+import IPsecHATestKit
 import Logging
 
 /// `ikeha-demo walkthrough` (the default): one IKE SA and one Child SA carried across the crash
@@ -49,10 +49,10 @@ struct WalkthroughCommand: ParsableCommand {
         print("ikeha-demo walkthrough: an active member and a standby, synch channel sealed with ChaCha20-Poly1305, \(Int(loss))% loss")
 
         // One IKE SA (RFC 6311 negotiated) and one ESN Child SA, replicated to the standby.
-        var ike = try SimulationFixtures.ikeSA(1, &random)
+        var ike = try SAFixtures.ikeSA(1, &random)
         ike.extensions = IKEExtensions(messageIDSync: true, replayCounterSync: true)
         _ = try pair.replicate(try pair.state.createIKESA(ike))
-        let child = try SimulationFixtures.childSA(0xC000_1000, parent: ike.identifier, window: window, &random)
+        let child = try SAFixtures.childSA(0xC000_1000, parent: ike.identifier, window: window, &random)
         _ = try pair.replicate(try pair.state.createChildSA(child))
         let slot = try require(pair.state.slot(forInboundSPI: child.inboundSPI), "Child SA installed")
 

@@ -1,6 +1,6 @@
 import IPsecHACore
 import IPsecHASync
-import IPsecHASimulation
+import IPsecHATestKit
 import Testing
 
 @Suite("Synch channel: hostile datagrams")

@@ -1,6 +1,6 @@
 import IPsecHACore
-import IPsecHASimulation
 import IPsecHASync
+import IPsecHATestKit
 import Testing
 
 @Suite("Failure detection, promotion, split brain")

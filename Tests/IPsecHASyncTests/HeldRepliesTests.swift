@@ -1,6 +1,6 @@
 import IPsecHACore
-import IPsecHASimulation
 import IPsecHASync
+import IPsecHATestKit
 import Testing
 
 /// Synchronous replication as Docs/Replication.md asks it (review M4): a reply leaves only

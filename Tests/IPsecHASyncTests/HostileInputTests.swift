@@ -1,6 +1,6 @@
 import IPsecHACore
 @testable import IPsecHASync
-import IPsecHASimulation
+import IPsecHATestKit
 import Testing
 
 /// What an attacker on the synch network, or a member gone wrong, can send; each is refused or

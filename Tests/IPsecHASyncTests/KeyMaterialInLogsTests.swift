@@ -2,6 +2,7 @@ import Foundation
 import IPsecHACore
 import IPsecHASimulation
 import IPsecHASync
+import IPsecHATestKit
 import InMemoryLogging
 import Logging
 import Testing
@@ -35,9 +36,9 @@ struct KeyMaterialInLogsTests {
         }
         var random = SplitMix64(seed: 71)
         for index in 0..<40 {
-            let ike = try SimulationFixtures.ikeSA(UInt64(index + 1), &random)
+            let ike = try SAFixtures.ikeSA(UInt64(index + 1), &random)
             _ = try pair.state.createIKESA(ike)
-            _ = try pair.state.createChildSA(SimulationFixtures.childSA(UInt32(0x5000 + index), parent: ike.identifier, window: 128, &random))
+            _ = try pair.state.createChildSA(SAFixtures.childSA(UInt32(0x5000 + index), parent: ike.identifier, window: 128, &random))
         }
         #expect(try pair.settle())
         var history = HistoryGenerator(seed: 72)

@@ -1,6 +1,7 @@
 import IPsecHACore
 import IPsecHASimulation
 import IPsecHASync
+import IPsecHATestKit
 import Testing
 
 @Suite("Load sharing: 2, 3 and 5 members on the in-memory channel")

@@ -1,7 +1,7 @@
 import CoreMetrics
 import IPsecHACore
-import IPsecHASimulation
 import IPsecHASync
+import IPsecHATestKit
 import MetricsTestKit
 import Testing
 

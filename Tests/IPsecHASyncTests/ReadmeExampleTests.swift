@@ -1,7 +1,7 @@
 import Foundation
 import IPsecHACore
-import IPsecHASimulation
 import IPsecHASync
+import IPsecHATestKit
 import Testing
 
 /// The README's example, compiled and run here: the README quotes the body of `example()`
@@ -44,8 +44,8 @@ struct ReadmeExampleTests {
         // The IKE stack establishes an IKE SA and a Child SA through the active member: the
         // token comes back (.released) once the standby holds them; then IKE_AUTH's answer goes.
         var random = SplitMix64(seed: 2)
-        let ike = try SimulationFixtures.ikeSA(1, &random)
-        let child = try SimulationFixtures.childSA(0x1001, parent: ike.identifier, window: 1024, &random)
+        let ike = try SAFixtures.ikeSA(1, &random)
+        let child = try SAFixtures.childSA(0x1001, parent: ike.identifier, window: 1024, &random)
         let token = try members[active]!.update(now: now) { state throws(GatewayStateError) in
             try state.createIKESA(ike) + state.createChildSA(child)
         }

@@ -1,5 +1,6 @@
 import IPsecHACore
 import IPsecHASync
+import IPsecHATestKit
 @testable import IPsecHASync
 
 /// Random but valid state and records for property tests.

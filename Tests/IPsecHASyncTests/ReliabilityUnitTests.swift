@@ -1,5 +1,5 @@
 import IPsecHACore
-import IPsecHASimulation
+import IPsecHATestKit
 @testable import IPsecHASync
 import Testing
 

@@ -1,6 +1,6 @@
 import IPsecHACore
 import IPsecHASync
-import IPsecHASimulation
+import IPsecHATestKit
 import Testing
 
 @Suite("Replication over the synch channel")
@@ -58,11 +58,11 @@ struct ReplicationTests {
     @Test func anIKESARekeyReachesTheStandby() throws {
         var cluster = try ReplicationPair(seed: 8)
         var random = SplitMix64(seed: 9)
-        let old = try SimulationFixtures.ikeSA(1, &random)
+        let old = try SAFixtures.ikeSA(1, &random)
         var changes = try cluster.state.createIKESA(old)
-        changes += try cluster.state.createChildSA(SimulationFixtures.childSA(0x2001, parent: old.identifier, window: 64, &random))
+        changes += try cluster.state.createChildSA(SAFixtures.childSA(0x2001, parent: old.identifier, window: 64, &random))
         _ = try cluster.replicate(changes)
-        let new = try SimulationFixtures.ikeSA(2, &random)
+        let new = try SAFixtures.ikeSA(2, &random)
         _ = try cluster.replicate(try cluster.state.rekeyIKESA(old.identifier, to: new))
         #expect(try cluster.settle())
         #expect(cluster.replica.state == cluster.state)

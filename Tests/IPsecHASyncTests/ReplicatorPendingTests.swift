@@ -1,6 +1,6 @@
 import IPsecHACore
 @testable import IPsecHASync
-import IPsecHASimulation
+import IPsecHATestKit
 import Testing
 
 /// What waits for a standby forgets what was sent, so that a standby that never quite catches
@@ -21,7 +21,7 @@ struct ReplicatorPendingTests {
     @Test func aResyncWhoseSnapshotWentOutBecomesABacklogOfTheRest() throws {
         var random = SplitMix64(seed: 1)
         var state = GatewayState()
-        _ = try state.createIKESA(SimulationFixtures.ikeSA(1, &random))
+        _ = try state.createIKESA(SAFixtures.ikeSA(1, &random))
         var pending = Replicator.Pending(id: 1, snapshot: state)
         pending.appended = Self.records
         // Begin, one IKE SA, end: three records of snapshot, then the appended ones.

@@ -1,6 +1,6 @@
 import IPsecHACore
-import IPsecHASimulation
 import IPsecHASync
+import IPsecHATestKit
 import Testing
 
 @Suite("Takeover after a crash of the active member")

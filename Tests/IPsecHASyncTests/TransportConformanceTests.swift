@@ -1,7 +1,7 @@
 import Foundation
 import IPsecHACore
-import IPsecHASimulation
 import IPsecHASync
+import IPsecHATestKit
 import IPsecHASyncNIO
 import NIOPosix
 import Testing

@@ -49,7 +49,7 @@ let benchmarks: @Sendable () -> Void = {
 
     Benchmark("SPDCache.outboundDecision.cachedFlow") { benchmark in
         var random = SplitMix64(seed: 4)
-        var gateway = try SimulationFixtures.protectingEverything(spdCacheCapacity: 4_096, window: 1024, &random)
+        var gateway = try SAFixtures.protectingEverything(spdCacheCapacity: 4_096, window: 1024, &random)
         let flows = (0..<1_024).map { index in
             FiveTuple(
                 localAddress: IPAddress(ipv4: 0x0A00_0000 | UInt32(index)), remoteAddress: IPAddress(ipv4: 0xC633_6401),
@@ -94,12 +94,12 @@ let hundredThousandChildSAs = try! sampleState(childSAs: 100_000)
 func sampleState(childSAs: Int) throws -> (state: GatewayState, slots: [ChildSASlot]) {
     var random = SplitMix64(seed: 3)
     var state = GatewayState()
-    let ike = try SimulationFixtures.ikeSA(1, &random)
+    let ike = try SAFixtures.ikeSA(1, &random)
     _ = try state.createIKESA(ike)
     var slots: [ChildSASlot] = []
     for index in 0..<childSAs {
         let spi = UInt32(0x1000 + index)
-        _ = try state.createChildSA(SimulationFixtures.childSA(spi, parent: ike.identifier, window: 1024, &random))
+        _ = try state.createChildSA(SAFixtures.childSA(spi, parent: ike.identifier, window: 1024, &random))
         if let slot = state.slot(forInboundSPI: spi) { slots.append(slot) }
     }
     return (state, slots)

@@ -31,6 +31,19 @@ public struct Timestamp: Sendable, Hashable, Comparable, Codable, CustomStringCo
         return Timestamp(nanoseconds: overflow || overflow2 ? .max : sum)
     }
 
+    /// This timestamp moved by `duration`, saturating at both ends of time.
+    public static func + (lhs: Timestamp, rhs: Duration) -> Timestamp {
+        let nanoseconds = rhs.saturatingNanoseconds
+        return nanoseconds >= 0
+            ? Timestamp(nanoseconds: lhs.nanoseconds.addingReportingOverflow(UInt64(nanoseconds)).overflow ? .max : lhs.nanoseconds + UInt64(nanoseconds))
+            : Timestamp(nanoseconds: lhs.nanoseconds > nanoseconds.magnitude ? lhs.nanoseconds - nanoseconds.magnitude : 0)
+    }
+
+    /// The time from `earlier` to this timestamp (zero when `earlier` is later).
+    public func duration(since earlier: Timestamp) -> Duration {
+        .nanoseconds(Int64(clamping: nanoseconds > earlier.nanoseconds ? nanoseconds - earlier.nanoseconds : 0))
+    }
+
     public static func < (lhs: Timestamp, rhs: Timestamp) -> Bool { lhs.nanoseconds < rhs.nanoseconds }
     public var description: String { "t=\(nanoseconds)ns" }
 }
@@ -41,4 +54,16 @@ public struct ClusterMemberID: RawRepresentable, Sendable, Hashable, Comparable,
     public init(rawValue: UInt16) { self.rawValue = rawValue }
     public static func < (lhs: Self, rhs: Self) -> Bool { lhs.rawValue < rhs.rawValue }
     public var description: String { "member \(rawValue)" }
+}
+
+extension Duration {
+    /// The duration in whole nanoseconds, saturating at `Int64`'s ends: the package's clock
+    /// arithmetic is in nanoseconds, its public intervals in `Duration`.
+    @usableFromInline
+    package var saturatingNanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        let (whole, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        let (sum, overflow2) = whole.addingReportingOverflow(attoseconds / 1_000_000_000)
+        return overflow || overflow2 ? (seconds < 0 ? .min : .max) : sum
+    }
 }

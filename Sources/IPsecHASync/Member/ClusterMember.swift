@@ -97,12 +97,17 @@ public struct ClusterMember {
     private var nextToken: UInt64 = 1
     private var lastTick = Timestamp(nanoseconds: 0)
     private var highestEpochHeard: UInt32 = 0
+    /// When each other standby last said it is ready (its hellos to the standbys): a ready
+    /// standby with a lower ID that is heard is the one to take over.
+    private var readyStandbys: [ClusterMemberID: Timestamp] = [:]
     /// This member stepped down from the active role and is not a ready standby since: its
     /// hellos say so, since it may have sent on SAs the active member holds.
     private var steppedDown = false
     /// How far a reassertion moves outbound counters: RFC 6311's "very large number" (2^30,
     /// section 5.2), since nothing says how far the other member went.
     public static let reassertionJump: UInt64 = 1 << 30
+    /// The hello capability bit of a ready standby, in the hellos it sends the other standbys.
+    public static let readyStandbyCapability: UInt32 = 0x4
 
     /// A member as the configuration says: active, or a standby of the active member.
     public init(configuration: ClusterMemberConfiguration) throws(SyncChannelError) {
@@ -234,9 +239,11 @@ public struct ClusterMember {
                 earliest = min(earliest, lastTick.nanoseconds &+ configuration.channel.acknowledgementDelay)
             }
         case .standby(let active, let replica, let lastHello, let ready):
-            if !replica.isReady, !replica.isResyncing { earliest = min(earliest, (lastHello?.nanoseconds ?? 0) &+ hello) }
+            if (!replica.isReady && !replica.isResyncing) || (ready && configuration.channel.peers.count > 1) {
+                earliest = min(earliest, (lastHello?.nanoseconds ?? 0) &+ hello)
+            }
             if ready, let heard = channel.lastHeard(from: active) {
-                earliest = min(earliest, heard.nanoseconds &+ configuration.channel.heartbeatInterval &* configuration.missCount)
+                earliest = min(earliest, heard.nanoseconds &+ configuration.channel.heartbeatInterval &* max(configuration.missCount, 1))
             }
         case .moving:
             break
@@ -293,6 +300,7 @@ public struct ClusterMember {
 
     private mutating func heardHello(from peer: ClusterMemberID, epoch: UInt32, capabilities: UInt32, now: Timestamp) {
         highestEpochHeard = max(highestEpochHeard, epoch)
+        if capabilities & Self.readyStandbyCapability != 0 { readyStandbys[peer] = now } else { readyStandbys[peer] = nil }
         if role.reassertionDue(afterHelloFrom: peer, epoch: epoch, capabilities: capabilities, now: now) { reassert(now: now) }
         for case .steppedDown(let newer, let newerEpoch) in role.heardHello(from: peer, epoch: epoch, capabilities: capabilities) {
             // A newer active member: what this one served is the other's to carry on.
@@ -301,10 +309,12 @@ public struct ClusterMember {
             lifecycle = .standby(active: newer, replica: Replica(), lastHello: nil, ready: false)
             outbox.append(.steppedDown(newerActive: newer, epoch: newerEpoch))
         }
-        if case .standby(let active, let replica, let lastHello, let ready) = lifecycle, capabilities & ClusterRole.activeCapability != 0,
+        if case .standby(let active, _, _, _) = lifecycle, capabilities & ClusterRole.activeCapability != 0,
             peer != active, role.activeMember == peer
         {
-            lifecycle = .standby(active: peer, replica: replica, lastHello: lastHello, ready: ready)
+            // Another standby took over: its state went on from the plan, so the copy from the
+            // failed member is no base for its records. Resynced from it.
+            lifecycle = .standby(active: peer, replica: Replica(), lastHello: nil, ready: false)
         }
     }
 
@@ -343,12 +353,38 @@ public struct ClusterMember {
             steppedDown = false
             outbox.append(.becameReady)
         }
-        // Only a ready standby takes over: an incomplete copy would lose what it lacks.
-        if ready, role.tick(now: now, lastHeard: channel.lastHeard(from: active)).contains(.activeMemberFailed(active)) {
+        if ready, lastHello.map({ now.nanoseconds &- $0.nanoseconds >= configuration.helloInterval }) ?? true {
+            // Tells the other standbys that this one could take over (they defer to a lower ID).
+            lastHello = now
+            let hello = SyncRecord.hello(epoch: role.epoch, capabilities: Self.readyStandbyCapability, needsResync: false)
+            for peer in configuration.channel.peers where peer != active {
+                if let sent = try? channel.send([hello], to: peer, now: now) { enqueue(sent.actions) }
+            }
+        }
+        // Only a ready standby takes over (an incomplete copy would lose what it lacks), and
+        // only the lowest of those that are heard.
+        if ready, isSilent(active, now: now), !defersToAnotherStandby(active: active, now: now) {
             takeOver(from: active, replica: &replica, now: now)
             return
         }
         lifecycle = .standby(active: active, replica: replica, lastHello: lastHello, ready: ready)
+    }
+
+    /// Whether nothing came from `peer` for the miss count of heartbeats (a peer never heard
+    /// is not declared failed: it may not have started).
+    private func isSilent(_ peer: ClusterMemberID, now: Timestamp) -> Bool {
+        guard let heard = channel.lastHeard(from: peer) else { return false }
+        let (silence, overflow) = configuration.channel.heartbeatInterval.multipliedReportingOverflow(by: max(configuration.missCount, 1))
+        return !overflow && now.nanoseconds >= heard.nanoseconds &+ silence
+    }
+
+    /// Whether a ready standby with a lower ID than this one is heard: that one takes over.
+    private func defersToAnotherStandby(active: ClusterMemberID, now: Timestamp) -> Bool {
+        let me = configuration.channel.member
+        let recent = configuration.helloInterval &* 3
+        return readyStandbys.contains { peer, said in
+            peer != active && peer < me && now.nanoseconds &- said.nanoseconds < recent && channel.lastHeard(from: peer) != nil && !isSilent(peer, now: now)
+        }
     }
 
     private mutating func takeOver(from failed: ClusterMemberID, replica: inout Replica, now: Timestamp) {

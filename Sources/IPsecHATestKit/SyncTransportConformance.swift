@@ -56,8 +56,8 @@ public enum SyncTransportConformance {
         var random = SplitMix64(seed: 17)
         var identifiers: [IKESAIdentifier] = []
         for index in 0..<ikeSAs {
-            let ike = try SimulationFixtures.ikeSA(UInt64(index + 1), &random)
-            let child = try SimulationFixtures.childSA(UInt32(0x3000 + index), parent: ike.identifier, window: 256, &random)
+            let ike = try SAFixtures.ikeSA(UInt64(index + 1), &random)
+            let child = try SAFixtures.childSA(UInt32(0x3000 + index), parent: ike.identifier, window: 256, &random)
             identifiers.append(ike.identifier)
             let retired = index % 5 == 4 ? identifiers[index - 2] : nil
             _ = try activeMember.update(now: clock()) { state throws(GatewayStateError) in

@@ -2,7 +2,7 @@ public import IPsecHACore
 
 /// Realistic SAs for simulations and benchmarks: AES-GCM-256 keys from a seeded generator
 /// (never for real traffic), one traffic selector each side.
-public enum SimulationFixtures {
+public enum SAFixtures {
     /// The owner the fixtures name unless told otherwise.
     public static let member = ClusterMemberID(rawValue: 1)
 
