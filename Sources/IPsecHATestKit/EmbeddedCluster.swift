@@ -14,7 +14,7 @@ public enum EmbeddedClusterError: Error, Sendable, Hashable {
 /// asks to be woken every millisecond shows in ``ticks``.
 ///
 /// Members are numbered from 0 here; member `i` has ID `i + 1`. A crashed member
-/// (``crash(_:)``) takes no input and loses what arrives for it; ``restart(_:epoch:)`` brings
+/// (``crash(_:)``) takes no input and loses what arrives for it; ``restart(_:epoch:active:)`` brings
 /// it back empty as a standby.
 public struct EmbeddedCluster {
     /// The network between the members; change its faults at any time.

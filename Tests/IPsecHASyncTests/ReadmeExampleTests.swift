@@ -22,24 +22,17 @@ struct ReadmeExampleTests {
             members[me] = try ClusterMember(configuration: ClusterMemberConfiguration(channel: channel, activeMember: active))
             transports[me] = network.transport(for: me)
         }
-        var now = Timestamp(nanoseconds: 0)
-        var events: [ClusterMemberAction] = []  // what the members report, besides datagrams
+        var (now, events) = (Timestamp(nanoseconds: 0), [ClusterMemberAction]())
 
-        // Each member's event loop: datagrams in, timers at their deadline, actions out.
-        func run(milliseconds: Int, members alive: [ClusterMemberID] = [active, standby]) throws {
+        // Each member's event loop: datagrams in, time, datagrams out, other actions returned;
+        // a real loop then sleeps until members[id]!.nextDeadline or the next datagram.
+        func run(milliseconds: Int, members alive: [ClusterMemberID] = [active, standby]) {
             for _ in 0..<milliseconds {
-                now = Timestamp(nanoseconds: now.nanoseconds + 1_000_000)
-                for id in alive {
-                    for datagram in transports[id]!.receive(now: now) { members[id]!.receive(datagram, now: now) }
-                    if members[id]!.nextDeadline <= now { members[id]!.tick(now: now) }
-                    while let action = members[id]!.nextAction() {
-                        guard case .transmit(let to, let datagram) = action else { events.append(action); continue }
-                        try transports[id]!.send(datagram, to: to, now: now)
-                    }
-                }
+                now = now + .milliseconds(1)
+                for id in alive { events += transports[id]!.service(&members[id]!, now: now) }
             }
         }
-        try run(milliseconds: 300)  // the standby joins and is resynced (.becameReady)
+        run(milliseconds: 300)  // the standby joins and is resynced (.becameReady)
 
         // The IKE stack establishes an IKE SA and a Child SA through the active member: the
         // token comes back (.released) once the standby holds them; then IKE_AUTH's answer goes.
@@ -53,12 +46,12 @@ struct ReadmeExampleTests {
         _ = members[active]!.packetPath { state in
             for _ in 0..<5_000 { _ = try? state.nextOutboundSequenceNumber(at: state.slot(forInboundSPI: 0x1001)!, bytes: 1_400) }
         }
-        try run(milliseconds: 100)
+        run(milliseconds: 100)
 
         // The active member fails. The standby notices within three heartbeats and takes over
         // (.tookOver, with the plan applied): outbound counters jump past anything the failed
         // member may have sent, inbound windows are restored, every IKE SA continues.
-        try run(milliseconds: 300, members: [standby])
+        run(milliseconds: 300, members: [standby])
         let resumed = members[standby]!.state.childSA(inboundSPI: 0x1001)!
         // README example end
         return (events, token, resumed.outboundCounter.lastSent, members[active]!.state.childSA(inboundSPI: 0x1001)!.outboundCounter.lastSent)
