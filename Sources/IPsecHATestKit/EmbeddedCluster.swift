@@ -108,6 +108,13 @@ public struct EmbeddedCluster {
         }
     }
 
+    /// Gives member `index` an external decision now (keepalived's state, an operator's
+    /// command) and sends what follows.
+    public mutating func signal(_ index: Int, _ signal: ClusterMemberSignal) {
+        members[index].signal(signal, now: now)
+        drain(index)
+    }
+
     /// Member `index` stops: no input, no output, what it held is gone.
     public mutating func crash(_ index: Int) { alive[index] = false }
 

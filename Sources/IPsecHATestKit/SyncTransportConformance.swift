@@ -60,19 +60,18 @@ public enum SyncTransportConformance {
             let child = try SAFixtures.childSA(UInt32(0x3000 + index), parent: ike.identifier, window: 256, &random)
             identifiers.append(ike.identifier)
             let retired = index % 5 == 4 ? identifiers[index - 2] : nil
-            _ = try activeMember.update(now: clock()) { state throws(GatewayStateError) in
-                var changes = try state.createIKESA(ike)
+            _ = try activeMember.update(now: clock()) { state, changes throws(GatewayStateError) in
+                changes += try state.createIKESA(ike)
                 changes += try state.createChildSA(child)
-                return changes + (try state.updateMessageIDs(of: ike.identifier) { try? $0.responses.recordProcessed(0) })
+                changes += try state.updateMessageIDs(of: ike.identifier) { try? $0.responses.recordProcessed(0) }
             }
             _ = activeMember.packetPath { state in
                 guard let slot = state.slot(forInboundSPI: child.inboundSPI) else { return }
                 for _ in 0..<100 { _ = try? state.nextOutboundSequenceNumber(at: slot, bytes: 1_000) }
             }
-            _ = try activeMember.update(now: clock()) { state throws(GatewayStateError) in
-                var changes = state.slot(forInboundSPI: child.inboundSPI).map { state.checkpointCounters(at: $0) } ?? []
+            _ = try activeMember.update(now: clock()) { state, changes throws(GatewayStateError) in
+                if let slot = state.slot(forInboundSPI: child.inboundSPI) { changes += state.checkpointCounters(at: slot) }
                 if let retired { changes += try state.deleteIKESA(retired) }
-                return changes
             }
             step()
         }

@@ -107,10 +107,9 @@ struct MemberCommand: ParsableCommand {
             let children = try (0..<2).map { child in
                 try SAFixtures.childSA(UInt32(0x1000 + 2 * index + child), parent: ike.identifier, window: 1024, &random)
             }
-            _ = try cluster.update(now: started) { state throws(GatewayStateError) in
-                var changes = try state.createIKESA(ike)
+            _ = try cluster.update(now: started) { state, changes throws(GatewayStateError) in
+                changes += try state.createIKESA(ike)
                 for child in children { changes += try state.createChildSA(child) }
-                return changes
             }
             slots += children.compactMap { cluster.state.slot(forInboundSPI: $0.inboundSPI) }
         }
@@ -137,7 +136,7 @@ struct MemberCommand: ParsableCommand {
             if now.nanoseconds - lastReport.nanoseconds >= 20_000_000, let first = slots.first, let sa = cluster.state[first] {
                 lastReport = now
                 // Only while the standby is there: a token is released without it otherwise.
-                if cluster.channel.isEstablished(with: peerID), let token = try? cluster.update(now: now, { state in state.checkpointCounters(at: first) }) {
+                if cluster.channel.isEstablished(with: peerID), let token = try? cluster.update(now: now, { state, changes in changes += state.checkpointCounters(at: first) }) {
                     pending[token] = sa.outboundCounter.lastSent
                 }
                 Self.emit("acknowledged spi=\(sa.inboundSPI) last_sent=\(acknowledged)")

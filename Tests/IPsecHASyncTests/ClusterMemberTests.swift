@@ -9,7 +9,7 @@ extension EmbeddedCluster {
         var random = SplitMix64(seed: seed)
         let ike = try SAFixtures.ikeSA(ikeSPI, &random)
         let child = try SAFixtures.childSA(spi, parent: ike.identifier, window: 64, &random)
-        let token = try members[member].update(now: now) { state throws(GatewayStateError) in try state.createIKESA(ike) + state.createChildSA(child) }
+        let token = try members[member].update(now: now) { state, changes throws(GatewayStateError) in changes += try state.createIKESA(ike) + state.createChildSA(child) }
         return (ike, token)
     }
 
@@ -34,13 +34,26 @@ struct ClusterMemberTests {
         try pair.run(for: .milliseconds(20))
         #expect(pair.events[0].contains(.released(token)))
         #expect(pair.members[1].state == pair.members[0].state && pair.members[1].state.childSACount == 1)
-        #expect(throws: ClusterMemberError.notActive) { try pair.members[1].update(now: pair.now) { _ throws(GatewayStateError) in [] } }
+        #expect(throws: ClusterMemberError.notActive) { try pair.members[1].update(now: pair.now) { _, _ throws(GatewayStateError) in } }
         // A change that fails leaves the state as it was and replicates nothing.
         let before = pair.members[0].state
         #expect(throws: ClusterMemberError.state(.ikeSAExists(ike.identifier))) {
-            try pair.members[0].update(now: pair.now) { state throws(GatewayStateError) in try state.createIKESA(ike) }
+            try pair.members[0].update(now: pair.now) { state, changes throws(GatewayStateError) in changes += try state.createIKESA(ike) }
         }
-        #expect(pair.members[0].state == before && pair.members[0].nextAction() == nil)
+        #expect(pair.members[0].state == before)
+        // One that fails part way: what it changed is replicated all the same, so that the
+        // standby never holds less than the active member.
+        var random = SplitMix64(seed: 30)
+        let other = try SAFixtures.ikeSA(8, &random)
+        let clash = try SAFixtures.childSA(0x4000, parent: other.identifier, window: 64, &random)
+        #expect(throws: ClusterMemberError.state(.spiInUse(0x4000))) {
+            try pair.members[0].update(now: pair.now) { state, changes throws(GatewayStateError) in
+                changes += try state.createIKESA(other)
+                changes += try state.createChildSA(clash)
+            }
+        }
+        try pair.run(for: .milliseconds(20))
+        #expect(pair.members[0].state.ikeSAs[other.identifier] != nil && pair.members[1].state == pair.members[0].state)
         #expect(pair.members[1].packetPath { _ in true } == nil, "a standby does not send")
     }
 
@@ -96,7 +109,7 @@ struct ClusterMemberTests {
         pair.network.faults.partitions = []
         try pair.run(for: .milliseconds(2000))
         #expect(!pair.members[0].isActive && pair.members[1].isActive)
-        #expect(pair.events[0].contains { if case .steppedDown(ClusterMemberID(rawValue: 2), _) = $0 { true } else { false } }, "\(pair.events[0])")
+        #expect(pair.events[0].contains { if case .steppedDown(.newerActive(ClusterMemberID(rawValue: 2), _)) = $0 { true } else { false } }, "\(pair.events[0])")
         #expect(pair.events[1].contains(.reasserted(jump: ClusterMember.reassertionJump, rekey: [])), "\(pair.events[1])")
         #expect(pair.events[0].last == .becameReady, "resynced from the newer active member")
         let resumed = try #require(pair.members[1].state.childSA(inboundSPI: 0x6000)).outboundCounter.lastSent
@@ -124,5 +137,85 @@ struct ClusterMemberTests {
         #expect(cluster.events[1].contains(.released(token)))
         #expect(cluster.members[2].state.childSA(inboundSPI: 0x7100) != nil)
         #expect(cluster.members[2].state == cluster.members[1].state)
+    }
+
+    /// With keepalived in charge, a silent active member is not enough: the standby holds back
+    /// (once) until keepalived gives it the address, then takes over.
+    @Test func followingVRRPTheStandbyTakesOverOnlyWhenKeepalivedSaysMaster() throws {
+        var cluster = try EmbeddedCluster(seed: 12) { $0.followsVRRP = true }
+        try cluster.run(for: .milliseconds(300))
+        _ = try cluster.createSAs(ikeSPI: 31, childSPI: 0x7200, seed: 13)
+        try cluster.run(for: .milliseconds(50))
+        cluster.crash(0)
+        try cluster.run(for: .seconds(1))
+        #expect(!cluster.members[1].isActive)
+        #expect(cluster.events[1].filter { if case .heldBack = $0 { true } else { false } }.count == 1, "\(cluster.events[1])")
+        cluster.signal(1, .vrrp(.master))
+        #expect(cluster.members[1].isActive && cluster.members[1].state.childSA(inboundSPI: 0x7200) != nil)
+        guard case .tookOver(let plan, _)? = cluster.events[1].last else {
+            Issue.record("no takeover: \(cluster.events[1])")
+            return
+        }
+        #expect(plan.childSAs.count == 1)
+    }
+
+    /// keepalived moves the address: BACKUP steps the active member down at once, MASTER makes
+    /// the standby active; the old active member rejoins as a standby of the new one, which
+    /// moves its counters past anything the old one sent (it says it stepped down).
+    @Test func keepalivedMovesTheActiveRoleAndTheOldActiveRejoins() throws {
+        var cluster = try EmbeddedCluster(seed: 14) { $0.followsVRRP = true }
+        try cluster.run(for: .milliseconds(300))
+        _ = try cluster.createSAs(ikeSPI: 41, childSPI: 0x7300, seed: 15)
+        cluster.send(0, spi: 0x7300, count: 1_000)
+        try cluster.run(for: .milliseconds(50))
+        let sent = try #require(cluster.members[0].state.childSA(inboundSPI: 0x7300)).outboundCounter.lastSent
+        cluster.signal(0, .vrrp(.backup))
+        #expect(!cluster.members[0].isActive && cluster.events[0].last == .steppedDown(.external("keepalived: BACKUP")))
+        #expect(cluster.members[0].packetPath { _ in true } == nil, "it stopped sending at once")
+        cluster.signal(1, .vrrp(.master))
+        try cluster.run(for: .seconds(1))
+        #expect(cluster.activeMembers == [1])
+        #expect(cluster.members[0].isReady && cluster.members[0].state == cluster.members[1].state, "\(cluster.events[0])")
+        #expect(try #require(cluster.members[1].state.childSA(inboundSPI: 0x7300)).outboundCounter.lastSent > sent)
+    }
+
+    /// An operator's takeover on a standby while the active member runs: the newer epoch wins,
+    /// the old active member steps down and rejoins; exactly one member is active after.
+    @Test func anOperatorsTakeoverLeavesOneActiveMember() throws {
+        var cluster = try EmbeddedCluster(seed: 16)
+        try cluster.run(for: .milliseconds(300))
+        cluster.signal(0, .stepDown(reason: "not me"))
+        cluster.signal(0, .takeOver(reason: "operator"))
+        #expect(cluster.members[0].isActive, "a step-down then a takeover of the same member")
+        cluster.signal(1, .takeOver(reason: "operator"))
+        try cluster.run(for: .seconds(1))
+        #expect(cluster.activeMembers == [1], "\(cluster.events)")
+        #expect(cluster.events[0].contains { if case .steppedDown(.newerActive(ClusterMemberID(rawValue: 2), _)) = $0 { true } else { false } })
+        #expect(cluster.members[0].isReady)
+    }
+
+    /// An exchange the active member started and did not finish is in flight for the member
+    /// that takes over; one it finished is not.
+    @Test func exchangesInFlightReachTheTakeoverPlan() throws {
+        var cluster = try EmbeddedCluster(seed: 17)
+        try cluster.run(for: .milliseconds(300))
+        let (busy, _) = try cluster.createSAs(ikeSPI: 51, childSPI: 0x7400, seed: 18)
+        let (done, _) = try cluster.createSAs(ikeSPI: 52, childSPI: 0x7401, seed: 19)
+        let started = try cluster.members[0].replicateExchange(of: busy.identifier, messageID: 1, initiatedHere: false, finished: false, now: cluster.now)
+        _ = try cluster.members[0].replicateExchange(of: done.identifier, messageID: 1, initiatedHere: false, finished: false, now: cluster.now)
+        _ = try cluster.members[0].replicateExchange(of: done.identifier, messageID: 1, initiatedHere: false, finished: true, now: cluster.now)
+        #expect(throws: ClusterMemberError.notActive) {
+            try cluster.members[1].replicateExchange(of: busy.identifier, messageID: 1, initiatedHere: false, finished: false, now: cluster.now)
+        }
+        try cluster.run(for: .milliseconds(20))
+        #expect(cluster.events[0].contains(.released(started)))
+        cluster.crash(0)
+        try cluster.run(for: .milliseconds(400))
+        guard case .tookOver(let plan, _)? = cluster.events[1].last else {
+            Issue.record("no takeover: \(cluster.events[1])")
+            return
+        }
+        #expect(plan.ikeSAs.first { $0.identifier == busy.identifier }?.classification == .inFlight)
+        #expect(plan.ikeSAs.first { $0.identifier == done.identifier }?.classification == .certain)
     }
 }

@@ -39,8 +39,8 @@ struct ReadmeExampleTests {
         var random = SplitMix64(seed: 2)
         let ike = try SAFixtures.ikeSA(1, &random)
         let child = try SAFixtures.childSA(0x1001, parent: ike.identifier, window: 1024, &random)
-        let token = try members[active]!.update(now: now) { state throws(GatewayStateError) in
-            try state.createIKESA(ike) + state.createChildSA(child)
+        let token = try members[active]!.update(now: now) { state, changes throws(GatewayStateError) in
+            changes += try state.createIKESA(ike) + state.createChildSA(child)
         }
         // ESP goes out on the packet path; the counters reach the standby with checkpoints.
         _ = members[active]!.packetPath { state in

@@ -128,6 +128,15 @@ public struct ClusterRole: Sendable {
         epoch = newEpoch
     }
 
+    /// Makes this active member a standby on an external decision (keepalived, an operator),
+    /// with no active member known until one says hello. Throws unless active.
+    public mutating func stepDown() throws(ClusterRoleError) {
+        guard isActive else { throw .notActive }
+        isActive = false
+        activeMember = nil
+        failureReported = false
+    }
+
     /// Makes this member active (after a failure was reported, or when an external system
     /// decides). The new epoch must be above the current one, so that a split brain resolves
     /// in favour of the newest active member; rotate the synch channel to it too.

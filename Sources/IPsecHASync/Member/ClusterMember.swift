@@ -24,14 +24,37 @@ public enum ClusterMemberAction: Sendable, Hashable {
     /// accept until rekeyed). Start serving IKE and ESP, and carry out the plan's message-ID
     /// decisions with the peers (RFC 6311).
     case tookOver(TakeoverPlan, rekey: [UInt32])
-    /// Another member is active with a newer epoch: stop serving; this member is a standby of
-    /// that one now, and resyncs from it.
-    case steppedDown(newerActive: ClusterMemberID, epoch: UInt32)
+    /// This member stopped serving: it is a standby now and resyncs from the active member
+    /// (once one says so, after an external step-down).
+    case steppedDown(StepDownReason)
+    /// The active member fell silent but keepalived has not given this host the address
+    /// (``ClusterMemberConfiguration/followsVRRP``): this standby does not take over. Once per
+    /// silence.
+    case heldBack(String)
     /// A member that had been active too (a split brain that healed) stepped down: this one
     /// moved every outbound counter on by `jump` past anything that member could have used,
     /// and moved to a newer epoch. The Child SAs in `rekey` could not move that far (32-bit
     /// counters near their end) and were deleted.
     case reasserted(jump: UInt64, rekey: [UInt32])
+}
+
+/// Why a ``ClusterMember`` stopped serving.
+public enum StepDownReason: Sendable, Hashable {
+    /// Another member is active with a newer epoch (a split brain that healed).
+    case newerActive(ClusterMemberID, epoch: UInt32)
+    /// keepalived or an operator said so (``ClusterMemberSignal``).
+    case external(String)
+}
+
+/// A decision from outside the synch channel, for ``ClusterMember/signal(_:now:)``.
+public enum ClusterMemberSignal: Sendable, Hashable {
+    /// keepalived's state for this host's VRRP instance (its notify FIFO): MASTER takes over,
+    /// BACKUP, FAULT and STOP step an active member down (``VRRPFollower``'s rule).
+    case vrrp(VRRPState)
+    /// An operator makes this standby active now, whether or not its copy is complete.
+    case takeOver(reason: String)
+    /// An operator makes this active member stop serving and rejoin as a standby.
+    case stepDown(reason: String)
 }
 
 /// How a ``ClusterMember`` runs.
@@ -52,6 +75,11 @@ public struct ClusterMemberConfiguration: Sendable {
     /// without the standbys), so that a standby that heartbeats but never acknowledges cannot
     /// hold the IKE SAs for good.
     public var releaseDeadline: UInt64? = 2_000_000_000
+    /// Whether keepalived (VRRP) decides who is active: a standby then takes over on
+    /// ``ClusterMemberSignal/vrrp(_:)`` MASTER only, and a silent active member alone yields
+    /// ``ClusterMemberAction/heldBack(_:)``. Without it the failure detector decides: the lowest
+    /// ready standby that is heard takes over.
+    public var followsVRRP = false
 
     /// A configuration for the channel, with `activeMember` active at the start.
     public init(channel: SyncChannelConfiguration, activeMember: ClusterMemberID) {
@@ -64,7 +92,7 @@ public struct ClusterMemberConfiguration: Sendable {
 public enum ClusterMemberError: Error, Sendable, Hashable {
     /// Only the active member changes the state; a standby's comes from it.
     case notActive
-    /// The change itself failed; the state is as it was.
+    /// The change itself failed (what it changed before failing was replicated).
     case state(GatewayStateError)
 }
 
@@ -78,7 +106,8 @@ public enum ClusterMemberError: Error, Sendable, Hashable {
 /// that need another arrangement.
 public struct ClusterMember {
     enum Lifecycle {
-        case standby(active: ClusterMemberID, replica: Replica, lastHello: Timestamp?, ready: Bool)
+        /// `active` is nil after an external step-down, until an active member says hello.
+        case standby(active: ClusterMemberID?, replica: Replica, lastHello: Timestamp?, ready: Bool)
         case active(replicator: Replicator, state: GatewayState, lastHello: Timestamp?)
         /// Only while a lifecycle's parts are out being changed, so that none is copied.
         case moving
@@ -91,6 +120,9 @@ public struct ClusterMember {
     private var role: ClusterRole
     private var lifecycle: Lifecycle
     private var scheduler: CounterCheckpointScheduler
+    private var vrrp = VRRPFollower()
+    /// When this member last stepped down because another was active with a newer epoch.
+    private var steppedDownAt: Timestamp?
     private var held = HeldReplies<ReplicationToken>()
     private var outbox: [ClusterMemberAction] = []
     private var outboxHead = 0
@@ -178,21 +210,52 @@ public struct ClusterMember {
     }
 
     /// Changes the state (active member only): `body` makes the change with the state's own
-    /// mutations and returns their `StateChange` values, which go to the standbys. The token
-    /// comes back as ``ClusterMemberAction/released(_:)`` once they hold the change. Throws
-    /// ``ClusterMemberError/notActive`` on a standby, and the state's own error, changing
-    /// nothing, when `body` throws.
+    /// mutations and appends the `StateChange` values they return to `changes`, which go to the
+    /// standbys. The token comes back as ``ClusterMemberAction/released(_:)`` once they hold
+    /// the change. Throws ``ClusterMemberError/notActive`` on a standby, changing nothing.
+    ///
+    /// When `body` throws (``ClusterMemberError/state(_:)``), what it changed before is kept
+    /// and replicated all the same, so that the standbys never hold less than this member: each
+    /// of the state's mutations changes nothing when it throws, so a body of one mutation that
+    /// fails changes nothing at all.
     public mutating func update(
-        now: Timestamp, _ body: (inout GatewayState) throws(GatewayStateError) -> [StateChange]
+        now: Timestamp, _ body: (_ state: inout GatewayState, _ changes: inout [StateChange]) throws(GatewayStateError) -> Void
+    ) throws(ClusterMemberError) -> ReplicationToken {
+        var failure: GatewayStateError?
+        let token = try replicate(now: now) { replicator, state, channel throws(ClusterMemberError) in
+            var changes: [StateChange] = []
+            do throws(GatewayStateError) { try body(&state, &changes) } catch { failure = error }
+            return replicator.replicate(changes, state: state, channel: &channel, now: now)
+        }
+        if let failure { throw .state(failure) }
+        return token
+    }
+
+    /// Tells the standbys that an exchange on an IKE SA started (`finished` false: before the
+    /// request leaves, or once an authentic new request arrived) or finished (after its changes
+    /// went through ``update(now:_:)``), so that a takeover knows what was in flight. The token
+    /// is released once they hold it. Throws ``ClusterMemberError/notActive`` on a standby.
+    public mutating func replicateExchange(
+        of identifier: IKESAIdentifier, messageID: UInt32, initiatedHere: Bool, finished: Bool, now: Timestamp
+    ) throws(ClusterMemberError) -> ReplicationToken {
+        try replicate(now: now) { replicator, state, channel throws(ClusterMemberError) in
+            replicator.replicateExchange(
+                of: identifier, messageID: messageID, initiatedHere: initiatedHere, finished: finished, state: state, channel: &channel, now: now)
+        }
+    }
+
+    /// Runs `body` on the active member's replicator, state and channel (moved out, so that
+    /// none is copied) and holds a new token until the standbys acknowledge what it sent.
+    private mutating func replicate(
+        now: Timestamp,
+        _ body: (inout Replicator, inout GatewayState, inout SyncChannel) throws(ClusterMemberError) -> (tickets: [SyncTicket], actions: [SyncChannelAction])
     ) throws(ClusterMemberError) -> ReplicationToken {
         guard case .active(var replicator, var state, let lastHello) = lifecycle else { throw .notActive }
         lifecycle = .moving
         defer { lifecycle = .active(replicator: replicator, state: state, lastHello: lastHello) }
-        let changes: [StateChange]
-        do { changes = try body(&state) } catch { throw .state(error) }
+        let sent = try body(&replicator, &state, &channel)
         let token = ReplicationToken(value: nextToken)
         nextToken += 1
-        let sent = replicator.replicate(changes, state: state, channel: &channel, now: now)
         enqueue(sent.actions)
         let standbys = configuration.channel.peers.filter { channel.isEstablished(with: $0) }
         let deadline = configuration.releaseDeadline.map { Timestamp(nanoseconds: now.nanoseconds &+ $0) }
@@ -211,6 +274,30 @@ public struct ClusterMember {
         lifecycle = .moving
         defer { lifecycle = .active(replicator: replicator, state: state, lastHello: lastHello) }
         return body(&state)
+    }
+
+    /// Takes a decision from outside the synch channel: keepalived's VRRP state, or an
+    /// operator's. A takeover or a step-down shows as the usual action; a signal that changes
+    /// nothing (MASTER on the active member, a step-down on a standby) is ignored.
+    public mutating func signal(_ signal: ClusterMemberSignal, now: Timestamp) {
+        lastTick = now
+        let decision: VRRPFollower.Decision
+        switch signal {
+        case .vrrp(let state): decision = vrrp.heard(state, isActive: isActive)
+        case .takeOver(let reason): decision = isActive ? .stay : .takeOver(.external(reason))
+        case .stepDown(let reason): decision = isActive ? .stepDown(reason) : .stay
+        }
+        switch decision {
+        case .takeOver:
+            guard case .standby(let active, var replica, _, _) = lifecycle else { return }
+            lifecycle = .moving
+            takeOver(from: active, replica: &replica, now: now)
+        case .stepDown(let reason):
+            _ = try? role.stepDown()
+            stepDown(.external(reason), following: nil)
+        case .stay, .holdBack:
+            break
+        }
     }
 
     // MARK: Outputs
@@ -242,8 +329,12 @@ public struct ClusterMember {
             if (!replica.isReady && !replica.isResyncing) || (ready && configuration.channel.peers.count > 1) {
                 earliest = min(earliest, (lastHello?.nanoseconds ?? 0) &+ hello)
             }
-            if ready, let heard = channel.lastHeard(from: active) {
-                earliest = min(earliest, heard.nanoseconds &+ configuration.channel.heartbeatInterval &* max(configuration.missCount, 1))
+            // When the active member's silence reaches the miss count; once it has, the tick
+            // that saw it decided (took over, held back, or deferred to a lower standby), and
+            // the channel's own timers wake this member for what changes that.
+            if ready, let active, let heard = channel.lastHeard(from: active) {
+                let detection = heard.nanoseconds &+ configuration.channel.heartbeatInterval &* max(configuration.missCount, 1)
+                if detection > lastTick.nanoseconds { earliest = min(earliest, detection) }
             }
         case .moving:
             break
@@ -304,10 +395,8 @@ public struct ClusterMember {
         if role.reassertionDue(afterHelloFrom: peer, epoch: epoch, capabilities: capabilities, now: now) { reassert(now: now) }
         for case .steppedDown(let newer, let newerEpoch) in role.heardHello(from: peer, epoch: epoch, capabilities: capabilities) {
             // A newer active member: what this one served is the other's to carry on.
-            held.removeAll()
-            steppedDown = true
-            lifecycle = .standby(active: newer, replica: Replica(), lastHello: nil, ready: false)
-            outbox.append(.steppedDown(newerActive: newer, epoch: newerEpoch))
+            steppedDownAt = now
+            stepDown(.newerActive(newer, epoch: newerEpoch), following: newer)
         }
         if case .standby(let active, _, _, _) = lifecycle, capabilities & ClusterRole.activeCapability != 0,
             peer != active, role.activeMember == peer
@@ -336,15 +425,23 @@ public struct ClusterMember {
     }
 
     private mutating func standbyTick(now: Timestamp) {
-        guard case .standby(let active, var replica, var lastHello, var ready) = lifecycle else { return }
+        guard case .standby(let knownActive, var replica, var lastHello, var ready) = lifecycle else { return }
         lifecycle = .moving
-        replica.observe(missingSince: channel.missingSince(from: active))
         if !replica.isReady, !replica.isResyncing, lastHello.map({ now.nanoseconds &- $0.nanoseconds >= configuration.helloInterval }) ?? true {
             lastHello = now
             let hello = SyncRecord.hello(
                 epoch: channel.configuration.epoch, capabilities: steppedDown ? ClusterRole.steppedDownCapability : 0, needsResync: true)
-            if let sent = try? channel.send([hello], to: active, now: now) { enqueue(sent.actions) }
+            // With no active member known (after an external step-down), to every peer: the one
+            // that becomes active resyncs this one.
+            for peer in knownActive.map({ [$0] }) ?? configuration.channel.peers {
+                if let sent = try? channel.send([hello], to: peer, now: now) { enqueue(sent.actions) }
+            }
         }
+        guard let active = knownActive else {
+            lifecycle = .standby(active: nil, replica: replica, lastHello: lastHello, ready: ready)
+            return
+        }
+        replica.observe(missingSince: channel.missingSince(from: active))
         if replica.isReady, let request = replica.takeResyncRequest(), let sent = try? channel.send([request], to: active, now: now) {
             enqueue(sent.actions)
         }
@@ -362,8 +459,29 @@ public struct ClusterMember {
             }
         }
         // Only a ready standby takes over (an incomplete copy would lose what it lacks), and
-        // only the lowest of those that are heard.
-        if ready, isSilent(active, now: now), !defersToAnotherStandby(active: active, now: now) {
+        // only the lowest of those that are heard; with keepalived, only where the address is.
+        if ready, isSilent(active, now: now) {
+            if !configuration.followsVRRP {
+                if !defersToAnotherStandby(active: active, now: now) {
+                    takeOver(from: active, replica: &replica, now: now)
+                    return
+                }
+            } else {
+                switch vrrp.activeMemberSilent(active) {
+                case .takeOver:
+                    takeOver(from: active, replica: &replica, now: now)
+                    return
+                case .holdBack(let why): outbox.append(.heldBack(why))
+                case .stay, .stepDown: break
+                }
+            }
+        } else {
+            vrrp.activeMemberHeard()
+        }
+        // keepalived gave this host the address while another member said it was active with a
+        // newer epoch (a healed split brain): after a second for the other side to settle, the
+        // address decides.
+        if configuration.followsVRRP, vrrp.state == .master, let steppedDownAt, now.nanoseconds &- steppedDownAt.nanoseconds >= 1_000_000_000 {
             takeOver(from: active, replica: &replica, now: now)
             return
         }
@@ -387,17 +505,28 @@ public struct ClusterMember {
         }
     }
 
-    private mutating func takeOver(from failed: ClusterMemberID, replica: inout Replica, now: Timestamp) {
+    private mutating func takeOver(from failed: ClusterMemberID?, replica: inout Replica, now: Timestamp) {
         let epoch = nextEpoch
-        _ = try? role.promote(.activeMemberSilent(failed), newEpoch: epoch)
+        _ = try? role.promote(failed.map { .activeMemberSilent($0) } ?? .external("signal"), newEpoch: epoch)
         try? channel.rotate(toEpoch: epoch)
-        replica.applyHeldCheckpoints(channel.recordsHeldBehindGap(from: failed), now: now)
+        steppedDownAt = nil
+        if let failed { replica.applyHeldCheckpoints(channel.recordsHeldBehindGap(from: failed), now: now) }
         let plan = replica.takeoverPlan(policy: configuration.takeover, now: now)
         var state = replica.state
         replica = Replica()
         let outcome = state.applyTakeover(plan)
         lifecycle = .active(replicator: Replicator(standbys: configuration.channel.peers), state: state, lastHello: nil)
         outbox.append(.tookOver(plan, rekey: outcome.rekey))
+    }
+
+    /// Stops serving: a standby of `active` (nil: of whichever member says it is active next)
+    /// with an empty copy, saying that it stepped down until resynced, since it may have sent on
+    /// SAs the active member holds.
+    private mutating func stepDown(_ reason: StepDownReason, following active: ClusterMemberID?) {
+        held.removeAll()
+        steppedDown = true
+        lifecycle = .standby(active: active, replica: Replica(), lastHello: nil, ready: false)
+        outbox.append(.steppedDown(reason))
     }
 
     /// After a healed split brain: every outbound counter on by ``reassertionJump``, replicated,
