@@ -43,10 +43,11 @@ public enum SAFixtures {
     }
 
     /// A Child SA of `parent` with inbound SPI `spi`, a random outbound SPI and an active
-    /// replay window of `window` packets, owned by `owner`.
+    /// replay window of `window` packets, owned by `owner`, with Extended Sequence Numbers
+    /// unless `extendedSequenceNumbers` is false.
     public static func childSA(
         _ spi: UInt32, parent: IKESAIdentifier, policy: SecurityPolicyID? = nil, window: UInt32, owner: ClusterMemberID = member,
-        _ random: inout SplitMix64
+        extendedSequenceNumbers: Bool = true, _ random: inout SplitMix64
     ) throws -> ChildSA {
         try ChildSA(
             inboundSPI: spi, outboundSPI: UInt32(truncatingIfNeeded: random.next()) | 0x100,
@@ -55,8 +56,8 @@ public enum SAFixtures {
             transforms: ChildSATransforms(encryption: .aesGCM16, encryptionKeyLength: 256, integrity: .none),
             inboundKeys: ChildSAKeys(encryption: KeyMaterial(randomCount: 36, using: &random)),
             outboundKeys: ChildSAKeys(encryption: KeyMaterial(randomCount: 36, using: &random)),
-            outboundCounter: OutboundSequenceCounter(extendedSequenceNumbers: true),
-            inboundWindow: ReplayWindow(size: window, extendedSequenceNumbers: true),
+            outboundCounter: OutboundSequenceCounter(extendedSequenceNumbers: extendedSequenceNumbers),
+            inboundWindow: ReplayWindow(size: window, extendedSequenceNumbers: extendedSequenceNumbers),
             lifetime: ChildSALifetime(
                 soft: LifetimeLimits(seconds: 3_300, bytes: 1 << 40), hard: LifetimeLimits(seconds: 3_600, bytes: 1 << 41),
                 installedAt: .seconds(0)),

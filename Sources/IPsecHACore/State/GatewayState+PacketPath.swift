@@ -25,6 +25,39 @@ extension GatewayState {
         return number
     }
 
+    /// Adopts the counters of a Child SA whose ESP runs in a data plane that keeps them itself
+    /// (a kernel's or a NIC's, read from it): the outbound counter, the inbound window's top and
+    /// each usage count move forward to what it reports, never back, so that the counter
+    /// checkpoints replicate what that data plane did. The window's bitmap is not kept: only for
+    /// Child SAs whose packets do not pass ``checkInbound(wire:at:)``. Throws, changing nothing,
+    /// for an unknown SPI, or for counters beyond the SA's sequence space (values from outside,
+    /// checked as such).
+    public mutating func observeCounters(_ observed: ChildSACounterCheckpoint) throws(GatewayStateError) {
+        guard let slot = spiIndex.slot(of: observed.inboundSPI) else { throw .unknownChildSA(observed.inboundSPI) }
+        let index = Int(slot)
+        let held = childSlots[index]!
+        let counter: OutboundSequenceCounter
+        var window = held.inboundWindow
+        do {
+            counter =
+                observed.outbound.lastSent > held.outboundCounter.lastSent
+                ? try OutboundSequenceCounter(
+                    extendedSequenceNumbers: held.outboundCounter.extendedSequenceNumbers, lastSent: observed.outbound.lastSent,
+                    softLimit: held.outboundCounter.softLimit)
+                : held.outboundCounter
+            if observed.inbound.highestAuthenticatedSequenceNumber > window.top { try window.adoptPassively(observed.inbound) }
+        } catch {
+            throw .childSA(.checkpointOutsideSequenceSpace)
+        }
+        let usage = held.lifetime.usage
+        childSlots[index]!.outboundCounter = counter
+        childSlots[index]!.inboundWindow = window
+        childSlots[index]!.lifetime.usage = ChildSAUsage(
+            inboundBytes: max(usage.inboundBytes, observed.usage.inboundBytes), inboundPackets: max(usage.inboundPackets, observed.usage.inboundPackets),
+            outboundBytes: max(usage.outboundBytes, observed.usage.outboundBytes),
+            outboundPackets: max(usage.outboundPackets, observed.usage.outboundPackets))
+    }
+
     /// Phase one of the inbound replay check on the Child SA in `slot`.
     public func checkInbound(wire: UInt32, at slot: ChildSASlot) -> ReplayCheckResult? {
         self[slot]?.inboundWindow.check(wire: wire)

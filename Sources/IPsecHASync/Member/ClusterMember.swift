@@ -300,6 +300,39 @@ public struct ClusterMember {
         }
     }
 
+    /// Adopts counters a data plane keeps itself (``CounterKeeping/dataPlane``), forward only,
+    /// so that the next checkpoints carry them (active member only; a standby's come from the
+    /// active member). Returns the SPIs it did not adopt: Child SAs this member does not hold
+    /// (deleted while the data plane was read) or counters beyond their sequence space.
+    @discardableResult
+    public mutating func observeCounters(_ observed: [ChildSACounterCheckpoint]) throws(ClusterMemberError) -> [UInt32] {
+        guard case .active(let replicator, var state, let lastHello) = lifecycle else { throw .notActive }
+        lifecycle = .moving
+        defer { lifecycle = .active(replicator: replicator, state: state, lastHello: lastHello) }
+        var refused: [UInt32] = []
+        for checkpoint in observed {
+            do throws(GatewayStateError) { try state.observeCounters(checkpoint) } catch { refused.append(checkpoint.inboundSPI) }
+        }
+        return refused
+    }
+
+    /// ``tick(now:)`` for a member whose ESP runs in `dataPlane`: an active member first adopts
+    /// the counters the data plane keeps (``CounterKeeping/dataPlane``), so that the checkpoints
+    /// this tick sends carry them. Throws the data plane's error, after ticking all the same.
+    public mutating func tick<DataPlane: ClusterDataPlane>(now: Timestamp, dataPlane: inout DataPlane) throws(DataPlaneError) {
+        var failure: DataPlaneError?
+        if isActive, dataPlane.counterKeeping == .dataPlane {
+            do throws(DataPlaneError) {
+                let observed = try dataPlane.observedCounters(of: state)
+                _ = try? observeCounters(observed)
+            } catch {
+                failure = error
+            }
+        }
+        tick(now: now)
+        if let failure { throw failure }
+    }
+
     // MARK: Outputs
 
     /// The next thing to do, oldest first; nil when there is nothing.
@@ -313,6 +346,17 @@ public struct ClusterMember {
             }
         }
         return outbox[outboxHead]
+    }
+
+    /// Carries out on `dataPlane` what `action` asks of it: serve this member's state after a
+    /// takeover or a reassertion (the counters already moved), stop after a step-down. Other
+    /// actions ask nothing of it. Call it for each action ``nextAction()`` gives.
+    public func drive<DataPlane: ClusterDataPlane>(_ dataPlane: inout DataPlane, for action: ClusterMemberAction) throws(DataPlaneError) {
+        switch action {
+        case .tookOver, .reasserted: try dataPlane.startServing(state)
+        case .steppedDown: dataPlane.stopServing()
+        case .transmit, .released, .becameReady, .heldBack: break
+        }
     }
 
     /// When ``tick(now:)`` next has work, unless a datagram comes first: sleep until then.

@@ -1,0 +1,51 @@
+public import IPsecHACore
+
+/// Who keeps a data plane's ESP sequence numbers and replay windows.
+public enum CounterKeeping: Sendable, Hashable {
+    /// The package: every packet passes ``ClusterMember/packetPath(_:)`` (userspace ESP, as
+    /// the reference gateway's), and the member's state is the counters.
+    case package
+    /// The data plane itself (ESP in a kernel, as Linux XFRM, or in a NIC): nothing in the
+    /// package sees each packet, so the active member reads them
+    /// (``ClusterDataPlane/observedCounters(of:)``) and adopts them
+    /// (``ClusterMember/observeCounters(_:)``) before each checkpoint.
+    case dataPlane
+}
+
+/// Why a data plane refused (the adapter's own words; the member's state is unchanged).
+public struct DataPlaneError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// What failed, in the data plane's words (the kernel's error, the SA concerned).
+    public var description: String
+
+    /// An error that says `description`.
+    public init(_ description: String) { self.description = description }
+}
+
+/// Where one cluster member's ESP runs, as its ``ClusterMember`` sees it: one of two shapes,
+/// by ``counterKeeping``. A data plane that runs on the package's counters needs nothing but
+/// ``startServing(_:)`` and ``stopServing()``; one that keeps its own counters also reports
+/// them, so that checkpoints carry counters observed rather than driven.
+///
+/// ``ClusterMember/tick(now:dataPlane:)`` reads the counters before the checkpoints, and
+/// ``ClusterMember/drive(_:for:)`` serves or stops on the member's takeovers and step-downs.
+public protocol ClusterDataPlane {
+    /// Who keeps the counters.
+    var counterKeeping: CounterKeeping { get }
+
+    /// The counters of the Child SAs of `state` that the data plane keeps, as they are now
+    /// (``CounterKeeping/dataPlane`` only; the default returns none).
+    mutating func observedCounters(of state: GatewayState) throws(DataPlaneError) -> [ChildSACounterCheckpoint]
+
+    /// Serve `state` from now on: after a takeover it holds the plan's counters (outbound
+    /// counters past anything the failed member used, windows restored, Child SAs to rekey
+    /// neither sending nor accepting), which a data plane that keeps its own counters
+    /// installs as they are.
+    mutating func startServing(_ state: GatewayState) throws(DataPlaneError)
+
+    /// Stop sending and accepting on every Child SA: this member is a standby again.
+    mutating func stopServing()
+}
+
+extension ClusterDataPlane {
+    public mutating func observedCounters(of state: GatewayState) throws(DataPlaneError) -> [ChildSACounterCheckpoint] { [] }
+}
