@@ -218,4 +218,28 @@ struct ClusterMemberTests {
         #expect(plan.ikeSAs.first { $0.identifier == busy.identifier }?.classification == .inFlight)
         #expect(plan.ikeSAs.first { $0.identifier == done.identifier }?.classification == .certain)
     }
+
+    /// keepalived takes the address away and gives it back before the other member resynced
+    /// this one (the other died meanwhile): it takes over from what it served before, not from
+    /// an empty copy, with counters moved past anything the other may have sent.
+    @Test func aMemberToldToTakeOverBeforeItWasResyncedKeepsWhatItServed() throws {
+        var cluster = try EmbeddedCluster(seed: 25) { $0.followsVRRP = true }
+        try cluster.run(for: .milliseconds(300))
+        _ = try cluster.createSAs(ikeSPI: 81, childSPI: 0x7500, seed: 26)
+        cluster.send(0, spi: 0x7500, count: 300)
+        try cluster.run(for: .milliseconds(50))
+        let sent = try #require(cluster.members[0].state.childSA(inboundSPI: 0x7500)).outboundCounter.lastSent
+        cluster.signal(0, .vrrp(.backup))
+        cluster.crash(1)
+        try cluster.run(for: .milliseconds(100))
+        cluster.signal(0, .vrrp(.master))
+        #expect(cluster.members[0].isActive)
+        let resumed = try #require(cluster.members[0].state.childSA(inboundSPI: 0x7500), "\(cluster.events[0])")
+        #expect(resumed.outboundCounter.lastSent >= sent + TakeoverPolicy().unknownAdvance)
+        guard case .tookOver(let plan, _)? = cluster.events[0].last else {
+            Issue.record("no takeover: \(cluster.events[0])")
+            return
+        }
+        #expect(plan.ikeSAs.allSatisfy { $0.classification == .suspect })
+    }
 }

@@ -19,9 +19,14 @@ public enum ClusterMemberAction: Sendable, Hashable {
     case released(ReplicationToken)
     /// This standby holds a complete copy of the active member's state: it can take over.
     case becameReady
+    /// The active member checkpointed these Child SAs' counters and sent them to the standbys
+    /// (for logs and metrics; nothing to do).
+    case countersCheckpointed([CounterCheckpointEntry])
     /// This member took over: the plan is applied (outbound counters advanced, inbound windows
     /// rebuilt, lifetimes on this member's clock; the Child SAs in `rekey` can neither send nor
-    /// accept until rekeyed). Start serving IKE and ESP, and carry out the plan's message-ID
+    /// accept until rekeyed). Without a complete copy from the active member (a member that
+    /// stepped down and was told to take over before it was resynced) the plan is made from the
+    /// state this member served before, every IKE SA suspect. Start serving IKE and ESP, and carry out the plan's message-ID
     /// decisions with the peers (RFC 6311).
     case tookOver(TakeoverPlan, rekey: [UInt32])
     /// This member stopped serving: it is a standby now and resyncs from the active member
@@ -68,13 +73,13 @@ public struct ClusterMemberConfiguration: Sendable {
     /// How a takeover advances counters and rebuilds windows.
     public var takeover = TakeoverPolicy()
     /// How often a standby that is not ready says hello, and an active member says who it is.
-    public var helloInterval: UInt64 = 200_000_000
+    public var helloInterval: Duration = .milliseconds(200)
     /// Heartbeat intervals of silence before a ready standby declares the active member failed.
     public var missCount: UInt64 = 3
     /// A change's token is released at the latest this long after the change (nil: never
     /// without the standbys), so that a standby that heartbeats but never acknowledges cannot
     /// hold the IKE SAs for good.
-    public var releaseDeadline: UInt64? = 2_000_000_000
+    public var releaseDeadline: Duration? = .seconds(2)
     /// Whether keepalived (VRRP) decides who is active: a standby then takes over on
     /// ``ClusterMemberSignal/vrrp(_:)`` MASTER only, and a silent active member alone yields
     /// ``ClusterMemberAction/heldBack(_:)``. Without it the failure detector decides: the lowest
@@ -97,18 +102,40 @@ public enum ClusterMemberError: Error, Sendable, Hashable {
 }
 
 /// One cluster member as one sans-I/O state machine: it owns the synch channel, the replicator
-/// (active) or the replica (standby), the role and its failure detection, and the counter
-/// checkpoints, and routes what each says to the others. The embedder feeds it datagrams
-/// (``receive(_:now:)``), the time (``tick(now:)``) and state changes (``update(now:_:)``);
-/// it drains ``nextAction()`` after each call and sleeps until ``nextDeadline`` or the next
-/// datagram. Two roles: active (serves, replicates, checkpoints) and standby (applies, and takes
-/// over when the active member falls silent). The parts below it stay public for embedders
-/// that need another arrangement.
+/// (active) or the replica (standby), the role and its failure detection, the counter
+/// checkpoints and the keepalived follower, and routes what each says to the others. The
+/// embedder feeds it datagrams (``receive(_:now:)``), the time (``tick(now:)``), state changes
+/// (``update(now:_:)``) and external decisions (``signal(_:now:)``); it drains ``nextAction()``
+/// after each call and sleeps until ``nextDeadline`` or the next datagram. Two roles: active
+/// (serves, replicates, checkpoints) and standby (applies, and takes over when the active
+/// member falls silent). The parts below it stay public for embedders that need another
+/// arrangement.
 public struct ClusterMember {
+    /// What an active member owns.
+    struct Active {
+        var replicator: Replicator
+        var state: GatewayState
+        var lastHello: Timestamp?
+        /// When the Child SAs were last scanned for due checkpoints.
+        var lastCheckpointScan: Timestamp?
+    }
+
+    /// What a standby owns.
+    struct Standby {
+        /// Nil after an external step-down, until an active member says hello.
+        var active: ClusterMemberID?
+        var replica = Replica()
+        var lastHello: Timestamp?
+        /// Whether it said ``ClusterMemberAction/becameReady`` since it last became a standby.
+        var ready = false
+        /// The state this member served before it stepped down, until it is a ready standby
+        /// again: what it takes over from if told to before then.
+        var former: GatewayState?
+    }
+
     enum Lifecycle {
-        /// `active` is nil after an external step-down, until an active member says hello.
-        case standby(active: ClusterMemberID?, replica: Replica, lastHello: Timestamp?, ready: Bool)
-        case active(replicator: Replicator, state: GatewayState, lastHello: Timestamp?)
+        case standby(Standby)
+        case active(Active)
         /// Only while a lifecycle's parts are out being changed, so that none is copied.
         case moving
     }
@@ -116,25 +143,25 @@ public struct ClusterMember {
     /// The configuration it runs with.
     public let configuration: ClusterMemberConfiguration
     /// The synch channel (read its statistics, or ``SyncChannel/isEstablished(with:)``).
-    public private(set) var channel: SyncChannel
-    private var role: ClusterRole
-    private var lifecycle: Lifecycle
-    private var scheduler: CounterCheckpointScheduler
-    private var vrrp = VRRPFollower()
+    public internal(set) var channel: SyncChannel
+    var role: ClusterRole
+    var lifecycle: Lifecycle
+    var scheduler: CounterCheckpointScheduler
+    var vrrp = VRRPFollower()
     /// When this member last stepped down because another was active with a newer epoch.
-    private var steppedDownAt: Timestamp?
-    private var held = HeldReplies<ReplicationToken>()
-    private var outbox: [ClusterMemberAction] = []
+    var steppedDownAt: Timestamp?
+    var held = HeldReplies<ReplicationToken>()
+    var outbox: [ClusterMemberAction] = []
     private var outboxHead = 0
     private var nextToken: UInt64 = 1
-    private var lastTick = Timestamp(nanoseconds: 0)
-    private var highestEpochHeard: UInt32 = 0
+    var lastTick = Timestamp(nanoseconds: 0)
+    var highestEpochHeard: UInt32 = 0
     /// When each other standby last said it is ready (its hellos to the standbys): a ready
     /// standby with a lower ID that is heard is the one to take over.
-    private var readyStandbys: [ClusterMemberID: Timestamp] = [:]
+    var readyStandbys: [ClusterMemberID: Timestamp] = [:]
     /// This member stepped down from the active role and is not a ready standby since: its
     /// hellos say so, since it may have sent on SAs the active member holds.
-    private var steppedDown = false
+    var steppedDown = false
     /// How far a reassertion moves outbound counters: RFC 6311's "very large number" (2^30,
     /// section 5.2), since nothing says how far the other member went.
     public static let reassertionJump: UInt64 = 1 << 30
@@ -152,8 +179,8 @@ public struct ClusterMember {
             heartbeatInterval: configuration.channel.heartbeatInterval, missCount: configuration.missCount)
         lifecycle =
             isActive
-            ? .active(replicator: Replicator(standbys: configuration.channel.peers), state: GatewayState(), lastHello: nil)
-            : .standby(active: configuration.activeMember, replica: Replica(), lastHello: nil, ready: false)
+            ? .active(Active(replicator: Replicator(standbys: configuration.channel.peers), state: GatewayState()))
+            : .standby(Standby(active: configuration.activeMember))
         scheduler = CounterCheckpointScheduler(policy: configuration.checkpoints)
     }
 
@@ -165,27 +192,27 @@ public struct ClusterMember {
     public var isReady: Bool {
         switch lifecycle {
         case .active: true
-        case .standby(_, _, _, let ready): ready
+        case .standby(let standby): standby.ready
         case .moving: false
         }
     }
 
     /// Whether this standby is receiving a bulk resync from the active member.
-    public var isResyncing: Bool { if case .standby(_, let replica, _, _) = lifecycle { replica.isResyncing } else { false } }
+    public var isResyncing: Bool { if case .standby(let standby) = lifecycle { standby.replica.isResyncing } else { false } }
 
     /// The state this member holds: the one it serves from (active), or its copy (standby).
     public var state: GatewayState {
         switch lifecycle {
-        case .active(_, let state, _): state
-        case .standby(_, let replica, _, _): replica.state
+        case .active(let active): active.state
+        case .standby(let standby): standby.replica.state
         case .moving: GatewayState()
         }
     }
 
     /// What the active member knows of `standby` (nil on a standby).
     public func status(of standby: ClusterMemberID, now: Timestamp) -> StandbyStatus? {
-        guard case .active(let replicator, _, _) = lifecycle else { return nil }
-        return replicator.status(of: standby, channel: channel, now: now)
+        guard case .active(let active) = lifecycle else { return nil }
+        return active.replicator.status(of: standby, channel: channel, now: now)
     }
 
     // MARK: Inputs
@@ -250,16 +277,16 @@ public struct ClusterMember {
         now: Timestamp,
         _ body: (inout Replicator, inout GatewayState, inout SyncChannel) throws(ClusterMemberError) -> (tickets: [SyncTicket], actions: [SyncChannelAction])
     ) throws(ClusterMemberError) -> ReplicationToken {
-        guard case .active(var replicator, var state, let lastHello) = lifecycle else { throw .notActive }
+        guard case .active(var active) = lifecycle else { throw .notActive }
         lifecycle = .moving
-        defer { lifecycle = .active(replicator: replicator, state: state, lastHello: lastHello) }
-        let sent = try body(&replicator, &state, &channel)
+        defer { lifecycle = .active(active) }
+        let sent = try body(&active.replicator, &active.state, &channel)
         let token = ReplicationToken(value: nextToken)
         nextToken += 1
         enqueue(sent.actions)
         let standbys = configuration.channel.peers.filter { channel.isEstablished(with: $0) }
-        let deadline = configuration.releaseDeadline.map { Timestamp(nanoseconds: now.nanoseconds &+ $0) }
-        if let free = held.hold(token, tickets: sent.tickets, standbys: standbys, replicator: replicator, deadline: deadline) {
+        let deadline = configuration.releaseDeadline.map { now + $0 }
+        if let free = held.hold(token, tickets: sent.tickets, standbys: standbys, replicator: active.replicator, deadline: deadline) {
             outbox.append(.released(free))
         }
         return token
@@ -270,10 +297,10 @@ public struct ClusterMember {
     /// standbys with the next checkpoint (``ClusterMemberConfiguration/checkpoints``). Nil on
     /// a standby, which must not send.
     public mutating func packetPath<Result>(_ body: (inout GatewayState) -> Result) -> Result? {
-        guard case .active(let replicator, var state, let lastHello) = lifecycle else { return nil }
+        guard case .active(var active) = lifecycle else { return nil }
         lifecycle = .moving
-        defer { lifecycle = .active(replicator: replicator, state: state, lastHello: lastHello) }
-        return body(&state)
+        defer { lifecycle = .active(active) }
+        return body(&active.state)
     }
 
     /// Takes a decision from outside the synch channel: keepalived's VRRP state, or an
@@ -288,10 +315,10 @@ public struct ClusterMember {
         case .stepDown(let reason): decision = isActive ? .stepDown(reason) : .stay
         }
         switch decision {
-        case .takeOver:
-            guard case .standby(let active, var replica, _, _) = lifecycle else { return }
+        case .takeOver(let reason):
+            guard case .standby(let standby) = lifecycle else { return }
             lifecycle = .moving
-            takeOver(from: active, replica: &replica, now: now)
+            takeOver(standby, reason: reason, now: now)
         case .stepDown(let reason):
             _ = try? role.stepDown()
             stepDown(.external(reason), following: nil)
@@ -306,12 +333,12 @@ public struct ClusterMember {
     /// (deleted while the data plane was read) or counters beyond their sequence space.
     @discardableResult
     public mutating func observeCounters(_ observed: [ChildSACounterCheckpoint]) throws(ClusterMemberError) -> [UInt32] {
-        guard case .active(let replicator, var state, let lastHello) = lifecycle else { throw .notActive }
+        guard case .active(var active) = lifecycle else { throw .notActive }
         lifecycle = .moving
-        defer { lifecycle = .active(replicator: replicator, state: state, lastHello: lastHello) }
+        defer { lifecycle = .active(active) }
         var refused: [UInt32] = []
         for checkpoint in observed {
-            do throws(GatewayStateError) { try state.observeCounters(checkpoint) } catch { refused.append(checkpoint.inboundSPI) }
+            do throws(GatewayStateError) { try active.state.observeCounters(checkpoint) } catch { refused.append(checkpoint.inboundSPI) }
         }
         return refused
     }
@@ -355,7 +382,7 @@ public struct ClusterMember {
         switch action {
         case .tookOver, .reasserted: try dataPlane.startServing(state)
         case .steppedDown: dataPlane.stopServing()
-        case .transmit, .released, .becameReady, .heldBack: break
+        case .transmit, .released, .becameReady, .heldBack, .countersCheckpointed: break
         }
     }
 
@@ -364,19 +391,19 @@ public struct ClusterMember {
         var earliest = channel.nextDeadline(after: lastTick).nanoseconds
         let hello = configuration.helloInterval
         switch lifecycle {
-        case .active(let replicator, _, let lastHello):
-            earliest = min(earliest, lastTick.nanoseconds &+ configuration.checkpoints.interval, (lastHello?.nanoseconds ?? 0) &+ hello)
-            if configuration.channel.peers.contains(where: replicator.isCatchingUp) || held.count > 0 {
+        case .active(let active):
+            earliest = min(earliest, lastTick.nanoseconds &+ configuration.checkpoints.interval, ((active.lastHello ?? Timestamp(nanoseconds: 0)) + hello).nanoseconds)
+            if configuration.channel.peers.contains(where: active.replicator.isCatchingUp) || held.count > 0 {
                 earliest = min(earliest, lastTick.nanoseconds &+ configuration.channel.acknowledgementDelay)
             }
-        case .standby(let active, let replica, let lastHello, let ready):
-            if (!replica.isReady && !replica.isResyncing) || (ready && configuration.channel.peers.count > 1) {
-                earliest = min(earliest, (lastHello?.nanoseconds ?? 0) &+ hello)
+        case .standby(let standby):
+            if (!standby.replica.isReady && !standby.replica.isResyncing) || (standby.ready && configuration.channel.peers.count > 1) {
+                earliest = min(earliest, ((standby.lastHello ?? Timestamp(nanoseconds: 0)) + hello).nanoseconds)
             }
             // When the active member's silence reaches the miss count; once it has, the tick
             // that saw it decided (took over, held back, or deferred to a lower standby), and
             // the channel's own timers wake this member for what changes that.
-            if ready, let active, let heard = channel.lastHeard(from: active) {
+            if standby.ready, let active = standby.active, let heard = channel.lastHeard(from: active) {
                 let detection = heard.nanoseconds &+ configuration.channel.heartbeatInterval &* max(configuration.missCount, 1)
                 if detection > lastTick.nanoseconds { earliest = min(earliest, detection) }
             }
@@ -384,222 +411,5 @@ public struct ClusterMember {
             break
         }
         return Timestamp(nanoseconds: max(earliest, lastTick.nanoseconds &+ 1))
-    }
-
-    // MARK: Internals
-
-    private mutating func enqueue(_ actions: [SyncChannelAction]) {
-        for case .transmit(let to, let datagram) in actions { outbox.append(.transmit(to: to, datagram: datagram)) }
-    }
-
-    /// Routes what the channel said: datagrams out, records to the replicator or the replica,
-    /// hellos to the role.
-    private mutating func route(_ actions: [SyncChannelAction], now: Timestamp) {
-        for action in actions {
-            switch action {
-            case .transmit(let to, let datagram):
-                outbox.append(.transmit(to: to, datagram: datagram))
-            case .deliver(let from, let records):
-                for case .hello(let epoch, let capabilities, _) in records { heardHello(from: from, epoch: epoch, capabilities: capabilities, now: now) }
-                if case .standby(let active, var replica, let lastHello, let ready) = lifecycle {
-                    guard from == active else { continue }
-                    lifecycle = .moving
-                    replica.apply(records, now: now)
-                    lifecycle = .standby(active: active, replica: replica, lastHello: lastHello, ready: ready)
-                } else {
-                    handOnToReplicator(action, now: now)
-                }
-            case .resyncNeeded:
-                handOnToReplicator(action, now: now)
-            case .peerRestarted, .dropped:
-                break
-            }
-        }
-    }
-
-    /// Gives a delivery or a resync need to the replicator (active member only) and sends its answer.
-    private mutating func handOnToReplicator(_ action: SyncChannelAction, now: Timestamp) {
-        guard case .active(var replicator, let state, let lastHello) = lifecycle else { return }
-        lifecycle = .moving
-        let answer = replicator.handle(action, state: state, channel: &channel, now: now)
-        lifecycle = .active(replicator: replicator, state: state, lastHello: lastHello)
-        enqueue(answer)
-    }
-
-    /// Above every epoch this member has been at or heard of (saturating: a hello from a key
-    /// holder can claim the largest), for a takeover or a reassertion.
-    private var nextEpoch: UInt32 {
-        let highest = max(channel.configuration.epoch, role.epoch, highestEpochHeard)
-        return highest == .max ? highest : highest + 1
-    }
-
-    private mutating func heardHello(from peer: ClusterMemberID, epoch: UInt32, capabilities: UInt32, now: Timestamp) {
-        highestEpochHeard = max(highestEpochHeard, epoch)
-        if capabilities & Self.readyStandbyCapability != 0 { readyStandbys[peer] = now } else { readyStandbys[peer] = nil }
-        if role.reassertionDue(afterHelloFrom: peer, epoch: epoch, capabilities: capabilities, now: now) { reassert(now: now) }
-        for case .steppedDown(let newer, let newerEpoch) in role.heardHello(from: peer, epoch: epoch, capabilities: capabilities) {
-            // A newer active member: what this one served is the other's to carry on.
-            steppedDownAt = now
-            stepDown(.newerActive(newer, epoch: newerEpoch), following: newer)
-        }
-        if case .standby(let active, _, _, _) = lifecycle, capabilities & ClusterRole.activeCapability != 0,
-            peer != active, role.activeMember == peer
-        {
-            // Another standby took over: its state went on from the plan, so the copy from the
-            // failed member is no base for its records. Resynced from it.
-            lifecycle = .standby(active: peer, replica: Replica(), lastHello: nil, ready: false)
-        }
-    }
-
-    private mutating func activeTick(now: Timestamp) {
-        guard case .active(var replicator, var state, var lastHello) = lifecycle else { return }
-        lifecycle = .moving
-        enqueue(replicator.pump(channel: &channel, now: now))
-        let due = scheduler.takeDueCheckpoints(from: &state, now: now)
-        if !due.isEmpty { enqueue(replicator.replicate(checkpoints: due, state: state, channel: &channel, now: now).actions) }
-        if lastHello.map({ now.nanoseconds &- $0.nanoseconds >= configuration.helloInterval }) ?? true {
-            // Says who is active, so that a member that was active too steps down (epochs decide).
-            lastHello = now
-            let hello = SyncRecord.hello(epoch: role.epoch, capabilities: role.capabilities, needsResync: false)
-            for peer in configuration.channel.peers {
-                if let sent = try? channel.send([hello], to: peer, now: now) { enqueue(sent.actions) }
-            }
-        }
-        lifecycle = .active(replicator: replicator, state: state, lastHello: lastHello)
-    }
-
-    private mutating func standbyTick(now: Timestamp) {
-        guard case .standby(let knownActive, var replica, var lastHello, var ready) = lifecycle else { return }
-        lifecycle = .moving
-        if !replica.isReady, !replica.isResyncing, lastHello.map({ now.nanoseconds &- $0.nanoseconds >= configuration.helloInterval }) ?? true {
-            lastHello = now
-            let hello = SyncRecord.hello(
-                epoch: channel.configuration.epoch, capabilities: steppedDown ? ClusterRole.steppedDownCapability : 0, needsResync: true)
-            // With no active member known (after an external step-down), to every peer: the one
-            // that becomes active resyncs this one.
-            for peer in knownActive.map({ [$0] }) ?? configuration.channel.peers {
-                if let sent = try? channel.send([hello], to: peer, now: now) { enqueue(sent.actions) }
-            }
-        }
-        guard let active = knownActive else {
-            lifecycle = .standby(active: nil, replica: replica, lastHello: lastHello, ready: ready)
-            return
-        }
-        replica.observe(missingSince: channel.missingSince(from: active))
-        if replica.isReady, let request = replica.takeResyncRequest(), let sent = try? channel.send([request], to: active, now: now) {
-            enqueue(sent.actions)
-        }
-        if replica.isReady, !ready {
-            ready = true
-            steppedDown = false
-            outbox.append(.becameReady)
-        }
-        if ready, lastHello.map({ now.nanoseconds &- $0.nanoseconds >= configuration.helloInterval }) ?? true {
-            // Tells the other standbys that this one could take over (they defer to a lower ID).
-            lastHello = now
-            let hello = SyncRecord.hello(epoch: role.epoch, capabilities: Self.readyStandbyCapability, needsResync: false)
-            for peer in configuration.channel.peers where peer != active {
-                if let sent = try? channel.send([hello], to: peer, now: now) { enqueue(sent.actions) }
-            }
-        }
-        // Only a ready standby takes over (an incomplete copy would lose what it lacks), and
-        // only the lowest of those that are heard; with keepalived, only where the address is.
-        if ready, isSilent(active, now: now) {
-            if !configuration.followsVRRP {
-                if !defersToAnotherStandby(active: active, now: now) {
-                    takeOver(from: active, replica: &replica, now: now)
-                    return
-                }
-            } else {
-                switch vrrp.activeMemberSilent(active) {
-                case .takeOver:
-                    takeOver(from: active, replica: &replica, now: now)
-                    return
-                case .holdBack(let why): outbox.append(.heldBack(why))
-                case .stay, .stepDown: break
-                }
-            }
-        } else {
-            vrrp.activeMemberHeard()
-        }
-        // keepalived gave this host the address while another member said it was active with a
-        // newer epoch (a healed split brain): after a second for the other side to settle, the
-        // address decides.
-        if configuration.followsVRRP, vrrp.state == .master, let steppedDownAt, now.nanoseconds &- steppedDownAt.nanoseconds >= 1_000_000_000 {
-            takeOver(from: active, replica: &replica, now: now)
-            return
-        }
-        lifecycle = .standby(active: active, replica: replica, lastHello: lastHello, ready: ready)
-    }
-
-    /// Whether nothing came from `peer` for the miss count of heartbeats (a peer never heard
-    /// is not declared failed: it may not have started).
-    private func isSilent(_ peer: ClusterMemberID, now: Timestamp) -> Bool {
-        guard let heard = channel.lastHeard(from: peer) else { return false }
-        let (silence, overflow) = configuration.channel.heartbeatInterval.multipliedReportingOverflow(by: max(configuration.missCount, 1))
-        return !overflow && now.nanoseconds >= heard.nanoseconds &+ silence
-    }
-
-    /// Whether a ready standby with a lower ID than this one is heard: that one takes over.
-    private func defersToAnotherStandby(active: ClusterMemberID, now: Timestamp) -> Bool {
-        let me = configuration.channel.member
-        let recent = configuration.helloInterval &* 3
-        return readyStandbys.contains { peer, said in
-            peer != active && peer < me && now.nanoseconds &- said.nanoseconds < recent && channel.lastHeard(from: peer) != nil && !isSilent(peer, now: now)
-        }
-    }
-
-    private mutating func takeOver(from failed: ClusterMemberID?, replica: inout Replica, now: Timestamp) {
-        let epoch = nextEpoch
-        _ = try? role.promote(failed.map { .activeMemberSilent($0) } ?? .external("signal"), newEpoch: epoch)
-        try? channel.rotate(toEpoch: epoch)
-        steppedDownAt = nil
-        if let failed { replica.applyHeldCheckpoints(channel.recordsHeldBehindGap(from: failed), now: now) }
-        let plan = replica.takeoverPlan(policy: configuration.takeover, now: now)
-        var state = replica.state
-        replica = Replica()
-        let outcome = state.applyTakeover(plan)
-        lifecycle = .active(replicator: Replicator(standbys: configuration.channel.peers), state: state, lastHello: nil)
-        outbox.append(.tookOver(plan, rekey: outcome.rekey))
-    }
-
-    /// Stops serving: a standby of `active` (nil: of whichever member says it is active next)
-    /// with an empty copy, saying that it stepped down until resynced, since it may have sent on
-    /// SAs the active member holds.
-    private mutating func stepDown(_ reason: StepDownReason, following active: ClusterMemberID?) {
-        held.removeAll()
-        steppedDown = true
-        lifecycle = .standby(active: active, replica: Replica(), lastHello: nil, ready: false)
-        outbox.append(.steppedDown(reason))
-    }
-
-    /// After a healed split brain: every outbound counter on by ``reassertionJump``, replicated,
-    /// the Child SAs that cannot move deleted, and a newer epoch.
-    private mutating func reassert(now: Timestamp) {
-        guard case .active(var replicator, var state, let lastHello) = lifecycle else { return }
-        lifecycle = .moving
-        let epoch = nextEpoch
-        try? role.reassert(newEpoch: epoch)
-        try? channel.rotate(toEpoch: epoch)
-        var changes: [StateChange] = []
-        var rekey: [UInt32] = []
-        for identifier in state.ikeSAs.keys.sorted() {
-            guard let moved = try? state.advanceOutboundCounters(ofChildSAsOf: identifier, by: Self.reassertionJump) else { continue }
-            // The moved counters go to the standbys at once, not with the next checkpoint.
-            for spi in moved.advanced { if let slot = state.slot(forInboundSPI: spi) { changes += state.checkpointCounters(at: slot) } }
-            rekey += moved.needRekey
-        }
-        for spi in rekey { changes += (try? state.deleteChildSA(inboundSPI: spi)) ?? [] }
-        enqueue(replicator.replicate(changes, state: state, channel: &channel, now: now).actions)
-        lifecycle = .active(replicator: replicator, state: state, lastHello: lastHello)
-        outbox.append(.reasserted(jump: Self.reassertionJump, rekey: rekey))
-    }
-
-    private mutating func release(now: Timestamp) {
-        guard case .active(let replicator, _, _) = lifecycle, held.count > 0 else { return }
-        let channel = self.channel
-        for token in held.release(channel: channel, replicator: replicator, now: now, gone: { !channel.isEstablished(with: $0) }) {
-            outbox.append(.released(token))
-        }
     }
 }

@@ -1,0 +1,243 @@
+internal import IPsecHACore
+
+// What moves the member between its roles: routing the channel's deliveries, each role's tick,
+// takeover, step-down and reassertion.
+extension ClusterMember {
+    mutating func enqueue(_ actions: [SyncChannelAction]) {
+        for case .transmit(let to, let datagram) in actions { outbox.append(.transmit(to: to, datagram: datagram)) }
+    }
+
+    /// Whether `last` is nil or at least `interval` before `now`.
+    static func isDue(_ last: Timestamp?, every interval: Duration, now: Timestamp) -> Bool {
+        last.map { now >= $0 + interval } ?? true
+    }
+
+    /// Routes what the channel said: datagrams out, records to the replicator or the replica,
+    /// hellos to the role.
+    mutating func route(_ actions: [SyncChannelAction], now: Timestamp) {
+        for action in actions {
+            switch action {
+            case .transmit(let to, let datagram):
+                outbox.append(.transmit(to: to, datagram: datagram))
+            case .deliver(let from, let records):
+                for case .hello(let epoch, let capabilities, _) in records { heardHello(from: from, epoch: epoch, capabilities: capabilities, now: now) }
+                if case .standby(var standby) = lifecycle {
+                    guard from == standby.active else { continue }
+                    lifecycle = .moving
+                    standby.replica.apply(records, now: now)
+                    lifecycle = .standby(standby)
+                } else {
+                    handOnToReplicator(action, now: now)
+                }
+            case .resyncNeeded:
+                handOnToReplicator(action, now: now)
+            case .peerRestarted, .dropped:
+                break
+            }
+        }
+    }
+
+    /// Gives a delivery or a resync need to the replicator (active member only) and sends its answer.
+    private mutating func handOnToReplicator(_ action: SyncChannelAction, now: Timestamp) {
+        guard case .active(var active) = lifecycle else { return }
+        lifecycle = .moving
+        let answer = active.replicator.handle(action, state: active.state, channel: &channel, now: now)
+        lifecycle = .active(active)
+        enqueue(answer)
+    }
+
+    /// Above every epoch this member has been at or heard of (saturating: a hello from a key
+    /// holder can claim the largest), for a takeover or a reassertion.
+    private var nextEpoch: UInt32 {
+        let highest = max(channel.configuration.epoch, role.epoch, highestEpochHeard)
+        return highest == .max ? highest : highest + 1
+    }
+
+    private mutating func heardHello(from peer: ClusterMemberID, epoch: UInt32, capabilities: UInt32, now: Timestamp) {
+        highestEpochHeard = max(highestEpochHeard, epoch)
+        if capabilities & Self.readyStandbyCapability != 0 { readyStandbys[peer] = now } else { readyStandbys[peer] = nil }
+        if role.reassertionDue(afterHelloFrom: peer, epoch: epoch, capabilities: capabilities, now: now) { reassert(now: now) }
+        for case .steppedDown(let newer, let newerEpoch) in role.heardHello(from: peer, epoch: epoch, capabilities: capabilities) {
+            // A newer active member: what this one served is the other's to carry on.
+            steppedDownAt = now
+            stepDown(.newerActive(newer, epoch: newerEpoch), following: newer)
+        }
+        if case .standby(let standby) = lifecycle, capabilities & ClusterRole.activeCapability != 0, peer != standby.active,
+            role.activeMember == peer
+        {
+            // Another standby took over: its state went on from the plan, so the copy from the
+            // failed member is no base for its records. Resynced from it.
+            lifecycle = .standby(Standby(active: peer, former: standby.former))
+        }
+    }
+
+    mutating func activeTick(now: Timestamp) {
+        guard case .active(var active) = lifecycle else { return }
+        lifecycle = .moving
+        enqueue(active.replicator.pump(channel: &channel, now: now))
+        // A scan visits every Child SA: at most five per checkpoint interval (a checkpoint is
+        // then at most a fifth of it late), however often the embedder ticks.
+        if Self.isDue(active.lastCheckpointScan, every: .nanoseconds(Int64(clamping: configuration.checkpoints.interval / 5)), now: now) {
+            active.lastCheckpointScan = now
+            let due = scheduler.takeDueCheckpoints(from: &active.state, now: now)
+            if !due.isEmpty {
+                enqueue(active.replicator.replicate(checkpoints: due, state: active.state, channel: &channel, now: now).actions)
+                outbox.append(.countersCheckpointed(due))
+            }
+        }
+        if Self.isDue(active.lastHello, every: configuration.helloInterval, now: now) {
+            // Says who is active, so that a member that was active too steps down (epochs decide).
+            active.lastHello = now
+            let hello = SyncRecord.hello(epoch: role.epoch, capabilities: role.capabilities, needsResync: false)
+            for peer in configuration.channel.peers {
+                if let sent = try? channel.send([hello], to: peer, now: now) { enqueue(sent.actions) }
+            }
+        }
+        lifecycle = .active(active)
+    }
+
+    mutating func standbyTick(now: Timestamp) {
+        guard case .standby(var standby) = lifecycle else { return }
+        lifecycle = .moving
+        if !standby.replica.isReady, !standby.replica.isResyncing, Self.isDue(standby.lastHello, every: configuration.helloInterval, now: now) {
+            standby.lastHello = now
+            let hello = SyncRecord.hello(
+                epoch: channel.configuration.epoch, capabilities: steppedDown ? ClusterRole.steppedDownCapability : 0, needsResync: true)
+            // With no active member known (after an external step-down), to every peer: the one
+            // that becomes active resyncs this one.
+            for peer in standby.active.map({ [$0] }) ?? configuration.channel.peers {
+                if let sent = try? channel.send([hello], to: peer, now: now) { enqueue(sent.actions) }
+            }
+        }
+        guard let active = standby.active else {
+            lifecycle = .standby(standby)
+            return
+        }
+        standby.replica.observe(missingSince: channel.missingSince(from: active))
+        if standby.replica.isReady, let request = standby.replica.takeResyncRequest(), let sent = try? channel.send([request], to: active, now: now) {
+            enqueue(sent.actions)
+        }
+        if standby.replica.isReady, !standby.ready {
+            standby.ready = true
+            standby.former = nil
+            steppedDown = false
+            outbox.append(.becameReady)
+        }
+        if standby.ready, Self.isDue(standby.lastHello, every: configuration.helloInterval, now: now) {
+            // Tells the other standbys that this one could take over (they defer to a lower ID).
+            standby.lastHello = now
+            let hello = SyncRecord.hello(epoch: role.epoch, capabilities: Self.readyStandbyCapability, needsResync: false)
+            for peer in configuration.channel.peers where peer != active {
+                if let sent = try? channel.send([hello], to: peer, now: now) { enqueue(sent.actions) }
+            }
+        }
+        // Only a ready standby takes over (an incomplete copy would lose what it lacks), and
+        // only the lowest of those that are heard; with keepalived, only where the address is.
+        if standby.ready, isSilent(active, now: now) {
+            if !configuration.followsVRRP {
+                if !defersToAnotherStandby(active: active, now: now) { return takeOver(standby, reason: .activeMemberSilent(active), now: now) }
+            } else {
+                switch vrrp.activeMemberSilent(active) {
+                case .takeOver(let reason): return takeOver(standby, reason: reason, now: now)
+                case .holdBack(let why): outbox.append(.heldBack(why))
+                case .stay, .stepDown: break
+                }
+            }
+        } else {
+            vrrp.activeMemberHeard()
+        }
+        // keepalived gave this host the address while another member said it was active with a
+        // newer epoch (a healed split brain): after a second for the other side to settle, the
+        // address decides.
+        if configuration.followsVRRP, vrrp.state == .master, let steppedDownAt, now >= steppedDownAt + .seconds(1) {
+            return takeOver(standby, reason: .external("keepalived: MASTER, the address is here"), now: now)
+        }
+        lifecycle = .standby(standby)
+    }
+
+    /// Whether nothing came from `peer` for the miss count of heartbeats (a peer never heard
+    /// is not declared failed: it may not have started).
+    private func isSilent(_ peer: ClusterMemberID, now: Timestamp) -> Bool {
+        guard let heard = channel.lastHeard(from: peer) else { return false }
+        let (silence, overflow) = configuration.channel.heartbeatInterval.multipliedReportingOverflow(by: max(configuration.missCount, 1))
+        return !overflow && now.nanoseconds >= heard.nanoseconds &+ silence
+    }
+
+    /// Whether a ready standby with a lower ID than this one is heard: that one takes over.
+    private func defersToAnotherStandby(active: ClusterMemberID, now: Timestamp) -> Bool {
+        let me = configuration.channel.member
+        return readyStandbys.contains { peer, said in
+            peer != active && peer < me && now < said + configuration.helloInterval * 3 && channel.lastHeard(from: peer) != nil
+                && !isSilent(peer, now: now)
+        }
+    }
+
+    /// Becomes the active member: a newer epoch, the plan from the replica (or, without a
+    /// complete one, from the state this member served before, every IKE SA suspect) applied.
+    mutating func takeOver(_ standby: Standby, reason: PromotionReason, now: Timestamp) {
+        var standby = standby
+        let epoch = nextEpoch
+        _ = try? role.promote(reason, newEpoch: epoch)
+        try? channel.rotate(toEpoch: epoch)
+        steppedDownAt = nil
+        if let failed = standby.active { standby.replica.applyHeldCheckpoints(channel.recordsHeldBehindGap(from: failed), now: now) }
+        let plan: TakeoverPlan
+        var state: GatewayState
+        if !standby.replica.isReady, let former = standby.former {
+            // The other member may have sent on these SAs meanwhile: counters without a fresh
+            // checkpoint jump by the unknown advance.
+            plan = TakeoverPlanner.plan(state: former, inFlight: [:], suspect: .all, policy: configuration.takeover, now: now)
+            state = former
+        } else {
+            plan = standby.replica.takeoverPlan(policy: configuration.takeover, now: now)
+            state = standby.replica.state
+        }
+        standby = Standby()
+        let outcome = state.applyTakeover(plan)
+        lifecycle = .active(Active(replicator: Replicator(standbys: configuration.channel.peers), state: state))
+        outbox.append(.tookOver(plan, rekey: outcome.rekey))
+    }
+
+    /// Stops serving: a standby of `active` (nil: of whichever member says it is active next)
+    /// with an empty copy, saying that it stepped down until resynced, since it may have sent on
+    /// SAs the active member holds.
+    mutating func stepDown(_ reason: StepDownReason, following active: ClusterMemberID?) {
+        guard case .active(let was) = lifecycle else { return }
+        held.removeAll()
+        steppedDown = true
+        lifecycle = .standby(Standby(active: active, former: was.state))
+        outbox.append(.steppedDown(reason))
+    }
+
+    /// After a healed split brain: every outbound counter on by ``reassertionJump``, replicated,
+    /// the Child SAs that cannot move deleted, and a newer epoch.
+    private mutating func reassert(now: Timestamp) {
+        guard case .active(var active) = lifecycle else { return }
+        lifecycle = .moving
+        let epoch = nextEpoch
+        try? role.reassert(newEpoch: epoch)
+        try? channel.rotate(toEpoch: epoch)
+        var changes: [StateChange] = []
+        var rekey: [UInt32] = []
+        for identifier in active.state.ikeSAs.keys.sorted() {
+            guard let moved = try? active.state.advanceOutboundCounters(ofChildSAsOf: identifier, by: Self.reassertionJump) else { continue }
+            // The moved counters go to the standbys at once, not with the next checkpoint.
+            for spi in moved.advanced {
+                if let slot = active.state.slot(forInboundSPI: spi) { changes += active.state.checkpointCounters(at: slot) }
+            }
+            rekey += moved.needRekey
+        }
+        for spi in rekey { changes += (try? active.state.deleteChildSA(inboundSPI: spi)) ?? [] }
+        enqueue(active.replicator.replicate(changes, state: active.state, channel: &channel, now: now).actions)
+        lifecycle = .active(active)
+        outbox.append(.reasserted(jump: Self.reassertionJump, rekey: rekey))
+    }
+
+    mutating func release(now: Timestamp) {
+        guard case .active(let active) = lifecycle, held.count > 0 else { return }
+        let channel = self.channel
+        for token in held.release(channel: channel, replicator: active.replicator, now: now, gone: { !channel.isEstablished(with: $0) }) {
+            outbox.append(.released(token))
+        }
+    }
+}
