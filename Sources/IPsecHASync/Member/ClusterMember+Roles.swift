@@ -178,6 +178,7 @@ extension ClusterMember {
         var standby = standby
         let epoch = nextEpoch
         _ = try? role.promote(reason, newEpoch: epoch)
+        lastPromotion = reason
         try? channel.rotate(toEpoch: epoch)
         steppedDownAt = nil
         if let failed = standby.active { standby.replica.applyHeldCheckpoints(channel.recordsHeldBehindGap(from: failed), now: now) }

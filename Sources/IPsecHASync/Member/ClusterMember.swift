@@ -150,6 +150,7 @@ public struct ClusterMember {
     var vrrp = VRRPFollower()
     /// When this member last stepped down because another was active with a newer epoch.
     var steppedDownAt: Timestamp?
+    var lastPromotion: PromotionReason?
     var held = HeldReplies<ReplicationToken>()
     var outbox: [ClusterMemberAction] = []
     private var outboxHead = 0
@@ -208,6 +209,15 @@ public struct ClusterMember {
         case .moving: GatewayState()
         }
     }
+
+    /// Why this member is active, when it became so by a takeover (nil on a standby, and on a
+    /// member configured active).
+    public var promotionReason: PromotionReason? { isActive ? lastPromotion : nil }
+
+    /// Tokens released at ``ClusterMemberConfiguration/releaseDeadline`` because the standbys
+    /// did not acknowledge in time: replies that left without the standbys holding what they
+    /// depend on. Worth a warning each.
+    public var tokensReleasedAtDeadline: Int { held.expired }
 
     /// What the active member knows of `standby` (nil on a standby).
     public func status(of standby: ClusterMemberID, now: Timestamp) -> StandbyStatus? {
