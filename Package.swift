@@ -16,9 +16,7 @@ let package = Package(
         .library(name: "IPsecHASimulation", targets: ["IPsecHASimulation"]),
         .library(name: "IPsecHATestKit", targets: ["IPsecHATestKit"]),
         .library(name: "IPsecHASyncNIO", targets: ["IPsecHASyncNIO"]),
-        .library(name: "IPsecHAGateway", targets: ["IPsecHAGateway"]),
         .executable(name: "ikeha-demo", targets: ["ikeha-demo"]),
-        .executable(name: "ikeha-gateway", targets: ["ikeha-gateway"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -71,12 +69,14 @@ let package = Package(
             dependencies: ["IPsecHACore", "IPsecHASync", "IPsecHATestKit", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
-        // The reference gateway: an IKEv2 responder and a userspace ESP-in-UDP data plane built on
-        // the package, checked against strongSwan (scripts/interop.sh); the worked example of
-        // embedding.
+        // The reference gateway, an example and no product (the package offers no IKE stack):
+        // an IKEv2 responder and a userspace ESP-in-UDP data plane on a ClusterMember, checked
+        // against strongSwan and keepalived (scripts/interop.sh, scripts/cluster.sh); the
+        // worked example of embedding.
         .target(
             name: "IPsecHAGateway",
             dependencies: ["IPsecHACore", "CSodium", .product(name: "Logging", package: "swift-log")],
+            path: "Examples/ReferenceGateway/IPsecHAGateway",
             swiftSettings: strictSettings
         ),
         .executableTarget(
@@ -88,6 +88,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
+            path: "Examples/ReferenceGateway/ikeha-gateway",
             swiftSettings: strictSettings
         ),
         .executableTarget(
@@ -138,3 +139,16 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// The libFuzzer binary of FuzzTesting/, only when scripts/fuzz.sh asks for it: libFuzzer
+// provides its main, so an ordinary build could not link it. Inside this package, it reaches
+// the reference gateway's parsers, which no product exposes.
+if Context.environment["IPSECHA_FUZZ"] == "1" {
+    package.targets.append(
+        .executableTarget(
+            name: "ikeha-fuzz",
+            dependencies: ["IPsecHACore", "IPsecHASync", "IPsecHAGateway", .product(name: "Logging", package: "swift-log")],
+            path: "FuzzTesting/Sources/ikeha-fuzz",
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ))
+}

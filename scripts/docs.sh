@@ -26,7 +26,10 @@ for module in "${modules[@]}"; do
     mkdir -p "$graphs/$module"
     cp "$graphs/all/$module".*json "$graphs/$module/"
     cp "$graphs/all/$module"@*.json "$graphs/$module/" 2>/dev/null || true
-    docc convert "Sources/$module/$module.docc" --additional-symbol-graph-dir "$graphs/$module" \
+    catalog="Sources/$module/$module.docc"
+    # The reference gateway is an example, not a product: its catalog is under Examples/.
+    [ -d "$catalog" ] || catalog="Examples/ReferenceGateway/$module/$module.docc"
+    docc convert "$catalog" --additional-symbol-graph-dir "$graphs/$module" \
         --fallback-display-name "$module" --fallback-bundle-identifier "ipsec-ha.$module" \
         --output-path ".build/docs/html/$module" --warnings-as-errors
 done

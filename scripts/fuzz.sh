@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets of FuzzTesting/ (AddressSanitizer on) and runs each for the given
+# Builds the libFuzzer targets of FuzzTesting/ (AddressSanitizer on; the package's manifest adds
+# the ikeha-fuzz target when IPSECHA_FUZZ=1, in a scratch path of its own) and runs each for the given
 # number of seconds, starting from its kept corpus. New interesting inputs go to a scratch
 # directory (copy the good ones into FuzzTesting/Corpus/TARGET by hand); a crash leaves its input
 # in FuzzTesting/Artifacts/ and fails the run: add it to the corpus and a regression test.
 set -euo pipefail
-cd "$(dirname "$0")/../FuzzTesting"
+cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 targets=(datagram sealed-payload sync-records ike-message replay-line ike-payloads gateway-ike gateway-esp)
-flags=(-c debug --sanitize=fuzzer --sanitize=address
+flags=(-c debug --scratch-path .build/fuzz --sanitize=fuzzer --sanitize=address
     -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library -Xswiftc -use-ld=lld)
-swift build "${flags[@]}"
+export IPSECHA_FUZZ=1
+swift build "${flags[@]}" --product ikeha-fuzz
 binary="$(swift build "${flags[@]}" --show-bin-path)/ikeha-fuzz"
+cd FuzzTesting
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 mkdir -p Artifacts
