@@ -75,7 +75,7 @@ let package = Package(
         // worked example of embedding.
         .target(
             name: "IPsecHAGateway",
-            dependencies: ["IPsecHACore", "CSodium", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["IPsecHACore", "IPsecHASync", .product(name: "Logging", package: "swift-log")],
             path: "Examples/ReferenceGateway/IPsecHAGateway",
             swiftSettings: strictSettings
         ),

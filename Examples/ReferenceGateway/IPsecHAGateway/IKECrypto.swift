@@ -1,5 +1,5 @@
-internal import CSodium
 public import IPsecHACore
+internal import IPsecHASync
 
 /// The cryptography of the reference gateway's one proposal set: X25519 (group 31),
 /// PRF_HMAC_SHA2_256, ChaCha20-Poly1305 (RFC 7634) for both the SK payload and ESP. All of it
@@ -8,9 +8,8 @@ public import IPsecHACore
 public enum IKECrypto {
     /// Bytes from libsodium's random source: SPIs, nonces, X25519 secrets.
     public static func randomBytes(_ count: Int) -> [UInt8] {
-        initialize()
         var bytes = [UInt8](repeating: 0, count: count)
-        bytes.withUnsafeMutableBytes { if let base = $0.baseAddress { randombytes_buf(base, $0.count) } }
+        bytes.withUnsafeMutableBytes { SodiumPrimitives.randomBytes($0) }
         return bytes
     }
 
@@ -32,32 +31,26 @@ public enum IKECrypto {
     /// SKEYSEED = prf(Ni | Nr, g^ir) (section 2.14): a secret input, a secret output.
     /// Neither g^ir nor the result passes through an array: both are read and written in place.
     public static func prf(key: [UInt8], secret: KeyMaterial) -> KeyMaterial {
-        KeyMaterial(count: Int(crypto_auth_hmacsha256_BYTES)) { output in
-            initialize()
-            var state = crypto_auth_hmacsha256_state()
-            defer { sodium_memzero(&state, MemoryLayout<crypto_auth_hmacsha256_state>.size) }
-            _ = crypto_auth_hmacsha256_init(&state, key, key.count)
-            secret.withUnsafeBytes { bytes in
-                if let base = bytes.bindMemory(to: UInt8.self).baseAddress { _ = crypto_auth_hmacsha256_update(&state, base, UInt64(bytes.count)) }
+        KeyMaterial(count: SodiumPrimitives.hmacSHA256Length) { output in
+            key.withUnsafeBytes { key in
+                SodiumPrimitives.hmacSHA256(key: key, into: output) { update in secret.withUnsafeBytes { update($0) } }
             }
-            _ = crypto_auth_hmacsha256_final(&state, output.bindMemory(to: UInt8.self).baseAddress!)
         }
     }
 
     /// Whether two byte strings are equal, in time that depends on their length only.
     public static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-        a.count == b.count && sodium_memcmp(a, b, a.count) == 0
+        a.withUnsafeBytes { a in b.withUnsafeBytes { b in SodiumPrimitives.constantTimeEqual(a, b) } }
     }
 
+    // The key may be SK_d or the PSK: the wrapper wipes the state that holds its pads.
     private static func prf(rawKey key: UnsafeRawBufferPointer, _ data: [[UInt8]]) -> [UInt8] {
-        initialize()
-        var state = crypto_auth_hmacsha256_state()
-        // The state holds the key's pads: wiped, since the key may be SK_d or the PSK.
-        defer { sodium_memzero(&state, MemoryLayout<crypto_auth_hmacsha256_state>.size) }
-        _ = crypto_auth_hmacsha256_init(&state, key.bindMemory(to: UInt8.self).baseAddress!, key.count)
-        for part in data { _ = crypto_auth_hmacsha256_update(&state, part, UInt64(part.count)) }
-        var out = [UInt8](repeating: 0, count: Int(crypto_auth_hmacsha256_BYTES))
-        _ = crypto_auth_hmacsha256_final(&state, &out)
+        var out = [UInt8](repeating: 0, count: SodiumPrimitives.hmacSHA256Length)
+        out.withUnsafeMutableBytes { output in
+            SodiumPrimitives.hmacSHA256(key: key, into: output) { update in
+                for part in data { part.withUnsafeBytes { update($0) } }
+            }
+        }
         return out
     }
 
@@ -75,7 +68,7 @@ public enum IKECrypto {
                 written += take
                 counter &+= 1
             }
-            sodium_memzero(&previous, previous.count)
+            previous.withUnsafeMutableBytes { SodiumPrimitives.wipe($0) }
         }
     }
 
@@ -90,21 +83,22 @@ public enum IKECrypto {
 
         /// The pair of a given secret (RFC 7748's test vectors).
         init(secret: KeyMaterial) {
-            initialize()
             self.secret = secret
-            var publicKey = [UInt8](repeating: 0, count: 32)
-            secret.withUnsafeBytes { _ = crypto_scalarmult_base(&publicKey, $0.bindMemory(to: UInt8.self).baseAddress!) }
+            var publicKey = [UInt8](repeating: 0, count: SodiumPrimitives.x25519Length)
+            secret.withUnsafeBytes { secret in publicKey.withUnsafeMutableBytes { SodiumPrimitives.x25519PublicKey(secret: secret, into: $0) } }
             self.publicKey = publicKey
         }
 
         /// g^ir. Throws for a public value of the wrong length or one that gives the all-zero
         /// result (a low-order point, RFC 8031 section 2).
         public func sharedSecret(with peer: [UInt8]) throws(IKEProtocolError) -> KeyMaterial {
-            guard peer.count == 32 else { throw .invalidKeyExchange("X25519 public value of \(peer.count) bytes") }
-            var shared = [UInt8](repeating: 0, count: 32)
-            let status = secret.withUnsafeBytes { crypto_scalarmult(&shared, $0.bindMemory(to: UInt8.self).baseAddress!, peer) }
-            defer { sodium_memzero(&shared, shared.count) }
-            guard status == 0 else { throw .invalidKeyExchange("X25519 low-order public value") }
+            guard peer.count == SodiumPrimitives.x25519Length else { throw .invalidKeyExchange("X25519 public value of \(peer.count) bytes") }
+            var shared = [UInt8](repeating: 0, count: SodiumPrimitives.x25519Length)
+            defer { shared.withUnsafeMutableBytes { SodiumPrimitives.wipe($0) } }
+            let valid = secret.withUnsafeBytes { secret in
+                peer.withUnsafeBytes { peer in shared.withUnsafeMutableBytes { SodiumPrimitives.x25519(secret: secret, peer: peer, into: $0) } }
+            }
+            guard valid else { throw .invalidKeyExchange("X25519 low-order public value") }
             return KeyMaterial(copying: shared)
         }
     }
@@ -121,14 +115,18 @@ public enum IKECrypto {
     public static func seal(
         _ plaintext: [UInt8], aad: [UInt8], iv: UInt64, keyAndSalt: KeyMaterial
     ) -> [UInt8] {
-        initialize()
         var output = [UInt8](repeating: 0, count: plaintext.count + tagLength)
         keyAndSalt.withUnsafeBytes { key in
             let nonce = Self.nonce(salt: key, iv: iv)
-            var written: UInt64 = 0
-            _ = crypto_aead_chacha20poly1305_ietf_encrypt(
-                &output, &written, plaintext, UInt64(plaintext.count), aad, UInt64(aad.count), nil, nonce,
-                key.bindMemory(to: UInt8.self).baseAddress!)
+            output.withUnsafeMutableBytes { output in
+                plaintext.withUnsafeBytes { plaintext in
+                    aad.withUnsafeBytes { aad in
+                        nonce.withUnsafeBytes { nonce in
+                            SodiumPrimitives.seal(into: output.baseAddress!, plaintext: plaintext, aad: aad, nonce: nonce.baseAddress!, key: key.baseAddress!)
+                        }
+                    }
+                }
+            }
         }
         return output
     }
@@ -137,19 +135,21 @@ public enum IKECrypto {
     public static func open(
         _ sealed: ArraySlice<UInt8>, aad: [UInt8], iv: UInt64, keyAndSalt: KeyMaterial
     ) -> [UInt8]? {
-        initialize()
         guard sealed.count >= tagLength else { return nil }
         var output = [UInt8](repeating: 0, count: sealed.count - tagLength)
-        let status = keyAndSalt.withUnsafeBytes { key in
+        let verified = keyAndSalt.withUnsafeBytes { key in
             let nonce = Self.nonce(salt: key, iv: iv)
-            var written: UInt64 = 0
-            return sealed.withUnsafeBufferPointer { sealed in
-                crypto_aead_chacha20poly1305_ietf_decrypt(
-                    &output, &written, nil, sealed.baseAddress!, UInt64(sealed.count), aad, UInt64(aad.count), nonce,
-                    key.bindMemory(to: UInt8.self).baseAddress!)
+            return output.withUnsafeMutableBytes { output in
+                sealed.withUnsafeBytes { sealed in
+                    aad.withUnsafeBytes { aad in
+                        nonce.withUnsafeBytes { nonce in
+                            SodiumPrimitives.open(into: output.baseAddress, sealed: sealed, aad: aad, nonce: nonce.baseAddress!, key: key.baseAddress!)
+                        }
+                    }
+                }
             }
         }
-        return status == 0 ? output : nil
+        return verified ? output : nil
     }
 
     /// RFC 7634 section 2: the 4-byte salt (the key's last bytes) followed by the 8-byte IV.
@@ -193,7 +193,4 @@ public enum IKECrypto {
         return digest
     }
 
-    private static func initialize() { _ = initialized }
-    // sodium_init() is thread-safe and idempotent; a static let runs it once.
-    private static let initialized: Bool = sodium_init() >= 0
 }

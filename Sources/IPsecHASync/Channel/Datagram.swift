@@ -1,4 +1,3 @@
-internal import CSodium
 public import IPsecHACore
 
 /// The fixed header of every synch datagram (48 bytes, big-endian), authenticated as the AEAD's
@@ -233,13 +232,13 @@ struct DatagramSealer {
         return [UInt8](unsafeUninitializedCapacity: total) { buffer, initialized in
             let base = buffer.baseAddress!
             writer.copyBytes(to: UnsafeMutableRawPointer(base))
-            var sealedLength: UInt64 = 0
             Self.withNonce(header) { nonce in
                 directionKey.withUnsafeBytes { keyBytes in
-                    _ = crypto_aead_chacha20poly1305_ietf_encrypt(
-                        base + DatagramHeader.size, &sealedLength, payload, UInt64(payload.count),
-                        base, UInt64(DatagramHeader.size), nil, nonce,
-                        keyBytes.baseAddress!.assumingMemoryBound(to: UInt8.self))
+                    payload.withUnsafeBytes { plaintext in
+                        SodiumPrimitives.seal(
+                            into: base + DatagramHeader.size, plaintext: plaintext,
+                            aad: UnsafeRawBufferPointer(start: base, count: DatagramHeader.size), nonce: nonce, key: keyBytes.baseAddress!)
+                    }
                 }
             }
             initialized = total
@@ -291,21 +290,19 @@ struct DatagramSealer {
 
     /// The plaintext, or nil when the tag does not verify under `directionKey`.
     private static func decrypt(_ datagram: [UInt8], _ header: DatagramHeader, _ directionKey: UnsafePointer<UInt8>) -> [UInt8]? {
-        var result: Int32 = -1
+        var verified = false
         // Not zero-filled first: libsodium writes every byte, or fails and nothing is returned.
         let plaintext = [UInt8](unsafeUninitializedCapacity: datagram.count - DatagramHeader.size - tagSize) { plaintext, initialized in
-            var plaintextLength: UInt64 = 0
-            result = datagram.withUnsafeBufferPointer { buffer in
+            verified = datagram.withUnsafeBytes { buffer in
                 withNonce(header) { nonce in
-                    crypto_aead_chacha20poly1305_ietf_decrypt(
-                        plaintext.baseAddress, &plaintextLength, nil, buffer.baseAddress! + DatagramHeader.size,
-                        UInt64(buffer.count - DatagramHeader.size), buffer.baseAddress, UInt64(DatagramHeader.size), nonce,
-                        directionKey)
+                    SodiumPrimitives.open(
+                        into: plaintext.baseAddress, sealed: UnsafeRawBufferPointer(rebasing: buffer[DatagramHeader.size...]),
+                        aad: UnsafeRawBufferPointer(rebasing: buffer[..<DatagramHeader.size]), nonce: nonce, key: directionKey)
                 }
             }
-            initialized = result == 0 ? Int(plaintextLength) : 0
+            initialized = verified ? plaintext.count : 0
         }
-        return result == 0 ? plaintext : nil
+        return verified ? plaintext : nil
     }
 
     private static func cachedKey(

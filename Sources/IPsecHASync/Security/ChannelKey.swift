@@ -1,4 +1,3 @@
-internal import CSodium
 
 /// The cluster's synch-channel key: 32 secret bytes every member shares (distributed by the
 /// operator, like a VRRP or conntrackd secret), from which each direction between two running
@@ -32,7 +31,7 @@ public struct ChannelKey: Sendable, CustomStringConvertible {
         } catch {
             throw .sodium(error)
         }
-        defer { sodium_memzero(&bytes, bytes.count) }
+        defer { bytes.withUnsafeMutableBytes { SodiumPrimitives.wipe($0) } }
         return try ChannelKey(bytes: bytes)
     }
 
@@ -59,7 +58,7 @@ public struct ChannelKey: Sendable, CustomStringConvertible {
     ) throws(ChannelSecurityError) -> Result {
         let result: Result? = withUnsafeTemporaryAllocation(byteCount: Self.byteCount, alignment: 16) { buffer in
             let base = buffer.baseAddress!.assumingMemoryBound(to: UInt8.self)
-            defer { sodium_memzero(buffer.baseAddress!, buffer.count) }
+            defer { SodiumPrimitives.wipe(buffer) }
             guard derive(context, into: base) else { return nil }
             return body(base)
         }
@@ -74,9 +73,7 @@ public struct ChannelKey: Sendable, CustomStringConvertible {
         context.write(into: &message)
         return message.withBytes { input in
             secret.withUnsafeBytes { master in
-                crypto_generichash(
-                    destination, Self.byteCount, input.baseAddress!.assumingMemoryBound(to: UInt8.self), UInt64(input.count),
-                    master.baseAddress!.assumingMemoryBound(to: UInt8.self), master.count) == 0
+                SodiumPrimitives.blake2b(into: UnsafeMutableRawBufferPointer(start: destination, count: Self.byteCount), input: input, key: master)
             }
         }
     }

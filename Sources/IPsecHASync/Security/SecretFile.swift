@@ -1,4 +1,3 @@
-internal import CSodium
 internal import Glibc
 
 /// Reads a secret (a cluster key, an IKE pre-shared key) from a file the way a gateway should:
@@ -31,8 +30,8 @@ public enum SecretFile {
         // file is seen as such instead of cut.
         let capacity = length.upperBound + (dropTrailingNewline ? 3 : 1)
         try Sodium.initialize()
-        guard let buffer = sodium_malloc(capacity) else { throw SodiumError.allocationFailed }
-        defer { sodium_free(buffer) }
+        guard let buffer = SodiumPrimitives.guardedAllocate(capacity) else { throw SodiumError.allocationFailed }
+        defer { SodiumPrimitives.guardedFree(buffer) }
         var count = 0
         while count < capacity {
             let got = Glibc.read(descriptor, buffer + count, capacity - count)

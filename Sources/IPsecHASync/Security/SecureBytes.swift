@@ -1,5 +1,3 @@
-internal import CSodium
-
 /// Secret bytes in libsodium's guarded memory (`sodium_malloc`: guard pages, locked in RAM
 /// where allowed, wiped by `sodium_free`). Never printed.
 final class SecureBytes: @unchecked Sendable {
@@ -11,7 +9,7 @@ final class SecureBytes: @unchecked Sendable {
     /// cannot allocate guarded memory.
     init(count: Int, initializingWith body: (UnsafeMutableRawBufferPointer) -> Void) throws(SodiumError) {
         try Sodium.initialize()
-        guard let memory = sodium_malloc(max(count, 1)) else { throw .allocationFailed }
+        guard let memory = SodiumPrimitives.guardedAllocate(count) else { throw .allocationFailed }
         self.count = count
         pointer = memory
         body(UnsafeMutableRawBufferPointer(start: memory, count: count))
@@ -21,5 +19,5 @@ final class SecureBytes: @unchecked Sendable {
         try body(UnsafeRawBufferPointer(start: pointer, count: count))
     }
 
-    deinit { sodium_free(pointer) }
+    deinit { SodiumPrimitives.guardedFree(pointer) }
 }
