@@ -16,8 +16,11 @@ extension ClusterSimulation {
     /// One ESP packet from the active member to the peer on Child SA `child` of the peer's IKE
     /// SA `i`, with the checks: no sequence number twice, every one accepted by the peer.
     mutating func sendToPeer(_ i: Int, _ child: Int) {
-        guard let index = active, let slot = members[index].state!.slot(forInboundSPI: peers[i].children[child].clusterInbound),
-            let number = try? members[index].state!.nextOutboundSequenceNumber(at: slot, bytes: 1_000)
+        let inbound = peers[i].children[child].clusterInbound
+        guard let index = active,
+            let number = members[index].cluster.packetPath({ state in
+                state.slot(forInboundSPI: inbound).flatMap { try? state.nextOutboundSequenceNumber(at: $0, bytes: 1_000) }
+            }) ?? nil
         else { return }
         let spi = peers[i].children[child].clusterOutbound
         report.espPacketsSent += 1
@@ -87,11 +90,11 @@ extension ClusterSimulation {
     /// Whether the active member may give a new Child SA this inbound SPI: it holds none with it,
     /// and the checks no longer track one that had it.
     func isFreeInboundSPI(_ spi: UInt32, at index: Int) -> Bool {
-        members[index].state!.childSA(inboundSPI: spi) == nil && acceptedByCluster[spi] == nil
+        members[index].cluster.state.childSA(inboundSPI: spi) == nil && acceptedByCluster[spi] == nil
     }
 
     mutating func forgetRetiredSAs() {
-        let states = members.filter(\.alive).map { $0.state ?? $0.replica.state }
+        let states = liveStates
         retiredIKESAs = retiredIKESAs.filter { identifier in states.contains { $0.ikeSAs.contains(identifier) } }
         retiredChildSAs.removeAll { retired in
             guard states.allSatisfy({ $0.slot(forInboundSPI: retired.inbound) == nil }) else { return false }
@@ -110,18 +113,20 @@ extension ClusterSimulation {
             traceESP(src: source, dst: "cluster", spi: spi, seq: number, forged: forged, verdict: "lost", receiver: "cluster")
             return nil
         }
-        guard let slot = members[index].state!.slot(forInboundSPI: spi) else {
+        let checked = members[index].cluster.packetPath { state -> String? in
+            guard let slot = state.slot(forInboundSPI: spi) else { return nil }
+            switch state.checkInbound(wire: UInt32(truncatingIfNeeded: number), at: slot) {
+            case .fresh(let full)?:
+                // A forgery fails its ICV; so does a packet whose inferred ESN high bits are not
+                // the ones it was sent with.
+                return forged || full != number || (try? state.commitInbound(full, bytes: 1_000, at: slot)) == nil ? "fail" : "accept"
+            case .replayed?: return "replay"
+            case .stale?, nil: return "stale"
+            }
+        }
+        guard let verdict = checked ?? nil else {
             traceESP(src: source, dst: name(index), spi: spi, seq: number, forged: forged, verdict: "fail", receiver: "cluster")
             return nil
-        }
-        let verdict: String
-        switch members[index].state!.checkInbound(wire: UInt32(truncatingIfNeeded: number), at: slot) {
-        case .fresh(let full)?:
-            // A forgery fails its ICV; so does a packet whose inferred ESN high bits are not the
-            // ones it was sent with.
-            verdict = forged || full != number || (try? members[index].state!.commitInbound(full, bytes: 1_000, at: slot)) == nil ? "fail" : "accept"
-        case .replayed?: verdict = "replay"
-        case .stale?, nil: verdict = "stale"
         }
         traceESP(src: source, dst: name(index), spi: spi, seq: number, forged: forged, verdict: verdict, receiver: "cluster")
         guard verdict == "accept" else { return false }
@@ -164,7 +169,9 @@ extension ClusterSimulation {
                     peers[i].outstanding = outstanding
                     sendOutside(.peerRequest(identifier, outstanding.messageID, outstanding.kind))
                 }
-            } else if now.nanoseconds >= peers[i].nextExchangeAt.nanoseconds, let messageID = try? peers[i].windows.requests.nextRequestID() {
+            } else if now.nanoseconds >= peers[i].nextExchangeAt.nanoseconds, now.nanoseconds < quietFrom,
+                let messageID = try? peers[i].windows.requests.nextRequestID()
+            {
                 peers[i].exchangesStarted += 1
                 let kind: ExchangeKind
                 if configuration.ikeSARekeyEvery > 0, peers[i].exchangesStarted % configuration.ikeSARekeyEvery == 0 {
@@ -195,16 +202,18 @@ extension ClusterSimulation {
             let perStep = max(1, peers.count / Int(2 * configuration.ikeExchangeIntervalMs))
             for offset in 0..<perStep {
                 let identifier = peers[(step * perStep + offset) % peers.count].identifier
-                guard clusterOutstanding[identifier] == nil, members[index].state!.ikeSAs[identifier] != nil else { continue }
+                guard clusterOutstanding[identifier] == nil, members[index].cluster.state.ikeSAs[identifier] != nil else { continue }
                 var messageID: UInt32?
-                let changes = try members[index].state!.updateMessageIDs(of: identifier) { messageID = try? $0.requests.nextRequestID() }
+                _ = try change { state, changes throws(GatewayStateError) in
+                    changes += try state.updateMessageIDs(of: identifier) { messageID = try? $0.requests.nextRequestID() }
+                }
                 guard let messageID else { continue }
-                let tickets = try replicate(changes) + replicateExchange(identifier, messageID, initiatedHere: true, finished: false)
+                let token = try replicateExchange(identifier, messageID, initiatedHere: true, finished: false)
                 clusterOutstanding[identifier] = (messageID, now)
-                hold(tickets, .clusterRequest(identifier, messageID))
+                hold(token, .clusterRequest(identifier, messageID))
             }
             // Retransmit what went out unanswered (a request still held for its tickets has not).
-            let waiting = Set(held.replies.compactMap { message -> IKESAIdentifier? in
+            let waiting = Set(held.values.joined().compactMap { message -> IKESAIdentifier? in
                 if case .clusterRequest(let identifier, _) = message { identifier } else { nil }
             })
             for (identifier, request) in clusterOutstanding where now.nanoseconds - request.1.nanoseconds >= 100_000_000 && !waiting.contains(identifier) {
@@ -220,28 +229,30 @@ extension ClusterSimulation {
         switch message {
         case .establish(let spi):
             guard let index = active else { return "lost" }
-            if let existing = members[index].state!.ikeSAs.values.first(where: { $0.identifier.initiatorSPI == spi }) {
+            let state = members[index].cluster.state
+            if let existing = state.ikeSAs.values.first(where: { $0.identifier.initiatorSPI == spi }) {
                 // The answer still held for the standbys goes out when they have the state, not
                 // before (the trace of a run at 40% synch loss showed one leaving early).
                 if isHeld({ if case .established(let held, _) = $0 { held == existing.identifier } else { false } }) { return "retransmit" }
-                let state = members[index].state!
                 let children = existing.childSAs.compactMap(state.childSA(inboundSPI:)).map { ($0.inboundSPI, $0.outboundSPI) }
                 sendOutside(.established(existing.identifier, children: children))
                 return "retransmit"
             }
             var ike = try SAFixtures.ikeSA(spi, owner: members[index].id, &random)
             ike.extensions = IKEExtensions(messageIDSync: true, replayCounterSync: true)
-            var changes = try members[index].state!.createIKESA(ike)
-            var children: [(inbound: UInt32, outbound: UInt32)] = []
+            var childSAs: [ChildSA] = []
             for _ in 0..<configuration.childSAsPerIKESA {
                 var inbound = UInt32(truncatingIfNeeded: random.next()) | 0x2000_0000
-                while !isFreeInboundSPI(inbound, at: index) { inbound &+= 1 }
+                while !isFreeInboundSPI(inbound, at: index) || childSAs.contains(where: { $0.inboundSPI == inbound }) { inbound &+= 1 }
                 var child = try SAFixtures.childSA(inbound, parent: ike.identifier, window: configuration.replayWindow, owner: members[index].id, &random)
                 child.outboundSPI = claimPeerSPI(child.outboundSPI)
-                changes += try members[index].state!.createChildSA(child)
-                children.append((inbound, child.outboundSPI))
+                childSAs.append(child)
             }
-            hold(try replicate(changes), .established(ike.identifier, children: children))
+            let token = try change { state, changes throws(GatewayStateError) in
+                changes += try state.createIKESA(ike)
+                for child in childSAs { changes += try state.createChildSA(child) }
+            }
+            hold(token, .established(ike.identifier, children: childSAs.map { ($0.inboundSPI, $0.outboundSPI) }))
             return "accept"
         case .established(let identifier, let children):
             guard establishing.removeValue(forKey: identifier.initiatorSPI) != nil, peerIndex[identifier] == nil else { return "drop" }
@@ -261,19 +272,17 @@ extension ClusterSimulation {
             return "accept"
         case .peerRequest(let identifier, let messageID, let kind):
             guard let index = active else { return "lost" }
-            guard let sa = members[index].state!.ikeSAs[identifier] else { return "drop" }
+            let state = members[index].cluster.state
+            guard let sa = state.ikeSAs[identifier] else { return "drop" }
             switch sa.messageIDs.responses.classify(messageID) {
             case .new:
-                var tickets = try replicateExchange(identifier, messageID, initiatedHere: false, finished: false)
-                var changes = try members[index].state!.updateMessageIDs(of: identifier) { try? $0.responses.recordProcessed(messageID) }
+                _ = try replicateExchange(identifier, messageID, initiatedHere: false, finished: false)
                 // A request on the new IKE SA of a rekey proves the peer has it: the old one,
                 // empty since the rekey, goes even if the peer's delete was lost.
-                if let old = sa.rekeyedFrom, members[index].state!.ikeSAs[old]?.childSAs.isEmpty == true {
-                    clusterOutstanding[old] = nil
-                    changes += try members[index].state!.deleteIKESA(old)
-                }
-                var newChild: (UInt32, UInt32)?
-                if case .rekey(let old) = kind, let oldSA = members[index].state!.childSA(inboundSPI: old) {
+                let emptyOld = sa.rekeyedFrom.flatMap { old in state.ikeSAs[old]?.childSAs.isEmpty == true ? old : nil }
+                if let emptyOld { clusterOutstanding[emptyOld] = nil }
+                var freshChild: (old: UInt32, fresh: ChildSA)?
+                if case .rekey(let old) = kind, let oldSA = state.childSA(inboundSPI: old) {
                     var spi = UInt32(truncatingIfNeeded: random.next()) | 0x1000_0000
                     while !isFreeInboundSPI(spi, at: index) { spi &+= 1 }
                     var fresh = try SAFixtures.childSA(spi, parent: identifier, window: configuration.replayWindow, owner: members[index].id, &random)
@@ -281,29 +290,34 @@ extension ClusterSimulation {
                     fresh.localSelectors = oldSA.localSelectors
                     // The exchange that made it, so that a retransmitted request finds it.
                     fresh.requestID = messageID
-                    changes += try members[index].state!.createChildSA(fresh)
-                    changes += try members[index].state!.deleteChildSA(inboundSPI: old)
-                    newChild = (spi, fresh.outboundSPI)
+                    freshChild = (old, fresh)
                 }
-                var newIKESA: IKESAIdentifier?
+                var freshIKESA: IKESA?
                 if case .ikeRekey(let initiatorSPI) = kind {
                     // RFC 7296 section 2.18: a new IKE SA (message IDs from 0, as every new one), the
                     // Child SAs moved.
                     var fresh = try SAFixtures.ikeSA(initiatorSPI, remote: sa.remote.address, owner: members[index].id, &random)
                     fresh.extensions = IKEExtensions(messageIDSync: sa.extensions.messageIDSync, replayCounterSync: sa.extensions.replayCounterSync)
-                    changes += try members[index].state!.rekeyIKESA(identifier, to: fresh)
-                    newIKESA = fresh.identifier
+                    freshIKESA = fresh
                 }
-                tickets += try replicate(changes)
-                tickets += try replicateExchange(identifier, messageID, initiatedHere: false, finished: true)
-                hold(tickets, .clusterResponse(identifier, messageID, newChild: newChild, newIKESA: newIKESA))
+                _ = try change { state, changes throws(GatewayStateError) in
+                    changes += try state.updateMessageIDs(of: identifier) { try? $0.responses.recordProcessed(messageID) }
+                    if let emptyOld { changes += try state.deleteIKESA(emptyOld) }
+                    if let freshChild {
+                        changes += try state.createChildSA(freshChild.fresh)
+                        changes += try state.deleteChildSA(inboundSPI: freshChild.old)
+                    }
+                    if let freshIKESA { changes += try state.rekeyIKESA(identifier, to: freshIKESA) }
+                }
+                let token = try replicateExchange(identifier, messageID, initiatedHere: false, finished: true)
+                let newChild = freshChild.map { ($0.fresh.inboundSPI, $0.fresh.outboundSPI) }
+                hold(token, .clusterResponse(identifier, messageID, newChild: newChild, newIKESA: freshIKESA?.identifier))
                 return "accept"
             case .retransmission:
                 // The response was lost, or this member took over: answer again, unless the
                 // answer is still held for the standbys. A rekey's new Child SA is the one its
                 // exchange made.
                 if isHeld({ if case .clusterResponse(identifier, messageID, _, _) = $0 { true } else { false } }) { return "retransmit" }
-                let state = members[index].state!
                 switch kind {
                 case .liveness:
                     sendOutside(.clusterResponse(identifier, messageID, newChild: nil))
@@ -367,24 +381,25 @@ extension ClusterSimulation {
             }
         case .peerDeleteIKESA(let identifier):
             guard let index = active else { return "lost" }
-            guard members[index].state!.ikeSAs.contains(identifier) else { return "drop" }
+            guard members[index].cluster.state.ikeSAs.contains(identifier) else { return "drop" }
             clusterOutstanding[identifier] = nil
-            _ = try replicate(try members[index].state!.deleteIKESA(identifier))
+            _ = try change { state, changes throws(GatewayStateError) in changes += try state.deleteIKESA(identifier) }
             return "accept"
         case .peerResponse(let identifier, let messageID):
-            guard let index = active else { return "lost" }
+            guard active != nil else { return "lost" }
             guard clusterOutstanding[identifier]?.0 == messageID else { return "drop" }
             clusterOutstanding[identifier] = nil
             report.ikeExchanges += 1
-            let changes = try members[index].state!.updateMessageIDs(of: identifier) { try? $0.requests.receiveResponse(messageID) }
-            _ = try replicate(changes)
+            _ = try change { state, changes throws(GatewayStateError) in
+                changes += try state.updateMessageIDs(of: identifier) { try? $0.requests.receiveResponse(messageID) }
+            }
             _ = try replicateExchange(identifier, messageID, initiatedHere: true, finished: true)
             return "accept"
         }
     }
 
     mutating func finish() {
-        report.staleRecordsRefused = members.filter(\.alive).map { Int($0.replica.statistics.stale) }.reduce(0, +)
+        report.staleRecordsRefused = members.filter(\.alive).compactMap { $0.cluster.replicaStatistics.map { Int($0.stale) } }.reduce(0, +)
         let state = activeState
         report.ikeSAsSurvived = peers.filter { !$0.dead && state?.ikeSAs[$0.identifier] != nil }.count
         report.ikeSAsLost = report.ikeSAs - report.ikeSAsSurvived

@@ -39,19 +39,12 @@ public struct ClusterSimulation {
     /// The virtual clock.
     public internal(set) var now = Timestamp(nanoseconds: 1_000_000_000)
 
+    /// One member: a `ClusterMember` (the package's whole member) on its port of the network.
     struct Member {
         let id: ClusterMemberID
-        var channel: SyncChannel
+        var cluster: ClusterMember
         var transport: InMemorySyncTransport
         var alive = true
-        var role: ClusterRole
-        /// The active member's own state and replicator.
-        var state: GatewayState?
-        var replicator: Replicator?
-        var scheduler: CounterCheckpointScheduler
-        /// A standby's copy.
-        var replica = Replica()
-        var lastHello: Timestamp?
     }
 
     /// What the peer asks for: a liveness check, a Child SA rekey, or an IKE SA rekey whose new
@@ -102,9 +95,9 @@ public struct ClusterSimulation {
     var peers: [PeerIKESA] = []
     var peerIndex: [IKESAIdentifier: Int] = [:]
     var outside: [(at: UInt64, message: IKEMessage)] = []
-    /// Messages the active member holds until the standbys acknowledged what they depend on:
-    /// the tickets, and the standbys that were catching up (no ticket: they must catch up).
-    var held = HeldReplies<IKEMessage>()
+    /// Messages the active member holds until the standbys hold what they depend on, by the
+    /// token of that change (released by the member within its release deadline).
+    var held: [ReplicationToken: [IKEMessage]] = [:]
     /// The burst before the crash is on (``SimulationConfiguration/burstPacketsPerMs``).
     var bursting = false
     /// Cluster requests awaiting a response: IKE SA -> message ID.
@@ -133,12 +126,11 @@ public struct ClusterSimulation {
     /// The crashed member, and the initiator SPIs of new IKE SAs the peer asked for.
     var crashed: Int?
     var restarted: Int?
-    /// Members that (re)joined and are not standbys yet, as the active member sees them: true
-    /// once their bulk resync began. Synchronous replication does not wait for them (a joining
-    /// member counts as a standby only once resynced); it leaves this set when the resync's
-    /// end is acknowledged.
-    var joining: [ClusterMemberID: Bool] = [:]
+    let channelKey: ChannelKey
+    let channelLogger: Logger?
     var nextIKESPI: UInt64 = 1 << 40
+    /// From this time on the peer starts no exchange (``run(progress:)``).
+    var quietFrom = UInt64.max
     var establishing: [UInt64: Timestamp] = [:]
     /// Message-ID syncs of the takeover for IKE SAs the peer did not know yet, by IKE SA.
     var pendingSyncs: [IKESAIdentifier: UInt64?] = [:]
@@ -154,31 +146,18 @@ public struct ClusterSimulation {
         faults.loss = configuration.syncLoss
         faults.jitter = 1_000_000
         network = InMemorySyncNetwork(faults: faults, seed: configuration.seed ^ 0x5EED)
-        let key = try ChannelKey.generate()
+        channelKey = try ChannelKey.generate()
+        self.channelLogger = channelLogger
         let ids = (1...configuration.members).map { ClusterMemberID(rawValue: UInt16($0)) }
         for id in ids {
-            var channelConfiguration = SyncChannelConfiguration(clusterID: 1, member: id, epoch: 1, key: key, peers: ids.filter { $0 != id })
-            // The report says what happened; routine channel warnings (a resync follows) would
-            // drown it.
-            channelConfiguration.logger.logLevel = .error
-            if let channelLogger { channelConfiguration.logger = channelLogger }
-            var member = Member(
-                id: id, channel: try SyncChannel(configuration: channelConfiguration), transport: network.transport(for: id),
-                role: ClusterRole(member: id, epoch: 1, isActive: id == ids[0], activeMember: ids[0]),
-                scheduler: CounterCheckpointScheduler(
-                    policy: CounterCheckpointPolicy(packets: configuration.checkpointPackets, interval: configuration.checkpointMs * 1_000_000)))
-            if id == ids[0] {
-                member.state = GatewayState()
-                member.replicator = Replicator(standbys: ids.filter { $0 != id })
-            }
-            members.append(member)
+            members.append(Member(id: id, cluster: try makeMember(id, epoch: 1, active: ids[0]), transport: network.transport(for: id)))
         }
         report.seed = configuration.seed
         try establish()
         // The standbys join by bulk resync before the run starts, on a clean synch link.
         network.faults.loss = 0
         var waited: UInt64 = 0
-        while !members.dropFirst().allSatisfy(\.replica.isReady) {
+        while !members.dropFirst().allSatisfy(\.cluster.isReady) {
             try advance()
             waited += 1
             if waited > 20_000 { throw SimulationError.standbysNotReady }
@@ -190,19 +169,22 @@ public struct ClusterSimulation {
 
     /// The IKE SAs and Child SAs, on the active member and at the peer.
     mutating func establish() throws {
-        var state = members[0].state!
         var spi: UInt32 = 0x1000
         for index in 0..<configuration.ikeSAs {
             var ike = try SAFixtures.ikeSA(UInt64(index + 1), owner: members[0].id, &random)
             ike.extensions = IKEExtensions(messageIDSync: true, replayCounterSync: true)
-            _ = try state.createIKESA(ike)
+            var childSAs: [ChildSA] = []
             var children: [PeerChildSA] = []
             for _ in 0..<configuration.childSAsPerIKESA {
                 spi += 1
                 var child = try SAFixtures.childSA(spi, parent: ike.identifier, window: configuration.replayWindow, owner: members[0].id, &random)
                 child.outboundSPI = claimPeerSPI(child.outboundSPI)
-                _ = try state.createChildSA(child)
+                childSAs.append(child)
                 children.append(PeerChildSA(clusterInbound: spi, clusterOutbound: child.outboundSPI, received: SetReplayWindow(size: UInt64(configuration.replayWindow))))
+            }
+            _ = try members[0].cluster.update(now: now) { state, changes throws(GatewayStateError) in
+                changes += try state.createIKESA(ike)
+                for child in childSAs { changes += try state.createChildSA(child) }
             }
             let phase = random.next() % configuration.ikeExchangeIntervalMs
             peerIndex[ike.identifier] = peers.count
@@ -212,19 +194,37 @@ public struct ClusterSimulation {
                     windows: IKEMessageIDWindows(),
                     nextExchangeAt: Timestamp(nanoseconds: now.nanoseconds + (phase + 1) * 1_000_000), children: children))
         }
-        members[0].state = state
         report.ikeSAs = configuration.ikeSAs
         report.childSAs = configuration.ikeSAs * configuration.childSAsPerIKESA
     }
 
     /// The gateway state of every member that runs: the active member's own, the standbys'
     /// replicas.
-    public var liveStates: [GatewayState] { members.filter(\.alive).map { $0.state ?? $0.replica.state } }
+    public var liveStates: [GatewayState] { members.filter(\.alive).map(\.cluster.state) }
 
     /// The active member's gateway state; nil while no member is active.
-    public var activeState: GatewayState? { active.flatMap { members[$0].state } }
+    public var activeState: GatewayState? { active.map { members[$0].cluster.state } }
+
+    /// A member as the simulation configures it, at `epoch`, with `active` active.
+    func makeMember(_ id: ClusterMemberID, epoch: UInt32, active: ClusterMemberID) throws -> ClusterMember {
+        let ids = (1...configuration.members).map { ClusterMemberID(rawValue: UInt16($0)) }
+        var channel = SyncChannelConfiguration(clusterID: 1, member: id, epoch: epoch, key: channelKey, peers: ids.filter { $0 != id })
+        // The report says what happened; routine channel warnings (a resync follows) would
+        // drown it.
+        channel.logger.logLevel = .error
+        if let channelLogger { channel.logger = channelLogger }
+        var member = ClusterMemberConfiguration(channel: channel, activeMember: active)
+        member.checkpoints = CounterCheckpointPolicy(packets: configuration.checkpointPackets, interval: configuration.checkpointMs * 1_000_000)
+        member.takeover = TakeoverPolicy(
+            minimumAdvance: configuration.checkpointPackets, maximumPacketsPerSecond: configuration.maximumPacketsPerSecond,
+            inbound: configuration.inboundPolicy)
+        return try ClusterMember(configuration: member)
+    }
 
     /// Runs the configured duration; `progress` gets the fraction done every simulated 100 ms.
+    /// The peer starts no exchange in the last tenth of the run (100 ms at most): with IKE
+    /// replies held until the standbys hold their state, the run then ends with every
+    /// exchange settled, and the final state says what the exchanges did, not where they were.
     public mutating func run(progress: (Double) -> Void = { _ in }) throws -> SimulationReport {
         let start = now.nanoseconds
         runStart = start
@@ -237,6 +237,7 @@ public struct ClusterSimulation {
             }
         }
         let end = start + configuration.durationMs * 1_000_000
+        quietFrom = end - min(100_000_000, configuration.durationMs * 100_000)
         while now.nanoseconds < end {
             if let crashAt = configuration.crashAtMs, crashedAt == nil {
                 if now.nanoseconds >= start + crashAt * 1_000_000, let index = active {

@@ -219,6 +219,9 @@ public struct ClusterMember {
     /// depend on. Worth a warning each.
     public var tokensReleasedAtDeadline: Int { held.expired }
 
+    /// What this standby's replica counted (nil on the active member).
+    public var replicaStatistics: ReplicaStatistics? { if case .standby(let standby) = lifecycle { standby.replica.statistics } else { nil } }
+
     /// What the active member knows of `standby` (nil on a standby).
     public func status(of standby: ClusterMemberID, now: Timestamp) -> StandbyStatus? {
         guard case .active(let active) = lifecycle else { return nil }
