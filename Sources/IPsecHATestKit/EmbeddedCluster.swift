@@ -97,6 +97,12 @@ public struct EmbeddedCluster {
         try run(until: now + duration)
     }
 
+    /// The plan and the Child SAs to rekey of member `index`'s last takeover, if it took over.
+    public func takeover(of index: Int) -> (plan: TakeoverPlan, rekey: [UInt32])? {
+        for case .tookOver(let plan, let rekey) in events[index].reversed() { return (plan, rekey) }
+        return nil
+    }
+
     /// Sends what member `index` has to send now and records its other actions in ``events``.
     public mutating func drain(_ index: Int) {
         while let action = members[index].nextAction() {

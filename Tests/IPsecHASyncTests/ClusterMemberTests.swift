@@ -70,10 +70,7 @@ struct ClusterMemberTests {
         let used = try #require(pair.members[0].state.childSA(inboundSPI: 0x5000)).outboundCounter.lastSent
         pair.crash(0)
         try pair.run(for: .milliseconds(400))
-        guard case .tookOver(let plan, let rekey)? = pair.events[1].last else {
-            Issue.record("no takeover: \(pair.events[1])")
-            return
-        }
+        let (plan, rekey) = try #require(pair.takeover(of: 1), "no takeover: \(pair.events[1])")
         #expect(pair.members[1].isActive && rekey.isEmpty && plan.childSAs.count == 1)
         #expect(try #require(pair.members[1].state.childSA(inboundSPI: 0x5000)).outboundCounter.lastSent > used)
         #expect(pair.members[1].packetPath { _ in true } == true, "it serves now")
@@ -152,10 +149,7 @@ struct ClusterMemberTests {
         #expect(cluster.events[1].filter { if case .heldBack = $0 { true } else { false } }.count == 1, "\(cluster.events[1])")
         cluster.signal(1, .vrrp(.master))
         #expect(cluster.members[1].isActive && cluster.members[1].state.childSA(inboundSPI: 0x7200) != nil)
-        guard case .tookOver(let plan, _)? = cluster.events[1].last else {
-            Issue.record("no takeover: \(cluster.events[1])")
-            return
-        }
+        let plan = try #require(cluster.takeover(of: 1), "no takeover: \(cluster.events[1])").plan
         #expect(plan.childSAs.count == 1)
     }
 
@@ -211,10 +205,7 @@ struct ClusterMemberTests {
         #expect(cluster.events[0].contains(.released(started)))
         cluster.crash(0)
         try cluster.run(for: .milliseconds(400))
-        guard case .tookOver(let plan, _)? = cluster.events[1].last else {
-            Issue.record("no takeover: \(cluster.events[1])")
-            return
-        }
+        let plan = try #require(cluster.takeover(of: 1), "no takeover: \(cluster.events[1])").plan
         #expect(plan.ikeSAs.first { $0.identifier == busy.identifier }?.classification == .inFlight)
         #expect(plan.ikeSAs.first { $0.identifier == done.identifier }?.classification == .certain)
     }
@@ -236,10 +227,7 @@ struct ClusterMemberTests {
         #expect(cluster.members[0].isActive)
         let resumed = try #require(cluster.members[0].state.childSA(inboundSPI: 0x7500), "\(cluster.events[0])")
         #expect(resumed.outboundCounter.lastSent >= sent + TakeoverPolicy().unknownAdvance)
-        guard case .tookOver(let plan, _)? = cluster.events[0].last else {
-            Issue.record("no takeover: \(cluster.events[0])")
-            return
-        }
+        let plan = try #require(cluster.takeover(of: 0), "no takeover: \(cluster.events[0])").plan
         #expect(plan.ikeSAs.allSatisfy { $0.classification == .suspect })
     }
 }
