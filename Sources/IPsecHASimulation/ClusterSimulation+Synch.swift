@@ -83,7 +83,7 @@ extension ClusterSimulation {
                 }
             case .tookOver(let plan, let rekey):
                 try tookOver(index, plan: plan, rekey: rekey)
-            case .steppedDown, .heldBack, .reasserted:
+            case .steppedDown, .heldBack, .reasserted, .segmentStarted, .segmentStopped:
                 break
             }
         }

@@ -2,8 +2,8 @@ public import IPsecHACore
 public import IPsecHASync
 public import IPsecHATestKit
 
-/// One member of a ``LoadSharingCluster``: the SAs it serves, a replica of every other
-/// member's, and the machines that move them.
+/// One member of a ``LoadSharingCluster``: a `ClusterMember` in load-sharing mode on its port
+/// of the network.
 public struct LoadSharingMember {
     /// The member's ID.
     public let id: ClusterMemberID
@@ -11,25 +11,17 @@ public struct LoadSharingMember {
     public internal(set) var isRunning = false
     /// Its incarnation: the synch channel epoch of its current life.
     public internal(set) var incarnation: UInt32 = 0
+    /// The member: its own SAs, a replica of every other member's, segment ownership.
+    public internal(set) var cluster: ClusterMember
+    var transport: InMemorySyncTransport
+
     /// The SAs this member holds as its own: those of the segments it serves, and, until the
     /// successor holds them, those of segments it handed over.
-    public internal(set) var state = GatewayState()
-    /// Copies of every other member's own state.
-    public internal(set) var replicas: [ClusterMemberID: Replica] = [:]
-    /// Segment ownership.
-    public internal(set) var ownership: SegmentOwnership
-    var channel: SyncChannel
-    var transport: InMemorySyncTransport
-    var replicator: Replicator
-    var lastHello: [ClusterMemberID: Timestamp] = [:]
-    var checkpoints = CounterCheckpointScheduler()
-    var streamResets: UInt64 = 0
-    /// Segments started whose SAs are still to be adopted from the previous owner's replica,
-    /// which was not complete yet (a bulk resync under way).
-    public internal(set) var pendingAdoptions: [Segment: (previous: ClusterMemberID, handedOver: Bool)] = [:]
-
+    public var state: GatewayState { cluster.state }
+    /// Segment ownership (nil before the member first ran).
+    public var ownership: SegmentOwnership? { cluster.segmentOwnership }
     /// Whether every replica is complete.
-    public var replicasReady: Bool { replicas.values.allSatisfy(\.isReady) }
+    public var replicasReady: Bool { cluster.isReady }
 }
 
 /// What a ``LoadSharingCluster`` observed: the invariants it checks on every step and what the
@@ -102,17 +94,12 @@ public struct LoadSharingCluster {
     }
 
     private func makeMember(_ id: ClusterMemberID, incarnation: UInt32) throws -> LoadSharingMember {
-        let others = ids.filter { $0 != id }
-        let channel = try SyncChannel(
-            configuration: SyncChannelConfiguration(clusterID: 9, member: id, epoch: max(incarnation, 1), key: key, peers: others))
-        let ownership = SegmentOwnership(
-            configuration: try SegmentOwnershipConfiguration(member: id, incarnation: incarnation, members: ids, segments: segments),
-            now: now)
-        var member = LoadSharingMember(
-            id: id, ownership: ownership, channel: channel, transport: network.transport(for: id), replicator: Replicator(standbys: others))
-        member.state = GatewayState(localMember: id)
-        for other in others { member.replicas[other] = Replica() }
-        return member
+        let channel = SyncChannelConfiguration(clusterID: 9, member: id, epoch: max(incarnation, 1), key: key, peers: ids.filter { $0 != id })
+        var configuration = ClusterMemberConfiguration(channel: channel, activeMember: id)
+        configuration.loadSharing = try SegmentOwnershipConfiguration(member: id, incarnation: incarnation, members: ids, segments: segments)
+        configuration.checkpoints = CounterCheckpointPolicy(packets: 4_096, interval: checkpointInterval)
+        configuration.takeover = takeoverPolicy
+        return LoadSharingMember(id: id, cluster: try ClusterMember(configuration: configuration), transport: network.transport(for: id))
     }
 
     // MARK: Faults
@@ -142,25 +129,27 @@ public struct LoadSharingCluster {
         let segment = segments.segment(peer: peer, initiatorSPI: spi)
         guard let id = servers(of: segment).first else { return nil }
         nextIKESPI += 1
-        var member = members[id]!
-        defer { members[id] = member }
         let ike = try SAFixtures.ikeSA(spi, remote: peer, owner: id, &random)
-        var changes = try member.state.createIKESA(ike)
+        let state = members[id]!.state
+        var children: [ChildSA] = []
         for _ in 0..<childSAs {
-            let state = member.state
-            let inbound = try layout.allocate(segment: segment, member: id, using: &random) { state.childSA(inboundSPI: $0) != nil }
-            changes += try member.state.createChildSA(
-                SAFixtures.childSA(inbound, parent: ike.identifier, window: 128, owner: id, &random))
+            let inbound = try layout.allocate(segment: segment, member: id, using: &random) { spi in
+                state.childSA(inboundSPI: spi) != nil || children.contains { $0.inboundSPI == spi }
+            }
+            children.append(try SAFixtures.childSA(inbound, parent: ike.identifier, window: 128, owner: id, &random))
             peerNext[inbound] = 1
         }
+        _ = try members[id]!.cluster.update(now: now) { state, changes throws(GatewayStateError) in
+            changes += try state.createIKESA(ike)
+            for child in children { changes += try state.createChildSA(child) }
+        }
         establishedIKESAs[ike.identifier] = segment
-        try replicate(changes, at: &member)
         return ike.identifier
     }
 
     /// The running members that serve `segment` now (more than one is a violation).
     public func servers(of segment: Segment) -> [ClusterMemberID] {
-        ids.filter { members[$0]!.isRunning && members[$0]!.ownership.isServing(segment, now: now) }
+        ids.filter { members[$0]!.isRunning && members[$0]!.cluster.isServing(segment, now: now) }
     }
 
     /// The running member whose own state holds each established IKE SA (empty for one that
@@ -190,179 +179,25 @@ public struct LoadSharingCluster {
         }
     }
 
+    /// One step of a running member: its datagrams, its time, and what it says.
     private mutating func stepMember(_ id: ClusterMemberID) throws {
         var member = members[id]!
         defer { members[id] = member }
-        let silent = now.nanoseconds < member.ownership.startedAt.nanoseconds + member.ownership.configuration.startupSilence
-        if silent { return }
-        for datagram in member.transport.receive(now: now) {
-            try perform(member.channel.receive(datagram, now: now), at: &member)
-        }
-        try perform(member.channel.tick(now: now), at: &member)
-        member.ownership.isReady = member.replicasReady
-        try perform(member.ownership.tick(now: now), at: &member)
-        try perform(member.replicator.pump(channel: &member.channel, now: now), at: &member)
-        for (other, replica) in member.replicas.sorted(by: { $0.key < $1.key }) where !replica.isReady && !replica.isResyncing {
-            if let last = member.lastHello[other], now.nanoseconds - last.nanoseconds < 200_000_000 { continue }
-            member.lastHello[other] = now
-            try send([replica.hello(epoch: member.incarnation)], to: other, at: &member)
-        }
-        member.checkpoints.policy = CounterCheckpointPolicy(packets: 4_096, interval: checkpointInterval)
-        let due = member.checkpoints.takeDueCheckpoints(from: &member.state, now: now)
-        if !due.isEmpty {
-            try perform(member.replicator.replicate(checkpoints: due, state: member.state, channel: &member.channel, now: now).actions, at: &member)
-        }
-        try adoptPending(at: &member)
-        try completeReleases(at: &member)
-        if member.channel.statistics.streamResets != member.streamResets {
-            // A resync reset a stream, and with it the claims in flight on it.
-            member.streamResets = member.channel.statistics.streamResets
-            for peer in ids where peer != id { member.ownership.streamReset(to: peer) }
-        }
-    }
-
-    private mutating func perform(_ actions: [SyncChannelAction], at member: inout LoadSharingMember) throws {
-        for action in actions {
+        let refusedBefore = member.cluster.ownershipSendsRefused
+        for datagram in member.transport.receive(now: now) { member.cluster.receive(datagram, now: now) }
+        member.cluster.tick(now: now)
+        while let action = member.cluster.nextAction() {
             switch action {
             case .transmit(let to, let datagram):
                 try member.transport.send(datagram, to: to, now: now)
-            case .deliver(let from, let records):
-                for record in records {
-                    try perform(member.ownership.receive(record, from: from, now: now), at: &member)
-                    member.replicas[from]?.apply([record], now: now)
-                    try perform(
-                        member.replicator.handle(.deliver(from: from, records: [record]), state: member.state, channel: &member.channel, now: now),
-                        at: &member)
-                }
-            case .peerRestarted(let peer, _):
-                member.ownership.peerRestarted(peer)
-                member.replicas[peer] = Replica()
-            case .resyncNeeded:
-                try perform(member.replicator.handle(action, state: member.state, channel: &member.channel, now: now), at: &member)
-            case .dropped:
+            case .segmentStarted(_, _?, let handedOver, let rekey):
+                if handedOver { report.segmentsHandedOver += 1 } else { report.segmentsTakenOver += 1 }
+                report.childSAsRekeyed += rekey.count
+            default:
                 break
             }
         }
-    }
-
-    private mutating func perform(_ actions: [OwnershipAction], at member: inout LoadSharingMember) throws {
-        for action in actions {
-            switch action {
-            case .send(let records, let to):
-                try send(records, to: to, at: &member)
-            case .startServing(let segment, let previous, let handedOver):
-                if let previous, previous != member.id {
-                    // Copies from an earlier ownership of the segment are stale: never send on them.
-                    var changes: [StateChange] = []
-                    for sa in member.state.ikeSAs.values.filter({ segments.segment(of: $0) == segment }).sorted(by: { $0.identifier < $1.identifier }) {
-                        changes += try member.state.deleteIKESA(sa.identifier)
-                    }
-                    try replicate(changes, at: &member)
-                    member.pendingAdoptions[segment] = (previous, handedOver)
-                }
-                try adoptPending(at: &member)
-            case .stopServing(let segment):
-                member.pendingAdoptions[segment] = nil
-            case .peerUp, .peerDown:
-                break
-            }
-        }
-    }
-
-    private mutating func send(_ records: [SyncRecord], to peer: ClusterMemberID, at member: inout LoadSharingMember) throws {
-        let sent: [SyncChannelAction]
-        do {
-            sent = try member.channel.send(records, to: peer, now: now).actions
-        } catch .sendQueueFull {
-            report.sendsRefused += 1
-            // Lost claims would leave the peer waiting for their number: the whole table goes
-            // again, under a newer one, once the channel takes it.
-            member.ownership.streamReset(to: peer)
-            return
-        }
-        try perform(sent, at: &member)
-    }
-
-    private mutating func replicate(_ changes: [StateChange], at member: inout LoadSharingMember) throws {
-        guard !changes.isEmpty else { return }
-        let result = member.replicator.replicate(changes, state: member.state, channel: &member.channel, now: now)
-        try perform(result.actions, at: &member)
-    }
-
-    /// Adopts the SAs of started segments whose previous owner's replica is complete.
-    private mutating func adoptPending(at member: inout LoadSharingMember) throws {
-        for (segment, origin) in member.pendingAdoptions.sorted(by: { $0.key < $1.key })
-        where member.replicas[origin.previous]?.isReady ?? true {
-            member.pendingAdoptions[segment] = nil
-            try adopt(segment, from: origin.previous, handedOver: origin.handedOver, at: &member)
-        }
-    }
-
-    /// Moves the SAs of `segment` from this member's replica of `previous` into its own state:
-    /// after a failure with the takeover plan (outbound counters advanced, inbound windows
-    /// restored); after a handover the same way, which costs a skip of sequence numbers but
-    /// needs no final checkpoint to arrive first.
-    private mutating func adopt(
-        _ segment: Segment, from previous: ClusterMemberID, handedOver: Bool, at member: inout LoadSharingMember
-    ) throws {
-        guard var replica = member.replicas[previous] else { return }
-        if !handedOver {
-            replica.applyHeldCheckpoints(member.channel.recordsHeldBehindGap(from: previous), now: now)
-            member.replicas[previous] = replica
-        }
-        var source = replica.state
-        let identifiers = source.ikeSAs.values.filter { segments.segment(of: $0) == segment }.map(\.identifier).sorted()
-        if handedOver { report.segmentsHandedOver += 1 } else { report.segmentsTakenOver += 1 }
-        guard !identifiers.isEmpty else { return }
-        let plan = replica.takeoverPlan(policy: takeoverPolicy, now: now, restrictedTo: Set(identifiers))
-        let rekey = Set(source.applyTakeover(plan).rekey)
-        var changes: [StateChange] = []
-        for identifier in identifiers where member.state.ikeSAs[identifier] == nil {
-            var ike = source.ikeSAs[identifier]!
-            ike.owner = member.id
-            changes += try member.state.createIKESA(ike)
-            for spi in ike.childSAs {
-                guard var child = source.childSA(inboundSPI: spi), !rekey.contains(spi) else {
-                    report.childSAsRekeyed += 1
-                    continue
-                }
-                child.owner = member.id
-                changes += try member.state.createChildSA(child)
-            }
-        }
-        try replicate(changes, at: &member)
-    }
-
-    /// Deletes the SAs of segments another member owns now, once that member's replicated
-    /// state holds them with outbound counters at least as far as this member's (so that they
-    /// exist somewhere at every moment, and a stale copy the new owner held from an earlier
-    /// ownership does not count).
-    private mutating func completeReleases(at member: inout LoadSharingMember) throws {
-        var lost: [Segment: [IKESAIdentifier]] = [:]
-        for sa in member.state.ikeSAs.values {
-            let segment = segments.segment(of: sa)
-            guard let claim = member.ownership.claim(of: segment), claim.owner != member.id || claim.incarnation != member.incarnation
-            else { continue }
-            lost[segment, default: []].append(sa.identifier)
-        }
-        var changes: [StateChange] = []
-        for (segment, identifiers) in lost.sorted(by: { $0.key < $1.key }) {
-            guard let owner = member.ownership.claim(of: segment)?.owner, let theirs = member.replicas[owner], theirs.isReady,
-                identifiers.allSatisfy({ Self.holds(theirs.state, $0, asFarAs: member.state) })
-            else { continue }
-            for identifier in identifiers.sorted() { changes += try member.state.deleteIKESA(identifier) }
-        }
-        try replicate(changes, at: &member)
-    }
-
-    /// Whether `state` holds the IKE SA and each of its Child SAs in `reference`, with outbound
-    /// counters no lower.
-    private static func holds(_ state: GatewayState, _ identifier: IKESAIdentifier, asFarAs reference: GatewayState) -> Bool {
-        guard state.ikeSAs[identifier] != nil, let mine = reference.ikeSAs[identifier] else { return false }
-        return mine.childSAs.allSatisfy { spi in
-            guard let theirs = state.childSA(inboundSPI: spi), let own = reference.childSA(inboundSPI: spi) else { return false }
-            return theirs.outboundCounter.lastSent >= own.outboundCounter.lastSent
-        }
+        report.sendsRefused += member.cluster.ownershipSendsRefused - refusedBefore
     }
 
     // MARK: Checks
@@ -371,7 +206,7 @@ public struct LoadSharingCluster {
     private func servingMembers() -> [[ClusterMemberID]] {
         var serving = [[ClusterMemberID]](repeating: [], count: segments.count)
         for id in ids where members[id]!.isRunning {
-            for segment in members[id]!.ownership.servedSegments(now: now) { serving[Int(segment.rawValue)].append(id) }
+            for segment in members[id]!.ownership?.servedSegments(now: now) ?? [] { serving[Int(segment.rawValue)].append(id) }
         }
         return serving
     }
@@ -380,19 +215,26 @@ public struct LoadSharingCluster {
     /// serves it, and the attacker replays one captured packet.
     private mutating func sendTraffic(_ serving: [[ClusterMemberID]]) throws {
         for id in ids where members[id]!.isRunning {
-            var member = members[id]!
-            for ike in member.state.ikeSAs.values where serving[Int(segments.segment(of: ike).rawValue)].contains(id) {
-                for spi in ike.childSAs {
-                    guard let slot = member.state.slot(forInboundSPI: spi), let outboundSPI = member.state[slot]?.outboundSPI else { continue }
-                    for _ in 0..<packetsPerStep {
-                        guard let number = try? member.state.nextOutboundSequenceNumber(at: slot, bytes: 100) else { break }
-                        report.espPacketsSent += 1
-                        if number.value <= highestSent[outboundSPI, default: 0] { report.sequenceNumbersReused += 1 }
-                        highestSent[outboundSPI] = max(highestSent[outboundSPI, default: 0], number.value)
+            let segments = self.segments
+            let packetsPerStep = self.packetsPerStep
+            let sent = members[id]!.cluster.packetPath { state -> [(outboundSPI: UInt32, number: UInt64)] in
+                var sent: [(UInt32, UInt64)] = []
+                for ike in state.ikeSAs.values where serving[Int(segments.segment(of: ike).rawValue)].contains(id) {
+                    for spi in ike.childSAs {
+                        guard let slot = state.slot(forInboundSPI: spi), let outboundSPI = state[slot]?.outboundSPI else { continue }
+                        for _ in 0..<packetsPerStep {
+                            guard let number = try? state.nextOutboundSequenceNumber(at: slot, bytes: 100) else { break }
+                            sent.append((outboundSPI, number.value))
+                        }
                     }
                 }
+                return sent
+            } ?? []
+            for (outboundSPI, number) in sent {
+                report.espPacketsSent += 1
+                if number <= highestSent[outboundSPI, default: 0] { report.sequenceNumbersReused += 1 }
+                highestSent[outboundSPI] = max(highestSent[outboundSPI, default: 0], number)
             }
-            members[id] = member
         }
         let spis = peerNext.keys.sorted()
         for spi in spis {
@@ -412,14 +254,16 @@ public struct LoadSharingCluster {
             report.inboundUnserved += 1
             return
         }
-        var member = members[id]!
-        defer { members[id] = member }
         // The ICV covers the high-order ESN bits (RFC 4303 section 2.2.1): a packet whose
         // inferred number is not the one it was sent with fails authentication.
-        guard let slot = member.state.slot(forInboundSPI: spi),
-            case .fresh(let full)? = member.state.checkInbound(wire: UInt32(truncatingIfNeeded: sequenceNumber), at: slot),
-            full == sequenceNumber, (try? member.state.commitInbound(full, bytes: 100, at: slot)) != nil
-        else { return }
+        let committed = members[id]!.cluster.packetPath { state -> UInt64? in
+            guard let slot = state.slot(forInboundSPI: spi),
+                case .fresh(let full)? = state.checkInbound(wire: UInt32(truncatingIfNeeded: sequenceNumber), at: slot),
+                full == sequenceNumber, (try? state.commitInbound(full, bytes: 100, at: slot)) != nil
+            else { return nil }
+            return full
+        }
+        guard let full = committed ?? nil else { return }
         report.espPacketsAccepted += 1
         if !accepted[spi, default: []].insert(full).inserted { report.replaysAccepted += 1 }
     }

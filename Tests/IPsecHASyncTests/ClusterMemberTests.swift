@@ -230,4 +230,31 @@ struct ClusterMemberTests {
         let plan = try #require(cluster.takeover(of: 0), "no takeover: \(cluster.events[0])").plan
         #expect(plan.ikeSAs.allSatisfy { $0.classification == .suspect })
     }
+
+    /// Load sharing through ClusterMember: every segment is started by exactly one member,
+    /// and when one fails the others take its segments over from their replicas of it.
+    @Test func loadSharingMembersStartEverySegmentOnceAndTakeOverAFailedOnesShare() throws {
+        let segments = try ClusterSegments(count: 12, seed: 5)
+        let ids = (0..<3).map(EmbeddedCluster.id)
+        var cluster = try EmbeddedCluster(members: 3, seed: 27) { configuration in
+            configuration.loadSharing = try? SegmentOwnershipConfiguration(
+                member: configuration.channel.member, incarnation: 1, members: ids, segments: segments)
+        }
+        try cluster.run(for: .seconds(2))
+        func started(_ index: Int) -> [Segment] {
+            cluster.events[index].compactMap { if case .segmentStarted(let segment, _, _, _) = $0 { segment } else { nil } }
+        }
+        let served = (0..<3).map { index in segments.all.filter { cluster.members[index].isServing($0, now: cluster.now) } }
+        #expect(served.map(\.count).reduce(0, +) == 12 && Set(served.joined()).count == 12, "\(served)")
+        #expect((0..<3).allSatisfy { Set(started($0)).isSuperset(of: served[$0]) })
+        #expect(cluster.members.allSatisfy { $0.isActive })
+        cluster.crash(2)
+        try cluster.run(for: .seconds(2))
+        let takenOver = (0..<2).flatMap { index in
+            cluster.events[index].compactMap { if case .segmentStarted(let segment, ids[2]?, false, _) = $0 { segment } else { nil } }
+        }
+        #expect(Set(takenOver) == Set(served[2]), "\(takenOver) of \(served[2])")
+        let after = (0..<2).flatMap { index in segments.all.filter { cluster.members[index].isServing($0, now: cluster.now) } }
+        #expect(after.count == 12 && Set(after).count == 12)
+    }
 }

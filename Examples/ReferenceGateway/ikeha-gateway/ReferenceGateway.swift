@@ -145,7 +145,8 @@ struct ReferenceGateway {
     /// What the member asks for, besides datagrams to the other member.
     mutating func handle(_ action: ClusterMemberAction, now: Timestamp) throws {
         switch action {
-        case .transmit:
+        case .transmit, .segmentStarted, .segmentStopped:
+            // No load sharing here: one active member and a standby.
             break
         case .released(let token):
             heldReplies.removeValue(forKey: token)?.forEach { transmit($0) }

@@ -16,9 +16,17 @@ extension ClusterMember {
     /// hellos to the role.
     mutating func route(_ actions: [SyncChannelAction], now: Timestamp) {
         for action in actions {
-            switch action {
-            case .transmit(let to, let datagram):
+            if case .transmit(let to, let datagram) = action {
                 outbox.append(.transmit(to: to, datagram: datagram))
+                continue
+            }
+            if isSharing {
+                routeSharing(action, now: now)
+                continue
+            }
+            switch action {
+            case .transmit:
+                break
             case .deliver(let from, let records):
                 for case .hello(let epoch, let capabilities, _) in records { heardHello(from: from, epoch: epoch, capabilities: capabilities, now: now) }
                 if case .standby(var standby) = lifecycle {
@@ -36,6 +44,8 @@ extension ClusterMember {
             }
         }
     }
+
+    private var isSharing: Bool { if case .sharing = lifecycle { true } else { false } }
 
     /// Gives a delivery or a resync need to the replicator (active member only) and sends its answer.
     private mutating func handOnToReplicator(_ action: SyncChannelAction, now: Timestamp) {
@@ -235,9 +245,15 @@ extension ClusterMember {
     }
 
     mutating func release(now: Timestamp) {
-        guard case .active(let active) = lifecycle, held.count > 0 else { return }
+        guard held.count > 0 else { return }
+        let replicator: Replicator
+        switch lifecycle {
+        case .active(let active): replicator = active.replicator
+        case .sharing(let sharing): replicator = sharing.replicator
+        case .standby, .moving: return
+        }
         let channel = self.channel
-        for token in held.release(channel: channel, replicator: active.replicator, now: now, gone: { !channel.isEstablished(with: $0) }) {
+        for token in held.release(channel: channel, replicator: replicator, now: now, gone: { !channel.isEstablished(with: $0) }) {
             outbox.append(.released(token))
         }
     }

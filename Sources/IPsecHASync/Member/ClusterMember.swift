@@ -36,6 +36,14 @@ public enum ClusterMemberAction: Sendable, Hashable {
     /// (``ClusterMemberConfiguration/followsVRRP``): this standby does not take over. Once per
     /// silence.
     case heldBack(String)
+    /// Load sharing: this member serves `segment` from now on, the IKE SAs and Child SAs of
+    /// it adopted from its replica of `previousOwner` (nil: nobody, or this member itself
+    /// after a lapse of its lease; nothing adopted) with the takeover plan, or as handed over
+    /// (`handedOver`). The Child SAs in `rekey` could not move on and were not adopted.
+    case segmentStarted(Segment, previousOwner: ClusterMemberID?, handedOver: Bool, rekey: [UInt32])
+    /// Load sharing: this member must not send or answer on `segment`'s SAs any more (its
+    /// lease lapsed, or the segment went to another member).
+    case segmentStopped(Segment)
     /// A member that had been active too (a split brain that healed) stepped down: this one
     /// moved every outbound counter on by `jump` past anything that member could have used,
     /// and moved to a newer epoch. The Child SAs in `rekey` could not move that far (32-bit
@@ -85,6 +93,13 @@ public struct ClusterMemberConfiguration: Sendable {
     /// ``ClusterMemberAction/heldBack(_:)``. Without it the failure detector decides: the lowest
     /// ready standby that is heard takes over.
     public var followsVRRP = false
+    /// Load sharing (design, "Load sharing"): every member serves the segments
+    /// `SegmentOwnership` gives it, replicates its own SAs to every other member, holds a
+    /// replica of each of theirs, and takes or hands over segments with their SAs
+    /// (``ClusterMemberAction/segmentStarted(_:previousOwner:handedOver:rekey:)``). Its
+    /// `member` must be the channel's; ``activeMember``, the failure detector and
+    /// ``followsVRRP`` do not apply. Nil: one active member and standbys.
+    public var loadSharing: SegmentOwnershipConfiguration?
 
     /// A configuration for the channel, with `activeMember` active at the start.
     public init(channel: SyncChannelConfiguration, activeMember: ClusterMemberID) {
@@ -133,9 +148,27 @@ public struct ClusterMember {
         var former: GatewayState?
     }
 
+    /// What a load-sharing member owns.
+    struct Sharing {
+        /// Its own SAs: those of the segments it serves, and, until the new owner holds them,
+        /// those of segments it lost.
+        var state: GatewayState
+        var replicator: Replicator
+        /// A copy of every other member's own state.
+        var replicas: [ClusterMemberID: Replica]
+        /// Made at the first tick (its start time counts for the startup silence).
+        var ownership: SegmentOwnership?
+        var lastHello: [ClusterMemberID: Timestamp] = [:]
+        var streamResets: UInt64 = 0
+        /// Segments started whose SAs are still to be adopted from the previous owner's
+        /// replica, which was not complete yet.
+        var pendingAdoptions: [Segment: (previous: ClusterMemberID, handedOver: Bool)] = [:]
+    }
+
     enum Lifecycle {
         case standby(Standby)
         case active(Active)
+        case sharing(Sharing)
         /// Only while a lifecycle's parts are out being changed, so that none is copied.
         case moving
     }
@@ -178,15 +211,28 @@ public struct ClusterMember {
         role = ClusterRole(
             member: me, epoch: configuration.channel.epoch, isActive: isActive, activeMember: isActive ? nil : configuration.activeMember,
             heartbeatInterval: configuration.channel.heartbeatInterval, missCount: configuration.missCount)
-        lifecycle =
-            isActive
-            ? .active(Active(replicator: Replicator(standbys: configuration.channel.peers), state: GatewayState()))
-            : .standby(Standby(active: configuration.activeMember))
+        if configuration.loadSharing != nil {
+            lifecycle = .sharing(
+                Sharing(
+                    state: GatewayState(localMember: me), replicator: Replicator(standbys: configuration.channel.peers),
+                    replicas: Dictionary(uniqueKeysWithValues: configuration.channel.peers.map { ($0, Replica()) })))
+        } else {
+            lifecycle =
+                isActive
+                ? .active(Active(replicator: Replicator(standbys: configuration.channel.peers), state: GatewayState()))
+                : .standby(Standby(active: configuration.activeMember))
+        }
         scheduler = CounterCheckpointScheduler(policy: configuration.checkpoints)
     }
 
-    /// Whether this member is the active one.
-    public var isActive: Bool { if case .active = lifecycle { true } else { false } }
+    /// Whether this member serves from its own state: the active member, and every member in
+    /// load sharing (for the segments it serves).
+    public var isActive: Bool {
+        switch lifecycle {
+        case .active, .sharing: true
+        case .standby, .moving: false
+        }
+    }
 
     /// Whether this member can serve: the active member, or a standby that holds a complete
     /// copy of the active member's state.
@@ -194,6 +240,7 @@ public struct ClusterMember {
         switch lifecycle {
         case .active: true
         case .standby(let standby): standby.ready
+        case .sharing(let sharing): sharing.replicas.values.allSatisfy(\.isReady)
         case .moving: false
         }
     }
@@ -206,6 +253,7 @@ public struct ClusterMember {
         switch lifecycle {
         case .active(let active): active.state
         case .standby(let standby): standby.replica.state
+        case .sharing(let sharing): sharing.state
         case .moving: GatewayState()
         }
     }
@@ -224,14 +272,30 @@ public struct ClusterMember {
 
     /// What the active member knows of `standby` (nil on a standby).
     public func status(of standby: ClusterMemberID, now: Timestamp) -> StandbyStatus? {
-        guard case .active(let active) = lifecycle else { return nil }
-        return active.replicator.status(of: standby, channel: channel, now: now)
+        switch lifecycle {
+        case .active(let active): active.replicator.status(of: standby, channel: channel, now: now)
+        case .sharing(let sharing): sharing.replicator.status(of: standby, channel: channel, now: now)
+        case .standby, .moving: nil
+        }
     }
+
+    /// Load sharing: which member serves which segment, as this member knows it (nil before
+    /// the first tick, and without load sharing).
+    public var segmentOwnership: SegmentOwnership? { if case .sharing(let sharing) = lifecycle { sharing.ownership } else { nil } }
+
+    /// Load sharing: whether this member serves `segment` at `now` (sends and answers on its SAs).
+    public func isServing(_ segment: Segment, now: Timestamp) -> Bool { segmentOwnership?.isServing(segment, now: now) ?? false }
+
+    /// Load sharing: ownership records the channel refused (its buffer to a peer full); each
+    /// made the ownership table go again under a newer number.
+    public internal(set) var ownershipSendsRefused = 0
 
     // MARK: Inputs
 
     /// Takes a datagram from the synch transport.
     public mutating func receive(_ datagram: [UInt8], now: Timestamp) {
+        // A load-sharing member that just started stays silent, and answers nothing.
+        if isStartupSilent(now: now) { return }
         route(channel.receive(datagram, now: now), now: now)
         release(now: now)
     }
@@ -240,10 +304,13 @@ public struct ClusterMember {
     /// takeover when the active member fell silent.
     public mutating func tick(now: Timestamp) {
         lastTick = now
+        startOwnership(now: now)
+        if isStartupSilent(now: now) { return }
         route(channel.tick(now: now), now: now)
         switch lifecycle {
         case .active: activeTick(now: now)
         case .standby: standbyTick(now: now)
+        case .sharing: sharingTick(now: now)
         case .moving: break
         }
         release(now: now)
@@ -290,17 +357,16 @@ public struct ClusterMember {
         now: Timestamp,
         _ body: (inout Replicator, inout GatewayState, inout SyncChannel) throws(ClusterMemberError) -> (tickets: [SyncTicket], actions: [SyncChannelAction])
     ) throws(ClusterMemberError) -> ReplicationToken {
-        guard case .active(var active) = lifecycle else { throw .notActive }
-        lifecycle = .moving
-        defer { lifecycle = .active(active) }
-        let sent = try body(&active.replicator, &active.state, &channel)
         let token = ReplicationToken(value: nextToken)
-        nextToken += 1
-        enqueue(sent.actions)
-        let standbys = configuration.channel.peers.filter { channel.isEstablished(with: $0) }
-        let deadline = configuration.releaseDeadline.map { now + $0 }
-        if let free = held.hold(token, tickets: sent.tickets, standbys: standbys, replicator: active.replicator, deadline: deadline) {
-            outbox.append(.released(free))
+        try serving { replicator, state, member throws(ClusterMemberError) in
+            let sent = try body(&replicator, &state, &member.channel)
+            member.nextToken += 1
+            member.enqueue(sent.actions)
+            let standbys = member.configuration.channel.peers.filter { member.channel.isEstablished(with: $0) }
+            let deadline = member.configuration.releaseDeadline.map { now + $0 }
+            if let free = member.held.hold(token, tickets: sent.tickets, standbys: standbys, replicator: replicator, deadline: deadline) {
+                member.outbox.append(.released(free))
+            }
         }
         return token
     }
@@ -310,10 +376,27 @@ public struct ClusterMember {
     /// standbys with the next checkpoint (``ClusterMemberConfiguration/checkpoints``). Nil on
     /// a standby, which must not send.
     public mutating func packetPath<Result>(_ body: (inout GatewayState) -> Result) -> Result? {
-        guard case .active(var active) = lifecycle else { return nil }
-        lifecycle = .moving
-        defer { lifecycle = .active(active) }
-        return body(&active.state)
+        try? serving { _, state, _ throws(ClusterMemberError) in body(&state) }
+    }
+
+    /// Runs `body` on the replicator and the state this member serves from (active, or load
+    /// sharing), moved out of the lifecycle so that neither is copied, with the rest of the
+    /// member. Throws ``ClusterMemberError/notActive`` on a standby.
+    mutating func serving<Result>(
+        _ body: (inout Replicator, inout GatewayState, inout ClusterMember) throws(ClusterMemberError) -> Result
+    ) throws(ClusterMemberError) -> Result {
+        switch lifecycle {
+        case .active(var active):
+            lifecycle = .moving
+            defer { lifecycle = .active(active) }
+            return try body(&active.replicator, &active.state, &self)
+        case .sharing(var sharing):
+            lifecycle = .moving
+            defer { lifecycle = .sharing(sharing) }
+            return try body(&sharing.replicator, &sharing.state, &self)
+        case .standby, .moving:
+            throw .notActive
+        }
     }
 
     /// Takes a decision from outside the synch channel: keepalived's VRRP state, or an
@@ -346,14 +429,13 @@ public struct ClusterMember {
     /// (deleted while the data plane was read) or counters beyond their sequence space.
     @discardableResult
     public mutating func observeCounters(_ observed: [ChildSACounterCheckpoint]) throws(ClusterMemberError) -> [UInt32] {
-        guard case .active(var active) = lifecycle else { throw .notActive }
-        lifecycle = .moving
-        defer { lifecycle = .active(active) }
-        var refused: [UInt32] = []
-        for checkpoint in observed {
-            do throws(GatewayStateError) { try active.state.observeCounters(checkpoint) } catch { refused.append(checkpoint.inboundSPI) }
+        try serving { _, state, _ throws(ClusterMemberError) in
+            var refused: [UInt32] = []
+            for checkpoint in observed {
+                do throws(GatewayStateError) { try state.observeCounters(checkpoint) } catch { refused.append(checkpoint.inboundSPI) }
+            }
+            return refused
         }
-        return refused
     }
 
     /// ``tick(now:)`` for a member whose ESP runs in `dataPlane`: an active member first adopts
@@ -395,7 +477,7 @@ public struct ClusterMember {
         switch action {
         case .tookOver, .reasserted: try dataPlane.startServing(state)
         case .steppedDown: dataPlane.stopServing()
-        case .transmit, .released, .becameReady, .heldBack, .countersCheckpointed: break
+        case .transmit, .released, .becameReady, .heldBack, .countersCheckpointed, .segmentStarted, .segmentStopped: break
         }
     }
 
@@ -420,6 +502,15 @@ public struct ClusterMember {
                 let detection = heard.nanoseconds &+ configuration.channel.heartbeatInterval &* max(configuration.missCount, 1)
                 if detection > lastTick.nanoseconds { earliest = min(earliest, detection) }
             }
+        case .sharing(let sharing):
+            // Beacons, leases and claims run on the ownership's own clock: checked every
+            // millisecond; a member in its startup silence sleeps until it ends.
+            if let ownership = sharing.ownership,
+                lastTick.nanoseconds < ownership.startedAt.nanoseconds &+ ownership.configuration.startupSilence
+            {
+                return Timestamp(nanoseconds: ownership.startedAt.nanoseconds &+ ownership.configuration.startupSilence)
+            }
+            earliest = min(earliest, lastTick.nanoseconds &+ 1_000_000)
         case .moving:
             break
         }
