@@ -17,7 +17,7 @@ let package = Package(
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "IPsecHACore", package: "ipsec-ha"),
                 .product(name: "IPsecHASync", package: "ipsec-ha"),
-                .product(name: "IPsecHASimulation", package: "ipsec-ha"),
+                .product(name: "IPsecHATestKit", package: "ipsec-ha"),
             ],
             path: "Benchmarks/HotPaths",
             swiftSettings: [.swiftLanguageMode(.v6)],

@@ -214,7 +214,7 @@ public struct ClusterSimulation {
         channel.logger.logLevel = .error
         if let channelLogger { channel.logger = channelLogger }
         var member = ClusterMemberConfiguration(channel: channel, activeMember: active)
-        member.checkpoints = CounterCheckpointPolicy(packets: configuration.checkpointPackets, interval: configuration.checkpointMs * 1_000_000)
+        member.checkpoints = CounterCheckpointPolicy(packets: configuration.checkpointPackets, interval: .milliseconds(Int64(clamping: configuration.checkpointMs)))
         member.takeover = TakeoverPolicy(
             minimumAdvance: configuration.checkpointPackets, maximumPacketsPerSecond: configuration.maximumPacketsPerSecond,
             inbound: configuration.inboundPolicy)

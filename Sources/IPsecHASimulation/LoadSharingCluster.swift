@@ -97,7 +97,7 @@ public struct LoadSharingCluster {
         let channel = SyncChannelConfiguration(clusterID: 9, member: id, epoch: max(incarnation, 1), key: key, peers: ids.filter { $0 != id })
         var configuration = ClusterMemberConfiguration(channel: channel, activeMember: id)
         configuration.loadSharing = try SegmentOwnershipConfiguration(member: id, incarnation: incarnation, members: ids, segments: segments)
-        configuration.checkpoints = CounterCheckpointPolicy(packets: 4_096, interval: checkpointInterval)
+        configuration.checkpoints = CounterCheckpointPolicy(packets: 4_096, interval: .nanoseconds(Int64(clamping: checkpointInterval)))
         configuration.takeover = takeoverPolicy
         return LoadSharingMember(id: id, cluster: try ClusterMember(configuration: configuration), transport: network.transport(for: id))
     }

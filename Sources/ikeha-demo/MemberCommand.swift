@@ -69,7 +69,7 @@ struct MemberCommand: ParsableCommand {
         var channel = SyncChannelConfiguration(clusterID: 1, member: member, epoch: epoch, key: try ChannelKey(contentsOfFile: keyFile), peers: [peerID])
         channel.logger.logLevel = .error
         var configuration = ClusterMemberConfiguration(channel: channel, activeMember: active ? member : peerID)
-        configuration.checkpoints = CounterCheckpointPolicy(packets: 4_096, interval: 20_000_000)
+        configuration.checkpoints = CounterCheckpointPolicy(packets: 4_096, interval: .milliseconds(20))
         var cluster = try ClusterMember(configuration: configuration)
         let started = Timestamp.monotonicNow()
         if active {

@@ -165,7 +165,7 @@ struct SyncBenchCommand: ParsableCommand {
         var pair = try ReplicationPair(seed: 7)
         _ = try pair.settle()
         var random = SplitMix64(seed: 8)
-        let heartbeat = Double(pair.standbyChannel.configuration.heartbeatInterval)
+        let heartbeat = Double(pair.standbyChannel.configuration.heartbeatIntervalNanoseconds)
         var delays: [Double] = []
         for trial in 0..<trials {
             // Start each trial at a different phase of the heartbeat cycle.

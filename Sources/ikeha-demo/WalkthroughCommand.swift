@@ -60,7 +60,7 @@ struct WalkthroughCommand: ParsableCommand {
         var peerInbound = ReplayReferenceDriver(window: try ReplayWindow(size: window, extendedSequenceNumbers: true))
         var peerOutbound = try OutboundSequenceCounter(extendedSequenceNumbers: true)
         var captured: [UInt64] = []
-        var scheduler = CounterCheckpointScheduler(policy: CounterCheckpointPolicy(packets: checkpointEvery, interval: 50_000_000))
+        var scheduler = CounterCheckpointScheduler(policy: CounterCheckpointPolicy(packets: checkpointEvery, interval: .milliseconds(50)))
         let crashAfter = 300 + random.next() % 700  // milliseconds
         print("active member: about 10,000 ESP packets/s each way, an IKE exchange every 100 ms; it will crash after \(crashAfter) ms")
 

@@ -35,7 +35,7 @@ struct ClusterRoleTests {
     @Test func standbyDetectsTheCrashAndTakesOver() throws {
         var pair = try ReplicationPair(seed: 100)
         #expect(try pair.settle())
-        let heartbeat = pair.standbyChannel.configuration.heartbeatInterval
+        let heartbeat = pair.standbyChannel.configuration.heartbeatIntervalNanoseconds
         var role = ClusterRole(member: ReplicationPair.standbyID, epoch: 1, isActive: false, activeMember: ReplicationPair.activeID)
         pair.network.faults.partitions = [[1, 2]]
         let crashedAt = pair.now

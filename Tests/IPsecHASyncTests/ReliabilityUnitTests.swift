@@ -193,7 +193,7 @@ struct GapRepairTests {
         _ = retransmissions(standby.receive(datagrams[2], now: now), to: &active, now: now)
         // The copy of 2 was lost: the standby asks again once the repeat interval has passed,
         // long before the active member's retransmission timer would send it.
-        let repeatAt = Timestamp(nanoseconds: now.nanoseconds + standby.configuration.negativeAcknowledgementRepeat)
+        let repeatAt = now + standby.configuration.negativeAcknowledgementRepeat
         #expect(standby.configuration.negativeAcknowledgementRepeat < active.configuration.retransmitTimeout)
         #expect(retransmissions(standby.tick(now: Timestamp(nanoseconds: repeatAt.nanoseconds - 1)), to: &active, now: repeatAt) == 0)
         #expect(retransmissions(standby.tick(now: repeatAt), to: &active, now: repeatAt) == 1)

@@ -152,7 +152,7 @@ struct ReplicationTests {
     @Test func tailLossIsDetectedWithinTwoHeartbeats() throws {
         var cluster = try ReplicationPair(seed: 8)
         try cluster.run(for: 300_000_000)
-        let heartbeat = cluster.standbyChannel.configuration.heartbeatInterval
+        let heartbeat = cluster.standbyChannel.configuration.heartbeatIntervalNanoseconds
         var history = HistoryGenerator(seed: 9)
         // A burst whose last datagram is lost.
         for _ in 0..<20 { _ = try cluster.replicate(try history.step(&cluster.state)) }
@@ -192,7 +192,7 @@ struct CounterCheckpointTests {
         var quiet = generator.childSA(parent: ike.identifier)
         quiet.policy = nil
         _ = try cluster.replicate(try cluster.state.createChildSA(busy) + cluster.state.createChildSA(quiet))
-        var scheduler = CounterCheckpointScheduler(policy: CounterCheckpointPolicy(packets: 1_000, interval: 50_000_000))
+        var scheduler = CounterCheckpointScheduler(policy: CounterCheckpointPolicy(packets: 1_000, interval: .milliseconds(50)))
         #expect(scheduler.takeDueCheckpoints(from: &cluster.state, now: cluster.now).isEmpty, "first pass only starts tracking")
 
         let busySlot = try #require(cluster.state.slot(forInboundSPI: busy.inboundSPI))

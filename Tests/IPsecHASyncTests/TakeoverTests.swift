@@ -29,7 +29,7 @@ struct TakeoverTests {
             _ = try pair.replicate(try pair.state.createChildSA(child))
             spis.append(child.inboundSPI)
         }
-        var scheduler = CounterCheckpointScheduler(policy: CounterCheckpointPolicy(packets: 500, interval: 20_000_000))
+        var scheduler = CounterCheckpointScheduler(policy: CounterCheckpointPolicy(packets: 500, interval: .milliseconds(20)))
         var peerSent = [UInt32: UInt64]()
         let crashAt = 50 + random.next() % 400
         for _ in 0..<crashAt {
@@ -96,7 +96,7 @@ struct TakeoverTests {
     @Test func aBurstWhileTheSynchLinkIsDownReusesNoSequenceNumber() throws {
         var (pair, spi) = try pairWithOneChildSA(seed: 70)
         let slot = try #require(pair.state.slot(forInboundSPI: spi))
-        var scheduler = CounterCheckpointScheduler(policy: CounterCheckpointPolicy(packets: 64, interval: 20_000_000))
+        var scheduler = CounterCheckpointScheduler(policy: CounterCheckpointPolicy(packets: 64, interval: .milliseconds(20)))
         for _ in 0..<500 {
             if pair.now.nanoseconds % 10_000_000 == 0 { _ = try pair.state.nextOutboundSequenceNumber(at: slot, bytes: 100) }
             _ = try pair.replicate(checkpoints: scheduler.takeDueCheckpoints(from: &pair.state, now: pair.now))

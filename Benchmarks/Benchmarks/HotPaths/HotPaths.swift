@@ -1,6 +1,6 @@
 import Benchmark
 import IPsecHACore
-import IPsecHASimulation
+import IPsecHATestKit
 import IPsecHASync
 
 /// Names without spaces: the threshold files are named after them, and this version of the

@@ -89,14 +89,14 @@ struct ReferenceGateway {
         channelConfiguration.logger = Logger(label: "sync")
         channelConfiguration.logger.logLevel = .warning
         var memberConfiguration = ClusterMemberConfiguration(channel: channelConfiguration, activeMember: options.active ? member : peer)
-        memberConfiguration.checkpoints = CounterCheckpointPolicy(packets: options.checkpointPackets, interval: options.checkpointMs * 1_000_000)
+        memberConfiguration.checkpoints = CounterCheckpointPolicy(packets: options.checkpointPackets, interval: .milliseconds(Int64(clamping: options.checkpointMs)))
         // The advance is at least the checkpoint's packet count: that many may have gone out
         // after the last checkpoint. Outbound it is also at least the policy's maximum rate for
         // the time unaccounted for (a burst while checkpoints were lost). The inbound window
         // takes the measured advance (strongSwan has no RFC 6311 replay-counter sync), so that
         // many of the peer's next packets are dropped: hence the checkpoint count, not 4,096.
         memberConfiguration.takeover = TakeoverPolicy(
-            minimumAdvance: options.takeoverMinimumAdvance ?? options.checkpointPackets, stalenessMargin: options.stalenessMarginMs * 1_000_000)
+            minimumAdvance: options.takeoverMinimumAdvance ?? options.checkpointPackets, stalenessMargin: .milliseconds(Int64(clamping: options.stalenessMarginMs)))
         fifo = options.vrrpFIFO.map { VRRPNotifyFIFO(path: $0, instance: options.vrrpInstance) }
         memberConfiguration.followsVRRP = fifo != nil
         cluster = try ClusterMember(configuration: memberConfiguration)

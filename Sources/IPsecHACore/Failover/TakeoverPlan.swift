@@ -32,7 +32,7 @@ public struct TakeoverPolicy: Sendable, Hashable {
     /// Added to the time since the last checkpoint: how long the failed member may have kept
     /// sending before it was declared dead, plus the checkpoint's own transit and the
     /// checkpoint scheduler's interval.
-    public var stalenessMargin: UInt64
+    public var stalenessMargin: Duration
     /// The most packets one Child SA can send a second (default 15,000,000: 10 Gb/s of the
     /// smallest packets; nil: trust the measured rates). The outbound counter, and with RFC
     /// 6311 the peer's counters, move at least this rate times the time the standby cannot
@@ -53,7 +53,7 @@ public struct TakeoverPolicy: Sendable, Hashable {
     /// unaccounted for outbound, 4 times for suspect SAs, 2^30 when nothing is known, and the
     /// conservative inbound policy.
     public init(
-        minimumAdvance: UInt64 = 4_096, stalenessMargin: UInt64 = 200_000_000, maximumPacketsPerSecond: UInt64? = 15_000_000,
+        minimumAdvance: UInt64 = 4_096, stalenessMargin: Duration = .milliseconds(200), maximumPacketsPerSecond: UInt64? = 15_000_000,
         suspectFactor: UInt64 = 4, unknownAdvance: UInt64 = 1 << 30, inbound: InboundTakeoverPolicy = .conservative
     ) {
         self.minimumAdvance = max(minimumAdvance, 1)

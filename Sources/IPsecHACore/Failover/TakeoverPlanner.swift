@@ -65,6 +65,7 @@ public enum TakeoverPlanner {
         childPlans.reserveCapacity(state.childSACount)
         // Only a replay-counter delta in a message-ID sync needs an IKE SA's largest advance.
         var advanceBySlot = [UInt64](repeating: 0, count: replayCounterSyncPolicy ? slotCount : 0)
+        let stalenessMargin = policy.stalenessMargin.nonNegativeNanoseconds
         state.forEachChildSACounters { sa in
             let slot = sa.slot.index
             if let includedSlots, !includedSlots[slot] { return }
@@ -77,13 +78,13 @@ public enum TakeoverPlanner {
                 checkpointAge: nil, packetsPerSecond: nil, suspect: suspectSA, outboundLimitReached: false, inboundLimitReached: false)
             if let known = sa.freshness, let rate = known.packetsPerSecond {
                 let stale = elapsed(since: known.lastCheckpoint, until: now)
-                let expected = multiplyDivide(rate, saturatingAdd(stale, policy.stalenessMargin), 1_000_000_000)
+                let expected = multiplyDivide(rate, saturatingAdd(stale, stalenessMargin), 1_000_000_000)
                 let base = max(policy.minimumAdvance, expected)
                 measured = suspectSA ? saturatingMultiply(base, policy.suspectFactor) : base
                 advance = measured
                 if let maximum = policy.maximumPacketsPerSecond {
                     let known = completeAsOf.map { max($0, known.lastCheckpoint) } ?? known.lastCheckpoint
-                    let unaccounted = saturatingAdd(elapsed(since: known, until: now), policy.stalenessMargin)
+                    let unaccounted = saturatingAdd(elapsed(since: known, until: now), stalenessMargin)
                     advance = max(advance, multiplyDivide(maximum, unaccounted, 1_000_000_000))
                 }
                 reason.checkpointAge = stale

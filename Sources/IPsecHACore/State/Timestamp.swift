@@ -67,3 +67,9 @@ extension Duration {
         return overflow || overflow2 ? (seconds < 0 ? .min : .max) : sum
     }
 }
+
+extension Duration {
+    /// The duration in whole nanoseconds, 0 for a negative one, saturating.
+    @usableFromInline
+    package var nonNegativeNanoseconds: UInt64 { UInt64(max(saturatingNanoseconds, 0)) }
+}

@@ -25,16 +25,31 @@ public struct SyncChannelConfiguration: Sendable {
     /// Largest datagram sent or accepted (default 1,400 bytes, below common MTUs).
     public var maximumDatagramSize: Int = 1_400
     /// Heartbeat interval (default 50 ms).
-    public var heartbeatInterval: UInt64 = 50_000_000
+    public var heartbeatInterval: Duration {
+        get { .nanoseconds(Int64(clamping: heartbeatIntervalNanoseconds)) }
+        set { heartbeatIntervalNanoseconds = newValue.nonNegativeNanoseconds }
+    }
+    /// ``heartbeatInterval`` in nanoseconds, for the channel's clock arithmetic.
+    package var heartbeatIntervalNanoseconds: UInt64 = 50_000_000
     /// A reliable datagram unacknowledged this long is sent again (default 100 ms).
-    public var retransmitTimeout: UInt64 = 100_000_000
+    public var retransmitTimeout: Duration {
+        get { .nanoseconds(Int64(clamping: retransmitTimeoutNanoseconds)) }
+        set { retransmitTimeoutNanoseconds = newValue.nonNegativeNanoseconds }
+    }
+    /// ``retransmitTimeout`` in nanoseconds, for the channel's clock arithmetic.
+    package var retransmitTimeoutNanoseconds: UInt64 = 100_000_000
     /// A gap still open this long after the last negative acknowledgement of every missing
     /// range is asked for again (default 10 ms). Keep it above the synch link's round-trip
     /// time, or datagrams are sent again while the first copy is still on its way; below
     /// ``retransmitTimeout`` it is what repairs a lost retransmission quickly: under 30% loss
     /// one hole in a few thousand loses seven copies in a row, and at 100 ms a copy that
     /// stalls the standby's stream for most of a second.
-    public var negativeAcknowledgementRepeat: UInt64 = 10_000_000
+    public var negativeAcknowledgementRepeat: Duration {
+        get { .nanoseconds(Int64(clamping: negativeAcknowledgementRepeatNanoseconds)) }
+        set { negativeAcknowledgementRepeatNanoseconds = newValue.nonNegativeNanoseconds }
+    }
+    /// ``negativeAcknowledgementRepeat`` in nanoseconds, for the channel's clock arithmetic.
+    package var negativeAcknowledgementRepeatNanoseconds: UInt64 = 10_000_000
     /// Unacknowledged reliable datagrams held per peer (default 4,096).
     public var retransmitBufferLimit: Int = 4_096
     /// Early datagrams held per peer while a gap is open (default 4,096).
@@ -46,12 +61,22 @@ public struct SyncChannelConfiguration: Sendable {
     public var acknowledgeEvery: Int = 8
     /// Longest wait before acknowledging what arrived in order (default 2 ms); call
     /// ``SyncChannel/tick(now:)`` at least this often.
-    public var acknowledgementDelay: UInt64 = 2_000_000
+    public var acknowledgementDelay: Duration {
+        get { .nanoseconds(Int64(clamping: acknowledgementDelayNanoseconds)) }
+        set { acknowledgementDelayNanoseconds = newValue.nonNegativeNanoseconds }
+    }
+    /// ``acknowledgementDelay`` in nanoseconds, for the channel's clock arithmetic.
+    package var acknowledgementDelayNanoseconds: UInt64 = 2_000_000
     /// How long datagrams sealed under the cluster key before the last rotation keep opening,
     /// counted from the first ``SyncChannel/tick(now:)`` after the rotation (default 30 s). The
     /// previous key is retired and wiped sooner, as soon as every peer was heard under the new
     /// key.
-    public var previousKeyGrace: UInt64 = 30_000_000_000
+    public var previousKeyGrace: Duration {
+        get { .nanoseconds(Int64(clamping: previousKeyGraceNanoseconds)) }
+        set { previousKeyGraceNanoseconds = newValue.nonNegativeNanoseconds }
+    }
+    /// ``previousKeyGrace`` in nanoseconds, for the channel's clock arithmetic.
+    package var previousKeyGraceNanoseconds: UInt64 = 30_000_000_000
     /// Where the channel logs what an operator should know: gaps, stream resets, peers
     /// restarting (notice), authentication failures (debug: they are counted, and an attacker
     /// must not be able to flood the log).
@@ -588,14 +613,14 @@ public struct SyncChannel {
             if let deadline = previousKeyDeadline {
                 if now >= deadline { retirePreviousKey() }
             } else {
-                let (deadline, overflow) = now.nanoseconds.addingReportingOverflow(configuration.previousKeyGrace)
+                let (deadline, overflow) = now.nanoseconds.addingReportingOverflow(configuration.previousKeyGraceNanoseconds)
                 previousKeyDeadline = Timestamp(nanoseconds: overflow ? .max : deadline)
             }
         }
         for member in peers.keys.sorted() {
             if peers[member]!.established,
                 let heard = peers[member]!.lastHeard,
-                now.nanoseconds >= heard.nanoseconds &+ configuration.heartbeatInterval &* 4
+                now.nanoseconds >= heard.nanoseconds &+ configuration.heartbeatIntervalNanoseconds &* 4
             {
                 // Silent for four heartbeats: a partition, a dead peer, or a window a forgery
                 // pushed ahead. Handshakes go out until data comes again; an answer moves the
@@ -610,25 +635,25 @@ public struct SyncChannel {
                 peerState.incarnation == nil || !peerState.established
                 || (peerState.heardIncarnation != nil && peerState.heardIncarnation != peerState.incarnation)
             if handshakeWanted,
-                peerState.lastHandshakeSent.map({ now.nanoseconds >= $0.nanoseconds &+ configuration.heartbeatInterval }) ?? true
+                peerState.lastHandshakeSent.map({ now.nanoseconds >= $0.nanoseconds &+ configuration.heartbeatIntervalNanoseconds }) ?? true
             {
                 actions += sendHandshake(to: member, now: now)
             }
             var peer = peers.removeValue(forKey: member)!
             var control: [SyncRecord] = []
             if peer.incarnation != nil,
-                peer.lastHeartbeatSent.map({ now.nanoseconds >= $0.nanoseconds &+ configuration.heartbeatInterval }) ?? true
+                peer.lastHeartbeatSent.map({ now.nanoseconds >= $0.nanoseconds &+ configuration.heartbeatIntervalNanoseconds }) ?? true
             {
                 peer.lastHeartbeatSent = now
                 control.append(.heartbeat(highestSequence: peer.sender.highestSent, sentAt: now))
                 control.append(acknowledgement(&peer))
             } else if let first = peer.firstUnacknowledged,
-                now.nanoseconds >= first.nanoseconds &+ configuration.acknowledgementDelay
+                now.nanoseconds >= first.nanoseconds &+ configuration.acknowledgementDelayNanoseconds
             {
                 control.append(acknowledgement(&peer))
             }
             if peer.receiver.hasGap,
-                peer.receiver.lastNegativeAcknowledgement.map({ now.nanoseconds >= $0.nanoseconds &+ configuration.negativeAcknowledgementRepeat }) ?? true
+                peer.receiver.lastNegativeAcknowledgement.map({ now.nanoseconds >= $0.nanoseconds &+ configuration.negativeAcknowledgementRepeatNanoseconds }) ?? true
             {
                 control.append(negativeAcknowledgement(&peer, now: now))
             }
@@ -636,7 +661,7 @@ public struct SyncChannel {
             // goes out instead, and its answer sends everything unacknowledged at once. (A
             // standby that was gone kept the active member retransmitting thousands of
             // datagrams a second.)
-            let due = peer.established ? peer.sender.timedOut(now: now, timeout: configuration.retransmitTimeout, maximum: 64) : []
+            let due = peer.established ? peer.sender.timedOut(now: now, timeout: configuration.retransmitTimeoutNanoseconds, maximum: 64) : []
             peers[member] = peer
             transmit(due, control: control, to: member, into: &actions)
         }
@@ -651,21 +676,21 @@ public struct SyncChannel {
     /// acknowledgement, handshake or silence check among the peers. An event loop sleeps until
     /// then (or until a datagram arrives) instead of polling.
     public func nextDeadline(after lastTick: Timestamp) -> Timestamp {
-        let interval = configuration.heartbeatInterval
+        let interval = configuration.heartbeatIntervalNanoseconds
         var earliest = lastTick.nanoseconds &+ interval
         func consider(_ time: UInt64) { earliest = min(earliest, max(time, lastTick.nanoseconds &+ 1)) }
         if sealer.previousKey != nil, let deadline = previousKeyDeadline { consider(deadline.nanoseconds) }
         for peer in peers.values {
             // Heartbeats go only to a peer whose incarnation is known; handshakes before.
             if peer.incarnation != nil { consider((peer.lastHeartbeatSent?.nanoseconds ?? 0) &+ interval) }
-            if let first = peer.firstUnacknowledged { consider(first.nanoseconds &+ configuration.acknowledgementDelay) }
+            if let first = peer.firstUnacknowledged { consider(first.nanoseconds &+ configuration.acknowledgementDelayNanoseconds) }
             if let heard = peer.lastHeard, peer.established { consider(heard.nanoseconds &+ interval &* 4) }
             if peer.incarnation == nil || !peer.established { consider((peer.lastHandshakeSent?.nanoseconds ?? 0) &+ interval) }
             if peer.receiver.hasGap {
-                consider((peer.receiver.lastNegativeAcknowledgement?.nanoseconds ?? 0) &+ configuration.negativeAcknowledgementRepeat)
+                consider((peer.receiver.lastNegativeAcknowledgement?.nanoseconds ?? 0) &+ configuration.negativeAcknowledgementRepeatNanoseconds)
             }
             if peer.established, let oldest = peer.sender.outstanding.lazy.filter({ !$0.selectivelyAcknowledged }).map(\.lastSent.nanoseconds).min() {
-                consider(oldest &+ configuration.retransmitTimeout)
+                consider(oldest &+ configuration.retransmitTimeoutNanoseconds)
             }
         }
         return Timestamp(nanoseconds: earliest)

@@ -87,7 +87,7 @@ extension ClusterMember {
         enqueue(active.replicator.pump(channel: &channel, now: now))
         // A scan visits every Child SA: at most five per checkpoint interval (a checkpoint is
         // then at most a fifth of it late), however often the embedder ticks.
-        if Self.isDue(active.lastCheckpointScan, every: .nanoseconds(Int64(clamping: configuration.checkpoints.interval / 5)), now: now) {
+        if Self.isDue(active.lastCheckpointScan, every: configuration.checkpoints.interval / 5, now: now) {
             active.lastCheckpointScan = now
             let due = scheduler.takeDueCheckpoints(from: &active.state, now: now)
             if !due.isEmpty {
@@ -169,7 +169,7 @@ extension ClusterMember {
     /// is not declared failed: it may not have started).
     private func isSilent(_ peer: ClusterMemberID, now: Timestamp) -> Bool {
         guard let heard = channel.lastHeard(from: peer) else { return false }
-        let (silence, overflow) = configuration.channel.heartbeatInterval.multipliedReportingOverflow(by: max(configuration.missCount, 1))
+        let (silence, overflow) = configuration.channel.heartbeatIntervalNanoseconds.multipliedReportingOverflow(by: max(configuration.missCount, 1))
         return !overflow && now.nanoseconds >= heard.nanoseconds &+ silence
     }
 

@@ -210,7 +210,7 @@ public struct ClusterMember {
         let isActive = configuration.activeMember == me
         role = ClusterRole(
             member: me, epoch: configuration.channel.epoch, isActive: isActive, activeMember: isActive ? nil : configuration.activeMember,
-            heartbeatInterval: configuration.channel.heartbeatInterval, missCount: configuration.missCount)
+            heartbeatInterval: configuration.channel.heartbeatIntervalNanoseconds, missCount: configuration.missCount)
         if configuration.loadSharing != nil {
             lifecycle = .sharing(
                 Sharing(
@@ -487,9 +487,9 @@ public struct ClusterMember {
         let hello = configuration.helloInterval
         switch lifecycle {
         case .active(let active):
-            earliest = min(earliest, lastTick.nanoseconds &+ configuration.checkpoints.interval, ((active.lastHello ?? Timestamp(nanoseconds: 0)) + hello).nanoseconds)
+            earliest = min(earliest, lastTick.nanoseconds &+ configuration.checkpoints.intervalNanoseconds, ((active.lastHello ?? Timestamp(nanoseconds: 0)) + hello).nanoseconds)
             if configuration.channel.peers.contains(where: active.replicator.isCatchingUp) || held.count > 0 {
-                earliest = min(earliest, lastTick.nanoseconds &+ configuration.channel.acknowledgementDelay)
+                earliest = min(earliest, lastTick.nanoseconds &+ configuration.channel.acknowledgementDelayNanoseconds)
             }
         case .standby(let standby):
             if (!standby.replica.isReady && !standby.replica.isResyncing) || (standby.ready && configuration.channel.peers.count > 1) {
@@ -499,7 +499,7 @@ public struct ClusterMember {
             // that saw it decided (took over, held back, or deferred to a lower standby), and
             // the channel's own timers wake this member for what changes that.
             if standby.ready, let active = standby.active, let heard = channel.lastHeard(from: active) {
-                let detection = heard.nanoseconds &+ configuration.channel.heartbeatInterval &* max(configuration.missCount, 1)
+                let detection = heard.nanoseconds &+ configuration.channel.heartbeatIntervalNanoseconds &* max(configuration.missCount, 1)
                 if detection > lastTick.nanoseconds { earliest = min(earliest, detection) }
             }
         case .sharing(let sharing):

@@ -14,13 +14,18 @@ public import IPsecHACore
 public struct CounterCheckpointPolicy: Sendable, Hashable {
     /// Packets (both directions) after which a checkpoint is due.
     public var packets: UInt64
-    /// Nanoseconds after which a checkpoint of an SA with new traffic is due.
-    public var interval: UInt64
+    /// The time after which a checkpoint of an SA with new traffic is due (at least 1 ns).
+    public var interval: Duration {
+        get { .nanoseconds(Int64(clamping: intervalNanoseconds)) }
+        set { intervalNanoseconds = max(newValue.nonNegativeNanoseconds, 1) }
+    }
+    /// ``interval`` in nanoseconds, for the scheduler's clock arithmetic.
+    package private(set) var intervalNanoseconds: UInt64
 
     /// A policy; 4,096 packets or 50 ms by default.
-    public init(packets: UInt64 = 4_096, interval: UInt64 = 50_000_000) {
+    public init(packets: UInt64 = 4_096, interval: Duration = .milliseconds(50)) {
         self.packets = max(packets, 1)
-        self.interval = max(interval, 1)
+        intervalNanoseconds = max(interval.nonNegativeNanoseconds, 1)
     }
 }
 
@@ -45,6 +50,7 @@ public struct CounterCheckpointScheduler {
         var entries: [CounterCheckpointEntry] = []
         var seen = Set<UInt32>()
         var due: [(spi: UInt32, packets: UInt64, rate: UInt32)] = []
+        let interval = policy.intervalNanoseconds
         state.forEachChildSACounters { sa in
             seen.insert(sa.inboundSPI)
             guard let track = tracks[sa.inboundSPI] else {
@@ -53,7 +59,7 @@ public struct CounterCheckpointScheduler {
             }
             let sent = sa.packets &- track.packets
             let elapsed = now.nanoseconds &- track.at.nanoseconds
-            guard sent > 0, sent >= policy.packets || elapsed >= policy.interval else { return }
+            guard sent > 0, sent >= policy.packets || elapsed >= interval else { return }
             let rate = elapsed == 0 ? UInt64(UInt32.max) : min(sent &* 1_000_000_000 / elapsed, UInt64(UInt32.max))
             due.append((sa.inboundSPI, sa.packets, UInt32(rate)))
         }
