@@ -81,7 +81,8 @@ struct SyncBenchCommand: ParsableCommand {
                 for action in receiver.receive(datagram, now: now) {
                     switch action {
                     case .deliver(_, let records): replica.apply(records, now: now)
-                    case .transmit(_, let reply): _ = sender.receive(reply, now: now)
+                    // The sender's answer (the end of the handshake) goes back at once.
+                    case .transmit(_, let reply): exchange(sender.receive(reply, now: now), &sender, &receiver, &replica)
                     default: break
                     }
                 }
@@ -89,6 +90,13 @@ struct SyncBenchCommand: ParsableCommand {
         }
         for start in stride(from: 0, to: setup.count, by: 256) {
             exchange(try sender.send(Array(setup[start..<min(start + 256, setup.count)]), to: standby, now: now).actions, &sender, &receiver, &replica)
+        }
+        // The first records wait for the channels' handshake (the channel sends data only to
+        // an established peer): both turn until the setup has arrived.
+        for _ in 0..<1_000 where !replica.isReady {
+            now = Timestamp(nanoseconds: now.nanoseconds + 1_000_000)
+            exchange(sender.tick(now: now), &sender, &receiver, &replica)
+            for case .transmit(_, let datagram) in receiver.tick(now: now) { exchange(sender.receive(datagram, now: now), &sender, &receiver, &replica) }
         }
         guard replica.isReady else { throw ValidationError("setup did not complete") }
 

@@ -101,6 +101,19 @@ struct StateBenchCLITests {
         #expect(result.output.contains("(40000 hits of 40000)"))
     }
 
+    /// `bench sync` stopped at "setup did not complete" once the channel sent data only to an
+    /// established peer: its back-to-back channels never finished their handshake.
+    @Test func benchSyncRunsAndItsLastLineIsNameValuePairs() throws {
+        let result = try runDemo([
+            "bench", "sync", "--checkpoints", "20000", "--checkpoint-sas", "500", "--ike-sas", "200", "--child-sas", "400", "--trials", "2",
+        ])
+        #expect(result.status == 0, "\(result.error)")
+        let last = try #require(result.output.split(separator: "\n").last)
+        for key in ["checkpoints_per_second=", "resync_seconds=", "tail_loss_detection_heartbeats_max="] {
+            #expect(last.contains(key), "\(last)")
+        }
+    }
+
     @Test func simulateReportsTheRunAsJSONAndFailsWhenAnInvariantBreaks() throws {
         let safe = try runDemo(["simulate", "--ike-sas", "20", "--duration-ms", "800", "--new-ike-sas-per-second", "0", "--json"])
         #expect(safe.status == 0)
