@@ -144,7 +144,7 @@ public struct ClusterSimulation {
         random = SplitMix64(seed: configuration.seed)
         var faults = NetworkFaults()
         faults.loss = configuration.syncLoss
-        faults.jitter = 1_000_000
+        faults.jitter = .milliseconds(1)
         network = InMemorySyncNetwork(faults: faults, seed: configuration.seed ^ 0x5EED)
         channelKey = try ChannelKey.generate()
         self.channelLogger = channelLogger

@@ -64,7 +64,7 @@ public struct LoadSharingCluster {
     /// What was observed so far.
     public private(set) var report = LoadSharingReport()
     /// Counter checkpoint interval of every member.
-    public var checkpointInterval: UInt64 = 10_000_000
+    public var checkpointInterval: Duration = .milliseconds(10)
     /// The takeover policy after a failure.
     public var takeoverPolicy = TakeoverPolicy()
     /// ESP packets sent, and received from the peer, per Child SA and step.
@@ -97,7 +97,7 @@ public struct LoadSharingCluster {
         let channel = SyncChannelConfiguration(clusterID: 9, member: id, epoch: max(incarnation, 1), key: key, peers: ids.filter { $0 != id })
         var configuration = ClusterMemberConfiguration(channel: channel, activeMember: id)
         configuration.loadSharing = try SegmentOwnershipConfiguration(member: id, incarnation: incarnation, members: ids, segments: segments)
-        configuration.checkpoints = CounterCheckpointPolicy(packets: 4_096, interval: .nanoseconds(Int64(clamping: checkpointInterval)))
+        configuration.checkpoints = CounterCheckpointPolicy(packets: 4_096, interval: checkpointInterval)
         configuration.takeover = takeoverPolicy
         return LoadSharingMember(id: id, cluster: try ClusterMember(configuration: configuration), transport: network.transport(for: id))
     }

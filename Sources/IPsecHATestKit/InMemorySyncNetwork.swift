@@ -9,10 +9,10 @@ public struct NetworkFaults: Sendable, Hashable {
     public var duplication: Double = 0
     /// Probability that one byte of a datagram is flipped.
     public var corruption: Double = 0
-    /// Fixed delay in nanoseconds.
-    public var delay: UInt64 = 100_000
-    /// Extra random delay, up to this many nanoseconds, which reorders datagrams.
-    public var jitter: UInt64 = 0
+    /// Fixed delay.
+    public var delay: Duration = .microseconds(100)
+    /// Extra random delay, up to this long, which reorders datagrams.
+    public var jitter: Duration = .zero
     /// Members cut off from each other (both directions): pairs `(a, b)`.
     public var partitions: Set<[UInt16]> = []
 
@@ -78,9 +78,10 @@ public final class InMemorySyncNetwork {
             if chance(faults.corruption), !bytes.isEmpty {
                 bytes[Int(random.next() % UInt64(bytes.count))] ^= UInt8(1 + random.next() % 255)
             }
-            let jitter = faults.jitter == 0 ? 0 : random.next() % faults.jitter
+            let spread = faults.jitter.nonNegativeNanoseconds
+            let jitter = spread == 0 ? 0 : random.next() % spread
             order += 1
-            inFlight.append(InFlight(deliverAt: now.nanoseconds &+ faults.delay &+ jitter, order: order, to: to, datagram: bytes))
+            inFlight.append(InFlight(deliverAt: now.nanoseconds &+ faults.delay.nonNegativeNanoseconds &+ jitter, order: order, to: to, datagram: bytes))
         }
     }
 

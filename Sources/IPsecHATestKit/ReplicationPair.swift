@@ -31,7 +31,7 @@ public struct ReplicationPair {
     public private(set) var now: Timestamp
     private var lastHello: Timestamp?
     /// Minimum time between two hellos of a standby that is not ready (200 ms).
-    public var helloInterval: UInt64 = 200_000_000
+    public var helloInterval: Duration = .milliseconds(200)
 
     /// A monotonic clock in nanoseconds: when set, ``run(for:step:)`` charges the real time of
     /// each member's work to ``workTime`` (the simulation's own clock stays virtual).
@@ -124,7 +124,7 @@ public struct ReplicationPair {
             replica.observe(missingSince: standbyChannel.missingSince(from: Self.activeID))
             if replica.isReady, let request = replica.takeResyncRequest() { try sendFromStandby([request]) }
             if !replica.isReady, !replica.isResyncing,
-                lastHello.map({ now.nanoseconds - $0.nanoseconds >= helloInterval }) ?? true
+                lastHello.map({ now >= $0 + helloInterval }) ?? true
             {
                 lastHello = now
                 let hello = try standbyChannel.send(

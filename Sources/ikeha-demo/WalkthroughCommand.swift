@@ -42,7 +42,7 @@ struct WalkthroughCommand: ParsableCommand {
         var random = SplitMix64(seed: seed)
         var faults = NetworkFaults()
         faults.loss = loss / 100
-        faults.jitter = 2_000_000
+        faults.jitter = .milliseconds(2)
         // Routine channel logs (records asked for again) would drown the story: warnings only.
         var pair = try ReplicationPair(seed: seed, faults: faults) { $0.logger.logLevel = .warning }
         guard try pair.settle() else { throw ValidationError("the standby did not become ready") }

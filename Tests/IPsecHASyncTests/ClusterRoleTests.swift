@@ -9,7 +9,7 @@ struct ClusterRoleTests {
     let two = ClusterMemberID(rawValue: 2)
 
     @Test func silentActiveIsReportedOnceAfterTheMissCount() throws {
-        var role = ClusterRole(member: two, epoch: 1, isActive: false, activeMember: one, heartbeatInterval: 50, missCount: 3)
+        var role = ClusterRole(member: two, epoch: 1, isActive: false, activeMember: one, heartbeatInterval: .nanoseconds(50), missCount: 3)
         #expect(role.tick(now: Timestamp(nanoseconds: 1_000), lastHeard: Timestamp(nanoseconds: 900)).isEmpty)
         #expect(role.tick(now: Timestamp(nanoseconds: 1_049), lastHeard: Timestamp(nanoseconds: 900)).isEmpty)
         #expect(role.tick(now: Timestamp(nanoseconds: 1_050), lastHeard: Timestamp(nanoseconds: 900)) == [.activeMemberFailed(one)])

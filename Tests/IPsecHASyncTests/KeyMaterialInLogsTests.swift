@@ -28,7 +28,7 @@ struct KeyMaterialInLogsTests {
         let newKeyBytes = (0..<32).map { UInt8(truncatingIfNeeded: 0x31 + $0 * 13) }
         var faults = NetworkFaults()
         faults.loss = 0.3
-        faults.jitter = 2_000_000
+        faults.jitter = .milliseconds(2)
         var pair = try ReplicationPair(seed: 70, faults: faults, key: try ChannelKey(bytes: clusterKeyBytes)) { configuration in
             var logger = Logger(label: "ipsecha.sync.channel", factory: { _ in handler })
             logger.logLevel = .trace

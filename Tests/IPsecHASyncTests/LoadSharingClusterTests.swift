@@ -79,7 +79,7 @@ struct LoadSharingClusterTests {
         var faults = NetworkFaults()
         faults.loss = 0.1
         faults.duplication = 0.05
-        faults.jitter = 3_000_000
+        faults.jitter = .milliseconds(3)
         var cluster = try Self.cluster(members: members, seed: 40 + UInt64(members), faults: faults)
         cluster.crash(Self.member(2))
         try cluster.run(for: 1_500_000_000, step: 2_000_000)

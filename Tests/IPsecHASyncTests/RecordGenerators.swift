@@ -162,7 +162,7 @@ extension NetworkFaults {
         faults.loss = 0.3
         faults.duplication = 0.1
         faults.corruption = 0.02
-        faults.jitter = 5_000_000
+        faults.jitter = .milliseconds(5)
         return faults
     }
 }

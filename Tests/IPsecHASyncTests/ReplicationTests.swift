@@ -278,7 +278,7 @@ struct PerSAResyncTests {
     @Test func requestsForManyIKESAsAreFullResyncsUnderTheRateLimit() throws {
         var pair = try ReplicationPair(seed: 95) { $0.maximumDatagramSize = 9_000 }
         #expect(try pair.settle())
-        try pair.run(for: pair.replicator.minimumResyncRequestInterval)
+        try pair.run(for: pair.replicator.minimumResyncRequestInterval.nonNegativeNanoseconds)
         let started = pair.replicator.resyncsStarted
         let many = (1...300).map { IKESAIdentifier(initiatorSPI: UInt64($0), responderSPI: 7) }
         for _ in 0..<5 {
@@ -375,7 +375,7 @@ struct FlowControlTests {
     /// over and over and was not ready when the active failed).
     @Test func aReorderedResyncDoesNotResetItself() throws {
         var faults = NetworkFaults()
-        faults.jitter = 2_000_000
+        faults.jitter = .milliseconds(2)
         var pair = try ReplicationPair(seed: 94, faults: faults)
         // Datagrams the standby never gets, so that the reset skips numbers it must not ask for.
         pair.network.faults.partitions = [[1, 2]]

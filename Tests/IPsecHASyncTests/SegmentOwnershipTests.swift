@@ -71,7 +71,7 @@ struct SegmentOwnershipTests {
         let one = ClusterMemberID(rawValue: 1), two = ClusterMemberID(rawValue: 2)
         #expect(throws: SegmentOwnershipError.self) { try SegmentOwnershipConfiguration(member: one, incarnation: 1, members: [two], segments: segments) }
         #expect(throws: SegmentOwnershipError.self) {
-            try SegmentOwnershipConfiguration(member: one, incarnation: 1, members: [one, two], segments: segments, leaseDuration: 100_000_000, failureTimeout: 100_000_000)
+            try SegmentOwnershipConfiguration(member: one, incarnation: 1, members: [one, two], segments: segments, leaseDuration: .milliseconds(100), failureTimeout: .milliseconds(100))
         }
         #expect(throws: SegmentOwnershipError.self) { try SegmentOwnershipConfiguration(member: one, incarnation: 1, members: [one, two], segments: segments, quorum: 3) }
         #expect(try SegmentOwnershipConfiguration(member: one, incarnation: 1, members: [one, two], segments: segments).quorum == 1)
@@ -100,8 +100,8 @@ struct SegmentOwnershipTests {
         harness.run(for: 1_000_000_000)
         #expect(harness.overlaps == 0)
         #expect(harness.served(by: victim).isEmpty)
-        let lease = harness.machines[victim]!.configuration.leaseDuration
-        let failure = harness.machines[victim]!.configuration.failureTimeout
+        let lease = harness.machines[victim]!.configuration.leaseNanoseconds
+        let failure = harness.machines[victim]!.configuration.failureNanoseconds
         for segment in segments {
             let stop = try #require(harness.stopped[victim]?[segment])
             let takers = harness.ids.filter { $0 != victim }.compactMap { harness.started[$0]?[segment] }

@@ -13,7 +13,7 @@ struct TakeoverTests {
     func planNeverReusesNorAcceptsAReplay(seed: UInt64) throws {
         var faults = NetworkFaults()
         faults.loss = 0.1
-        faults.jitter = 2_000_000
+        faults.jitter = .milliseconds(2)
         var pair = try ReplicationPair(seed: seed, faults: faults)
         #expect(try pair.settle())
         var generator = RecordGenerator(seed: seed + 100)

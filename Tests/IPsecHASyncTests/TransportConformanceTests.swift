@@ -14,7 +14,7 @@ struct TransportConformanceTests {
         var faults = NetworkFaults()
         faults.loss = 0.2
         faults.duplication = 0.05
-        faults.jitter = 3_000_000
+        faults.jitter = .milliseconds(3)
         let network = InMemorySyncNetwork(faults: faults, seed: 40)
         var active = network.transport(for: ClusterMemberID(rawValue: 1))
         var standby = network.transport(for: ClusterMemberID(rawValue: 2))

@@ -56,7 +56,8 @@ public struct ClusterRole: Sendable {
     /// The member this one believes is active, if another.
     public private(set) var activeMember: ClusterMemberID?
     /// Heartbeat interval of the synch channel, in nanoseconds.
-    public let heartbeatInterval: UInt64
+    public var heartbeatInterval: Duration { .nanoseconds(Int64(clamping: heartbeatNanoseconds)) }
+    private let heartbeatNanoseconds: UInt64
     /// Intervals without a word from the active member before it is declared failed.
     public let missCount: UInt64
     private var failureReported = false
@@ -65,12 +66,12 @@ public struct ClusterRole: Sendable {
     private var lastReassertion: Timestamp?
 
     /// A member in its initial role.
-    public init(member: ClusterMemberID, epoch: UInt32, isActive: Bool, activeMember: ClusterMemberID?, heartbeatInterval: UInt64 = 50_000_000, missCount: UInt64 = 3) {
+    public init(member: ClusterMemberID, epoch: UInt32, isActive: Bool, activeMember: ClusterMemberID?, heartbeatInterval: Duration = .milliseconds(50), missCount: UInt64 = 3) {
         self.member = member
         self.epoch = epoch
         self.isActive = isActive
         self.activeMember = isActive ? nil : activeMember
-        self.heartbeatInterval = heartbeatInterval
+        heartbeatNanoseconds = heartbeatInterval.nonNegativeNanoseconds
         self.missCount = max(missCount, 1)
     }
 
@@ -111,7 +112,7 @@ public struct ClusterRole: Sendable {
     /// from it (``SyncChannel/lastHeard(from:)``), nil if never.
     public mutating func tick(now: Timestamp, lastHeard: Timestamp?) -> [ClusterRoleEvent] {
         guard !isActive, let active = activeMember, !failureReported else { return [] }
-        let silence = heartbeatInterval.multipliedReportingOverflow(by: missCount)
+        let silence = heartbeatNanoseconds.multipliedReportingOverflow(by: missCount)
         let limit = silence.overflow ? UInt64.max : silence.partialValue
         guard let heard = lastHeard else { return [] }
         guard now.nanoseconds > heard.nanoseconds, now.nanoseconds - heard.nanoseconds >= limit else { return [] }

@@ -11,18 +11,27 @@ public struct SegmentOwnershipConfiguration: Sendable {
     public let members: [ClusterMemberID]
     /// The cluster's segments.
     public let segments: ClusterSegments
-    /// Nanoseconds between two beacons to each peer.
-    public let beaconInterval: UInt64
+    /// Time between two beacons to each peer.
+    public var beaconInterval: Duration { .nanoseconds(Int64(clamping: beaconNanoseconds)) }
     /// How long an echoed beacon keeps this member's lease valid, from the time it was sent.
-    public let leaseDuration: UInt64
+    public var leaseDuration: Duration { .nanoseconds(Int64(clamping: leaseNanoseconds)) }
     /// Silence after which a peer counts as down.
-    public let failureTimeout: UInt64
+    public var failureTimeout: Duration { .nanoseconds(Int64(clamping: failureNanoseconds)) }
+    /// The three timers in nanoseconds, for the machine's clock arithmetic.
+    package let beaconNanoseconds: UInt64, leaseNanoseconds: UInt64, failureNanoseconds: UInt64
     /// Members (this one included) a member must count as up to serve or take segments.
     public let quorum: Int
 
     /// How long a member stays silent after it starts: long enough for its peers to declare
     /// its previous life down and take its segments over from their replicas of it.
-    public var startupSilence: UInt64 { failureTimeout + leaseDuration + 4 * beaconInterval }
+    public var startupSilence: Duration { .nanoseconds(Int64(clamping: startupSilenceNanoseconds)) }
+    /// ``startupSilence`` in nanoseconds (saturating).
+    package var startupSilenceNanoseconds: UInt64 {
+        let beacons = beaconNanoseconds.multipliedReportingOverflow(by: 4)
+        let sum = failureNanoseconds.addingReportingOverflow(leaseNanoseconds)
+        let total = sum.partialValue.addingReportingOverflow(beacons.partialValue)
+        return beacons.overflow || sum.overflow || total.overflow ? .max : total.partialValue
+    }
 
     /// A configuration. The default quorum is a majority for three members or more, and 1 for
     /// two (two members cannot tell a partition from a crash: see `Docs/LoadSharing.md`).
@@ -31,12 +40,13 @@ public struct SegmentOwnershipConfiguration: Sendable {
     /// margin that covers clock drift and a late tick), the lease lasts at least two beacon
     /// intervals, and the quorum is between 1 and the member count.
     public init(
-        member: ClusterMemberID, incarnation: UInt32, members: [ClusterMemberID], segments: ClusterSegments, beaconInterval: UInt64 = 20_000_000,
-        leaseDuration: UInt64 = 100_000_000, failureTimeout: UInt64 = 200_000_000, quorum: Int? = nil
+        member: ClusterMemberID, incarnation: UInt32, members: [ClusterMemberID], segments: ClusterSegments,
+        beaconInterval: Duration = .milliseconds(20), leaseDuration: Duration = .milliseconds(100), failureTimeout: Duration = .milliseconds(200),
+        quorum: Int? = nil
     ) throws(SegmentOwnershipError) {
         let sorted = Array(Set(members)).sorted()
         guard sorted.contains(member), sorted.count == members.count else { throw .invalidConfiguration("member not among the members, or listed twice") }
-        guard beaconInterval > 0, leaseDuration >= 2 * beaconInterval, failureTimeout >= leaseDuration + beaconInterval else {
+        guard beaconInterval > .zero, leaseDuration >= beaconInterval * 2, failureTimeout >= leaseDuration + beaconInterval else {
             throw .invalidConfiguration("timers: need lease >= 2 beacons and failure timeout >= lease + 1 beacon")
         }
         let quorum = quorum ?? (sorted.count <= 2 ? 1 : sorted.count / 2 + 1)
@@ -45,9 +55,9 @@ public struct SegmentOwnershipConfiguration: Sendable {
         self.incarnation = incarnation
         self.members = sorted
         self.segments = segments
-        self.beaconInterval = beaconInterval
-        self.leaseDuration = leaseDuration
-        self.failureTimeout = failureTimeout
+        beaconNanoseconds = beaconInterval.nonNegativeNanoseconds
+        leaseNanoseconds = leaseDuration.nonNegativeNanoseconds
+        failureNanoseconds = failureTimeout.nonNegativeNanoseconds
         self.quorum = quorum
     }
 }
@@ -214,7 +224,7 @@ public struct SegmentOwnership: Sendable {
         let needed = min(configuration.members.count - configuration.quorum, upPeers.count)
         let fresh = upPeers.filter { peer in
             guard let echo = peer.echo, now.nanoseconds >= echo.nanoseconds else { return false }
-            return now.nanoseconds - echo.nanoseconds < configuration.leaseDuration
+            return now.nanoseconds - echo.nanoseconds < configuration.leaseNanoseconds
         }
         return fresh.count >= needed
     }
@@ -226,7 +236,7 @@ public struct SegmentOwnership: Sendable {
     private func isConfirmed(_ segment: Segment, now: Timestamp) -> Bool {
         guard let confirmation = awaitingConfirmation[segment] else { return true }
         guard let completed = confirmation.completedAt else { return false }
-        return now.nanoseconds >= completed.nanoseconds + configuration.leaseDuration
+        return now.nanoseconds >= completed.nanoseconds + configuration.leaseNanoseconds
     }
 
     /// Whether every peer a confirmation waits for processed the claim (or is down).
@@ -325,8 +335,8 @@ public struct SegmentOwnership: Sendable {
     /// Advances the machine to `now`: beacons, views, handovers and takeovers.
     public mutating func tick(now: Timestamp) -> [OwnershipAction] {
         var actions = updateView(now: now)
-        let silent = now.nanoseconds < startedAt.nanoseconds + configuration.startupSilence
-        if !silent, lastBeacon.map({ now.nanoseconds >= $0.nanoseconds + configuration.beaconInterval }) ?? true {
+        let silent = now.nanoseconds < startedAt.nanoseconds + configuration.startupSilenceNanoseconds
+        if !silent, lastBeacon.map({ now.nanoseconds >= $0.nanoseconds + configuration.beaconNanoseconds }) ?? true {
             lastBeacon = now
             let view = up
             for (member, peer) in peers.sorted(by: { $0.key < $1.key }) {
@@ -338,7 +348,7 @@ public struct SegmentOwnership: Sendable {
         }
         // After the silence, a failure timeout of beacons before acting: every peer that can hear
         // this member has had the time to answer, so that it does not act on a view of one.
-        let listening = now.nanoseconds < startedAt.nanoseconds + configuration.startupSilence + configuration.failureTimeout
+        let listening = now.nanoseconds < startedAt.nanoseconds + configuration.startupSilenceNanoseconds + configuration.failureNanoseconds
         if !silent { actions += releaseStaleClaims() }
         if !listening { actions += moveSegments(now: now) }
         return actions + servingChanges(now: now)
@@ -371,7 +381,7 @@ public struct SegmentOwnership: Sendable {
         var actions: [OwnershipAction] = []
         for member in peers.keys.sorted() {
             let peer = peers[member]!
-            let isUp = peer.lastHeard.map { now.nanoseconds < $0.nanoseconds + configuration.failureTimeout } ?? false
+            let isUp = peer.lastHeard.map { now.nanoseconds < $0.nanoseconds + configuration.failureNanoseconds } ?? false
             if isUp != peer.isUp {
                 peers[member]!.isUp = isUp
                 actions.append(isUp ? .peerUp(member) : .peerDown(member))
@@ -407,7 +417,7 @@ public struct SegmentOwnership: Sendable {
 
     /// Hands over and takes over segments, when the views have been agreed for a lease.
     private mutating func moveSegments(now: Timestamp) -> [OwnershipAction] {
-        guard let agreement, now.nanoseconds >= agreement.since.nanoseconds + configuration.leaseDuration, hasLease(now: now)
+        guard let agreement, now.nanoseconds >= agreement.since.nanoseconds + configuration.leaseNanoseconds, hasLease(now: now)
         else { return [] }
         if assignment?.members != agreement.view {
             assignment = try? SegmentAssignment(segments: configuration.segments, members: agreement.view)

@@ -17,7 +17,7 @@ extension ClusterMember {
     func isStartupSilent(now: Timestamp) -> Bool {
         guard case .sharing(let sharing) = lifecycle else { return false }
         guard let ownership = sharing.ownership else { return true }
-        return now.nanoseconds < ownership.startedAt.nanoseconds &+ ownership.configuration.startupSilence
+        return now.nanoseconds < ownership.startedAt.nanoseconds &+ ownership.configuration.startupSilenceNanoseconds
     }
 
     /// A delivery or a restart seen by a load-sharing member: every record to the ownership

@@ -210,7 +210,7 @@ public struct ClusterMember {
         let isActive = configuration.activeMember == me
         role = ClusterRole(
             member: me, epoch: configuration.channel.epoch, isActive: isActive, activeMember: isActive ? nil : configuration.activeMember,
-            heartbeatInterval: configuration.channel.heartbeatIntervalNanoseconds, missCount: configuration.missCount)
+            heartbeatInterval: configuration.channel.heartbeatInterval, missCount: configuration.missCount)
         if configuration.loadSharing != nil {
             lifecycle = .sharing(
                 Sharing(
@@ -506,9 +506,9 @@ public struct ClusterMember {
             // Beacons, leases and claims run on the ownership's own clock: checked every
             // millisecond; a member in its startup silence sleeps until it ends.
             if let ownership = sharing.ownership,
-                lastTick.nanoseconds < ownership.startedAt.nanoseconds &+ ownership.configuration.startupSilence
+                lastTick.nanoseconds < ownership.startedAt.nanoseconds &+ ownership.configuration.startupSilenceNanoseconds
             {
-                return Timestamp(nanoseconds: ownership.startedAt.nanoseconds &+ ownership.configuration.startupSilence)
+                return Timestamp(nanoseconds: ownership.startedAt.nanoseconds &+ ownership.configuration.startupSilenceNanoseconds)
             }
             earliest = min(earliest, lastTick.nanoseconds &+ 1_000_000)
         case .moving:

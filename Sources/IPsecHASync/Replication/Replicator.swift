@@ -171,7 +171,7 @@ public struct Replicator {
     /// and counted (``resyncRequestsRefused``). A joining standby repeats its hello until it is
     /// ready, so it is served within this time; a member that asks in a loop costs at most one
     /// resync of the state each interval.
-    public var minimumResyncRequestInterval: UInt64 = 1_000_000_000
+    public var minimumResyncRequestInterval: Duration = .seconds(1)
     /// Requests for named IKE SAs (at most 256 each) answered per standby per second (16 by
     /// default: 4,096 IKE SAs); beyond, a request counts as one for a full resync, which the
     /// interval above bounds. Honest standbys ask for few: only records about IKE SAs they do
@@ -394,7 +394,7 @@ public struct Replicator {
     private mutating func requestFullResync(
         of standby: ClusterMemberID, from state: GatewayState, channel: inout SyncChannel, now: Timestamp
     ) -> [SyncChannelAction] {
-        if let last = requestLimits[standby]?.lastFullResync, now.nanoseconds &- last.nanoseconds < minimumResyncRequestInterval {
+        if let last = requestLimits[standby]?.lastFullResync, now < last + minimumResyncRequestInterval {
             resyncRequestsRefused += 1
             return []
         }
