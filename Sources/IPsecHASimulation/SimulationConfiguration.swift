@@ -79,11 +79,26 @@ public struct SimulationConfiguration: Sendable, Hashable {
 }
 
 /// A configuration that cannot run.
-public enum SimulationError: Error, Sendable, Hashable {
-    /// Which value is out of range.
-    case invalid(String)
+public struct SimulationError: Error, Sendable, Hashable, CustomStringConvertible {
+    // A struct over a private reason (swift-nio-ssh's pattern): reasons can be added later
+    // without breaking a caller's `switch`.
+    private enum Reason: Sendable, Hashable {
+        case invalid(String)
+        case standbysNotReady
+    }
+    private let reason: Reason
+
+    /// A value out of range; `what` says which and the range.
+    public static func invalid(_ what: String) -> SimulationError { SimulationError(reason: .invalid(what)) }
     /// The standbys did not become ready before the run (the synch link lost too much).
-    case standbysNotReady
+    public static let standbysNotReady = SimulationError(reason: .standbysNotReady)
+
+    public var description: String {
+        switch reason {
+        case .invalid(let what): "invalid simulation configuration: \(what)"
+        case .standbysNotReady: "the standbys did not become ready before the run"
+        }
+    }
 }
 
 /// What a ``ClusterSimulation`` observed. The invariants of the design must hold: no (SPI,

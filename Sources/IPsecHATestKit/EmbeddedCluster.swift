@@ -2,10 +2,15 @@ public import IPsecHACore
 public import IPsecHASync
 
 /// Why an ``EmbeddedCluster`` stopped.
-public enum EmbeddedClusterError: Error, Sendable, Hashable {
+public struct EmbeddedClusterError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// Where the virtual clock stood.
+    public let time: Timestamp
+
     /// The virtual clock did not reach the end within the step budget: a member whose
     /// `nextDeadline` does not move on (a bug the cluster exists to catch).
-    case noProgress(at: Timestamp)
+    public static func noProgress(at time: Timestamp) -> EmbeddedClusterError { EmbeddedClusterError(time: time) }
+
+    public var description: String { "no progress at \(time): a member's next deadline does not move on" }
 }
 
 /// N `ClusterMember`s on an ``InMemorySyncNetwork``, on a virtual clock that jumps from one

@@ -41,6 +41,13 @@ struct ClusterMemberTests {
             try pair.members[0].update(now: pair.now) { state, changes throws(GatewayStateError) in changes += try state.createIKESA(ike) }
         }
         #expect(pair.members[0].state == before)
+        // The error is a struct over a private reason: compared with its static members, and
+        // the state's own error read back.
+        do {
+            _ = try pair.members[0].update(now: pair.now) { state, changes throws(GatewayStateError) in changes += try state.createIKESA(ike) }
+        } catch {
+            #expect(error.stateError == .ikeSAExists(ike.identifier) && error != .notActive && "\(error)".contains("the change failed"))
+        }
         // One that fails part way: what it changed is replicated all the same, so that the
         // standby never holds less than the active member.
         var random = SplitMix64(seed: 30)

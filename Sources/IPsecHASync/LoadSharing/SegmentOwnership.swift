@@ -63,9 +63,22 @@ public struct SegmentOwnershipConfiguration: Sendable {
 }
 
 /// Errors of ``SegmentOwnership``.
-public enum SegmentOwnershipError: Error, Sendable, Hashable {
-    /// The configuration does not hold together.
-    case invalidConfiguration(String)
+public struct SegmentOwnershipError: Error, Sendable, Hashable, CustomStringConvertible {
+    // A struct over a private reason (swift-nio-ssh's pattern): reasons can be added later
+    // without breaking a `switch` of the embedder's.
+    private enum Reason: Sendable, Hashable {
+        case invalidConfiguration(String)
+    }
+    private let reason: Reason
+
+    /// The configuration does not hold together; `why` says which rule it breaks.
+    public static func invalidConfiguration(_ why: String) -> SegmentOwnershipError { SegmentOwnershipError(reason: .invalidConfiguration(why)) }
+
+    public var description: String {
+        switch reason {
+        case .invalidConfiguration(let why): "invalid segment ownership configuration: \(why)"
+        }
+    }
 }
 
 /// What ``SegmentOwnership`` asks its owner to do.

@@ -108,12 +108,31 @@ public struct ClusterMemberConfiguration: Sendable {
     }
 }
 
-/// Why ``ClusterMember`` refused a call.
-public enum ClusterMemberError: Error, Sendable, Hashable {
+/// Why ``ClusterMember`` refused a call. A struct over a private reason, as swift-nio-ssh's
+/// errors are, so that a later release can add reasons without breaking anybody's `switch`:
+/// compare with the static members (`catch ClusterMemberError.notActive`, `==`).
+public struct ClusterMemberError: Error, Sendable, Hashable, CustomStringConvertible {
+    private enum Reason: Sendable, Hashable {
+        case notActive
+        case state(GatewayStateError)
+    }
+    private let reason: Reason
+
     /// Only the active member changes the state; a standby's comes from it.
-    case notActive
+    public static let notActive = ClusterMemberError(reason: .notActive)
+
     /// The change itself failed (what it changed before failing was replicated).
-    case state(GatewayStateError)
+    public static func state(_ error: GatewayStateError) -> ClusterMemberError { ClusterMemberError(reason: .state(error)) }
+
+    /// The state's own error, when the change itself failed.
+    public var stateError: GatewayStateError? { if case .state(let error) = reason { error } else { nil } }
+
+    public var description: String {
+        switch reason {
+        case .notActive: "not the active member: a standby's state comes from the active member"
+        case .state(let error): "the change failed: \(error)"
+        }
+    }
 }
 
 /// One cluster member as one sans-I/O state machine: it owns the synch channel, the replicator
