@@ -12,24 +12,21 @@ struct ReadmeExampleTests {
         // README example begin
         // Two members, one cluster key, and a network between them: the in-memory one here; a
         // real cluster uses UDPSyncTransport (IPsecHASyncNIO) or a transport of its own.
-        let (active, standby) = (ClusterMemberID(rawValue: 1), ClusterMemberID(rawValue: 2))
-        let key = try ChannelKey.generate()
-        let network = InMemorySyncNetwork(seed: 1)
-        var members: [ClusterMemberID: ClusterMember] = [:]
-        var transports: [ClusterMemberID: InMemorySyncTransport] = [:]
-        for (me, peer) in [(active, standby), (standby, active)] {
-            let channel = SyncChannelConfiguration(clusterID: 1, member: me, epoch: 1, key: key, peers: [peer])
-            members[me] = try ClusterMember(configuration: ClusterMemberConfiguration(channel: channel, activeMember: active))
-            transports[me] = network.transport(for: me)
+        let ids = [ClusterMemberID(rawValue: 1), ClusterMemberID(rawValue: 2)]  // active, standby
+        let (key, network) = (try ChannelKey.generate(), InMemorySyncNetwork(seed: 1))
+        var transports = ids.map(network.transport(for:))
+        var members = try ids.map { me in
+            let channel = SyncChannelConfiguration(clusterID: 1, member: me, epoch: 1, key: key, peers: ids.filter { $0 != me })
+            return try ClusterMember(configuration: ClusterMemberConfiguration(channel: channel, activeMember: ids[0]))
         }
         var (now, events) = (Timestamp(nanoseconds: 0), [ClusterMemberAction]())
 
         // Each member's event loop: datagrams in, time, datagrams out, other actions returned;
-        // a real loop then sleeps until members[id]!.nextDeadline or the next datagram.
-        func run(milliseconds: Int, members alive: [ClusterMemberID] = [active, standby]) {
+        // a real loop then sleeps until members[i].nextDeadline or the next datagram.
+        func run(milliseconds: Int, members alive: [Int] = [0, 1]) {
             for _ in 0..<milliseconds {
                 now = now + .milliseconds(1)
-                for id in alive { events += transports[id]!.service(&members[id]!, now: now) }
+                for i in alive { events += transports[i].service(&members[i], now: now) }
             }
         }
         run(milliseconds: 300)  // the standby joins and is resynced (.becameReady)
@@ -39,11 +36,11 @@ struct ReadmeExampleTests {
         var random = SplitMix64(seed: 2)
         let ike = try SAFixtures.ikeSA(1, &random)
         let child = try SAFixtures.childSA(0x1001, parent: ike.identifier, window: 1024, &random)
-        let token = try members[active]!.update(now: now) { state, changes throws(GatewayStateError) in
+        let token = try members[0].update(now: now) { state, changes throws(GatewayStateError) in
             changes += try state.createIKESA(ike) + state.createChildSA(child)
         }
         // ESP goes out on the packet path; the counters reach the standby with checkpoints.
-        _ = members[active]!.packetPath { state in
+        _ = members[0].packetPath { state in
             for _ in 0..<5_000 { _ = try? state.nextOutboundSequenceNumber(at: state.slot(forInboundSPI: 0x1001)!, bytes: 1_400) }
         }
         run(milliseconds: 100)
@@ -51,10 +48,10 @@ struct ReadmeExampleTests {
         // The active member fails. The standby notices within three heartbeats and takes over
         // (.tookOver, with the plan applied): outbound counters jump past anything the failed
         // member may have sent, inbound windows are restored, every IKE SA continues.
-        run(milliseconds: 300, members: [standby])
-        let resumed = members[standby]!.state.childSA(inboundSPI: 0x1001)!
+        run(milliseconds: 300, members: [1])
+        let resumed = members[1].state.childSA(inboundSPI: 0x1001)!
         // README example end
-        return (events, token, resumed.outboundCounter.lastSent, members[active]!.state.childSA(inboundSPI: 0x1001)!.outboundCounter.lastSent)
+        return (events, token, resumed.outboundCounter.lastSent, members[0].state.childSA(inboundSPI: 0x1001)!.outboundCounter.lastSent)
     }
 
     @Test func theExampleRunsAndTheTakeoverNeverReusesANumber() throws {
