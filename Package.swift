@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "IPsecHASync", targets: ["IPsecHASync"]),
         .library(name: "IPsecHASimulation", targets: ["IPsecHASimulation"]),
         .library(name: "IPsecHATestKit", targets: ["IPsecHATestKit"]),
+        .library(name: "IPsecHAXFRM", targets: ["IPsecHAXFRM"]),
         .library(name: "IPsecHASyncNIO", targets: ["IPsecHASyncNIO"]),
         .executable(name: "ikeha-demo", targets: ["ikeha-demo"]),
     ],
@@ -54,6 +55,12 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
+            swiftSettings: strictSettings
+        ),
+        // The Linux kernel's XFRM over netlink: messages and their codec (pure Swift, fuzzable),
+        // for a data plane that keeps its counters in the kernel.
+        .target(
+            name: "IPsecHAXFRM",
             swiftSettings: strictSettings
         ),
         // What tests of an embedder need and production code must not carry: the in-memory
@@ -121,6 +128,11 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(
+            name: "IPsecHAXFRMTests",
+            dependencies: ["IPsecHAXFRM"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
             name: "IKEHADemoTests",
             dependencies: ["ikeha-demo", "IPsecHACore"],
             swiftSettings: strictSettings
@@ -147,7 +159,7 @@ if Context.environment["IPSECHA_FUZZ"] == "1" {
     package.targets.append(
         .executableTarget(
             name: "ikeha-fuzz",
-            dependencies: ["IPsecHACore", "IPsecHASync", "IPsecHAGateway", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["IPsecHACore", "IPsecHASync", "IPsecHAGateway", "IPsecHAXFRM", .product(name: "Logging", package: "swift-log")],
             path: "FuzzTesting/Sources/ikeha-fuzz",
             swiftSettings: [.swiftLanguageMode(.v6)]
         ))
