@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
-targets=(datagram sealed-payload sync-records ike-message replay-line ike-payloads gateway-ike gateway-esp xfrm-aevent)
+targets=(datagram sealed-payload sync-records ike-message replay-line ike-payloads gateway-ike gateway-esp xfrm-netlink)
 flags=(-c debug --scratch-path .build/fuzz --sanitize=fuzzer --sanitize=address
     -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library -Xswiftc -use-ld=lld)
 export IPSECHA_FUZZ=1

@@ -129,6 +129,7 @@ struct NetlinkWriter {
     mutating func u32(_ value: UInt32) { withUnsafeBytes(of: value.littleEndian) { bytes += $0 } }
     mutating func u64(_ value: UInt64) { withUnsafeBytes(of: value.littleEndian) { bytes += $0 } }
     mutating func bigEndian32(_ value: UInt32) { withUnsafeBytes(of: value.bigEndian) { bytes += $0 } }
+    mutating func bytes16BigEndian(_ value: UInt16) { withUnsafeBytes(of: value.bigEndian) { bytes += $0 } }
     mutating func raw(_ value: [UInt8]) { bytes += value }
     mutating func zeros(_ count: Int) { bytes += repeatElement(0, count: count) }
     /// Pads to the next multiple of 4 (`NLMSG_ALIGN`, `NLA_ALIGN`).
@@ -167,6 +168,7 @@ struct NetlinkReader {
     mutating func u32() throws(XFRMCodecError) -> UInt32 { UInt32(try littleEndian(4)) }
     mutating func u64() throws(XFRMCodecError) -> UInt64 { try littleEndian(8) }
     mutating func bigEndian32() throws(XFRMCodecError) -> UInt32 { try take(4).reduce(0) { $0 << 8 | UInt32($1) } }
+    mutating func bigEndian16() throws(XFRMCodecError) -> UInt16 { try take(2).reduce(0) { $0 << 8 | UInt16($1) } }
 
     private mutating func littleEndian(_ count: Int) throws(XFRMCodecError) -> UInt64 {
         try take(count).reversed().reduce(0) { $0 << 8 | UInt64($1) }

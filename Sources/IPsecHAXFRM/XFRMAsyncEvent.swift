@@ -197,15 +197,7 @@ public struct XFRMAsyncEvent: Sendable, Hashable {
             value.u32(bitmap)
             body.attribute(NetlinkAttribute(type: Attribute.replayValue, payload: value.bytes))
         case .extended(let state)?:
-            var value = NetlinkWriter()
-            value.u32(UInt32(state.bitmap.count))
-            value.u32(state.outbound)
-            value.u32(state.inbound)
-            value.u32(state.outboundHigh)
-            value.u32(state.inboundHigh)
-            value.u32(state.replayWindow)
-            for word in state.bitmap { value.u32(word) }
-            body.attribute(NetlinkAttribute(type: Attribute.extendedReplayValue, payload: value.bytes))
+            body.attribute(NetlinkAttribute(type: Attribute.extendedReplayValue, payload: state.encoded))
         case nil:
             break
         }
@@ -257,17 +249,7 @@ public struct XFRMAsyncEvent: Sendable, Hashable {
                 guard attribute.payload.count == 12 else { throw .invalidLength("XFRMA_REPLAY_VAL", length: attribute.payload.count) }
                 replay = .legacy(outboundLastSent: try value.u32(), inboundTop: try value.u32(), bitmap: try value.u32())
             case Attribute.extendedReplayValue:
-                guard attribute.payload.count >= 24 else { throw .truncated("XFRMA_REPLAY_ESN_VAL", need: 24, have: attribute.payload.count) }
-                let words = Int(try value.u32())
-                guard words <= XFRMExtendedReplayState.maximumBitmapWords else { throw .invalidValue("XFRMA_REPLAY_ESN_VAL bmp_len", UInt64(words)) }
-                guard attribute.payload.count == 24 + 4 * words else { throw .invalidLength("XFRMA_REPLAY_ESN_VAL", length: attribute.payload.count) }
-                let outbound = try value.u32(), inbound = try value.u32(), outboundHigh = try value.u32(), inboundHigh = try value.u32()
-                let window = try value.u32()
-                var bitmap: [UInt32] = []
-                for _ in 0..<words { bitmap.append(try value.u32()) }
-                replay = .extended(
-                    XFRMExtendedReplayState(
-                        outbound: outbound, inbound: inbound, outboundHigh: outboundHigh, inboundHigh: inboundHigh, replayWindow: window, bitmap: bitmap))
+                replay = .extended(try XFRMExtendedReplayState(attribute: attribute.payload))
             case Attribute.lifetimeValue:
                 guard attribute.payload.count == 32 else { throw .invalidLength("XFRMA_LTIME_VAL", length: attribute.payload.count) }
                 lifetime = XFRMLifetimeCurrent(bytes: try value.u64(), packets: try value.u64(), addTime: try value.u64(), useTime: try value.u64())

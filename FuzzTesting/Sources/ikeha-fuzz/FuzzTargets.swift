@@ -35,9 +35,9 @@ enum FuzzTarget: String, CaseIterable {
     /// ESP packets to the reference gateway's data plane: nothing unauthenticated may change
     /// the Child SA.
     case gatewayESP = "gateway-esp"
-    /// Datagrams from an XFRM netlink socket carrying async events (NEWAE): what decodes encodes
-    /// back to a message that decodes to the same event.
-    case xfrmAsyncEvent = "xfrm-aevent"
+    /// Datagrams from an XFRM netlink socket: async events (NEWAE) and SAs (NEWSA, as GETSA
+    /// answers and dumps carry them); what decodes encodes back to the same value.
+    case xfrmNetlink = "xfrm-netlink"
 
     static let selected: FuzzTarget = {
         guard let name = getenv("IKEHA_FUZZ_TARGET").map({ String(cString: $0) }) else {
@@ -237,12 +237,16 @@ func fuzzGatewayESP(_ bytes: [UInt8]) {
     precondition(state.childSA(inboundSPI: 0x1000) == gatewayState.childSA(inboundSPI: 0x1000), "a forged ESP packet changed the Child SA")
 }
 
-func fuzzXFRMAsyncEvent(_ bytes: [UInt8]) {
+func fuzzXFRMNetlink(_ bytes: [UInt8]) {
     guard let messages = try? Netlink.messages(in: bytes) else { return }
     for message in messages {
-        guard let event = try? XFRMAsyncEvent(payload: message.payload) else { continue }
-        let again = try! Netlink.messages(in: event.encode(type: .newAsyncEvent, flags: [], sequence: 0))
-        precondition((try? XFRMAsyncEvent(payload: again[0].payload)) == event, "an XFRM event did not survive its own encoding")
+        if message.header.type == .newSA, let state = try? XFRMState(payload: message.payload) {
+            let again = try! Netlink.messages(in: state.encode(sequence: 0))
+            precondition((try? XFRMState(payload: again[0].payload)) == state, "an XFRM SA did not survive its own encoding")
+        } else if let event = try? XFRMAsyncEvent(payload: message.payload) {
+            let again = try! Netlink.messages(in: event.encode(type: .newAsyncEvent, flags: [], sequence: 0))
+            precondition((try? XFRMAsyncEvent(payload: again[0].payload)) == event, "an XFRM event did not survive its own encoding")
+        }
     }
 }
 
@@ -258,7 +262,7 @@ public func fuzz(_ start: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
     case .ikePayloads: fuzzIKEPayloads(bytes)
     case .gatewayIKE: fuzzGatewayIKE(bytes)
     case .gatewayESP: fuzzGatewayESP(bytes)
-    case .xfrmAsyncEvent: fuzzXFRMAsyncEvent(bytes)
+    case .xfrmNetlink: fuzzXFRMNetlink(bytes)
     }
     return 0
 }
