@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "IPsecHASimulation", targets: ["IPsecHASimulation"]),
         .library(name: "IPsecHATestKit", targets: ["IPsecHATestKit"]),
         .library(name: "IPsecHAXFRM", targets: ["IPsecHAXFRM"]),
+        .library(name: "IPsecHAXFRMDataPlane", targets: ["IPsecHAXFRMDataPlane"]),
         .library(name: "IPsecHASyncNIO", targets: ["IPsecHASyncNIO"]),
         .executable(name: "ikeha-demo", targets: ["ikeha-demo"]),
     ],
@@ -61,6 +62,13 @@ let package = Package(
         // for a data plane that keeps its counters in the kernel.
         .target(
             name: "IPsecHAXFRM",
+            swiftSettings: strictSettings
+        ),
+        // A ClusterMember's data plane in the Linux kernel: counters read from and written to
+        // the kernel's SAs through IPsecHAXFRM.
+        .target(
+            name: "IPsecHAXFRMDataPlane",
+            dependencies: ["IPsecHACore", "IPsecHASync", "IPsecHAXFRM"],
             swiftSettings: strictSettings
         ),
         // What tests of an embedder need and production code must not carry: the in-memory
@@ -129,7 +137,7 @@ let package = Package(
         ),
         .testTarget(
             name: "IPsecHAXFRMTests",
-            dependencies: ["IPsecHAXFRM"],
+            dependencies: ["IPsecHAXFRM", "IPsecHAXFRMDataPlane", "IPsecHACore", "IPsecHASync", "IPsecHATestKit"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -3,7 +3,7 @@
 # errors, from the symbol graphs of a build of its own (.build/docs), into .build/docs/html.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-modules=(IPsecHACore IPsecHASync IPsecHATestKit IPsecHASimulation IPsecHASyncNIO IPsecHAXFRM IPsecHAGateway)
+modules=(IPsecHACore IPsecHASync IPsecHATestKit IPsecHASimulation IPsecHASyncNIO IPsecHAXFRM IPsecHAXFRMDataPlane IPsecHAGateway)
 graphs="$PWD/.build/docs/symbol-graphs"
 build() {
     mkdir -p "$graphs/all"
