@@ -9,8 +9,10 @@ TEST_PACKAGES := tshark
 INTEROP_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins iputils-ping
 # The keepalived deployment scenario (scripts/cluster.sh, also run by the test suite as root).
 CLUSTER_PACKAGES := keepalived
+# The Debian VM with the stock kernel (ESP and XFRM) that the kernel data-plane tests boot.
+KERNEL_VM_PACKAGES := qemu-system-x86 debootstrap
 
-.PHONY: demo test interop cluster build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-allocations bench-replay bench-state bench-sync bench-failover bench-delete clean
+.PHONY: demo test interop cluster xfrm-kernel build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-allocations bench-replay bench-state bench-sync bench-failover bench-delete clean
 
 deps:
 	@./scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
@@ -20,7 +22,7 @@ demo: deps
 	$(SWIFT) run -c release ikeha-demo
 
 test: deps
-	@./scripts/ensure-debian-packages.sh --optional $(TEST_PACKAGES) $(INTEROP_PACKAGES) $(CLUSTER_PACKAGES)
+	@./scripts/ensure-debian-packages.sh --optional $(TEST_PACKAGES) $(INTEROP_PACKAGES) $(CLUSTER_PACKAGES) $(KERNEL_VM_PACKAGES)
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 
@@ -38,6 +40,12 @@ cluster: deps
 	@./scripts/ensure-debian-packages.sh $(INTEROP_PACKAGES) $(CLUSTER_PACKAGES)
 	$(SWIFT) build -c release --product ikeha-gateway
 	./scripts/cluster.sh
+
+# IPsecHAXFRM against a real kernel: SAs in a Debian VM under qemu (root; the image is built
+# once, about a minute, then each run takes about ten seconds).
+xfrm-kernel: deps
+	@./scripts/ensure-debian-packages.sh $(KERNEL_VM_PACKAGES)
+	./scripts/xfrm-kernel.sh
 
 build: deps
 	$(SWIFT) build

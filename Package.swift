@@ -106,6 +106,13 @@ let package = Package(
             path: "Examples/ReferenceGateway/ikeha-gateway",
             swiftSettings: strictSettings
         ),
+        // Reads and writes an SA's counters in the running kernel: what the XFRM tests run in
+        // the kernel VM (scripts/kernel-vm.sh), built with the Swift runtime linked in.
+        .executableTarget(
+            name: "ikeha-xfrm-probe",
+            dependencies: ["IPsecHAXFRM"],
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "ikeha-demo",
             dependencies: [

@@ -1,0 +1,73 @@
+// ikeha-xfrm-probe DESTINATION SPI SOURCE [OUTBOUND INBOUND]
+//
+// Reads an SA's counters from the running kernel through IPsecHAXFRM (GETAE); with OUTBOUND and
+// INBOUND, writes them (NEWAE, the way a takeover does: the SA's kind of replay state kept,
+// everything below the inbound top counted as seen) and reads them back. Prints one line,
+// `RESULT kind=legacy|esn outbound=N inbound=N bitmap_words=N`, or `ERROR ...` and exits 1.
+// Run inside the kernel VM (scripts/kernel-vm.sh) by the XFRM tests.
+import IPsecHAXFRM
+
+#if canImport(Glibc)
+import Glibc
+
+func parseIPv4(_ text: String) -> UInt32? {
+    let parts = text.split(separator: ".").compactMap { UInt32($0) }
+    guard parts.count == 4, parts.allSatisfy({ $0 < 256 }) else { return nil }
+    return parts.reduce(0) { $0 << 8 | $1 }
+}
+
+func fail(_ message: String) -> Never {
+    print("ERROR \(message)")
+    exit(1)
+}
+
+let arguments = CommandLine.arguments
+guard arguments.count == 4 || arguments.count == 6, let destination = parseIPv4(arguments[1]), let source = parseIPv4(arguments[3]),
+    let spi = arguments[2].hasPrefix("0x") ? UInt32(arguments[2].dropFirst(2), radix: 16) : UInt32(arguments[2])
+else { fail("usage: ikeha-xfrm-probe DESTINATION SPI SOURCE [OUTBOUND INBOUND]") }
+let sa = XFRMSAIdentifier(destination: XFRMAddress(ipv4: destination), spi: spi)
+let sourceAddress = XFRMAddress(ipv4: source)
+
+func report(_ event: XFRMAsyncEvent) {
+    switch event.replay {
+    case .legacy(let outbound, let top, let bitmap)?:
+        print("RESULT kind=legacy outbound=\(outbound) inbound=\(top) bitmap_words=1 bitmap0=\(bitmap)")
+    case .extended(let state)?:
+        let outbound = UInt64(state.outboundHigh) << 32 | UInt64(state.outbound)
+        let inbound = UInt64(state.inboundHigh) << 32 | UInt64(state.inbound)
+        print("RESULT kind=esn outbound=\(outbound) inbound=\(inbound) bitmap_words=\(state.bitmap.count) bitmap0=\(state.bitmap.first ?? 0)")
+    case nil:
+        fail("no replay state in the kernel's answer")
+    }
+}
+
+do throws(XFRMCodecError) {
+    let socket = try XFRMSocket()
+    var event = try socket.asyncEvent(of: sa, source: sourceAddress)
+    if arguments.count == 6 {
+        guard let outbound = UInt64(arguments[4]), let inbound = UInt64(arguments[5]) else { fail("counters must be numbers") }
+        switch event.replay {
+        case .legacy?:
+            event.replay = .legacy(outboundLastSent: UInt32(truncatingIfNeeded: outbound), inboundTop: UInt32(truncatingIfNeeded: inbound), bitmap: .max)
+        case .extended(var state)?:
+            state.outbound = UInt32(truncatingIfNeeded: outbound)
+            state.outboundHigh = UInt32(truncatingIfNeeded: outbound >> 32)
+            state.inbound = UInt32(truncatingIfNeeded: inbound)
+            state.inboundHigh = UInt32(truncatingIfNeeded: inbound >> 32)
+            state.bitmap = state.bitmap.map { _ in .max }
+            event.replay = .extended(state)
+        case nil:
+            fail("no replay state in the kernel's answer")
+        }
+        event.flags = [.replayValues]
+        event.lifetime = nil
+        try socket.setAsyncEvent(event)
+        event = try socket.asyncEvent(of: sa, source: sourceAddress)
+    }
+    report(event)
+} catch {
+    fail("\(error)")
+}
+#else
+print("ERROR Linux only")
+#endif
