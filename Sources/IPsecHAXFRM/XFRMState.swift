@@ -257,7 +257,11 @@ public struct XFRMState: Sendable, Hashable {
                 let keyBits = Int(try value.u32())
                 let icvBits = try value.u32()
                 guard keyBits % 8 == 0, attribute.payload.count == 72 + keyBits / 8 else { throw .invalidLength("XFRMA_ALG_AEAD", length: attribute.payload.count) }
-                aead = XFRMAEADAlgorithm(name: String(decoding: name.prefix { $0 != 0 }, as: UTF8.self), key: Array(try value.take(keyBits / 8)), icvBits: icvBits)
+                // The kernel's algorithm names are ASCII and NUL-terminated: anything else is not
+                // one, and would not survive being read back.
+                guard let end = name.firstIndex(of: 0) else { throw .invalidValue("XFRMA_ALG_AEAD name without NUL", 64) }
+                if let bad = name[..<end].first(where: { $0 < 0x20 || $0 > 0x7E }) { throw .invalidValue("XFRMA_ALG_AEAD name byte", UInt64(bad)) }
+                aead = XFRMAEADAlgorithm(name: String(decoding: name[..<end], as: UTF8.self), key: Array(try value.take(keyBits / 8)), icvBits: icvBits)
             case Attribute.encapsulation:
                 guard attribute.payload.count == 24 else { throw .invalidLength("XFRMA_ENCAP", length: attribute.payload.count) }
                 let type = try value.u16()

@@ -43,6 +43,14 @@ struct XFRMStateTests {
         var badKey = Array(payload)
         badKey[292 - 16 + 16] = 0x21
         #expect(throws: XFRMCodecError.self) { _ = try XFRMState(payload: badKey[...]) }
+        // The fuzzer's first find: an algorithm name that is not ASCII decoded to replacement
+        // characters and came back different from its own encoding. It is refused now.
+        var notASCII = Array(payload)
+        notASCII[228 + 29] = 0xFF
+        #expect(throws: XFRMCodecError.self) { _ = try XFRMState(payload: notASCII[...]) }
+        var noTerminator = Array(payload)
+        for index in 228..<292 { noTerminator[index] = 0x41 }
+        #expect(throws: XFRMCodecError.self) { _ = try XFRMState(payload: noTerminator[...]) }
         var seed: UInt64 = 1
         var decoded = 0
         for _ in 0..<20_000 {
