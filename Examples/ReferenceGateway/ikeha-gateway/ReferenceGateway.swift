@@ -311,7 +311,7 @@ struct ReferenceGateway {
             _ = try? cluster.replicateExchange(of: identifier, messageID: messageID, initiatedHere: false, finished: false, now: now)
             if let crash = options.crashOnExchange, let header = try? EncryptedMessage.header(of: bytes), header.exchangeType.description == crash {
                 // Dies in the middle of the exchange: the standby heard it start, not finish.
-                for case .transmit(let to, let datagram) in drainTransmissions() { try? transport.send(datagram, to: to, now: now) }
+                for case .transmit(let to, let datagram) in drainActions() { try? transport.send(datagram, to: to, now: now) }
                 emit("crash_injected", ["exchange": crash, "message_id": "\(messageID)"])
                 usleep(50_000)
                 exit(137)
@@ -345,7 +345,7 @@ struct ReferenceGateway {
     }
 
     /// The member's pending actions, taken out now (before an injected crash).
-    mutating func drainTransmissions() -> [ClusterMemberAction] {
+    mutating func drainActions() -> [ClusterMemberAction] {
         var actions: [ClusterMemberAction] = []
         while let action = cluster.nextAction() { actions.append(action) }
         return actions

@@ -39,11 +39,6 @@ public struct Timestamp: Sendable, Hashable, Comparable, Codable, CustomStringCo
             : Timestamp(nanoseconds: lhs.nanoseconds > nanoseconds.magnitude ? lhs.nanoseconds - nanoseconds.magnitude : 0)
     }
 
-    /// The time from `earlier` to this timestamp (zero when `earlier` is later).
-    public func duration(since earlier: Timestamp) -> Duration {
-        .nanoseconds(Int64(clamping: nanoseconds > earlier.nanoseconds ? nanoseconds - earlier.nanoseconds : 0))
-    }
-
     public static func < (lhs: Timestamp, rhs: Timestamp) -> Bool { lhs.nanoseconds < rhs.nanoseconds }
     public var description: String { "t=\(nanoseconds)ns" }
 }

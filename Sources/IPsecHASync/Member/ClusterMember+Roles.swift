@@ -112,7 +112,7 @@ extension ClusterMember {
         if !standby.replica.isReady, !standby.replica.isResyncing, Self.isDue(standby.lastHello, every: configuration.helloInterval, now: now) {
             standby.lastHello = now
             let hello = SyncRecord.hello(
-                epoch: channel.configuration.epoch, capabilities: steppedDown ? ClusterRole.steppedDownCapability : 0, needsResync: true)
+                epoch: channel.configuration.epoch, capabilities: standby.former != nil ? ClusterRole.steppedDownCapability : 0, needsResync: true)
             // With no active member known (after an external step-down), to every peer: the one
             // that becomes active resyncs this one.
             for peer in standby.active.map({ [$0] }) ?? configuration.channel.peers {
@@ -130,7 +130,6 @@ extension ClusterMember {
         if standby.replica.isReady, !standby.ready {
             standby.ready = true
             standby.former = nil
-            steppedDown = false
             outbox.append(.becameReady)
         }
         if standby.ready, Self.isDue(standby.lastHello, every: configuration.helloInterval, now: now) {
@@ -215,7 +214,6 @@ extension ClusterMember {
     mutating func stepDown(_ reason: StepDownReason, following active: ClusterMemberID?) {
         guard case .active(let was) = lifecycle else { return }
         held.removeAll()
-        steppedDown = true
         lifecycle = .standby(Standby(active: active, former: was.state))
         outbox.append(.steppedDown(reason))
     }

@@ -163,7 +163,8 @@ public struct ClusterMember {
         /// Whether it said ``ClusterMemberAction/becameReady`` since it last became a standby.
         var ready = false
         /// The state this member served before it stepped down, until it is a ready standby
-        /// again: what it takes over from if told to before then.
+        /// again: what it takes over from if told to before then. While it is set, the hellos
+        /// say the member stepped down, since it may have sent on SAs the active member holds.
         var former: GatewayState?
     }
 
@@ -212,9 +213,6 @@ public struct ClusterMember {
     /// When each other standby last said it is ready (its hellos to the standbys): a ready
     /// standby with a lower ID that is heard is the one to take over.
     var readyStandbys: [ClusterMemberID: Timestamp] = [:]
-    /// This member stepped down from the active role and is not a ready standby since: its
-    /// hellos say so, since it may have sent on SAs the active member holds.
-    var steppedDown = false
     /// How far a reassertion moves outbound counters: RFC 6311's "very large number" (2^30,
     /// section 5.2), since nothing says how far the other member went.
     public static let reassertionJump: UInt64 = 1 << 30
