@@ -9,22 +9,45 @@ public struct KeyMaterial: @unchecked Sendable, Equatable, CustomStringConvertib
     CustomReflectable
 {
     // @unchecked Sendable (on KeyMaterial): the bytes are written only while the value is
-    // built and in `deinit`. They sit right after the object header: one allocation per key.
-    final class Storage: ManagedBuffer<Int, UInt8> {
+    // built and in `deinit`. They sit right after the object header (one allocation per key),
+    // or, for a key made by ``guarded(count:allocator:initializingWith:)``, in memory from that
+    // allocator, which the header points to.
+    struct Header {
+        var count: Int
+        var guarded: UnsafeMutableRawPointer?
+        var release: GuardedAllocator.Release?
+    }
+
+    final class Storage: ManagedBuffer<Header, UInt8> {
         static func make(count: Int) -> Storage {
-            let buffer = Storage.create(minimumCapacity: Swift.max(count, 1)) { _ in count }
+            let buffer = Storage.create(minimumCapacity: Swift.max(count, 1)) { _ in Header(count: count) }
             let storage = unsafeDowncast(buffer, to: Storage.self)
             storage.withUnsafeMutablePointerToElements { $0.initialize(repeating: 0, count: Swift.max(count, 1)) }
             return storage
         }
 
+        static func make(count: Int, in allocator: GuardedAllocator) -> Storage? {
+            guard let memory = allocator.allocate(Swift.max(count, 1)) else { return nil }
+            memory.initializeMemory(as: UInt8.self, repeating: 0, count: Swift.max(count, 1))
+            let buffer = Storage.create(minimumCapacity: 0) { _ in
+                Header(count: count, guarded: memory, release: allocator.release)
+            }
+            return unsafeDowncast(buffer, to: Storage.self)
+        }
+
         var bytes: UnsafeMutableRawBufferPointer {
-            withUnsafeMutablePointerToElements { UnsafeMutableRawBufferPointer(start: $0, count: header) }
+            withUnsafeMutablePointers { header, elements in
+                UnsafeMutableRawBufferPointer(start: header.pointee.guarded ?? UnsafeMutableRawPointer(elements), count: header.pointee.count)
+            }
         }
 
         deinit {
-            withUnsafeMutablePointers { count, elements in
-                UnsafeMutableRawBufferPointer(start: elements, count: count.pointee).initializeMemory(as: UInt8.self, repeating: 0)
+            withUnsafeMutablePointers { header, elements in
+                if let guarded = header.pointee.guarded, let release = header.pointee.release {
+                    release(guarded)
+                    return
+                }
+                UnsafeMutableRawBufferPointer(start: elements, count: header.pointee.count).initializeMemory(as: UInt8.self, repeating: 0)
                 keepZeroingStores(UnsafeMutableRawPointer(elements))
             }
         }
@@ -74,6 +97,23 @@ public struct KeyMaterial: @unchecked Sendable, Equatable, CustomStringConvertib
         offset = 0
         length = UInt32(count)
         try body(UnsafeMutableRawBufferPointer(rebasing: storage.bytes[0..<count]))
+    }
+
+    /// Key material of `count` bytes written by `body`, in memory from `allocator` instead of
+    /// the ordinary heap: for the few long-lived keys worth guard pages and memory locked in
+    /// RAM (IPsecHASync keeps the cluster key and the synch channel's direction keys so, in
+    /// libsodium's `sodium_malloc` memory). Throws ``GuardedAllocationError`` when the allocator
+    /// returns no memory (for instance over the `RLIMIT_MEMLOCK` limit).
+    public static func guarded(
+        count: Int, allocator: GuardedAllocator,
+        initializingWith body: (UnsafeMutableRawBufferPointer) -> Void
+    ) throws(GuardedAllocationError) -> KeyMaterial {
+        guard count >= 0, count <= Int(UInt32.max), let storage = Storage.make(count: count, in: allocator) else {
+            throw GuardedAllocationError(count: count)
+        }
+        let key = KeyMaterial(viewOf: storage, offset: 0, count: count)
+        body(key.bytes)
+        return key
     }
 
     /// One allocation holding the bytes of `parts`, one after the other.
@@ -153,6 +193,35 @@ public struct KeyMaterial: @unchecked Sendable, Equatable, CustomStringConvertib
     public var description: String { "KeyMaterial(\(count) bytes, redacted)" }
     public var debugDescription: String { description }
     public var customMirror: Mirror { Mirror(self, children: ["count": count], displayStyle: .struct) }
+}
+
+/// An allocator of memory for secrets, handed to ``KeyMaterial/guarded(count:allocator:initializingWith:)``:
+/// two C functions, so that IPsecHACore stays free of dependencies while another module
+/// brings libsodium's `sodium_malloc` and `sodium_free` (guard pages around the bytes, locked
+/// in RAM where the limits allow, wiped on release).
+public struct GuardedAllocator: Sendable {
+    /// Returns `count` bytes of memory, or nil.
+    public typealias Allocate = @convention(c) (Int) -> UnsafeMutableRawPointer?
+    /// Wipes and frees memory that `Allocate` returned.
+    public typealias Release = @convention(c) (UnsafeMutableRawPointer?) -> Void
+
+    let allocate: Allocate
+    let release: Release
+
+    /// An allocator from its two functions; `release` must wipe the memory before it frees it.
+    public init(allocate: Allocate, release: Release) {
+        self.allocate = allocate
+        self.release = release
+    }
+}
+
+/// A ``GuardedAllocator`` returned no memory for a key of `count` bytes.
+public struct GuardedAllocationError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The number of key bytes asked for.
+    public var count: Int
+    /// The error for a key of `count` bytes.
+    public init(count: Int) { self.count = count }
+    public var description: String { "no guarded memory for a key of \(count) bytes" }
 }
 
 /// An opaque use of the zeroed bytes, so that the optimiser cannot drop the zeroing stores as

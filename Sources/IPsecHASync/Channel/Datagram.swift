@@ -183,8 +183,8 @@ struct DatagramSealer {
     private(set) var previousKey: ChannelKey?
     /// Direction keys of data (and of this member's own handshakes): only for incarnations a
     /// handshake established, so at most a few per peer.
-    private var derived: [DirectionKeyContext: SecureBytes] = [:]
-    private var derivedPrevious: [DirectionKeyContext: SecureBytes] = [:]
+    private var derived: [DirectionKeyContext: KeyMaterial] = [:]
+    private var derivedPrevious: [DirectionKeyContext: KeyMaterial] = [:]
 
     init(key: ChannelKey?) { self.key = key }
 
@@ -284,7 +284,7 @@ struct DatagramSealer {
         throw .security(.authenticationFailed)
     }
 
-    private static func decrypt(_ datagram: [UInt8], _ header: DatagramHeader, _ directionKey: SecureBytes) -> [UInt8]? {
+    private static func decrypt(_ datagram: [UInt8], _ header: DatagramHeader, _ directionKey: KeyMaterial) -> [UInt8]? {
         directionKey.withUnsafeBytes { decrypt(datagram, header, $0.baseAddress!.assumingMemoryBound(to: UInt8.self)) }
     }
 
@@ -306,8 +306,8 @@ struct DatagramSealer {
     }
 
     private static func cachedKey(
-        _ key: ChannelKey, _ context: DirectionKeyContext, cache: inout [DirectionKeyContext: SecureBytes]
-    ) throws(ChannelSecurityError) -> SecureBytes {
+        _ key: ChannelKey, _ context: DirectionKeyContext, cache: inout [DirectionKeyContext: KeyMaterial]
+    ) throws(ChannelSecurityError) -> KeyMaterial {
         if let cached = cache[context] { return cached }
         let derivedKey = try key.directionKey(context)
         // Bounded: only incarnations a handshake established (SyncChannel checks the header's

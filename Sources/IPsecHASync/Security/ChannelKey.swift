@@ -1,3 +1,5 @@
+internal import IPsecHACore
+
 
 /// The cluster's synch-channel key: 32 secret bytes every member shares (distributed by the
 /// operator, like a VRRP or conntrackd secret), from which each direction between two running
@@ -7,14 +9,14 @@ public struct ChannelKey: Sendable, CustomStringConvertible {
     /// The length of a cluster key: 32 bytes.
     public static let byteCount = 32
 
-    let secret: SecureBytes
+    let secret: KeyMaterial
 
     /// A cluster key from 32 bytes. Throws when the length is wrong.
     public init(bytes: some Collection<UInt8>) throws(ChannelSecurityError) {
         guard bytes.count == Self.byteCount else { throw .invalidKeyLength(bytes.count) }
         do {
             // Byte by byte into guarded memory: no intermediate copy is left behind unwiped.
-            secret = try SecureBytes(count: Self.byteCount) { destination in
+            secret = try SodiumPrimitives.guardedKey(count: Self.byteCount) { destination in
                 for (index, byte) in bytes.enumerated() { destination[index] = byte }
             }
         } catch {
@@ -36,11 +38,11 @@ public struct ChannelKey: Sendable, CustomStringConvertible {
     }
 
     /// The key that seals datagrams in the direction `context` names, in `sodium_malloc` memory.
-    func directionKey(_ context: DirectionKeyContext) throws(ChannelSecurityError) -> SecureBytes {
+    func directionKey(_ context: DirectionKeyContext) throws(ChannelSecurityError) -> KeyMaterial {
         var failed = false
-        let key: SecureBytes
+        let key: KeyMaterial
         do {
-            key = try SecureBytes(count: Self.byteCount) { destination in
+            key = try SodiumPrimitives.guardedKey(count: Self.byteCount) { destination in
                 failed = !derive(context, into: destination.baseAddress!.assumingMemoryBound(to: UInt8.self))
             }
         } catch {

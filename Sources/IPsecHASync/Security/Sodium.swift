@@ -1,4 +1,5 @@
 internal import CSodium
+internal import IPsecHACore
 
 /// libsodium, the cryptographic library behind the synch channel.
 public enum Sodium {
@@ -78,6 +79,20 @@ package enum SodiumPrimitives {
 
     /// Wipes and frees memory from ``guardedAllocate(_:)``.
     package static func guardedFree(_ pointer: UnsafeMutableRawPointer) { sodium_free(pointer) }
+
+    /// Key material of `count` bytes written by `body`, in `sodium_malloc` memory. Throws
+    /// ``SodiumError/allocationFailed`` when libsodium cannot allocate guarded memory.
+    static func guardedKey(
+        count: Int, initializingWith body: (UnsafeMutableRawBufferPointer) -> Void
+    ) throws(SodiumError) -> KeyMaterial {
+        try Sodium.initialize()
+        let allocator = GuardedAllocator(allocate: { sodium_malloc($0) }, release: { sodium_free($0) })
+        do {
+            return try KeyMaterial.guarded(count: count, allocator: allocator, initializingWith: body)
+        } catch {
+            throw .allocationFailed
+        }
+    }
 
     /// Whether `a` and `b` are equal, in time that depends on their length only.
     package static func constantTimeEqual(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {

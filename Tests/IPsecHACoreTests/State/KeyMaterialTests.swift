@@ -1,5 +1,21 @@
+import Glibc
 import IPsecHACore
+import Synchronization
 import Testing
+
+/// What the counting allocator below handed out and took back; C function pointers cannot
+/// capture, so the tally is a global.
+private let guardedLive = Atomic<Int>(0)
+private let countingAllocator = GuardedAllocator(
+    allocate: { count in
+        guardedLive.add(1, ordering: .relaxed)
+        return malloc(count)
+    },
+    release: { pointer in
+        guardedLive.subtract(1, ordering: .relaxed)
+        free(pointer)
+    })
+private let exhaustedAllocator = GuardedAllocator(allocate: { _ in nil }, release: { free($0) })
 
 @Suite("Key material: views and packed IKE keys")
 struct KeyMaterialTests {
@@ -21,6 +37,25 @@ struct KeyMaterialTests {
         let shared = whole.sharingSlice(16..<48)
         #expect(shared == slice && bytes(shared) == bytes(slice))
         #expect(shared.sharingSlice(8..<12) == key(34, 4) && whole.sharingSlice(60..<100).count == 4)
+    }
+
+    @Test func guardedKeysLiveInTheAllocatorsMemoryUntilTheLastViewGoes() throws {
+        let before = guardedLive.load(ordering: .relaxed)
+        do {
+            let guarded = try KeyMaterial.guarded(count: 32, allocator: countingAllocator) { bytes in
+                for index in bytes.indices { bytes[index] = 10 &+ UInt8(index) }
+            }
+            #expect(guardedLive.load(ordering: .relaxed) == before + 1)
+            #expect(guarded == key(10, 32) && "\(guarded)" == "KeyMaterial(32 bytes, redacted)")
+            let view = guarded.sharingSlice(4..<8)
+            _ = consume guarded
+            #expect(view == key(14, 4), "a view keeps the guarded memory")
+            #expect(guardedLive.load(ordering: .relaxed) == before + 1)
+        }
+        #expect(guardedLive.load(ordering: .relaxed) == before, "released once no value shares it")
+        #expect(throws: GuardedAllocationError(count: 32)) {
+            try KeyMaterial.guarded(count: 32, allocator: exhaustedAllocator) { _ in Issue.record("written without memory") }
+        }
     }
 
     @Test func packedIKEKeysAreTheKeysTheyWereMadeOf() throws {
