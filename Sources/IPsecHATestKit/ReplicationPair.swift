@@ -142,7 +142,7 @@ public struct ReplicationPair {
         while now.nanoseconds < end {
             try run(for: step, step: step)
             if replica.isReady, network.pending == 0, !replicator.isCatchingUp(Self.standbyID),
-                activeChannel.replicationLag(to: Self.standbyID, now: now) == 0
+                activeChannel.replicationLag(to: Self.standbyID, now: now) == .zero
             {
                 return true
             }

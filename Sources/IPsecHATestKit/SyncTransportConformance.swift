@@ -78,7 +78,7 @@ public enum SyncTransportConformance {
         while !timedOut() {
             step()
             if standbyMember.isReady, activeMember.status(of: standbyID, now: clock()) == .current,
-                activeMember.channel.replicationLag(to: standbyID, now: clock()) == 0, standbyMember.state == activeMember.state
+                activeMember.channel.replicationLag(to: standbyID, now: clock()) == .zero, standbyMember.state == activeMember.state
             {
                 break
             }

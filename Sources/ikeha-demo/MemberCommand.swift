@@ -144,7 +144,7 @@ struct MemberCommand: ParsableCommand {
             status(
                 &lastStatus, now: now,
                 "active ike_sas=\(cluster.state.ikeSAs.count) child_sas=\(cluster.state.childSACount) "
-                    + "lag_ms=\(cluster.channel.replicationLag(to: peerID, now: now) / 1_000_000) "
+                    + "lag_ms=\(Int(cluster.channel.replicationLag(to: peerID, now: now) / .milliseconds(1))) "
                     + "standby=\(cluster.status(of: peerID, now: now).map { "\($0)" } ?? "none") " + Self.channelStatus(cluster.channel))
             // Sleeps until the member has work, a datagram comes, or the next millisecond's packets are due.
             transport.wait(until: min(cluster.nextDeadline, Timestamp(nanoseconds: now.nanoseconds + 1_000_000)))

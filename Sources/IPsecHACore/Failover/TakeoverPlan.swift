@@ -112,8 +112,8 @@ public struct ChildSATakeover: Sendable, Hashable {
 
 /// Why a Child SA's counters move as they do: the facts the advance was computed from.
 public struct ChildSATakeoverReason: Sendable, Hashable, CustomStringConvertible {
-    /// How old the last checkpoint was at takeover, in nanoseconds (nil: no checkpoint known).
-    public var checkpointAge: UInt64?
+    /// How old the last checkpoint was at takeover (nil: no checkpoint known).
+    public var checkpointAge: Duration?
     /// The packet rate measured at the last checkpoint (nil: unknown, so the large jump).
     public var packetsPerSecond: UInt64?
     /// Whether synch messages about its IKE SA may have been missed (the advance is multiplied).
@@ -126,7 +126,7 @@ public struct ChildSATakeoverReason: Sendable, Hashable, CustomStringConvertible
     public var description: String {
         var text: String
         if let rate = packetsPerSecond, let age = checkpointAge {
-            text = "checkpoint \(age / 1_000_000) ms old at \(rate) packets/s"
+            text = "checkpoint \(age.nonNegativeNanoseconds / 1_000_000) ms old at \(rate) packets/s"
         } else {
             text = "no measured rate: the large jump of RFC 6311 section 5.2"
         }

@@ -87,7 +87,7 @@ public enum TakeoverPlanner {
                     let unaccounted = saturatingAdd(elapsed(since: known, until: now), stalenessMargin)
                     advance = max(advance, multiplyDivide(maximum, unaccounted, 1_000_000_000))
                 }
-                reason.checkpointAge = stale
+                reason.checkpointAge = .nanoseconds(Int64(clamping: stale))
                 reason.packetsPerSecond = rate
             } else {
                 measured = policy.unknownAdvance

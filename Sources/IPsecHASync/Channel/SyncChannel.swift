@@ -716,7 +716,11 @@ public struct SyncChannel {
 
     /// How long the oldest reliable datagram to `peer` has waited for its acknowledgement: the
     /// replication lag (0 when everything is acknowledged).
-    public func replicationLag(to peer: ClusterMemberID, now: Timestamp) -> UInt64 {
+    public func replicationLag(to peer: ClusterMemberID, now: Timestamp) -> Duration {
+        .nanoseconds(Int64(clamping: replicationLagNanoseconds(to: peer, now: now)))
+    }
+
+    func replicationLagNanoseconds(to peer: ClusterMemberID, now: Timestamp) -> UInt64 {
         guard let oldest = peers[peer]?.sender.outstanding.first(where: { !$0.selectivelyAcknowledged }) else { return 0 }
         return now.nanoseconds > oldest.firstSent.nanoseconds ? now.nanoseconds - oldest.firstSent.nanoseconds : 0
     }

@@ -92,7 +92,7 @@ public struct SyncMetricsReporter {
             for (peer, gauge) in currentGauges { gauge.record(replicator.status(of: peer, channel: channel, now: now) == .current ? 1 : 0) }
         }
         for (peer, gauge) in lagGauges {
-            gauge.record(Double(channel.replicationLag(to: peer, now: now)) / 1e9)
+            gauge.record(Double(channel.replicationLagNanoseconds(to: peer, now: now)) / 1e9)
         }
     }
 }

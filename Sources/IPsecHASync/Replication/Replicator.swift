@@ -507,7 +507,7 @@ extension Replicator {
         if !channel.isEstablished(with: standby) { return .silent }
         if isResyncing(standby) { return .resyncing }
         if isCatchingUp(standby) { return .catchingUp }
-        if channel.replicationLag(to: standby, now: now) > 3 * channel.configuration.heartbeatIntervalNanoseconds { return .lagging }
+        if channel.replicationLagNanoseconds(to: standby, now: now) > 3 * channel.configuration.heartbeatIntervalNanoseconds { return .lagging }
         return .current
     }
 }
