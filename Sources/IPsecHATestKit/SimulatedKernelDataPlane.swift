@@ -57,7 +57,7 @@ public struct SimulatedKernelDataPlane: ClusterDataPlane {
         sas[spi] = sa
     }
 
-    public mutating func observedCounters(of state: GatewayState) throws(DataPlaneError) -> [ChildSACounterCheckpoint] {
+    public mutating func observedCounters(of state: GatewayState, now: Timestamp) throws(DataPlaneError) -> [ChildSACounterCheckpoint] {
         sas.keys.sorted().map { spi in
             let sa = sas[spi]!
             return ChildSACounterCheckpoint(

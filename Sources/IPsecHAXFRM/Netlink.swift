@@ -55,6 +55,9 @@ public struct NetlinkMessageType: RawRepresentable, Sendable, Hashable, CustomSt
     public static let newPolicy = NetlinkMessageType(rawValue: 0x13)
     /// `XFRM_MSG_DELPOLICY`.
     public static let deletePolicy = NetlinkMessageType(rawValue: 0x14)
+    /// `XFRM_MSG_UPDPOLICY`: adds a policy or replaces the one with the same selector and
+    /// direction.
+    public static let updatePolicy = NetlinkMessageType(rawValue: 0x19)
     /// `XFRM_MSG_UPDSA`.
     public static let updateSA = NetlinkMessageType(rawValue: 0x1A)
     /// `XFRM_MSG_NEWAE`: an SA's counters, set by a request (with `NLM_F_REPLACE`) or reported by
@@ -198,6 +201,14 @@ extension NetlinkHeader {
 
 /// The netlink layer: messages cut from a datagram, attributes cut from a message.
 public enum Netlink {
+    /// A whole message: the header (its length counted) and `body`.
+    static func message(type: NetlinkMessageType, flags: NetlinkFlags, sequence: UInt32, body: [UInt8]) -> [UInt8] {
+        var message = NetlinkWriter()
+        NetlinkHeader(length: UInt32(NetlinkHeader.size + body.count), type: type, flags: flags, sequence: sequence).write(into: &message)
+        message.raw(body)
+        return message.bytes
+    }
+
     /// The messages in one datagram from a netlink socket, each as its header and its payload
     /// (header excluded), in order. Throws, returning nothing, when any length is wrong.
     public static func messages(in datagram: [UInt8]) throws(XFRMCodecError) -> [(header: NetlinkHeader, payload: ArraySlice<UInt8>)] {

@@ -219,10 +219,7 @@ public struct XFRMAsyncEvent: Sendable, Hashable {
             value.u32(timerThreshold)
             body.attribute(NetlinkAttribute(type: Attribute.timerThreshold, payload: value.bytes))
         }
-        var message = NetlinkWriter()
-        NetlinkHeader(length: UInt32(NetlinkHeader.size + body.bytes.count), type: type, flags: flags, sequence: sequence).write(into: &message)
-        message.raw(body.bytes)
-        return message.bytes
+        return Netlink.message(type: type, flags: flags, sequence: sequence, body: body.bytes)
     }
 
     /// Decodes the payload of a NEWAE message (the header cut off by `Netlink.messages(in:)`).

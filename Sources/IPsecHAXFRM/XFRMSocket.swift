@@ -62,6 +62,29 @@ public final class XFRMSocket {
         _ = try exchange(event.encode(type: .newAsyncEvent, flags: [.request, .replace, .acknowledge], sequence: nextSequence()), expecting: nil)
     }
 
+    /// Installs `state` (NEWSA; it holds the key, so the message is wiped once sent). Throws
+    /// `EEXIST` when the SA is there already.
+    public func install(_ state: XFRMState) throws(XFRMCodecError) {
+        var message = state.encode(sequence: nextSequence())
+        defer { message.withUnsafeMutableBytes { _ = $0.initializeMemory(as: UInt8.self, repeating: 0) } }
+        _ = try exchange(message, expecting: nil)
+    }
+
+    /// Adds `policy` or replaces the one with its selector and direction (UPDPOLICY).
+    public func install(_ policy: XFRMPolicy) throws(XFRMCodecError) {
+        _ = try exchange(policy.encode(sequence: nextSequence()), expecting: nil)
+    }
+
+    /// Deletes the SA `sa` (DELSA); `ESRCH` when there is none.
+    public func delete(_ sa: XFRMSAIdentifier) throws(XFRMCodecError) {
+        _ = try exchange(sa.encodeDeletion(sequence: nextSequence()), expecting: nil)
+    }
+
+    /// Deletes the policy with `selector` and `direction` (DELPOLICY); `ENOENT` when there is none.
+    public func deletePolicy(selector: XFRMSelector, direction: XFRMPolicyDirection) throws(XFRMCodecError) {
+        _ = try exchange(XFRMPolicy.encodeDeletion(selector: selector, direction: direction, sequence: nextSequence()), expecting: nil)
+    }
+
     /// The async events that have arrived, without waiting; those that came while a request
     /// waited first.
     public func receiveAsyncEvents() throws(XFRMCodecError) -> [XFRMAsyncEvent] {

@@ -19,6 +19,22 @@ public struct XFRMSelector: Sendable, Hashable {
             sourcePortMask: 0, family: family, destinationPrefixLength: 0, sourcePrefixLength: 0, upperLayerProtocol: 0, interfaceIndex: 0, user: 0)
     }
 
+    /// `struct xfrm_selector` (56 bytes; ports in network order, the rest in host order).
+    func write(into body: inout NetlinkWriter) {
+        body.raw(destination.bytes)
+        body.raw(source.bytes)
+        for port in [destinationPort, destinationPortMask, sourcePort, sourcePortMask] {
+            body.bytes16BigEndian(port)
+        }
+        body.u16(family)
+        body.u8(destinationPrefixLength)
+        body.u8(sourcePrefixLength)
+        body.u8(upperLayerProtocol)
+        body.zeros(3)
+        body.u32(UInt32(bitPattern: interfaceIndex))
+        body.u32(user)
+    }
+
     public init(
         destination: XFRMAddress, source: XFRMAddress, destinationPort: UInt16, destinationPortMask: UInt16, sourcePort: UInt16, sourcePortMask: UInt16,
         family: UInt16, destinationPrefixLength: UInt8, sourcePrefixLength: UInt8, upperLayerProtocol: UInt8, interfaceIndex: Int32, user: UInt32
@@ -47,6 +63,13 @@ public struct XFRMLifetimeLimits: Sendable, Hashable {
 
     /// No limit.
     public init() {}
+
+    /// `struct xfrm_lifetime_cfg` (64 bytes).
+    func write(into body: inout NetlinkWriter) {
+        for limit in [softBytes, hardBytes, softPackets, hardPackets, softAddSeconds, hardAddSeconds, softUseSeconds, hardUseSeconds] {
+            body.u64(limit)
+        }
+    }
 }
 
 /// An AEAD transform (`struct xfrm_algo_aead`): the kernel's algorithm name and the key with its
@@ -124,6 +147,12 @@ public struct XFRMState: Sendable, Hashable {
     /// With ESN or a window above 32: the counters and window the SA starts with (a takeover
     /// can install an SA with the plan's counters at once).
     public var replay: XFRMExtendedReplayState?
+    /// Packets between the SA's async events (`XFRMA_REPLAY_THRESH`; nil: the kernel's
+    /// `xfrm_aevent_rseqth`, 2).
+    public var replayThreshold: UInt32?
+    /// The SA's async event timer in jiffies (`XFRMA_ETIMER_THRESH`, as NEWAE takes it; nil: the
+    /// kernel's `xfrm_aevent_etime`, 1 s).
+    public var timerThreshold: UInt32?
 
     public init(
         selector: XFRMSelector = .any(), sa: XFRMSAIdentifier, source: XFRMAddress, limits: XFRMLifetimeLimits = XFRMLifetimeLimits(),
@@ -149,28 +178,13 @@ public struct XFRMState: Sendable, Hashable {
     /// the key: wipe it once sent.
     public func encode(type: NetlinkMessageType = .newSA, flags: NetlinkFlags = [.request, .acknowledge, .create, .exclusive], sequence: UInt32) -> [UInt8] {
         var body = NetlinkWriter()
-        body.raw(selector.destination.bytes)
-        body.raw(selector.source.bytes)
-        for port in [selector.destinationPort, selector.destinationPortMask, selector.sourcePort, selector.sourcePortMask] {
-            body.bytes16BigEndian(port)
-        }
-        body.u16(selector.family)
-        body.u8(selector.destinationPrefixLength)
-        body.u8(selector.sourcePrefixLength)
-        body.u8(selector.upperLayerProtocol)
-        body.zeros(3)
-        body.u32(UInt32(bitPattern: selector.interfaceIndex))
-        body.u32(selector.user)
+        selector.write(into: &body)
         body.raw(sa.destination.bytes)
         body.bigEndian32(sa.spi)
         body.u8(sa.ipsecProtocol)
         body.zeros(3)
         body.raw(source.bytes)
-        for limit in [limits.softBytes, limits.hardBytes, limits.softPackets, limits.hardPackets, limits.softAddSeconds, limits.hardAddSeconds,
-            limits.softUseSeconds, limits.hardUseSeconds]
-        {
-            body.u64(limit)
-        }
+        limits.write(into: &body)
         for value in [current.bytes, current.packets, current.addTime, current.useTime] { body.u64(value) }
         body.zeros(12)  // struct xfrm_stats: the kernel's
         body.zeros(4)  // seq
@@ -202,10 +216,13 @@ public struct XFRMState: Sendable, Hashable {
         if let replay {
             body.attribute(NetlinkAttribute(type: Attribute.extendedReplayValue, payload: replay.encoded))
         }
-        var message = NetlinkWriter()
-        NetlinkHeader(length: UInt32(NetlinkHeader.size + body.bytes.count), type: type, flags: flags, sequence: sequence).write(into: &message)
-        message.raw(body.bytes)
-        return message.bytes
+        for (type, threshold) in [(XFRMAsyncEvent.Attribute.replayThreshold, replayThreshold), (XFRMAsyncEvent.Attribute.timerThreshold, timerThreshold)] {
+            guard let threshold else { continue }
+            var value = NetlinkWriter()
+            value.u32(threshold)
+            body.attribute(NetlinkAttribute(type: type, payload: value.bytes))
+        }
+        return Netlink.message(type: type, flags: flags, sequence: sequence, body: body.bytes)
     }
 
     /// Decodes the payload of a NEWSA message (a GETSA answer or a dump's entry). Attributes it

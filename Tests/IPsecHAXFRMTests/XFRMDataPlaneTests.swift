@@ -5,13 +5,20 @@ import IPsecHAXFRM
 import IPsecHAXFRMDataPlane
 import Testing
 
-/// The kernel as a table of SAs: what GETAE reads and NEWAE writes, with ESRCH for the rest.
+/// The kernel as a table of SAs: what GETAE reads and NEWAE writes, with ESRCH for the rest;
+/// the SAs and policies installed; events queued for the next read.
 struct TableKernel: XFRMKernel {
     var sas: [XFRMSAIdentifier: XFRMAsyncEvent] = [:]
+    var installedStates: [XFRMSAIdentifier: XFRMState] = [:]
+    var policies: [XFRMPolicy] = []
+    var queuedEvents: [XFRMAsyncEvent] = []
+    var eventOverruns = 0
     var writes = 0
+    var reads = 0
 
     mutating func asyncEvent(of sa: XFRMSAIdentifier, source: XFRMAddress) throws(XFRMCodecError) -> XFRMAsyncEvent {
         guard let event = sas[sa] else { throw .kernelRefused(errno: 3) }
+        reads += 1
         return event
     }
 
@@ -20,6 +27,33 @@ struct TableKernel: XFRMKernel {
         held.replay = event.replay
         sas[event.sa] = held
         writes += 1
+    }
+
+    mutating func receiveAsyncEvents() throws(XFRMCodecError) -> [XFRMAsyncEvent] {
+        defer { queuedEvents = [] }
+        return queuedEvents
+    }
+
+    mutating func install(_ state: XFRMState) throws(XFRMCodecError) {
+        guard sas[state.sa] == nil else { throw .kernelRefused(errno: 17) }
+        installedStates[state.sa] = state
+        sas[state.sa] = XFRMAsyncEvent(sa: state.sa, source: state.source, replay: state.replay.map { .extended($0) })
+    }
+
+    mutating func install(_ policy: XFRMPolicy) throws(XFRMCodecError) {
+        policies.removeAll { $0.selector == policy.selector && $0.direction == policy.direction }
+        policies.append(policy)
+    }
+
+    mutating func delete(_ sa: XFRMSAIdentifier) throws(XFRMCodecError) {
+        guard sas.removeValue(forKey: sa) != nil else { throw .kernelRefused(errno: 3) }
+        installedStates[sa] = nil
+    }
+
+    mutating func deletePolicy(selector: XFRMSelector, direction: XFRMPolicyDirection) throws(XFRMCodecError) {
+        let before = policies.count
+        policies.removeAll { $0.selector == selector && $0.direction == direction }
+        guard policies.count < before else { throw .kernelRefused(errno: 2) }
     }
 }
 
@@ -52,7 +86,7 @@ struct XFRMDataPlaneTests {
     @Test func theKernelsCountersBecomeCheckpointsOfBothDirections() throws {
         let (state, kernel, esn, legacy) = try Self.setUp()
         var dataPlane = XFRMDataPlane(kernel: kernel)
-        let observed = try dataPlane.observedCounters(of: state)
+        let observed = try dataPlane.observedCounters(of: state, now: Timestamp(nanoseconds: 1))
         let byInbound = Dictionary(uniqueKeysWithValues: observed.map { ($0.inboundSPI, $0) })
         #expect(byInbound[esn.inboundSPI]?.outbound.lastSent == 0x1_0000_0100 && byInbound[esn.inboundSPI]?.inbound.highestAuthenticatedSequenceNumber == 0x1_0000_0040)
         #expect(byInbound[legacy.inboundSPI]?.outbound.lastSent == 900 && byInbound[legacy.inboundSPI]?.inbound.highestAuthenticatedSequenceNumber == 500)
@@ -98,5 +132,104 @@ struct XFRMDataPlaneTests {
             return
         }
         #expect(sent == 5_000 && bitmap == .max)
+    }
+
+    /// Between sweeps only the events count: one event per direction becomes one checkpoint
+    /// with the other direction as the state holds it; events of SAs the state does not hold
+    /// are ignored. A sweep comes each interval and at once after the socket overran.
+    @Test func eventsFeedCheckpointsBetweenSweepsAndOverrunsForceASweep() throws {
+        let (state, kernel, esn, legacy) = try Self.setUp()
+        let ike = try #require(state.ikeSAs[esn.parent])
+        let local = XFRMAddress(ike.local.address), remote = XFRMAddress(ike.remote.address)
+        var dataPlane = XFRMDataPlane(kernel: kernel)
+        _ = try dataPlane.observedCounters(of: state, now: Timestamp(nanoseconds: 1_000))
+        #expect(dataPlane.sweeps == 1, "the first call reads every SA")
+        let readsAfterSweep = dataPlane.kernel.reads
+        let outbound = XFRMSAIdentifier(destination: remote, spi: esn.outboundSPI)
+        dataPlane.kernel.queuedEvents = [
+            XFRMAsyncEvent(sa: outbound, source: local, flags: [.causedByReplay], replay: .extended(XFRMExtendedReplayState(outboundLastSent: 0x1_0000_0200, inboundTop: 0, replayWindow: 128))),
+            XFRMAsyncEvent(sa: XFRMSAIdentifier(destination: local, spi: 0xDEAD), source: remote, replay: .legacy(outboundLastSent: 0, inboundTop: 9, bitmap: 1)),
+            XFRMAsyncEvent(sa: XFRMSAIdentifier(destination: local, spi: legacy.inboundSPI), source: remote, replay: .legacy(outboundLastSent: 0, inboundTop: 700, bitmap: 1)),
+        ]
+        let observed = try dataPlane.observedCounters(of: state, now: Timestamp(nanoseconds: 500_000_000))
+        #expect(dataPlane.sweeps == 1 && dataPlane.kernel.reads == readsAfterSweep, "no GETAE between sweeps")
+        #expect(observed.map(\.inboundSPI) == [esn.inboundSPI, legacy.inboundSPI].sorted())
+        let byInbound = Dictionary(uniqueKeysWithValues: observed.map { ($0.inboundSPI, $0) })
+        #expect(byInbound[esn.inboundSPI]?.outbound.lastSent == 0x1_0000_0200)
+        #expect(byInbound[esn.inboundSPI]?.inbound == esn.counterCheckpoint.inbound, "the direction without an event as the state holds it")
+        #expect(byInbound[legacy.inboundSPI]?.inbound.highestAuthenticatedSequenceNumber == 700)
+        #expect(try dataPlane.observedCounters(of: state, now: Timestamp(nanoseconds: 600_000_000)).isEmpty, "no events, no sweep due")
+        dataPlane.kernel.eventOverruns = 1
+        #expect(try dataPlane.observedCounters(of: state, now: Timestamp(nanoseconds: 700_000_000)).count == 2)
+        #expect(dataPlane.sweeps == 2, "an overrun lost events: every SA is read again")
+        _ = try dataPlane.observedCounters(of: state, now: Timestamp(nanoseconds: 1_700_000_000))
+        #expect(dataPlane.sweeps == 3, "a second after the last sweep")
+    }
+
+    /// With installation on, the active member's Child SAs reach the kernel as two SAs (keys,
+    /// counters, event thresholds) and out/in/fwd policies; a rekeyed Child SA's policies
+    /// replace its predecessor's, and deleting the predecessor leaves them; deleting the last
+    /// one removes everything. A takeover installs missing SAs with the plan's counters.
+    @Test func installationFollowsTheStateAndTakeoverInstallsWithThePlansCounters() throws {
+        var random = SplitMix64(seed: 33)
+        let ike = try SAFixtures.ikeSA(1, remote: IPAddress(ipv4: 0xC633_6401), &random)
+        var state = GatewayState()
+        _ = try state.createIKESA(ike)
+        let first = try SAFixtures.childSA(0x6000, parent: ike.identifier, window: 128, &random)
+        _ = try state.createChildSA(first)
+        var configuration = XFRMDataPlaneConfiguration()
+        configuration.installsChildSAs = true
+        configuration.replayThreshold = 100
+        configuration.timerThreshold = .milliseconds(20)
+        var dataPlane = XFRMDataPlane(kernel: TableKernel(), configuration: configuration)
+        try dataPlane.reconcile(state)
+        let local = XFRMAddress(ike.local.address), remote = XFRMAddress(ike.remote.address)
+        let inbound = try #require(dataPlane.kernel.installedStates[XFRMSAIdentifier(destination: local, spi: first.inboundSPI)])
+        #expect(inbound.source == remote && inbound.aead?.name == XFRMAEADAlgorithm.aesGCM && inbound.aead?.key.count == 36)
+        #expect(inbound.replayThreshold == 100 && inbound.timerThreshold == 5, "20 ms at 250 jiffies a second")
+        #expect(inbound.replay?.replayWindow == 128 && inbound.flags == XFRMState.extendedSequenceNumbersFlag && inbound.replayWindow == 0)
+        #expect(dataPlane.kernel.installedStates[XFRMSAIdentifier(destination: remote, spi: first.outboundSPI)] != nil)
+        #expect(dataPlane.kernel.policies.map(\.direction) == [.outbound, .inbound, .forward])
+        let out = dataPlane.kernel.policies[0]
+        #expect(out.selector.source == XFRMAddress(ipv4: 0x0A00_0000) && out.selector.sourcePrefixLength == 16 && out.selector.destinationPrefixLength == 0)
+        #expect(out.template.destination == remote && out.template.source == local && out.template.requestID == first.requestID)
+
+        let rekeyed = try SAFixtures.childSA(0x6001, parent: ike.identifier, window: 128, &random)
+        _ = try state.createChildSA(rekeyed)
+        try dataPlane.reconcile(state)
+        _ = try state.deleteChildSA(inboundSPI: first.inboundSPI)
+        try dataPlane.reconcile(state)
+        #expect(dataPlane.kernel.sas.count == 2 && dataPlane.kernel.policies.count == 3, "the successor keeps the policies")
+        #expect(dataPlane.kernel.policies.allSatisfy { $0.template.requestID == rekeyed.requestID })
+        _ = try state.deleteChildSA(inboundSPI: rekeyed.inboundSPI)
+        try dataPlane.reconcile(state)
+        #expect(dataPlane.kernel.sas.isEmpty && dataPlane.kernel.policies.isEmpty)
+
+        // A standby's takeover: nothing in its kernel yet, the plan's counters in the state.
+        var taken = try SAFixtures.childSA(0x6002, parent: ike.identifier, window: 128, &random)
+        taken.outboundCounter = try OutboundSequenceCounter(extendedSequenceNumbers: true, lastSent: 0x1_0000_0010)
+        _ = try state.createChildSA(taken)
+        var standby = XFRMDataPlane(kernel: TableKernel(), configuration: configuration)
+        try standby.startServing(state)
+        #expect(standby.missing.isEmpty)
+        #expect(standby.kernel.installedStates[XFRMSAIdentifier(destination: remote, spi: taken.outboundSPI)]?.replay.map { UInt64($0.outboundHigh) << 32 | UInt64($0.outbound) } == 0x1_0000_0010)
+        #expect(standby.kernel.policies.count == 3)
+    }
+
+    /// Selectors XFRM cannot express (an address range that is not a prefix, a port range)
+    /// are refused with a typed error, not installed wider.
+    @Test func rangesThatAreNotPrefixesAreRefused() throws {
+        var random = SplitMix64(seed: 34)
+        let ike = try SAFixtures.ikeSA(1, remote: IPAddress(ipv4: 0xC633_6401), &random)
+        var state = GatewayState()
+        _ = try state.createIKESA(ike)
+        var child = try SAFixtures.childSA(0x6100, parent: ike.identifier, window: 64, &random)
+        child.localSelectors = [try TrafficSelector(startAddress: IPAddress(ipv4: 0x0A00_0001), endAddress: IPAddress(ipv4: 0x0A00_0005))]
+        _ = try state.createChildSA(child)
+        var configuration = XFRMDataPlaneConfiguration()
+        configuration.installsChildSAs = true
+        var dataPlane = XFRMDataPlane(kernel: TableKernel(), configuration: configuration)
+        #expect(throws: DataPlaneError.self) { try dataPlane.reconcile(state) }
+        #expect(dataPlane.kernel.policies.isEmpty)
     }
 }

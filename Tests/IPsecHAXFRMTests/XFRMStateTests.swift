@@ -32,6 +32,30 @@ struct XFRMStateTests {
         #expect(!"\(Self.state.aead!)".contains("0, 1, 2"), "the key is never printed")
     }
 
+    /// UPDPOLICY, DELPOLICY and DELSA in the kernel's layouts (`struct xfrm_userpolicy_info`
+    /// 168 bytes, `xfrm_user_tmpl` 64, `xfrm_userpolicy_id` 64, `xfrm_usersa_id` 24); what the
+    /// kernel itself makes of them is checked in the VM (scripts/xfrm-kernel.sh).
+    @Test func policiesAndDeletionsHaveTheKernelsLayout() {
+        let selector = XFRMSelector(
+            destination: XFRMAddress(ipv4: 0x0A63_0101), source: XFRMAddress(ipv4: 0x0A63_0201), destinationPort: 0, destinationPortMask: 0, sourcePort: 0,
+            sourcePortMask: 0, family: 2, destinationPrefixLength: 32, sourcePrefixLength: 24, upperLayerProtocol: 0, interfaceIndex: 0, user: 0)
+        let template = XFRMTemplate(destination: XFRMAddress(ipv4: 0x0A63_0001), source: XFRMAddress(ipv4: 0x0A63_0002), requestID: 9)
+        let policy = XFRMPolicy(selector: selector, direction: .outbound, template: template, priority: 0x0102)
+        let bytes = policy.encode(sequence: 4)
+        #expect(bytes.count == 16 + 168 + 4 + 64 && Array(bytes[0..<8]) == [252, 0, 0, 0, 0x19, 0, 0x05, 0], "UPDPOLICY, REQUEST | ACK")
+        let payload = Array(bytes.dropFirst(16))
+        #expect(Array(payload[0..<4]) == [10, 99, 1, 1] && Array(payload[16..<20]) == [10, 99, 2, 1] && payload[42] == 32 && payload[43] == 24)
+        #expect(Array(payload[152..<156]) == [2, 1, 0, 0] && payload[160] == 1, "priority, direction out")
+        #expect(Array(payload[168..<172]) == [68, 0, 5, 0], "XFRMA_TMPL: 4 + 64")
+        let tmpl = Array(payload[172...])
+        #expect(Array(tmpl[0..<4]) == [10, 99, 0, 1] && tmpl[20] == 50 && tmpl[24] == 2 && Array(tmpl[28..<32]) == [10, 99, 0, 2])
+        #expect(Array(tmpl[44..<48]) == [9, 0, 0, 0] && tmpl[48] == 1 && Array(tmpl[52..<64]) == Array(repeating: 0xFF, count: 12), "reqid, tunnel, any algorithm")
+        let deletion = XFRMPolicy.encodeDeletion(selector: selector, direction: .inbound, sequence: 5)
+        #expect(deletion.count == 16 + 64 && deletion[4] == 0x14 && deletion[16 + 60] == 0)
+        let sa = XFRMSAIdentifier(destination: XFRMAddress(ipv4: 0x0A63_0002), spi: 0xC001_0203).encodeDeletion(sequence: 6)
+        #expect(sa.count == 16 + 24 && sa[4] == 0x11 && Array(sa[32..<36]) == [0xC0, 0x01, 0x02, 0x03] && sa[36] == 2 && sa[38] == 50)
+    }
+
     /// Bad input is refused typed: every truncation, a key length that contradicts the
     /// attribute, random corruptions (decode or throw, never trap; what decodes round-trips).
     @Test func malformedSAsAreTypedErrorsAndNothingTraps() throws {

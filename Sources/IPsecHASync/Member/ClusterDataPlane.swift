@@ -32,9 +32,10 @@ public protocol ClusterDataPlane {
     /// Who keeps the counters.
     var counterKeeping: CounterKeeping { get }
 
-    /// The counters of the Child SAs of `state` that the data plane keeps, as they are now
-    /// (``CounterKeeping/dataPlane`` only; the default returns none).
-    mutating func observedCounters(of state: GatewayState) throws(DataPlaneError) -> [ChildSACounterCheckpoint]
+    /// The counters of the Child SAs of `state` that the data plane keeps and that moved since
+    /// the last call, or all of them (``CounterKeeping/dataPlane`` only; the default returns
+    /// none). `now` lets a data plane that learns of counters from events pace its full reads.
+    mutating func observedCounters(of state: GatewayState, now: Timestamp) throws(DataPlaneError) -> [ChildSACounterCheckpoint]
 
     /// Serve `state` from now on: after a takeover it holds the plan's counters (outbound
     /// counters past anything the failed member used, windows restored, Child SAs to rekey
@@ -47,5 +48,5 @@ public protocol ClusterDataPlane {
 }
 
 extension ClusterDataPlane {
-    public mutating func observedCounters(of state: GatewayState) throws(DataPlaneError) -> [ChildSACounterCheckpoint] { [] }
+    public mutating func observedCounters(of state: GatewayState, now: Timestamp) throws(DataPlaneError) -> [ChildSACounterCheckpoint] { [] }
 }

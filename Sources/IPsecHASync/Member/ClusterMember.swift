@@ -462,7 +462,7 @@ public struct ClusterMember {
         var failure: DataPlaneError?
         if isActive, dataPlane.counterKeeping == .dataPlane {
             do throws(DataPlaneError) {
-                let observed = try dataPlane.observedCounters(of: state)
+                let observed = try dataPlane.observedCounters(of: state, now: now)
                 _ = try? observeCounters(observed)
             } catch {
                 failure = error
