@@ -12,7 +12,7 @@ CLUSTER_PACKAGES := keepalived
 # The Debian VM with the stock kernel (ESP and XFRM) that the kernel data-plane tests boot.
 KERNEL_VM_PACKAGES := qemu-system-x86 debootstrap
 
-.PHONY: demo test interop cluster xfrm-kernel build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-allocations bench-replay bench-state bench-sync bench-failover bench-delete clean
+.PHONY: demo test interop cluster xfrm-kernel interop-kernel build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-allocations bench-replay bench-state bench-sync bench-failover bench-delete clean
 
 deps:
 	@./scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
@@ -46,6 +46,12 @@ cluster: deps
 xfrm-kernel: deps
 	@./scripts/ensure-debian-packages.sh $(KERNEL_VM_PACKAGES)
 	./scripts/xfrm-kernel.sh
+
+# Failover with the kernel's ESP against strongSwan with the kernel's ESP, in that VM (root;
+# about a minute and a half after the image).
+interop-kernel: deps
+	@./scripts/ensure-debian-packages.sh $(KERNEL_VM_PACKAGES)
+	./scripts/interop-kernel.sh
 
 build: deps
 	$(SWIFT) build

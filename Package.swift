@@ -97,7 +97,7 @@ let package = Package(
         .executableTarget(
             name: "ikeha-gateway",
             dependencies: [
-                "IPsecHACore", "IPsecHASync", "IPsecHASyncNIO", "IPsecHAGateway",
+                "IPsecHACore", "IPsecHASync", "IPsecHASyncNIO", "IPsecHAGateway", "IPsecHAXFRM", "IPsecHAXFRMDataPlane",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -110,7 +110,7 @@ let package = Package(
         // the kernel VM (scripts/kernel-vm.sh), built with the Swift runtime linked in.
         .executableTarget(
             name: "ikeha-xfrm-probe",
-            dependencies: ["IPsecHAXFRM"],
+            dependencies: ["IPsecHACore", "IPsecHASync", "IPsecHATestKit", "IPsecHAXFRM", "IPsecHAXFRMDataPlane"],
             swiftSettings: strictSettings
         ),
         .executableTarget(

@@ -14,7 +14,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 W=${KERNEL_VM_DIR:-$HERE/.build/kernel-vm}
 # Bump when the image's contents change, so that a cached image is rebuilt.
-VERSION=1
+VERSION=2
 
 mirror() {
     local uri
@@ -23,13 +23,18 @@ mirror() {
     echo "${uri:-http://deb.debian.org/debian}"
 }
 
+# In the guest: iproute2 and kmod for XFRM; strongSwan's charon with its kernel backend, ping and
+# arping for interop-kernel.sh; libsodium and libstdc++ for the package's binaries (built with
+# the Swift runtime linked in).
+PACKAGES=iproute2,kmod,iputils-ping,iputils-arping,strongswan-charon,strongswan-swanctl,libcharon-extra-plugins,libstrongswan-standard-plugins,libstrongswan-extra-plugins,libsodium23,libstdc++6
+
 image() {
     if [ -f "$W/out/root.img" ] && [ "$(cat "$W/out/version" 2>/dev/null)" = "$VERSION" ]; then return; fi
     local root=$W/rootfs
     rm -rf "$root" "$W/out"
     mkdir -p "$W/out"
     # minbase has no init: the guest's PID 1 is the script written below.
-    debootstrap --variant=minbase --include=iproute2,kmod,iputils-ping bookworm "$root" "$(mirror)" >"$W/debootstrap.log" 2>&1 \
+    debootstrap --variant=minbase --include="$PACKAGES" bookworm "$root" "$(mirror)" >"$W/debootstrap.log" 2>&1 \
         || { tail -20 "$W/debootstrap.log"; exit 1; }
     mkdir -p "$root/etc/initramfs-tools/conf.d"
     printf '%s\n' virtio_pci virtio_blk ext4 9p 9pnet_virtio >"$root/etc/initramfs-tools/modules"

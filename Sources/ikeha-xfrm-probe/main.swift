@@ -4,6 +4,7 @@
 // INBOUND, writes them (NEWAE, the way a takeover does: the SA's kind of replay state kept,
 // everything below the inbound top counted as seen) and reads them back. Prints one line,
 // `RESULT kind=legacy|esn outbound=N inbound=N bitmap_words=N`, or `ERROR ...` and exits 1.
+// `ikeha-xfrm-probe batch N` times a takeover of N Child SAs instead (Batch.swift).
 // Run inside the kernel VM (scripts/kernel-vm.sh) by the XFRM tests.
 import IPsecHAXFRM
 
@@ -22,6 +23,10 @@ func fail(_ message: String) -> Never {
 }
 
 let arguments = CommandLine.arguments
+if arguments.count == 3, arguments[1] == "batch", let count = Int(arguments[2]), count > 0 {
+    runBatch(count: count)
+    exit(0)
+}
 guard arguments.count == 4 || arguments.count == 6, let destination = parseIPv4(arguments[1]), let source = parseIPv4(arguments[3]),
     let spi = arguments[2].hasPrefix("0x") ? UInt32(arguments[2].dropFirst(2), radix: 16) : UInt32(arguments[2])
 else { fail("usage: ikeha-xfrm-probe DESTINATION SPI SOURCE [OUTBOUND INBOUND]") }

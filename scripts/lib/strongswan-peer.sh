@@ -56,12 +56,16 @@ ike_spis() { sw --list-sas --ike gw | sed -n 's/.*IKEv2, \([0-9a-f]*_i\)[^0-9a-f
 
 # charon's configuration in DIR: initiator from LOCAL to REMOTE (the cluster address),
 # protecting LOCAL_TS <-> REMOTE_TS; DPD after 1 s idle, no MOBIKE.
+# With KERNEL_ESP=1, charon's ESP runs in the kernel (kernel-netlink, plain ESP) instead of
+# kernel-libipsec's ESP in UDP.
 write_charon_config() { # local remote local_ts remote_ts
+    local ipsec_backend="kernel-libipsec kernel-netlink" encap=yes
+    if [ -n "${KERNEL_ESP:-}" ]; then ipsec_backend=kernel-netlink; encap=no; fi
     mkdir -p "$DIR/swanctl/"{x509,x509ca,private,rsa,ecdsa,pkcs8,pkcs12,x509aa,x509ocsp,x509crl,x509ac,pubkey,bliss}
     cat > "$DIR/strongswan.conf" <<CONF
 charon {
     load_modular = no
-    load = random nonce drbg kdf aes sha1 sha2 hmac gcm chapoly curve25519 pem pkcs1 x509 pubkey kernel-libipsec kernel-netlink socket-default vici updown
+    load = random nonce drbg kdf aes sha1 sha2 hmac gcm chapoly curve25519 pem pkcs1 x509 pubkey $ipsec_backend socket-default vici updown
     port = 500
     port_nat_t = 4500
     retransmit_tries = 5
@@ -93,7 +97,7 @@ connections {
         version = 2
         local_addrs = $1
         remote_addrs = $2
-        encap = yes
+        encap = $encap
         mobike = no
         proposals = chacha20poly1305-prfsha256-x25519
         dpd_delay = 1s

@@ -24,6 +24,11 @@ import Glibc
 /// address), takes over on MASTER and never on the synch channel's silence alone; an active
 /// member told BACKUP, FAULT or STOP steps down and rejoins as a standby.
 ///
+/// With `--data-plane xfrm`, ESP runs in the Linux kernel of the member's network namespace:
+/// the gateway installs each negotiated Child SA's two kernel SAs and its policies (plain ESP,
+/// tunnel mode), learns the counters from the kernel's async events and GETAE sweeps, and on
+/// takeover installs every Child SA with the plan's counters before it says it took over.
+///
 /// Events go to standard output as `event=NAME key=value ...` lines with `realtime_ms`, the
 /// wall clock in milliseconds; the log goes to standard error.
 @main
@@ -54,6 +59,9 @@ struct GatewayCommand: ParsableCommand {
     @Option(name: .customLong("crash-on-exchange"), help: "FAULT INJECTION: exit at once, without answering, when a request of this exchange (e.g. CREATE_CHILD_SA) arrives.") var crashOnExchange: String?
     @Option(name: .customLong("vrrp-fifo"), help: "keepalived's notify FIFO: follow its MASTER / BACKUP / FAULT / STOP for this member's role.") var vrrpFIFO: String?
     @Option(name: .customLong("vrrp-instance"), help: "The VRRP instance to follow on the FIFO.") var vrrpInstance = "VI_1"
+    @Option(name: .customLong("data-plane"), help: "userspace (ESP in UDP, answered by this process) or xfrm (the kernel's ESP in this network namespace; needs CAP_NET_ADMIN).") var dataPlane = "userspace"
+    @Option(name: .customLong("miss-count"), help: "Heartbeat intervals (50 ms) of silence before the standby declares the active member failed.") var missCount: UInt64 = 3
+    @Option(name: .customLong("takeover-command"), help: "A shell command run on takeover after the kernel holds the plan's counters and before any IKE message leaves: where no keepalived moves the cluster address, this moves it (e.g. ip addr add ...; arping -U ...).") var takeoverCommand: String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
 
     func run() throws {

@@ -2,6 +2,8 @@ import IPsecHACore
 import IPsecHAGateway
 import IPsecHASync
 import IPsecHASyncNIO
+import IPsecHAXFRM
+import IPsecHAXFRMDataPlane
 import Logging
 import NIOCore
 import NIOPosix
@@ -53,6 +55,8 @@ struct ReferenceGateway {
     var lastDropReport = Timestamp(nanoseconds: 0)
     /// Replies released at the deadline so far (each batch is a warning).
     var repliesReleasedAtDeadline = 0
+    /// The kernel's ESP with `--data-plane xfrm`; nil: userspace ESP.
+    var kernel: XFRMDataPlane<XFRMSocket>?
 
     init(options: GatewayCommand) throws {
         self.options = options
@@ -89,6 +93,8 @@ struct ReferenceGateway {
         channelConfiguration.logger = Logger(label: "sync")
         channelConfiguration.logger.logLevel = .warning
         var memberConfiguration = ClusterMemberConfiguration(channel: channelConfiguration, activeMember: options.active ? member : peer)
+        guard options.missCount >= 2 else { throw GatewayError.configuration("--miss-count must be at least 2") }
+        memberConfiguration.missCount = options.missCount
         memberConfiguration.checkpoints = CounterCheckpointPolicy(packets: options.checkpointPackets, interval: .milliseconds(Int64(clamping: options.checkpointMs)))
         // The advance is at least the checkpoint's packet count: that many may have gone out
         // after the last checkpoint. Outbound it is also at least the policy's maximum rate for
@@ -100,6 +106,20 @@ struct ReferenceGateway {
         fifo = options.vrrpFIFO.map { VRRPNotifyFIFO(path: $0, instance: options.vrrpInstance) }
         memberConfiguration.followsVRRP = fifo != nil
         cluster = try ClusterMember(configuration: memberConfiguration)
+        switch options.dataPlane {
+        case "userspace": kernel = nil
+        case "xfrm":
+            var configuration = XFRMDataPlaneConfiguration()
+            configuration.installsChildSAs = true
+            configuration.replayThreshold = UInt32(clamping: options.checkpointPackets)
+            configuration.timerThreshold = .milliseconds(Int64(clamping: options.checkpointMs))
+            do {
+                kernel = XFRMDataPlane(kernel: try XFRMSocket(subscribeToAsyncEvents: true), configuration: configuration)
+            } catch {
+                throw GatewayError.configuration("--data-plane xfrm: cannot open the XFRM netlink socket: \(error)")
+            }
+        default: throw GatewayError.configuration("--data-plane is userspace or xfrm, not \(options.dataPlane)")
+        }
     }
 
     // MARK: The loop
@@ -120,7 +140,10 @@ struct ReferenceGateway {
         }
         while true {
             let now = Timestamp.monotonicNow()
-            if cluster.isActive { serveIKEAndESP(now: now) }
+            if cluster.isActive {
+                serveIKEAndESP(now: now)
+                followKernel(now: now)
+            }
             if let fifo {
                 for state in fifo.read() {
                     emit("vrrp", ["state": "\(state)"])
@@ -162,6 +185,7 @@ struct ReferenceGateway {
             }
         case .tookOver(let plan, let rekey):
             try tookOver(plan, rekey: rekey, now: now)
+            return
         case .steppedDown(let reason):
             let why =
                 switch reason {
@@ -187,6 +211,38 @@ struct ReferenceGateway {
             emit("reasserted", ["ike_sas": "\(cluster.state.ikeSAs.count)", "counter_jump": "\(jump)", "need_rekey": "\(rekey.count)"])
             logger.warning("another member was active meanwhile (a healed split brain): counters moved on by \(jump)")
         }
+        driveKernel(for: action)
+    }
+
+    /// The kernel's part of `action` (`--data-plane xfrm`): after a takeover, every Child SA
+    /// installed or rewritten with the state's counters. Returns how long that took.
+    @discardableResult
+    mutating func driveKernel(for action: ClusterMemberAction) -> Duration {
+        guard var kernel else { return .zero }
+        let started = ContinuousClock.now
+        do {
+            try cluster.drive(&kernel, for: action)
+        } catch {
+            logger.error("the kernel refused the takeover's SAs", metadata: ["error": "\(error)"])
+            emit("kernel_error", ["during": "takeover", "error": "\(error)"])
+        }
+        self.kernel = kernel
+        return ContinuousClock.now - started
+    }
+
+    /// With `--data-plane xfrm`, once a turn on the active member: the counters the kernel
+    /// reported adopted (the checkpoints carry them), and the kernel made to hold the Child
+    /// SAs the IKE exchanges created and deleted.
+    mutating func followKernel(now: Timestamp) {
+        guard var kernel else { return }
+        do {
+            _ = try cluster.observeCounters(kernel.observedCounters(of: cluster.state, now: now))
+            try kernel.reconcile(cluster.state)
+        } catch {
+            logger.error("kernel data plane", metadata: ["error": "\(error)"])
+            emit("kernel_error", ["error": "\(error)"])
+        }
+        self.kernel = kernel
     }
 
     /// RFC 6027's hard part, after the member promoted itself and applied the plan: the Child
@@ -206,7 +262,11 @@ struct ReferenceGateway {
                 }
             }
         }
-        if sockets.isEmpty { try bindIKESockets() }
+        // The kernel holds the plan's counters before this member says it took over (and so
+        // before the harness or keepalived moves the address to it).
+        let kernelBatch = driveKernel(for: .tookOver(plan, rekey: rekey))
+        let commandTime = options.takeoverCommand.map { runTakeoverCommand($0) } ?? .zero
+        if sockets.isEmpty { try bindIKESockets(freeBind: kernel != nil) }
         responder?.forgetMessageIDSyncs()
         let state = cluster.state
         for decision in plan.childSAs {
@@ -220,7 +280,8 @@ struct ReferenceGateway {
         emit("takeover", [
             "silence_ms": "\(silence)", "epoch": "\(cluster.channel.configuration.epoch)", "ike_sas": "\(state.ikeSAs.count)",
             "child_sas": "\(state.childSACount)", "resumed": "\(plan.childSAs.count - rekey.count)", "rekey": "\(rekey.count)",
-            "counter_advance": options.noCounterAdvance ? "disabled" : "planned", "why": "\(cluster.promotionReason.map { "\($0)" } ?? "")",
+            "counter_advance": options.noCounterAdvance ? "disabled" : "planned", "kernel_us": "\(Int(kernelBatch / .microseconds(1)))",
+            "command_us": "\(Int(commandTime / .microseconds(1)))", "why": "\(cluster.promotionReason.map { "\($0)" } ?? "")",
         ])
         for decision in plan.ikeSAs {
             emit("ike_sa_takeover", ["ike_sa": "\(decision.identifier)", "classification": "\(decision.classification)", "plan": "\(decision.messageIDs)"])
@@ -255,6 +316,26 @@ struct ReferenceGateway {
             logger.warning("Child SA deleted: \(why)", metadata: ["inbound_spi": "\(spi.paddedHexDigits)", "last_sent": "\(lastSent)"])
             emit("child_sa_retired", ["inbound_spi": spi.paddedHexDigits, "last_sent": "\(lastSent)", "why": why])
         }
+    }
+
+    /// Runs `--takeover-command` with `/bin/sh -c` and waits for it: the message-ID syncs and
+    /// IKE replies that follow must leave from an address this member holds. A failure is
+    /// logged; the takeover goes on.
+    func runTakeoverCommand(_ command: String) -> Duration {
+        let started = ContinuousClock.now
+        var pid: pid_t = 0
+        let arguments = ["/bin/sh", "-c", command]
+        var pointers = arguments.map { strdup($0) } + [nil]
+        defer { for pointer in pointers { free(pointer) } }
+        let spawned = posix_spawn(&pid, "/bin/sh", nil, nil, &pointers, environ)
+        var status: Int32 = 0
+        if spawned != 0 {
+            logger.error("--takeover-command could not start", metadata: ["errno": "\(spawned)"])
+        } else {
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            if status != 0 { logger.error("--takeover-command failed", metadata: ["status": "\(status)", "command": "\(command)"]) }
+        }
+        return ContinuousClock.now - started
     }
 
     /// The counters that cannot move on, in `retireChildSAs`'s words.
