@@ -23,11 +23,17 @@ public struct XFRMPolicyDirection: RawRepresentable, Sendable, Hashable, CustomS
 /// The SA a policy asks for (`struct xfrm_user_tmpl`, 64 bytes): the kernel picks the SA with
 /// these addresses, protocol, mode and request ID (SPI 0: any).
 public struct XFRMTemplate: Sendable, Hashable {
+    /// The SA's destination: the far tunnel endpoint outbound, this gateway inbound.
     public var destination: XFRMAddress
+    /// The SA's source.
     public var source: XFRMAddress
+    /// The family of both addresses.
     public var family: UInt16
+    /// 50 for ESP.
     public var ipsecProtocol: UInt8
+    /// `XFRMState.tunnelMode` or `.transportMode`.
     public var mode: UInt8
+    /// The request ID the SA carries (0: any).
     public var requestID: UInt32
 
     /// A template for an ESP SA from `source` to `destination`, tunnel mode by default.
@@ -71,9 +77,13 @@ public struct XFRMPolicy: Sendable, Hashable {
     /// `struct xfrm_userpolicy_info`'s size.
     public static let fixedSize = 168
 
+    /// The traffic the policy applies to.
     public var selector: XFRMSelector
+    /// In, out or forward.
     public var direction: XFRMPolicyDirection
+    /// Lower wins among policies whose selectors overlap.
     public var priority: UInt32
+    /// The SA the traffic must go through.
     public var template: XFRMTemplate
 
     /// A policy; the priority is the kernel's (lower wins), charon's default for its own

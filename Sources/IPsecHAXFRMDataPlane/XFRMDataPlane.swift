@@ -130,6 +130,7 @@ public struct XFRMDataPlaneConfiguration: Sendable, Hashable {
 public struct XFRMDataPlane<Kernel: XFRMKernel>: ClusterDataPlane {
     /// The kernel.
     public var kernel: Kernel
+    /// Thresholds, sweeps and installation.
     public let configuration: XFRMDataPlaneConfiguration
     /// Child SAs whose kernel SAs were missing at the last read or write (ESRCH): installed
     /// later, or deleted meanwhile.
