@@ -21,6 +21,7 @@ set -uo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 GATEWAY=${GATEWAY:-$HERE/.build/release/ikeha-gateway}
 source "$HERE/scripts/lib/strongswan-peer.sh"
+source "$HERE/scripts/lib/keepalived.sh"
 RUNS=("$@")
 [ ${#RUNS[@]} -gt 0 ] || RUNS=(failover@0.01 failover@0.1 no-counter-advance@0.1 no-message-id-sync@0.1 split-brain@0.1)
 BASE=$(mktemp -d /tmp/ikeha-cluster.XXXXXX)
@@ -61,43 +62,6 @@ setup() {
     write_charon_config $PEER_IP $VIP $PEER_INNER $GATEWAY_INNER
     start_charon "$NS_P"
 }
-
-keepalived_config() { # member priority advert
-    cat > "$DIR/keepalived$1.conf" <<CONF
-global_defs {
-    router_id member$1
-    script_user root
-    enable_script_security
-    vrrp_version 3
-    vrrp_higher_prio_send_advert true
-    notify_fifo $DIR/keepalived$1.fifo
-}
-vrrp_instance VI_1 {
-    state BACKUP
-    nopreempt
-    interface eth0
-    virtual_router_id 98
-    priority $2
-    advert_int $3
-    virtual_ipaddress {
-        $VIP/24 dev eth0
-    }
-}
-CONF
-}
-
-start_keepalived() { # member namespace
-    local id=$1 ns=$2
-    ip netns exec "$ns" keepalived -n -l -D -G -P -f "$DIR/keepalived$id.conf" \
-        -p "$DIR/keepalived$id.pid" -r "$DIR/keepalived$id.vrrp.pid" -c "$DIR/keepalived$id.checkers.pid" \
-        -b "$DIR/keepalived$id.bfd.pid" >> "$DIR/keepalived$id.log" 2>&1 < /dev/null &
-    PIDS+=($!)
-    echo $! > "$DIR/keepalived$id.parent"
-    for _ in $(seq 100); do [ -p "$DIR/keepalived$id.fifo" ] && [ -s "$DIR/keepalived$id.vrrp.pid" ] && break; sleep 0.02; done
-    PIDS+=("$(cat "$DIR/keepalived$id.vrrp.pid" 2>/dev/null)")
-}
-
-holds_vip() { ip -n "$1" addr show dev eth0 | grep -q " $VIP/"; }
 
 member() { # id namespace args...
     local id=$1 ns=$2; shift 2

@@ -16,23 +16,22 @@
 # and the peer's XfrmInStateSeqError must rise. Also times a takeover of 1,000 Child SAs in the
 # kernel (ikeha-xfrm-probe batch).
 #
-# Usage: interop-kernel.sh [scenario ...] (failover, no-counter-advance; default both).
+# The "keepalived" scenario is the failover with keepalived (VRRPv3, 100 ms adverts) in both
+# member namespaces moving the address and telling the members their roles, as
+# scripts/cluster.sh does with userspace ESP.
+#
+# Usage: interop-kernel.sh [scenario ...] (failover, no-counter-advance, keepalived; default
+# all three).
 # Exit 77 (skipped) without root, qemu or debootstrap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "interop-kernel: skipped: needs root (debootstrap and qemu build and boot the VM)"; exit 77; }
-for tool in qemu-system-x86_64 debootstrap mkfs.ext4; do
-    command -v "$tool" >/dev/null || { echo "interop-kernel: skipped: $tool is missing (make test installs qemu-system-x86 and debootstrap)"; exit 77; }
-done
-SCENARIOS=${*:-failover no-counter-advance}
-# The Swift runtime linked in: the guest has none (libsodium and libstdc++ come from Debian).
-swift build -c release --scratch-path .build/xfrm-probe --product ikeha-gateway -Xswiftc -static-stdlib >/dev/null
-swift build -c release --scratch-path .build/xfrm-probe --product ikeha-xfrm-probe -Xswiftc -static-stdlib >/dev/null
+scripts/kernel-vm.sh check interop-kernel
+SCENARIOS=${*:-failover no-counter-advance keepalived}
 share=$(mktemp -d)
 trap 'if [ -n "${KEEP_LOGS:-}" ]; then echo "interop-kernel: guest files in $share/out"; else rm -rf "$share"; fi' EXIT
-cp .build/xfrm-probe/release/ikeha-gateway "$share/ikeha-gateway"
-cp .build/xfrm-probe/release/ikeha-xfrm-probe "$share/probe"
-cp scripts/lib/strongswan-peer.sh "$share/"
+scripts/kernel-vm.sh binary ikeha-gateway "$share/ikeha-gateway"
+scripts/kernel-vm.sh binary ikeha-xfrm-probe "$share/probe"
+cp scripts/lib/strongswan-peer.sh scripts/lib/keepalived.sh "$share/"
 echo "$SCENARIOS" >"$share/scenarios"
 cat >"$share/run.sh" <<'GUEST'
 #!/bin/bash
@@ -41,6 +40,7 @@ HERE=/mnt/host
 GATEWAY=$HERE/ikeha-gateway
 KERNEL_ESP=1
 source "$HERE/strongswan-peer.sh"
+source "$HERE/keepalived.sh"
 # The crypto too: loaded on demand by the first NEWSA, it stalls the member that installs it for
 # seconds under emulation, long enough for the other member to declare it dead.
 for module in esp4 xfrm_user veth bridge seqiv chacha20poly1305 chacha_generic chacha_x86_64 poly1305_generic poly1305_x86_64; do
@@ -51,7 +51,7 @@ done
 ip xfrm state add src 10.255.0.1 dst 10.255.0.2 proto esp spi 0x100 mode tunnel \
     aead 'rfc7539esp(chacha20,poly1305)' 0x000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20212223 128
 ip xfrm state flush
-PEER_IP=10.99.0.1 CLUSTER_IP=10.99.0.2 PEER_INNER=10.99.1.1 GATEWAY_INNER=10.99.2.1
+PEER_IP=10.99.0.1 CLUSTER_IP=10.99.0.2 VIP=10.99.0.2 PEER_INNER=10.99.1.1 GATEWAY_INNER=10.99.2.1
 declare -A MEMBER_IP=([A]=10.99.0.11 [B]=10.99.0.12)
 
 # The peer's counters of XFRM errors: "SeqError ProtoError".
@@ -64,22 +64,20 @@ setup() {
         ip netns add "$ns"
         # No IPv6: link-local DAD would make charon send MOBIKE updates (no sysctl in the image).
         ip netns exec "$ns" sh -c 'echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6; echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6'
-        ip link add "v$ns" type veth peer name "b$ns"
+        ip link add "b$ns" type veth peer name eth0 netns "$ns"
         ip link set "b$ns" master br0 up
-        ip link set "v$ns" netns "$ns"
         ip -n "$ns" link set lo up
-        ip -n "$ns" link set "v$ns" up
+        ip -n "$ns" link set eth0 up
     done
-    ip -n P addr add $PEER_IP/24 dev vP
+    ip -n P addr add $PEER_IP/24 dev eth0
     ip -n P addr add $PEER_INNER/32 dev lo
     for ns in A B; do
-        ip -n "$ns" addr add "${MEMBER_IP[$ns]}/24" dev "v$ns"
+        ip -n "$ns" addr add "${MEMBER_IP[$ns]}/24" dev eth0
         # The inner address this gateway answers pings for, and the way back to the peer's
         # inner address (the kernel's out policy then sends it through the tunnel).
         ip -n "$ns" addr add $GATEWAY_INNER/32 dev lo
-        ip -n "$ns" route add $PEER_INNER/32 dev "v$ns" src $GATEWAY_INNER
+        ip -n "$ns" route add $PEER_INNER/32 dev eth0 src $GATEWAY_INNER
     done
-    ip -n A addr add $CLUSTER_IP/24 dev vA
     write_charon_config $PEER_IP $CLUSTER_IP $PEER_INNER $GATEWAY_INNER
     start_charon P
 }
@@ -95,16 +93,30 @@ run_scenario() {
     local scenario=$1 b_args=()
     DIR=/tmp/kernel-$scenario
     say "=== scenario $scenario ==="
+    local a_args=() address_move=(--takeover-command "ip addr add $CLUSTER_IP/24 dev eth0 && { arping -U -c 2 -w 2 -I eth0 $CLUSTER_IP >$DIR/arping.log 2>&1 & }")
     [ "$scenario" = no-counter-advance ] && b_args=(--no-counter-advance)
     setup || { fail "$scenario: setup"; teardown; return; }
+    if [ "$scenario" = keepalived ]; then
+        # keepalived moves the address (VRRPv3, adverts every 100 ms) and tells each member its
+        # role through the notify FIFO: B takes over on MASTER, with the address already there.
+        keepalived_config 1 150 0.1
+        keepalived_config 2 100 0.1
+        start_keepalived 1 A
+        for _ in $(seq 200); do holds_vip A && break; sleep 0.05; done
+        holds_vip A || { fail "$scenario: keepalived never gave A the address"; teardown; return; }
+        start_keepalived 2 B
+        a_args=(--vrrp-fifo "$DIR/keepalived1.fifo")
+        address_move=(--vrrp-fifo "$DIR/keepalived2.fifo")
+    else
+        ip -n A addr add $CLUSTER_IP/24 dev eth0
+    fi
     start_member A 1 $CLUSTER_IP $GATEWAY_INNER $PEER_INNER/32 "${MEMBER_IP[A]}:7101" "2=${MEMBER_IP[B]}:7102" \
-        --active --data-plane xfrm "${LAG[@]}" --announce-checkpoints
+        --active --data-plane xfrm "${LAG[@]}" --announce-checkpoints "${a_args[@]}"
     # B only once A runs: under emulation the first start of a binary takes seconds, and a B
     # that hears nobody meanwhile becomes active itself.
     wait_for "$DIR/member1.events" event=active 30 || { fail "$scenario: A did not start"; tail -5 "$DIR/member1.log"; teardown; return; }
     start_member B 2 $CLUSTER_IP $GATEWAY_INNER $PEER_INNER/32 "${MEMBER_IP[B]}:7102" "1=${MEMBER_IP[A]}:7101" \
-        --data-plane xfrm "${LAG[@]}" "${b_args[@]}" \
-        --takeover-command "ip addr add $CLUSTER_IP/24 dev vB && { arping -U -c 2 -w 2 -I vB $CLUSTER_IP >$DIR/arping.log 2>&1 & }"
+        --data-plane xfrm "${LAG[@]}" "${b_args[@]}" "${address_move[@]}"
     wait_for "$DIR/member2.events" event=standby_ready 20 || { fail "$scenario: B never became ready"; tail -5 "$DIR"/member*.log; teardown; return; }
     initiate || { tail -20 "$DIR/member1.log"; teardown; return; }
     say "A's kernel: $(ip -n A xfrm state | grep -c '^src') SAs, $(ip -n A xfrm policy | grep -c '^src') policies"
@@ -115,8 +127,12 @@ run_scenario() {
     errors_before=$(xfrm_errors)
     log_at=$(charon_lines)
     kill_ms=$(date +%s%3N)
+    if [ "$scenario" = keepalived ]; then
+        # The VRRP child first: a parent killed first lets it send a graceful priority-0 advert.
+        kill -KILL "$(cat "$DIR/keepalived1.vrrp.pid")" "$(cat "$DIR/keepalived1.parent")"
+    fi
     kill -KILL "$(cat "$DIR/member1.pid")"
-    ip -n A link set vA down
+    ip -n A link set eth0 down
     say "A killed and its link down; peer's XFRM errors (seq proto) before: $errors_before"
     if ! wait_for "$DIR/member2.events" event=takeover 10; then
         fail "$scenario: B did not take over"; tail -20 "$DIR/member2.log"; teardown; return
@@ -126,7 +142,7 @@ run_scenario() {
     say "B: $(grep -o 'event=takeover.*' "$DIR/member2.events" | head -1)"
     say "B's kernel: $(ip -n B xfrm state | grep -c '^src') SAs, $(ip -n B xfrm policy | grep -c '^src') policies"
     sleep 0.5
-    say "peer's neighbours: $(ip -n P neigh | tr '\n' ';') B's link: $(ip -n B link show vB | grep -o 'link/ether [0-9a-f:]*')"
+    say "peer's neighbours: $(ip -n P neigh | tr '\n' ';') B's link: $(ip -n B link show eth0 | grep -o 'link/ether [0-9a-f:]*')"
     sleep 3.5
     local first_reply_s first_reply_ms=""
     # The first reply that B's kernel sent: after B took over (replies A sent before its link
@@ -158,7 +174,10 @@ run_scenario() {
     local summary
     summary=$(stop_ping)
     read -r sent answered lost <<<"$summary"
-    say "FIGURE packets_lost=$lost sent=$sent first_reply_ms=${first_reply_ms:-none} takeover_ms=$((takeover_ms - kill_ms)) b_window_drops=$(ip netns exec B awk '$1 == "XfrmInStateSeqError" {print $2}' /proc/net/xfrm_stat) kernel_batch_us=$(sed -n 's/.*event=takeover.* kernel_us=\([0-9]*\).*/\1/p' "$DIR/member2.events" | head -1)"
+    local master_ms
+    master_ms=$(sed -n 's/.*event=vrrp member=2 realtime_ms=\([0-9]*\) state=MASTER.*/\1/p' "$DIR/member2.events" | head -1)
+    [ -n "$master_ms" ] && say "keepalived made B MASTER $((master_ms - kill_ms)) ms after the kill"
+    say "FIGURE scenario=$scenario packets_lost=$lost sent=$sent first_reply_ms=${first_reply_ms:-none} takeover_ms=$((takeover_ms - kill_ms)) b_window_drops=$(ip netns exec B awk '$1 == "XfrmInStateSeqError" {print $2}' /proc/net/xfrm_stat) kernel_batch_us=$(sed -n 's/.*event=takeover.* kernel_us=\([0-9]*\).*/\1/p' "$DIR/member2.events" | head -1)"
     teardown
 }
 

@@ -6,6 +6,9 @@
 #   scripts/kernel-vm.sh run SHARE    boot it; the guest runs SHARE/run.sh (SHARE is mounted at
 #                                     /mnt/host), writes SHARE/out/{log,rc}, powers off; the exit
 #                                     status is run.sh's (98/99: the VM itself failed)
+#   scripts/kernel-vm.sh check NAME   exit 77, saying why, where the VM cannot run
+#   scripts/kernel-vm.sh binary PRODUCT DESTINATION
+#                                     a static build of one of the package's executables
 #
 # Needs root, qemu-system-x86, debootstrap and the Debian mirror apt already uses (build only).
 # KVM does not run a stock kernel on these machines: qemu emulates (TCG), fine for functions,
@@ -14,7 +17,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 W=${KERNEL_VM_DIR:-$HERE/.build/kernel-vm}
 # Bump when the image's contents change, so that a cached image is rebuilt.
-VERSION=2
+VERSION=4
 
 mirror() {
     local uri
@@ -23,10 +26,10 @@ mirror() {
     echo "${uri:-http://deb.debian.org/debian}"
 }
 
-# In the guest: iproute2 and kmod for XFRM; strongSwan's charon with its kernel backend, ping and
-# arping for interop-kernel.sh; libsodium and libstdc++ for the package's binaries (built with
-# the Swift runtime linked in).
-PACKAGES=iproute2,kmod,iputils-ping,iputils-arping,strongswan-charon,strongswan-swanctl,libcharon-extra-plugins,libstrongswan-standard-plugins,libstrongswan-extra-plugins,libsodium23,libstdc++6
+# In the guest: iproute2 and kmod for XFRM; strongSwan's charon with its kernel backend, ping,
+# arping and keepalived for interop-kernel.sh; libsodium and libstdc++ for the package's
+# binaries (built with the Swift runtime linked in).
+PACKAGES=iproute2,kmod,iputils-ping,iputils-arping,strongswan-charon,strongswan-swanctl,libcharon-extra-plugins,libstrongswan-standard-plugins,libstrongswan-extra-plugins,libsodium23,libstdc++6,keepalived
 
 image() {
     if [ -f "$W/out/root.img" ] && [ "$(cat "$W/out/version" 2>/dev/null)" = "$VERSION" ]; then return; fi
@@ -56,7 +59,7 @@ ip link set lo up
 RC=98
 if modprobe 9pnet_virtio && mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 host0 /mnt/host; then
     mkdir -p /mnt/host/out
-    timeout -k 5 300 /mnt/host/run.sh >/tmp/run.log 2>&1 </dev/null
+    timeout -k 5 540 /mnt/host/run.sh >/tmp/run.log 2>&1 </dev/null
     RC=$?
     cp /tmp/run.log /mnt/host/out/log
     echo "$RC" >/mnt/host/out/rc
@@ -94,8 +97,25 @@ run() {
     return "$(cat "$share/out/rc")"
 }
 
+# Exit 77 (skipped), saying why as NAME, unless this machine can build and boot the VM.
+check() { # name
+    [ "$(id -u)" = 0 ] || { echo "$1: skipped: needs root (debootstrap and qemu build and boot the VM)"; exit 77; }
+    for tool in qemu-system-x86_64 debootstrap mkfs.ext4; do
+        command -v "$tool" >/dev/null || { echo "$1: skipped: $tool is missing (make test installs qemu-system-x86 and debootstrap)"; exit 77; }
+    done
+}
+
+# One of the package's executables for the guest, with the Swift runtime linked in (the guest has
+# none; libsodium and libstdc++ come from Debian).
+binary() { # product destination
+    (cd "$HERE" && swift build -c release --scratch-path .build/xfrm-probe --product "$1" -Xswiftc -static-stdlib >/dev/null)
+    cp "$HERE/.build/xfrm-probe/release/$1" "$2"
+}
+
 case "${1:-}" in
+check) check "${2:?a name}" ;;
+binary) binary "${2:?a product}" "${3:?a destination}" ;;
 image) image ;;
 run) image; run "${2:?the share directory}" ;;
-*) sed -n '2,12p' "$0"; exit 2 ;;
+*) sed -n '2,15p' "$0"; exit 2 ;;
 esac

@@ -7,15 +7,10 @@
 # the kernel itself holds. Exit 77 (skipped) without root, qemu or debootstrap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "xfrm-kernel: skipped: needs root (debootstrap and qemu build and boot the VM)"; exit 77; }
-for tool in qemu-system-x86_64 debootstrap mkfs.ext4; do
-    command -v "$tool" >/dev/null || { echo "xfrm-kernel: skipped: $tool is missing (make test installs qemu-system-x86 and debootstrap)"; exit 77; }
-done
-# The Swift runtime linked in: the guest has none.
-swift build -c release --scratch-path .build/xfrm-probe --product ikeha-xfrm-probe -Xswiftc -static-stdlib >/dev/null
+scripts/kernel-vm.sh check xfrm-kernel
 share=$(mktemp -d)
 trap 'rm -rf "$share"' EXIT
-cp .build/xfrm-probe/release/ikeha-xfrm-probe "$share/probe"
+scripts/kernel-vm.sh binary ikeha-xfrm-probe "$share/probe"
 cat >"$share/run.sh" <<'GUEST'
 #!/bin/sh
 set -e
