@@ -98,8 +98,9 @@ public struct XFRMDataPlaneConfiguration: Sendable, Hashable {
     /// socket buffer are lost (counted as overruns, which also start a sweep at once).
     public var sweepInterval: Duration = .seconds(1)
     /// Whether this data plane installs each Child SA's two kernel SAs and its policies
-    /// (``reconcile(_:)`` on the active member, ``startServing(_:)`` after a takeover), as
-    /// the reference gateway does; false when the IKE stack installs them itself.
+    /// (``XFRMDataPlane/reconcile(_:)`` on the active member, ``XFRMDataPlane/startServing(_:)``
+    /// after a takeover), as the reference gateway does; false when the IKE stack installs
+    /// them itself.
     public var installsChildSAs = false
     /// The priority of the policies it installs (lower wins in the kernel).
     public var policyPriority: UInt32 = 1_000

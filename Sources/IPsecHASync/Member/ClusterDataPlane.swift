@@ -7,7 +7,7 @@ public enum CounterKeeping: Sendable, Hashable {
     case package
     /// The data plane itself (ESP in a kernel, as Linux XFRM, or in a NIC): nothing in the
     /// package sees each packet, so the active member reads them
-    /// (``ClusterDataPlane/observedCounters(of:)``) and adopts them
+    /// (``ClusterDataPlane/observedCounters(of:now:)``) and adopts them
     /// (``ClusterMember/observeCounters(_:)``) before each checkpoint.
     case dataPlane
 }
