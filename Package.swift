@@ -19,6 +19,9 @@ let package = Package(
         .library(name: "IPsecHAXFRMDataPlane", targets: ["IPsecHAXFRMDataPlane"]),
         .library(name: "IPsecHASyncNIO", targets: ["IPsecHASyncNIO"]),
         .executable(name: "ikeha-demo", targets: ["ikeha-demo"]),
+        // libipsecha.so: ClusterMember for daemons written in C (include/ipsecha.h,
+        // `make install-c`, Docs/EmbeddingFromC.md).
+        .library(name: "ipsecha", type: .dynamic, targets: ["IPsecHACAPI"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -45,6 +48,15 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ],
+            swiftSettings: strictSettings
+        ),
+        // The C interface's header, Sources/CIPsecHA/include/ipsecha.h: the one definition of
+        // its functions and structures, which IPsecHACAPI implements (`@c @implementation`, so
+        // that the compiler holds the two to the same signatures).
+        .target(name: "CIPsecHA"),
+        .target(
+            name: "IPsecHACAPI",
+            dependencies: ["IPsecHACore", "IPsecHASync", "CIPsecHA"],
             swiftSettings: strictSettings
         ),
         // The UDP transport, apart so that an embedder with its own transport does not link NIO.

@@ -186,7 +186,7 @@ public struct IKESATakeover: Sendable, Hashable {
 }
 
 /// Why an IKE SA's message IDs are handled as they are.
-public enum IKESATakeoverReason: Sendable, Hashable, CustomStringConvertible {
+public enum IKESATakeoverReason: Sendable, Hashable, CaseIterable, CustomStringConvertible {
     /// Nothing in flight, nothing missed: the replicated values are exact.
     case nothingInFlightNothingMissed
     /// An exchange was in flight; the peer negotiated RFC 6311.

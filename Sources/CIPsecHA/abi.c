@@ -1,0 +1,8 @@
+// The layouts ipsecha.h promises, checked where the library is built: a change that moves a
+// field of the frozen structure, or shrinks the ABI's integers, fails the build instead of
+// every embedder.
+#include "ipsecha.h"
+
+_Static_assert(sizeof(ipsecha_traffic_selector) == 38, "ipsecha_traffic_selector is frozen at 38 bytes");
+_Static_assert(sizeof(uint64_t) == 8 && sizeof(uint32_t) == 4, "fixed-width integers");
+_Static_assert(IPSECHA_ABI_VERSION == 1, "bump the static assertions with the ABI");
