@@ -4,7 +4,7 @@
 SWIFT ?= swift
 DEBIAN_PACKAGES := libsodium-dev pkg-config
 # Only some tests need these (they skip, saying what is missing, where they are not installed).
-TEST_PACKAGES := tshark
+TEST_PACKAGES := tshark gcc g++ valgrind
 # The strongSwan interop scenario (scripts/interop.sh, also run by the test suite as root).
 INTEROP_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins iputils-ping
 # The keepalived deployment scenario (scripts/cluster.sh, also run by the test suite as root).
@@ -12,7 +12,9 @@ CLUSTER_PACKAGES := keepalived
 # The Debian VM with the stock kernel (ESP and XFRM) that the kernel data-plane tests boot.
 KERNEL_VM_PACKAGES := qemu-system-x86 debootstrap
 
-.PHONY: demo test interop cluster xfrm-kernel interop-kernel build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-allocations bench-replay bench-state bench-sync bench-failover bench-delete clean
+PREFIX ?= /usr/local
+
+.PHONY: demo test install-c c-api interop cluster xfrm-kernel interop-kernel build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-allocations bench-replay bench-state bench-sync bench-failover bench-delete clean
 
 deps:
 	@./scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
@@ -52,6 +54,19 @@ xfrm-kernel: deps
 interop-kernel: deps
 	@./scripts/ensure-debian-packages.sh $(KERNEL_VM_PACKAGES)
 	./scripts/interop-kernel.sh
+
+# libipsecha for C daemons into $(PREFIX): the shared library (Swift runtime linked in, the C API
+# alone exported), ipsecha.h and ipsecha.pc; then cc app.c $$(pkg-config --cflags --libs ipsecha)
+# (Docs/EmbeddingFromC.md). A release build, about a minute here.
+install-c: deps
+	./scripts/install-c.sh "$(PREFIX)"
+
+# The C API from C, also run by the test suite: the header under -std=c11 -pedantic, every entry
+# point with bad arguments, a two-process failover, each plainly, under AddressSanitizer and
+# valgrind (needs gcc, pkg-config and valgrind).
+c-api: deps
+	@./scripts/ensure-debian-packages.sh gcc g++ valgrind
+	./scripts/c-api.sh
 
 build: deps
 	$(SWIFT) build

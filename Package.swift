@@ -159,6 +159,13 @@ let package = Package(
             dependencies: ["IPsecHAXFRM", "IPsecHAXFRMDataPlane", "IPsecHACore", "IPsecHASync", "IPsecHATestKit"],
             swiftSettings: strictSettings
         ),
+        // scripts/c-api.sh (libipsecha from C, under AddressSanitizer and valgrind), and the C
+        // embedder's takeover plan against the Swift one's.
+        .testTarget(
+            name: "IPsecHACAPITests",
+            dependencies: ["IPsecHACore", "IPsecHASync"],
+            swiftSettings: strictSettings
+        ),
         .testTarget(
             name: "IKEHADemoTests",
             dependencies: ["ikeha-demo", "IPsecHACore"],
