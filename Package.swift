@@ -56,7 +56,7 @@ let package = Package(
         .target(name: "CIPsecHA"),
         .target(
             name: "IPsecHACAPI",
-            dependencies: ["IPsecHACore", "IPsecHASync", "CIPsecHA"],
+            dependencies: ["IPsecHACore", "IPsecHASync", "CIPsecHA", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
         // The UDP transport, apart so that an embedder with its own transport does not link NIO.

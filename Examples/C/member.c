@@ -36,6 +36,15 @@
 
 #define MAX_IKE_SAS 64
 
+static const char *role = "member";
+
+/* The library's log lines, into this daemon's own log (here: standard error, with its role). */
+static void log_line(void *context, int level, const char *label, const char *message) {
+    (void)context;
+    static const char *const names[] = {"trace", "debug", "info", "notice", "warning", "error", "critical"};
+    fprintf(stderr, "%s: %s %s: %s\n", role, level >= 0 && level <= 6 ? names[level] : "?", label, message);
+}
+
 static uint64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -77,7 +86,7 @@ static int read_key(const char *path, uint8_t key[32]) {
 
 /* Drains the member's actions: datagrams go out, the rest is reported. Returns 1 once the
  * member took over (after printing the plan). */
-static int drain(ipsecha_member *member, struct cluster_link *link, const char *role, uint64_t *released) {
+static int drain(ipsecha_member *member, struct cluster_link *link, uint64_t *released) {
     ipsecha_action action;
     ipsecha_action_init(&action);
     int took_over = 0;
@@ -235,7 +244,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     int active = strcmp(argv[1], "active") == 0;
-    const char *role = argv[1];
+    role = argv[1];
+    ipsecha_set_log_function(log_line, NULL, IPSECHA_LOG_NOTICE);
     uint16_t own_port = (uint16_t)atoi(argv[2]);
     uint16_t peer_port = (uint16_t)atoi(argv[3]);
     unsigned ike_sas = argc > 5 ? (unsigned)atoi(argv[5]) : 4;
@@ -296,12 +306,12 @@ int main(int argc, char **argv) {
             ssize_t got;
             while ((got = recv(link.fd, datagram, sizeof datagram, MSG_DONTWAIT)) > 0) {
                 CHECK(ipsecha_receive(member, datagram, (size_t)got, now_ns()), member);
-                done |= drain(member, &link, role, &released);
+                done |= drain(member, &link, &released);
             }
         }
         now = now_ns();
         CHECK(ipsecha_tick(member, now), member);
-        done |= drain(member, &link, role, &released);
+        done |= drain(member, &link, &released);
         /* Half a second in, as if the peers had come: the standby has joined by then, so each
          * token waits until it holds the change. */
         if (active && !established && now - start >= 500000000u) {

@@ -73,6 +73,7 @@ func memberConfiguration(_ config: ipsecha_config) throws(CAPIFailure) -> (Clust
 public func ipsecha_member_create(_ config: UnsafePointer<ipsecha_config>?, _ memberOut: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
     guard let memberOut else { return IPSECHA_E_NULL.rawValue }
     memberOut.pointee = nil
+    bootstrapLogging()
     do throws(CAPIFailure) {
         let (configuration, dataPlane) = try memberConfiguration(try readStructure(config, "config"))
         let member: ClusterMember

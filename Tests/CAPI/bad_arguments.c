@@ -416,12 +416,39 @@ static void standby_and_observed(void) {
     ipsecha_member_destroy(member);
 }
 
+static int log_lines = 0;
+static void count_line(void *context, int level, const char *label, const char *message) {
+    (void)level;
+    if (context == &log_lines && strncmp(label, "ipsecha.", 8) == 0 && strlen(message) > 0) log_lines++;
+}
+
+/* The log function gets the lines of members made before it was set, at its level. */
+static void logs(void) {
+    EXPECT(ipsecha_set_log_function(count_line, &log_lines, 7), IPSECHA_E_INVALID_ARGUMENT);
+    EXPECT(ipsecha_set_log_function(count_line, &log_lines, -1), IPSECHA_E_INVALID_ARGUMENT);
+    ipsecha_config config = good_config(1, 1);
+    ipsecha_member *member = NULL;
+    EXPECT(ipsecha_member_create(&config, &member), IPSECHA_OK);
+    if (!member) return;
+    EXPECT(ipsecha_set_log_function(count_line, &log_lines, IPSECHA_LOG_CRITICAL), IPSECHA_OK);
+    uint8_t forged[64];
+    memset(forged, 0x5a, sizeof forged);
+    EXPECT(ipsecha_receive(member, forged, sizeof forged, 0), IPSECHA_OK);
+    EXPECT_TRUE(log_lines == 0);
+    EXPECT(ipsecha_set_log_function(count_line, &log_lines, IPSECHA_LOG_TRACE), IPSECHA_OK);
+    EXPECT(ipsecha_receive(member, forged, sizeof forged, 0), IPSECHA_OK); /* logged at debug */
+    EXPECT_TRUE(log_lines > 0);
+    EXPECT(ipsecha_set_log_function(NULL, NULL, IPSECHA_LOG_INFO), IPSECHA_OK);
+    ipsecha_member_destroy(member);
+}
+
 int main(void) {
     for (size_t b = 0; b < sizeof key; b++) key[b] = (uint8_t)(0xa0 + b);
     configuration_and_lifecycle();
     null_handles();
     active_member();
     standby_and_observed();
+    logs();
     printf("%d checks, %d failed\n", checks, failures);
     return failures == 0 ? 0 : 1;
 }

@@ -106,6 +106,30 @@ typedef enum ipsecha_status {
 const char *ipsecha_status_name(int status);
 
 /* ------------------------------------------------------------------------------------------ */
+/* Logs                                                                                       */
+
+typedef enum ipsecha_log_level {
+    IPSECHA_LOG_TRACE = 0,
+    IPSECHA_LOG_DEBUG = 1,
+    IPSECHA_LOG_INFO = 2,
+    IPSECHA_LOG_NOTICE = 3,
+    IPSECHA_LOG_WARNING = 4,
+    IPSECHA_LOG_ERROR = 5,
+    IPSECHA_LOG_CRITICAL = 6
+} ipsecha_log_level;
+
+/* Receives one log line: its level, the part of the library it comes from ("ipsecha.sync.channel")
+ * and the message with its details ("synch records missing, asking again missing=[3]"). Both
+ * strings are valid during the call only. Called on the thread of the call that logs. */
+typedef void (*ipsecha_log_function)(void *context, int level, const char *label, const char *message);
+
+/* Sends the library's log lines at minimum_level (an ipsecha_log_level) or above to function,
+ * for every member, from now on; NULL sends them to standard error ("level label: message"),
+ * which is where they go, at IPSECHA_LOG_INFO and above, until a call. Process-wide and
+ * thread-safe; context is passed back as is. IPSECHA_E_INVALID_ARGUMENT for an unknown level. */
+int ipsecha_set_log_function(ipsecha_log_function function, void *context, int minimum_level);
+
+/* ------------------------------------------------------------------------------------------ */
 /* Configuration and lifecycle                                                                */
 
 /* Who keeps the Child SAs' ESP counters. */
