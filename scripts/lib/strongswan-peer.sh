@@ -191,9 +191,14 @@ check_strongswan_after_failover() { # log_at first_reply_ms ping-ns gateway-inne
         pass "charon processed the message-ID sync: $(echo "$after" | grep "responder requested MID sync" | head -1 | sed 's/^ *//')"
         echo "$after" | grep -E "parsed INFORMATIONAL request 0|generating INFORMATIONAL response 0" | head -2 | sed 's/^/    /'
     else fail "no 'responder requested MID sync' in charon's log"; fi
-    sleep 3  # idle: charon's 1 s DPD runs against B
-    local dpd
-    dpd=$(charon_since "$log_at" | grep -E "generating INFORMATIONAL request [1-9][0-9]* \[ \]" | tail -1)
+    # Idle: charon's 1 s DPD runs against B. Up to 15 s, not a fixed wait: under emulation with
+    # the rest of the suite running, a DPD round can take several seconds.
+    local dpd="" waited
+    for waited in $(seq 30); do
+        dpd=$(charon_since "$log_at" | grep -E "generating INFORMATIONAL request [1-9][0-9]* \[ \]" | tail -1)
+        [ -n "$dpd" ] && charon_since "$log_at" | grep -qE "parsed INFORMATIONAL response [1-9][0-9]* \[ \]" && break
+        sleep 0.5
+    done
     if [ -n "$dpd" ] && charon_since "$log_at" | grep -qE "parsed INFORMATIONAL response [1-9][0-9]* \[ \]"; then
         pass "liveness check by charon answered by B: $(echo "$dpd" | sed 's/^ *//')"
     else fail "no liveness check answered after the failover"; fi
