@@ -4,7 +4,7 @@
 SWIFT ?= swift
 DEBIAN_PACKAGES := libsodium-dev pkg-config
 # Only some tests need these (they skip, saying what is missing, where they are not installed).
-TEST_PACKAGES := tshark gcc g++ valgrind
+TEST_PACKAGES := tshark gcc g++ valgrind nftables python3
 # The strongSwan interop scenario (scripts/interop.sh, also run by the test suite as root).
 INTEROP_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins iputils-ping
 # The keepalived deployment scenario (scripts/cluster.sh, also run by the test suite as root).

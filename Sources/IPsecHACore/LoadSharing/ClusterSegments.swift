@@ -20,12 +20,25 @@ public enum SegmentKey: Sendable, Hashable {
     case initiatorSPI
 }
 
-/// How a cluster divides IKE SAs into segments: the number of segments, what is hashed, and
-/// the cluster-wide hash seed. Every member must use the same values.
+/// How a segment's hash is computed from its key.
+public enum SegmentHash: Sendable, Hashable {
+    /// A 64-bit keyed mix of the seed and the key (SplitMix64's finaliser): for a steering
+    /// engine of the embedder's own, or none.
+    case keyedMix
+    /// The Linux kernel's jhash with the seed's low 32 bits, scaled to the segment count as
+    /// nftables' `jhash ... mod N` scales it (``LinuxJHash``): over the peer address's 4 or 16
+    /// bytes, or the initiator SPI's 8 bytes in network order. What a rule such as
+    /// `jhash ip saddr mod 64 seed 0x5eed` computes in the kernel, so that nftables steers each
+    /// packet to its segment's member with no process in the path (Docs/LoadSharing.md).
+    case nftablesJHash
+}
+
+/// How a cluster divides IKE SAs into segments: the number of segments, what is hashed, how,
+/// and the cluster-wide hash seed. Every member must use the same values.
 ///
-/// The hash is keyed (a 64-bit mix of the seed and the key, not cryptographic): with a seed
-/// kept secret, like the cluster key, a peer cannot pick addresses or SPIs that crowd one
-/// segment. It must not be Swift's `Hasher`, whose seed differs from process to process.
+/// The hash is keyed (not cryptographic): with a seed kept secret, like the cluster key, a peer
+/// cannot pick addresses or SPIs that crowd one segment. It must not be Swift's `Hasher`, whose
+/// seed differs from process to process.
 public struct ClusterSegments: Sendable, Hashable {
     /// The most segments a cluster may have: 2^12, so that the segment fits in the top bits of
     /// an SPI beside the member bits (``SPILayout``).
@@ -35,15 +48,19 @@ public struct ClusterSegments: Sendable, Hashable {
     public let count: Int
     /// What is hashed.
     public let key: SegmentKey
-    /// The cluster-wide hash seed.
+    /// The cluster-wide hash seed (its low 32 bits only with ``SegmentHash/nftablesJHash``).
     public let seed: UInt64
+    /// How the key is hashed.
+    public let hash: SegmentHash
 
-    /// Segments from their count, key and seed. Throws ``LoadSharingError/segmentCountOutOfRange(_:)``.
-    public init(count: Int, key: SegmentKey = .peerAddress, seed: UInt64) throws(LoadSharingError) {
+    /// Segments from their count, key, seed and hash. Throws
+    /// ``LoadSharingError/segmentCountOutOfRange(_:)``.
+    public init(count: Int, key: SegmentKey = .peerAddress, seed: UInt64, hash: SegmentHash = .keyedMix) throws(LoadSharingError) {
         guard count >= 1, count <= Self.maximumCount else { throw .segmentCountOutOfRange(count) }
         self.count = count
         self.key = key
         self.seed = seed
+        self.hash = hash
     }
 
     /// Every segment, in order.
@@ -51,10 +68,17 @@ public struct ClusterSegments: Sendable, Hashable {
 
     /// The segment of an IKE SA with this peer and initiator SPI.
     public func segment(peer: IPAddress, initiatorSPI: UInt64) -> Segment {
-        switch key {
-        case .peerAddress: segment(ofHash: Self.mix(Self.mix(seed ^ peer.high) ^ peer.low ^ UInt64(peer.family.rawValue)))
-        case .initiatorSPI: segment(ofHash: Self.mix(seed ^ initiatorSPI))
+        switch (hash, key) {
+        case (.keyedMix, .peerAddress): segment(ofHash: Self.mix(Self.mix(seed ^ peer.high) ^ peer.low ^ UInt64(peer.family.rawValue)))
+        case (.keyedMix, .initiatorSPI): segment(ofHash: Self.mix(seed ^ initiatorSPI))
+        case (.nftablesJHash, .peerAddress): segment(ofJHashOver: peer.bytes)
+        case (.nftablesJHash, .initiatorSPI): segment(ofJHashOver: (0..<8).map { UInt8(truncatingIfNeeded: initiatorSPI >> (56 - 8 * $0)) })
         }
+    }
+
+    private func segment(ofJHashOver bytes: [UInt8]) -> Segment {
+        let hash = LinuxJHash.hash(bytes, seed: UInt32(truncatingIfNeeded: seed))
+        return Segment(rawValue: UInt16(LinuxJHash.scale(hash, to: UInt32(count))))
     }
 
     /// The segment of an IKE SA.
