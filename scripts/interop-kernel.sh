@@ -170,9 +170,11 @@ run_scenario() {
     if [ "$seq_after" -eq "$seq_before" ] && [ "$proto_after" -eq "$proto_before" ]; then
         pass "the peer's /proc/net/xfrm_stat: no new XfrmInStateSeqError ($seq_after) or XfrmInStateProtoError ($proto_after)"
     else fail "the peer's kernel dropped B's packets: XfrmInStateSeqError $seq_before -> $seq_after, XfrmInStateProtoError $proto_before -> $proto_after"; fi
-    check_strongswan_after_failover "$log_at" "$first_reply_ms" P $GATEWAY_INNER
+    # The pings stop first: charon runs DPD only on an idle IKE SA, and with B's replies flowing
+    # (keepalived's quick move leaves no gap) the liveness check would never come.
     local summary
     summary=$(stop_ping)
+    check_strongswan_after_failover "$log_at" "$first_reply_ms" P $GATEWAY_INNER
     read -r sent answered lost <<<"$summary"
     local master_ms
     master_ms=$(sed -n 's/.*event=vrrp member=2 realtime_ms=\([0-9]*\) state=MASTER.*/\1/p' "$DIR/member2.events" | head -1)
