@@ -190,7 +190,7 @@ public struct LoadSharingCluster {
             switch action {
             case .transmit(let to, let datagram):
                 try member.transport.send(datagram, to: to, now: now)
-            case .segmentStarted(_, _?, let handedOver, let rekey):
+            case .segmentStarted(_, _?, let handedOver, _, let rekey):
                 if handedOver { report.segmentsHandedOver += 1 } else { report.segmentsTakenOver += 1 }
                 report.childSAsRekeyed += rekey.count
             default:

@@ -249,7 +249,7 @@ struct ClusterMemberTests {
         }
         try cluster.run(for: .seconds(2))
         func started(_ index: Int) -> [Segment] {
-            cluster.events[index].compactMap { if case .segmentStarted(let segment, _, _, _) = $0 { segment } else { nil } }
+            cluster.events[index].compactMap { if case .segmentStarted(let segment, _, _, _, _) = $0 { segment } else { nil } }
         }
         let served = (0..<3).map { index in segments.all.filter { cluster.members[index].isServing($0, now: cluster.now) } }
         #expect(served.map(\.count).reduce(0, +) == 12 && Set(served.joined()).count == 12, "\(served)")
@@ -258,7 +258,7 @@ struct ClusterMemberTests {
         cluster.crash(2)
         try cluster.run(for: .seconds(2))
         let takenOver = (0..<2).flatMap { index in
-            cluster.events[index].compactMap { if case .segmentStarted(let segment, ids[2]?, false, _) = $0 { segment } else { nil } }
+            cluster.events[index].compactMap { if case .segmentStarted(let segment, ids[2]?, false, _, _) = $0 { segment } else { nil } }
         }
         #expect(Set(takenOver) == Set(served[2]), "\(takenOver) of \(served[2])")
         let after = (0..<2).flatMap { index in segments.all.filter { cluster.members[index].isServing($0, now: cluster.now) } }

@@ -18,6 +18,11 @@ public enum IKECrypto {
         randomBytes(MemoryLayout<T>.size).reduce(T.zero) { $0 << 8 | T($1) }
     }
 
+    /// libsodium's random numbers as a generator, for the SPI layout's draws.
+    struct Random: RandomNumberGenerator {
+        mutating func next() -> UInt64 { IKECrypto.random(UInt64.self) }
+    }
+
     /// HMAC-SHA-256 (RFC 2104, RFC 4868): the PRF. The key may have any length.
     public static func prf(key: KeyMaterial, _ data: [UInt8]...) -> [UInt8] {
         key.withUnsafeBytes { prf(rawKey: $0, data) }

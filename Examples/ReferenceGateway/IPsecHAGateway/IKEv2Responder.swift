@@ -50,6 +50,10 @@ public struct IKEResponderConfiguration: Sendable {
     /// How long a cookie secret is used before the next one (the previous one is still
     /// accepted for as long again).
     public var cookieSecretLifetime: UInt64 = 60_000_000_000
+    /// Load sharing: inbound SPIs are drawn in the segment of their IKE SA and this member's
+    /// field of the layout, so that the SPI alone steers ESP to the member serving the segment
+    /// (`NFTablesSteering`). Nil: any free SPI.
+    public var spiLayout: SPILayout?
 
     /// A configuration from the identities, the key and the member.
     public init(localIdentity: IKEIdentity, remoteIdentity: IKEIdentity, preSharedKey: KeyMaterial, member: ClusterMemberID) {
@@ -565,7 +569,10 @@ public struct IKEv2Responder: Sendable {
                 ourKeyExchange = KeyExchangePayload(group: .curve25519, data: pair.publicKey)
             }
             let keymat = IKECrypto.prfPlus(key: keyDerivationKey, seed: seed, count: 2 * IKECrypto.aeadKeyLength)
-            let inboundSPI = Self.freeInboundSPI(in: state)
+            guard let inboundSPI = freeInboundSPI(in: state, parent: parent) else {
+                logger.warning("no free inbound SPI in the IKE SA's segment", metadata: ["ike_sa": "\(parent)"])
+                return [NotifyPayload(type: .noAdditionalSAs).payload]
+            }
             let child: ChildSA
             do {
                 child = try ChildSA(
@@ -606,11 +613,18 @@ public struct IKEv2Responder: Sendable {
         }
     }
 
-    /// A random inbound SPI above the reserved range that no Child SA uses.
-    static func freeInboundSPI(in state: GatewayState) -> UInt32 {
-        while true {
-            let spi = IKECrypto.random(UInt32.self)
-            if spi > 255, state.slot(forInboundSPI: spi) == nil { return spi }
+    /// A random inbound SPI above the reserved range that no Child SA uses; with a layout, in
+    /// the segment of `parent` and this member's field (nil when that part of the space is full).
+    func freeInboundSPI(in state: GatewayState, parent: IKESAIdentifier) -> UInt32? {
+        guard let layout = configuration.spiLayout, let ike = state.ikeSAs[parent] else {
+            while true {
+                let spi = IKECrypto.random(UInt32.self)
+                if spi > 255, state.slot(forInboundSPI: spi) == nil { return spi }
+            }
+        }
+        var random = IKECrypto.Random()
+        return try? layout.allocate(segment: layout.segments.segment(of: ike), member: configuration.member, using: &random) {
+            state.slot(forInboundSPI: $0) != nil
         }
     }
 

@@ -8,7 +8,7 @@ import Logging
 import Glibc
 #endif
 
-/// `ikeha-gateway`: one member of a two-member IKEv2/IPsec cluster, built on the package; the
+/// `ikeha-gateway`: one member of an IKEv2/IPsec cluster, built on the package; the
 /// reference gateway that `scripts/interop.sh` runs against strongSwan.
 ///
 /// The active member (`--active`) binds UDP 500 and 4500 on the cluster address, answers
@@ -24,6 +24,13 @@ import Glibc
 /// address), takes over on MASTER and never on the synch channel's silence alone; an active
 /// member told BACKUP, FAULT or STOP steps down and rejoins as a standby.
 ///
+/// With `--load-sharing-segments N`, every member is active (load sharing, `Docs/LoadSharing.md`):
+/// the IKE SAs fall into N segments by the hash of the peer's address or the initiator's SPI, the
+/// members own segments by lease and take over those of a member that fails, and each member's
+/// kernel drops the packets of the segments it does not serve (`--steering nftables`: the
+/// members share the cluster address and one MAC, and the switch floods their frames to all of
+/// them). Inbound SPIs carry their segment, so that ESP is steered by its SPI.
+///
 /// With `--data-plane xfrm`, ESP runs in the Linux kernel of the member's network namespace:
 /// the gateway installs each negotiated Child SA's two kernel SAs and its policies (plain ESP,
 /// tunnel mode), learns the counters from the kernel's async events and GETAE sweeps, and on
@@ -35,7 +42,7 @@ import Glibc
 struct GatewayCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ikeha-gateway",
-        abstract: "One member of a two-member IKEv2/IPsec cluster (the package's reference gateway)."
+        abstract: "One member of an IKEv2/IPsec cluster (the package's reference gateway)."
     )
 
     @Option(help: "This member's ID (1 to 15).") var member: UInt16
@@ -47,7 +54,7 @@ struct GatewayCommand: ParsableCommand {
     @Option(name: .customLong("remote-id"), help: "The peer's IKE identity.") var remoteID: String
     @Option(name: .customLong("psk-file"), help: "A file holding the pre-shared key: 16 to 1,024 bytes (one trailing newline ignored), mode 600, owned by this user.") var pskFile: String
     @Option(name: .customLong("sync-listen"), help: "Synch channel: local UDP host:port.") var syncListen: String
-    @Option(name: .customLong("sync-peer"), help: "Synch channel: the other member, id=host:port.") var syncPeer: String
+    @Option(name: .customLong("sync-peer"), help: "Synch channel: another member, id=host:port (once per member; one without load sharing).") var syncPeer: [String]
     @Option(name: .customLong("sync-key-file"), help: "The cluster key: a file of 32 bytes, mode 600, owned by this user.") var syncKeyFile: String
     @Option(name: .customLong("checkpoint-packets"), help: "Checkpoint a Child SA's counters every this many packets.") var checkpointPackets: UInt64 = 64
     @Option(name: .customLong("checkpoint-ms"), help: "...or every this many milliseconds, whichever comes first.") var checkpointMs: UInt64 = 20
@@ -62,6 +69,10 @@ struct GatewayCommand: ParsableCommand {
     @Option(name: .customLong("data-plane"), help: "userspace (ESP in UDP, answered by this process) or xfrm (the kernel's ESP in this network namespace; needs CAP_NET_ADMIN).") var dataPlane = "userspace"
     @Option(name: .customLong("miss-count"), help: "Heartbeat intervals (50 ms) of silence before the standby declares the active member failed.") var missCount: UInt64 = 3
     @Option(name: .customLong("takeover-command"), help: "A shell command run on takeover after the kernel holds the plan's counters and before any IKE message leaves: where no keepalived moves the cluster address, this moves it (e.g. ip addr add ...; arping -U ...).") var takeoverCommand: String?
+    @Option(name: .customLong("load-sharing-segments"), help: "Load sharing: every member active, the IKE SAs in this many segments (1 to 4096), the same on every member.") var loadSharingSegments: Int?
+    @Option(name: .customLong("segment-key"), help: "Load sharing: a segment is the hash of the peer-address or the initiator-spi.") var segmentKey = "peer-address"
+    @Option(name: .customLong("segment-seed"), help: "Load sharing: the segment hash's seed (32 bits, nftables' jhash seed), the same on every member.") var segmentSeed: UInt32 = 0x1ce5_eed5
+    @Option(name: .customLong("steering"), help: "Load sharing: nftables (this member's kernel drops the packets of segments it does not serve; needs nft and CAP_NET_ADMIN) or none.") var steering = "nftables"
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
 
     func run() throws {

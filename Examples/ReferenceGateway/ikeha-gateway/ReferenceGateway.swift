@@ -19,7 +19,8 @@ import Glibc
 struct ReferenceGateway {
     let options: GatewayCommand
     let member: ClusterMemberID
-    let peer: ClusterMemberID
+    /// The other members, as `--sync-peer` lists them.
+    let peers: [ClusterMemberID]
     let clusterAddress: IPAddress
     let innerAddress: IPAddress
     var logger = Logger(label: "ikeha-gateway")
@@ -57,6 +58,10 @@ struct ReferenceGateway {
     var repliesReleasedAtDeadline = 0
     /// The kernel's ESP with `--data-plane xfrm`; nil: userspace ESP.
     var kernel: XFRMDataPlane<XFRMSocket>?
+    /// Load sharing with `--steering nftables`: this member's rules.
+    let steering: NFTablesSteering?
+    /// Load sharing: the segments this member serves, as its steering rules say.
+    var servedSegments: Set<Segment> = []
 
     init(options: GatewayCommand) throws {
         self.options = options
@@ -65,34 +70,42 @@ struct ReferenceGateway {
             clusterAddress = try IPAddress(options.clusterAddress)
             innerAddress = try IPAddress(options.innerAddress)
         } catch { throw GatewayError.configuration("addresses: \(error)") }
-        let parts = options.syncPeer.split(separator: "=", maxSplits: 1)
-        guard parts.count == 2, let peerRaw = UInt16(parts[0]) else { throw GatewayError.configuration("--sync-peer expects id=host:port") }
-        peer = ClusterMemberID(rawValue: peerRaw)
-        let (peerHost, peerPort) = try Self.hostAndPort(String(parts[1]))
+        var peerAddresses: [ClusterMemberID: SocketAddress] = [:]
+        for text in options.syncPeer {
+            let parts = text.split(separator: "=", maxSplits: 1)
+            guard parts.count == 2, let peerRaw = UInt16(parts[0]) else { throw GatewayError.configuration("--sync-peer expects id=host:port") }
+            let (peerHost, peerPort) = try Self.hostAndPort(String(parts[1]))
+            peerAddresses[ClusterMemberID(rawValue: peerRaw)] = try SocketAddress(ipAddress: peerHost, port: peerPort)
+        }
+        peers = peerAddresses.keys.sorted()
+        guard peers.count == options.syncPeer.count, !peers.isEmpty, !peers.contains(member) else {
+            throw GatewayError.configuration("--sync-peer: one per other member, each ID once")
+        }
+        guard options.loadSharingSegments != nil || peers.count == 1 else {
+            throw GatewayError.configuration("more than one --sync-peer needs load sharing (--load-sharing-segments)")
+        }
         let (host, port) = try Self.hostAndPort(options.syncListen)
         let psk = try SecretFile.read(options.pskFile, length: Self.preSharedKeyLength, dropTrailingNewline: true) { bytes in
             KeyMaterial(count: bytes.count) { $0.copyMemory(from: bytes) }
         }
-        let configuration = IKEResponderConfiguration(
+        var configuration = IKEResponderConfiguration(
             localIdentity: IKEIdentity(options.localID), remoteIdentity: IKEIdentity(options.remoteID),
             preSharedKey: psk, member: member)
-        responder = IKEv2Responder(configuration: configuration, logger: Logger(label: "ike"))
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.group = group
-        let peerAddress = try SocketAddress(ipAddress: peerHost, port: peerPort)
         let member = self.member
-        let peer = self.peer
+        let addresses = peerAddresses
         transport = try group.next().makeFutureWithTask {
-            try await UDPSyncTransport.bind(member: member, host: host, port: port, peers: [peer: peerAddress], group: group)
+            try await UDPSyncTransport.bind(member: member, host: host, port: port, peers: addresses, group: group)
         }.wait()
         // The role epoch, from the clock: it only orders members that are active at once (split
         // brain). The synch channel does not rely on it: a restart with a lower or equal one is fine.
         let epoch = UInt32(truncatingIfNeeded: Timestamp.monotonicNow().nanoseconds / 1_000_000) | 1
         var channelConfiguration = SyncChannelConfiguration(
-            clusterID: 1, member: member, epoch: epoch, key: try ChannelKey(contentsOfFile: options.syncKeyFile), peers: [peer])
+            clusterID: 1, member: member, epoch: epoch, key: try ChannelKey(contentsOfFile: options.syncKeyFile), peers: peers)
         channelConfiguration.logger = Logger(label: "sync")
         channelConfiguration.logger.logLevel = .warning
-        var memberConfiguration = ClusterMemberConfiguration(channel: channelConfiguration, activeMember: options.active ? member : peer)
+        var memberConfiguration = ClusterMemberConfiguration(channel: channelConfiguration, activeMember: options.active ? member : peers[0])
         guard options.missCount >= 2 else { throw GatewayError.configuration("--miss-count must be at least 2") }
         memberConfiguration.missCount = options.missCount
         memberConfiguration.checkpoints = CounterCheckpointPolicy(packets: options.checkpointPackets, interval: .milliseconds(Int64(clamping: options.checkpointMs)))
@@ -105,6 +118,35 @@ struct ReferenceGateway {
             minimumAdvance: options.takeoverMinimumAdvance ?? options.checkpointPackets, stalenessMargin: .milliseconds(Int64(clamping: options.stalenessMarginMs)))
         fifo = options.vrrpFIFO.map { VRRPNotifyFIFO(path: $0, instance: options.vrrpInstance) }
         memberConfiguration.followsVRRP = fifo != nil
+        if let count = options.loadSharingSegments {
+            guard fifo == nil, options.dataPlane == "userspace" else {
+                throw GatewayError.configuration("load sharing runs without keepalived and with the userspace data plane")
+            }
+            let key: SegmentKey
+            switch options.segmentKey {
+            case "peer-address": key = .peerAddress
+            case "initiator-spi": key = .initiatorSPI
+            default: throw GatewayError.configuration("--segment-key is peer-address or initiator-spi, not \(options.segmentKey)")
+            }
+            do {
+                let segments = try ClusterSegments(count: count, key: key, seed: UInt64(options.segmentSeed), hash: .nftablesJHash)
+                let layout = try SPILayout(segments: segments)
+                configuration.spiLayout = layout
+                memberConfiguration.loadSharing = try SegmentOwnershipConfiguration(member: member, incarnation: epoch, members: [member] + peers, segments: segments)
+                switch options.steering {
+                case "nftables": steering = NFTablesSteering(clusterAddress: clusterAddress, layout: layout, member: member)
+                case "none": steering = nil
+                default: throw GatewayError.configuration("--steering is nftables or none, not \(options.steering)")
+                }
+            } catch let error as GatewayError {
+                throw error
+            } catch {
+                throw GatewayError.configuration("load sharing: \(error)")
+            }
+        } else {
+            steering = nil
+        }
+        responder = IKEv2Responder(configuration: configuration, logger: Logger(label: "ike"))
         cluster = try ClusterMember(configuration: memberConfiguration)
         switch options.dataPlane {
         case "userspace": kernel = nil
@@ -134,6 +176,8 @@ struct ReferenceGateway {
                 action: .protect(ProtectionSettings(extendedSequenceNumbers: false)))
             _ = try cluster.update(now: now) { state, changes throws(GatewayStateError) in changes += try state.installPolicy(policy) }
             emit("active", ["policy": "\(options.innerAddress) <-> \(options.remoteSubnet)"])
+            // Load sharing: nothing served until the ownership gives this member segments.
+            if let steering { applySteering(steering.ruleset(serving: []), why: "start") }
         } else if fifo != nil {
             // Bound before the address is here: the socket receives the moment keepalived adds it.
             try bindIKESockets(freeBind: true)
@@ -168,9 +212,21 @@ struct ReferenceGateway {
     /// What the member asks for, besides datagrams to the other member.
     mutating func handle(_ action: ClusterMemberAction, now: Timestamp) throws {
         switch action {
-        case .transmit, .segmentStarted, .segmentStopped:
-            // No load sharing here: one active member and a standby.
+        case .transmit:
             break
+        case .segmentStarted(let segment, let previous, let handedOver, let plan, let rekey):
+            retireChildSAs(rekey, why: Self.cannotMoveOn, now: now)
+            servedSegments.insert(segment)
+            if let steering { applySteering(steering.update(serving: servedSegments.sorted()), why: "\(segment) started") }
+            emit("segment_started", [
+                "segment": "\(segment.rawValue)", "previous_owner": previous.map { "\($0.rawValue)" } ?? "none", "handed_over": "\(handedOver)",
+                "ike_sas": "\(plan.ikeSAs.count)", "child_sas": "\(plan.childSAs.count)", "rekey": "\(rekey.count)",
+            ])
+            syncMessageIDs(plan.ikeSAs)
+        case .segmentStopped(let segment):
+            servedSegments.remove(segment)
+            if let steering { applySteering(steering.update(serving: servedSegments.sorted()), why: "\(segment) stopped") }
+            emit("segment_stopped", ["segment": "\(segment.rawValue)"])
         case .released(let token):
             heldReplies.removeValue(forKey: token)?.forEach { transmit($0) }
             if cluster.tokensReleasedAtDeadline > repliesReleasedAtDeadline {
@@ -248,7 +304,7 @@ struct ReferenceGateway {
     /// RFC 6027's hard part, after the member promoted itself and applied the plan: the Child
     /// SAs it cannot move on deleted, the ports bound, the message IDs synced with the peers.
     mutating func tookOver(_ plan: TakeoverPlan, rekey: [UInt32], now: Timestamp) throws {
-        let silence = cluster.channel.lastHeard(from: peer).map { (now.nanoseconds - $0.nanoseconds) / 1_000_000 } ?? 0
+        let silence = peers.compactMap { cluster.channel.lastHeard(from: $0) }.max().map { (now.nanoseconds - $0.nanoseconds) / 1_000_000 } ?? 0
         retireChildSAs(rekey, why: Self.cannotMoveOn, now: now)
         if options.noCounterAdvance {
             // The negative control: what a cluster without counter checkpoints' advance does.
@@ -283,7 +339,16 @@ struct ReferenceGateway {
             "counter_advance": options.noCounterAdvance ? "disabled" : "planned", "kernel_us": "\(Int(kernelBatch / .microseconds(1)))",
             "command_us": "\(Int(commandTime / .microseconds(1)))", "why": "\(cluster.promotionReason.map { "\($0)" } ?? "")",
         ])
-        for decision in plan.ikeSAs {
+        syncMessageIDs(plan.ikeSAs)
+        repliesSinceTakeover = 0
+        heldReplies = [:]
+    }
+
+    /// The message-ID part of a takeover (of the whole state, or of a segment): an RFC 6311
+    /// message-ID sync on every IKE SA that negotiated it.
+    mutating func syncMessageIDs(_ decisions: [IKESATakeover]) {
+        let state = cluster.state
+        for decision in decisions {
             emit("ike_sa_takeover", ["ike_sa": "\(decision.identifier)", "classification": "\(decision.classification)", "plan": "\(decision.messageIDs)"])
             guard !options.noMessageIDSync, state.ikeSAs[decision.identifier]?.extensions.messageIDSync == true else { continue }
             do {
@@ -298,8 +363,18 @@ struct ReferenceGateway {
                 logger.error("message-ID sync not sent", metadata: ["ike_sa": "\(decision.identifier)", "reason": "\(error)"])
             }
         }
-        repliesSinceTakeover = 0
-        heldReplies = [:]
+    }
+
+    /// Runs an nftables transaction of this member's steering (`nft -f -`), logged with what it
+    /// did and how long the kernel took.
+    func applySteering(_ script: String, why: String) {
+        let (status, duration) = Self.spawn(["/usr/sbin/nft", "-f", "-"], input: script)
+        logger.info("nft -f - (\(why))", metadata: ["script": "\(script)", "status": "\(status)"])
+        emit("steering", [
+            "why": why, "segments": servedSegments.sorted().map { "\($0.rawValue)" }.joined(separator: ","),
+            "nft_us": "\(Int(duration / .microseconds(1)))", "status": "\(status)",
+        ])
+        if status != 0 { logger.error("nft refused the steering rules", metadata: ["status": "\(status)", "why": "\(why)"]) }
     }
 
     /// Deletes Child SAs this member must not use any more, and replicates that: those whose
@@ -322,20 +397,37 @@ struct ReferenceGateway {
     /// IKE replies that follow must leave from an address this member holds. A failure is
     /// logged; the takeover goes on.
     func runTakeoverCommand(_ command: String) -> Duration {
+        let (status, duration) = Self.spawn(["/bin/sh", "-c", command], input: nil)
+        if status != 0 { logger.error("--takeover-command failed", metadata: ["status": "\(status)", "command": "\(command)"]) }
+        return duration
+    }
+
+    /// Runs `arguments` (the first a path), with `input` on its standard input, and waits for
+    /// it: its wait status (-1 when it could not start) and how long it took.
+    static func spawn(_ arguments: [String], input: String?) -> (status: Int32, duration: Duration) {
         let started = ContinuousClock.now
+        var pipe: [Int32] = [-1, -1]
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if input != nil {
+            guard Glibc.pipe(&pipe) == 0 else { return (-1, ContinuousClock.now - started) }
+            posix_spawn_file_actions_adddup2(&actions, pipe[0], STDIN_FILENO)
+            posix_spawn_file_actions_addclose(&actions, pipe[1])
+        }
         var pid: pid_t = 0
-        let arguments = ["/bin/sh", "-c", command]
         var pointers = arguments.map { strdup($0) } + [nil]
         defer { for pointer in pointers { free(pointer) } }
-        let spawned = posix_spawn(&pid, "/bin/sh", nil, nil, &pointers, environ)
-        var status: Int32 = 0
-        if spawned != 0 {
-            logger.error("--takeover-command could not start", metadata: ["errno": "\(spawned)"])
-        } else {
-            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-            if status != 0 { logger.error("--takeover-command failed", metadata: ["status": "\(status)", "command": "\(command)"]) }
+        let spawned = posix_spawn(&pid, arguments[0], &actions, nil, &pointers, environ)
+        if let input {
+            close(pipe[0])
+            if spawned == 0 { _ = input.withCString { write(pipe[1], $0, strlen($0)) } }
+            close(pipe[1])
         }
-        return ContinuousClock.now - started
+        guard spawned == 0 else { return (-1, ContinuousClock.now - started) }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return (status, ContinuousClock.now - started)
     }
 
     /// The counters that cannot move on, in `retireChildSAs`'s words.

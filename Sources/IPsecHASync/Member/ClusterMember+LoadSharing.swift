@@ -96,7 +96,7 @@ extension ClusterMember {
                     replicate(changes, &sharing, now: now)
                     sharing.pendingAdoptions[segment] = (previous, handedOver)
                 } else {
-                    outbox.append(.segmentStarted(segment, previousOwner: nil, handedOver: handedOver, rekey: []))
+                    outbox.append(.segmentStarted(segment, previousOwner: nil, handedOver: handedOver, plan: TakeoverPlan(ikeSAs: [], childSAs: []), rekey: []))
                 }
                 adoptPending(&sharing, now: now)
             case .stopServing(let segment):
@@ -134,8 +134,9 @@ extension ClusterMember {
         var source = replica.state
         let identifiers = source.ikeSAs.values.filter { segments.segment(of: $0) == segment }.map(\.identifier).sorted()
         var rekey: [UInt32] = []
+        var plan = TakeoverPlan(ikeSAs: [], childSAs: [])
         if !identifiers.isEmpty {
-            let plan = replica.takeoverPlan(policy: configuration.takeover, now: now, restrictedTo: Set(identifiers))
+            plan = replica.takeoverPlan(policy: configuration.takeover, now: now, restrictedTo: Set(identifiers))
             rekey = source.applyTakeover(plan).rekey
             let me = configuration.channel.member
             var changes: [StateChange] = []
@@ -151,7 +152,7 @@ extension ClusterMember {
             }
             replicate(changes, &sharing, now: now)
         }
-        outbox.append(.segmentStarted(segment, previousOwner: previous, handedOver: handedOver, rekey: rekey))
+        outbox.append(.segmentStarted(segment, previousOwner: previous, handedOver: handedOver, plan: plan, rekey: rekey))
     }
 
     /// Deletes the SAs of segments another member owns now, once that member's replicated

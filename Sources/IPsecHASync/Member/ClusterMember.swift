@@ -38,9 +38,10 @@ public enum ClusterMemberAction: Sendable, Hashable {
     case heldBack(String)
     /// Load sharing: this member serves `segment` from now on, the IKE SAs and Child SAs of
     /// it adopted from its replica of `previousOwner` (nil: nobody, or this member itself
-    /// after a lapse of its lease; nothing adopted) with the takeover plan, or as handed over
-    /// (`handedOver`). The Child SAs in `rekey` could not move on and were not adopted.
-    case segmentStarted(Segment, previousOwner: ClusterMemberID?, handedOver: Bool, rekey: [UInt32])
+    /// after a lapse of its lease; nothing adopted) with `plan`, after a failure or a handover
+    /// (`handedOver`): carry out its message-ID decisions with the peers as after a takeover.
+    /// The Child SAs in `rekey` could not move on and were not adopted.
+    case segmentStarted(Segment, previousOwner: ClusterMemberID?, handedOver: Bool, plan: TakeoverPlan, rekey: [UInt32])
     /// Load sharing: this member must not send or answer on `segment`'s SAs any more (its
     /// lease lapsed, or the segment went to another member).
     case segmentStopped(Segment)
@@ -96,7 +97,7 @@ public struct ClusterMemberConfiguration: Sendable {
     /// Load sharing (design, "Load sharing"): every member serves the segments
     /// `SegmentOwnership` gives it, replicates its own SAs to every other member, holds a
     /// replica of each of theirs, and takes or hands over segments with their SAs
-    /// (``ClusterMemberAction/segmentStarted(_:previousOwner:handedOver:rekey:)``). Its
+    /// (``ClusterMemberAction/segmentStarted(_:previousOwner:handedOver:plan:rekey:)``). Its
     /// `member` must be the channel's; ``activeMember``, the failure detector and
     /// ``followsVRRP`` do not apply. Nil: one active member and standbys.
     public var loadSharing: SegmentOwnershipConfiguration?
