@@ -228,6 +228,23 @@ import Testing
         #expect(fixture.state.ikeSAs.keys.map(\.initiatorSPI) == [0x300] && fixture.state.childSACount == 1)
     }
 
+    /// Every peer has the one identity this responder accepts: INITIAL_CONTACT from one address
+    /// must not delete the IKE SAs of a peer at another (with load sharing a member serves many).
+    @Test func initialContactClearsOnlyItsOwnAddresssIKESAs() throws {
+        var fixture = try Fixture()
+        func connect(_ spi: UInt64, from address: UInt32, notifies: [NotifyMessageType]) throws -> IKEMessage {
+            fixture.initiator = TestInitiator(psk: IKEv2ResponderTests.psk)
+            fixture.initiator.remote = Endpoint(address: IPAddress(ipv4: address), port: 4500, udpEncapsulation: true)
+            fixture.initiator.initiatorSPI = spi
+            let nonce = try fixture.initiator.takeIKESAInitResponse(try #require(fixture.send(try fixture.initiator.ikeSAInit()).replies.first).bytes)
+            return try fixture.initiator.open(try #require(fixture.send(try fixture.initiator.ikeAuth(responderNonce: nonce, extraNotifies: notifies)).replies.first).bytes)
+        }
+        #expect(try connect(0x100, from: 0x0A63_0001, notifies: []).first(.authentication) != nil)
+        #expect(try connect(0x200, from: 0x0A63_0002, notifies: [.initialContact]).first(.authentication) != nil)
+        #expect(try connect(0x300, from: 0x0A63_0002, notifies: [.initialContact]).first(.authentication) != nil)
+        #expect(Set(fixture.state.ikeSAs.keys.map(\.initiatorSPI)) == [0x100, 0x300])
+    }
+
     /// Review H2: cookies stop spoofed sources; one real address is limited to so many
     /// half-open exchanges, so it cannot take the whole table from the others.
     @Test func oneAddressHoldsAtMostSoManyHalfOpenExchanges() throws {

@@ -8,7 +8,7 @@ import Logging
 struct TestInitiator {
     let psk: KeyMaterial
     let identity = IKEIdentity("peer@test")
-    let remote = Endpoint(address: IPAddress(ipv4: 0x0A63_0001), port: 4500, udpEncapsulation: true)
+    var remote = Endpoint(address: IPAddress(ipv4: 0x0A63_0001), port: 4500, udpEncapsulation: true)
     let gateway = Endpoint(address: IPAddress(ipv4: 0x0A63_0002), port: 4500, udpEncapsulation: true)
     var initiatorSPI: UInt64 = 0x1122_3344_5566_7788
     var responderSPI: UInt64 = 0

@@ -473,8 +473,10 @@ public struct IKEv2Responder: Sendable {
         var outcome = IKEOutcome()
         if message.hasNotify(.initialContact) {
             // RFC 7296 section 2.4: the peer has no other IKE SA with this gateway any more (it
-            // restarted). Every IKE SA this responder made shares the one identity it accepts.
-            for other in state.ikeSAs.values.filter({ !$0.isOriginalInitiator }).map(\.identifier) {
+            // restarted). Every peer of this responder has the one identity it accepts, so the
+            // peer is told apart by its address: another peer's IKE SAs stay (with load sharing
+            // a member serves many peers).
+            for other in state.ikeSAs.values.filter({ !$0.isOriginalInitiator && $0.remote.address == remote.address }).map(\.identifier) {
                 if let changes = try? state.deleteIKESA(other) { outcome.changes += changes }
                 lastResponses[other] = nil
                 logger.notice("IKE SA deleted: the peer says INITIAL_CONTACT", metadata: ["ike_sa": "\(other)", "new_ike_sa": "\(identifier)"])
