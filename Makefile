@@ -14,7 +14,7 @@ KERNEL_VM_PACKAGES := qemu-system-x86 debootstrap
 
 PREFIX ?= /usr/local
 
-.PHONY: demo test install-c c-api interop cluster xfrm-kernel interop-kernel build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-allocations bench-replay bench-state bench-sync bench-failover bench-delete clean
+.PHONY: demo test install-c c-api load-sharing interop cluster xfrm-kernel interop-kernel build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-allocations bench-replay bench-state bench-sync bench-failover bench-delete clean
 
 deps:
 	@./scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
@@ -42,6 +42,13 @@ cluster: deps
 	@./scripts/ensure-debian-packages.sh $(INTEROP_PACKAGES) $(CLUSTER_PACKAGES)
 	$(SWIFT) build -c release --product ikeha-gateway
 	./scripts/cluster.sh
+
+# Load sharing on real processes: three members steered by nftables, six charon peers, a member
+# killed and restarted (root; about half a minute).
+load-sharing: deps
+	@./scripts/ensure-debian-packages.sh $(INTEROP_PACKAGES) nftables
+	$(SWIFT) build -c release --product ikeha-gateway
+	./scripts/load-sharing.sh
 
 # IPsecHAXFRM against a real kernel: SAs in a Debian VM under qemu (root; the image is built
 # once, about a minute, then each run takes about ten seconds).

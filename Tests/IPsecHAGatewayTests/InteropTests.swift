@@ -2,8 +2,9 @@ import Foundation
 import Testing
 
 /// The harnesses with a real peer, from the test suite: `scripts/interop.sh` (strongSwan across
-/// a member crash, with its negative controls) and `scripts/cluster.sh` (the same behind
-/// keepalived, with a restart). They need root, network namespaces, /dev/net/tun and Debian's
+/// a member crash, with its negative controls), `scripts/cluster.sh` (the same behind
+/// keepalived, with a restart) and `scripts/load-sharing.sh` (three active members steered by
+/// nftables, six strongSwan peers, a member lost and back). They need root, network namespaces, /dev/net/tun and Debian's
 /// strongSwan and keepalived packages (which they install when root and missing); elsewhere
 /// they say what is missing and the tests are skipped.
 @Suite(.serialized) struct InteropTests {
@@ -35,6 +36,15 @@ import Testing
         #expect(status == 0, "interop.sh failed")
         #expect(text.contains("PASS: charon processed the message-ID sync"))
         #expect(text.contains("PASS: negative control: charon rejected"))
+    }
+
+    @Test func loadSharingSurvivesAMemberLostAndBack() throws {
+        guard let (status, text) = try Self.run("scripts/load-sharing.sh") else { return }
+        #expect(status == 0, "load-sharing.sh failed")
+        #expect(text.contains("PASS: the members serve every segment once"))
+        #expect(text.contains("segments taken over"))
+        #expect(text.contains("PASS: member 2 rejoined and serves"))
+        #expect(!text.contains("FAIL:"))
     }
 
     @Test func keepalivedMovesTheAddressAndThePackageMovesTheState() throws {

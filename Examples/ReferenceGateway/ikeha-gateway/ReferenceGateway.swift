@@ -62,6 +62,12 @@ struct ReferenceGateway {
     let steering: NFTablesSteering?
     /// Load sharing: the segments this member serves, as its steering rules say.
     var servedSegments: Set<Segment> = []
+    /// Load sharing: why the steering rules must change, since they last did: they change once
+    /// per turn, in one transaction, however many segments moved.
+    var steeringChanges: [String] = []
+    /// Load sharing: the message-ID syncs of segments just started, sent once the steering
+    /// rules take the segments' IKE (the peer's answer must reach this member).
+    var pendingMessageIDSyncs: [IKESATakeover] = []
 
     init(options: GatewayCommand) throws {
         self.options = options
@@ -195,6 +201,14 @@ struct ReferenceGateway {
                 }
             }
             for action in transport.service(&cluster, now: now) { try handle(action, now: now) }
+            if let steering, !steeringChanges.isEmpty {
+                applySteering(steering.update(serving: servedSegments.sorted()), why: steeringChanges.joined(separator: ", "))
+                steeringChanges = []
+            }
+            if !pendingMessageIDSyncs.isEmpty {
+                syncMessageIDs(pendingMessageIDSyncs)
+                pendingMessageIDSyncs = []
+            }
             if cluster.isActive { housekeeping(now: now) }
             // Until the member's next deadline, a synch datagram or (active) an IKE or ESP
             // datagram, at most a millisecond: the sockets are read without NIO, and keepalived's
@@ -217,15 +231,18 @@ struct ReferenceGateway {
         case .segmentStarted(let segment, let previous, let handedOver, let plan, let rekey):
             retireChildSAs(rekey, why: Self.cannotMoveOn, now: now)
             servedSegments.insert(segment)
-            if let steering { applySteering(steering.update(serving: servedSegments.sorted()), why: "\(segment) started") }
+            steeringChanges.append("\(segment) started")
             emit("segment_started", [
                 "segment": "\(segment.rawValue)", "previous_owner": previous.map { "\($0.rawValue)" } ?? "none", "handed_over": "\(handedOver)",
                 "ike_sas": "\(plan.ikeSAs.count)", "child_sas": "\(plan.childSAs.count)", "rekey": "\(rekey.count)",
             ])
-            syncMessageIDs(plan.ikeSAs)
+            announce(plan.ikeSAs)
+            // The plan's decisions, not a sync on every IKE SA: after a handover nothing is
+            // missing, and strongSwan can answer only one sync per IKE SA.
+            pendingMessageIDSyncs += plan.ikeSAs.filter { if case .messageIDSync = $0.messageIDs { true } else { false } }
         case .segmentStopped(let segment):
             servedSegments.remove(segment)
-            if let steering { applySteering(steering.update(serving: servedSegments.sorted()), why: "\(segment) stopped") }
+            steeringChanges.append("\(segment) stopped")
             emit("segment_stopped", ["segment": "\(segment.rawValue)"])
         case .released(let token):
             heldReplies.removeValue(forKey: token)?.forEach { transmit($0) }
@@ -339,17 +356,24 @@ struct ReferenceGateway {
             "counter_advance": options.noCounterAdvance ? "disabled" : "planned", "kernel_us": "\(Int(kernelBatch / .microseconds(1)))",
             "command_us": "\(Int(commandTime / .microseconds(1)))", "why": "\(cluster.promotionReason.map { "\($0)" } ?? "")",
         ])
+        announce(plan.ikeSAs)
         syncMessageIDs(plan.ikeSAs)
         repliesSinceTakeover = 0
         heldReplies = [:]
     }
 
-    /// The message-ID part of a takeover (of the whole state, or of a segment): an RFC 6311
-    /// message-ID sync on every IKE SA that negotiated it.
+    /// An event for each IKE SA a takeover (of the whole state, or of a segment) gave this member.
+    func announce(_ decisions: [IKESATakeover]) {
+        for decision in decisions {
+            emit("ike_sa_takeover", ["ike_sa": "\(decision.identifier)", "classification": "\(decision.classification)", "plan": "\(decision.messageIDs)"])
+        }
+    }
+
+    /// The message-ID part of a takeover: an RFC 6311 message-ID sync on each of these IKE SAs
+    /// that negotiated it.
     mutating func syncMessageIDs(_ decisions: [IKESATakeover]) {
         let state = cluster.state
         for decision in decisions {
-            emit("ike_sa_takeover", ["ike_sa": "\(decision.identifier)", "classification": "\(decision.classification)", "plan": "\(decision.messageIDs)"])
             guard !options.noMessageIDSync, state.ikeSAs[decision.identifier]?.extensions.messageIDSync == true else { continue }
             do {
                 guard let datagram = try responder?.startMessageIDSync(of: decision.identifier, state: state) else { continue }
@@ -504,6 +528,11 @@ struct ReferenceGateway {
         {
             // The reply waits for the later of the two: the exchange's end follows its changes.
             token = finished
+            // IKE_AUTH is message ID 1: the IKE SA is up (and, load sharing, in its segment).
+            if exchange.messageID == 1, let sa = cluster.state.ikeSAs[exchange.ikeSA] {
+                let segment = cluster.configuration.loadSharing.map { "\($0.segments.segment(of: sa).rawValue)" } ?? "none"
+                emit("ike_sa_established", ["ike_sa": "\(exchange.ikeSA)", "peer": "\(sa.remote)", "segment": segment])
+            }
         }
         if let synced = outcome.messageIDSyncCompleted {
             let windows = cluster.state.ikeSAs[synced]?.messageIDs
