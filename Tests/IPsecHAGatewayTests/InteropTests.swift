@@ -41,9 +41,12 @@ import Testing
     @Test func loadSharingSurvivesAMemberLostAndBack() throws {
         guard let (status, text) = try Self.run("scripts/load-sharing.sh") else { return }
         #expect(status == 0, "load-sharing.sh failed")
-        #expect(text.contains("PASS: the members serve every segment once"))
-        #expect(text.contains("segments taken over"))
-        #expect(text.contains("PASS: member 2 rejoined and serves"))
+        #expect(text.contains("PASS: failover: the members serve every segment once"))
+        #expect(text.contains("PASS: failover: member") && text.contains("segments taken over"))
+        #expect(text.contains("rejoined and serves"))
+        #expect(text.contains("PASS: initiator-spi: the 8 IKE SAs of one peer address are spread over"))
+        #expect(text.contains("PASS: negative control: without the steering update"))
+        #expect(text.contains("PASS: negative control: charon rejected"))
         #expect(!text.contains("FAIL:"))
     }
 

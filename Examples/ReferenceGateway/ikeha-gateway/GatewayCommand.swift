@@ -73,6 +73,8 @@ struct GatewayCommand: ParsableCommand {
     @Option(name: .customLong("segment-key"), help: "Load sharing: a segment is the hash of the peer-address or the initiator-spi.") var segmentKey = "peer-address"
     @Option(name: .customLong("segment-seed"), help: "Load sharing: the segment hash's seed (32 bits, nftables' jhash seed), the same on every member.") var segmentSeed: UInt32 = 0x1ce5_eed5
     @Option(name: .customLong("steering"), help: "Load sharing: nftables (this member's kernel drops the packets of segments it does not serve; needs nft and CAP_NET_ADMIN) or none.") var steering = "nftables"
+    @Option(name: .customLong("max-ike-sas-per-peer-address"), help: "IKE SAs one peer address may hold (a NAT hides many peers behind one).") var maxIKESAsPerPeerAddress = 4
+    @Flag(name: .customLong("no-steering-on-takeover"), help: "NEGATIVE CONTROL: load sharing's steering rules do not follow segments taken over from a failed member.") var noSteeringOnTakeover = false
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
 
     func run() throws {

@@ -97,6 +97,8 @@ struct ReferenceGateway {
         var configuration = IKEResponderConfiguration(
             localIdentity: IKEIdentity(options.localID), remoteIdentity: IKEIdentity(options.remoteID),
             preSharedKey: psk, member: member)
+        guard options.maxIKESAsPerPeerAddress >= 1 else { throw GatewayError.configuration("--max-ike-sas-per-peer-address must be at least 1") }
+        configuration.maximumIKESAsPerPeerAddress = options.maxIKESAsPerPeerAddress
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.group = group
         let member = self.member
@@ -230,8 +232,14 @@ struct ReferenceGateway {
             break
         case .segmentStarted(let segment, let previous, let handedOver, let plan, let rekey):
             retireChildSAs(rekey, why: Self.cannotMoveOn, now: now)
-            servedSegments.insert(segment)
-            steeringChanges.append("\(segment) started")
+            if options.noCounterAdvance { rewindCounters(plan, now: now) }
+            if options.noSteeringOnTakeover, previous != nil, !handedOver {
+                // The negative control: the kernel goes on dropping the segment's packets.
+                logger.warning("NEGATIVE CONTROL: \(segment) taken over, steering left as it was")
+            } else {
+                servedSegments.insert(segment)
+                steeringChanges.append("\(segment) started")
+            }
             emit("segment_started", [
                 "segment": "\(segment.rawValue)", "previous_owner": previous.map { "\($0.rawValue)" } ?? "none", "handed_over": "\(handedOver)",
                 "ike_sas": "\(plan.ikeSAs.count)", "child_sas": "\(plan.childSAs.count)", "rekey": "\(rekey.count)",
@@ -323,18 +331,7 @@ struct ReferenceGateway {
     mutating func tookOver(_ plan: TakeoverPlan, rekey: [UInt32], now: Timestamp) throws {
         let silence = peers.compactMap { cluster.channel.lastHeard(from: $0) }.max().map { (now.nanoseconds - $0.nanoseconds) / 1_000_000 } ?? 0
         retireChildSAs(rekey, why: Self.cannotMoveOn, now: now)
-        if options.noCounterAdvance {
-            // The negative control: what a cluster without counter checkpoints' advance does.
-            _ = try? cluster.update(now: now) { state, changes throws(GatewayStateError) in
-                for decision in plan.childSAs {
-                    guard case .resume(let resumeAfter) = decision.outbound, let sa = state.childSA(inboundSPI: decision.inboundSPI),
-                        let checkpoint = try? OutboundSequenceCounter(
-                            extendedSequenceNumbers: sa.outboundCounter.extendedSequenceNumbers, lastSent: resumeAfter - decision.advance)
-                    else { continue }
-                    changes += try state.updateChildSA(inboundSPI: decision.inboundSPI) { $0.outboundCounter = checkpoint }
-                }
-            }
-        }
+        if options.noCounterAdvance { rewindCounters(plan, now: now) }
         // The kernel holds the plan's counters before this member says it took over (and so
         // before the harness or keepalived moves the address to it).
         let kernelBatch = driveKernel(for: .tookOver(plan, rekey: rekey))
@@ -360,6 +357,20 @@ struct ReferenceGateway {
         syncMessageIDs(plan.ikeSAs)
         repliesSinceTakeover = 0
         heldReplies = [:]
+    }
+
+    /// The negative control `--no-counter-advance`: what a cluster without the counter
+    /// checkpoints' advance does, every outbound counter of the plan put back at its checkpoint.
+    mutating func rewindCounters(_ plan: TakeoverPlan, now: Timestamp) {
+        _ = try? cluster.update(now: now) { state, changes throws(GatewayStateError) in
+            for decision in plan.childSAs {
+                guard case .resume(let resumeAfter) = decision.outbound, let sa = state.childSA(inboundSPI: decision.inboundSPI),
+                    let checkpoint = try? OutboundSequenceCounter(
+                        extendedSequenceNumbers: sa.outboundCounter.extendedSequenceNumbers, lastSent: resumeAfter - decision.advance)
+                else { continue }
+                changes += try state.updateChildSA(inboundSPI: decision.inboundSPI) { $0.outboundCounter = checkpoint }
+            }
+        }
     }
 
     /// An event for each IKE SA a takeover (of the whole state, or of a segment) gave this member.
