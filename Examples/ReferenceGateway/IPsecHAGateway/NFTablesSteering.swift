@@ -4,9 +4,9 @@ public import IPsecHACore
 /// packet for the cluster address (one MAC address for all of them, flooded by the switch or
 /// bridge), and the kernel of each member drops, before any socket sees them, the packets of the
 /// segments it does not serve. The rules are nftables': IKE by the segment of its key, computed
-/// by nftables' `jhash` exactly as ``ClusterSegments`` computes it with
-/// ``SegmentHash/nftablesJHash``; ESP (in UDP or not) by the segment field of its SPI
-/// (``SPILayout``), and a duplicated Child SA's by its member field. When the member gains or
+/// by nftables' `jhash` exactly as `ClusterSegments` computes it with
+/// `SegmentHash.nftablesJHash`; ESP (in UDP or not) by the segment field of its SPI
+/// (`SPILayout`), and a duplicated Child SA's by its member field. When the member gains or
 /// loses segments, ``update(serving:)`` replaces the rules in one nftables transaction.
 ///
 /// No `meta mark` is used (the computed value is looked up directly), so marks of other rules
@@ -17,13 +17,13 @@ public struct NFTablesSteering: Sendable, Hashable {
     /// The address the cluster shares: only packets to it are steered.
     public let clusterAddress: IPAddress
     /// The cluster's SPI layout (and with it its segments, which must hash with
-    /// ``SegmentHash/nftablesJHash``).
+    /// `SegmentHash.nftablesJHash`).
     public let layout: SPILayout
     /// This member: its duplicated Child SAs' ESP is its own, whatever the segments.
     public let member: ClusterMemberID
 
     /// Steering for `member`; nil when the layout's segments are not hashed as nftables hashes
-    /// (``SegmentHash/nftablesJHash``): no rule could steer IKE then.
+    /// (`SegmentHash.nftablesJHash`): no rule could steer IKE then.
     public init?(table: String = "ikeha_steering", clusterAddress: IPAddress, layout: SPILayout, member: ClusterMemberID) {
         guard layout.segments.hash == .nftablesJHash else { return nil }
         self.table = table
