@@ -281,7 +281,9 @@ scenario() { # name
         local started_before
         started_before=$(grep -c "event=segment_started" "$BASE/member$victim.events")
         start_ls_member "$victim"
+        local back_ms=""
         if wait_for_count "$BASE/member$victim.events" "event=segment_started" $((started_before + 1)) 15; then
+            back_ms=$(date +%s%3N)
             sleep 2
             pass "$name: member $victim rejoined and serves {$(served_by "$victim")}: $(grep -c 'handed_over=true' "$BASE/member$victim.events") segments handed over"
         else
@@ -292,6 +294,11 @@ scenario() { # name
             local replays
             replays=$(tail -n +"$(( ${restart_log[$p]} + 1 ))" "$(peer_dir "$p")/charon.log" | grep -c "ESP sequence number verification failed")
             if [ "$replays" -eq 0 ]; then pass "$name: peer $p: no replay rejection after the restart"; else fail "$name: peer $p: $replays replay rejections after the restart"; fi
+            # Answered again after the handover (the conservative window's drops are over by
+            # then): a peer dark after it has lost its segment's service, replays or not.
+            local late=""
+            [ -n "$back_ms" ] && late=$(awk -v after="$((back_ms + 2500))" '/bytes from/ { gsub(/[\[\]]/, "", $1); if ($1 * 1000 > after) { print "yes"; exit } }' "$(peer_dir "$p")/ping1.log")
+            if [ -n "$late" ]; then pass "$name: peer $p: answered after the handover"; else fail "$name: peer $p: no answer after the handover"; fi
         done
     fi
     for sa in "${sas[@]}"; do
