@@ -231,8 +231,11 @@ scenario() { # name
         replays=$(tail -n +"$(( ${log_at[$p]} + 1 ))" "$dir/charon.log" | grep -c "ESP sequence number verification failed")
         spis_now=$(spis_of "$p" "$c")
         if [ "${before[$sa]}" = "$victim" ]; then
-            [ -z "$first" ] && dark=$((dark + 1))
-            [ -n "$first" ] && answered_victims=$((answered_victims + 1))
+            # Dark: no reply later than 200 ms after the kill (one the victim sent just before
+            # it died may still arrive a few milliseconds after it).
+            local late
+            late=$(awk -v after="$((kill_ms + 200))" '/bytes from/ { gsub(/[\[\]]/, "", $1); if ($1 * 1000 > after) { print "yes"; exit } }' "$dir/ping$c.log")
+            if [ -z "$late" ]; then dark=$((dark + 1)); else answered_victims=$((answered_victims + 1)); fi
             replays_total=$((replays_total + replays))
         fi
         case $name in
