@@ -214,6 +214,7 @@ private func nextCAction(_ handle: MemberHandle) -> ipsecha_action? {
             switch reason {
             case .newerActive(let other, let epoch): value.reason = handle.reason.store(text: "\(other) is active with the newer epoch \(epoch)")
             case .external(let text): value.reason = handle.reason.store(text: text)
+            case .activeWithCompleteCopy(let other): value.reason = handle.reason.store(text: "\(other) is active with a complete copy, this member had none")
             }
         case .heldBack(let text):
             value.kind = IPSECHA_ACTION_HELD_BACK.rawValue

@@ -13,39 +13,47 @@ extension ClusterSimulation {
         outside.append((now.nanoseconds + configuration.outsideDelayMs * 1_000_000 + jitter, message))
     }
 
-    /// One ESP packet from the active member to the peer on Child SA `child` of the peer's IKE
-    /// SA `i`, with the checks: no sequence number twice, every one accepted by the peer.
-    mutating func sendToPeer(_ i: Int, _ child: Int) {
+    /// One ESP packet from member `index` to the peer on Child SA `child` of the peer's IKE SA
+    /// `i`, with the checks: no sequence number twice, every one the address holder sends
+    /// accepted by the peer. `index` is the active member, or during a split brain another
+    /// member that believes it is active (its packets reach the peer too).
+    mutating func sendToPeer(_ i: Int, _ child: Int, from index: Int, splitBrain: Bool = false) {
         let inbound = peers[i].children[child].clusterInbound
-        guard let index = active,
-            let number = members[index].cluster.packetPath({ state in
+        guard let number = members[index].cluster.packetPath({ state in
                 state.slot(forInboundSPI: inbound).flatMap { try? state.nextOutboundSequenceNumber(at: $0, bytes: 1_000) }
             }) ?? nil
         else { return }
         let spi = peers[i].children[child].clusterOutbound
         report.espPacketsSent += 1
-        if let crashedAt, report.takeoverMs == nil { report.takeoverMs = Double(now.nanoseconds - crashedAt.nanoseconds) / 1e6 }
-        if number.value <= highestSent[spi, default: 0] { report.sequenceNumbersReused += 1 }
-        highestSent[spi] = max(highestSent[spi, default: 0], number.value)
+        if index == active, let since = awaitingTakeoverSince {
+            report.takeoverMs = max(report.takeoverMs ?? 0, Double(now.nanoseconds - since.nanoseconds) / 1e6)
+            awaitingTakeoverSince = nil
+        }
+        if !sent.record(number.value, on: spi, by: index) { report.sequenceNumbersReused += 1 }
         let verdict = peers[i].children[child].received.verdict(number.value)
         if let series = plotIndex[spi] {
             plot.series[series].sent.append((milliseconds, members[index].id.rawValue, number.value))
             plot.series[series].peerTop.append((milliseconds, peers[i].children[child].received.highest))
         }
-        if verdict != "accept" { report.legitPacketsRejectedByPeer += 1 }
+        if verdict != "accept" {
+            // While two members are active, either may push the peer's window past the other.
+            if splitBrain { report.splitBrainPacketsRejectedByPeer += 1 } else { report.legitPacketsRejectedByPeer += 1 }
+        }
         traceESP(src: name(index), dst: "peer", spi: spi, seq: number.value, forged: false, verdict: verdict, receiver: "peer")
         if random.next() % 64 == 0 { capturedToPeer.append((i, spi, number.value)) }
     }
 
     /// ESP both ways on every Child SA, and the attacker's replays.
     mutating func traffic() throws {
-        if bursting, crashedAt == nil, let first = peers.indices.first, !peers[first].dead, !peers[first].children.isEmpty {
-            for _ in 0..<configuration.burstPacketsPerMs { sendToPeer(first, 0) }
+        if bursting, crashedAt == nil, let index = active, let first = peers.indices.first, !peers[first].dead, !peers[first].children.isEmpty {
+            for _ in 0..<configuration.burstPacketsPerMs { sendToPeer(first, 0, from: index) }
         }
         let every = max(1, 1_000 / configuration.packetsPerSecond)
+        // Members active without the address (a split brain) send too: their packets reach the peer.
+        let senders = (active.map { [$0] } ?? []) + members.indices.filter { $0 != active && members[$0].alive && members[$0].cluster.isActive }
         for i in peers.indices where (step + i) % every == 0 && !peers[i].dead {
             for child in peers[i].children.indices {
-                sendToPeer(i, child)
+                for index in senders { sendToPeer(i, child, from: index, splitBrain: senders.count > 1 || splitBrainMembers.contains(index)) }
                 // Peer -> cluster.
                 let number = peers[i].children[child].sendNext
                 peers[i].children[child].sendNext += 1
@@ -100,7 +108,7 @@ extension ClusterSimulation {
             guard states.allSatisfy({ $0.slot(forInboundSPI: retired.inbound) == nil }) else { return false }
             acceptedByCluster[retired.inbound] = nil
             acceptedFloor[retired.inbound] = nil
-            highestSent[retired.outbound] = nil
+            sent.forget(retired.outbound)
             peerSPIs.remove(retired.outbound)
             return true
         }
@@ -135,7 +143,8 @@ extension ClusterSimulation {
         // counts as accepting a replay. Bounded memory for long runs.
         let window = UInt64(configuration.replayWindow)
         if number < acceptedFloor[spi, default: 0] || !acceptedByCluster[spi, default: []].insert(number).inserted {
-            report.replaysAccepted += 1
+            // A member that was active beside another never saw what the other accepted.
+            if splitBrainMembers.contains(index) { report.splitBrainReplaysAccepted += 1 } else { report.replaysAccepted += 1 }
         }
         if acceptedByCluster[spi]!.count > Int(window) + 64, let top = acceptedByCluster[spi]!.max(), top > window {
             acceptedFloor[spi] = top - window
@@ -162,6 +171,7 @@ extension ClusterSimulation {
                 if now.nanoseconds - outstanding.sentAt.nanoseconds >= 100_000_000 << UInt64(outstanding.attempts) {
                     guard outstanding.attempts < 5 else {
                         peers[i].dead = true
+                        peers[i].lostReason = "the peer gave up: no answer to its request for 3 s"
                         continue
                     }
                     outstanding.attempts += 1
@@ -401,7 +411,45 @@ extension ClusterSimulation {
     mutating func finish() {
         report.staleRecordsRefused = members.filter(\.alive).compactMap { $0.cluster.replicaStatistics.map { Int($0.stale) } }.reduce(0, +)
         let state = activeState
-        report.ikeSAsSurvived = peers.filter { !$0.dead && state?.ikeSAs[$0.identifier] != nil }.count
+        report.ikeSAsSurvived = 0
+        report.ikeSAsLostByReason = [:]
+        for peer in peers {
+            let reason: String? =
+                if let lost = peer.lostReason { lost }
+                else if state == nil { "no active member at the end" }
+                else if state?.ikeSAs[peer.identifier] == nil { "not in the state of the member that took over" }
+                else { nil }
+            if let reason { report.ikeSAsLostByReason[reason, default: 0] += 1 } else { report.ikeSAsSurvived += 1 }
+        }
         report.ikeSAsLost = report.ikeSAs - report.ikeSAsSurvived
+        // IKE SAs made during the run but never answered to the peer are not the peer's: the
+        // count of IKE SAs is what the peer established, and a member holds at most that many
+        // plus those the peer rekeyed away from and not yet deleted everywhere.
+        let bound = report.ikeSAs + report.ikeSARekeys + establishing.count + configuration.newIKESAsPerSecond
+        report.stateBoundExceeded = members.filter { $0.alive && $0.cluster.state.ikeSAs.count > bound }.count
     }
+}
+
+/// The numbers the cluster sent on each outbound SPI, as runs of consecutive numbers per
+/// member: a member's counter moves one at a time except at a takeover or a reassertion, so a
+/// handful of runs per SPI say exactly which numbers were sent, whichever members sent them
+/// (two active members of a split brain send on the same SPI).
+struct SentNumbers {
+    private var runs: [UInt32: [(member: Int, low: UInt64, high: UInt64)]] = [:]
+
+    /// Records `number` sent on `spi` by `member`; false when it had been sent before.
+    mutating func record(_ number: UInt64, on spi: UInt32, by member: Int) -> Bool {
+        var list = runs[spi, default: []]
+        defer { runs[spi] = list }
+        let fresh = !list.contains { $0.low <= number && number <= $0.high }
+        if let last = list.lastIndex(where: { $0.member == member }), list[last].high &+ 1 == number {
+            list[last].high = number
+        } else {
+            list.append((member, number, number))
+        }
+        return fresh
+    }
+
+    /// Forgets an SPI (its Child SA is gone everywhere).
+    mutating func forget(_ spi: UInt32) { runs[spi] = nil }
 }

@@ -6,43 +6,66 @@ import IPsecHATestKit
 // measures of them (missed synch messages, checkpoints), and what a takeover means for the
 // peer (probes, RFC 6311).
 extension ClusterSimulation {
+    /// Member `index` stops at once, its state gone. When it held the address, whatever it had
+    /// in flight with the peer dies with it, and nobody answers until another member takes over.
     mutating func crash(_ index: Int) {
-        if recordsPlot { plot.crash = milliseconds }
+        if recordsPlot, plot.crash == nil { plot.crash = milliseconds }
         trace?("{\"kind\":\"crash\",\"t\":\(micros),\"member\":\"\(name(index))\"}")
         members[index].alive = false
+        splitBrainMembers.remove(index)
         crashed = index
+        down.append(index)
+        lastCrashed = index
+        pendingLosses[members[index].id] = nil
+        guard index == active else { return }
         crashedAt = now
-        report.ikeExchangesInFlightAtCrash =
-            peers.filter { $0.outstanding != nil }.count + clusterOutstanding.count + held.values.map(\.count).reduce(0, +)
+        report.activeCrashes += 1
+        if awaitingTakeoverSince == nil { awaitingTakeoverSince = now }
+        report.ikeExchangesInFlightAtCrash = max(
+            report.ikeExchangesInFlightAtCrash,
+            peers.filter { $0.outstanding != nil }.count + clusterOutstanding.count + held.values.map(\.count).reduce(0, +))
         held = [:]
         clusterOutstanding = [:]
         pendingLosses = [:]
-        active = nil
+        // A member still active from a split brain answers for the address once the peer's
+        // next ARP finds it (no other has it).
+        active = members.indices.first { members[$0].alive && members[$0].cluster.isActive }
     }
 
     /// The crashed member comes back empty, at a new epoch, as a standby of the current active
-    /// member; it says hello until a bulk resync makes it ready.
-    mutating func restart(_ index: Int) throws {
+    /// member; it says hello until a bulk resync makes it ready. With `clockReset` its clock
+    /// starts again at one second, as after a reboot.
+    mutating func restart(_ index: Int, clockReset: Bool = false) throws {
         crashed = nil
-        restarted = index
+        down.removeAll { $0 == index }
+        awaitingReady.insert(index)
         let old = members[index]
         pendingLosses[old.id] = nil
         // What reached it while it was down is gone with its memory.
         _ = members[index].transport.receive(now: now)
-        let activeID = active.map { members[$0].id } ?? members.first { $0.alive && $0.id != old.id }?.id ?? old.id
+        // A standby of the active member, or of another (a whole-cluster restart comes back
+        // by `ClusterMemberConfiguration.lastResortTakeover`, not by configuring one active).
+        let activeID = active.map { members[$0].id } ?? members.first { $0.alive && $0.id != old.id }?.id ?? members.first { $0.id != old.id }!.id
         members[index] = Member(
             id: old.id, cluster: try makeMember(old.id, epoch: old.cluster.channel.configuration.epoch + 1, active: activeID),
-            transport: old.transport)
+            transport: old.transport, clockOffset: clockReset ? now.nanoseconds - 1_000_000_000 : old.clockOffset)
         report.restartedMemberReady = false
+        // keepalived starts in BACKUP on the restarted host.
+        if configuration.arbiter { try signal(index, .backup) }
     }
+
+    /// Member `index`'s own clock.
+    func clock(_ index: Int) -> Timestamp { Timestamp(nanoseconds: now.nanoseconds - members[index].clockOffset) }
 
     /// One millisecond of the synch side: every live member takes its datagrams and the time,
     /// and what it says is carried out.
     mutating func advance() throws {
         now = now + .milliseconds(1)
         for index in members.indices where members[index].alive {
-            for datagram in members[index].transport.receive(now: now) { members[index].cluster.receive(datagram, now: now) }
-            members[index].cluster.tick(now: now)
+            members[index].wasReady = members[index].cluster.isReady
+            let clock = clock(index)
+            for datagram in members[index].transport.receive(now: now) { members[index].cluster.receive(datagram, now: clock) }
+            members[index].cluster.tick(now: clock)
             try drain(index)
             if index != active { observeMissedSynch(index) }
         }
@@ -77,13 +100,18 @@ extension ClusterSimulation {
                     plot.series[series].checkpoints.append((milliseconds, entry.checkpoint.outbound.lastSent))
                 }
             case .becameReady:
-                if index == restarted {
-                    report.restartedMemberReady = true
-                    restarted = nil
-                }
+                if awaitingReady.remove(index) != nil, awaitingReady.isEmpty { report.restartedMemberReady = true }
             case .tookOver(let plan, let rekey):
                 try tookOver(index, plan: plan, rekey: rekey)
-            case .steppedDown, .heldBack, .reasserted, .segmentStarted, .segmentStopped:
+            case .steppedDown:
+                trace?("{\"kind\":\"stepped_down\",\"t\":\(micros),\"member\":\"\(name(index))\"}")
+                splitBrainMembers.remove(index)
+                guard index == active else { continue }
+                // Nobody holds the address until the next takeover.
+                active = nil
+                held = [:]
+                clusterOutstanding = [:]
+            case .heldBack, .reasserted, .segmentStarted, .segmentStopped:
                 break
             }
         }
@@ -94,7 +122,9 @@ extension ClusterSimulation {
     mutating func observeMissedSynch(_ index: Int) {
         guard let activeIndex = active else { return }
         let id = members[index].id
-        let missing = members[index].cluster.channel.missingSince(from: members[activeIndex].id)
+        // On the run's clock (the member's may have been reset by a reboot).
+        let offset = members[index].clockOffset
+        let missing = members[index].cluster.channel.missingSince(from: members[activeIndex].id).map { Timestamp(nanoseconds: $0.nanoseconds + offset) }
         if let missing, !detecting.contains(id) {
             detecting.insert(id)
             report.missedSyncDetected += 1
@@ -110,12 +140,12 @@ extension ClusterSimulation {
     /// Changes the active member's state; the token of the change (nil: no member is active).
     mutating func change(_ body: (inout GatewayState, inout [StateChange]) throws(GatewayStateError) -> Void) throws -> ReplicationToken? {
         guard let index = active else { return nil }
-        return try members[index].cluster.update(now: now, body)
+        return try members[index].cluster.update(now: clock(index), body)
     }
 
     mutating func replicateExchange(_ identifier: IKESAIdentifier, _ messageID: UInt32, initiatedHere: Bool, finished: Bool) throws -> ReplicationToken? {
         guard let index = active else { return nil }
-        return try members[index].cluster.replicateExchange(of: identifier, messageID: messageID, initiatedHere: initiatedHere, finished: finished, now: now)
+        return try members[index].cluster.replicateExchange(of: identifier, messageID: messageID, initiatedHere: initiatedHere, finished: finished, now: clock(index))
     }
 
     /// Whether the member with this ID runs.
@@ -135,8 +165,10 @@ extension ClusterSimulation {
     /// deleted, and every IKE SA continues as the plan says (RFC 6311 with the peer where it
     /// says so, a probe for a rekey whose answer may have died with the failed member).
     mutating func tookOver(_ index: Int, plan: TakeoverPlan, rekey: [UInt32]) throws {
-        // The member takes over only with a complete copy.
-        report.standbyReadyAtTakeover = true
+        // Without an arbiter a member takes over only with a complete copy; an arbiter may
+        // promote one that is still resyncing.
+        report.standbyReadyAtTakeover = (report.standbyReadyAtTakeover ?? true) && members[index].wasReady
+        report.takeovers += 1
         if !plotIndex.isEmpty {
             let state = members[index].cluster.state
             for decision in plan.childSAs {
@@ -151,7 +183,7 @@ extension ClusterSimulation {
         var syncs: [(IKESAIdentifier, UInt64?)] = []
         var undone = 0
         var deleted: [IKESAIdentifier] = []
-        _ = try members[index].cluster.update(now: now) { state, changes throws(GatewayStateError) in
+        _ = try members[index].cluster.update(now: clock(index)) { state, changes throws(GatewayStateError) in
             for spi in rekey { changes += (try? state.deleteChildSA(inboundSPI: spi)) ?? [] }
             for ikePlan in plan.ikeSAs {
                 let identifier = ikePlan.identifier
@@ -180,8 +212,14 @@ extension ClusterSimulation {
             }
         }
         report.ikeSARekeysUndoneByTakeover += undone
-        for identifier in deleted { if let i = peerIndex[identifier] { peers[i].dead = true } }
+        for identifier in deleted {
+            guard let i = peerIndex[identifier] else { continue }
+            peers[i].dead = true
+            peers[i].lostReason = "deleted by the takeover plan"
+        }
         held = [:]
+        // What another member (a split brain) asked the peer is that member's to finish.
+        clusterOutstanding = [:]
         pendingLosses = [:]
         active = index
         trace?("{\"kind\":\"failover\",\"t\":\(micros),\"to\":\"\(name(index))\"}")
@@ -213,7 +251,7 @@ extension ClusterSimulation {
             peers[i].outstanding = nil
             if let replayDelta { for child in peers[i].children.indices { peers[i].children[child].sendNext += replayDelta } }
             if let agreed = try? initiator.receive(response, windows: windows) {
-                _ = try? members[index].cluster.update(now: now) { state, changes throws(GatewayStateError) in
+                _ = try? members[index].cluster.update(now: clock(index)) { state, changes throws(GatewayStateError) in
                     changes += try state.updateMessageIDs(of: identifier) { $0 = agreed }
                 }
                 report.ikeSAsResyncedViaRFC6311 += 1

@@ -45,6 +45,11 @@ public struct ClusterSimulation {
         var cluster: ClusterMember
         var transport: InMemorySyncTransport
         var alive = true
+        /// Subtracted from the run's clock to give the member's own (monotonic) clock: a reboot
+        /// starts it again near zero.
+        var clockOffset: UInt64 = 0
+        /// Whether it held a complete copy just before its last step (for the takeover report).
+        var wasReady = false
     }
 
     /// What the peer asks for: a liveness check, a Child SA rekey, or an IKE SA rekey whose new
@@ -71,6 +76,8 @@ public struct ClusterSimulation {
         var dead = false
         var children: [PeerChildSA]
         var syncPeer = MessageIDSyncPeer()
+        /// Why the IKE SA died, when it did.
+        var lostReason: String?
     }
 
     /// An IKE message on the outside link.
@@ -102,7 +109,8 @@ public struct ClusterSimulation {
     var bursting = false
     /// Cluster requests awaiting a response: IKE SA -> message ID.
     var clusterOutstanding: [IKESAIdentifier: (UInt32, Timestamp)] = [:]
-    var highestSent: [UInt32: UInt64] = [:]
+    /// The numbers the cluster sent, per outbound SPI (whichever member sent them).
+    var sent = SentNumbers()
     var acceptedByCluster: [UInt32: Set<UInt64>] = [:]
     /// Per inbound SPI: below this nothing may be accepted (``acceptedByCluster`` forgot it).
     var acceptedFloor: [UInt32: UInt64] = [:]
@@ -123,9 +131,29 @@ public struct ClusterSimulation {
     var detecting: Set<ClusterMemberID> = []
     var baseline = (sent: 0, lost: 0)
     var step = 0
-    /// The crashed member, and the initiator SPIs of new IKE SAs the peer asked for.
+    /// The crashed member (of the one crash without a fault schedule).
     var crashed: Int?
-    var restarted: Int?
+    /// Members down, in the order they crashed, and the one that crashed last.
+    var down: [Int] = []
+    var lastCrashed: Int?
+    /// Restarted members not yet complete standbys again.
+    var awaitingReady: Set<Int> = []
+    /// Since when no member holds the address after the active member crashed (until the first
+    /// packet of the next).
+    var awaitingTakeoverSince: Timestamp?
+    /// The next fault of the schedule.
+    var nextFault = 0
+    /// The member the arbiter gives the address to, and since when it is down.
+    var vrrpMaster: Int?
+    var vrrpMasterDownSince: Timestamp?
+    /// Members active during a split brain, and still active since: the peer may have seen far
+    /// higher numbers from the other side, so its window may refuse theirs (the damage a split
+    /// brain does, counted apart from the invariant).
+    var splitBrainMembers: Set<Int> = []
+    /// Milliseconds of the current split brain with the synch link up between the actives.
+    var connectedSplitBrainMs = 0.0
+    /// The synch link's delay without faults.
+    var defaultSyncDelay: Duration = .zero
     let channelKey: ChannelKey
     let channelLogger: Logger?
     var nextIKESPI: UInt64 = 1 << 40
@@ -146,6 +174,7 @@ public struct ClusterSimulation {
         faults.loss = configuration.syncLoss
         faults.jitter = .milliseconds(1)
         network = InMemorySyncNetwork(faults: faults, seed: configuration.seed ^ 0x5EED)
+        defaultSyncDelay = faults.delay
         channelKey = try ChannelKey.generate()
         self.channelLogger = channelLogger
         let ids = (1...configuration.members).map { ClusterMemberID(rawValue: UInt16($0)) }
@@ -165,6 +194,11 @@ public struct ClusterSimulation {
         network.faults.loss = configuration.syncLoss
         baseline = (network.sent, network.lost)
         pendingLosses = [:]
+        if configuration.arbiter {
+            // keepalived on every host: the address on member 1, the others BACKUP.
+            vrrpMaster = 0
+            for index in members.indices { try signal(index, index == 0 ? .master : .backup) }
+        }
     }
 
     /// The IKE SAs and Child SAs, on the active member and at the peer.
@@ -182,7 +216,7 @@ public struct ClusterSimulation {
                 childSAs.append(child)
                 children.append(PeerChildSA(clusterInbound: spi, clusterOutbound: child.outboundSPI, received: SetReplayWindow(size: UInt64(configuration.replayWindow))))
             }
-            _ = try members[0].cluster.update(now: now) { state, changes throws(GatewayStateError) in
+            _ = try members[0].cluster.update(now: clock(0)) { state, changes throws(GatewayStateError) in
                 changes += try state.createIKESA(ike)
                 for child in childSAs { changes += try state.createChildSA(child) }
             }
@@ -214,6 +248,7 @@ public struct ClusterSimulation {
         channel.logger.logLevel = .error
         if let channelLogger { channel.logger = channelLogger }
         var member = ClusterMemberConfiguration(channel: channel, activeMember: active)
+        member.followsVRRP = configuration.arbiter
         member.checkpoints = CounterCheckpointPolicy(packets: configuration.checkpointPackets, interval: .milliseconds(Int64(clamping: configuration.checkpointMs)))
         member.takeover = TakeoverPolicy(
             minimumAdvance: configuration.checkpointPackets, maximumPacketsPerSecond: configuration.maximumPacketsPerSecond,
@@ -239,7 +274,12 @@ public struct ClusterSimulation {
         let end = start + configuration.durationMs * 1_000_000
         quietFrom = end - min(100_000_000, configuration.durationMs * 100_000)
         while now.nanoseconds < end {
-            if let crashAt = configuration.crashAtMs, crashedAt == nil {
+            if let schedule = configuration.faults {
+                while nextFault < schedule.faults.count, now.nanoseconds >= start + schedule.faults[nextFault].atMs * 1_000_000 {
+                    try apply(schedule.faults[nextFault].fault)
+                    nextFault += 1
+                }
+            } else if let crashAt = configuration.crashAtMs, crashedAt == nil {
                 if now.nanoseconds >= start + crashAt * 1_000_000, let index = active {
                     crash(index)
                     network.faults.loss = configuration.syncLoss
@@ -248,14 +288,16 @@ public struct ClusterSimulation {
                     bursting = true
                 }
             }
-            if let restartAfter = configuration.restartAfterMs, let index = crashed, let crashedAt,
+            if configuration.faults == nil, let restartAfter = configuration.restartAfterMs, let index = crashed, let crashedAt,
                 now.nanoseconds >= crashedAt.nanoseconds + restartAfter * 1_000_000
             {
                 try restart(index)
             }
+            try arbiterTick()
             try advance()
             try traffic()
             try ike()
+            observeSplitBrain()
             step += 1
             if step % 100 == 0 { progress(Double(now.nanoseconds - start) / Double(end - start)) }
         }

@@ -94,7 +94,9 @@ public struct LoadSharingCluster {
     }
 
     private func makeMember(_ id: ClusterMemberID, incarnation: UInt32) throws -> LoadSharingMember {
-        let channel = SyncChannelConfiguration(clusterID: 9, member: id, epoch: max(incarnation, 1), key: key, peers: ids.filter { $0 != id })
+        var channel = SyncChannelConfiguration(clusterID: 9, member: id, epoch: max(incarnation, 1), key: key, peers: ids.filter { $0 != id })
+        // The report says what happened; the channel's routine notices would drown it.
+        channel.logger.logLevel = .error
         var configuration = ClusterMemberConfiguration(channel: channel, activeMember: id)
         configuration.loadSharing = try SegmentOwnershipConfiguration(member: id, incarnation: incarnation, members: ids, segments: segments)
         configuration.checkpoints = CounterCheckpointPolicy(packets: 4_096, interval: checkpointInterval)

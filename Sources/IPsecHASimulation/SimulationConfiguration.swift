@@ -54,6 +54,16 @@ public struct SimulationConfiguration: Sendable, Hashable {
     public var ikeSARekeyEvery = 0
     /// Inbound replay window size, on both sides.
     public var replayWindow: UInt32 = 1_024
+    /// The faults of the run, instead of the one crash of ``crashAtMs`` and its restart (which
+    /// are then ignored, as are ``outageBeforeCrashMs`` and ``burstPacketsPerMs``); nil: that
+    /// one crash.
+    public var faults: FaultSchedule?
+    /// Whether an external arbiter (keepalived-like VRRP, on a link of its own that synch-link
+    /// faults do not touch) decides who is active: members take over only when it gives them
+    /// the address (`ClusterMemberConfiguration.followsVRRP`). It moves the address 30 ms after
+    /// its holder crashed, to the running member with the lowest ID (priorities by ID, no
+    /// preemption), and whenever a `vrrp=` fault says so. On when ``faults`` has such a fault.
+    public var arbiter = false
 
     /// The default run (see `ikeha-demo simulate`).
     public init() {}
@@ -75,6 +85,7 @@ public struct SimulationConfiguration: Sendable, Hashable {
         guard outageBeforeCrashMs <= (crashAtMs ?? 0), (0...10_000).contains(burstPacketsPerMs) else {
             throw .invalid("an outage before the crash needs a crash after it; bursts of 0 to 10,000 packets a millisecond")
         }
+        try faults?.validate(members: members, durationMs: durationMs)
     }
 }
 
@@ -154,13 +165,48 @@ public struct SimulationReport: Sendable, Hashable {
     public var staleRecordsRefused = 0
 
     /// Whether the standby that took over was a complete copy (a standby still resyncing when
-    /// the active member failed takes over what it has: the rest is lost).
+    /// the active member failed takes over what it has: the rest is lost). With several
+    /// takeovers, whether every one was.
     public var standbyReadyAtTakeover: Bool?
+
+    /// Faults of the schedule carried out, by kind (``SimulationFault/kind``); a fault whose
+    /// target did not exist then (a crash of a standby when none ran) is not counted.
+    public var faults: [String: Int] = [:]
+    /// Takeovers (a member became active), and crashes of the active member.
+    public var takeovers = 0, activeCrashes = 0
+    /// Time two members or more were active at once, in all (a split brain: only a cut synch
+    /// link or an arbiter's decision makes one).
+    public var splitBrainMs = 0.0
+    /// The longest time two members or more were active at once while the synch link between
+    /// them was up (not partitioned, not losing everything one way): how long a healed split
+    /// brain took to resolve. At most ``splitBrainResolutionBoundMs``.
+    public var splitBrainConnectedMsMax = 0.0
+    /// What a split brain may take to resolve once the members hear each other: ten hello
+    /// intervals of `ClusterMemberConfiguration` (200 ms each), so that a run of lost hellos
+    /// on a lossy link does not count as a violation.
+    public static let splitBrainResolutionBoundMs = 2_000.0
+    /// Packets of a member that was active during a split brain, without the address, that the
+    /// peer's window refused (the other member had gone far ahead: the price of a split brain,
+    /// never a reused number).
+    public var splitBrainPacketsRejectedByPeer = 0
+    /// Replays accepted by a member that was active during a split brain and still is: it
+    /// never saw what the other side accepted (the other damage of a split brain).
+    public var splitBrainReplaysAccepted = 0
+    /// IKE SAs lost, by reason.
+    public var ikeSAsLostByReason: [String: Int] = [:]
+    /// Members whose state held more IKE SAs than the run ever had (unbounded growth).
+    public var stateBoundExceeded = 0
 
     /// Whether every invariant held: no sequence number reused, no replay accepted by either
     /// side, no packet the cluster sent rejected by the peer's own window. (IKE requests the
     /// peer dropped and IKE SAs lost are the peer's view of availability, reported beside.)
-    public var invariantsHeld: Bool { sequenceNumbersReused == 0 && replaysAccepted == 0 && legitPacketsRejectedByPeer == 0 }
+    /// With a fault schedule also: every split brain resolved within
+    /// ``splitBrainResolutionBoundMs`` once the members heard each other, and no member held
+    /// more IKE SAs than the run ever had.
+    public var invariantsHeld: Bool {
+        sequenceNumbersReused == 0 && replaysAccepted == 0 && legitPacketsRejectedByPeer == 0
+            && splitBrainConnectedMsMax <= Self.splitBrainResolutionBoundMs && stateBoundExceeded == 0
+    }
 
     /// The report as one JSON object, keys in a fixed order.
     public var json: String {
@@ -180,7 +226,13 @@ public struct SimulationReport: Sendable, Hashable {
             ("sync_datagrams_lost", "\(syncDatagramsLost)"), ("checkpoints_sent", "\(checkpointsSent)"), ("takeover_ms", number(takeoverMs)),
             ("standby_ready_at_takeover", standbyReadyAtTakeover.map { "\($0)" } ?? "null"),
             ("ike_sas_established", "\(ikeSAsEstablished)"), ("restarted_member_ready", restartedMemberReady.map { "\($0)" } ?? "null"),
-            ("stale_records_refused", "\(staleRecordsRefused)"),
+            ("stale_records_refused", "\(staleRecordsRefused)"), ("takeovers", "\(takeovers)"), ("active_crashes", "\(activeCrashes)"),
+            ("faults", "{" + faults.sorted { $0.key < $1.key }.map { "\"\($0.key)\": \($0.value)" }.joined(separator: ", ") + "}"),
+            ("split_brain_ms", number(splitBrainMs)), ("split_brain_connected_ms_max", number(splitBrainConnectedMsMax)),
+            ("split_brain_packets_rejected_by_peer", "\(splitBrainPacketsRejectedByPeer)"),
+            ("split_brain_replays_accepted", "\(splitBrainReplaysAccepted)"),
+            ("ike_sas_lost_by_reason", "{" + ikeSAsLostByReason.sorted { $0.key < $1.key }.map { "\"\($0.key)\": \($0.value)" }.joined(separator: ", ") + "}"),
+            ("state_bound_exceeded", "\(stateBoundExceeded)"),
             ("invariants_held", "\(invariantsHeld)"),
         ]
         return "{" + fields.map { "\"\($0.0)\": \($0.1)" }.joined(separator: ", ") + "}"

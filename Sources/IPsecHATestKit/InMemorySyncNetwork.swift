@@ -15,6 +15,8 @@ public struct NetworkFaults: Sendable, Hashable {
     public var jitter: Duration = .zero
     /// Members cut off from each other (both directions): pairs `(a, b)`.
     public var partitions: Set<[UInt16]> = []
+    /// Loss in one direction only, on top of ``loss``: `[from, to]` to a probability.
+    public var directedLoss: [[UInt16]: Double] = [:]
 
     /// No faults, 0.1 ms delay.
     public init() {}
@@ -68,7 +70,7 @@ public final class InMemorySyncNetwork {
         guard datagram.count <= maximumDatagramSize else { throw .tooLarge(datagram.count) }
         sent += 1
         bytesSent += datagram.count
-        if faults.partitioned(from, to) || chance(faults.loss) {
+        if faults.partitioned(from, to) || chance(faults.loss) || chance(faults.directedLoss[[from.rawValue, to.rawValue]] ?? 0) {
             lost += 1
             return
         }

@@ -35,6 +35,9 @@ struct SimulateCommand: ParsableCommand {
     @Option(help: "IKE replication: sync (responses wait for the standbys) or async.") var replication = "sync"
     @Option(name: .customLong("outage-before-crash-ms"), help: "The synch link loses everything this long before the crash...") var outageBeforeCrashMs: UInt64 = 0
     @Option(name: .customLong("burst-packets-per-ms"), help: "...while one Child SA sends this many more packets a millisecond.") var burstPacketsPerMs = 0
+    @Option(help: "A fault schedule instead of the one crash: TIME:FAULT items separated by commas, e.g. 300:crash=active,500:restart=last,900:partition=1/2,1300:heal (Docs/Reliability.md).") var faults: String?
+    @Option(name: .customLong("random-faults"), help: "A fault schedule of about this many faults drawn from the seed.") var randomFaults: Int?
+    @Flag(help: "An external arbiter (keepalived-like VRRP) decides who is active; the members follow it.") var arbiter = false
     @Flag(help: "Print one JSON object instead of the table.") var json = false
     @Option(help: "Write every event on the outside link to this file as JSON Lines.") var trace: String?
     @Option(help: "Write the outside link to this file as a pcap capture (IKE on UDP 500/4500, ESP in UDP 4500).") var pcap: String?
@@ -76,7 +79,17 @@ struct SimulateCommand: ParsableCommand {
         case "async": configuration.synchronousReplication = false
         default: throw ValidationError("--replication must be sync or async")
         }
-        do { try configuration.validate() } catch { throw ValidationError("\(error)") }
+        if faults != nil, randomFaults != nil { throw ValidationError("--faults or --random-faults, not both") }
+        do {
+            if let faults { configuration.faults = try FaultSchedule(parsing: faults) }
+            if let randomFaults {
+                guard (1...100).contains(randomFaults) else { throw ValidationError("--random-faults must be 1 to 100") }
+                configuration.faults = FaultSchedule.random(seed: seed, members: members, durationMs: durationMs, count: randomFaults, arbiter: arbiter)
+            }
+            configuration.arbiter = arbiter || configuration.faults?.hasArbiter == true
+            if configuration.faults != nil { configuration.crashAtMs = nil }
+            try configuration.validate()
+        } catch let error as SimulationError { throw ValidationError("\(error)") }
         return configuration
     }
 
@@ -152,7 +165,19 @@ struct SimulateCommand: ParsableCommand {
             row("  missed synch messages detected", "\(r.missedSyncDetected) times, within \(r.missedSyncDetectionMsMax) ms at most"),
             "takeover",
         ]
-        if let takeover = r.takeoverMs {
+        if let schedule = c.faults {
+            lines += [
+                row("  fault schedule", schedule.description),
+                row("  faults carried out", r.faults.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")),
+                row("  crashes of the active member / takeovers", "\(r.activeCrashes) / \(r.takeovers)"),
+                row("  longest time without an active member", r.takeoverMs.map { "\($0) ms" } ?? "-"),
+                row("  every member that took over was complete", r.standbyReadyAtTakeover.map { $0 ? "yes" : "no" } ?? "-"),
+                row("  IKE SAs resynced by RFC 6311", "\(r.ikeSAsResyncedViaRFC6311)"),
+                row("  split brain (two members active)", "\(r.splitBrainMs) ms, \(r.splitBrainConnectedMsMax) ms at most once they heard each other"),
+                row("  split-brain packets the peer refused", "\(r.splitBrainPacketsRejectedByPeer)"),
+                row("  restarted members", r.restartedMemberReady.map { $0 ? "all complete standbys again" : "not all resynced" } ?? "none"),
+            ]
+        } else if let takeover = r.takeoverMs {
             lines += [
                 row("  active crashed at", "\(c.crashAtMs ?? 0) ms, \(r.ikeExchangesInFlightAtCrash) IKE exchanges in flight"),
                 row("  first ESP packet from the new active", "\(takeover) ms after the crash"),
@@ -168,6 +193,9 @@ struct SimulateCommand: ParsableCommand {
         lines += [
             "lost",
             row("  IKE SAs survived / lost", "\(r.ikeSAsSurvived) / \(r.ikeSAsLost)"),
+        ]
+        lines += r.ikeSAsLostByReason.sorted { $0.key < $1.key }.map { row("    \($0.key)", "\($0.value)") }
+        lines += [
             row("  peer packets dropped by the cluster", "\(r.legitPacketsRejectedByCluster) of \(r.espPacketsFromPeer) (inside the advance)"),
             "invariants",
             row("  sequence numbers reused", "\(r.sequenceNumbersReused)"),

@@ -271,6 +271,7 @@ struct ReferenceGateway {
             let why =
                 switch reason {
                 case .newerActive(let newer, let epoch): "member \(newer) is active with epoch \(epoch), newer than ours"
+                case .activeWithCompleteCopy(let other): "member \(other) is active with a complete copy, this member had none"
                 case .external(let why): why
                 }
             heldReplies = [:]

@@ -47,6 +47,11 @@ public struct TakeoverPolicy: Sendable, Hashable {
     public var unknownAdvance: UInt64
     /// How inbound windows are rebuilt.
     public var inbound: InboundTakeoverPolicy
+    /// Added to every outbound advance, and to nothing inbound: a member's own offset, so that
+    /// two members taking over from the same copy at once (a split brain, or two standbys
+    /// that both found the active member dead) send different sequence numbers, until one of
+    /// them has sent this many. `ClusterMember` sets it from the member's rank.
+    public var outboundOffset: UInt64 = 0
 
     /// A policy; by default an advance of at least 4,096 (the default checkpoint packet count),
     /// 200 ms of staleness margin, at least 15,000,000 packets a second of the time
@@ -103,8 +108,9 @@ public struct ChildSATakeover: Sendable, Hashable {
     public var outbound: OutboundTakeover
     /// The inbound window.
     public var inbound: InboundTakeover
-    /// How far the outbound counter moves beyond the checkpoint (and, with RFC 6311, the
-    /// delta asked of the peer). A conservative inbound window carries its own advance.
+    /// How far the outbound counter moves beyond the checkpoint (``TakeoverPolicy/outboundOffset``
+    /// included). The inbound window carries its own advance, or the delta asked of the peer
+    /// with RFC 6311.
     public var advance: UInt64
     /// The reasoning, for the operator (``ChildSATakeoverReason/description`` reads it out).
     public var reason: ChildSATakeoverReason

@@ -95,12 +95,13 @@ public enum TakeoverPlanner {
             }
             let hardLimit = sa.hardLimit
             let lastSent = sa.lastSent
+            let outboundAdvance = saturatingAdd(advance, policy.outboundOffset)
             let outbound: OutboundTakeover
-            if lastSent > hardLimit - min(advance, hardLimit) {
+            if lastSent > hardLimit - min(outboundAdvance, hardLimit) {
                 outbound = .rekey
                 reason.outboundLimitReached = true
             } else {
-                outbound = .resume(lastSent: lastSent + advance)
+                outbound = .resume(lastSent: lastSent + outboundAdvance)
             }
             let top = sa.inboundTop
             let inboundLimit = sa.extendedSequenceNumbers ? UInt64.max : UInt64(UInt32.max)
@@ -119,7 +120,7 @@ public enum TakeoverPlanner {
             }
             if replayCounterSyncPolicy { advanceBySlot[slot] = advance }
             childPlans.append(
-                ChildSATakeover(inboundSPI: sa.inboundSPI, parent: sa.parent, outbound: outbound, inbound: inbound, advance: advance, reason: reason))
+                ChildSATakeover(inboundSPI: sa.inboundSPI, parent: sa.parent, outbound: outbound, inbound: inbound, advance: outboundAdvance, reason: reason))
         }
 
         var ikePlans: [IKESATakeover] = []

@@ -6,11 +6,16 @@ public enum PromotionReason: Sendable, Hashable, CustomStringConvertible {
     case activeMemberSilent(ClusterMemberID)
     /// An external system decided (a VRRP / keepalived transition, an operator).
     case external(String)
+    /// No member said it was active or a ready standby for this long: the cluster has no
+    /// complete copy left (every member restarted, or the active member died while the only
+    /// standby was resyncing), and this member serves what it holds, which may be nothing.
+    case noCompleteCopy(silentFor: Duration)
 
     public var description: String {
         switch self {
         case .activeMemberSilent(let member): "active \(member) silent on the synch channel"
         case .external(let source): "external decision: \(source)"
+        case .noCompleteCopy(let silence): "no active member or ready standby for \(silence): serving what this member holds"
         }
     }
 }
@@ -32,7 +37,8 @@ public enum ClusterRoleEvent: Sendable, Hashable {
 /// `heartbeatInterval x missCount`; the owner then promotes (``promote(_:newEpoch:)``), or promotes
 /// at once when an external system decides. Active members say so in their hellos
 /// (``activeCapability``); a member that is active and hears another active member with a newer
-/// epoch (or the same epoch and a higher member ID) steps down: epochs decide split brains.
+/// epoch (or the same epoch and a higher member ID) steps down: epochs decide split brains,
+/// after completeness (``incompleteCopyCapability``).
 public struct ClusterRole: Sendable {
     /// The hello capability bit an active member sets.
     public static let activeCapability: UInt32 = 0x1
@@ -42,6 +48,12 @@ public struct ClusterRole: Sendable {
     /// could have used (the reference gateway jumps them by 2^30; see
     /// ``reassertionDue(afterHelloFrom:epoch:capabilities:now:)``).
     public static let steppedDownCapability: UInt32 = 0x2
+    /// The hello capability bit of an active member that took over without a complete copy
+    /// (``PromotionReason/noCompleteCopy(silentFor:)``, or an external decision on a standby
+    /// still resyncing). Completeness decides before epochs: an active member with a complete
+    /// copy never steps down for one without, and one without steps down for any with, so
+    /// that a partition that healed after a last-resort takeover keeps the state that is whole.
+    public static let incompleteCopyCapability: UInt32 = 0x8
     /// Reassertions at most this often (10 s): each moves every outbound counter by 2^30, a
     /// key holder sending hellos with ever new epochs burnt that much per Child SA with each
     /// (review M2, L8), and a real split brain does not heal twice in ten seconds.
@@ -49,6 +61,9 @@ public struct ClusterRole: Sendable {
 
     /// Whether this member is the active one.
     public private(set) var isActive: Bool
+    /// Whether this active member took over without a complete copy (see
+    /// ``incompleteCopyCapability``).
+    public private(set) var servesIncompleteCopy = false
     /// This member.
     public let member: ClusterMemberID
     /// This member's epoch (as in its synch channel).
@@ -76,15 +91,23 @@ public struct ClusterRole: Sendable {
     }
 
     /// The capabilities to put in this member's hellos.
-    public var capabilities: UInt32 { isActive ? Self.activeCapability : 0 }
+    public var capabilities: UInt32 {
+        guard isActive else { return 0 }
+        return Self.activeCapability | (servesIncompleteCopy ? Self.incompleteCopyCapability : 0)
+    }
 
     /// Takes a hello from another member.
     public mutating func heardHello(from peer: ClusterMemberID, epoch peerEpoch: UInt32, capabilities: UInt32) -> [ClusterRoleEvent] {
         guard capabilities & Self.activeCapability != 0, peer != member else { return [] }
         if isActive {
-            let peerWins = peerEpoch > epoch || (peerEpoch == epoch && peer.rawValue > member.rawValue)
+            let peerIncomplete = capabilities & Self.incompleteCopyCapability != 0
+            let peerWins =
+                peerIncomplete != servesIncompleteCopy
+                ? servesIncompleteCopy
+                : peerEpoch > epoch || (peerEpoch == epoch && peer.rawValue > member.rawValue)
             guard peerWins else { return [] }
             isActive = false
+            servesIncompleteCopy = false
             activeMember = peer
             failureReported = false
             return [.steppedDown(newerActive: peer, epoch: peerEpoch)]
@@ -134,17 +157,20 @@ public struct ClusterRole: Sendable {
     public mutating func stepDown() throws(ClusterRoleError) {
         guard isActive else { throw .notActive }
         isActive = false
+        servesIncompleteCopy = false
         activeMember = nil
         failureReported = false
     }
 
     /// Makes this member active (after a failure was reported, or when an external system
     /// decides). The new epoch must be above the current one, so that a split brain resolves
-    /// in favour of the newest active member; rotate the synch channel to it too.
-    public mutating func promote(_ reason: PromotionReason, newEpoch: UInt32) throws(ClusterRoleError) -> [ClusterRoleEvent] {
+    /// in favour of the newest active member; rotate the synch channel to it too. Without
+    /// `completeCopy` the hellos say so (``incompleteCopyCapability``).
+    public mutating func promote(_ reason: PromotionReason, newEpoch: UInt32, completeCopy: Bool = true) throws(ClusterRoleError) -> [ClusterRoleEvent] {
         guard !isActive else { throw .alreadyActive }
         guard newEpoch > epoch else { throw .epochNotNewer(current: epoch, proposed: newEpoch) }
         isActive = true
+        servesIncompleteCopy = !completeCopy
         epoch = newEpoch
         activeMember = nil
         failureReported = false

@@ -39,7 +39,15 @@ extension ClusterMember {
                 }
             case .resyncNeeded:
                 handOnToReplicator(action, now: now)
-            case .peerRestarted, .dropped:
+            case .peerRestarted(let peer, _):
+                // The active member restarted: it serves nothing now, and its hellos as a new
+                // standby must not pass for a live active member (a crash and a quick reboot
+                // hid the failure from the standbys, which never took over).
+                if case .standby(var standby) = lifecycle, standby.ready, standby.active == peer {
+                    standby.activeRestarted = true
+                    lifecycle = .standby(standby)
+                }
+            case .dropped:
                 break
             }
         }
@@ -66,11 +74,14 @@ extension ClusterMember {
     private mutating func heardHello(from peer: ClusterMemberID, epoch: UInt32, capabilities: UInt32, now: Timestamp) {
         highestEpochHeard = max(highestEpochHeard, epoch)
         if capabilities & Self.readyStandbyCapability != 0 { readyStandbys[peer] = now } else { readyStandbys[peer] = nil }
+        let complete = capabilities & ClusterRole.incompleteCopyCapability == 0
+        if complete, capabilities & (ClusterRole.activeCapability | Self.readyStandbyCapability) != 0 { lastCompleteCopyHeard = now }
         if role.reassertionDue(afterHelloFrom: peer, epoch: epoch, capabilities: capabilities, now: now) { reassert(now: now) }
+        let wasIncomplete = role.servesIncompleteCopy
         for case .steppedDown(let newer, let newerEpoch) in role.heardHello(from: peer, epoch: epoch, capabilities: capabilities) {
             // A newer active member: what this one served is the other's to carry on.
             steppedDownAt = now
-            stepDown(.newerActive(newer, epoch: newerEpoch), following: newer)
+            stepDown(wasIncomplete && complete ? .activeWithCompleteCopy(newer) : .newerActive(newer, epoch: newerEpoch), following: newer)
         }
         if case .standby(let standby) = lifecycle, capabilities & ClusterRole.activeCapability != 0, peer != standby.active,
             role.activeMember == peer
@@ -119,6 +130,9 @@ extension ClusterMember {
                 if let sent = try? channel.send([hello], to: peer, now: now) { enqueue(sent.actions) }
             }
         }
+        if lastResortDue(standby, now: now), let silence = configuration.lastResortTakeover {
+            return takeOver(standby, reason: .noCompleteCopy(silentFor: silence), now: now)
+        }
         guard let active = standby.active else {
             lifecycle = .standby(standby)
             return
@@ -128,6 +142,9 @@ extension ClusterMember {
             enqueue(sent.actions)
         }
         if standby.replica.isReady, !standby.ready {
+            // Said at once (not at the next hello interval): the other standbys defer to a lower
+            // ID only once they know it is ready.
+            standby.lastHello = nil
             standby.ready = true
             standby.former = nil
             outbox.append(.becameReady)
@@ -142,9 +159,13 @@ extension ClusterMember {
         }
         // Only a ready standby takes over (an incomplete copy would lose what it lacks), and
         // only the lowest of those that are heard; with keepalived, only where the address is.
-        if standby.ready, isSilent(active, now: now) {
+        if standby.ready, standby.activeRestarted || isSilent(active, now: now) {
+            let noticed = standby.failureNoticedAt ?? now
+            standby.failureNoticedAt = noticed
             if !configuration.followsVRRP {
-                if !defersToAnotherStandby(active: active, now: now) { return takeOver(standby, reason: .activeMemberSilent(active), now: now) }
+                if !defersToAnotherStandby(active: active, now: now), now >= noticed + takeoverStagger(failed: active) {
+                    return takeOver(standby, reason: .activeMemberSilent(active), now: now)
+                }
             } else {
                 switch vrrp.activeMemberSilent(active) {
                 case .takeOver(let reason): return takeOver(standby, reason: reason, now: now)
@@ -154,6 +175,7 @@ extension ClusterMember {
             }
         } else {
             vrrp.activeMemberHeard()
+            standby.failureNoticedAt = nil
         }
         // keepalived gave this host the address while another member said it was active with a
         // newer epoch (a healed split brain): after a second for the other side to settle, the
@@ -172,6 +194,40 @@ extension ClusterMember {
         return !overflow && now.nanoseconds >= heard.nanoseconds &+ silence
     }
 
+    /// Whether this standby, not a complete copy, takes over as the last resort
+    /// (``ClusterMemberConfiguration/lastResortTakeover``): no hello from an active member or a
+    /// ready standby for that long since the first tick, and no member with a lower ID heard
+    /// within it.
+    private func lastResortDue(_ standby: Standby, now: Timestamp) -> Bool {
+        guard let silence = configuration.lastResortTakeover, !configuration.followsVRRP, !standby.ready, let firstTick else { return false }
+        // Hellos only: the member this one was told is active may be a restarted, empty standby
+        // whose hellos ask for a resync (two members restarted that way waited for each other).
+        let since = max(firstTick, lastCompleteCopyHeard ?? firstTick)
+        guard now >= since + silence else { return false }
+        let me = configuration.channel.member
+        return !configuration.channel.peers.contains { peer in
+            guard peer < me, let heard = channel.lastHeard(from: peer) else { return false }
+            return now < heard + silence
+        }
+    }
+
+    /// How long after noticing the active member's failure this standby waits before it takes
+    /// over: two heartbeat intervals for each member with a lower ID (the failed one aside). The lowest ready standby takes over first, and its hello
+    /// saying so reaches the others before they would: two standbys that took over together
+    /// from the same copy would send the same sequence numbers. (Readiness hellos alone left
+    /// a window: the torture run found three standbys taking over in the same millisecond,
+    /// none yet told that a lower one had become ready.) The order holds while the synch link
+    /// delivers within the stagger; beyond it (a 200 ms delay made every standby think the
+    /// active dead) the members' outbound offsets keep their numbers apart (`Docs/Reliability.md`).
+    private func takeoverStagger(failed: ClusterMemberID) -> Duration {
+        let me = configuration.channel.member
+        return configuration.channel.heartbeatInterval * 2 * configuration.channel.peers.filter { $0 != failed && $0 < me }.count
+    }
+
+    /// This member's place among all members by ID, from 0: its takeovers move outbound
+    /// counters that many ``takeoverOffsetSpacing`` further (`TakeoverPolicy.outboundOffset`).
+    private var rank: Int { configuration.channel.peers.filter { $0 < configuration.channel.member }.count }
+
     /// Whether a ready standby with a lower ID than this one is heard: that one takes over.
     private func defersToAnotherStandby(active: ClusterMemberID, now: Timestamp) -> Bool {
         let me = configuration.channel.member
@@ -186,20 +242,23 @@ extension ClusterMember {
     mutating func takeOver(_ standby: Standby, reason: PromotionReason, now: Timestamp) {
         var standby = standby
         let epoch = nextEpoch
-        _ = try? role.promote(reason, newEpoch: epoch)
+        _ = try? role.promote(reason, newEpoch: epoch, completeCopy: standby.replica.isReady)
         lastPromotion = reason
         try? channel.rotate(toEpoch: epoch)
         steppedDownAt = nil
         if let failed = standby.active { standby.replica.applyHeldCheckpoints(channel.recordsHeldBehindGap(from: failed), now: now) }
         let plan: TakeoverPlan
         var state: GatewayState
+        var policy = configuration.takeover
+        let (offset, overflow) = policy.outboundOffset.addingReportingOverflow(UInt64(rank) * Self.takeoverOffsetSpacing)
+        policy.outboundOffset = overflow ? .max : offset
         if !standby.replica.isReady, let former = standby.former {
             // The other member may have sent on these SAs meanwhile: counters without a fresh
             // checkpoint jump by the unknown advance.
-            plan = TakeoverPlanner.plan(state: former, inFlight: [:], suspect: .all, policy: configuration.takeover, now: now)
+            plan = TakeoverPlanner.plan(state: former, inFlight: [:], suspect: .all, policy: policy, now: now)
             state = former
         } else {
-            plan = standby.replica.takeoverPlan(policy: configuration.takeover, now: now)
+            plan = standby.replica.takeoverPlan(policy: policy, now: now)
             state = standby.replica.state
         }
         standby = Standby()

@@ -56,6 +56,9 @@ public enum ClusterMemberAction: Sendable, Hashable {
 public enum StepDownReason: Sendable, Hashable {
     /// Another member is active with a newer epoch (a split brain that healed).
     case newerActive(ClusterMemberID, epoch: UInt32)
+    /// This member took over without a complete copy, and another is active with one (a
+    /// partition healed after a last-resort takeover): completeness wins over epochs.
+    case activeWithCompleteCopy(ClusterMemberID)
     /// keepalived or an operator said so (``ClusterMemberSignal``).
     case external(String)
 }
@@ -94,6 +97,14 @@ public struct ClusterMemberConfiguration: Sendable {
     /// ``ClusterMemberAction/heldBack(_:)``. Without it the failure detector decides: the lowest
     /// ready standby that is heard takes over.
     public var followsVRRP = false
+    /// A standby that is not a complete copy takes over with what it holds (perhaps nothing)
+    /// once no member has said it is active, and nothing came from the active member, for this
+    /// long, and no member with a lower ID is heard (it takes over instead): the way back to
+    /// service after every member restarted, or after the active member died while the only
+    /// standby was resyncing. Its hellos say its copy is incomplete, so that a member with a
+    /// complete copy wins over it if a partition was the cause (`ClusterRole`). Not with
+    /// ``followsVRRP`` (keepalived decides) nor load sharing. Nil: wait for an operator.
+    public var lastResortTakeover: Duration? = .seconds(1)
     /// Load sharing (design, "Load sharing"): every member serves the segments
     /// `SegmentOwnership` gives it, replicates its own SAs to every other member, holds a
     /// replica of each of theirs, and takes or hands over segments with their SAs
@@ -167,6 +178,11 @@ public struct ClusterMember {
         /// again: what it takes over from if told to before then. While it is set, the hellos
         /// say the member stepped down, since it may have sent on SAs the active member holds.
         var former: GatewayState?
+        /// The active member started again (a new incarnation on the channel) after this
+        /// standby had a complete copy: its state is gone, whatever it says now.
+        var activeRestarted = false
+        /// When this standby found the active member failed (for ``ClusterMember/takeoverStagger``).
+        var failureNoticedAt: Timestamp?
     }
 
     /// What a load-sharing member owns.
@@ -210,6 +226,10 @@ public struct ClusterMember {
     private var outboxHead = 0
     private var nextToken: UInt64 = 1
     var lastTick = Timestamp(nanoseconds: 0)
+    /// The first tick, and the last hello of any member saying it is active or a ready standby
+    /// (for ``ClusterMemberConfiguration/lastResortTakeover``).
+    var firstTick: Timestamp?
+    var lastCompleteCopyHeard: Timestamp?
     var highestEpochHeard: UInt32 = 0
     /// When each other standby last said it is ready (its hellos to the standbys): a ready
     /// standby with a lower ID that is heard is the one to take over.
@@ -219,6 +239,12 @@ public struct ClusterMember {
     public static let reassertionJump: UInt64 = 1 << 30
     /// The hello capability bit of a ready standby, in the hellos it sends the other standbys.
     public static let readyStandbyCapability: UInt32 = 0x4
+    /// How far apart the takeovers of two members put their outbound counters (2^20): two that
+    /// take over from the same copy at once send different sequence numbers until one of them
+    /// has sent a million packets on a Child SA, by which time a split brain has long healed.
+    /// With eight members the largest offset is 7 x 2^20, far inside what ESN inference and
+    /// the reassertion jump (2^30) allow.
+    public static let takeoverOffsetSpacing: UInt64 = 1 << 20
 
     /// A member as the configuration says: active, or a standby of the active member.
     public init(configuration: ClusterMemberConfiguration) throws(SyncChannelError) {
@@ -322,6 +348,7 @@ public struct ClusterMember {
     /// takeover when the active member fell silent.
     public mutating func tick(now: Timestamp) {
         lastTick = now
+        if firstTick == nil { firstTick = now }
         startOwnership(now: now)
         if isStartupSilent(now: now) { return }
         route(channel.tick(now: now), now: now)
