@@ -96,9 +96,9 @@ extension ClusterSimulation {
             connectedSplitBrainMs = 0
             return
         }
-        splitBrainMembers.formUnion(activeIndices)
         let actives = activeIndices.map { members[$0].id.rawValue }
         report.splitBrainMs += 1
+        for peer in peers where !peer.dead { splitBrainChildSAs.formUnion(peer.children.map(\.clusterInbound)) }
         let faults = network.faults
         let connected = actives.allSatisfy { a in
             actives.allSatisfy { b in

@@ -17,7 +17,7 @@ extension ClusterSimulation {
     /// `i`, with the checks: no sequence number twice, every one the address holder sends
     /// accepted by the peer. `index` is the active member, or during a split brain another
     /// member that believes it is active (its packets reach the peer too).
-    mutating func sendToPeer(_ i: Int, _ child: Int, from index: Int, splitBrain: Bool = false) {
+    mutating func sendToPeer(_ i: Int, _ child: Int, from index: Int) {
         let inbound = peers[i].children[child].clusterInbound
         guard let number = members[index].cluster.packetPath({ state in
                 state.slot(forInboundSPI: inbound).flatMap { try? state.nextOutboundSequenceNumber(at: $0, bytes: 1_000) }
@@ -36,8 +36,8 @@ extension ClusterSimulation {
             plot.series[series].peerTop.append((milliseconds, peers[i].children[child].received.highest))
         }
         if verdict != "accept" {
-            // While two members are active, either may push the peer's window past the other.
-            if splitBrain { report.splitBrainPacketsRejectedByPeer += 1 } else { report.legitPacketsRejectedByPeer += 1 }
+            // Either member of a split brain may have pushed the peer's window past the other.
+            if splitBrainChildSAs.contains(inbound) { report.splitBrainPacketsRejectedByPeer += 1 } else { report.legitPacketsRejectedByPeer += 1 }
         }
         traceESP(src: name(index), dst: "peer", spi: spi, seq: number.value, forged: false, verdict: verdict, receiver: "peer")
         if random.next() % 64 == 0 { capturedToPeer.append((i, spi, number.value)) }
@@ -53,7 +53,9 @@ extension ClusterSimulation {
         let senders = (active.map { [$0] } ?? []) + members.indices.filter { $0 != active && members[$0].alive && members[$0].cluster.isActive }
         for i in peers.indices where (step + i) % every == 0 && !peers[i].dead {
             for child in peers[i].children.indices {
-                for index in senders { sendToPeer(i, child, from: index, splitBrain: senders.count > 1 || splitBrainMembers.contains(index)) }
+                // A split brain that began this step is seen by the check only after it.
+                if senders.count > 1 { splitBrainChildSAs.insert(peers[i].children[child].clusterInbound) }
+                for index in senders { sendToPeer(i, child, from: index) }
                 // Peer -> cluster.
                 let number = peers[i].children[child].sendNext
                 peers[i].children[child].sendNext += 1
@@ -108,6 +110,7 @@ extension ClusterSimulation {
             guard states.allSatisfy({ $0.slot(forInboundSPI: retired.inbound) == nil }) else { return false }
             acceptedByCluster[retired.inbound] = nil
             acceptedFloor[retired.inbound] = nil
+            splitBrainChildSAs.remove(retired.inbound)
             sent.forget(retired.outbound)
             peerSPIs.remove(retired.outbound)
             return true
@@ -144,7 +147,7 @@ extension ClusterSimulation {
         let window = UInt64(configuration.replayWindow)
         if number < acceptedFloor[spi, default: 0] || !acceptedByCluster[spi, default: []].insert(number).inserted {
             // A member that was active beside another never saw what the other accepted.
-            if splitBrainMembers.contains(index) { report.splitBrainReplaysAccepted += 1 } else { report.replaysAccepted += 1 }
+            if splitBrainChildSAs.contains(spi) { report.splitBrainReplaysAccepted += 1 } else { report.replaysAccepted += 1 }
         }
         if acceptedByCluster[spi]!.count > Int(window) + 64, let top = acceptedByCluster[spi]!.max(), top > window {
             acceptedFloor[spi] = top - window

@@ -12,7 +12,6 @@ extension ClusterSimulation {
         if recordsPlot, plot.crash == nil { plot.crash = milliseconds }
         trace?("{\"kind\":\"crash\",\"t\":\(micros),\"member\":\"\(name(index))\"}")
         members[index].alive = false
-        splitBrainMembers.remove(index)
         crashed = index
         down.append(index)
         lastCrashed = index
@@ -105,7 +104,6 @@ extension ClusterSimulation {
                 try tookOver(index, plan: plan, rekey: rekey)
             case .steppedDown:
                 trace?("{\"kind\":\"stepped_down\",\"t\":\(micros),\"member\":\"\(name(index))\"}")
-                splitBrainMembers.remove(index)
                 guard index == active else { continue }
                 // Nobody holds the address until the next takeover.
                 active = nil

@@ -146,10 +146,11 @@ public struct ClusterSimulation {
     /// The member the arbiter gives the address to, and since when it is down.
     var vrrpMaster: Int?
     var vrrpMasterDownSince: Timestamp?
-    /// Members active during a split brain, and still active since: the peer may have seen far
-    /// higher numbers from the other side, so its window may refuse theirs (the damage a split
-    /// brain does, counted apart from the invariant).
-    var splitBrainMembers: Set<Int> = []
+    /// Child SAs (by the cluster's inbound SPI) two members sent on during a split brain: the
+    /// peer may have seen far higher numbers from one side than any copy of the other's holds,
+    /// and one side never saw what the other accepted. What their windows refuse or accept
+    /// later is the damage a split brain does, counted apart from the invariants.
+    var splitBrainChildSAs: Set<UInt32> = []
     /// Milliseconds of the current split brain with the synch link up between the actives.
     var connectedSplitBrainMs = 0.0
     /// The synch link's delay without faults.

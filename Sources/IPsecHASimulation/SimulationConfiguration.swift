@@ -185,12 +185,12 @@ public struct SimulationReport: Sendable, Hashable {
     /// intervals of `ClusterMemberConfiguration` (200 ms each), so that a run of lost hellos
     /// on a lossy link does not count as a violation.
     public static let splitBrainResolutionBoundMs = 2_000.0
-    /// Packets of a member that was active during a split brain, without the address, that the
-    /// peer's window refused (the other member had gone far ahead: the price of a split brain,
-    /// never a reused number).
+    /// Packets on Child SAs two members sent on during a split brain that the peer's window
+    /// refused (one side had gone far ahead of what the other, or a copy of it, held: the price
+    /// of a split brain, never a reused number).
     public var splitBrainPacketsRejectedByPeer = 0
-    /// Replays accepted by a member that was active during a split brain and still is: it
-    /// never saw what the other side accepted (the other damage of a split brain).
+    /// Replays accepted on Child SAs two members served during a split brain: neither saw what
+    /// the other accepted (the other damage of a split brain, until the Child SA is rekeyed).
     public var splitBrainReplaysAccepted = 0
     /// IKE SAs lost, by reason.
     public var ikeSAsLostByReason: [String: Int] = [:]

@@ -30,7 +30,7 @@ extension ClusterMember {
             case .deliver(let from, let records):
                 for case .hello(let epoch, let capabilities, _) in records { heardHello(from: from, epoch: epoch, capabilities: capabilities, now: now) }
                 if case .standby(var standby) = lifecycle {
-                    guard from == standby.active else { continue }
+                    guard from == standby.active, !standby.activeRestarted else { continue }
                     lifecycle = .moving
                     standby.replica.apply(records, now: now)
                     lifecycle = .standby(standby)
@@ -40,10 +40,13 @@ extension ClusterMember {
             case .resyncNeeded:
                 handOnToReplicator(action, now: now)
             case .peerRestarted(let peer, _):
-                // The active member restarted: it serves nothing now, and its hellos as a new
+                // The active member restarted: it serves nothing now, and what it says as a new
                 // standby must not pass for a live active member (a crash and a quick reboot
-                // hid the failure from the standbys, which never took over).
-                if case .standby(var standby) = lifecycle, standby.ready, standby.active == peer {
+                // hid the failure from the standbys, which never took over), nor reach the
+                // replica (its hellos made the copy look complete up to then, and a takeover
+                // moved the counters too little). The first incarnation a standby meets is
+                // not a restart: it has no copy yet.
+                if case .standby(var standby) = lifecycle, standby.ready || standby.replica.isResyncing, standby.active == peer {
                     standby.activeRestarted = true
                     lifecycle = .standby(standby)
                 }
@@ -163,7 +166,9 @@ extension ClusterMember {
             let noticed = standby.failureNoticedAt ?? now
             standby.failureNoticedAt = noticed
             if !configuration.followsVRRP {
-                if !defersToAnotherStandby(active: active, now: now), now >= noticed + takeoverStagger(failed: active) {
+                if !defersToAnotherStandby(active: active, now: now), now >= noticed + takeoverStagger(failed: active),
+                    hearsQuorum(failed: active, heardSince: noticed)
+                {
                     return takeOver(standby, reason: .activeMemberSilent(active), now: now)
                 }
             } else {
@@ -203,7 +208,9 @@ extension ClusterMember {
         // Hellos only: the member this one was told is active may be a restarted, empty standby
         // whose hellos ask for a resync (two members restarted that way waited for each other).
         let since = max(firstTick, lastCompleteCopyHeard ?? firstTick)
-        guard now >= since + silence else { return false }
+        let window = configuration.channel.heartbeatIntervalNanoseconds.multipliedReportingOverflow(by: max(configuration.missCount, 1))
+        let recent = Timestamp(nanoseconds: window.overflow ? 0 : now.nanoseconds - min(now.nanoseconds, window.partialValue))
+        guard now >= since + silence, hearsQuorum(failed: nil, heardSince: recent) else { return false }
         let me = configuration.channel.member
         return !configuration.channel.peers.contains { peer in
             guard peer < me, let heard = channel.lastHeard(from: peer) else { return false }
@@ -227,6 +234,21 @@ extension ClusterMember {
     /// This member's place among all members by ID, from 0: its takeovers move outbound
     /// counters that many ``takeoverOffsetSpacing`` further (`TakeoverPolicy.outboundOffset`).
     private var rank: Int { configuration.channel.peers.filter { $0 < configuration.channel.member }.count }
+
+    /// Whether this member, with the members it heard at `heardSince` or later (`failed`
+    /// aside), makes ``ClusterMemberConfiguration/takeoverQuorum``. A standby counts only what
+    /// it heard after it noticed the failure: a partition younger than the failure is not yet
+    /// visible as silence (the torture run had a standby take over in a partition 34 ms old,
+    /// counting a member it could no longer reach).
+    private func hearsQuorum(failed: ClusterMemberID?, heardSince: Timestamp) -> Bool {
+        let members = configuration.channel.peers.count + 1
+        let quorum = configuration.takeoverQuorum ?? (members <= 2 ? 1 : members / 2 + 1)
+        let heard = configuration.channel.peers.filter { peer in
+            guard peer != failed, let heard = channel.lastHeard(from: peer) else { return false }
+            return heard >= heardSince
+        }
+        return heard.count + 1 >= quorum
+    }
 
     /// Whether a ready standby with a lower ID than this one is heard: that one takes over.
     private func defersToAnotherStandby(active: ClusterMemberID, now: Timestamp) -> Bool {

@@ -105,6 +105,15 @@ public struct ClusterMemberConfiguration: Sendable {
     /// complete copy wins over it if a partition was the cause (`ClusterRole`). Not with
     /// ``followsVRRP`` (keepalived decides) nor load sharing. Nil: wait for an operator.
     public var lastResortTakeover: Duration? = .seconds(1)
+    /// Members (this one included) a standby must count as heard, the failed one aside, before
+    /// it takes over: by default a majority of all the members with three or more, 1 with two
+    /// (two members cannot tell a partition from a crash; keepalived decides there, or a
+    /// split brain is possible). A standby cut off with a minority does not take over, so that
+    /// no member serves from a copy that misses what another, cut off elsewhere, did (the
+    /// torture run found a lone standby taking over in a partition, dying, and the next
+    /// standby taking over from an older copy that had never seen the peer's packets the first
+    /// accepted: replays went through). Not with ``followsVRRP`` (keepalived decides).
+    public var takeoverQuorum: Int?
     /// Load sharing (design, "Load sharing"): every member serves the segments
     /// `SegmentOwnership` gives it, replicates its own SAs to every other member, holds a
     /// replica of each of theirs, and takes or hands over segments with their SAs
