@@ -86,6 +86,11 @@ extension ClusterMember {
             steppedDownAt = now
             stepDown(wasIncomplete && complete ? .activeWithCompleteCopy(newer) : .newerActive(newer, epoch: newerEpoch), following: newer)
         }
+        if capabilities & Self.claimCapability != 0 { answerClaim(from: peer, epoch: epoch, now: now) }
+        if capabilities & Self.claimAgreedCapability != 0, case .standby(var standby) = lifecycle, standby.claim?.epoch == epoch {
+            standby.claim!.acks.insert(peer)
+            lifecycle = .standby(standby)
+        }
         if case .standby(let standby) = lifecycle, capabilities & ClusterRole.activeCapability != 0, peer != standby.active,
             role.activeMember == peer
         {
@@ -167,9 +172,22 @@ extension ClusterMember {
             standby.failureNoticedAt = noticed
             if !configuration.followsVRRP {
                 if !defersToAnotherStandby(active: active, now: now), now >= noticed + takeoverStagger(failed: active),
-                    hearsQuorum(failed: active, heardSince: noticed)
+                    hearsQuorum(failed: active, heardSince: noticed), promise.map({ $0.to == configuration.channel.member || now >= $0.until }) ?? true
                 {
-                    return takeOver(standby, reason: .activeMemberSilent(active), now: now)
+                    if quorumSize <= 1 { return takeOver(standby, reason: .activeMemberSilent(active), now: now) }
+                    if let claim = standby.claim, now < claim.since + claimTimeout {
+                        if claim.acks.count + 1 >= quorumSize { return takeOver(standby, reason: .activeMemberSilent(active), now: now) }
+                    } else {
+                        // Asks first: the members that agree will not claim or agree to another
+                        // claim meanwhile, and learn of this takeover before it happens.
+                        let epoch = nextEpoch
+                        standby.claim = (epoch, now, [])
+                        promise = (configuration.channel.member, epoch, now + claimTimeout)
+                        let hello = SyncRecord.hello(epoch: epoch, capabilities: Self.claimCapability | Self.readyStandbyCapability, needsResync: false)
+                        for peer in configuration.channel.peers where peer != active {
+                            if let sent = try? channel.send([hello], to: peer, now: now) { enqueue(sent.actions) }
+                        }
+                    }
                 }
             } else {
                 switch vrrp.activeMemberSilent(active) {
@@ -235,14 +253,42 @@ extension ClusterMember {
     /// counters that many ``takeoverOffsetSpacing`` further (`TakeoverPolicy.outboundOffset`).
     private var rank: Int { configuration.channel.peers.filter { $0 < configuration.channel.member }.count }
 
+    /// Members that must agree to a takeover, this one included
+    /// (``ClusterMemberConfiguration/takeoverQuorum``).
+    private var quorumSize: Int {
+        let members = configuration.channel.peers.count + 1
+        return configuration.takeoverQuorum ?? (members <= 2 ? 1 : members / 2 + 1)
+    }
+
+    /// How long a claim to the active role waits for a quorum to agree (four heartbeat
+    /// intervals); an agreement holds half as long again, so that it outlasts the claim.
+    private var claimTimeout: Duration { configuration.channel.heartbeatInterval * 4 }
+
+    /// Agrees to another standby's claim to the active role, unless this member still hears
+    /// the active member it follows (the claimer is cut off from it, not the other way round),
+    /// agreed to another claim that still holds, or claims itself with a lower ID.
+    private mutating func answerClaim(from peer: ClusterMemberID, epoch: UInt32, now: Timestamp) {
+        guard case .standby(var standby) = lifecycle else { return }
+        if let active = standby.active, active != peer, !standby.activeRestarted, channel.lastHeard(from: active) != nil, !isSilent(active, now: now) {
+            return
+        }
+        if let promise, now < promise.until, promise.to != peer { return }
+        if standby.claim != nil, configuration.channel.member < peer { return }
+        standby.claim = nil
+        lifecycle = .standby(standby)
+        promise = (peer, epoch, now + claimTimeout * 3 / 2)
+        let hello = SyncRecord.hello(
+            epoch: epoch, capabilities: Self.claimAgreedCapability | (standby.ready ? Self.readyStandbyCapability : 0), needsResync: false)
+        if let sent = try? channel.send([hello], to: peer, now: now) { enqueue(sent.actions) }
+    }
+
     /// Whether this member, with the members it heard at `heardSince` or later (`failed`
     /// aside), makes ``ClusterMemberConfiguration/takeoverQuorum``. A standby counts only what
     /// it heard after it noticed the failure: a partition younger than the failure is not yet
     /// visible as silence (the torture run had a standby take over in a partition 34 ms old,
     /// counting a member it could no longer reach).
     private func hearsQuorum(failed: ClusterMemberID?, heardSince: Timestamp) -> Bool {
-        let members = configuration.channel.peers.count + 1
-        let quorum = configuration.takeoverQuorum ?? (members <= 2 ? 1 : members / 2 + 1)
+        let quorum = quorumSize
         let heard = configuration.channel.peers.filter { peer in
             guard peer != failed, let heard = channel.lastHeard(from: peer) else { return false }
             return heard >= heardSince

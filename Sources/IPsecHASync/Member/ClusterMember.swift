@@ -192,6 +192,9 @@ public struct ClusterMember {
         var activeRestarted = false
         /// When this standby found the active member failed (for ``ClusterMember/takeoverStagger``).
         var failureNoticedAt: Timestamp?
+        /// Its claim to the active role (with a quorum of three or more): the epoch it claims,
+        /// when it asked, and who agreed.
+        var claim: (epoch: UInt32, since: Timestamp, acks: Set<ClusterMemberID>)?
     }
 
     /// What a load-sharing member owns.
@@ -239,6 +242,9 @@ public struct ClusterMember {
     /// (for ``ClusterMemberConfiguration/lastResortTakeover``).
     var firstTick: Timestamp?
     var lastCompleteCopyHeard: Timestamp?
+    /// The claim this member agreed to (it claims nothing else, and agrees to no other, until
+    /// then).
+    var promise: (to: ClusterMemberID, epoch: UInt32, until: Timestamp)?
     var highestEpochHeard: UInt32 = 0
     /// When each other standby last said it is ready (its hellos to the standbys): a ready
     /// standby with a lower ID that is heard is the one to take over.
@@ -254,6 +260,12 @@ public struct ClusterMember {
     /// With eight members the largest offset is 7 x 2^20, far inside what ESN inference and
     /// the reassertion jump (2^30) allow.
     public static let takeoverOffsetSpacing: UInt64 = 1 << 20
+    /// The hello capability bit of a standby that claims the active role at the hello's epoch
+    /// (clusters of three or more): it takes over once a quorum agreed, so that every member
+    /// of that quorum knows of the takeover before it happens.
+    public static let claimCapability: UInt32 = 0x10
+    /// The hello capability bit that agrees to the claim at the hello's epoch.
+    public static let claimAgreedCapability: UInt32 = 0x20
 
     /// A member as the configuration says: active, or a standby of the active member.
     public init(configuration: ClusterMemberConfiguration) throws(SyncChannelError) {
