@@ -185,6 +185,27 @@ struct SegmentOwnershipTests {
         #expect(cluster.machine.hasLease(now: cluster.now))
     }
 
+    /// A member's echoes renew leases only once it holds the claims of every peer it counts
+    /// as up: Models/segment-leases.pml found a restarted member whose first echoes renewed
+    /// an old owner's lease, before it had learnt of the claim that gave the segment to another
+    /// member, and both served.
+    @Test func echoesWaitForThePeersClaims() throws {
+        var cluster = try AfterFirstBeacon()
+        cluster.advance(by: 1_000_000)
+        let heard = cluster.now
+        _ = cluster.machine.receive(cluster.beacon(sentAt: heard.nanoseconds), from: cluster.peer, now: cluster.now)
+        func echoToPeer(_ cluster: inout AfterFirstBeacon) -> Timestamp?? {
+            cluster.advance(by: 20_000_000)
+            for case .send(let records, let to) in cluster.machine.tick(now: cluster.now) where to == cluster.peer {
+                for case .ownershipBeacon(let beacon) in records { return .some(beacon.echo) }
+            }
+            return nil
+        }
+        #expect(echoToPeer(&cluster) == .some(nil), "no claims from the peer yet: nothing vouched for")
+        _ = cluster.machine.receive(.segmentClaims(incarnation: 1, sequence: 1, []), from: cluster.peer, now: cluster.now)
+        #expect(echoToPeer(&cluster) == .some(heard), "its table processed: the echo goes back")
+    }
+
     /// Review M2: a claim at the largest version trapped at the next tick (version + 1), and a
     /// beacon sent "at the end of time" shut the peer's later beacons out for good. Both are
     /// refused; the genuine beacon after them still renews the lease.

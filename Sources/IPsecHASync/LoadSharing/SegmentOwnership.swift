@@ -352,9 +352,14 @@ public struct SegmentOwnership: Sendable {
         if !silent, lastBeacon.map({ now.nanoseconds >= $0.nanoseconds + configuration.beaconNanoseconds }) ?? true {
             lastBeacon = now
             let view = up
+            // Echoes vouch for leases: only once this member holds the claims of every peer it
+            // counts as up (each sends its whole table to a peer that comes up). Without this,
+            // a restarted member's first echoes renewed an old owner's lease while the new
+            // owner served (found by Models/segment-leases.pml).
+            let vouches = peers.values.allSatisfy { !$0.isUp || $0.claimsProcessed > 0 }
             for (member, peer) in peers.sorted(by: { $0.key < $1.key }) {
                 let beacon = OwnershipBeacon(
-                    incarnation: configuration.incarnation, recipientIncarnation: peer.incarnation ?? 0, sentAt: now, echo: peer.latestSentAt, up: view, claimsSent: peer.claimsSent,
+                    incarnation: configuration.incarnation, recipientIncarnation: peer.incarnation ?? 0, sentAt: now, echo: vouches ? peer.latestSentAt : nil, up: view, claimsSent: peer.claimsSent,
                     claimsProcessed: peer.claimsProcessed, ready: isReady)
                 actions.append(.send([.ownershipBeacon(beacon)], to: member))
             }

@@ -67,11 +67,15 @@ extension ClusterMember {
         enqueue(answer)
     }
 
-    /// Above every epoch this member has been at or heard of (saturating: a hello from a key
-    /// holder can claim the largest), for a takeover or a reassertion.
-    private var nextEpoch: UInt32 {
+    /// Above every epoch this member has been at or heard of, for a takeover, a claim or a
+    /// reassertion; its low six bits are the member's rank, so that two members never take
+    /// the same epoch (two standbys that took over at once, a rebooted member that forgot its
+    /// epochs): at most one member is ever active at an epoch, which `Models/cluster-role.pml`
+    /// checks. Saturates at the largest (a hello from a key holder can claim it).
+    var nextEpoch: UInt32 {
         let highest = max(channel.configuration.epoch, role.epoch, highestEpochHeard)
-        return highest == .max ? highest : highest + 1
+        let (above, overflow) = (highest | Self.epochRankMask).addingReportingOverflow(1)
+        return overflow ? .max : above | UInt32(rank) & Self.epochRankMask
     }
 
     private mutating func heardHello(from peer: ClusterMemberID, epoch: UInt32, capabilities: UInt32, now: Timestamp) {
@@ -251,7 +255,7 @@ extension ClusterMember {
 
     /// This member's place among all members by ID, from 0: its takeovers move outbound
     /// counters that many ``takeoverOffsetSpacing`` further (`TakeoverPolicy.outboundOffset`).
-    private var rank: Int { configuration.channel.peers.filter { $0 < configuration.channel.member }.count }
+    var rank: Int { configuration.channel.peers.filter { $0 < configuration.channel.member }.count }
 
     /// Members that must agree to a takeover, this one included
     /// (``ClusterMemberConfiguration/takeoverQuorum``).
@@ -320,6 +324,21 @@ extension ClusterMember {
         var policy = configuration.takeover
         let (offset, overflow) = policy.outboundOffset.addingReportingOverflow(UInt64(rank) * Self.takeoverOffsetSpacing)
         policy.outboundOffset = overflow ? .max : offset
+        let window = configuration.channel.heartbeatIntervalNanoseconds.multipliedReportingOverflow(by: max(configuration.missCount, 1))
+        let recent = Timestamp(nanoseconds: window.overflow ? 0 : now.nanoseconds - min(now.nanoseconds, window.partialValue))
+        if !hearsQuorum(failed: standby.active, heardSince: recent) || (!standby.replica.isReady && standby.former != nil) {
+            // Told to take over (keepalived, an operator) without hearing a quorum, or from the
+            // state it served before it stepped down: another member may have served meanwhile,
+            // unseen, and may itself have moved by the unknown advance, by a rate bound near it,
+            // plus its rank's offset. Every counter moves past that (twice the unknown advance,
+            // still within what ESN inference allows), both ways. (The torture run had keepalived give
+            // the address to a member cut off from the others, which died, and to a member that
+            // had stepped down for one that then died: each resumed below the numbers the peer
+            // had seen.)
+            let (blind, overflow) = policy.unknownAdvance.multipliedReportingOverflow(by: 2)
+            policy.minimumAdvance = max(policy.minimumAdvance, overflow ? .max : blind)
+            policy.unknownAdvance = max(policy.unknownAdvance, policy.minimumAdvance)
+        }
         if !standby.replica.isReady, let former = standby.former {
             // The other member may have sent on these SAs meanwhile: counters without a fresh
             // checkpoint jump by the unknown advance.

@@ -264,6 +264,9 @@ public struct ClusterMember {
     /// (clusters of three or more): it takes over once a quorum agreed, so that every member
     /// of that quorum knows of the takeover before it happens.
     public static let claimCapability: UInt32 = 0x10
+    /// The low bits of an epoch a member takes: its rank among the members by ID (up to 64
+    /// members; beyond, ranks share them).
+    public static let epochRankMask: UInt32 = 63
     /// The hello capability bit that agrees to the claim at the hello's epoch.
     public static let claimAgreedCapability: UInt32 = 0x20
 
