@@ -105,6 +105,10 @@ struct ClusterSimulationTests {
         #expect(report.sequenceNumbersReused == 0 && report.invariantsHeld, "\(report.json)")
         #expect(report.espPacketsSent > 25_000, "the burst went out: \(report.json)")
         configuration.maximumPacketsPerSecond = nil
+        // Past the standby's rank offset (2^20, ClusterMember.takeoverOffsetSpacing), which
+        // hides a smaller burst.
+        configuration.outageBeforeCrashMs = 150
+        configuration.burstPacketsPerMs = 10_000
         let measuredOnly = try Self.run(configuration)
         #expect(measuredOnly.sequenceNumbersReused > 0, "the measured rate alone is not enough: \(measuredOnly.json)")
     }
