@@ -28,11 +28,12 @@ test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 
-# Two thousand short simulated runs, each under a fault schedule drawn from its seed (crashes
-# of any member, reboots, partitions, one-way loss, delays, an arbiter, load-sharing moves),
-# every invariant checked; one table at the end (Docs/Reliability.md). About four minutes here,
-# in release. SCHEDULES=N FIRST_SEED=S for another range.
-SCHEDULES ?= 2000
+# Short simulated runs, each under a fault schedule drawn from its seed (crashes of any member,
+# reboots, partitions, one-way loss, delays, an arbiter, load-sharing moves), every invariant
+# checked; one table at the end (Docs/Reliability.md). 400 schedules take about a minute here
+# in release; SCHEDULES=2000 (four minutes) still finds the open cases Docs/Reliability.md lists.
+# FIRST_SEED=S for another range.
+SCHEDULES ?= 400
 FIRST_SEED ?= 1
 torture: deps
 	$(SWIFT) build -c release --product ikeha-demo

@@ -161,6 +161,8 @@ public struct ClusterSimulation {
     /// From this time on the peer starts no exchange (``run(progress:)``).
     var quietFrom = UInt64.max
     var establishing: [UInt64: Timestamp] = [:]
+    /// New IKE SAs the peer asked for during the run.
+    var establishRequested = 0
     /// Message-ID syncs of the takeover for IKE SAs the peer did not know yet, by IKE SA.
     var pendingSyncs: [IKESAIdentifier: UInt64?] = [:]
 

@@ -194,7 +194,7 @@ public struct SimulationReport: Sendable, Hashable {
     public var splitBrainReplaysAccepted = 0
     /// IKE SAs lost, by reason.
     public var ikeSAsLostByReason: [String: Int] = [:]
-    /// Members whose state held more IKE SAs than the run ever had (unbounded growth).
+    /// Members whose state held more IKE SAs than were ever asked for (unbounded growth).
     public var stateBoundExceeded = 0
 
     /// Whether every invariant held: no sequence number reused, no replay accepted by either

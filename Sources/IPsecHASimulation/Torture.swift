@@ -19,9 +19,10 @@ public enum Torture {
         public var violations: [String] = []
         /// Active/standby: the report.
         public var report: SimulationReport?
-        /// Load sharing: the report, and the segments no member served at the end after every
-        /// member restarted and the network healed (liveness, not safety).
+        /// Load sharing: the report.
         public var loadSharingReport: LoadSharingReport?
+        /// Load sharing: the segments no member served at the end, after every member restarted
+        /// and the network healed (liveness, not safety).
         public var segmentsUnservedAtEnd = 0
         /// How to run it again alone.
         public var reproduce: String
