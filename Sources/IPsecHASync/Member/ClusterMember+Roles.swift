@@ -221,6 +221,13 @@ extension ClusterMember {
         return !overflow && now.nanoseconds >= heard.nanoseconds &+ silence
     }
 
+    /// `now` less the miss count of heartbeats (0 when that reaches back beyond the clock's
+    /// start): what was heard before it is silence.
+    private func silenceWindowStart(now: Timestamp) -> Timestamp {
+        let (silence, overflow) = configuration.channel.heartbeatIntervalNanoseconds.multipliedReportingOverflow(by: max(configuration.missCount, 1))
+        return Timestamp(nanoseconds: overflow ? 0 : now.nanoseconds - min(now.nanoseconds, silence))
+    }
+
     /// Whether this standby, not a complete copy, takes over as the last resort
     /// (``ClusterMemberConfiguration/lastResortTakeover``): no hello from an active member or a
     /// ready standby for that long since the first tick, and no member with a lower ID heard
@@ -230,9 +237,7 @@ extension ClusterMember {
         // Hellos only: the member this one was told is active may be a restarted, empty standby
         // whose hellos ask for a resync (two members restarted that way waited for each other).
         let since = max(firstTick, lastCompleteCopyHeard ?? firstTick)
-        let window = configuration.channel.heartbeatIntervalNanoseconds.multipliedReportingOverflow(by: max(configuration.missCount, 1))
-        let recent = Timestamp(nanoseconds: window.overflow ? 0 : now.nanoseconds - min(now.nanoseconds, window.partialValue))
-        guard now >= since + silence, hearsQuorum(failed: nil, heardSince: recent) else { return false }
+        guard now >= since + silence, hearsQuorum(failed: nil, heardSince: silenceWindowStart(now: now)) else { return false }
         let me = configuration.channel.member
         return !configuration.channel.peers.contains { peer in
             guard peer < me, let heard = channel.lastHeard(from: peer) else { return false }
@@ -324,9 +329,7 @@ extension ClusterMember {
         var policy = configuration.takeover
         let (offset, overflow) = policy.outboundOffset.addingReportingOverflow(UInt64(rank) * Self.takeoverOffsetSpacing)
         policy.outboundOffset = overflow ? .max : offset
-        let window = configuration.channel.heartbeatIntervalNanoseconds.multipliedReportingOverflow(by: max(configuration.missCount, 1))
-        let recent = Timestamp(nanoseconds: window.overflow ? 0 : now.nanoseconds - min(now.nanoseconds, window.partialValue))
-        if !hearsQuorum(failed: standby.active, heardSince: recent) || (!standby.replica.isReady && standby.former != nil) {
+        if !hearsQuorum(failed: standby.active, heardSince: silenceWindowStart(now: now)) || (!standby.replica.isReady && standby.former != nil) {
             // Told to take over (keepalived, an operator) without hearing a quorum, or from the
             // state it served before it stepped down: another member may have served meanwhile,
             // unseen, and may itself have moved by the unknown advance, by a rate bound near it,
