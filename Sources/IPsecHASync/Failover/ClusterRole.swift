@@ -34,7 +34,7 @@ public enum ClusterRoleEvent: Sendable, Hashable {
 /// Failure detection and promotion for one member (design, "Failover", step 1).
 ///
 /// A standby declares the active member failed when nothing was heard from it for
-/// `heartbeatInterval x missCount`; the owner then promotes (``promote(_:newEpoch:)``), or promotes
+/// `heartbeatInterval x missCount`; the owner then promotes (``promote(_:newEpoch:completeCopy:)``), or promotes
 /// at once when an external system decides. Active members say so in their hellos
 /// (``activeCapability``); a member that is active and hears another active member with a newer
 /// epoch (or the same epoch and a higher member ID) steps down: epochs decide split brains,

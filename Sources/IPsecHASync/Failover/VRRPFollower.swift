@@ -43,7 +43,7 @@ public struct VRRPFollower: Sendable {
     public enum Decision: Sendable, Hashable {
         /// Nothing changes.
         case stay
-        /// Promote this member (``ClusterRole/promote(_:newEpoch:)`` with the reason given).
+        /// Promote this member (``ClusterRole/promote(_:newEpoch:completeCopy:)`` with the reason given).
         case takeOver(PromotionReason)
         /// Stop acting as the active member and rejoin as a standby.
         case stepDown(String)
