@@ -86,6 +86,10 @@ struct FaultScheduleTests {
         // keepalived gave the address to a member cut off from the others, which died; the next
         // resumed below what it had sent (blind takeovers jump twice the unknown advance).
         ("935:partition=1/2+3,1026:crash=standby,1046:restart=last,1057:crash=last,1268:reboot=last,1364:heal,1659:partition=2/1+3,1685:loss=3>1~0.9,1739:crash=active,1826:crash=active,1886:heal,1969:restart=last,2054:crash=active,2064:restart=last,2100:heal,2319:reboot=last", 3, 1848, 0.0, -1, false),
+        // keepalived gave the address to member 2, then back to member 1, which had stepped down:
+        // both jumped by the same blind advance and member 2's rank offset put it above member 1's
+        // later takeover (a blind jump now adds how far the copy can have fallen behind).
+        ("645:partition=1/2+3,1071:heal,1283:vrrp=standby,1411:crash=active,1433:loss=3>1~1.0,1712:heal,1823:restart=last", 3, 509, 0.1, -1, false),
         // A member held one IKE SA more than the check allowed: an establish answered by a member
         // that died before the peer had the answer (the bound counts what the peer asked for).
         ("660:crash=standby,1010:reboot=last,1083:loss=3>1~0.9,1158:crash=active,1224:restart=last,1428:crash=active,1510:heal,1563:loss=2>1~0.9,1602:delay=80,1761:crash=active,1771:restart=last,1829:heal,1885:reboot=last,1933:heal", 3, 1382, 0.05, 5, false),

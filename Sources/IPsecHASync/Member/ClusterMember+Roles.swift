@@ -100,7 +100,7 @@ extension ClusterMember {
         {
             // Another standby took over: its state went on from the plan, so the copy from the
             // failed member is no base for its records. Resynced from it.
-            lifecycle = .standby(Standby(active: peer, former: standby.former))
+            lifecycle = .standby(Standby(active: peer, former: standby.former, formerAsOf: standby.formerAsOf))
         }
     }
 
@@ -329,7 +329,8 @@ extension ClusterMember {
         var policy = configuration.takeover
         let (offset, overflow) = policy.outboundOffset.addingReportingOverflow(UInt64(rank) * Self.takeoverOffsetSpacing)
         policy.outboundOffset = overflow ? .max : offset
-        if !hearsQuorum(failed: standby.active, heardSince: silenceWindowStart(now: now)) || (!standby.replica.isReady && standby.former != nil) {
+        let fromFormer = !standby.replica.isReady && standby.former != nil
+        if !hearsQuorum(failed: standby.active, heardSince: silenceWindowStart(now: now)) || fromFormer {
             // Told to take over (keepalived, an operator) without hearing a quorum, or from the
             // state it served before it stepped down: another member may have served meanwhile,
             // unseen, and may itself have moved by the unknown advance, by a rate bound near it,
@@ -341,6 +342,18 @@ extension ClusterMember {
             let (blind, overflow) = policy.unknownAdvance.multipliedReportingOverflow(by: 2)
             policy.minimumAdvance = max(policy.minimumAdvance, overflow ? .max : blind)
             policy.unknownAdvance = max(policy.unknownAdvance, policy.minimumAdvance)
+            // And, on top, the most this member's copy can have fallen behind since it was last
+            // exact, so that of two blind takeovers in turn from the same copy the later one
+            // goes further (a larger jump alone was the same for both, and the earlier one's
+            // rank offset put it above the later one: torture seed 509).
+            let exactAsOf = fromFormer ? standby.formerAsOf : standby.replica.completeAsOf
+            if let exactAsOf, let rate = policy.maximumPacketsPerSecond, now > exactAsOf {
+                let milliseconds = min((now.nanoseconds - exactAsOf.nanoseconds) / 1_000_000, 1 << 30)
+                let (behind, overflow) = rate.multipliedReportingOverflow(by: milliseconds)
+                let extra = min(overflow ? .max : behind / 1_000, policy.unknownAdvance / 2)
+                let (offset, offsetOverflow) = policy.outboundOffset.addingReportingOverflow(extra)
+                policy.outboundOffset = offsetOverflow ? .max : offset
+            }
         }
         if !standby.replica.isReady, let former = standby.former {
             // The other member may have sent on these SAs meanwhile: counters without a fresh
@@ -363,7 +376,7 @@ extension ClusterMember {
     mutating func stepDown(_ reason: StepDownReason, following active: ClusterMemberID?) {
         guard case .active(let was) = lifecycle else { return }
         held.removeAll()
-        lifecycle = .standby(Standby(active: active, former: was.state))
+        lifecycle = .standby(Standby(active: active, former: was.state, formerAsOf: lastTick))
         outbox.append(.steppedDown(reason))
     }
 

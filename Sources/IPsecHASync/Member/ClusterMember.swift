@@ -187,6 +187,8 @@ public struct ClusterMember {
         /// again: what it takes over from if told to before then. While it is set, the hellos
         /// say the member stepped down, since it may have sent on SAs the active member holds.
         var former: GatewayState?
+        /// When it stopped serving `former` (it knows those counters exactly up to then).
+        var formerAsOf: Timestamp?
         /// The active member started again (a new incarnation on the channel) after this
         /// standby had a complete copy: its state is gone, whatever it says now.
         var activeRestarted = false
