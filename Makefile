@@ -31,7 +31,7 @@ test: deps
 # Short simulated runs, each under a fault schedule drawn from its seed (crashes of any member,
 # reboots, partitions, one-way loss, delays, an arbiter, load-sharing moves), every invariant
 # checked; one table at the end (Docs/Reliability.md). 400 schedules take about a minute here
-# in release; SCHEDULES=2000 (four minutes) still finds the open cases Docs/Reliability.md lists.
+# in release; SCHEDULES=2000 (four minutes) still finds the four open load-sharing cases Docs/Reliability.md lists.
 # FIRST_SEED=S for another range.
 SCHEDULES ?= 400
 FIRST_SEED ?= 1
