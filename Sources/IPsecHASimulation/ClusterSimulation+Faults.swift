@@ -26,9 +26,7 @@ extension ClusterSimulation {
             network.faults.partitions = cut
             done = fault
         case .heal:
-            network.faults.partitions = []
-            network.faults.directedLoss = [:]
-            network.faults.delay = defaultSyncDelay
+            network.faults.heal(delay: defaultSyncDelay)
             done = fault
         case .linkLoss(let from, let to, let loss):
             network.faults.directedLoss[[from, to]] = loss

@@ -12,7 +12,6 @@ extension ClusterSimulation {
         if recordsPlot, plot.crash == nil { plot.crash = milliseconds }
         trace?("{\"kind\":\"crash\",\"t\":\(micros),\"member\":\"\(name(index))\"}")
         members[index].alive = false
-        crashed = index
         down.append(index)
         lastCrashed = index
         pendingLosses[members[index].id] = nil
@@ -35,7 +34,6 @@ extension ClusterSimulation {
     /// member; it says hello until a bulk resync makes it ready. With `clockReset` its clock
     /// starts again at one second, as after a reboot.
     mutating func restart(_ index: Int, clockReset: Bool = false) throws {
-        crashed = nil
         down.removeAll { $0 == index }
         awaitingReady.insert(index)
         let old = members[index]

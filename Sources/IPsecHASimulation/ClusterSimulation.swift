@@ -131,8 +131,6 @@ public struct ClusterSimulation {
     var detecting: Set<ClusterMemberID> = []
     var baseline = (sent: 0, lost: 0)
     var step = 0
-    /// The crashed member (of the one crash without a fault schedule).
-    var crashed: Int?
     /// Members down, in the order they crashed, and the one that crashed last.
     var down: [Int] = []
     var lastCrashed: Int?
@@ -291,7 +289,7 @@ public struct ClusterSimulation {
                     bursting = true
                 }
             }
-            if configuration.faults == nil, let restartAfter = configuration.restartAfterMs, let index = crashed, let crashedAt,
+            if configuration.faults == nil, let restartAfter = configuration.restartAfterMs, let index = down.last, let crashedAt,
                 now.nanoseconds >= crashedAt.nanoseconds + restartAfter * 1_000_000
             {
                 try restart(index)

@@ -31,20 +31,33 @@ public enum Torture {
     /// The active/standby run of a seed: its configuration, fault schedule included.
     public static func activeStandbyConfiguration(seed: UInt64) -> SimulationConfiguration {
         var random = SplitMix64(seed: seed ^ 0x7027)
+        let members = [2, 2, 3, 3, 4][Int(random.next() % 5)]
+        let syncLoss = [0, 0.05, 0.1, 0.3][Int(random.next() % 4)]
+        let outsideLoss = random.next() % 4 == 0 ? 0.05 : 0
+        let ikeSARekeyEvery = random.next() % 3 == 0 ? 5 : 0
+        let arbiter = random.next() % 4 == 0
+        let faults = FaultSchedule.random(seed: seed, members: members, durationMs: 4_000, count: 2 + Int(random.next() % 5), arbiter: arbiter)
+        return configuration(
+            seed: seed, members: members, syncLoss: syncLoss, outsideLoss: outsideLoss, ikeSARekeyEvery: ikeSARekeyEvery, arbiter: arbiter, faults: faults)
+    }
+
+    /// An active/standby run as the torture run makes them (12 IKE SAs of two Child SAs, 5 new
+    /// ones a second, 4 s) under `faults`: what a schedule it found is run again with.
+    public static func configuration(
+        seed: UInt64, members: Int, syncLoss: Double, outsideLoss: Double = 0, ikeSARekeyEvery: Int = 0, arbiter: Bool = false, faults: FaultSchedule
+    ) -> SimulationConfiguration {
         var configuration = SimulationConfiguration()
         configuration.seed = seed
-        configuration.members = [2, 2, 3, 3, 4][Int(random.next() % 5)]
+        configuration.members = members
         configuration.ikeSAs = 12
         configuration.childSAsPerIKESA = 2
         configuration.durationMs = 4_000
         configuration.newIKESAsPerSecond = 5
-        configuration.syncLoss = [0, 0.05, 0.1, 0.3][Int(random.next() % 4)]
-        configuration.outsideLoss = random.next() % 4 == 0 ? 0.05 : 0
-        configuration.ikeSARekeyEvery = random.next() % 3 == 0 ? 5 : 0
-        configuration.arbiter = random.next() % 4 == 0
-        configuration.faults = FaultSchedule.random(
-            seed: seed, members: configuration.members, durationMs: configuration.durationMs, count: 2 + Int(random.next() % 5),
-            arbiter: configuration.arbiter)
+        configuration.syncLoss = syncLoss
+        configuration.outsideLoss = outsideLoss
+        configuration.ikeSARekeyEvery = ikeSARekeyEvery
+        configuration.arbiter = arbiter || faults.hasArbiter
+        configuration.faults = faults
         configuration.crashAtMs = nil
         return configuration
     }
@@ -130,15 +143,11 @@ public enum Torture {
             outcome.faults[kind, default: 0] += 1
             if random.next() % 3 == 0 {
                 try cluster.run(for: (20 + random.next() % 400) * 1_000_000, step: 2_000_000)
-                cluster.network.faults.partitions = []
-                cluster.network.faults.directedLoss = [:]
-                cluster.network.faults.delay = defaultDelay
+                cluster.network.faults.heal(delay: defaultDelay)
                 outcome.faults["heal", default: 0] += 1
             }
         }
-        cluster.network.faults.partitions = []
-        cluster.network.faults.directedLoss = [:]
-        cluster.network.faults.delay = defaultDelay
+        cluster.network.faults.heal(delay: defaultDelay)
         outcome.faults["heal", default: 0] += 1
         for id in ids where cluster.members[id]?.isRunning == false {
             try cluster.start(id)

@@ -21,6 +21,13 @@ public struct NetworkFaults: Sendable, Hashable {
     /// No faults, 0.1 ms delay.
     public init() {}
 
+    /// Ends every partition and one-way loss, and sets the delay back to `delay`.
+    public mutating func heal(delay: Duration) {
+        partitions = []
+        directedLoss = [:]
+        self.delay = delay
+    }
+
     /// Whether `a` and `b` are partitioned.
     public func partitioned(_ a: ClusterMemberID, _ b: ClusterMemberID) -> Bool {
         partitions.contains([a.rawValue, b.rawValue]) || partitions.contains([b.rawValue, a.rawValue])

@@ -37,18 +37,9 @@ struct FaultScheduleTests {
         _ schedule: String, members: Int, seed: UInt64, syncLoss: Double = 0.1, ikeSARekeyEvery: Int = 0, outsideLoss: Double = 0, arbiter: Bool = false,
         trace: ((String) -> Void)? = nil
     ) throws -> SimulationReport {
-        var configuration = SimulationConfiguration()
-        configuration.seed = seed
-        configuration.members = members
-        configuration.ikeSAs = 12
-        configuration.durationMs = 4_000
-        configuration.newIKESAsPerSecond = 5
-        configuration.syncLoss = syncLoss
-        configuration.outsideLoss = outsideLoss
-        configuration.ikeSARekeyEvery = ikeSARekeyEvery
-        configuration.crashAtMs = nil
-        configuration.faults = try FaultSchedule(parsing: schedule)
-        configuration.arbiter = arbiter || configuration.faults!.hasArbiter
+        let configuration = Torture.configuration(
+            seed: seed, members: members, syncLoss: syncLoss, outsideLoss: outsideLoss, ikeSARekeyEvery: ikeSARekeyEvery, arbiter: arbiter,
+            faults: try FaultSchedule(parsing: schedule))
         var simulation = try ClusterSimulation(configuration: configuration)
         simulation.trace = trace
         return try simulation.run()

@@ -57,7 +57,7 @@ extension ClusterMember {
         for (other, replica) in sharing.replicas.sorted(by: { $0.key < $1.key }) where !replica.isReady && !replica.isResyncing {
             guard Self.isDue(sharing.lastHello[other], every: configuration.helloInterval, now: now) else { continue }
             sharing.lastHello[other] = now
-            if let sent = try? channel.send([replica.hello(epoch: ownership.configuration.incarnation)], to: other, now: now) { enqueue(sent.actions) }
+            say(replica.hello(epoch: ownership.configuration.incarnation), to: [other], now: now)
         }
         let due = scheduler.takeDueCheckpoints(from: &sharing.state, now: now)
         if !due.isEmpty {

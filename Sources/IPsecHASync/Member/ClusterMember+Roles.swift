@@ -7,6 +7,14 @@ extension ClusterMember {
         for case .transmit(let to, let datagram) in actions { outbox.append(.transmit(to: to, datagram: datagram)) }
     }
 
+    /// Sends one record to each of `peers`, its datagrams to the outbox; a peer the channel
+    /// refuses (its buffer full) misses this one, as a hello may.
+    mutating func say(_ record: SyncRecord, to peers: [ClusterMemberID], now: Timestamp) {
+        for peer in peers {
+            if let sent = try? channel.send([record], to: peer, now: now) { enqueue(sent.actions) }
+        }
+    }
+
     /// Whether `last` is nil or at least `interval` before `now`.
     static func isDue(_ last: Timestamp?, every interval: Duration, now: Timestamp) -> Bool {
         last.map { now >= $0 + interval } ?? true
@@ -122,9 +130,7 @@ extension ClusterMember {
             // Says who is active, so that a member that was active too steps down (epochs decide).
             active.lastHello = now
             let hello = SyncRecord.hello(epoch: role.epoch, capabilities: role.capabilities, needsResync: false)
-            for peer in configuration.channel.peers {
-                if let sent = try? channel.send([hello], to: peer, now: now) { enqueue(sent.actions) }
-            }
+            say(hello, to: configuration.channel.peers, now: now)
         }
         lifecycle = .active(active)
     }
@@ -138,9 +144,7 @@ extension ClusterMember {
                 epoch: channel.configuration.epoch, capabilities: standby.former != nil ? ClusterRole.steppedDownCapability : 0, needsResync: true)
             // With no active member known (after an external step-down), to every peer: the one
             // that becomes active resyncs this one.
-            for peer in standby.active.map({ [$0] }) ?? configuration.channel.peers {
-                if let sent = try? channel.send([hello], to: peer, now: now) { enqueue(sent.actions) }
-            }
+            say(hello, to: standby.active.map { [$0] } ?? configuration.channel.peers, now: now)
         }
         if lastResortDue(standby, now: now), let silence = configuration.lastResortTakeover {
             return takeOver(standby, reason: .noCompleteCopy(silentFor: silence), now: now)
@@ -165,9 +169,7 @@ extension ClusterMember {
             // Tells the other standbys that this one could take over (they defer to a lower ID).
             standby.lastHello = now
             let hello = SyncRecord.hello(epoch: role.epoch, capabilities: Self.readyStandbyCapability, needsResync: false)
-            for peer in configuration.channel.peers where peer != active {
-                if let sent = try? channel.send([hello], to: peer, now: now) { enqueue(sent.actions) }
-            }
+            say(hello, to: configuration.channel.peers.filter { $0 != active }, now: now)
         }
         // Only a ready standby takes over (an incomplete copy would lose what it lacks), and
         // only the lowest of those that are heard; with keepalived, only where the address is.
@@ -188,9 +190,7 @@ extension ClusterMember {
                         standby.claim = (epoch, now, [])
                         promise = (configuration.channel.member, epoch, now + claimTimeout)
                         let hello = SyncRecord.hello(epoch: epoch, capabilities: Self.claimCapability | Self.readyStandbyCapability, needsResync: false)
-                        for peer in configuration.channel.peers where peer != active {
-                            if let sent = try? channel.send([hello], to: peer, now: now) { enqueue(sent.actions) }
-                        }
+                        say(hello, to: configuration.channel.peers.filter { $0 != active }, now: now)
                     }
                 }
             } else {
@@ -288,7 +288,7 @@ extension ClusterMember {
         promise = (peer, epoch, now + claimTimeout * 3 / 2)
         let hello = SyncRecord.hello(
             epoch: epoch, capabilities: Self.claimAgreedCapability | (standby.ready ? Self.readyStandbyCapability : 0), needsResync: false)
-        if let sent = try? channel.send([hello], to: peer, now: now) { enqueue(sent.actions) }
+        say(hello, to: [peer], now: now)
     }
 
     /// Whether this member, with the members it heard at `heardSince` or later (`failed`
