@@ -9,8 +9,8 @@
  * processed), versioned claims (sent reliably to every peer that is up, relayed by each
  * receiver, the whole table to a peer that comes up), takeovers (the member the assignment
  * names takes a segment whose owner is down in its view, and serves once every peer up
- * processed the claim and a lease more passed) and restarts (a new incarnation, silent for
- * the startup silence, its previous claims no longer its own).
+ * processed the claim, a quorum with it did, and a lease more passed) and restarts (a new
+ * incarnation, silent for the startup silence, its previous claims no longer its own).
  *
  * Time moves in ticks of one beacon interval (20 ms), the same on every member: the
  * documented clock assumption is that clocks drift apart by less than a beacon interval over
@@ -25,10 +25,16 @@
  * the HORIZON to settle. `make model-check` checks 3 faults exhaustively (and 4 with
  * MODEL_DEPTH=4, about 8 GB).
  *
+ * With four members or more a fault can also split the cluster in two (two members on one
+ * side), replacing whatever was cut.
+ *
  * Variants that must fail: -DBROKEN_NO_MAJORITY renews the lease without echoes from a
  * majority (need = 0); -DBROKEN_VOUCH_UNINFORMED lets a member echo before it has the claims
  * of every peer it counts as up (what the code did before this model: a restarted member's
- * echoes renewed an old owner's lease beside the new owner's; it takes four faults).
+ * echoes renewed an old owner's lease beside the new owner's; it takes four faults);
+ * -DBROKEN_SILENT_CONFIRM counts a peer that went down before it processed a claim as having
+ * processed it (what the code did before torture seed 1380: with four members, the owner cut
+ * off, then the cluster split while the claim was in flight, and both served at the heal).
  */
 
 #ifndef N
@@ -86,8 +92,9 @@ bool needsTable[N * N];
 byte owner[N];
 byte ownerIncarnation[N];
 byte version[N];
-/* A taker's confirmation: the claims record each peer must report processed, and when every
-   one did (0: not yet); awaiting false: nothing to wait for. */
+/* A taker's confirmation: the claims record each peer up at the claim must report processed
+   (NONE: a peer not waited for), and when every one that is up did, a quorum with the taker
+   (0: not yet); awaiting false: nothing to wait for. */
 bool awaiting[N];
 byte waitFor[N * N];
 byte completedAt[N];
@@ -228,8 +235,10 @@ init {
             j = 0;
             do
             :: j < N ->
+                /* A settled cluster: each member has sent every peer its whole table once. */
                 if :: i != j -> lastHeard[IX(i, j)] = 1; isUp[IX(i, j)] = true; knownIncarnation[IX(i, j)] = 1;
-                                latestSentAt[IX(i, j)] = 1; echo[IX(i, j)] = 1
+                                latestSentAt[IX(i, j)] = 1; echo[IX(i, j)] = 1;
+                                claimsSent[IX(i, j)] = 1; claimsProcessed[IX(i, j)] = 1; reportedProcessed[IX(i, j)] = 1
                    :: else -> skip fi;
                 j++
             :: else -> break
@@ -251,6 +260,17 @@ init {
             k = 0;
             do :: k < N -> if :: k != i -> cut[IX(i, k)] = true; cut[IX(k, i)] = true :: else -> skip fi; k++ :: else -> break od;
             cutSince = t; events++
+#if N >= 4
+        :: events < MAXEVENTS && t <= EVENT_WINDOW -> select(i : 0 .. N - 2); select(j : i + 1 .. N - 1);
+            /* The cluster split in two: members i and j on one side, the rest on the other
+               (whatever was cut before heals). */
+            k = 0;
+            do
+            :: k < N * N -> cut[k] = ((k / N == i || k / N == j) != (k % N == i || k % N == j)); k++
+            :: else -> break
+            od;
+            if :: cutSince == 0 -> cutSince = t :: else -> skip fi; events++
+#endif
         :: events < MAXEVENTS && cutSince > 0 ->
             k = 0; do :: k < N * N -> cut[k] = false; k++ :: else -> break od; cutSince = 0; events++
         fi;
@@ -340,19 +360,31 @@ init {
                         broadcast(i, NONE);
                         awaiting[i] = true; completedAt[i] = 0;
                         j = 0;
-                        do :: j < N -> waitFor[IX(i, j)] = claimsSent[IX(i, j)]; j++ :: else -> break od
+                        do :: j < N -> if :: j != i && isUp[IX(i, j)] -> waitFor[IX(i, j)] = claimsSent[IX(i, j)] :: else -> waitFor[IX(i, j)] = NONE fi; j++ :: else -> break od
                     :: else -> skip
                     fi;
                     if
                     :: awaiting[i] && completedAt[i] == 0 ->
-                        done = true; j = 0;
+                        /* Every peer waited for that is up processed the claim, and a quorum with
+                           i did: a peer that went silent unprocessed does not count. */
+                        done = true; fresh = 1; j = 0;
                         do
                         :: j < N ->
-                            if :: j != i && isUp[IX(i, j)] && reportedProcessed[IX(i, j)] < waitFor[IX(i, j)] -> done = false :: else -> skip fi;
+                            if
+                            :: waitFor[IX(i, j)] != NONE && reportedProcessed[IX(i, j)] >= waitFor[IX(i, j)] -> fresh++
+                            :: waitFor[IX(i, j)] != NONE && reportedProcessed[IX(i, j)] < waitFor[IX(i, j)] ->
+#ifdef BROKEN_SILENT_CONFIRM
+                                if :: isUp[IX(i, j)] -> done = false :: else -> fresh++ fi
+#else
+                                if :: isUp[IX(i, j)] -> done = false :: else -> skip fi
+#endif
+                            :: else -> skip
+                            fi;
                             j++
                         :: else -> break
                         od;
-                        if :: done -> completedAt[i] = t :: else -> skip fi
+                        if :: done && fresh >= Q -> completedAt[i] = t :: else -> skip fi;
+                        fresh = 0
                     :: else -> skip
                     fi
                 :: else -> skip

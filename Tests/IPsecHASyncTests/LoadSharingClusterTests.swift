@@ -152,4 +152,35 @@ struct LoadSharingClusterTests {
         for segment in cluster.segments.all { #expect(cluster.servers(of: segment).count == 1) }
         if recovery { Self.expectSettled(cluster, "\(members) members after a random schedule with recovery") }
     }
+
+    /// Member 1 is cut off while the others take its segments over and send on its SAs; then
+    /// the members that knew of those claims restart before the partition heals. Both
+    /// restarted: the claims are forgotten and member 1 resumes its own segments (torture seed
+    /// 415). Only member 2, which comes out of its silence while member 3 still hears member
+    /// 1 (so that the views disagree and nobody moves a segment): its claims are released and
+    /// member 1 takes those segments as nobody's, still holding its own copies of their SAs
+    /// (seed 720). Either way those SAs are older than what the others sent and accepted:
+    /// they resume as after a blind takeover.
+    @Test("a member serving again after the members that took over forgot moves past them", arguments: [[2, 3], [2]])
+    func servingAgainAfterTheTakersForgot(restarted: [Int]) throws {
+        var cluster = try Self.cluster(members: 3, seed: 41)
+        cluster.network.faults.partitions = [[1, 2], [1, 3]]
+        try cluster.run(for: 1_500_000_000, step: 2_000_000)
+        #expect(cluster.report.segmentsTakenOver > 0)
+        for id in restarted.map(Self.member) { cluster.crash(id) }
+        for id in restarted.map(Self.member) { try cluster.start(id) }
+        if restarted.count == 1 {
+            cluster.network.faults.partitions = [[1, 2]]
+            cluster.network.faults.directedLoss = [[3, 1]: 1.0]
+            try cluster.run(for: 1_000_000_000, step: 2_000_000)
+        } else {
+            try cluster.run(for: 100_000_000, step: 2_000_000)
+        }
+        cluster.network.faults.heal(delay: cluster.network.faults.delay)
+        try cluster.run(for: 3_000_000_000, step: 2_000_000)
+        let report = cluster.report
+        #expect(report.sequenceNumbersReused == 0, "\(report)")
+        #expect(report.replaysAccepted == 0 && report.duplicateOwnershipSteps == 0, "\(report)")
+        for segment in cluster.segments.all { #expect(cluster.servers(of: segment).count == 1) }
+    }
 }

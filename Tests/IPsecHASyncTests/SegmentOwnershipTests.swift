@@ -3,7 +3,8 @@ import IPsecHASync
 import Testing
 
 /// Segment ownership machines wired to each other directly (1 ms delay, no channel), ticked
-/// every 2 ms; `cut` members hear nothing and are heard by nobody.
+/// every 2 ms; `cut` members hear nothing and are heard by nobody; with `groups`, only members
+/// of the same group hear each other (what is in flight across groups is lost).
 struct OwnershipHarness {
     let segments: ClusterSegments
     let ids: [ClusterMemberID]
@@ -12,7 +13,10 @@ struct OwnershipHarness {
     var now = Timestamp(nanoseconds: 1_000_000_000)
     var inFlight: [(at: UInt64, from: ClusterMemberID, to: ClusterMemberID, record: SyncRecord)] = []
     var cut: Set<ClusterMemberID> = []
+    var groups: [Set<ClusterMemberID>] = []
     var overlaps = 0
+    /// How each member last came to serve each segment (the previous owner, handed over).
+    var origins: [ClusterMemberID: [Segment: (previousOwner: ClusterMemberID?, handedOver: Bool)]] = [:]
     /// When each member last started and stopped serving each segment.
     var started: [ClusterMemberID: [Segment: Timestamp]] = [:]
     var stopped: [ClusterMemberID: [Segment: Timestamp]] = [:]
@@ -38,7 +42,7 @@ struct OwnershipHarness {
             now = Timestamp(nanoseconds: now.nanoseconds + 2_000_000)
             let due = inFlight.filter { $0.at <= now.nanoseconds }
             inFlight.removeAll { $0.at <= now.nanoseconds }
-            for message in due where machines[message.to] != nil {
+            for message in due where machines[message.to] != nil && connected(message.from, message.to) {
                 perform(machines[message.to]!.receive(message.record, from: message.from, now: now), by: message.to)
             }
             for id in ids where machines[id] != nil { perform(machines[id]!.tick(now: now), by: id) }
@@ -52,13 +56,19 @@ struct OwnershipHarness {
         for action in actions {
             switch action {
             case .send(let records, let to):
-                guard !cut.contains(id), !cut.contains(to) else { continue }
+                guard connected(id, to) else { continue }
                 for record in records { inFlight.append((now.nanoseconds + 1_000_000, id, to, record)) }
-            case .startServing(let segment, _, _): started[id, default: [:]][segment] = now
+            case .startServing(let segment, let previousOwner, let handedOver):
+                started[id, default: [:]][segment] = now
+                origins[id, default: [:]][segment] = (previousOwner, handedOver)
             case .stopServing(let segment): stopped[id, default: [:]][segment] = now
             case .peerUp, .peerDown: break
             }
         }
+    }
+
+    func connected(_ a: ClusterMemberID, _ b: ClusterMemberID) -> Bool {
+        !cut.contains(a) && !cut.contains(b) && (groups.isEmpty || groups.contains { $0.contains(a) && $0.contains(b) })
     }
 
     func served(by id: ClusterMemberID) -> Set<Segment> { Set(machines[id]?.servedSegments(now: now) ?? []) }
@@ -235,6 +245,65 @@ struct SegmentOwnershipTests {
             let previous = harness.ids.dropLast().first { harness.stopped[$0]?[segment] != nil }
             let stop = try #require(previous.flatMap { harness.stopped[$0]?[segment] })
             #expect(stop.nanoseconds <= harness.started[ClusterMemberID(rawValue: 3)]![segment]!.nanoseconds)
+        }
+    }
+
+    /// Four members: member 4 is cut off, a taker claims one of its segments, and the cluster
+    /// splits in two halves before the claim reaches the half with member 4. The taker's
+    /// claim must not count as confirmed by the peer that went silent without processing it:
+    /// once the partition heals, member 4 renews its lease from that peer's echoes before it
+    /// hears of the claim (torture seed 1380: both served for two steps).
+    @Test func aClaimIsConfirmedByAQuorumNotByPeersThatWentSilent() throws {
+        var harness = try OwnershipHarness(members: 4)
+        for id in harness.ids { try harness.start(id) }
+        harness.run(for: 1_000_000_000)
+        let victim = ClusterMemberID(rawValue: 4)
+        let segments = harness.served(by: victim)
+        harness.cut = [victim]
+        var taker: ClusterMemberID?
+        for _ in 0..<500 where taker == nil {
+            harness.run(for: 2_000_000)
+            taker = harness.ids.first { id in id != victim && segments.contains { harness.machines[id]!.claim(of: $0)?.owner == id } }
+        }
+        let claimant = try #require(taker, "a member claimed a segment of the member cut off")
+        // The claimant and one other member on one side; member 4 and the last member, which
+        // has not processed the claim, on the other.
+        let partner = harness.ids.first { $0 != victim && $0 != claimant }!
+        harness.cut = []
+        harness.groups = [[claimant, partner], Set(harness.ids).subtracting([claimant, partner])]
+        harness.run(for: 600_000_000)
+        harness.groups = []
+        harness.run(for: 1_500_000_000)
+        #expect(harness.overlaps == 0)
+    }
+
+    /// A member whose lease lapsed resumes its own segments as exact only when no peer
+    /// restarted meanwhile: a restarted peer may have forgotten a claim on them, and its
+    /// serving (torture seed 415).
+    @Test(arguments: [false, true])
+    func aMemberResumesItsOwnSegmentsBlindOnlyAfterAPeerRestarted(peersRestart: Bool) throws {
+        var harness = try OwnershipHarness(members: 3)
+        for id in harness.ids { try harness.start(id) }
+        harness.run(for: 1_000_000_000)
+        let cutOff = ClusterMemberID(rawValue: 1)
+        let segments = harness.served(by: cutOff)
+        #expect(!segments.isEmpty)
+        harness.cut = [cutOff]
+        // Long enough for the lease to lapse, too short for the others to take its segments.
+        harness.run(for: 150_000_000)
+        #expect(harness.served(by: cutOff).isEmpty)
+        if peersRestart {
+            // The others restart together: member 1's table is the only one left.
+            for id in harness.ids where id != cutOff { try harness.start(id) }
+        }
+        harness.cut = []
+        harness.run(for: 2_000_000_000)
+        #expect(harness.overlaps == 0)
+        #expect(harness.served(by: cutOff) == segments)
+        for segment in segments {
+            let origin = try #require(harness.origins[cutOff]?[segment])
+            #expect(origin.previousOwner == cutOff)
+            #expect(origin.handedOver == !peersRestart, "\(segment) resumed as exact: \(origin)")
         }
     }
 }

@@ -91,7 +91,10 @@ public enum OwnershipAction: Sendable, Equatable {
     /// Start serving the IKE SAs and Child SAs of a segment. `previousOwner` held it before
     /// (nil: nobody, or this member after a lapse of its lease). `handedOver` says the previous
     /// owner stopped and handed it over (its last checkpoint is exact); otherwise it failed and
-    /// the takeover plan applies to exactly the SAs of this segment.
+    /// the takeover plan applies to exactly the SAs of this segment. `previousOwner` is this
+    /// member when it resumes its own segment after its lease lapsed: `handedOver` false then
+    /// says a peer restarted meanwhile, so another member may have served the segment under a
+    /// claim every member that knew of has forgotten; its SAs resume as after a blind takeover.
     case startServing(Segment, previousOwner: ClusterMemberID?, handedOver: Bool)
     /// Stop serving a segment now: send nothing on its SAs, answer no IKE message of its IKE
     /// SAs (the lease lapsed, or the segment was handed over or lost to a newer claim).
@@ -158,6 +161,9 @@ public struct SegmentOwnership: Sendable {
     }
     /// How each segment this member holds came to it.
     private var acquired: [Segment: (previousOwner: ClusterMemberID?, handedOver: Bool)] = [:]
+    /// For each segment of its own this member stopped serving (its lease lapsed), the
+    /// incarnation of each peer at that moment.
+    private var incarnationsAtStop: [Segment: [ClusterMemberID: UInt32?]] = [:]
     private var agreement: (view: [ClusterMemberID], since: Timestamp)?
     private var assignment: SegmentAssignment?
 
@@ -252,12 +258,24 @@ public struct SegmentOwnership: Sendable {
         return now.nanoseconds >= completed.nanoseconds + configuration.leaseNanoseconds
     }
 
-    /// Whether every peer a confirmation waits for processed the claim (or is down).
+    /// Whether every peer a confirmation waits for that is up processed the claim, and a
+    /// quorum with this member did. A peer that went down unprocessed is not waited for, but
+    /// does not count either: the previous owner's lease needs an echo from one of any
+    /// quorum's complement, and only an echo from a member that processed the claim tells it
+    /// of the claim. (Counting the silent peers let a taker among four members serve once a
+    /// partition healed while the previous owner renewed its lease from a peer that had not
+    /// heard of the claim: torture seed 1380.)
     private func isProcessedEverywhere(_ confirmation: Confirmation) -> Bool {
-        confirmation.waits.allSatisfy { member, sequence in
-            guard let peer = peers[member], peer.isUp else { return true }
-            return peer.reportedProcessed >= sequence
+        var processed = 1
+        for (member, sequence) in confirmation.waits {
+            guard let peer = peers[member] else { continue }
+            if peer.reportedProcessed >= sequence {
+                processed += 1
+            } else if peer.isUp {
+                return false
+            }
         }
+        return processed >= configuration.quorum
     }
 
     // MARK: Events
@@ -499,9 +517,24 @@ public struct SegmentOwnership: Sendable {
         }
         let serving = Set(servedSegments(now: now))
         guard serving != reportedServing else { return [] }
-        var actions: [OwnershipAction] = reportedServing.subtracting(serving).sorted().map { .stopServing($0) }
+        let stopped = reportedServing.subtracting(serving).sorted()
+        let incarnations = peers.mapValues(\.incarnation)
+        for segment in stopped { incarnationsAtStop[segment] = incarnations }
+        var actions: [OwnershipAction] = stopped.map { .stopServing($0) }
         for segment in serving.subtracting(reportedServing).sorted() {
-            let origin = acquired[segment] ?? (configuration.member, true)
+            var origin = acquired[segment] ?? (configuration.member, true)
+            if origin.previousOwner == configuration.member, let atStop = incarnationsAtStop[segment],
+                incarnations.contains(where: { atStop[$0.key] ?? nil != $0.value })
+            {
+                // A peer restarted since this member stopped: a claim of another member on the
+                // segment, and its serving, may have been forgotten by every member that knew
+                // (only the peers whose memory survived vouch, through their echoes, that this
+                // member heard of every claim against it). Torture seed 415: a member cut off
+                // resumed its own counters after the member that took its segment over, and
+                // the one that confirmed the claim, had both restarted.
+                origin.handedOver = false
+            }
+            incarnationsAtStop[segment] = nil
             actions.append(.startServing(segment, previousOwner: origin.previousOwner, handedOver: origin.handedOver))
             // Only the first start after an acquisition concerns the previous owner; a start
             // after a lapse of the lease resumes this member's own SAs.

@@ -95,11 +95,20 @@ extension ClusterMember {
                     }
                     replicate(changes, &sharing, now: now)
                     sharing.pendingAdoptions[segment] = (previous, handedOver)
+                } else if previous == nil || !handedOver {
+                    // Nobody's (its owner's SAs were lost), or this member's own after a lapse
+                    // during which a peer restarted: SAs of the segment this member still holds
+                    // are from an earlier ownership (torture seed 720: they were resumed after
+                    // the member that took the segment over had died and its claim had been
+                    // released), or may have been served meanwhile by a member since forgotten.
+                    resumeBlind(segment, previousOwner: previous, &sharing, now: now)
                 } else {
                     outbox.append(.segmentStarted(segment, previousOwner: nil, handedOver: handedOver, plan: TakeoverPlan(ikeSAs: [], childSAs: []), rekey: []))
                 }
+                sharing.stoppedAt[segment] = nil
                 adoptPending(&sharing, now: now)
             case .stopServing(let segment):
+                sharing.stoppedAt[segment] = now
                 sharing.pendingAdoptions[segment] = nil
                 outbox.append(.segmentStopped(segment))
             case .peerUp, .peerDown:
@@ -153,6 +162,29 @@ extension ClusterMember {
             replicate(changes, &sharing, now: now)
         }
         outbox.append(.segmentStarted(segment, previousOwner: previous, handedOver: handedOver, plan: plan, rekey: rekey))
+    }
+
+    /// Resumes this member's own SAs of `segment` as after a blind takeover: another member
+    /// may have served them since this one stopped, from a copy of them, under a claim since
+    /// released or forgotten. Every counter of the segment moves past what that member can have sent or
+    /// accepted, and the moved Child SAs are replicated whole, so that a replica never holds the
+    /// counters from before the move.
+    private mutating func resumeBlind(_ segment: Segment, previousOwner: ClusterMemberID?, _ sharing: inout Sharing, now: Timestamp) {
+        guard let segments = sharing.ownership?.configuration.segments else { return }
+        let identifiers = Set(sharing.state.ikeSAs.values.filter { segments.segment(of: $0) == segment }.map(\.identifier))
+        var plan = TakeoverPlan(ikeSAs: [], childSAs: [])
+        var rekey: [UInt32] = []
+        if !identifiers.isEmpty {
+            let policy = configuration.takeover.blind(exactAsOf: sharing.stoppedAt[segment], now: now)
+            plan = TakeoverPlanner.plan(state: sharing.state, inFlight: [:], suspect: .all, policy: policy, now: now, restrictedTo: identifiers)
+            rekey = sharing.state.applyTakeover(plan).rekey
+            var changes: [StateChange] = []
+            for decision in plan.childSAs {
+                changes += (try? sharing.state.updateChildSA(inboundSPI: decision.inboundSPI) { _ in }) ?? []
+            }
+            replicate(changes, &sharing, now: now)
+        }
+        outbox.append(.segmentStarted(segment, previousOwner: previousOwner, handedOver: false, plan: plan, rekey: rekey))
     }
 
     /// Deletes the SAs of segments another member owns now, once that member's replicated

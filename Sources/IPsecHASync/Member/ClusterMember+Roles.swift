@@ -339,21 +339,7 @@ extension ClusterMember {
             // the address to a member cut off from the others, which died, and to a member that
             // had stepped down for one that then died: each resumed below the numbers the peer
             // had seen.)
-            let (blind, overflow) = policy.unknownAdvance.multipliedReportingOverflow(by: 2)
-            policy.minimumAdvance = max(policy.minimumAdvance, overflow ? .max : blind)
-            policy.unknownAdvance = max(policy.unknownAdvance, policy.minimumAdvance)
-            // And, on top, the most this member's copy can have fallen behind since it was last
-            // exact, so that of two blind takeovers in turn from the same copy the later one
-            // goes further (a larger jump alone was the same for both, and the earlier one's
-            // rank offset put it above the later one: torture seed 509).
-            let exactAsOf = fromFormer ? standby.formerAsOf : standby.replica.completeAsOf
-            if let exactAsOf, let rate = policy.maximumPacketsPerSecond, now > exactAsOf {
-                let milliseconds = min((now.nanoseconds - exactAsOf.nanoseconds) / 1_000_000, 1 << 30)
-                let (behind, overflow) = rate.multipliedReportingOverflow(by: milliseconds)
-                let extra = min(overflow ? .max : behind / 1_000, policy.unknownAdvance / 2)
-                let (offset, offsetOverflow) = policy.outboundOffset.addingReportingOverflow(extra)
-                policy.outboundOffset = offsetOverflow ? .max : offset
-            }
+            policy = policy.blind(exactAsOf: fromFormer ? standby.formerAsOf : standby.replica.completeAsOf, now: now)
         }
         if !standby.replica.isReady, let former = standby.former {
             // The other member may have sent on these SAs meanwhile: counters without a fresh
@@ -416,5 +402,31 @@ extension ClusterMember {
         for token in held.release(channel: channel, replicator: replicator, now: now, gone: { !channel.isEstablished(with: $0) }) {
             outbox.append(.released(token))
         }
+    }
+}
+
+extension TakeoverPolicy {
+    /// This policy for a takeover that cannot know what other members sent: every counter
+    /// moves by twice the unknown advance (still within what ESN inference allows), both
+    /// ways, and outbound also by the most the copy can have fallen behind since it was last
+    /// exact (`exactAsOf`) at the rate bound, at most half the unknown advance. Another member
+    /// may have served meanwhile from a copy of the same state, unseen, and moved by the
+    /// unknown advance, a rate bound near it, plus its rank's offset.
+    func blind(exactAsOf: Timestamp?, now: Timestamp) -> TakeoverPolicy {
+        var policy = self
+        let (blind, overflow) = unknownAdvance.multipliedReportingOverflow(by: 2)
+        policy.minimumAdvance = max(minimumAdvance, overflow ? .max : blind)
+        policy.unknownAdvance = max(unknownAdvance, policy.minimumAdvance)
+        // Of two blind takeovers in turn from the same copy the later one goes further (a
+        // larger jump alone was the same for both, and the earlier one's rank offset put it
+        // above the later one: torture seed 509).
+        if let exactAsOf, let rate = maximumPacketsPerSecond, now > exactAsOf {
+            let milliseconds = min((now.nanoseconds - exactAsOf.nanoseconds) / 1_000_000, 1 << 30)
+            let (behind, overflow) = rate.multipliedReportingOverflow(by: milliseconds)
+            let extra = min(overflow ? .max : behind / 1_000, policy.unknownAdvance / 2)
+            let (offset, offsetOverflow) = outboundOffset.addingReportingOverflow(extra)
+            policy.outboundOffset = offsetOverflow ? .max : offset
+        }
+        return policy
     }
 }

@@ -40,7 +40,12 @@ public enum ClusterMemberAction: Sendable, Hashable {
     /// it adopted from its replica of `previousOwner` (nil: nobody, or this member itself
     /// after a lapse of its lease; nothing adopted) with `plan`, after a failure or a handover
     /// (`handedOver`): carry out its message-ID decisions with the peers as after a takeover.
-    /// The Child SAs in `rekey` could not move on and were not adopted.
+    /// The Child SAs in `rekey` could not move on and were not adopted. When `previousOwner`
+    /// is nil or this member and `handedOver` is false, `plan` concerns SAs of the segment this
+    /// member held already: from an earlier ownership of the segment (nobody's now), or its own
+    /// after a lapse of its lease during which a peer restarted. Another member may have served
+    /// them meanwhile, so `plan` moves them as a blind takeover does (the Child SAs in `rekey`
+    /// stay, unusable until rekeyed).
     case segmentStarted(Segment, previousOwner: ClusterMemberID?, handedOver: Bool, plan: TakeoverPlan, rekey: [UInt32])
     /// Load sharing: this member must not send or answer on `segment`'s SAs any more (its
     /// lease lapsed, or the segment went to another member).
@@ -214,6 +219,9 @@ public struct ClusterMember {
         /// Segments started whose SAs are still to be adopted from the previous owner's
         /// replica, which was not complete yet.
         var pendingAdoptions: [Segment: (previous: ClusterMemberID, handedOver: Bool)] = [:]
+        /// When each segment this member stopped serving, and has not served since, stopped:
+        /// its own SAs of the segment were exact then.
+        var stoppedAt: [Segment: Timestamp] = [:]
     }
 
     enum Lifecycle {
