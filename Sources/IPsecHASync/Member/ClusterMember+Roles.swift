@@ -284,6 +284,7 @@ extension ClusterMember {
         if let promise, now < promise.until, promise.to != peer { return }
         if standby.claim != nil, configuration.channel.member < peer { return }
         standby.claim = nil
+        standby.agreedTo = peer
         lifecycle = .standby(standby)
         promise = (peer, epoch, now + claimTimeout * 3 / 2)
         let hello = SyncRecord.hello(
@@ -330,15 +331,17 @@ extension ClusterMember {
         let (offset, overflow) = policy.outboundOffset.addingReportingOverflow(UInt64(rank) * Self.takeoverOffsetSpacing)
         policy.outboundOffset = overflow ? .max : offset
         let fromFormer = !standby.replica.isReady && standby.former != nil
-        if !hearsQuorum(failed: standby.active, heardSince: silenceWindowStart(now: now)) || fromFormer {
-            // Told to take over (keepalived, an operator) without hearing a quorum, or from the
-            // state it served before it stepped down: another member may have served meanwhile,
+        if !hearsQuorum(failed: standby.active, heardSince: silenceWindowStart(now: now)) || fromFormer || standby.agreedTo != nil {
+            // Told to take over (keepalived, an operator) without hearing a quorum, from the
+            // state it served before it stepped down, or after it agreed to another standby's
+            // claim and never heard it active: another member may have served meanwhile,
             // unseen, and may itself have moved by the unknown advance, by a rate bound near it,
             // plus its rank's offset. Every counter moves past that (twice the unknown advance,
             // still within what ESN inference allows), both ways. (The torture run had keepalived give
             // the address to a member cut off from the others, which died, and to a member that
             // had stepped down for one that then died: each resumed below the numbers the peer
-            // had seen.)
+            // had seen. And, seed 2618, a standby that took over 17 ms after the one it had agreed
+            // to had, from a copy of the same state, sent numbers 2^30 higher than its own plan.)
             policy = policy.blind(exactAsOf: fromFormer ? standby.formerAsOf : standby.replica.completeAsOf, now: now)
         }
         if !standby.replica.isReady, let former = standby.former {

@@ -197,6 +197,10 @@ public struct ClusterMember {
         /// The active member started again (a new incarnation on the channel) after this
         /// standby had a complete copy: its state is gone, whatever it says now.
         var activeRestarted = false
+        /// Another standby whose claim to the active role this one agreed to while following
+        /// `active`: it may have taken over from its own copy, moved every counter by up to the
+        /// unknown advance, and died before this standby heard from it.
+        var agreedTo: ClusterMemberID?
         /// When this standby found the active member failed (for ``ClusterMember/takeoverStagger``).
         var failureNoticedAt: Timestamp?
         /// Its claim to the active role (with a quorum of three or more): the epoch it claims,
