@@ -34,7 +34,9 @@ row "SPD cache lookup, bursts of 256 (100k flows)" "$(value state spd_cache_burs
 row "memory per Child SA (1,024-packet window)" "$(value state bytes_per_child_sa)" "B" "<= 1,024" le 1024
 row "memory per IKE SA" "$(value state bytes_per_ike_sa)" "B" "<= 2,048" le 2048
 row "counter checkpoints through the channel" "$(value sync checkpoints_per_second)" "/s" ">= 5,000,000" ge 5000000
+row "  as a fraction of the AEAD floor (same datagrams)" "$(value sync checkpoints_floor_ratio)" "x" ">= 0.7" ge 0.7
 row "bulk resync, 100k IKE + 200k Child SAs, one core" "$(value sync resync_seconds)" "s" "< 1" le 1
+row "  as a multiple of the AEAD floor (same datagrams)" "$(value sync resync_floor_ratio)" "x" "<= 2" le 2
 row "  of it, the standby's share" "$(value sync resync_standby_seconds)" "s" "" le 1
 row "tail loss noticed, worst trial" "$(value sync tail_loss_detection_heartbeats_max)" "beats" "<= 2" le 2
 row "takeover plan, 100k IKE + 200k Child SAs" "$(value failover plan_milliseconds)" "ms" "< 50" le 50

@@ -35,26 +35,74 @@ struct SyncBenchCommand: ParsableCommand {
     }
 
     func run() throws {
-        let checkpointRate = try measureCheckpoints()
-        print("counter checkpoints through seal, open, decode and apply, over \(checkpointSAs) Child SAs: \(Int(checkpointRate)) per second")
+        let checkpoints = try measureCheckpoints()
+        let checkpointRate = Double(checkpoints.sent) / checkpoints.seconds
+        // The floor, in the same run: libsodium alone on the same datagrams. A ratio to it
+        // means something on a noisy machine, where the absolute figure moves by 2x.
+        let checkpointFloor = aeadFloor(datagrams: checkpoints.datagrams, bytes: checkpoints.bytes)
+        let checkpointRatio = checkpointFloor / checkpoints.seconds
+        print(
+            "counter checkpoints through seal, open, decode and apply, over \(checkpointSAs) Child SAs: \(Int(checkpointRate)) per second, "
+                + "\(checkpointRatio.formatted(decimals: 2)) of the AEAD floor (\(Int(Double(checkpoints.sent) / checkpointFloor)) per second "
+                + "for libsodium alone to seal and open the \(checkpoints.datagrams) datagrams, \(checkpoints.bytes) bytes)")
         let (resyncSeconds, resyncBytes, datagrams, activeSeconds, standbySeconds, pageFaults) = try measureResync()
+        let resyncFloor = aeadFloor(datagrams: datagrams, bytes: resyncBytes)
+        let resyncRatio = resyncSeconds / resyncFloor
         print(
             "bulk resync of \(ikeSAs) IKE SAs and \(childSAs) Child SAs: \(resyncSeconds.formatted(decimals: 3)) s on one core "
                 + "(active member \(activeSeconds.formatted(decimals: 3)) s, standby \(standbySeconds.formatted(decimals: 3)) s: "
                 + "each on its own machine, about the larger), \(resyncBytes) bytes in \(datagrams) datagrams, "
+                + "\(resyncRatio.formatted(decimals: 2)) times the AEAD floor (\(resyncFloor.formatted(decimals: 3)) s to seal and open them), "
                 + "\(pageFaults) page faults in the process meanwhile (most of them the standby's first touches of the memory its state fills)")
         let (meanHeartbeats, maximumHeartbeats) = try measureTailLoss()
         print("tail loss noticed after \(meanHeartbeats.formatted(decimals: 2)) heartbeat intervals on average, \(maximumHeartbeats.formatted(decimals: 2)) at most")
         print(
-            "checkpoints_per_second=\(Int(checkpointRate)) resync_seconds=\(resyncSeconds.formatted(decimals: 3)) "
+            "checkpoints_per_second=\(Int(checkpointRate)) checkpoints_floor_per_second=\(Int(Double(checkpoints.sent) / checkpointFloor)) "
+                + "checkpoints_floor_ratio=\(checkpointRatio.formatted(decimals: 2)) resync_seconds=\(resyncSeconds.formatted(decimals: 3)) "
+                + "resync_floor_seconds=\(resyncFloor.formatted(decimals: 3)) resync_floor_ratio=\(resyncRatio.formatted(decimals: 2)) "
                 + "resync_active_seconds=\(activeSeconds.formatted(decimals: 3)) resync_standby_seconds=\(standbySeconds.formatted(decimals: 3)) "
                 + "resync_bytes=\(resyncBytes) resync_page_faults=\(pageFaults) tail_loss_detection_heartbeats_mean=\(meanHeartbeats.formatted(decimals: 2)) "
                 + "tail_loss_detection_heartbeats_max=\(maximumHeartbeats.formatted(decimals: 2))")
     }
 
+    /// Seconds for libsodium alone to seal and open `count` datagrams of `bytes` bytes in all,
+    /// each of the average size, its header as additional data, as the channel does (one seal
+    /// on the sender, one open on the receiver): what no implementation of the channel can go
+    /// below on this machine with this AEAD.
+    func aeadFloor(datagrams count: Int, bytes: Int) -> Double {
+        let overhead = DatagramHeader.size + SodiumPrimitives.aeadTagLength
+        let size = max(bytes / max(count, 1), overhead)
+        var datagram = [UInt8](repeating: 0x5A, count: size)
+        let plaintext = [UInt8](repeating: 0xA5, count: size - overhead)
+        var opened = [UInt8](repeating: 0, count: size - overhead + 1)
+        let key = [UInt8](repeating: 7, count: SodiumPrimitives.aeadKeyLength)
+        var nonce = [UInt8](repeating: 0, count: SodiumPrimitives.aeadNonceLength)
+        let clock = ContinuousClock()
+        let started = clock.now
+        var failures = 0
+        for index in 0..<count {
+            withUnsafeBytes(of: UInt64(index).littleEndian) { nonce.replaceSubrange(0..<8, with: $0) }
+            datagram.withUnsafeMutableBytes { buffer in
+                let aad = UnsafeRawBufferPointer(rebasing: buffer[..<DatagramHeader.size])
+                plaintext.withUnsafeBytes { plain in
+                    SodiumPrimitives.seal(into: buffer.baseAddress! + DatagramHeader.size, plaintext: plain, aad: aad, nonce: nonce, key: key)
+                }
+                let sealed = UnsafeRawBufferPointer(rebasing: buffer[DatagramHeader.size...])
+                if !opened.withUnsafeMutableBytes({ SodiumPrimitives.open(into: $0.baseAddress, sealed: sealed, aad: aad, nonce: nonce, key: key) }) {
+                    failures += 1
+                }
+            }
+        }
+        let seconds = started.duration(to: clock.now).inSeconds
+        precondition(failures == 0, "the AEAD floor's own datagrams did not open")
+        return seconds
+    }
+
     /// Two channels wired back to back (no network), a replica holding `--checkpoint-sas` Child SAs, and
-    /// batches of checkpoints for them: encode, seal, open, decode, apply, acknowledge.
-    func measureCheckpoints() throws -> Double {
+    /// batches of checkpoints for them: encode, seal, open, decode, apply, acknowledge. Returns
+    /// the checkpoints sent, the seconds they took, and the datagrams (both ways) and their
+    /// bytes meanwhile.
+    func measureCheckpoints() throws -> (sent: Int, seconds: Double, datagrams: Int, bytes: Int) {
         let key = try ChannelKey.generate()
         let active = ClusterMemberID(rawValue: 1)
         let standby = ClusterMemberID(rawValue: 2)
@@ -76,13 +124,19 @@ struct SyncBenchCommand: ParsableCommand {
         }
         setup.append(.resyncEnd(id: 1, ikeSAs: 1, childSAs: UInt32(saCount), policies: 0))
         var now = Timestamp(nanoseconds: 1)
+        var datagrams = 0, bytes = 0
         func exchange(_ actions: [SyncChannelAction], _ sender: inout SyncChannel, _ receiver: inout SyncChannel, _ replica: inout Replica) {
             for case .transmit(_, let datagram) in actions {
+                datagrams += 1
+                bytes += datagram.count
                 for action in receiver.receive(datagram, now: now) {
                     switch action {
                     case .deliver(_, let records): replica.apply(records, now: now)
                     // The sender's answer (the end of the handshake) goes back at once.
-                    case .transmit(_, let reply): exchange(sender.receive(reply, now: now), &sender, &receiver, &replica)
+                    case .transmit(_, let reply):
+                        datagrams += 1
+                        bytes += reply.count
+                        exchange(sender.receive(reply, now: now), &sender, &receiver, &replica)
                     default: break
                     }
                 }
@@ -103,6 +157,7 @@ struct SyncBenchCommand: ParsableCommand {
         let perSend = 16 * 16
         var generation: UInt64 = 1
         var sent = 0
+        (datagrams, bytes) = (0, 0)
         let clock = ContinuousClock()
         let started = clock.now
         while sent < checkpoints {
@@ -128,7 +183,7 @@ struct SyncBenchCommand: ParsableCommand {
         guard replica.statistics.rejected == 0, replica.statistics.stale == 0 else {
             throw ValidationError("checkpoints were refused: \(replica.statistics)")
         }
-        return Double(sent) / seconds
+        return (sent, seconds, datagrams, bytes)
     }
 
     /// Seconds on one core, bytes, datagrams, the seconds of it that each member spent, and the
