@@ -39,6 +39,8 @@ struct MemberCommand: ParsableCommand {
     @Option(name: .customLong("duration-ms"), help: "Stop after this long (0: run until killed or taken over).") var durationMs: UInt64 = 0
     @Option(name: .customLong("status-interval-ms"), help: "A status line on standard error this often (0: none).") var statusIntervalMs: UInt64 = 1_000
     @Option(help: "The role epoch (default: from the monotonic clock; a low one plays a member whose machine rebooted).") var epoch: UInt32?
+    @Option(help: "The synch channel's AEAD, the same on both members: chacha20-poly1305 or aes-256-gcm.", transform: parseCipher)
+    var cipher = SyncChannelCipher.chacha20Poly1305
 
     static func address(_ text: String) throws -> (String, Int) {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]) else {
@@ -68,6 +70,7 @@ struct MemberCommand: ParsableCommand {
         let epoch = self.epoch ?? UInt32(truncatingIfNeeded: Timestamp.monotonicNow().nanoseconds / 1_000_000) | 1
         var channel = SyncChannelConfiguration(clusterID: 1, member: member, epoch: epoch, key: try ChannelKey(contentsOfFile: keyFile), peers: [peerID])
         channel.logger.logLevel = .error
+        channel.cipher = cipher
         var configuration = ClusterMemberConfiguration(channel: channel, activeMember: active ? member : peerID)
         configuration.checkpoints = CounterCheckpointPolicy(packets: 4_096, interval: .milliseconds(20))
         var cluster = try ClusterMember(configuration: configuration)

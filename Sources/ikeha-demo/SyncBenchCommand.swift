@@ -26,7 +26,11 @@ struct SyncBenchCommand: ParsableCommand {
     @Option(help: "Tail-loss trials.")
     var trials = 20
 
+    @Option(help: "The synch channel's AEAD: chacha20-poly1305 or aes-256-gcm (default: AES-256-GCM where the CPU has it).", transform: parseCipher)
+    var cipher = SyncChannelCipher.fastestAvailable
+
     func validate() throws {
+        guard cipher.isAvailable else { throw ValidationError("\(cipher) does not run on this CPU") }
         guard checkpoints > 0, ikeSAs > 0, childSAs >= 0, trials > 0, childSAs < 0x7000_0000, checkpointSAs > 0,
             checkpointSAs < 0x7000_0000
         else {
@@ -41,6 +45,7 @@ struct SyncBenchCommand: ParsableCommand {
         // means something on a noisy machine, where the absolute figure moves by 2x.
         let checkpointFloor = aeadFloor(datagrams: checkpoints.datagrams, bytes: checkpoints.bytes)
         let checkpointRatio = checkpointFloor / checkpoints.seconds
+        print("synch channel cipher: \(cipher)")
         print(
             "counter checkpoints through seal, open, decode and apply, over \(checkpointSAs) Child SAs: \(Int(checkpointRate)) per second, "
                 + "\(checkpointRatio.formatted(decimals: 2)) of the AEAD floor (\(Int(Double(checkpoints.sent) / checkpointFloor)) per second "
@@ -57,7 +62,7 @@ struct SyncBenchCommand: ParsableCommand {
         let (meanHeartbeats, maximumHeartbeats) = try measureTailLoss()
         print("tail loss noticed after \(meanHeartbeats.formatted(decimals: 2)) heartbeat intervals on average, \(maximumHeartbeats.formatted(decimals: 2)) at most")
         print(
-            "checkpoints_per_second=\(Int(checkpointRate)) checkpoints_floor_per_second=\(Int(Double(checkpoints.sent) / checkpointFloor)) "
+            "cipher=\(cipher.name) checkpoints_per_second=\(Int(checkpointRate)) checkpoints_floor_per_second=\(Int(Double(checkpoints.sent) / checkpointFloor)) "
                 + "checkpoints_floor_ratio=\(checkpointRatio.formatted(decimals: 2)) resync_seconds=\(resyncSeconds.formatted(decimals: 3)) "
                 + "resync_floor_seconds=\(resyncFloor.formatted(decimals: 3)) resync_floor_ratio=\(resyncRatio.formatted(decimals: 2)) "
                 + "resync_active_seconds=\(activeSeconds.formatted(decimals: 3)) resync_standby_seconds=\(standbySeconds.formatted(decimals: 3)) "
@@ -85,10 +90,13 @@ struct SyncBenchCommand: ParsableCommand {
             datagram.withUnsafeMutableBytes { buffer in
                 let aad = UnsafeRawBufferPointer(rebasing: buffer[..<DatagramHeader.size])
                 plaintext.withUnsafeBytes { plain in
-                    SodiumPrimitives.seal(into: buffer.baseAddress! + DatagramHeader.size, plaintext: plain, aad: aad, nonce: nonce, key: key)
+                    SodiumPrimitives.seal(
+                        into: buffer.baseAddress! + DatagramHeader.size, plaintext: plain, aad: aad, nonce: nonce, key: key, cipher: cipher)
                 }
                 let sealed = UnsafeRawBufferPointer(rebasing: buffer[DatagramHeader.size...])
-                if !opened.withUnsafeMutableBytes({ SodiumPrimitives.open(into: $0.baseAddress, sealed: sealed, aad: aad, nonce: nonce, key: key) }) {
+                if !opened.withUnsafeMutableBytes({
+                    SodiumPrimitives.open(into: $0.baseAddress, sealed: sealed, aad: aad, nonce: nonce, key: key, cipher: cipher)
+                }) {
                     failures += 1
                 }
             }
@@ -106,8 +114,12 @@ struct SyncBenchCommand: ParsableCommand {
         let key = try ChannelKey.generate()
         let active = ClusterMemberID(rawValue: 1)
         let standby = ClusterMemberID(rawValue: 2)
-        var sender = try SyncChannel(configuration: SyncChannelConfiguration(clusterID: 1, member: active, epoch: 1, key: key, peers: [standby]))
-        var receiver = try SyncChannel(configuration: SyncChannelConfiguration(clusterID: 1, member: standby, epoch: 1, key: key, peers: [active]))
+        var senderConfiguration = SyncChannelConfiguration(clusterID: 1, member: active, epoch: 1, key: key, peers: [standby])
+        senderConfiguration.cipher = cipher
+        var receiverConfiguration = SyncChannelConfiguration(clusterID: 1, member: standby, epoch: 1, key: key, peers: [active])
+        receiverConfiguration.cipher = cipher
+        var sender = try SyncChannel(configuration: senderConfiguration)
+        var receiver = try SyncChannel(configuration: receiverConfiguration)
         var replica = Replica()
         var random = SplitMix64(seed: 3)
         let ike = try SAFixtures.ikeSA(1, &random)
@@ -189,7 +201,8 @@ struct SyncBenchCommand: ParsableCommand {
     /// Seconds on one core, bytes, datagrams, the seconds of it that each member spent, and the
     /// page faults taken meanwhile.
     func measureResync() throws -> (Double, Int, Int, Double, Double, Int) {
-        var pair = try ReplicationPair(seed: 5)
+        let cipher = self.cipher
+        var pair = try ReplicationPair(seed: 5) { $0.cipher = cipher }
         pair.network.faults.partitions = [[1, 2]]
         var random = SplitMix64(seed: 6)
         var identifiers: [IKESAIdentifier] = []
@@ -225,7 +238,8 @@ struct SyncBenchCommand: ParsableCommand {
 
     /// Bursts whose last datagram is lost; the time until the standby knows, in heartbeats.
     func measureTailLoss() throws -> (Double, Double) {
-        var pair = try ReplicationPair(seed: 7)
+        let cipher = self.cipher
+        var pair = try ReplicationPair(seed: 7) { $0.cipher = cipher }
         _ = try pair.settle()
         var random = SplitMix64(seed: 8)
         let heartbeat = Double(pair.standbyChannel.configuration.heartbeatIntervalNanoseconds)
@@ -251,4 +265,10 @@ struct SyncBenchCommand: ParsableCommand {
         }
         return (delays.reduce(0, +) / Double(delays.count), delays.max() ?? 0)
     }
+}
+
+/// A synch channel cipher named on the command line (`--cipher`).
+func parseCipher(_ name: String) throws -> SyncChannelCipher {
+    guard let cipher = SyncChannelCipher(name: name) else { throw ValidationError("unknown cipher \(name): chacha20-poly1305 or aes-256-gcm") }
+    return cipher
 }

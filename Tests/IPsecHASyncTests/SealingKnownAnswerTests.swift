@@ -107,4 +107,33 @@ struct SealingKnownAnswerTests {
                             packetNumber: 3))
                 ])
     }
+
+    /// The same first handshake on a cluster configured for AES-256-GCM: the flag 0x08 in the
+    /// header, the direction key under the label "IKEHA-SYNCG-v2", AES-256-GCM with the same
+    /// nonce and additional data.
+    @Test(.enabled(if: SyncChannelCipher.aes256GCM.isAvailable, "needs a CPU with AES instructions (AES-NI and CLMUL)"))
+    func anAES256GCMHandshakeMatchesTheDocumentedConstruction() throws {
+        var configuration = SyncChannelConfiguration(
+            clusterID: 0x0102_0304, member: ClusterMemberID(rawValue: 1), epoch: 7, key: try ChannelKey(bytes: Self.clusterKey),
+            peers: [ClusterMemberID(rawValue: 2)])
+        configuration.incarnation = Self.senderIncarnation
+        configuration.cipher = .aes256GCM
+        var channel = try SyncChannel(configuration: configuration)
+        guard case .transmit(_, let handshake)? = channel.tick(now: Timestamp(nanoseconds: 1)).first else {
+            Issue.record("no handshake")
+            return
+        }
+        let incarnation = bytes(Self.senderIncarnation.high) + bytes(Self.senderIncarnation.low)
+        let header: [UInt8] =
+            [0x49, 0x48, 0x02, 0x0D, 0x01, 0x02, 0x03, 0x04, 0x00, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00, 0x07] + incarnation + bytes(1) + bytes(0)
+        let input = Array("IKEHA-SYNCG-v2".utf8) + [0x01, 0x02, 0x03, 0x04, 0x00, 0x01, 0x00, 0x02] + incarnation + [UInt8](repeating: 0, count: 16)
+        var key = [UInt8](repeating: 0, count: 32)
+        #expect(crypto_generichash(&key, 32, input, UInt64(input.count), Self.clusterKey, 32) == 0)
+        let payload = [UInt8](repeating: 0, count: 32)
+        var sealed = [UInt8](repeating: 0, count: payload.count + 16)
+        var length: UInt64 = 0
+        _ = crypto_aead_aes256gcm_encrypt(
+            &sealed, &length, payload, UInt64(payload.count), header, UInt64(header.count), nil, [0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1], key)
+        #expect(handshake == header + sealed)
+    }
 }

@@ -67,6 +67,14 @@ struct OwnershipHarness {
         }
     }
 
+    /// `members` members, every one started a second ago: ownership settled.
+    static func settled(members: Int) throws -> OwnershipHarness {
+        var harness = try OwnershipHarness(members: members)
+        for id in harness.ids { try harness.start(id) }
+        harness.run(for: 1_000_000_000)
+        return harness
+    }
+
     func connected(_ a: ClusterMemberID, _ b: ClusterMemberID) -> Bool {
         !cut.contains(a) && !cut.contains(b) && (groups.isEmpty || groups.contains { $0.contains(a) && $0.contains(b) })
     }
@@ -90,18 +98,14 @@ struct SegmentOwnershipTests {
 
     @Test(arguments: [2, 3, 5])
     func membersShareTheSegmentsAsTheRendezvousAssignmentSays(members: Int) throws {
-        var harness = try OwnershipHarness(members: members)
-        for id in harness.ids { try harness.start(id) }
-        harness.run(for: 1_000_000_000)
+        let harness = try OwnershipHarness.settled(members: members)
         #expect(harness.overlaps == 0)
         let assignment = try SegmentAssignment(segments: harness.segments, members: harness.ids)
         for id in harness.ids { #expect(harness.served(by: id) == Set(assignment.segments(of: id))) }
     }
 
     @Test func aCutOffMemberStopsServingBeforeAnyoneTakesItsSegments() throws {
-        var harness = try OwnershipHarness(members: 3)
-        for id in harness.ids { try harness.start(id) }
-        harness.run(for: 1_000_000_000)
+        var harness = try OwnershipHarness.settled(members: 3)
         let victim = ClusterMemberID(rawValue: 1)
         let segments = harness.served(by: victim)
         #expect(!segments.isEmpty)
@@ -129,9 +133,7 @@ struct SegmentOwnershipTests {
     }
 
     @Test func aRestartedMemberOwnsNothingOfItsPreviousLife() throws {
-        var harness = try OwnershipHarness(members: 2)
-        for id in harness.ids { try harness.start(id) }
-        harness.run(for: 1_000_000_000)
+        var harness = try OwnershipHarness.settled(members: 2)
         let restarted = ClusterMemberID(rawValue: 2)
         let segments = harness.served(by: restarted)
         try harness.start(restarted)
@@ -254,9 +256,7 @@ struct SegmentOwnershipTests {
     /// once the partition heals, member 4 renews its lease from that peer's echoes before it
     /// hears of the claim (torture seed 1380: both served for two steps).
     @Test func aClaimIsConfirmedByAQuorumNotByPeersThatWentSilent() throws {
-        var harness = try OwnershipHarness(members: 4)
-        for id in harness.ids { try harness.start(id) }
-        harness.run(for: 1_000_000_000)
+        var harness = try OwnershipHarness.settled(members: 4)
         let victim = ClusterMemberID(rawValue: 4)
         let segments = harness.served(by: victim)
         harness.cut = [victim]
@@ -282,9 +282,7 @@ struct SegmentOwnershipTests {
     /// serving (torture seed 415).
     @Test(arguments: [false, true])
     func aMemberResumesItsOwnSegmentsBlindOnlyAfterAPeerRestarted(peersRestart: Bool) throws {
-        var harness = try OwnershipHarness(members: 3)
-        for id in harness.ids { try harness.start(id) }
-        harness.run(for: 1_000_000_000)
+        var harness = try OwnershipHarness.settled(members: 3)
         let cutOff = ClusterMemberID(rawValue: 1)
         let segments = harness.served(by: cutOff)
         #expect(!segments.isEmpty)

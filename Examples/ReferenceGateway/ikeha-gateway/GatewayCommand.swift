@@ -56,6 +56,8 @@ struct GatewayCommand: ParsableCommand {
     @Option(name: .customLong("sync-listen"), help: "Synch channel: local UDP host:port.") var syncListen: String
     @Option(name: .customLong("sync-peer"), help: "Synch channel: another member, id=host:port (once per member; one without load sharing).") var syncPeer: [String]
     @Option(name: .customLong("sync-key-file"), help: "The cluster key: a file of 32 bytes, mode 600, owned by this user.") var syncKeyFile: String
+    @Option(name: .customLong("sync-cipher"), help: "The synch channel's AEAD, the same on every member: chacha20-poly1305 or aes-256-gcm.")
+    var syncCipher = "chacha20-poly1305"
     @Option(name: .customLong("checkpoint-packets"), help: "Checkpoint a Child SA's counters every this many packets.") var checkpointPackets: UInt64 = 64
     @Option(name: .customLong("checkpoint-ms"), help: "...or every this many milliseconds, whichever comes first.") var checkpointMs: UInt64 = 20
     @Option(name: .customLong("takeover-minimum-advance"), help: "The least a takeover moves counters and windows (default: --checkpoint-packets).") var takeoverMinimumAdvance: UInt64?

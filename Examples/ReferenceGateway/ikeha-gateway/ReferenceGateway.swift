@@ -111,6 +111,10 @@ struct ReferenceGateway {
         let epoch = UInt32(truncatingIfNeeded: Timestamp.monotonicNow().nanoseconds / 1_000_000) | 1
         var channelConfiguration = SyncChannelConfiguration(
             clusterID: 1, member: member, epoch: epoch, key: try ChannelKey(contentsOfFile: options.syncKeyFile), peers: peers)
+        guard let cipher = SyncChannelCipher(name: options.syncCipher) else {
+            throw GatewayError.configuration("--sync-cipher must be chacha20-poly1305 or aes-256-gcm")
+        }
+        channelConfiguration.cipher = cipher
         channelConfiguration.logger = Logger(label: "sync")
         channelConfiguration.logger.logLevel = .warning
         var memberConfiguration = ClusterMemberConfiguration(channel: channelConfiguration, activeMember: options.active ? member : peers[0])

@@ -17,8 +17,11 @@ public struct DatagramHeader: Sendable, Hashable {
     public static let currentVersion: UInt8 = 2
     static let magic: (UInt8, UInt8) = (0x49, 0x48)
 
-    /// Flag: the payload is sealed (ChaCha20-Poly1305-IETF); clear only in insecure test mode.
+    /// Flag: the payload is sealed (ChaCha20-Poly1305-IETF, or AES-256-GCM with
+    /// ``aes256GCMFlag``); clear only in insecure test mode.
     public static let sealedFlag: UInt8 = 0x01
+    /// Flag: sealed with AES-256-GCM (``SyncChannelCipher/aes256GCM``), not ChaCha20-Poly1305.
+    public static let aes256GCMFlag: UInt8 = 0x08
     /// Flag: the reliable stream restarts at this datagram's sequence number (after the sender
     /// could no longer retransmit something; a bulk resync follows).
     public static let streamResetFlag: UInt8 = 0x02
@@ -28,7 +31,7 @@ public struct DatagramHeader: Sendable, Hashable {
 
     /// Protocol version.
     public var version: UInt8 = currentVersion
-    /// Flag bits (``sealedFlag``, ``streamResetFlag``, ``handshakeFlag``).
+    /// Flag bits (``sealedFlag``, ``streamResetFlag``, ``handshakeFlag``, ``aes256GCMFlag``).
     public var flags: UInt8
     /// The cluster this datagram belongs to; other clusters' datagrams are dropped.
     public var clusterID: UInt32
@@ -110,7 +113,8 @@ public struct DatagramHeader: Sendable, Hashable {
         guard fields.version == currentVersion else { throw .unsupportedVersion(fields.version) }
         guard var header = fields.header else { throw .invalidHeader("incarnation 0") }
         header.version = fields.version
-        guard header.flags & ~(sealedFlag | streamResetFlag | handshakeFlag) == 0 else { throw .invalidHeader("flags \(header.flags)") }
+        guard header.flags & ~(sealedFlag | streamResetFlag | handshakeFlag | aes256GCMFlag) == 0 else { throw .invalidHeader("flags \(header.flags)") }
+        guard header.flags & aes256GCMFlag == 0 || header.flags & sealedFlag != 0 else { throw .invalidHeader("a cipher named for a datagram in clear") }
         guard header.packetNumber > 0 else { throw .invalidHeader("packet number 0") }
         if header.isHandshake {
             guard header.reliableSequence == 0, header.flags & streamResetFlag == 0 else {
@@ -170,13 +174,15 @@ public struct ChannelHandshake: Sendable, Hashable {
     }
 }
 
-/// Seals and opens datagrams: ChaCha20-Poly1305-IETF under the key of the direction (cluster,
-/// sender, receiver, and both ends' incarnations; the receiver's left out of handshake keys),
-/// the nonce built from the sender, the receiver and the packet number, and the whole header as
-/// additional data. Without a key (insecure mode) payloads travel in clear, marked as such, and
-/// a sealing receiver refuses them.
+/// Seals and opens datagrams: the channel's cipher (ChaCha20-Poly1305-IETF or AES-256-GCM)
+/// under the key of the direction (cluster, sender, receiver, both ends' incarnations, and the
+/// cipher; the receiver's incarnation left out of handshake keys), the nonce built from the
+/// sender, the receiver and the packet number, and the whole header as additional data.
+/// Without a key (insecure mode) payloads travel in clear, marked as such, and a sealing
+/// receiver refuses them.
 struct DatagramSealer {
     static let tagSize = 16
+    let cipher: SyncChannelCipher
     private(set) var key: ChannelKey?
     /// The cluster key before the last rotation, until it is retired: datagrams of peers that
     /// have not rotated yet still open with it.
@@ -186,7 +192,10 @@ struct DatagramSealer {
     private var derived: [DirectionKeyContext: KeyMaterial] = [:]
     private var derivedPrevious: [DirectionKeyContext: KeyMaterial] = [:]
 
-    init(key: ChannelKey?) { self.key = key }
+    init(key: ChannelKey?, cipher: SyncChannelCipher = .chacha20Poly1305) {
+        self.key = key
+        self.cipher = cipher
+    }
 
     /// Seals with `newKey` from now on; keeps opening with the old key until
     /// ``retirePreviousKey()``.
@@ -204,10 +213,10 @@ struct DatagramSealer {
         derivedPrevious = [:]
     }
 
-    static func context(_ header: DatagramHeader, receiverIncarnation: ChannelIncarnation) -> DirectionKeyContext {
+    func context(_ header: DatagramHeader, receiverIncarnation: ChannelIncarnation) -> DirectionKeyContext {
         DirectionKeyContext(
             clusterID: header.clusterID, sender: header.sender.rawValue, receiver: header.receiver.rawValue,
-            senderIncarnation: header.senderIncarnation, receiverIncarnation: header.isHandshake ? .none : receiverIncarnation)
+            senderIncarnation: header.senderIncarnation, receiverIncarnation: header.isHandshake ? .none : receiverIncarnation, cipher: cipher)
     }
 
     /// Seals `payload` under `header` for a receiver whose incarnation is `receiverIncarnation`
@@ -224,10 +233,12 @@ struct DatagramSealer {
             return writer.bytes
         }
         header.flags |= DatagramHeader.sealedFlag
+        if cipher == .aes256GCM { header.flags |= DatagramHeader.aes256GCMFlag } else { header.flags &= ~DatagramHeader.aes256GCMFlag }
         var writer = ByteWriter(capacity: DatagramHeader.size)
         header.write(into: &writer)
         let directionKey = try Self.cachedKey(
-            key, Self.context(header, receiverIncarnation: receiverIncarnation), cache: &derived)
+            key, context(header, receiverIncarnation: receiverIncarnation), cache: &derived)
+        let cipher = self.cipher
         let total = DatagramHeader.size + payload.count + Self.tagSize
         return [UInt8](unsafeUninitializedCapacity: total) { buffer, initialized in
             let base = buffer.baseAddress!
@@ -237,7 +248,8 @@ struct DatagramSealer {
                     payload.withUnsafeBytes { plaintext in
                         SodiumPrimitives.seal(
                             into: base + DatagramHeader.size, plaintext: plaintext,
-                            aad: UnsafeRawBufferPointer(start: base, count: DatagramHeader.size), nonce: nonce, key: keyBytes.baseAddress!)
+                            aad: UnsafeRawBufferPointer(start: base, count: DatagramHeader.size), nonce: nonce, key: keyBytes.baseAddress!,
+                            cipher: cipher)
                     }
                 }
             }
@@ -258,22 +270,25 @@ struct DatagramSealer {
             return (Array(datagram[DatagramHeader.size...]), false)
         }
         guard sealed else { throw .security(.authenticationFailed) }
+        let theirs: SyncChannelCipher = header.flags & DatagramHeader.aes256GCMFlag != 0 ? .aes256GCM : .chacha20Poly1305
+        guard theirs == cipher else { throw .security(.cipherMismatch(theirs)) }
         guard datagram.count >= DatagramHeader.size + Self.tagSize else { throw .tooShort(datagram.count) }
-        let context = Self.context(header, receiverIncarnation: receiverIncarnation)
+        let context = context(header, receiverIncarnation: receiverIncarnation)
+        let cipher = self.cipher
         do throws(ChannelSecurityError) {
             if header.isHandshake {
-                if let plaintext = try key.withDirectionKey(context, { Self.decrypt(datagram, header, $0) }) { return (plaintext, false) }
+                if let plaintext = try key.withDirectionKey(context, { Self.decrypt(datagram, header, $0, cipher) }) { return (plaintext, false) }
                 if let previousKey,
-                    let plaintext = try previousKey.withDirectionKey(context, { Self.decrypt(datagram, header, $0) })
+                    let plaintext = try previousKey.withDirectionKey(context, { Self.decrypt(datagram, header, $0, cipher) })
                 {
                     return (plaintext, true)
                 }
             } else {
-                if let plaintext = try Self.decrypt(datagram, header, Self.cachedKey(key, context, cache: &derived)) {
+                if let plaintext = try Self.decrypt(datagram, header, Self.cachedKey(key, context, cache: &derived), cipher) {
                     return (plaintext, false)
                 }
                 if let previousKey,
-                    let plaintext = try Self.decrypt(datagram, header, Self.cachedKey(previousKey, context, cache: &derivedPrevious))
+                    let plaintext = try Self.decrypt(datagram, header, Self.cachedKey(previousKey, context, cache: &derivedPrevious), cipher)
                 {
                     return (plaintext, true)
                 }
@@ -284,12 +299,14 @@ struct DatagramSealer {
         throw .security(.authenticationFailed)
     }
 
-    private static func decrypt(_ datagram: [UInt8], _ header: DatagramHeader, _ directionKey: KeyMaterial) -> [UInt8]? {
-        directionKey.withUnsafeBytes { decrypt(datagram, header, $0.baseAddress!.assumingMemoryBound(to: UInt8.self)) }
+    private static func decrypt(_ datagram: [UInt8], _ header: DatagramHeader, _ directionKey: KeyMaterial, _ cipher: SyncChannelCipher) -> [UInt8]? {
+        directionKey.withUnsafeBytes { decrypt(datagram, header, $0.baseAddress!.assumingMemoryBound(to: UInt8.self), cipher) }
     }
 
     /// The plaintext, or nil when the tag does not verify under `directionKey`.
-    private static func decrypt(_ datagram: [UInt8], _ header: DatagramHeader, _ directionKey: UnsafePointer<UInt8>) -> [UInt8]? {
+    private static func decrypt(
+        _ datagram: [UInt8], _ header: DatagramHeader, _ directionKey: UnsafePointer<UInt8>, _ cipher: SyncChannelCipher
+    ) -> [UInt8]? {
         var verified = false
         // Not zero-filled first: libsodium writes every byte, or fails and nothing is returned.
         let plaintext = [UInt8](unsafeUninitializedCapacity: datagram.count - DatagramHeader.size - tagSize) { plaintext, initialized in
@@ -297,7 +314,7 @@ struct DatagramSealer {
                 withNonce(header) { nonce in
                     SodiumPrimitives.open(
                         into: plaintext.baseAddress, sealed: UnsafeRawBufferPointer(rebasing: buffer[DatagramHeader.size...]),
-                        aad: UnsafeRawBufferPointer(rebasing: buffer[..<DatagramHeader.size]), nonce: nonce, key: directionKey)
+                        aad: UnsafeRawBufferPointer(rebasing: buffer[..<DatagramHeader.size]), nonce: nonce, key: directionKey, cipher: cipher)
                 }
             }
             initialized = verified ? plaintext.count : 0

@@ -20,6 +20,9 @@ public struct SyncChannelConfiguration: Sendable {
     public var key: ChannelKey?
     /// Run without a key: datagrams travel in clear, unauthenticated. For tests only.
     public var allowInsecure: Bool
+    /// The AEAD that seals datagrams; the same on every member (default ChaCha20-Poly1305;
+    /// ``SyncChannelCipher/fastestAvailable`` picks AES-256-GCM where the CPU has it).
+    public var cipher: SyncChannelCipher = .chacha20Poly1305
     /// The other members.
     public var peers: [ClusterMemberID]
     /// Largest datagram sent or accepted (default 1,400 bytes, below common MTUs).
@@ -128,6 +131,8 @@ public struct SyncChannelStatistics: Sendable, Hashable {
     public var datagramsReceived: UInt64 = 0
     /// Datagrams that failed authentication.
     public var authenticationFailures: UInt64 = 0
+    /// Datagrams sealed with another cipher than this member's (a configuration error).
+    public var cipherMismatches: UInt64 = 0
     /// Datagrams refused as replays.
     public var replaysRejected: UInt64 = 0
     /// Datagrams dropped for any other reason (malformed, wrong cluster, unknown member...).
@@ -213,14 +218,17 @@ public struct SyncChannel {
     public private(set) var statistics = SyncChannelStatistics()
 
     /// A channel. Throws ``SyncChannelError/security(_:)`` with
-    /// ``ChannelSecurityError/noKey`` when there is no key and insecure mode was not chosen.
+    /// ``ChannelSecurityError/noKey`` when there is no key and insecure mode was not chosen,
+    /// and with ``ChannelSecurityError/cipherUnavailable(_:)`` when this CPU cannot run the
+    /// configured cipher.
     public init(configuration: SyncChannelConfiguration) throws(SyncChannelError) {
         guard configuration.key != nil || configuration.allowInsecure else { throw .security(.noKey) }
+        guard configuration.cipher.isAvailable else { throw .security(.cipherUnavailable(configuration.cipher)) }
         guard configuration.maximumDatagramSize >= DatagramHeader.size + DatagramSealer.tagSize + 64 else {
             throw .invalidHeader("maximum datagram size \(configuration.maximumDatagramSize)")
         }
         self.configuration = configuration
-        sealer = DatagramSealer(key: configuration.key)
+        sealer = DatagramSealer(key: configuration.key, cipher: configuration.cipher)
         var peers: [ClusterMemberID: Peer] = [:]
         for peer in configuration.peers where peer != configuration.member {
             peers[peer] = Self.freshPeer(configuration)
@@ -389,6 +397,14 @@ public struct SyncChannel {
             configuration.logger.debug("synch datagram dropped", metadata: ["reason": "\(error)"])
             switch error {
             case .security(.authenticationFailed), .security(.noKey): statistics.authenticationFailures += 1
+            case .security(.cipherMismatch(let theirs)):
+                // A configuration error, not an attack: said once, loudly, then counted.
+                if statistics.cipherMismatches == 0 {
+                    configuration.logger.error(
+                        "synch peer seals with another cipher: configure every member alike",
+                        metadata: ["theirs": "\(theirs)", "ours": "\(configuration.cipher)"])
+                }
+                statistics.cipherMismatches += 1
             case .security(.replayed): statistics.replaysRejected += 1
             default: statistics.malformedDropped += 1
             }

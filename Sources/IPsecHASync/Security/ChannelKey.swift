@@ -102,13 +102,20 @@ public enum ChannelSecurityError: Error, Sendable, Hashable {
     case unknownIncarnation
     /// The channel has no key and insecure mode was not chosen.
     case noKey
+    /// The datagram was sealed with another cipher than this member's
+    /// (``SyncChannelConfiguration/cipher``): the cluster's members are configured apart.
+    case cipherMismatch(SyncChannelCipher)
+    /// The configured cipher does not run on this CPU (``SyncChannelCipher/isAvailable``).
+    case cipherUnavailable(SyncChannelCipher)
 }
 
 /// What a direction key is derived from: the cluster, the two members, and the incarnations of
 /// both (the receiver's is all zero for a handshake key, which the sender
 /// uses before it knows the receiver's).
 struct DirectionKeyContext: Hashable {
+    /// One label per cipher, so that no direction key serves two ciphers.
     static let label: [UInt8] = Array("IKEHA-SYNCH-v2".utf8)
+    static let aes256GCMLabel: [UInt8] = Array("IKEHA-SYNCG-v2".utf8)
     static let encodedSize = 14 + 4 + 2 + 2 + 16 + 16
 
     var clusterID: UInt32
@@ -116,9 +123,10 @@ struct DirectionKeyContext: Hashable {
     var receiver: UInt16
     var senderIncarnation: ChannelIncarnation
     var receiverIncarnation: ChannelIncarnation
+    var cipher: SyncChannelCipher = .chacha20Poly1305
 
     func write(into writer: inout ByteWriter) {
-        writer.write(bytes: Self.label)
+        writer.write(bytes: cipher == .aes256GCM ? Self.aes256GCMLabel : Self.label)
         writer.write(clusterID)
         writer.write(sender)
         writer.write(receiver)

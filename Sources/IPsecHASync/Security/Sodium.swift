@@ -110,31 +110,42 @@ package enum SodiumPrimitives {
             UInt64(input.count), key.baseAddress?.assumingMemoryBound(to: UInt8.self), key.count) == 0
     }
 
-    /// ChaCha20-Poly1305 (RFC 8439): writes ciphertext | tag, `plaintext.count` +
-    /// ``aeadTagLength`` bytes, at `output`, authenticating `aad` too.
+    /// Whether this CPU runs libsodium's AES-256-GCM (it needs AES-NI and CLMUL on x86-64, or
+    /// the ARMv8 crypto extensions).
+    package static var aes256GCMAvailable: Bool {
+        _ = try? Sodium.initialize()
+        return crypto_aead_aes256gcm_is_available() == 1
+    }
+
+    /// Seals with `cipher` (ChaCha20-Poly1305 as RFC 8439, or AES-256-GCM; both take a 32-byte
+    /// key and a 12-byte nonce and make a 16-byte tag): writes ciphertext | tag,
+    /// `plaintext.count` + ``aeadTagLength`` bytes, at `output`, authenticating `aad` too.
+    /// AES-256-GCM only where ``aes256GCMAvailable`` (the channel checks at its start).
     package static func seal(
         into output: UnsafeMutableRawPointer, plaintext: UnsafeRawBufferPointer, aad: UnsafeRawBufferPointer, nonce: UnsafeRawPointer,
-        key: UnsafeRawPointer
+        key: UnsafeRawPointer, cipher: SyncChannelCipher = .chacha20Poly1305
     ) {
         _ = try? Sodium.initialize()
         var written: UInt64 = 0
-        _ = crypto_aead_chacha20poly1305_ietf_encrypt(
+        let seal = cipher == .aes256GCM ? crypto_aead_aes256gcm_encrypt : crypto_aead_chacha20poly1305_ietf_encrypt
+        _ = seal(
             output.assumingMemoryBound(to: UInt8.self), &written, plaintext.baseAddress?.assumingMemoryBound(to: UInt8.self),
             UInt64(plaintext.count), aad.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(aad.count), nil,
             nonce.assumingMemoryBound(to: UInt8.self), key.assumingMemoryBound(to: UInt8.self))
     }
 
-    /// Verifies and decrypts ciphertext | tag into `output` (`sealed.count` -
-    /// ``aeadTagLength`` bytes); false, with nothing to use in `output`, when the tag does not
-    /// verify or `sealed` is shorter than a tag.
+    /// Verifies and decrypts ciphertext | tag, sealed with `cipher`, into `output`
+    /// (`sealed.count` - ``aeadTagLength`` bytes); false, with nothing to use in `output`, when
+    /// the tag does not verify or `sealed` is shorter than a tag.
     package static func open(
         into output: UnsafeMutableRawPointer?, sealed: UnsafeRawBufferPointer, aad: UnsafeRawBufferPointer, nonce: UnsafeRawPointer,
-        key: UnsafeRawPointer
+        key: UnsafeRawPointer, cipher: SyncChannelCipher = .chacha20Poly1305
     ) -> Bool {
         guard sealed.count >= aeadTagLength, let sealedBase = sealed.baseAddress else { return false }
         _ = try? Sodium.initialize()
         var written: UInt64 = 0
-        return crypto_aead_chacha20poly1305_ietf_decrypt(
+        let open = cipher == .aes256GCM ? crypto_aead_aes256gcm_decrypt : crypto_aead_chacha20poly1305_ietf_decrypt
+        return open(
             output?.assumingMemoryBound(to: UInt8.self), &written, nil, sealedBase.assumingMemoryBound(to: UInt8.self), UInt64(sealed.count),
             aad.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(aad.count), nonce.assumingMemoryBound(to: UInt8.self),
             key.assumingMemoryBound(to: UInt8.self)) == 0
