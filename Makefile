@@ -14,7 +14,7 @@ KERNEL_VM_PACKAGES := qemu-system-x86 debootstrap
 
 PREFIX ?= /usr/local
 
-.PHONY: demo test torture model-check install-c c-api load-sharing interop cluster xfrm-kernel interop-kernel build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-allocations bench-replay bench-state bench-sync bench-failover bench-delete clean
+.PHONY: demo test torture model-check install-c c-api load-sharing interop cluster xfrm-kernel interop-kernel build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-allocations bench-replay bench-state bench-sync bench-scale bench-failover bench-delete clean
 
 deps:
 	@./scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
@@ -119,6 +119,12 @@ bench-state: deps
 # Counter checkpoints through the synch channel, a bulk resync, tail-loss detection.
 bench-sync: deps
 	$(SWIFT) run -c release ikeha-demo bench sync
+
+# How the standby's work grows: bulk resync, takeover plan, standby memory and checkpoint apply
+# at 10,000, 100,000 and 1,000,000 IKE SAs (two Child SAs each), per SA at each size, with the
+# goals of Docs/Replication.md. About a minute and 4 GB at the largest size.
+bench-scale: deps
+	$(SWIFT) run -c release ikeha-demo bench scale
 
 # The takeover plan for 100,000 IKE SAs and 200,000 Child SAs.
 bench-failover: deps

@@ -5,7 +5,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Time the package's hot paths (build with -c release for meaningful numbers).",
-        subcommands: [ReplayBenchCommand.self, StateBenchCommand.self, SyncBenchCommand.self, FailoverBenchCommand.self, DeleteBenchCommand.self]
+        subcommands: [ReplayBenchCommand.self, StateBenchCommand.self, SyncBenchCommand.self, ScaleBenchCommand.self, FailoverBenchCommand.self, DeleteBenchCommand.self]
     )
 }
 
@@ -90,13 +90,16 @@ enum ReplayBenchPattern: String, ExpressibleByArgument, CaseIterable {
 }
 
 extension Double {
+    /// Fixed-point text with `decimals` digits after the point (none, and no point, for 0).
     func formatted(decimals: Int) -> String {
+        guard isFinite else { return "\(self)" }
         var scale = 1.0
-        for _ in 0..<decimals { scale *= 10 }
-        let scaled = (self * scale).rounded()
+        for _ in 0..<max(decimals, 0) { scale *= 10 }
+        let scaled = (abs(self) * scale).rounded()
         let whole = Int(scaled / scale)
-        let fraction = Int(scaled) - whole * Int(scale)
-        let fractionText = String(fraction)
-        return "\(whole).\(String(repeating: "0", count: decimals - fractionText.count))\(fractionText)"
+        let sign = self < 0 && scaled > 0 ? "-" : ""
+        guard decimals > 0 else { return "\(sign)\(whole)" }
+        let fractionText = String(Int(scaled) - whole * Int(scale))
+        return "\(sign)\(whole).\(String(repeating: "0", count: max(decimals - fractionText.count, 0)))\(fractionText)"
     }
 }

@@ -30,3 +30,16 @@ func minorPageFaults() -> Int? {
     return nil
     #endif
 }
+
+/// The process's CPU time so far in seconds, in user space and in the kernel (page faults and
+/// the zeroing of fresh pages among it), from getrusage; nil where that is not available.
+func processorTimes() -> (user: Double, system: Double)? {
+    #if canImport(Glibc)
+    var usage = rusage()
+    guard getrusage(RUSAGE_SELF.rawValue, &usage) == 0 else { return nil }
+    func seconds(_ time: timeval) -> Double { Double(time.tv_sec) + Double(time.tv_usec) / 1e6 }
+    return (seconds(usage.ru_utime), seconds(usage.ru_stime))
+    #else
+    return nil
+    #endif
+}
