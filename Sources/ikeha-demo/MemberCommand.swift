@@ -16,7 +16,7 @@ import Glibc
 /// simulated ESP on them (counters only), checkpoints the counters, and replicates to its peer;
 /// every 20 ms it prints the highest outbound counter of its first Child SA that the standby has
 /// acknowledged: `acknowledged spi=N last_sent=N`. The standby prints `ready` once its bulk
-/// resync completed; when the active member goes silent for three heartbeats it takes over and
+/// resync completed (with `resync_ms`, from its first resync record); when the active member goes silent for three heartbeats it takes over and
 /// prints one JSON line, its report, then exits.
 ///
 /// Both print a status line on standard error every second (`--status-interval-ms`; 0: none),
@@ -160,14 +160,23 @@ struct MemberCommand: ParsableCommand {
         var now = started
         // The replica's copy of the first Child SA's counter, as it was when the takeover began.
         var replicaLastSent: UInt64 = 0
+        var first: ChildSA?
+        // When the bulk resync began, for its duration in the ready line.
+        var resyncStarted: Timestamp?
         while !expired(started, now: now) {
-            let first = cluster.state.childSAs.min { $0.inboundSPI < $1.inboundSPI }
-            replicaLastSent = first?.outboundCounter.lastSent ?? 0
             let silentFor = cluster.channel.lastHeard(from: activeID).map { (now.nanoseconds - $0.nanoseconds) / 1_000_000 } ?? 0
+            if silentFor >= 50 {
+                // Only once the active member is silent (a takeover comes after three heartbeats
+                // of it): the scan visits every Child SA, and during a resync it would cost more
+                // than the resync.
+                first = cluster.state.childSAs.min { $0.inboundSPI < $1.inboundSPI }
+                replicaLastSent = first?.outboundCounter.lastSent ?? 0
+            }
             for action in transport.service(&cluster, now: now) {
                 switch action {
                 case .becameReady:
-                    Self.emit("ready ike_sas=\(cluster.state.ikeSAs.count) child_sas=\(cluster.state.childSACount)")
+                    let resync = resyncStarted.map { " resync_ms=\((Timestamp.monotonicNow().nanoseconds - $0.nanoseconds) / 1_000_000)" } ?? ""
+                    Self.emit("ready ike_sas=\(cluster.state.ikeSAs.count) child_sas=\(cluster.state.childSACount)\(resync)")
                 case .tookOver(let plan, let rekey):
                     let resumed = cluster.state.childSA(inboundSPI: first?.inboundSPI ?? 0)
                     Self.emit(
@@ -180,6 +189,7 @@ struct MemberCommand: ParsableCommand {
                     break
                 }
             }
+            if resyncStarted == nil, cluster.isResyncing { resyncStarted = now }
             let lifecycle = cluster.isReady ? "ready" : cluster.isResyncing ? "resyncing" : "joining"
             status(
                 &lastStatus, now: now,

@@ -32,8 +32,11 @@ struct SPIIndex: Sendable {
             while true {
                 let bucket = buckets[index]
                 let key = UInt32(truncatingIfNeeded: bucket &>> 32)
-                if key == spi { return Int32(truncatingIfNeeded: bucket) }
+                // Empty first: an empty bucket's key reads as SPI 0, which is never stored (RFC
+                // 4303 reserves it), so a lookup of 0 found slot 0 (another Child SA, or past the
+                // end of an empty table: a crash on a packet or a name the peer chose).
                 if key == 0 { return nil }
+                if key == spi { return Int32(truncatingIfNeeded: bucket) }
                 index = (index &+ 1) & mask
             }
         }

@@ -97,6 +97,23 @@ struct GatewayStateTests {
         #expect(state.ikeSAs[ike.identifier]?.childSAs == live.sorted())
     }
 
+    /// SPI 0 (reserved by RFC 4303) names no Child SA: an empty bucket's key reads as 0, and
+    /// the lookup returned slot 0, which crashed on a state without Child SAs (found by
+    /// `scripts/bench-udp.sh`: a standby that took over before any Child SA arrived) and named
+    /// the wrong Child SA otherwise.
+    @Test func spiZeroNamesNoChildSA() throws {
+        var random = SplitMix64(seed: 4)
+        var state = GatewayState()
+        #expect(state.childSA(inboundSPI: 0) == nil)
+        #expect(state.slot(forInboundSPI: 0) == nil)
+        let ike = Fixtures.ikeSA(1, &random)
+        _ = try state.createIKESA(ike)
+        _ = try state.createChildSA(Fixtures.childSA(inboundSPI: 0x1000, parent: ike.identifier, &random))
+        #expect(state.childSA(inboundSPI: 0) == nil)
+        #expect(state.slot(forInboundSPI: 0) == nil)
+        #expect(state.childSA(inboundSPI: 0x1000) != nil)
+    }
+
     @Test func lifetimeTransitions() throws {
         var lifetime = try ChildSALifetime(
             soft: LifetimeLimits(seconds: 100, bytes: 1_000, packets: 10),
