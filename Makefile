@@ -14,7 +14,7 @@ KERNEL_VM_PACKAGES := qemu-system-x86 debootstrap
 
 PREFIX ?= /usr/local
 
-.PHONY: demo test torture model-check install-c c-api load-sharing interop cluster xfrm-kernel interop-kernel build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-allocations bench-replay bench-state bench-sync bench-scale bench-failover bench-delete clean
+.PHONY: demo test torture model-check install-c c-api load-sharing interop cluster xfrm-kernel interop-kernel build release deps soak fuzz fuzz-smoke test-sanitize docs bench bench-allocations bench-replay bench-state bench-sync bench-scale bench-udp bench-failover bench-delete clean
 
 deps:
 	@./scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
@@ -125,6 +125,11 @@ bench-sync: deps
 # goals of Docs/Replication.md. About a minute and 4 GB at the largest size.
 bench-scale: deps
 	$(SWIFT) run -c release ikeha-demo bench scale
+
+# The bulk resync between two member processes over loopback UDP, beside the in-memory figure
+# (IKE_SAS=N, default 100,000).
+bench-udp: deps
+	./scripts/bench-udp.sh
 
 # The takeover plan for 100,000 IKE SAs and 200,000 Child SAs.
 bench-failover: deps

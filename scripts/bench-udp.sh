@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The bulk resync over a real transport: two `ikeha-demo member` processes on loopback UDP
+# (UDPSyncTransport), the active member holding IKE_SAS IKE SAs (default 100,000) with two
+# Child SAs each, the standby starting empty. Prints the standby's resync time (from its first
+# resync record to ready) and the in-memory figure of `bench sync` for the same state beside
+# it. Each process has a core of its own here, as members do in a cluster. Stops both
+# processes by their IDs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+IKE_SAS=${IKE_SAS:-100000}
+swift build -c release --product ikeha-demo >/dev/null
+demo=.build/release/ikeha-demo
+scratch="$(mktemp -d)"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$scratch"
+}
+trap cleanup EXIT
+head -c 32 /dev/urandom >"$scratch/key"
+chmod 600 "$scratch/key"
+base=$((40000 + RANDOM % 20000))
+active_port=$base
+standby_port=$((base + 1))
+for cipher in chacha20-poly1305 aes-256-gcm; do
+    "$demo" member --id 2 --listen "127.0.0.1:$standby_port" --peer "1=127.0.0.1:$active_port" --key-file "$scratch/key" \
+        --status-interval-ms 0 --duration-ms 120000 --cipher "$cipher" >"$scratch/standby-$cipher" 2>"$scratch/standby-$cipher.err" &
+    standby=$!
+    pids+=("$standby")
+    "$demo" member --id 1 --active --listen "127.0.0.1:$active_port" --peer "2=127.0.0.1:$standby_port" --key-file "$scratch/key" \
+        --ike-sas "$IKE_SAS" --packets-per-second 10 --status-interval-ms 0 --duration-ms 120000 --cipher "$cipher" \
+        >"$scratch/active-$cipher" 2>"$scratch/active-$cipher.err" &
+    active=$!
+    pids+=("$active")
+    for _ in $(seq 1 1200); do
+        grep -q '^ready' "$scratch/standby-$cipher" && break
+        kill -0 "$standby" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill "$active" "$standby" 2>/dev/null || true
+    wait "$active" "$standby" 2>/dev/null || true
+    line=$(grep '^ready' "$scratch/standby-$cipher" || true)
+    if [ -z "$line" ]; then
+        echo "the standby did not become ready over UDP ($cipher):" >&2
+        tail -n 5 "$scratch/standby-$cipher.err" "$scratch/active-$cipher.err" >&2
+        exit 1
+    fi
+    ms=$(sed -n 's/.*resync_ms=\([0-9]*\).*/\1/p' <<<"$line")
+    memory=$("$demo" bench sync --checkpoints 1 --ike-sas "$IKE_SAS" --child-sas $((2 * IKE_SAS)) --trials 1 --cipher "$cipher" 2>/dev/null | tail -1 |
+        tr ' ' '\n' | sed -n 's/^resync_standby_seconds=//p')
+    echo "bulk resync of $IKE_SAS IKE SAs and $((2 * IKE_SAS)) Child SAs, $cipher: over loopback UDP between two processes $ms ms;" \
+        "in memory, the standby's share $(awk -v s="$memory" 'BEGIN { printf "%d", s * 1000 }') ms"
+    echo "udp_resync_ms_${cipher//-/_}=$ms memory_resync_standby_ms_${cipher//-/_}=$(awk -v s="$memory" 'BEGIN { printf "%d", s * 1000 }')"
+done
