@@ -175,8 +175,9 @@ struct MemberCommand: ParsableCommand {
             for action in transport.service(&cluster, now: now) {
                 switch action {
                 case .becameReady:
-                    let resync = resyncStarted.map { " resync_ms=\((Timestamp.monotonicNow().nanoseconds - $0.nanoseconds) / 1_000_000)" } ?? ""
-                    Self.emit("ready ike_sas=\(cluster.state.ikeSAs.count) child_sas=\(cluster.state.childSACount)\(resync)")
+                    // A resync that began and ended within this turn began at its start.
+                    let resyncMs = (Timestamp.monotonicNow().nanoseconds - (resyncStarted ?? now).nanoseconds) / 1_000_000
+                    Self.emit("ready ike_sas=\(cluster.state.ikeSAs.count) child_sas=\(cluster.state.childSACount) resync_ms=\(resyncMs)")
                 case .tookOver(let plan, let rekey):
                     let resumed = cluster.state.childSA(inboundSPI: first?.inboundSPI ?? 0)
                     Self.emit(
