@@ -86,6 +86,11 @@ public struct ClusterSegments: Sendable, Hashable {
         segment(peer: sa.remote.address, initiatorSPI: sa.identifier.initiatorSPI)
     }
 
+    /// The identifiers of the IKE SAs of `state` that fall in `segment`, in order.
+    public func ikeSAIdentifiers(in segment: Segment, of state: GatewayState) -> [IKESAIdentifier] {
+        state.ikeSAs.values.filter { self.segment(of: $0) == segment }.map(\.identifier).sorted()
+    }
+
     /// Scales a 64-bit hash to a segment by multiplication (no modulo bias, no division),
     /// as Linux's ClusterIP scales its hash to node numbers.
     private func segment(ofHash hash: UInt64) -> Segment {

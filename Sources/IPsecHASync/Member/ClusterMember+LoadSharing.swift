@@ -90,8 +90,8 @@ extension ClusterMember {
                     // Copies from an earlier ownership of the segment are stale: never send on them.
                     let segments = sharing.ownership!.configuration.segments
                     var changes: [StateChange] = []
-                    for sa in sharing.state.ikeSAs.values.filter({ segments.segment(of: $0) == segment }).sorted(by: { $0.identifier < $1.identifier }) {
-                        changes += (try? sharing.state.deleteIKESA(sa.identifier)) ?? []
+                    for identifier in segments.ikeSAIdentifiers(in: segment, of: sharing.state) {
+                        changes += (try? sharing.state.deleteIKESA(identifier)) ?? []
                     }
                     replicate(changes, &sharing, now: now)
                     sharing.pendingAdoptions[segment] = (previous, handedOver)
@@ -141,7 +141,7 @@ extension ClusterMember {
             sharing.replicas[previous] = replica
         }
         var source = replica.state
-        let identifiers = source.ikeSAs.values.filter { segments.segment(of: $0) == segment }.map(\.identifier).sorted()
+        let identifiers = segments.ikeSAIdentifiers(in: segment, of: source)
         var rekey: [UInt32] = []
         var plan = TakeoverPlan(ikeSAs: [], childSAs: [])
         if !identifiers.isEmpty {
@@ -171,7 +171,7 @@ extension ClusterMember {
     /// counters from before the move.
     private mutating func resumeBlind(_ segment: Segment, previousOwner: ClusterMemberID?, _ sharing: inout Sharing, now: Timestamp) {
         guard let segments = sharing.ownership?.configuration.segments else { return }
-        let identifiers = Set(sharing.state.ikeSAs.values.filter { segments.segment(of: $0) == segment }.map(\.identifier))
+        let identifiers = Set(segments.ikeSAIdentifiers(in: segment, of: sharing.state))
         var plan = TakeoverPlan(ikeSAs: [], childSAs: [])
         var rekey: [UInt32] = []
         if !identifiers.isEmpty {

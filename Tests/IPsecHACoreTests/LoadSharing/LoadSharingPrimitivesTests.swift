@@ -30,6 +30,21 @@ struct LoadSharingPrimitivesTests {
         #expect(moved.count > 200, "another seed gives another spread")
     }
 
+    @Test func theIKESAsOfASegmentPartitionTheState() throws {
+        let segments = try ClusterSegments(count: 8, key: .initiatorSPI, seed: 5)
+        var random = SplitMix64(seed: 3)
+        var state = GatewayState()
+        for spi in 1...64 as ClosedRange<UInt64> { _ = try state.createIKESA(Fixtures.ikeSA(spi, &random)) }
+        var seen: [IKESAIdentifier] = []
+        for segment in segments.all {
+            let identifiers = segments.ikeSAIdentifiers(in: segment, of: state)
+            #expect(identifiers == identifiers.sorted())
+            #expect(identifiers.allSatisfy { segments.segment(of: state.ikeSAs[$0]!) == segment })
+            seen += identifiers
+        }
+        #expect(Set(seen) == Set(state.ikeSAs.keys) && seen.count == state.ikeSAs.count)
+    }
+
     @Test(arguments: [2, 3, 5])
     func rendezvousIsBalancedAndMovesOnlyWhatItMust(memberCount: Int) throws {
         let segments = try ClusterSegments(count: 1024, seed: 11)
