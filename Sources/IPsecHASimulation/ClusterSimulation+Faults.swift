@@ -35,7 +35,8 @@ extension ClusterSimulation {
             network.faults.delay = .milliseconds(Int64(milliseconds))
             done = fault
         case .vrrpMaster(let target):
-            guard let index = resolve(target, down: false), index != vrrpMaster else { break }
+            // keepalived holds a member whose readiness check fails in FAULT: it cannot be MASTER.
+            guard let index = resolve(target, down: false), index != vrrpMaster, members[index].cluster.readiness.isElectable else { break }
             // keepalived moves the address: BACKUP where it was, then MASTER at the new holder.
             if let old = vrrpMaster, members[old].alive { try signal(old, .backup) }
             vrrpMaster = index
@@ -63,7 +64,9 @@ extension ClusterSimulation {
     }
 
     /// keepalived's side: 30 ms (three adverts at 0.01 s) after the address holder died, the
-    /// running member with the lowest ID gets the address (no preemption, no readiness check).
+    /// running member with the lowest ID among those its readiness check lets keepalived elect
+    /// (``ClusterMember/readiness``) gets the address (no preemption). Until one is electable,
+    /// nobody holds it.
     mutating func arbiterTick() throws {
         guard configuration.arbiter else { return }
         if let master = vrrpMaster, members[master].alive {
@@ -72,7 +75,9 @@ extension ClusterSimulation {
         }
         let since = vrrpMasterDownSince ?? now
         vrrpMasterDownSince = since
-        guard now >= since + .milliseconds(30), let next = members.indices.first(where: { members[$0].alive }) else { return }
+        guard now >= since + .milliseconds(30),
+            let next = members.indices.first(where: { members[$0].alive && members[$0].cluster.readiness.isElectable })
+        else { return }
         vrrpMaster = next
         vrrpMasterDownSince = nil
         try signal(next, .master)

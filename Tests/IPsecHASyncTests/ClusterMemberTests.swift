@@ -240,6 +240,54 @@ struct ClusterMemberTests {
         #expect(plan.ikeSAs.allSatisfy { $0.classification == .suspect })
     }
 
+    /// keepalived's readiness check: a standby is electable with a complete copy only; one in
+    /// the middle of its bulk resync is not, even once the active member died, until the
+    /// last-resort delay passed with nobody holding the state whole.
+    @Test func aStandbyIsElectableOnlyWithACompleteCopyOrAsTheLastResort() throws {
+        var faults = NetworkFaults()
+        faults.delay = .milliseconds(2)
+        faults.jitter = .milliseconds(20)  // the resync's datagrams arrive spread out
+        var cluster = try EmbeddedCluster(seed: 27, faults: faults) { $0.followsVRRP = true }
+        #expect(cluster.members[1].readiness == .incomplete, "nothing heard yet")
+        try cluster.run(for: .milliseconds(300))
+        #expect(cluster.members[0].readiness == .active && cluster.members[1].readiness == .completeCopy)
+        for spi in 1...600 as ClosedRange<UInt32> { _ = try cluster.createSAs(ikeSPI: UInt64(spi), childSPI: 0x10_000 + spi, seed: UInt64(spi)) }
+        try cluster.run(for: .milliseconds(100))
+        // The standby restarts and resyncs 600 IKE SAs over a link losing half of them; the
+        // active member dies in the middle.
+        cluster.network.faults.directedLoss[[1, 2]] = 0.5
+        try cluster.restart(1, epoch: 2, active: 0)
+        var seen: [ClusterMemberReadiness] = []
+        while seen.last != .resyncing && cluster.now < Timestamp.seconds(3) {
+            try cluster.run(for: .microseconds(500))
+            if seen.last != cluster.members[1].readiness { seen.append(cluster.members[1].readiness) }
+        }
+        #expect(seen == [.incomplete, .resyncing], "\(seen)")
+        cluster.crash(0)
+        let died = cluster.now
+        try cluster.run(for: .milliseconds(900))
+        #expect(!cluster.members[1].readiness.isElectable, "\(cluster.members[1].readiness) 0.9 s after the death")
+        try cluster.run(for: .milliseconds(200))
+        #expect(cluster.members[1].readiness == .lastResort, "\(cluster.now.nanoseconds - died.nanoseconds) ns after the death")
+        #expect(!cluster.members[1].isActive, "keepalived decides: electable is not active")
+        cluster.signal(1, .vrrp(.master))
+        #expect(cluster.members[1].readiness == .active)
+    }
+
+    /// A member keepalived stepped down holds only what it served: not electable until it has
+    /// a complete copy of the new active member's state.
+    @Test func aSteppedDownMemberIsNotElectableUntilResynced() throws {
+        var cluster = try EmbeddedCluster(seed: 28) { $0.followsVRRP = true }
+        try cluster.run(for: .milliseconds(300))
+        _ = try cluster.createSAs(ikeSPI: 91, childSPI: 0x7600, seed: 29)
+        try cluster.run(for: .milliseconds(50))
+        cluster.signal(0, .vrrp(.backup))
+        #expect(cluster.members[0].readiness == .incomplete)
+        cluster.signal(1, .vrrp(.master))
+        try cluster.run(for: .seconds(1))
+        #expect(cluster.members[0].readiness == .completeCopy && cluster.members[1].readiness == .active)
+    }
+
     /// Load sharing through ClusterMember: every segment is started by exactly one member,
     /// and when one fails the others take its segments over from their replicas of it.
     @Test func loadSharingMembersStartEverySegmentOnceAndTakeOverAFailedOnesShare() throws {

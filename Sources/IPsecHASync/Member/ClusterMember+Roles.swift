@@ -228,12 +228,18 @@ extension ClusterMember {
         return Timestamp(nanoseconds: overflow ? 0 : now.nanoseconds - min(now.nanoseconds, silence))
     }
 
-    /// Whether this standby, not a complete copy, takes over as the last resort
+    /// Whether this standby, not a complete copy, takes over as the last resort on its own:
+    /// without keepalived, when ``mayTakeOverAsLastResort(_:now:)``.
+    private func lastResortDue(_ standby: Standby, now: Timestamp) -> Bool {
+        !configuration.followsVRRP && mayTakeOverAsLastResort(standby, now: now)
+    }
+
+    /// Whether this standby, not a complete copy, may serve as the last resort
     /// (``ClusterMemberConfiguration/lastResortTakeover``): no hello from an active member or a
     /// ready standby for that long since the first tick, and no member with a lower ID heard
-    /// within it.
-    private func lastResortDue(_ standby: Standby, now: Timestamp) -> Bool {
-        guard let silence = configuration.lastResortTakeover, !configuration.followsVRRP, !standby.ready, let firstTick else { return false }
+    /// within it. With keepalived it then says it is electable (``ClusterMember/readiness``).
+    func mayTakeOverAsLastResort(_ standby: Standby, now: Timestamp) -> Bool {
+        guard let silence = configuration.lastResortTakeover, !standby.ready, let firstTick else { return false }
         // Hellos only: the member this one was told is active may be a restarted, empty standby
         // whose hellos ask for a resync (two members restarted that way waited for each other).
         let since = max(firstTick, lastCompleteCopyHeard ?? firstTick)

@@ -68,6 +68,35 @@ public enum StepDownReason: Sendable, Hashable {
     case external(String)
 }
 
+/// Whether a member may be given the cluster address, as its readiness check tells keepalived
+/// (``ClusterMember/readiness``): only a member that holds the whole state should serve it.
+public enum ClusterMemberReadiness: String, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+    /// It serves (the active member, or a load-sharing member).
+    case active
+    /// A standby with a complete copy of the active member's state.
+    case completeCopy = "complete-copy"
+    /// A standby without a complete copy, but no member has said it is active or a ready
+    /// standby for ``ClusterMemberConfiguration/lastResortTakeover`` and none with a lower ID
+    /// is heard: serving what it holds is better than nobody serving (every member restarted,
+    /// or the active member died while the only standby was resyncing).
+    case lastResort = "last-resort"
+    /// A standby receiving a bulk resync: electing it would lose what it lacks.
+    case resyncing
+    /// A standby without a complete copy and not receiving one: just started, stepped down
+    /// from the active role, or cut off from the active member.
+    case incomplete
+
+    /// Whether keepalived may elect it (its track file holds 0).
+    public var isElectable: Bool {
+        switch self {
+        case .active, .completeCopy, .lastResort: true
+        case .resyncing, .incomplete: false
+        }
+    }
+
+    public var description: String { rawValue }
+}
+
 /// A decision from outside the synch channel, for ``ClusterMember/signal(_:now:)``.
 public enum ClusterMemberSignal: Sendable, Hashable {
     /// keepalived's state for this host's VRRP instance (its notify FIFO): MASTER takes over,
@@ -107,8 +136,10 @@ public struct ClusterMemberConfiguration: Sendable {
     /// long, and no member with a lower ID is heard (it takes over instead): the way back to
     /// service after every member restarted, or after the active member died while the only
     /// standby was resyncing. Its hellos say its copy is incomplete, so that a member with a
-    /// complete copy wins over it if a partition was the cause (`ClusterRole`). Not with
-    /// ``followsVRRP`` (keepalived decides) nor load sharing. Nil: wait for an operator.
+    /// complete copy wins over it if a partition was the cause (`ClusterRole`). With
+    /// ``followsVRRP`` keepalived decides: the member then only says it is electable
+    /// (``ClusterMember/readiness`` is ``ClusterMemberReadiness/lastResort``). Not in load
+    /// sharing. Nil: wait for an operator.
     public var lastResortTakeover: Duration? = .seconds(1)
     /// Members (this one included) a standby must count as heard, the failed one aside, before
     /// it takes over: by default a majority of all the members with three or more, 1 with two
@@ -324,6 +355,22 @@ public struct ClusterMember {
         case .standby(let standby): standby.ready
         case .sharing(let sharing): sharing.replicas.values.allSatisfy(\.isReady)
         case .moving: false
+        }
+    }
+
+    /// Whether keepalived may give this member the cluster address, as of its last tick: the
+    /// readiness check (a `track_file` holding 0 when ``ClusterMemberReadiness/isElectable``,
+    /// 1 otherwise, at weight 0) puts a member that is not a complete copy in keepalived's FAULT
+    /// state, so that it is never elected while another holds the state whole.
+    public var readiness: ClusterMemberReadiness {
+        switch lifecycle {
+        case .active, .sharing: .active
+        case .standby(let standby):
+            if standby.ready { .completeCopy }
+            else if mayTakeOverAsLastResort(standby, now: lastTick) { .lastResort }
+            else if standby.replica.isResyncing { .resyncing }
+            else { .incomplete }
+        case .moving: .incomplete
         }
     }
 
