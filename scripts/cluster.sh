@@ -10,9 +10,10 @@
 # (nopreempt). Reported: the timeline and the pings lost (Docs/Keepalived.md).
 #
 # Runs: "failover" at advert_int 0.01 s and 0.1 s, and at 0.1 s the negative controls
-# "no-counter-advance" and "no-message-id-sync", and a split brain that heals. Usage:
+# "no-counter-advance" and "no-message-id-sync", a split brain that heals, and the readiness
+# check (the active member killed while the standby resyncs). Usage:
 # cluster.sh [run ...] where a run is SCENARIO@ADVERT (default: failover@0.01 failover@0.1
-# no-counter-advance@0.1 no-message-id-sync@0.1 split-brain@0.1).
+# no-counter-advance@0.1 no-message-id-sync@0.1 split-brain@0.1 resync-kill@0.1).
 #
 # Needs root, network namespaces, /dev/net/tun, strongSwan and keepalived (Debian packages,
 # installed when missing and root; otherwise exit 77). Everything stays in the namespaces made
@@ -23,7 +24,7 @@ GATEWAY=${GATEWAY:-$HERE/.build/release/ikeha-gateway}
 source "$HERE/scripts/lib/strongswan-peer.sh"
 source "$HERE/scripts/lib/keepalived.sh"
 RUNS=("$@")
-[ ${#RUNS[@]} -gt 0 ] || RUNS=(failover@0.01 failover@0.1 no-counter-advance@0.1 no-message-id-sync@0.1 split-brain@0.1)
+[ ${#RUNS[@]} -gt 0 ] || RUNS=(failover@0.01 failover@0.1 no-counter-advance@0.1 no-message-id-sync@0.1 split-brain@0.1 resync-kill@0.1)
 BASE=$(mktemp -d /tmp/ikeha-cluster.XXXXXX)
 NS_LAN=ikeha-lan-$$ NS_P=ikeha-kpeer-$$ NS_1=ikeha-kmem1-$$ NS_2=ikeha-kmem2-$$
 PEER_IP=10.98.0.10 MEMBER1_IP=10.98.0.1 MEMBER2_IP=10.98.0.2 VIP=10.98.0.100
@@ -68,7 +69,7 @@ member() { # id namespace args...
     local own=$MEMBER1_IP other=$MEMBER2_IP
     [ "$id" = 2 ] && own=$MEMBER2_IP other=$MEMBER1_IP
     start_member "$ns" "$id" $VIP $GATEWAY_INNER $PEER_INNER/32 "$own:7101" "$((3 - id))=$other:7101" \
-        --vrrp-fifo "$DIR/keepalived$id.fifo" "$@"
+        --vrrp-fifo "$DIR/keepalived$id.fifo" --vrrp-track-file "$DIR/ready$id" "$@"
 }
 
 # A member's death as the recipe says it must be simulated: the VRRP child first, then the
@@ -121,7 +122,9 @@ ms_since() { [ -n "$2" ] && echo "$(( $2 - $1 )) ms" || echo "never"; }
 start_world() { # name advert
     DIR=$BASE/$1-$2
     setup || { fail "$1: setup"; return 1; }
-    keepalived_config 1 150 "$2"
+    # Member 1 is configured active: electable from the start (its track file says 0); member
+    # 2 is not until its gateway says it holds a complete copy.
+    keepalived_config 1 150 "$2" 0
     keepalived_config 2 100 "$2"
     start_keepalived 1 "$NS_1"
     for _ in $(seq 200); do holds_vip "$NS_1" && break; sleep 0.02; done
@@ -168,6 +171,7 @@ run_one() {
     if [ "$scenario" = failover ]; then
         # The dead member comes back: link, keepalived (nopreempt: it stays BACKUP), member.
         ip -n "$NS_LAN" link set port2 up
+        keepalived_config 1 150 "$advert"  # not electable until resynced
         start_keepalived 1 "$NS_1"
         mv "$DIR/member1.events" "$DIR/member1-before-crash.events"
         member 1 "$NS_1"
@@ -239,9 +243,48 @@ split_brain() { # advert
     teardown
 }
 
+# keepalived's readiness check: member 2 starts while member 1 serves the IKE SA, and its bulk
+# resync stalls (its namespace drops the synch datagrams from member 1 that are larger than
+# heartbeats and hellos, so it hears member 1 alive but never completes the copy). Member 1 is
+# killed in the middle: keepalived must not give member 2 the address while it is not a
+# complete copy. Only after the last-resort delay (a second with nobody whole) does member 2
+# say it is electable; keepalived then promotes it with what it holds.
+resync_kill() { # advert
+    local advert=$1
+    say "=== resync-kill, advert_int $advert s ==="
+    start_world resync-kill "$advert" || { teardown; return; }
+    member 1 "$NS_1" --active "${TUNED[@]}"
+    wait_for "$DIR/member1.events" "event=active" 5 || { fail "resync-kill: member 1 did not start"; teardown; return; }
+    initiate || { teardown; return; }
+    ip netns exec "$NS_2" nft -f - <<NFT
+table inet ikeha_stall { chain input { type filter hook input priority 0; ip saddr $MEMBER1_IP udp sport 7101 meta length > 300 drop; } }
+NFT
+    member 2 "$NS_2" "${TUNED[@]}"
+    if wait_for "$DIR/member2.events" "event=readiness member=2 .* state=resyncing" 10; then
+        pass "member 2 is in the middle of its bulk resync (track file: $(cat "$DIR/ready2"))"
+    else fail "member 2 never started its bulk resync: $(grep event=readiness "$DIR/member2.events" | tail -1)"; teardown; return; fi
+    grep -q "event=vrrp member=2 .*state=FAULT" "$DIR/member2.events" && pass "keepalived holds member 2 in FAULT while it resyncs" \
+        || fail "keepalived did not put member 2 in FAULT: $(grep event=vrrp "$DIR/member2.events" | tail -1)"
+    KILLED_AT=$(date +%s%3N)
+    kill_member 1
+    say "member 1 killed at $KILLED_AT, member 2 still resyncing"
+    sleep 0.8
+    if ! holds_vip "$NS_2" && ! grep -q "event=takeover" "$DIR/member2.events"; then
+        pass "800 ms after the kill member 2 has neither the address nor the active role (it is not a complete copy)"
+    else fail "member 2 was promoted while resyncing: $(grep -E 'event=(vrrp|takeover)' "$DIR/member2.events" | tail -2)"; fi
+    if wait_for "$DIR/member2.events" "event=takeover" 5; then
+        local electable takeover
+        electable=$(sed -n 's/.*event=readiness member=2 realtime_ms=\([0-9]*\) state=last-resort.*/\1/p' "$DIR/member2.events" | head -1)
+        takeover=$(event_time "$DIR/member2.events" takeover 2)
+        pass "member 2 said it was electable as the last resort $(ms_since "$KILLED_AT" "$electable") after the kill and took over $(ms_since "$KILLED_AT" "$takeover") after it: $(grep event=takeover "$DIR/member2.events" | cut -d' ' -f4- | cut -c1-160)"
+    else fail "member 2 never took over as the last resort"; fi
+    teardown
+}
+
 for run in "${RUNS[@]}"; do
     case $run in
         split-brain@*) split_brain "${run#*@}" ;;
+        resync-kill@*) resync_kill "${run#*@}" ;;
         *) run_one "$run" ;;
     esac
 done

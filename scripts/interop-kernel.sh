@@ -31,13 +31,14 @@ share=$(mktemp -d)
 trap 'if [ -n "${KEEP_LOGS:-}" ]; then echo "interop-kernel: guest files in $share/out"; else rm -rf "$share"; fi' EXIT
 scripts/kernel-vm.sh binary ikeha-gateway "$share/ikeha-gateway"
 scripts/kernel-vm.sh binary ikeha-xfrm-probe "$share/probe"
-cp scripts/lib/strongswan-peer.sh scripts/lib/keepalived.sh "$share/"
+cp scripts/lib/strongswan-peer.sh scripts/lib/keepalived.sh Examples/keepalived/keepalived.conf "$share/"
 echo "$SCENARIOS" >"$share/scenarios"
 cat >"$share/run.sh" <<'GUEST'
 #!/bin/bash
 set -uo pipefail
 HERE=/mnt/host
 GATEWAY=$HERE/ikeha-gateway
+KEEPALIVED_TEMPLATE=$HERE/keepalived.conf
 KERNEL_ESP=1
 source "$HERE/strongswan-peer.sh"
 source "$HERE/keepalived.sh"
@@ -99,14 +100,14 @@ run_scenario() {
     if [ "$scenario" = keepalived ]; then
         # keepalived moves the address (VRRPv3, adverts every 100 ms) and tells each member its
         # role through the notify FIFO: B takes over on MASTER, with the address already there.
-        keepalived_config 1 150 0.1
+        keepalived_config 1 150 0.1 0
         keepalived_config 2 100 0.1
         start_keepalived 1 A
         for _ in $(seq 200); do holds_vip A && break; sleep 0.05; done
         holds_vip A || { fail "$scenario: keepalived never gave A the address"; teardown; return; }
         start_keepalived 2 B
-        a_args=(--vrrp-fifo "$DIR/keepalived1.fifo")
-        address_move=(--vrrp-fifo "$DIR/keepalived2.fifo")
+        a_args=(--vrrp-fifo "$DIR/keepalived1.fifo" --vrrp-track-file "$DIR/ready1")
+        address_move=(--vrrp-fifo "$DIR/keepalived2.fifo" --vrrp-track-file "$DIR/ready2")
     else
         ip -n A addr add $CLUSTER_IP/24 dev eth0
     fi

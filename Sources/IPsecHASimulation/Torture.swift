@@ -73,7 +73,7 @@ public enum Torture {
         let report = try simulation.run()
         var outcome = Outcome(
             seed: seed, loadSharing: false, faults: report.faults, report: report,
-            reproduce: "ikeha-demo simulate --seed \(seed) --members \(configuration.members) --ike-sas \(configuration.ikeSAs) "
+            reproduce: "SWIFT_DETERMINISTIC_HASHING=1 ikeha-demo simulate --seed \(seed) --members \(configuration.members) --ike-sas \(configuration.ikeSAs) "
                 + "--duration-ms \(configuration.durationMs) --new-ike-sas-per-second \(configuration.newIKESAsPerSecond) "
                 + "--sync-loss \(configuration.syncLoss) --outside-loss \(configuration.outsideLoss) "
                 + "--ike-sa-rekey-every \(configuration.ikeSARekeyEvery)\(configuration.arbiter ? " --arbiter" : "") "
@@ -108,7 +108,7 @@ public enum Torture {
             peer &+= 0x0101_0737
             _ = try cluster.establishIKESA(peer: IPAddress(ipv4: peer))
         }
-        var outcome = Outcome(seed: seed, loadSharing: true, reproduce: "ikeha-demo torture --first-seed \(seed) --schedules 1")
+        var outcome = Outcome(seed: seed, loadSharing: true, reproduce: "SWIFT_DETERMINISTIC_HASHING=1 ikeha-demo torture --first-seed \(seed) --schedules 1")
         let defaultDelay = cluster.network.faults.delay
         for _ in 0..<(3 + Int(random.next() % 6)) {
             try cluster.run(for: (50 + random.next() % 500) * 1_000_000, step: 2_000_000)

@@ -27,6 +27,11 @@ struct TortureCommand: ParsableCommand {
     }
 
     func run() throws {
+        if getenv("SWIFT_DETERMINISTIC_HASHING") == nil {
+            // Sets and dictionaries iterate in a per-process order otherwise, and some tie-breaks
+            // follow it: a schedule can hold in one process and break in the next.
+            StandardError.write("ikeha-demo torture: SWIFT_DETERMINISTIC_HASHING is not set (make torture sets it): schedules are reproducible only with it\n")
+        }
         let outcomes = Mutex<[Torture.Outcome]>([])
         let failures = Mutex<[String]>([])
         let jobs = self.jobs ?? max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))

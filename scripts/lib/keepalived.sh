@@ -1,29 +1,13 @@
 # Shared by scripts/cluster.sh and scripts/interop-kernel.sh: keepalived (VRRPv3) on a member's
 # namespace, moving the cluster address VIP on the member's eth0, telling the member through its
-# notify FIFO. Source it after strongswan-peer.sh; it uses DIR, VIP and PIDS.
+# notify FIFO and listening to its readiness through DIR/readyID (the member's track file).
+# Renders Examples/keepalived/keepalived.conf (KEEPALIVED_TEMPLATE elsewhere). Source it after strongswan-peer.sh; it uses
+# DIR, VIP and PIDS.
 
-keepalived_config() { # member priority advert
-    cat > "$DIR/keepalived$1.conf" <<CONF
-global_defs {
-    router_id member$1
-    script_user root
-    enable_script_security
-    vrrp_version 3
-    vrrp_higher_prio_send_advert true
-    notify_fifo $DIR/keepalived$1.fifo
-}
-vrrp_instance VI_1 {
-    state BACKUP
-    nopreempt
-    interface eth0
-    virtual_router_id 98
-    priority $2
-    advert_int $3
-    virtual_ipaddress {
-        $VIP/24 dev eth0
-    }
-}
-CONF
+keepalived_config() { # member priority advert [track-file-start-value (default 1)]
+    sed -e "s|@ROUTER_ID@|member$1|" -e "s|@FIFO@|$DIR/keepalived$1.fifo|" -e "s|@TRACK_FILE@|$DIR/ready$1|" \
+        -e "s|@TRACK_INIT@|${4:-1}|" -e "s|@INTERFACE@|eth0|g" -e "s|@VRID@|98|" -e "s|@PRIORITY@|$2|" \
+        -e "s|@ADVERT@|$3|" -e "s|@VIP@|$VIP/24|" "${KEEPALIVED_TEMPLATE:-$HERE/Examples/keepalived/keepalived.conf}" > "$DIR/keepalived$1.conf"
 }
 
 start_keepalived() { # member namespace
@@ -38,4 +22,3 @@ start_keepalived() { # member namespace
 }
 
 holds_vip() { ip -n "$1" addr show dev eth0 | grep -q " $VIP/"; }
-

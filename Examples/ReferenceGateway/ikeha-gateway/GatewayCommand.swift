@@ -67,6 +67,7 @@ struct GatewayCommand: ParsableCommand {
     @Flag(name: .customLong("no-message-id-sync"), help: "NEGATIVE CONTROL: on takeover send no RFC 6311 message-ID sync.") var noMessageIDSync = false
     @Option(name: .customLong("crash-on-exchange"), help: "FAULT INJECTION: exit at once, without answering, when a request of this exchange (e.g. CREATE_CHILD_SA) arrives.") var crashOnExchange: String?
     @Option(name: .customLong("vrrp-fifo"), help: "keepalived's notify FIFO: follow its MASTER / BACKUP / FAULT / STOP for this member's role.") var vrrpFIFO: String?
+    @Option(name: .customLong("vrrp-track-file"), help: "keepalived's track_file for this member's readiness: 0 while keepalived may elect it (active, a complete copy, or the last resort), 1 otherwise; with weight 0 in keepalived.conf a member that is not a complete copy stays in FAULT.") var vrrpTrackFile: String?
     @Option(name: .customLong("vrrp-instance"), help: "The VRRP instance to follow on the FIFO.") var vrrpInstance = "VI_1"
     @Option(name: .customLong("data-plane"), help: "userspace (ESP in UDP, answered by this process) or xfrm (the kernel's ESP in this network namespace; needs CAP_NET_ADMIN).") var dataPlane = "userspace"
     @Option(name: .customLong("miss-count"), help: "Heartbeat intervals (50 ms) of silence before the standby declares the active member failed.") var missCount: UInt64 = 3

@@ -49,6 +49,10 @@ struct ReferenceGateway {
     var repliesSinceTakeover = 0
     /// keepalived's notify FIFO, with `--vrrp-fifo`.
     let fifo: VRRPNotifyFIFO?
+    /// keepalived's track file for this member's readiness, with `--vrrp-track-file`.
+    var trackFile: VRRPTrackFile?
+    var readiness: ClusterMemberReadiness?
+    var trackFileFailing = false
     /// When the Child SAs' hard lifetimes were last checked (once a second).
     var lastLifetimeSweep = Timestamp(nanoseconds: 0)
     /// ESP packets dropped since the last report, by reason (reported once a second).
@@ -129,6 +133,7 @@ struct ReferenceGateway {
         memberConfiguration.takeover = TakeoverPolicy(
             minimumAdvance: options.takeoverMinimumAdvance ?? options.checkpointPackets, stalenessMargin: .milliseconds(Int64(clamping: options.stalenessMarginMs)))
         fifo = options.vrrpFIFO.map { VRRPNotifyFIFO(path: $0, instance: options.vrrpInstance) }
+        trackFile = options.vrrpTrackFile.map { VRRPTrackFile(path: $0) }
         memberConfiguration.followsVRRP = fifo != nil
         if let count = options.loadSharingSegments {
             guard fifo == nil, options.dataPlane == "userspace" else {
@@ -207,6 +212,7 @@ struct ReferenceGateway {
                 }
             }
             for action in transport.service(&cluster, now: now) { try handle(action, now: now) }
+            reportReadiness()
             if let steering, !steeringChanges.isEmpty {
                 applySteering(steering.update(serving: servedSegments.sorted()), why: steeringChanges.joined(separator: ", "))
                 steeringChanges = []
@@ -227,6 +233,24 @@ struct ReferenceGateway {
                 transport.wait(until: wake)
             }
         }
+    }
+
+    /// Says when this member's readiness changes, and keeps keepalived's track file with it
+    /// (a failed write is logged once and tried again each turn).
+    mutating func reportReadiness() {
+        let now = cluster.readiness
+        if now != readiness {
+            readiness = now
+            emit("readiness", ["state": "\(now)", "electable": "\(now.isElectable)"])
+        }
+        guard var file = trackFile, file.electable != now.isElectable else { return }
+        if file.update(electable: now.isElectable) {
+            trackFileFailing = false
+        } else if !trackFileFailing {
+            trackFileFailing = true
+            logger.error("cannot write the keepalived track file", metadata: ["path": "\(file.path)", "error": "\(String(cString: strerror(errno)))"])
+        }
+        trackFile = file
     }
 
     /// What the member asks for, besides datagrams to the other member.

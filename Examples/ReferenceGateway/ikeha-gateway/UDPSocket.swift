@@ -133,3 +133,29 @@ final class VRRPNotifyFIFO {
         return states
     }
 }
+
+/// keepalived's `track_file` for this member's readiness (`--vrrp-track-file`): 0 while
+/// keepalived may elect it (``ClusterMemberReadiness/isElectable``), 1 otherwise. With
+/// `weight 0` in keepalived.conf a 1 holds the instance in FAULT: never MASTER. Written to a
+/// temporary file and renamed over the old one, so that keepalived (inotify) never reads half.
+struct VRRPTrackFile {
+    let path: String
+    /// What the file holds, nil before the first write.
+    private(set) var electable: Bool?
+
+    init(path: String) { self.path = path }
+
+    /// Writes the file if `electable` changed; false when that failed (errno says why).
+    mutating func update(electable: Bool) -> Bool {
+        guard electable != self.electable else { return true }
+        let temporary = path + ".tmp"
+        let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard descriptor >= 0 else { return false }
+        let text: [UInt8] = electable ? [0x30, 0x0A] : [0x31, 0x0A]
+        let written = text.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+        close(descriptor)
+        guard written == text.count, rename(temporary, path) == 0 else { return false }
+        self.electable = electable
+        return true
+    }
+}

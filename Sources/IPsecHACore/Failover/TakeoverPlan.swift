@@ -47,10 +47,12 @@ public struct TakeoverPolicy: Sendable, Hashable {
     public var unknownAdvance: UInt64
     /// How inbound windows are rebuilt.
     public var inbound: InboundTakeoverPolicy
-    /// Added to every outbound advance, and to nothing inbound: a member's own offset, so that
-    /// two members taking over from the same copy at once (a split brain, or two standbys
-    /// that both found the active member dead) send different sequence numbers, until one of
-    /// them has sent this many. `ClusterMember` sets it from the member's rank.
+    /// Added to every outbound advance, and to the jump asked of the peer by an RFC 6311
+    /// replay-counter sync (not to a conservative window's advance, which drops the peer's
+    /// packets): a member's own offset, so that two members taking over from the same copy
+    /// (a split brain, or two standbys that both found the active member dead) send, and
+    /// accept, different sequence numbers until one of them has seen this many.
+    /// `ClusterMember` sets it from the member's rank.
     public var outboundOffset: UInt64 = 0
 
     /// A policy; by default an advance of at least 4,096 (the default checkpoint packet count),

@@ -105,10 +105,15 @@ public enum TakeoverPlanner {
             }
             let top = sa.inboundTop
             let inboundLimit = sa.extendedSequenceNumbers ? UInt64.max : UInt64(UInt32.max)
-            // The peer jumps by the outbound advance when asked (RFC 6311); a conservative
-            // window moves by the measured one, since its advance drops the peer's packets.
+            // The peer jumps by the outbound advance when asked (RFC 6311), the member's offset
+            // included: two members that took over in turn from the same copy, the second not
+            // told of the first (a synch delay longer than keepalived's election), would
+            // otherwise both move their windows to the same top, and the second would accept
+            // replays of what the first accepted above it (torture seed 471). The jump costs
+            // nothing. A conservative window moves by the measured advance only, since its
+            // advance drops the peer's packets.
             let syncsWithPeer = policy.inbound == .replayCounterSyncWhereNegotiated && parentSyncsReplayCounters[slot]
-            let inboundAdvance = syncsWithPeer ? advance : measured
+            let inboundAdvance = syncsWithPeer ? outboundAdvance : measured
             let inbound: InboundTakeover
             if top > inboundLimit - min(inboundAdvance, inboundLimit) {
                 inbound = .rekey
@@ -116,9 +121,9 @@ public enum TakeoverPlanner {
             } else if policy.inbound == .permissiveUnsafe {
                 inbound = .restore(.permissiveUnsafe)
             } else {
-                inbound = .restore(syncsWithPeer ? .replayCounterSync(delta: advance) : .conservative(advance: measured))
+                inbound = .restore(syncsWithPeer ? .replayCounterSync(delta: outboundAdvance) : .conservative(advance: measured))
             }
-            if replayCounterSyncPolicy { advanceBySlot[slot] = advance }
+            if replayCounterSyncPolicy { advanceBySlot[slot] = outboundAdvance }
             childPlans.append(
                 ChildSATakeover(inboundSPI: sa.inboundSPI, parent: sa.parent, outbound: outbound, inbound: inbound, advance: outboundAdvance, reason: reason))
         }

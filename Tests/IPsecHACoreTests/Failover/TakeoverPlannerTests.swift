@@ -156,6 +156,30 @@ struct TakeoverPlannerTests {
         #expect(plan.childSAs.first?.inbound == .restore(.replayCounterSync(delta: 100_000)))
     }
 
+    /// Two members taking over in turn from the same copy, the second not told of the first,
+    /// accept different numbers: the jump asked of the peer, and the window's top, include the
+    /// member's offset as the outbound advance does (torture seed 471 accepted a replay when
+    /// both windows moved to the same top).
+    @Test func theReplayCounterJumpIncludesTheMembersOffset() throws {
+        var s = try setup()
+        try s.state.recordCounterFreshness(ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 100_000), inboundSPI: 4096)
+        var tops: [UInt64] = []
+        for rank in [UInt64(2), 3] {
+            var policy = TakeoverPolicy(maximumPacketsPerSecond: nil, inbound: .replayCounterSyncWhereNegotiated)
+            policy.outboundOffset = rank << 20
+            let plan = TakeoverPlanner.plan(state: s.state, inFlight: [:], suspect: [s.ike.identifier], policy: policy, now: now)
+            let child = try #require(plan.childSAs.first)
+            #expect(child.inbound == .restore(.replayCounterSync(delta: child.advance)), "the window moves as far as the peer is asked to jump")
+            guard case .messageIDSync(_, _, let delta?) = plan.ikeSAs.first?.messageIDs else {
+                Issue.record("expected a message-ID sync with a replay-counter jump")
+                continue
+            }
+            #expect(delta == child.advance)
+            tops.append(delta)
+        }
+        #expect(tops.count == 2 && tops[1] - tops[0] == 1 << 20, "\(tops)")
+    }
+
     @Test func withoutRFC6311InFlightSAsWaitOrStartOver() throws {
         let s = try setup(messageIDSync: false, replayCounterSync: false)
         let peers = TakeoverPlanner.plan(state: s.state, inFlight: [s.ike.identifier: false], suspect: [], now: now)
