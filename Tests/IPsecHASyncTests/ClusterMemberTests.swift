@@ -288,6 +288,76 @@ struct ClusterMemberTests {
         #expect(cluster.members[0].readiness == .completeCopy && cluster.members[1].readiness == .active)
     }
 
+    /// A planned switchover moves the active role with exact state: the new active member
+    /// continues every counter at the next number and its replay window at the old one's top
+    /// (no advance, nothing refused, nothing accepted twice), no RFC 6311 sync for an IKE SA with nothing in flight, and
+    /// the old active member rejoins as its standby without making it jump (it did not send
+    /// after its final state). And back again.
+    @Test func aSwitchoverMovesTheActiveRoleWithExactState() throws {
+        var cluster = try EmbeddedCluster(seed: 30)
+        try cluster.run(for: .milliseconds(300))
+        _ = try cluster.createSAs(ikeSPI: 101, childSPI: 0x7700, seed: 31)
+        for round in 0..<4 {
+            let from = round % 2, to = 1 - from
+            cluster.send(from, spi: 0x7700, count: 500 + round)
+            _ = cluster.members[from].packetPath { state in
+                guard let slot = state.slot(forInboundSPI: 0x7700) else { return }
+                for number in [UInt64(7), 9, 12] { _ = try? state.commitInbound(UInt64(round * 100) + number, bytes: 100, at: slot) }
+            }
+            let before = try #require(cluster.members[from].state.childSA(inboundSPI: 0x7700))
+            try cluster.run(for: .milliseconds(5))
+            let eventsBefore = cluster.events[to].count
+            try cluster.members[from].switchOver(now: cluster.now)
+            cluster.drain(from)
+            #expect(!cluster.members[from].isActive && cluster.members[from].packetPath { _ in true } == nil, "it stops sending at once")
+            try cluster.run(for: .milliseconds(20))
+            #expect(cluster.activeMembers == [to], "round \(round): \(cluster.events[to].suffix(3))")
+            let plan = try #require(cluster.takeover(of: to), "round \(round): no takeover").plan
+            #expect(cluster.events[to].count > eventsBefore)
+            #expect(plan.childSAs.allSatisfy { $0.advance == 0 } && plan.ikeSAs.allSatisfy { if case .exact = $0.messageIDs { true } else { false } }, "\(plan)")
+            let after = try #require(cluster.members[to].state.childSA(inboundSPI: 0x7700))
+            #expect(after.outboundCounter.lastSent == before.outboundCounter.lastSent, "the next packet carries the next number")
+            // The replica holds the window's top: everything up to it counts as seen.
+            #expect(after.inboundWindow.top == before.inboundWindow.top, "nothing above the old active member's window is refused")
+            #expect(Self.verdicts(after.inboundWindow).dropLast().allSatisfy { if case .fresh = $0 { false } else { true } }, "nothing is accepted twice")
+            #expect(cluster.events[from].contains(.steppedDown(.external("planned switchover to member \(to + 1)"))))
+            try cluster.run(for: .seconds(1))
+            #expect(cluster.members[from].readiness == .completeCopy, "round \(round)")
+            #expect(!cluster.events[to].contains { if case .reasserted = $0 { true } else { false } }, "no jump for the member that handed over: \(cluster.events[to]) \(cluster.events[from])")
+            #expect(try #require(cluster.members[to].state.childSA(inboundSPI: 0x7700)).outboundCounter.lastSent == before.outboundCounter.lastSent)
+        }
+    }
+
+    /// A member that steps down held the state whole until then: the last-resort silence
+    /// starts at the step-down. (It counted from the last hello heard before the member became
+    /// active, so one active for more than a second took over again at once, from its former
+    /// state, and the other member then had to jump every counter.)
+    @Test func aMemberThatSteppedDownDoesNotTakeOverAgainAtOnce() throws {
+        var cluster = try EmbeddedCluster(seed: 33)
+        try cluster.run(for: .milliseconds(1_500))
+        cluster.signal(0, .stepDown(reason: "operator"))
+        try cluster.run(for: .milliseconds(500))
+        #expect(!cluster.events[0].contains { if case .tookOver = $0 { true } else { false } }, "\(cluster.events[0])")
+    }
+
+    /// What a window says of every number from one window below its top to one above.
+    static func verdicts(_ window: ReplayWindow) -> [ReplayCheckResult] {
+        let low = window.top > UInt64(window.size) ? window.top - UInt64(window.size) : 1
+        return (low...window.top + 1).map { window.classify($0) }
+    }
+
+    /// Only a current standby can be handed the role; a standby is told so.
+    @Test func aSwitchoverNeedsACurrentStandby() throws {
+        var cluster = try EmbeddedCluster(seed: 32)
+        #expect(throws: ClusterMemberError.noCurrentStandby(nil)) { try cluster.members[0].switchOver(now: cluster.now) }
+        try cluster.run(for: .milliseconds(300))
+        #expect(throws: ClusterMemberError.notActive) { try cluster.members[1].switchOver(now: cluster.now) }
+        #expect(throws: ClusterMemberError.noCurrentStandby(ClusterMemberID(rawValue: 9))) {
+            try cluster.members[0].switchOver(to: ClusterMemberID(rawValue: 9), now: cluster.now)
+        }
+        #expect(cluster.members[0].isActive, "a refused switchover changes nothing")
+    }
+
     /// Load sharing through ClusterMember: every segment is started by exactly one member,
     /// and when one fails the others take its segments over from their replicas of it.
     @Test func loadSharingMembersStartEverySegmentOnceAndTakeOverAFailedOnesShare() throws {

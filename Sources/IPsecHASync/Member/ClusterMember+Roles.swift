@@ -103,6 +103,12 @@ extension ClusterMember {
             standby.claim!.acks.insert(peer)
             lifecycle = .standby(standby)
         }
+        if capabilities & Self.switchOverCapability != 0, case .standby(let standby) = lifecycle, standby.active == peer, standby.ready {
+            // The active member stopped, sent its final state before this hello (the channel
+            // delivers in order) and handed over: this copy is exact, nothing moves.
+            lifecycle = .moving
+            return takeOver(standby, reason: .external("planned switchover from member \(peer.rawValue)"), now: now, exact: true)
+        }
         if case .standby(let standby) = lifecycle, capabilities & ClusterRole.activeCapability != 0, peer != standby.active,
             role.activeMember == peer
         {
@@ -141,7 +147,8 @@ extension ClusterMember {
         if !standby.replica.isReady, !standby.replica.isResyncing, Self.isDue(standby.lastHello, every: configuration.helloInterval, now: now) {
             standby.lastHello = now
             let hello = SyncRecord.hello(
-                epoch: channel.configuration.epoch, capabilities: standby.former != nil ? ClusterRole.steppedDownCapability : 0, needsResync: true)
+                epoch: channel.configuration.epoch, capabilities: standby.former != nil && standby.handedOverTo == nil ? ClusterRole.steppedDownCapability : 0,
+                needsResync: true)
             // With no active member known (after an external step-down), to every peer: the one
             // that becomes active resyncs this one.
             say(hello, to: standby.active.map { [$0] } ?? configuration.channel.peers, now: now)
@@ -323,7 +330,7 @@ extension ClusterMember {
 
     /// Becomes the active member: a newer epoch, the plan from the replica (or, without a
     /// complete one, from the state this member served before, every IKE SA suspect) applied.
-    mutating func takeOver(_ standby: Standby, reason: PromotionReason, now: Timestamp) {
+    mutating func takeOver(_ standby: Standby, reason: PromotionReason, now: Timestamp, exact: Bool = false) {
         var standby = standby
         let epoch = nextEpoch
         _ = try? role.promote(reason, newEpoch: epoch, completeCopy: standby.replica.isReady)
@@ -337,7 +344,7 @@ extension ClusterMember {
         let (offset, overflow) = policy.outboundOffset.addingReportingOverflow(UInt64(rank) * Self.takeoverOffsetSpacing)
         policy.outboundOffset = overflow ? .max : offset
         let fromFormer = !standby.replica.isReady && standby.former != nil
-        if !hearsQuorum(failed: standby.active, heardSince: silenceWindowStart(now: now)) || fromFormer || standby.agreedTo != nil {
+        if !exact, !hearsQuorum(failed: standby.active, heardSince: silenceWindowStart(now: now)) || fromFormer || standby.agreedTo != nil {
             // Told to take over (keepalived, an operator) without hearing a quorum, from the
             // state it served before it stepped down, or after it agreed to another standby's
             // claim and never heard it active: another member may have served meanwhile,
@@ -356,7 +363,22 @@ extension ClusterMember {
             plan = TakeoverPlanner.plan(state: former, inFlight: [:], suspect: .all, policy: policy, now: now)
             state = former
         } else {
-            plan = standby.replica.takeoverPlan(policy: policy, now: now)
+            var planned = standby.replica.takeoverPlan(policy: policy, now: now)
+            if exact {
+                // After a switchover the outbound counters are the active member's own, and it
+                // sent nothing after them: the next packet carries the next number. A replica
+                // holds a window's top, not its bitmap: everything up to the top counts as seen
+                // (a packet the peer sent earlier that arrives late is dropped; none is
+                // accepted twice), nothing above it is refused. IKE SAs keep their decisions
+                // (an exchange in flight still needs its RFC 6311 sync).
+                for index in planned.childSAs.indices {
+                    guard let sa = standby.replica.state.childSA(inboundSPI: planned.childSAs[index].inboundSPI) else { continue }
+                    if case .resume = planned.childSAs[index].outbound { planned.childSAs[index].outbound = .resume(lastSent: sa.outboundCounter.lastSent) }
+                    if case .restore = planned.childSAs[index].inbound { planned.childSAs[index].inbound = .restore(.conservative(advance: 0)) }
+                    planned.childSAs[index].advance = 0
+                }
+            }
+            plan = planned
             state = standby.replica.state
         }
         standby = Standby()
@@ -367,11 +389,24 @@ extension ClusterMember {
 
     /// Stops serving: a standby of `active` (nil: of whichever member says it is active next)
     /// with an empty copy, saying that it stepped down until resynced, since it may have sent on
-    /// SAs the active member holds.
-    mutating func stepDown(_ reason: StepDownReason, following active: ClusterMemberID?) {
+    /// SAs the active member holds; it says so at once, since a resync that starts first would
+    /// hold back its hellos. After a switchover (`handedOverTo`) it says nothing of the kind:
+    /// that member holds everything it sent.
+    mutating func stepDown(_ reason: StepDownReason, following active: ClusterMemberID?, handedOverTo: ClusterMemberID? = nil) {
         guard case .active(let was) = lifecycle else { return }
         held.removeAll()
-        lifecycle = .standby(Standby(active: active, former: was.state, formerAsOf: lastTick))
+        // It held the state whole until now: the last-resort silence starts here, not at the
+        // last hello it heard before it became active (a member that stepped down took over
+        // again as the last resort within the same millisecond).
+        lastCompleteCopyHeard = lastTick
+        var standby = Standby(active: active, former: was.state, formerAsOf: lastTick)
+        standby.handedOverTo = handedOverTo
+        if handedOverTo == nil {
+            standby.lastHello = lastTick
+            let hello = SyncRecord.hello(epoch: channel.configuration.epoch, capabilities: ClusterRole.steppedDownCapability, needsResync: true)
+            say(hello, to: active.map { [$0] } ?? configuration.channel.peers, now: lastTick)
+        }
+        lifecycle = .standby(standby)
         outbox.append(.steppedDown(reason))
     }
 

@@ -172,11 +172,16 @@ public struct ClusterMemberError: Error, Sendable, Hashable, CustomStringConvert
     private enum Reason: Sendable, Hashable {
         case notActive
         case state(GatewayStateError)
+        case noCurrentStandby(ClusterMemberID?)
     }
     private let reason: Reason
 
     /// Only the active member changes the state; a standby's comes from it.
     public static let notActive = ClusterMemberError(reason: .notActive)
+
+    /// A switchover needs a standby that holds everything replicated so far and is heard
+    /// (``StandbyStatus/current``): this one (nil: none) is not.
+    public static func noCurrentStandby(_ standby: ClusterMemberID?) -> ClusterMemberError { ClusterMemberError(reason: .noCurrentStandby(standby)) }
 
     /// The change itself failed (what it changed before failing was replicated).
     public static func state(_ error: GatewayStateError) -> ClusterMemberError { ClusterMemberError(reason: .state(error)) }
@@ -188,6 +193,8 @@ public struct ClusterMemberError: Error, Sendable, Hashable, CustomStringConvert
         switch reason {
         case .notActive: "not the active member: a standby's state comes from the active member"
         case .state(let error): "the change failed: \(error)"
+        case .noCurrentStandby(let standby?): "member \(standby.rawValue) is not a current standby: no switchover"
+        case .noCurrentStandby(nil): "no standby is current: no switchover"
         }
     }
 }
@@ -237,6 +244,10 @@ public struct ClusterMember {
         /// Its claim to the active role (with a quorum of three or more): the epoch it claims,
         /// when it asked, and who agreed.
         var claim: (epoch: UInt32, since: Timestamp, acks: Set<ClusterMemberID>)?
+        /// The member this one handed the active role to (``ClusterMember/switchOver(to:now:)``):
+        /// it sent nothing after the final state that member holds, so its hellos do not say it
+        /// stepped down (which would make the new active member jump its counters).
+        var handedOverTo: ClusterMemberID?
     }
 
     /// What a load-sharing member owns.
@@ -314,6 +325,9 @@ public struct ClusterMember {
     public static let epochRankMask: UInt32 = 63
     /// The hello capability bit that agrees to the claim at the hello's epoch.
     public static let claimAgreedCapability: UInt32 = 0x20
+    /// The hello capability bit of an active member that handed its role over to the hello's
+    /// receiver (``switchOver(to:now:)``), after its final state.
+    public static let switchOverCapability: UInt32 = 0x40
 
     /// A member as the configuration says: active, or a standby of the active member.
     public init(configuration: ClusterMemberConfiguration) throws(SyncChannelError) {
@@ -551,6 +565,32 @@ public struct ClusterMember {
         case .stay, .holdBack:
             break
         }
+    }
+
+    /// Hands the active role over to `target` (a current standby; nil: the lowest current one)
+    /// with exact state, for a planned move (an upgrade, a reboot): this member stops sending
+    /// at once, replicates every Child SA whole (exact counters and replay windows), says so
+    /// to the target after that (the channel delivers in order), and becomes its standby. The
+    /// target takes over with nothing moved: no counter advance, no RFC 6311 sync for IKE SAs
+    /// with nothing in flight, no packet of the peer refused. Shows as
+    /// ``ClusterMemberAction/steppedDown(_:)`` here and ``ClusterMemberAction/tookOver(_:rekey:)``
+    /// there. If the target dies before it took over, the usual failover follows (this member
+    /// then takes over from its former state as after a step-down). Throws
+    /// ``ClusterMemberError/notActive`` unless active (load sharing moves segments instead), and
+    /// ``ClusterMemberError/noCurrentStandby(_:)`` without a current target.
+    public mutating func switchOver(to target: ClusterMemberID? = nil, now: Timestamp) throws(ClusterMemberError) {
+        lastTick = now
+        guard case .active(var active) = lifecycle else { throw .notActive }
+        let current = configuration.channel.peers.filter { active.replicator.status(of: $0, channel: channel, now: now) == .current }
+        guard let to = target ?? current.min(), current.contains(to) else { throw .noCurrentStandby(target) }
+        lifecycle = .moving
+        var changes: [StateChange] = []
+        for spi in active.state.childSAs.map(\.inboundSPI).sorted() { changes += (try? active.state.updateChildSA(inboundSPI: spi) { _ in }) ?? [] }
+        enqueue(active.replicator.replicate(changes, state: active.state, channel: &channel, now: now).actions)
+        lifecycle = .active(active)
+        _ = try? role.stepDown()
+        stepDown(.external("planned switchover to member \(to.rawValue)"), following: to, handedOverTo: to)
+        say(SyncRecord.hello(epoch: role.epoch, capabilities: Self.switchOverCapability, needsResync: false), to: [to], now: now)
     }
 
     /// Adopts counters a data plane keeps itself (``CounterKeeping/dataPlane``), forward only,
