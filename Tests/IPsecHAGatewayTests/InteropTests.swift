@@ -56,5 +56,13 @@ import Testing
         #expect(text.contains("PASS: member 2 took over on keepalived's MASTER"))
         #expect(text.contains("PASS: member 1 rejoined as a standby through a bulk resync"))
         #expect(text.contains("PASS: negative control: charon rejected"))
+        // The readiness check: a standby that is not a complete copy is not elected.
+        #expect(text.contains("PASS: 800 ms after the kill member 2 has neither the address nor the active role"))
+        // Planned switchovers: no replay rejection, no message-ID sync, SIGTERM hands over.
+        #expect(text.contains("PASS: 10 planned switchovers"))
+        #expect(text.contains("PASS: charon logged no replay rejection across the switchovers"))
+        #expect(text.contains("PASS: no RFC 6311 message-ID sync was needed"))
+        #expect(text.contains("PASS: SIGTERM: member 1 handed over and exited"))
+        #expect(text.contains("pings over 10 switchovers:"))
     }
 }

@@ -310,7 +310,10 @@ struct ClusterMemberTests {
             try cluster.members[from].switchOver(now: cluster.now)
             cluster.drain(from)
             #expect(!cluster.members[from].isActive && cluster.members[from].packetPath { _ in true } == nil, "it stops sending at once")
+            #expect(cluster.members[from].channel.awaitsAcknowledgement(from: EmbeddedCluster.id(to)), "its final state is on its way")
             try cluster.run(for: .milliseconds(20))
+            #expect(!cluster.members[from].channel.awaitsAcknowledgement(from: EmbeddedCluster.id(to)))
+            #expect(cluster.members[to].promotionReason == .switchOver(from: EmbeddedCluster.id(from)))
             #expect(cluster.activeMembers == [to], "round \(round): \(cluster.events[to].suffix(3))")
             let plan = try #require(cluster.takeover(of: to), "round \(round): no takeover").plan
             #expect(cluster.events[to].count > eventsBefore)

@@ -24,6 +24,10 @@ import Glibc
 /// address), takes over on MASTER and never on the synch channel's silence alone; an active
 /// member told BACKUP, FAULT or STOP steps down and rejoins as a standby.
 ///
+/// SIGUSR1 on the active member hands the active role over to the standby with exact state (a
+/// planned switchover: no counter jump, no packet refused); SIGTERM does the same, then exits
+/// once the standby acknowledged everything (at most 2 s); on a standby SIGTERM exits at once.
+///
 /// With `--load-sharing-segments N`, every member is active (load sharing, `Docs/LoadSharing.md`):
 /// the IKE SAs fall into N segments by the hash of the peer's address or the initiator's SPI, the
 /// members own segments by lease and take over those of a member that fails, and each member's
@@ -93,7 +97,9 @@ struct GatewayCommand: ParsableCommand {
             handler.logLevel = level
             return handler
         }
-        var gateway = try ReferenceGateway(options: self)
+        // Before any thread starts, so that none of them takes SIGTERM's default action.
+        let signals = try OperatorSignals()
+        var gateway = try ReferenceGateway(options: self, signals: signals)
         try gateway.run()
     }
 }

@@ -49,6 +49,16 @@ struct ReferenceGateway {
     var repliesSinceTakeover = 0
     /// keepalived's notify FIFO, with `--vrrp-fifo`.
     let fifo: VRRPNotifyFIFO?
+    /// SIGTERM and SIGUSR1.
+    let signals: OperatorSignals
+    /// When SIGTERM came: the member exits once it handed over (or at once as a standby).
+    var stoppingSince: Timestamp?
+    /// The member the last switchover went to, and when.
+    var switchedOver: (to: ClusterMemberID, at: Timestamp)?
+    /// After a switchover, with keepalived: the track file says 1 until keepalived took the
+    /// address from this host (FAULT, BACKUP), however soon the member is a complete copy
+    /// again (a millisecond: too soon for keepalived to see the 1 at all).
+    var unelectableUntilAddressMoved = false
     /// keepalived's track file for this member's readiness, with `--vrrp-track-file`.
     var trackFile: VRRPTrackFile?
     var readiness: ClusterMemberReadiness?
@@ -73,8 +83,9 @@ struct ReferenceGateway {
     /// rules take the segments' IKE (the peer's answer must reach this member).
     var pendingMessageIDSyncs: [IKESATakeover] = []
 
-    init(options: GatewayCommand) throws {
+    init(options: GatewayCommand, signals: OperatorSignals) throws {
         self.options = options
+        self.signals = signals
         member = ClusterMemberID(rawValue: options.member)
         do {
             clusterAddress = try IPAddress(options.clusterAddress)
@@ -201,12 +212,18 @@ struct ReferenceGateway {
         }
         while true {
             let now = Timestamp.monotonicNow()
+            for signal in signals.read() { operatorSignal(signal, now: now) }
+            if let since = stoppingSince, mayExit(stoppingSince: since, now: now) {
+                emit("exit", ["why": "SIGTERM"])
+                return
+            }
             if cluster.isActive {
                 serveIKEAndESP(now: now)
                 followKernel(now: now)
             }
             if let fifo {
                 for state in fifo.read() {
+                    if state != .master { unelectableUntilAddressMoved = false }
                     emit("vrrp", ["state": "\(state)"])
                     cluster.signal(.vrrp(state), now: now)
                 }
@@ -235,6 +252,36 @@ struct ReferenceGateway {
         }
     }
 
+    /// SIGUSR1: hand the active role over (a planned switchover). SIGTERM: the same, then exit.
+    mutating func operatorSignal(_ signal: Int32, now: Timestamp) {
+        emit("signal", ["signal": signal == SIGTERM ? "SIGTERM" : "SIGUSR1"])
+        if signal == SIGTERM { stoppingSince = now }
+        guard cluster.isActive, options.loadSharingSegments == nil else { return }
+        guard kernel == nil else {
+            // The kernel would go on sending between the last counters read and the step-down.
+            logger.warning("no planned switchover with --data-plane xfrm yet: the standby takes over as after a failure")
+            return
+        }
+        do {
+            let target = try cluster.switchOver(now: now)
+            switchedOver = (target, now)
+            unelectableUntilAddressMoved = fifo != nil
+            // The step-down and the datagrams go out with this turn's transport.service.
+            emit("switchover", ["to": "\(target.rawValue)"])
+        } catch {
+            emit("switchover_refused", ["why": "\(error)"])
+            logger.warning("planned switchover refused", metadata: ["why": "\(error)"])
+        }
+    }
+
+    /// After SIGTERM: a standby exits at once; a member that handed over once the standby
+    /// acknowledged everything (its final state and the switchover), at most 2 s after.
+    func mayExit(stoppingSince since: Timestamp, now: Timestamp) -> Bool {
+        if cluster.isActive { return now >= since + .seconds(2) }
+        guard let handedOver = switchedOver, handedOver.at >= since else { return true }
+        return !cluster.channel.awaitsAcknowledgement(from: handedOver.to) || now >= since + .seconds(2)
+    }
+
     /// Says when this member's readiness changes, and keeps keepalived's track file with it
     /// (a failed write is logged once and tried again each turn).
     mutating func reportReadiness() {
@@ -243,8 +290,9 @@ struct ReferenceGateway {
             readiness = now
             emit("readiness", ["state": "\(now)", "electable": "\(now.isElectable)"])
         }
-        guard var file = trackFile, file.electable != now.isElectable else { return }
-        if file.update(electable: now.isElectable) {
+        let electable = now.isElectable && !unelectableUntilAddressMoved
+        guard var file = trackFile, file.electable != electable else { return }
+        if file.update(electable: electable) {
             trackFileFailing = false
         } else if !trackFileFailing {
             trackFileFailing = true
@@ -415,6 +463,10 @@ struct ReferenceGateway {
         let state = cluster.state
         for decision in decisions {
             guard !options.noMessageIDSync, state.ikeSAs[decision.identifier]?.extensions.messageIDSync == true else { continue }
+            // After a planned switchover the replicated message IDs are exact where nothing
+            // was in flight: the peer needs no sync (after a failure the gateway syncs every
+            // IKE SA, since a request may have died with the failed member unreplicated).
+            if case .switchOver = cluster.promotionReason, case .exact = decision.messageIDs { continue }
             do {
                 guard let datagram = try responder?.startMessageIDSync(of: decision.identifier, state: state) else { continue }
                 transmit(datagram)

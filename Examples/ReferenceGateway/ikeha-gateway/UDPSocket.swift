@@ -159,3 +159,32 @@ struct VRRPTrackFile {
         return true
     }
 }
+
+/// SIGTERM and SIGUSR1, blocked and taken without waiting (sigtimedwait with no timeout):
+/// the loop handles them between datagrams, with no handler running in the middle of it.
+struct OperatorSignals {
+    private var set = sigset_t()
+
+    /// Blocks the signals for this thread and the threads it starts (call it before any).
+    init() throws {
+        sigemptyset(&set)
+        sigaddset(&set, SIGTERM)
+        sigaddset(&set, SIGUSR1)
+        let status = pthread_sigmask(SIG_BLOCK, &set, nil)
+        guard status == 0 else { throw GatewayError.system("pthread_sigmask", status) }
+    }
+
+    /// The signals pending since the last call, in order.
+    func read() -> [Int32] {
+        var signals: [Int32] = []
+        var pending = set
+        var info = siginfo_t()
+        var none = timespec(tv_sec: 0, tv_nsec: 0)
+        while true {
+            let signal = sigtimedwait(&pending, &info, &none)
+            if signal <= 0 { break }
+            signals.append(signal)
+        }
+        return signals
+    }
+}

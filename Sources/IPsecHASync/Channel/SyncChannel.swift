@@ -736,6 +736,12 @@ public struct SyncChannel {
         .nanoseconds(Int64(clamping: replicationLagNanoseconds(to: peer, now: now)))
     }
 
+    /// Whether records sent to `peer` wait for its acknowledgement (a member that handed over
+    /// waits until they do not before it exits).
+    public func awaitsAcknowledgement(from peer: ClusterMemberID) -> Bool {
+        peers[peer]?.sender.outstanding.contains { !$0.selectivelyAcknowledged } ?? false
+    }
+
     func replicationLagNanoseconds(to peer: ClusterMemberID, now: Timestamp) -> UInt64 {
         guard let oldest = peers[peer]?.sender.outstanding.first(where: { !$0.selectivelyAcknowledged }) else { return 0 }
         return now.nanoseconds > oldest.firstSent.nanoseconds ? now.nanoseconds - oldest.firstSent.nanoseconds : 0

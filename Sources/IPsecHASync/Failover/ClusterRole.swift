@@ -10,9 +10,13 @@ public enum PromotionReason: Sendable, Hashable, CustomStringConvertible {
     /// complete copy left (every member restarted, or the active member died while the only
     /// standby was resyncing), and this member serves what it holds, which may be nothing.
     case noCompleteCopy(silentFor: Duration)
+    /// The active member handed its role over (``ClusterMember/switchOver(to:now:)``): it
+    /// stopped, and this member holds its exact state.
+    case switchOver(from: ClusterMemberID)
 
     public var description: String {
         switch self {
+        case .switchOver(let member): "planned switchover from \(member)"
         case .activeMemberSilent(let member): "active \(member) silent on the synch channel"
         case .external(let source): "external decision: \(source)"
         case .noCompleteCopy(let silence): "no active member or ready standby for \(silence): serving what this member holds"

@@ -107,7 +107,7 @@ extension ClusterMember {
             // The active member stopped, sent its final state before this hello (the channel
             // delivers in order) and handed over: this copy is exact, nothing moves.
             lifecycle = .moving
-            return takeOver(standby, reason: .external("planned switchover from member \(peer.rawValue)"), now: now, exact: true)
+            return takeOver(standby, reason: .switchOver(from: peer), now: now, exact: true)
         }
         if case .standby(let standby) = lifecycle, capabilities & ClusterRole.activeCapability != 0, peer != standby.active,
             role.activeMember == peer
@@ -389,9 +389,11 @@ extension ClusterMember {
 
     /// Stops serving: a standby of `active` (nil: of whichever member says it is active next)
     /// with an empty copy, saying that it stepped down until resynced, since it may have sent on
-    /// SAs the active member holds; it says so at once, since a resync that starts first would
-    /// hold back its hellos. After a switchover (`handedOverTo`) it says nothing of the kind:
-    /// that member holds everything it sent.
+    /// SAs the active member holds. After a split brain (another member active with a newer
+    /// epoch: both served) it says so at once, since a resync that starts first would hold back
+    /// its hellos and the other would never move its counters past what this one sent. After a
+    /// switchover (`handedOverTo`) it says nothing of the kind: that member holds everything it
+    /// sent.
     mutating func stepDown(_ reason: StepDownReason, following active: ClusterMemberID?, handedOverTo: ClusterMemberID? = nil) {
         guard case .active(let was) = lifecycle else { return }
         held.removeAll()
@@ -401,7 +403,11 @@ extension ClusterMember {
         lastCompleteCopyHeard = lastTick
         var standby = Standby(active: active, former: was.state, formerAsOf: lastTick)
         standby.handedOverTo = handedOverTo
-        if handedOverTo == nil {
+        if handedOverTo == nil, case .newerActive = reason {
+            // Not after keepalived's or an operator's word: the member that takes over then
+            // plans past what this one sent until now, and a jump on top of that, unseen by a
+            // third member following this one, put that member's later takeover below it
+            // (torture seed 1729).
             standby.lastHello = lastTick
             let hello = SyncRecord.hello(epoch: channel.configuration.epoch, capabilities: ClusterRole.steppedDownCapability, needsResync: true)
             say(hello, to: active.map { [$0] } ?? configuration.channel.peers, now: lastTick)

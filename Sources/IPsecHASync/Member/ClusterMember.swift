@@ -574,11 +574,12 @@ public struct ClusterMember {
     /// target takes over with nothing moved: no counter advance, no RFC 6311 sync for IKE SAs
     /// with nothing in flight, no packet of the peer refused. Shows as
     /// ``ClusterMemberAction/steppedDown(_:)`` here and ``ClusterMemberAction/tookOver(_:rekey:)``
-    /// there. If the target dies before it took over, the usual failover follows (this member
+    /// there. Returns the target. If the target dies before it took over, the usual failover follows (this member
     /// then takes over from its former state as after a step-down). Throws
     /// ``ClusterMemberError/notActive`` unless active (load sharing moves segments instead), and
     /// ``ClusterMemberError/noCurrentStandby(_:)`` without a current target.
-    public mutating func switchOver(to target: ClusterMemberID? = nil, now: Timestamp) throws(ClusterMemberError) {
+    @discardableResult
+    public mutating func switchOver(to target: ClusterMemberID? = nil, now: Timestamp) throws(ClusterMemberError) -> ClusterMemberID {
         lastTick = now
         guard case .active(var active) = lifecycle else { throw .notActive }
         let current = configuration.channel.peers.filter { active.replicator.status(of: $0, channel: channel, now: now) == .current }
@@ -591,6 +592,7 @@ public struct ClusterMember {
         _ = try? role.stepDown()
         stepDown(.external("planned switchover to member \(to.rawValue)"), following: to, handedOverTo: to)
         say(SyncRecord.hello(epoch: role.epoch, capabilities: Self.switchOverCapability, needsResync: false), to: [to], now: now)
+        return to
     }
 
     /// Adopts counters a data plane keeps itself (``CounterKeeping/dataPlane``), forward only,
