@@ -191,6 +191,18 @@ run_one() {
     teardown
 }
 
+# The world, member 1 active and member 2 a ready standby, the IKE SA up and pings running
+# for a second.
+pair_with_traffic() { # name advert
+    start_world "$1" "$2" || return 1
+    member 1 "$NS_1" --active "${TUNED[@]}"
+    member 2 "$NS_2" "${TUNED[@]}"
+    wait_for "$DIR/member2.events" "event=standby_ready" 10 || { fail "$1: member 2 never became a ready standby"; return 1; }
+    initiate || return 1
+    start_ping "$NS_P" $GATEWAY_INNER
+    sleep 1
+}
+
 # The members lose each other but not the peer (bridge port isolation, as the recipe does it):
 # both keepalived instances become MASTER and both members active. Then the split heals:
 # keepalived settles the address by priority, the members by epoch and keepalived's word, and
@@ -198,13 +210,7 @@ run_one() {
 split_brain() { # advert
     local advert=$1
     say "=== split brain, advert_int $advert s ==="
-    start_world split-brain "$advert" || { teardown; return; }
-    member 1 "$NS_1" --active "${TUNED[@]}"
-    member 2 "$NS_2" "${TUNED[@]}"
-    wait_for "$DIR/member2.events" "event=standby_ready" 10 || { fail "split brain: member 2 never became a ready standby"; teardown; return; }
-    initiate || { teardown; return; }
-    start_ping "$NS_P" $GATEWAY_INNER
-    sleep 1
+    pair_with_traffic split-brain "$advert" || { teardown; return; }
     bridge -n "$NS_LAN" link set dev port2 isolated on
     bridge -n "$NS_LAN" link set dev port3 isolated on
     say "members isolated from each other (both still reach the peer)"
@@ -301,13 +307,7 @@ NFT
 switchovers() { # advert
     local advert=$1 count=10
     say "=== switchover x$count, advert_int $advert s ==="
-    start_world switchover "$advert" || { teardown; return; }
-    member 1 "$NS_1" --active "${TUNED[@]}"
-    member 2 "$NS_2" "${TUNED[@]}"
-    wait_for "$DIR/member2.events" "event=standby_ready" 10 || { fail "switchover: member 2 never became a ready standby"; teardown; return; }
-    initiate || { teardown; return; }
-    start_ping "$NS_P" $GATEWAY_INNER
-    sleep 1
+    pair_with_traffic switchover "$advert" || { teardown; return; }
     local log_at i from to ns_to took ready
     log_at=$(charon_lines)
     for i in $(seq "$count"); do
