@@ -127,9 +127,34 @@ public func ipsecha_signal_member(_ member: OpaquePointer?, _ signal: UInt32, _ 
         case IPSECHA_SIGNAL_VRRP_STOP: decision = .vrrp(.stop)
         case IPSECHA_SIGNAL_TAKE_OVER: decision = .takeOver(reason: text.isEmpty ? "operator" : text)
         case IPSECHA_SIGNAL_STEP_DOWN: decision = .stepDown(reason: text.isEmpty ? "operator" : text)
+        case IPSECHA_SIGNAL_SWITCH_OVER:
+            do throws(ClusterMemberError) {
+                try handle.member.switchOver(now: Timestamp(nanoseconds: now))
+            } catch {
+                throw CAPIFailure(error == .notActive ? IPSECHA_E_NOT_ACTIVE : IPSECHA_E_STATE, "\(error)")
+            }
+            return
         default: throw CAPIFailure(IPSECHA_E_INVALID_ARGUMENT, "unknown signal \(signal)")
         }
         handle.member.signal(decision, now: Timestamp(nanoseconds: now))
+    }
+}
+
+@c @implementation
+public func ipsecha_member_readiness(_ member: OpaquePointer?, _ readiness: UnsafeMutablePointer<UInt32>?, _ electable: UnsafeMutablePointer<UInt32>?) -> Int32 {
+    readingCall(member) { handle throws(CAPIFailure) in
+        guard let readiness, let electable else { throw CAPIFailure(IPSECHA_E_NULL, "readiness or electable is NULL") }
+        let value = handle.member.readiness
+        let code: ipsecha_readiness =
+            switch value {
+            case .active: IPSECHA_READINESS_ACTIVE
+            case .completeCopy: IPSECHA_READINESS_COMPLETE_COPY
+            case .lastResort: IPSECHA_READINESS_LAST_RESORT
+            case .resyncing: IPSECHA_READINESS_RESYNCING
+            case .incomplete: IPSECHA_READINESS_INCOMPLETE
+            }
+        readiness.pointee = code.rawValue
+        electable.pointee = value.isElectable ? 1 : 0
     }
 }
 

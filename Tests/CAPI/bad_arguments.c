@@ -177,6 +177,8 @@ static void null_handles(void) {
     EXPECT(ipsecha_tick(NULL, 0), IPSECHA_E_NULL);
     EXPECT(ipsecha_next_deadline(NULL, &value), IPSECHA_E_NULL);
     EXPECT(ipsecha_signal_member(NULL, IPSECHA_SIGNAL_TAKE_OVER, NULL, 0), IPSECHA_E_NULL);
+    uint32_t readiness = 0, electable = 0;
+    EXPECT(ipsecha_member_readiness(NULL, &readiness, &electable), IPSECHA_E_NULL);
     EXPECT(ipsecha_member_status_get(NULL, &status), IPSECHA_E_NULL);
     EXPECT(ipsecha_next_action(NULL, &action), IPSECHA_E_NULL);
     EXPECT(ipsecha_takeover_ike_sa(NULL, 0, &ike_entry), IPSECHA_E_NULL);
@@ -220,6 +222,12 @@ static void active_member(void) {
     EXPECT(ipsecha_signal_member(member, 0, NULL, 0), IPSECHA_E_INVALID_ARGUMENT);
     EXPECT(ipsecha_signal_member(member, 99, "x", 0), IPSECHA_E_INVALID_ARGUMENT);
     EXPECT(ipsecha_signal_member(member, IPSECHA_SIGNAL_VRRP_MASTER, NULL, 0), IPSECHA_OK); /* changes nothing */
+    /* No standby is current (none ever answered): the switchover is refused, nothing changes. */
+    EXPECT(ipsecha_signal_member(member, IPSECHA_SIGNAL_SWITCH_OVER, NULL, 0), IPSECHA_E_STATE);
+    uint32_t readiness = 0, electable = 0;
+    EXPECT(ipsecha_member_readiness(member, NULL, &electable), IPSECHA_E_NULL);
+    EXPECT(ipsecha_member_readiness(member, &readiness, &electable), IPSECHA_OK);
+    EXPECT_TRUE(readiness == IPSECHA_READINESS_ACTIVE && electable == 1);
     EXPECT_TRUE(strlen(ipsecha_member_last_error(member)) > 0);
 
     /* Structures of the wrong size, NULL outputs. */
@@ -374,6 +382,10 @@ static void standby_and_observed(void) {
     EXPECT(ipsecha_ike_sa_exchange(standby, 1, 2, 1, 1, 0, 0, &token), IPSECHA_E_NOT_ACTIVE);
     EXPECT(ipsecha_outbound_sequence_number(standby, 0x1000, 1, &value, NULL), IPSECHA_E_NOT_ACTIVE);
     EXPECT(ipsecha_signal_member(standby, IPSECHA_SIGNAL_STEP_DOWN, "nothing to step down from", 0), IPSECHA_OK);
+    EXPECT(ipsecha_signal_member(standby, IPSECHA_SIGNAL_SWITCH_OVER, NULL, 0), IPSECHA_E_NOT_ACTIVE);
+    uint32_t readiness = 0, electable = 1;
+    EXPECT(ipsecha_member_readiness(standby, &readiness, &electable), IPSECHA_OK);
+    EXPECT_TRUE(readiness == IPSECHA_READINESS_INCOMPLETE && electable == 0); /* never heard the active member */
     ipsecha_member_destroy(standby);
 
     config = good_config(1, 1);

@@ -237,12 +237,38 @@ typedef enum ipsecha_signal {
     /* An operator makes this standby active now, complete copy or not. */
     IPSECHA_SIGNAL_TAKE_OVER = 5,
     /* An operator makes this active member stop serving and rejoin as a standby. */
-    IPSECHA_SIGNAL_STEP_DOWN = 6
+    IPSECHA_SIGNAL_STEP_DOWN = 6,
+    /* An operator hands this active member's role over to the lowest current standby with
+     * exact state (a planned switchover: that member continues every counter at the next
+     * number, no RFC 6311 sync for IKE SAs with nothing in flight). This member steps down at
+     * once (IPSECHA_ACTION_STEPPED_DOWN); IPSECHA_E_NOT_ACTIVE on a standby, IPSECHA_E_STATE
+     * when no standby is current (then nothing changes). */
+    IPSECHA_SIGNAL_SWITCH_OVER = 7
 } ipsecha_signal;
 
 /* Takes a signal; reason (may be NULL) goes into the logs and the action. A signal that
  * changes nothing (MASTER on the active member) is no error. */
 int ipsecha_signal_member(ipsecha_member *member, uint32_t signal, const char *reason, uint64_t now_ns);
+
+/* Whether keepalived may give this member the cluster address (its readiness check). */
+typedef enum ipsecha_readiness {
+    /* The active member. */
+    IPSECHA_READINESS_ACTIVE = 1,
+    /* A standby with a complete copy of the active member's state. */
+    IPSECHA_READINESS_COMPLETE_COPY = 2,
+    /* A standby without one, but nobody has held a complete copy for the last-resort delay:
+     * serving what it holds beats nobody serving. */
+    IPSECHA_READINESS_LAST_RESORT = 3,
+    /* A standby in the middle of its bulk resync. */
+    IPSECHA_READINESS_RESYNCING = 4,
+    /* A standby without a complete copy: just started, stepped down, or cut off. */
+    IPSECHA_READINESS_INCOMPLETE = 5
+} ipsecha_readiness;
+
+/* The member's readiness as of its last tick, and whether keepalived may elect it (nonzero
+ * for ACTIVE, COMPLETE_COPY and LAST_RESORT): write 0 to keepalived's track_file (weight 0)
+ * when *electable is nonzero, 1 otherwise. */
+int ipsecha_member_readiness(const ipsecha_member *member, uint32_t *readiness, uint32_t *electable);
 
 /* What a member is, now. */
 typedef struct ipsecha_member_status {
