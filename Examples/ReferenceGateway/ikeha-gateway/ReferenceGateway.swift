@@ -53,11 +53,15 @@ struct ReferenceGateway {
     let signals: OperatorSignals
     /// When SIGTERM came: the member exits once it handed over (or at once as a standby).
     var stoppingSince: Timestamp?
+    /// How long a member that handed over waits for the standby's acknowledgement, before it
+    /// exits (SIGTERM) or lets keepalived move the address all the same.
+    static let switchOverAcknowledgementLimit = Duration.seconds(2)
     /// The member the last switchover went to, and when.
     var switchedOver: (to: ClusterMemberID, at: Timestamp)?
-    /// After a switchover, with keepalived: the track file says 1 until keepalived took the
-    /// address from this host (FAULT, BACKUP), however soon the member is a complete copy
-    /// again (a millisecond: too soon for keepalived to see the 1 at all).
+    /// After a switchover, with keepalived: the track file says 0 until the standby
+    /// acknowledged, then 1 until keepalived took the address from this host (FAULT, BACKUP),
+    /// however soon the member is a complete copy again (a millisecond: too soon for
+    /// keepalived to see the 1 at all).
     var unelectableUntilAddressMoved = false
     /// keepalived's track file for this member's readiness, with `--vrrp-track-file`.
     var trackFile: VRRPTrackFile?
@@ -229,7 +233,7 @@ struct ReferenceGateway {
                 }
             }
             for action in transport.service(&cluster, now: now) { try handle(action, now: now) }
-            reportReadiness()
+            reportReadiness(now: now)
             if let steering, !steeringChanges.isEmpty {
                 applySteering(steering.update(serving: servedSegments.sorted()), why: steeringChanges.joined(separator: ", "))
                 steeringChanges = []
@@ -277,27 +281,28 @@ struct ReferenceGateway {
     /// After SIGTERM: a standby exits at once; a member that handed over once the standby
     /// acknowledged everything (its final state and the switchover), at most 2 s after.
     func mayExit(stoppingSince since: Timestamp, now: Timestamp) -> Bool {
-        if cluster.isActive { return now >= since + .seconds(2) }
+        if cluster.isActive { return now >= since + Self.switchOverAcknowledgementLimit }
         guard let handedOver = switchedOver, handedOver.at >= since else { return true }
-        return !cluster.channel.awaitsAcknowledgement(from: handedOver.to) || now >= since + .seconds(2)
+        return !cluster.channel.awaitsAcknowledgement(from: handedOver.to) || now >= since + Self.switchOverAcknowledgementLimit
     }
 
     /// Says when this member's readiness changes, and keeps keepalived's track file with it
     /// (a failed write is logged once and tried again each turn).
-    mutating func reportReadiness() {
-        let now = cluster.readiness
-        if now != readiness {
-            readiness = now
-            emit("readiness", ["state": "\(now)", "electable": "\(now.isElectable)"])
+    mutating func reportReadiness(now: Timestamp) {
+        let current = cluster.readiness
+        if current != readiness {
+            readiness = current
+            emit("readiness", ["state": "\(current)", "electable": "\(current.isElectable)"])
         }
-        var electable = now.isElectable && !unelectableUntilAddressMoved
-        if unelectableUntilAddressMoved, let handedOver = switchedOver, cluster.channel.awaitsAcknowledgement(from: handedOver.to),
-            Timestamp.monotonicNow() < handedOver.at + .seconds(2)
-        {
-            // The address stays until the standby acknowledged the switchover (it took over
-            // then): keepalived's MASTER reaching it first made it take over as after a
-            // failure, with a counter advance and a message-ID sync (a CI run under load).
-            electable = true
+        let electable: Bool
+        if unelectableUntilAddressMoved, let handedOver = switchedOver {
+            // After a switchover the address stays until the standby acknowledged it (it took
+            // over then: keepalived's MASTER reaching it first made it take over as after a
+            // failure, with a counter advance and a message-ID sync, in a CI run under load),
+            // and then goes, however soon this member is a complete copy again.
+            electable = cluster.channel.awaitsAcknowledgement(from: handedOver.to) && now < handedOver.at + Self.switchOverAcknowledgementLimit
+        } else {
+            electable = current.isElectable
         }
         guard var file = trackFile, file.electable != electable else { return }
         if file.update(electable: electable) {

@@ -145,13 +145,7 @@ extension ClusterMember {
         guard case .standby(var standby) = lifecycle else { return }
         lifecycle = .moving
         if !standby.replica.isReady, !standby.replica.isResyncing, Self.isDue(standby.lastHello, every: configuration.helloInterval, now: now) {
-            standby.lastHello = now
-            let hello = SyncRecord.hello(
-                epoch: channel.configuration.epoch, capabilities: standby.former != nil && standby.handedOverTo == nil ? ClusterRole.steppedDownCapability : 0,
-                needsResync: true)
-            // With no active member known (after an external step-down), to every peer: the one
-            // that becomes active resyncs this one.
-            say(hello, to: standby.active.map { [$0] } ?? configuration.channel.peers, now: now)
+            askForResync(&standby, now: now)
         }
         if lastResortDue(standby, now: now), let silence = configuration.lastResortTakeover {
             return takeOver(standby, reason: .noCompleteCopy(silentFor: silence), now: now)
@@ -218,6 +212,16 @@ extension ClusterMember {
             return takeOver(standby, reason: .external("keepalived: MASTER, the address is here"), now: now)
         }
         lifecycle = .standby(standby)
+    }
+
+    /// A standby's hello asking for a resync, saying it stepped down while it holds what it
+    /// served (unless it handed that over): to its active member, or, with none known (after
+    /// an external step-down), to every peer: the one that becomes active resyncs it.
+    private mutating func askForResync(_ standby: inout Standby, now: Timestamp) {
+        standby.lastHello = now
+        let steppedDown = standby.former != nil && standby.handedOverTo == nil
+        let hello = SyncRecord.hello(epoch: channel.configuration.epoch, capabilities: steppedDown ? ClusterRole.steppedDownCapability : 0, needsResync: true)
+        say(hello, to: standby.active.map { [$0] } ?? configuration.channel.peers, now: now)
     }
 
     /// Whether nothing came from `peer` for the miss count of heartbeats (a peer never heard
@@ -408,9 +412,7 @@ extension ClusterMember {
             // plans past what this one sent until now, and a jump on top of that, unseen by a
             // third member following this one, put that member's later takeover below it
             // (torture seed 1729).
-            standby.lastHello = lastTick
-            let hello = SyncRecord.hello(epoch: channel.configuration.epoch, capabilities: ClusterRole.steppedDownCapability, needsResync: true)
-            say(hello, to: active.map { [$0] } ?? configuration.channel.peers, now: lastTick)
+            askForResync(&standby, now: lastTick)
         }
         lifecycle = .standby(standby)
         outbox.append(.steppedDown(reason))
