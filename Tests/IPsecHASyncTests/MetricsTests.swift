@@ -98,4 +98,50 @@ struct MetricsTests {
         _ = try pair.settle()
         #expect(status() == .current)
     }
+
+    /// What an operator watches during a switchover and a failover: the role, the readiness,
+    /// the epoch, the SAs held, and why each promotion happened.
+    @Test func memberMetricsFollowASwitchoverAndAFailover() throws {
+        let factory = TestMetrics()
+        var cluster = try EmbeddedCluster(seed: 58)
+        var reporters = withMetricsFactory(factory) { [ClusterMemberMetrics(peers: [EmbeddedCluster.id(1)])] }
+        let standbyFactory = TestMetrics()
+        reporters.append(withMetricsFactory(standbyFactory) { ClusterMemberMetrics(peers: [EmbeddedCluster.id(0)]) })
+        func report() { for index in 0..<2 { reporters[index].report(cluster.members[index], now: cluster.now) } }
+        func gauge(_ metrics: TestMetrics, _ label: String, _ dimensions: [(String, String)] = []) throws -> Double {
+            try metrics.expectGauge(label, dimensions).lastValue ?? -1
+        }
+        try cluster.run(for: .milliseconds(300))
+        _ = try cluster.createSAs(ikeSPI: 101, childSPI: 0x7700, seed: 59)
+        try cluster.run(for: .milliseconds(50))
+        report()
+        #expect(try gauge(factory, "ipsecha_member_active") == 1)
+        #expect(try gauge(standbyFactory, "ipsecha_member_active") == 0)
+        #expect(try gauge(standbyFactory, "ipsecha_member_readiness", [("state", "complete-copy")]) == 1)
+        #expect(try gauge(standbyFactory, "ipsecha_member_readiness", [("state", "resyncing")]) == 0)
+        #expect(try gauge(standbyFactory, "ipsecha_member_electable") == 1)
+        #expect(try gauge(standbyFactory, "ipsecha_member_ike_sas") == 1)
+        #expect(try gauge(standbyFactory, "ipsecha_member_child_sas") == 1)
+        #expect(try gauge(factory, "ipsecha_sync_standby_current", [("peer", "2")]) == 1)
+
+        _ = try cluster.members[0].switchOver(now: cluster.now)
+        try cluster.run(for: .milliseconds(50))
+        report()
+        #expect(try gauge(factory, "ipsecha_member_active") == 0)
+        #expect(try gauge(standbyFactory, "ipsecha_member_active") == 1)
+        #expect(try standbyFactory.expectCounter("ipsecha_member_promotions", [("reason", "switchover")]).totalValue == 1)
+        #expect(try factory.expectCounter("ipsecha_member_step_downs").totalValue == 1)
+        let epochAfterSwitchover = try gauge(standbyFactory, "ipsecha_member_epoch")
+
+        try cluster.run(for: .seconds(1))
+        cluster.crash(1)
+        try cluster.run(for: .milliseconds(400))
+        report()
+        #expect(try gauge(factory, "ipsecha_member_active") == 1)
+        #expect(try factory.expectCounter("ipsecha_member_promotions", [("reason", "failure")]).totalValue == 1)
+        #expect(try gauge(factory, "ipsecha_member_epoch") > epochAfterSwitchover, "a takeover moves to a newer epoch")
+        // Reported again with nothing new: the counters stay.
+        report()
+        #expect(try factory.expectCounter("ipsecha_member_promotions", [("reason", "failure")]).totalValue == 1)
+    }
 }

@@ -82,6 +82,7 @@ struct GatewayCommand: ParsableCommand {
     @Option(name: .customLong("steering"), help: "Load sharing: nftables (this member's kernel drops the packets of segments it does not serve; needs nft and CAP_NET_ADMIN) or none.") var steering = "nftables"
     @Option(name: .customLong("max-ike-sas-per-peer-address"), help: "IKE SAs one peer address may hold (a NAT hides many peers behind one).") var maxIKESAsPerPeerAddress = 4
     @Flag(name: .customLong("no-steering-on-takeover"), help: "NEGATIVE CONTROL: load sharing's steering rules do not follow segments taken over from a failed member.") var noSteeringOnTakeover = false
+    @Option(name: .customLong("metrics-listen"), help: "Serve Prometheus metrics at http://host:port/metrics (off by default; Docs/Operations.md lists them).") var metricsListen: String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
 
     func run() throws {

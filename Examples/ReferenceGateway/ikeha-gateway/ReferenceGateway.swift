@@ -86,6 +86,8 @@ struct ReferenceGateway {
     /// Load sharing: the message-ID syncs of segments just started, sent once the steering
     /// rules take the segments' IKE (the peer's answer must reach this member).
     var pendingMessageIDSyncs: [IKESATakeover] = []
+    /// With `--metrics-listen`: what the Prometheus endpoint serves.
+    var metrics: GatewayMetrics?
 
     init(options: GatewayCommand, signals: OperatorSignals) throws {
         self.options = options
@@ -194,6 +196,17 @@ struct ReferenceGateway {
             }
         default: throw GatewayError.configuration("--data-plane is userspace or xfrm, not \(options.dataPlane)")
         }
+        if let listen = options.metricsListen {
+            let (metricsHost, metricsPort) = try Self.hostAndPort(listen)
+            let metrics = GatewayMetrics(peers: peers)
+            do {
+                let bound = try MetricsEndpoint.start(host: metricsHost, port: metricsPort, registry: metrics.registry, group: group)
+                emit("metrics_listening", ["address": "\(bound)"])
+            } catch {
+                throw GatewayError.configuration("--metrics-listen \(listen): \(error)")
+            }
+            self.metrics = metrics
+        }
     }
 
     // MARK: The loop
@@ -234,6 +247,7 @@ struct ReferenceGateway {
             }
             for action in transport.service(&cluster, now: now) { try handle(action, now: now) }
             reportReadiness(now: now)
+            metrics?.report(cluster, now: now)
             if let steering, !steeringChanges.isEmpty {
                 applySteering(steering.update(serving: servedSegments.sorted()), why: steeringChanges.joined(separator: ", "))
                 steeringChanges = []
@@ -272,6 +286,7 @@ struct ReferenceGateway {
             unelectableUntilAddressMoved = fifo != nil
             // The step-down and the datagrams go out with this turn's transport.service.
             emit("switchover", ["to": "\(target.rawValue)"])
+            metrics?.switchedOver()
         } catch {
             emit("switchover_refused", ["why": "\(error)"])
             logger.warning("planned switchover refused", metadata: ["why": "\(error)"])
@@ -484,6 +499,7 @@ struct ReferenceGateway {
                 guard let datagram = try responder?.startMessageIDSync(of: decision.identifier, state: state) else { continue }
                 transmit(datagram)
                 emit("mid_sync_sent", ["ike_sa": "\(decision.identifier)"])
+                metrics?.sentMessageIDSync()
             } catch .messageIDSyncAlreadyAnswered {
                 // An earlier takeover synced it; the replicated message IDs carry on from there.
                 logger.notice("message-ID sync not sent again", metadata: ["ike_sa": "\(decision.identifier)"])
@@ -675,12 +691,14 @@ struct ReferenceGateway {
         case .success(let reply?)?:
             if let socket = sockets.firstIndex(where: { $0.local.port == reply.port }) { sockets[socket].send(reply.packet, to: reply.remote) }
             repliesSinceTakeover += 1
+            metrics?.answeredESP()
             if repliesSinceTakeover == 1 {
                 emit("first_esp_reply", ["inbound_spi": reply.spi.paddedHexDigits, "sequence_number": "\(reply.sequenceNumber)"])
             }
         case .failure(let error)?:
             let kind = "\(error)".prefix { $0 != "(" }
             espDrops[String(kind), default: 0] += 1
+            metrics?.droppedESP(reason: String(kind))
             logger.debug("ESP packet dropped", metadata: ["reason": "\(error)", "from": "\(remote)"])
         case .success(nil)?, nil:
             break

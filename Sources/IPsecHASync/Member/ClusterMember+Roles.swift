@@ -339,6 +339,7 @@ extension ClusterMember {
         let epoch = nextEpoch
         _ = try? role.promote(reason, newEpoch: epoch, completeCopy: standby.replica.isReady)
         lastPromotion = reason
+        promotions += 1
         try? channel.rotate(toEpoch: epoch)
         steppedDownAt = nil
         if let failed = standby.active { standby.replica.applyHeldCheckpoints(channel.recordsHeldBehindGap(from: failed), now: now) }
@@ -401,6 +402,7 @@ extension ClusterMember {
     mutating func stepDown(_ reason: StepDownReason, following active: ClusterMemberID?, handedOverTo: ClusterMemberID? = nil) {
         guard case .active(let was) = lifecycle else { return }
         held.removeAll()
+        stepDowns += 1
         // It held the state whole until now: the last-resort silence starts here, not at the
         // last hello it heard before it became active (a member that stepped down took over
         // again as the last resort within the same millisecond).

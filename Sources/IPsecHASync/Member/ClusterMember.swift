@@ -289,6 +289,10 @@ public struct ClusterMember {
     /// When this member last stepped down because another was active with a newer epoch.
     var steppedDownAt: Timestamp?
     var lastPromotion: PromotionReason?
+    /// Times this member became active by a takeover (a switchover included).
+    public internal(set) var promotions = 0
+    /// Times this member left the active role.
+    public internal(set) var stepDowns = 0
     var held = HeldReplies<ReplicationToken>()
     var outbox: [ClusterMemberAction] = []
     private var outboxHead = 0
