@@ -29,6 +29,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // libsodium from the system. SwiftPM finds its flags through pkg-config; the module
@@ -103,7 +104,9 @@ let package = Package(
         // worked example of embedding.
         .target(
             name: "IPsecHAGateway",
-            dependencies: ["IPsecHACore", "IPsecHASync", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "IPsecHACore", "IPsecHASync", .product(name: "Logging", package: "swift-log"), .product(name: "Yams", package: "Yams"),
+            ],
             path: "Examples/ReferenceGateway/IPsecHAGateway",
             swiftSettings: strictSettings
         ),

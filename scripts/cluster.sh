@@ -30,7 +30,9 @@ BASE=$(mktemp -d /tmp/ikeha-cluster.XXXXXX)
 NS_LAN=ikeha-lan-$$ NS_P=ikeha-kpeer-$$ NS_1=ikeha-kmem1-$$ NS_2=ikeha-kmem2-$$
 PEER_IP=10.98.0.10 MEMBER1_IP=10.98.0.1 MEMBER2_IP=10.98.0.2 VIP=10.98.0.100
 PEER_INNER=10.98.1.1 GATEWAY_INNER=10.98.2.1
-require_machine keepalived
+# Each member's Prometheus endpoint, on its namespace's loopback.
+METRICS_PORT=9641
+require_machine keepalived curl
 command -v keepalived >/dev/null || skip "keepalived is not installed"
 
 teardown() {
@@ -69,8 +71,8 @@ member() { # id namespace args...
     local id=$1 ns=$2; shift 2
     local own=$MEMBER1_IP other=$MEMBER2_IP
     [ "$id" = 2 ] && own=$MEMBER2_IP other=$MEMBER1_IP
-    start_member "$ns" "$id" $VIP $GATEWAY_INNER $PEER_INNER/32 "$own:7101" "$((3 - id))=$other:7101" \
-        --vrrp-fifo "$DIR/keepalived$id.fifo" --vrrp-track-file "$DIR/ready$id" "$@"
+    VRRP_FIFO=$DIR/keepalived$id.fifo VRRP_TRACK_FILE=$DIR/ready$id METRICS_LISTEN=127.0.0.1:$METRICS_PORT \
+        start_member "$ns" "$id" $VIP $GATEWAY_INNER $PEER_INNER/32 "$own:7101" "$((3 - id))=$other:7101" "$@"
 }
 
 # A member's death as the recipe says it must be simulated: the VRRP child first, then the
@@ -335,6 +337,18 @@ switchovers() { # advert
     [ "$replays" -eq 0 ] && pass "charon logged no replay rejection across the switchovers" || fail "charon logged $replays replay rejections"
     [ "$syncs" -eq 0 ] && pass "no RFC 6311 message-ID sync was needed" || fail "charon processed $syncs message-ID syncs"
     [ "$(ike_spis)" = "$SPIS_BEFORE" ] && pass "the same IKE SA after $count switchovers ($SPIS_BEFORE)" || fail "the IKE SA changed: $(ike_spis)"
+    # What an operator's Prometheus sees (Docs/Operations.md): member 1 is active again after an
+    # even count, member 2 a complete copy, five switchovers started on each, every promotion
+    # a switchover, no message-ID sync.
+    local m1 m2
+    m1=$(scrape "$NS_1") m2=$(scrape "$NS_2")
+    if [ "$(sample "$m1" ipsecha_member_active)" = 1 ] && [ "$(sample "$m2" 'ipsecha_member_readiness{state="complete-copy"}')" = 1 ] \
+        && [ "$(sample "$m1" ikeha_gateway_switchovers)" = $(( count / 2 )) ] && [ "$(sample "$m2" ikeha_gateway_switchovers)" = $(( count / 2 )) ] \
+        && [ "$(sample "$m2" 'ipsecha_member_promotions{reason="switchover"}')" = $(( count / 2 )) ] \
+        && [ "$(sample "$m2" 'ipsecha_member_promotions{reason="failure"}')" = 0 ] \
+        && [ "$(sample "$m1" ikeha_gateway_message_id_syncs_sent)" = 0 ]; then
+        pass "metrics scraped: member 1 active, member 2 complete-copy, $(( count / 2 )) switchovers started by each, every promotion a switchover"
+    else fail "metrics after the switchovers: member 1: $(grep -E '^(ipsecha_member_(active|promotions)|ikeha_gateway_switchovers)' <<< "$m1" | tr '\n' ' '); member 2: $(grep -E '^(ipsecha_member_(active|readiness|promotions)|ikeha_gateway_switchovers)' <<< "$m2" | tr '\n' ' ')"; fi
     # SIGTERM on the active member (member 1 after an even count): it hands over, then exits.
     kill -TERM "$(cat "$DIR/member1.pid")"
     if wait_for "$DIR/member1.events" "event=exit" 5 && wait_for_count "$DIR/member2.events" "event=takeover" $(( count / 2 + 1 )) 5; then
@@ -344,6 +358,19 @@ switchovers() { # advert
         && pass "traffic after SIGTERM: $(grep 'packets transmitted' "$DIR/ping-after-sigterm.log")" || fail "no traffic after member 1's SIGTERM"
     teardown
 }
+
+# A member's Prometheus text, and one sample's value (as an integer) in it.
+scrape() { ip netns exec "$1" curl -sf --max-time 2 "http://127.0.0.1:$METRICS_PORT/metrics"; }
+sample() { awk -v name="$2" '$1 == name { printf "%d", $2; exit }' <<< "$1"; }
+
+# The unit the members are started with must be one systemd accepts (with this build's binary).
+if command -v systemd-analyze >/dev/null; then
+    mkdir -p "$BASE/unit"
+    sed "s|/usr/local/bin/ikeha-gateway|$GATEWAY|" "$HERE/Examples/ikeha-gateway/ikeha-gateway@.service" > "$BASE/unit/ikeha-gateway@member1.service"
+    if problems=$(systemd-analyze verify "$BASE/unit/ikeha-gateway@member1.service" 2>&1) && [ -z "$problems" ]; then
+        pass "systemd-analyze verify: Examples/ikeha-gateway/ikeha-gateway@.service"
+    else fail "systemd-analyze verify: $problems"; fi
+else say "systemd-analyze not installed: the unit's syntax is not checked"; fi
 
 for run in "${RUNS[@]}"; do
     case $run in

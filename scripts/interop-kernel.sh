@@ -31,7 +31,8 @@ share=$(mktemp -d)
 trap 'if [ -n "${KEEP_LOGS:-}" ]; then echo "interop-kernel: guest files in $share/out"; else rm -rf "$share"; fi' EXIT
 scripts/kernel-vm.sh binary ikeha-gateway "$share/ikeha-gateway"
 scripts/kernel-vm.sh binary ikeha-xfrm-probe "$share/probe"
-cp scripts/lib/strongswan-peer.sh scripts/lib/keepalived.sh Examples/keepalived/keepalived.conf "$share/"
+cp scripts/lib/strongswan-peer.sh scripts/lib/keepalived.sh Examples/keepalived/keepalived.conf Examples/ikeha-gateway/member.yaml \
+    Examples/ikeha-gateway/ikeha-gateway@.service "$share/"
 echo "$SCENARIOS" >"$share/scenarios"
 cat >"$share/run.sh" <<'GUEST'
 #!/bin/bash
@@ -39,6 +40,8 @@ set -uo pipefail
 HERE=/mnt/host
 GATEWAY=$HERE/ikeha-gateway
 KEEPALIVED_TEMPLATE=$HERE/keepalived.conf
+GATEWAY_CONFIG_TEMPLATE=$HERE/member.yaml
+GATEWAY_UNIT=$HERE/ikeha-gateway@.service
 KERNEL_ESP=1
 source "$HERE/strongswan-peer.sh"
 source "$HERE/keepalived.sh"

@@ -136,12 +136,35 @@ start_charon() { # ns
 }
 
 # A gateway member in namespace NS; its PID joins PIDS and goes to DIR/memberID.pid.
+# Renders Examples/ikeha-gateway/member.yaml (GATEWAY_CONFIG_TEMPLATE elsewhere) into
+# DIR/memberID.yaml. VRRP_FIFO, VRRP_TRACK_FILE and METRICS_LISTEN fill their lines when set;
+# the lines of those left empty are dropped.
+gateway_config() { # id cluster-address inner remote-subnet sync-listen sync-peer
+    local drop=() name
+    for name in VRRP_FIFO VRRP_TRACK_FILE METRICS_LISTEN; do
+        if [ -n "${!name:-}" ]; then drop+=(-e "s|@$name@|${!name}|"); else drop+=(-e "/@$name@/d"); fi
+    done
+    sed -e "s|@MEMBER@|$1|" -e "s|@CLUSTER_ADDRESS@|$2|" -e "s|@INNER_ADDRESS@|$3|" -e "s|@REMOTE_SUBNET@|$4|" \
+        -e "s|@SYNC_LISTEN@|$5|" -e "s|@SYNC_PEER@|$6|" -e "s|@DIR@|$DIR|g" "${drop[@]}" \
+        "${GATEWAY_CONFIG_TEMPLATE:-$HERE/Examples/ikeha-gateway/member.yaml}" > "$DIR/member$1.yaml"
+}
+
+# The systemd unit's ExecStart (Examples/ikeha-gateway/ikeha-gateway@.service, GATEWAY_UNIT
+# elsewhere) for member ID, with this build's binary and DIR for /etc/ikeha-gateway.
+unit_command() { # id
+    sed -n 's/^ExecStart=//p' "${GATEWAY_UNIT:-$HERE/Examples/ikeha-gateway/ikeha-gateway@.service}" |
+        sed -e "s|/usr/local/bin/ikeha-gateway|$GATEWAY|" -e "s|/etc/ikeha-gateway|$DIR|g" -e "s|%i|member$1|g"
+}
+
+# A member as the systemd unit starts it, with its rendered configuration file; extra
+# arguments (the command line overrides the file) after it.
 start_member() { # ns id cluster-address inner remote-subnet sync-listen sync-peer args...
-    local ns=$1 id=$2 address=$3 inner=$4 subnet=$5 listen=$6 peer=$7; shift 7
-    ip netns exec "$ns" "$GATEWAY" --member "$id" --cluster-address "$address" --inner-address "$inner" \
-        --remote-subnet "$subnet" --local-id gateway@interop --remote-id peer@interop --psk-file "$DIR/psk" \
-        --sync-listen "$listen" --sync-peer "$peer" --sync-key-file "$DIR/sync.key" "$@" \
-        > "$DIR/member$id.events" 2> "$DIR/member$id.log" &
+    local ns=$1 id=$2; shift 2
+    gateway_config "$id" "$1" "$2" "$3" "$4" "$5"
+    shift 5
+    local command
+    read -r -a command <<< "$(unit_command "$id")"
+    ip netns exec "$ns" "${command[@]}" "$@" > "$DIR/member$id.events" 2> "$DIR/member$id.log" &
     PIDS+=($!)
     echo $! > "$DIR/member$id.pid"
 }

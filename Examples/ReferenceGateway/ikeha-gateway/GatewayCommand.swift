@@ -49,6 +49,8 @@ struct GatewayCommand: ParsableCommand {
         abstract: "One member of an IKEv2/IPsec cluster (the package's reference gateway)."
     )
 
+    @Option(help: "A YAML file of these options by their long names (member: 1, sync-peer: [...], active: true); the command line overrides it. Examples/ikeha-gateway/ has one.")
+    var config: String?
     @Option(help: "This member's ID (1 to 15).") var member: UInt16
     @Flag(help: "Start as the active member.") var active = false
     @Option(name: .customLong("cluster-address"), help: "The IPv4 address peers talk to.") var clusterAddress: String
@@ -84,6 +86,31 @@ struct GatewayCommand: ParsableCommand {
     @Flag(name: .customLong("no-steering-on-takeover"), help: "NEGATIVE CONTROL: load sharing's steering rules do not follow segments taken over from a failed member.") var noSteeringOnTakeover = false
     @Option(name: .customLong("metrics-listen"), help: "Serve Prometheus metrics at http://host:port/metrics (off by default; Docs/Operations.md lists them).") var metricsListen: String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
+
+    /// The file of `--config` goes in front of the command line; an error about an option the
+    /// file set names the file and the line.
+    static func main() {
+        let commandLine = Array(CommandLine.arguments.dropFirst())
+        var file: GatewayConfigurationFile?
+        do {
+            if let path = configurationPath(in: commandLine) { file = try GatewayConfigurationFile.read(path) }
+            let command = try parse((file?.arguments ?? []) + commandLine)
+            try command.run()
+        } catch {
+            if exitCode(for: error) != .success, let explained = file?.explain(message(for: error), commandLine: commandLine) {
+                exit(withError: explained)
+            }
+            exit(withError: error)
+        }
+    }
+
+    static func configurationPath(in arguments: [String]) -> String? {
+        for (index, argument) in arguments.enumerated() {
+            if argument == "--config", index + 1 < arguments.count { return arguments[index + 1] }
+            if argument.hasPrefix("--config=") { return String(argument.dropFirst("--config=".count)) }
+        }
+        return nil
+    }
 
     func run() throws {
         // Every IKE and ESP key and the PSK are in this process's memory: no core file may

@@ -93,16 +93,16 @@ struct ReferenceGateway {
         self.options = options
         self.signals = signals
         member = ClusterMemberID(rawValue: options.member)
-        do {
-            clusterAddress = try IPAddress(options.clusterAddress)
-            innerAddress = try IPAddress(options.innerAddress)
-        } catch { throw GatewayError.configuration("addresses: \(error)") }
+        clusterAddress = try Self.option("cluster-address") { try IPAddress(options.clusterAddress) }
+        innerAddress = try Self.option("inner-address") { try IPAddress(options.innerAddress) }
         var peerAddresses: [ClusterMemberID: SocketAddress] = [:]
         for text in options.syncPeer {
             let parts = text.split(separator: "=", maxSplits: 1)
             guard parts.count == 2, let peerRaw = UInt16(parts[0]) else { throw GatewayError.configuration("--sync-peer expects id=host:port") }
-            let (peerHost, peerPort) = try Self.hostAndPort(String(parts[1]))
-            peerAddresses[ClusterMemberID(rawValue: peerRaw)] = try SocketAddress(ipAddress: peerHost, port: peerPort)
+            peerAddresses[ClusterMemberID(rawValue: peerRaw)] = try Self.option("sync-peer") {
+                let (peerHost, peerPort) = try Self.hostAndPort(String(parts[1]))
+                return try SocketAddress(ipAddress: peerHost, port: peerPort)
+            }
         }
         peers = peerAddresses.keys.sorted()
         guard peers.count == options.syncPeer.count, !peers.isEmpty, !peers.contains(member) else {
@@ -111,9 +111,11 @@ struct ReferenceGateway {
         guard options.loadSharingSegments != nil || peers.count == 1 else {
             throw GatewayError.configuration("more than one --sync-peer needs load sharing (--load-sharing-segments)")
         }
-        let (host, port) = try Self.hostAndPort(options.syncListen)
-        let psk = try SecretFile.read(options.pskFile, length: Self.preSharedKeyLength, dropTrailingNewline: true) { bytes in
-            KeyMaterial(count: bytes.count) { $0.copyMemory(from: bytes) }
+        let (host, port) = try Self.option("sync-listen") { try Self.hostAndPort(options.syncListen) }
+        let psk = try Self.option("psk-file") {
+            try SecretFile.read(options.pskFile, length: Self.preSharedKeyLength, dropTrailingNewline: true) { bytes in
+                KeyMaterial(count: bytes.count) { $0.copyMemory(from: bytes) }
+            }
         }
         var configuration = IKEResponderConfiguration(
             localIdentity: IKEIdentity(options.localID), remoteIdentity: IKEIdentity(options.remoteID),
@@ -131,7 +133,7 @@ struct ReferenceGateway {
         // brain). The synch channel does not rely on it: a restart with a lower or equal one is fine.
         let epoch = UInt32(truncatingIfNeeded: Timestamp.monotonicNow().nanoseconds / 1_000_000) | 1
         var channelConfiguration = SyncChannelConfiguration(
-            clusterID: 1, member: member, epoch: epoch, key: try ChannelKey(contentsOfFile: options.syncKeyFile), peers: peers)
+            clusterID: 1, member: member, epoch: epoch, key: try Self.option("sync-key-file") { try ChannelKey(contentsOfFile: options.syncKeyFile) }, peers: peers)
         guard let cipher = SyncChannelCipher(name: options.syncCipher) else {
             throw GatewayError.configuration("--sync-cipher must be chacha20-poly1305 or aes-256-gcm")
         }
@@ -197,7 +199,7 @@ struct ReferenceGateway {
         default: throw GatewayError.configuration("--data-plane is userspace or xfrm, not \(options.dataPlane)")
         }
         if let listen = options.metricsListen {
-            let (metricsHost, metricsPort) = try Self.hostAndPort(listen)
+            let (metricsHost, metricsPort) = try Self.option("metrics-listen") { try Self.hostAndPort(listen) }
             let metrics = GatewayMetrics(peers: peers)
             do {
                 let bound = try MetricsEndpoint.start(host: metricsHost, port: metricsPort, registry: metrics.registry, group: group)
@@ -729,6 +731,12 @@ struct ReferenceGateway {
         for (key, value) in fields { line += " \(key)=\(value.contains(" ") ? "\"\(value)\"" : value)" }
         line += "\n"
         _ = line.withCString { write(1, $0, strlen($0)) }
+    }
+
+    /// `body`'s error, said as one about `--name` (so that an error from a configuration file
+    /// names its line).
+    static func option<T>(_ name: String, _ body: () throws -> T) throws -> T {
+        do { return try body() } catch { throw GatewayError.configuration("--\(name): \(error)") }
     }
 
     static func hostAndPort(_ text: String) throws -> (String, Int) {
