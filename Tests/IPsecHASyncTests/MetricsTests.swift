@@ -123,6 +123,7 @@ struct MetricsTests {
         #expect(try gauge(standbyFactory, "ipsecha_member_ike_sas") == 1)
         #expect(try gauge(standbyFactory, "ipsecha_member_child_sas") == 1)
         #expect(try gauge(factory, "ipsecha_sync_standby_current", [("peer", "2")]) == 1)
+        #expect(try gauge(factory, "ipsecha_sync_peer_protocol_version", [("peer", "2")]) == Double(SyncProtocolVersion.current))
 
         _ = try cluster.members[0].switchOver(now: cluster.now)
         try cluster.run(for: .milliseconds(50))

@@ -103,7 +103,7 @@ struct RecordGenerator {
     }
 
     mutating func record() -> SyncRecord {
-        switch next(21) {
+        switch next(22) {
         case 0: return .hello(epoch: UInt32(next(1 << 32)), capabilities: UInt32(next(16)), needsResync: next(2) == 0)
         case 1: return .heartbeat(highestSequence: random.next(), sentAt: Timestamp(nanoseconds: random.next()))
         case 2: return .acknowledgement(cumulative: random.next(), selective: ranges())
@@ -149,6 +149,9 @@ struct RecordGenerator {
                     echo: next(4) == 0 ? nil : Timestamp(nanoseconds: 1 + next(1 << 50)),
                     up: (1...UInt16(1 + next(6))).map { ClusterMemberID(rawValue: $0) }, claimsSent: next(100), claimsProcessed: next(100),
                     ready: next(2) == 0))
+        case 20:
+            let oldest = UInt8(1 + next(4))
+            return .protocolVersions(oldest: oldest, newest: oldest + UInt8(next(4)))
         default: return .unknown(type: UInt16(0x0100 + next(0x1000)), value: (0..<next(20)).map { _ in UInt8(next(256)) })
         }
     }

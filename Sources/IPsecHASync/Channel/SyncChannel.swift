@@ -23,6 +23,10 @@ public struct SyncChannelConfiguration: Sendable {
     /// The AEAD that seals datagrams; the same on every member (default ChaCha20-Poly1305;
     /// ``SyncChannelCipher/fastestAvailable`` picks AES-256-GCM where the CPU has it).
     public var cipher: SyncChannelCipher = .chacha20Poly1305
+    /// The synch protocol versions this member speaks (default: every one this release knows,
+    /// ``SyncProtocolVersion/supported``). `2...2` speaks as the previous release does, no
+    /// protocol-versions record included: for a cluster whose every member must keep to it.
+    public var protocolVersions: ClosedRange<UInt8> = SyncProtocolVersion.supported
     /// The other members.
     public var peers: [ClusterMemberID]
     /// Largest datagram sent or accepted (default 1,400 bytes, below common MTUs).
@@ -178,6 +182,8 @@ public struct SyncChannel {
         var challenge: UInt64 = 0
         /// The peer's incarnation and challenge from its latest handshake, echoed in ours.
         var heardIncarnation: ChannelIncarnation?
+        /// The versions the peer's current run announced (nil: none, the previous release).
+        var protocolVersions: ClosedRange<UInt8>?
         var heardChallenge: UInt64 = 0
         /// Whether the peer took this member's incarnation: data from it opened.
         var established = false
@@ -274,7 +280,7 @@ public struct SyncChannel {
         // Most sends are all reliable (or all not): no filtered copies then.
         let allReliable = records.allSatisfy(\.isReliable)
         let reliable = try pack(allReliable ? records : records.filter(\.isReliable))
-        let unreliable = allReliable ? [] : try pack(records.filter { !$0.isReliable })
+        let unreliable = allReliable ? [] : try pack(withProtocolVersions(records.filter { !$0.isReliable }))
         let sent = try transmit(reliable: reliable, unreliable: unreliable, to: peer, now: now)
         statistics.recordsSent &+= UInt64(records.count)
         return sent
@@ -481,6 +487,8 @@ public struct SyncChannel {
                 peer.sender.acknowledge(cumulative: cumulative, selective: selective)
             case .negativeAcknowledgement(let ranges):
                 retransmit += peer.sender.negativeAcknowledge(ranges, now: now)
+            case .protocolVersions(let oldest, let newest):
+                heardProtocolVersions(oldest...newest, from: &peer, sender: header.sender)
             case .heartbeat(let highest, _):
                 let hadGap = peer.receiver.hasGap
                 peer.receiver.announce(highest: highest, now: now)  // below the ceiling, checked above
@@ -548,6 +556,8 @@ public struct SyncChannel {
             let restarted = peer.incarnation != nil
             peer.incarnation = header.senderIncarnation
             peer.established = false
+            // A run of another release may follow (an upgrade, or a downgrade back).
+            peer.protocolVersions = nil
             peer.receiver.reset()
             peer.unacknowledged = 0
             peer.firstUnacknowledged = nil
@@ -749,6 +759,41 @@ public struct SyncChannel {
 
     /// When the last datagram from `peer` was accepted.
     public func lastHeard(from peer: ClusterMemberID) -> Timestamp? { peers[peer]?.lastHeard }
+
+    /// The synch protocol version this member and `peer` speak: the newest both know, version 2
+    /// with a peer that announced none (the previous release).
+    public func protocolVersion(with peer: ClusterMemberID) -> SyncPeerProtocol {
+        guard let state = peers[peer], state.lastHeard != nil else { return .notHeard }
+        let theirs = state.protocolVersions ?? SyncProtocolVersion.previousRelease...SyncProtocolVersion.previousRelease
+        let mine = configuration.protocolVersions
+        let newest = min(mine.upperBound, theirs.upperBound)
+        return newest >= max(mine.lowerBound, theirs.lowerBound) ? .speaking(newest) : .incompatible(peer: theirs)
+    }
+
+    /// `records` (unreliable ones), with this member's protocol versions when they carry a hello
+    /// and it speaks beyond the previous release.
+    private func withProtocolVersions(_ records: [SyncRecord]) -> [SyncRecord] {
+        let versions = configuration.protocolVersions
+        guard versions.upperBound > SyncProtocolVersion.previousRelease, records.contains(where: { if case .hello = $0 { true } else { false } })
+        else { return records }
+        return records + [.protocolVersions(oldest: versions.lowerBound, newest: versions.upperBound)]
+    }
+
+    /// A peer's announced versions: said when they change, loudly when no version is common.
+    private func heardProtocolVersions(_ versions: ClosedRange<UInt8>, from peer: inout Peer, sender: ClusterMemberID) {
+        guard peer.protocolVersions != versions else { return }
+        peer.protocolVersions = versions
+        let mine = configuration.protocolVersions
+        let newest = min(mine.upperBound, versions.upperBound)
+        let metadata: Logger.Metadata = [
+            "peer": "\(sender)", "theirs": "\(versions.lowerBound)...\(versions.upperBound)", "ours": "\(mine.lowerBound)...\(mine.upperBound)",
+        ]
+        if newest >= max(mine.lowerBound, versions.lowerBound) {
+            configuration.logger.notice("synch peer's protocol versions", metadata: metadata.merging(["speaking": "\(newest)"]) { $1 })
+        } else {
+            configuration.logger.error("synch peer speaks no protocol version this member does: upgrade through a release that speaks both", metadata: metadata)
+        }
+    }
 
     // MARK: Internals
 

@@ -27,6 +27,7 @@ import Metrics
 /// | `ipsecha_sync_records_too_large` | counter | records skipped because no datagram holds them (the standby lacks their SA) |
 /// | `ipsecha_sync_replication_lag_seconds` | gauge, per peer | age of the oldest unacknowledged datagram |
 /// | `ipsecha_sync_waiting_records` | gauge, per peer | records waiting for room in the channel's buffer (active member) |
+/// | `ipsecha_sync_peer_protocol_version` | gauge, per peer | the synch protocol version spoken with the peer (``SyncChannel/protocolVersion(with:)``); 0 while not heard or when no version is common |
 /// | `ipsecha_sync_standby_current` | gauge, per peer | 1 when the standby acknowledged recent state (``StandbyStatus/current``), else 0 (active member) |
 public struct SyncMetricsReporter {
     private let datagramsSent = Counter(label: "ipsecha_sync_datagrams_sent")
@@ -50,6 +51,7 @@ public struct SyncMetricsReporter {
     private var lagGauges: [ClusterMemberID: Gauge] = [:]
     private var waitingGauges: [ClusterMemberID: Gauge] = [:]
     private var currentGauges: [ClusterMemberID: Gauge] = [:]
+    private var versionGauges: [ClusterMemberID: Gauge] = [:]
 
     /// A reporter for a member with these peers; the metrics are created in the bootstrapped
     /// backend (or the task's, under `withMetricsFactory`).
@@ -58,6 +60,7 @@ public struct SyncMetricsReporter {
             lagGauges[peer] = Gauge(label: "ipsecha_sync_replication_lag_seconds", dimensions: [("peer", "\(peer.rawValue)")])
             waitingGauges[peer] = Gauge(label: "ipsecha_sync_waiting_records", dimensions: [("peer", "\(peer.rawValue)")])
             currentGauges[peer] = Gauge(label: "ipsecha_sync_standby_current", dimensions: [("peer", "\(peer.rawValue)")])
+            versionGauges[peer] = Gauge(label: "ipsecha_sync_peer_protocol_version", dimensions: [("peer", "\(peer.rawValue)")])
         }
     }
 
@@ -90,6 +93,9 @@ public struct SyncMetricsReporter {
             lastReplicator = (replicator.resyncsStarted, replicator.backlogsStarted, replicator.backlogOverflows, replicator.recordsTooLarge)
             for (peer, gauge) in waitingGauges { gauge.record(Double(replicator.waitingRecords(for: peer))) }
             for (peer, gauge) in currentGauges { gauge.record(replicator.status(of: peer, channel: channel, now: now) == .current ? 1 : 0) }
+        }
+        for (peer, gauge) in versionGauges {
+            if case .speaking(let version) = channel.protocolVersion(with: peer) { gauge.record(Double(version)) } else { gauge.record(0) }
         }
         for (peer, gauge) in lagGauges {
             gauge.record(Double(channel.replicationLagNanoseconds(to: peer, now: now)) / 1e9)

@@ -68,13 +68,16 @@ public enum SyncRecord: Sendable, Equatable {
     /// Segment ownership claims from the sender's `incarnation`, numbered per recipient within
     /// it so that the recipient can say how far it got (``OwnershipBeacon/claimsProcessed``).
     case segmentClaims(incarnation: UInt32, sequence: UInt64, [SegmentClaim])
+    /// The synch protocol versions the sender speaks (``SyncProtocolVersion``), beside each
+    /// hello; a member of the previous release (version 2) sends none and skips it.
+    case protocolVersions(oldest: UInt8, newest: UInt8)
     /// A record of a type this version does not know, kept as received (skipped by receivers).
     case unknown(type: UInt16, value: [UInt8])
 
     /// Whether the record must be delivered reliably (in order, retransmitted when lost).
     public var isReliable: Bool {
         switch self {
-        case .hello, .heartbeat, .acknowledgement, .negativeAcknowledgement, .ownershipBeacon, .unknown: false
+        case .hello, .heartbeat, .acknowledgement, .negativeAcknowledgement, .ownershipBeacon, .protocolVersions, .unknown: false
         default: true
         }
     }
@@ -103,6 +106,7 @@ enum SyncRecordType: UInt16 {
     case ownershipChange = 0x801D
     case segmentClaims = 0x801E
     case ownershipBeacon = 0x001F
+    case protocolVersions = 0x0020
 
     static let criticalBit: UInt16 = 0x8000
 }
@@ -131,6 +135,7 @@ extension SyncRecord {
         case .resyncEnd: type = SyncRecordType.resyncEnd.rawValue
         case .ownershipChange: type = SyncRecordType.ownershipChange.rawValue
         case .ownershipBeacon: type = SyncRecordType.ownershipBeacon.rawValue
+        case .protocolVersions: type = SyncRecordType.protocolVersions.rawValue
         case .segmentClaims: type = SyncRecordType.segmentClaims.rawValue
         case .unknown(let unknownType, _): type = unknownType
         }
@@ -198,6 +203,9 @@ extension SyncRecord {
                 w.write(incarnation)
                 w.write(sequence)
                 try StateEncoding.write(claims: claims, into: &w)
+            case .protocolVersions(let oldest, let newest):
+                w.write(oldest)
+                w.write(newest)
             case .unknown(_, let value):
                 w.write(bytes: value)
             }
@@ -267,6 +275,12 @@ extension SyncRecord {
             record = .ownershipBeacon(try StateEncoding.readBeacon(&r))
         case .segmentClaims:
             record = .segmentClaims(incarnation: try r.readUInt32(), sequence: try r.readUInt64(), try StateEncoding.readClaims(&r))
+        case .protocolVersions:
+            let oldest = try r.readUInt8(), newest = try r.readUInt8()
+            guard oldest >= 1, oldest <= newest else { throw .invalidValue("protocol versions \(oldest)...\(newest)") }
+            // A later version may append fields to this record: the versions stay readable.
+            _ = try r.readBytes(r.remaining)
+            record = .protocolVersions(oldest: oldest, newest: newest)
         }
         try r.expectEnd()
         return record
