@@ -93,7 +93,10 @@ struct MemberCommand: ParsableCommand {
     /// The channel's part of the status line.
     private static func channelStatus(_ channel: SyncChannel) -> String {
         let statistics = channel.statistics
-        return "sent=\(statistics.datagramsSent) received=\(statistics.datagramsReceived) retransmitted=\(statistics.retransmissions) "
+        // The synch protocol spoken with the peer: what a rolling upgrade checks.
+        let spoken = channel.configuration.peers.first.map { channel.protocolVersion(with: $0) }
+        let version = if case .speaking(let number)? = spoken { "\(number)" } else { "none" }
+        return "protocol=\(version) sent=\(statistics.datagramsSent) received=\(statistics.datagramsReceived) retransmitted=\(statistics.retransmissions) "
             + "gaps=\(statistics.gapsDetected) resets=\(statistics.streamResets) refused=\(statistics.authenticationFailures + statistics.replaysRejected + statistics.malformedDropped)"
     }
 

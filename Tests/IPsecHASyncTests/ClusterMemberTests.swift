@@ -350,6 +350,34 @@ struct ClusterMemberTests {
     }
 
     /// Only a current standby can be handed the role; a standby is told so.
+    /// The runbook's key rotation: the standby first (the active member stops hearing it,
+    /// harmlessly, while the standby still opens the active member's datagrams under the
+    /// previous key), then the active member; no takeover, and replication goes on under the
+    /// new key with the previous one retired.
+    @Test func aKeyRotationGoesStandbyFirstWithoutATakeover() throws {
+        var cluster = try EmbeddedCluster(seed: 36)
+        try cluster.run(for: .milliseconds(300))
+        _ = try cluster.createSAs(ikeSPI: 111, childSPI: 0x7A00, seed: 37)
+        try cluster.run(for: .milliseconds(50))
+        let key = try ChannelKey.generate()
+        #expect(throws: ClusterMemberError.peersOnTheCurrentKey([EmbeddedCluster.id(1)]), "the active member first would look failed") {
+            try cluster.members[0].rotateKey(key, now: cluster.now)
+        }
+        try cluster.members[1].rotateKey(key, now: cluster.now)
+        try cluster.run(for: .milliseconds(300))
+        #expect(cluster.activeMembers == [0], "the standby still opens the active member's datagrams (previous key)")
+        #expect(cluster.members[0].channel.statistics.authenticationFailures > 0, "the active member cannot open the standby's")
+        try cluster.members[0].rotateKey(key, now: cluster.now)
+        try cluster.run(for: .milliseconds(300))
+        #expect(cluster.activeMembers == [0])
+        #expect(cluster.members[0].status(of: EmbeddedCluster.id(1), now: cluster.now) == .current)
+        #expect(!cluster.members[0].channel.acceptsPreviousKey && !cluster.members[1].channel.acceptsPreviousKey, "both retired the old key")
+        _ = try cluster.createSAs(ikeSPI: 112, childSPI: 0x7B00, seed: 38)
+        try cluster.run(for: .milliseconds(50))
+        #expect(cluster.members[1].state.childSA(inboundSPI: 0x7B00) != nil, "replicated under the new key")
+        #expect(!cluster.events[1].contains { if case .tookOver = $0 { true } else { false } })
+    }
+
     @Test func aSwitchoverNeedsACurrentStandby() throws {
         var cluster = try EmbeddedCluster(seed: 32)
         #expect(throws: ClusterMemberError.noCurrentStandby(nil)) { try cluster.members[0].switchOver(now: cluster.now) }

@@ -58,6 +58,7 @@ enum DocExamples {
             ("ownershipBeacon", .ownershipBeacon(OwnershipBeacon(
                 incarnation: 3, recipientIncarnation: 2, sentAt: Timestamp(nanoseconds: 2_000_000), echo: Timestamp(nanoseconds: 1_000_000),
                 up: [ClusterMemberID(rawValue: 1), ClusterMemberID(rawValue: 2)], claimsSent: 4, claimsProcessed: 7, ready: true))),
+            ("protocolVersions", .protocolVersions(oldest: 2, newest: 3)),
         ]
     }
 }

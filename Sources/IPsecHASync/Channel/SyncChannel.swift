@@ -360,15 +360,22 @@ public struct SyncChannel {
     /// Throws when `epoch` is not above the current one.
     public mutating func rotate(toEpoch epoch: UInt32, key: ChannelKey? = nil) throws(SyncChannelError) {
         guard epoch > configuration.epoch else { throw .invalidHeader("epoch \(epoch) not above \(configuration.epoch)") }
-        if let key {
-            guard configuration.key != nil else { throw .security(.noKey) }
-            sealer.rotate(to: key)
-            configuration.key = key
-            previousKeyDeadline = nil
-            for member in peers.keys { peers[member]!.heardUnderCurrentKey = false }
-        }
+        if let key { try rotateKey(to: key) }
         configuration.epoch = epoch
         configuration.logger.notice("synch channel moved to a new epoch", metadata: ["epoch": "\(epoch)", "newKey": "\(key != nil)"])
+    }
+
+    /// Seals with a new cluster key from now on, at the same epoch (an operator's key rotation:
+    /// nonces stay unique, since packet numbers go on). Datagrams under the previous key keep
+    /// opening as ``rotate(toEpoch:key:)`` says. Throws ``SyncChannelError/security(_:)`` in
+    /// insecure mode (no key to rotate).
+    public mutating func rotateKey(to key: ChannelKey) throws(SyncChannelError) {
+        guard configuration.key != nil else { throw .security(.noKey) }
+        sealer.rotate(to: key)
+        configuration.key = key
+        previousKeyDeadline = nil
+        for member in peers.keys { peers[member]!.heardUnderCurrentKey = false }
+        configuration.logger.notice("synch channel sealing under a new cluster key")
     }
 
     /// Whether datagrams sealed under the cluster key before the last rotation still open.

@@ -173,6 +173,8 @@ public struct ClusterMemberError: Error, Sendable, Hashable, CustomStringConvert
         case notActive
         case state(GatewayStateError)
         case noCurrentStandby(ClusterMemberID?)
+        case peersOnTheCurrentKey([ClusterMemberID])
+        case channel(SyncChannelError)
     }
     private let reason: Reason
 
@@ -182,6 +184,14 @@ public struct ClusterMemberError: Error, Sendable, Hashable, CustomStringConvert
     /// A switchover needs a standby that holds everything replicated so far and is heard
     /// (``StandbyStatus/current``): this one (nil: none) is not.
     public static func noCurrentStandby(_ standby: ClusterMemberID?) -> ClusterMemberError { ClusterMemberError(reason: .noCurrentStandby(standby)) }
+
+    /// A key rotation on the active member while these standbys are still heard under the
+    /// current key: rotate them first (the active member's datagrams under a key they lack
+    /// would look like its failure to them).
+    public static func peersOnTheCurrentKey(_ peers: [ClusterMemberID]) -> ClusterMemberError { ClusterMemberError(reason: .peersOnTheCurrentKey(peers)) }
+
+    /// The synch channel refused (a key rotation without a key: insecure mode).
+    public static func channel(_ error: SyncChannelError) -> ClusterMemberError { ClusterMemberError(reason: .channel(error)) }
 
     /// The change itself failed (what it changed before failing was replicated).
     public static func state(_ error: GatewayStateError) -> ClusterMemberError { ClusterMemberError(reason: .state(error)) }
@@ -195,6 +205,9 @@ public struct ClusterMemberError: Error, Sendable, Hashable, CustomStringConvert
         case .state(let error): "the change failed: \(error)"
         case .noCurrentStandby(let standby?): "member \(standby.rawValue) is not a current standby: no switchover"
         case .noCurrentStandby(nil): "no standby is current: no switchover"
+        case .peersOnTheCurrentKey(let peers):
+            "member(s) \(peers.map { "\($0.rawValue)" }.joined(separator: ", ")) still seal under the current key: rotate the standbys first"
+        case .channel(let error): "the synch channel refused: \(error)"
         }
     }
 }
@@ -597,6 +610,22 @@ public struct ClusterMember {
         stepDown(.external("planned switchover to member \(to.rawValue)"), following: to, handedOverTo: to)
         say(SyncRecord.hello(epoch: role.epoch, capabilities: Self.switchOverCapability, needsResync: false), to: [to], now: now)
         return to
+    }
+
+    /// Seals the synch channel under a new cluster key (an operator's rotation: write the new
+    /// key on every member, then rotate the standbys, then the active member, within
+    /// ``SyncChannelConfiguration/previousKeyGrace`` of the first). A standby rotates at once;
+    /// the active member throws ``ClusterMemberError/peersOnTheCurrentKey(_:)``, changing
+    /// nothing, while a standby is still heard under the current key (within three
+    /// heartbeats): rotated first, the active member would fall silent to its standbys, which
+    /// take that for its failure.
+    public mutating func rotateKey(_ key: ChannelKey, now: Timestamp) throws(ClusterMemberError) {
+        if case .active = lifecycle {
+            let recent = configuration.channel.heartbeatInterval * 3
+            let heard = configuration.channel.peers.filter { peer in channel.lastHeard(from: peer).map { now < $0 + recent } ?? false }
+            guard heard.isEmpty else { throw .peersOnTheCurrentKey(heard) }
+        }
+        do { try channel.rotateKey(to: key) } catch { throw .channel(error) }
     }
 
     /// Adopts counters a data plane keeps itself (``CounterKeeping/dataPlane``), forward only,
