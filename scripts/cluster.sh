@@ -11,10 +11,11 @@
 #
 # Runs: "failover" at advert_int 0.01 s and 0.1 s, and at 0.1 s the negative controls
 # "no-counter-advance" and "no-message-id-sync", a split brain that heals, and the readiness
-# check (the active member killed while the standby resyncs), and ten planned switchovers.
+# check (the active member killed while the standby resyncs), ten planned switchovers, and the
+# runbook's rolling upgrade and cluster-key rotation (Docs/Operations.md).
 # Usage: cluster.sh [run ...] where a run is SCENARIO@ADVERT (default: failover@0.01
 # failover@0.1 no-counter-advance@0.1 no-message-id-sync@0.1 split-brain@0.1 resync-kill@0.1
-# switchover@0.01).
+# switchover@0.01 upgrade@0.01 rotate-key@0.1).
 #
 # Needs root, network namespaces, /dev/net/tun, strongSwan and keepalived (Debian packages,
 # installed when missing and root; otherwise exit 77). Everything stays in the namespaces made
@@ -25,7 +26,8 @@ GATEWAY=${GATEWAY:-$HERE/.build/release/ikeha-gateway}
 source "$HERE/scripts/lib/strongswan-peer.sh"
 source "$HERE/scripts/lib/keepalived.sh"
 RUNS=("$@")
-[ ${#RUNS[@]} -gt 0 ] || RUNS=(failover@0.01 failover@0.1 no-counter-advance@0.1 no-message-id-sync@0.1 split-brain@0.1 resync-kill@0.1 switchover@0.01)
+[ ${#RUNS[@]} -gt 0 ] || RUNS=(failover@0.01 failover@0.1 no-counter-advance@0.1 no-message-id-sync@0.1 split-brain@0.1 resync-kill@0.1 switchover@0.01
+    upgrade@0.01 rotate-key@0.1)
 BASE=$(mktemp -d /tmp/ikeha-cluster.XXXXXX)
 NS_LAN=ikeha-lan-$$ NS_P=ikeha-kpeer-$$ NS_1=ikeha-kmem1-$$ NS_2=ikeha-kmem2-$$
 PEER_IP=10.98.0.10 MEMBER1_IP=10.98.0.1 MEMBER2_IP=10.98.0.2 VIP=10.98.0.100
@@ -300,6 +302,87 @@ NFT
     teardown
 }
 
+# The operator's SIGUSR1 on member FROM, and what follows: member TO takes over (its TOOK-th
+# takeover), keepalived moves the address to it, FROM is a ready standby (its READY-th time).
+switch_over() { # label from to ns-to took ready
+    local label=$1 from=$2 to=$3 ns_to=$4 took=$5 ready=$6
+    kill -USR1 "$(cat "$DIR/member$from.pid")"
+    if ! wait_for_count "$DIR/member$to.events" "event=takeover" "$took" 5; then
+        fail "$label: member $to did not take over: $(grep -E 'event=(switchover|stepped_down)' "$DIR/member$from.events" | tail -2)"; return 1
+    fi
+    for _ in $(seq 100); do holds_vip "$ns_to" && break; sleep 0.02; done
+    holds_vip "$ns_to" || { fail "$label: keepalived did not move the address to member $to"; return 1; }
+    wait_for_count "$DIR/member$from.events" "event=standby_ready" "$ready" 5 || { fail "$label: member $from did not rejoin as a ready standby"; return 1; }
+}
+
+# systemctl restart of a standby: SIGTERM (a standby exits at once), then the unit's command
+# again, as a new release would start; it is a complete copy again once its metrics say so.
+restart_standby() { # id ns
+    local id=$1 ns=$2 pid
+    pid=$(cat "$DIR/member$id.pid")
+    kill -TERM "$pid"
+    for _ in $(seq 100); do [ -d "/proc/$pid" ] || break; sleep 0.05; done
+    if [ -d "/proc/$pid" ]; then fail "member $id did not exit on SIGTERM"; return 1; fi
+    member "$id" "$ns" "${TUNED[@]}"
+    for _ in $(seq 200); do
+        [ "$(sample "$(scrape "$ns")" 'ipsecha_member_readiness{state="complete-copy"}')" = 1 ] && return 0
+        sleep 0.05
+    done
+    fail "member $id, restarted, never said complete-copy: $(tail -2 "$DIR/member$id.log")"; return 1
+}
+
+# The runbook's upgrade (Docs/Operations.md, "Upgrade a cluster"), this build standing in for
+# the new release (scripts/mixed-version.sh runs two releases side by side): restart the
+# standby, wait until its metrics say complete-copy, move the active role to it, restart the
+# other. Checked: no replay rejection, no message-ID sync, the same IKE SA; printed: pings lost.
+upgrade() { # advert
+    local advert=$1 log_at pings replays syncs
+    say "=== rolling upgrade, advert_int $advert s ==="
+    pair_with_traffic upgrade "$advert" || { teardown; return; }
+    log_at=$(charon_lines)
+    restart_standby 2 "$NS_2" && pass "upgrade: member 2 restarted and is a complete copy again ($(grep -m1 event=standby_ready "$DIR/member2.events" | cut -d' ' -f4-))" \
+        && switch_over "upgrade" 1 2 "$NS_2" 1 1 && pass "upgrade: the active role moved to member 2 ($(grep event=takeover "$DIR/member2.events" | sed -n 's/.*\(why=.*\)/\1/p'))" \
+        && restart_standby 1 "$NS_1" && pass "upgrade: member 1 restarted and is a complete copy again"
+    sleep 1
+    read -r -a pings <<< "$(stop_ping)"
+    replays=$(charon_since "$log_at" | grep -c "ESP sequence number verification failed")
+    syncs=$(charon_since "$log_at" | grep -c "responder requested MID sync")
+    say "pings over the upgrade: ${pings[0]} sent, ${pings[1]} answered, ${pings[2]} lost (100 a second)"
+    [ "$replays" -eq 0 ] && [ "$syncs" -eq 0 ] && pass "upgrade: charon logged no replay rejection and no message-ID sync" \
+        || fail "upgrade: charon logged $replays replay rejections and $syncs message-ID syncs"
+    [ "$(ike_spis)" = "$SPIS_BEFORE" ] && pass "upgrade: the same IKE SA throughout ($SPIS_BEFORE)" || fail "upgrade: the IKE SA changed: $(ike_spis)"
+    teardown
+}
+
+# The runbook's cluster-key rotation: a new key file on both members, SIGHUP to the standby,
+# then to the active member (which refuses while its standby still seals under the old key);
+# no takeover, the standby current again under the new key, and a switchover works with it.
+rotate_key() { # advert
+    local advert=$1 pings m1 m2
+    say "=== cluster key rotation, advert_int $advert s ==="
+    pair_with_traffic rotate-key "$advert" || { teardown; return; }
+    (umask 077 && head -c 32 /dev/urandom > "$DIR/sync.key.new") && mv "$DIR/sync.key.new" "$DIR/sync.key"
+    kill -HUP "$(cat "$DIR/member1.pid")"
+    wait_for "$DIR/member1.events" "event=key_rotation_refused" 2 \
+        && pass "rotate-key: the active member refused to go first: $(grep event=key_rotation_refused "$DIR/member1.events" | sed -n 's/.*why=//p')" \
+        || fail "rotate-key: the active member rotated before its standby"
+    kill -HUP "$(cat "$DIR/member2.pid")"
+    wait_for "$DIR/member2.events" "event=key_rotated" 2 || fail "rotate-key: member 2 did not rotate"
+    sleep 0.3
+    kill -HUP "$(cat "$DIR/member1.pid")"
+    wait_for "$DIR/member1.events" "event=key_rotated" 2 || fail "rotate-key: member 1 did not rotate after its standby"
+    sleep 1
+    m1=$(scrape "$NS_1") m2=$(scrape "$NS_2")
+    if ! grep -q event=takeover "$DIR/member2.events" && [ "$(sample "$m1" 'ipsecha_sync_standby_current{peer="2"}')" = 1 ] \
+        && [ "$(sample "$m1" ikeha_gateway_key_rotations)" = 1 ] && [ "$(sample "$m2" ikeha_gateway_key_rotations)" = 1 ]; then
+        pass "rotate-key: both members under the new key, no takeover, member 2 a current standby again"
+    else fail "rotate-key: after the rotation: member 2 took over: $(grep -c event=takeover "$DIR/member2.events"), member 1: $(grep -E '^(ipsecha_sync_standby_current|ikeha_gateway_key_rotations)' <<< "$m1" | tr '\n' ' ')"; fi
+    switch_over "rotate-key" 1 2 "$NS_2" 1 1 && pass "rotate-key: a switchover under the new key"
+    read -r -a pings <<< "$(stop_ping)"
+    say "pings over the rotation and a switchover: ${pings[0]} sent, ${pings[1]} answered, ${pings[2]} lost"
+    teardown
+}
+
 # Planned switchovers (the operator's SIGUSR1 on the active member; SIGTERM does the same and
 # exits): the active role goes back and forth ten times while charon pings at 100 a second.
 # Each time the active member stops sending, hands its exact state to the standby and steps
@@ -318,13 +401,7 @@ switchovers() { # advert
         [ "$to" = 2 ] && ns_to=$NS_2
         took=$(( to == 2 ? (i + 1) / 2 : i / 2 ))
         ready=$(( from == 1 ? (i + 1) / 2 : 1 + i / 2 ))
-        kill -USR1 "$(cat "$DIR/member$from.pid")"
-        if ! wait_for_count "$DIR/member$to.events" "event=takeover" "$took" 5; then
-            fail "switchover $i: member $to did not take over: $(grep -E 'event=(switchover|stepped_down)' "$DIR/member$from.events" | tail -2)"; break
-        fi
-        for _ in $(seq 100); do holds_vip "$ns_to" && break; sleep 0.02; done
-        holds_vip "$ns_to" || { fail "switchover $i: keepalived did not move the address to member $to"; break; }
-        wait_for_count "$DIR/member$from.events" "event=standby_ready" "$ready" 5 || { fail "switchover $i: member $from did not rejoin as a ready standby"; break; }
+        switch_over "switchover $i" "$from" "$to" "$ns_to" "$took" "$ready" || break
         sleep 0.5
     done
     [ "$i" = "$count" ] && pass "$count planned switchovers, each taken over with: $(grep event=takeover "$DIR/member2.events" | tail -1 | sed -n 's/.*\(counter_advance=[a-z]*\).*\(why=.*\)/\1 \2/p')"
@@ -375,6 +452,8 @@ else say "systemd-analyze not installed: the unit's syntax is not checked"; fi
 for run in "${RUNS[@]}"; do
     case $run in
         switchover@*) switchovers "${run#*@}" ;;
+        upgrade@*) upgrade "${run#*@}" ;;
+        rotate-key@*) rotate_key "${run#*@}" ;;
         split-brain@*) split_brain "${run#*@}" ;;
         resync-kill@*) resync_kill "${run#*@}" ;;
         *) run_one "$run" ;;

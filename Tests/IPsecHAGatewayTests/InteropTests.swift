@@ -66,5 +66,11 @@ import Testing
         #expect(text.contains("pings over 10 switchovers:"))
         // The operator's view: both members' Prometheus endpoints scraped after the switchovers.
         #expect(text.contains("PASS: metrics scraped: member 1 active, member 2 complete-copy"))
+        // The runbook's rolling upgrade and cluster-key rotation (Docs/Operations.md).
+        #expect(text.contains("PASS: upgrade: member 1 restarted and is a complete copy again"))
+        #expect(text.contains("PASS: upgrade: charon logged no replay rejection and no message-ID sync"))
+        #expect(text.contains("PASS: rotate-key: the active member refused to go first"))
+        #expect(text.contains("PASS: rotate-key: both members under the new key, no takeover"))
+        #expect(text.contains("PASS: rotate-key: a switchover under the new key"))
     }
 }

@@ -27,6 +27,9 @@ import Glibc
 /// SIGUSR1 on the active member hands the active role over to the standby with exact state (a
 /// planned switchover: no counter jump, no packet refused); SIGTERM does the same, then exits
 /// once the standby acknowledged everything (at most 2 s); on a standby SIGTERM exits at once.
+/// SIGHUP re-reads `--sync-key-file` and seals the synch channel under that key (a cluster-key
+/// rotation: standbys first, then the active member, which refuses while a standby is still
+/// heard under the current key).
 ///
 /// With `--load-sharing-segments N`, every member is active (load sharing, `Docs/LoadSharing.md`):
 /// the IKE SAs fall into N segments by the hash of the peer's address or the initiator's SPI, the

@@ -14,6 +14,7 @@ import Prometheus
 /// | metric | kind | meaning |
 /// |---|---|---|
 /// | `ikeha_gateway_switchovers` | counter | planned switchovers this member started (SIGUSR1, SIGTERM) |
+/// | `ikeha_gateway_key_rotations` | counter | cluster-key rotations this member made (SIGHUP) |
 /// | `ikeha_gateway_message_id_syncs_sent` | counter | RFC 6311 message-ID syncs sent after takeovers |
 /// | `ikeha_gateway_esp_replies` | counter | ESP packets answered |
 /// | `ikeha_gateway_esp_dropped` | counter, per `reason` | ESP packets dropped (replays, failed integrity, unknown SPIs...) |
@@ -21,6 +22,7 @@ struct GatewayMetrics {
     let registry: PrometheusCollectorRegistry
     private var member: ClusterMemberMetrics
     private let switchovers: Metrics.Counter
+    private let keyRotations: Metrics.Counter
     private let messageIDSyncsSent: Metrics.Counter
     private let espReplies: Metrics.Counter
     private var espDropped: [String: Metrics.Counter] = [:]
@@ -37,6 +39,7 @@ struct GatewayMetrics {
         // Made after the bootstrap: made before, they would count into swift-metrics' no-op backend.
         member = ClusterMemberMetrics(peers: peers)
         switchovers = Metrics.Counter(label: "ikeha_gateway_switchovers")
+        keyRotations = Metrics.Counter(label: "ikeha_gateway_key_rotations")
         messageIDSyncsSent = Metrics.Counter(label: "ikeha_gateway_message_id_syncs_sent")
         espReplies = Metrics.Counter(label: "ikeha_gateway_esp_replies")
     }
@@ -48,6 +51,7 @@ struct GatewayMetrics {
     }
 
     func switchedOver() { switchovers.increment() }
+    func rotatedKey() { keyRotations.increment() }
     func sentMessageIDSync() { messageIDSyncsSent.increment() }
     func answeredESP() { espReplies.increment() }
     mutating func droppedESP(reason: String) {

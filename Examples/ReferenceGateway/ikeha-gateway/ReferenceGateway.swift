@@ -273,8 +273,13 @@ struct ReferenceGateway {
     }
 
     /// SIGUSR1: hand the active role over (a planned switchover). SIGTERM: the same, then exit.
+    /// SIGHUP: seal the synch channel under the key now in `--sync-key-file` (standbys first).
     mutating func operatorSignal(_ signal: Int32, now: Timestamp) {
-        emit("signal", ["signal": signal == SIGTERM ? "SIGTERM" : "SIGUSR1"])
+        emit("signal", ["signal": signal == SIGTERM ? "SIGTERM" : signal == SIGHUP ? "SIGHUP" : "SIGUSR1"])
+        if signal == SIGHUP {
+            rotateKey(now: now)
+            return
+        }
         if signal == SIGTERM { stoppingSince = now }
         guard cluster.isActive, options.loadSharingSegments == nil else { return }
         guard kernel == nil else {
@@ -292,6 +297,20 @@ struct ReferenceGateway {
         } catch {
             emit("switchover_refused", ["why": "\(error)"])
             logger.warning("planned switchover refused", metadata: ["why": "\(error)"])
+        }
+    }
+
+    /// Re-reads the cluster key and rotates to it; a refusal (an unreadable file, the active
+    /// member while its standby still seals under the current key) changes nothing and says why.
+    mutating func rotateKey(now: Timestamp) {
+        do {
+            let key = try Self.option("sync-key-file") { try ChannelKey(contentsOfFile: options.syncKeyFile) }
+            try cluster.rotateKey(key, now: now)
+            emit("key_rotated", ["active": "\(cluster.isActive)"])
+            metrics?.rotatedKey()
+        } catch {
+            emit("key_rotation_refused", ["why": "\(error)"])
+            logger.warning("cluster key not rotated", metadata: ["why": "\(error)"])
         }
     }
 

@@ -170,6 +170,7 @@ struct OperatorSignals {
         sigemptyset(&set)
         sigaddset(&set, SIGTERM)
         sigaddset(&set, SIGUSR1)
+        sigaddset(&set, SIGHUP)
         let status = pthread_sigmask(SIG_BLOCK, &set, nil)
         guard status == 0 else { throw GatewayError.system("pthread_sigmask", status) }
     }
