@@ -148,6 +148,8 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // Running the package's scripts and executables from the tests (no product).
+        .target(name: "IPsecHATestSupport", path: "Tests/Support", swiftSettings: strictSettings),
         .testTarget(
             name: "IPsecHACoreTests",
             dependencies: ["IPsecHACore"],
@@ -156,26 +158,26 @@ let package = Package(
         .testTarget(
             name: "IPsecHAGatewayTests",
             dependencies: [
-                "IPsecHAGateway", "IPsecHACore", "ikeha-gateway", .product(name: "Logging", package: "swift-log"),
+                "IPsecHAGateway", "IPsecHACore", "IPsecHATestSupport", "ikeha-gateway", .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "IPsecHAXFRMTests",
-            dependencies: ["IPsecHAXFRM", "IPsecHAXFRMDataPlane", "IPsecHACore", "IPsecHASync", "IPsecHATestKit"],
+            dependencies: ["IPsecHAXFRM", "IPsecHAXFRMDataPlane", "IPsecHACore", "IPsecHASync", "IPsecHATestKit", "IPsecHATestSupport"],
             swiftSettings: strictSettings
         ),
         // scripts/c-api.sh (libipsecha from C, under AddressSanitizer and valgrind), and the C
         // embedder's takeover plan against the Swift one's.
         .testTarget(
             name: "IPsecHACAPITests",
-            dependencies: ["IPsecHACore", "IPsecHASync"],
+            dependencies: ["IPsecHACore", "IPsecHASync", "IPsecHATestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "IKEHADemoTests",
-            dependencies: ["ikeha-demo", "IPsecHACore"],
+            dependencies: ["ikeha-demo", "IPsecHACore", "IPsecHATestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

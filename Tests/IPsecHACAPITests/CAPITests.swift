@@ -1,6 +1,7 @@
 import Foundation
 import IPsecHACore
 import IPsecHASync
+import IPsecHATestSupport
 import Testing
 
 /// libipsecha from C (`scripts/c-api.sh`): the library installed with its header and
@@ -29,20 +30,7 @@ import Testing
 
     /// Runs the harness; nil when it was skipped (exit 77: a compiler, pkg-config or valgrind
     /// is missing).
-    static func runScript(out: URL) throws -> (status: Int32, output: String)? {
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = [root.appendingPathComponent("scripts/c-api.sh").path, out.path]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        print(text.trimmingCharacters(in: .whitespacesAndNewlines))
-        return process.terminationStatus == 77 ? nil : (process.terminationStatus, text)
-    }
+    static func runScript(out: URL) throws -> (status: Int32, output: String)? { try Harness.script("scripts/c-api.sh", [out.path]) }
 }
 
 /// Tests/CAPI/plan_scenario.c step by step, through ``ClusterMember``: the same members, SAs,

@@ -1,5 +1,6 @@
 import Foundation
 import IPsecHAGateway
+import IPsecHATestSupport
 import Testing
 
 /// `ikeha-gateway --config`: a YAML file of the gateway's options, every error with its line.
@@ -67,17 +68,7 @@ struct GatewayConfigurationFileTests {
         let path = directory.appendingPathComponent("member.yaml").path
         func run(_ contents: String, _ arguments: [String] = []) throws -> (Int32, String) {
             try Data(contents.utf8).write(to: URL(fileURLWithPath: path))
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
-                .appendingPathComponent("ikeha-gateway")
-            process.arguments = ["--config", path] + arguments
-            let output = Pipe()
-            process.standardOutput = output
-            process.standardError = output
-            try process.run()
-            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            process.waitUntilExit()
-            return (process.terminationStatus, text)
+            return try Harness.run(Harness.executable("ikeha-gateway"), ["--config", path] + arguments)
         }
         let complete = """
             member: 1

@@ -1,4 +1,5 @@
 import Foundation
+import IPsecHATestSupport
 import Testing
 
 /// The harnesses with a real peer, from the test suite: `scripts/interop.sh` (strongSwan across
@@ -10,25 +11,7 @@ import Testing
 @Suite(.serialized) struct InteropTests {
     /// Runs a harness with the debug build of the gateway; nil when it was skipped (exit 77).
     static func run(_ script: String) throws -> (status: Int32, output: String)? {
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
-            .appendingPathComponent("ikeha-gateway")
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = [root.appendingPathComponent(script).path]
-        process.environment = ProcessInfo.processInfo.environment.merging(["GATEWAY": binary.path]) { $1 }
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        if process.terminationStatus == 77 {
-            print(text.trimmingCharacters(in: .whitespacesAndNewlines))
-            return nil
-        }
-        print(text)
-        return (process.terminationStatus, text)
+        try Harness.script(script, environment: ["GATEWAY": Harness.executable("ikeha-gateway").path])
     }
 
     @Test func strongSwanKeepsItsIKESAAcrossAMemberCrash() throws {

@@ -1,4 +1,5 @@
 import Foundation
+import IPsecHATestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -113,8 +114,7 @@ final class GatewayProcess: @unchecked Sendable {
     private var buffer = ""
 
     init(_ arguments: [String]) throws {
-        process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
-            .appendingPathComponent("ikeha-gateway")
+        process.executableURL = Harness.executable("ikeha-gateway")
         process.arguments = arguments
         let output = Pipe()
         process.standardOutput = output

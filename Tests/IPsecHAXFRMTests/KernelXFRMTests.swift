@@ -1,4 +1,5 @@
 import Foundation
+import IPsecHATestSupport
 import Testing
 
 /// The package against the real kernel of a Debian VM under qemu (scripts/kernel-vm.sh): the
@@ -7,21 +8,7 @@ import Testing
 /// debootstrap. Serialized: the two share the VM image, built by the first.
 @Suite(.serialized) struct KernelXFRMTests {
     /// Runs a harness; nil when it was skipped (exit 77).
-    static func run(_ script: String) throws -> (status: Int32, output: String)? {
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = [root.appendingPathComponent(script).path]
-        process.currentDirectoryURL = root
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        print(text)
-        return process.terminationStatus == 77 ? nil : (process.terminationStatus, text)
-    }
+    static func run(_ script: String) throws -> (status: Int32, output: String)? { try Harness.script(script) }
 
     /// The counters IPsecHAXFRM writes are the ones the kernel then holds, as iproute2 reports
     /// them, both halves of ESN counters included.

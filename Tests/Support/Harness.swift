@@ -1,0 +1,40 @@
+public import Foundation
+
+/// What the test targets share to run the package's harness scripts and binaries as child
+/// processes (no product: only the tests depend on it).
+public enum Harness {
+    /// The package's root directory.
+    public static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// The build directory of the running tests: where the package's executables are.
+    public static func executable(_ name: String) -> URL {
+        URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent(name)
+    }
+
+    /// Runs `executable` to its end, standard output and error together.
+    public static func run(
+        _ executable: URL, _ arguments: [String], environment: [String: String] = [:], in directory: URL? = nil
+    ) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = executable
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        if let directory { process.currentDirectoryURL = directory }
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, text)
+    }
+
+    /// Runs one of the package's scripts with bash from the package root and prints what it
+    /// said; nil when it skipped (exit 77: something it needs is missing, as its message says).
+    public static func script(_ path: String, _ arguments: [String] = [], environment: [String: String] = [:]) throws -> (status: Int32, output: String)? {
+        let (status, text) = try run(
+            URL(fileURLWithPath: "/bin/bash"), [packageRoot.appendingPathComponent(path).path] + arguments, environment: environment, in: packageRoot)
+        print(text.trimmingCharacters(in: .whitespacesAndNewlines))
+        return status == 77 ? nil : (status, text)
+    }
+}
