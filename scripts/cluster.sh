@@ -7,7 +7,7 @@
 # and parent, its member process, its link); keepalived moves the address; the standby takes
 # over with the package's plan; strongSwan's IKE SA and Child SA survive. Then the dead member
 # comes back: it rejoins as a standby through a bulk resync and does not take the address back
-# (nopreempt). Reported: the timeline and the pings lost (Docs/Keepalived.md).
+# (the active member has the higher priority). Reported: the timeline and the pings lost (Docs/Keepalived.md).
 #
 # Runs: "failover" at advert_int 0.01 s and 0.1 s, and at 0.1 s the negative controls
 # "no-counter-advance" and "no-message-id-sync", a split brain that heals, and the readiness
@@ -73,7 +73,7 @@ member() { # id namespace args...
     local id=$1 ns=$2; shift 2
     local own=$MEMBER1_IP other=$MEMBER2_IP
     [ "$id" = 2 ] && own=$MEMBER2_IP other=$MEMBER1_IP
-    VRRP_FIFO=$DIR/keepalived$id.fifo VRRP_TRACK_FILE=$DIR/ready$id METRICS_LISTEN=127.0.0.1:$METRICS_PORT \
+    VRRP_FIFO=$DIR/keepalived$id.fifo VRRP_TRACK_FILE=$DIR/ready$id VRRP_PRIORITY_FILE=$DIR/active$id METRICS_LISTEN=127.0.0.1:$METRICS_PORT \
         start_member "$ns" "$id" $VIP $GATEWAY_INNER $PEER_INNER/32 "$own:7101" "$((3 - id))=$other:7101" "$@"
 }
 
@@ -174,7 +174,7 @@ run_one() {
         || fail "member 2 did not take over on keepalived's word"
     judge "$scenario"
     if [ "$scenario" = failover ]; then
-        # The dead member comes back: link, keepalived (nopreempt: it stays BACKUP), member.
+        # The dead member comes back: link, keepalived (below the active member's priority: it stays BACKUP), member.
         ip -n "$NS_LAN" link set port2 up
         keepalived_config 1 150 "$advert"  # not electable until resynced
         start_keepalived 1 "$NS_1"
@@ -185,7 +185,7 @@ run_one() {
         else fail "member 1 did not rejoin as a ready standby"; fi
         sleep $(awk -v a="$advert" 'BEGIN { print (a * 10 < 1 ? 1 : a * 10) }')
         if holds_vip "$NS_2" && ! holds_vip "$NS_1" && ! grep -q event=takeover "$DIR/member1.events"; then
-            pass "member 1 did not take the address back (nopreempt) and stayed a standby"
+            pass "member 1 did not take the address back (the active member has the higher priority) and stayed a standby"
         else fail "member 1 took the address or the role back"; fi
         if ip netns exec "$NS_P" ping -c 5 -i 0.1 -W 1 $GATEWAY_INNER > "$DIR/ping-after-restart.log" 2>&1; then
             pass "traffic after the restart: $(grep 'packets transmitted' "$DIR/ping-after-restart.log")"

@@ -109,8 +109,8 @@ run_scenario() {
         for _ in $(seq 200); do holds_vip A && break; sleep 0.05; done
         holds_vip A || { fail "$scenario: keepalived never gave A the address"; teardown; return; }
         start_keepalived 2 B
-        a_args=(--vrrp-fifo "$DIR/keepalived1.fifo" --vrrp-track-file "$DIR/ready1")
-        address_move=(--vrrp-fifo "$DIR/keepalived2.fifo" --vrrp-track-file "$DIR/ready2")
+        a_args=(--vrrp-fifo "$DIR/keepalived1.fifo" --vrrp-track-file "$DIR/ready1" --vrrp-priority-file "$DIR/active1")
+        address_move=(--vrrp-fifo "$DIR/keepalived2.fifo" --vrrp-track-file "$DIR/ready2" --vrrp-priority-file "$DIR/active2")
     else
         ip -n A addr add $CLUSTER_IP/24 dev eth0
     fi

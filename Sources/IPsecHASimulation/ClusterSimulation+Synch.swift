@@ -107,7 +107,7 @@ extension ClusterSimulation {
                 active = nil
                 held = [:]
                 clusterOutstanding = [:]
-            case .heldBack, .reasserted, .segmentStarted, .segmentStopped:
+            case .heldBack, .reasserted, .segmentStarted, .segmentStopped, .relayed:
                 break
             }
         }

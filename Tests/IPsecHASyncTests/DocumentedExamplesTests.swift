@@ -59,6 +59,9 @@ enum DocExamples {
                 incarnation: 3, recipientIncarnation: 2, sentAt: Timestamp(nanoseconds: 2_000_000), echo: Timestamp(nanoseconds: 1_000_000),
                 up: [ClusterMemberID(rawValue: 1), ClusterMemberID(rawValue: 2)], claimsSent: 4, claimsProcessed: 7, ready: true))),
             ("protocolVersions", .protocolVersions(oldest: 2, newest: 3)),
+            ("relayedDatagram", .relayedDatagram(RelayedDatagram(
+                remote: Endpoint(address: IPAddress(ipv4: 0xC000_0207), port: 4500, udpEncapsulation: true), localPort: 4500,
+                bytes: [0xde, 0xad, 0xbe, 0xef]))),
         ]
     }
 }

@@ -88,4 +88,39 @@ struct ProtocolVersionTests {
         // And the other way round: member 1 announced 2...3, all below member 2's oldest.
         #expect(cluster.members[1].channel.protocolVersion(with: EmbeddedCluster.id(0)) == .incompatible(peer: 2...3))
     }
+
+    /// During a switchover the member that handed over relays what still reaches it; only the
+    /// active member takes relayed datagrams, and a member of the previous release (version 2,
+    /// which would skip the record) is never sent one.
+    @Test func relayedDatagramsReachOnlyAnActiveMemberOfThisRelease() throws {
+        var cluster = try EmbeddedCluster(seed: 73)
+        try cluster.run(for: .milliseconds(300))
+        let datagram = RelayedDatagram(remote: Endpoint(address: try IPAddress("192.0.2.7"), port: 4500, udpEncapsulation: true), localPort: 4500, bytes: [1, 2, 3])
+        #expect(try SyncRecord.decodeAll(try SyncRecord.relayedDatagram(datagram).encoded()[...]) == [.relayedDatagram(datagram)])
+        #expect(throws: SyncCodecError.self, "an empty datagram") {
+            try SyncRecord.decodeAll(try SyncRecord.relayedDatagram(RelayedDatagram(remote: datagram.remote, localPort: 500, bytes: [])).encoded()[...])
+        }
+        func relayedTo(_ index: Int) -> Int { cluster.events[index].filter { $0 == .relayed(datagram) }.count }
+        // To a standby: sent, and dropped there.
+        let toStandby = cluster.members[0].relay(datagram, to: EmbeddedCluster.id(1), now: cluster.now)
+        #expect(toStandby)
+        try cluster.run(for: .milliseconds(20))
+        #expect(relayedTo(1) == 0)
+        // After a switchover, from the member that handed over to the new active member.
+        _ = try cluster.members[0].switchOver(now: cluster.now)
+        cluster.drain(0)
+        try cluster.run(for: .milliseconds(20))
+        #expect(cluster.activeMembers == [1])
+        let toActive = cluster.members[0].relay(datagram, to: EmbeddedCluster.id(1), now: cluster.now)
+        #expect(toActive)
+        try cluster.run(for: .milliseconds(20))
+        #expect(relayedTo(1) == 1)
+
+        var mixed = try EmbeddedCluster(seed: 74) { configuration in
+            if configuration.channel.member == EmbeddedCluster.id(1) { configuration.channel.protocolVersions = 2...2 }
+        }
+        try mixed.run(for: .milliseconds(300))
+        let toPrevious = mixed.members[0].relay(datagram, to: EmbeddedCluster.id(1), now: mixed.now)
+        #expect(!toPrevious, "the previous release does not know the record")
+    }
 }

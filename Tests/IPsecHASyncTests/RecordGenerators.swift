@@ -103,7 +103,7 @@ struct RecordGenerator {
     }
 
     mutating func record() -> SyncRecord {
-        switch next(22) {
+        switch next(23) {
         case 0: return .hello(epoch: UInt32(next(1 << 32)), capabilities: UInt32(next(16)), needsResync: next(2) == 0)
         case 1: return .heartbeat(highestSequence: random.next(), sentAt: Timestamp(nanoseconds: random.next()))
         case 2: return .acknowledgement(cumulative: random.next(), selective: ranges())
@@ -152,6 +152,11 @@ struct RecordGenerator {
         case 20:
             let oldest = UInt8(1 + next(4))
             return .protocolVersions(oldest: oldest, newest: oldest + UInt8(next(4)))
+        case 21:
+            return .relayedDatagram(
+                RelayedDatagram(
+                    remote: Endpoint(address: IPAddress(ipv4: UInt32(next(1 << 32))), port: UInt16(next(65_536)), udpEncapsulation: next(2) == 0),
+                    localPort: next(2) == 0 ? 500 : 4500, bytes: (0...next(40)).map { _ in UInt8(next(256)) }))
         default: return .unknown(type: UInt16(0x0100 + next(0x1000)), value: (0..<next(20)).map { _ in UInt8(next(256)) })
         }
     }

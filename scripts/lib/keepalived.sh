@@ -5,7 +5,7 @@
 # DIR, VIP and PIDS.
 
 keepalived_config() { # member priority advert [track-file-start-value (default 1)]
-    sed -e "s|@ROUTER_ID@|member$1|" -e "s|@FIFO@|$DIR/keepalived$1.fifo|" -e "s|@TRACK_FILE@|$DIR/ready$1|" \
+    sed -e "s|@ROUTER_ID@|member$1|" -e "s|@FIFO@|$DIR/keepalived$1.fifo|" -e "s|@TRACK_FILE@|$DIR/ready$1|" -e "s|@PRIORITY_FILE@|$DIR/active$1|" \
         -e "s|@TRACK_INIT@|${4:-1}|" -e "s|@INTERFACE@|eth0|g" -e "s|@VRID@|98|" -e "s|@PRIORITY@|$2|" \
         -e "s|@ADVERT@|$3|" -e "s|@VIP@|$VIP/24|" "${KEEPALIVED_TEMPLATE:-$HERE/Examples/keepalived/keepalived.conf}" > "$DIR/keepalived$1.conf"
 }

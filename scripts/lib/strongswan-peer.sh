@@ -137,11 +137,11 @@ start_charon() { # ns
 
 # A gateway member in namespace NS; its PID joins PIDS and goes to DIR/memberID.pid.
 # Renders Examples/ikeha-gateway/member.yaml (GATEWAY_CONFIG_TEMPLATE elsewhere) into
-# DIR/memberID.yaml. VRRP_FIFO, VRRP_TRACK_FILE and METRICS_LISTEN fill their lines when set;
+# DIR/memberID.yaml. VRRP_FIFO, VRRP_TRACK_FILE, VRRP_PRIORITY_FILE and METRICS_LISTEN fill their lines when set;
 # the lines of those left empty are dropped.
 gateway_config() { # id cluster-address inner remote-subnet sync-listen sync-peer
     local drop=() name
-    for name in VRRP_FIFO VRRP_TRACK_FILE METRICS_LISTEN; do
+    for name in VRRP_FIFO VRRP_TRACK_FILE VRRP_PRIORITY_FILE METRICS_LISTEN; do
         if [ -n "${!name:-}" ]; then drop+=(-e "s|@$name@|${!name}|"); else drop+=(-e "/@$name@/d"); fi
     done
     sed -e "s|@MEMBER@|$1|" -e "s|@CLUSTER_ADDRESS@|$2|" -e "s|@INNER_ADDRESS@|$3|" -e "s|@REMOTE_SUBNET@|$4|" \

@@ -25,7 +25,9 @@ import Glibc
 /// member told BACKUP, FAULT or STOP steps down and rejoins as a standby.
 ///
 /// SIGUSR1 on the active member hands the active role over to the standby with exact state (a
-/// planned switchover: no counter jump, no packet refused); SIGTERM does the same, then exits
+/// planned switchover: no counter jump, no packet refused; behind keepalived, with
+/// `--vrrp-priority-file`, the new active member's keepalived takes the address by preemption
+/// while the old member relays what still reaches it, so that no packet is lost either); SIGTERM does the same, then exits
 /// once the standby acknowledged everything (at most 2 s); on a standby SIGTERM exits at once.
 /// SIGHUP re-reads `--sync-key-file` and seals the synch channel under that key (a cluster-key
 /// rotation: standbys first, then the active member, which refuses while a standby is still
@@ -77,6 +79,7 @@ struct GatewayCommand: ParsableCommand {
     @Option(name: .customLong("crash-on-exchange"), help: "FAULT INJECTION: exit at once, without answering, when a request of this exchange (e.g. CREATE_CHILD_SA) arrives.") var crashOnExchange: String?
     @Option(name: .customLong("vrrp-fifo"), help: "keepalived's notify FIFO: follow its MASTER / BACKUP / FAULT / STOP for this member's role.") var vrrpFIFO: String?
     @Option(name: .customLong("vrrp-track-file"), help: "keepalived's track_file for this member's readiness: 0 while keepalived may elect it (active, a complete copy, or the last resort), 1 otherwise; with weight 0 in keepalived.conf a member that is not a complete copy stays in FAULT.") var vrrpTrackFile: String?
+    @Option(name: .customLong("vrrp-priority-file"), help: "keepalived's track_file for this member's role: 1 while it is active, 0 otherwise; with a positive weight in keepalived.conf the active member has the higher priority, so that after a switchover the address moves to the new active member by preemption, without a gap.") var vrrpPriorityFile: String?
     @Option(name: .customLong("vrrp-instance"), help: "The VRRP instance to follow on the FIFO.") var vrrpInstance = "VI_1"
     @Option(name: .customLong("data-plane"), help: "userspace (ESP in UDP, answered by this process) or xfrm (the kernel's ESP in this network namespace; needs CAP_NET_ADMIN).") var dataPlane = "userspace"
     @Option(name: .customLong("miss-count"), help: "Heartbeat intervals (50 ms) of silence before the standby declares the active member failed.") var missCount: UInt64 = 3

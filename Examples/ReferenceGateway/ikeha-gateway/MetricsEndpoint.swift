@@ -15,6 +15,8 @@ import Prometheus
 /// |---|---|---|
 /// | `ikeha_gateway_switchovers` | counter | planned switchovers this member started (SIGUSR1, SIGTERM) |
 /// | `ikeha_gateway_key_rotations` | counter | cluster-key rotations this member made (SIGHUP) |
+/// | `ikeha_gateway_datagrams_relayed` | counter, per `direction` | IKE and ESP datagrams relayed during switchovers: `sent` by the member that handed over (they reached it while the address moved), `received` and handled by the new active member |
+/// | `ikeha_gateway_datagrams_not_relayed` | counter | datagrams the member that handed over could not relay (a peer of the previous release, a datagram larger than a synch datagram) |
 /// | `ikeha_gateway_message_id_syncs_sent` | counter | RFC 6311 message-ID syncs sent after takeovers |
 /// | `ikeha_gateway_esp_replies` | counter | ESP packets answered |
 /// | `ikeha_gateway_esp_dropped` | counter, per `reason` | ESP packets dropped (replays, failed integrity, unknown SPIs...) |
@@ -23,6 +25,9 @@ struct GatewayMetrics {
     private var member: ClusterMemberMetrics
     private let switchovers: Metrics.Counter
     private let keyRotations: Metrics.Counter
+    private let relayedSent: Metrics.Counter
+    private let relayedReceived: Metrics.Counter
+    private let notRelayed: Metrics.Counter
     private let messageIDSyncsSent: Metrics.Counter
     private let espReplies: Metrics.Counter
     private var espDropped: [String: Metrics.Counter] = [:]
@@ -40,6 +45,9 @@ struct GatewayMetrics {
         member = ClusterMemberMetrics(peers: peers)
         switchovers = Metrics.Counter(label: "ikeha_gateway_switchovers")
         keyRotations = Metrics.Counter(label: "ikeha_gateway_key_rotations")
+        relayedSent = Metrics.Counter(label: "ikeha_gateway_datagrams_relayed", dimensions: [("direction", "sent")])
+        relayedReceived = Metrics.Counter(label: "ikeha_gateway_datagrams_relayed", dimensions: [("direction", "received")])
+        notRelayed = Metrics.Counter(label: "ikeha_gateway_datagrams_not_relayed")
         messageIDSyncsSent = Metrics.Counter(label: "ikeha_gateway_message_id_syncs_sent")
         espReplies = Metrics.Counter(label: "ikeha_gateway_esp_replies")
     }
@@ -52,6 +60,8 @@ struct GatewayMetrics {
 
     func switchedOver() { switchovers.increment() }
     func rotatedKey() { keyRotations.increment() }
+    func relayedDatagram(sent: Bool) { (sent ? relayedSent : relayedReceived).increment() }
+    func relayedDatagramRefused() { notRelayed.increment() }
     func sentMessageIDSync() { messageIDSyncsSent.increment() }
     func answeredESP() { espReplies.increment() }
     mutating func droppedESP(reason: String) {

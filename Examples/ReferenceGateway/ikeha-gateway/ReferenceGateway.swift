@@ -58,15 +58,23 @@ struct ReferenceGateway {
     static let switchOverAcknowledgementLimit = Duration.seconds(2)
     /// The member the last switchover went to, and when.
     var switchedOver: (to: ClusterMemberID, at: Timestamp)?
-    /// After a switchover, with keepalived: the track file says 0 until the standby
-    /// acknowledged, then 1 until keepalived took the address from this host (FAULT, BACKUP),
-    /// however soon the member is a complete copy again (a millisecond: too soon for
-    /// keepalived to see the 1 at all).
-    var unelectableUntilAddressMoved = false
+    /// After a switchover, until this member is a complete copy again (its resync, a few
+    /// milliseconds) or 2 s passed: keepalived is told it is electable all the same. It holds
+    /// exactly what it handed over; a 1 in the track file would put its keepalived in FAULT and
+    /// drop the address at once, before the new active member's keepalived took it.
+    var electableAfterSwitchoverUntil: Timestamp?
+    /// After a switchover, with keepalived: the member the active role went to, to which the
+    /// IKE and ESP datagrams that still reach this host are relayed until keepalived moved the
+    /// address (nothing is lost meanwhile), and how many were.
+    var relayingTo: ClusterMemberID?
+    var relayed = 0
     /// keepalived's track file for this member's readiness, with `--vrrp-track-file`.
     var trackFile: VRRPTrackFile?
+    /// keepalived's track file for this member's role, with `--vrrp-priority-file`: 1 while
+    /// it serves, so that the active member has the higher VRRP priority and the address
+    /// follows a switchover by preemption (the new holder adds it before the old one drops it).
+    var priorityFile: VRRPTrackFile?
     var readiness: ClusterMemberReadiness?
-    var trackFileFailing = false
     /// When the Child SAs' hard lifetimes were last checked (once a second).
     var lastLifetimeSweep = Timestamp(nanoseconds: 0)
     /// ESP packets dropped since the last report, by reason (reported once a second).
@@ -153,6 +161,7 @@ struct ReferenceGateway {
             minimumAdvance: options.takeoverMinimumAdvance ?? options.checkpointPackets, stalenessMargin: .milliseconds(Int64(clamping: options.stalenessMarginMs)))
         fifo = options.vrrpFIFO.map { VRRPNotifyFIFO(path: $0, instance: options.vrrpInstance) }
         trackFile = options.vrrpTrackFile.map { VRRPTrackFile(path: $0) }
+        priorityFile = options.vrrpPriorityFile.map { VRRPTrackFile(path: $0) }
         memberConfiguration.followsVRRP = fifo != nil
         if let count = options.loadSharingSegments {
             guard fifo == nil, options.dataPlane == "userspace" else {
@@ -216,7 +225,9 @@ struct ReferenceGateway {
     mutating func run() throws {
         let now = Timestamp.monotonicNow()
         if cluster.isActive {
-            try bindIKESockets()
+            // With keepalived, bound as the standbys bind: a member that gets the role back by a
+            // switchover sends from the address before keepalived brought it back.
+            try bindIKESockets(freeBind: fifo != nil)
             let remote = try Self.selector(options.remoteSubnet)
             let policy = SecurityPolicy(
                 id: SecurityPolicyID(rawValue: 1), localSelectors: [TrafficSelector(address: innerAddress)], remoteSelectors: [remote],
@@ -233,16 +244,21 @@ struct ReferenceGateway {
             let now = Timestamp.monotonicNow()
             for signal in signals.read() { operatorSignal(signal, now: now) }
             if let since = stoppingSince, mayExit(stoppingSince: since, now: now) {
+                // keepalived on this host must not elect a host whose member is gone.
+                if var file = trackFile { _ = file.update(1) }
+                if var file = priorityFile { _ = file.update(0) }
                 emit("exit", ["why": "SIGTERM"])
                 return
             }
             if cluster.isActive {
                 serveIKEAndESP(now: now)
                 followKernel(now: now)
+            } else if let peer = relayingTo {
+                relayInbound(to: peer, now: now)
             }
             if let fifo {
                 for state in fifo.read() {
-                    if state != .master { unelectableUntilAddressMoved = false }
+                    if state != .master { stopRelaying(why: "keepalived: \(state)") }
                     emit("vrrp", ["state": "\(state)"])
                     cluster.signal(.vrrp(state), now: now)
                 }
@@ -290,7 +306,8 @@ struct ReferenceGateway {
         do {
             let target = try cluster.switchOver(now: now)
             switchedOver = (target, now)
-            unelectableUntilAddressMoved = fifo != nil
+            electableAfterSwitchoverUntil = now + Self.switchOverAcknowledgementLimit
+            if fifo != nil { relayingTo = target }
             // The step-down and the datagrams go out with this turn's transport.service.
             emit("switchover", ["to": "\(target.rawValue)"])
             metrics?.switchedOver()
@@ -322,32 +339,36 @@ struct ReferenceGateway {
         return !cluster.channel.awaitsAcknowledgement(from: handedOver.to) || now >= since + Self.switchOverAcknowledgementLimit
     }
 
-    /// Says when this member's readiness changes, and keeps keepalived's track file with it
-    /// (a failed write is logged once and tried again each turn).
+    /// Says when this member's readiness changes, and keeps keepalived's track files with it:
+    /// the readiness (0 while electable) and the role (1 while active).
     mutating func reportReadiness(now: Timestamp) {
         let current = cluster.readiness
         if current != readiness {
             readiness = current
             emit("readiness", ["state": "\(current)", "electable": "\(current.isElectable)"])
         }
-        let electable: Bool
-        if unelectableUntilAddressMoved, let handedOver = switchedOver {
-            // After a switchover the address stays until the standby acknowledged it (it took
-            // over then: keepalived's MASTER reaching it first made it take over as after a
-            // failure, with a counter advance and a message-ID sync, in a CI run under load),
-            // and then goes, however soon this member is a complete copy again.
-            electable = cluster.channel.awaitsAcknowledgement(from: handedOver.to) && now < handedOver.at + Self.switchOverAcknowledgementLimit
-        } else {
-            electable = current.isElectable
+        if let until = electableAfterSwitchoverUntil, now >= until || (!cluster.isActive && current == .completeCopy) {
+            electableAfterSwitchoverUntil = nil
         }
-        guard var file = trackFile, file.electable != electable else { return }
-        if file.update(electable: electable) {
-            trackFileFailing = false
-        } else if !trackFileFailing {
-            trackFileFailing = true
+        if var file = trackFile {
+            keep(current.isElectable || electableAfterSwitchoverUntil != nil ? 0 : 1, in: &file)
+            trackFile = file
+        }
+        if var file = priorityFile {
+            keep(cluster.isActive ? 1 : 0, in: &file)
+            priorityFile = file
+        }
+    }
+
+    /// A track file's new value; a failed write is logged once and tried again each turn.
+    func keep(_ value: Int, in file: inout VRRPTrackFile) {
+        guard file.value != value else { return }
+        if file.update(value) {
+            file.failing = false
+        } else if !file.failing {
+            file.failing = true
             logger.error("cannot write the keepalived track file", metadata: ["path": "\(file.path)", "error": "\(String(cString: strerror(errno)))"])
         }
-        trackFile = file
     }
 
     /// What the member asks for, besides datagrams to the other member.
@@ -355,6 +376,12 @@ struct ReferenceGateway {
         switch action {
         case .transmit:
             break
+        case .relayed(let datagram):
+            // Arrived at the member that had the role, for this one: taken as if received here.
+            metrics?.relayedDatagram(sent: false)
+            handleUDP(
+                datagram.bytes, from: datagram.remote,
+                on: Endpoint(address: clusterAddress, port: datagram.localPort, udpEncapsulation: datagram.localPort == 4500), now: now)
         case .segmentStarted(let segment, let previous, let handedOver, let plan, let rekey):
             retireChildSAs(rekey, why: Self.cannotMoveOn, now: now)
             if options.noCounterAdvance { rewindCounters(plan, now: now) }
@@ -400,10 +427,13 @@ struct ReferenceGateway {
                 case .external(let why): why
                 }
             heldReplies = [:]
-            sockets = []
             emit("stepped_down", ["why": why])
             logger.warning("no longer the active member", metadata: ["why": "\(why)"])
-            if fifo != nil { try bindIKESockets(freeBind: true) }
+            // After a switchover the sockets stay: what still reaches this host is relayed.
+            if relayingTo == nil {
+                sockets = []
+                if fifo != nil { try bindIKESockets(freeBind: true) }
+            }
         case .heldBack(let why):
             logger.warning("\(why)")
             emit("hold_back", ["reason": why])
@@ -452,9 +482,34 @@ struct ReferenceGateway {
         self.kernel = kernel
     }
 
+    /// After a switchover, until keepalived moved the address: every IKE and ESP datagram that
+    /// still reaches this host goes to the member now active, over the synch channel.
+    mutating func relayInbound(to peer: ClusterMemberID, now: Timestamp) {
+        for index in sockets.indices {
+            for _ in 0..<Self.datagramsPerSocketAndTurn {
+                guard let (bytes, from) = sockets[index].receive() else { break }
+                if cluster.relay(RelayedDatagram(remote: from, localPort: sockets[index].local.port, bytes: bytes), to: peer, now: now) {
+                    relayed += 1
+                    metrics?.relayedDatagram(sent: true)
+                } else {
+                    metrics?.relayedDatagramRefused()
+                    logger.debug("datagram not relayed", metadata: ["to": "\(peer)", "bytes": "\(bytes.count)"])
+                }
+            }
+        }
+    }
+
+    mutating func stopRelaying(why: String) {
+        guard relayingTo != nil else { return }
+        relayingTo = nil
+        emit("relay_stopped", ["relayed": "\(relayed)", "why": why])
+        relayed = 0
+    }
+
     /// RFC 6027's hard part, after the member promoted itself and applied the plan: the Child
     /// SAs it cannot move on deleted, the ports bound, the message IDs synced with the peers.
     mutating func tookOver(_ plan: TakeoverPlan, rekey: [UInt32], now: Timestamp) throws {
+        stopRelaying(why: "this member took over")
         let silence = peers.compactMap { cluster.channel.lastHeard(from: $0) }.max().map { (now.nanoseconds - $0.nanoseconds) / 1_000_000 } ?? 0
         retireChildSAs(rekey, why: Self.cannotMoveOn, now: now)
         if options.noCounterAdvance { rewindCounters(plan, now: now) }

@@ -15,13 +15,18 @@ final class UDPSocket {
     /// Binds `address:port`. Throws a readable error when the address is not here or the
     /// port is taken.
     /// With `freeBind`, the address need not be here yet (IP_FREEBIND): a standby behind
-    /// keepalived binds the virtual address early and receives once it arrives.
+    /// keepalived binds the virtual address early and receives once it arrives; and, where the
+    /// process may (CAP_NET_ADMIN), sends from it before (IP_TRANSPARENT): the replies to what a
+    /// switchover's former active member relays while the address moves.
     init(address: IPAddress, port: UInt16, freeBind: Bool = false) throws(GatewayError) {
         let descriptor = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
         guard descriptor >= 0 else { throw .system("socket", errno) }
         var on: Int32 = 1
         setsockopt(descriptor, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
-        if freeBind { setsockopt(descriptor, Int32(IPPROTO_IP), IP_FREEBIND, &on, socklen_t(MemoryLayout<Int32>.size)) }
+        if freeBind {
+            setsockopt(descriptor, Int32(IPPROTO_IP), IP_FREEBIND, &on, socklen_t(MemoryLayout<Int32>.size))
+            setsockopt(descriptor, Int32(IPPROTO_IP), Self.ipTransparent, &on, socklen_t(MemoryLayout<Int32>.size))
+        }
         var socketAddress = Self.socketAddress(address, port)
         let bound = withUnsafePointer(to: &socketAddress) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
@@ -37,6 +42,9 @@ final class UDPSocket {
     }
 
     deinit { close(descriptor) }
+
+    /// IP_TRANSPARENT (linux/in.h), which Glibc's module does not export.
+    static let ipTransparent: Int32 = 19
 
     /// The next datagram waiting, with its source; nil when none waits.
     func receive() -> (bytes: [UInt8], from: Endpoint)? {
@@ -140,22 +148,25 @@ final class VRRPNotifyFIFO {
 /// temporary file and renamed over the old one, so that keepalived (inotify) never reads half.
 struct VRRPTrackFile {
     let path: String
-    /// What the file holds, nil before the first write.
-    private(set) var electable: Bool?
+    /// What the file holds (0 or 1), nil before the first write.
+    private(set) var value: Int?
+    /// Whether the last write failed (logged once, tried again each turn).
+    var failing = false
 
     init(path: String) { self.path = path }
 
-    /// Writes the file if `electable` changed; false when that failed (errno says why).
-    mutating func update(electable: Bool) -> Bool {
-        guard electable != self.electable else { return true }
+    /// Writes `value` (0 or 1) if it changed, replacing the file whole (keepalived reads it on
+    /// inotify and must never see it half written); false when that failed (errno says why).
+    mutating func update(_ value: Int) -> Bool {
+        guard value != self.value else { return true }
         let temporary = path + ".tmp"
         let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard descriptor >= 0 else { return false }
-        let text: [UInt8] = electable ? [0x30, 0x0A] : [0x31, 0x0A]
+        let text: [UInt8] = [value == 0 ? 0x30 : 0x31, 0x0A]
         let written = text.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
         close(descriptor)
         guard written == text.count, rename(temporary, path) == 0 else { return false }
-        self.electable = electable
+        self.value = value
         return true
     }
 }

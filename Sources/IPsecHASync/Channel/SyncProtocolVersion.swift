@@ -11,8 +11,10 @@ public enum SyncProtocolVersion {
     /// The release before negotiation: every record of this package's first rounds. It sends no
     /// protocol-versions record.
     public static let previousRelease: UInt8 = 2
-    /// This release: version 2's records and the protocol-versions record.
+    /// This release: version 2's records, the protocol-versions record and relayed datagrams.
     public static let current: UInt8 = 3
+    /// The first version with ``SyncRecord/relayedDatagram(_:)``.
+    public static let relayedDatagrams: UInt8 = 3
     /// What this release speaks.
     public static let supported: ClosedRange<UInt8> = previousRelease...current
 }

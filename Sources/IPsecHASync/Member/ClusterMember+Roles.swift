@@ -37,6 +37,10 @@ extension ClusterMember {
                 break
             case .deliver(let from, let records):
                 for case .hello(let epoch, let capabilities, _) in records { heardHello(from: from, epoch: epoch, capabilities: capabilities, now: now) }
+                // After the hellos: the switchover's hello makes this member active first.
+                if case .active = lifecycle {
+                    for case .relayedDatagram(let relayed) in records { outbox.append(.relayed(relayed)) }
+                }
                 if case .standby(var standby) = lifecycle {
                     guard from == standby.active, !standby.activeRestarted else { continue }
                     lifecycle = .moving

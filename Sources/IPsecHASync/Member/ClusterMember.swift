@@ -55,6 +55,10 @@ public enum ClusterMemberAction: Sendable, Hashable {
     /// and moved to a newer epoch. The Child SAs in `rekey` could not move that far (32-bit
     /// counters near their end) and were deleted.
     case reasserted(jump: UInt64, rekey: [UInt32])
+    /// An IKE or ESP datagram another member received on the cluster address and relayed to
+    /// this one, the active member (``relay(_:to:now:)``): take it as if it had arrived here.
+    /// Only on an active member; a standby drops relayed datagrams.
+    case relayed(RelayedDatagram)
 }
 
 /// Why a ``ClusterMember`` stopped serving.
@@ -628,6 +632,20 @@ public struct ClusterMember {
         do { try channel.rotateKey(to: key) } catch { throw .channel(error) }
     }
 
+    /// Relays an IKE or ESP datagram this member received on the cluster address to `peer`,
+    /// the active member: after a switchover, until the address moved, the peers still send to
+    /// this host, and what it received would be lost (``ClusterMemberAction/relayed(_:)`` on
+    /// the other side). Returns false, sending nothing, when `peer` does not speak synch
+    /// protocol version 3 (the previous release skips the record), or the channel refused it (a
+    /// datagram larger than a synch datagram holds).
+    @discardableResult
+    public mutating func relay(_ datagram: RelayedDatagram, to peer: ClusterMemberID, now: Timestamp) -> Bool {
+        guard case .speaking(let version) = channel.protocolVersion(with: peer), version >= SyncProtocolVersion.relayedDatagrams else { return false }
+        guard let sent = try? channel.send([.relayedDatagram(datagram)], to: peer, now: now) else { return false }
+        enqueue(sent.actions)
+        return true
+    }
+
     /// Adopts counters a data plane keeps itself (``CounterKeeping/dataPlane``), forward only,
     /// so that the next checkpoints carry them (active member only; a standby's come from the
     /// active member). Returns the SPIs it did not adopt: Child SAs this member does not hold
@@ -682,7 +700,7 @@ public struct ClusterMember {
         switch action {
         case .tookOver, .reasserted: try dataPlane.startServing(state)
         case .steppedDown: dataPlane.stopServing()
-        case .transmit, .released, .becameReady, .heldBack, .countersCheckpointed, .segmentStarted, .segmentStopped: break
+        case .transmit, .released, .becameReady, .heldBack, .countersCheckpointed, .segmentStarted, .segmentStopped, .relayed: break
         }
     }
 

@@ -71,15 +71,35 @@ public enum SyncRecord: Sendable, Equatable {
     /// The synch protocol versions the sender speaks (``SyncProtocolVersion``), beside each
     /// hello; a member of the previous release (version 2) sends none and skips it.
     case protocolVersions(oldest: UInt8, newest: UInt8)
+    /// An IKE or ESP datagram that reached the sender for the receiver, the active member
+    /// (``ClusterMember/relay(_:to:now:)``): during a switchover, until the cluster address
+    /// moved. Version 3 and later.
+    case relayedDatagram(RelayedDatagram)
     /// A record of a type this version does not know, kept as received (skipped by receivers).
     case unknown(type: UInt16, value: [UInt8])
 
     /// Whether the record must be delivered reliably (in order, retransmitted when lost).
     public var isReliable: Bool {
         switch self {
-        case .hello, .heartbeat, .acknowledgement, .negativeAcknowledgement, .ownershipBeacon, .protocolVersions, .unknown: false
+        case .hello, .heartbeat, .acknowledgement, .negativeAcknowledgement, .ownershipBeacon, .protocolVersions, .relayedDatagram, .unknown: false
         default: true
         }
+    }
+}
+
+/// An IKE or ESP datagram one member received for another (``SyncRecord/relayedDatagram(_:)``).
+public struct RelayedDatagram: Sendable, Hashable {
+    /// Where it came from (the peer's address and port).
+    public var remote: Endpoint
+    /// The cluster address's port it reached (500 or 4500).
+    public var localPort: UInt16
+    /// The UDP payload, as received.
+    public var bytes: [UInt8]
+
+    public init(remote: Endpoint, localPort: UInt16, bytes: [UInt8]) {
+        self.remote = remote
+        self.localPort = localPort
+        self.bytes = bytes
     }
 }
 
@@ -107,6 +127,7 @@ enum SyncRecordType: UInt16 {
     case segmentClaims = 0x801E
     case ownershipBeacon = 0x001F
     case protocolVersions = 0x0020
+    case relayedDatagram = 0x0021
 
     static let criticalBit: UInt16 = 0x8000
 }
@@ -136,6 +157,7 @@ extension SyncRecord {
         case .ownershipChange: type = SyncRecordType.ownershipChange.rawValue
         case .ownershipBeacon: type = SyncRecordType.ownershipBeacon.rawValue
         case .protocolVersions: type = SyncRecordType.protocolVersions.rawValue
+        case .relayedDatagram: type = SyncRecordType.relayedDatagram.rawValue
         case .segmentClaims: type = SyncRecordType.segmentClaims.rawValue
         case .unknown(let unknownType, _): type = unknownType
         }
@@ -206,6 +228,10 @@ extension SyncRecord {
             case .protocolVersions(let oldest, let newest):
                 w.write(oldest)
                 w.write(newest)
+            case .relayedDatagram(let relayed):
+                w.write(relayed.localPort)
+                StateEncoding.write(relayed.remote, into: &w)
+                w.write(bytes: relayed.bytes)
             case .unknown(_, let value):
                 w.write(bytes: value)
             }
@@ -281,6 +307,11 @@ extension SyncRecord {
             // A later version may append fields to this record: the versions stay readable.
             _ = try r.readBytes(r.remaining)
             record = .protocolVersions(oldest: oldest, newest: newest)
+        case .relayedDatagram:
+            let localPort = try r.readUInt16()
+            let remote = try StateEncoding.readEndpoint(&r)
+            guard !r.isAtEnd else { throw .invalidValue("an empty relayed datagram") }
+            record = .relayedDatagram(RelayedDatagram(remote: remote, localPort: localPort, bytes: [UInt8](try r.readBytes(r.remaining))))
         }
         try r.expectEnd()
         return record

@@ -173,7 +173,7 @@ public struct Replica {
 
     private mutating func apply(_ record: SyncRecord, now: Timestamp) {
         switch record {
-        case .hello, .heartbeat, .acknowledgement, .negativeAcknowledgement, .resyncRequest, .ownershipBeacon, .segmentClaims, .protocolVersions, .unknown:
+        case .hello, .heartbeat, .acknowledgement, .negativeAcknowledgement, .resyncRequest, .ownershipBeacon, .segmentClaims, .protocolVersions, .relayedDatagram, .unknown:
             return
         case .resyncBegin(let id, _, let ikeSAs, let childSAs, _):
             state = GatewayState(spdCacheCapacity: state.spdCacheCapacity, localMember: state.localMember)
