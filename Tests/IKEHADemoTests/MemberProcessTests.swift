@@ -1,55 +1,17 @@
 import Foundation
+import IPsecHATestSupport
 import Testing
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// A member process whose standard output and error are collected line by line while it runs.
-final class MemberProcess: @unchecked Sendable {
-    let process = Process()
-    private let lock = NSLock()
-    private var buffer = ""
-    private var errorBuffer = ""
+/// An `ikeha-demo member` process of this build.
+typealias MemberProcess = RunningProcess
 
-    init(_ arguments: [String]) throws {
-        let buildDirectory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
-        process.executableURL = buildDirectory.appendingPathComponent("ikeha-demo")
-        process.arguments = ["member"] + arguments
-        let output = Pipe()
-        let error = Pipe()
-        process.standardOutput = output
-        process.standardError = error
-        output.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let data = handle.availableData
-            guard let self, !data.isEmpty else { return }
-            self.lock.withLock { self.buffer += String(decoding: data, as: UTF8.self) }
-        }
-        error.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let data = handle.availableData
-            guard let self, !data.isEmpty else { return }
-            self.lock.withLock { self.errorBuffer += String(decoding: data, as: UTF8.self) }
-        }
-        try process.run()
-    }
-
-    var lines: [String] { lock.withLock { buffer.split(separator: "\n").map(String.init) } }
-    /// Lines of standard error (status lines, since it is not a terminal).
-    var errorLines: [String] { lock.withLock { errorBuffer.split(separator: "\n").map(String.init) } }
-
-    /// Waits up to `seconds` for a line that satisfies `matches`.
-    func waitForLine(seconds: Double, _ matches: (String) -> Bool) -> String? {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if let line = lines.last(where: matches) { return line }
-            usleep(10_000)
-        }
-        return nil
-    }
-
-    func kill() {
-        if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
+extension RunningProcess {
+    convenience init(_ arguments: [String]) throws {
+        try self.init(Harness.executable("ikeha-demo"), ["member"] + arguments)
     }
 }
 

@@ -36,13 +36,13 @@ struct MetricsEndpointTests {
             ] + (active ? ["--active"] : []))
         }
         let standby = try member(2, active: false)
-        defer { standby.stop() }
+        defer { standby.kill() }
         let active = try member(1, active: true)
-        defer { active.stop() }
-        let activeMetrics = try #require(active.metricsPort(), "\(active.output)")
-        let standbyMetrics = try #require(standby.metricsPort(), "\(standby.output)")
+        defer { active.kill() }
+        let activeMetrics = try #require(active.metricsPort(), "\(active.output) \(active.errorLines.suffix(5))")
+        let standbyMetrics = try #require(standby.metricsPort(), "\(standby.output) \(standby.errorLines.suffix(5))")
 
-        #expect(waitFor { Self.value(of: #"ipsecha_member_readiness{state="complete-copy"}"#, at: standbyMetrics) == 1 }, "\(standby.output)")
+        #expect(waitFor { Self.value(of: #"ipsecha_member_readiness{state="complete-copy"}"#, at: standbyMetrics) == 1 }, "\(standby.output) \(standby.errorLines.suffix(5))")
         #expect(Self.value(of: "ipsecha_member_active", at: activeMetrics) == 1)
         #expect(Self.value(of: "ipsecha_member_active", at: standbyMetrics) == 0)
         #expect(Self.value(of: "ipsecha_member_electable", at: standbyMetrics) == 1)
@@ -50,7 +50,7 @@ struct MetricsEndpointTests {
         #expect((Self.value(of: "ipsecha_sync_datagrams_sent", at: activeMetrics) ?? 0) > 0)
 
         kill(active.process.processIdentifier, SIGUSR1)
-        #expect(waitFor { Self.value(of: "ipsecha_member_active", at: standbyMetrics) == 1 }, "\(standby.output)")
+        #expect(waitFor { Self.value(of: "ipsecha_member_active", at: standbyMetrics) == 1 }, "\(standby.output) \(standby.errorLines.suffix(5))")
         #expect(Self.value(of: #"ipsecha_member_promotions{reason="switchover"}"#, at: standbyMetrics) == 1)
         #expect(waitFor { Self.value(of: "ipsecha_member_active", at: activeMetrics) == 0 })
         #expect(Self.value(of: "ikeha_gateway_switchovers", at: activeMetrics) == 1)
@@ -107,44 +107,17 @@ struct MetricsEndpointTests {
     }
 }
 
-/// An `ikeha-gateway` of this build, its standard output collected.
-final class GatewayProcess: @unchecked Sendable {
-    let process = Process()
-    private let lock = NSLock()
-    private var buffer = ""
+/// An `ikeha-gateway` of this build.
+typealias GatewayProcess = RunningProcess
 
-    init(_ arguments: [String]) throws {
-        process.executableURL = Harness.executable("ikeha-gateway")
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        output.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let data = handle.availableData
-            guard let self, !data.isEmpty else { return }
-            self.lock.withLock { self.buffer += String(decoding: data, as: UTF8.self) }
-        }
-        try process.run()
+extension RunningProcess {
+    convenience init(_ arguments: [String]) throws {
+        try self.init(Harness.executable("ikeha-gateway"), arguments)
     }
-
-    var output: String { lock.withLock { buffer } }
 
     /// The port of `event=metrics_listening address=[IPv4]127.0.0.1/127.0.0.1:PORT`, within 10 s.
     func metricsPort() -> Int? {
-        let deadline = Date().addingTimeInterval(10)
-        while Date() < deadline, process.isRunning {
-            if let line = output.split(separator: "\n").first(where: { $0.hasPrefix("event=metrics_listening") }),
-                let port = line.split(separator: ":").last.flatMap({ Int($0.prefix { $0.isNumber }) })
-            {
-                return port
-            }
-            usleep(20_000)
-        }
-        return nil
-    }
-
-    func stop() {
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
+        waitForLine(seconds: 10) { $0.hasPrefix("event=metrics_listening") }
+            .flatMap { line in line.split(separator: ":").last.flatMap { Int($0.prefix { $0.isNumber }) } }
     }
 }

@@ -1,5 +1,9 @@
 public import Foundation
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// What the test targets share to run the package's harness scripts and binaries as child
 /// processes (no product: only the tests depend on it).
 public enum Harness {
@@ -36,5 +40,58 @@ public enum Harness {
             URL(fileURLWithPath: "/bin/bash"), [packageRoot.appendingPathComponent(path).path] + arguments, environment: environment, in: packageRoot)
         print(text.trimmingCharacters(in: .whitespacesAndNewlines))
         return status == 77 ? nil : (status, text)
+    }
+}
+
+/// A child process that runs while the test goes on, its standard output and error collected
+/// as they come.
+public final class RunningProcess: @unchecked Sendable {
+    public let process = Process()
+    private let lock = NSLock()
+    private var outputBuffer = ""
+    private var errorBuffer = ""
+
+    public init(_ executable: URL, _ arguments: [String]) throws {
+        process.executableURL = executable
+        process.arguments = arguments
+        let output = Pipe()
+        let error = Pipe()
+        process.standardOutput = output
+        process.standardError = error
+        output.fileHandleForReading.readabilityHandler = { [weak self] handle in
+            let data = handle.availableData
+            guard let self, !data.isEmpty else { return }
+            self.lock.withLock { self.outputBuffer += String(decoding: data, as: UTF8.self) }
+        }
+        error.fileHandleForReading.readabilityHandler = { [weak self] handle in
+            let data = handle.availableData
+            guard let self, !data.isEmpty else { return }
+            self.lock.withLock { self.errorBuffer += String(decoding: data, as: UTF8.self) }
+        }
+        try process.run()
+    }
+
+    /// Standard output so far.
+    public var output: String { lock.withLock { outputBuffer } }
+    /// Standard output's lines so far.
+    public var lines: [String] { output.split(separator: "\n").map(String.init) }
+    /// Standard error's lines so far.
+    public var errorLines: [String] { lock.withLock { errorBuffer.split(separator: "\n").map(String.init) } }
+
+    /// Waits up to `seconds` for a line of standard output that satisfies `matches`.
+    public func waitForLine(seconds: Double, _ matches: (String) -> Bool) -> String? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if let line = lines.last(where: matches) { return line }
+            if !process.isRunning { return lines.last(where: matches) }
+            usleep(10_000)
+        }
+        return nil
+    }
+
+    /// SIGKILL, and waits for the end.
+    public func kill() {
+        if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
     }
 }

@@ -14,7 +14,7 @@ import Yams
 /// The file becomes arguments in front of the command line's (``arguments``), so that the
 /// command line overrides what the file says for an option that takes one value, and adds to
 /// a repeated one. Every error names the file and the line: YAML's own (with the column),
-/// keys and values of the wrong shape, and (``explain(_:)``) the errors the option parser and
+/// keys and values of the wrong shape, and (``explain(_:commandLine:)``) the errors the option parser and
 /// the gateway report later about an option the file set.
 public struct GatewayConfigurationFile: Sendable {
     /// One key of the file.

@@ -56,7 +56,7 @@ public enum ClusterMemberAction: Sendable, Hashable {
     /// counters near their end) and were deleted.
     case reasserted(jump: UInt64, rekey: [UInt32])
     /// An IKE or ESP datagram another member received on the cluster address and relayed to
-    /// this one, the active member (``relay(_:to:now:)``): take it as if it had arrived here.
+    /// this one, the active member (``ClusterMember/relay(_:to:now:)``): take it as if it had arrived here.
     /// Only on an active member; a standby drops relayed datagrams.
     case relayed(RelayedDatagram)
 }
