@@ -53,8 +53,8 @@ struct ReferenceGateway {
     let signals: OperatorSignals
     /// When SIGTERM came: the member exits once it handed over (or at once as a standby).
     var stoppingSince: Timestamp?
-    /// How long a member that handed over waits for the standby's acknowledgement, before it
-    /// exits (SIGTERM) or lets keepalived move the address all the same.
+    /// How long a member that handed over waits for the standby's acknowledgement before it
+    /// exits (SIGTERM), and at most says it is electable before it is a complete copy again.
     static let switchOverAcknowledgementLimit = Duration.seconds(2)
     /// The member the last switchover went to, and when.
     var switchedOver: (to: ClusterMemberID, at: Timestamp)?
