@@ -58,7 +58,7 @@ public struct GatewayConfigurationFile: Sendable {
             throw GatewayConfigurationError(path: path, line: root.mark?.line, message: "the file must be a mapping of option names to values")
         }
         var entries: [Entry] = []
-        var seen: [String: Int] = [:]
+        // A key given twice never gets here: Yams refuses the mapping (see error(path:from:contents:)).
         for (keyNode, valueNode) in mapping {
             let line = keyNode.mark?.line ?? 0
             guard let key = keyNode.scalar?.string, Self.isOptionName(key) else {
@@ -67,10 +67,6 @@ public struct GatewayConfigurationFile: Sendable {
             guard key != "config" else {
                 throw GatewayConfigurationError(path: path, line: line, message: "config: configuration files do not include others")
             }
-            if let first = seen[key] {
-                throw GatewayConfigurationError(path: path, line: line, message: "\(key): given again (first on line \(first)); a repeated option takes a sequence")
-            }
-            seen[key] = line
             switch valueNode {
             case .scalar(let scalar) where scalar.style == .plain && (scalar.string == "true" || scalar.string == "false"):
                 if scalar.string == "true" { entries.append(Entry(key: key, values: [], isFlag: true, line: line)) }

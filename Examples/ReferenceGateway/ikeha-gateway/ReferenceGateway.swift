@@ -485,16 +485,13 @@ struct ReferenceGateway {
     /// After a switchover, until keepalived moved the address: every IKE and ESP datagram that
     /// still reaches this host goes to the member now active, over the synch channel.
     mutating func relayInbound(to peer: ClusterMemberID, now: Timestamp) {
-        for index in sockets.indices {
-            for _ in 0..<Self.datagramsPerSocketAndTurn {
-                guard let (bytes, from) = sockets[index].receive() else { break }
-                if cluster.relay(RelayedDatagram(remote: from, localPort: sockets[index].local.port, bytes: bytes), to: peer, now: now) {
-                    relayed += 1
-                    metrics?.relayedDatagram(sent: true)
-                } else {
-                    metrics?.relayedDatagramRefused()
-                    logger.debug("datagram not relayed", metadata: ["to": "\(peer)", "bytes": "\(bytes.count)"])
-                }
+        readSockets { gateway, bytes, from, local in
+            if gateway.cluster.relay(RelayedDatagram(remote: from, localPort: local.port, bytes: bytes), to: peer, now: now) {
+                gateway.relayed += 1
+                gateway.metrics?.relayedDatagram(sent: true)
+            } else {
+                gateway.metrics?.relayedDatagramRefused()
+                gateway.logger.debug("datagram not relayed", metadata: ["to": "\(peer)", "bytes": "\(bytes.count)"])
             }
         }
     }
@@ -660,10 +657,16 @@ struct ReferenceGateway {
     /// empties, and the synch channel (heartbeats above all) must still run every turn, or the
     /// standby declares this member dead (review H2).
     mutating func serveIKEAndESP(now: Timestamp) {
+        readSockets { gateway, bytes, from, local in gateway.handleUDP(bytes, from: from, on: local, now: now) }
+    }
+
+    /// Up to ``datagramsPerSocketAndTurn`` datagrams from each IKE socket, each handed to `body`
+    /// with its source and the socket's endpoint (`body` may close the sockets: a step-down).
+    mutating func readSockets(_ body: (inout ReferenceGateway, [UInt8], Endpoint, Endpoint) -> Void) {
         for index in sockets.indices {
             for _ in 0..<Self.datagramsPerSocketAndTurn {
                 guard index < sockets.count, let (bytes, from) = sockets[index].receive() else { break }
-                handleUDP(bytes, from: from, on: sockets[index].local, now: now)
+                body(&self, bytes, from, sockets[index].local)
             }
         }
     }

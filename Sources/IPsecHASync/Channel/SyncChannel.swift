@@ -772,9 +772,7 @@ public struct SyncChannel {
     public func protocolVersion(with peer: ClusterMemberID) -> SyncPeerProtocol {
         guard let state = peers[peer], state.lastHeard != nil else { return .notHeard }
         let theirs = state.protocolVersions ?? SyncProtocolVersion.previousRelease...SyncProtocolVersion.previousRelease
-        let mine = configuration.protocolVersions
-        let newest = min(mine.upperBound, theirs.upperBound)
-        return newest >= max(mine.lowerBound, theirs.lowerBound) ? .speaking(newest) : .incompatible(peer: theirs)
+        return SyncPeerProtocol(mine: configuration.protocolVersions, theirs: theirs)
     }
 
     /// `records` (unreliable ones), with this member's protocol versions when they carry a hello
@@ -791,11 +789,10 @@ public struct SyncChannel {
         guard peer.protocolVersions != versions else { return }
         peer.protocolVersions = versions
         let mine = configuration.protocolVersions
-        let newest = min(mine.upperBound, versions.upperBound)
         let metadata: Logger.Metadata = [
             "peer": "\(sender)", "theirs": "\(versions.lowerBound)...\(versions.upperBound)", "ours": "\(mine.lowerBound)...\(mine.upperBound)",
         ]
-        if newest >= max(mine.lowerBound, versions.lowerBound) {
+        if case .speaking(let newest) = SyncPeerProtocol(mine: mine, theirs: versions) {
             configuration.logger.notice("synch peer's protocol versions", metadata: metadata.merging(["speaking": "\(newest)"]) { $1 })
         } else {
             configuration.logger.error("synch peer speaks no protocol version this member does: upgrade through a release that speaks both", metadata: metadata)

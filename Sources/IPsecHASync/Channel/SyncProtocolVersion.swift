@@ -29,6 +29,13 @@ public enum SyncPeerProtocol: Sendable, Hashable, CustomStringConvertible {
     /// releases apart. Upgrade through a release that speaks both.
     case incompatible(peer: ClosedRange<UInt8>)
 
+    /// What a member speaking `mine` and a peer speaking `theirs` speak together: the newest
+    /// version both know, or nothing.
+    init(mine: ClosedRange<UInt8>, theirs: ClosedRange<UInt8>) {
+        let newest = min(mine.upperBound, theirs.upperBound)
+        self = newest >= max(mine.lowerBound, theirs.lowerBound) ? .speaking(newest) : .incompatible(peer: theirs)
+    }
+
     public var description: String {
         switch self {
         case .notHeard: "not heard"

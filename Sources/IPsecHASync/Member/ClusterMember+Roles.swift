@@ -230,7 +230,7 @@ extension ClusterMember {
 
     /// Whether nothing came from `peer` for the miss count of heartbeats (a peer never heard
     /// is not declared failed: it may not have started).
-    private func isSilent(_ peer: ClusterMemberID, now: Timestamp) -> Bool {
+    func isSilent(_ peer: ClusterMemberID, now: Timestamp) -> Bool {
         guard let heard = channel.lastHeard(from: peer) else { return false }
         let (silence, overflow) = configuration.channel.heartbeatIntervalNanoseconds.multipliedReportingOverflow(by: max(configuration.missCount, 1))
         return !overflow && now.nanoseconds >= heard.nanoseconds &+ silence

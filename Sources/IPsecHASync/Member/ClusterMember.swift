@@ -620,13 +620,12 @@ public struct ClusterMember {
     /// key on every member, then rotate the standbys, then the active member, within
     /// ``SyncChannelConfiguration/previousKeyGrace`` of the first). A standby rotates at once;
     /// the active member throws ``ClusterMemberError/peersOnTheCurrentKey(_:)``, changing
-    /// nothing, while a standby is still heard under the current key (within three
-    /// heartbeats): rotated first, the active member would fall silent to its standbys, which
-    /// take that for its failure.
+    /// nothing, while a standby is still heard under the current key (not silent for the miss
+    /// count of heartbeats, as the failure detector counts): rotated first, the active member
+    /// would fall silent to its standbys, which take that for its failure.
     public mutating func rotateKey(_ key: ChannelKey, now: Timestamp) throws(ClusterMemberError) {
         if case .active = lifecycle {
-            let recent = configuration.channel.heartbeatInterval * 3
-            let heard = configuration.channel.peers.filter { peer in channel.lastHeard(from: peer).map { now < $0 + recent } ?? false }
+            let heard = configuration.channel.peers.filter { channel.lastHeard(from: $0) != nil && !isSilent($0, now: now) }
             guard heard.isEmpty else { throw .peersOnTheCurrentKey(heard) }
         }
         do { try channel.rotateKey(to: key) } catch { throw .channel(error) }
