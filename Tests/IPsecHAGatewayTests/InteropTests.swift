@@ -47,6 +47,7 @@ import Testing
         #expect(text.contains("PASS: no RFC 6311 message-ID sync was needed"))
         #expect(text.contains("PASS: SIGTERM: member 1 handed over and exited"))
         #expect(text.contains("pings over 10 switchovers:"))
+        #expect(text.contains("PASS: at most 2 pings lost over 10 switchovers"))
         // The operator's view: both members' Prometheus endpoints scraped after the switchovers.
         #expect(text.contains("PASS: metrics scraped: member 1 active, member 2 complete-copy"))
         // The runbook's rolling upgrade and cluster-key rotation (Docs/Operations.md).
