@@ -187,7 +187,8 @@ struct ClusterMemberTests {
         try cluster.run(for: .milliseconds(300))
         cluster.signal(0, .stepDown(reason: "not me"))
         cluster.signal(0, .takeOver(reason: "operator"))
-        #expect(cluster.members[0].isActive, "a step-down then a takeover of the same member")
+        try cluster.run(for: .milliseconds(10))
+        #expect(cluster.members[0].isActive, "a step-down then a takeover of the same member, once member 2 heard of it")
         cluster.signal(1, .takeOver(reason: "operator"))
         try cluster.run(for: .seconds(1))
         #expect(cluster.activeMembers == [1], "\(cluster.events)")
@@ -233,6 +234,9 @@ struct ClusterMemberTests {
         cluster.crash(1)
         try cluster.run(for: .milliseconds(100))
         cluster.signal(0, .vrrp(.master))
+        // It waits for member 2, not yet silent, to hear of the takeover: until it is.
+        #expect(!cluster.members[0].isActive && cluster.members[0].readiness == .active)
+        try cluster.run(for: .milliseconds(100))
         #expect(cluster.members[0].isActive)
         let resumed = try #require(cluster.members[0].state.childSA(inboundSPI: 0x7500), "\(cluster.events[0])")
         #expect(resumed.outboundCounter.lastSent >= sent + TakeoverPolicy().unknownAdvance)
@@ -272,6 +276,46 @@ struct ClusterMemberTests {
         #expect(!cluster.members[1].isActive, "keepalived decides: electable is not active")
         cluster.signal(1, .vrrp(.master))
         #expect(cluster.members[1].readiness == .active)
+    }
+
+    /// A takeover keepalived ordered serves only once the other members it hears know of it:
+    /// a standby that missed it would still think itself a complete copy of the dead member,
+    /// and keepalived could elect it next, below what this one sent (torture seeds 2237, 4594).
+    @Test func aTakeoverServesOnceTheOtherStandbysKnowOfIt() throws {
+        var cluster = try EmbeddedCluster(members: 3, seed: 41) { $0.followsVRRP = true }
+        try cluster.run(for: .milliseconds(500))
+        _ = try cluster.createSAs(ikeSPI: 95, childSPI: 0x7700, seed: 42)
+        try cluster.run(for: .milliseconds(50))
+        cluster.crash(0)
+        try cluster.run(for: .milliseconds(200))
+        // Member 2's datagrams to member 3 are lost; member 3's still arrive.
+        cluster.network.faults.directedLoss[[2, 3]] = 1
+        cluster.signal(1, .vrrp(.master))
+        try cluster.run(for: .milliseconds(50))
+        #expect(cluster.members[1].readiness == .active && !cluster.members[1].isActive, "\(cluster.events[1])")
+        #expect(cluster.takeover(of: 1) == nil && cluster.members[1].packetPath { _ in true } == nil, "nothing served yet")
+        #expect(cluster.members[2].readiness == .completeCopy, "member 3 has not heard of it")
+        cluster.network.faults.directedLoss[[2, 3]] = 0
+        try cluster.run(for: .milliseconds(60))
+        #expect(cluster.members[1].isActive && cluster.takeover(of: 1) != nil, "\(cluster.events[1])")
+        #expect(!cluster.members[2].readiness.isElectable || cluster.members[2].state == cluster.members[1].state, "a copy of member 2 or none")
+    }
+
+    /// A standby cut off from the active member and from the other standby at once is not
+    /// electable (either may have taken over unseen); one that hears the other standby is, and
+    /// stays so when the active member dies (torture seed 3588).
+    @Test func aStandbyCutOffFromEveryoneIsNotElectable() throws {
+        var cluster = try EmbeddedCluster(members: 3, seed: 43) { $0.followsVRRP = true }
+        try cluster.run(for: .milliseconds(500))
+        #expect(cluster.members[1].readiness == .completeCopy && cluster.members[2].readiness == .completeCopy)
+        cluster.network.faults.partitions = [[1, 3], [2, 3]]
+        try cluster.run(for: .milliseconds(300))
+        #expect(cluster.members[2].readiness == .incomplete)
+        #expect(cluster.members[1].readiness == .completeCopy)
+        cluster.crash(0)
+        try cluster.run(for: .milliseconds(300))
+        #expect(cluster.members[1].readiness == .completeCopy, "member 3 fell silent long before the active member")
+        #expect(cluster.members[2].readiness == .incomplete)
     }
 
     /// A member keepalived stepped down holds only what it served: not electable until it has

@@ -38,7 +38,7 @@ extension ClusterMember {
             case .deliver(let from, let records):
                 for case .hello(let epoch, let capabilities, _) in records { heardHello(from: from, epoch: epoch, capabilities: capabilities, now: now) }
                 // After the hellos: the switchover's hello makes this member active first.
-                if case .active = lifecycle {
+                if isActive {
                     for case .relayedDatagram(let relayed) in records { outbox.append(.relayed(relayed)) }
                 }
                 if case .standby(var standby) = lifecycle {
@@ -68,7 +68,7 @@ extension ClusterMember {
         }
     }
 
-    private var isSharing: Bool { if case .sharing = lifecycle { true } else { false } }
+    var isSharing: Bool { if case .sharing = lifecycle { true } else { false } }
 
     /// Gives a delivery or a resync need to the replicator (active member only) and sends its answer.
     private mutating func handOnToReplicator(_ action: SyncChannelAction, now: Timestamp) {
@@ -113,18 +113,33 @@ extension ClusterMember {
             lifecycle = .moving
             return takeOver(standby, reason: .switchOver(from: peer), now: now, exact: true)
         }
-        if case .standby(let standby) = lifecycle, capabilities & ClusterRole.activeCapability != 0, peer != standby.active,
-            role.activeMember == peer
-        {
-            // Another standby took over: its state went on from the plan, so the copy from the
-            // failed member is no base for its records. Resynced from it.
-            lifecycle = .standby(Standby(active: peer, former: standby.former, formerAsOf: standby.formerAsOf))
+        if case .standby(var standby) = lifecycle, capabilities & ClusterRole.activeCapability != 0, role.activeMember == peer {
+            if peer != standby.active {
+                // Another standby took over: its state went on from the plan, so the copy from
+                // the failed member is no base for its records. Resynced from it. So too when
+                // the member this one follows is active again at a newer epoch: it stepped down
+                // and took over from another member's state meanwhile, which this copy lacks
+                // (torture seed 396: its takeover was not heard here, a partition had just healed).
+                standby = Standby(active: peer, former: standby.former, formerAsOf: standby.formerAsOf)
+            } else if let followed = standby.activeEpoch, epoch > followed {
+                // The reassertion this standby's stepped-down hello asked for moves the
+                // counters in replicated records: the copy stays a base. Any other newer epoch
+                // is a takeover this copy knows nothing of.
+                if standby.reassertionAskedAt != followed { standby = Standby(active: peer, former: standby.former, formerAsOf: standby.formerAsOf) }
+                standby.reassertionAskedAt = nil
+            }
+            standby.activeEpoch = epoch
+            lifecycle = .standby(standby)
         }
     }
 
     mutating func activeTick(now: Timestamp) {
         guard case .active(var active) = lifecycle else { return }
         lifecycle = .moving
+        if let announcement = active.announcement, announcementDone(announcement, now: now) {
+            active.announcement = nil
+            outbox.append(.tookOver(announcement.plan, rekey: announcement.rekey))
+        }
         enqueue(active.replicator.pump(channel: &channel, now: now))
         // A scan visits every Child SA: at most five per checkpoint interval (a checkpoint is
         // then at most a fifth of it late), however often the embedder ticks.
@@ -224,6 +239,7 @@ extension ClusterMember {
     private mutating func askForResync(_ standby: inout Standby, now: Timestamp) {
         standby.lastHello = now
         let steppedDown = standby.former != nil && standby.handedOverTo == nil
+        if steppedDown, standby.active != nil { standby.reassertionAskedAt = standby.activeEpoch }
         let hello = SyncRecord.hello(epoch: channel.configuration.epoch, capabilities: steppedDown ? ClusterRole.steppedDownCapability : 0, needsResync: true)
         say(hello, to: standby.active.map { [$0] } ?? configuration.channel.peers, now: now)
     }
@@ -232,15 +248,21 @@ extension ClusterMember {
     /// is not declared failed: it may not have started).
     func isSilent(_ peer: ClusterMemberID, now: Timestamp) -> Bool {
         guard let heard = channel.lastHeard(from: peer) else { return false }
-        let (silence, overflow) = configuration.channel.heartbeatIntervalNanoseconds.multipliedReportingOverflow(by: max(configuration.missCount, 1))
-        return !overflow && now.nanoseconds >= heard.nanoseconds &+ silence
+        return now >= heard + silenceTime
     }
 
     /// `now` less the miss count of heartbeats (0 when that reaches back beyond the clock's
     /// start): what was heard before it is silence.
     private func silenceWindowStart(now: Timestamp) -> Timestamp {
+        let silence = UInt64(silenceTime.nonNegativeNanoseconds)
+        return Timestamp(nanoseconds: now.nanoseconds - min(now.nanoseconds, silence))
+    }
+
+    /// The miss count of heartbeat intervals: silence that long declares a member failed
+    /// (saturating: a configuration too large for it never declares anyone failed).
+    var silenceTime: Duration {
         let (silence, overflow) = configuration.channel.heartbeatIntervalNanoseconds.multipliedReportingOverflow(by: max(configuration.missCount, 1))
-        return Timestamp(nanoseconds: overflow ? 0 : now.nanoseconds - min(now.nanoseconds, silence))
+        return .nanoseconds(overflow ? .max : Int64(clamping: silence))
     }
 
     /// Whether this standby, not a complete copy, takes over as the last resort on its own:
@@ -390,10 +412,57 @@ extension ClusterMember {
             plan = planned
             state = standby.replica.state
         }
+        let replaced = standby.active
         standby = Standby()
         let outcome = state.applyTakeover(plan)
-        lifecycle = .active(Active(replicator: Replicator(standbys: configuration.channel.peers), state: state))
-        outbox.append(.tookOver(plan, rekey: outcome.rekey))
+        var active = Active(replicator: Replicator(standbys: configuration.channel.peers), state: state)
+        // After a switchover the old active member relays what still reaches it: no wait.
+        if !exact { active.announcement = announce(plan, rekey: outcome.rekey, replacing: replaced, now: now) }
+        lifecycle = .active(active)
+        if active.announcement == nil { outbox.append(.tookOver(plan, rekey: outcome.rekey)) }
+    }
+
+    /// Tells every member heard now, reliably, that this one took over (at its new epoch), for
+    /// ``Announcement``; nil when nobody else is heard but the member it replaces (`replaced`:
+    /// with two members nobody can be elected unaware, and the crash takeover keeps
+    /// keepalived's pace). With other members heard it waits for that one too, to hear it
+    /// (if it lives, it steps down first: never two serving) or to find it silent: its last
+    /// synch datagrams have reached the others then (torture seeds 2027 and 2397: a takeover
+    /// that served at once, with 200 ms of synch delay, died unheard by the next).
+    private mutating func announce(_ plan: TakeoverPlan, rekey: [UInt32], replacing replaced: ClusterMemberID?, now: Timestamp) -> Announcement? {
+        let heard = configuration.channel.peers.filter { channel.lastHeard(from: $0) != nil && !isSilent($0, now: now) }
+        guard heard.contains(where: { $0 != replaced }) else { return nil }
+        let hello = SyncRecord.hello(epoch: role.epoch, capabilities: role.capabilities, needsResync: false)
+        var tickets: [SyncTicket] = []
+        for peer in heard {
+            guard let sent = try? channel.sendReliable(to: peer, now: now, { packer throws(SyncChannelError) in try packer.append(hello) }) else { continue }
+            enqueue(sent.actions)
+            if let ticket = sent.ticket { tickets.append(ticket) }
+        }
+        guard !tickets.isEmpty else { return nil }
+        return Announcement(plan: plan, rekey: rekey, tickets: tickets, deadline: now + silenceTime)
+    }
+
+    /// Whether every member told of the takeover acknowledged it, fell silent, or had its
+    /// stream reset (it asked for a resync: it knows), or the deadline passed.
+    func announcementDone(_ announcement: Announcement, now: Timestamp) -> Bool {
+        now >= announcement.deadline
+            || announcement.tickets.allSatisfy { ticket in
+                channel.isAcknowledged(ticket) || channel.wasDropped(ticket) || isSilent(ticket.peer, now: now)
+            }
+    }
+
+    /// Whether this ready standby may hold less than it seems: its active member fell silent,
+    /// and so did a member it still heard then. A partition cut it off from both, or both
+    /// died; either way the other may have taken over unseen, and keepalived, told that this
+    /// copy is complete, would elect it later to resume below what the other sent (torture
+    /// seed 3588). A member silent since well before the active member is down, not cut off.
+    func isCutOff(_ standby: Standby, now: Timestamp) -> Bool {
+        guard let active = standby.active, let activeHeard = channel.lastHeard(from: active), isSilent(active, now: now) else { return false }
+        return configuration.channel.peers.contains { peer in
+            guard peer != active, let heard = channel.lastHeard(from: peer) else { return false }
+            return isSilent(peer, now: now) && heard + silenceTime >= activeHeard
+        }
     }
 
     /// Stops serving: a standby of `active` (nil: of whichever member says it is active next)

@@ -233,12 +233,35 @@ public struct ClusterMember {
         var lastHello: Timestamp?
         /// When the Child SAs were last scanned for due checkpoints.
         var lastCheckpointScan: Timestamp?
+        /// A takeover the members heard at the time do not all know of yet: it serves only
+        /// once they do (``ClusterMember/announcementDone(_:now:)``).
+        var announcement: Announcement?
+    }
+
+    /// A takeover held back until the members this one heard when it took over hold the hello
+    /// that says so, reliably sent: a standby that does not know of it still holds itself a
+    /// complete copy of the failed member, and keepalived may elect it next (after this one
+    /// dies, or is moved off) to resume below what this one sent, and to accept replays of what
+    /// it accepted (torture seeds 2237, 4594: the hello lost, or 200 ms late).
+    struct Announcement {
+        var plan: TakeoverPlan
+        var rekey: [UInt32]
+        /// One per member told, for its acknowledgement.
+        var tickets: [SyncTicket]
+        /// It serves then all the same: a member that has not acknowledged by then is cut off.
+        var deadline: Timestamp
     }
 
     /// What a standby owns.
     struct Standby {
         /// Nil after an external step-down, until an active member says hello.
         var active: ClusterMemberID?
+        /// The epoch `active` last said hello at: a newer one means it served from another
+        /// member's state meanwhile.
+        var activeEpoch: UInt32?
+        /// `activeEpoch` when this standby last said it stepped down: the active member's
+        /// next epoch is then the reassertion that asked for, not a takeover.
+        var reassertionAskedAt: UInt32?
         var replica = Replica()
         var lastHello: Timestamp?
         /// Whether it said ``ClusterMemberAction/becameReady`` since it last became a standby.
@@ -375,12 +398,20 @@ public struct ClusterMember {
 
     /// Whether this member serves from its own state: the active member, and every member in
     /// load sharing (for the segments it serves).
+    ///
+    /// A member that took over is active once the members it heard know that it did
+    /// (``ClusterMemberAction/tookOver(_:rekey:)`` says so); until then it holds the role, and
+    /// keepalived's address, but serves nothing.
     public var isActive: Bool {
         switch lifecycle {
-        case .active, .sharing: true
+        case .active(let active): active.announcement == nil
+        case .sharing: true
         case .standby, .moving: false
         }
     }
+
+    /// Whether this member holds the active role, its takeover announced or not.
+    var holdsActiveRole: Bool { if case .active = lifecycle { true } else { false } }
 
     /// Whether this member can serve: the active member, or a standby that holds a complete
     /// copy of the active member's state.
@@ -401,7 +432,7 @@ public struct ClusterMember {
         switch lifecycle {
         case .active, .sharing: .active
         case .standby(let standby):
-            if standby.ready { .completeCopy }
+            if standby.ready { isCutOff(standby, now: lastTick) ? .incomplete : .completeCopy }
             else if mayTakeOverAsLastResort(standby, now: lastTick) { .lastResort }
             else if standby.replica.isResyncing { .resyncing }
             else { .incomplete }
@@ -552,6 +583,8 @@ public struct ClusterMember {
     ) throws(ClusterMemberError) -> Result {
         switch lifecycle {
         case .active(var active):
+            // A takeover not yet announced serves nothing.
+            guard active.announcement == nil else { throw .notActive }
             lifecycle = .moving
             defer { lifecycle = .active(active) }
             return try body(&active.replicator, &active.state, &self)
@@ -571,9 +604,9 @@ public struct ClusterMember {
         lastTick = now
         let decision: VRRPFollower.Decision
         switch signal {
-        case .vrrp(let state): decision = vrrp.heard(state, isActive: isActive)
-        case .takeOver(let reason): decision = isActive ? .stay : .takeOver(.external(reason))
-        case .stepDown(let reason): decision = isActive ? .stepDown(reason) : .stay
+        case .vrrp(let state): decision = vrrp.heard(state, isActive: holdsActiveRole || isSharing)
+        case .takeOver(let reason): decision = holdsActiveRole || isSharing ? .stay : .takeOver(.external(reason))
+        case .stepDown(let reason): decision = holdsActiveRole || isSharing ? .stepDown(reason) : .stay
         }
         switch decision {
         case .takeOver(let reason):
@@ -710,7 +743,7 @@ public struct ClusterMember {
         switch lifecycle {
         case .active(let active):
             earliest = min(earliest, lastTick.nanoseconds &+ configuration.checkpoints.intervalNanoseconds, ((active.lastHello ?? Timestamp(nanoseconds: 0)) + hello).nanoseconds)
-            if configuration.channel.peers.contains(where: active.replicator.isCatchingUp) || held.count > 0 {
+            if configuration.channel.peers.contains(where: active.replicator.isCatchingUp) || held.count > 0 || active.announcement != nil {
                 earliest = min(earliest, lastTick.nanoseconds &+ configuration.channel.acknowledgementDelayNanoseconds)
             }
         case .standby(let standby):
