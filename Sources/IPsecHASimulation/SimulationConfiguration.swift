@@ -272,9 +272,13 @@ struct SetReplayWindow {
     var highest: UInt64 = 0
     var seen: Set<UInt64> = []
 
-    /// `accept`, `replay` (seen) or `stale` (below the window, or 0), recording what it accepts.
+    /// `accept`, `replay` (seen), `stale` (below the window, or 0) or `fail` (the
+    /// number is not the one the peer infers from the 32 bits on the wire: it authenticates
+    /// the packet under another, as an ESN receiver does), recording what it accepts.
     mutating func verdict(_ number: UInt64) -> String {
-        guard number > 0, number + size > highest else { return "stale" }
+        guard number > 0 else { return "stale" }
+        guard inferred(fromLowBits: UInt32(truncatingIfNeeded: number)) == number else { return "fail" }
+        guard number + size > highest else { return "stale" }
         guard seen.insert(number).inserted else { return "replay" }
         if number > highest {
             highest = number
@@ -283,5 +287,19 @@ struct SetReplayWindow {
             if seen.count > Int(size) + 64 { seen = seen.filter { $0 + size > highest } }
         }
         return "accept"
+    }
+
+    /// The 64-bit sequence number an ESN receiver takes a packet's low 32 bits for (RFC 4303,
+    /// Appendix A2.2): in the window's subspace, or the next one when below the window. A
+    /// sender that jumps 2^32 less the window or more is taken for an older number; nil when
+    /// it would be before the first subspace.
+    func inferred(fromLowBits low: UInt32) -> UInt64? {
+        let window = UInt32(clamping: max(size, 1))
+        let top = UInt32(truncatingIfNeeded: highest), high = highest >> 32
+        let bottom = top &- window &+ 1
+        if top >= window - 1 { return (low >= bottom ? high : high + 1) << 32 | UInt64(low) }
+        // The window reaches back into the previous subspace.
+        if low >= bottom { return high == 0 ? nil : (high - 1) << 32 | UInt64(low) }
+        return high << 32 | UInt64(low)
     }
 }

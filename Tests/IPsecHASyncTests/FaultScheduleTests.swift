@@ -1,6 +1,6 @@
 import Foundation
 import IPsecHACore
-import IPsecHASimulation
+@testable import IPsecHASimulation
 import IPsecHASync
 import Testing
 
@@ -122,5 +122,22 @@ struct FaultScheduleTests {
             #expect(!outcome.faults.isEmpty)
             #expect(outcome.loadSharing == (seed % 5 == 0))
         }
+    }
+
+    /// The simulated peer authenticates a packet under the 64-bit number it infers from the
+    /// low 32 bits (RFC 4303, Appendix A2.2), as an ESN receiver does: a sender that jumps 2^32
+    /// less the window or more fails, so the torture run sees takeovers no real peer follows.
+    @Test func theSimulatedPeerInfersTheHighBitsAsAnESNReceiverDoes() {
+        var window = SetReplayWindow(size: 64)
+        #expect(window.verdict(100) == "accept")
+        #expect(window.verdict((1 << 32) + 10) == "accept", "a jump within 2^32 less the window")
+        #expect(window.verdict((1 << 32) + 5) == "accept" && window.verdict((1 << 32) + 5) == "replay")
+        #expect(window.verdict((1 << 32) - 20) == "accept", "within the window, across the subspaces")
+        #expect(window.verdict((2 << 32) + 10) == "fail", "taken for a number of this subspace")
+        #expect(window.verdict(3 << 32) == "fail")
+        #expect(window.highest == (1 << 32) + 10)
+        var fresh = SetReplayWindow(size: 64)
+        #expect(fresh.inferred(fromLowBits: 5) == 5)
+        #expect(fresh.verdict(UInt64(UInt32.max) - 3) == "fail", "taken for a number before the first subspace")
     }
 }

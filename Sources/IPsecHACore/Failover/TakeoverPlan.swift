@@ -55,6 +55,14 @@ public struct TakeoverPolicy: Sendable, Hashable {
     /// `ClusterMember` sets it from the member's rank.
     public var outboundOffset: UInt64 = 0
 
+    /// The largest outbound advance an ESN peer follows: its receiver infers a packet's high
+    /// 32 bits from its window (RFC 4303, Appendix A2.2) and takes a number 2^32 less the
+    /// window or more above its top for an older one, whose ICV fails. A Child SA with ESN
+    /// whose advance is larger is rekeyed instead: 2^32 - 2^24 leaves 2^24 for the peer's
+    /// window and for packets lost before the takeover, above a blind takeover's largest
+    /// advance (about 3 x 2^30). Without ESN the 32-bit hard limit bounds it.
+    public static let maximumExtendedSequenceNumberAdvance: UInt64 = (1 << 32) - (1 << 24)
+
     /// A policy; by default an advance of at least 4,096 (the default checkpoint packet count),
     /// 200 ms of staleness margin, at least 15,000,000 packets a second of the time
     /// unaccounted for outbound, 4 times for suspect SAs, 2^30 when nothing is known, and the

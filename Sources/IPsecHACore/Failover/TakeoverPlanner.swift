@@ -97,7 +97,8 @@ public enum TakeoverPlanner {
             let lastSent = sa.lastSent
             let outboundAdvance = saturatingAdd(advance, policy.outboundOffset)
             let outbound: OutboundTakeover
-            if lastSent > hardLimit - min(outboundAdvance, hardLimit) {
+            let inferable = !sa.extendedSequenceNumbers || outboundAdvance <= TakeoverPolicy.maximumExtendedSequenceNumberAdvance
+            if lastSent > hardLimit - min(outboundAdvance, hardLimit) || !inferable {
                 outbound = .rekey
                 reason.outboundLimitReached = true
             } else {

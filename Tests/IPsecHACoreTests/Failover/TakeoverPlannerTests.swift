@@ -204,6 +204,22 @@ struct TakeoverPlannerTests {
         #expect(child.reason.outboundLimitReached && child.reason.inboundLimitReached)
         #expect(child.reason.description.contains("rekey"))
     }
+
+    /// An ESN peer infers the high 32 bits from its window: an advance near 2^32 would be read
+    /// as an old number and fail the ICV, so such a Child SA is rekeyed, far below the 64-bit
+    /// limit; one just within resumes (found by the torture run once its peer inferred: a
+    /// blind takeover of a suspect SA moved by 2^33).
+    @Test func anAdvanceAnESNPeerCannotInferIsRekeyedInstead() throws {
+        var s = try setup()
+        try s.state.recordCounterFreshness(ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 100_000), inboundSPI: 4096)
+        let limit = TakeoverPolicy.maximumExtendedSequenceNumberAdvance
+        let within = TakeoverPlanner.plan(state: s.state, inFlight: [:], suspect: [], policy: TakeoverPolicy(minimumAdvance: limit, maximumPacketsPerSecond: nil), now: now)
+        #expect(within.childSAs.first?.outbound == .resume(lastSent: 10_000 + limit))
+        let suspect = TakeoverPlanner.plan(
+            state: s.state, inFlight: [:], suspect: [s.ike.identifier], policy: TakeoverPolicy(minimumAdvance: 1 << 31, maximumPacketsPerSecond: nil), now: now)
+        let child = try #require(suspect.childSAs.first)
+        #expect(child.advance == 1 << 33 && child.outbound == .rekey && child.reason.outboundLimitReached)
+    }
 }
 
 @Suite("Takeover planner: many SAs")
