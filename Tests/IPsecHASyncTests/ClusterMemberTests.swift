@@ -318,6 +318,28 @@ struct ClusterMemberTests {
         #expect(cluster.members[2].readiness == .incomplete)
     }
 
+    /// A standby whose active member stepped down holds a copy of a state that another member
+    /// now serves beyond: not electable, and then resynced from the new active member (torture
+    /// seed 396: the new active member had not heard this one since a partition, and served at
+    /// once).
+    @Test func aStandbyWhoseActiveMemberSteppedDownIsNotElectable() throws {
+        var cluster = try EmbeddedCluster(members: 3, seed: 45) { $0.followsVRRP = true }
+        try cluster.run(for: .milliseconds(500))
+        _ = try cluster.createSAs(ikeSPI: 97, childSPI: 0x7800, seed: 46)
+        try cluster.run(for: .milliseconds(50))
+        cluster.network.faults.partitions = [[2, 3]]
+        try cluster.run(for: .milliseconds(300))
+        #expect(cluster.members[1].readiness == .completeCopy && cluster.members[2].readiness == .completeCopy)
+        cluster.signal(0, .vrrp(.backup))
+        cluster.signal(2, .vrrp(.master))
+        #expect(cluster.members[2].isActive, "it hears only the member it replaces: it serves at once")
+        try cluster.run(for: .milliseconds(300))
+        #expect(cluster.members[1].readiness == .incomplete, "\(cluster.events[1])")
+        cluster.network.faults.partitions = []
+        try cluster.run(for: .seconds(1))
+        #expect(cluster.members[1].readiness == .completeCopy && cluster.members[1].state == cluster.members[2].state)
+    }
+
     /// A member keepalived stepped down holds only what it served: not electable until it has
     /// a complete copy of the new active member's state.
     @Test func aSteppedDownMemberIsNotElectableUntilResynced() throws {

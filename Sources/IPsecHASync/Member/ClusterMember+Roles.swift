@@ -113,6 +113,14 @@ extension ClusterMember {
             lifecycle = .moving
             return takeOver(standby, reason: .switchOver(from: peer), now: now, exact: true)
         }
+        if case .standby(let standby) = lifecycle, peer == standby.active, capabilities & ClusterRole.activeCapability == 0, !standby.activeRestarted {
+            // The member this copy follows is no longer active (keepalived or a newer member
+            // stepped it down): whoever took over serves beyond this copy, which is then no
+            // complete copy of anything; keepalived must not elect it (torture seed 396: the
+            // new active member had not heard this one since a partition and served at once).
+            // Resynced from whoever says it is active.
+            lifecycle = .standby(Standby(active: nil, former: standby.former, formerAsOf: standby.formerAsOf))
+        }
         if case .standby(var standby) = lifecycle, capabilities & ClusterRole.activeCapability != 0, role.activeMember == peer {
             if peer != standby.active {
                 // Another standby took over: its state went on from the plan, so the copy from

@@ -75,7 +75,9 @@ public enum StepDownReason: Sendable, Hashable {
 /// Whether a member may be given the cluster address, as its readiness check tells keepalived
 /// (``ClusterMember/readiness``): only a member that holds the whole state should serve it.
 public enum ClusterMemberReadiness: String, Sendable, Hashable, CaseIterable, CustomStringConvertible {
-    /// It serves (the active member, or a load-sharing member).
+    /// It serves (the active member, or a load-sharing member), or took over and waits for
+    /// the other members it hears to acknowledge that it did
+    /// (``ClusterMemberAction/tookOver(_:rekey:)`` comes then).
     case active
     /// A standby with a complete copy of the active member's state.
     case completeCopy = "complete-copy"
@@ -87,7 +89,9 @@ public enum ClusterMemberReadiness: String, Sendable, Hashable, CaseIterable, Cu
     /// A standby receiving a bulk resync: electing it would lose what it lacks.
     case resyncing
     /// A standby without a complete copy and not receiving one: just started, stepped down
-    /// from the active role, or cut off from the active member.
+    /// from the active role, or cut off from the active member; or a complete copy that lost
+    /// the active member and another member it heard at about the same time (a partition
+    /// around it: the other may have taken over unseen, and this copy would resume below it).
     case incomplete
 
     /// Whether keepalived may elect it (its track file holds 0).
