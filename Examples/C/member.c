@@ -236,7 +236,8 @@ static void report_sent(ipsecha_member *member, unsigned ike_sas) {
 
 int main(int argc, char **argv) {
     if (argc < 5 || (strcmp(argv[1], "active") != 0 && strcmp(argv[1], "standby") != 0)) {
-        fprintf(stderr, "usage: %s active|standby OWN_PORT PEER_PORT KEY_FILE [IKE_SAS [HEARTBEAT_MS [MISS_COUNT]]]\n", argv[0]);
+        fprintf(stderr, "usage: %s active|standby OWN_PORT PEER_PORT KEY_FILE [IKE_SAS [HEARTBEAT_MS [MISS_COUNT [CIPHER]]]]\n"
+                "CIPHER: chacha20-poly1305 (default) or aes-256-gcm, the same on both members\n", argv[0]);
         return 2;
     }
     if (ipsecha_abi_version() != IPSECHA_ABI_VERSION) {
@@ -251,6 +252,16 @@ int main(int argc, char **argv) {
     unsigned ike_sas = argc > 5 ? (unsigned)atoi(argv[5]) : 4;
     unsigned heartbeat_ms = argc > 6 ? (unsigned)atoi(argv[6]) : 50;
     unsigned miss_count = argc > 7 ? (unsigned)atoi(argv[7]) : 3;
+    uint32_t cipher = IPSECHA_SYNC_CIPHER_CHACHA20_POLY1305;
+    if (argc > 8 && strcmp(argv[8], "aes-256-gcm") == 0) cipher = IPSECHA_SYNC_CIPHER_AES256_GCM;
+    else if (argc > 8 && strcmp(argv[8], "chacha20-poly1305") != 0) {
+        fprintf(stderr, "%s: unknown cipher\n", argv[8]);
+        return 2;
+    }
+    if (!ipsecha_sync_cipher_available(cipher)) {
+        fprintf(stderr, "%s does not run on this CPU\n", argv[8]);
+        return 2;
+    }
     if (ike_sas < 1 || ike_sas > MAX_IKE_SAS) ike_sas = 4;
     uint8_t key[32];
     if (read_key(argv[4], key) != 0) {
@@ -277,10 +288,12 @@ int main(int argc, char **argv) {
     config.cluster_key_length = sizeof key;
     config.heartbeat_interval_ns = (uint64_t)heartbeat_ms * 1000000u;
     config.miss_count = miss_count;
+    config.sync_cipher = cipher;
     ipsecha_member *member = NULL;
     CHECK(ipsecha_member_create(&config, &member), NULL);
     memset(key, 0, sizeof key);
-    printf("%s: libipsecha %s, member %u\n", role, ipsecha_version(), me);
+    printf("%s: libipsecha %s, member %u, synch cipher %s\n", role, ipsecha_version(), me,
+           cipher == IPSECHA_SYNC_CIPHER_AES256_GCM ? "aes-256-gcm" : "chacha20-poly1305");
     fflush(stdout);
 
     uint64_t start = now_ns(), released = 0, tokens = 0, last_token = 0, next_report = start;

@@ -22,7 +22,35 @@ public func ipsecha_config_init(_ config: UnsafeMutablePointer<ipsecha_config>?)
     value.inbound_policy = IPSECHA_INBOUND_CONSERVATIVE.rawValue
     value.release_deadline_ns = 2_000_000_000
     value.maximum_datagram_size = 1_400
+    value.sync_cipher = IPSECHA_SYNC_CIPHER_CHACHA20_POLY1305.rawValue
     config.pointee = value
+}
+
+@c @implementation
+public func ipsecha_sync_cipher_available(_ cipher: UInt32) -> Int32 {
+    (try? syncCipher(cipher))?.isAvailable == true ? 1 : 0
+}
+
+/// The channel's cipher for C's `ipsecha_sync_cipher` value.
+private func syncCipher(_ value: UInt32) throws(CAPIFailure) -> SyncChannelCipher {
+    switch ipsecha_sync_cipher(value) {
+    case IPSECHA_SYNC_CIPHER_CHACHA20_POLY1305: .chacha20Poly1305
+    case IPSECHA_SYNC_CIPHER_AES256_GCM: .aes256GCM
+    default: throw CAPIFailure(IPSECHA_E_INVALID_ARGUMENT, "unknown sync_cipher \(value)")
+    }
+}
+
+/// A caller's `ipsecha_config`: this header's, or one built against the header before
+/// `sync_cipher` (its size then says so; the four bytes where the field now lies were its
+/// tail padding, whatever they hold, and it gets ChaCha20-Poly1305).
+func readConfiguration(_ pointer: UnsafePointer<ipsecha_config>?) throws(CAPIFailure) -> ipsecha_config {
+    guard let pointer else { throw CAPIFailure(IPSECHA_E_NULL, "config is NULL") }
+    let size = UnsafeRawPointer(pointer).loadUnaligned(as: UInt32.self)
+    guard size == IPSECHA_CONFIG_SIZE_WITHOUT_CIPHER else { return try readStructure(pointer, "config") }
+    var value = ipsecha_config()
+    withUnsafeMutableBytes(of: &value) { $0.copyMemory(from: UnsafeRawBufferPointer(start: pointer, count: Int(size))) }
+    value.sync_cipher = IPSECHA_SYNC_CIPHER_CHACHA20_POLY1305.rawValue
+    return value
 }
 
 /// A ``ClusterMemberConfiguration`` from C's, every field checked.
@@ -49,6 +77,9 @@ func memberConfiguration(_ config: ipsecha_config) throws(CAPIFailure) -> (Clust
     guard config.checkpoint_packets >= 1 else { throw invalid("checkpoint_packets must be at least 1") }
     guard (1...1_000).contains(config.miss_count) else { throw invalid("miss_count must be 1 to 1,000") }
     guard (512...65_507).contains(config.maximum_datagram_size) else { throw invalid("maximum_datagram_size must be 512 to 65,507") }
+    guard config.reserved == 0 else { throw invalid("reserved must be 0") }
+    let cipher = try syncCipher(config.sync_cipher)
+    guard cipher.isAvailable else { throw invalid("sync_cipher \(cipher) does not run on this CPU") }
     let inbound: InboundTakeoverPolicy
     switch ipsecha_inbound_policy(config.inbound_policy) {
     case IPSECHA_INBOUND_CONSERVATIVE: inbound = .conservative
@@ -60,6 +91,7 @@ func memberConfiguration(_ config: ipsecha_config) throws(CAPIFailure) -> (Clust
     var channel = SyncChannelConfiguration(clusterID: config.cluster_id, member: me, epoch: config.epoch, key: key, peers: peers)
     channel.heartbeatInterval = .nanoseconds(Int64(config.heartbeat_interval_ns))
     channel.maximumDatagramSize = Int(config.maximum_datagram_size)
+    channel.cipher = cipher
     var configuration = ClusterMemberConfiguration(channel: channel, activeMember: active)
     configuration.checkpoints = CounterCheckpointPolicy(packets: config.checkpoint_packets, interval: .nanoseconds(Int64(config.checkpoint_interval_ns)))
     configuration.takeover = TakeoverPolicy(minimumAdvance: config.checkpoint_packets, inbound: inbound)
@@ -75,7 +107,7 @@ public func ipsecha_member_create(_ config: UnsafePointer<ipsecha_config>?, _ me
     memberOut.pointee = nil
     bootstrapLogging()
     do throws(CAPIFailure) {
-        let (configuration, dataPlane) = try memberConfiguration(try readStructure(config, "config"))
+        let (configuration, dataPlane) = try memberConfiguration(try readConfiguration(config))
         let member: ClusterMember
         do { member = try ClusterMember(configuration: configuration) } catch { throw CAPIFailure(IPSECHA_E_INVALID_ARGUMENT, "\(error)") }
         memberOut.pointee = OpaquePointer(Unmanaged.passRetained(MemberHandle(member: member, dataPlane: dataPlane)).toOpaque())

@@ -93,7 +93,7 @@ static void configuration_and_lifecycle(void) {
     ipsecha_config config = good_config(1, 1);
     EXPECT(ipsecha_member_create(&config, NULL), IPSECHA_E_NULL);
 
-    config.struct_size = sizeof config - 8;
+    config.struct_size = sizeof config - 4;
     EXPECT(ipsecha_member_create(&config, &member), IPSECHA_E_STRUCT_SIZE);
     config.struct_size = sizeof config + 8;
     EXPECT(ipsecha_member_create(&config, &member), IPSECHA_E_STRUCT_SIZE);
@@ -139,7 +139,30 @@ static void configuration_and_lifecycle(void) {
     config = good_config(1, 1);
     config.maximum_datagram_size = 100;
     EXPECT(ipsecha_member_create(&config, &member), IPSECHA_E_INVALID_ARGUMENT);
+    config = good_config(1, 1);
+    config.sync_cipher = 2;
+    EXPECT(ipsecha_member_create(&config, &member), IPSECHA_E_INVALID_ARGUMENT);
+    config = good_config(1, 1);
+    config.reserved = 1;
+    EXPECT(ipsecha_member_create(&config, &member), IPSECHA_E_INVALID_ARGUMENT);
     EXPECT_TRUE(member == NULL);
+    EXPECT_TRUE(ipsecha_sync_cipher_available(IPSECHA_SYNC_CIPHER_CHACHA20_POLY1305) == 1);
+    EXPECT_TRUE(ipsecha_sync_cipher_available(2) == 0);
+    if (!ipsecha_sync_cipher_available(IPSECHA_SYNC_CIPHER_AES256_GCM)) {
+        config = good_config(1, 1);
+        config.sync_cipher = IPSECHA_SYNC_CIPHER_AES256_GCM;
+        EXPECT(ipsecha_member_create(&config, &member), IPSECHA_E_INVALID_ARGUMENT);
+    }
+    /* A caller built against the header before sync_cipher: its size, and whatever its tail
+     * padding holds where the field now lies, give a ChaCha20-Poly1305 member. */
+    config = good_config(1, 1);
+    config.struct_size = IPSECHA_CONFIG_SIZE_WITHOUT_CIPHER;
+    config.sync_cipher = 0xA5A5A5A5u;
+    config.reserved = 0xA5A5A5A5A5A5A5A5u;
+    EXPECT(ipsecha_member_create(&config, &member), IPSECHA_OK);
+    EXPECT_TRUE(member != NULL);
+    ipsecha_member_destroy(member);
+    member = NULL;
 
     ipsecha_member_destroy(NULL);
     ipsecha_config_init(NULL);

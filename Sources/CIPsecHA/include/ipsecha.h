@@ -155,6 +155,23 @@ typedef enum ipsecha_inbound_policy {
     IPSECHA_INBOUND_PERMISSIVE_UNSAFE = 2
 } ipsecha_inbound_policy;
 
+/* The synch channel's AEAD, the same on every member of a cluster: a member configured apart
+ * drops the others' datagrams, never establishes, and logs why. */
+typedef enum ipsecha_sync_cipher {
+    /* ChaCha20-Poly1305: every CPU (the default). */
+    IPSECHA_SYNC_CIPHER_CHACHA20_POLY1305 = 0,
+    /* AES-256-GCM: faster where the CPU has AES and carry-less multiplication instructions
+     * (ipsecha_sync_cipher_available); a member refuses it on a CPU without them. */
+    IPSECHA_SYNC_CIPHER_AES256_GCM = 1
+} ipsecha_sync_cipher;
+
+/* Nonzero when this CPU runs `cipher` (an ipsecha_sync_cipher), 0 otherwise. */
+int ipsecha_sync_cipher_available(uint32_t cipher);
+
+/* The size of ipsecha_config before sync_cipher was added: a caller built against that header
+ * passes it, and gets ChaCha20-Poly1305. */
+#define IPSECHA_CONFIG_SIZE_WITHOUT_CIPHER 104
+
 typedef struct ipsecha_config {
     uint32_t struct_size;
     /* The cluster every synch datagram names. */
@@ -190,6 +207,10 @@ typedef struct ipsecha_config {
     uint64_t release_deadline_ns;
     /* Largest synch datagram sent or accepted (default 1,400 bytes; 512 to 65,507). */
     uint32_t maximum_datagram_size;
+    /* ipsecha_sync_cipher (default IPSECHA_SYNC_CIPHER_CHACHA20_POLY1305). */
+    uint32_t sync_cipher;
+    /* Zero (refused otherwise: kept for a later field). */
+    uint64_t reserved;
 } ipsecha_config;
 
 /* Fills *config with the defaults above and sets struct_size; the caller then sets the
