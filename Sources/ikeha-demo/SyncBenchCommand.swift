@@ -26,11 +26,15 @@ struct SyncBenchCommand: ParsableCommand {
     @Option(help: "Tail-loss trials.")
     var trials = 20
 
+    @Option(help: "What to run: all, checkpoints or resync (one path alone, as scripts/bench.sh counts its instructions under callgrind).")
+    var part = "all"
+
     @Option(help: "The synch channel's AEAD: chacha20-poly1305 or aes-256-gcm (default: AES-256-GCM where the CPU has it).", transform: parseCipher)
     var cipher = SyncChannelCipher.fastestAvailable
 
     func validate() throws {
         guard cipher.isAvailable else { throw ValidationError("\(cipher) does not run on this CPU") }
+        guard ["all", "checkpoints", "resync"].contains(part) else { throw ValidationError("--part is all, checkpoints or resync") }
         guard checkpoints > 0, ikeSAs > 0, childSAs >= 0, trials > 0, childSAs < 0x7000_0000, checkpointSAs > 0,
             checkpointSAs < 0x7000_0000
         else {
@@ -39,6 +43,18 @@ struct SyncBenchCommand: ParsableCommand {
     }
 
     func run() throws {
+        switch part {
+        case "checkpoints":
+            let checkpoints = try measureCheckpoints()
+            print("checkpoints=\(checkpoints.sent) datagrams=\(checkpoints.datagrams)")
+            return
+        case "resync":
+            let resync = try measureResync()
+            print("ike_sas=\(ikeSAs) child_sas=\(childSAs) datagrams=\(resync.2)")
+            return
+        default:
+            break
+        }
         let checkpoints = try measureCheckpoints()
         let checkpointRate = Double(checkpoints.sent) / checkpoints.seconds
         // The floor, in the same run: libsodium alone on the same datagrams. A ratio to it
