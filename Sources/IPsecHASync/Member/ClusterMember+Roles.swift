@@ -435,8 +435,7 @@ extension ClusterMember {
     /// with two members nobody can be elected unaware, and the crash takeover keeps
     /// keepalived's pace). With other members heard it waits for that one too, to hear it
     /// (if it lives, it steps down first: never two serving) or to find it silent: its last
-    /// synch datagrams have reached the others then (torture seeds 2027 and 2397: a takeover
-    /// that served at once, with 200 ms of synch delay, died unheard by the next).
+    /// synch datagrams have reached the others then (torture seed 2397 broke without it).
     private mutating func announce(_ plan: TakeoverPlan, rekey: [UInt32], replacing replaced: ClusterMemberID?, now: Timestamp) -> Announcement? {
         let heard = configuration.channel.peers.filter { channel.lastHeard(from: $0) != nil && !isSilent($0, now: now) }
         guard heard.contains(where: { $0 != replaced }) else { return nil }

@@ -246,7 +246,7 @@ public struct ClusterMember {
     /// that says so, reliably sent: a standby that does not know of it still holds itself a
     /// complete copy of the failed member, and keepalived may elect it next (after this one
     /// dies, or is moved off) to resume below what this one sent, and to accept replays of what
-    /// it accepted (torture seeds 2237, 4594: the hello lost, or 200 ms late).
+    /// it accepted (torture seeds 2237 and 4594: the hello lost; 3817: 200 ms late).
     struct Announcement {
         var plan: TakeoverPlan
         var rekey: [UInt32]
