@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The bulk resync over a real transport: two `ikeha-demo member` processes on loopback UDP
-# (UDPSyncTransport), the active member holding IKE_SAS IKE SAs (default 100,000) with two
-# Child SAs each, the standby starting empty. Prints the standby's resync time (from its first
-# resync record to ready) and the in-memory figure of `bench sync` for the same state beside
-# it. Each process has a core of its own here, as members do in a cluster. Stops both
-# processes by their IDs.
+# The bulk resync and the checkpoint stream over a real transport: two `ikeha-demo member`
+# processes on loopback UDP (UDPSyncTransport), the active member holding IKE_SAS IKE SAs
+# (default 100,000) with two Child SAs each, the standby starting empty. Prints the standby's
+# resync time (from its first resync record to ready) and the in-memory figure of `bench sync`
+# for the same state beside it, then the checkpoints a second the standby applies once ready.
+# Each process has a core of its own here, as members do in a cluster. Stops both processes by
+# their IDs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IKE_SAS=${IKE_SAS:-100000}
@@ -25,7 +26,7 @@ active_port=$base
 standby_port=$((base + 1))
 for cipher in chacha20-poly1305 aes-256-gcm; do
     "$demo" member --id 2 --listen "127.0.0.1:$standby_port" --peer "1=127.0.0.1:$active_port" --key-file "$scratch/key" \
-        --status-interval-ms 0 --duration-ms 120000 --cipher "$cipher" >"$scratch/standby-$cipher" 2>"$scratch/standby-$cipher.err" &
+        --status-interval-ms 500 --duration-ms 120000 --cipher "$cipher" >"$scratch/standby-$cipher" 2>"$scratch/standby-$cipher.err" &
     standby=$!
     pids+=("$standby")
     "$demo" member --id 1 --active --listen "127.0.0.1:$active_port" --peer "2=127.0.0.1:$standby_port" --key-file "$scratch/key" \
@@ -38,6 +39,10 @@ for cipher in chacha20-poly1305 aes-256-gcm; do
         kill -0 "$standby" 2>/dev/null || break
         sleep 0.1
     done
+    # Then the checkpoint stream: every Child SA moves 10 packets a second, so each is
+    # checkpointed about every 100 ms, 20 a second per IKE SA offered; the standby's status
+    # lines (every 500 ms) count what it applied.
+    grep -q '^ready' "$scratch/standby-$cipher" && sleep 3.5
     kill "$active" "$standby" 2>/dev/null || true
     wait "$active" "$standby" 2>/dev/null || true
     line=$(grep '^ready' "$scratch/standby-$cipher" || true)
@@ -51,5 +56,11 @@ for cipher in chacha20-poly1305 aes-256-gcm; do
         tr ' ' '\n' | sed -n 's/^resync_standby_seconds=//p')
     echo "bulk resync of $IKE_SAS IKE SAs and $((2 * IKE_SAS)) Child SAs, $cipher: over loopback UDP between two processes $ms ms;" \
         "in memory, the standby's share $(awk -v s="$memory" 'BEGIN { printf "%d", s * 1000 }') ms"
-    echo "udp_resync_ms_${cipher//-/_}=$ms memory_resync_standby_ms_${cipher//-/_}=$(awk -v s="$memory" 'BEGIN { printf "%d", s * 1000 }')"
+    # The last 3 s of status lines once ready: applied records over time (the first ready
+    # line still counts the resync's records).
+    stream=$(grep -a 'standby ready' "$scratch/standby-$cipher.err" | sed -n 's/.*t_ms=\([0-9]*\) applied=\([0-9]*\).*/\1 \2/p' | tail -n 7 |
+        awk 'NR == 1 { t = $1; a = $2 } END { if (NR > 1 && $1 > t) printf "%d", ($2 - a) * 1000 / ($1 - t); else print "n/a" }')
+    echo "checkpoint stream over loopback UDP, $cipher: the standby applied $stream checkpoints a second, of $((20 * IKE_SAS)) offered"
+    echo "udp_resync_ms_${cipher//-/_}=$ms memory_resync_standby_ms_${cipher//-/_}=$(awk -v s="$memory" 'BEGIN { printf "%d", s * 1000 }')" \
+        "udp_checkpoints_per_second_${cipher//-/_}=$stream udp_checkpoints_offered_per_second=$((20 * IKE_SAS))"
 done

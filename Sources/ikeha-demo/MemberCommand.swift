@@ -198,6 +198,7 @@ struct MemberCommand: ParsableCommand {
             status(
                 &lastStatus, now: now,
                 "standby \(lifecycle) ike_sas=\(cluster.state.ikeSAs.count) child_sas=\(cluster.state.childSACount) "
+                    + "t_ms=\((now.nanoseconds - started.nanoseconds) / 1_000_000) applied=\(cluster.replicaStatistics?.applied ?? 0) "
                     + "heard_ms_ago=\(cluster.channel.lastHeard(from: activeID).map { String((now.nanoseconds - $0.nanoseconds) / 1_000_000) } ?? "never") "
                     + Self.channelStatus(cluster.channel))
             let nextStatus = Timestamp(nanoseconds: lastStatus.nanoseconds + max(statusIntervalMs, 1) * 1_000_000)
