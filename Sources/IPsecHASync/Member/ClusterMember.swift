@@ -89,7 +89,8 @@ public enum ClusterMemberReadiness: String, Sendable, Hashable, CaseIterable, Cu
     /// A standby receiving a bulk resync: electing it would lose what it lacks.
     case resyncing
     /// A standby without a complete copy and not receiving one: just started, stepped down
-    /// from the active role, or cut off from the active member; or a complete copy that lost
+    /// from the active role, cut off from the active member, or holding a copy of a member
+    /// that said hello as a standby (another serves beyond it); or a complete copy that lost
     /// the active member and another member it heard at about the same time (a partition
     /// around it: the other may have taken over unseen, and this copy would resume below it).
     case incomplete
