@@ -340,6 +340,25 @@ struct ClusterMemberTests {
         #expect(cluster.members[1].readiness == .completeCopy && cluster.members[1].state == cluster.members[2].state)
     }
 
+    /// After a planned switchover the old active member says hello as a standby of its target,
+    /// without the step-down capability: the target's copy is exact, and stays a complete copy
+    /// if the switchover's own hello was lost (cluster.sh's switchovers turned into
+    /// keepalived takeovers, with message-ID syncs, when any hello without the active
+    /// capability dropped the copy).
+    @Test func aSwitchoversTargetKeepsItsCopyWhenTheHandoverHelloIsLost() throws {
+        var cluster = try EmbeddedCluster(seed: 47)
+        try cluster.run(for: .milliseconds(300))
+        _ = try cluster.createSAs(ikeSPI: 99, childSPI: 0x7900, seed: 48)
+        try cluster.run(for: .milliseconds(50))
+        cluster.network.faults.directedLoss[[1, 2]] = 1
+        try cluster.members[0].switchOver(now: cluster.now)
+        cluster.drain(0)
+        try cluster.run(for: .milliseconds(5))
+        cluster.network.faults.directedLoss[[1, 2]] = 0
+        try cluster.run(for: .milliseconds(600))
+        #expect(cluster.members[1].isActive || cluster.members[1].readiness == .completeCopy, "\(cluster.events[1])")
+    }
+
     /// A member keepalived stepped down holds only what it served: not electable until it has
     /// a complete copy of the new active member's state.
     @Test func aSteppedDownMemberIsNotElectableUntilResynced() throws {

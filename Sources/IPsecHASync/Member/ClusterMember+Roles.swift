@@ -113,9 +113,10 @@ extension ClusterMember {
             lifecycle = .moving
             return takeOver(standby, reason: .switchOver(from: peer), now: now, exact: true)
         }
-        if case .standby(let standby) = lifecycle, peer == standby.active, capabilities & ClusterRole.activeCapability == 0, !standby.activeRestarted {
-            // The member this copy follows is no longer active (keepalived or a newer member
-            // stepped it down): whoever took over serves beyond this copy, which is then no
+        if case .standby(let standby) = lifecycle, peer == standby.active, capabilities & ClusterRole.steppedDownCapability != 0, !standby.activeRestarted {
+            // The member this copy follows says it stepped down (keepalived or a newer member
+            // did it; not a planned switchover, which hands over to its target and says
+            // nothing of the sort): whoever took over serves beyond this copy, which is then no
             // complete copy of anything; keepalived must not elect it (torture seed 396: the
             // new active member had not heard this one since a partition and served at once).
             // Resynced from whoever says it is active.
