@@ -114,6 +114,13 @@ struct FaultScheduleTests {
         #expect(outcome.violations.isEmpty, "seed \(seed): \(outcome.violations) \(outcome.reproduce)")
     }
 
+    /// Two blind takeovers in turn, the first member dying before the peer saw a packet of its
+    /// jump: the second counts both jumps against ESN inference and rekeys (seed 6291).
+    @Test func takeoverJumpsThatAddUpUnseen() throws {
+        let outcome = try Torture.run(seed: 6291)
+        #expect(outcome.violations.isEmpty, "\(outcome.violations) \(outcome.reproduce)")
+    }
+
     /// A few schedules of each kind through the torture harness itself, load sharing included.
     @Test func tortureSchedulesHoldEveryInvariant() throws {
         for seed in [UInt64(2), 3, 5, 10] {

@@ -60,7 +60,9 @@ public struct TakeoverPolicy: Sendable, Hashable {
     /// window or more above its top for an older one, whose ICV fails. A Child SA with ESN
     /// whose advance is larger is rekeyed instead: 2^32 - 2^24 leaves 2^24 for the peer's
     /// window and for packets lost before the takeover, above a blind takeover's largest
-    /// advance (about 3 x 2^30). Without ESN the 32-bit hard limit bounds it.
+    /// advance (about 3 x 2^30). Counted with every jump the counter made before (`lastSent`
+    /// less the packets sent): the peer may have seen none of them. Without ESN the 32-bit
+    /// hard limit bounds it.
     public static let maximumExtendedSequenceNumberAdvance: UInt64 = (1 << 32) - (1 << 24)
 
     /// A policy; by default an advance of at least 4,096 (the default checkpoint packet count),

@@ -97,7 +97,14 @@ public enum TakeoverPlanner {
             let lastSent = sa.lastSent
             let outboundAdvance = saturatingAdd(advance, policy.outboundOffset)
             let outbound: OutboundTakeover
-            let inferable = !sa.extendedSequenceNumbers || outboundAdvance <= TakeoverPolicy.maximumExtendedSequenceNumberAdvance
+            // Counted from the lowest number the peer may last have seen: earlier takeovers'
+            // jumps may not have reached it yet (torture seed 6291: two blind takeovers in turn,
+            // the first dying before it sent, 2^32 in all). Which jumps it saw is not known, so
+            // every jump counts (`lastSent` less the packets sent): a Child SA that jumped far
+            // over its life is rekeyed sooner, never one the peer would fail.
+            let jumped = lastSent - min(sa.outboundPackets, lastSent)
+            let (unseen, unseenOverflow) = outboundAdvance.addingReportingOverflow(jumped)
+            let inferable = !sa.extendedSequenceNumbers || (!unseenOverflow && unseen <= TakeoverPolicy.maximumExtendedSequenceNumberAdvance)
             if lastSent > hardLimit - min(outboundAdvance, hardLimit) || !inferable {
                 outbound = .rekey
                 reason.outboundLimitReached = true

@@ -222,6 +222,9 @@ extension GatewayState {
         public var extendedSequenceNumbers: Bool
         /// Packets counted for the lifetime, both directions.
         public var packets: UInt64
+        /// Outbound packets counted for the lifetime: `lastSent` less these is how far the
+        /// counter has jumped in all (takeovers, reassertions), unseen by the peer or not.
+        public var outboundPackets: UInt64
         /// What a standby knows of the last checkpoint (nil on the member that sends the
         /// checkpoints, and on a standby before the first one).
         public var freshness: ChildSAFreshness?
@@ -241,7 +244,7 @@ extension GatewayState {
                             hardLimit: slots[index]!.outboundCounter.hardLimit, inboundTop: slots[index]!.inboundWindow.top,
                             extendedSequenceNumbers: slots[index]!.outboundCounter.extendedSequenceNumbers,
                             packets: slots[index]!.lifetime.usage.inboundPackets &+ slots[index]!.lifetime.usage.outboundPackets,
-                            freshness: freshness[index]))
+                            outboundPackets: slots[index]!.lifetime.usage.outboundPackets, freshness: freshness[index]))
                 }
             }
         }

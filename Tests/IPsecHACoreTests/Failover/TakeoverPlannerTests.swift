@@ -213,12 +213,32 @@ struct TakeoverPlannerTests {
         var s = try setup()
         try s.state.recordCounterFreshness(ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 100_000), inboundSPI: 4096)
         let limit = TakeoverPolicy.maximumExtendedSequenceNumberAdvance
-        let within = TakeoverPlanner.plan(state: s.state, inFlight: [:], suspect: [], policy: TakeoverPolicy(minimumAdvance: limit, maximumPacketsPerSecond: nil), now: now)
-        #expect(within.childSAs.first?.outbound == .resume(lastSent: 10_000 + limit))
+        // The fixture's counter is at 10,000 with no packet counted: 10,000 jumped, unseen.
+        let within = TakeoverPlanner.plan(
+            state: s.state, inFlight: [:], suspect: [], policy: TakeoverPolicy(minimumAdvance: limit - 10_000, maximumPacketsPerSecond: nil), now: now)
+        #expect(within.childSAs.first?.outbound == .resume(lastSent: limit))
         let suspect = TakeoverPlanner.plan(
             state: s.state, inFlight: [:], suspect: [s.ike.identifier], policy: TakeoverPolicy(minimumAdvance: 1 << 31, maximumPacketsPerSecond: nil), now: now)
         let child = try #require(suspect.childSAs.first)
         #expect(child.advance == 1 << 33 && child.outbound == .rekey && child.reason.outboundLimitReached)
+    }
+
+    /// Jumps add up: a counter an earlier takeover moved by 2^31, with no packet sent since,
+    /// and 2^31 more now is 2^32 above what the peer may last have seen (torture seed 6291:
+    /// the member that made the first jump died before it sent). Counted by the packets sent:
+    /// the same counter reached by sending is no jump.
+    @Test func takeoverJumpsAddUpAgainstESNInference() throws {
+        let policy = TakeoverPolicy(minimumAdvance: 1 << 31, maximumPacketsPerSecond: nil)
+        var jumped = try setup(lastSent: 1 << 31)
+        try jumped.state.recordCounterFreshness(ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 100), inboundSPI: 4096)
+        #expect(TakeoverPlanner.plan(state: jumped.state, inFlight: [:], suspect: [], policy: policy, now: now).childSAs.first?.outbound == .rekey)
+        var sent = try setup(lastSent: 1 << 31)
+        try sent.state.applyCounterCheckpoint(
+            ChildSACounterCheckpoint(
+                inboundSPI: 4096, outbound: OutboundCounterCheckpoint(lastSent: 1 << 31), inbound: ReplayWindowCheckpoint(highestAuthenticatedSequenceNumber: 9_000),
+                usage: ChildSAUsage(outboundPackets: 1 << 31)),
+            generation: 1_000, freshness: ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 100))
+        #expect(TakeoverPlanner.plan(state: sent.state, inFlight: [:], suspect: [], policy: policy, now: now).childSAs.first?.outbound == .resume(lastSent: 1 << 32))
     }
 }
 
