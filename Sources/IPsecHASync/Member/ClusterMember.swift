@@ -90,7 +90,7 @@ public enum ClusterMemberReadiness: String, Sendable, Hashable, CaseIterable, Cu
     case resyncing
     /// A standby without a complete copy and not receiving one: just started, stepped down
     /// from the active role, cut off from the active member, or holding a copy of a member
-    /// that said hello as a standby (another serves beyond it); or a complete copy that lost
+    /// that says it stepped down (another serves beyond it); or a complete copy that lost
     /// the active member and another member it heard at about the same time (a partition
     /// around it: the other may have taken over unseen, and this copy would resume below it).
     case incomplete
