@@ -260,6 +260,11 @@ extension ClusterMember {
         return now >= heard + silenceTime
     }
 
+    /// The peers heard at least once and not silent now.
+    func peersHeard(now: Timestamp) -> [ClusterMemberID] {
+        configuration.channel.peers.filter { channel.lastHeard(from: $0) != nil && !isSilent($0, now: now) }
+    }
+
     /// `now` less the miss count of heartbeats (0 when that reaches back beyond the clock's
     /// start): what was heard before it is silence.
     private func silenceWindowStart(now: Timestamp) -> Timestamp {
@@ -438,7 +443,7 @@ extension ClusterMember {
     /// (if it lives, it steps down first: never two serving) or to find it silent: its last
     /// synch datagrams have reached the others then (torture seed 2397 broke without it).
     private mutating func announce(_ plan: TakeoverPlan, rekey: [UInt32], replacing replaced: ClusterMemberID?, now: Timestamp) -> Announcement? {
-        let heard = configuration.channel.peers.filter { channel.lastHeard(from: $0) != nil && !isSilent($0, now: now) }
+        let heard = peersHeard(now: now)
         guard heard.contains(where: { $0 != replaced }) else { return nil }
         let hello = SyncRecord.hello(epoch: role.epoch, capabilities: role.capabilities, needsResync: false)
         var tickets: [SyncTicket] = []

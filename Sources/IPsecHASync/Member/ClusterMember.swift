@@ -608,10 +608,12 @@ public struct ClusterMember {
     public mutating func signal(_ signal: ClusterMemberSignal, now: Timestamp) {
         lastTick = now
         let decision: VRRPFollower.Decision
+        // A takeover still announcing holds the role: keepalived's BACKUP must step it down.
+        let servesOrAnnounces = holdsActiveRole || isSharing
         switch signal {
-        case .vrrp(let state): decision = vrrp.heard(state, isActive: holdsActiveRole || isSharing)
-        case .takeOver(let reason): decision = holdsActiveRole || isSharing ? .stay : .takeOver(.external(reason))
-        case .stepDown(let reason): decision = holdsActiveRole || isSharing ? .stepDown(reason) : .stay
+        case .vrrp(let state): decision = vrrp.heard(state, isActive: servesOrAnnounces)
+        case .takeOver(let reason): decision = servesOrAnnounces ? .stay : .takeOver(.external(reason))
+        case .stepDown(let reason): decision = servesOrAnnounces ? .stepDown(reason) : .stay
         }
         switch decision {
         case .takeOver(let reason):
@@ -663,7 +665,7 @@ public struct ClusterMember {
     /// would fall silent to its standbys, which take that for its failure.
     public mutating func rotateKey(_ key: ChannelKey, now: Timestamp) throws(ClusterMemberError) {
         if case .active = lifecycle {
-            let heard = configuration.channel.peers.filter { channel.lastHeard(from: $0) != nil && !isSilent($0, now: now) }
+            let heard = peersHeard(now: now)
             guard heard.isEmpty else { throw .peersOnTheCurrentKey(heard) }
         }
         do { try channel.rotateKey(to: key) } catch { throw .channel(error) }
