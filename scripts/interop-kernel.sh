@@ -86,7 +86,18 @@ setup() {
     start_charon P
 }
 
+# What a failed scenario leaves to read in CI's log, where the guest's files do not survive:
+# charon's view of its SAs and the takeover member's last words.
+report_failure() {
+    say "scenario failed: the peer's SAs: $(ip -n P xfrm state 2>/dev/null | grep -E '^src|proto esp' | tr -s ' ' | tr '\n' ';')"
+    say "charon's log about SAs ending or retransmits:"
+    grep -iE "delet|clos|expire|giving up|retransmit|invalid|error|fail|rekey" "$DIR/charon.log" 2>/dev/null | tail -25 | sed 's/^/    /'
+    say "B's log, last lines:"
+    tail -15 "$DIR/member2.log" 2>/dev/null | cut -c1-300 | sed 's/^/    /'
+}
+
 teardown() {
+    [ "$FAILURES" -eq "$SCENARIO_START_FAILURES" ] || report_failure
     stop_all
     [ "$FAILURES" -eq 0 ] || cp -r "$DIR" "$HERE/out/" 2>/dev/null
     for ns in P A B; do ip netns del "$ns" 2>/dev/null; done
@@ -96,6 +107,7 @@ teardown() {
 run_scenario() {
     local scenario=$1 b_args=()
     DIR=/tmp/kernel-$scenario
+    SCENARIO_START_FAILURES=$FAILURES
     say "=== scenario $scenario ==="
     local a_args=() address_move=(--takeover-command "ip addr add $CLUSTER_IP/24 dev eth0 && { arping -U -c 2 -w 2 -I eth0 $CLUSTER_IP >$DIR/arping.log 2>&1 & }")
     [ "$scenario" = no-counter-advance ] && b_args=(--no-counter-advance)
