@@ -137,10 +137,16 @@ start_world() { # name advert
     start_keepalived 2 "$NS_2"
 }
 
-# Settings a deployment behind keepalived would use: checkpoints every 20 ms or 16 packets,
-# an advance of at least 16, a 50 ms staleness margin (keepalived at 0.01 s declares a death in
-# about 40 ms). The replay control needs a lag instead (LAG).
-TUNED=(--checkpoint-ms 20 --checkpoint-packets 16 --takeover-minimum-advance 16 --staleness-margin-ms 50)
+# Settings a deployment behind keepalived would use: checkpoints every 20 ms or 4 packets (both
+# directions), an advance of at least 4, a 5 ms staleness margin. The conservative inbound
+# window drops the peer's next packets for the advance, rate x (checkpoint age + margin): the
+# age already holds keepalived's detection (about 40 ms at 0.01 s), during which the peer's
+# numbers moved on too, so the margin covers only a checkpoint's making and transit, and the
+# minimum advance what may go out unseen between checkpoints (Docs/Keepalived.md). The replay
+# control needs a lag instead (LAG).
+TUNED=(--checkpoint-ms 20 --checkpoint-packets 4 --takeover-minimum-advance 4 --staleness-margin-ms 5)
+# A ping about every 9 ms (ping's -i 0.01 sends only about 63 a second here).
+PING_INTERVAL=0.009
 
 run_one() {
     local scenario=${1%@*} advert=${1#*@}
@@ -173,6 +179,9 @@ run_one() {
     grep -q 'why="external decision: keepalived: MASTER"' "$DIR/member2.events" && pass "member 2 took over on keepalived's MASTER" \
         || fail "member 2 did not take over on keepalived's word"
     judge "$scenario"
+    # A figure, not a check: timing on a shared machine varies (Docs/Keepalived.md, "Measured").
+    [ "$scenario" = failover ] && [ "$advert" = 0.01 ] && [ -n "$LOST_AT_100" ] &&
+        say "crash loss at 100 pings a second: $LOST_AT_100 (goal: at most 5 with 0.01 s adverts; $([ "$LOST_AT_100" -le 5 ] && echo met || echo NOT met))"
     if [ "$scenario" = failover ]; then
         # The dead member comes back: link, keepalived (below the active member's priority: it stays BACKUP), member.
         ip -n "$NS_LAN" link set port2 up
@@ -347,7 +356,7 @@ upgrade() { # advert
     read -r -a pings <<< "$(stop_ping)"
     replays=$(charon_since "$log_at" | grep -c "ESP sequence number verification failed")
     syncs=$(charon_since "$log_at" | grep -c "responder requested MID sync")
-    say "pings over the upgrade: ${pings[0]} sent, ${pings[1]} answered, ${pings[2]} lost (100 a second)"
+    say "pings over the upgrade: ${pings[0]} sent, ${pings[1]} answered, ${pings[2]} lost ($(ping_rate) a second)"
     [ "$replays" -eq 0 ] && [ "$syncs" -eq 0 ] && pass "upgrade: charon logged no replay rejection and no message-ID sync" \
         || fail "upgrade: charon logged $replays replay rejections and $syncs message-ID syncs"
     [ "$(ike_spis)" = "$SPIS_BEFORE" ] && pass "upgrade: the same IKE SA throughout ($SPIS_BEFORE)" || fail "upgrade: the IKE SA changed: $(ike_spis)"
@@ -410,7 +419,7 @@ switchovers() { # advert
     read -r -a pings <<< "$(stop_ping)"
     replays=$(charon_since "$log_at" | grep -c "ESP sequence number verification failed")
     syncs=$(charon_since "$log_at" | grep -c "responder requested MID sync")
-    say "pings over $count switchovers: ${pings[0]} sent, ${pings[1]} answered, ${pings[2]} lost (100 a second; goal 0)"
+    say "pings over $count switchovers: ${pings[0]} sent, ${pings[1]} answered, ${pings[2]} lost ($(ping_rate) a second; goal 0)"
     # Relaying and preemption leave no window without a holder (3 to 10 were lost before them).
     [ "${pings[2]}" -le 2 ] && pass "at most 2 pings lost over $count switchovers (${pings[2]})" \
         || fail "${pings[2]} pings lost over $count switchovers: the address move was not covered (at most 2)"

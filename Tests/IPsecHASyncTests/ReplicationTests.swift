@@ -221,6 +221,40 @@ struct CounterCheckpointTests {
     }
 }
 
+extension CounterCheckpointTests {
+    /// A ping flow, 100 packets a second each way, checkpointed every 4 packets: each
+    /// checkpoint's rate is the busier direction's 100 a second, not the 200 of both, and not
+    /// the rounding of one checkpoint's 4 packets (cluster.sh's crash lost 10 pings to an
+    /// inbound advance sized from 238 a second).
+    @Test func ratesAreOneDirectionsOverTheRateWindow() throws {
+        var cluster = try ReplicationPair(seed: 42)
+        try cluster.run(for: 300_000_000)
+        var generator = RecordGenerator(seed: 43)
+        let ike = generator.ikeSA()
+        _ = try cluster.replicate(try cluster.state.createIKESA(ike))
+        var ping = generator.childSA(parent: ike.identifier)
+        ping.policy = nil
+        _ = try cluster.replicate(try cluster.state.createChildSA(ping))
+        let slot = try #require(cluster.state.slot(forInboundSPI: ping.inboundSPI))
+        var scheduler = CounterCheckpointScheduler(policy: CounterCheckpointPolicy(packets: 4, interval: .milliseconds(20)))
+        var inbound = try #require(cluster.state.childSA(inboundSPI: ping.inboundSPI)).inboundWindow.top
+        var rates: [UInt32] = []
+        // A request in, a reply out every 10 ms, offset by 3 ms; the scheduler scans every 4 ms.
+        for millisecond in 1...1_000 {
+            if millisecond % 10 == 0 {
+                inbound += 1
+                try cluster.state.commitInbound(inbound, bytes: 84, at: slot)
+            }
+            if millisecond % 10 == 3 { _ = try cluster.state.nextOutboundSequenceNumber(at: slot, bytes: 84) }
+            try cluster.run(for: 1_000_000)
+            if millisecond % 4 == 0 { rates += scheduler.takeDueCheckpoints(from: &cluster.state, now: cluster.now).map(\.packetsPerSecond) }
+        }
+        let settled = rates.dropFirst(10)
+        #expect(settled.count >= 30)
+        #expect(settled.allSatisfy { (85...115).contains($0) }, "\(settled)")
+    }
+}
+
 @Suite("Epoch and key rotation")
 struct RotationTests {
     @Test func activeMovesToANewEpochAndTheStandbyFollows() throws {

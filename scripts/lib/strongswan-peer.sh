@@ -181,8 +181,10 @@ initiate() {
 }
 
 # Pings at 100 a second from NS to ADDRESS into DIR/ping.log; PING_PID.
+# PING_INTERVAL (s) is ping's -i: mind that iputils' ping rounds its timer, so that here -i 0.01
+# sends about 63 a second and -i 0.009 about 110; ping_rate says what was sent.
 start_ping() { # ns address
-    ip netns exec "$1" ping -D -i 0.01 -W 1 "$2" > "$DIR/ping.log" 2>&1 &
+    ip netns exec "$1" ping -D -i "${PING_INTERVAL:-0.01}" -W 1 "$2" > "$DIR/ping.log" 2>&1 &
     PING_PID=$!
     PIDS+=($PING_PID)
 }
@@ -195,6 +197,13 @@ stop_ping() { # prints "sent answered lost"
     sent=$(echo "$summary" | sed -n 's/^\([0-9]*\) packets transmitted.*/\1/p')
     answered=$(echo "$summary" | sed -n 's/.* \([0-9]*\) received.*/\1/p')
     echo "${sent:-0} ${answered:-0} $(( ${sent:-0} - ${answered:-0} ))"
+}
+
+# Pings sent a second, from the first and last replies' sequence numbers and times.
+ping_rate() {
+    awk -F'[][ =]' '/bytes from/ { for (i = 1; i <= NF; i++) if ($i == "icmp_seq") seq = $(i + 1); t = $2
+        if (!first) { first = 1; t0 = t; s0 = seq } t1 = t; s1 = seq }
+        END { if (t1 > t0) printf "%d", (s1 - s0) / (t1 - t0); else print 0 }' "$DIR/ping.log"
 }
 
 # What strongSwan must show after member B took over: B's ESP accepted (no replay
@@ -324,7 +333,8 @@ start_and_kill() { # scenario kill-function checkpoint
 
 # Waits for member 2's takeover (and its message-ID sync), lets the pings run two seconds
 # more, stops them and says how many were lost. Sets FIRST_REPLY: ms from the kill to member
-# 2's first ESP reply, by its own event (a reply from member 1 may still be on its way then).
+# 2's first ESP reply, by its own event (a reply from member 1 may still be on its way then),
+# and LOST_AT_100: the pings lost, scaled to 100 a second.
 after_kill() { # scenario
     wait_for "$DIR/member2.events" "event=takeover" 5 || fail "$1: member 2 did not take over"
     [ "$1" = no-message-id-sync ] || wait_for "$DIR/member2.events" "event=mid_sync_done" 5 || fail "$1: the message-ID sync was not answered"
@@ -333,7 +343,15 @@ after_kill() { # scenario
     read -r -a pings <<< "$(stop_ping)"
     first=$(event_time "$DIR/member2.events" first_esp_reply 2)
     FIRST_REPLY=${first:+$((first - KILLED_AT))}
-    say "pings: ${pings[0]} sent, ${pings[1]} answered, ${pings[2]} lost (100 a second); member 2's first reply ${FIRST_REPLY:-never} ms after the kill"
+    local rate
+    rate=$(ping_rate)
+    say "pings: ${pings[0]} sent, ${pings[1]} answered, ${pings[2]} lost ($rate a second); member 2's first reply ${FIRST_REPLY:-never} ms after the kill"
+    # The traffic lost across the crash, as time and as pings at 100 a second.
+    LOST_AT_100=""
+    if [ "$rate" -gt 0 ]; then
+        LOST_AT_100=$(( (pings[2] * 100 + rate / 2) / rate ))
+        say "FIGURE crash_loss scenario=$1 pings_lost=${pings[2]} ping_rate=$rate gap_ms=$(( pings[2] * 1000 / rate )) lost_at_100_per_s=$LOST_AT_100"
+    fi
     say "member 2: $(grep event=takeover "$DIR/member2.events" | cut -d' ' -f4-)"
     grep event=child_sa_takeover "$DIR/member2.events" | sed 's/^/    /'
 }

@@ -225,6 +225,8 @@ extension GatewayState {
         /// Outbound packets counted for the lifetime: `lastSent` less these is how far the
         /// counter has jumped in all (takeovers, reassertions), unseen by the peer or not.
         public var outboundPackets: UInt64
+        /// Inbound packets counted for the lifetime (received and verified).
+        public var inboundPackets: UInt64
         /// What a standby knows of the last checkpoint (nil on the member that sends the
         /// checkpoints, and on a standby before the first one).
         public var freshness: ChildSAFreshness?
@@ -244,7 +246,8 @@ extension GatewayState {
                             hardLimit: slots[index]!.outboundCounter.hardLimit, inboundTop: slots[index]!.inboundWindow.top,
                             extendedSequenceNumbers: slots[index]!.outboundCounter.extendedSequenceNumbers,
                             packets: slots[index]!.lifetime.usage.inboundPackets &+ slots[index]!.lifetime.usage.outboundPackets,
-                            outboundPackets: slots[index]!.lifetime.usage.outboundPackets, freshness: freshness[index]))
+                            outboundPackets: slots[index]!.lifetime.usage.outboundPackets,
+                            inboundPackets: slots[index]!.lifetime.usage.inboundPackets, freshness: freshness[index]))
                 }
             }
         }

@@ -21,20 +21,47 @@ public struct CounterCheckpointPolicy: Sendable, Hashable {
     }
     /// ``interval`` in nanoseconds, for the scheduler's clock arithmetic.
     package private(set) var intervalNanoseconds: UInt64
+    /// The shortest time a checkpoint's packet rate is measured over (at least 1 ns; it spans
+    /// between one and two of these). Over one checkpoint's few packets the rate of a slow SA
+    /// is mostly rounding (4 packets in 16 or in 24 ms: 250 or 166 a second), and a takeover's
+    /// conservative inbound window drops the peer's packets in proportion to it.
+    public var rateWindow: Duration {
+        get { .nanoseconds(Int64(clamping: rateWindowNanoseconds)) }
+        set { rateWindowNanoseconds = max(newValue.nonNegativeNanoseconds, 1) }
+    }
+    /// ``rateWindow`` in nanoseconds.
+    package private(set) var rateWindowNanoseconds: UInt64
 
-    /// A policy; 4,096 packets or 50 ms by default.
-    public init(packets: UInt64 = 4_096, interval: Duration = .milliseconds(50)) {
+    /// A policy; 4,096 packets or 50 ms by default, rates measured over at least 100 ms.
+    public init(packets: UInt64 = 4_096, interval: Duration = .milliseconds(50), rateWindow: Duration = .milliseconds(100)) {
         self.packets = max(packets, 1)
         intervalNanoseconds = max(interval.nonNegativeNanoseconds, 1)
+        rateWindowNanoseconds = max(rateWindow.nonNegativeNanoseconds, 1)
     }
 }
 
 /// Decides which Child SAs' counters are due for a checkpoint, takes the checkpoints in the
 /// gateway state, and measures each SA's packet rate for the takeover's advance.
+///
+/// The rate a checkpoint carries is that of the busier direction, over the last
+/// ``CounterCheckpointPolicy/rateWindow`` or up to twice that: a takeover moves each direction's
+/// counter by what that direction may have carried, so the sum of both would double the
+/// inbound advance of a two-way flow, and with it the peer's packets a conservative window
+/// drops.
 public struct CounterCheckpointScheduler {
     struct Track {
+        /// The last checkpoint, and the packets of both directions then.
         var at: Timestamp
         var packets: UInt64
+        /// Where the rate is measured from, and the next such point once it is a window old.
+        var rateFrom: RatePoint
+        var rateNext: RatePoint
+    }
+
+    struct RatePoint {
+        var at: Timestamp
+        var inbound: UInt64
+        var outbound: UInt64
     }
 
     /// The policy in force.
@@ -51,16 +78,29 @@ public struct CounterCheckpointScheduler {
         var seen = Set<UInt32>()
         var due: [(spi: UInt32, packets: UInt64, rate: UInt32)] = []
         let interval = policy.intervalNanoseconds
+        let window = policy.rateWindowNanoseconds
         state.forEachChildSACounters { sa in
             seen.insert(sa.inboundSPI)
-            guard let track = tracks[sa.inboundSPI] else {
-                tracks[sa.inboundSPI] = Track(at: now, packets: sa.packets)
+            let point = RatePoint(at: now, inbound: sa.inboundPackets, outbound: sa.outboundPackets)
+            guard let index = tracks.index(forKey: sa.inboundSPI) else {
+                tracks[sa.inboundSPI] = Track(at: now, packets: sa.packets, rateFrom: point, rateNext: point)
                 return
             }
+            // Moved on every pass, not only at checkpoints: an SA idle for a minute that
+            // starts sending is measured over the last window, not over the idle minute.
+            if now.nanoseconds &- tracks.values[index].rateNext.at.nanoseconds >= window {
+                tracks.values[index].rateFrom = tracks.values[index].rateNext
+                tracks.values[index].rateNext = point
+            }
+            let track = tracks.values[index]
             let sent = sa.packets &- track.packets
             let elapsed = now.nanoseconds &- track.at.nanoseconds
             guard sent > 0, sent >= policy.packets || elapsed >= interval else { return }
-            let rate = elapsed == 0 ? UInt64(UInt32.max) : min(sent &* 1_000_000_000 / elapsed, UInt64(UInt32.max))
+            let from = track.rateFrom
+            let measured = max(sa.inboundPackets &- from.inbound, sa.outboundPackets &- from.outbound)
+            let span = now.nanoseconds &- from.at.nanoseconds
+            let (scaled, overflow) = measured.multipliedReportingOverflow(by: 1_000_000_000)
+            let rate = span == 0 || overflow ? UInt64(UInt32.max) : min(scaled / span, UInt64(UInt32.max))
             due.append((sa.inboundSPI, sa.packets, UInt32(rate)))
         }
         for (spi, packets, rate) in due {
@@ -68,7 +108,8 @@ public struct CounterCheckpointScheduler {
                 case .countersAdvanced(let checkpoint, let generation)? = state.checkpointCounters(at: slot).first
             else { continue }
             entries.append(CounterCheckpointEntry(checkpoint: checkpoint, generation: generation, packetsPerSecond: rate))
-            tracks[spi] = Track(at: now, packets: packets)
+            tracks[spi]!.at = now
+            tracks[spi]!.packets = packets
         }
         if tracks.count > seen.count { tracks = tracks.filter { seen.contains($0.key) } }
         return entries
