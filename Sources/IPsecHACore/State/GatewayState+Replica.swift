@@ -132,8 +132,27 @@ extension GatewayState {
     ) -> CounterCheckpointOutcome {
         var outcome = CounterCheckpointOutcome()
         withUnsafeTemporaryAllocation(of: Int32.self, capacity: entries.count) { slots in
-            for index in entries.indices {
-                slots[index] = spiIndex.slot(of: entries[index].checkpoint.inboundSPI) ?? -1
+            childSlots.withUnsafeBufferPointer { childSlots in
+                // The active member's scan checkpoints its Child SAs in slot order, and a resync
+                // installs them here in that order: the slot after the previous entry's is
+                // where the next entry usually is. Checked there first, its SPI compared, the
+                // lookup of a busy gateway's checkpoints walks the table instead of landing in
+                // a random bucket of an SPI index far larger than the cache (63 ns an entry at
+                // a million IKE SAs, 22 at 10,000).
+                var previous = -1
+                for index in entries.indices {
+                    let spi = entries[index].checkpoint.inboundSPI
+                    let next = previous &+ 1
+                    if next < childSlots.count, childSlots[next].isPresent, childSlots[next]!.inboundSPI == spi {
+                        slots[index] = Int32(truncatingIfNeeded: next)
+                        previous = next
+                    } else if let slot = spiIndex.slot(of: spi) {
+                        slots[index] = slot
+                        previous = Int(slot)
+                    } else {
+                        slots[index] = -1
+                    }
+                }
             }
             childSlots.withUnsafeBufferPointer { childSlots in
                 var touched: UInt64 = 0

@@ -68,6 +68,34 @@ struct CounterCheckpointTests {
         }
     }
 
+    /// Entries in slot order, as the active member's scan sends them, are found by the slot
+    /// after the previous entry's; where that slot is empty, holds another SA, or lies past
+    /// the table, the SPI index still finds the right one, and an unknown SPI is refused.
+    @Test func entriesInSlotOrderApplyAsOneByOne() throws {
+        var batched = try standby(childSAs: 12)
+        // Slots 3 and 7 emptied, slot 3 refilled by a new SPI: slot order is no longer SPI order.
+        var random = SplitMix64(seed: 9)
+        _ = try batched.state.deleteChildSA(inboundSPI: batched.spis[3])
+        _ = try batched.state.deleteChildSA(inboundSPI: batched.spis[7])
+        _ = try batched.state.createChildSA(Fixtures.childSA(inboundSPI: 0x5000, parent: batched.parent, window: 128, esn: false, &random))
+        var single = batched
+        var order: [UInt32] = []
+        batched.state.forEachChildSACounters { order.append($0.inboundSPI) }
+        #expect(order.count == 11 && order.contains(0x5000))
+        // Two passes in slot order (the second from the middle, wrapping), an unknown SPI and a
+        // deleted one among them.
+        let spis = order + [0x9000] + order[5...] + [batched.spis[7]] + order[..<5]
+        let entries = spis.enumerated().map { entry($1, generation: UInt64(2 + $0 / 12), lastSent: UInt64($0), top: UInt64($0), rate: 10) }
+        let outcome = batched.state.applyCounterCheckpoints(entries, arrivedAt: .seconds(4))
+        for entry in entries {
+            _ = try? single.state.applyCounterCheckpoint(
+                entry.checkpoint, generation: entry.generation, freshness: ChildSAFreshness(lastCheckpoint: .seconds(4), packetsPerSecond: 10))
+        }
+        #expect(outcome.applied == 22 && outcome.rejected == 2)
+        #expect(batched.state == single.state)
+        for spi in order { #expect(batched.state.childSA(inboundSPI: spi)?.outboundCounter.lastSent == single.state.childSA(inboundSPI: spi)?.outboundCounter.lastSent) }
+    }
+
     @Test func freshnessFollowsTheSlotAndIsNotReplicatedState() throws {
         var s = try standby(childSAs: 2)
         let copy = s.state
