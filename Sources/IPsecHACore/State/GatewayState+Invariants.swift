@@ -33,6 +33,9 @@ extension GatewayState {
                 violations.append("Child SA \(sa.inboundSPI) missing from policy \(policy.rawValue)'s list")
             }
         }
+        if slotSPIs.count != childSlots.count || childSlots.indices.contains(where: { slotSPIs[$0] != (childSlots[$0]?.inboundSPI ?? 0) }) {
+            violations.append("the per-slot SPIs do not name each slot's Child SA")
+        }
         if spiIndex.count != occupied {
             violations.append("the SPI index counts \(spiIndex.count) Child SAs, the slots \(occupied)")
         }

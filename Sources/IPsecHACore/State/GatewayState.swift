@@ -24,6 +24,10 @@ public struct GatewayState: Sendable, Equatable {
     /// rather than a dictionary by SPI: the replica writes it once per checkpoint and the
     /// takeover planner reads it once per Child SA, both in the same pass as the slot.
     var freshness: [ChildSAFreshness?] = []
+    /// Per slot, the inbound SPI of its Child SA (0, which RFC 4303 reserves, for an empty
+    /// slot): a standby finds where a checkpoint goes by comparing 4 dense bytes, not by
+    /// reading the Child SA (``applyCounterCheckpoints(_:arrivedAt:)``).
+    var slotSPIs: [UInt32] = []
     var freeSlots: [Int32] = []
     /// The selectors of the Child SA installed last. Child SAs installed one after another
     /// often have equal selectors (a site's subnets, a remote-access gateway's local side): one
@@ -63,6 +67,7 @@ public struct GatewayState: Sendable, Equatable {
         childSlots.reserveCapacity(childCount)
         incarnations.reserveCapacity(childCount)
         freshness.reserveCapacity(childCount)
+        slotSPIs.reserveCapacity(childCount)
         spiIndex.reserveCapacity(childCount)
     }
 
@@ -83,11 +88,13 @@ public struct GatewayState: Sendable, Equatable {
             slot = free
             childSlots[Int(slot)] = sa
             freshness[Int(slot)] = nil
+            slotSPIs[Int(slot)] = sa.inboundSPI
         } else {
             slot = Int32(childSlots.count)
             childSlots.append(sa)
             incarnations.append(0)
             freshness.append(nil)
+            slotSPIs.append(sa.inboundSPI)
         }
         // In place once stored: a changed copy of the Child SA would be copied again to store it.
         Self.share(&childSlots[Int(slot)]!.localSelectors, with: &recentLocalSelectors)
@@ -129,6 +136,7 @@ public struct GatewayState: Sendable, Equatable {
         if let policy = sa.policy { childSAsByPolicy[policy]?.removeAll { $0 == sa.inboundSPI } }
         childSlots[Int(slot)] = nil
         freshness[Int(slot)] = nil
+        slotSPIs[Int(slot)] = 0
         incarnations[Int(slot)] &+= 1
         freeSlots.append(slot)
     }

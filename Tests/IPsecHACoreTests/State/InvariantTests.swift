@@ -52,5 +52,10 @@ struct InvariantTests {
         let parent = try #require(orphan.ikeSAs.keys.first)
         orphan.ikeSAs.slots[orphan.ikeSAs.slot(of: parent)!]!.childSAs = []
         #expect(orphan.invariantViolations().contains { $0.contains("missing from its IKE SA") })
+
+        var staleSPI = try busyState()
+        let freed = try #require(staleSPI.freeSlots.first)
+        staleSPI.slotSPIs[Int(freed)] = 0x1000
+        #expect(staleSPI.invariantViolations().contains { $0.contains("per-slot SPIs") })
     }
 }
