@@ -181,17 +181,27 @@ struct ReplicationTests {
 
 @Suite("Counter checkpoints")
 struct CounterCheckpointTests {
-    @Test func dueByPacketsOrIntervalWithMeasuredRates() throws {
-        var cluster = try ReplicationPair(seed: 40)
+    /// A settled pair whose active member holds one IKE SA with `count` Child SAs (no policy),
+    /// replicated.
+    func pair(seed: UInt64, childSAs count: Int) throws -> (cluster: ReplicationPair, childSAs: [ChildSA]) {
+        var cluster = try ReplicationPair(seed: seed)
         try cluster.run(for: 300_000_000)
-        var generator = RecordGenerator(seed: 41)
+        var generator = RecordGenerator(seed: seed + 1)
         let ike = generator.ikeSA()
         _ = try cluster.replicate(try cluster.state.createIKESA(ike))
-        var busy = generator.childSA(parent: ike.identifier)
-        busy.policy = nil
-        var quiet = generator.childSA(parent: ike.identifier)
-        quiet.policy = nil
-        _ = try cluster.replicate(try cluster.state.createChildSA(busy) + cluster.state.createChildSA(quiet))
+        var childSAs: [ChildSA] = []
+        for _ in 0..<count {
+            var sa = generator.childSA(parent: ike.identifier)
+            sa.policy = nil
+            _ = try cluster.replicate(try cluster.state.createChildSA(sa))
+            childSAs.append(sa)
+        }
+        return (cluster, childSAs)
+    }
+
+    @Test func dueByPacketsOrIntervalWithMeasuredRates() throws {
+        var (cluster, childSAs) = try pair(seed: 40, childSAs: 2)
+        let (busy, quiet) = (childSAs[0], childSAs[1])
         var scheduler = CounterCheckpointScheduler(policy: CounterCheckpointPolicy(packets: 1_000, interval: .milliseconds(50)))
         #expect(scheduler.takeDueCheckpoints(from: &cluster.state, now: cluster.now).isEmpty, "first pass only starts tracking")
 
@@ -227,14 +237,8 @@ extension CounterCheckpointTests {
     /// the rounding of one checkpoint's 4 packets (cluster.sh's crash lost 10 pings to an
     /// inbound advance sized from 238 a second).
     @Test func ratesAreOneDirectionsOverTheRateWindow() throws {
-        var cluster = try ReplicationPair(seed: 42)
-        try cluster.run(for: 300_000_000)
-        var generator = RecordGenerator(seed: 43)
-        let ike = generator.ikeSA()
-        _ = try cluster.replicate(try cluster.state.createIKESA(ike))
-        var ping = generator.childSA(parent: ike.identifier)
-        ping.policy = nil
-        _ = try cluster.replicate(try cluster.state.createChildSA(ping))
+        var (cluster, childSAs) = try pair(seed: 42, childSAs: 1)
+        let ping = childSAs[0]
         let slot = try #require(cluster.state.slot(forInboundSPI: ping.inboundSPI))
         var scheduler = CounterCheckpointScheduler(policy: CounterCheckpointPolicy(packets: 4, interval: .milliseconds(20)))
         var inbound = try #require(cluster.state.childSA(inboundSPI: ping.inboundSPI)).inboundWindow.top
