@@ -21,6 +21,12 @@ public struct UDPSyncTransport: SyncTransport, Sendable {
     /// Bytes held for ``receive(now:)`` at most (16 MiB): 65,536 datagrams of 64 KiB would be
     /// 4 GiB from anybody who can reach the port (review L7).
     public static let queueByteLimit = 16 << 20
+    /// The socket's receive buffer asked for (4 MiB; the kernel grants at most
+    /// `net.core.rmem_max`, 208 KiB on a stock Debian). The channel sends up to
+    /// `SyncChannelConfiguration.retransmitBufferLimit` datagrams before an acknowledgement: a
+    /// bulk resync's burst of them overflowed the default buffer, and the kernel dropped more
+    /// datagrams than it delivered (the synch channel then repaired each loss).
+    public static let receiveBufferBytes: Int32 = 4 << 20
 
     private let channel: any Channel
     private let peers: [ClusterMemberID: SocketAddress]
@@ -70,6 +76,7 @@ public struct UDPSyncTransport: SyncTransport, Sendable {
         let inbox = Inbox()
         let channel = try await DatagramBootstrap(group: group)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBufferBytes))
             .channelInitializer { channel in channel.pipeline.addHandler(inbox) }
             .bind(host: host, port: port).get()
         guard let local = channel.localAddress else { throw SyncTransportError.unreachable(member) }
