@@ -92,6 +92,13 @@ public struct UDPSyncTransport: SyncTransport, Sendable {
         inbox.state.withLockedValue { $0.sources = Set(peers.values) }
     }
 
+    /// The socket's receive buffer as the kernel granted it (`SO_RCVBUF`; Linux reports twice
+    /// what it reserved for data): below ``receiveBufferBytes`` where `net.core.rmem_max` is
+    /// lower, which an embedder may want to log at start.
+    public func grantedReceiveBufferBytes() async throws -> Int {
+        Int(try await channel.getOption(.socketOption(.so_rcvbuf)).get())
+    }
+
     /// This transport with another set of peer addresses.
     public func with(peers: [ClusterMemberID: SocketAddress]) -> UDPSyncTransport {
         UDPSyncTransport(member: member, localAddress: localAddress, channel: channel, peers: peers, inbox: inbox)

@@ -47,6 +47,22 @@ struct TransportConformanceTests {
         try await group.shutdownGracefully()
     }
 
+    /// The socket asks for a 4 MiB receive buffer and gets what net.core.rmem_max allows: with
+    /// the default 208 KiB a bulk resync and the checkpoint stream overflowed it and the kernel
+    /// dropped more datagrams than it delivered (Docs/Replication.md, "Over a real transport").
+    @Test func udpSocketsAskForALargeReceiveBuffer() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let transport = try await UDPSyncTransport.bind(member: ClusterMemberID(rawValue: 1), host: "127.0.0.1", port: 0, peers: [:], group: group)
+        let limit = (try? String(contentsOfFile: "/proc/sys/net/core/rmem_max", encoding: .utf8)).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        let granted = try await transport.grantedReceiveBufferBytes()
+        if let limit {
+            #expect(granted >= min(Int(UDPSyncTransport.receiveBufferBytes), limit), "rmem_max \(limit)")
+        }
+        #expect(granted > 0)
+        try await transport.close()
+        try await group.shutdownGracefully()
+    }
+
     /// Review L7: the socket took datagrams from anybody, up to 65,536 of any size.
     @Test func udpDatagramsFromAnAddressThatIsNotAPeersAreRefused() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
