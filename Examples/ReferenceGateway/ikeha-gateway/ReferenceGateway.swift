@@ -137,6 +137,15 @@ struct ReferenceGateway {
         transport = try group.next().makeFutureWithTask {
             try await UDPSyncTransport.bind(member: member, host: host, port: port, peers: addresses, group: group)
         }.wait()
+        let synchTransport = transport
+        // Linux reports twice what it reserved; below the asked size a resync's bursts overflow it.
+        if let granted = try? group.next().makeFutureWithTask({ try await synchTransport.grantedReceiveBufferBytes() }).wait(),
+            granted < Int(UDPSyncTransport.receiveBufferBytes)
+        {
+            logger.warning(
+                "synch socket's receive buffer below what the transport asks: raise net.core.rmem_max (Docs/Operations.md, Tuning)",
+                metadata: ["granted_bytes": "\(granted)", "asked_bytes": "\(UDPSyncTransport.receiveBufferBytes)"])
+        }
         // The role epoch, from the clock: it only orders members that are active at once (split
         // brain). The synch channel does not rely on it: a restart with a lower or equal one is fine.
         let epoch = UInt32(truncatingIfNeeded: Timestamp.monotonicNow().nanoseconds / 1_000_000) | 1
