@@ -8,7 +8,9 @@ extension GatewayState {
         spiIndex.slot(of: spi).map { ChildSASlot(index: $0) }
     }
 
-    /// The Child SA in `slot` (nil if it was deleted since).
+    /// The Child SA in `slot` (nil if it was deleted since). Inlinable: a bulk resync reads
+    /// every Child SA through it from another module, and a call returned a copy of each.
+    @inlinable
     public subscript(slot: ChildSASlot) -> ChildSA? {
         childSlots.indices.contains(Int(slot.storage)) ? childSlots[Int(slot.storage)] : nil
     }
