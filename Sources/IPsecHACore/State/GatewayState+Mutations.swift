@@ -220,13 +220,13 @@ extension GatewayState {
         public var inboundTop: UInt64
         /// Whether the SA uses Extended Sequence Numbers.
         public var extendedSequenceNumbers: Bool
-        /// Packets counted for the lifetime, both directions.
-        public var packets: UInt64
         /// Outbound packets counted for the lifetime: `lastSent` less these is how far the
         /// counter has jumped in all (takeovers, reassertions), unseen by the peer or not.
         public var outboundPackets: UInt64
         /// Inbound packets counted for the lifetime (received and verified).
         public var inboundPackets: UInt64
+        /// Packets counted for the lifetime, both directions.
+        public var packets: UInt64 { inboundPackets &+ outboundPackets }
         /// What a standby knows of the last checkpoint (nil on the member that sends the
         /// checkpoints, and on a standby before the first one).
         public var freshness: ChildSAFreshness?
@@ -245,7 +245,6 @@ extension GatewayState {
                             lastSent: slots[index]!.outboundCounter.lastSent,
                             hardLimit: slots[index]!.outboundCounter.hardLimit, inboundTop: slots[index]!.inboundWindow.top,
                             extendedSequenceNumbers: slots[index]!.outboundCounter.extendedSequenceNumbers,
-                            packets: slots[index]!.lifetime.usage.inboundPackets &+ slots[index]!.lifetime.usage.outboundPackets,
                             outboundPackets: slots[index]!.lifetime.usage.outboundPackets,
                             inboundPackets: slots[index]!.lifetime.usage.inboundPackets, freshness: freshness[index]))
                 }
