@@ -170,10 +170,12 @@ run_scenario() {
     # the rest of the suite running that took up to 4 s after the kill; a fixed wait ended
     # before it (a CI run, and here with benchmarks running).
     sleep 3.5
-    local waited
+    local waited seq_before proto_before seq_now proto_now
+    read -r seq_before proto_before <<<"$errors_before"
     for waited in $(seq 66); do
         if [ "$scenario" = no-counter-advance ]; then
-            [ "$(xfrm_errors | cut -d' ' -f1)" -gt "$(echo "$errors_before" | cut -d' ' -f1)" ] && break
+            read -r seq_now proto_now <<<"$(xfrm_errors)"
+            [ "$seq_now" -gt "$seq_before" ] && break
         else
             [ -n "$(first_reply_after_takeover)" ] && break
         fi
@@ -182,10 +184,8 @@ run_scenario() {
     local first_reply_s first_reply_ms=""
     first_reply_s=$(first_reply_after_takeover)
     [ -n "$first_reply_s" ] && first_reply_ms=$(awk -v t="$first_reply_s" -v kill="$kill_ms" 'BEGIN { printf "%d", t * 1000 - kill }')
-    local errors_after seq_before proto_before seq_after proto_after
-    errors_after=$(xfrm_errors)
-    read -r seq_before proto_before <<<"$errors_before"
-    read -r seq_after proto_after <<<"$errors_after"
+    local seq_after proto_after
+    read -r seq_after proto_after <<<"$(xfrm_errors)"
     say "peer's inbound SA: $(ip -n P -s xfrm state | grep -A12 "dst $PEER_IP" | grep -E 'oseq|seq-hi|packets' | tr -s ' ' | head -3 | tr '\n' ' ')"
     if [ "$scenario" = no-counter-advance ]; then
         local summary

@@ -23,9 +23,10 @@ public struct UDPSyncTransport: SyncTransport, Sendable {
     public static let queueByteLimit = 16 << 20
     /// The socket's receive buffer asked for (4 MiB; the kernel grants at most
     /// `net.core.rmem_max`, 208 KiB on a stock Debian). The channel sends up to
-    /// `SyncChannelConfiguration.retransmitBufferLimit` datagrams before an acknowledgement: a
-    /// bulk resync's burst of them overflowed the default buffer, and the kernel dropped more
-    /// datagrams than it delivered (the synch channel then repaired each loss).
+    /// `SyncChannelConfiguration.retransmitBufferLimit` datagrams before an acknowledgement, and
+    /// the checkpoint stream comes in bursts at each scan: together they overflowed the
+    /// default buffer, and the kernel dropped more datagrams than it delivered (the synch
+    /// channel then repaired each loss).
     public static let receiveBufferBytes: Int32 = 4 << 20
 
     private let channel: any Channel

@@ -180,7 +180,7 @@ initiate() {
     say "IKE SA: $SPIS_BEFORE; $(sw --list-sas --ike gw | grep -E 'INSTALLED' | head -1 | sed 's/^ *//')"
 }
 
-# Pings at 100 a second from NS to ADDRESS into DIR/ping.log; PING_PID.
+# Pings from NS to ADDRESS into DIR/ping.log, nominally 100 a second; PING_PID.
 # PING_INTERVAL (s) is ping's -i: mind that iputils' ping rounds its timer, so that here -i 0.01
 # sends about 63 a second and -i 0.009 about 110; ping_rate says what was sent.
 start_ping() { # ns address
