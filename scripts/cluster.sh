@@ -138,13 +138,14 @@ start_world() { # name advert
 }
 
 # Settings a deployment behind keepalived would use: checkpoints every 20 ms or 4 packets (both
-# directions), an advance of at least 4, a 5 ms staleness margin. The conservative inbound
-# window drops the peer's next packets for the advance, rate x (checkpoint age + margin): the
-# age already holds keepalived's detection (about 40 ms at 0.01 s), during which the peer's
-# numbers moved on too, so the margin covers only a checkpoint's making and transit, and the
-# minimum advance what may go out unseen between checkpoints (Docs/Keepalived.md). The replay
-# control needs a lag instead (LAG).
-TUNED=(--checkpoint-ms 20 --checkpoint-packets 4 --takeover-minimum-advance 4 --staleness-margin-ms 5)
+# directions), an advance of at least 4, and the staleness margin the synch channel measures
+# (its round trip, at least 2 ms: the default). The conservative inbound window drops the
+# peer's next packets for the advance, rate x (checkpoint age + margin): the age already holds
+# keepalived's detection (about 40 ms at 0.01 s), during which the peer's numbers moved on too,
+# so the margin covers only a checkpoint's making and transit, and the minimum advance what may
+# go out unseen between checkpoints (Docs/Keepalived.md). The replay control needs a lag
+# instead (LAG).
+TUNED=(--checkpoint-ms 20 --checkpoint-packets 4 --takeover-minimum-advance 4)
 # A ping about every 9 ms (ping's -i 0.01 sends only about 63 a second here).
 PING_INTERVAL=0.009
 
@@ -172,6 +173,7 @@ run_one() {
     # member 2 sent its first (ping -D stamps each reply with the time it came through charon).
     local accepted=""
     [ -n "$first" ] && accepted=$(awk -v f="$first" -F'[][]' '/bytes from/ { t = int($2 * 1000); if (t >= f) { printf "%.0f", t; exit } }' "$DIR/ping.log")
+    say "staleness margin of member 2's takeover (the synch round trip it was told): $(sed -n 's/.*event=takeover.* staleness_margin_us=\([0-9]*\).*/\1/p' "$DIR/member2.events" | tail -1) µs"
     say "timeline from the kill: keepalived MASTER on member 2 after $(ms_since "$KILLED_AT" "$vrrp"), takeover after $(ms_since "$KILLED_AT" "$takeover"), RFC 6311 exchange done after $(ms_since "$KILLED_AT" "$mid"), first ESP reply sent by member 2 after $(ms_since "$KILLED_AT" "$first"), accepted by strongSwan (ping's reply) after $(ms_since "$KILLED_AT" "$accepted")"
     # Member 1's keepalived died without removing its copy of the address; it sits behind the
     # dead link until that keepalived restarts (and removes it, as the restart check shows).

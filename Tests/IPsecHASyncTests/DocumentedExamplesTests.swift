@@ -62,6 +62,7 @@ enum DocExamples {
             ("relayedDatagram", .relayedDatagram(RelayedDatagram(
                 remote: Endpoint(address: IPAddress(ipv4: 0xC000_0207), port: 4500, udpEncapsulation: true), localPort: 4500,
                 bytes: [0xde, 0xad, 0xbe, 0xef]))),
+            ("synchDelay", .synchDelay(roundTrip: .microseconds(2_500))),
         ]
     }
 }

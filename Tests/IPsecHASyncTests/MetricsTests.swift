@@ -124,6 +124,10 @@ struct MetricsTests {
         #expect(try gauge(standbyFactory, "ipsecha_member_child_sas") == 1)
         #expect(try gauge(factory, "ipsecha_sync_standby_current", [("peer", "2")]) == 1)
         #expect(try gauge(factory, "ipsecha_sync_peer_protocol_version", [("peer", "2")]) == Double(SyncProtocolVersion.current))
+        // The SAs' records went out reliably: their acknowledgement came back within the 0.1 ms
+        // link delay each way and the standby's 2 ms acknowledgement delay.
+        let roundTrip = try gauge(factory, "ipsecha_sync_peer_round_trip_seconds", [("peer", "2")])
+        #expect(roundTrip > 0.000_2 && roundTrip < 0.003, "\(roundTrip) s")
 
         _ = try cluster.members[0].switchOver(now: cluster.now)
         try cluster.run(for: .milliseconds(50))

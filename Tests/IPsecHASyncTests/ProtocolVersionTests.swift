@@ -81,12 +81,12 @@ struct ProtocolVersionTests {
     /// and the operator is told once why.
     @Test func membersTwoReleasesApartAreIncompatible() throws {
         var cluster = try EmbeddedCluster(seed: 72) { configuration in
-            if configuration.channel.member == EmbeddedCluster.id(1) { configuration.channel.protocolVersions = 4...5 }
+            if configuration.channel.member == EmbeddedCluster.id(1) { configuration.channel.protocolVersions = 5...6 }
         }
         try cluster.run(for: .milliseconds(500))
-        #expect(cluster.members[0].channel.protocolVersion(with: EmbeddedCluster.id(1)) == .incompatible(peer: 4...5))
-        // And the other way round: member 1 announced 2...3, all below member 2's oldest.
-        #expect(cluster.members[1].channel.protocolVersion(with: EmbeddedCluster.id(0)) == .incompatible(peer: 2...3))
+        #expect(cluster.members[0].channel.protocolVersion(with: EmbeddedCluster.id(1)) == .incompatible(peer: 5...6))
+        // And the other way round: member 1 announced 2...4, all below member 2's oldest.
+        #expect(cluster.members[1].channel.protocolVersion(with: EmbeddedCluster.id(0)) == .incompatible(peer: 2...4))
     }
 
     /// During a switchover the member that handed over relays what still reaches it; only the

@@ -103,7 +103,7 @@ struct RecordGenerator {
     }
 
     mutating func record() -> SyncRecord {
-        switch next(23) {
+        switch next(24) {
         case 0: return .hello(epoch: UInt32(next(1 << 32)), capabilities: UInt32(next(16)), needsResync: next(2) == 0)
         case 1: return .heartbeat(highestSequence: random.next(), sentAt: Timestamp(nanoseconds: random.next()))
         case 2: return .acknowledgement(cumulative: random.next(), selective: ranges())
@@ -157,6 +157,8 @@ struct RecordGenerator {
                 RelayedDatagram(
                     remote: Endpoint(address: IPAddress(ipv4: UInt32(next(1 << 32))), port: UInt16(next(65_536)), udpEncapsulation: next(2) == 0),
                     localPort: next(2) == 0 ? 500 : 4500, bytes: (0...next(40)).map { _ in UInt8(next(256)) }))
+        case 22:
+            return .synchDelay(roundTrip: .nanoseconds(Int64(next(1 << 40))))
         default: return .unknown(type: UInt16(0x0100 + next(0x1000)), value: (0..<next(20)).map { _ in UInt8(next(256)) })
         }
     }

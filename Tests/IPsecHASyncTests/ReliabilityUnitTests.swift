@@ -18,29 +18,29 @@ struct ReliableSenderTests {
         #expect(sender.highestSent == 8)
         #expect(!sender.hasRoom)
         #expect(sender.enqueue([9], now: t0) == nil)
-        sender.acknowledge(cumulative: 3, selective: [])
+        sender.acknowledge(cumulative: 3, selective: [], now: t0)
         #expect(sender.freeSlots == 3)
         #expect(sender.enqueue([9], now: t0)?.sequence == 9)
     }
 
     @Test func selectiveAcknowledgementsAndTickets() {
         var sender = filled(6)
-        sender.acknowledge(cumulative: 2, selective: [SequenceRange(4, 5)])
+        sender.acknowledge(cumulative: 2, selective: [SequenceRange(4, 5)], now: t0)
         #expect(sender.isAcknowledged(2))
         #expect(!sender.isAcknowledged(3))
         #expect(!sender.isAcknowledged(5), "3 is still missing below 5")
-        sender.acknowledge(cumulative: 3, selective: [])
+        sender.acknowledge(cumulative: 3, selective: [], now: t0)
         #expect(sender.isAcknowledged(5))
         #expect(!sender.isAcknowledged(6))
         // Acknowledgements beyond what was sent are ignored.
-        sender.acknowledge(cumulative: 100, selective: [])
+        sender.acknowledge(cumulative: 100, selective: [], now: t0)
         #expect(sender.isAcknowledged(6))
         #expect(sender.outstanding.isEmpty)
     }
 
     @Test func negativeAcknowledgementsRetransmitWhatIsHeldAndIgnoreTheRest() {
         var sender = filled(6)
-        sender.acknowledge(cumulative: 2, selective: [SequenceRange(4, 4)])
+        sender.acknowledge(cumulative: 2, selective: [SequenceRange(4, 4)], now: t0)
         let answer = sender.negativeAcknowledge([SequenceRange(3, 5)], now: Timestamp(nanoseconds: 2_000))
         #expect(answer.map(\.sequence) == [3, 5])
         #expect(sender.negativeAcknowledge([SequenceRange(1, 2)], now: t0).isEmpty, "acknowledged before: nothing to do")
@@ -61,7 +61,7 @@ struct ReliableSenderTests {
 
     @Test func timeoutsAndStreamReset() {
         var sender = filled(4)
-        sender.acknowledge(cumulative: 0, selective: [SequenceRange(2, 2)])
+        sender.acknowledge(cumulative: 0, selective: [SequenceRange(2, 2)], now: t0)
         #expect(sender.timedOut(now: Timestamp(nanoseconds: 1_500), timeout: 1_000, maximum: 10).isEmpty)
         let due = sender.timedOut(now: Timestamp(nanoseconds: 2_000), timeout: 1_000, maximum: 2)
         #expect(due.map(\.sequence) == [1, 3])
@@ -76,8 +76,24 @@ struct ReliableSenderTests {
         #expect(next?.sequence == 5)
         #expect(next?.streamReset == true)
         #expect(sender.enqueue([2], now: t0)?.streamReset == false)
-        sender.acknowledge(cumulative: 6, selective: [])
+        sender.acknowledge(cumulative: 6, selective: [], now: t0)
         #expect(sender.isAcknowledged(6) && !sender.isAcknowledged(4), "later datagrams are acknowledged as usual")
+    }
+
+    /// A round trip is sampled from the newest datagram an acknowledgement covers, and only
+    /// when it went out once (Karn's rule): after a retransmission the acknowledgement may
+    /// answer the first copy, and the sample would be too short.
+    @Test func roundTripSamplesComeFromFirstTransmissionsOnly() {
+        var sender = ReliableSender(limit: 8)
+        _ = sender.enqueue([1], now: Timestamp(nanoseconds: 1_000_000))
+        _ = sender.enqueue([2], now: Timestamp(nanoseconds: 2_000_000))
+        #expect(sender.acknowledge(cumulative: 2, selective: [], now: Timestamp(nanoseconds: 5_000_000)) == 3_000_000, "from datagram 2")
+        #expect(sender.acknowledge(cumulative: 2, selective: [], now: Timestamp(nanoseconds: 6_000_000)) == nil, "nothing new")
+        _ = sender.enqueue([3], now: Timestamp(nanoseconds: 7_000_000))
+        _ = sender.timedOut(now: Timestamp(nanoseconds: 9_000_000), timeout: 1_000_000, maximum: 8)
+        #expect(sender.acknowledge(cumulative: 3, selective: [], now: Timestamp(nanoseconds: 9_500_000)) == nil, "retransmitted")
+        _ = sender.enqueue([4], now: Timestamp(nanoseconds: 10_000_000))
+        #expect(sender.acknowledge(cumulative: 0, selective: [SequenceRange(4, 4)], now: Timestamp(nanoseconds: 11_000_000)) == nil, "selective")
     }
 
     @Test func manyAcknowledgementsKeepTheBufferConsistent() {
@@ -88,7 +104,7 @@ struct ReliableSenderTests {
             while sender.hasRoom, random.next() % 3 != 0 { _ = sender.enqueue([0], now: t0) }
             let step = random.next() % 8
             acknowledged = min(acknowledged + step, sender.highestSent)
-            sender.acknowledge(cumulative: acknowledged, selective: [])
+            sender.acknowledge(cumulative: acknowledged, selective: [], now: t0)
             #expect(sender.outstanding.count == Int(sender.highestSent - acknowledged))
             #expect(sender.outstanding.first.map { $0.sequence == acknowledged + 1 } ?? true)
         }
@@ -243,5 +259,29 @@ struct ReliableStreamInvariantTests {
         }
         #expect(checked == 400)
         #expect(pair.standbyChannel.statistics.gapsDetected > 0 && pair.activeChannel.statistics.retransmissions > 0)
+    }
+}
+
+@Suite("Round-trip bound")
+struct RoundTripBoundTests {
+    func at(_ milliseconds: UInt64) -> Timestamp { Timestamp(nanoseconds: milliseconds * 1_000_000) }
+
+    /// A slower link raises the bound at once; a faster one lowers it only after the window
+    /// that held the slow samples and the next one ended; an idle stretch keeps the last bound.
+    @Test func theBoundRisesAtOnceAndFallsAfterTwoWindows() {
+        var bound = RoundTripBound()
+        #expect(bound.nanoseconds == nil)
+        bound.record(2_000_000, now: at(1_000))
+        bound.record(9_000_000, now: at(1_500))
+        bound.record(1_000_000, now: at(1_900))
+        #expect(bound.nanoseconds == 9_000_000)
+        bound.record(1_000_000, now: at(2_100))
+        #expect(bound.nanoseconds == 9_000_000, "the previous window still counts")
+        bound.record(1_500_000, now: at(3_200))
+        #expect(bound.nanoseconds == 1_500_000)
+        // Idle for a minute: the last bound stands; the first sample after starts afresh.
+        #expect(bound.nanoseconds == 1_500_000)
+        bound.record(700_000, now: at(63_000))
+        #expect(bound.nanoseconds == 700_000)
     }
 }

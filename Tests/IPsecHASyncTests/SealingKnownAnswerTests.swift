@@ -90,13 +90,13 @@ struct SealingKnownAnswerTests {
                     datagram: seal(header: replyHeader, payload: replyPayload, key: directionKey(receiverIncarnation: nil), packetNumber: 2))))
 
         // 3. Data: a hello record (type 0001, length 9) and the protocol versions beside it (type
-        // 0020: 2...3) under the key bound to both incarnations, packet number 3, flags sealed.
+        // 0020: 2...4) under the key bound to both incarnations, packet number 3, flags sealed.
         let record = SyncRecord.hello(epoch: 7, capabilities: 0, needsResync: false)
         let sent = try channel.send([record], to: ClusterMemberID(rawValue: 2), now: Timestamp(nanoseconds: 3))
         let dataHeader: [UInt8] =
             [0x49, 0x48, 0x02, 0x01, 0x01, 0x02, 0x03, 0x04, 0x00, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00, 0x07] + incarnationBytes
             + bytes(3) + bytes(0)
-        let payload: [UInt8] = [0x00, 0x01, 0x00, 0x09, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0x00, 0x20, 0x00, 0x02, 0x02, 0x03]
+        let payload: [UInt8] = [0x00, 0x01, 0x00, 0x09, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0x00, 0x20, 0x00, 0x02, 0x02, 0x04]
         #expect(
             sent.actions
                 == [

@@ -72,7 +72,9 @@ struct GatewayCommand: ParsableCommand {
     @Option(name: .customLong("checkpoint-packets"), help: "Checkpoint a Child SA's counters every this many packets.") var checkpointPackets: UInt64 = 64
     @Option(name: .customLong("checkpoint-ms"), help: "...or every this many milliseconds, whichever comes first.") var checkpointMs: UInt64 = 20
     @Option(name: .customLong("takeover-minimum-advance"), help: "The least a takeover moves counters and windows (default: --checkpoint-packets).") var takeoverMinimumAdvance: UInt64?
-    @Option(name: .customLong("staleness-margin-ms"), help: "Added to a checkpoint's age when sizing the advance (the takeover policy's staleness margin).") var stalenessMarginMs: UInt64 = 200
+    @Option(name: .customLong("staleness-margin-ms"), help: "Added to a checkpoint's age when sizing the advance while the synch channel's delay is not measured (the takeover policy's staleness margin).") var stalenessMarginMs: UInt64 = 200
+    @Option(name: .customLong("measured-margin-floor-ms"), help: "With the synch channel's round trip measured, the margin is that round trip, at least this.") var measuredMarginFloorMs: UInt64 = 2
+    @Flag(name: .customLong("fixed-staleness-margin"), help: "Always use --staleness-margin-ms, never the measured round trip.") var fixedStalenessMargin = false
     @Flag(name: .customLong("announce-checkpoints"), help: "Print an event for every counter checkpoint sent (for the interop harness).") var announceCheckpoints = false
     @Flag(name: .customLong("no-counter-advance"), help: "NEGATIVE CONTROL, unsafe: on takeover resume ESP counters at the last checkpoint.") var noCounterAdvance = false
     @Flag(name: .customLong("no-message-id-sync"), help: "NEGATIVE CONTROL: on takeover send no RFC 6311 message-ID sync.") var noMessageIDSync = false

@@ -167,7 +167,8 @@ struct ReferenceGateway {
         // takes the measured advance (strongSwan has no RFC 6311 replay-counter sync), so that
         // many of the peer's next packets are dropped: hence the checkpoint count, not 4,096.
         memberConfiguration.takeover = TakeoverPolicy(
-            minimumAdvance: options.takeoverMinimumAdvance ?? options.checkpointPackets, stalenessMargin: .milliseconds(Int64(clamping: options.stalenessMarginMs)))
+            minimumAdvance: options.takeoverMinimumAdvance ?? options.checkpointPackets, stalenessMargin: .milliseconds(Int64(clamping: options.stalenessMarginMs)),
+            measuredMarginFloor: options.fixedStalenessMargin ? nil : .milliseconds(Int64(clamping: options.measuredMarginFloorMs)))
         fifo = options.vrrpFIFO.map { VRRPNotifyFIFO(path: $0, instance: options.vrrpInstance) }
         trackFile = options.vrrpTrackFile.map { VRRPTrackFile(path: $0) }
         priorityFile = options.vrrpPriorityFile.map { VRRPTrackFile(path: $0) }
@@ -538,7 +539,8 @@ struct ReferenceGateway {
             "silence_ms": "\(silence)", "epoch": "\(cluster.channel.configuration.epoch)", "ike_sas": "\(state.ikeSAs.count)",
             "child_sas": "\(state.childSACount)", "resumed": "\(plan.childSAs.count - rekey.count)", "rekey": "\(rekey.count)",
             "counter_advance": options.noCounterAdvance ? "disabled" : "planned", "kernel_us": "\(Int(kernelBatch / .microseconds(1)))",
-            "command_us": "\(Int(commandTime / .microseconds(1)))", "why": "\(cluster.promotionReason.map { "\($0)" } ?? "")",
+            "command_us": "\(Int(commandTime / .microseconds(1)))", "staleness_margin_us": "\(Int(plan.stalenessMargin / .microseconds(1)))",
+            "why": "\(cluster.promotionReason.map { "\($0)" } ?? "")",
         ])
         announce(plan.ikeSAs)
         syncMessageIDs(plan.ikeSAs)

@@ -29,10 +29,20 @@ public struct TakeoverPolicy: Sendable, Hashable {
     /// The least any outbound counter or inbound window moves (at least the checkpoint
     /// policy's packet count: that many may have gone out after the last checkpoint).
     public var minimumAdvance: UInt64
-    /// Added to the time since the last checkpoint: how long the failed member may have kept
-    /// sending before it was declared dead, plus the checkpoint's own transit and the
-    /// checkpoint scheduler's interval.
+    /// Added to the time since the last checkpoint's arrival when the synch channel's delay
+    /// is not known (see ``measuredMarginFloor``): the checkpoint's making and transit, which
+    /// the failed member spent sending beyond the checkpoint. (The time from the arrival to
+    /// the takeover, the failure's detection included, is the checkpoint's age itself.)
     public var stalenessMargin: Duration
+    /// With the synch channel's delay measured (the failed member's round trip to this one,
+    /// ``TakeoverPlanner/plan(state:inFlight:suspect:policy:now:restrictedTo:completeAsOf:synchDelay:)``),
+    /// the margin is that delay, at least this floor, in place of ``stalenessMargin`` (default
+    /// 2 ms; nil: always ``stalenessMargin``). A round trip bounds the one-way transit of a
+    /// checkpoint: the acknowledgement left after the checkpoint arrived. A conservative window's
+    /// advance drops the peer's packets for rate x margin, so a measured margin of a few
+    /// milliseconds instead of 200 ms lets a peer that ignores RFC 6311's replay-counter
+    /// sync through that much sooner.
+    public var measuredMarginFloor: Duration?
     /// The most packets one Child SA can send a second (default 15,000,000: 10 Gb/s of the
     /// smallest packets; nil: trust the measured rates). The outbound counter, and with RFC
     /// 6311 the peer's counters, move at least this rate times the time the standby cannot
@@ -66,19 +76,31 @@ public struct TakeoverPolicy: Sendable, Hashable {
     public static let maximumExtendedSequenceNumberAdvance: UInt64 = (1 << 32) - (1 << 24)
 
     /// A policy; by default an advance of at least 4,096 (the default checkpoint packet count),
-    /// 200 ms of staleness margin, at least 15,000,000 packets a second of the time
+    /// 200 ms of staleness margin (the measured synch delay, at least 2 ms, where the channel
+    /// measured it), at least 15,000,000 packets a second of the time
     /// unaccounted for outbound, 4 times for suspect SAs, 2^30 when nothing is known, and the
     /// conservative inbound policy.
     public init(
         minimumAdvance: UInt64 = 4_096, stalenessMargin: Duration = .milliseconds(200), maximumPacketsPerSecond: UInt64? = 15_000_000,
-        suspectFactor: UInt64 = 4, unknownAdvance: UInt64 = 1 << 30, inbound: InboundTakeoverPolicy = .conservative
+        suspectFactor: UInt64 = 4, unknownAdvance: UInt64 = 1 << 30, inbound: InboundTakeoverPolicy = .conservative,
+        measuredMarginFloor: Duration? = .milliseconds(2)
     ) {
+        self.measuredMarginFloor = measuredMarginFloor
         self.minimumAdvance = max(minimumAdvance, 1)
         self.stalenessMargin = stalenessMargin
         self.maximumPacketsPerSecond = maximumPacketsPerSecond
         self.suspectFactor = max(suspectFactor, 1)
         self.unknownAdvance = max(unknownAdvance, minimumAdvance)
         self.inbound = inbound
+    }
+}
+
+extension TakeoverPolicy {
+    /// The staleness margin in force: with `synchDelay` measured and ``measuredMarginFloor``
+    /// set, the larger of the two; ``stalenessMargin`` otherwise.
+    public func stalenessMargin(synchDelay: Duration?) -> Duration {
+        guard let floor = measuredMarginFloor, let synchDelay else { return stalenessMargin }
+        return max(floor, synchDelay)
     }
 }
 
@@ -249,11 +271,15 @@ public struct TakeoverPlan: Sendable, Hashable {
     /// clock; ``GatewayState/applyTakeover(_:)`` moves them onto this member's, so that hard
     /// lifetimes mean the same here (review L9).
     public var clockOffset: Int64?
+    /// The staleness margin the plan added to every checkpoint's age: the measured synch delay
+    /// or the configured margin (``TakeoverPolicy/stalenessMargin(synchDelay:)``).
+    public var stalenessMargin: Duration
 
     /// A plan from its decisions.
-    public init(ikeSAs: [IKESATakeover], childSAs: [ChildSATakeover], clockOffset: Int64? = nil) {
+    public init(ikeSAs: [IKESATakeover], childSAs: [ChildSATakeover], clockOffset: Int64? = nil, stalenessMargin: Duration = .zero) {
         self.ikeSAs = ikeSAs
         self.childSAs = childSAs
         self.clockOffset = clockOffset
+        self.stalenessMargin = stalenessMargin
     }
 }

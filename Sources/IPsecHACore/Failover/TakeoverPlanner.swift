@@ -16,6 +16,9 @@ public enum TakeoverPlanner {
     ///     does not hold are ignored.
     ///   - completeAsOf: the last time the standby knew it held everything the failed member
     ///     had sent (no gap in the synch stream); nil when unknown.
+    ///   - synchDelay: the longest time the failed member measured a checkpoint to take from
+    ///     its making to its arrival (the synch channel's round trip); the staleness margin
+    ///     is sized from it when the policy says so (``TakeoverPolicy/stalenessMargin(synchDelay:)``).
     ///
     /// Each Child SA's advance is sized from the freshness the state recorded for it
     /// (``GatewayState/recordCounterFreshness(_:inboundSPI:)``): when its last checkpoint
@@ -26,7 +29,7 @@ public enum TakeoverPlanner {
     public static func plan(
         state: GatewayState, inFlight: [IKESAIdentifier: Bool], suspect: SuspectIKESAs,
         policy: TakeoverPolicy = TakeoverPolicy(), now: Timestamp, restrictedTo restriction: Set<IKESAIdentifier>? = nil,
-        completeAsOf: Timestamp? = nil
+        completeAsOf: Timestamp? = nil, synchDelay: Duration? = nil
     ) -> TakeoverPlan {
         // The table's slots, read in place: nil where an IKE SA was removed.
         let ikeSAs = state.ikeSAs.slots
@@ -65,7 +68,8 @@ public enum TakeoverPlanner {
         childPlans.reserveCapacity(state.childSACount)
         // Only a replay-counter delta in a message-ID sync needs an IKE SA's largest advance.
         var advanceBySlot = [UInt64](repeating: 0, count: replayCounterSyncPolicy ? slotCount : 0)
-        let stalenessMargin = policy.stalenessMargin.nonNegativeNanoseconds
+        let margin = policy.stalenessMargin(synchDelay: synchDelay)
+        let stalenessMargin = margin.nonNegativeNanoseconds
         state.forEachChildSACounters { sa in
             let slot = sa.slot.index
             if let includedSlots, !includedSlots[slot] { return }
@@ -200,7 +204,7 @@ public enum TakeoverPlanner {
                     unconfirmedRekey: unconfirmedRekey))
         }
         if !rekeys.isEmpty { shareReplayCounterDeltas(rekeys, across: &ikePlans) }
-        return TakeoverPlan(ikeSAs: ikePlans, childSAs: childPlans)
+        return TakeoverPlan(ikeSAs: ikePlans, childSAs: childPlans, stalenessMargin: margin)
     }
 
     /// An IKE SA rekeyed while its predecessor is still held: the Child SAs sit under the new

@@ -202,6 +202,8 @@ public struct SyncChannel {
         /// Reliable datagrams received since the last acknowledgement, and when the first came.
         var unacknowledged = 0
         var firstUnacknowledged: Timestamp?
+        /// Round trips of this member's reliable datagrams to the peer.
+        var roundTrip = RoundTripBound()
 
         /// The next packet number, used up. Mutating, so that `peers[member]!` reaches it in
         /// place: reading a field through the dictionary's getter copies the whole peer.
@@ -491,7 +493,9 @@ public struct SyncChannel {
         for record in records where !record.isReliable {
             switch record {
             case .acknowledgement(let cumulative, let selective):
-                peer.sender.acknowledge(cumulative: cumulative, selective: selective)
+                if let sample = peer.sender.acknowledge(cumulative: cumulative, selective: selective, now: now) {
+                    peer.roundTrip.record(sample, now: now)
+                }
             case .negativeAcknowledgement(let ranges):
                 retransmit += peer.sender.negativeAcknowledge(ranges, now: now)
             case .protocolVersions(let oldest, let newest):
@@ -679,6 +683,12 @@ public struct SyncChannel {
             {
                 peer.lastHeartbeatSent = now
                 control.append(.heartbeat(highestSequence: peer.sender.highestSent, sentAt: now))
+                if let roundTrip = peer.roundTrip.nanoseconds,
+                    case .speaking(let version) = protocolVersion(of: peer),
+                    version >= SyncProtocolVersion.synchDelay
+                {
+                    control.append(.synchDelay(roundTrip: .nanoseconds(Int64(clamping: roundTrip))))
+                }
                 control.append(acknowledgement(&peer))
             } else if let first = peer.firstUnacknowledged,
                 now.nanoseconds >= first.nanoseconds &+ configuration.acknowledgementDelayNanoseconds
@@ -770,9 +780,22 @@ public struct SyncChannel {
     /// The synch protocol version this member and `peer` speak: the newest both know, version 2
     /// with a peer that announced none (the previous release).
     public func protocolVersion(with peer: ClusterMemberID) -> SyncPeerProtocol {
-        guard let state = peers[peer], state.lastHeard != nil else { return .notHeard }
-        let theirs = state.protocolVersions ?? SyncProtocolVersion.previousRelease...SyncProtocolVersion.previousRelease
+        peers[peer].map(protocolVersion(of:)) ?? .notHeard
+    }
+
+    private func protocolVersion(of peer: Peer) -> SyncPeerProtocol {
+        guard peer.lastHeard != nil else { return .notHeard }
+        let theirs = peer.protocolVersions ?? SyncProtocolVersion.previousRelease...SyncProtocolVersion.previousRelease
         return SyncPeerProtocol(mine: configuration.protocolVersions, theirs: theirs)
+    }
+
+    /// The longest round trip to `peer` measured over the last one to two seconds in which
+    /// reliable datagrams went to it (from a datagram's first transmission to its
+    /// acknowledgement, delayed acknowledgements included; retransmitted datagrams do not
+    /// count); nil before the first. An active member sends it to its standbys beside each
+    /// heartbeat (``SyncRecord/synchDelay(roundTrip:)``).
+    public func roundTrip(to peer: ClusterMemberID) -> Duration? {
+        peers[peer]?.roundTrip.nanoseconds.map { .nanoseconds(Int64(clamping: $0)) }
     }
 
     /// `records` (unreliable ones), with this member's protocol versions when they carry a hello

@@ -28,6 +28,7 @@ import Metrics
 /// | `ipsecha_sync_replication_lag_seconds` | gauge, per peer | age of the oldest unacknowledged datagram |
 /// | `ipsecha_sync_waiting_records` | gauge, per peer | records waiting for room in the channel's buffer (active member) |
 /// | `ipsecha_sync_peer_protocol_version` | gauge, per peer | the synch protocol version spoken with the peer (``SyncChannel/protocolVersion(with:)``); 0 while not heard or when no version is common |
+/// | `ipsecha_sync_peer_round_trip_seconds` | gauge, per peer | the longest round trip of a reliable datagram to the peer over the last one to two seconds (``SyncChannel/roundTrip(to:)``): what a standby of this member takes as its takeover's staleness margin; 0 before the first |
 /// | `ipsecha_sync_standby_current` | gauge, per peer | 1 when the standby acknowledged recent state (``StandbyStatus/current``), else 0 (active member) |
 public struct SyncMetricsReporter {
     private let datagramsSent = Counter(label: "ipsecha_sync_datagrams_sent")
@@ -52,6 +53,7 @@ public struct SyncMetricsReporter {
     private var waitingGauges: [ClusterMemberID: Gauge] = [:]
     private var currentGauges: [ClusterMemberID: Gauge] = [:]
     private var versionGauges: [ClusterMemberID: Gauge] = [:]
+    private var roundTripGauges: [ClusterMemberID: Gauge] = [:]
 
     /// A reporter for a member with these peers; the metrics are created in the bootstrapped
     /// backend (or the task's, under `withMetricsFactory`).
@@ -61,6 +63,7 @@ public struct SyncMetricsReporter {
             waitingGauges[peer] = Gauge(label: "ipsecha_sync_waiting_records", dimensions: [("peer", "\(peer.rawValue)")])
             currentGauges[peer] = Gauge(label: "ipsecha_sync_standby_current", dimensions: [("peer", "\(peer.rawValue)")])
             versionGauges[peer] = Gauge(label: "ipsecha_sync_peer_protocol_version", dimensions: [("peer", "\(peer.rawValue)")])
+            roundTripGauges[peer] = Gauge(label: "ipsecha_sync_peer_round_trip_seconds", dimensions: [("peer", "\(peer.rawValue)")])
         }
     }
 
@@ -96,6 +99,9 @@ public struct SyncMetricsReporter {
         }
         for (peer, gauge) in versionGauges {
             if case .speaking(let version) = channel.protocolVersion(with: peer) { gauge.record(Double(version)) } else { gauge.record(0) }
+        }
+        for (peer, gauge) in roundTripGauges {
+            gauge.record(channel.roundTrip(to: peer).map { Double($0.nonNegativeNanoseconds) / 1e9 } ?? 0)
         }
         for (peer, gauge) in lagGauges {
             gauge.record(Double(channel.replicationLagNanoseconds(to: peer, now: now)) / 1e9)

@@ -11,10 +11,12 @@ public enum SyncProtocolVersion {
     /// The release before negotiation: every record of this package's first rounds. It sends no
     /// protocol-versions record.
     public static let previousRelease: UInt8 = 2
-    /// This release: version 2's records, the protocol-versions record and relayed datagrams.
-    public static let current: UInt8 = 3
+    /// This release: version 3's records and the synch delay.
+    public static let current: UInt8 = 4
     /// The first version with ``SyncRecord/relayedDatagram(_:)``.
     public static let relayedDatagrams: UInt8 = 3
+    /// The first version with ``SyncRecord/synchDelay(roundTrip:)``.
+    public static let synchDelay: UInt8 = 4
     /// What this release speaks.
     public static let supported: ClosedRange<UInt8> = previousRelease...current
 }

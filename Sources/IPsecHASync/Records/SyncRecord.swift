@@ -75,13 +75,18 @@ public enum SyncRecord: Sendable, Equatable {
     /// (``ClusterMember/relay(_:to:now:)``): during a switchover, until the cluster address
     /// moved. Version 3 and later.
     case relayedDatagram(RelayedDatagram)
+    /// The longest round trip the sender measured recently to the receiver, from a reliable
+    /// datagram's first transmission to its acknowledgement (``SyncChannel/roundTrip(to:)``),
+    /// beside each heartbeat: a standby sizes a takeover's staleness margin from the active
+    /// member's. Version 4 and later.
+    case synchDelay(roundTrip: Duration)
     /// A record of a type this version does not know, kept as received (skipped by receivers).
     case unknown(type: UInt16, value: [UInt8])
 
     /// Whether the record must be delivered reliably (in order, retransmitted when lost).
     public var isReliable: Bool {
         switch self {
-        case .hello, .heartbeat, .acknowledgement, .negativeAcknowledgement, .ownershipBeacon, .protocolVersions, .relayedDatagram, .unknown: false
+        case .hello, .heartbeat, .acknowledgement, .negativeAcknowledgement, .ownershipBeacon, .protocolVersions, .relayedDatagram, .synchDelay, .unknown: false
         default: true
         }
     }
@@ -128,6 +133,7 @@ enum SyncRecordType: UInt16 {
     case ownershipBeacon = 0x001F
     case protocolVersions = 0x0020
     case relayedDatagram = 0x0021
+    case synchDelay = 0x0022
 
     static let criticalBit: UInt16 = 0x8000
 }
@@ -158,6 +164,7 @@ extension SyncRecord {
         case .ownershipBeacon: type = SyncRecordType.ownershipBeacon.rawValue
         case .protocolVersions: type = SyncRecordType.protocolVersions.rawValue
         case .relayedDatagram: type = SyncRecordType.relayedDatagram.rawValue
+        case .synchDelay: type = SyncRecordType.synchDelay.rawValue
         case .segmentClaims: type = SyncRecordType.segmentClaims.rawValue
         case .unknown(let unknownType, _): type = unknownType
         }
@@ -232,6 +239,8 @@ extension SyncRecord {
                 w.write(relayed.localPort)
                 StateEncoding.write(relayed.remote, into: &w)
                 w.write(bytes: relayed.bytes)
+            case .synchDelay(let roundTrip):
+                w.write(roundTrip.nonNegativeNanoseconds)
             case .unknown(_, let value):
                 w.write(bytes: value)
             }
@@ -312,6 +321,8 @@ extension SyncRecord {
             let remote = try StateEncoding.readEndpoint(&r)
             guard !r.isAtEnd else { throw .invalidValue("an empty relayed datagram") }
             record = .relayedDatagram(RelayedDatagram(remote: remote, localPort: localPort, bytes: [UInt8](try r.readBytes(r.remaining))))
+        case .synchDelay:
+            record = .synchDelay(roundTrip: .nanoseconds(Int64(clamping: try r.readUInt64())))
         }
         try r.expectEnd()
         return record

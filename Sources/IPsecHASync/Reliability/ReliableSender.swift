@@ -69,10 +69,20 @@ struct ReliableSender {
         resetPending = true
     }
 
-    /// Applies an acknowledgement. Values beyond what was sent are ignored.
-    mutating func acknowledge(cumulative: UInt64, selective: [SequenceRange]) {
+    /// Applies an acknowledgement. Values beyond what was sent are ignored. Returns a round-trip
+    /// sample in nanoseconds: from the first transmission of the newest datagram it newly
+    /// acknowledges cumulatively to `now`, when that datagram went out once only (Karn's rule:
+    /// the acknowledgement of a retransmitted one may answer either copy). The newest waited
+    /// least for a delayed acknowledgement.
+    @discardableResult
+    mutating func acknowledge(cumulative: UInt64, selective: [SequenceRange], now: Timestamp) -> UInt64? {
         let cumulative = min(cumulative, highestSent)
+        var sample: UInt64?
         if cumulative > cumulativeAcknowledged {
+            let newest = storage[head + min(Int(cumulative - cumulativeAcknowledged), storage.count - head) - 1]
+            if newest.transmissions == 1, newest.sequence == cumulative, now >= newest.firstSent {
+                sample = now.nanoseconds - newest.firstSent.nanoseconds
+            }
             head += min(Int(cumulative - cumulativeAcknowledged), storage.count - head)
             cumulativeAcknowledged = cumulative
             if head == storage.count {
@@ -86,6 +96,7 @@ struct ReliableSender {
         for range in selective {
             for index in indices(of: range) { storage[index].selectivelyAcknowledged = true }
         }
+        return sample
     }
 
     /// The datagrams a negative acknowledgement asks for, still held and not selectively

@@ -70,6 +70,11 @@ public struct Replica {
     /// (its send time against its arrival; the link's delay makes it a little late, which
     /// moves lifetimes later by as much). A takeover moves the replicated lifetimes by it.
     public private(set) var activeClockOffset: Int64?
+    /// The active member's latest measure of the synch channel's round trip to this member
+    /// (``SyncRecord/synchDelay(roundTrip:)``): a bound on how long a checkpoint took from
+    /// its making to its arrival here, from which a takeover sizes its staleness margin
+    /// (``TakeoverPolicy/measuredMarginFloor``). Nil until one arrived.
+    public private(set) var activeSynchDelay: Duration?
 
     /// The takeover plan if this replica's member took over at `now` (see `TakeoverPlanner` in
     /// IPsecHACore): exchanges in flight from the replicated records, every IKE SA suspect while
@@ -83,7 +88,7 @@ public struct Replica {
         let suspect: SuspectIKESAs = mayHaveMissedAnyUpdates ? .all : .none
         var plan = TakeoverPlanner.plan(
             state: state, inFlight: inFlightSAs, suspect: suspect, policy: policy, now: now, restrictedTo: restriction,
-            completeAsOf: completeAsOf)
+            completeAsOf: completeAsOf, synchDelay: activeSynchDelay)
         plan.clockOffset = activeClockOffset
         return plan
     }
@@ -160,8 +165,12 @@ public struct Replica {
     /// (``observe(missingSince:)``), what arrives counts as of the gap's start: it may be a
     /// retransmission, or wait behind one, and a checkpoint's age must include that delay.
     public mutating func apply(_ records: [SyncRecord], now: Timestamp) {
-        for case .heartbeat(_, let sentAt) in records {
-            activeClockOffset = Int64(truncatingIfNeeded: now.nanoseconds &- sentAt.nanoseconds)
+        for record in records {
+            switch record {
+            case .heartbeat(_, let sentAt): activeClockOffset = Int64(truncatingIfNeeded: now.nanoseconds &- sentAt.nanoseconds)
+            case .synchDelay(let roundTrip): activeSynchDelay = roundTrip
+            default: continue
+            }
         }
         guard let gap = missingSince, gap < now else {
             completeAsOf = now
@@ -173,7 +182,7 @@ public struct Replica {
 
     private mutating func apply(_ record: SyncRecord, now: Timestamp) {
         switch record {
-        case .hello, .heartbeat, .acknowledgement, .negativeAcknowledgement, .resyncRequest, .ownershipBeacon, .segmentClaims, .protocolVersions, .relayedDatagram, .unknown:
+        case .hello, .heartbeat, .acknowledgement, .negativeAcknowledgement, .resyncRequest, .ownershipBeacon, .segmentClaims, .protocolVersions, .relayedDatagram, .synchDelay, .unknown:
             return
         case .resyncBegin(let id, _, let ikeSAs, let childSAs, _):
             state = GatewayState(spdCacheCapacity: state.spdCacheCapacity, localMember: state.localMember)

@@ -50,6 +50,33 @@ struct TakeoverPlannerTests {
         #expect(child.reason.description.contains("100000 packets/s"))
     }
 
+    /// With the synch channel's round trip measured, the margin is that round trip (at least
+    /// the floor) instead of the configured 200 ms: the conservative window drops the peer's
+    /// packets for rate x (age + 3 ms), not rate x (age + 200 ms).
+    @Test func aMeasuredSynchDelayReplacesTheConfiguredMargin() throws {
+        var s = try setup()
+        try s.state.recordCounterFreshness(ChildSAFreshness(lastCheckpoint: checkpointed, packetsPerSecond: 100_000), inboundSPI: 4096)
+        func child(_ policy: TakeoverPolicy, _ synchDelay: Duration?) throws -> (ChildSATakeover, Duration) {
+            let plan = TakeoverPlanner.plan(state: s.state, inFlight: [:], suspect: [], policy: policy, now: now, synchDelay: synchDelay)
+            return (try #require(plan.childSAs.first), plan.stalenessMargin)
+        }
+        // 100,000 packets/s over 50 ms of staleness plus the 3 ms measured: 5,300.
+        let (measured, margin) = try child(Self.measuredOnly, .milliseconds(3))
+        #expect(margin == .milliseconds(3) && measured.advance == 5_300)
+        #expect(measured.inbound == .restore(.conservative(advance: 5_300)))
+        // Below the floor (2 ms by default) the floor counts: 5,200.
+        #expect(try child(Self.measuredOnly, .microseconds(300)).0.advance == 5_200)
+        // Not measured, or measurement turned off: the configured margin.
+        let (unmeasured, fallback) = try child(Self.measuredOnly, nil)
+        #expect(fallback == .milliseconds(200) && unmeasured.advance == 25_000)
+        var fixed = Self.measuredOnly
+        fixed.measuredMarginFloor = nil
+        #expect(try child(fixed, .milliseconds(3)).0.advance == 25_000)
+        // The outbound bound takes the same margin: 15 Mpps over 50 ms + 3 ms.
+        let bounded = try child(TakeoverPolicy(), .milliseconds(3)).0
+        #expect(bounded.advance == 795_000)
+    }
+
     /// A rekey the peer may not have seen: the new IKE SA is flagged while the old one is held
     /// and the new one unused, both syncs carry the replay-counter jump (the peer applies it on
     /// whichever it holds the Child SA under), and taking the rekey back restores the old one.
