@@ -50,18 +50,18 @@ public struct IKEKeys: Sendable, Equatable {
             (self.d, self.ai, self.ar, self.ei, self.er, self.pi, self.pr) = (d, ai, ar, ei, er, pi, pr)
         }
         /// The seven keys copied into one allocation.
-        convenience init(_ keys: [KeyMaterial]) {
-            self.init(splitting: KeyMaterial.concatenating(keys), lengths: keys.map(\.count))
+        static func packing(_ keys: [KeyMaterial]) -> Box {
+            keys.map(\.count).withUnsafeBufferPointer { splitting(KeyMaterial.concatenating(keys), lengths: $0) }
         }
         /// Views of `material`, `lengths` bytes each; the caller has checked that the seven
         /// lengths add up to the material.
-        convenience init(splitting material: KeyMaterial, lengths: [Int]) {
+        static func splitting(_ material: KeyMaterial, lengths: UnsafeBufferPointer<Int>) -> Box {
             var offset = 0
             func next(_ index: Int) -> KeyMaterial {
                 defer { offset += lengths[index] }
                 return material.view(offset, lengths[index])
             }
-            self.init(d: next(0), ai: next(1), ar: next(2), ei: next(3), er: next(4), pi: next(5), pr: next(6))
+            return Box(d: next(0), ai: next(1), ar: next(2), ei: next(3), er: next(4), pi: next(5), pr: next(6))
         }
         var all: [KeyMaterial] { [d, ai, ar, ei, er, pi, pr] }
     }
@@ -88,7 +88,7 @@ public struct IKEKeys: Sendable, Equatable {
         d: KeyMaterial, ai: KeyMaterial, ar: KeyMaterial, ei: KeyMaterial, er: KeyMaterial, pi: KeyMaterial,
         pr: KeyMaterial
     ) {
-        box = Box([d, ai, ar, ei, er, pi, pr])
+        box = Box.packing([d, ai, ar, ei, er, pi, pr])
     }
 
     /// Keys from `material` that holds SK_d, SK_ai, SK_ar, SK_ei, SK_er, SK_pi and SK_pr one
@@ -96,6 +96,12 @@ public struct IKEKeys: Sendable, Equatable {
     /// keys are views of `material`, not copies. Throws ``IKESAError/invalidKeyLayout`` unless
     /// there are seven lengths, none negative, adding up to the material's length.
     public init(packed material: KeyMaterial, lengths: [Int]) throws(IKESAError) {
+        self = try lengths.withUnsafeBufferPointer { lengths throws(IKESAError) in try IKEKeys(packed: material, lengths: lengths) }
+    }
+
+    /// ``init(packed:lengths:)`` with the lengths in place: a standby reads them off the wire
+    /// for every IKE SA of a resync, and an array each was a heap allocation each.
+    package init(packed material: KeyMaterial, lengths: UnsafeBufferPointer<Int>) throws(IKESAError) {
         guard lengths.count == 7 else { throw .invalidKeyLayout }
         // Checked as they are summed, so that no sum can overflow; a standby does this per IKE
         // SA it receives, so without closures over arrays or intermediate arrays.
@@ -105,13 +111,13 @@ public struct IKEKeys: Sendable, Equatable {
             total += length
         }
         guard total == material.count else { throw .invalidKeyLayout }
-        box = Box(splitting: material, lengths: lengths)
+        box = Box.splitting(material, lengths: lengths)
     }
 
     private mutating func replace(_ index: Int, _ key: KeyMaterial) {
         var keys = box.all
         keys[index] = key
-        box = Box(keys)
+        box = Box.packing(keys)
     }
 
     public static func == (lhs: IKEKeys, rhs: IKEKeys) -> Bool {

@@ -245,19 +245,19 @@ enum StateEncoding {
     /// The seven length-prefixed keys of an IKE SA, read into one allocation (``IKEKeys``
     /// holds views of it).
     static func readIKEKeys(_ r: inout ByteReader) throws(SyncCodecError) -> IKEKeys {
-        // The parts on the stack: only the lengths are an array per IKE SA.
+        // The parts and their lengths on the stack.
         try withUnsafeTemporaryAllocation(of: UnsafeRawBufferPointer.self, capacity: 7) { parts throws(SyncCodecError) in
-            var lengths: [Int] = []
-            lengths.reserveCapacity(7)
-            for index in 0..<7 {
-                let part = try readKeyBytes(&r)
-                parts.initializeElement(at: index, to: part)
-                lengths.append(part.count)
-            }
-            do {
-                return try IKEKeys(packed: keyMaterial(concatenating: UnsafeBufferPointer(parts)), lengths: lengths)
-            } catch {
-                throw .invalidValue("IKE SA keys")
+            try withUnsafeTemporaryAllocation(of: Int.self, capacity: 7) { lengths throws(SyncCodecError) in
+                for index in 0..<7 {
+                    let part = try readKeyBytes(&r)
+                    parts.initializeElement(at: index, to: part)
+                    lengths.initializeElement(at: index, to: part.count)
+                }
+                do {
+                    return try IKEKeys(packed: keyMaterial(concatenating: UnsafeBufferPointer(parts)), lengths: UnsafeBufferPointer(lengths))
+                } catch {
+                    throw .invalidValue("IKE SA keys")
+                }
             }
         }
     }
