@@ -205,11 +205,15 @@ public struct SyncChannel {
         /// Round trips of this member's reliable datagrams to the peer.
         var roundTrip = RoundTripBound()
 
-        /// The next packet number, used up. Mutating, so that `peers[member]!` reaches it in
-        /// place: reading a field through the dictionary's getter copies the whole peer.
-        mutating func takePacketNumber() -> UInt64 {
+        /// For a datagram to the peer: its incarnation and the next packet number, used up;
+        /// nil, nothing used, for data while its incarnation is unknown (data keys are bound
+        /// to it). Mutating, so that `peers[member]!` reaches it in place: reading a field
+        /// through the dictionary's getter copies the whole peer (about 250 instructions, for
+        /// every datagram).
+        mutating func nextDatagram(handshake: Bool) -> (incarnation: ChannelIncarnation?, packetNumber: UInt64)? {
+            guard handshake || incarnation != nil else { return nil }
             defer { nextPacketNumber += 1 }
-            return nextPacketNumber
+            return (incarnation, nextPacketNumber)
         }
     }
 
@@ -862,9 +866,7 @@ public struct SyncChannel {
     private mutating func transmit(
         _ payload: [UInt8], to member: ClusterMemberID, reliableSequence: UInt64, streamReset: Bool, handshake: Bool = false
     ) throws(SyncChannelError) -> SyncChannelAction? {
-        let receiverIncarnation = peers[member]!.incarnation
-        guard handshake || receiverIncarnation != nil else { return nil }
-        let packetNumber = peers[member]!.takePacketNumber()
+        guard let (receiverIncarnation, packetNumber) = peers[member]!.nextDatagram(handshake: handshake) else { return nil }
         let header = DatagramHeader(
             flags: (streamReset ? DatagramHeader.streamResetFlag : 0) | (handshake ? DatagramHeader.handshakeFlag : 0),
             clusterID: configuration.clusterID, sender: configuration.member, receiver: member, epoch: configuration.epoch,
