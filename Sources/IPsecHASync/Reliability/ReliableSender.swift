@@ -79,11 +79,13 @@ struct ReliableSender {
         let cumulative = min(cumulative, highestSent)
         var sample: UInt64?
         if cumulative > cumulativeAcknowledged {
-            let newest = storage[head + min(Int(cumulative - cumulativeAcknowledged), storage.count - head) - 1]
-            if newest.transmissions == 1, newest.sequence == cumulative, now >= newest.firstSent {
+            let covered = min(Int(cumulative - cumulativeAcknowledged), storage.count - head)
+            if covered > 0, case let newest = storage[head + covered - 1], newest.transmissions == 1, newest.sequence == cumulative,
+                now >= newest.firstSent
+            {
                 sample = now.nanoseconds - newest.firstSent.nanoseconds
             }
-            head += min(Int(cumulative - cumulativeAcknowledged), storage.count - head)
+            head += covered
             cumulativeAcknowledged = cumulative
             if head == storage.count {
                 storage.removeAll(keepingCapacity: true)
