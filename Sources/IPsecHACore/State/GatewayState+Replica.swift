@@ -50,7 +50,8 @@ extension GatewayState {
     /// when it is absent, replaces the one held when the record's generation is newer, keeping
     /// the list of Child SAs the state maintains. Throws ``GatewayStateError/staleChange(held:received:)``,
     /// changing nothing, for a record not newer than the IKE SA held.
-    public mutating func upsertReplicated(_ sa: IKESA) throws(GatewayStateError) {
+    /// Consuming, so that a standby's resync moves each IKE SA into its table rather than copy it.
+    public mutating func upsertReplicated(_ sa: consuming IKESA) throws(GatewayStateError) {
         guard let slot = ikeSAs.slot(of: sa.identifier) else {
             let slot = ikeSAs.insert(sa)
             ikeSAs.slots[slot]!.childSAs = []
@@ -59,7 +60,7 @@ extension GatewayState {
         let held = ikeSAs.slots[slot]!.generation
         guard sa.generation > held else { throw .staleChange(held: held, received: sa.generation) }
         let children = ikeSAs.slots[slot]!.childSAs
-        ikeSAs.slots[slot] = sa
+        ikeSAs.slots[slot] = consume sa
         ikeSAs.slots[slot]!.childSAs = children
     }
 
@@ -68,7 +69,8 @@ extension GatewayState {
     /// is newer; either way records it as checkpointed at `arrival` (keeping the rate measured
     /// before, if any), with one SPI lookup. Throws, changing nothing, for a stale record, a
     /// parent IKE SA or a policy it does not hold.
-    public mutating func upsertReplicated(_ sa: ChildSA, arrivedAt arrival: Timestamp) throws(GatewayStateError) {
+    /// Consuming, so that a standby's resync moves each Child SA into its slot rather than copy it.
+    public mutating func upsertReplicated(_ sa: consuming ChildSA, arrivedAt arrival: Timestamp) throws(GatewayStateError) {
         guard let parent = ikeSAs.slot(of: sa.parent) else { throw .unknownParent(sa.parent) }
         if let slot = spiIndex.slot(of: sa.inboundSPI) {
             let index = Int(slot)

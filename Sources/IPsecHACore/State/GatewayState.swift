@@ -82,30 +82,35 @@ public struct GatewayState: Sendable, Equatable {
     /// Installs `sa` in a free slot; `parent`, when known, is its parent's slot in `ikeSAs`
     /// (saving a second lookup).
     @discardableResult
-    mutating func install(_ sa: ChildSA, parent: Int? = nil) -> Int32 {
+    /// Consuming, and stored as its last use: a standby installs every Child SA of a resync
+    /// this way, and storing a borrowed one copied it (retaining each reference it holds).
+    mutating func install(_ sa: consuming ChildSA, parent: Int? = nil) -> Int32 {
+        let spi = sa.inboundSPI
+        let parentIdentifier = sa.parent
+        let policy = sa.policy
         let slot: Int32
         if let free = freeSlots.popLast() {
             slot = free
-            childSlots[Int(slot)] = sa
+            childSlots[Int(slot)] = consume sa
             freshness[Int(slot)] = nil
-            slotSPIs[Int(slot)] = sa.inboundSPI
+            slotSPIs[Int(slot)] = spi
         } else {
             slot = Int32(childSlots.count)
-            childSlots.append(sa)
+            childSlots.append(consume sa)
             incarnations.append(0)
             freshness.append(nil)
-            slotSPIs.append(sa.inboundSPI)
+            slotSPIs.append(spi)
         }
         // In place once stored: a changed copy of the Child SA would be copied again to store it.
         Self.share(&childSlots[Int(slot)]!.localSelectors, with: &recentLocalSelectors)
         Self.share(&childSlots[Int(slot)]!.remoteSelectors, with: &recentRemoteSelectors)
-        spiIndex.insert(sa.inboundSPI, slot: slot)
+        spiIndex.insert(spi, slot: slot)
         if let parent {
-            Self.insertSorted(sa.inboundSPI, into: &ikeSAs.slots[parent]!.childSAs)
+            Self.insertSorted(spi, into: &ikeSAs.slots[parent]!.childSAs)
         } else {
-            withIKESA(sa.parent) { Self.insertSorted(sa.inboundSPI, into: &$0.childSAs) }
+            withIKESA(parentIdentifier) { Self.insertSorted(spi, into: &$0.childSAs) }
         }
-        if let policy = sa.policy { childSAsByPolicy[policy, default: []].append(sa.inboundSPI) }
+        if let policy { childSAsByPolicy[policy, default: []].append(spi) }
         return slot
     }
 

@@ -77,16 +77,17 @@ public struct IKESATable: Sendable, Equatable {
 
     /// Stores `sa`, whose identifier the table must not hold yet; returns its slot.
     @discardableResult
-    mutating func insert(_ sa: IKESA) -> Int {
+    mutating func insert(_ sa: consuming IKESA) -> Int {
+        let identifier = sa.identifier
         let slot: Int32
         if let free = freeSlots.popLast() {
             slot = free
-            slots[Int(slot)] = sa
+            slots[Int(slot)] = consume sa
         } else {
             slot = Int32(slots.count)
-            slots.append(sa)
+            slots.append(consume sa)
         }
-        positions[sa.identifier] = slot
+        positions[identifier] = slot
         return Int(slot)
     }
 
