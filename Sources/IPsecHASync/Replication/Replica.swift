@@ -73,7 +73,7 @@ public struct Replica {
     /// The active member's latest measure of the synch channel's round trip to this member
     /// (``SyncRecord/synchDelay(roundTrip:)``): a bound on how long a checkpoint took from
     /// its making to its arrival here, from which a takeover sizes its staleness margin
-    /// (``TakeoverPolicy/measuredMarginFloor``). Nil until one arrived.
+    /// (`TakeoverPolicy.measuredMarginFloor` in IPsecHACore). Nil until one arrived.
     public private(set) var activeSynchDelay: Duration?
 
     /// The takeover plan if this replica's member took over at `now` (see `TakeoverPlanner` in
