@@ -144,6 +144,31 @@ struct TakeoverTests {
         #expect(resumeAfter > 50_000)
     }
 
+    /// A measured synch delay belongs to the member that measured it. A bulk resync begins a
+    /// copy from whichever member is active now (after a failover, another one, perhaps over a
+    /// slower link): until that member sends its own measure, a takeover sizes its margin from
+    /// the configured one, never from the former member's faster link. A measure that comes
+    /// with the resync counts.
+    @Test func aResyncForgetsTheFormerActiveMembersSynchDelay() {
+        let policy = TakeoverPolicy(stalenessMargin: .milliseconds(200))
+        var generator = RecordGenerator(seed: 73)
+        let ike = generator.ikeSA()
+        var replica = Replica()
+        func resync(id: UInt32, with extra: [SyncRecord] = []) {
+            replica.apply(
+                [.resyncBegin(id: id, scope: .everything, ikeSAs: 1, childSAs: 0, policies: 0)] + extra + [
+                    .ikeSAUpsert(ike), .resyncEnd(id: id, ikeSAs: 1, childSAs: 0, policies: 0),
+                ], now: .seconds(5))
+        }
+        replica.apply([.synchDelay(roundTrip: .milliseconds(3))], now: .seconds(4))
+        resync(id: 1)
+        #expect(replica.isReady && replica.activeSynchDelay == nil)
+        #expect(replica.takeoverPlan(policy: policy, now: .seconds(6)).stalenessMargin == .milliseconds(200))
+        resync(id: 2, with: [.synchDelay(roundTrip: .milliseconds(40))])
+        #expect(replica.activeSynchDelay == .milliseconds(40))
+        #expect(replica.takeoverPlan(policy: policy, now: .seconds(6)).stalenessMargin == .milliseconds(40))
+    }
+
     /// Review L9 and M6: lifetimes are replicated in the active member's clock, which means
     /// nothing on another host (a rebooted one, here 995 s behind). The takeover moves them
     /// onto the new active member's clock, measured from the heartbeats, so that a hard

@@ -73,7 +73,8 @@ public struct Replica {
     /// The active member's latest measure of the synch channel's round trip to this member
     /// (``SyncRecord/synchDelay(roundTrip:)``): a bound on how long a checkpoint took from
     /// its making to its arrival here, from which a takeover sizes its staleness margin
-    /// (`TakeoverPolicy.measuredMarginFloor` in IPsecHACore). Nil until one arrived.
+    /// (`TakeoverPolicy.measuredMarginFloor` in IPsecHACore). Nil until one arrived since the
+    /// last bulk resync began (the policy's fixed margin applies meanwhile).
     public private(set) var activeSynchDelay: Duration?
 
     /// The takeover plan if this replica's member took over at `now` (see `TakeoverPlanner` in
@@ -169,6 +170,10 @@ public struct Replica {
             switch record {
             case .heartbeat(_, let sentAt): activeClockOffset = Int64(truncatingIfNeeded: now.nanoseconds &- sentAt.nanoseconds)
             case .synchDelay(let roundTrip): activeSynchDelay = roundTrip
+            // A resync copies from whoever is active now, perhaps another member over a slower
+            // link: the former one's measure says nothing of it. In order, so that a measure
+            // sent with the resync counts.
+            case .resyncBegin: activeSynchDelay = nil
             default: continue
             }
         }
