@@ -185,7 +185,7 @@ extension Optional {
     /// Whether a value is present, tested without copying it: `!= nil` on an `Equatable`
     /// wrapped type picks the `Equatable` operator, which copies both operands (a Child SA or
     /// an IKE SA, with a retain per reference it holds).
-    var isPresent: Bool {
+    @usableFromInline var isPresent: Bool {
         if case .some = self { return true }
         return false
     }

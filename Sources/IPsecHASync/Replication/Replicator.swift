@@ -128,7 +128,9 @@ public struct Replicator {
                 if offset < childSlots.count {
                     let slot = childSlots[offset]
                     try packer.append { (writer: inout ByteWriter) throws(SyncCodecError) in
-                        try SyncRecord.encodeUpsert(of: snapshot[slot]!, into: &writer)
+                        try snapshot.withChildSA(at: slot) { (sa: borrowing ChildSA) throws(SyncCodecError) in
+                            try SyncRecord.encodeUpsert(of: sa, into: &writer)
+                        }
                     }
                     continue
                 }
