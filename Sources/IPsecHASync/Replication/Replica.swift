@@ -215,11 +215,15 @@ public struct Replica {
             count(.policyRemoved(id))
         case .ikeSAUpsert(let sa):
             // Called directly, not through count(_:): a closure over the SA made a copy of it.
+            // Consumed, the one copy out of the record moves into the state (used after the
+            // call, it was copied once more: callgrind, resync, 12,145 -> 11,801 a Child SA
+            // for the same change below).
+            let identifier = sa.identifier
             do {
-                try state.upsertReplicated(sa)
+                try state.upsertReplicated(consume sa)
                 statistics.applied += 1
-                noteUpdate(of: sa.identifier, now: now)
-                if !missingIKESAs.isEmpty { missingIKESAs.remove(sa.identifier) }
+                noteUpdate(of: identifier, now: now)
+                if !missingIKESAs.isEmpty { missingIKESAs.remove(identifier) }
             } catch {
                 countFailure(error)
             }
@@ -229,12 +233,13 @@ public struct Replica {
                 inFlight = inFlight.filter { $0.ikeSA != identifier }
             }
         case .childSAUpsert(let sa):
+            let parent = sa.parent
             do {
-                try state.upsertReplicated(sa, arrivedAt: now)
+                try state.upsertReplicated(consume sa, arrivedAt: now)
                 statistics.applied += 1
             } catch {
                 countFailure(error)
-                if !state.ikeSAs.contains(sa.parent) { noteMissing(sa.parent) }
+                if !state.ikeSAs.contains(parent) { noteMissing(parent) }
             }
         case .childSADelete(let spi):
             count(.childSADeleted(inboundSPI: spi))
