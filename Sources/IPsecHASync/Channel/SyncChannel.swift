@@ -207,7 +207,7 @@ public struct SyncChannel {
 
         /// For a datagram to the peer: its incarnation and the next packet number, used up;
         /// nil, nothing used, for data while its incarnation is unknown (data keys are bound
-        /// to it). Mutating, so that `peers[member]!` reaches it in place: reading a field
+        /// to it). Mutating, so that `peers.values[index]` reaches it in place: reading a field
         /// through the dictionary's getter copies the whole peer (about 250 instructions, for
         /// every datagram).
         mutating func nextDatagram(handshake: Bool) -> (incarnation: ChannelIncarnation?, packetNumber: UInt64)? {
@@ -282,7 +282,7 @@ public struct SyncChannel {
     public mutating func send(
         _ records: [SyncRecord], to peer: ClusterMemberID, now: Timestamp
     ) throws(SyncChannelError) -> (ticket: SyncTicket?, actions: [SyncChannelAction]) {
-        guard peers[peer] != nil else { throw .unknownMember(peer) }
+        guard peers.index(forKey: peer) != nil else { throw .unknownMember(peer) }
         // Most sends are all reliable (or all not): no filtered copies then.
         let allReliable = records.allSatisfy(\.isReliable)
         let reliable = try pack(allReliable ? records : records.filter(\.isReliable))
@@ -298,7 +298,7 @@ public struct SyncChannel {
     mutating func sendReliable(
         to peer: ClusterMemberID, now: Timestamp, _ fill: (inout PayloadPacker) throws(SyncChannelError) -> Void
     ) throws(SyncChannelError) -> (ticket: SyncTicket?, actions: [SyncChannelAction]) {
-        guard peers[peer] != nil else { throw .unknownMember(peer) }
+        guard peers.index(forKey: peer) != nil else { throw .unknownMember(peer) }
         var packer = PayloadPacker(maximumPayload: maximumPayload)
         try fill(&packer)
         let records = packer.recordCount
@@ -312,12 +312,17 @@ public struct SyncChannel {
     private mutating func transmit(
         reliable: [[UInt8]], unreliable: [[UInt8]], to peer: ClusterMemberID, now: Timestamp
     ) throws(SyncChannelError) -> (ticket: SyncTicket?, actions: [SyncChannelAction]) {
-        guard reliable.count <= peers[peer]!.sender.freeSlots else { throw .sendQueueFull }
+        // Through `values[index]`, here and for each datagram: `peers[peer]!` changes a peer
+        // through the dictionary's optional-valued subscript, whose end copies the whole peer
+        // back in (a retain per reference it holds; with the getter's copies, about 750
+        // instructions a resync's Child SA).
+        let index = peers.index(forKey: peer)!
+        guard reliable.count <= peers.values[index].sender.freeSlots else { throw .sendQueueFull }
         var actions: [SyncChannelAction] = []
         actions.reserveCapacity(reliable.count + unreliable.count)
         var last: UInt64?
         for payload in reliable {
-            let entry = peers[peer]!.sender.enqueue(payload, now: now)!
+            let entry = peers.values[index].sender.enqueue(payload, now: now)!
             last = entry.sequence
             // Before the handshake with the peer, reliable datagrams wait in the buffer: they go
             // out once it completes.
@@ -337,7 +342,7 @@ public struct SyncChannel {
     }
 
     /// How many more reliable datagrams the peer's retransmission buffer takes now.
-    public func reliableCapacity(to peer: ClusterMemberID) -> Int { peers[peer]?.sender.freeSlots ?? 0 }
+    public func reliableCapacity(to peer: ClusterMemberID) -> Int { peers.index(forKey: peer).map { peers.values[$0].sender.freeSlots } ?? 0 }
 
     /// Whether the peer acknowledged everything up to the ticket. Never true for a ticket whose
     /// datagram a stream reset dropped (``wasDropped(_:)``).
@@ -866,7 +871,9 @@ public struct SyncChannel {
     private mutating func transmit(
         _ payload: [UInt8], to member: ClusterMemberID, reliableSequence: UInt64, streamReset: Bool, handshake: Bool = false
     ) throws(SyncChannelError) -> SyncChannelAction? {
-        guard let (receiverIncarnation, packetNumber) = peers[member]!.nextDatagram(handshake: handshake) else { return nil }
+        guard let (receiverIncarnation, packetNumber) = peers.values[peers.index(forKey: member)!].nextDatagram(handshake: handshake) else {
+            return nil
+        }
         let header = DatagramHeader(
             flags: (streamReset ? DatagramHeader.streamResetFlag : 0) | (handshake ? DatagramHeader.handshakeFlag : 0),
             clusterID: configuration.clusterID, sender: configuration.member, receiver: member, epoch: configuration.epoch,
