@@ -21,8 +21,7 @@ extension GatewayState {
     public func withChildSA<Result, Failure: Error>(
         at slot: ChildSASlot, _ body: (borrowing ChildSA) throws(Failure) -> Result
     ) throws(Failure) -> Result? {
-        let index = Int(slot.storage)
-        guard childSlots.indices.contains(index), childSlots[index].isPresent else { return nil }
+        guard let index = occupiedIndex(slot) else { return nil }
         // Unwrapping the optional in the array (`childSlots[index]!`, or `case .some(let sa)`)
         // copied it through Optional's generic value witnesses, 460 instructions a Child SA
         // with the release; read as a `ChildSA` at the element's address, the copy the call

@@ -74,6 +74,7 @@ public struct GatewayState: Sendable, Equatable {
     // MARK: Internals
 
     /// The array index of `slot` when it holds a Child SA.
+    @inlinable
     func occupiedIndex(_ slot: ChildSASlot) -> Int? {
         let index = Int(slot.storage)
         return childSlots.indices.contains(index) && childSlots[index].isPresent ? index : nil
