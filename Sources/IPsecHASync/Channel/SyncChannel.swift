@@ -334,8 +334,8 @@ public struct SyncChannel {
             if let action = try transmit(payload, to: peer, reliableSequence: 0, streamReset: false) {
                 actions.append(action)
             } else {
-                if peers[peer]!.heldUnreliable.count >= Self.unreliableHoldLimit { peers[peer]!.heldUnreliable.removeFirst() }
-                peers[peer]!.heldUnreliable.append(payload)
+                if peers.values[index].heldUnreliable.count >= Self.unreliableHoldLimit { peers.values[index].heldUnreliable.removeFirst() }
+                peers.values[index].heldUnreliable.append(payload)
             }
         }
         return (last.map { SyncTicket(peer: peer, sequence: $0) }, actions)
