@@ -15,21 +15,23 @@ extension GatewayState {
         childSlots.indices.contains(Int(slot.storage)) ? childSlots[Int(slot.storage)] : nil
     }
 
-    /// Calls `body` with the Child SA in `slot` and returns what it returns (nil, without
-    /// calling it, if the slot is empty): how a bulk resync reads every Child SA it encodes.
+    /// Calls `body` with the address of the Child SA in `slot` and returns what it returns
+    /// (nil, without calling it, if the slot is empty): how a bulk resync reads every Child SA
+    /// it encodes. The pointer is valid only during the call.
     @inlinable
-    public func withChildSA<Result, Failure: Error>(
-        at slot: ChildSASlot, _ body: (borrowing ChildSA) throws(Failure) -> Result
+    package func withUnsafeChildSA<Result, Failure: Error>(
+        at slot: ChildSASlot, _ body: (UnsafePointer<ChildSA>) throws(Failure) -> Result
     ) throws(Failure) -> Result? {
         guard let index = occupiedIndex(slot) else { return nil }
         // Unwrapping the optional in the array (`childSlots[index]!`, or `case .some(let sa)`)
         // copied it through Optional's generic value witnesses, 460 instructions a Child SA
-        // with the release; read as a `ChildSA` at the element's address, the copy the call
-        // makes is a specialised one (callgrind, resync: 12,390 -> 12,145 a Child SA). The
-        // Swift ABI stores a single-payload enum's payload at offset 0 (the case is in spare
-        // bits or a tag byte after it), so the `.some` checked above is a `ChildSA` there.
+        // with the release; and a `ChildSA` value read from the element's address is a copy
+        // too (each reference it holds retained and released: 340 instructions). The encoder
+        // reads each field through the address instead. The Swift ABI stores a single-payload
+        // enum's payload at offset 0 (the case is in spare bits or a tag byte after it), so
+        // the `.some` checked above is a `ChildSA` there.
         return try childSlots.withUnsafeBufferPointer { (slots) throws(Failure) in
-            try body(UnsafeRawPointer(slots.baseAddress! + index).assumingMemoryBound(to: ChildSA.self).pointee)
+            try body(UnsafeRawPointer(slots.baseAddress! + index).assumingMemoryBound(to: ChildSA.self))
         }
     }
 

@@ -416,41 +416,48 @@ enum StateEncoding {
     // MARK: Child SA
 
     static func write(_ sa: ChildSA, into w: inout ByteWriter) throws(SyncCodecError) {
-        w.write(sa.inboundSPI)
-        w.write(sa.outboundSPI)
-        w.write(sa.ipsecProtocol.rawValue)
-        w.write(sa.mode.rawValue)
-        w.write(sa.extendedSequenceNumbers)
-        w.writeVarint(sa.generation)
-        w.write(sa.owner.rawValue)
-        w.writeVarint(UInt64(sa.requestID))
-        w.write(sa.policy != nil)
-        w.write(sa.policy?.rawValue ?? 0)
-        write(sa.parent, into: &w)
-        w.write(sa.transforms.encryption != nil)
-        w.write(sa.transforms.encryption?.rawValue ?? 0)
-        w.write(sa.transforms.encryptionKeyLength ?? 0)
-        w.write(sa.transforms.integrity.rawValue)
-        w.write(sa.transforms.keyExchange.rawValue)
-        try write(sa.localSelectors, into: &w)
-        try write(sa.remoteSelectors, into: &w)
-        w.write(UInt16(sa.inboundKeys.encryptionKeyLength))
-        try write(sa.inboundKeys.material, into: &w)
-        w.write(UInt16(sa.outboundKeys.encryptionKeyLength))
-        try write(sa.outboundKeys.material, into: &w)
+        try withUnsafePointer(to: sa) { (sa) throws(SyncCodecError) in try write(childSAAt: sa, into: &w) }
+    }
+
+    /// Through the SA's address: a bulk resync encodes each Child SA where its snapshot holds
+    /// it (``GatewayState/withUnsafeChildSA(at:_:)``), and a `ChildSA` value there would be a
+    /// copy, every reference in it retained and released.
+    static func write(childSAAt sa: UnsafePointer<ChildSA>, into w: inout ByteWriter) throws(SyncCodecError) {
+        w.write(sa.pointee.inboundSPI)
+        w.write(sa.pointee.outboundSPI)
+        w.write(sa.pointee.ipsecProtocol.rawValue)
+        w.write(sa.pointee.mode.rawValue)
+        w.write(sa.pointee.extendedSequenceNumbers)
+        w.writeVarint(sa.pointee.generation)
+        w.write(sa.pointee.owner.rawValue)
+        w.writeVarint(UInt64(sa.pointee.requestID))
+        w.write(sa.pointee.policy != nil)
+        w.write(sa.pointee.policy?.rawValue ?? 0)
+        write(sa.pointee.parent, into: &w)
+        w.write(sa.pointee.transforms.encryption != nil)
+        w.write(sa.pointee.transforms.encryption?.rawValue ?? 0)
+        w.write(sa.pointee.transforms.encryptionKeyLength ?? 0)
+        w.write(sa.pointee.transforms.integrity.rawValue)
+        w.write(sa.pointee.transforms.keyExchange.rawValue)
+        try write(sa.pointee.localSelectors, into: &w)
+        try write(sa.pointee.remoteSelectors, into: &w)
+        w.write(UInt16(sa.pointee.inboundKeys.encryptionKeyLength))
+        try write(sa.pointee.inboundKeys.material, into: &w)
+        w.write(UInt16(sa.pointee.outboundKeys.encryptionKeyLength))
+        try write(sa.pointee.outboundKeys.material, into: &w)
         // Counters, limits and times under one capacity check: at most 10 bytes each, the
         // window size 5, the soft limit 8.
         w.withReservedCursor(13 * 10 + 5 + 8) { cursor in
-            cursor.writeVarint(sa.outboundCounter.lastSent)
+            cursor.writeVarint(sa.pointee.outboundCounter.lastSent)
             // Fixed: the soft limit is usually near the top of the sequence space, where a
             // varint takes more than 8 bytes.
-            cursor.write(sa.outboundCounter.softLimit)
-            cursor.writeVarint(UInt64(sa.inboundWindow.size))
-            cursor.writeVarint(sa.inboundWindow.top)
-            write(sa.lifetime.soft, into: &cursor)
-            write(sa.lifetime.hard, into: &cursor)
-            cursor.writeVarint(sa.lifetime.installedAt.nanoseconds)
-            let usage = sa.lifetime.usage
+            cursor.write(sa.pointee.outboundCounter.softLimit)
+            cursor.writeVarint(UInt64(sa.pointee.inboundWindow.size))
+            cursor.writeVarint(sa.pointee.inboundWindow.top)
+            write(sa.pointee.lifetime.soft, into: &cursor)
+            write(sa.pointee.lifetime.hard, into: &cursor)
+            cursor.writeVarint(sa.pointee.lifetime.installedAt.nanoseconds)
+            let usage = sa.pointee.lifetime.usage
             cursor.writeVarint(usage.inboundBytes)
             cursor.writeVarint(usage.inboundPackets)
             cursor.writeVarint(usage.outboundBytes)

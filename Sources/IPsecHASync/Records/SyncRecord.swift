@@ -369,9 +369,9 @@ extension SyncRecord {
     }
 
     /// Appends the upsert record of `sa`, as ``encode(into:)`` would for ``childSAUpsert(_:)``.
-    static func encodeUpsert(of sa: ChildSA, into writer: inout ByteWriter) throws(SyncCodecError) {
+    static func encodeUpsert(ofChildSAAt sa: UnsafePointer<ChildSA>, into writer: inout ByteWriter) throws(SyncCodecError) {
         writer.write(SyncRecordType.childSAUpsert.rawValue)
-        try writer.writeBlock { (w: inout ByteWriter) throws(SyncCodecError) in try StateEncoding.write(sa, into: &w) }
+        try writer.writeBlock { (w: inout ByteWriter) throws(SyncCodecError) in try StateEncoding.write(childSAAt: sa, into: &w) }
     }
 
     /// The record's bytes on the wire (type, length, value).

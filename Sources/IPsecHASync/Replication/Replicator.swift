@@ -128,8 +128,8 @@ public struct Replicator {
                 if offset < childSlots.count {
                     let slot = childSlots[offset]
                     try packer.append { (writer: inout ByteWriter) throws(SyncCodecError) in
-                        try snapshot.withChildSA(at: slot) { (sa: borrowing ChildSA) throws(SyncCodecError) in
-                            try SyncRecord.encodeUpsert(of: sa, into: &writer)
+                        try snapshot.withUnsafeChildSA(at: slot) { (sa) throws(SyncCodecError) in
+                            try SyncRecord.encodeUpsert(ofChildSAAt: sa, into: &writer)
                         }
                     }
                     continue

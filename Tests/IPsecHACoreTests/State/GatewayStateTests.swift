@@ -135,8 +135,8 @@ struct GatewayStateTests {
         #expect(!ikeLifetime.isReauthenticationDue(at: .seconds(.max)))
     }
 
-    /// `withChildSA(at:_:)` reads the Child SA in place through the optional's storage: it
-    /// must see exactly what the subscript sees, nothing for a slot emptied or out of range,
+    /// `withUnsafeChildSA(at:_:)` gives the Child SA's address inside the optional's storage:
+    /// it must see exactly what the subscript sees, nothing for a slot emptied or out of range,
     /// and never call its body then.
     @Test func aChildSAReadInPlaceIsTheOneInItsSlot() throws {
         var random = SplitMix64(seed: 4)
@@ -147,22 +147,22 @@ struct GatewayStateTests {
         for child in children { _ = try state.createChildSA(child) }
         let slots = try children.map { try #require(state.slot(forInboundSPI: $0.inboundSPI)) }
         for (child, slot) in zip(children, slots) {
-            let read = state.withChildSA(at: slot) { (sa: borrowing ChildSA) in copy sa }
+            let read = state.withUnsafeChildSA(at: slot) { $0.pointee }
             #expect(read != nil && read == state[slot] && read?.inboundSPI == child.inboundSPI)
         }
         _ = try state.deleteChildSA(inboundSPI: children[1].inboundSPI)
         var calls = 0
-        #expect(state.withChildSA(at: slots[1]) { (_: borrowing ChildSA) in calls += 1 } == nil)
+        #expect(state.withUnsafeChildSA(at: slots[1]) { _ in calls += 1 } == nil)
         // A slot beyond this state's table: the fourth of a state that holds four.
         var larger = state
         _ = try larger.createChildSA(Fixtures.childSA(inboundSPI: 8_191, parent: ike.identifier, &random))
         _ = try larger.createChildSA(Fixtures.childSA(inboundSPI: 8_192, parent: ike.identifier, &random))
         let beyond = try #require(larger.slot(forInboundSPI: 8_192))
         #expect(state[beyond] == nil)
-        #expect(larger.withChildSA(at: beyond) { (sa: borrowing ChildSA) in copy sa } == larger[beyond])
-        #expect(state.withChildSA(at: beyond) { (_: borrowing ChildSA) in calls += 1 } == nil)
+        #expect(larger.withUnsafeChildSA(at: beyond) { $0.pointee } == larger[beyond])
+        #expect(state.withUnsafeChildSA(at: beyond) { _ in calls += 1 } == nil)
         #expect(calls == 0)
-        #expect(state.withChildSA(at: slots[2]) { (sa: borrowing ChildSA) in sa.inboundSPI } == children[2].inboundSPI)
+        #expect(state.withUnsafeChildSA(at: slots[2]) { $0.pointee.inboundSPI } == children[2].inboundSPI)
     }
 
     @Test func lifetimeUsageComesFromThePacketPaths() throws {
