@@ -144,6 +144,22 @@ struct RecordCodecTests {
         #expect(try SyncRecord.decodeAll(bytes[...]) == [record])
     }
 
+    /// An IKE SA's keys are written from their packed bytes in one pass: each must still come
+    /// back whole and in its place, at every length up to the largest a record carries, also
+    /// after a key was replaced on its own (the keys repacked); one byte more is refused.
+    @Test func ikeSAKeysOfEveryLengthRoundTripAndALongerOneIsRefused() throws {
+        var generator = RecordGenerator(seed: 14)
+        var sa = generator.ikeSA()
+        sa.keys = IKEKeys(
+            d: generator.key(0), ai: generator.key(1), ar: generator.key(StateEncoding.maximumKeyLength), ei: generator.key(36),
+            er: generator.key(17), pi: generator.key(0), pr: generator.key(64))
+        #expect(try SyncRecord.decodeAll(SyncRecord.ikeSAUpsert(sa).encoded()[...]) == [.ikeSAUpsert(sa)])
+        sa.keys.ei = generator.key(5)
+        #expect(try SyncRecord.decodeAll(SyncRecord.ikeSAUpsert(sa).encoded()[...]) == [.ikeSAUpsert(sa)])
+        sa.keys.pi = generator.key(StateEncoding.maximumKeyLength + 1)
+        #expect(throws: SyncCodecError.recordTooLarge(StateEncoding.maximumKeyLength + 1)) { try SyncRecord.ikeSAUpsert(sa).encoded() }
+    }
+
     @Test func invalidStateIsRefusedByTheModel() throws {
         var generator = RecordGenerator(seed: 12)
         var bytes = try SyncRecord.childSAUpsert(generator.childSA()).encoded()

@@ -46,8 +46,14 @@ public struct IKEKeys: Sendable, Equatable {
         // Seven stored keys, not a tuple: reading one element of a tuple property copies the
         // whole tuple, with a retain per key.
         let d, ai, ar, ei, er, pi, pr: KeyMaterial
-        init(d: KeyMaterial, ai: KeyMaterial, ar: KeyMaterial, ei: KeyMaterial, er: KeyMaterial, pi: KeyMaterial, pr: KeyMaterial) {
+        /// All seven, one after the other: what the keys are views of.
+        let packed: KeyMaterial
+        init(
+            d: KeyMaterial, ai: KeyMaterial, ar: KeyMaterial, ei: KeyMaterial, er: KeyMaterial, pi: KeyMaterial, pr: KeyMaterial,
+            packed: KeyMaterial
+        ) {
             (self.d, self.ai, self.ar, self.ei, self.er, self.pi, self.pr) = (d, ai, ar, ei, er, pi, pr)
+            self.packed = packed
         }
         /// The seven keys copied into one allocation.
         static func packing(_ keys: [KeyMaterial]) -> Box {
@@ -61,7 +67,7 @@ public struct IKEKeys: Sendable, Equatable {
                 defer { offset += lengths[index] }
                 return material.view(offset, lengths[index])
             }
-            return Box(d: next(0), ai: next(1), ar: next(2), ei: next(3), er: next(4), pi: next(5), pr: next(6))
+            return Box(d: next(0), ai: next(1), ar: next(2), ei: next(3), er: next(4), pi: next(5), pr: next(6), packed: material)
         }
         var all: [KeyMaterial] { [d, ai, ar, ei, er, pi, pr] }
     }
@@ -112,6 +118,26 @@ public struct IKEKeys: Sendable, Equatable {
         }
         guard total == material.count else { throw .invalidKeyLayout }
         box = Box.splitting(material, lengths: lengths)
+    }
+
+    /// Calls `body` with the seven keys' bytes, SK_d to SK_pr one after the other, and the
+    /// length of each: how a bulk resync writes an IKE SA's keys in one pass (reading each key
+    /// on its own cost a reference and a closure call a key, 900 instructions an IKE SA).
+    package func withPackedBytes<Result, Failure: Error>(
+        _ body: (UnsafeRawBufferPointer, UnsafeBufferPointer<Int>) throws(Failure) -> Result
+    ) throws(Failure) -> Result {
+        let box = box
+        return try withUnsafeTemporaryAllocation(of: Int.self, capacity: 7) { (lengths) throws(Failure) in
+            // One by one: an array of the keys would be an allocation.
+            lengths.initializeElement(at: 0, to: box.d.count)
+            lengths.initializeElement(at: 1, to: box.ai.count)
+            lengths.initializeElement(at: 2, to: box.ar.count)
+            lengths.initializeElement(at: 3, to: box.ei.count)
+            lengths.initializeElement(at: 4, to: box.er.count)
+            lengths.initializeElement(at: 5, to: box.pi.count)
+            lengths.initializeElement(at: 6, to: box.pr.count)
+            return try box.packed.withUnsafeBytes { (bytes) throws(Failure) in try body(bytes, UnsafeBufferPointer(lengths)) }
+        }
     }
 
     private mutating func replace(_ index: Int, _ key: KeyMaterial) {

@@ -22,17 +22,7 @@ extension GatewayState {
     package func withUnsafeChildSA<Result, Failure: Error>(
         at slot: ChildSASlot, _ body: (UnsafePointer<ChildSA>) throws(Failure) -> Result
     ) throws(Failure) -> Result? {
-        guard let index = occupiedIndex(slot) else { return nil }
-        // Unwrapping the optional in the array (`childSlots[index]!`, or `case .some(let sa)`)
-        // copied it through Optional's generic value witnesses, 460 instructions a Child SA
-        // with the release; and a `ChildSA` value read from the element's address is a copy
-        // too (each reference it holds retained and released: 340 instructions). The encoder
-        // reads each field through the address instead. The Swift ABI stores a single-payload
-        // enum's payload at offset 0 (the case is in spare bits or a tag byte after it), so
-        // the `.some` checked above is a `ChildSA` there.
-        return try childSlots.withUnsafeBufferPointer { (slots) throws(Failure) in
-            try body(UnsafeRawPointer(slots.baseAddress! + index).assumingMemoryBound(to: ChildSA.self))
-        }
+        try childSlots.withUnsafeWrapped(at: Int(slot.storage), body)
     }
 
     /// Takes the next outbound sequence number of the Child SA in `slot` for a packet of

@@ -192,6 +192,27 @@ extension Optional {
     }
 }
 
+extension Array {
+    /// Calls `body` with the address of the value in the optional at `index` and returns what
+    /// it returns; nil, without calling it, when `index` is out of range or the optional
+    /// empty. The pointer is valid only during the call.
+    ///
+    /// How a bulk resync reads each SA it encodes where the snapshot holds it: unwrapping the
+    /// optional (`slots[index]!`, or `case .some(let sa)`) copied it, every reference in it
+    /// retained and released, and a value read from the address would be a copy too. The
+    /// Swift ABI stores a single-payload enum's payload at offset 0 (the case is in spare bits
+    /// or a tag byte after it), so a present optional is a `Wrapped` at its own address.
+    @inlinable
+    func withUnsafeWrapped<Wrapped, Result, Failure: Error>(
+        at index: Int, _ body: (UnsafePointer<Wrapped>) throws(Failure) -> Result
+    ) throws(Failure) -> Result? where Element == Wrapped? {
+        guard indices.contains(index), self[index].isPresent else { return nil }
+        return try withUnsafeBufferPointer { (elements) throws(Failure) in
+            try body(UnsafeRawPointer(elements.baseAddress! + index).assumingMemoryBound(to: Wrapped.self))
+        }
+    }
+}
+
 /// How a batch of counter checkpoints fared (``GatewayState/applyCounterCheckpoints(_:arrivedAt:)``).
 public struct CounterCheckpointOutcome: Sendable, Hashable {
     /// Applied.

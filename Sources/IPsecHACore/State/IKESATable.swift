@@ -11,7 +11,7 @@ public struct IKESATable: Sendable, Equatable {
     /// The slot of each IKE SA.
     var positions: [IKESAIdentifier: Int32] = [:]
     /// The IKE SAs; nil where one was removed (the slot is reused by the next insertion).
-    var slots: [IKESA?] = []
+    @usableFromInline var slots: [IKESA?] = []
     var freeSlots: [Int32] = []
 
     /// An empty table.
@@ -33,6 +33,16 @@ public struct IKESATable: Sendable, Equatable {
 
     /// The identifiers, in no particular order.
     public var keys: some Collection<IKESAIdentifier> & Sendable { positions.keys }
+
+    /// Calls `body` with the address of the IKE SA in `slot` (a position of ``values``) and
+    /// returns what it returns (nil, without calling it, if the slot is empty): how a bulk
+    /// resync reads every IKE SA it encodes, without a copy. Valid only during the call.
+    @inlinable
+    package func withUnsafeIKESA<Result, Failure: Error>(
+        inSlot slot: Int, _ body: (UnsafePointer<IKESA>) throws(Failure) -> Result
+    ) throws(Failure) -> Result? {
+        try slots.withUnsafeWrapped(at: slot, body)
+    }
 
     /// The IKE SAs, in slot order.
     public var values: Values { Values(slots: slots) }

@@ -218,8 +218,11 @@ enum StateEncoding {
         return selectors
     }
 
+    /// The longest key a record carries.
+    static let maximumKeyLength = 1024
+
     static func write(_ key: KeyMaterial, into w: inout ByteWriter) throws(SyncCodecError) {
-        guard key.count <= 1024 else { throw .recordTooLarge(key.count) }
+        guard key.count <= maximumKeyLength else { throw .recordTooLarge(key.count) }
         w.write(UInt16(key.count))
         key.withUnsafeBytes { w.write(bytes: $0) }
     }
@@ -227,7 +230,7 @@ enum StateEncoding {
     /// A length-prefixed key's bytes, valid as long as the reader is.
     static func readKeyBytes(_ r: inout ByteReader) throws(SyncCodecError) -> UnsafeRawBufferPointer {
         let count = Int(try r.readUInt16())
-        guard count <= 1024 else { throw .invalidValue("key length \(count)") }
+        guard count <= maximumKeyLength else { throw .invalidValue("key length \(count)") }
         return try r.readBytes(count)
     }
 
@@ -344,35 +347,44 @@ enum StateEncoding {
     // MARK: IKE SA
 
     static func write(_ sa: IKESA, into w: inout ByteWriter) throws(SyncCodecError) {
-        write(sa.identifier, into: &w)
-        w.writeVarint(sa.generation)
-        w.write(sa.owner.rawValue)
-        w.write(sa.isOriginalInitiator)
-        w.write(sa.state.rawValue)
-        write(sa.local, into: &w)
-        write(sa.remote, into: &w)
-        w.write(sa.transforms.encryption.rawValue)
-        w.write(sa.transforms.encryptionKeyLength ?? 0)
-        w.write(sa.transforms.prf.rawValue)
-        w.write(sa.transforms.integrity.rawValue)
-        w.write(sa.transforms.keyExchange.rawValue)
-        write(sa.lifetime.rekeyAt, into: &w)
-        write(sa.lifetime.reauthenticateAt, into: &w)
-        let extensions = sa.extensions
+        try withUnsafePointer(to: sa) { (sa) throws(SyncCodecError) in try write(ikeSAAt: sa, into: &w) }
+    }
+
+    /// Through the SA's address, as ``write(childSAAt:into:)``.
+    static func write(ikeSAAt sa: UnsafePointer<IKESA>, into w: inout ByteWriter) throws(SyncCodecError) {
+        write(sa.pointee.identifier, into: &w)
+        w.writeVarint(sa.pointee.generation)
+        w.write(sa.pointee.owner.rawValue)
+        w.write(sa.pointee.isOriginalInitiator)
+        w.write(sa.pointee.state.rawValue)
+        write(sa.pointee.local, into: &w)
+        write(sa.pointee.remote, into: &w)
+        w.write(sa.pointee.transforms.encryption.rawValue)
+        w.write(sa.pointee.transforms.encryptionKeyLength ?? 0)
+        w.write(sa.pointee.transforms.prf.rawValue)
+        w.write(sa.pointee.transforms.integrity.rawValue)
+        w.write(sa.pointee.transforms.keyExchange.rawValue)
+        write(sa.pointee.lifetime.rekeyAt, into: &w)
+        write(sa.pointee.lifetime.reauthenticateAt, into: &w)
+        let extensions = sa.pointee.extensions
         w.write(
             UInt8((extensions.messageIDSync ? 1 : 0) | (extensions.replayCounterSync ? 2 : 0)
                 | (extensions.childSAsUseExtendedSequenceNumbers ? 4 : 0) | (extensions.messageIDSyncAnswered ? 8 : 0)
-                | (sa.rekeyedFrom != nil ? 16 : 0)))
-        if let rekeyedFrom = sa.rekeyedFrom { write(rekeyedFrom, into: &w) }
-        try write(sa.messageIDs.snapshot, into: &w)
-        let keys = sa.keys
-        try write(keys.d, into: &w)
-        try write(keys.ai, into: &w)
-        try write(keys.ar, into: &w)
-        try write(keys.ei, into: &w)
-        try write(keys.er, into: &w)
-        try write(keys.pi, into: &w)
-        try write(keys.pr, into: &w)
+                | (sa.pointee.rekeyedFrom != nil ? 16 : 0)))
+        if let rekeyedFrom = sa.pointee.rekeyedFrom { write(rekeyedFrom, into: &w) }
+        try write(sa.pointee.messageIDs.snapshot, into: &w)
+        // Each key as `write(_:into:)` writes it (length, bytes), from the packed keys at once.
+        try sa.pointee.keys.withPackedBytes { (packed, lengths) throws(SyncCodecError) in
+            for length in lengths where length > maximumKeyLength { throw .recordTooLarge(length) }
+            w.withReservedCursor(2 * lengths.count + packed.count) { cursor in
+                var offset = 0
+                for length in lengths {
+                    cursor.write(UInt16(length))
+                    cursor.write(bytes: UnsafeRawBufferPointer(rebasing: packed[offset..<offset + length]))
+                    offset += length
+                }
+            }
+        }
     }
 
     static func readIKESA(_ r: inout ByteReader) throws(SyncCodecError) -> IKESA {

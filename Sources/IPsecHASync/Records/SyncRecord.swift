@@ -363,9 +363,9 @@ extension SyncRecord {
 
     /// Appends the upsert record of `sa` (type, length, value), as ``encode(into:)`` would for
     /// ``ikeSAUpsert(_:)``, without building the record.
-    static func encodeUpsert(of sa: IKESA, into writer: inout ByteWriter) throws(SyncCodecError) {
+    static func encodeUpsert(ofIKESAAt sa: UnsafePointer<IKESA>, into writer: inout ByteWriter) throws(SyncCodecError) {
         writer.write(SyncRecordType.ikeSAUpsert.rawValue)
-        try writer.writeBlock { (w: inout ByteWriter) throws(SyncCodecError) in try StateEncoding.write(sa, into: &w) }
+        try writer.writeBlock { (w: inout ByteWriter) throws(SyncCodecError) in try StateEncoding.write(ikeSAAt: sa, into: &w) }
     }
 
     /// Appends the upsert record of `sa`, as ``encode(into:)`` would for ``childSAUpsert(_:)``.

@@ -120,8 +120,12 @@ public struct Replicator {
                 }
                 offset -= policies.count
                 if offset < ikeSAs.count {
-                    let sa = snapshot.ikeSAs.values[ikeSAs[offset]]
-                    try packer.append { (writer: inout ByteWriter) throws(SyncCodecError) in try SyncRecord.encodeUpsert(of: sa, into: &writer) }
+                    let slot = ikeSAs[offset]
+                    try packer.append { (writer: inout ByteWriter) throws(SyncCodecError) in
+                        try snapshot.ikeSAs.withUnsafeIKESA(inSlot: slot) { (sa) throws(SyncCodecError) in
+                            try SyncRecord.encodeUpsert(ofIKESAAt: sa, into: &writer)
+                        }
+                    }
                     continue
                 }
                 offset -= ikeSAs.count

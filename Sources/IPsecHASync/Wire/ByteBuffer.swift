@@ -124,9 +124,21 @@ struct WriteCursor {
     }
 
     @inline(__always)
+    mutating func write(_ value: UInt16) {
+        pointer.storeBytes(of: value.bigEndian, toByteOffset: 0, as: UInt16.self)
+        pointer += 2
+    }
+
+    @inline(__always)
     mutating func write(_ value: UInt32) {
         pointer.storeBytes(of: value.bigEndian, toByteOffset: 0, as: UInt32.self)
         pointer += 4
+    }
+
+    @inline(__always)
+    mutating func write(bytes: UnsafeRawBufferPointer) {
+        if let source = bytes.baseAddress { pointer.copyMemory(from: source, byteCount: bytes.count) }
+        pointer += bytes.count
     }
 
     @inline(__always)
