@@ -15,6 +15,11 @@ extension GatewayState {
         childSlots.indices.contains(Int(slot.storage)) ? childSlots[Int(slot.storage)] : nil
     }
 
+    /// The slots that hold a Child SA, in slot order: what a bulk resync sends.
+    package var occupiedChildSASlots: [ChildSASlot] {
+        childSlots.positionsOfPresentValues(count: childSACount) { ChildSASlot(index: Int32(truncatingIfNeeded: $0)) }
+    }
+
     /// Calls `body` with the address of the Child SA in `slot` and returns what it returns
     /// (nil, without calling it, if the slot is empty): how a bulk resync reads every Child SA
     /// it encodes. The pointer is valid only during the call.

@@ -34,6 +34,10 @@ public struct IKESATable: Sendable, Equatable {
     /// The identifiers, in no particular order.
     public var keys: some Collection<IKESAIdentifier> & Sendable { positions.keys }
 
+    /// The slots that hold an IKE SA (positions of ``values``), in order: what a bulk resync
+    /// sends.
+    package var occupiedSlots: [Int] { slots.positionsOfPresentValues(count: count) { $0 } }
+
     /// Calls `body` with the address of the IKE SA in `slot` (a position of ``values``) and
     /// returns what it returns (nil, without calling it, if the slot is empty): how a bulk
     /// resync reads every IKE SA it encodes, without a copy. Valid only during the call.

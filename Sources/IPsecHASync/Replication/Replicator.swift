@@ -55,11 +55,8 @@ public struct Replicator {
         init(id: UInt32, snapshot: GatewayState) {
             self.id = id
             self.snapshot = snapshot
-            ikeSAs = Array(snapshot.ikeSAs.values.indices)
-            var slots: [ChildSASlot] = []
-            slots.reserveCapacity(snapshot.childSACount)
-            snapshot.forEachChildSACounters { slots.append($0.slot) }
-            childSlots = slots
+            ikeSAs = snapshot.ikeSAs.occupiedSlots
+            childSlots = snapshot.occupiedChildSASlots
         }
 
         /// A backlog of `records`.

@@ -165,6 +165,30 @@ struct GatewayStateTests {
         #expect(state.withUnsafeChildSA(at: slots[2]) { $0.pointee.inboundSPI } == children[2].inboundSPI)
     }
 
+    /// The slots a bulk resync sends: every occupied one, in slot order, none emptied by a
+    /// deletion, and a reused slot once.
+    @Test func theOccupiedSlotsAreTheSAsHeldInSlotOrder() throws {
+        var random = SplitMix64(seed: 5)
+        var state = GatewayState()
+        let ikes = (0..<4).map { Fixtures.ikeSA(UInt64($0) + 1, &random) }
+        for ike in ikes { _ = try state.createIKESA(ike) }
+        let children = (0..<6).map { Fixtures.childSA(inboundSPI: 4_096 + UInt32($0), parent: ikes[$0 % 2].identifier, &random) }
+        for child in children { _ = try state.createChildSA(child) }
+        #expect(state.occupiedChildSASlots.map(\.index) == Array(0..<6))
+        #expect(state.ikeSAs.occupiedSlots == Array(0..<4))
+        _ = try state.deleteChildSA(inboundSPI: children[1].inboundSPI)
+        _ = try state.deleteChildSA(inboundSPI: children[4].inboundSPI)
+        _ = try state.deleteIKESA(ikes[2].identifier)
+        #expect(state.occupiedChildSASlots.map(\.index) == [0, 2, 3, 5])
+        #expect(state.ikeSAs.occupiedSlots == [0, 1, 3])
+        #expect(state.ikeSAs.occupiedSlots == Array(state.ikeSAs.values.indices))
+        _ = try state.createChildSA(Fixtures.childSA(inboundSPI: 9_000, parent: ikes[0].identifier, &random))
+        let slots = state.occupiedChildSASlots
+        #expect(slots.count == state.childSACount && Set(slots).count == slots.count)
+        #expect(slots.map(\.index) == slots.map(\.index).sorted())
+        #expect(Set(slots.compactMap { state[$0]?.inboundSPI }) == Set(state.childSAs.map(\.inboundSPI)))
+    }
+
     @Test func lifetimeUsageComesFromThePacketPaths() throws {
         var random = SplitMix64(seed: 3)
         var state = GatewayState()
