@@ -71,7 +71,8 @@ extension GatewayState {
     /// parent IKE SA or a policy it does not hold.
     /// Consuming, so that a standby's resync moves each Child SA into its slot rather than copy it.
     public mutating func upsertReplicated(_ sa: consuming ChildSA, arrivedAt arrival: Timestamp) throws(GatewayStateError) {
-        guard let parent = ikeSAs.slot(of: sa.parent) else { throw .unknownParent(sa.parent) }
+        guard let parent = ikeSAs.slot(of: sa.parent, near: recentParentSlot) else { throw .unknownParent(sa.parent) }
+        recentParentSlot = parent
         if let slot = spiIndex.slot(of: sa.inboundSPI) {
             let index = Int(slot)
             let held = childSlots.withUnsafeBufferPointer { $0[index]!.generation }

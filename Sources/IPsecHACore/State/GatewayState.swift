@@ -37,6 +37,11 @@ public struct GatewayState: Sendable, Equatable {
     private var recentLocalSelectors: [TrafficSelector] = []
     private var recentRemoteSelectors: [TrafficSelector] = []
     @usableFromInline var spiIndex = SPIIndex()
+    /// The parent's slot of the Child SA replicated last. A bulk resync sends Child SAs in slot
+    /// order, which is mostly the order they were made in, IKE SA after IKE SA: the next one's
+    /// parent is mostly this one or the next (``upsertReplicated(_:arrivedAt:)``). Not part of
+    /// equality.
+    var recentParentSlot = 0
     /// Inbound SPIs of each PROTECT policy's Child SAs, in the order they were installed.
     var childSAsByPolicy: [SecurityPolicyID: [UInt32]] = [:]
     @usableFromInline var cache: SPDCache

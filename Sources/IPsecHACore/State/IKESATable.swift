@@ -89,6 +89,15 @@ public struct IKESATable: Sendable, Equatable {
     /// The slot of the IKE SA with this identifier.
     func slot(of identifier: IKESAIdentifier) -> Int? { positions[identifier].map(Int.init) }
 
+    /// ``slot(of:)``, trying `hint` and the slot after it first: found there, the identifier
+    /// is not hashed (hashing it was 270 instructions of each Child SA a standby installs).
+    func slot(of identifier: IKESAIdentifier, near hint: Int) -> Int? {
+        for candidate in hint...hint &+ 1 where slots.withUnsafeWrapped(at: candidate, { $0.pointee.identifier == identifier }) == true {
+            return candidate
+        }
+        return slot(of: identifier)
+    }
+
     /// Stores `sa`, whose identifier the table must not hold yet; returns its slot.
     @discardableResult
     mutating func insert(_ sa: consuming IKESA) -> Int {

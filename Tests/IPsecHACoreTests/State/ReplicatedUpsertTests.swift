@@ -44,4 +44,34 @@ struct ReplicatedUpsertTests {
         }
         #expect(standby.childSACount == 1)
     }
+
+    /// A standby first looks for a Child SA's parent in the slot of the previous one's and the
+    /// next: the parent found must be the right one in any order, after the slot looked at was
+    /// emptied or reused, and when the slot is past the table.
+    @Test func childSAsFindTheirParentInAnyOrder() throws {
+        var random = SplitMix64(seed: 32)
+        var standby = GatewayState()
+        let ikes = (0..<4).map { Fixtures.ikeSA(UInt64($0) + 1, &random) }
+        for ike in ikes { try standby.upsertReplicated(ike) }
+        var spi: UInt32 = 0x7000
+        func install(under parent: Int) throws {
+            spi += 1
+            try standby.upsertReplicated(Fixtures.childSA(inboundSPI: spi, parent: ikes[parent].identifier, &random), arrivedAt: .seconds(1))
+            #expect(standby.childSA(inboundSPI: spi)?.parent == ikes[parent].identifier)
+            #expect(standby.ikeSAs[ikes[parent].identifier]?.childSAs.contains(spi) == true)
+        }
+        for parent in [0, 0, 1, 3, 2, 2, 0, 3, 3, 1] { try install(under: parent) }
+        // The last parent's slot (3) emptied, then a Child SA whose parent is elsewhere; then
+        // the slot reused by another IKE SA, and a Child SA of the one it held before.
+        _ = try standby.deleteIKESA(ikes[3].identifier)
+        try install(under: 2)
+        try install(under: 0)
+        let replacement = Fixtures.ikeSA(9, &random)
+        try standby.upsertReplicated(replacement)
+        let orphan = Fixtures.childSA(inboundSPI: 0x7FFF, parent: ikes[3].identifier, &random)
+        #expect(throws: GatewayStateError.unknownParent(ikes[3].identifier)) { try standby.upsertReplicated(orphan, arrivedAt: .seconds(2)) }
+        try standby.upsertReplicated(Fixtures.childSA(inboundSPI: 0x7FFE, parent: replacement.identifier, &random), arrivedAt: .seconds(2))
+        #expect(standby.ikeSAs[replacement.identifier]?.childSAs == [0x7FFE])
+        #expect(standby.childSACount == 10 - 3 + 2 + 1)
+    }
 }
