@@ -52,8 +52,9 @@ extension GatewayState {
     /// changing nothing, for a record not newer than the IKE SA held.
     /// Consuming, so that a standby's resync moves each IKE SA into its table rather than copy it.
     public mutating func upsertReplicated(_ sa: consuming IKESA) throws(GatewayStateError) {
-        guard let slot = ikeSAs.slot(of: sa.identifier) else {
-            let slot = ikeSAs.insert(sa)
+        let (slot, inserted) = ikeSAs.slot(insertingIfAbsent: sa.identifier)
+        guard !inserted else {
+            ikeSAs.slots[slot] = consume sa
             ikeSAs.slots[slot]!.childSAs = []
             return
         }

@@ -101,17 +101,22 @@ public struct IKESATable: Sendable, Equatable {
     /// Stores `sa`, whose identifier the table must not hold yet; returns its slot.
     @discardableResult
     mutating func insert(_ sa: consuming IKESA) -> Int {
-        let identifier = sa.identifier
-        let slot: Int32
-        if let free = freeSlots.popLast() {
-            slot = free
-            slots[Int(slot)] = consume sa
-        } else {
-            slot = Int32(slots.count)
-            slots.append(consume sa)
-        }
-        positions[identifier] = slot
-        return Int(slot)
+        let slot = slot(insertingIfAbsent: sa.identifier).slot
+        slots[slot] = consume sa
+        return slot
+    }
+
+    /// The slot of the IKE SA with this identifier, and false; or, when the table does not
+    /// hold it, a free slot now named by it, and true: the caller stores the IKE SA there at
+    /// once. One hash either way, where a look-up and then an insertion took two (a standby
+    /// installs every IKE SA of a resync this way).
+    mutating func slot(insertingIfAbsent identifier: IKESAIdentifier) -> (slot: Int, inserted: Bool) {
+        func read(_ slot: inout Int32) -> Int32 { slot }
+        let held = positions.count
+        let slot = Int(read(&positions[identifier, default: freeSlots.last ?? Int32(slots.count)]))
+        guard positions.count != held else { return (slot, false) }
+        if slot == slots.count { slots.append(nil) } else { freeSlots.removeLast() }
+        return (slot, true)
     }
 
     /// Removes the IKE SA with this identifier, if there is one.

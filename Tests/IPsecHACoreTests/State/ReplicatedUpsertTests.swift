@@ -68,6 +68,8 @@ struct ReplicatedUpsertTests {
         try install(under: 0)
         let replacement = Fixtures.ikeSA(9, &random)
         try standby.upsertReplicated(replacement)
+        #expect(standby.ikeSAs.occupiedSlots == [0, 1, 2, 3], "the freed slot is reused")
+        #expect(standby.ikeSAs.count == 4 && standby.ikeSAs.values.map(\.identifier).last == replacement.identifier)
         let orphan = Fixtures.childSA(inboundSPI: 0x7FFF, parent: ikes[3].identifier, &random)
         #expect(throws: GatewayStateError.unknownParent(ikes[3].identifier)) { try standby.upsertReplicated(orphan, arrivedAt: .seconds(2)) }
         try standby.upsertReplicated(Fixtures.childSA(inboundSPI: 0x7FFE, parent: replacement.identifier, &random), arrivedAt: .seconds(2))
