@@ -195,4 +195,76 @@ struct VarintTests {
             try ByteReader.reading(bytes[...]) { (reader: inout ByteReader) throws(SyncCodecError) in try reader.readVarint() }
         }
     }
+
+    /// LEB128 as the protocol defines it, written plainly: what the reader and the writer
+    /// (tuned for speed) must agree with.
+    static func referenceEncoding(_ value: UInt64) -> [UInt8] {
+        var bytes: [UInt8] = []
+        var remaining = value
+        repeat {
+            bytes.append(UInt8(remaining & 0x7F) | (remaining >= 0x80 ? 0x80 : 0))
+            remaining >>= 7
+        } while remaining > 0
+        return bytes
+    }
+
+    /// The value and length of the varint at the start of `bytes`, or nil where the reader must
+    /// refuse it (truncated, longer than 10 bytes, beyond 64 bits, not minimal).
+    static func referenceDecoding(_ bytes: ArraySlice<UInt8>) -> (value: UInt64, count: Int)? {
+        var value: UInt64 = 0
+        for (offset, byte) in bytes.prefix(10).enumerated() {
+            let group = UInt64(byte & 0x7F)
+            if offset == 9, group > 1 { return nil }
+            value |= group << (7 * offset)
+            if byte < 0x80 { return byte == 0 && offset > 0 ? nil : (value, offset + 1) }
+        }
+        return nil
+    }
+
+    /// Every length from 1 to 10 bytes at its bounds, and random values: the same bytes as the
+    /// reference, decoded back with bytes behind them and at the very end of the bytes, and a
+    /// field written after a varint intact.
+    @Test func varintsAgreeWithTheReference() throws {
+        var random = SplitMix64(seed: 77)
+        var values: [UInt64] = [0, 1, 0x7F, .max - 1, .max]
+        for bits in stride(from: 7, through: 63, by: 7) { values += [1 << bits, (1 << bits) - 1, (1 << bits) + 1] }
+        for _ in 0..<2_000 { values.append(random.next() >> (random.next() % 64)) }
+        for value in values {
+            var writer = ByteWriter()
+            writer.writeVarint(value)
+            writer.write(UInt32(0xA5A5_A5A5))
+            let bytes = writer.bytes
+            let expected = Self.referenceEncoding(value)
+            #expect(Array(bytes.dropLast(4)) == expected && Array(bytes.suffix(4)) == [0xA5, 0xA5, 0xA5, 0xA5], "\(value)")
+            for tail in [bytes[...], bytes.dropLast(4)] {
+                let decoded = try ByteReader.reading(tail) { (reader: inout ByteReader) throws(SyncCodecError) in
+                    (try reader.readVarint(), reader.position)
+                }
+                #expect(decoded.0 == value && decoded.1 == expected.count, "\(value)")
+            }
+        }
+    }
+
+    /// Random bytes, mostly with high bits set so that long and malformed varints are common,
+    /// read at every offset: the reader takes exactly what the reference takes, refuses exactly
+    /// what it refuses, and a refused read leaves the position where it was.
+    @Test func randomBytesDecodeAsTheReferenceSays() throws {
+        var random = SplitMix64(seed: 78)
+        for _ in 0..<3_000 {
+            let count = Int(random.next() % 24)
+            let bytes = (0..<count).map { _ -> UInt8 in
+                let byte = UInt8(truncatingIfNeeded: random.next())
+                return random.next() % 4 == 0 ? byte & 0x7F : byte | 0x80
+            }
+            for start in 0...count {
+                let expected = Self.referenceDecoding(bytes[start...])
+                let outcome = try ByteReader.reading(bytes[start...]) { (reader: inout ByteReader) -> (UInt64, Int)? in
+                    let before = reader.position
+                    guard let value = try? reader.readVarint() else { return reader.position == before ? nil : (0, -1) }
+                    return (value, reader.position - before)
+                }
+                #expect(outcome?.0 == expected?.value && outcome?.1 == expected?.count, "\(bytes[start...])")
+            }
+        }
+    }
 }
