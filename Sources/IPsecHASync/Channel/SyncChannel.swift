@@ -453,7 +453,7 @@ public struct SyncChannel {
                 let opened = try sealer.open(datagram, claimed, receiverIncarnation: configuration.incarnation)
                 handshake = try ChannelHandshake.decode(opened.payload)
             } catch {
-                peers[claimed.sender] = peer
+                peers[claimed.sender] = consume peer
                 throw error
             }
             return acceptHandshake(handshake, claimed, from: &peer, now: now)
@@ -478,7 +478,7 @@ public struct SyncChannel {
                 throw SyncChannelError.invalidHeader("heartbeat announcing reliable sequence \(highest)")
             }
         } catch {
-            peers[claimed.sender] = peer
+            peers[claimed.sender] = consume peer
             throw error
         }
 
@@ -543,7 +543,7 @@ public struct SyncChannel {
                 control.append(acknowledgement(&peer))
             }
         }
-        peers[header.sender] = peer
+        peers[header.sender] = consume peer
         transmit(retransmit, control: control, to: header.sender, into: &actions)
         return actions
     }
