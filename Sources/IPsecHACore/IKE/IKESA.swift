@@ -36,65 +36,42 @@ public enum IKESAState: UInt8, Sendable, Hashable, Codable {
 
 /// The keys of an IKE SA (RFC 7296 section 2.14).
 ///
-/// The seven keys are views of one zeroed-on-release allocation, held in one shared, immutable
-/// box: copying an IKE SA (as a takeover plan or a replication record does, a hundred thousand
-/// times) costs one reference, and a standby that receives a hundred thousand IKE SAs makes two
-/// allocations for each one's keys, not nine. Changing a key repacks them into a new box.
+/// The seven keys live one after the other in one zeroed-on-release allocation, and each key
+/// is read as a view of it: copying an IKE SA (as a takeover plan or a replication record does,
+/// a hundred thousand times) costs one reference, and a standby that receives a hundred
+/// thousand IKE SAs makes one allocation for each one's keys, not eight. (A box holding the
+/// seven views was a second allocation of 160 bytes an IKE SA.) Changing a key repacks them.
 public struct IKEKeys: Sendable, Equatable {
-    // @unchecked: the box is never mutated after creation; setters replace it.
-    final class Box: @unchecked Sendable {
-        // Seven stored keys, not a tuple: reading one element of a tuple property copies the
-        // whole tuple, with a retain per key.
-        let d, ai, ar, ei, er, pi, pr: KeyMaterial
-        /// All seven, one after the other: what the keys are views of.
-        let packed: KeyMaterial
-        init(
-            d: KeyMaterial, ai: KeyMaterial, ar: KeyMaterial, ei: KeyMaterial, er: KeyMaterial, pi: KeyMaterial, pr: KeyMaterial,
-            packed: KeyMaterial
-        ) {
-            (self.d, self.ai, self.ar, self.ei, self.er, self.pi, self.pr) = (d, ai, ar, ei, er, pi, pr)
-            self.packed = packed
-        }
-        /// The seven keys copied into one allocation.
-        static func packing(_ keys: [KeyMaterial]) -> Box {
-            keys.map(\.count).withUnsafeBufferPointer { splitting(KeyMaterial.concatenating(keys), lengths: $0) }
-        }
-        /// Views of `material`, `lengths` bytes each; the caller has checked that the seven
-        /// lengths add up to the material.
-        static func splitting(_ material: KeyMaterial, lengths: UnsafeBufferPointer<Int>) -> Box {
-            var offset = 0
-            func next(_ index: Int) -> KeyMaterial {
-                defer { offset += lengths[index] }
-                return material.view(offset, lengths[index])
-            }
-            return Box(d: next(0), ai: next(1), ar: next(2), ei: next(3), er: next(4), pi: next(5), pr: next(6), packed: material)
-        }
-        var all: [KeyMaterial] { [d, ai, ar, ei, er, pi, pr] }
+    /// Where each key ends in ``packed``, in bytes from its start.
+    private struct Ends: Sendable, Equatable {
+        var d, ai, ar, ei, er, pi, pr: UInt32
     }
 
-    private var box: Box
+    /// SK_d to SK_pr, one after the other.
+    private var packed: KeyMaterial
+    private var ends: Ends
 
     /// SK_d: derives Child SA keys.
-    public var d: KeyMaterial { get { box.d } set { replace(0, newValue) } }
+    public var d: KeyMaterial { get { key(from: 0, to: ends.d) } set { replace(0, newValue) } }
     /// SK_ai: integrity of the original initiator's messages.
-    public var ai: KeyMaterial { get { box.ai } set { replace(1, newValue) } }
+    public var ai: KeyMaterial { get { key(from: ends.d, to: ends.ai) } set { replace(1, newValue) } }
     /// SK_ar: integrity of the original responder's messages.
-    public var ar: KeyMaterial { get { box.ar } set { replace(2, newValue) } }
+    public var ar: KeyMaterial { get { key(from: ends.ai, to: ends.ar) } set { replace(2, newValue) } }
     /// SK_ei: encryption of the original initiator's messages.
-    public var ei: KeyMaterial { get { box.ei } set { replace(3, newValue) } }
+    public var ei: KeyMaterial { get { key(from: ends.ar, to: ends.ei) } set { replace(3, newValue) } }
     /// SK_er: encryption of the original responder's messages.
-    public var er: KeyMaterial { get { box.er } set { replace(4, newValue) } }
+    public var er: KeyMaterial { get { key(from: ends.ei, to: ends.er) } set { replace(4, newValue) } }
     /// SK_pi: the original initiator's AUTH payload.
-    public var pi: KeyMaterial { get { box.pi } set { replace(5, newValue) } }
+    public var pi: KeyMaterial { get { key(from: ends.er, to: ends.pi) } set { replace(5, newValue) } }
     /// SK_pr: the original responder's AUTH payload.
-    public var pr: KeyMaterial { get { box.pr } set { replace(6, newValue) } }
+    public var pr: KeyMaterial { get { key(from: ends.pi, to: ends.pr) } set { replace(6, newValue) } }
 
     /// Keys from their parts (copied into one allocation).
     public init(
         d: KeyMaterial, ai: KeyMaterial, ar: KeyMaterial, ei: KeyMaterial, er: KeyMaterial, pi: KeyMaterial,
         pr: KeyMaterial
     ) {
-        box = Box.packing([d, ai, ar, ei, er, pi, pr])
+        (packed, ends) = Self.packing([d, ai, ar, ei, er, pi, pr])
     }
 
     /// Keys from `material` that holds SK_d, SK_ai, SK_ar, SK_ei, SK_er, SK_pi and SK_pr one
@@ -109,15 +86,17 @@ public struct IKEKeys: Sendable, Equatable {
     /// for every IKE SA of a resync, and an array each was a heap allocation each.
     package init(packed material: KeyMaterial, lengths: UnsafeBufferPointer<Int>) throws(IKESAError) {
         guard lengths.count == 7 else { throw .invalidKeyLayout }
-        // Checked as they are summed, so that no sum can overflow; a standby does this per IKE
-        // SA it receives, so without closures over arrays or intermediate arrays.
+        // Checked as they are summed, so that no sum can overflow (the material's length fits
+        // 32 bits, so every end does); a standby does this per IKE SA it receives, so without
+        // closures over arrays or intermediate arrays.
         var total = 0
         for length in lengths {
             guard length >= 0, length <= material.count - total else { throw .invalidKeyLayout }
             total += length
         }
         guard total == material.count else { throw .invalidKeyLayout }
-        box = Box.splitting(material, lengths: lengths)
+        packed = material
+        ends = Self.ends(lengths)
     }
 
     /// Calls `body` with the seven keys' bytes, SK_d to SK_pr one after the other, and the
@@ -126,33 +105,50 @@ public struct IKEKeys: Sendable, Equatable {
     package func withPackedBytes<Result, Failure: Error>(
         _ body: (UnsafeRawBufferPointer, UnsafeBufferPointer<Int>) throws(Failure) -> Result
     ) throws(Failure) -> Result {
-        let box = box
+        let ends = ends
         return try withUnsafeTemporaryAllocation(of: Int.self, capacity: 7) { (lengths) throws(Failure) in
-            // One by one: an array of the keys would be an allocation.
-            lengths.initializeElement(at: 0, to: box.d.count)
-            lengths.initializeElement(at: 1, to: box.ai.count)
-            lengths.initializeElement(at: 2, to: box.ar.count)
-            lengths.initializeElement(at: 3, to: box.ei.count)
-            lengths.initializeElement(at: 4, to: box.er.count)
-            lengths.initializeElement(at: 5, to: box.pi.count)
-            lengths.initializeElement(at: 6, to: box.pr.count)
-            return try box.packed.withUnsafeBytes { (bytes) throws(Failure) in try body(bytes, UnsafeBufferPointer(lengths)) }
+            lengths.initializeElement(at: 0, to: Int(ends.d))
+            lengths.initializeElement(at: 1, to: Int(ends.ai - ends.d))
+            lengths.initializeElement(at: 2, to: Int(ends.ar - ends.ai))
+            lengths.initializeElement(at: 3, to: Int(ends.ei - ends.ar))
+            lengths.initializeElement(at: 4, to: Int(ends.er - ends.ei))
+            lengths.initializeElement(at: 5, to: Int(ends.pi - ends.er))
+            lengths.initializeElement(at: 6, to: Int(ends.pr - ends.pi))
+            return try packed.withUnsafeBytes { (bytes) throws(Failure) in try body(bytes, UnsafeBufferPointer(lengths)) }
         }
     }
 
+    private func key(from start: UInt32, to end: UInt32) -> KeyMaterial {
+        packed.view(Int(start), Int(end - start))
+    }
+
+    private var all: [KeyMaterial] { [d, ai, ar, ei, er, pi, pr] }
+
     private mutating func replace(_ index: Int, _ key: KeyMaterial) {
-        var keys = box.all
+        var keys = all
         keys[index] = key
-        box = Box.packing(keys)
+        (packed, ends) = Self.packing(keys)
+    }
+
+    /// The seven keys copied into one allocation, and where each ends.
+    private static func packing(_ keys: [KeyMaterial]) -> (KeyMaterial, Ends) {
+        keys.map(\.count).withUnsafeBufferPointer { (KeyMaterial.concatenating(keys), ends($0)) }
+    }
+
+    /// The ends of seven keys of these lengths, which add up to at most `UInt32.max`.
+    private static func ends(_ lengths: UnsafeBufferPointer<Int>) -> Ends {
+        var end: UInt32 = 0
+        func next(_ index: Int) -> UInt32 {
+            end += UInt32(lengths[index])
+            return end
+        }
+        return Ends(d: next(0), ai: next(1), ar: next(2), ei: next(3), er: next(4), pi: next(5), pr: next(6))
     }
 
     public static func == (lhs: IKEKeys, rhs: IKEKeys) -> Bool {
-        if lhs.box === rhs.box { return true }
-        let (l, r) = (lhs.box, rhs.box)
-        // Every key compared, whatever the first differences: the time depends on the lengths only.
-        func differs(_ a: KeyMaterial, _ b: KeyMaterial) -> Int { a == b ? 0 : 1 }
-        let differences = differs(l.d, r.d) | differs(l.ai, r.ai) | differs(l.ar, r.ar) | differs(l.ei, r.ei)
-        return differences | differs(l.er, r.er) | differs(l.pi, r.pi) | differs(l.pr, r.pr) == 0
+        // Same lengths, then every byte compared, whatever the first differences: the time
+        // depends on the lengths only.
+        lhs.ends == rhs.ends && lhs.packed == rhs.packed
     }
 }
 

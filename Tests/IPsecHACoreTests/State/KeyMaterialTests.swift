@@ -75,5 +75,14 @@ struct KeyMaterialTests {
         #expect(throws: IKESAError.invalidKeyLayout) { try IKEKeys(packed: material, lengths: [32, 0, 32, 36, 36, 32]) }
         #expect(throws: IKESAError.invalidKeyLayout) { try IKEKeys(packed: material, lengths: [32, 0, 32, 36, 36, 32, 33]) }
         #expect(throws: IKESAError.invalidKeyLayout) { try IKEKeys(packed: material, lengths: [33, -1, 32, 36, 36, 32, 32]) }
+
+        // The same bytes split elsewhere are other keys.
+        let shifted = try IKEKeys(packed: material, lengths: [31, 1, 32, 36, 36, 32, 32])
+        #expect(shifted != packed && shifted.d.count == 31 && shifted.ai.count == 1)
+        // Keys packed in a view of a larger allocation (KEYMAT after other keys) read from
+        // the view's start.
+        let keymat = KeyMaterial(copying: bytes(key(8, 10)) + parts.flatMap(bytes))
+        let inView = try IKEKeys(packed: keymat.sharingSlice(10..<keymat.count), lengths: parts.map(\.count))
+        #expect(inView == keys && [inView.d, inView.ai, inView.ar, inView.ei, inView.er, inView.pi, inView.pr] == parts)
     }
 }
