@@ -160,6 +160,32 @@ struct RecordCodecTests {
         #expect(throws: SyncCodecError.recordTooLarge(StateEncoding.maximumKeyLength + 1)) { try SyncRecord.ikeSAUpsert(sa).encoded() }
     }
 
+    /// A bulk resync writes Child SAs with one cache of the selector lists written last: the
+    /// bytes must be those of each SA encoded alone, whether a list is the same array as the
+    /// one before, an equal copy, another list, or a new array made after the cached one's
+    /// owner was released.
+    @Test func cachedSelectorEncodingsAreTheSAsOwn() throws {
+        var generator = RecordGenerator(seed: 15)
+        var cache = StateEncoding.SelectorEncodingCache()
+        var previous = generator.childSA()
+        for round in 0..<400 {
+            var sa = generator.childSA()
+            switch round % 5 {
+            case 0: (sa.localSelectors, sa.remoteSelectors) = (previous.localSelectors, previous.remoteSelectors)
+            case 1: sa.localSelectors = Array(previous.localSelectors)
+            case 2: sa.remoteSelectors = previous.remoteSelectors
+            case 3: sa.localSelectors = []
+            default: break
+            }
+            var together = ByteWriter()
+            try withUnsafePointer(to: sa) { (pointer) throws(SyncCodecError) in
+                try SyncRecord.encodeUpsert(ofChildSAAt: pointer, into: &together, selectors: &cache)
+            }
+            #expect(together.bytes == (try SyncRecord.childSAUpsert(sa).encoded()), "round \(round)")
+            previous = sa
+        }
+    }
+
     @Test func invalidStateIsRefusedByTheModel() throws {
         var generator = RecordGenerator(seed: 12)
         var bytes = try SyncRecord.childSAUpsert(generator.childSA()).encoded()

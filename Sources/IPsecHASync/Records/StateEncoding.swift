@@ -152,6 +152,36 @@ enum StateEncoding {
         }
     }
 
+    /// The encoding of the selector lists written last: Child SAs installed one after another
+    /// often share their selector arrays (``GatewayState`` shares equal ones), and a bulk
+    /// resync writes them in that order, so the next list is mostly the same array.
+    struct SelectorEncodingCache {
+        struct Entry {
+            /// Held, so that its buffer cannot be freed and reused by another list while cached:
+            /// the same buffer is then the same selectors.
+            var selectors: [TrafficSelector] = []
+            var encoding: [UInt8] = []
+        }
+        var local = Entry()
+        var remote = Entry()
+    }
+
+    /// As ``write(_:into:)``; the cached encoding when `selectors` is the array encoded last.
+    static func write(_ selectors: [TrafficSelector], into w: inout ByteWriter, cache: inout SelectorEncodingCache.Entry) throws(SyncCodecError) {
+        // A list's encoding is never empty (it starts with the count).
+        if !cache.encoding.isEmpty, selectors.count == cache.selectors.count,
+            selectors.withUnsafeBufferPointer({ $0.baseAddress }) == cache.selectors.withUnsafeBufferPointer({ $0.baseAddress })
+        {
+            cache.encoding.withUnsafeBytes { w.write(bytes: $0) }
+            return
+        }
+        let start = w.count
+        try write(selectors, into: &w)
+        cache.selectors = selectors
+        cache.encoding.removeAll(keepingCapacity: true)
+        w.withBytes { cache.encoding.append(contentsOf: $0[start...]) }
+    }
+
     static func readSelectors(_ r: inout ByteReader) throws(SyncCodecError) -> [TrafficSelector] {
         let count = Int(try r.readUInt8())
         var selectors: [TrafficSelector] = []
@@ -428,13 +458,16 @@ enum StateEncoding {
     // MARK: Child SA
 
     static func write(_ sa: ChildSA, into w: inout ByteWriter) throws(SyncCodecError) {
-        try withUnsafePointer(to: sa) { (sa) throws(SyncCodecError) in try write(childSAAt: sa, into: &w) }
+        var cache = SelectorEncodingCache()
+        try withUnsafePointer(to: sa) { (sa) throws(SyncCodecError) in try write(childSAAt: sa, into: &w, cache: &cache) }
     }
 
     /// Through the SA's address: a bulk resync encodes each Child SA where its snapshot holds
     /// it (``GatewayState/withUnsafeChildSA(at:_:)``), and a `ChildSA` value there would be a
     /// copy, every reference in it retained and released.
-    static func write(childSAAt sa: UnsafePointer<ChildSA>, into w: inout ByteWriter) throws(SyncCodecError) {
+    static func write(
+        childSAAt sa: UnsafePointer<ChildSA>, into w: inout ByteWriter, cache: inout SelectorEncodingCache
+    ) throws(SyncCodecError) {
         w.write(sa.pointee.inboundSPI)
         w.write(sa.pointee.outboundSPI)
         w.write(sa.pointee.ipsecProtocol.rawValue)
@@ -451,8 +484,8 @@ enum StateEncoding {
         w.write(sa.pointee.transforms.encryptionKeyLength ?? 0)
         w.write(sa.pointee.transforms.integrity.rawValue)
         w.write(sa.pointee.transforms.keyExchange.rawValue)
-        try write(sa.pointee.localSelectors, into: &w)
-        try write(sa.pointee.remoteSelectors, into: &w)
+        try write(sa.pointee.localSelectors, into: &w, cache: &cache.local)
+        try write(sa.pointee.remoteSelectors, into: &w, cache: &cache.remote)
         w.write(UInt16(sa.pointee.inboundKeys.encryptionKeyLength))
         try write(sa.pointee.inboundKeys.material, into: &w)
         w.write(UInt16(sa.pointee.outboundKeys.encryptionKeyLength))

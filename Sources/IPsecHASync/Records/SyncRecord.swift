@@ -368,10 +368,16 @@ extension SyncRecord {
         try writer.writeBlock { (w: inout ByteWriter) throws(SyncCodecError) in try StateEncoding.write(ikeSAAt: sa, into: &w) }
     }
 
-    /// Appends the upsert record of `sa`, as ``encode(into:)`` would for ``childSAUpsert(_:)``.
-    static func encodeUpsert(ofChildSAAt sa: UnsafePointer<ChildSA>, into writer: inout ByteWriter) throws(SyncCodecError) {
+    /// Appends the upsert record of the Child SA at `sa`, as ``encode(into:)`` would for
+    /// ``childSAUpsert(_:)``; `selectors` holds the encodings of the selector lists written last
+    /// (a bulk resync keeps one for all its records).
+    static func encodeUpsert(
+        ofChildSAAt sa: UnsafePointer<ChildSA>, into writer: inout ByteWriter, selectors: inout StateEncoding.SelectorEncodingCache
+    ) throws(SyncCodecError) {
         writer.write(SyncRecordType.childSAUpsert.rawValue)
-        try writer.writeBlock { (w: inout ByteWriter) throws(SyncCodecError) in try StateEncoding.write(childSAAt: sa, into: &w) }
+        try writer.writeBlock { (w: inout ByteWriter) throws(SyncCodecError) in
+            try StateEncoding.write(childSAAt: sa, into: &w, cache: &selectors)
+        }
     }
 
     /// The record's bytes on the wire (type, length, value).

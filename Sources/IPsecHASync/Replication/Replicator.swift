@@ -103,6 +103,7 @@ public struct Replicator {
             }
             let policies = snapshot.spd.policies
             let counts = (ikeSAs: UInt32(ikeSAs.count), childSAs: UInt32(childSlots.count), policies: UInt32(policies.count))
+            var selectors = StateEncoding.SelectorEncodingCache()
             for position in positions {
                 var offset = position
                 if offset == 0 {
@@ -130,7 +131,7 @@ public struct Replicator {
                     let slot = childSlots[offset]
                     try packer.append { (writer: inout ByteWriter) throws(SyncCodecError) in
                         try snapshot.withUnsafeChildSA(at: slot) { (sa) throws(SyncCodecError) in
-                            try SyncRecord.encodeUpsert(ofChildSAAt: sa, into: &writer)
+                            try SyncRecord.encodeUpsert(ofChildSAAt: sa, into: &writer, selectors: &selectors)
                         }
                     }
                     continue
