@@ -41,7 +41,7 @@ extension GatewayState {
         }
         let free = Set(freeSlots)
         if free.count != freeSlots.count || occupied + free.count != childSlots.count
-            || free.contains(where: { !childSlots.indices.contains(Int($0)) || childSlots[Int($0)].isPresent })
+            || free.contains(where: { !childSlots.indices.contains(Int($0)) || childSlots.hasValue(at: Int($0)) })
         {
             violations.append("the free list (\(freeSlots.count) slots) does not name exactly the \(childSlots.count - occupied) empty slots")
         }

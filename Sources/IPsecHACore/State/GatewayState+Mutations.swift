@@ -236,17 +236,19 @@ extension GatewayState {
     public func forEachChildSACounters(_ body: (ChildSACounters) throws -> Void) rethrows {
         try childSlots.withUnsafeBufferPointer { slots in
             try freshness.withUnsafeBufferPointer { freshness in
-                // Through the buffer, field by field: binding `slots[index]` to a constant would
-                // copy the Child SA and retain each of its references.
-                for index in slots.indices where slots[index].isPresent {
+                // Field by field through the slot's address: binding `slots[index]` to a constant
+                // would copy the Child SA and retain each of its references, and each
+                // `slots[index]!` checked the optional again.
+                for index in slots.indices where slots.hasValue(at: index) {
+                    let sa: UnsafePointer<ChildSA> = slots.addressOfValue(at: index)
                     try body(
                         ChildSACounters(
-                            slot: ChildSASlot(index: Int32(truncatingIfNeeded: index)), inboundSPI: slots[index]!.inboundSPI, parent: slots[index]!.parent,
-                            lastSent: slots[index]!.outboundCounter.lastSent,
-                            hardLimit: slots[index]!.outboundCounter.hardLimit, inboundTop: slots[index]!.inboundWindow.top,
-                            extendedSequenceNumbers: slots[index]!.outboundCounter.extendedSequenceNumbers,
-                            outboundPackets: slots[index]!.lifetime.usage.outboundPackets,
-                            inboundPackets: slots[index]!.lifetime.usage.inboundPackets, freshness: freshness[index]))
+                            slot: ChildSASlot(index: Int32(truncatingIfNeeded: index)), inboundSPI: sa.pointee.inboundSPI, parent: sa.pointee.parent,
+                            lastSent: sa.pointee.outboundCounter.lastSent,
+                            hardLimit: sa.pointee.outboundCounter.hardLimit, inboundTop: sa.pointee.inboundWindow.top,
+                            extendedSequenceNumbers: sa.pointee.outboundCounter.extendedSequenceNumbers,
+                            outboundPackets: sa.pointee.lifetime.usage.outboundPackets,
+                            inboundPackets: sa.pointee.lifetime.usage.inboundPackets, freshness: freshness[index]))
                 }
             }
         }

@@ -82,7 +82,7 @@ public struct GatewayState: Sendable, Equatable {
     @inlinable
     func occupiedIndex(_ slot: ChildSASlot) -> Int? {
         let index = Int(slot.storage)
-        return childSlots.indices.contains(index) && childSlots[index].isPresent ? index : nil
+        return childSlots.indices.contains(index) && childSlots.hasValue(at: index) ? index : nil
     }
 
     /// Installs `sa` in a free slot; `parent`, when known, is its parent's slot in `ikeSAs`
@@ -187,17 +187,35 @@ public struct GatewayState: Sendable, Equatable {
     }
 }
 
-extension Optional {
-    /// Whether a value is present, tested without copying it: `!= nil` on an `Equatable`
-    /// wrapped type picks the `Equatable` operator, which copies both operands (a Child SA or
-    /// an IKE SA, with a retain per reference it holds).
-    @usableFromInline var isPresent: Bool {
-        if case .some = self { return true }
+extension UnsafeBufferPointer {
+    /// Whether the optional at `index` holds a value, tested where it lies. Reading the element
+    /// first (`elements[index]`, then a property of it) copied the whole SA, 280 bytes; and
+    /// `!= nil` on an `Equatable` wrapped type picks the `Equatable` operator, which copies both
+    /// operands, with a retain per reference they hold.
+    @inlinable
+    func hasValue<Wrapped>(at index: Int) -> Bool where Element == Wrapped? {
+        if case .some = (baseAddress! + index).pointee { return true }
         return false
+    }
+
+    /// The address of the value in the optional at `index`, which holds one
+    /// (``hasValue(at:)``): the Swift ABI stores a single-payload enum's payload at offset 0
+    /// (the case is in spare bits or a tag byte after it), so a present optional is a `Wrapped`
+    /// at its own address. Its fields read through it are not copies of the whole value.
+    @inlinable
+    func addressOfValue<Wrapped>(at index: Int) -> UnsafePointer<Wrapped> where Element == Wrapped? {
+        UnsafeRawPointer(baseAddress! + index).assumingMemoryBound(to: Wrapped.self)
     }
 }
 
 extension Array {
+    /// ``UnsafeBufferPointer/hasValue(at:)`` on the array's elements; `index` must be one of
+    /// them.
+    @inlinable
+    func hasValue<Wrapped>(at index: Int) -> Bool where Element == Wrapped? {
+        withUnsafeBufferPointer { $0.hasValue(at: index) }
+    }
+
     /// `position(index)` for every index that holds a value, in order; `count` is how many do.
     /// Tested in place, through the buffer: a bulk resync lists every SA it will send this way
     /// (building each Child SA's counters for the list cost 290 instructions a Child SA).
@@ -206,7 +224,7 @@ extension Array {
         var positions: [Position] = []
         positions.reserveCapacity(count)
         withUnsafeBufferPointer { elements in
-            for index in elements.indices where elements[index].isPresent { positions.append(position(index)) }
+            for index in elements.indices where elements.hasValue(at: index) { positions.append(position(index)) }
         }
         return positions
     }
@@ -217,16 +235,16 @@ extension Array {
     ///
     /// How a bulk resync reads each SA it encodes where the snapshot holds it: unwrapping the
     /// optional (`slots[index]!`, or `case .some(let sa)`) copied it, every reference in it
-    /// retained and released, and a value read from the address would be a copy too. The
-    /// Swift ABI stores a single-payload enum's payload at offset 0 (the case is in spare bits
-    /// or a tag byte after it), so a present optional is a `Wrapped` at its own address.
+    /// retained and released, and a value read from the address would be a copy too
+    /// (``UnsafeBufferPointer/addressOfValue(at:)``).
     @inlinable
     func withUnsafeWrapped<Wrapped, Result, Failure: Error>(
         at index: Int, _ body: (UnsafePointer<Wrapped>) throws(Failure) -> Result
     ) throws(Failure) -> Result? where Element == Wrapped? {
-        guard indices.contains(index), self[index].isPresent else { return nil }
+        guard indices.contains(index) else { return nil }
         return try withUnsafeBufferPointer { (elements) throws(Failure) in
-            try body(UnsafeRawPointer(elements.baseAddress! + index).assumingMemoryBound(to: Wrapped.self))
+            guard elements.hasValue(at: index) else { return nil }
+            return try body(elements.addressOfValue(at: index))
         }
     }
 }

@@ -66,7 +66,7 @@ public struct IKESATable: Sendable, Equatable {
 
         private func nextOccupied(from start: Int) -> Int {
             var position = start
-            while position < slots.count, !slots[position].isPresent { position += 1 }
+            while position < slots.count, !slots.hasValue(at: position) { position += 1 }
             return position
         }
     }
