@@ -166,7 +166,7 @@ struct RecordCodecTests {
     /// owner was released.
     @Test func cachedSelectorEncodingsAreTheSAsOwn() throws {
         var generator = RecordGenerator(seed: 15)
-        var cache = StateEncoding.SelectorEncodingCache()
+        var cache = StateEncoding.SelectorCache()
         var previous = generator.childSA()
         for round in 0..<400 {
             var sa = generator.childSA()

@@ -152,22 +152,12 @@ enum StateEncoding {
         }
     }
 
-    /// The encoding of the selector lists written last: Child SAs installed one after another
-    /// often share their selector arrays (``GatewayState`` shares equal ones), and a bulk
-    /// resync writes them in that order, so the next list is mostly the same array.
-    struct SelectorEncodingCache {
-        struct Entry {
-            /// Held, so that its buffer cannot be freed and reused by another list while cached:
-            /// the same buffer is then the same selectors.
-            var selectors: [TrafficSelector] = []
-            var encoding: [UInt8] = []
-        }
-        var local = Entry()
-        var remote = Entry()
-    }
-
-    /// As ``write(_:into:)``; the cached encoding when `selectors` is the array encoded last.
-    static func write(_ selectors: [TrafficSelector], into w: inout ByteWriter, cache: inout SelectorEncodingCache.Entry) throws(SyncCodecError) {
+    /// As ``write(_:into:)``; the cached encoding when `selectors` is the array encoded last
+    /// (``SelectorCache``: Child SAs installed one after another often share their selector
+    /// arrays, since ``GatewayState`` shares equal ones, and a bulk resync writes them in that
+    /// order). The cache holds the array, so that its buffer cannot be freed and reused by
+    /// another list while cached: the same buffer is then the same selectors.
+    static func write(_ selectors: [TrafficSelector], into w: inout ByteWriter, cache: inout SelectorCache.Entry) throws(SyncCodecError) {
         // A list's encoding is never empty (it starts with the count).
         if !cache.encoding.isEmpty, selectors.count == cache.selectors.count,
             selectors.withUnsafeBufferPointer({ $0.baseAddress }) == cache.selectors.withUnsafeBufferPointer({ $0.baseAddress })
@@ -209,10 +199,11 @@ enum StateEncoding {
         return selectors
     }
 
-    /// The selector lists of the Child SA decoded last, with their encodings: a Child SA
-    /// whose selectors encode to the same bytes gets the same arrays, neither decoded nor
-    /// allocated again (Child SAs decoded one after another often share selectors: a bulk
-    /// resync of a site's tunnels, a remote-access gateway's local side). It only ever holds
+    /// The selector lists of the Child SA decoded (or encoded) last, with their encodings: a
+    /// Child SA whose selectors encode to the same bytes gets the same arrays, neither decoded
+    /// nor allocated again (Child SAs decoded one after another often share selectors: a bulk
+    /// resync of a site's tunnels, a remote-access gateway's local side), and one whose lists
+    /// are the same arrays is written from the encoding. A decoder's cache only ever holds
     /// lists that decoded and validated, so a datagram rejected later leaves nothing wrong in it.
     struct SelectorCache {
         struct Entry {
@@ -458,7 +449,7 @@ enum StateEncoding {
     // MARK: Child SA
 
     static func write(_ sa: ChildSA, into w: inout ByteWriter) throws(SyncCodecError) {
-        var cache = SelectorEncodingCache()
+        var cache = SelectorCache()
         try withUnsafePointer(to: sa) { (sa) throws(SyncCodecError) in try write(childSAAt: sa, into: &w, cache: &cache) }
     }
 
@@ -466,7 +457,7 @@ enum StateEncoding {
     /// it (``GatewayState/withUnsafeChildSA(at:_:)``), and a `ChildSA` value there would be a
     /// copy, every reference in it retained and released.
     static func write(
-        childSAAt sa: UnsafePointer<ChildSA>, into w: inout ByteWriter, cache: inout SelectorEncodingCache
+        childSAAt sa: UnsafePointer<ChildSA>, into w: inout ByteWriter, cache: inout SelectorCache
     ) throws(SyncCodecError) {
         w.write(sa.pointee.inboundSPI)
         w.write(sa.pointee.outboundSPI)

@@ -372,7 +372,7 @@ extension SyncRecord {
     /// ``childSAUpsert(_:)``; `selectors` holds the encodings of the selector lists written last
     /// (a bulk resync keeps one for all its records).
     static func encodeUpsert(
-        ofChildSAAt sa: UnsafePointer<ChildSA>, into writer: inout ByteWriter, selectors: inout StateEncoding.SelectorEncodingCache
+        ofChildSAAt sa: UnsafePointer<ChildSA>, into writer: inout ByteWriter, selectors: inout StateEncoding.SelectorCache
     ) throws(SyncCodecError) {
         writer.write(SyncRecordType.childSAUpsert.rawValue)
         try writer.writeBlock { (w: inout ByteWriter) throws(SyncCodecError) in

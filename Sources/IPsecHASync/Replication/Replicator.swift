@@ -103,7 +103,7 @@ public struct Replicator {
             }
             let policies = snapshot.spd.policies
             let counts = (ikeSAs: UInt32(ikeSAs.count), childSAs: UInt32(childSlots.count), policies: UInt32(policies.count))
-            var selectors = StateEncoding.SelectorEncodingCache()
+            var selectors = StateEncoding.SelectorCache()
             for position in positions {
                 var offset = position
                 if offset == 0 {
