@@ -162,7 +162,7 @@ enum StateEncoding {
         if !cache.encoding.isEmpty, selectors.count == cache.selectors.count,
             selectors.withUnsafeBufferPointer({ $0.baseAddress }) == cache.selectors.withUnsafeBufferPointer({ $0.baseAddress })
         {
-            cache.encoding.withUnsafeBytes { w.write(bytes: $0) }
+            w.write(bytes: cache.encoding)
             return
         }
         let start = w.count
