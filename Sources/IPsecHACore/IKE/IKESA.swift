@@ -42,9 +42,10 @@ public enum IKESAState: UInt8, Sendable, Hashable, Codable {
 /// thousand IKE SAs makes one allocation for each one's keys, not eight. (A box holding the
 /// seven views was a second allocation of 160 bytes an IKE SA.) Changing a key repacks them.
 public struct IKEKeys: Sendable, Equatable {
-    /// Where each key ends in ``packed``, in bytes from its start.
+    /// Where each key but the last ends in ``packed``, in bytes from its start (SK_pr ends
+    /// with it).
     private struct Ends: Sendable, Equatable {
-        var d, ai, ar, ei, er, pi, pr: UInt32
+        var d, ai, ar, ei, er, pi: UInt32
     }
 
     /// SK_d to SK_pr, one after the other.
@@ -64,7 +65,7 @@ public struct IKEKeys: Sendable, Equatable {
     /// SK_pi: the original initiator's AUTH payload.
     public var pi: KeyMaterial { get { key(from: ends.er, to: ends.pi) } set { replace(5, newValue) } }
     /// SK_pr: the original responder's AUTH payload.
-    public var pr: KeyMaterial { get { key(from: ends.pi, to: ends.pr) } set { replace(6, newValue) } }
+    public var pr: KeyMaterial { get { key(from: ends.pi, to: UInt32(packed.count)) } set { replace(6, newValue) } }
 
     /// Keys from their parts (copied into one allocation).
     public init(
@@ -113,7 +114,7 @@ public struct IKEKeys: Sendable, Equatable {
             lengths.initializeElement(at: 3, to: Int(ends.ei - ends.ar))
             lengths.initializeElement(at: 4, to: Int(ends.er - ends.ei))
             lengths.initializeElement(at: 5, to: Int(ends.pi - ends.er))
-            lengths.initializeElement(at: 6, to: Int(ends.pr - ends.pi))
+            lengths.initializeElement(at: 6, to: packed.count - Int(ends.pi))
             return try packed.withUnsafeBytes { (bytes) throws(Failure) in try body(bytes, UnsafeBufferPointer(lengths)) }
         }
     }
@@ -135,19 +136,20 @@ public struct IKEKeys: Sendable, Equatable {
         keys.map(\.count).withUnsafeBufferPointer { (KeyMaterial.concatenating(keys), ends($0)) }
     }
 
-    /// The ends of seven keys of these lengths, which add up to at most `UInt32.max`.
+    /// The ends of the first six of seven keys of these lengths, which add up to at most
+    /// `UInt32.max`.
     private static func ends(_ lengths: UnsafeBufferPointer<Int>) -> Ends {
         var end: UInt32 = 0
         func next(_ index: Int) -> UInt32 {
             end += UInt32(lengths[index])
             return end
         }
-        return Ends(d: next(0), ai: next(1), ar: next(2), ei: next(3), er: next(4), pi: next(5), pr: next(6))
+        return Ends(d: next(0), ai: next(1), ar: next(2), ei: next(3), er: next(4), pi: next(5))
     }
 
     public static func == (lhs: IKEKeys, rhs: IKEKeys) -> Bool {
-        // Same lengths, then every byte compared, whatever the first differences: the time
-        // depends on the lengths only.
+        // Same lengths (the last is what the packed bytes' count leaves), then every byte
+        // compared, whatever the first differences: the time depends on the lengths only.
         lhs.ends == rhs.ends && lhs.packed == rhs.packed
     }
 }
