@@ -189,6 +189,36 @@ struct GatewayStateTests {
         #expect(Set(slots.compactMap { state[$0]?.inboundSPI }) == Set(state.childSAs.map(\.inboundSPI)))
     }
 
+    /// A standby installs a resync's Child SAs in the active member's slot order, so their SPIs
+    /// reach an IKE SA's list in any order: it stays sorted (removal searches it), and a Child
+    /// SA whose selectors equal the previous one's holds the same arrays.
+    @Test func childSAListsStaySortedAndEqualSelectorsShareTheirArrays() throws {
+        var random = SplitMix64(seed: 8)
+        var standby = GatewayState()
+        let ike = Fixtures.ikeSA(1, &random)
+        try standby.upsertReplicated(ike)
+        let spis: [UInt32] = [0x9000, 0x2000, 0xA000, 0x5000, 0x1000, 0xB000, 0x5001]
+        for spi in spis {
+            // A new array each time, as a decoder makes them.
+            let child = Fixtures.childSA(inboundSPI: spi, parent: ike.identifier, local: [TrafficSelector(address: IPAddress(ipv4: 0x0A01_0101))], &random)
+            try standby.upsertReplicated(child, arrivedAt: .seconds(1))
+        }
+        #expect(standby.ikeSAs[ike.identifier]?.childSAs == spis.sorted())
+        _ = try standby.deleteChildSA(inboundSPI: 0x5000)
+        _ = try standby.deleteChildSA(inboundSPI: 0xB000)
+        #expect(standby.ikeSAs[ike.identifier]?.childSAs == spis.sorted().filter { $0 != 0x5000 && $0 != 0xB000 })
+
+        func storage(_ spi: UInt32) throws -> UnsafeRawPointer? {
+            try #require(standby.childSA(inboundSPI: spi)).localSelectors.withUnsafeBytes { $0.baseAddress }
+        }
+        #expect(try storage(0x2000) == storage(0x9000) && storage(0x1000) == storage(0x9000))
+        let other = Fixtures.childSA(
+            inboundSPI: 0xC000, parent: ike.identifier, local: [TrafficSelector(address: IPAddress(ipv4: 0x0A09_0909))], &random)
+        try standby.upsertReplicated(other, arrivedAt: .seconds(1))
+        #expect(try storage(0xC000) != storage(0x9000))
+        #expect(standby.childSA(inboundSPI: 0xC000)?.localSelectors == other.localSelectors)
+    }
+
     @Test func lifetimeUsageComesFromThePacketPaths() throws {
         var random = SplitMix64(seed: 3)
         var state = GatewayState()
