@@ -228,10 +228,16 @@ struct ByteReader {
     /// (a trailing zero byte), so that every value has exactly one encoding.
     @inline(__always)
     mutating func readVarint() throws(SyncCodecError) -> UInt64 {
-        var index = position
-        var value: UInt64 = 0
-        var shift: UInt64 = 0
-        // Bytes 1 to 9 carry 7 bits each; only the 10th can overflow 64 bits, so only it is
+        guard position < end else { throw .truncated }
+        let first = buffer[position]
+        if first < 0x80 {
+            position &+= 1
+            return UInt64(first)
+        }
+        var index = position &+ 1
+        var value = UInt64(first & 0x7F)
+        var shift: UInt64 = 7
+        // Bytes 2 to 9 carry 7 bits each; only the 10th can overflow 64 bits, so only it is
         // checked for that.
         while shift < 63 {
             guard index < end else { throw .truncated }
@@ -239,7 +245,7 @@ struct ByteReader {
             index &+= 1
             value |= UInt64(byte & 0x7F) &<< shift
             if byte < 0x80 {
-                guard byte != 0 || shift == 0 else { throw .invalidValue("non-minimal varint") }
+                guard byte != 0 else { throw .invalidValue("non-minimal varint") }
                 position = index
                 return value
             }
