@@ -116,6 +116,30 @@ struct ChannelCipherTests {
         #expect(!a.isEstablished(with: b.configuration.member) && !b.isEstablished(with: a.configuration.member))
     }
 
+    /// The sealer keeps the direction key it used last in front of its table: a key comes
+    /// back for its own context only, whatever was asked before it.
+    @Test func directionKeysComeBackForTheirOwnContextOnly() throws {
+        let clusterKey = try ChannelKey.generate()
+        let first = try #require(ChannelIncarnation(high: 1, low: 1))
+        let second = try #require(ChannelIncarnation(high: 1, low: 2))
+        let toTwo = DirectionKeyContext(clusterID: 9, sender: 1, receiver: 2, senderIncarnation: first, receiverIncarnation: second)
+        var toThree = toTwo
+        toThree.receiver = 3
+        var laterRun = toTwo
+        laterRun.receiverIncarnation = first
+        var underAES = toTwo
+        underAES.cipher = .aes256GCM
+        let contexts = [toTwo, toThree, laterRun, underAES]
+        let expected = try contexts.map { try clusterKey.directionKey($0) }
+        for a in expected.indices {
+            for b in expected.indices where b != a { #expect(expected[a] != expected[b]) }
+        }
+        var cache = DirectionKeyCache()
+        for index in [0, 0, 1, 0, 2, 3, 1, 3, 3, 2] {
+            #expect(try cache.key(contexts[index], under: clusterKey) == expected[index])
+        }
+    }
+
     @Test func aCipherNamedForADatagramInClearIsRefused() throws {
         let header = DatagramHeader(
             flags: DatagramHeader.aes256GCMFlag, clusterID: 5, sender: ClusterMemberID(rawValue: 1), receiver: ClusterMemberID(rawValue: 2),

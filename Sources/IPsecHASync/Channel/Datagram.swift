@@ -188,9 +188,11 @@ struct DatagramSealer {
     /// have not rotated yet still open with it.
     private(set) var previousKey: ChannelKey?
     /// Direction keys of data (and of this member's own handshakes): only for incarnations a
-    /// handshake established, so at most a few per peer.
-    private var derived: [DirectionKeyContext: KeyMaterial] = [:]
-    private var derivedPrevious: [DirectionKeyContext: KeyMaterial] = [:]
+    /// handshake established, so at most a few per peer. Kept apart for sealing and opening,
+    /// so that each side's last key stays in front (``DirectionKeyCache``).
+    private var sealingKeys = DirectionKeyCache()
+    private var openingKeys = DirectionKeyCache()
+    private var previousOpeningKeys = DirectionKeyCache()
 
     init(key: ChannelKey?, cipher: SyncChannelCipher = .chacha20Poly1305) {
         self.key = key
@@ -201,16 +203,17 @@ struct DatagramSealer {
     /// ``retirePreviousKey()``.
     mutating func rotate(to newKey: ChannelKey) {
         previousKey = key
-        derivedPrevious = derived
+        previousOpeningKeys = openingKeys
         key = newKey
-        derived = [:]
+        sealingKeys = DirectionKeyCache()
+        openingKeys = DirectionKeyCache()
     }
 
     /// Forgets the previous cluster key and its direction keys (their guarded memory is wiped
     /// as it is freed).
     mutating func retirePreviousKey() {
         previousKey = nil
-        derivedPrevious = [:]
+        previousOpeningKeys = DirectionKeyCache()
     }
 
     func context(_ header: DatagramHeader, receiverIncarnation: ChannelIncarnation) -> DirectionKeyContext {
@@ -236,8 +239,7 @@ struct DatagramSealer {
         if cipher == .aes256GCM { header.flags |= DatagramHeader.aes256GCMFlag } else { header.flags &= ~DatagramHeader.aes256GCMFlag }
         var writer = ByteWriter(capacity: DatagramHeader.size)
         header.write(into: &writer)
-        let directionKey = try Self.cachedKey(
-            key, context(header, receiverIncarnation: receiverIncarnation), cache: &derived)
+        let directionKey = try sealingKeys.key(context(header, receiverIncarnation: receiverIncarnation), under: key)
         let cipher = self.cipher
         let total = DatagramHeader.size + payload.count + Self.tagSize
         return [UInt8](unsafeUninitializedCapacity: total) { buffer, initialized in
@@ -284,11 +286,11 @@ struct DatagramSealer {
                     return (plaintext, true)
                 }
             } else {
-                if let plaintext = try Self.decrypt(datagram, header, Self.cachedKey(key, context, cache: &derived), cipher) {
+                if let plaintext = try Self.decrypt(datagram, header, openingKeys.key(context, under: key), cipher) {
                     return (plaintext, false)
                 }
                 if let previousKey,
-                    let plaintext = try Self.decrypt(datagram, header, Self.cachedKey(previousKey, context, cache: &derivedPrevious), cipher)
+                    let plaintext = try Self.decrypt(datagram, header, previousOpeningKeys.key(context, under: previousKey), cipher)
                 {
                     return (plaintext, true)
                 }
@@ -322,18 +324,6 @@ struct DatagramSealer {
         return verified ? plaintext : nil
     }
 
-    private static func cachedKey(
-        _ key: ChannelKey, _ context: DirectionKeyContext, cache: inout [DirectionKeyContext: KeyMaterial]
-    ) throws(ChannelSecurityError) -> KeyMaterial {
-        if let cached = cache[context] { return cached }
-        let derivedKey = try key.directionKey(context)
-        // Bounded: only incarnations a handshake established (SyncChannel checks the header's
-        // incarnation before opening data), and the cache is emptied wholesale.
-        if cache.count >= 64 { cache.removeAll() }
-        cache[context] = derivedKey
-        return derivedKey
-    }
-
     /// Calls `body` with the 12-byte nonce of `header` (sender, receiver, packet number), kept
     /// on the stack.
     private static func withNonce<Result>(_ header: DatagramHeader, _ body: (UnsafePointer<UInt8>) -> Result) -> Result {
@@ -344,6 +334,32 @@ struct DatagramSealer {
             base.storeBytes(of: header.packetNumber.bigEndian, toByteOffset: 4, as: UInt64.self)
             return body(base.assumingMemoryBound(to: UInt8.self))
         }
+    }
+}
+
+/// Direction keys derived from one cluster key, by context. The key used last is compared
+/// first: a member seals, and opens, datagram after datagram for the same peer and
+/// incarnations, and hashing the context for each cost about 750 instructions a datagram.
+struct DirectionKeyCache {
+    private var keys: [DirectionKeyContext: KeyMaterial] = [:]
+    private var recent: (context: DirectionKeyContext, key: KeyMaterial)?
+
+    /// The direction key of `context` under `clusterKey`, derived at the first use. Give one
+    /// cache one cluster key: a rotation starts a new cache.
+    mutating func key(_ context: DirectionKeyContext, under clusterKey: ChannelKey) throws(ChannelSecurityError) -> KeyMaterial {
+        if let recent, recent.context == context { return recent.key }
+        let key: KeyMaterial
+        if let cached = keys[context] {
+            key = cached
+        } else {
+            key = try clusterKey.directionKey(context)
+            // Bounded: only incarnations a handshake established (SyncChannel checks the
+            // header's incarnation before opening data), and the cache is emptied wholesale.
+            if keys.count >= 64 { keys.removeAll() }
+            keys[context] = key
+        }
+        recent = (context, key)
+        return key
     }
 }
 
