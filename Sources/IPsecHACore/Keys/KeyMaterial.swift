@@ -82,7 +82,7 @@ public struct KeyMaterial: @unchecked Sendable, Equatable, CustomStringConvertib
     }
 
     /// The bytes of this value within its storage.
-    private var bytes: UnsafeMutableRawBufferPointer {
+    @usableFromInline var bytes: UnsafeMutableRawBufferPointer {
         UnsafeMutableRawBufferPointer(rebasing: storage.bytes[Int(offset)..<Int(offset) + Int(length)])
     }
 
@@ -145,7 +145,9 @@ public struct KeyMaterial: @unchecked Sendable, Equatable, CustomStringConvertib
     }
 
     /// Calls `body` with the key bytes; do not let them escape.
-    public func withUnsafeBytes<Result, Failure: Error>(
+    /// Inlinable, so that callers in other modules (sealing with a direction key, encoding SA
+    /// keys) specialise it instead of calling a generic through its witnesses.
+    @inlinable public func withUnsafeBytes<Result, Failure: Error>(
         _ body: (UnsafeRawBufferPointer) throws(Failure) -> Result
     ) throws(Failure) -> Result {
         try body(UnsafeRawBufferPointer(bytes))
