@@ -100,19 +100,14 @@ enum StateEncoding {
 
     // MARK: Addresses, selectors, keys
 
-    static func write(_ address: IPAddress, into w: inout ByteWriter) {
-        w.write(address.family.rawValue)
-        writeBytes(of: address, into: &w)
-    }
-
-    /// The address's 4 or 16 bytes, big-endian, without building an array.
-    static func writeBytes(of address: IPAddress, into w: inout ByteWriter) {
+    /// The address's 4 or 16 bytes, big-endian, without building an array (at most 16 bytes).
+    static func writeBytes(of address: IPAddress, into cursor: inout WriteCursor) {
         switch address.family {
         case .ipv4:
-            w.write(UInt32(truncatingIfNeeded: address.low))
+            cursor.write(UInt32(truncatingIfNeeded: address.low))
         case .ipv6:
-            w.write(address.high)
-            w.write(address.low)
+            cursor.write(address.high)
+            cursor.write(address.low)
         }
     }
 
@@ -129,11 +124,15 @@ enum StateEncoding {
         }
     }
 
-    static func write(_ endpoint: Endpoint, into w: inout ByteWriter) {
-        write(endpoint.address, into: &w)
-        w.write(endpoint.port)
-        w.write(endpoint.udpEncapsulation)
+    /// At most ``endpointSize`` bytes.
+    static func write(_ endpoint: Endpoint, into cursor: inout WriteCursor) {
+        cursor.write(endpoint.address.family.rawValue)
+        writeBytes(of: endpoint.address, into: &cursor)
+        cursor.write(endpoint.port)
+        cursor.write(UInt8(endpoint.udpEncapsulation ? 1 : 0))
     }
+
+    static let endpointSize = 1 + 16 + 2 + 1
 
     static func readEndpoint(_ r: inout ByteReader) throws(SyncCodecError) -> Endpoint {
         Endpoint(address: try readAddress(&r), port: try r.readUInt16(), udpEncapsulation: try r.readBool())
@@ -143,12 +142,14 @@ enum StateEncoding {
         guard selectors.count <= 255 else { throw .recordTooLarge(selectors.count) }
         w.write(UInt8(selectors.count))
         for selector in selectors {
-            w.write(selector.tsType)
-            w.write(selector.ipProtocol)
-            w.write(selector.startPort)
-            w.write(selector.endPort)
-            writeBytes(of: selector.startAddress, into: &w)
-            writeBytes(of: selector.endAddress, into: &w)
+            w.withReservedCursor(1 + 1 + 2 + 2 + 16 + 16) { cursor in
+                cursor.write(selector.tsType)
+                cursor.write(selector.ipProtocol)
+                cursor.write(selector.startPort)
+                cursor.write(selector.endPort)
+                writeBytes(of: selector.startAddress, into: &cursor)
+                writeBytes(of: selector.endAddress, into: &cursor)
+            }
         }
     }
 
@@ -300,10 +301,6 @@ enum StateEncoding {
         return value == 0 ? nil : value &- 1
     }
 
-    static func write(_ timestamp: Timestamp?, into w: inout ByteWriter) {
-        w.withReservedCursor(10) { writeOptional(timestamp?.nanoseconds, into: &$0) }
-    }
-
     static func readTimestamp(_ r: inout ByteReader) throws(SyncCodecError) -> Timestamp? {
         try readOptional(&r).map { Timestamp(nanoseconds: $0) }
     }
@@ -373,26 +370,35 @@ enum StateEncoding {
 
     /// Through the SA's address, as ``write(childSAAt:into:)``.
     static func write(ikeSAAt sa: UnsafePointer<IKESA>, into w: inout ByteWriter) throws(SyncCodecError) {
-        write(sa.pointee.identifier, into: &w)
-        w.writeVarint(sa.pointee.generation)
-        w.write(sa.pointee.owner.rawValue)
-        w.write(sa.pointee.isOriginalInitiator)
-        w.write(sa.pointee.state.rawValue)
-        write(sa.pointee.local, into: &w)
-        write(sa.pointee.remote, into: &w)
-        w.write(sa.pointee.transforms.encryption.rawValue)
-        w.write(sa.pointee.transforms.encryptionKeyLength ?? 0)
-        w.write(sa.pointee.transforms.prf.rawValue)
-        w.write(sa.pointee.transforms.integrity.rawValue)
-        w.write(sa.pointee.transforms.keyExchange.rawValue)
-        write(sa.pointee.lifetime.rekeyAt, into: &w)
-        write(sa.pointee.lifetime.reauthenticateAt, into: &w)
-        let extensions = sa.pointee.extensions
-        w.write(
-            UInt8((extensions.messageIDSync ? 1 : 0) | (extensions.replayCounterSync ? 2 : 0)
-                | (extensions.childSAsUseExtendedSequenceNumbers ? 4 : 0) | (extensions.messageIDSyncAnswered ? 8 : 0)
-                | (sa.pointee.rekeyedFrom != nil ? 16 : 0)))
-        if let rekeyedFrom = sa.pointee.rekeyedFrom { write(rekeyedFrom, into: &w) }
+        // Everything before the message IDs under one capacity check: the identifier 16, the
+        // generation's varint 10, 2 + 1 + 1, two endpoints, the transforms 10, two optional
+        // times 10 each, the extensions 1 and the identifier rekeyed from 16.
+        w.withReservedCursor(16 + 10 + 4 + 2 * endpointSize + 10 + 20 + 1 + 16) { cursor in
+            cursor.write(sa.pointee.identifier.initiatorSPI)
+            cursor.write(sa.pointee.identifier.responderSPI)
+            cursor.writeVarint(sa.pointee.generation)
+            cursor.write(sa.pointee.owner.rawValue)
+            cursor.write(UInt8(sa.pointee.isOriginalInitiator ? 1 : 0))
+            cursor.write(sa.pointee.state.rawValue)
+            write(sa.pointee.local, into: &cursor)
+            write(sa.pointee.remote, into: &cursor)
+            cursor.write(sa.pointee.transforms.encryption.rawValue)
+            cursor.write(sa.pointee.transforms.encryptionKeyLength ?? 0)
+            cursor.write(sa.pointee.transforms.prf.rawValue)
+            cursor.write(sa.pointee.transforms.integrity.rawValue)
+            cursor.write(sa.pointee.transforms.keyExchange.rawValue)
+            writeOptional(sa.pointee.lifetime.rekeyAt?.nanoseconds, into: &cursor)
+            writeOptional(sa.pointee.lifetime.reauthenticateAt?.nanoseconds, into: &cursor)
+            let extensions = sa.pointee.extensions
+            cursor.write(
+                UInt8((extensions.messageIDSync ? 1 : 0) | (extensions.replayCounterSync ? 2 : 0)
+                    | (extensions.childSAsUseExtendedSequenceNumbers ? 4 : 0) | (extensions.messageIDSyncAnswered ? 8 : 0)
+                    | (sa.pointee.rekeyedFrom != nil ? 16 : 0)))
+            if let rekeyedFrom = sa.pointee.rekeyedFrom {
+                cursor.write(rekeyedFrom.initiatorSPI)
+                cursor.write(rekeyedFrom.responderSPI)
+            }
+        }
         try write(sa.pointee.messageIDs.snapshot, into: &w)
         // Each key as `write(_:into:)` writes it (length, bytes), from the packed keys at once.
         try sa.pointee.keys.withPackedBytes { (packed, lengths) throws(SyncCodecError) in
@@ -459,22 +465,27 @@ enum StateEncoding {
     static func write(
         childSAAt sa: UnsafePointer<ChildSA>, into w: inout ByteWriter, cache: inout SelectorCache
     ) throws(SyncCodecError) {
-        w.write(sa.pointee.inboundSPI)
-        w.write(sa.pointee.outboundSPI)
-        w.write(sa.pointee.ipsecProtocol.rawValue)
-        w.write(sa.pointee.mode.rawValue)
-        w.write(sa.pointee.extendedSequenceNumbers)
-        w.writeVarint(sa.pointee.generation)
-        w.write(sa.pointee.owner.rawValue)
-        w.writeVarint(UInt64(sa.pointee.requestID))
-        w.write(sa.pointee.policy != nil)
-        w.write(sa.pointee.policy?.rawValue ?? 0)
-        write(sa.pointee.parent, into: &w)
-        w.write(sa.pointee.transforms.encryption != nil)
-        w.write(sa.pointee.transforms.encryption?.rawValue ?? 0)
-        w.write(sa.pointee.transforms.encryptionKeyLength ?? 0)
-        w.write(sa.pointee.transforms.integrity.rawValue)
-        w.write(sa.pointee.transforms.keyExchange.rawValue)
+        // The fixed head under one capacity check, as the counters below: 4 + 4 + 1 + 1 + 1,
+        // the generation's varint 10, 2, the request ID's 5, 1 + 4, 8 + 8, 1 + 2 + 2 + 2 + 2.
+        w.withReservedCursor(58) { cursor in
+            cursor.write(sa.pointee.inboundSPI)
+            cursor.write(sa.pointee.outboundSPI)
+            cursor.write(sa.pointee.ipsecProtocol.rawValue)
+            cursor.write(sa.pointee.mode.rawValue)
+            cursor.write(UInt8(sa.pointee.extendedSequenceNumbers ? 1 : 0))
+            cursor.writeVarint(sa.pointee.generation)
+            cursor.write(sa.pointee.owner.rawValue)
+            cursor.writeVarint(UInt64(sa.pointee.requestID))
+            cursor.write(UInt8(sa.pointee.policy != nil ? 1 : 0))
+            cursor.write(sa.pointee.policy?.rawValue ?? 0)
+            cursor.write(sa.pointee.parent.initiatorSPI)
+            cursor.write(sa.pointee.parent.responderSPI)
+            cursor.write(UInt8(sa.pointee.transforms.encryption != nil ? 1 : 0))
+            cursor.write(sa.pointee.transforms.encryption?.rawValue ?? 0)
+            cursor.write(sa.pointee.transforms.encryptionKeyLength ?? 0)
+            cursor.write(sa.pointee.transforms.integrity.rawValue)
+            cursor.write(sa.pointee.transforms.keyExchange.rawValue)
+        }
         try write(sa.pointee.localSelectors, into: &w, cache: &cache.local)
         try write(sa.pointee.remoteSelectors, into: &w, cache: &cache.remote)
         w.write(UInt16(sa.pointee.inboundKeys.encryptionKeyLength))

@@ -237,7 +237,7 @@ extension SyncRecord {
                 w.write(newest)
             case .relayedDatagram(let relayed):
                 w.write(relayed.localPort)
-                StateEncoding.write(relayed.remote, into: &w)
+                w.withReservedCursor(StateEncoding.endpointSize) { StateEncoding.write(relayed.remote, into: &$0) }
                 w.write(bytes: relayed.bytes)
             case .synchDelay(let roundTrip):
                 w.write(roundTrip.nonNegativeNanoseconds)
