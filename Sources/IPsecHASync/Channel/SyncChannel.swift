@@ -522,10 +522,15 @@ public struct SyncChannel {
         if !unreliable.isEmpty { actions.append(.deliver(from: header.sender, records: unreliable)) }
         if header.reliableSequence > 0 {
             let highestBefore = peer.receiver.highestKnown
-            let ready = peer.receiver.receive(
+            let sender = header.sender
+            var delivered = false
+            peer.receiver.receive(
                 sequence: header.reliableSequence, records: records.allSatisfy(\.isReliable) ? records : records.filter(\.isReliable),
-                streamReset: header.flags & DatagramHeader.streamResetFlag != 0, now: now)
-            for batch in ready where !batch.isEmpty { actions.append(.deliver(from: header.sender, records: batch)) }
+                streamReset: header.flags & DatagramHeader.streamResetFlag != 0, now: now
+            ) { batch in
+                delivered = true
+                if !batch.isEmpty { actions.append(.deliver(from: sender, records: batch)) }
+            }
             // A datagram above the next expected one opens a hole: asked for at once, even while
             // older holes are still being repaired (under steady loss the stream is never
             // whole, and waiting for the next heartbeat would put the standby that much behind).
@@ -539,7 +544,7 @@ public struct SyncChannel {
             // the selective ranges); otherwise ``tick(now:)`` acknowledges within the delay.
             peer.unacknowledged += 1
             if peer.firstUnacknowledged == nil { peer.firstUnacknowledged = now }
-            if peer.unacknowledged >= configuration.acknowledgeEvery || peer.receiver.hasGap || ready.isEmpty {
+            if peer.unacknowledged >= configuration.acknowledgeEvery || peer.receiver.hasGap || !delivered {
                 control.append(acknowledgement(&peer))
             }
         }

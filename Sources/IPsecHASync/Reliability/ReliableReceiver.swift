@@ -31,6 +31,17 @@ struct ReliableReceiver {
 
     /// Takes a reliable datagram; returns the record lists now deliverable, in order.
     mutating func receive(sequence: UInt64, records: [SyncRecord], streamReset: Bool, now: Timestamp) -> [[SyncRecord]] {
+        var ready: [[SyncRecord]] = []
+        receive(sequence: sequence, records: records, streamReset: streamReset, now: now) { ready.append($0) }
+        return ready
+    }
+
+    /// Takes a reliable datagram and hands `deliver` the record lists now deliverable, in
+    /// order: the channel's way, without an array of them for each datagram (a heap
+    /// allocation per datagram received).
+    mutating func receive(
+        sequence: UInt64, records: [SyncRecord], streamReset: Bool, now: Timestamp, deliver: ([SyncRecord]) -> Void
+    ) {
         if streamReset, sequence > delivered {
             // The sender could no longer fill the gap below this datagram: give up on it (a
             // resync follows in the new stream).
@@ -39,14 +50,13 @@ struct ReliableReceiver {
             heldOrder.removeAll { $0 < sequence }
         }
         highestKnown = max(highestKnown, sequence)
-        guard sequence > delivered, held[sequence] == nil else { return [] }
-        var ready: [[SyncRecord]] = []
+        guard sequence > delivered, held[sequence] == nil else { return }
         if sequence == delivered + 1 {
-            ready.append(records)
+            deliver(records)
             delivered = sequence
             var consumed = 0
             while consumed < heldOrder.count, heldOrder[consumed] == delivered + 1, let next = held.removeValue(forKey: delivered + 1) {
-                ready.append(next)
+                deliver(next)
                 delivered += 1
                 consumed += 1
             }
@@ -56,7 +66,6 @@ struct ReliableReceiver {
             heldOrder.insert(sequence, at: heldOrder.sortedPosition(of: sequence))
         }
         updateGap(now: now)
-        return ready
     }
 
     /// Takes the highest sequence number the peer says it sent.
