@@ -123,6 +123,10 @@ struct WriteCursor {
         pointer += 1
     }
 
+    /// One byte, 1 or 0, as `ByteWriter` writes a `Bool`.
+    @inline(__always)
+    mutating func write(_ value: Bool) { write(UInt8(value ? 1 : 0)) }
+
     @inline(__always)
     mutating func write(_ value: UInt16) {
         pointer.storeBytes(of: value.bigEndian, toByteOffset: 0, as: UInt16.self)
