@@ -939,10 +939,9 @@ struct PayloadPacker: ~Copyable {
         let length = current.count - start
         guard length <= maximumPayload else { throw .codec(.recordTooLarge(length)) }
         if current.count > maximumPayload {
-            let overflow = current.bytes(from: start)
-            current.truncate(to: start)
-            cut()
-            current.write(bytes: overflow)
+            // The record starts the next payload: moved down in place, not through a copy.
+            finished.append(current.bytes(upTo: start))
+            current.removeFirst(start)
         }
     }
 

@@ -28,13 +28,21 @@ struct ByteWriter: ~Copyable {
         body(UnsafeRawBufferPointer(start: base, count: count))
     }
 
-    /// The bytes written from `offset` on.
-    func bytes(from offset: Int) -> [UInt8] {
-        [UInt8](UnsafeRawBufferPointer(start: base + offset, count: count - offset))
+    /// The bytes written before `offset`.
+    func bytes(upTo offset: Int) -> [UInt8] {
+        [UInt8](UnsafeRawBufferPointer(start: base, count: min(max(offset, 0), count)))
     }
 
     /// Forgets what was written from `offset` on.
     mutating func truncate(to offset: Int) { count = min(count, max(offset, 0)) }
+
+    /// Forgets what was written before `offset`, moving the rest to the start.
+    mutating func removeFirst(_ offset: Int) {
+        let removed = min(max(offset, 0), count)
+        // copyMemory is a memmove: the regions may overlap.
+        base.copyMemory(from: base + removed, byteCount: count - removed)
+        count -= removed
+    }
 
     @inline(__always)
     private mutating func reserve(_ extra: Int) {
