@@ -69,18 +69,23 @@ public struct DatagramHeader: Sendable, Hashable {
     public var isHandshake: Bool { flags & Self.handshakeFlag != 0 }
 
     func write(into writer: inout ByteWriter) {
-        writer.write(Self.magic.0)
-        writer.write(Self.magic.1)
-        writer.write(version)
-        writer.write(flags)
-        writer.write(clusterID)
-        writer.write(sender.rawValue)
-        writer.write(receiver.rawValue)
-        writer.write(epoch)
-        writer.write(senderIncarnation.high)
-        writer.write(senderIncarnation.low)
-        writer.write(packetNumber)
-        writer.write(reliableSequence)
+        writer.withReservedCursor(Self.size) { write(into: &$0) }
+    }
+
+    /// Exactly ``size`` bytes: the sealer writes the header straight into the datagram.
+    func write(into cursor: inout WriteCursor) {
+        cursor.write(Self.magic.0)
+        cursor.write(Self.magic.1)
+        cursor.write(version)
+        cursor.write(flags)
+        cursor.write(clusterID)
+        cursor.write(sender.rawValue)
+        cursor.write(receiver.rawValue)
+        cursor.write(epoch)
+        cursor.write(senderIncarnation.high)
+        cursor.write(senderIncarnation.low)
+        cursor.write(packetNumber)
+        cursor.write(reliableSequence)
     }
 
     static func read(_ bytes: ArraySlice<UInt8>) throws(SyncChannelError) -> DatagramHeader {
@@ -237,14 +242,14 @@ struct DatagramSealer {
         }
         header.flags |= DatagramHeader.sealedFlag
         if cipher == .aes256GCM { header.flags |= DatagramHeader.aes256GCMFlag } else { header.flags &= ~DatagramHeader.aes256GCMFlag }
-        var writer = ByteWriter(capacity: DatagramHeader.size)
-        header.write(into: &writer)
         let directionKey = try sealingKeys.key(context(header, receiverIncarnation: receiverIncarnation), under: key)
         let cipher = self.cipher
         let total = DatagramHeader.size + payload.count + Self.tagSize
         return [UInt8](unsafeUninitializedCapacity: total) { buffer, initialized in
             let base = buffer.baseAddress!
-            writer.copyBytes(to: UnsafeMutableRawPointer(base))
+            // Straight into the datagram: a writer of its own was an allocation per datagram.
+            var cursor = WriteCursor(pointer: UnsafeMutableRawPointer(base))
+            header.write(into: &cursor)
             Self.withNonce(header) { nonce in
                 directionKey.withUnsafeBytes { keyBytes in
                     payload.withUnsafeBytes { plaintext in

@@ -18,11 +18,6 @@ struct ByteWriter: ~Copyable {
     /// The bytes written so far.
     var bytes: [UInt8] { [UInt8](UnsafeRawBufferPointer(start: base, count: count)) }
 
-    /// Copies the bytes written so far to `destination`, which has room for ``count`` bytes.
-    func copyBytes(to destination: UnsafeMutableRawPointer) {
-        destination.copyMemory(from: base, byteCount: count)
-    }
-
     /// Calls `body` with the bytes written so far, in place.
     func withBytes<Result>(_ body: (UnsafeRawBufferPointer) -> Result) -> Result {
         body(UnsafeRawBufferPointer(start: base, count: count))
