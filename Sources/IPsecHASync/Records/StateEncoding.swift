@@ -9,9 +9,16 @@ enum StateEncoding {
     // MARK: Small values
 
     static func write(_ identifier: IKESAIdentifier, into w: inout ByteWriter) {
-        w.write(identifier.initiatorSPI)
-        w.write(identifier.responderSPI)
+        w.withReservedCursor(identifierSize) { write(identifier, into: &$0) }
     }
+
+    /// Exactly ``identifierSize`` bytes.
+    static func write(_ identifier: IKESAIdentifier, into cursor: inout WriteCursor) {
+        cursor.write(identifier.initiatorSPI)
+        cursor.write(identifier.responderSPI)
+    }
+
+    static let identifierSize = 16
 
     static func readIdentifier(_ r: inout ByteReader) throws(SyncCodecError) -> IKESAIdentifier {
         IKESAIdentifier(initiatorSPI: try r.readUInt64(), responderSPI: try r.readUInt64())
@@ -370,12 +377,11 @@ enum StateEncoding {
 
     /// Through the SA's address, as ``write(childSAAt:into:)``.
     static func write(ikeSAAt sa: UnsafePointer<IKESA>, into w: inout ByteWriter) throws(SyncCodecError) {
-        // Everything before the message IDs under one capacity check: the identifier 16, the
+        // Everything before the message IDs under one capacity check: the identifier, the
         // generation's varint 10, 2 + 1 + 1, two endpoints, the transforms 10, two optional
-        // times 10 each, the extensions 1 and the identifier rekeyed from 16.
-        w.withReservedCursor(16 + 10 + 4 + 2 * endpointSize + 10 + 20 + 1 + 16) { cursor in
-            cursor.write(sa.pointee.identifier.initiatorSPI)
-            cursor.write(sa.pointee.identifier.responderSPI)
+        // times 10 each, the extensions 1 and the identifier rekeyed from.
+        w.withReservedCursor(identifierSize + 10 + 4 + 2 * endpointSize + 10 + 20 + 1 + identifierSize) { cursor in
+            write(sa.pointee.identifier, into: &cursor)
             cursor.writeVarint(sa.pointee.generation)
             cursor.write(sa.pointee.owner.rawValue)
             cursor.write(sa.pointee.isOriginalInitiator)
@@ -394,10 +400,7 @@ enum StateEncoding {
                 UInt8((extensions.messageIDSync ? 1 : 0) | (extensions.replayCounterSync ? 2 : 0)
                     | (extensions.childSAsUseExtendedSequenceNumbers ? 4 : 0) | (extensions.messageIDSyncAnswered ? 8 : 0)
                     | (sa.pointee.rekeyedFrom != nil ? 16 : 0)))
-            if let rekeyedFrom = sa.pointee.rekeyedFrom {
-                cursor.write(rekeyedFrom.initiatorSPI)
-                cursor.write(rekeyedFrom.responderSPI)
-            }
+            if let rekeyedFrom = sa.pointee.rekeyedFrom { write(rekeyedFrom, into: &cursor) }
         }
         try write(sa.pointee.messageIDs.snapshot, into: &w)
         // Each key as `write(_:into:)` writes it (length, bytes), from the packed keys at once.
@@ -465,9 +468,10 @@ enum StateEncoding {
     static func write(
         childSAAt sa: UnsafePointer<ChildSA>, into w: inout ByteWriter, cache: inout SelectorCache
     ) throws(SyncCodecError) {
-        // The fixed head under one capacity check, as the counters below: 4 + 4 + 1 + 1 + 1,
-        // the generation's varint 10, 2, the request ID's 5, 1 + 4, 8 + 8, 1 + 2 + 2 + 2 + 2.
-        w.withReservedCursor(58) { cursor in
+        // The fixed head under one capacity check, as the counters below: the SPIs, protocol,
+        // mode and ESN flag, the generation's varint, the owner, the request ID's varint, the
+        // policy, the parent, the transforms.
+        w.withReservedCursor(4 + 4 + 1 + 1 + 1 + 10 + 2 + 5 + 1 + 4 + identifierSize + 1 + 2 + 2 + 2 + 2) { cursor in
             cursor.write(sa.pointee.inboundSPI)
             cursor.write(sa.pointee.outboundSPI)
             cursor.write(sa.pointee.ipsecProtocol.rawValue)
@@ -478,8 +482,7 @@ enum StateEncoding {
             cursor.writeVarint(UInt64(sa.pointee.requestID))
             cursor.write(sa.pointee.policy != nil)
             cursor.write(sa.pointee.policy?.rawValue ?? 0)
-            cursor.write(sa.pointee.parent.initiatorSPI)
-            cursor.write(sa.pointee.parent.responderSPI)
+            write(sa.pointee.parent, into: &cursor)
             cursor.write(sa.pointee.transforms.encryption != nil)
             cursor.write(sa.pointee.transforms.encryption?.rawValue ?? 0)
             cursor.write(sa.pointee.transforms.encryptionKeyLength ?? 0)
