@@ -294,3 +294,27 @@ struct VarintTests {
         }
     }
 }
+
+@Suite("Byte comparison")
+struct ByteComparisonTests {
+    /// Every length up to a few words, equal and with one byte changed at each position (the
+    /// selector cache's comparison: a missed difference hands a Child SA another one's selectors).
+    @Test func buffersAreEqualExactlyWhenEveryByteIs() {
+        var random = SplitMix64(seed: 79)
+        for count in 0...40 {
+            let bytes = (0..<count).map { _ in UInt8(truncatingIfNeeded: random.next()) }
+            bytes.withUnsafeBytes { left in
+                Array(bytes).withUnsafeBytes { right in #expect(left.hasSameBytes(as: right), "\(count) bytes") }
+            }
+            for position in 0..<count {
+                var changed = bytes
+                changed[position] ^= 1 << UInt8(random.next() % 8)
+                bytes.withUnsafeBytes { left in
+                    changed.withUnsafeBytes { right in
+                        #expect(!left.hasSameBytes(as: right), "\(count) bytes, byte \(position) changed")
+                    }
+                }
+            }
+        }
+    }
+}

@@ -229,13 +229,7 @@ enum StateEncoding {
         if !cache.encoding.isEmpty, r.remaining >= cache.encoding.count {
             var reader = r
             let next = try reader.readBytes(cache.encoding.count)
-            let same = cache.encoding.withUnsafeBytes { cached in
-                // Byte by byte through the buffers: elementsEqual's generic iteration cost ten
-                // times as much.
-                for index in 0..<cached.count where cached[index] != next[index] { return false }
-                return true
-            }
-            if same {
+            if cache.encoding.withUnsafeBytes({ $0.hasSameBytes(as: next) }) {
                 r = reader
                 return cache.selectors
             }
