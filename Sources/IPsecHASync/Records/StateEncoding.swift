@@ -165,6 +165,7 @@ enum StateEncoding {
     /// arrays, since ``GatewayState`` shares equal ones, and a bulk resync writes them in that
     /// order). The cache holds the array, so that its buffer cannot be freed and reused by
     /// another list while cached: the same buffer is then the same selectors.
+    @inline(__always)
     static func write(_ selectors: [TrafficSelector], into w: inout ByteWriter, cache: inout SelectorCache.Entry) throws(SyncCodecError) {
         // A list's encoding is never empty (it starts with the count).
         if !cache.encoding.isEmpty, selectors.count == cache.selectors.count,
@@ -244,6 +245,7 @@ enum StateEncoding {
     /// The longest key a record carries.
     static let maximumKeyLength = 1024
 
+    @inline(__always)
     static func write(_ key: KeyMaterial, into w: inout ByteWriter) throws(SyncCodecError) {
         guard key.count <= maximumKeyLength else { throw .recordTooLarge(key.count) }
         w.write(UInt16(key.count))
