@@ -160,23 +160,27 @@ enum StateEncoding {
         }
     }
 
-    /// As ``write(_:into:)``; the cached encoding when `selectors` is the array encoded last
+    /// As ``write(_:into:)``, for the list at `selectors` (read where it lies: passed by value
+    /// out of a Child SA in the snapshot, the array was retained and released, about 45
+    /// instructions a list); the cached encoding when `selectors` is the array encoded last
     /// (``SelectorCache``: Child SAs installed one after another often share their selector
     /// arrays, since ``GatewayState`` shares equal ones, and a bulk resync writes them in that
     /// order). The cache holds the array, so that its buffer cannot be freed and reused by
     /// another list while cached: the same buffer is then the same selectors.
     @inline(__always)
-    static func write(_ selectors: [TrafficSelector], into w: inout ByteWriter, cache: inout SelectorCache.Entry) throws(SyncCodecError) {
+    static func write(
+        selectorsAt selectors: UnsafePointer<[TrafficSelector]>, into w: inout ByteWriter, cache: inout SelectorCache.Entry
+    ) throws(SyncCodecError) {
         // A list's encoding is never empty (it starts with the count).
-        if !cache.encoding.isEmpty, selectors.count == cache.selectors.count,
-            selectors.withUnsafeBufferPointer({ $0.baseAddress }) == cache.selectors.withUnsafeBufferPointer({ $0.baseAddress })
+        if !cache.encoding.isEmpty, selectors.pointee.count == cache.selectors.count,
+            selectors.pointee.withUnsafeBufferPointer({ $0.baseAddress }) == cache.selectors.withUnsafeBufferPointer({ $0.baseAddress })
         {
             w.write(bytes: cache.encoding)
             return
         }
         let start = w.count
-        try write(selectors, into: &w)
-        cache.selectors = selectors
+        try write(selectors.pointee, into: &w)
+        cache.selectors = selectors.pointee
         cache.encoding.removeAll(keepingCapacity: true)
         w.withBytes { cache.encoding.append(contentsOf: $0[start...]) }
     }
@@ -485,8 +489,8 @@ enum StateEncoding {
             cursor.write(sa.pointee.transforms.integrity.rawValue)
             cursor.write(sa.pointee.transforms.keyExchange.rawValue)
         }
-        try write(sa.pointee.localSelectors, into: &w, cache: &cache.local)
-        try write(sa.pointee.remoteSelectors, into: &w, cache: &cache.remote)
+        try write(selectorsAt: sa.pointer(to: \.localSelectors)!, into: &w, cache: &cache.local)
+        try write(selectorsAt: sa.pointer(to: \.remoteSelectors)!, into: &w, cache: &cache.remote)
         w.write(UInt16(sa.pointee.inboundKeys.encryptionKeyLength))
         try write(sa.pointee.inboundKeys.material, into: &w)
         w.write(UInt16(sa.pointee.outboundKeys.encryptionKeyLength))
