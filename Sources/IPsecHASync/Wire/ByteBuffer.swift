@@ -318,6 +318,7 @@ extension UnsafeRawBufferPointer {
     /// selector list's encoding (15 bytes for one IPv4 selector) for every Child SA it reads, and
     /// a byte loop cost about 60 instructions a list there (elementsEqual's generic iteration ten
     /// times as much).
+    @inline(__always)
     func hasSameBytes(as other: UnsafeRawBufferPointer) -> Bool {
         precondition(count == other.count)
         guard count >= 8 else {
