@@ -63,12 +63,14 @@ struct ByteWriter: ~Copyable {
     @inline(__always)
     mutating func write(_ value: Bool) { writeInteger(UInt8(value ? 1 : 0)) }
 
+    @inline(__always)
     mutating func write(bytes other: UnsafeRawBufferPointer) {
         reserve(other.count)
         if let source = other.baseAddress { (base + count).copyMemory(from: source, byteCount: other.count) }
         count += other.count
     }
 
+    @inline(__always)
     mutating func write(bytes other: [UInt8]) {
         other.withUnsafeBytes { write(bytes: $0) }
     }
