@@ -207,9 +207,9 @@ public struct SyncChannel {
 
         /// For a datagram to the peer: its incarnation and the next packet number, used up;
         /// nil, nothing used, for data while its incarnation is unknown (data keys are bound
-        /// to it). Mutating, so that `peers.values[index]` reaches it in place: reading a field
-        /// through the dictionary's getter copies the whole peer (about 250 instructions, for
-        /// every datagram).
+        /// to it). Mutating, so that `peers.withPeer(at:_:)` reaches it in place: reading a
+        /// field through a getter copies the whole peer (about 250 instructions, for every
+        /// datagram).
         mutating func nextDatagram(handshake: Bool) -> (incarnation: ChannelIncarnation?, packetNumber: UInt64)? {
             guard handshake || incarnation != nil else { return nil }
             defer { nextPacketNumber += 1 }
@@ -217,10 +217,72 @@ public struct SyncChannel {
         }
     }
 
+    /// The peers by member ID, for a handful of them (1 to 64 configured, fixed when the
+    /// channel is made), in increasing order of ID: found by comparing IDs where a `Dictionary`
+    /// hashed the sender's ID (SipHash) three or four times a datagram, about 110 instructions
+    /// a Child SA of a bulk resync. The per-datagram paths change a peer in place through
+    /// ``withPeer(at:_:)`` or take it out and put it back, moved: accessors that yield (`_modify`)
+    /// were tried and allocated a coroutine frame for the large peer state at every use.
+    struct PeerTable {
+        private var members: [ClusterMemberID] = []
+        /// nil while a peer is taken out.
+        private var states: [Peer?] = []
+
+        func index(forKey member: ClusterMemberID) -> Int? {
+            members.withUnsafeBufferPointer { members in
+                for index in members.indices where members[index] == member { return index }
+                return nil
+            }
+        }
+
+        /// The peer of `member`: nil when there is none or it is taken out. Setting a member
+        /// that is not in the table adds it. (Changing a field through it copies the peer out
+        /// and back: for the paths that run per tick, not per datagram.)
+        subscript(member: ClusterMemberID) -> Peer? {
+            get { index(forKey: member).flatMap { states[$0] } }
+            set {
+                if let index = index(forKey: member) {
+                    states[index] = newValue
+                } else if let newValue {
+                    let position = members.firstIndex { $0 > member } ?? members.endIndex
+                    members.insert(member, at: position)
+                    states.insert(newValue, at: position)
+                }
+            }
+        }
+
+        /// Runs `body` on the peer at `index` (from ``index(forKey:)``, not taken out), in place.
+        mutating func withPeer<Result>(at index: Int, _ body: (inout Peer) -> Result) -> Result {
+            body(&states[index]!)
+        }
+
+        /// Runs `body` on the peer at `index`, read where it lies.
+        func withPeer<Result>(at index: Int, reading body: (borrowing Peer) -> Result) -> Result {
+            body(states[index]!)
+        }
+
+        /// Takes the peer of `member` out, moved rather than copied; ``putBack(_:forKey:)``
+        /// returns it.
+        mutating func removeValue(forKey member: ClusterMemberID) -> Peer? {
+            guard let index = index(forKey: member) else { return nil }
+            return states[index].take()
+        }
+
+        mutating func putBack(_ peer: consuming Peer, forKey member: ClusterMemberID) {
+            states[index(forKey: member)!] = consume peer
+        }
+
+        /// The members whose peer is in the table, in increasing order.
+        var keys: [ClusterMemberID] { members.indices.filter { states[$0] != nil }.map { members[$0] } }
+
+        /// The peers in the table, in their members' order.
+        var values: some Sequence<Peer> { states.lazy.compactMap { $0 } }
+    }
+
     /// The configuration in force.
     public private(set) var configuration: SyncChannelConfiguration
     private var sealer: DatagramSealer
-    private var peers: [ClusterMemberID: Peer]
+    private var peers = PeerTable()
     /// When the previous cluster key is retired at the latest (set at the first tick after a
     /// rotation).
     private var previousKeyDeadline: Timestamp?
@@ -241,11 +303,9 @@ public struct SyncChannel {
         }
         self.configuration = configuration
         sealer = DatagramSealer(key: configuration.key, cipher: configuration.cipher)
-        var peers: [ClusterMemberID: Peer] = [:]
         for peer in configuration.peers where peer != configuration.member {
             peers[peer] = Self.freshPeer(configuration)
         }
-        self.peers = peers
     }
 
     private static func freshPeer(_ configuration: SyncChannelConfiguration) -> Peer {
@@ -312,17 +372,16 @@ public struct SyncChannel {
     private mutating func transmit(
         reliable: [[UInt8]], unreliable: [[UInt8]], to peer: ClusterMemberID, now: Timestamp
     ) throws(SyncChannelError) -> (ticket: SyncTicket?, actions: [SyncChannelAction]) {
-        // Through `values[index]`, here and for each datagram: `peers[peer]!` changes a peer
-        // through the dictionary's optional-valued subscript, whose end copies the whole peer
-        // back in (a retain per reference it holds; with the getter's copies, about 750
-        // instructions a resync's Child SA).
+        // In place, here and for each datagram: changed through an optional-valued subscript,
+        // the whole peer was copied back in at its end (a retain per reference it holds; with
+        // the getter's copies, about 750 instructions a resync's Child SA).
         let index = peers.index(forKey: peer)!
-        guard reliable.count <= peers.values[index].sender.freeSlots else { throw .sendQueueFull }
+        guard reliable.count <= peers.withPeer(at: index, { $0.sender.freeSlots }) else { throw .sendQueueFull }
         var actions: [SyncChannelAction] = []
         actions.reserveCapacity(reliable.count + unreliable.count)
         var last: UInt64?
         for payload in reliable {
-            let entry = peers.values[index].sender.enqueue(payload, now: now)!
+            let entry = peers.withPeer(at: index) { $0.sender.enqueue(payload, now: now)! }
             last = entry.sequence
             // Before the handshake with the peer, reliable datagrams wait in the buffer: they go
             // out once it completes.
@@ -334,15 +393,17 @@ public struct SyncChannel {
             if let action = try transmit(payload, to: peer, reliableSequence: 0, streamReset: false) {
                 actions.append(action)
             } else {
-                if peers.values[index].heldUnreliable.count >= Self.unreliableHoldLimit { peers.values[index].heldUnreliable.removeFirst() }
-                peers.values[index].heldUnreliable.append(payload)
+                peers.withPeer(at: index) { peer in
+                    if peer.heldUnreliable.count >= Self.unreliableHoldLimit { peer.heldUnreliable.removeFirst() }
+                    peer.heldUnreliable.append(payload)
+                }
             }
         }
         return (last.map { SyncTicket(peer: peer, sequence: $0) }, actions)
     }
 
     /// How many more reliable datagrams the peer's retransmission buffer takes now.
-    public func reliableCapacity(to peer: ClusterMemberID) -> Int { peers.index(forKey: peer).map { peers.values[$0].sender.freeSlots } ?? 0 }
+    public func reliableCapacity(to peer: ClusterMemberID) -> Int { peers.index(forKey: peer).map { peers.withPeer(at: $0, reading: { $0.sender.freeSlots }) } ?? 0 }
 
     /// Whether the peer acknowledged everything up to the ticket. Never true for a ticket whose
     /// datagram a stream reset dropped (``wasDropped(_:)``).
@@ -453,7 +514,7 @@ public struct SyncChannel {
                 let opened = try sealer.open(datagram, claimed, receiverIncarnation: configuration.incarnation)
                 handshake = try ChannelHandshake.decode(opened.payload)
             } catch {
-                peers[claimed.sender] = consume peer
+                peers.putBack(consume peer, forKey: claimed.sender)
                 throw error
             }
             return acceptHandshake(handshake, claimed, from: &peer, now: now)
@@ -478,7 +539,7 @@ public struct SyncChannel {
                 throw SyncChannelError.invalidHeader("heartbeat announcing reliable sequence \(highest)")
             }
         } catch {
-            peers[claimed.sender] = consume peer
+            peers.putBack(consume peer, forKey: claimed.sender)
             throw error
         }
 
@@ -548,7 +609,7 @@ public struct SyncChannel {
                 control.append(acknowledgement(&peer))
             }
         }
-        peers[header.sender] = consume peer
+        peers.putBack(consume peer, forKey: header.sender)
         transmit(retransmit, control: control, to: header.sender, into: &actions)
         return actions
     }
@@ -668,7 +729,7 @@ public struct SyncChannel {
                 previousKeyDeadline = Timestamp(nanoseconds: overflow ? .max : deadline)
             }
         }
-        for member in peers.keys.sorted() {
+        for member in peers.keys {
             if peers[member]!.established,
                 let heard = peers[member]!.lastHeard,
                 now.nanoseconds >= heard.nanoseconds &+ configuration.heartbeatIntervalNanoseconds &* 4
@@ -719,7 +780,7 @@ public struct SyncChannel {
             // standby that was gone kept the active member retransmitting thousands of
             // datagrams a second.)
             let due = peer.established ? peer.sender.timedOut(now: now, timeout: configuration.retransmitTimeoutNanoseconds, maximum: 64) : []
-            peers[member] = peer
+            peers.putBack(consume peer, forKey: member)
             transmit(due, control: control, to: member, into: &actions)
         }
         return actions
@@ -756,7 +817,7 @@ public struct SyncChannel {
     /// Every broken invariant of the reliable streams to and from each peer, described (for the
     /// tests, which run it through lossy, reordering exchanges).
     func invariantViolations() -> [String] {
-        peers.keys.sorted().flatMap { member in
+        peers.keys.flatMap { member in
             let peer = peers[member]!
             return (peer.sender.invariantViolations() + peer.receiver.invariantViolations()).map { "peer \(member.rawValue): \($0)" }
         }
@@ -876,7 +937,7 @@ public struct SyncChannel {
     private mutating func transmit(
         _ payload: [UInt8], to member: ClusterMemberID, reliableSequence: UInt64, streamReset: Bool, handshake: Bool = false
     ) throws(SyncChannelError) -> SyncChannelAction? {
-        guard let (receiverIncarnation, packetNumber) = peers.values[peers.index(forKey: member)!].nextDatagram(handshake: handshake) else {
+        guard let (receiverIncarnation, packetNumber) = peers.withPeer(at: peers.index(forKey: member)!, { $0.nextDatagram(handshake: handshake) }) else {
             return nil
         }
         let header = DatagramHeader(
