@@ -285,3 +285,44 @@ struct RoundTripBoundTests {
         #expect(bound.nanoseconds == 700_000)
     }
 }
+
+@Suite("Synch channel: the peer table")
+struct PeerTableTests {
+    /// A peer whose next packet number tells it apart.
+    static func peer(_ number: UInt64) throws -> SyncChannel.Peer {
+        var peer = SyncChannel.Peer(
+            sender: ReliableSender(limit: 8), replay: try ReplayWindow(size: 64, extendedSequenceNumbers: true),
+            receiver: ReliableReceiver(limit: 8))
+        peer.nextPacketNumber = number
+        return peer
+    }
+
+    /// As a dictionary would answer, in increasing order of member ID: a peer taken out (the
+    /// channel's per-datagram path) is absent from the keys and values until it is put back, so
+    /// that a tick or the key-retirement check never sees it twice or stale.
+    @Test func answersAsADictionaryInMemberOrder() throws {
+        var table = SyncChannel.PeerTable()
+        for id in [7, 2, 40] as [UInt16] { table[ClusterMemberID(rawValue: id)] = try Self.peer(UInt64(id)) }
+        let (two, seven, forty) = (ClusterMemberID(rawValue: 2), ClusterMemberID(rawValue: 7), ClusterMemberID(rawValue: 40))
+        #expect(table.keys == [two, seven, forty])
+        #expect(table.values.map(\.nextPacketNumber) == [2, 7, 40])
+        #expect(table[ClusterMemberID(rawValue: 3)] == nil && table.index(forKey: ClusterMemberID(rawValue: 3)) == nil)
+
+        let removed = table.removeValue(forKey: seven)
+        var taken = try #require(removed)
+        #expect(taken.nextPacketNumber == 7)
+        #expect(table.keys == [two, forty] && table[seven] == nil)
+        #expect(table.values.map(\.nextPacketNumber) == [2, 40])
+        let again = table.removeValue(forKey: seven)
+        #expect(again == nil, "taken once")
+        taken.nextPacketNumber = 8
+        table.putBack(taken, forKey: seven)
+        #expect(table.keys == [two, seven, forty] && table[seven]?.nextPacketNumber == 8)
+
+        let index = try #require(table.index(forKey: forty))
+        _ = table.withPeer(at: index) { $0.nextDatagram(handshake: true) }
+        #expect(table.withPeer(at: index, reading: { $0.nextPacketNumber }) == 41, "changed in place")
+        table[two] = try Self.peer(20)
+        #expect(table.values.map(\.nextPacketNumber) == [20, 8, 41], "a member set again replaces its peer")
+    }
+}
