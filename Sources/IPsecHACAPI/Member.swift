@@ -8,6 +8,9 @@ internal import IPsecHASync
 /// arithmetic with room to spare.
 private let longestInterval: UInt64 = 3_600_000_000_000
 
+/// `last_resort_takeover_ns` by default, and for 0 (the field was a zero `reserved` before).
+private let defaultLastResortTakeover: UInt64 = 1_000_000_000
+
 @c @implementation
 public func ipsecha_config_init(_ config: UnsafeMutablePointer<ipsecha_config>?) {
     guard let config else { return }
@@ -23,6 +26,7 @@ public func ipsecha_config_init(_ config: UnsafeMutablePointer<ipsecha_config>?)
     value.release_deadline_ns = 2_000_000_000
     value.maximum_datagram_size = 1_400
     value.sync_cipher = IPSECHA_SYNC_CIPHER_CHACHA20_POLY1305.rawValue
+    value.last_resort_takeover_ns = defaultLastResortTakeover
     config.pointee = value
 }
 
@@ -77,7 +81,10 @@ func memberConfiguration(_ config: ipsecha_config) throws(CAPIFailure) -> (Clust
     guard config.checkpoint_packets >= 1 else { throw invalid("checkpoint_packets must be at least 1") }
     guard (1...1_000).contains(config.miss_count) else { throw invalid("miss_count must be 1 to 1,000") }
     guard (512...65_507).contains(config.maximum_datagram_size) else { throw invalid("maximum_datagram_size must be 512 to 65,507") }
-    guard config.reserved == 0 else { throw invalid("reserved must be 0") }
+    let lastResort = config.last_resort_takeover_ns == 0 ? defaultLastResortTakeover : config.last_resort_takeover_ns
+    guard lastResort == IPSECHA_LAST_RESORT_NEVER || (1_000_000...longestInterval).contains(lastResort) else {
+        throw invalid("last_resort_takeover_ns must be 1 ms to 1 hour or IPSECHA_LAST_RESORT_NEVER, not \(lastResort)")
+    }
     let cipher = try syncCipher(config.sync_cipher)
     guard cipher.isAvailable else { throw invalid("sync_cipher \(cipher) does not run on this CPU") }
     let inbound: InboundTakeoverPolicy
@@ -98,6 +105,7 @@ func memberConfiguration(_ config: ipsecha_config) throws(CAPIFailure) -> (Clust
     configuration.missCount = UInt64(config.miss_count)
     configuration.followsVRRP = config.follows_vrrp != 0
     configuration.releaseDeadline = config.release_deadline_ns == 0 ? nil : .nanoseconds(Int64(config.release_deadline_ns))
+    configuration.lastResortTakeover = lastResort == IPSECHA_LAST_RESORT_NEVER ? nil : .nanoseconds(Int64(lastResort))
     return (configuration, dataPlane)
 }
 

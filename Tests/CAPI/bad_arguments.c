@@ -1,8 +1,10 @@
 /*
  * Every entry point of libipsecha with bad arguments: NULL handles and pointers, structures
  * of the wrong size, short or overlong buffers, unknown IDs and SPIs, values out of range.
- * Each must give its error code, never crash, and change nothing; run under AddressSanitizer
- * and valgrind by scripts/c-api.sh. Prints one line per failed expectation; exits 1 if any.
+ * Each must give its error code, never crash, and change nothing; and configuration values at
+ * their edges do what the header says (last_resort_takeover_ns on a virtual clock). Run under
+ * AddressSanitizer and valgrind by scripts/c-api.sh. Prints one line per failed expectation;
+ * exits 1 if any.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -142,9 +144,12 @@ static void configuration_and_lifecycle(void) {
     config = good_config(1, 1);
     config.sync_cipher = 2;
     EXPECT(ipsecha_member_create(&config, &member), IPSECHA_E_INVALID_ARGUMENT);
-    config = good_config(1, 1);
-    config.reserved = 1;
-    EXPECT(ipsecha_member_create(&config, &member), IPSECHA_E_INVALID_ARGUMENT);
+    const uint64_t bad_last_resort[] = {1, 999999, 3600000000001u, IPSECHA_LAST_RESORT_NEVER - 1};
+    for (size_t i = 0; i < sizeof bad_last_resort / sizeof bad_last_resort[0]; i++) {
+        config = good_config(1, 1);
+        config.last_resort_takeover_ns = bad_last_resort[i];
+        EXPECT(ipsecha_member_create(&config, &member), IPSECHA_E_INVALID_ARGUMENT);
+    }
     EXPECT_TRUE(member == NULL);
     EXPECT_TRUE(ipsecha_sync_cipher_available(IPSECHA_SYNC_CIPHER_CHACHA20_POLY1305) == 1);
     EXPECT_TRUE(ipsecha_sync_cipher_available(2) == 0);
@@ -158,7 +163,7 @@ static void configuration_and_lifecycle(void) {
     config = good_config(1, 1);
     config.struct_size = IPSECHA_CONFIG_SIZE_WITHOUT_CIPHER;
     config.sync_cipher = 0xA5A5A5A5u;
-    config.reserved = 0xA5A5A5A5A5A5A5A5u;
+    config.last_resort_takeover_ns = 0xA5A5A5A5A5A5A5A5u;
     EXPECT(ipsecha_member_create(&config, &member), IPSECHA_OK);
     EXPECT_TRUE(member != NULL);
     ipsecha_member_destroy(member);
@@ -451,6 +456,41 @@ static void standby_and_observed(void) {
     ipsecha_member_destroy(member);
 }
 
+/* When a standby that never hears its active member takes over with nothing (as the last
+ * resort), ticked every `step_ns` of a virtual clock from 1 s to 1 s + `for_ns`: how long after
+ * its first tick, or UINT64_MAX for never. */
+static uint64_t lone_standby_takeover(uint64_t last_resort_ns, uint64_t step_ns, uint64_t for_ns) {
+    ipsecha_config config = good_config(1, 2);
+    config.last_resort_takeover_ns = last_resort_ns;
+    ipsecha_member *standby = NULL;
+    EXPECT(ipsecha_member_create(&config, &standby), IPSECHA_OK);
+    if (!standby) return 0;
+    ipsecha_action action;
+    ipsecha_action_init(&action);
+    const uint64_t start = 1000000000u;
+    uint64_t took = UINT64_MAX;
+    for (uint64_t now = start; took == UINT64_MAX && now <= start + for_ns; now += step_ns) {
+        EXPECT(ipsecha_tick(standby, now), IPSECHA_OK);
+        while (ipsecha_next_action(standby, &action) == IPSECHA_OK)
+            if (action.kind == IPSECHA_ACTION_TOOK_OVER) took = now - start;
+    }
+    ipsecha_member_destroy(standby);
+    return took;
+}
+
+/* last_resort_takeover_ns: the default (also for 0, what callers of the header with a zero
+ * `reserved` there pass), a longer wait for an active member slow to start, and never. */
+static void last_resort_takeover(void) {
+    ipsecha_config defaults;
+    ipsecha_config_init(&defaults);
+    EXPECT_TRUE(defaults.last_resort_takeover_ns == 1000000000u);
+    const uint64_t step = 100000000u;
+    EXPECT_TRUE(lone_standby_takeover(defaults.last_resort_takeover_ns, step, 10000000000u) == 1000000000u);
+    EXPECT_TRUE(lone_standby_takeover(0, step, 10000000000u) == 1000000000u);
+    EXPECT_TRUE(lone_standby_takeover(5000000000u, step, 10000000000u) == 5000000000u);
+    EXPECT_TRUE(lone_standby_takeover(IPSECHA_LAST_RESORT_NEVER, 60000000000u, 7200000000000u) == UINT64_MAX);
+}
+
 static int log_lines = 0;
 static void count_line(void *context, int level, const char *label, const char *message) {
     (void)level;
@@ -483,6 +523,7 @@ int main(void) {
     null_handles();
     active_member();
     standby_and_observed();
+    last_resort_takeover();
     logs();
     printf("%d checks, %d failed\n", checks, failures);
     return failures == 0 ? 0 : 1;

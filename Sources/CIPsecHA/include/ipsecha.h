@@ -209,9 +209,20 @@ typedef struct ipsecha_config {
     uint32_t maximum_datagram_size;
     /* ipsecha_sync_cipher (default IPSECHA_SYNC_CIPHER_CHACHA20_POLY1305). */
     uint32_t sync_cipher;
-    /* Zero (refused otherwise: kept for a later field). */
-    uint64_t reserved;
+    /* A standby that holds no complete copy takes over with what it holds (perhaps nothing)
+     * once no member has said it is active and nothing came from the active member for this
+     * long since its first tick, and no member with a lower ID is heard: the way back to
+     * service after every member restarted, or after the active member died while the only
+     * standby was resyncing. With follows_vrrp it only says it is electable
+     * (IPSECHA_READINESS_LAST_RESORT). Default 1 s; 1 ms to 1 hour, or
+     * IPSECHA_LAST_RESORT_NEVER to wait for an operator. Set it above the time the active
+     * member may take to start, when the standbys start first. 0 means the default: this
+     * field was a zero `reserved` before. */
+    uint64_t last_resort_takeover_ns;
 } ipsecha_config;
+
+/* last_resort_takeover_ns: a standby never takes over without a complete copy on its own. */
+#define IPSECHA_LAST_RESORT_NEVER 0xFFFFFFFFFFFFFFFFull
 
 /* Fills *config with the defaults above and sets struct_size; the caller then sets the
  * cluster ID, the member IDs, the peers and the key. Does nothing for NULL. */
