@@ -12,8 +12,26 @@ private let longestInterval: UInt64 = 3_600_000_000_000
 private let defaultLastResortTakeover: UInt64 = 1_000_000_000
 
 @c @implementation
+public func ipsecha_config_init_size(_ config: UnsafeMutablePointer<ipsecha_config>?, _ size: Int) -> Int32 {
+    guard let config else { return IPSECHA_E_NULL.rawValue }
+    guard size == MemoryLayout<ipsecha_config>.size || size == IPSECHA_CONFIG_SIZE_WITHOUT_CIPHER else {
+        return IPSECHA_E_STRUCT_SIZE.rawValue
+    }
+    // Byte by byte up to the caller's size: a caller built against a smaller header has
+    // something else of its own (on its stack, as often as not) right after the structure.
+    var value = defaultConfiguration()
+    value.struct_size = UInt32(size)
+    withUnsafeBytes(of: &value) { UnsafeMutableRawPointer(config).copyMemory(from: $0.baseAddress!, byteCount: size) }
+    return IPSECHA_OK.rawValue
+}
+
+@c @implementation
 public func ipsecha_config_init(_ config: UnsafeMutablePointer<ipsecha_config>?) {
-    guard let config else { return }
+    _ = ipsecha_config_init_size(config, Int(IPSECHA_CONFIG_SIZE_WITHOUT_CIPHER))
+}
+
+/// `ipsecha_config`'s defaults, as the header documents them.
+private func defaultConfiguration() -> ipsecha_config {
     var value = ipsecha_config()
     value.struct_size = structSize(ipsecha_config.self)
     value.epoch = 1
@@ -27,7 +45,7 @@ public func ipsecha_config_init(_ config: UnsafeMutablePointer<ipsecha_config>?)
     value.maximum_datagram_size = 1_400
     value.sync_cipher = IPSECHA_SYNC_CIPHER_CHACHA20_POLY1305.rawValue
     value.last_resort_takeover_ns = defaultLastResortTakeover
-    config.pointee = value
+    return value
 }
 
 @c @implementation

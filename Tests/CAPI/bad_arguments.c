@@ -491,6 +491,42 @@ static void last_resort_takeover(void) {
     EXPECT_TRUE(lone_standby_takeover(IPSECHA_LAST_RESORT_NEVER, 60000000000u, 7200000000000u) == UINT64_MAX);
 }
 
+/* ipsecha_config_init writes no further than the caller's structure. A program built against
+ * the previous release's header calls the function (not this header's macro) on its 104-byte
+ * ipsecha_config, often on its stack with something else right behind: the bytes after it
+ * stay as they were, and the structure it gets makes a ChaCha20-Poly1305 member. */
+static void configuration_sizes(void) {
+    union {
+        ipsecha_config config;
+        unsigned char bytes[sizeof(ipsecha_config) + 16];
+    } previous;
+    memset(previous.bytes, 0xA5, sizeof previous.bytes);
+    (ipsecha_config_init)(&previous.config);
+    int untouched = 1;
+    for (size_t b = IPSECHA_CONFIG_SIZE_WITHOUT_CIPHER; b < sizeof previous.bytes; b++)
+        untouched &= previous.bytes[b] == 0xA5;
+    EXPECT_TRUE(untouched);
+    EXPECT_TRUE(previous.config.struct_size == IPSECHA_CONFIG_SIZE_WITHOUT_CIPHER);
+    EXPECT_TRUE(previous.config.maximum_datagram_size == 1400 && previous.config.miss_count == 3);
+    ipsecha_config filled = good_config(1, 1);
+    memcpy(previous.bytes + 4, (const unsigned char *)&filled + 4, IPSECHA_CONFIG_SIZE_WITHOUT_CIPHER - 4);
+    ipsecha_member *member = NULL;
+    EXPECT(ipsecha_member_create(&previous.config, &member), IPSECHA_OK);
+    ipsecha_member_destroy(member);
+
+    /* This header's macro fills the whole structure; other sizes are refused untouched. */
+    memset(previous.bytes, 0xA5, sizeof previous.bytes);
+    ipsecha_config_init(&previous.config);
+    EXPECT_TRUE(previous.config.struct_size == sizeof(ipsecha_config));
+    EXPECT_TRUE(previous.config.last_resort_takeover_ns == 1000000000u);
+    EXPECT_TRUE(previous.bytes[sizeof(ipsecha_config)] == 0xA5);
+    memset(previous.bytes, 0xA5, sizeof previous.bytes);
+    EXPECT(ipsecha_config_init_size(&previous.config, sizeof(ipsecha_config) + 8), IPSECHA_E_STRUCT_SIZE);
+    EXPECT(ipsecha_config_init_size(&previous.config, 8), IPSECHA_E_STRUCT_SIZE);
+    EXPECT_TRUE(previous.bytes[0] == 0xA5 && previous.bytes[sizeof(ipsecha_config) - 1] == 0xA5);
+    EXPECT(ipsecha_config_init_size(NULL, sizeof(ipsecha_config)), IPSECHA_E_NULL);
+}
+
 static int log_lines = 0;
 static void count_line(void *context, int level, const char *label, const char *message) {
     (void)level;
@@ -524,6 +560,7 @@ int main(void) {
     active_member();
     standby_and_observed();
     last_resort_takeover();
+    configuration_sizes();
     logs();
     printf("%d checks, %d failed\n", checks, failures);
     return failures == 0 ? 0 : 1;

@@ -224,9 +224,24 @@ typedef struct ipsecha_config {
 /* last_resort_takeover_ns: a standby never takes over without a complete copy on its own. */
 #define IPSECHA_LAST_RESORT_NEVER 0xFFFFFFFFFFFFFFFFull
 
-/* Fills *config with the defaults above and sets struct_size; the caller then sets the
- * cluster ID, the member IDs, the peers and the key. Does nothing for NULL. */
+/* Fills the first `size` bytes of *config with the defaults above and sets struct_size to
+ * `size`; the caller then sets the cluster ID, the member IDs, the peers and the key. `size`
+ * is sizeof(ipsecha_config) of the header the caller was built with: this header's, or
+ * IPSECHA_CONFIG_SIZE_WITHOUT_CIPHER. Returns IPSECHA_E_NULL for NULL and
+ * IPSECHA_E_STRUCT_SIZE, writing nothing, for another size. Call it through the
+ * ipsecha_config_init macro below, which passes the size. */
+int ipsecha_config_init_size(ipsecha_config *config, size_t size);
+
+/* The previous release's entry point, kept for the programs built against its header (whose
+ * ipsecha_config ended before sync_cipher): fills IPSECHA_CONFIG_SIZE_WITHOUT_CIPHER bytes,
+ * never more, as ipsecha_config_init_size does for that size. Does nothing for NULL. */
 void ipsecha_config_init(ipsecha_config *config);
+
+/* Fills *config with the defaults above and sets struct_size, writing exactly the structure
+ * this header declares: a library of a later ABI, whose ipsecha_config is larger, then never
+ * writes beyond the caller's. (Called as a function, `(ipsecha_config_init)(&config)`, it
+ * is the previous release's and fills only that release's fields.) */
+#define ipsecha_config_init(config) ((void)ipsecha_config_init_size((config), sizeof(ipsecha_config)))
 
 /* An opaque cluster member. */
 typedef struct ipsecha_member ipsecha_member;
