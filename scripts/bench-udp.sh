@@ -21,7 +21,8 @@ cleanup() {
 trap cleanup EXIT
 head -c 32 /dev/urandom >"$scratch/key"
 chmod 600 "$scratch/key"
-base=$((40000 + RANDOM % 20000))
+# Below Linux's ephemeral range (32768-60999 by default): no socket bound to port 0 takes it.
+base=$((20000 + RANDOM % 10000))
 active_port=$base
 standby_port=$((base + 1))
 # The kernel grants a socket's receive buffer up to net.core.rmem_max: UDPSyncTransport asks

@@ -115,7 +115,9 @@ pair() { # label heartbeat_ms miss_count settle_seconds ready_within_seconds las
     [ "$label" = plain ] && cipher=$FAST_CIPHER
     local dir=$OUT/pair-$label
     mkdir -p "$dir"
-    local port_a=$((40000 + RANDOM % 10000))
+    # Below Linux's ephemeral range (32768-60999 by default), from which every other test's
+    # socket bound to port 0 gets its port while this runs.
+    local port_a=$((20000 + RANDOM % 10000))
     local port_b=$((port_a + 1))
     local member=$OUT/ipsecha-member
     [ "$label" = asan ] && member=$OUT/ipsecha-member-asan

@@ -90,7 +90,8 @@ takeover() { # label active-binary standby-binary new(active|standby) base-port
     { kill -KILL "$standby_pid"; wait "$standby_pid"; } 2>/dev/null
 }
 
-BASE=$((47000 + $$ % 1000 * 4))
+# Below Linux's ephemeral range (32768-60999 by default): no socket bound to port 0 takes it.
+BASE=$((24000 + $$ % 1000 * 4))
 takeover "previous release active, this build takes over" "$OLD" "$DEMO" standby "$BASE"
 takeover "this build active, the previous release takes over" "$DEMO" "$OLD" active $((BASE + 2))
 
