@@ -140,6 +140,48 @@ struct ChannelCipherTests {
         }
     }
 
+    /// The opener writes each plaintext into one array it keeps: a payload the channel (or
+    /// anyone) still holds is never written over by a later datagram, whatever their lengths,
+    /// and a datagram that fails to open leaves the held payloads as they were.
+    @Test(
+        .enabled(if: SyncChannelCipher.aes256GCM.isAvailable, "needs a CPU with AES instructions (AES-NI and CLMUL)"),
+        arguments: SyncChannelCipher.allCases)
+    func payloadsStayIntactWhileLaterDatagramsOpen(cipher: SyncChannelCipher) throws {
+        let key = try ChannelKey.generate()
+        let sender = try #require(ChannelIncarnation(high: 1, low: 1)), receiver = try #require(ChannelIncarnation(high: 2, low: 2))
+        var sealer = DatagramSealer(key: key, cipher: cipher), opener = DatagramSealer(key: key, cipher: cipher)
+        var random = SplitMix64(seed: 26)
+        let payloads = [1_000, 10, 500, 0, 1_300, 1_300].map { count in (0..<count).map { _ in UInt8(truncatingIfNeeded: random.next()) } }
+        var held: [[UInt8]] = []
+        for (index, payload) in payloads.enumerated() {
+            let header = DatagramHeader(
+                flags: 0, clusterID: 5, sender: ClusterMemberID(rawValue: 1), receiver: ClusterMemberID(rawValue: 2), epoch: 1,
+                senderIncarnation: sender, packetNumber: UInt64(index + 1), reliableSequence: UInt64(index + 1))
+            var datagram = try sealer.seal(header, payload: payload, receiverIncarnation: receiver)
+            let claimed = try DatagramHeader.read(datagram[0..<DatagramHeader.size])
+            let opened = try opener.open(datagram, claimed, receiverIncarnation: receiver)
+            #expect(opened.payload == payload, "payload \(index + 1)")
+            #expect(!opened.underPreviousKey)
+            held.append(opened.payload)
+            datagram[DatagramHeader.size] ^= 1
+            #expect(throws: SyncChannelError.security(.authenticationFailed)) { try opener.open(datagram, claimed, receiverIncarnation: receiver) }
+            let intact = held == Array(payloads[...index])
+            #expect(intact, "a payload handed out changed when datagram \(index + 1) was opened")
+        }
+        // With every payload dropped, the array is the opener's alone again: written in place,
+        // shorter, then longer.
+        held.removeAll()
+        for (number, payload) in [(100, payloads[1]), (101, payloads[4]), (102, payloads[2])] {
+            let header = DatagramHeader(
+                flags: 0, clusterID: 5, sender: ClusterMemberID(rawValue: 1), receiver: ClusterMemberID(rawValue: 2), epoch: 1,
+                senderIncarnation: sender, packetNumber: UInt64(number), reliableSequence: UInt64(number))
+            let datagram = try sealer.seal(header, payload: payload, receiverIncarnation: receiver)
+            let claimed = try DatagramHeader.read(datagram[0..<DatagramHeader.size])
+            let opened = try opener.open(datagram, claimed, receiverIncarnation: receiver).payload
+            #expect(opened == payload, "datagram \(number)")
+        }
+    }
+
     @Test func aCipherNamedForADatagramInClearIsRefused() throws {
         let header = DatagramHeader(
             flags: DatagramHeader.aes256GCMFlag, clusterID: 5, sender: ClusterMemberID(rawValue: 1), receiver: ClusterMemberID(rawValue: 2),
