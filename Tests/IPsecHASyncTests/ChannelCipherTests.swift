@@ -152,13 +152,17 @@ struct ChannelCipherTests {
         var sealer = DatagramSealer(key: key, cipher: cipher), opener = DatagramSealer(key: key, cipher: cipher)
         var random = SplitMix64(seed: 26)
         let payloads = [1_000, 10, 500, 0, 1_300, 1_300].map { count in (0..<count).map { _ in UInt8(truncatingIfNeeded: random.next()) } }
-        var held: [[UInt8]] = []
-        for (index, payload) in payloads.enumerated() {
+        /// Datagram `number` with `payload`, sealed, and its header as the receiver reads it.
+        func sealed(_ payload: [UInt8], number: UInt64) throws -> (datagram: [UInt8], claimed: DatagramHeader) {
             let header = DatagramHeader(
                 flags: 0, clusterID: 5, sender: ClusterMemberID(rawValue: 1), receiver: ClusterMemberID(rawValue: 2), epoch: 1,
-                senderIncarnation: sender, packetNumber: UInt64(index + 1), reliableSequence: UInt64(index + 1))
-            var datagram = try sealer.seal(header, payload: payload, receiverIncarnation: receiver)
-            let claimed = try DatagramHeader.read(datagram[0..<DatagramHeader.size])
+                senderIncarnation: sender, packetNumber: number, reliableSequence: number)
+            let datagram = try sealer.seal(header, payload: payload, receiverIncarnation: receiver)
+            return (datagram, try DatagramHeader.read(datagram[0..<DatagramHeader.size]))
+        }
+        var held: [[UInt8]] = []
+        for (index, payload) in payloads.enumerated() {
+            var (datagram, claimed) = try sealed(payload, number: UInt64(index + 1))
             let opened = try opener.open(datagram, claimed, receiverIncarnation: receiver)
             #expect(opened.payload == payload, "payload \(index + 1)")
             #expect(!opened.underPreviousKey)
@@ -172,11 +176,7 @@ struct ChannelCipherTests {
         // shorter, then longer.
         held.removeAll()
         for (number, payload) in [(100, payloads[1]), (101, payloads[4]), (102, payloads[2])] {
-            let header = DatagramHeader(
-                flags: 0, clusterID: 5, sender: ClusterMemberID(rawValue: 1), receiver: ClusterMemberID(rawValue: 2), epoch: 1,
-                senderIncarnation: sender, packetNumber: UInt64(number), reliableSequence: UInt64(number))
-            let datagram = try sealer.seal(header, payload: payload, receiverIncarnation: receiver)
-            let claimed = try DatagramHeader.read(datagram[0..<DatagramHeader.size])
+            let (datagram, claimed) = try sealed(payload, number: UInt64(number))
             let opened = try opener.open(datagram, claimed, receiverIncarnation: receiver).payload
             #expect(opened == payload, "datagram \(number)")
         }
