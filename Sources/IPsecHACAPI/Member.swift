@@ -17,7 +17,7 @@ public func ipsecha_config_init_size(_ config: UnsafeMutablePointer<ipsecha_conf
     guard size == MemoryLayout<ipsecha_config>.size || size == IPSECHA_CONFIG_SIZE_WITHOUT_CIPHER else {
         return IPSECHA_E_STRUCT_SIZE.rawValue
     }
-    // Byte by byte up to the caller's size: a caller built against a smaller header has
+    // No further than the caller's size: a caller built against a smaller header has
     // something else of its own (on its stack, as often as not) right after the structure.
     var value = defaultConfiguration()
     value.struct_size = UInt32(size)
