@@ -28,6 +28,11 @@ public struct UDPSyncTransport: SyncTransport, Sendable {
     /// default buffer, and the kernel dropped more datagrams than it delivered (the synch
     /// channel then repaired each loss).
     public static let receiveBufferBytes: Int32 = 4 << 20
+    /// What one read takes from the socket: any UDP payload. NIO's datagram channel reads into
+    /// 2,048 bytes unless told otherwise, and cut every longer datagram to that length (the
+    /// synch channel may be configured for datagrams up to ``maximumDatagramSize``; a cut one
+    /// never authenticates). NIO keeps the buffer and reuses it for the next read.
+    static let readBufferBytes = 65_536
 
     private let channel: any Channel
     private let peers: [ClusterMemberID: SocketAddress]
@@ -78,6 +83,7 @@ public struct UDPSyncTransport: SyncTransport, Sendable {
         let channel = try await DatagramBootstrap(group: group)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
             .channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBufferBytes))
+            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: readBufferBytes))
             .channelInitializer { channel in channel.pipeline.addHandler(inbox) }
             .bind(host: host, port: port).get()
         guard let local = channel.localAddress else { throw SyncTransportError.unreachable(member) }

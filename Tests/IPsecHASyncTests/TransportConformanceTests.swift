@@ -86,4 +86,31 @@ struct TransportConformanceTests {
         for transport in [a, b, stranger] { try await transport.close() }
         try await group.shutdownGracefully()
     }
+
+    /// Every size the transport carries arrives whole: the channel may be configured for
+    /// datagrams up to 65,507 bytes, and NIO's datagram channel reads into 2,048-byte buffers
+    /// unless told otherwise (a longer datagram came out cut, and never authenticated).
+    @Test func udpDatagramsOfEverySizeArriveWhole() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let (aID, bID) = (ClusterMemberID(rawValue: 1), ClusterMemberID(rawValue: 2))
+        let a = try await UDPSyncTransport.bind(member: aID, host: "127.0.0.1", port: 0, peers: [:], group: group)
+        let b = try await UDPSyncTransport.bind(member: bID, host: "127.0.0.1", port: 0, peers: [:], group: group)
+        var receiver = a.with(peers: [bID: b.localAddress])
+        var sender = b.with(peers: [aID: a.localAddress])
+        let now = Timestamp(nanoseconds: 1)
+        let sizes = [1, 1_400, 2_048, 2_049, 9_000, 32_768, UDPSyncTransport.maximumDatagramSize]
+        let sent = sizes.map { size in (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ size) } }
+        for datagram in sent { try sender.send(datagram, to: aID, now: now) }
+        var received: [[UInt8]] = []
+        for _ in 0..<400 where received.count < sent.count {
+            received += receiver.receive(now: now)
+            usleep(5_000)
+        }
+        #expect(received.map(\.count) == sizes)
+        let whole = received == sent
+        #expect(whole, "a datagram arrived changed")
+        #expect(receiver.dropped == 0 && receiver.refused == 0)
+        for transport in [a, b] { try await transport.close() }
+        try await group.shutdownGracefully()
+    }
 }
