@@ -41,6 +41,8 @@ struct MemberCommand: ParsableCommand {
     @Option(help: "The role epoch (default: from the monotonic clock; a low one plays a member whose machine rebooted).") var epoch: UInt32?
     @Option(help: "The synch channel's AEAD, the same on both members: chacha20-poly1305 or aes-256-gcm.", transform: parseCipher)
     var cipher = SyncChannelCipher.chacha20Poly1305
+    @Option(name: .customLong("datagram-size"), help: "The largest synch datagram, the same on both members: 512 to 65,507 bytes (above the link's MTU, IP fragments them).")
+    var datagramSize = 1_400
 
     static func address(_ text: String) throws -> (String, Int) {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]) else {
@@ -56,6 +58,7 @@ struct MemberCommand: ParsableCommand {
         let member = ClusterMemberID(rawValue: id)
         let parts = peer.split(separator: "=", maxSplits: 1)
         guard parts.count == 2, let peerRaw = UInt16(parts[0]) else { throw ValidationError("--peer expects id=host:port") }
+        guard (512...UDPSyncTransport.maximumDatagramSize).contains(datagramSize) else { throw ValidationError("--datagram-size must be 512 to 65,507") }
         let peerID = ClusterMemberID(rawValue: peerRaw)
         let (peerHost, peerPort) = try Self.address(String(parts[1]))
         let (host, port) = try Self.address(listen)
@@ -71,6 +74,7 @@ struct MemberCommand: ParsableCommand {
         var channel = SyncChannelConfiguration(clusterID: 1, member: member, epoch: epoch, key: try ChannelKey(contentsOfFile: keyFile), peers: [peerID])
         channel.logger.logLevel = .error
         channel.cipher = cipher
+        channel.maximumDatagramSize = datagramSize
         var configuration = ClusterMemberConfiguration(channel: channel, activeMember: active ? member : peerID)
         configuration.checkpoints = CounterCheckpointPolicy(packets: 4_096, interval: .milliseconds(20))
         var cluster = try ClusterMember(configuration: configuration)

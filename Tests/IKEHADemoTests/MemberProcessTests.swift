@@ -18,14 +18,19 @@ extension RunningProcess {
 @Suite("Two member processes over UDP on loopback")
 struct MemberProcessTests {
     /// A key file (mode 600, removed by the caller), a standby and an active member with 100
-    /// IKE SAs on loopback ports from `base`.
-    static func startPair(base: Int) throws -> (keyPath: String, standby: MemberProcess, active: MemberProcess) {
+    /// IKE SAs on loopback ports from `base`, both given `extra`.
+    static func startPair(base: Int, extra: [String] = []) throws -> (keyPath: String, standby: MemberProcess, active: MemberProcess) {
         let keyPath = try keyFile(base: base)
-        return (keyPath, try standby(base: base, keyPath: keyPath), try MemberProcess([
+        return (keyPath, try standby(base: base, keyPath: keyPath, extra: extra), try MemberProcess([
             "--id", "1", "--listen", "127.0.0.1:\(base)", "--peer", "2=127.0.0.1:\(base + 1)", "--key-file", keyPath, "--active",
             "--ike-sas", "100", "--duration-ms", "30000", "--status-interval-ms", "200",
-        ]))
+        ] + extra))
     }
+
+    /// A loopback port base of its own for each test (`slot` 0 to 3) in this process: below
+    /// Linux's ephemeral range (32768-60999 by default), which other tests' sockets bound to
+    /// port 0 draw from while these run.
+    static func portBase(slot: Int) -> Int { 10_000 + slot * 2_000 + Int(getpid() % 1_000) * 2 }
 
     static func standby(base: Int, keyPath: String, extra: [String] = []) throws -> MemberProcess {
         try MemberProcess([
@@ -44,7 +49,7 @@ struct MemberProcessTests {
     }
 
     @Test func theStandbyTakesOverWhenTheActiveIsKilled() throws {
-        let (keyPath, standby, active) = try Self.startPair(base: 41_000 + Int(getpid() % 5_000) * 2)
+        let (keyPath, standby, active) = try Self.startPair(base: Self.portBase(slot: 0))
         defer { try? FileManager.default.removeItem(atPath: keyPath) }
         defer { standby.kill() }
         defer { active.kill() }
@@ -81,7 +86,7 @@ struct MemberProcessTests {
     /// The active member said "standby=current" for a standby that had exited, and kept
     /// retransmitting to it; it says "silent" once four heartbeats went unanswered.
     @Test func theActiveMemberSaysWhenItsStandbyFellSilent() throws {
-        let (keyPath, standby, active) = try Self.startPair(base: 51_000 + Int(getpid() % 5_000) * 2)
+        let (keyPath, standby, active) = try Self.startPair(base: Self.portBase(slot: 1))
         defer { try? FileManager.default.removeItem(atPath: keyPath) }
         defer { active.kill() }
         _ = try #require(standby.waitForLine(seconds: 20) { $0.hasPrefix("ready") }, "the standby became ready")
@@ -98,7 +103,7 @@ struct MemberProcessTests {
     /// below the old one's, as a monotonic clock after a reboot) and it must rejoin within
     /// seconds. It stayed joining forever, the active member refusing its every datagram.
     @Test func aStandbyRestartedWithALowEpochRejoinsWithinSeconds() throws {
-        let base = 31_000 + Int(getpid() % 5_000) * 2
+        let base = Self.portBase(slot: 2)
         let keyPath = try Self.keyFile(base: base)
         defer { try? FileManager.default.removeItem(atPath: keyPath) }
         let first = try Self.standby(base: base, keyPath: keyPath, extra: ["--epoch", "4000000001"])
@@ -113,5 +118,24 @@ struct MemberProcessTests {
         defer { restarted.kill() }
         let ready = restarted.waitForLine(seconds: 5) { $0.hasPrefix("ready") }
         #expect(ready?.hasPrefix("ready ike_sas=100 child_sas=200 resync_ms=") == true, "\(restarted.errorLines.suffix(3))")
+    }
+
+    /// Members configured for datagrams above 2,048 bytes (jumbo frames on the synch link)
+    /// resync over UDP: the transport read at most 2,048 bytes of a datagram, so every larger
+    /// one arrived cut, never authenticated, and the standby never became ready.
+    @Test func membersConfiguredForJumboDatagramsResync() throws {
+        let (keyPath, standby, active) = try Self.startPair(base: Self.portBase(slot: 3), extra: ["--datagram-size", "9000"])
+        defer { try? FileManager.default.removeItem(atPath: keyPath) }
+        defer { standby.kill() }
+        defer { active.kill() }
+        let ready = standby.waitForLine(seconds: 20) { $0.hasPrefix("ready") }
+        #expect(ready?.hasPrefix("ready ike_sas=100 child_sas=200 resync_ms=") == true, "\(standby.errorLines.suffix(3))")
+        // A size UDP cannot carry, or below what a record needs, is refused before any socket.
+        for size in ["511", "65508"] {
+            let (status, output) = try Harness.run(
+                Harness.executable("ikeha-demo"),
+                ["member", "--id", "2", "--listen", "127.0.0.1:0", "--peer", "1=127.0.0.1:1", "--key-file", keyPath, "--datagram-size", size])
+            #expect(status != 0 && output.contains("--datagram-size must be 512 to 65,507"), "\(size): \(output)")
+        }
     }
 }

@@ -69,6 +69,8 @@ struct GatewayCommand: ParsableCommand {
     @Option(name: .customLong("sync-key-file"), help: "The cluster key: a file of 32 bytes, mode 600, owned by this user.") var syncKeyFile: String
     @Option(name: .customLong("sync-cipher"), help: "The synch channel's AEAD, the same on every member: chacha20-poly1305 or aes-256-gcm.")
     var syncCipher = "chacha20-poly1305"
+    @Option(name: .customLong("sync-datagram-size"), help: "The largest synch datagram, the same on every member: 512 to 65,507 bytes; above 1,400 only on a link whose MTU carries it (jumbo frames), or IP fragments it.")
+    var syncDatagramSize = 1_400
     @Option(name: .customLong("checkpoint-packets"), help: "Checkpoint a Child SA's counters every this many packets.") var checkpointPackets: UInt64 = 64
     @Option(name: .customLong("checkpoint-ms"), help: "...or every this many milliseconds, whichever comes first.") var checkpointMs: UInt64 = 20
     @Option(name: .customLong("takeover-minimum-advance"), help: "The least a takeover moves counters and windows (default: --checkpoint-packets).") var takeoverMinimumAdvance: UInt64?

@@ -155,6 +155,10 @@ struct ReferenceGateway {
             throw GatewayError.configuration("--sync-cipher must be chacha20-poly1305 or aes-256-gcm")
         }
         channelConfiguration.cipher = cipher
+        guard (512...UDPSyncTransport.maximumDatagramSize).contains(options.syncDatagramSize) else {
+            throw GatewayError.configuration("--sync-datagram-size must be 512 to 65,507")
+        }
+        channelConfiguration.maximumDatagramSize = options.syncDatagramSize
         channelConfiguration.logger = Logger(label: "sync")
         channelConfiguration.logger.logLevel = .warning
         var memberConfiguration = ClusterMemberConfiguration(channel: channelConfiguration, activeMember: options.active ? member : peers[0])
