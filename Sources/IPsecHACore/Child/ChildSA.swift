@@ -42,6 +42,10 @@ public struct ChildSAKeys: Sendable, Equatable {
 /// compared by its size, ESN flag and checkpoint (its top), not by the bitmap below the top,
 /// which stays on the member that receives the traffic.
 public struct ChildSA: Sendable, Equatable {
+    // Swift lays stored properties out in declaration order. First, within the first 120 bytes,
+    // what the takeover plan, counter checkpoints and the packet path read: a standby's plan
+    // streams through every Child SA, and at a million IKE SAs that is bound by the memory
+    // read, so the fields it needs share two or three cache lines instead of four or five.
     /// The SPI peers put in packets to this gateway (chosen here; the SAD's key).
     public let inboundSPI: UInt32
     /// The SPI this gateway puts in packets to the peer (chosen by the peer).
@@ -50,18 +54,12 @@ public struct ChildSA: Sendable, Equatable {
     public var ipsecProtocol: IPsecProtocol
     /// Tunnel or transport.
     public var mode: IPsecMode
-    /// Selectors of this side's traffic.
-    public var localSelectors: [TrafficSelector]
-    /// Selectors of the peer's traffic.
-    public var remoteSelectors: [TrafficSelector]
-    /// Negotiated algorithms.
-    public var transforms: ChildSATransforms
-    /// Keys that protect traffic to this gateway.
-    public var inboundKeys: ChildSAKeys
-    /// Keys that protect traffic to the peer.
-    public var outboundKeys: ChildSAKeys
-    // The fields every packet and every checkpoint touch, kept together so that they share
-    // one or two cache lines (Swift lays stored properties out in declaration order).
+    /// The cluster member that sends on this SA.
+    public var owner: ClusterMemberID
+    /// The request ID linking the SA to the policy that asked for it (as PF_KEY / XFRM do).
+    public var requestID: UInt32
+    /// The IKE SA that created (or last rekeyed) this Child SA.
+    public var parent: IKESAIdentifier
     /// Bumped on every replicated change; a replica never applies an older one. ``GatewayState``
     /// sets it on every change it makes; decoders of replicated records set it from the wire.
     public var generation: UInt64
@@ -69,16 +67,20 @@ public struct ChildSA: Sendable, Equatable {
     public var outboundCounter: OutboundSequenceCounter
     /// The inbound anti-replay window.
     public var inboundWindow: ReplayWindow
-    /// Soft and hard lifetimes and the traffic counted so far.
+    /// Soft and hard lifetimes and the traffic counted so far (the traffic first).
     public var lifetime: ChildSALifetime
-    /// The request ID linking the SA to the policy that asked for it (as PF_KEY / XFRM do).
-    public var requestID: UInt32
     /// The SPD entry the SA serves, if any.
     public var policy: SecurityPolicyID?
-    /// The IKE SA that created (or last rekeyed) this Child SA.
-    public var parent: IKESAIdentifier
-    /// The cluster member that sends on this SA.
-    public var owner: ClusterMemberID
+    /// Negotiated algorithms.
+    public var transforms: ChildSATransforms
+    /// Selectors of this side's traffic.
+    public var localSelectors: [TrafficSelector]
+    /// Selectors of the peer's traffic.
+    public var remoteSelectors: [TrafficSelector]
+    /// Keys that protect traffic to this gateway.
+    public var inboundKeys: ChildSAKeys
+    /// Keys that protect traffic to the peer.
+    public var outboundKeys: ChildSAKeys
 
     /// Whether the pair uses Extended Sequence Numbers (both directions do, or neither).
     public var extendedSequenceNumbers: Bool { outboundCounter.extendedSequenceNumbers }
