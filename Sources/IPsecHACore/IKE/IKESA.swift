@@ -206,12 +206,32 @@ public struct IKEExtensions: Sendable, Hashable, Codable {
 /// An IKE SA (RFC 7296): who talks to whom, with which keys, at which message IDs, and which
 /// Child SAs it governs. The window sizes of both directions are in ``messageIDs``.
 public struct IKESA: Sendable, Equatable {
+    // Swift lays stored properties out in declaration order. First, within the first 120 bytes,
+    // what the takeover plan reads of every IKE SA (twice): at a million IKE SAs it is bound by
+    // the memory it streams through (as for ``ChildSA``).
     /// The SPI pair naming the SA.
     public let identifier: IKESAIdentifier
+    /// RFC 6311 support and ESN for the children.
+    public var extensions: IKEExtensions
     /// Whether this gateway was the original initiator (sets the I flag, picks SK_ei vs SK_er).
     public var isOriginalInitiator: Bool
     /// Lifecycle state.
     public var state: IKESAState
+    /// The cluster member that runs the IKE SA.
+    public var owner: ClusterMemberID
+    /// Message-ID windows of both directions.
+    public var messageIDs: IKEMessageIDWindows
+    /// The IKE SA this one replaced by a rekey (RFC 7296 section 2.18), set by
+    /// ``GatewayState/rekeyIKESA(_:to:)``. While that one still exists and the peer has not
+    /// used this one, the peer may never have seen the rekey's answer: a member that takes
+    /// over probes this IKE SA (``IKESATakeover/unconfirmedRekey``) and, without an answer,
+    /// moves the Child SAs back (``GatewayState/undoIKESARekey(_:)``).
+    public var rekeyedFrom: IKESAIdentifier?
+    /// Inbound SPIs of the Child SAs this IKE SA governs, ascending. Kept by ``GatewayState``.
+    public internal(set) var childSAs: [UInt32]
+    /// Bumped on every replicated change; a replica never applies an older one. ``GatewayState``
+    /// sets it on every change it makes; decoders of replicated records set it from the wire.
+    public var generation: UInt64
     /// This gateway's endpoint.
     public var local: Endpoint
     /// The peer's endpoint.
@@ -222,23 +242,6 @@ public struct IKESA: Sendable, Equatable {
     public var keys: IKEKeys
     /// Rekey and reauthentication deadlines.
     public var lifetime: IKESALifetime
-    /// Message-ID windows of both directions.
-    public var messageIDs: IKEMessageIDWindows
-    /// RFC 6311 support and ESN for the children.
-    public var extensions: IKEExtensions
-    /// Inbound SPIs of the Child SAs this IKE SA governs, ascending. Kept by ``GatewayState``.
-    public internal(set) var childSAs: [UInt32]
-    /// The cluster member that runs the IKE SA.
-    public var owner: ClusterMemberID
-    /// The IKE SA this one replaced by a rekey (RFC 7296 section 2.18), set by
-    /// ``GatewayState/rekeyIKESA(_:to:)``. While that one still exists and the peer has not
-    /// used this one, the peer may never have seen the rekey's answer: a member that takes
-    /// over probes this IKE SA (``IKESATakeover/unconfirmedRekey``) and, without an answer,
-    /// moves the Child SAs back (``GatewayState/undoIKESARekey(_:)``).
-    public var rekeyedFrom: IKESAIdentifier?
-    /// Bumped on every replicated change; a replica never applies an older one. ``GatewayState``
-    /// sets it on every change it makes; decoders of replicated records set it from the wire.
-    public var generation: UInt64
 
     /// An IKE SA. Throws when the initiator SPI is 0.
     public init(
