@@ -120,11 +120,14 @@ public struct UDPSyncTransport: SyncTransport, Sendable {
 
     public mutating func receive(now: Timestamp) -> [[UInt8]] {
         inbox.state.withLockedValue { state in
-            defer {
-                state.datagrams.removeAll(keepingCapacity: true)
-                state.bytes = 0
-            }
-            return state.datagrams
+            guard !state.datagrams.isEmpty else { return [] }
+            // Taken whole, the inbox starting afresh: emptying it while the caller still held
+            // its buffer allocated a new one of the same capacity at every call, with datagrams
+            // or without.
+            var taken: [[UInt8]] = []
+            swap(&taken, &state.datagrams)
+            state.bytes = 0
+            return taken
         }
     }
 
