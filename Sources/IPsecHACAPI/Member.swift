@@ -30,10 +30,9 @@ public func ipsecha_config_init(_ config: UnsafeMutablePointer<ipsecha_config>?)
     _ = ipsecha_config_init_size(config, Int(IPSECHA_CONFIG_SIZE_WITHOUT_CIPHER))
 }
 
-/// `ipsecha_config`'s defaults, as the header documents them.
+/// `ipsecha_config`'s defaults, as the header documents them (`struct_size` is the caller's).
 private func defaultConfiguration() -> ipsecha_config {
     var value = ipsecha_config()
-    value.struct_size = structSize(ipsecha_config.self)
     value.epoch = 1
     value.data_plane = IPSECHA_DATA_PLANE_USERSPACE.rawValue
     value.checkpoint_interval_ns = 50_000_000
@@ -98,7 +97,7 @@ func memberConfiguration(_ config: ipsecha_config) throws(CAPIFailure) -> (Clust
     guard config.release_deadline_ns <= longestInterval else { throw invalid("release_deadline_ns is over an hour") }
     guard config.checkpoint_packets >= 1 else { throw invalid("checkpoint_packets must be at least 1") }
     guard (1...1_000).contains(config.miss_count) else { throw invalid("miss_count must be 1 to 1,000") }
-    guard (512...65_507).contains(config.maximum_datagram_size) else { throw invalid("maximum_datagram_size must be 512 to 65,507") }
+    guard SyncChannelConfiguration.supportedDatagramSizes.contains(Int(config.maximum_datagram_size)) else { throw invalid("maximum_datagram_size must be 512 to 65,507") }
     let lastResort = config.last_resort_takeover_ns == 0 ? defaultLastResortTakeover : config.last_resort_takeover_ns
     guard lastResort == IPSECHA_LAST_RESORT_NEVER || (1_000_000...longestInterval).contains(lastResort) else {
         throw invalid("last_resort_takeover_ns must be 1 ms to 1 hour or IPSECHA_LAST_RESORT_NEVER, not \(lastResort)")

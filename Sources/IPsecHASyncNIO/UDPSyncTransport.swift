@@ -15,7 +15,7 @@ public struct UDPSyncTransport: SyncTransport, Sendable {
     /// The address the socket is bound to (with the port the system chose for port 0).
     public let localAddress: SocketAddress
     /// The largest datagram carried (the channel's default is 1,400 bytes).
-    public static let maximumDatagramSize = 65_507
+    public static let maximumDatagramSize = SyncChannelConfiguration.supportedDatagramSizes.upperBound
     /// Datagrams held for ``receive(now:)`` at most; more are dropped (and counted).
     public static let queueLimit = 65_536
     /// Bytes held for ``receive(now:)`` at most (16 MiB): 65,536 datagrams of 64 KiB would be

@@ -58,7 +58,7 @@ struct MemberCommand: ParsableCommand {
         let member = ClusterMemberID(rawValue: id)
         let parts = peer.split(separator: "=", maxSplits: 1)
         guard parts.count == 2, let peerRaw = UInt16(parts[0]) else { throw ValidationError("--peer expects id=host:port") }
-        guard (512...UDPSyncTransport.maximumDatagramSize).contains(datagramSize) else { throw ValidationError("--datagram-size must be 512 to 65,507") }
+        guard SyncChannelConfiguration.supportedDatagramSizes.contains(datagramSize) else { throw ValidationError("--datagram-size must be 512 to 65,507") }
         let peerID = ClusterMemberID(rawValue: peerRaw)
         let (peerHost, peerPort) = try Self.address(String(parts[1]))
         let (host, port) = try Self.address(listen)

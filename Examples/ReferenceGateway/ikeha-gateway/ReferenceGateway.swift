@@ -155,7 +155,7 @@ struct ReferenceGateway {
             throw GatewayError.configuration("--sync-cipher must be chacha20-poly1305 or aes-256-gcm")
         }
         channelConfiguration.cipher = cipher
-        guard (512...UDPSyncTransport.maximumDatagramSize).contains(options.syncDatagramSize) else {
+        guard SyncChannelConfiguration.supportedDatagramSizes.contains(options.syncDatagramSize) else {
             throw GatewayError.configuration("--sync-datagram-size must be 512 to 65,507")
         }
         channelConfiguration.maximumDatagramSize = options.syncDatagramSize

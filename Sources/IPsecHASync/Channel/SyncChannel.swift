@@ -31,6 +31,10 @@ public struct SyncChannelConfiguration: Sendable {
     public var peers: [ClusterMemberID]
     /// Largest datagram sent or accepted (default 1,400 bytes, below common MTUs).
     public var maximumDatagramSize: Int = 1_400
+    /// The ``maximumDatagramSize``s the package's front ends accept (the C API, ikeha-gateway,
+    /// `ikeha-demo member`): room for any record at the bottom, what UDP over IPv4 carries at
+    /// the top.
+    public static let supportedDatagramSizes = 512...65_507
     /// Heartbeat interval (default 50 ms).
     public var heartbeatInterval: Duration {
         get { .nanoseconds(Int64(clamping: heartbeatIntervalNanoseconds)) }
