@@ -238,8 +238,8 @@ struct ReplayWindowCore: Sendable {
     @inlinable @inline(__always)
     mutating func commit(_ sequenceNumber: UInt64, in words: ReplayRingWords) throws(ReplayWindowRejection) {
         if sequenceNumber > top {
-            guard _fastPath(sequenceNumber <= UInt64(UInt32.max) || extendedSequenceNumbers) else {
-                throw .beyondSequenceSpace
+            if _slowPath(sequenceNumber &>> 32 != 0) {
+                guard extendedSequenceNumbers else { throw .beyondSequenceSpace }
             }
             // In order, a new block starts once every 64 packets.
             if _slowPath((sequenceNumber ^ top) > 63) {
