@@ -57,7 +57,23 @@ public struct SimulatedKernelDataPlane: ClusterDataPlane {
         sas[spi] = sa
     }
 
+    /// Whether ``stopServingForHandover(_:)`` refuses (it then serves on), as a kernel that
+    /// refuses to delete an SA would.
+    public var refusesHandover = false
+
     public mutating func observedCounters(of state: GatewayState, now: Timestamp) throws(DataPlaneError) -> [ChildSACounterCheckpoint] {
+        counters
+    }
+
+    /// Stops at once and reports the counters it ended with (unless ``refusesHandover``).
+    public mutating func stopServingForHandover(_ state: GatewayState) throws(DataPlaneError) -> [ChildSACounterCheckpoint] {
+        guard !refusesHandover else { throw DataPlaneError("refused, as asked") }
+        isServing = false
+        return counters
+    }
+
+    /// Every SA's counters, by inbound SPI.
+    private var counters: [ChildSACounterCheckpoint] {
         sas.keys.sorted().map { spi in
             let sa = sas[spi]!
             return ChildSACounterCheckpoint(

@@ -262,3 +262,49 @@ public struct XFRMAsyncEvent: Sendable, Hashable {
         }
     }
 }
+
+extension XFRMAsyncEvent {
+    /// `XFRMA_SA`: the SA whole (`struct xfrm_usersa_info`) inside a deletion notice.
+    public static let saAttribute: UInt16 = 6
+    /// `struct xfrm_usersa_id`'s size: a deletion notice starts with it.
+    public static let deletionNoticeHeaderSize = 24
+
+    /// Decodes the kernel's notice that an SA was deleted (`XFRM_MSG_DELSA` on the
+    /// `XFRMNLGRP_SA` group: `struct xfrm_usersa_id`, then `XFRMA_SA` with the SA as the
+    /// deletion left it, then its replay state among its other attributes) as the counters it
+    /// held: its sequence numbers and window, and its lifetime counters. The kernel builds the
+    /// notice after the SA stopped numbering packets, so these are its last counters.
+    /// Attributes it does not use (the key among them) are skipped; a notice without `XFRMA_SA`,
+    /// or whose `XFRMA_SA` names another SA, is refused.
+    public init(deletionNotice payload: ArraySlice<UInt8>) throws(XFRMCodecError) {
+        var reader = NetlinkReader(payload, what: "xfrm_usersa_id")
+        guard reader.remaining >= Self.deletionNoticeHeaderSize else {
+            throw .truncated("xfrm_usersa_id", need: Self.deletionNoticeHeaderSize, have: reader.remaining)
+        }
+        let destination = XFRMAddress(bytes: Array(try reader.take(16)))!
+        let spi = try reader.bigEndian32()
+        let family = try reader.u16()
+        let ipsecProtocol = try reader.u8()
+        let sa = XFRMSAIdentifier(destination: destination, spi: spi, family: family, ipsecProtocol: ipsecProtocol)
+        var whole: XFRMState?
+        var replay: XFRMReplayState?
+        for attribute in try Netlink.attributes(in: payload[(payload.startIndex + Self.deletionNoticeHeaderSize)...]) {
+            switch attribute.type {
+            case Self.saAttribute:
+                guard attribute.payload.count == XFRMState.fixedSize else { throw .invalidLength("XFRMA_SA", length: attribute.payload.count) }
+                whole = try XFRMState(payload: attribute.payload[...])
+            case Attribute.replayValue:
+                guard attribute.payload.count == 12 else { throw .invalidLength("XFRMA_REPLAY_VAL", length: attribute.payload.count) }
+                var value = NetlinkReader(attribute.payload[...], what: "XFRMA_REPLAY_VAL")
+                replay = .legacy(outboundLastSent: try value.u32(), inboundTop: try value.u32(), bitmap: try value.u32())
+            case Attribute.extendedReplayValue:
+                replay = .extended(try XFRMExtendedReplayState(attribute: attribute.payload))
+            default:
+                continue
+            }
+        }
+        guard let whole else { throw .truncated("XFRMA_SA", need: XFRMState.fixedSize, have: 0) }
+        guard whole.sa == sa else { throw .invalidValue("XFRMA_SA of another SA than the notice's, SPI", UInt64(whole.sa.spi)) }
+        self.init(sa: sa, source: whole.source, flags: [.replayValues, .lifetimeValues], requestID: whole.requestID, replay: replay, lifetime: whole.current)
+    }
+}

@@ -15,6 +15,8 @@ private struct NetlinkSocketAddress {
 public final class XFRMSocket {
     /// `XFRMNLGRP_AEVENTS`: the kernel's counter events (replay and timer thresholds).
     public static let asyncEventsGroup: UInt32 = 5
+    /// `XFRMNLGRP_SA`: notices of SAs added, changed and deleted.
+    static let saGroup: UInt32 = 3
 
     private let descriptor: Int32
     private var sequence: UInt32 = 0
@@ -80,6 +82,46 @@ public final class XFRMSocket {
         _ = try exchange(sa.encodeDeletion(sequence: nextSequence()), expecting: nil)
     }
 
+    /// Deletes the SA `sa` (DELSA) and returns its counters as the deletion left them: read from
+    /// the kernel's notice of the deletion (``XFRMAsyncEvent/init(deletionNotice:)``), which
+    /// this socket receives by joining `XFRMNLGRP_SA` for the call. No packet can move them
+    /// after the notice: the kernel numbers an outbound packet only under the SA's lock and
+    /// only while the SA is alive. `ESRCH` when there is no such SA.
+    public func deleteReportingCounters(_ sa: XFRMSAIdentifier) throws(XFRMCodecError) -> XFRMAsyncEvent {
+        try setMembership(Self.saGroup, joined: true)
+        defer { try? setMembership(Self.saGroup, joined: false) }
+        let request = sa.encodeDeletion(sequence: nextSequence())
+        let sent = request.withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, 0) }
+        guard sent == request.count else { throw .kernelRefused(errno: errno) }
+        let requestSequence = sequence
+        var notice: XFRMAsyncEvent?
+        var acknowledged = false
+        // The notice goes out while the kernel handles the request, the acknowledgement after
+        // it; other members of the group (the IKE stack deleting its own SAs) may come between.
+        for _ in 0..<1_000 {
+            guard var datagram = try receive(wait: true) else { throw .kernelRefused(errno: ETIMEDOUT) }
+            // The notice carries the SA's key: gone once read.
+            defer { datagram.withUnsafeMutableBytes { _ = $0.initializeMemory(as: UInt8.self, repeating: 0) } }
+            for message in try Netlink.messages(in: datagram) {
+                if message.header.type == .newAsyncEvent, message.header.sequence != requestSequence {
+                    queuedEvents.append(try XFRMAsyncEvent(payload: message.payload))
+                    continue
+                }
+                guard message.header.sequence == requestSequence else { continue }
+                if message.header.type == .error {
+                    let code = try Netlink.errorCode(in: message.payload)
+                    guard code == 0 else { throw .kernelRefused(errno: code) }
+                    acknowledged = true
+                } else if message.header.type == .deleteSA {
+                    let event = try XFRMAsyncEvent(deletionNotice: message.payload)
+                    if event.sa == sa { notice = event }
+                }
+            }
+            if acknowledged, let notice { return notice }
+        }
+        throw .kernelRefused(errno: ETIMEDOUT)
+    }
+
     /// Deletes the policy with `selector` and `direction` (DELPOLICY); `ENOENT` when there is none.
     public func deletePolicy(selector: XFRMSelector, direction: XFRMPolicyDirection) throws(XFRMCodecError) {
         _ = try exchange(XFRMPolicy.encodeDeletion(selector: selector, direction: direction, sequence: nextSequence()), expecting: nil)
@@ -99,6 +141,14 @@ public final class XFRMSocket {
     }
 
     // MARK: Internals
+
+    /// Joins or leaves a multicast group (`NETLINK_ADD_MEMBERSHIP` / `NETLINK_DROP_MEMBERSHIP`).
+    private func setMembership(_ group: UInt32, joined: Bool) throws(XFRMCodecError) {
+        var value = group
+        // SOL_NETLINK, NETLINK_ADD_MEMBERSHIP and NETLINK_DROP_MEMBERSHIP (linux/netlink.h).
+        let done = setsockopt(descriptor, 270, joined ? 1 : 2, &value, socklen_t(MemoryLayout<UInt32>.size))
+        guard done == 0 else { throw .kernelRefused(errno: errno) }
+    }
 
     private func nextSequence() -> UInt32 {
         sequence &+= 1
@@ -140,7 +190,13 @@ public final class XFRMSocket {
         var buffer = [UInt8](repeating: 0, count: 65_536)
         while true {
             let count = buffer.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, wait ? 0 : Int32(MSG_DONTWAIT)) }
-            if count >= 0 { return Array(buffer.prefix(count)) }
+            if count >= 0 {
+                defer {
+                    // A deletion notice carries the SA's key: no copy of it stays behind.
+                    buffer.withUnsafeMutableBytes { _ = $0.prefix(count).initializeMemory(as: UInt8.self, repeating: 0) }
+                }
+                return Array(buffer.prefix(count))
+            }
             switch errno {
             case EINTR: continue
             case ENOBUFS: eventOverruns += 1

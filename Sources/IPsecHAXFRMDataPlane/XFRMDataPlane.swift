@@ -20,12 +20,29 @@ public protocol XFRMKernel {
     mutating func install(_ policy: XFRMPolicy) throws(XFRMCodecError)
     /// Deletes an SA (DELSA).
     mutating func delete(_ sa: XFRMSAIdentifier) throws(XFRMCodecError)
+    /// Deletes an SA and returns its counters as the deletion left them (for a planned
+    /// switchover: nothing may move them afterwards). `XFRMSocket` reads them from the kernel's
+    /// notice of the deletion; the default reads them just before (GETAE, then DELSA), which
+    /// is exact only for an SA no packet uses meanwhile.
+    mutating func deleteReportingCounters(_ sa: XFRMSAIdentifier, source: XFRMAddress) throws(XFRMCodecError) -> XFRMAsyncEvent
     /// Deletes a policy (DELPOLICY).
     mutating func deletePolicy(selector: XFRMSelector, direction: XFRMPolicyDirection) throws(XFRMCodecError)
 }
 
+extension XFRMKernel {
+    public mutating func deleteReportingCounters(_ sa: XFRMSAIdentifier, source: XFRMAddress) throws(XFRMCodecError) -> XFRMAsyncEvent {
+        let last = try asyncEvent(of: sa, source: source)
+        try delete(sa)
+        return last
+    }
+}
+
 #if canImport(Glibc)
-extension XFRMSocket: XFRMKernel {}
+extension XFRMSocket: XFRMKernel {
+    public func deleteReportingCounters(_ sa: XFRMSAIdentifier, source: XFRMAddress) throws(XFRMCodecError) -> XFRMAsyncEvent {
+        try deleteReportingCounters(sa)
+    }
+}
 #endif
 
 extension XFRMSelector {
@@ -104,6 +121,15 @@ public struct XFRMDataPlaneConfiguration: Sendable, Hashable {
     public var installsChildSAs = false
     /// The priority of the policies it installs (lower wins in the kernel).
     public var policyPriority: UInt32 = 1_000
+    /// Packets a planned switchover adds to each inbound window's top
+    /// (``XFRMDataPlane/stopServingForHandover(_:)``): the kernel checks that an SA is alive
+    /// before it decrypts a packet, not after, so a packet under decryption when the SA was
+    /// deleted can still move the deleted SA's window past what the kernel reported. One SA's
+    /// packets share their outer addresses and SPI, so one CPU usually handles them: a few
+    /// cover it. What it costs: the peer's packets numbered within it that reach the new
+    /// active member are dropped, and those the peer sends until the cluster address moved
+    /// are lost anyway.
+    public var handoverInboundMargin: UInt64 = 8
 
     public init() {}
 
@@ -292,6 +318,61 @@ public struct XFRMDataPlane<Kernel: XFRMKernel>: ClusterDataPlane {
     /// Nothing to stop in the kernel: the cluster address moves away, and the SAs stay for the
     /// next takeover (their counters are rewritten then).
     public mutating func stopServing() {}
+
+    /// A planned switchover's stop (``XFRMDataPlaneConfiguration/installsChildSAs`` only: the
+    /// SAs are this data plane's to delete): deletes both kernel SAs of every Child SA,
+    /// outbound first, and returns their counters as the deletions left them
+    /// (``XFRMKernel/deleteReportingCounters(_:source:)``), each inbound top raised by
+    /// ``XFRMDataPlaneConfiguration/handoverInboundMargin``. The policies stay: with no SA
+    /// behind them the kernel drops what they match, nothing leaves in clear, until the
+    /// cluster address has moved. A Child SA whose kernel SAs are gone already keeps the
+    /// counters `state` holds. If the kernel refuses a deletion, the SAs deleted so far are
+    /// installed again with the counters they ended with, and this throws: the member serves on.
+    public mutating func stopServingForHandover(_ state: GatewayState) throws(DataPlaneError) -> [ChildSACounterCheckpoint] {
+        guard configuration.installsChildSAs else {
+            throw DataPlaneError("the IKE stack owns the kernel SAs (installsChildSAs is off): they cannot be stopped for a switchover here")
+        }
+        var handedOver: [ChildSACounterCheckpoint] = []
+        for child in state.childSAs {
+            guard let sas = Self.kernelSAs(of: child, in: state) else { continue }
+            var outbound: XFRMAsyncEvent?
+            var inbound: XFRMAsyncEvent?
+            do {
+                outbound = try deleteReportingCounters(sas.outbound, source: sas.local)
+                inbound = try deleteReportingCounters(sas.inbound, source: sas.remote)
+            } catch {
+                restore(handedOver + [Self.checkpoint(of: child, inbound: inbound, outbound: outbound)], in: state)
+                throw DataPlaneError("deleting the kernel SAs of Child SA \(child.inboundSPI) for a switchover: \(error); serving on")
+            }
+            var checkpoint = Self.checkpoint(of: child, inbound: inbound, outbound: outbound)
+            if inbound?.replay != nil {
+                let top = checkpoint.inbound.highestAuthenticatedSequenceNumber
+                let last: UInt64 = child.extendedSequenceNumbers ? .max : UInt64(UInt32.max)
+                checkpoint.inbound.highestAuthenticatedSequenceNumber = top > last &- configuration.handoverInboundMargin ? last : top &+ configuration.handoverInboundMargin
+            }
+            handedOver.append(checkpoint)
+        }
+        return handedOver
+    }
+
+    /// DELSA reading the last counters; nil when the SA is gone already (ESRCH).
+    private mutating func deleteReportingCounters(_ sa: XFRMSAIdentifier, source: XFRMAddress) throws(XFRMCodecError) -> XFRMAsyncEvent? {
+        do {
+            return try kernel.deleteReportingCounters(sa, source: source)
+        } catch where error.kernelErrno == 3 /* ESRCH */ {
+            return nil
+        }
+    }
+
+    /// After a refused switchover: the Child SAs of `checkpoints` installed again with the
+    /// counters their deleted SAs ended with (a kernel SA still there stays as it is).
+    private mutating func restore(_ checkpoints: [ChildSACounterCheckpoint], in state: GatewayState) {
+        var restored = state
+        for checkpoint in checkpoints { try? restored.observeCounters(checkpoint) }
+        for checkpoint in checkpoints {
+            if let child = restored.childSA(inboundSPI: checkpoint.inboundSPI) { try? install(child, in: restored) }
+        }
+    }
 
     /// Makes the kernel hold what `state` holds (``XFRMDataPlaneConfiguration/installsChildSAs``
     /// only): Child SAs new since the last call installed with their policies, those gone

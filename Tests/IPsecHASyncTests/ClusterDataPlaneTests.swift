@@ -42,6 +42,65 @@ struct ClusterDataPlaneTests {
         #expect(kernels[1].send(spi: 0x8000, count: 1) == resumed.lastSent + 1)
     }
 
+    /// A planned switchover with a data plane that keeps its own counters: the data plane stops
+    /// first, and the counters it ended with, past the last checkpoint, travel with the
+    /// handover: the target resumes at the next number with no advance. (The plain
+    /// `switchOver(now:)` hands over the last checkpoint, below what the kernel had sent.)
+    @Test func aSwitchoverCarriesTheCountersTheDataPlaneEndedWith() throws {
+        var cluster = try EmbeddedCluster(seed: 25)
+        var kernels = [SimulatedKernelDataPlane(), SimulatedKernelDataPlane()]
+        try cluster.run(for: .milliseconds(300))
+        _ = try cluster.createSAs(ikeSPI: 62, childSPI: 0x8200, seed: 26)
+        try kernels[0].startServing(cluster.members[0].state)
+        _ = kernels[0].send(spi: 0x8200, count: 100)
+        kernels[0].receive(spi: 0x8200, sequenceNumber: 40)
+        try cluster.members[0].tick(now: cluster.now, dataPlane: &kernels[0])
+        cluster.drain(0)
+        try cluster.run(for: .milliseconds(50))
+        let sent = kernels[0].send(spi: 0x8200, count: 7)
+        let used = try #require(sent)
+        kernels[0].receive(spi: 0x8200, sequenceNumber: 45)
+        #expect(cluster.members[1].state.childSA(inboundSPI: 0x8200)?.outboundCounter.lastSent ?? 0 < used, "sent after the last checkpoint")
+        let before = cluster.events[1].count
+        try cluster.members[0].switchOver(dataPlane: &kernels[0], now: cluster.now)
+        #expect(!kernels[0].isServing && kernels[0].send(spi: 0x8200, count: 1) == nil, "the old kernel stopped before the handover")
+        cluster.drain(0)
+        try cluster.run(for: .milliseconds(50))
+        for action in cluster.events[1][before...] { try cluster.members[1].drive(&kernels[1], for: action) }
+        #expect(cluster.activeMembers == [1])
+        let plan = try #require(cluster.takeover(of: 1)).plan
+        #expect(plan.childSAs.allSatisfy { $0.advance == 0 }, "\(plan)")
+        let resumed = try #require(kernels[1].sas[0x8200])
+        #expect(resumed.lastSent == used && resumed.inboundTop == 45)
+        #expect(kernels[1].send(spi: 0x8200, count: 1) == used + 1, "the next number, never one the old kernel used")
+    }
+
+    /// A data plane that cannot stop refuses the switchover: it serves on, and so does the
+    /// member; so does one that keeps its own counters and does not say how to stop.
+    @Test func aDataPlaneThatCannotStopKeepsTheMemberActive() throws {
+        var cluster = try EmbeddedCluster(seed: 27)
+        var kernel = SimulatedKernelDataPlane()
+        try cluster.run(for: .milliseconds(300))
+        _ = try cluster.createSAs(ikeSPI: 63, childSPI: 0x8300, seed: 28)
+        try cluster.run(for: .milliseconds(50))
+        try kernel.startServing(cluster.members[0].state)
+        kernel.refusesHandover = true
+        #expect(throws: ClusterMemberError.dataPlane(DataPlaneError("refused, as asked"))) {
+            try cluster.members[0].switchOver(dataPlane: &kernel, now: cluster.now)
+        }
+        #expect(cluster.members[0].isActive && kernel.isServing)
+        struct Silent: ClusterDataPlane {
+            var counterKeeping: CounterKeeping { .dataPlane }
+            mutating func startServing(_ state: GatewayState) throws(DataPlaneError) {}
+            mutating func stopServing() {}
+        }
+        var silent = Silent()
+        #expect(throws: ClusterMemberError.self) { try cluster.members[0].switchOver(dataPlane: &silent, now: cluster.now) }
+        #expect(cluster.members[0].isActive)
+        try cluster.run(for: .milliseconds(300))
+        #expect(cluster.activeMembers == [0])
+    }
+
     /// A member that steps down stops its data plane; a standby reads no counters.
     @Test func aStepDownStopsTheDataPlaneAndAStandbyObservesNothing() throws {
         var cluster = try EmbeddedCluster(seed: 22)

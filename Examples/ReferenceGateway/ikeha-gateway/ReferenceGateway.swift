@@ -312,13 +312,16 @@ struct ReferenceGateway {
         }
         if signal == SIGTERM { stoppingSince = now }
         guard cluster.isActive, options.loadSharingSegments == nil else { return }
-        guard kernel == nil else {
-            // The kernel would go on sending between the last counters read and the step-down.
-            logger.warning("no planned switchover with --data-plane xfrm yet: the standby takes over as after a failure")
-            return
-        }
         do {
-            let target = try cluster.switchOver(now: now)
+            let target: ClusterMemberID
+            if var kernel {
+                // The kernel stops first (its SAs deleted, their last counters read from the
+                // deletion notices), or it would go on numbering packets after the handover.
+                defer { self.kernel = kernel }
+                target = try cluster.switchOver(dataPlane: &kernel, now: now)
+            } else {
+                target = try cluster.switchOver(now: now)
+            }
             switchedOver = (target, now)
             electableAfterSwitchoverUntil = now + Self.switchOverAcknowledgementLimit
             if fifo != nil { relayingTo = target }

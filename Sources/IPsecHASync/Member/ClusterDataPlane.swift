@@ -45,8 +45,24 @@ public protocol ClusterDataPlane {
 
     /// Stop sending and accepting on every Child SA: this member is a standby again.
     mutating func stopServing()
+
+    /// Stop sending and accepting on every Child SA for a planned switchover
+    /// (``ClusterMember/switchOver(to:dataPlane:now:)``), and return the counters of the Child
+    /// SAs of `state` as stopping left them: the member hands them over exactly, so nothing
+    /// may move them afterwards (a data plane that keeps its own counters stops numbering
+    /// packets before it reads them). On an error it serves on as before, and the switchover
+    /// does not happen. The default: none for a data plane on the package's counters (the
+    /// member holds them; the step-down stops it), and an error for one that keeps its own.
+    mutating func stopServingForHandover(_ state: GatewayState) throws(DataPlaneError) -> [ChildSACounterCheckpoint]
 }
 
 extension ClusterDataPlane {
     public mutating func observedCounters(of state: GatewayState, now: Timestamp) throws(DataPlaneError) -> [ChildSACounterCheckpoint] { [] }
+
+    public mutating func stopServingForHandover(_ state: GatewayState) throws(DataPlaneError) -> [ChildSACounterCheckpoint] {
+        guard counterKeeping == .package else {
+            throw DataPlaneError("this data plane keeps its own counters and cannot stop for a switchover with them exact")
+        }
+        return []
+    }
 }

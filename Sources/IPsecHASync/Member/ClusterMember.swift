@@ -184,6 +184,7 @@ public struct ClusterMemberError: Error, Sendable, Hashable, CustomStringConvert
         case noCurrentStandby(ClusterMemberID?)
         case peersOnTheCurrentKey([ClusterMemberID])
         case channel(SyncChannelError)
+        case dataPlane(DataPlaneError)
     }
     private let reason: Reason
 
@@ -202,6 +203,9 @@ public struct ClusterMemberError: Error, Sendable, Hashable, CustomStringConvert
     /// The synch channel refused (a key rotation without a key: insecure mode).
     public static func channel(_ error: SyncChannelError) -> ClusterMemberError { ClusterMemberError(reason: .channel(error)) }
 
+    /// The data plane could not stop for a switchover; it serves on, and so does this member.
+    public static func dataPlane(_ error: DataPlaneError) -> ClusterMemberError { ClusterMemberError(reason: .dataPlane(error)) }
+
     /// The change itself failed (what it changed before failing was replicated).
     public static func state(_ error: GatewayStateError) -> ClusterMemberError { ClusterMemberError(reason: .state(error)) }
 
@@ -217,6 +221,7 @@ public struct ClusterMemberError: Error, Sendable, Hashable, CustomStringConvert
         case .peersOnTheCurrentKey(let peers):
             "member(s) \(peers.map { "\($0.rawValue)" }.joined(separator: ", ")) still seal under the current key: rotate the standbys first"
         case .channel(let error): "the synch channel refused: \(error)"
+        case .dataPlane(let error): "the data plane could not stop for the switchover: \(error)"
         }
     }
 }
@@ -643,8 +648,7 @@ public struct ClusterMember {
     public mutating func switchOver(to target: ClusterMemberID? = nil, now: Timestamp) throws(ClusterMemberError) -> ClusterMemberID {
         lastTick = now
         guard case .active(var active) = lifecycle else { throw .notActive }
-        let current = configuration.channel.peers.filter { active.replicator.status(of: $0, channel: channel, now: now) == .current }
-        guard let to = target ?? current.min(), current.contains(to) else { throw .noCurrentStandby(target) }
+        let to = try switchOverTarget(target, of: active, now: now)
         lifecycle = .moving
         var changes: [StateChange] = []
         for spi in active.state.childSAs.map(\.inboundSPI).sorted() { changes += (try? active.state.updateChildSA(inboundSPI: spi) { _ in }) ?? [] }
@@ -653,6 +657,41 @@ public struct ClusterMember {
         _ = try? role.stepDown()
         stepDown(.external("planned switchover to member \(to.rawValue)"), following: to, handedOverTo: to)
         say(SyncRecord.hello(epoch: role.epoch, capabilities: Self.switchOverCapability, needsResync: false), to: [to], now: now)
+        return to
+    }
+
+    /// ``switchOver(to:now:)`` for a member whose data plane keeps its own counters (ESP in the
+    /// kernel): the data plane stops first and reports the counters it ended with
+    /// (``ClusterDataPlane/stopServingForHandover(_:)``), the member adopts them, and the
+    /// handover carries them, so that the target resumes exactly where the kernel stopped
+    /// (nothing sent twice, nothing accepted twice). Throws as ``switchOver(to:now:)`` does,
+    /// before the data plane stops, and ``ClusterMemberError/dataPlane(_:)`` when it could not
+    /// stop (it then serves on, and so does this member). With a data plane on the package's
+    /// counters it is ``switchOver(to:now:)``.
+    @discardableResult
+    public mutating func switchOver<DataPlane: ClusterDataPlane>(
+        to target: ClusterMemberID? = nil, dataPlane: inout DataPlane, now: Timestamp
+    ) throws(ClusterMemberError) -> ClusterMemberID {
+        lastTick = now
+        guard case .active(let active) = lifecycle else { throw .notActive }
+        let to = try switchOverTarget(target, of: active, now: now)
+        let last: [ChildSACounterCheckpoint]
+        do { last = try dataPlane.stopServingForHandover(active.state) } catch { throw .dataPlane(error) }
+        _ = try observeCounters(last)
+        do {
+            return try switchOver(to: to, now: now)
+        } catch {
+            // Checked above, in the same turn: not expected. The data plane resumes from the
+            // counters it reported, which the state now holds.
+            do { try dataPlane.startServing(state) } catch let failure { throw .dataPlane(failure) }
+            throw error
+        }
+    }
+
+    /// `target` if it is a current standby (nil: the lowest current one).
+    private func switchOverTarget(_ target: ClusterMemberID?, of active: Active, now: Timestamp) throws(ClusterMemberError) -> ClusterMemberID {
+        let current = configuration.channel.peers.filter { active.replicator.status(of: $0, channel: channel, now: now) == .current }
+        guard let to = target ?? current.min(), current.contains(to) else { throw .noCurrentStandby(target) }
         return to
     }
 
