@@ -4,7 +4,8 @@
 # 128-packet window, one 32-bit with a 32-packet window (the legacy replay state); the probe
 # (ikeha-xfrm-probe, IPsecHAXFRM's socket and codec) reads their counters, writes new ones past
 # 2^32 (both halves) as a takeover does, and reads them back; `ip -s xfrm state` then shows what
-# the kernel itself holds. Exit 77 (skipped) without root, qemu or debootstrap.
+# the kernel itself holds. Then both are deleted, their last counters read from the kernel's
+# deletion notices (a planned switchover's stop). Exit 77 (skipped) without root, qemu or debootstrap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/kernel-vm.sh check xfrm-kernel
@@ -27,6 +28,10 @@ echo "== legacy set";  /mnt/host/probe 10.1.0.1 0x2002 10.1.0.2 1000 900
 echo "== missing";     /mnt/host/probe 10.1.0.1 0x9999 10.1.0.2 || true
 echo "== kernel"
 ip -s xfrm state
+echo "== esn delete";  /mnt/host/probe delete 10.1.0.2 0x1001 10.1.0.1
+echo "== esn gone";    /mnt/host/probe 10.1.0.2 0x1001 10.1.0.1 || true
+echo "== legacy delete"; /mnt/host/probe delete 10.1.0.1 0x2002 10.1.0.2
+echo "== delete missing"; /mnt/host/probe delete 10.1.0.1 0x2002 10.1.0.2 || true
 GUEST
 chmod +x "$share/run.sh"
 status=0

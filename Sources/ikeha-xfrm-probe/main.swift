@@ -4,7 +4,9 @@
 // INBOUND, writes them (NEWAE, the way a takeover does: the SA's kind of replay state kept,
 // everything below the inbound top counted as seen) and reads them back. Prints one line,
 // `RESULT kind=legacy|esn outbound=N inbound=N bitmap_words=N`, or `ERROR ...` and exits 1.
-// `ikeha-xfrm-probe batch N` times a takeover of N Child SAs instead (Batch.swift).
+// `ikeha-xfrm-probe batch N` times a takeover of N Child SAs instead (Batch.swift);
+// `ikeha-xfrm-probe delete DESTINATION SPI SOURCE` deletes the SA and reports the counters the
+// kernel's deletion notice gave (what a planned switchover hands over), with `packets=N`.
 // Run inside the kernel VM (scripts/kernel-vm.sh) by the XFRM tests.
 import IPsecHAXFRM
 
@@ -27,9 +29,11 @@ if arguments.count == 3, arguments[1] == "batch", let count = Int(arguments[2]),
     runBatch(count: count)
     exit(0)
 }
-guard arguments.count == 4 || arguments.count == 6, let destination = parseIPv4(arguments[1]), let source = parseIPv4(arguments[3]),
-    let spi = arguments[2].hasPrefix("0x") ? UInt32(arguments[2].dropFirst(2), radix: 16) : UInt32(arguments[2])
-else { fail("usage: ikeha-xfrm-probe DESTINATION SPI SOURCE [OUTBOUND INBOUND]") }
+let deleting = arguments.count == 5 && arguments[1] == "delete"
+let operands = deleting ? Array(arguments.dropFirst(2)) : Array(arguments.dropFirst())
+guard operands.count == 3 || (operands.count == 5 && !deleting), let destination = parseIPv4(operands[0]), let source = parseIPv4(operands[2]),
+    let spi = operands[1].hasPrefix("0x") ? UInt32(operands[1].dropFirst(2), radix: 16) : UInt32(operands[1])
+else { fail("usage: ikeha-xfrm-probe [delete] DESTINATION SPI SOURCE [OUTBOUND INBOUND]") }
 let sa = XFRMSAIdentifier(destination: XFRMAddress(ipv4: destination), spi: spi)
 let sourceAddress = XFRMAddress(ipv4: source)
 
@@ -48,9 +52,16 @@ func report(_ event: XFRMAsyncEvent) {
 
 do throws(XFRMCodecError) {
     let socket = try XFRMSocket()
+    if deleting {
+        let last = try socket.deleteReportingCounters(sa)
+        guard last.sa == sa, last.source == sourceAddress else { fail("the notice names another SA: \(last.sa) from \(last.source)") }
+        report(last)
+        print("packets=\(last.lifetime?.packets ?? 0)")
+        exit(0)
+    }
     var event = try socket.asyncEvent(of: sa, source: sourceAddress)
-    if arguments.count == 6 {
-        guard let outbound = UInt64(arguments[4]), let inbound = UInt64(arguments[5]) else { fail("counters must be numbers") }
+    if operands.count == 5 {
+        guard let outbound = UInt64(operands[3]), let inbound = UInt64(operands[4]) else { fail("counters must be numbers") }
         switch event.replay {
         case .legacy?:
             event.replay = .legacy(outboundLastSent: UInt32(truncatingIfNeeded: outbound), inboundTop: UInt32(truncatingIfNeeded: inbound), bitmap: .max)

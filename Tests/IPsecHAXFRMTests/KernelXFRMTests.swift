@@ -11,7 +11,8 @@ import Testing
     static func run(_ script: String) throws -> (status: Int32, output: String)? { try Harness.script(script) }
 
     /// The counters IPsecHAXFRM writes are the ones the kernel then holds, as iproute2 reports
-    /// them, both halves of ESN counters included.
+    /// them, both halves of ESN counters included; deleting an SA reports the counters it ended
+    /// with, from the kernel's deletion notice.
     @Test func countersWrittenWithNEWAEAreTheKernelsAsIproute2ReadsThem() throws {
         guard let (status, text) = try Self.run("scripts/xfrm-kernel.sh") else { return }
         #expect(status == 0)
@@ -21,6 +22,11 @@ import Testing
         #expect(result(after: "== esn set") == "RESULT kind=esn outbound=4294968296 inbound=4294967400 bitmap_words=4 bitmap0=4294967295")
         #expect(result(after: "== legacy set") == "RESULT kind=legacy outbound=1000 inbound=900 bitmap_words=1 bitmap0=4294967295")
         #expect(result(after: "== missing")?.hasSuffix("errno 3") == true, "ESRCH for an SA the kernel does not hold")
+        // Deleted, the SAs' last counters come from the kernel's deletion notices, and they are gone.
+        #expect(result(after: "== esn delete") == "RESULT kind=esn outbound=4294968296 inbound=4294967400 bitmap_words=4 bitmap0=4294967295")
+        #expect(result(after: "== esn gone")?.hasSuffix("errno 3") == true)
+        #expect(result(after: "== legacy delete") == "RESULT kind=legacy outbound=1000 inbound=900 bitmap_words=1 bitmap0=4294967295")
+        #expect(result(after: "== delete missing")?.hasSuffix("errno 3") == true)
         // What the kernel holds, in iproute2's words: 2^32 + 1000 sent, 2^32 + 104 received.
         #expect(text.contains("seq-hi 0x1, seq 0x68, oseq-hi 0x1, oseq 0x3e8"))
         #expect(text.contains("anti-replay context: seq 0x384, oseq 0x3e8, bitmap 0xffffffff"))

@@ -106,6 +106,74 @@ struct XFRMAsyncEventTests {
         #expect(decoded > 0, "some corruptions still decode")
     }
 
+    /// The kernel's notice of a deleted SA as `xfrm_notify_sa` lays it out: `xfrm_usersa_id`,
+    /// then `XFRMA_SA` (the SA whole, lifetime counters inside), then the SA's other attributes
+    /// (its key and replay state among them). `attributes` replaces the latter.
+    static func deletionNotice(of state: XFRMState, attributes: [(UInt16, [UInt8])]? = nil, sequence: UInt32 = 9) throws -> [UInt8] {
+        let encoded = state.encode(sequence: 0)
+        let info = Array(encoded[16..<(16 + XFRMState.fixedSize)])
+        func attribute(_ type: UInt16, _ payload: [UInt8]) -> [UInt8] {
+            let length = 4 + payload.count
+            return [UInt8(length & 0xFF), UInt8(length >> 8), UInt8(type & 0xFF), UInt8(type >> 8)] + payload
+                + Array(repeating: 0, count: (4 - length % 4) % 4)
+        }
+        var body = state.sa.destination.bytes + withUnsafeBytes(of: state.sa.spi.bigEndian) { Array($0) }
+        body += [UInt8(state.sa.family & 0xFF), UInt8(state.sa.family >> 8), state.sa.ipsecProtocol, 0]
+        body += attribute(XFRMAsyncEvent.saAttribute, info)
+        // The SA's own attributes, as NEWSA carries them after xfrm_usersa_info.
+        let own = try Netlink.attributes(in: encoded[(16 + XFRMState.fixedSize)...]).map { ($0.type, $0.payload) }
+        for (type, payload) in attributes ?? own { body += attribute(type, payload) }
+        let length = 16 + body.count
+        return withUnsafeBytes(of: UInt32(length).littleEndian) { Array($0) } + [0x11, 0, 0, 0] + withUnsafeBytes(of: sequence.littleEndian) { Array($0) }
+            + [0, 0, 0, 0] + body
+    }
+
+    static func deletedState(replay: XFRMExtendedReplayState? = nil) -> XFRMState {
+        XFRMState(
+            sa: sa, source: source, current: XFRMLifetimeCurrent(bytes: 90_000, packets: 120, addTime: 1, useTime: 2), requestID: 4,
+            flags: XFRMState.extendedSequenceNumbersFlag,
+            aead: XFRMAEADAlgorithm(name: XFRMAEADAlgorithm.aesGCM, key: Array(repeating: 0x5A, count: 36), icvBits: 128),
+            replay: replay ?? XFRMExtendedReplayState(outboundLastSent: 0x1_0000_0120, inboundTop: 0x2_0000_0007, replayWindow: 64))
+    }
+
+    /// A deletion notice reads as the counters the SA ended with: both 64-bit counters, the
+    /// window, the lifetime counters, the source; the key is skipped.
+    @Test func aDeletionNoticeGivesTheCountersTheSAEndedWith() throws {
+        let state = Self.deletedState()
+        let messages = try Netlink.messages(in: try Self.deletionNotice(of: state))
+        #expect(messages.count == 1 && messages[0].header.type == .deleteSA && messages[0].header.sequence == 9)
+        let event = try XFRMAsyncEvent(deletionNotice: messages[0].payload)
+        #expect(event.sa == Self.sa && event.source == Self.source && event.requestID == 4)
+        #expect(event.replay?.outboundLastSent == 0x1_0000_0120 && event.replay?.inboundTop == 0x2_0000_0007)
+        #expect(event.lifetime == XFRMLifetimeCurrent(bytes: 90_000, packets: 120, addTime: 1, useTime: 2))
+        // A 32-bit SA with a small window: XFRMA_REPLAY_VAL.
+        let legacy = try Netlink.messages(in: try Self.deletionNotice(of: state, attributes: [(10, [0x10, 0, 0, 0, 0x0C, 0, 0, 0, 0xFF, 0, 0, 0])]))
+        #expect(try XFRMAsyncEvent(deletionNotice: legacy[0].payload).replay == .legacy(outboundLastSent: 16, inboundTop: 12, bitmap: 0xFF))
+        // Without a replay attribute: the lifetime counters only.
+        let bare = try Netlink.messages(in: try Self.deletionNotice(of: state, attributes: []))
+        let noReplay = try XFRMAsyncEvent(deletionNotice: bare[0].payload)
+        #expect(noReplay.replay == nil && noReplay.lifetime?.packets == 120)
+    }
+
+    /// Bad notices are typed errors: every truncation, no `XFRMA_SA`, an `XFRMA_SA` of another
+    /// SA or of the wrong size.
+    @Test func malformedDeletionNoticesAreTypedErrors() throws {
+        let state = Self.deletedState()
+        let payload = try Netlink.messages(in: try Self.deletionNotice(of: state))[0].payload
+        for cut in 0..<payload.count where cut != 24 + 4 + XFRMState.fixedSize {
+            // Cut right after XFRMA_SA it is a notice without the SA's other attributes.
+            if cut > 24 + 4 + XFRMState.fixedSize, (try? Netlink.attributes(in: payload.prefix(cut)[(payload.startIndex + 24)...])) != nil { continue }
+            #expect(throws: XFRMCodecError.self, "cut at \(cut)") { _ = try XFRMAsyncEvent(deletionNotice: payload.prefix(cut)) }
+        }
+        var noSA = try Netlink.messages(in: try Self.deletionNotice(of: state))[0].payload
+        noSA[noSA.startIndex + 26] = 99  // XFRMA_SA's type
+        #expect(throws: XFRMCodecError.self) { _ = try XFRMAsyncEvent(deletionNotice: noSA) }
+        var another = state
+        another.sa.spi = 0xB002
+        let mismatched = Array(try Self.deletionNotice(of: state).prefix(16 + 24)) + Array(try Self.deletionNotice(of: another).dropFirst(16 + 24))
+        #expect(throws: XFRMCodecError.self) { _ = try XFRMAsyncEvent(deletionNotice: mismatched[16...]) }
+    }
+
     @Test func aKernelErrorIsReadAsAPositiveErrno() throws {
         // NLMSG_ERROR with -EINVAL, then the request's header.
         var bytes: [UInt8] = [36, 0, 0, 0, 2, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0]

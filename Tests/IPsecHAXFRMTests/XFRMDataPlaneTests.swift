@@ -45,7 +45,11 @@ struct TableKernel: XFRMKernel {
         policies.append(policy)
     }
 
+    /// SAs whose deletion the kernel refuses (EPERM, as for an SA another subsystem holds).
+    var refusedDeletions: Set<XFRMSAIdentifier> = []
+
     mutating func delete(_ sa: XFRMSAIdentifier) throws(XFRMCodecError) {
+        guard !refusedDeletions.contains(sa) else { throw .kernelRefused(errno: 1) }
         guard sas.removeValue(forKey: sa) != nil else { throw .kernelRefused(errno: 3) }
         installedStates[sa] = nil
     }
@@ -214,6 +218,69 @@ struct XFRMDataPlaneTests {
         #expect(standby.missing.isEmpty)
         #expect(standby.kernel.installedStates[XFRMSAIdentifier(destination: remote, spi: taken.outboundSPI)]?.replay.map { UInt64($0.outboundHigh) << 32 | UInt64($0.outbound) } == 0x1_0000_0010)
         #expect(standby.kernel.policies.count == 3)
+    }
+
+    /// A planned switchover's stop: every kernel SA deleted, the counters they ended with
+    /// reported (inbound tops raised by the margin, within a 32-bit SA's space), the policies
+    /// kept (what they match is dropped, not sent in clear); a Child SA whose SAs are gone keeps
+    /// the state's counters. Without installing the SAs itself the data plane refuses.
+    @Test func aHandoverDeletesTheKernelSAsAndReportsTheirLastCounters() throws {
+        var (state, kernel, esn, legacy) = try Self.setUp()
+        var configuration = XFRMDataPlaneConfiguration()
+        var dataPlane = XFRMDataPlane(kernel: kernel, configuration: configuration)
+        #expect(throws: DataPlaneError.self) { _ = try dataPlane.stopServingForHandover(state) }
+        #expect(dataPlane.kernel.sas.count == 4, "nothing deleted")
+        var random = SplitMix64(seed: 35)
+        let gone = try SAFixtures.childSA(0x5003, parent: esn.parent, window: 64, &random)
+        _ = try state.createChildSA(gone)
+        configuration.installsChildSAs = true
+        dataPlane = XFRMDataPlane(kernel: kernel, configuration: configuration)
+        try dataPlane.reconcile(state)
+        let ike = try #require(state.ikeSAs[esn.parent])
+        let local = XFRMAddress(ike.local.address), remote = XFRMAddress(ike.remote.address)
+        try dataPlane.kernel.delete(XFRMSAIdentifier(destination: local, spi: gone.inboundSPI))
+        try dataPlane.kernel.delete(XFRMSAIdentifier(destination: remote, spi: gone.outboundSPI))
+        let policies = dataPlane.kernel.policies
+        #expect(!policies.isEmpty)
+        let handedOver = try dataPlane.stopServingForHandover(state)
+        kernel = dataPlane.kernel
+        #expect(kernel.sas.isEmpty && kernel.policies == policies)
+        let byInbound = Dictionary(uniqueKeysWithValues: handedOver.map { ($0.inboundSPI, $0) })
+        #expect(byInbound[esn.inboundSPI]?.outbound.lastSent == 0x1_0000_0100)
+        #expect(byInbound[esn.inboundSPI]?.inbound.highestAuthenticatedSequenceNumber == 0x1_0000_0040 + 8)
+        #expect(byInbound[esn.inboundSPI]?.usage.outboundPackets == 260 && byInbound[esn.inboundSPI]?.usage.inboundPackets == 70)
+        #expect(byInbound[legacy.inboundSPI]?.outbound.lastSent == 900 && byInbound[legacy.inboundSPI]?.inbound.highestAuthenticatedSequenceNumber == 508)
+        #expect(byInbound[gone.inboundSPI] == gone.counterCheckpoint, "its SAs were gone: the state's counters")
+        // Near the end of a 32-bit space the margin stops at 2^32 - 1.
+        var nearEnd = try Self.setUp()
+        let top = XFRMSAIdentifier(destination: local, spi: nearEnd.legacy.inboundSPI)
+        nearEnd.1.sas[top]?.replay = .legacy(outboundLastSent: 0, inboundTop: 0xFFFF_FFFC, bitmap: 1)
+        var ending = XFRMDataPlane(kernel: nearEnd.1, configuration: configuration)
+        let last = try ending.stopServingForHandover(nearEnd.0).first { $0.inboundSPI == nearEnd.legacy.inboundSPI }
+        #expect(last?.inbound.highestAuthenticatedSequenceNumber == 0xFFFF_FFFF)
+    }
+
+    /// A deletion the kernel refuses midway: what was deleted is installed again with the
+    /// counters it ended with (never the state's older ones, which would send numbers twice),
+    /// and the data plane throws, serving on.
+    @Test func aRefusedDeletionRestoresWhatWasDeleted() throws {
+        let (state, kernel, esn, legacy) = try Self.setUp()
+        var configuration = XFRMDataPlaneConfiguration()
+        configuration.installsChildSAs = true
+        var dataPlane = XFRMDataPlane(kernel: kernel, configuration: configuration)
+        let ike = try #require(state.ikeSAs[esn.parent])
+        let local = XFRMAddress(ike.local.address), remote = XFRMAddress(ike.remote.address)
+        let order = state.childSAs.map(\.inboundSPI)
+        let (first, second) = order[0] == esn.inboundSPI ? (esn, legacy) : (legacy, esn)
+        dataPlane.kernel.refusedDeletions = [XFRMSAIdentifier(destination: local, spi: second.inboundSPI)]
+        #expect(throws: DataPlaneError.self) { _ = try dataPlane.stopServingForHandover(state) }
+        let restored = dataPlane.kernel
+        #expect(restored.sas.count == 4, "every Child SA has both kernel SAs again")
+        let firstOut = try #require(restored.sas[XFRMSAIdentifier(destination: remote, spi: first.outboundSPI)]?.replay)
+        let secondOut = try #require(restored.sas[XFRMSAIdentifier(destination: remote, spi: second.outboundSPI)]?.replay)
+        let expected: [UInt32: UInt64] = [esn.inboundSPI: 0x1_0000_0100, legacy.inboundSPI: 900]
+        #expect(firstOut.outboundLastSent == expected[first.inboundSPI] && secondOut.outboundLastSent == expected[second.inboundSPI])
+        #expect(state.childSA(inboundSPI: first.inboundSPI)!.outboundCounter.lastSent < expected[first.inboundSPI]!, "the state lagged the kernel")
     }
 
     /// Selectors XFRM cannot express (an address range that is not a prefix, a port range)

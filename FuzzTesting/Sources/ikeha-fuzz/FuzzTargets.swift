@@ -35,8 +35,9 @@ enum FuzzTarget: String, CaseIterable {
     /// ESP packets to the reference gateway's data plane: nothing unauthenticated may change
     /// the Child SA.
     case gatewayESP = "gateway-esp"
-    /// Datagrams from an XFRM netlink socket: async events (NEWAE) and SAs (NEWSA, as GETSA
-    /// answers and dumps carry them); what decodes encodes back to the same value.
+    /// Datagrams from an XFRM netlink socket: async events (NEWAE), SAs (NEWSA, as GETSA
+    /// answers and dumps carry them) and deletion notices (DELSA); what decodes encodes back to
+    /// the same value.
     case xfrmNetlink = "xfrm-netlink"
 
     static let selected: FuzzTarget = {
@@ -240,7 +241,13 @@ func fuzzGatewayESP(_ bytes: [UInt8]) {
 func fuzzXFRMNetlink(_ bytes: [UInt8]) {
     guard let messages = try? Netlink.messages(in: bytes) else { return }
     for message in messages {
-        if message.header.type == .newSA, let state = try? XFRMState(payload: message.payload) {
+        if message.header.type == .deleteSA {
+            // A deletion notice: its counters name the SA of its header, whatever else it holds.
+            if let event = try? XFRMAsyncEvent(deletionNotice: message.payload) {
+                precondition((try? XFRMAsyncEvent(deletionNotice: message.payload)) == event, "a deletion notice decoded two ways")
+                precondition(event.flags == [.replayValues, .lifetimeValues] && event.lifetime != nil, "a deletion notice without its counters")
+            }
+        } else if message.header.type == .newSA, let state = try? XFRMState(payload: message.payload) {
             let again = try! Netlink.messages(in: state.encode(sequence: 0))
             precondition((try? XFRMState(payload: again[0].payload)) == state, "an XFRM SA did not survive its own encoding")
         } else if let event = try? XFRMAsyncEvent(payload: message.payload) {

@@ -289,7 +289,12 @@ typedef enum ipsecha_signal {
      * exact state (a planned switchover: that member continues every counter at the next
      * number, no RFC 6311 sync for IKE SAs with nothing in flight). This member steps down at
      * once (IPSECHA_ACTION_STEPPED_DOWN); IPSECHA_E_NOT_ACTIVE on a standby, IPSECHA_E_STATE
-     * when no standby is current (then nothing changes). */
+     * when no standby is current (then nothing changes). With IPSECHA_DATA_PLANE_OBSERVED the
+     * handover carries the counters last reported: stop the data plane first (with Linux XFRM,
+     * delete each Child SA's SAs, outbound first, and take their last counters from the
+     * kernel's XFRM_MSG_DELSA notice on XFRMNLGRP_SA, which no packet can follow), report those
+     * with ipsecha_observe_counters, then signal; a data plane left sending would use numbers
+     * the new active member uses again. */
     IPSECHA_SIGNAL_SWITCH_OVER = 7
 } ipsecha_signal;
 
