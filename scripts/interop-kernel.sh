@@ -20,13 +20,16 @@
 # member namespaces moving the address and telling the members their roles, as
 # scripts/cluster.sh does with userspace ESP.
 #
-# Usage: interop-kernel.sh [scenario ...] (failover, no-counter-advance, keepalived; default
-# all three).
+# The "switchover" scenario is a planned switchover (SIGUSR1) in the same arrangement, with its
+# negative control "switchover-kernel-running" (run_switchover below).
+#
+# Usage: interop-kernel.sh [scenario ...] (failover, no-counter-advance, keepalived, switchover,
+# switchover-kernel-running; default all five).
 # Exit 77 (skipped) without root, qemu or debootstrap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/kernel-vm.sh check interop-kernel
-SCENARIOS=${*:-failover no-counter-advance keepalived}
+SCENARIOS=${*:-failover no-counter-advance keepalived switchover switchover-kernel-running}
 share=$(mktemp -d)
 trap 'if [ -n "${KEEP_LOGS:-}" ]; then echo "interop-kernel: guest files in $share/out"; else rm -rf "$share"; fi' EXIT
 scripts/kernel-vm.sh binary ikeha-gateway "$share/ikeha-gateway"
@@ -216,10 +219,104 @@ run_scenario() {
     teardown
 }
 
+# A planned switchover with the kernel's ESP, keepalived moving the address: SIGUSR1 on A, whose
+# kernel SAs are deleted with their last counters read from the kernel's deletion notices and
+# handed over; B installs them and continues every counter at the next number, with no advance
+# and no RFC 6311 sync. Checked from the peer: no new XfrmInStateSeqError or ProtoError, charon
+# logs no replay rejection and no message-ID sync, the same IKE SA; and A's kernel holds no SA.
+# The negative control ("switchover-kernel-running": A with --switchover-leaves-kernel-running)
+# hands over the counters last read while A's kernel goes on sending until the address moves:
+# the peer's kernel drops B's packets as replays.
+run_switchover() {
+    local scenario=$1 a_extra=()
+    DIR=/tmp/kernel-$scenario
+    SCENARIO_START_FAILURES=$FAILURES
+    say "=== scenario $scenario ==="
+    [ "$scenario" = switchover-kernel-running ] && a_extra=(--switchover-leaves-kernel-running)
+    setup || { fail "$scenario: setup"; teardown; return; }
+    keepalived_config 1 150 0.1 0
+    keepalived_config 2 100 0.1
+    start_keepalived 1 A
+    for _ in $(seq 200); do holds_vip A && break; sleep 0.05; done
+    holds_vip A || { fail "$scenario: keepalived never gave A the address"; teardown; return; }
+    start_keepalived 2 B
+    start_member A 1 $CLUSTER_IP $GATEWAY_INNER $PEER_INNER/32 "${MEMBER_IP[A]}:7101" "2=${MEMBER_IP[B]}:7102" \
+        --active --data-plane xfrm "${LAG[@]}" --vrrp-fifo "$DIR/keepalived1.fifo" --vrrp-track-file "$DIR/ready1" \
+        --vrrp-priority-file "$DIR/active1" "${a_extra[@]}"
+    wait_for "$DIR/member1.events" event=active 30 || { fail "$scenario: A did not start"; tail -5 "$DIR/member1.log"; teardown; return; }
+    start_member B 2 $CLUSTER_IP $GATEWAY_INNER $PEER_INNER/32 "${MEMBER_IP[B]}:7102" "1=${MEMBER_IP[A]}:7101" \
+        --data-plane xfrm "${LAG[@]}" --vrrp-fifo "$DIR/keepalived2.fifo" --vrrp-track-file "$DIR/ready2" --vrrp-priority-file "$DIR/active2"
+    wait_for "$DIR/member2.events" event=standby_ready 20 || { fail "$scenario: B never became ready"; tail -5 "$DIR"/member*.log; teardown; return; }
+    initiate || { tail -20 "$DIR/member1.log"; teardown; return; }
+    start_ping P $GATEWAY_INNER
+    sleep 3
+    local errors_before log_at switch_ms takeover_ms seq_before proto_before seq_now proto_now waited
+    errors_before=$(xfrm_errors)
+    read -r seq_before proto_before <<<"$errors_before"
+    log_at=$(charon_lines)
+    switch_ms=$(date +%s%3N)
+    kill -USR1 "$(cat "$DIR/member1.pid")"
+    if ! wait_for "$DIR/member2.events" event=takeover 10; then
+        fail "$scenario: B did not take over: $(grep -E 'event=(switchover|stepped_down|kernel_error)' "$DIR/member1.events" | tail -2)"; teardown; return
+    fi
+    takeover_ms=$(event_time "$DIR/member2.events" takeover)
+    say "B: $(grep -o 'event=takeover.*' "$DIR/member2.events" | head -1 | cut -c1-220)"
+    for _ in $(seq 100); do holds_vip B && break; sleep 0.05; done
+    holds_vip B || fail "$scenario: keepalived did not move the address to B"
+    first_reply_after_takeover() { awk -v after="$takeover_ms" '/bytes from/ { gsub(/[\[\]]/, "", $1); if ($1 * 1000 > after) { print $1; exit } }' "$DIR/ping.log"; }
+    for waited in $(seq 66); do
+        if [ "$scenario" = switchover-kernel-running ]; then
+            read -r seq_now proto_now <<<"$(xfrm_errors)"
+            [ "$seq_now" -gt "$seq_before" ] && break
+        else
+            [ -n "$(first_reply_after_takeover)" ] && [ "$waited" -gt 8 ] && break
+        fi
+        sleep 0.25
+    done
+    local seq_after proto_after summary first_reply_s first_reply_ms="" replays syncs
+    read -r seq_after proto_after <<<"$(xfrm_errors)"
+    summary=$(stop_ping)
+    read -r sent answered lost <<<"$summary"
+    replays=$(charon_since "$log_at" | grep -c "ESP sequence number verification failed")
+    syncs=$(charon_since "$log_at" | grep -c "responder requested MID sync")
+    if [ "$scenario" = switchover-kernel-running ]; then
+        if [ "$seq_after" -gt "$seq_before" ]; then
+            pass "negative control: the peer's kernel dropped $((seq_after - seq_before)) of B's packets as replays (XfrmInStateSeqError $seq_before -> $seq_after): A's kernel sent past the counters handed over"
+        else fail "negative control did not fail: XfrmInStateSeqError stayed at $seq_after"; fi
+        say "ping sent/answered/lost: $summary"
+        teardown
+        return
+    fi
+    first_reply_s=$(first_reply_after_takeover)
+    [ -n "$first_reply_s" ] && first_reply_ms=$(awk -v t="$first_reply_s" -v at="$switch_ms" 'BEGIN { printf "%d", t * 1000 - at }')
+    if [ -n "$first_reply_ms" ]; then
+        pass "the peer's kernel accepted B's ESP: first reply ${first_reply_ms} ms after SIGUSR1 (B took over $((takeover_ms - switch_ms)) ms after it)"
+    else fail "no ping was answered by B"; fi
+    if [ "$seq_after" -eq "$seq_before" ] && [ "$proto_after" -eq "$proto_before" ]; then
+        pass "the peer's /proc/net/xfrm_stat: no new XfrmInStateSeqError ($seq_after) or XfrmInStateProtoError ($proto_after)"
+    else fail "the peer's kernel dropped B's packets: XfrmInStateSeqError $seq_before -> $seq_after, XfrmInStateProtoError $proto_before -> $proto_after"; fi
+    if grep -q "event=child_sa_takeover.* advance=0 " "$DIR/member2.events" && ! grep "event=child_sa_takeover" "$DIR/member2.events" | grep -qv " advance=0 "; then
+        pass "B resumed every Child SA with no advance: $(grep -m1 event=child_sa_takeover "$DIR/member2.events" | cut -d' ' -f4- | cut -c1-160)"
+    else fail "B advanced counters: $(grep event=child_sa_takeover "$DIR/member2.events" | cut -c1-200)"; fi
+    [ "$replays" -eq 0 ] && [ "$syncs" -eq 0 ] && pass "charon logged no replay rejection and no message-ID sync" \
+        || fail "charon logged $replays replay rejections and $syncs message-ID syncs"
+    [ "$(ip -n A xfrm state | grep -c '^src')" = 0 ] && pass "A's kernel holds no SA after handing over" \
+        || fail "A's kernel still holds SAs: $(ip -n A xfrm state | grep -c '^src')"
+    [ "$(ike_spis)" = "$SPIS_BEFORE" ] && pass "the same IKE SA throughout ($SPIS_BEFORE)" || fail "the IKE SA changed: $(ike_spis)"
+    wait_for "$DIR/member1.events" event=standby_ready 10 && pass "A rejoined as a ready standby" || fail "A did not rejoin as a ready standby"
+    say "FIGURE scenario=$scenario packets_lost=$lost sent=$sent first_reply_ms=${first_reply_ms:-none} takeover_ms=$((takeover_ms - switch_ms)) b_window_drops=$(ip netns exec B awk '$1 == "XfrmInStateSeqError" {print $2}' /proc/net/xfrm_stat) a_no_state_drops=$(ip netns exec A awk '$1 == "XfrmInNoStates" {print $2}' /proc/net/xfrm_stat)"
+    teardown
+}
+
 # Under emulation on a shared machine a member can stall for more than the default 150 ms:
 # 400 ms of silence before the standby takes over.
 LAG=(--checkpoint-ms 1000 --checkpoint-packets 100000 --takeover-minimum-advance 16 --miss-count 8)
-for scenario in $(cat "$HERE/scenarios"); do run_scenario "$scenario"; done
+for scenario in $(cat "$HERE/scenarios"); do
+    case "$scenario" in
+        switchover | switchover-kernel-running) run_switchover "$scenario" ;;
+        *) run_scenario "$scenario" ;;
+    esac
+done
 say "FIGURE $("$HERE/probe" batch 1000)"
 ip xfrm state flush; ip xfrm policy flush
 [ "$FAILURES" -eq 0 ] || { say "$FAILURES check(s) failed"; exit 1; }

@@ -35,7 +35,9 @@ import Testing
     /// charon with the kernel's ESP keeps its IKE SA and its traffic across the crash of the
     /// member whose kernel served it; the peer's kernel counts no replay or ICV drop. Without
     /// the counter advance it does. Once with the address moved by the member's takeover
-    /// command, once by keepalived; a takeover of 1,000 Child SAs is installed and verified.
+    /// command, once by keepalived; then a planned switchover (SIGUSR1) with the kernel's last
+    /// counters handed over exactly, and its negative control (the kernel left sending: replay
+    /// drops at the peer); a takeover of 1,000 Child SAs is installed and verified.
     @Test func strongSwanWithKernelESPSeesNoReplayAcrossAMemberCrash() throws {
         guard let (status, text) = try Self.run("scripts/interop-kernel.sh") else { return }
         #expect(status == 0, "interop-kernel.sh failed")
@@ -44,7 +46,12 @@ import Testing
         #expect(text.contains("PASS: Child SA rekey by charon against B"))
         #expect(text.contains("PASS: negative control: the peer's kernel dropped"))
         #expect(text.contains("keepalived made B MASTER"), "the keepalived variant ran")
-        #expect(text.components(separatedBy: "PASS: the peer's /proc/net/xfrm_stat: no new").count == 3, "with and without keepalived")
+        #expect(text.components(separatedBy: "PASS: the peer's /proc/net/xfrm_stat: no new").count == 4, "with and without keepalived, and the switchover")
+        // The planned switchover: exact counters from A's deleted SAs, and its negative control.
+        #expect(text.contains("PASS: B resumed every Child SA with no advance"))
+        #expect(text.contains("PASS: charon logged no replay rejection and no message-ID sync"))
+        #expect(text.contains("PASS: A's kernel holds no SA after handing over"))
+        #expect(text.contains("PASS: negative control: the peer's kernel dropped") && text.contains("A's kernel sent past the counters handed over"))
         #expect(text.contains("RESULT batch child_sas=1000") && text.contains("verified=1000 missing=0"))
     }
 }

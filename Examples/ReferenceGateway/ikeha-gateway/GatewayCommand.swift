@@ -79,6 +79,7 @@ struct GatewayCommand: ParsableCommand {
     @Flag(name: .customLong("fixed-staleness-margin"), help: "Always use --staleness-margin-ms, never the measured round trip.") var fixedStalenessMargin = false
     @Flag(name: .customLong("announce-checkpoints"), help: "Print an event for every counter checkpoint sent (for the interop harness).") var announceCheckpoints = false
     @Flag(name: .customLong("no-counter-advance"), help: "NEGATIVE CONTROL, unsafe: on takeover resume ESP counters at the last checkpoint.") var noCounterAdvance = false
+    @Flag(name: .customLong("switchover-leaves-kernel-running"), help: "NEGATIVE CONTROL, unsafe: a planned switchover with --data-plane xfrm hands over the counters last read while the kernel goes on sending.") var switchoverLeavesKernelRunning = false
     @Flag(name: .customLong("no-message-id-sync"), help: "NEGATIVE CONTROL: on takeover send no RFC 6311 message-ID sync.") var noMessageIDSync = false
     @Option(name: .customLong("crash-on-exchange"), help: "FAULT INJECTION: exit at once, without answering, when a request of this exchange (e.g. CREATE_CHILD_SA) arrives.") var crashOnExchange: String?
     @Option(name: .customLong("vrrp-fifo"), help: "keepalived's notify FIFO: follow its MASTER / BACKUP / FAULT / STOP for this member's role.") var vrrpFIFO: String?

@@ -314,7 +314,7 @@ struct ReferenceGateway {
         guard cluster.isActive, options.loadSharingSegments == nil else { return }
         do {
             let target: ClusterMemberID
-            if var kernel {
+            if var kernel, !options.switchoverLeavesKernelRunning {
                 // The kernel stops first (its SAs deleted, their last counters read from the
                 // deletion notices), or it would go on numbering packets after the handover.
                 defer { self.kernel = kernel }
