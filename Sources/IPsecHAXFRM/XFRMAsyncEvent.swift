@@ -288,7 +288,10 @@ extension XFRMAsyncEvent {
         let sa = XFRMSAIdentifier(destination: destination, spi: spi, family: family, ipsecProtocol: ipsecProtocol)
         var whole: XFRMState?
         var replay: XFRMReplayState?
-        for attribute in try Netlink.attributes(in: payload[(payload.startIndex + Self.deletionNoticeHeaderSize)...]) {
+        var attributes = try Netlink.attributes(in: payload[(payload.startIndex + Self.deletionNoticeHeaderSize)...])
+        // Among them the SA's key (XFRMA_ALG_AEAD): no copy of it stays behind.
+        defer { for index in attributes.indices { attributes[index].payload.withUnsafeMutableBytes { _ = $0.initializeMemory(as: UInt8.self, repeating: 0) } } }
+        for attribute in attributes {
             switch attribute.type {
             case Self.saAttribute:
                 guard attribute.payload.count == XFRMState.fixedSize else { throw .invalidLength("XFRMA_SA", length: attribute.payload.count) }

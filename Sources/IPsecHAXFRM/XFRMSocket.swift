@@ -90,36 +90,19 @@ public final class XFRMSocket {
     public func deleteReportingCounters(_ sa: XFRMSAIdentifier) throws(XFRMCodecError) -> XFRMAsyncEvent {
         try setMembership(Self.saGroup, joined: true)
         defer { try? setMembership(Self.saGroup, joined: false) }
-        let request = sa.encodeDeletion(sequence: nextSequence())
-        let sent = request.withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, 0) }
-        guard sent == request.count else { throw .kernelRefused(errno: errno) }
-        let requestSequence = sequence
         var notice: XFRMAsyncEvent?
         var acknowledged = false
         // The notice goes out while the kernel handles the request, the acknowledgement after
         // it; other members of the group (the IKE stack deleting its own SAs) may come between.
-        for _ in 0..<1_000 {
-            guard var datagram = try receive(wait: true) else { throw .kernelRefused(errno: ETIMEDOUT) }
-            // The notice carries the SA's key: gone once read.
-            defer { datagram.withUnsafeMutableBytes { _ = $0.initializeMemory(as: UInt8.self, repeating: 0) } }
-            for message in try Netlink.messages(in: datagram) {
-                if message.header.type == .newAsyncEvent, message.header.sequence != requestSequence {
-                    queuedEvents.append(try XFRMAsyncEvent(payload: message.payload))
-                    continue
-                }
-                guard message.header.sequence == requestSequence else { continue }
-                if message.header.type == .error {
-                    let code = try Netlink.errorCode(in: message.payload)
-                    guard code == 0 else { throw .kernelRefused(errno: code) }
-                    acknowledged = true
-                } else if message.header.type == .deleteSA {
-                    let event = try XFRMAsyncEvent(deletionNotice: message.payload)
-                    if event.sa == sa { notice = event }
-                }
+        return try exchange(sa.encodeDeletion(sequence: nextSequence())) { type, payload throws(XFRMCodecError) in
+            if type == .error {
+                acknowledged = true
+            } else if type == .deleteSA {
+                let event = try XFRMAsyncEvent(deletionNotice: payload)
+                if event.sa == sa { notice = event }
             }
-            if acknowledged, let notice { return notice }
+            return acknowledged ? notice : nil
         }
-        throw .kernelRefused(errno: ETIMEDOUT)
     }
 
     /// Deletes the policy with `selector` and `direction` (DELPOLICY); `ENOENT` when there is none.
@@ -156,29 +139,43 @@ public final class XFRMSocket {
     }
 
     /// Sends `request` and returns the payload of the answer of type `expecting` (nil: an
-    /// acknowledgement, whose payload is returned empty). Events that arrive meanwhile are kept.
+    /// acknowledgement, whose payload is returned empty).
     private func exchange(_ request: [UInt8], expecting: NetlinkMessageType?) throws(XFRMCodecError) -> ArraySlice<UInt8> {
+        try exchange(request) { type, payload throws(XFRMCodecError) in
+            if type == .error { return expecting == nil ? [] : nil }
+            if let expecting, type == expecting { return payload }
+            throw .unexpectedType(type.rawValue)
+        }
+    }
+
+    /// Sends `request` and hands each message the kernel answers with (its sequence number) to
+    /// `take` until it returns a result; an acknowledgement comes as `.error` with an empty
+    /// payload, a refusal is thrown as its errno. Events that arrive meanwhile are kept, other
+    /// messages skipped; what was read is wiped (a deletion notice holds the SA's key).
+    private func exchange<Answer>(
+        _ request: [UInt8], _ take: (NetlinkMessageType, ArraySlice<UInt8>) throws(XFRMCodecError) -> Answer?
+    ) throws(XFRMCodecError) -> Answer {
         let sent = request.withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, 0) }
         guard sent == request.count else { throw .kernelRefused(errno: errno) }
         let requestSequence = sequence
         // Answers come within the receive timeout; a socket busy with events reads a bounded
         // number of datagrams before it gives up.
         for _ in 0..<1_000 {
-            guard let datagram = try receive(wait: true) else { throw .kernelRefused(errno: ETIMEDOUT) }
+            guard var datagram = try receive(wait: true) else { throw .kernelRefused(errno: ETIMEDOUT) }
+            defer { datagram.withUnsafeMutableBytes { _ = $0.initializeMemory(as: UInt8.self, repeating: 0) } }
             for message in try Netlink.messages(in: datagram) {
                 if message.header.type == .newAsyncEvent, message.header.sequence != requestSequence {
                     queuedEvents.append(try XFRMAsyncEvent(payload: message.payload))
                     continue
                 }
                 guard message.header.sequence == requestSequence else { continue }
+                var payload = message.payload
                 if message.header.type == .error {
                     let code = try Netlink.errorCode(in: message.payload)
                     guard code == 0 else { throw .kernelRefused(errno: code) }
-                    if expecting == nil { return [] }
-                    continue
+                    payload = []
                 }
-                if let expecting, message.header.type == expecting { return message.payload }
-                throw .unexpectedType(message.header.type.rawValue)
+                if let answer = try take(message.header.type, payload) { return answer }
             }
         }
         throw .kernelRefused(errno: ETIMEDOUT)
