@@ -109,6 +109,57 @@ teardown() {
     ip link del br0 2>/dev/null
 }
 
+# The first reply that B's kernel sent: after B took over at TAKEOVER_MS (replies A sent before
+# may still arrive just after).
+first_reply_after() { # takeover-ms
+    awk -v after="$1" '/bytes from/ { gsub(/[\[\]]/, "", $1); if ($1 * 1000 > after) { print $1; exit } }' "$DIR/ping.log"
+}
+
+# The peer's verdict on B: a reply accepted, and no replay or ICV drop counted meanwhile.
+check_peer_accepted_b() { # first-reply-ms since-what took-over-ms "seq proto" before, "seq proto" after
+    local first_reply_ms=$1 since=$2 took=$3 seq_before proto_before seq_after proto_after
+    read -r seq_before proto_before <<<"$4"
+    read -r seq_after proto_after <<<"$5"
+    if [ -n "$first_reply_ms" ]; then
+        pass "the peer's kernel accepted B's ESP: first reply ${first_reply_ms} ms after $since (B took over $took ms after it)"
+    else fail "no ping was answered by B"; fi
+    if [ "$seq_after" -eq "$seq_before" ] && [ "$proto_after" -eq "$proto_before" ]; then
+        pass "the peer's /proc/net/xfrm_stat: no new XfrmInStateSeqError ($seq_after) or XfrmInStateProtoError ($proto_after)"
+    else fail "the peer's kernel dropped B's packets: XfrmInStateSeqError $seq_before -> $seq_after, XfrmInStateProtoError $proto_before -> $proto_after"; fi
+}
+
+# keepalived in both member namespaces (VRRPv3, adverts every 100 ms), A holding the address;
+# A_VRRP and B_VRRP: the members' options to follow it (notify FIFO, track files).
+start_keepalived_pair() { # scenario
+    keepalived_config 1 150 0.1 0
+    keepalived_config 2 100 0.1
+    start_keepalived 1 A
+    for _ in $(seq 200); do holds_vip A && break; sleep 0.05; done
+    holds_vip A || { fail "$1: keepalived never gave A the address"; return 1; }
+    start_keepalived 2 B
+    A_VRRP=(--vrrp-fifo "$DIR/keepalived1.fifo" --vrrp-track-file "$DIR/ready1" --vrrp-priority-file "$DIR/active1")
+    B_VRRP=(--vrrp-fifo "$DIR/keepalived2.fifo" --vrrp-track-file "$DIR/ready2" --vrrp-priority-file "$DIR/active2")
+}
+
+# A active and B its ready standby, both on the kernel's ESP, with A's options, then B's after
+# the "--"; then charon's IKE SA and Child SA with A.
+start_pair() { # scenario a-option... -- b-option...
+    local scenario=$1 a=() b=()
+    shift
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do a+=("$1"); shift; done
+    [ $# -gt 0 ] && shift
+    b=("$@")
+    start_member A 1 $CLUSTER_IP $GATEWAY_INNER $PEER_INNER/32 "${MEMBER_IP[A]}:7101" "2=${MEMBER_IP[B]}:7102" \
+        --active --data-plane xfrm "${LAG[@]}" "${a[@]}"
+    # B only once A runs: under emulation the first start of a binary takes seconds, and a B
+    # that hears nobody meanwhile becomes active itself.
+    wait_for "$DIR/member1.events" event=active 30 || { fail "$scenario: A did not start"; tail -5 "$DIR/member1.log"; return 1; }
+    start_member B 2 $CLUSTER_IP $GATEWAY_INNER $PEER_INNER/32 "${MEMBER_IP[B]}:7102" "1=${MEMBER_IP[A]}:7101" \
+        --data-plane xfrm "${LAG[@]}" "${b[@]}"
+    wait_for "$DIR/member2.events" event=standby_ready 20 || { fail "$scenario: B never became ready"; tail -5 "$DIR"/member*.log; return 1; }
+    initiate || { tail -20 "$DIR/member1.log"; return 1; }
+}
+
 run_scenario() {
     local scenario=$1 b_args=()
     DIR=/tmp/kernel-$scenario
@@ -118,28 +169,15 @@ run_scenario() {
     [ "$scenario" = no-counter-advance ] && b_args=(--no-counter-advance)
     setup || { fail "$scenario: setup"; teardown; return; }
     if [ "$scenario" = keepalived ]; then
-        # keepalived moves the address (VRRPv3, adverts every 100 ms) and tells each member its
-        # role through the notify FIFO: B takes over on MASTER, with the address already there.
-        keepalived_config 1 150 0.1 0
-        keepalived_config 2 100 0.1
-        start_keepalived 1 A
-        for _ in $(seq 200); do holds_vip A && break; sleep 0.05; done
-        holds_vip A || { fail "$scenario: keepalived never gave A the address"; teardown; return; }
-        start_keepalived 2 B
-        a_args=(--vrrp-fifo "$DIR/keepalived1.fifo" --vrrp-track-file "$DIR/ready1" --vrrp-priority-file "$DIR/active1")
-        address_move=(--vrrp-fifo "$DIR/keepalived2.fifo" --vrrp-track-file "$DIR/ready2" --vrrp-priority-file "$DIR/active2")
+        # keepalived moves the address and tells each member its role: B takes over on MASTER,
+        # with the address already there.
+        start_keepalived_pair "$scenario" || { teardown; return; }
+        a_args=("${A_VRRP[@]}")
+        address_move=("${B_VRRP[@]}")
     else
         ip -n A addr add $CLUSTER_IP/24 dev eth0
     fi
-    start_member A 1 $CLUSTER_IP $GATEWAY_INNER $PEER_INNER/32 "${MEMBER_IP[A]}:7101" "2=${MEMBER_IP[B]}:7102" \
-        --active --data-plane xfrm "${LAG[@]}" --announce-checkpoints "${a_args[@]}"
-    # B only once A runs: under emulation the first start of a binary takes seconds, and a B
-    # that hears nobody meanwhile becomes active itself.
-    wait_for "$DIR/member1.events" event=active 30 || { fail "$scenario: A did not start"; tail -5 "$DIR/member1.log"; teardown; return; }
-    start_member B 2 $CLUSTER_IP $GATEWAY_INNER $PEER_INNER/32 "${MEMBER_IP[B]}:7102" "1=${MEMBER_IP[A]}:7101" \
-        --data-plane xfrm "${LAG[@]}" "${b_args[@]}" "${address_move[@]}"
-    wait_for "$DIR/member2.events" event=standby_ready 20 || { fail "$scenario: B never became ready"; tail -5 "$DIR"/member*.log; teardown; return; }
-    initiate || { tail -20 "$DIR/member1.log"; teardown; return; }
+    start_pair "$scenario" "${a_args[@]}" --announce-checkpoints -- "${b_args[@]}" "${address_move[@]}" || { teardown; return; }
     say "A's kernel: $(ip -n A xfrm state | grep -c '^src') SAs, $(ip -n A xfrm policy | grep -c '^src') policies"
     start_ping P $GATEWAY_INNER
     sleep 3
@@ -164,9 +202,6 @@ run_scenario() {
     say "B's kernel: $(ip -n B xfrm state | grep -c '^src') SAs, $(ip -n B xfrm policy | grep -c '^src') policies"
     sleep 0.5
     say "peer's neighbours: $(ip -n P neigh | tr '\n' ';') B's link: $(ip -n B link show eth0 | grep -o 'link/ether [0-9a-f:]*')"
-    # The first reply that B's kernel sent: after B took over (replies A sent before its link
-    # went down may still arrive just after the kill).
-    first_reply_after_takeover() { awk -v after="$takeover_ms" '/bytes from/ { gsub(/[\[\]]/, "", $1); if ($1 * 1000 > after) { print $1; exit } }' "$DIR/ping.log"; }
     # At least 3.5 s more, then until what the scenario waits for shows (B's first reply, or
     # without the advance the peer's first replay drop), for at most 20 s: B's conservative
     # window drops the peer's pings for the measured advance first, and under emulation with
@@ -180,12 +215,12 @@ run_scenario() {
             read -r seq_now proto_now <<<"$(xfrm_errors)"
             [ "$seq_now" -gt "$seq_before" ] && break
         else
-            [ -n "$(first_reply_after_takeover)" ] && break
+            [ -n "$(first_reply_after "$takeover_ms")" ] && break
         fi
         sleep 0.25
     done
     local first_reply_s first_reply_ms=""
-    first_reply_s=$(first_reply_after_takeover)
+    first_reply_s=$(first_reply_after "$takeover_ms")
     [ -n "$first_reply_s" ] && first_reply_ms=$(awk -v t="$first_reply_s" -v kill="$kill_ms" 'BEGIN { printf "%d", t * 1000 - kill }')
     local seq_after proto_after
     read -r seq_after proto_after <<<"$(xfrm_errors)"
@@ -200,12 +235,7 @@ run_scenario() {
         teardown
         return
     fi
-    if [ -n "$first_reply_ms" ]; then
-        pass "the peer's kernel accepted B's ESP: first reply ${first_reply_ms} ms after the kill (B took over $((takeover_ms - kill_ms)) ms after it)"
-    else fail "no ping was answered by B"; fi
-    if [ "$seq_after" -eq "$seq_before" ] && [ "$proto_after" -eq "$proto_before" ]; then
-        pass "the peer's /proc/net/xfrm_stat: no new XfrmInStateSeqError ($seq_after) or XfrmInStateProtoError ($proto_after)"
-    else fail "the peer's kernel dropped B's packets: XfrmInStateSeqError $seq_before -> $seq_after, XfrmInStateProtoError $proto_before -> $proto_after"; fi
+    check_peer_accepted_b "$first_reply_ms" "the kill" $((takeover_ms - kill_ms)) "$errors_before" "$seq_after $proto_after"
     # The pings stop first: charon runs DPD only on an idle IKE SA, and with B's replies flowing
     # (keepalived's quick move leaves no gap) the liveness check would never come.
     local summary
@@ -234,20 +264,8 @@ run_switchover() {
     say "=== scenario $scenario ==="
     [ "$scenario" = switchover-kernel-running ] && a_extra=(--switchover-leaves-kernel-running)
     setup || { fail "$scenario: setup"; teardown; return; }
-    keepalived_config 1 150 0.1 0
-    keepalived_config 2 100 0.1
-    start_keepalived 1 A
-    for _ in $(seq 200); do holds_vip A && break; sleep 0.05; done
-    holds_vip A || { fail "$scenario: keepalived never gave A the address"; teardown; return; }
-    start_keepalived 2 B
-    start_member A 1 $CLUSTER_IP $GATEWAY_INNER $PEER_INNER/32 "${MEMBER_IP[A]}:7101" "2=${MEMBER_IP[B]}:7102" \
-        --active --data-plane xfrm "${LAG[@]}" --vrrp-fifo "$DIR/keepalived1.fifo" --vrrp-track-file "$DIR/ready1" \
-        --vrrp-priority-file "$DIR/active1" "${a_extra[@]}"
-    wait_for "$DIR/member1.events" event=active 30 || { fail "$scenario: A did not start"; tail -5 "$DIR/member1.log"; teardown; return; }
-    start_member B 2 $CLUSTER_IP $GATEWAY_INNER $PEER_INNER/32 "${MEMBER_IP[B]}:7102" "1=${MEMBER_IP[A]}:7101" \
-        --data-plane xfrm "${LAG[@]}" --vrrp-fifo "$DIR/keepalived2.fifo" --vrrp-track-file "$DIR/ready2" --vrrp-priority-file "$DIR/active2"
-    wait_for "$DIR/member2.events" event=standby_ready 20 || { fail "$scenario: B never became ready"; tail -5 "$DIR"/member*.log; teardown; return; }
-    initiate || { tail -20 "$DIR/member1.log"; teardown; return; }
+    start_keepalived_pair "$scenario" || { teardown; return; }
+    start_pair "$scenario" "${A_VRRP[@]}" "${a_extra[@]}" -- "${B_VRRP[@]}" || { teardown; return; }
     start_ping P $GATEWAY_INNER
     sleep 3
     local errors_before log_at switch_ms takeover_ms seq_before proto_before seq_now proto_now waited
@@ -263,13 +281,12 @@ run_switchover() {
     say "B: $(grep -o 'event=takeover.*' "$DIR/member2.events" | head -1 | cut -c1-220)"
     for _ in $(seq 100); do holds_vip B && break; sleep 0.05; done
     holds_vip B || fail "$scenario: keepalived did not move the address to B"
-    first_reply_after_takeover() { awk -v after="$takeover_ms" '/bytes from/ { gsub(/[\[\]]/, "", $1); if ($1 * 1000 > after) { print $1; exit } }' "$DIR/ping.log"; }
     for waited in $(seq 66); do
         if [ "$scenario" = switchover-kernel-running ]; then
             read -r seq_now proto_now <<<"$(xfrm_errors)"
             [ "$seq_now" -gt "$seq_before" ] && break
         else
-            [ -n "$(first_reply_after_takeover)" ] && [ "$waited" -gt 8 ] && break
+            [ -n "$(first_reply_after "$takeover_ms")" ] && [ "$waited" -gt 8 ] && break
         fi
         sleep 0.25
     done
@@ -287,14 +304,9 @@ run_switchover() {
         teardown
         return
     fi
-    first_reply_s=$(first_reply_after_takeover)
+    first_reply_s=$(first_reply_after "$takeover_ms")
     [ -n "$first_reply_s" ] && first_reply_ms=$(awk -v t="$first_reply_s" -v at="$switch_ms" 'BEGIN { printf "%d", t * 1000 - at }')
-    if [ -n "$first_reply_ms" ]; then
-        pass "the peer's kernel accepted B's ESP: first reply ${first_reply_ms} ms after SIGUSR1 (B took over $((takeover_ms - switch_ms)) ms after it)"
-    else fail "no ping was answered by B"; fi
-    if [ "$seq_after" -eq "$seq_before" ] && [ "$proto_after" -eq "$proto_before" ]; then
-        pass "the peer's /proc/net/xfrm_stat: no new XfrmInStateSeqError ($seq_after) or XfrmInStateProtoError ($proto_after)"
-    else fail "the peer's kernel dropped B's packets: XfrmInStateSeqError $seq_before -> $seq_after, XfrmInStateProtoError $proto_before -> $proto_after"; fi
+    check_peer_accepted_b "$first_reply_ms" SIGUSR1 $((takeover_ms - switch_ms)) "$errors_before" "$seq_after $proto_after"
     if grep -q "event=child_sa_takeover.* advance=0 " "$DIR/member2.events" && ! grep "event=child_sa_takeover" "$DIR/member2.events" | grep -qv " advance=0 "; then
         pass "B resumed every Child SA with no advance: $(grep -m1 event=child_sa_takeover "$DIR/member2.events" | cut -d' ' -f4- | cut -c1-160)"
     else fail "B advanced counters: $(grep event=child_sa_takeover "$DIR/member2.events" | cut -c1-200)"; fi
