@@ -118,6 +118,24 @@ public struct UDPSyncTransport: SyncTransport, Sendable {
         channel.writeAndFlush(AddressedEnvelope(remoteAddress: address, data: buffer), promise: nil)
     }
 
+    /// The datagrams handed to the event loop in one task, written and flushed together (NIO
+    /// then sends them with one `sendmmsg`): one wake-up of the event loop for a member's turn
+    /// instead of one per datagram. Datagrams too large or to an unknown member are skipped.
+    public mutating func send(contentsOf datagrams: [(to: ClusterMemberID, datagram: [UInt8])], now: Timestamp) {
+        var envelopes: [AddressedEnvelope<ByteBuffer>] = []
+        envelopes.reserveCapacity(datagrams.count)
+        for (to, datagram) in datagrams {
+            guard datagram.count <= Self.maximumDatagramSize, let address = peers[to] else { continue }
+            envelopes.append(AddressedEnvelope(remoteAddress: address, data: channel.allocator.buffer(bytes: datagram)))
+        }
+        guard !envelopes.isEmpty else { return }
+        let channel = self.channel
+        channel.eventLoop.execute { [envelopes] in
+            for envelope in envelopes { channel.write(envelope, promise: nil) }
+            channel.flush()
+        }
+    }
+
     public mutating func receive(now: Timestamp) -> [[UInt8]] {
         inbox.state.withLockedValue { state in
             guard !state.datagrams.isEmpty else { return [] }

@@ -18,6 +18,10 @@ public protocol SyncTransport {
     mutating func send(_ datagram: [UInt8], to member: ClusterMemberID, now: Timestamp) throws(SyncTransportError)
     /// Everything that arrived for this member by `now`.
     mutating func receive(now: Timestamp) -> [[UInt8]]
+    /// Sends several datagrams at once, in order (a backend may hand them to the system in
+    /// fewer calls); one it refuses is skipped, as a refused ``send(_:to:now:)`` is. The
+    /// default sends them one by one.
+    mutating func send(contentsOf datagrams: [(to: ClusterMemberID, datagram: [UInt8])], now: Timestamp)
 }
 
 /// Errors of a synch transport.
@@ -29,19 +33,29 @@ public enum SyncTransportError: Error, Sendable, Hashable {
 }
 
 extension SyncTransport {
+    public mutating func send(contentsOf datagrams: [(to: ClusterMemberID, datagram: [UInt8])], now: Timestamp) {
+        for (to, datagram) in datagrams { try? send(datagram, to: to, now: now) }
+    }
+
     /// One turn of a member's loop on this transport: every datagram waiting goes into the
     /// channel, the channel's timers run, and what the channel wants sent is sent (a refused
-    /// send stays in the channel's retransmission buffer). The channel's other actions
+    /// send stays in the channel's retransmission buffer), what it answers a datagram as soon
+    /// as it answers (see ``service(_:now:)-(ClusterMember,_)``). The channel's other actions
     /// (deliveries, resync needs, restarts, drops) are returned in order.
     public mutating func service(_ channel: inout SyncChannel, now: Timestamp) -> [SyncChannelAction] {
-        var actions: [SyncChannelAction] = []
-        for datagram in receive(now: now) { actions += channel.receive(datagram, now: now) }
-        actions += channel.tick(now: now)
         var others: [SyncChannelAction] = []
-        for action in actions {
-            if case .transmit(let to, let datagram) = action { try? send(datagram, to: to, now: now) } else { others.append(action) }
-        }
+        for datagram in receive(now: now) { sendTransmitting(channel.receive(datagram, now: now), keeping: &others, now: now) }
+        sendTransmitting(channel.tick(now: now), keeping: &others, now: now)
         return others
+    }
+
+    /// Sends the datagrams among `actions` and appends the rest to `others`.
+    private mutating func sendTransmitting(_ actions: [SyncChannelAction], keeping others: inout [SyncChannelAction], now: Timestamp) {
+        var outgoing: [(to: ClusterMemberID, datagram: [UInt8])] = []
+        for action in actions {
+            if case .transmit(let to, let datagram) = action { outgoing.append((to, datagram)) } else { others.append(action) }
+        }
+        if !outgoing.isEmpty { send(contentsOf: outgoing, now: now) }
     }
 }
 
@@ -50,13 +64,28 @@ extension SyncTransport {
     /// the member, the member's time runs, and what it wants sent is sent (a refused send stays
     /// in the channel's retransmission buffer). The member's other actions are returned in
     /// order. Sleep until the member's ``ClusterMember/nextDeadline`` or the next datagram.
+    ///
+    /// What the member answers a datagram (its acknowledgements above all) goes out before the
+    /// next datagram goes in: a bulk resync arrives in bursts of thousands of datagrams, and
+    /// answered only once the whole burst was taken in, the sender's window stayed shut
+    /// meanwhile and the two members took turns instead of working at once.
     public mutating func service(_ member: inout ClusterMember, now: Timestamp) -> [ClusterMemberAction] {
-        for datagram in receive(now: now) { member.receive(datagram, now: now) }
-        member.tick(now: now)
         var others: [ClusterMemberAction] = []
-        while let action = member.nextAction() {
-            if case .transmit(let to, let datagram) = action { try? send(datagram, to: to, now: now) } else { others.append(action) }
+        for datagram in receive(now: now) {
+            member.receive(datagram, now: now)
+            sendTransmitting(&member, keeping: &others, now: now)
         }
+        member.tick(now: now)
+        sendTransmitting(&member, keeping: &others, now: now)
         return others
+    }
+
+    /// Sends the datagrams among `member`'s next actions and appends the rest to `others`.
+    private mutating func sendTransmitting(_ member: inout ClusterMember, keeping others: inout [ClusterMemberAction], now: Timestamp) {
+        var outgoing: [(to: ClusterMemberID, datagram: [UInt8])] = []
+        while let action = member.nextAction() {
+            if case .transmit(let to, let datagram) = action { outgoing.append((to, datagram)) } else { others.append(action) }
+        }
+        if !outgoing.isEmpty { send(contentsOf: outgoing, now: now) }
     }
 }
