@@ -232,6 +232,34 @@ struct CounterCheckpointTests {
 }
 
 extension CounterCheckpointTests {
+    /// A Child SA deleted and another installed in its slot: the newcomer starts a track of its
+    /// own (its first pass is not due), whether its counters are below the old one's or above,
+    /// and is then due by its own packets.
+    @Test func aSlotsNextChildSAIsTrackedAfresh() throws {
+        var (cluster, childSAs) = try pair(seed: 44, childSAs: 1)
+        var scheduler = CounterCheckpointScheduler(policy: CounterCheckpointPolicy(packets: 10, interval: .seconds(10)))
+        let old = childSAs[0]
+        let slot = try #require(cluster.state.slot(forInboundSPI: old.inboundSPI))
+        for _ in 0..<5 { _ = try cluster.state.nextOutboundSequenceNumber(at: slot, bytes: 100) }
+        _ = scheduler.takeDueCheckpoints(from: &cluster.state, now: cluster.now)
+        for _ in 0..<5 { _ = try cluster.state.nextOutboundSequenceNumber(at: slot, bytes: 100) }
+        var generator = RecordGenerator(seed: 45)
+        for packetsBefore in [UInt64(0), 1_000] {
+            _ = try cluster.state.deleteChildSA(inboundSPI: cluster.state.childSAs[0].inboundSPI)
+            var newcomer = generator.childSA(parent: old.parent)
+            newcomer.policy = nil
+            newcomer.lifetime.usage = ChildSAUsage(outboundPackets: packetsBefore)
+            _ = try cluster.state.createChildSA(newcomer)
+            #expect(cluster.state.slot(forInboundSPI: newcomer.inboundSPI) == slot, "the slot is reused")
+            #expect(scheduler.takeDueCheckpoints(from: &cluster.state, now: cluster.now).isEmpty, "a new track, not the old one's count")
+            for _ in 0..<9 { _ = try cluster.state.nextOutboundSequenceNumber(at: slot, bytes: 100) }
+            #expect(scheduler.takeDueCheckpoints(from: &cluster.state, now: cluster.now).isEmpty, "9 of its own packets")
+            _ = try cluster.state.nextOutboundSequenceNumber(at: slot, bytes: 100)
+            let due = scheduler.takeDueCheckpoints(from: &cluster.state, now: cluster.now)
+            #expect(due.map(\.checkpoint.inboundSPI) == [newcomer.inboundSPI])
+        }
+    }
+
     /// A ping flow, 100 packets a second each way, checkpointed every 4 packets: each
     /// checkpoint's rate is the busier direction's 100 a second, not the 200 of both, and not
     /// the rounding of one checkpoint's 4 packets (cluster.sh's crash lost 10 pings to an

@@ -113,4 +113,30 @@ struct TransportConformanceTests {
         for transport in [a, b] { try await transport.close() }
         try await group.shutdownGracefully()
     }
+
+    /// Datagrams sent together (one event-loop task, one flush) arrive whole and in order;
+    /// one too large or to a member without an address is skipped, not the others.
+    @Test func udpDatagramsSentTogetherArriveInOrder() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let (aID, bID) = (ClusterMemberID(rawValue: 1), ClusterMemberID(rawValue: 2))
+        let a = try await UDPSyncTransport.bind(member: aID, host: "127.0.0.1", port: 0, peers: [:], group: group)
+        let b = try await UDPSyncTransport.bind(member: bID, host: "127.0.0.1", port: 0, peers: [:], group: group)
+        var receiver = a.with(peers: [bID: b.localAddress])
+        var sender = b.with(peers: [aID: a.localAddress])
+        let now = Timestamp(nanoseconds: 1)
+        let sent = (0..<200).map { index in (0..<(100 + index)).map { UInt8(truncatingIfNeeded: $0 &+ index) } }
+        var batch = sent.map { (to: aID, datagram: $0) }
+        batch.insert((to: aID, datagram: Array(repeating: 1, count: UDPSyncTransport.maximumDatagramSize + 1)), at: 50)
+        batch.insert((to: ClusterMemberID(rawValue: 9), datagram: [1, 2, 3]), at: 100)
+        sender.send(contentsOf: batch, now: now)
+        var received: [[UInt8]] = []
+        for _ in 0..<400 where received.count < sent.count {
+            received += receiver.receive(now: now)
+            usleep(5_000)
+        }
+        let inOrder = received == sent
+        #expect(inOrder, "\(received.count) of \(sent.count) arrived, or out of order")
+        for transport in [a, b] { try await transport.close() }
+        try await group.shutdownGracefully()
+    }
 }

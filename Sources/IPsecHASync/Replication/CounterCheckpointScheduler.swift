@@ -50,6 +50,8 @@ public struct CounterCheckpointPolicy: Sendable, Hashable {
 /// drops.
 public struct CounterCheckpointScheduler {
     struct Track {
+        /// The Child SA tracked: another in its slot starts a track of its own.
+        var inboundSPI: UInt32
         /// The last checkpoint, and the packets of both directions then.
         var at: Timestamp
         var packets: UInt64
@@ -66,7 +68,11 @@ public struct CounterCheckpointScheduler {
 
     /// The policy in force.
     public var policy: CounterCheckpointPolicy
-    private var tracks: [UInt32: Track] = [:]
+    /// By the Child SA's slot in the gateway state (``ChildSASlot/index``): the scan visits
+    /// every Child SA five times per interval, and a dictionary by SPI (a hash, a probe and a
+    /// set of the SPIs seen, per Child SA and pass) made a pass over 200,000 Child SAs take
+    /// 32 ms, three times the 10 ms between passes.
+    private var tracks: [Track?] = []
 
     /// A scheduler with this policy.
     public init(policy: CounterCheckpointPolicy = CounterCheckpointPolicy()) { self.policy = policy }
@@ -74,25 +80,28 @@ public struct CounterCheckpointScheduler {
     /// Checkpoints every Child SA that is due at `now` (one pass over the SAs) and returns the
     /// entries to replicate, each with its measured packet rate.
     public mutating func takeDueCheckpoints(from state: inout GatewayState, now: Timestamp) -> [CounterCheckpointEntry] {
-        var entries: [CounterCheckpointEntry] = []
-        var seen = Set<UInt32>()
-        var due: [(spi: UInt32, packets: UInt64, rate: UInt32)] = []
+        var due: [(slot: ChildSASlot, packets: UInt64, rate: UInt32)] = []
         let interval = policy.intervalNanoseconds
         let window = policy.rateWindowNanoseconds
+        var slots = 0
         state.forEachChildSACounters { sa in
-            seen.insert(sa.inboundSPI)
+            let index = sa.slot.index
+            slots = max(slots, index + 1)
+            if index >= tracks.count { tracks.append(contentsOf: repeatElement(nil, count: index + 1 - tracks.count)) }
             let point = RatePoint(at: now, inbound: sa.inboundPackets, outbound: sa.outboundPackets)
-            guard let index = tracks.index(forKey: sa.inboundSPI) else {
-                tracks[sa.inboundSPI] = Track(at: now, packets: sa.packets, rateFrom: point, rateNext: point)
+            // A slot's first Child SA, or another one since the last pass (its counters start
+            // again; a count below the last checkpoint's cannot be the same SA's).
+            guard var track = tracks[index], track.inboundSPI == sa.inboundSPI, sa.packets >= track.packets else {
+                tracks[index] = Track(inboundSPI: sa.inboundSPI, at: now, packets: sa.packets, rateFrom: point, rateNext: point)
                 return
             }
             // Moved on every pass, not only at checkpoints: an SA idle for a minute that
             // starts sending is measured over the last window, not over the idle minute.
-            if now.nanoseconds &- tracks.values[index].rateNext.at.nanoseconds >= window {
-                tracks.values[index].rateFrom = tracks.values[index].rateNext
-                tracks.values[index].rateNext = point
+            if now.nanoseconds &- track.rateNext.at.nanoseconds >= window {
+                track.rateFrom = track.rateNext
+                track.rateNext = point
+                tracks[index] = track
             }
-            let track = tracks.values[index]
             let sent = sa.packets &- track.packets
             let elapsed = now.nanoseconds &- track.at.nanoseconds
             guard sent > 0, sent >= policy.packets || elapsed >= interval else { return }
@@ -101,17 +110,18 @@ public struct CounterCheckpointScheduler {
             let span = now.nanoseconds &- from.at.nanoseconds
             let (scaled, overflow) = measured.multipliedReportingOverflow(by: 1_000_000_000)
             let rate = span == 0 || overflow ? UInt64(UInt32.max) : min(scaled / span, UInt64(UInt32.max))
-            due.append((sa.inboundSPI, sa.packets, UInt32(rate)))
+            due.append((sa.slot, sa.packets, UInt32(rate)))
         }
-        for (spi, packets, rate) in due {
-            guard let slot = state.slot(forInboundSPI: spi),
-                case .countersAdvanced(let checkpoint, let generation)? = state.checkpointCounters(at: slot).first
-            else { continue }
+        // Slots past the last Child SA hold only tracks of SAs gone.
+        if tracks.count > slots { tracks.removeLast(tracks.count - slots) }
+        var entries: [CounterCheckpointEntry] = []
+        entries.reserveCapacity(due.count)
+        for (slot, packets, rate) in due {
+            guard case .countersAdvanced(let checkpoint, let generation)? = state.checkpointCounters(at: slot).first else { continue }
             entries.append(CounterCheckpointEntry(checkpoint: checkpoint, generation: generation, packetsPerSecond: rate))
-            tracks[spi]!.at = now
-            tracks[spi]!.packets = packets
+            tracks[slot.index]?.at = now
+            tracks[slot.index]?.packets = packets
         }
-        if tracks.count > seen.count { tracks = tracks.filter { seen.contains($0.key) } }
         return entries
     }
 }
