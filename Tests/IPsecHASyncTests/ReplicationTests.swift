@@ -260,6 +260,42 @@ extension CounterCheckpointTests {
         }
     }
 
+    /// The scan visits only Child SAs whose counters moved since their last checkpoint: one
+    /// idle for ten seconds is not due (and costs nothing); when it starts sending again its
+    /// rate is measured over the last window, not over the idle time. Packets not yet due
+    /// stay tracked: due by the interval with no packet more.
+    @Test func idleChildSAsAreSkippedAndResumeWithARecentRate() throws {
+        var (cluster, childSAs) = try pair(seed: 46, childSAs: 1)
+        let slot = try #require(cluster.state.slot(forInboundSPI: childSAs[0].inboundSPI))
+        var scheduler = CounterCheckpointScheduler(policy: CounterCheckpointPolicy(packets: 1_000, interval: .milliseconds(50)))
+        var now = cluster.now
+        func pass(after milliseconds: UInt64) -> [CounterCheckpointEntry] {
+            now = Timestamp(nanoseconds: now.nanoseconds + milliseconds * 1_000_000)
+            return scheduler.takeDueCheckpoints(from: &cluster.state, now: now)
+        }
+        #expect(pass(after: 0).isEmpty, "the first pass starts tracking")
+        var taken: [CounterCheckpointEntry] = []
+        for _ in 0..<20 {
+            _ = try cluster.state.nextOutboundSequenceNumber(at: slot, bytes: 100)
+            taken += pass(after: 10)
+        }
+        #expect(!taken.isEmpty && taken.allSatisfy { (80...120).contains($0.packetsPerSecond) }, "\(taken.map(\.packetsPerSecond))")
+        // Idle for ten seconds: whatever was sent last is checkpointed, then nothing.
+        var idle: [CounterCheckpointEntry] = []
+        for _ in 0..<1_000 { idle += pass(after: 10) }
+        #expect(idle.count <= 1, "only the last packets' checkpoint: \(idle.count)")
+        // Ten packets in 10 ms after the idle time: 100 a second over the last window, not one
+        // a second over the idle ten seconds.
+        for _ in 0..<10 { _ = try cluster.state.nextOutboundSequenceNumber(at: slot, bytes: 100) }
+        let resumed = pass(after: 10)
+        #expect(resumed.count == 1 && (50...110).contains(resumed.first?.packetsPerSecond ?? 0), "\(resumed.map(\.packetsPerSecond))")
+        // Five packets, then none: not due by count, due by the interval all the same.
+        for _ in 0..<5 { _ = try cluster.state.nextOutboundSequenceNumber(at: slot, bytes: 100) }
+        var later: [CounterCheckpointEntry] = []
+        for _ in 0..<6 { later += pass(after: 10) }
+        #expect(later.count == 1 && later.first?.checkpoint.outbound.lastSent == cluster.state[slot]?.outboundCounter.lastSent)
+    }
+
     /// A ping flow, 100 packets a second each way, checkpointed every 4 packets: each
     /// checkpoint's rate is the busier direction's 100 a second, not the 200 of both, and not
     /// the rounding of one checkpoint's 4 packets (cluster.sh's crash lost 10 pings to an

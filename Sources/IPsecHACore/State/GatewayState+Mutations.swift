@@ -240,15 +240,48 @@ extension GatewayState {
                 // would copy the Child SA and retain each of its references, and each
                 // `slots[index]!` checked the optional again.
                 for index in slots.indices where slots.hasValue(at: index) {
-                    let sa: UnsafePointer<ChildSA> = slots.addressOfValue(at: index)
-                    try body(
-                        ChildSACounters(
-                            slot: ChildSASlot(index: Int32(truncatingIfNeeded: index)), inboundSPI: sa.pointee.inboundSPI, parent: sa.pointee.parent,
-                            lastSent: sa.pointee.outboundCounter.lastSent,
-                            hardLimit: sa.pointee.outboundCounter.hardLimit, inboundTop: sa.pointee.inboundWindow.top,
-                            extendedSequenceNumbers: sa.pointee.outboundCounter.extendedSequenceNumbers,
-                            outboundPackets: sa.pointee.lifetime.usage.outboundPackets,
-                            inboundPackets: sa.pointee.lifetime.usage.inboundPackets, freshness: freshness[index]))
+                    try body(Self.counters(of: slots.addressOfValue(at: index), at: index, freshness: freshness[index]))
+                }
+            }
+        }
+    }
+
+    /// The counters of the Child SA at `sa`, in slot `index`, read field by field.
+    @inline(__always)
+    static func counters(of sa: UnsafePointer<ChildSA>, at index: Int, freshness: ChildSAFreshness?) -> ChildSACounters {
+        ChildSACounters(
+            slot: ChildSASlot(index: Int32(truncatingIfNeeded: index)), inboundSPI: sa.pointee.inboundSPI, parent: sa.pointee.parent,
+            lastSent: sa.pointee.outboundCounter.lastSent,
+            hardLimit: sa.pointee.outboundCounter.hardLimit, inboundTop: sa.pointee.inboundWindow.top,
+            extendedSequenceNumbers: sa.pointee.outboundCounter.extendedSequenceNumbers,
+            outboundPackets: sa.pointee.lifetime.usage.outboundPackets,
+            inboundPackets: sa.pointee.lifetime.usage.inboundPackets, freshness: freshness)
+    }
+
+    /// Calls `body` with the counters of every Child SA whose counters may have moved since its
+    /// last checkpoint (a packet, an observation, an installation or a change since), in slot
+    /// order; `body` returns whether to keep visiting it (false: nothing new since its last
+    /// checkpoint, until the next packet). ``checkpointCounters(at:)`` also ends the visits.
+    /// The active member's checkpoint scan: it costs the Child SAs with traffic, not all of
+    /// them.
+    public mutating func visitChildSACountersMoved(_ body: (ChildSACounters) throws -> Bool) rethrows {
+        let words = countersMoved.count
+        try childSlots.withUnsafeBufferPointer { slots in
+            try freshness.withUnsafeBufferPointer { freshness in
+                for word in 0..<words {
+                    var bits = countersMoved[word]
+                    while bits != 0 {
+                        let bit = bits.trailingZeroBitCount
+                        bits &= bits &- 1
+                        let index = word &<< 6 | bit
+                        guard index < slots.count, slots.hasValue(at: index) else {
+                            countersMoved[word] &= ~(1 &<< UInt64(bit))
+                            continue
+                        }
+                        let sa: UnsafePointer<ChildSA> = slots.addressOfValue(at: index)
+                        let keep = try body(Self.counters(of: sa, at: index, freshness: freshness[index]))
+                        if !keep { countersMoved[word] &= ~(1 &<< UInt64(bit)) }
+                    }
                 }
             }
         }

@@ -39,6 +39,7 @@ extension GatewayState {
         let number = try childSlots[index]!.outboundCounter.next()
         childSlots[index]!.lifetime.usage.outboundBytes &+= bytes
         childSlots[index]!.lifetime.usage.outboundPackets &+= 1
+        markCountersMoved(index)
         return number
     }
 
@@ -73,6 +74,7 @@ extension GatewayState {
             inboundBytes: max(usage.inboundBytes, observed.usage.inboundBytes), inboundPackets: max(usage.inboundPackets, observed.usage.inboundPackets),
             outboundBytes: max(usage.outboundBytes, observed.usage.outboundBytes),
             outboundPackets: max(usage.outboundPackets, observed.usage.outboundPackets))
+        markCountersMoved(index)
     }
 
     /// Phase one of the inbound replay check on the Child SA in `slot`.
@@ -88,11 +90,13 @@ extension GatewayState {
         try childSlots[index]!.inboundWindow.commit(sequenceNumber)
         childSlots[index]!.lifetime.usage.inboundBytes &+= bytes
         childSlots[index]!.lifetime.usage.inboundPackets &+= 1
+        markCountersMoved(index)
     }
 
     /// Turns the current counters of the Child SA in `slot` into a replicated change.
     public mutating func checkpointCounters(at slot: ChildSASlot) -> [StateChange] {
         guard let index = occupiedIndex(slot) else { return [] }
+        countersMoved[index &>> 6] &= ~(1 &<< UInt64(index & 63))
         childSlots[index]!.generation += 1
         let sa = childSlots[index]!
         return [.countersAdvanced(sa.counterCheckpoint, generation: sa.generation)]

@@ -28,6 +28,7 @@ extension GatewayState {
         for decision in plan.childSAs {
             guard let slot = spiIndex.slot(of: decision.inboundSPI) else { continue }
             let index = Int(slot)
+            markCountersMoved(index)
             if let offset = plan.clockOffset { childSlots[index]!.lifetime = childSlots[index]!.lifetime.shifted(by: offset) }
             guard case .resume(let lastSent) = decision.outbound, case .restore(let policy) = decision.inbound else {
                 retireForRekey(at: index)

@@ -28,6 +28,12 @@ public struct GatewayState: Sendable, Equatable {
     /// slot): a standby finds where a checkpoint goes by comparing 4 dense bytes, not by
     /// reading the Child SA (``applyCounterCheckpoints(_:arrivedAt:)``).
     var slotSPIs: [UInt32] = []
+    /// Per slot, one bit: the Child SA's counters may have moved since its last checkpoint (a
+    /// packet, an observation, an installation or a change). The active member's checkpoint
+    /// scan visits only these (``visitChildSACountersMoved(_:)``): most Child SAs of a large
+    /// state are idle, and visiting each five times per checkpoint interval took 27 ms for
+    /// 2,000,000 of them, every 10 ms. Not part of equality.
+    var countersMoved: [UInt64] = []
     var freeSlots: [Int32] = []
     /// The selectors of the Child SA installed last. Child SAs installed one after another
     /// often have equal selectors (a site's subnets, a remote-access gateway's local side): one
@@ -73,6 +79,7 @@ public struct GatewayState: Sendable, Equatable {
         incarnations.reserveCapacity(childCount)
         freshness.reserveCapacity(childCount)
         slotSPIs.reserveCapacity(childCount)
+        countersMoved.reserveCapacity((childCount + 63) / 64)
         spiIndex.reserveCapacity(childCount)
     }
 
@@ -110,7 +117,9 @@ public struct GatewayState: Sendable, Equatable {
             incarnations.append(0)
             freshness.append(nil)
             slotSPIs.append(spi)
+            if Int(slot) &>> 6 >= countersMoved.count { countersMoved.append(0) }
         }
+        markCountersMoved(Int(slot))
         spiIndex.insert(spi, slot: slot)
         if let parent {
             Self.insertSorted(spi, into: &ikeSAs.slots[parent]!.childSAs)
@@ -139,6 +148,18 @@ public struct GatewayState: Sendable, Equatable {
         }
         childSlots[Int(slot)] = sa
         incarnations[Int(slot)] &+= 1
+        markCountersMoved(Int(slot))
+    }
+
+    /// Notes that the counters of the Child SA at `index` may have moved since its last
+    /// checkpoint (the slot exists: its word was added with it).
+    @inline(__always)
+    mutating func markCountersMoved(_ index: Int) {
+        let word = index &>> 6, bit: UInt64 = 1 &<< UInt64(index & 63)
+        // Read first: mostly marked already (every packet after the first since a checkpoint),
+        // and a read skips the write's uniqueness check (Benchmarks, nextOutboundSequenceNumber:
+        // 37 ns without marks, 40 with a write each time, 39 like this).
+        if countersMoved[word] & bit == 0 { countersMoved[word] |= bit }
     }
 
     mutating func uninstall(slot: Int32) {
@@ -150,6 +171,7 @@ public struct GatewayState: Sendable, Equatable {
         freshness[Int(slot)] = nil
         slotSPIs[Int(slot)] = 0
         incarnations[Int(slot)] &+= 1
+        countersMoved[Int(slot) &>> 6] &= ~(1 &<< UInt64(slot & 63))
         freeSlots.append(slot)
     }
 

@@ -58,6 +58,9 @@ public struct CounterCheckpointScheduler {
         /// Where the rate is measured from, and the next such point once it is a window old.
         var rateFrom: RatePoint
         var rateNext: RatePoint
+        /// The last visit: between visits the counters did not move (the scan visits every
+        /// Child SA whose counters moved since its last checkpoint).
+        var seen: RatePoint
     }
 
     struct RatePoint {
@@ -68,52 +71,25 @@ public struct CounterCheckpointScheduler {
 
     /// The policy in force.
     public var policy: CounterCheckpointPolicy
-    /// By the Child SA's slot in the gateway state (``ChildSASlot/index``): the scan visits
-    /// every Child SA five times per interval, and a dictionary by SPI (a hash, a probe and a
-    /// set of the SPIs seen, per Child SA and pass) made a pass over 200,000 Child SAs take
-    /// 32 ms, three times the 10 ms between passes.
+    /// By the Child SA's slot in the gateway state (``ChildSASlot/index``). A dictionary by SPI
+    /// (a hash, a probe and a set of the SPIs seen, per Child SA and pass) made a pass over
+    /// 200,000 Child SAs take 32 ms, three times the 10 ms between passes.
     private var tracks: [Track?] = []
 
     /// A scheduler with this policy.
     public init(policy: CounterCheckpointPolicy = CounterCheckpointPolicy()) { self.policy = policy }
 
-    /// Checkpoints every Child SA that is due at `now` (one pass over the SAs) and returns the
-    /// entries to replicate, each with its measured packet rate.
+    /// Checkpoints every Child SA that is due at `now` and returns the entries to replicate,
+    /// each with its measured packet rate. The first pass visits every Child SA, to start
+    /// tracking each; later ones only those whose counters moved since their last checkpoint
+    /// (``GatewayState/visitChildSACountersMoved(_:)``): an idle Child SA costs nothing.
     public mutating func takeDueCheckpoints(from state: inout GatewayState, now: Timestamp) -> [CounterCheckpointEntry] {
         var due: [(slot: ChildSASlot, packets: UInt64, rate: UInt32)] = []
-        let interval = policy.intervalNanoseconds
-        let window = policy.rateWindowNanoseconds
-        var slots = 0
-        state.forEachChildSACounters { sa in
-            let index = sa.slot.index
-            slots = max(slots, index + 1)
-            if index >= tracks.count { tracks.append(contentsOf: repeatElement(nil, count: index + 1 - tracks.count)) }
-            let point = RatePoint(at: now, inbound: sa.inboundPackets, outbound: sa.outboundPackets)
-            // A slot's first Child SA, or another one since the last pass (its counters start
-            // again; a count below the last checkpoint's cannot be the same SA's).
-            guard var track = tracks[index], track.inboundSPI == sa.inboundSPI, sa.packets >= track.packets else {
-                tracks[index] = Track(inboundSPI: sa.inboundSPI, at: now, packets: sa.packets, rateFrom: point, rateNext: point)
-                return
-            }
-            // Moved on every pass, not only at checkpoints: an SA idle for a minute that
-            // starts sending is measured over the last window, not over the idle minute.
-            if now.nanoseconds &- track.rateNext.at.nanoseconds >= window {
-                track.rateFrom = track.rateNext
-                track.rateNext = point
-                tracks[index] = track
-            }
-            let sent = sa.packets &- track.packets
-            let elapsed = now.nanoseconds &- track.at.nanoseconds
-            guard sent > 0, sent >= policy.packets || elapsed >= interval else { return }
-            let from = track.rateFrom
-            let measured = max(sa.inboundPackets &- from.inbound, sa.outboundPackets &- from.outbound)
-            let span = now.nanoseconds &- from.at.nanoseconds
-            let (scaled, overflow) = measured.multipliedReportingOverflow(by: 1_000_000_000)
-            let rate = span == 0 || overflow ? UInt64(UInt32.max) : min(scaled / span, UInt64(UInt32.max))
-            due.append((sa.slot, sa.packets, UInt32(rate)))
+        if tracks.isEmpty {
+            state.forEachChildSACounters { sa in _ = visit(sa, now: now, due: &due) }
+        } else {
+            state.visitChildSACountersMoved { sa in visit(sa, now: now, due: &due) }
         }
-        // Slots past the last Child SA hold only tracks of SAs gone.
-        if tracks.count > slots { tracks.removeLast(tracks.count - slots) }
         var entries: [CounterCheckpointEntry] = []
         entries.reserveCapacity(due.count)
         for (slot, packets, rate) in due {
@@ -123,5 +99,44 @@ public struct CounterCheckpointScheduler {
             tracks[slot.index]?.packets = packets
         }
         return entries
+    }
+
+    /// One Child SA's visit: its track started or moved on, and it appended to `due` when due.
+    /// Returns whether it has packets since its last checkpoint that are not due yet (to be
+    /// visited again).
+    private mutating func visit(_ sa: GatewayState.ChildSACounters, now: Timestamp, due: inout [(slot: ChildSASlot, packets: UInt64, rate: UInt32)]) -> Bool {
+        let index = sa.slot.index
+        if index >= tracks.count { tracks.append(contentsOf: repeatElement(nil, count: index + 1 - tracks.count)) }
+        let point = RatePoint(at: now, inbound: sa.inboundPackets, outbound: sa.outboundPackets)
+        // A slot's first Child SA, or another one since the last visit (its counters start
+        // again; a count below the last checkpoint's cannot be the same SA's).
+        guard var track = tracks[index], track.inboundSPI == sa.inboundSPI, sa.packets >= track.packets else {
+            tracks[index] = Track(inboundSPI: sa.inboundSPI, at: now, packets: sa.packets, rateFrom: point, rateNext: point, seen: point)
+            return false
+        }
+        let window = policy.rateWindowNanoseconds
+        if now.nanoseconds &- track.seen.at.nanoseconds > window {
+            // Not visited for more than a window: idle, its counters as last seen, until after
+            // the last pass. Measured over the last window, as if it had been visited all along
+            // (not over the idle time, which would make a flow that starts look slow).
+            let idle = RatePoint(at: Timestamp(nanoseconds: max(track.seen.at.nanoseconds, now.nanoseconds &- window)), inbound: track.seen.inbound, outbound: track.seen.outbound)
+            track.rateFrom = idle
+            track.rateNext = idle
+        } else if now.nanoseconds &- track.rateNext.at.nanoseconds >= window {
+            track.rateFrom = track.rateNext
+            track.rateNext = point
+        }
+        track.seen = point
+        tracks[index] = track
+        let sent = sa.packets &- track.packets
+        guard sent > 0 else { return false }
+        guard sent >= policy.packets || now.nanoseconds &- track.at.nanoseconds >= policy.intervalNanoseconds else { return true }
+        let from = track.rateFrom
+        let measured = max(sa.inboundPackets &- from.inbound, sa.outboundPackets &- from.outbound)
+        let span = now.nanoseconds &- from.at.nanoseconds
+        let (scaled, overflow) = measured.multipliedReportingOverflow(by: 1_000_000_000)
+        let rate = span == 0 || overflow ? UInt64(UInt32.max) : min(scaled / span, UInt64(UInt32.max))
+        due.append((sa.slot, sa.packets, UInt32(rate)))
+        return true
     }
 }

@@ -151,3 +151,50 @@ struct CounterCheckpointTests {
         #expect(s.state.childSA(inboundSPI: 0x10_0000 + 1_999) != nil)
     }
 }
+
+@Suite("Counters moved since the last checkpoint: what the active member's scan visits")
+struct CountersMovedTests {
+    func visited(_ state: inout GatewayState, keeping: Set<UInt32> = []) -> [UInt32] {
+        var spis: [UInt32] = []
+        state.visitChildSACountersMoved { counters in
+            spis.append(counters.inboundSPI)
+            return keeping.contains(counters.inboundSPI)
+        }
+        return spis
+    }
+
+    /// Installed Child SAs are visited once; then only those that sent, received, were
+    /// observed or changed; a checkpoint or a visit that says "nothing new" ends the visits;
+    /// a deleted Child SA is never visited, and its slot's next one is.
+    @Test func packetsObservationsAndChangesMarkCheckpointsAndVisitsClear() throws {
+        var random = SplitMix64(seed: 9)
+        var state = GatewayState()
+        let ike = Fixtures.ikeSA(1, &random)
+        _ = try state.createIKESA(ike)
+        let spis: [UInt32] = (0..<130).map { UInt32(0x4000 + $0) }
+        for spi in spis { _ = try state.createChildSA(Fixtures.childSA(inboundSPI: spi, parent: ike.identifier, window: 128, esn: true, &random)) }
+        #expect(visited(&state, keeping: [0x4001]) == spis, "every new Child SA, in slot order, across words")
+        #expect(visited(&state) == [0x4001], "only the one kept")
+        #expect(visited(&state).isEmpty)
+        let slot = { (spi: UInt32) in state.slot(forInboundSPI: spi)! }
+        _ = try state.nextOutboundSequenceNumber(at: slot(0x4002), bytes: 10)
+        try state.commitInbound(1, bytes: 10, at: slot(0x4070))
+        var observed = state.childSA(inboundSPI: 0x4081)!.counterCheckpoint
+        observed.outbound.lastSent += 5
+        try state.observeCounters(observed)
+        _ = try state.updateChildSA(inboundSPI: 0x4003) { $0.requestID = 77 }
+        _ = try state.nextOutboundSequenceNumber(at: slot(0x4004), bytes: 10)
+        _ = state.checkpointCounters(at: slot(0x4004))
+        _ = try state.nextOutboundSequenceNumber(at: slot(0x4005), bytes: 10)
+        let freed = slot(0x4005)
+        _ = try state.deleteChildSA(inboundSPI: 0x4005)
+        #expect(visited(&state) == [0x4002, 0x4003, 0x4070, 0x4081], "0x4004 was checkpointed, 0x4005 deleted")
+        let reused = Fixtures.childSA(inboundSPI: 0x5000, parent: ike.identifier, window: 128, esn: true, &random)
+        _ = try state.createChildSA(reused)
+        #expect(state.slot(forInboundSPI: 0x5000) == freed, "the freed slot is reused")
+        var copy = state
+        #expect(visited(&state) == [0x5000])
+        #expect(copy == state, "marks are no part of equality")
+        #expect(visited(&copy) == [0x5000] && visited(&state).isEmpty, "a copy keeps its own marks")
+    }
+}
