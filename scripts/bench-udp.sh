@@ -36,15 +36,23 @@ echo "net.core.rmem_max=$rmem_max (the transport asks for 4194304)"
 receive_errors() { awk '/^Udp:/ && $2 ~ /^[0-9]+$/ { print $6 }' /proc/net/snmp 2>/dev/null || echo 0; }
 for cipher in chacha20-poly1305 aes-256-gcm; do
     errors_before=$(receive_errors)
-    "$demo" member --id 2 --listen "127.0.0.1:$standby_port" --peer "1=127.0.0.1:$active_port" --key-file "$scratch/key" \
-        --status-interval-ms 500 --duration-ms 120000 --cipher "$cipher" --datagram-size "$DATAGRAM_SIZE" >"$scratch/standby-$cipher" 2>"$scratch/standby-$cipher.err" &
-    standby=$!
-    pids+=("$standby")
     "$demo" member --id 1 --active --listen "127.0.0.1:$active_port" --peer "2=127.0.0.1:$standby_port" --key-file "$scratch/key" \
         --ike-sas "$IKE_SAS" --packets-per-second 10 --status-interval-ms 0 --duration-ms 120000 --cipher "$cipher" --datagram-size "$DATAGRAM_SIZE" \
         >"$scratch/active-$cipher" 2>"$scratch/active-$cipher.err" &
     active=$!
     pids+=("$active")
+    # The standby only once the active member runs its loop (its first line): building a large
+    # state takes it seconds, and a standby that hears nobody for a second takes over as the
+    # last resort.
+    for _ in $(seq 1 1200); do
+        [ -s "$scratch/active-$cipher" ] && break
+        kill -0 "$active" 2>/dev/null || break
+        sleep 0.1
+    done
+    "$demo" member --id 2 --listen "127.0.0.1:$standby_port" --peer "1=127.0.0.1:$active_port" --key-file "$scratch/key" \
+        --status-interval-ms 500 --duration-ms 120000 --cipher "$cipher" --datagram-size "$DATAGRAM_SIZE" >"$scratch/standby-$cipher" 2>"$scratch/standby-$cipher.err" &
+    standby=$!
+    pids+=("$standby")
     for _ in $(seq 1 1200); do
         grep -q '^ready' "$scratch/standby-$cipher" && break
         kill -0 "$standby" 2>/dev/null || break
