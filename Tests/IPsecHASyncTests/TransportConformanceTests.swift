@@ -87,56 +87,58 @@ struct TransportConformanceTests {
         try await group.shutdownGracefully()
     }
 
-    /// Every size the transport carries arrives whole: the channel may be configured for
-    /// datagrams up to 65,507 bytes, and NIO's datagram channel reads into 2,048-byte buffers
-    /// unless told otherwise (a longer datagram came out cut, and never authenticated).
-    @Test func udpDatagramsOfEverySizeArriveWhole() async throws {
+    /// Two UDP transports on loopback, each the other's peer: `body` gets the sender, the
+    /// receiver and the receiver's ID; both are closed afterwards.
+    static func withLoopbackPair(_ body: (inout UDPSyncTransport, inout UDPSyncTransport, ClusterMemberID) throws -> Void) async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let (aID, bID) = (ClusterMemberID(rawValue: 1), ClusterMemberID(rawValue: 2))
         let a = try await UDPSyncTransport.bind(member: aID, host: "127.0.0.1", port: 0, peers: [:], group: group)
         let b = try await UDPSyncTransport.bind(member: bID, host: "127.0.0.1", port: 0, peers: [:], group: group)
         var receiver = a.with(peers: [bID: b.localAddress])
         var sender = b.with(peers: [aID: a.localAddress])
-        let now = Timestamp(nanoseconds: 1)
-        let sizes = [1, 1_400, 2_048, 2_049, 9_000, 32_768, UDPSyncTransport.maximumDatagramSize]
-        let sent = sizes.map { size in (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ size) } }
-        for datagram in sent { try sender.send(datagram, to: aID, now: now) }
-        var received: [[UInt8]] = []
-        for _ in 0..<400 where received.count < sent.count {
-            received += receiver.receive(now: now)
-            usleep(5_000)
-        }
-        #expect(received.map(\.count) == sizes)
-        let whole = received == sent
-        #expect(whole, "a datagram arrived changed")
-        #expect(receiver.dropped == 0 && receiver.refused == 0)
+        try body(&sender, &receiver, aID)
         for transport in [a, b] { try await transport.close() }
         try await group.shutdownGracefully()
+    }
+
+    /// What `receiver` gets until `count` datagrams arrived, or two seconds passed.
+    static func receive(_ count: Int, from receiver: inout UDPSyncTransport) -> [[UInt8]] {
+        var received: [[UInt8]] = []
+        for _ in 0..<400 where received.count < count {
+            received += receiver.receive(now: Timestamp(nanoseconds: 1))
+            usleep(5_000)
+        }
+        return received
+    }
+
+    /// Every size the transport carries arrives whole: the channel may be configured for
+    /// datagrams up to 65,507 bytes, and NIO's datagram channel reads into 2,048-byte buffers
+    /// unless told otherwise (a longer datagram came out cut, and never authenticated).
+    @Test func udpDatagramsOfEverySizeArriveWhole() async throws {
+        try await Self.withLoopbackPair { sender, receiver, receiverID in
+            let sizes = [1, 1_400, 2_048, 2_049, 9_000, 32_768, UDPSyncTransport.maximumDatagramSize]
+            let sent = sizes.map { size in (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ size) } }
+            for datagram in sent { try sender.send(datagram, to: receiverID, now: Timestamp(nanoseconds: 1)) }
+            let received = Self.receive(sent.count, from: &receiver)
+            #expect(received.map(\.count) == sizes)
+            let whole = received == sent
+            #expect(whole, "a datagram arrived changed")
+            #expect(receiver.dropped == 0 && receiver.refused == 0)
+        }
     }
 
     /// Datagrams sent together (one event-loop task, one flush) arrive whole and in order;
     /// one too large or to a member without an address is skipped, not the others.
     @Test func udpDatagramsSentTogetherArriveInOrder() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let (aID, bID) = (ClusterMemberID(rawValue: 1), ClusterMemberID(rawValue: 2))
-        let a = try await UDPSyncTransport.bind(member: aID, host: "127.0.0.1", port: 0, peers: [:], group: group)
-        let b = try await UDPSyncTransport.bind(member: bID, host: "127.0.0.1", port: 0, peers: [:], group: group)
-        var receiver = a.with(peers: [bID: b.localAddress])
-        var sender = b.with(peers: [aID: a.localAddress])
-        let now = Timestamp(nanoseconds: 1)
-        let sent = (0..<200).map { index in (0..<(100 + index)).map { UInt8(truncatingIfNeeded: $0 &+ index) } }
-        var batch = sent.map { (to: aID, datagram: $0) }
-        batch.insert((to: aID, datagram: Array(repeating: 1, count: UDPSyncTransport.maximumDatagramSize + 1)), at: 50)
-        batch.insert((to: ClusterMemberID(rawValue: 9), datagram: [1, 2, 3]), at: 100)
-        sender.send(contentsOf: batch, now: now)
-        var received: [[UInt8]] = []
-        for _ in 0..<400 where received.count < sent.count {
-            received += receiver.receive(now: now)
-            usleep(5_000)
+        try await Self.withLoopbackPair { sender, receiver, receiverID in
+            let sent = (0..<200).map { index in (0..<(100 + index)).map { UInt8(truncatingIfNeeded: $0 &+ index) } }
+            var batch = sent.map { (to: receiverID, datagram: $0) }
+            batch.insert((to: receiverID, datagram: Array(repeating: 1, count: UDPSyncTransport.maximumDatagramSize + 1)), at: 50)
+            batch.insert((to: ClusterMemberID(rawValue: 9), datagram: [1, 2, 3]), at: 100)
+            sender.send(contentsOf: batch, now: Timestamp(nanoseconds: 1))
+            let received = Self.receive(sent.count, from: &receiver)
+            let inOrder = received == sent
+            #expect(inOrder, "\(received.count) of \(sent.count) arrived, or out of order")
         }
-        let inOrder = received == sent
-        #expect(inOrder, "\(received.count) of \(sent.count) arrived, or out of order")
-        for transport in [a, b] { try await transport.close() }
-        try await group.shutdownGracefully()
     }
 }
