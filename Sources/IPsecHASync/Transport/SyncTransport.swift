@@ -40,7 +40,7 @@ extension SyncTransport {
     /// One turn of a member's loop on this transport: every datagram waiting goes into the
     /// channel, the channel's timers run, and what the channel wants sent is sent (a refused
     /// send stays in the channel's retransmission buffer), what it answers a datagram as soon
-    /// as it answers (see ``service(_:now:)-(ClusterMember,_)``). The channel's other actions
+    /// as it answers (as the cluster member's turn below says why). The channel's other actions
     /// (deliveries, resync needs, restarts, drops) are returned in order.
     public mutating func service(_ channel: inout SyncChannel, now: Timestamp) -> [SyncChannelAction] {
         var others: [SyncChannelAction] = []
