@@ -173,6 +173,9 @@ public struct XFRMDataPlane<Kernel: XFRMKernel>: ClusterDataPlane {
     /// replace its predecessor's).
     private var policyOwners: [PolicyKey: UInt32] = [:]
     private var lastSweep: Timestamp?
+    /// Child SAs that lost a kernel SA in a switchover's stop without its last counters
+    /// (``stopServingForHandover(_:)``): no switchover until they are gone.
+    private var countersUnknown: Set<UInt32> = []
     private var overrunsAtLastSweep = 0
 
     struct Installed {
@@ -332,6 +335,10 @@ public struct XFRMDataPlane<Kernel: XFRMKernel>: ClusterDataPlane {
         guard configuration.installsChildSAs else {
             throw DataPlaneError("the IKE stack owns the kernel SAs (installsChildSAs is off): they cannot be stopped for a switchover here")
         }
+        countersUnknown.formIntersection(state.childSAs.map(\.inboundSPI))
+        if let spi = countersUnknown.min() {
+            throw DataPlaneError("Child SA \(spi) lost a kernel SA with its last counters unknown (an earlier switchover): rekey it first")
+        }
         var handedOver: [ChildSACounterCheckpoint] = []
         for child in state.childSAs {
             guard let sas = Self.kernelSAs(of: child, in: state) else { continue }
@@ -341,8 +348,19 @@ public struct XFRMDataPlane<Kernel: XFRMKernel>: ClusterDataPlane {
                 outbound = try deleteReportingCounters(sas.outbound, source: sas.local)
                 inbound = try deleteReportingCounters(sas.inbound, source: sas.remote)
             } catch {
-                restore(handedOver + [Self.checkpoint(of: child, inbound: inbound, outbound: outbound)], in: state)
-                throw DataPlaneError("deleting the kernel SAs of Child SA \(child.inboundSPI) for a switchover: \(error); serving on")
+                // The deletion that failed may have happened all the same (its notice lost, or
+                // its answer): that SA's last counters are then unknown, and installing it again
+                // from the state's older ones would send numbers, or accept packets, the kernel
+                // already had. Such an SA stays out of the kernel (its traffic is dropped), and
+                // no switchover is made until its Child SA is gone.
+                let lost = [(sas.outbound, sas.local, outbound), (sas.inbound, sas.remote, inbound)].compactMap { sa, source, known in
+                    known == nil && (try? kernel.asyncEvent(of: sa, source: source)) == nil ? sa : nil
+                }
+                if !lost.isEmpty { countersUnknown.insert(child.inboundSPI) }
+                restore(handedOver, partly: Self.checkpoint(of: child, inbound: inbound, outbound: outbound), lost: lost, in: state)
+                throw DataPlaneError(
+                    "deleting the kernel SAs of Child SA \(child.inboundSPI) for a switchover: \(error); serving on"
+                        + (lost.isEmpty ? "" : ", without \(lost.count) of its kernel SAs (last counters unknown: rekey it)"))
             }
             var checkpoint = Self.checkpoint(of: child, inbound: inbound, outbound: outbound)
             if inbound?.replay != nil {
@@ -365,13 +383,15 @@ public struct XFRMDataPlane<Kernel: XFRMKernel>: ClusterDataPlane {
     }
 
     /// After a refused switchover: the Child SAs of `checkpoints` installed again with the
-    /// counters their deleted SAs ended with (a kernel SA still there stays as it is).
-    private mutating func restore(_ checkpoints: [ChildSACounterCheckpoint], in state: GatewayState) {
+    /// counters their deleted SAs ended with, and the one whose deletion failed (`partly`)
+    /// likewise except its `lost` SAs (a kernel SA still there stays as it is).
+    private mutating func restore(_ checkpoints: [ChildSACounterCheckpoint], partly failed: ChildSACounterCheckpoint, lost: [XFRMSAIdentifier], in state: GatewayState) {
         var restored = state
-        for checkpoint in checkpoints { try? restored.observeCounters(checkpoint) }
+        for checkpoint in checkpoints + [failed] { try? restored.observeCounters(checkpoint) }
         for checkpoint in checkpoints {
             if let child = restored.childSA(inboundSPI: checkpoint.inboundSPI) { try? install(child, in: restored) }
         }
+        if let child = restored.childSA(inboundSPI: failed.inboundSPI) { try? install(child, in: restored, skipping: lost) }
     }
 
     /// Makes the kernel hold what `state` holds (``XFRMDataPlaneConfiguration/installsChildSAs``
@@ -390,7 +410,7 @@ public struct XFRMDataPlane<Kernel: XFRMKernel>: ClusterDataPlane {
 
     /// Installs `child`'s two kernel SAs with its counters, its keys and the thresholds of the
     /// async events, then its policies.
-    mutating func install(_ child: ChildSA, in state: GatewayState) throws(DataPlaneError) {
+    mutating func install(_ child: ChildSA, in state: GatewayState, skipping lost: [XFRMSAIdentifier] = []) throws(DataPlaneError) {
         guard let sas = Self.kernelSAs(of: child, in: state) else { return }
         let requestID = Self.requestID(of: child)
         do {
@@ -399,7 +419,7 @@ public struct XFRMDataPlane<Kernel: XFRMKernel>: ClusterDataPlane {
             for (sa, source, key, replay) in [
                 (sas.inbound, sas.remote, inboundKey, XFRMExtendedReplayState(outboundLastSent: 0, inboundTop: child.inboundWindow.top, replayWindow: child.inboundWindow.size)),
                 (sas.outbound, sas.local, outboundKey, XFRMExtendedReplayState(outboundLastSent: child.outboundCounter.lastSent, inboundTop: 0, replayWindow: child.inboundWindow.size)),
-            ] {
+            ] where !lost.contains(sa) {
                 var state = XFRMState(
                     selector: .any(family: sa.family), sa: sa, source: source, requestID: requestID,
                     flags: child.extendedSequenceNumbers ? XFRMState.extendedSequenceNumbersFlag : 0, aead: key,

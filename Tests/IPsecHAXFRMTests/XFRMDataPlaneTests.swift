@@ -47,9 +47,15 @@ struct TableKernel: XFRMKernel {
 
     /// SAs whose deletion the kernel refuses (EPERM, as for an SA another subsystem holds).
     var refusedDeletions: Set<XFRMSAIdentifier> = []
+    /// SAs whose deletion happens but whose answer is lost (ETIMEDOUT after the fact).
+    var unansweredDeletions: Set<XFRMSAIdentifier> = []
 
     mutating func delete(_ sa: XFRMSAIdentifier) throws(XFRMCodecError) {
         guard !refusedDeletions.contains(sa) else { throw .kernelRefused(errno: 1) }
+        if unansweredDeletions.contains(sa) {
+            sas[sa] = nil
+            throw .kernelRefused(errno: 110)
+        }
         guard sas.removeValue(forKey: sa) != nil else { throw .kernelRefused(errno: 3) }
         installedStates[sa] = nil
     }
@@ -281,6 +287,31 @@ struct XFRMDataPlaneTests {
         let expected: [UInt32: UInt64] = [esn.inboundSPI: 0x1_0000_0100, legacy.inboundSPI: 900]
         #expect(firstOut.outboundLastSent == expected[first.inboundSPI] && secondOut.outboundLastSent == expected[second.inboundSPI])
         #expect(state.childSA(inboundSPI: first.inboundSPI)!.outboundCounter.lastSent < expected[first.inboundSPI]!, "the state lagged the kernel")
+    }
+
+    /// A deletion whose outcome is unknown (done, but its answer lost): that kernel SA is not
+    /// installed again from the state's older counters (it would send numbers the kernel used),
+    /// and no switchover is made until its Child SA is gone.
+    @Test func aDeletionWithoutAnAnswerIsNotUndoneFromOlderCounters() throws {
+        var (state, kernel, esn, legacy) = try Self.setUp()
+        var configuration = XFRMDataPlaneConfiguration()
+        configuration.installsChildSAs = true
+        let ike = try #require(state.ikeSAs[esn.parent])
+        let local = XFRMAddress(ike.local.address), remote = XFRMAddress(ike.remote.address)
+        let order = state.childSAs.map(\.inboundSPI)
+        let (first, second) = order[0] == esn.inboundSPI ? (esn, legacy) : (legacy, esn)
+        let secondOut = XFRMSAIdentifier(destination: remote, spi: second.outboundSPI)
+        kernel.unansweredDeletions = [secondOut]
+        var dataPlane = XFRMDataPlane(kernel: kernel, configuration: configuration)
+        #expect(throws: DataPlaneError.self) { _ = try dataPlane.stopServingForHandover(state) }
+        #expect(dataPlane.kernel.sas[secondOut] == nil, "not installed again from older counters")
+        #expect(dataPlane.kernel.sas[XFRMSAIdentifier(destination: local, spi: second.inboundSPI)] != nil, "its inbound SA was never deleted")
+        #expect(dataPlane.kernel.sas[XFRMSAIdentifier(destination: remote, spi: first.outboundSPI)] != nil, "the first Child SA is back")
+        let held = dataPlane.kernel.sas.count
+        #expect(throws: DataPlaneError.self) { _ = try dataPlane.stopServingForHandover(state) }
+        #expect(dataPlane.kernel.sas.count == held, "refused before deleting anything")
+        _ = try state.deleteChildSA(inboundSPI: second.inboundSPI)
+        #expect(try dataPlane.stopServingForHandover(state).map(\.inboundSPI) == [first.inboundSPI], "once it is gone (rekeyed)")
     }
 
     /// Selectors XFRM cannot express (an address range that is not a prefix, a port range)
