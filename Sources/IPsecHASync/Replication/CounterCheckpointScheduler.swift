@@ -71,7 +71,7 @@ public struct CounterCheckpointScheduler {
 
     /// The policy in force.
     public var policy: CounterCheckpointPolicy
-    /// By the Child SA's slot in the gateway state (``ChildSASlot/index``). A dictionary by SPI
+    /// By the Child SA's slot in the gateway state (`ChildSASlot.index`). A dictionary by SPI
     /// (a hash, a probe and a set of the SPIs seen, per Child SA and pass) made a pass over
     /// 200,000 Child SAs take 32 ms, three times the 10 ms between passes.
     private var tracks: [Track?] = []
@@ -82,7 +82,7 @@ public struct CounterCheckpointScheduler {
     /// Checkpoints every Child SA that is due at `now` and returns the entries to replicate,
     /// each with its measured packet rate. The first pass visits every Child SA, to start
     /// tracking each; later ones only those whose counters moved since their last checkpoint
-    /// (``GatewayState/visitChildSACountersMoved(_:)``): an idle Child SA costs nothing.
+    /// (`GatewayState.visitChildSACountersMoved(_:)`): an idle Child SA costs nothing.
     public mutating func takeDueCheckpoints(from state: inout GatewayState, now: Timestamp) -> [CounterCheckpointEntry] {
         var due: [(slot: ChildSASlot, packets: UInt64, rate: UInt32)] = []
         if tracks.isEmpty {
