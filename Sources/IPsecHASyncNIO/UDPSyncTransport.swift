@@ -112,25 +112,24 @@ public struct UDPSyncTransport: SyncTransport, Sendable {
     }
 
     public mutating func send(_ datagram: [UInt8], to member: ClusterMemberID, now: Timestamp) throws(SyncTransportError) {
+        channel.writeAndFlush(try envelope(datagram, to: member), promise: nil)
+    }
+
+    /// `datagram` addressed to `member`; refused when too large or to a member without an address.
+    private func envelope(_ datagram: [UInt8], to member: ClusterMemberID) throws(SyncTransportError) -> AddressedEnvelope<ByteBuffer> {
         guard datagram.count <= Self.maximumDatagramSize else { throw .tooLarge(datagram.count) }
         guard let address = peers[member] else { throw .unreachable(member) }
-        let buffer = channel.allocator.buffer(bytes: datagram)
-        channel.writeAndFlush(AddressedEnvelope(remoteAddress: address, data: buffer), promise: nil)
+        return AddressedEnvelope(remoteAddress: address, data: channel.allocator.buffer(bytes: datagram))
     }
 
     /// The datagrams handed to the event loop in one task, written and flushed together (NIO
     /// then sends them with one `sendmmsg`): one wake-up of the event loop for a member's turn
     /// instead of one per datagram. Datagrams too large or to an unknown member are skipped.
     public mutating func send(contentsOf datagrams: [(to: ClusterMemberID, datagram: [UInt8])], now: Timestamp) {
-        var envelopes: [AddressedEnvelope<ByteBuffer>] = []
-        envelopes.reserveCapacity(datagrams.count)
-        for (to, datagram) in datagrams {
-            guard datagram.count <= Self.maximumDatagramSize, let address = peers[to] else { continue }
-            envelopes.append(AddressedEnvelope(remoteAddress: address, data: channel.allocator.buffer(bytes: datagram)))
-        }
+        let envelopes = datagrams.compactMap { to, datagram in try? envelope(datagram, to: to) }
         guard !envelopes.isEmpty else { return }
         let channel = self.channel
-        channel.eventLoop.execute { [envelopes] in
+        channel.eventLoop.execute {
             for envelope in envelopes { channel.write(envelope, promise: nil) }
             channel.flush()
         }

@@ -222,6 +222,14 @@ public struct XFRMAsyncEvent: Sendable, Hashable {
         return Netlink.message(type: type, flags: flags, sequence: sequence, body: body.bytes)
     }
 
+    /// The replay state of an `XFRMA_REPLAY_VAL` or `XFRMA_REPLAY_ESN_VAL` attribute.
+    static func replayState(_ attribute: NetlinkAttribute) throws(XFRMCodecError) -> XFRMReplayState {
+        guard attribute.type == Attribute.replayValue else { return .extended(try XFRMExtendedReplayState(attribute: attribute.payload)) }
+        guard attribute.payload.count == 12 else { throw .invalidLength("XFRMA_REPLAY_VAL", length: attribute.payload.count) }
+        var value = NetlinkReader(attribute.payload[...], what: "XFRMA_REPLAY_VAL")
+        return .legacy(outboundLastSent: try value.u32(), inboundTop: try value.u32(), bitmap: try value.u32())
+    }
+
     /// Decodes the payload of a NEWAE message (the header cut off by `Netlink.messages(in:)`).
     /// Attributes it does not know are skipped; one it knows with the wrong size, or a bitmap
     /// longer than ``XFRMExtendedReplayState/maximumBitmapWords``, is refused.
@@ -242,11 +250,8 @@ public struct XFRMAsyncEvent: Sendable, Hashable {
         for attribute in try Netlink.attributes(in: payload[(payload.startIndex + Self.fixedSize)...]) {
             var value = NetlinkReader(attribute.payload[...], what: "xfrm attribute \(attribute.type)")
             switch attribute.type {
-            case Attribute.replayValue:
-                guard attribute.payload.count == 12 else { throw .invalidLength("XFRMA_REPLAY_VAL", length: attribute.payload.count) }
-                replay = .legacy(outboundLastSent: try value.u32(), inboundTop: try value.u32(), bitmap: try value.u32())
-            case Attribute.extendedReplayValue:
-                replay = .extended(try XFRMExtendedReplayState(attribute: attribute.payload))
+            case Attribute.replayValue, Attribute.extendedReplayValue:
+                replay = try Self.replayState(attribute)
             case Attribute.lifetimeValue:
                 guard attribute.payload.count == 32 else { throw .invalidLength("XFRMA_LTIME_VAL", length: attribute.payload.count) }
                 lifetime = XFRMLifetimeCurrent(bytes: try value.u64(), packets: try value.u64(), addTime: try value.u64(), useTime: try value.u64())
@@ -296,12 +301,8 @@ extension XFRMAsyncEvent {
             case Self.saAttribute:
                 guard attribute.payload.count == XFRMState.fixedSize else { throw .invalidLength("XFRMA_SA", length: attribute.payload.count) }
                 whole = try XFRMState(payload: attribute.payload[...])
-            case Attribute.replayValue:
-                guard attribute.payload.count == 12 else { throw .invalidLength("XFRMA_REPLAY_VAL", length: attribute.payload.count) }
-                var value = NetlinkReader(attribute.payload[...], what: "XFRMA_REPLAY_VAL")
-                replay = .legacy(outboundLastSent: try value.u32(), inboundTop: try value.u32(), bitmap: try value.u32())
-            case Attribute.extendedReplayValue:
-                replay = .extended(try XFRMExtendedReplayState(attribute: attribute.payload))
+            case Attribute.replayValue, Attribute.extendedReplayValue:
+                replay = try Self.replayState(attribute)
             default:
                 continue
             }

@@ -143,10 +143,7 @@ struct ScaleBenchCommand: ParsableCommand {
         replica = Replica()
         var scheduler = CounterCheckpointScheduler()
         _ = scheduler.takeDueCheckpoints(from: &scanned, now: now)
-        var slots: [ChildSASlot] = []
-        slots.reserveCapacity(scanned.childSACount)
-        scanned.forEachChildSACounters { slots.append($0.slot) }
-        for slot in slots { _ = try scanned.nextOutboundSequenceNumber(at: slot, bytes: 100) }
+        for slot in scanned.occupiedChildSASlots { _ = try scanned.nextOutboundSequenceNumber(at: slot, bytes: 100) }
         var scanSeconds = Double.infinity
         for pass in 1...3 {
             let started = clock.now
