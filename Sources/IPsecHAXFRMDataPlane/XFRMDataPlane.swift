@@ -366,7 +366,7 @@ public struct XFRMDataPlane<Kernel: XFRMKernel>: ClusterDataPlane {
             if inbound?.replay != nil {
                 let top = checkpoint.inbound.highestAuthenticatedSequenceNumber
                 let last: UInt64 = child.extendedSequenceNumbers ? .max : UInt64(UInt32.max)
-                checkpoint.inbound.highestAuthenticatedSequenceNumber = top > last &- configuration.handoverInboundMargin ? last : top &+ configuration.handoverInboundMargin
+                checkpoint.inbound.highestAuthenticatedSequenceNumber = top &+ min(configuration.handoverInboundMargin, last &- min(top, last))
             }
             handedOver.append(checkpoint)
         }

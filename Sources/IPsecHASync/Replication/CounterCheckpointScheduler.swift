@@ -84,7 +84,7 @@ public struct CounterCheckpointScheduler {
     /// tracking each; later ones only those whose counters moved since their last checkpoint
     /// (`GatewayState.visitChildSACountersMoved(_:)`): an idle Child SA costs nothing.
     public mutating func takeDueCheckpoints(from state: inout GatewayState, now: Timestamp) -> [CounterCheckpointEntry] {
-        var due: [(slot: ChildSASlot, packets: UInt64, rate: UInt32)] = []
+        var due: [Due] = []
         if tracks.isEmpty {
             state.forEachChildSACounters { sa in _ = visit(sa, now: now, due: &due) }
         } else {
@@ -101,10 +101,13 @@ public struct CounterCheckpointScheduler {
         return entries
     }
 
+    /// A Child SA due for a checkpoint: where, its packets then, its measured rate.
+    private typealias Due = (slot: ChildSASlot, packets: UInt64, rate: UInt32)
+
     /// One Child SA's visit: its track started or moved on, and it appended to `due` when due.
     /// Returns whether it has packets since its last checkpoint that are not due yet (to be
     /// visited again).
-    private mutating func visit(_ sa: GatewayState.ChildSACounters, now: Timestamp, due: inout [(slot: ChildSASlot, packets: UInt64, rate: UInt32)]) -> Bool {
+    private mutating func visit(_ sa: GatewayState.ChildSACounters, now: Timestamp, due: inout [Due]) -> Bool {
         let index = sa.slot.index
         if index >= tracks.count { tracks.append(contentsOf: repeatElement(nil, count: index + 1 - tracks.count)) }
         let point = RatePoint(at: now, inbound: sa.inboundPackets, outbound: sa.outboundPackets)
@@ -119,7 +122,7 @@ public struct CounterCheckpointScheduler {
             // Not visited for more than a window: idle, its counters as last seen, until after
             // the last pass. Measured over the last window, as if it had been visited all along
             // (not over the idle time, which would make a flow that starts look slow).
-            let idle = RatePoint(at: Timestamp(nanoseconds: max(track.seen.at.nanoseconds, now.nanoseconds &- window)), inbound: track.seen.inbound, outbound: track.seen.outbound)
+            let idle = RatePoint(at: Timestamp(nanoseconds: now.nanoseconds &- window), inbound: track.seen.inbound, outbound: track.seen.outbound)
             track.rateFrom = idle
             track.rateNext = idle
         } else if now.nanoseconds &- track.rateNext.at.nanoseconds >= window {
