@@ -117,7 +117,7 @@ public struct ReplicationPair {
             }
             started = charge(active: false, since: started)
             try perform(activeChannel.tick(now: now), onActive: true)
-            try perform(replicator.pump(channel: &activeChannel, now: now), onActive: true)
+            try perform(replicator.pump(state: state, channel: &activeChannel, now: now), onActive: true)
             started = charge(active: true, since: started)
             defer { started = charge(active: false, since: started) }
             try perform(standbyChannel.tick(now: now), onActive: false)

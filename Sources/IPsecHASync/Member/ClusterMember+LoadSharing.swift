@@ -53,7 +53,7 @@ extension ClusterMember {
         let actions = ownership.tick(now: now)
         sharing.ownership = ownership
         perform(actions, &sharing, now: now)
-        enqueue(sharing.replicator.pump(channel: &channel, now: now))
+        enqueue(sharing.replicator.pump(state: sharing.state, channel: &channel, now: now))
         for (other, replica) in sharing.replicas.sorted(by: { $0.key < $1.key }) where !replica.isReady && !replica.isResyncing {
             guard Self.isDue(sharing.lastHello[other], every: configuration.helloInterval, now: now) else { continue }
             sharing.lastHello[other] = now

@@ -149,7 +149,7 @@ extension ClusterMember {
             active.announcement = nil
             outbox.append(.tookOver(announcement.plan, rekey: announcement.rekey))
         }
-        enqueue(active.replicator.pump(channel: &channel, now: now))
+        enqueue(active.replicator.pump(state: active.state, channel: &channel, now: now))
         // A scan visits every Child SA: at most five per checkpoint interval (a checkpoint is
         // then at most a fifth of it late), however often the embedder ticks.
         if Self.isDue(active.lastCheckpointScan, every: configuration.checkpoints.interval / 5, now: now) {

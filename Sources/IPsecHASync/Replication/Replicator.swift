@@ -162,13 +162,22 @@ public struct Replicator {
     /// The standbys replicated to.
     public let standbys: [ClusterMemberID]
     private var pending: [ClusterMemberID: Pending] = [:]
+    /// Standbys owed a bulk resync that waits for room in the channel's buffer to them
+    /// (``pump(state:channel:now:)``): their backlog passed ``backlogLimit`` while the buffer
+    /// was full. Nothing is queued for them meanwhile (the resync's snapshot, taken when it
+    /// starts, holds every change), and no snapshot is held.
+    private var owedResyncs: Set<ClusterMemberID> = []
     /// The ticket of the last datagram sent from each standby's latest resync or backlog.
     private var resyncCompletions: [ClusterMemberID: SyncTicket] = [:]
     private var nextResyncID: UInt32 = 1
     /// At most this many records wait for one standby (a backlog, or the changes made during a
     /// resync); one more starts a fresh resync from the current state instead, which replaces
     /// them. Memory stays bounded when a standby cannot keep up; the operator sees
-    /// ``backlogOverflows`` and ``resyncsStarted`` climb.
+    /// ``backlogOverflows`` and ``resyncsStarted`` climb. When the channel's buffer to the
+    /// standby is full at that moment (a standby that is gone, or not there yet), the resync is
+    /// owed instead and starts once the buffer has room: a snapshot taken then would hold the
+    /// whole state for nothing, and the active member's next change would copy it all (with a
+    /// standby away, every ``backlogLimit`` records cost a copy of the state: quadratic).
     public let backlogLimit: Int
     /// A standby's requests for a full resync (a hello that needs one, a request for
     /// everything) are taken at most once this often (1 s by default); earlier ones are refused
@@ -212,10 +221,14 @@ public struct Replicator {
     /// Whether a bulk resync to `standby` is still being streamed.
     public func isResyncing(_ standby: ClusterMemberID) -> Bool { pending[standby]?.snapshot != nil }
 
-    /// Whether records for `standby` wait to be sent: a resync is being streamed, or a backlog
-    /// waits for room in the channel's buffer. Such a standby gets no tickets; hold what
-    /// depends on it until ``hasCaughtUp(_:channel:)``.
-    public func isCatchingUp(_ standby: ClusterMemberID) -> Bool { pending[standby] != nil }
+    /// Whether records for `standby` wait to be sent: a resync is being streamed, a backlog
+    /// waits for room in the channel's buffer, or a resync is owed (``backlogLimit``). Such a
+    /// standby gets no tickets; hold what depends on it until ``hasCaughtUp(_:channel:)``.
+    public func isCatchingUp(_ standby: ClusterMemberID) -> Bool { pending[standby] != nil || owedResyncs.contains(standby) }
+
+    /// Whether a bulk resync of `standby` waits for room in the channel's buffer to it
+    /// (``backlogLimit``); ``pump(state:channel:now:)`` starts it.
+    public func isResyncOwed(_ standby: ClusterMemberID) -> Bool { owedResyncs.contains(standby) }
 
     /// Records of changes that wait for `standby`, behind a resync or in a backlog (at most
     /// ``backlogLimit``).
@@ -227,7 +240,7 @@ public struct Replicator {
     /// for a standby that was catching up when the change was made until this is true, since
     /// ``replicate(_:state:channel:now:)`` gives no ticket for such a standby.
     public func hasCaughtUp(_ standby: ClusterMemberID, channel: SyncChannel) -> Bool {
-        guard pending[standby] == nil else { return false }
+        guard !isCatchingUp(standby) else { return false }
         return resyncCompletions[standby].map(channel.isAcknowledged) ?? true
     }
 
@@ -261,6 +274,10 @@ public struct Replicator {
     private mutating func replicate(
         records: [SyncRecord], to standby: ClusterMemberID, state: GatewayState, channel: inout SyncChannel, now: Timestamp
     ) -> (ticket: SyncTicket?, actions: [SyncChannelAction]) {
+        if owedResyncs.contains(standby) {
+            // The resync's snapshot will hold these changes (`state` includes them).
+            return (nil, channel.reliableCapacity(to: standby) > 0 ? startResync(of: standby, from: state, channel: &channel, now: now) : [])
+        }
         if pending[standby] != nil {
             return (nil, enqueue(records, for: standby, state: state, channel: &channel, now: now))
         }
@@ -305,6 +322,11 @@ public struct Replicator {
     ) -> [SyncChannelAction] {
         guard pending[standby]!.unsentAppended + records.count <= backlogLimit else {
             backlogOverflows += 1
+            guard channel.reliableCapacity(to: standby) > 0 else {
+                pending[standby] = nil
+                owedResyncs.insert(standby)
+                return []
+            }
             return startResync(of: standby, from: state, channel: &channel, now: now)
         }
         pending[standby]!.appended += records
@@ -365,6 +387,7 @@ public struct Replicator {
         nextResyncID &+= 1
         resyncsStarted += 1
         requestLimits[standby, default: RequestLimit()].lastFullResync = now
+        owedResyncs.remove(standby)
         channel.resetStream(to: standby)
         pending[standby] = Pending(id: id, snapshot: state)
         return pump(channel: &channel, now: now)
@@ -405,7 +428,20 @@ public struct Replicator {
         return startResync(of: standby, from: state, channel: &channel, now: now)
     }
 
-    /// Sends as much of every pending resync and backlog as the channel's buffers take.
+    /// Starts the resyncs owed (``backlogLimit``) whose channel buffer has room now, from
+    /// `state`, and sends as much of every pending resync and backlog as the channel's buffers
+    /// take. Call it regularly (every tick).
+    public mutating func pump(state: GatewayState, channel: inout SyncChannel, now: Timestamp) -> [SyncChannelAction] {
+        var actions: [SyncChannelAction] = []
+        for standby in owedResyncs.sorted() where channel.reliableCapacity(to: standby) > 0 {
+            actions += startResync(of: standby, from: state, channel: &channel, now: now)
+        }
+        return actions + pump(channel: &channel, now: now)
+    }
+
+    /// Sends as much of every pending resync and backlog as the channel's buffers take; a
+    /// resync owed (``isResyncOwed(_:)``) waits for ``pump(state:channel:now:)``, or for the
+    /// next records replicated to its standby, to start.
     public mutating func pump(channel: inout SyncChannel, now: Timestamp) -> [SyncChannelAction] {
         var actions: [SyncChannelAction] = []
         for standby in pending.keys.sorted() {
@@ -494,7 +530,8 @@ public enum StandbyStatus: String, Sendable, Hashable, CustomStringConvertible {
     case silent
     /// A bulk resync is being streamed to it.
     case resyncing
-    /// Records wait for room in the channel's buffer to it.
+    /// Records wait for room in the channel's buffer to it, or a bulk resync that replaces
+    /// them does (``Replicator/isResyncOwed(_:)``).
     case catchingUp = "catching-up"
     /// An acknowledgement has been outstanding for more than three heartbeats.
     case lagging
