@@ -45,6 +45,15 @@ public struct Replicator {
         /// Records of changes made since the snapshot (or queued in a backlog), sent after the
         /// resync's end.
         var appended: [SyncRecord] = []
+        /// Counter checkpoints made meanwhile, the latest of each Child SA (by inbound SPI):
+        /// they go out once everything before them has (``flushCheckpoints()``).
+        /// Queued whole, the checkpoints of a busy state during a long resync took more memory
+        /// than the state (every Child SA with traffic, about every 50 ms); coalesced they take
+        /// at most one entry per Child SA. Later in the stream than they were made is safe: a
+        /// checkpoint older than a record of its Child SA that follows is refused as stale by
+        /// its generation, one of a Child SA deleted meanwhile as unknown.
+        var checkpoints: [CounterCheckpointEntry] = []
+        var checkpointPositions: [UInt32: Int] = [:]
         /// Position of the next record to send.
         var next = 0
         /// Snapshot records skipped as too large for a datagram, left out of the counts the
@@ -92,6 +101,30 @@ public struct Replicator {
         /// Records not yet sent that a later resync would make good (those of the snapshot are
         /// made again from the state when they are needed).
         var unsentAppended: Int { count - max(next, snapshotCount) }
+
+        /// Whether anything is left to send.
+        var isDone: Bool { next >= count && checkpoints.isEmpty }
+
+        /// Takes in checkpoints, keeping the latest of each Child SA.
+        mutating func coalesce(_ entries: [CounterCheckpointEntry]) {
+            for entry in entries {
+                let spi = entry.checkpoint.inboundSPI
+                if let position = checkpointPositions[spi] {
+                    checkpoints[position] = entry
+                } else {
+                    checkpointPositions[spi] = checkpoints.count
+                    checkpoints.append(entry)
+                }
+            }
+        }
+
+        /// Appends the coalesced checkpoints as records, behind what waits already.
+        mutating func flushCheckpoints() {
+            guard !checkpoints.isEmpty else { return }
+            appended += Replicator.batches(checkpoints)
+            checkpoints = []
+            checkpointPositions = [:]
+        }
 
         /// Packs the records at `positions`: resync begin, the snapshot's policies, IKE SAs and
         /// Child SAs, resync end, then the appended records. The SAs are encoded straight from
@@ -151,7 +184,9 @@ public struct Replicator {
         /// backlog of the rest (releasing its snapshot), a backlog drops its sent records.
         mutating func compact() {
             if snapshot != nil, next >= snapshotCount {
-                self = Pending(backlog: Array(appended[(next - snapshotCount)...]))
+                var backlog = Pending(backlog: Array(appended[(next - snapshotCount)...]))
+                (backlog.checkpoints, backlog.checkpointPositions) = (checkpoints, checkpointPositions)
+                self = backlog
             } else if snapshot == nil, next > 0 {
                 appended.removeFirst(next)
                 next = 0
@@ -232,7 +267,9 @@ public struct Replicator {
 
     /// Records of changes that wait for `standby`, behind a resync or in a backlog (at most
     /// ``backlogLimit``).
-    public func waitingRecords(for standby: ClusterMemberID) -> Int { pending[standby]?.unsentAppended ?? 0 }
+    public func waitingRecords(for standby: ClusterMemberID) -> Int {
+        pending[standby].map { $0.unsentAppended + ($0.checkpoints.isEmpty ? 0 : 1) } ?? 0
+    }
 
     /// Whether a standby holds everything replicated so far that it did not get a ticket for:
     /// nothing waits for it (``isCatchingUp(_:)`` is false), and it acknowledged the last
@@ -348,19 +385,45 @@ public struct Replicator {
     }
 
     /// Sends counter checkpoints (from ``CounterCheckpointScheduler``) to every standby, batched.
+    /// A standby that is catching up (``isCatchingUp(_:)``) gets the latest checkpoint of each
+    /// Child SA once what waits before has gone: the checkpoints of a whole state, at most, wait
+    /// for it, not every checkpoint made meanwhile.
     public mutating func replicate(
         checkpoints: [CounterCheckpointEntry], state: GatewayState, channel: inout SyncChannel, now: Timestamp
     ) -> (tickets: [SyncTicket], actions: [SyncChannelAction]) {
-        replicate(records: Self.batches(checkpoints), state: state, channel: &channel, now: now)
+        let records = Self.batches(checkpoints)
+        guard !records.isEmpty else { return ([], []) }
+        var tickets: [SyncTicket] = []
+        var actions: [SyncChannelAction] = []
+        for standby in standbys {
+            if pending[standby] != nil {
+                pending[standby]!.coalesce(checkpoints)
+                continue
+            }
+            let sent = replicate(records: records, to: standby, state: state, channel: &channel, now: now)
+            if let ticket = sent.ticket { tickets.append(ticket) }
+            actions += sent.actions
+        }
+        return (tickets, actions)
     }
 
-    /// Counter checkpoint records for `entries`, in order: one record, which the channel splits
-    /// at entry boundaries into records that fill its datagrams (entries are mostly far smaller
-    /// than their largest encoding, about 25 bytes against 79, so they are sized by encoding
-    /// them, once).
+    /// Counter checkpoint records for `entries`, in order: a record per
+    /// ``checkpointsPerRecord``, which the channel splits at entry boundaries into records that
+    /// fill its datagrams (entries are mostly far smaller than their largest encoding, about 25
+    /// bytes against 79, so they are sized by encoding them, once).
     public static func batches(_ entries: [CounterCheckpointEntry]) -> [SyncRecord] {
-        entries.isEmpty ? [] : [.counterCheckpoints(entries)]
+        guard entries.count > checkpointsPerRecord else { return entries.isEmpty ? [] : [.counterCheckpoints(entries)] }
+        return stride(from: 0, to: entries.count, by: checkpointsPerRecord).map { start in
+            .counterCheckpoints(Array(entries[start..<min(start + checkpointsPerRecord, entries.count)]))
+        }
     }
+
+    /// The most checkpoints in one record: at most 16 datagrams of the default size, about 5
+    /// as entries usually are. A record goes into the channel's retransmission buffer whole,
+    /// so one that needs more datagrams than the buffer holds never goes; one record for a
+    /// scan's checkpoints did at a few hundred thousand Child SAs with traffic, and stopped
+    /// replication until a resync.
+    public static let checkpointsPerRecord = 256
 
     /// The records for `changes`, with consecutive counter checkpoints batched.
     static func records(for changes: [StateChange]) -> [SyncRecord] {
@@ -447,7 +510,9 @@ public struct Replicator {
         for standby in pending.keys.sorted() {
             var resync = pending[standby]!
             // Records of a few hundred bytes each: about four per datagram at the default size.
-            while resync.next < resync.count, channel.reliableCapacity(to: standby) > 0 {
+            while channel.reliableCapacity(to: standby) > 0 {
+                if resync.next >= resync.count { resync.flushCheckpoints() }
+                guard resync.next < resync.count else { break }
                 let batchEnd = min(resync.next + 64, resync.count)
                 var end = batchEnd
                 while end > resync.next {
@@ -471,11 +536,11 @@ public struct Replicator {
                 if end == resync.next { break }
                 resync.next = end
             }
-            if resync.next < resync.count {
+            if resync.isDone {
+                pending[standby] = nil
+            } else {
                 resync.compact()
                 pending[standby] = resync
-            } else {
-                pending[standby] = nil
             }
         }
         return actions
