@@ -564,6 +564,31 @@ struct FlowControlTests {
         #expect(pair.replica.state == pair.state)
     }
 
+    /// The changes made while a large state is resynced may outnumber the fixed backlog limit
+    /// (a million IKE SAs rekeyed hourly make about 30,000 records during their resync): the
+    /// resync then started again from the beginning, and again, never done. The backlog of a
+    /// state holds up to an eighth of its SAs.
+    @Test func changesDuringTheResyncOfALargeStateDoNotRestartIt() throws {
+        var pair = try smallBufferPair(seed: 103, backlogLimit: 20)
+        var records = RecordGenerator(seed: 104)
+        for _ in 0..<800 { _ = try pair.replicate(try pair.state.createIKESA(records.ikeSA())) }
+        #expect(try pair.settle())
+        #expect(pair.replicator.backlogCapacity(for: pair.state) == 100)
+        let (resyncsBefore, overflowsBefore) = (pair.replicator.resyncsStarted, pair.replicator.backlogOverflows)
+        // A resync of the 800 IKE SAs that cannot finish yet, and changes behind it.
+        pair.network.faults.partitions = [[1, 2]]
+        try pair.rotateActive(toEpoch: 9)
+        var history = HistoryGenerator(seed: 105)
+        for _ in 0..<1_000 where pair.replicator.waitingRecords(for: ReplicationPair.standbyID) < 60 {
+            _ = try pair.replicate(try history.step(&pair.state))
+        }
+        #expect(pair.replicator.backlogOverflows == overflowsBefore)
+        pair.network.faults.partitions = []
+        #expect(try pair.settle())
+        #expect(pair.replicator.resyncsStarted == resyncsBefore + 1)
+        #expect(pair.replica.state == pair.state)
+    }
+
     /// A resync leaves in one burst; with reordering, later datagrams reach the standby before
     /// the one that announces the stream's reset, and the standby asks for the numbers below
     /// them. That request must not reset the stream again (it did: a lossy standby was resynced

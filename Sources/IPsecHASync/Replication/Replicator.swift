@@ -206,14 +206,26 @@ public struct Replicator {
     private var resyncCompletions: [ClusterMemberID: SyncTicket] = [:]
     private var nextResyncID: UInt32 = 1
     /// At most this many records wait for one standby (a backlog, or the changes made during a
-    /// resync); one more starts a fresh resync from the current state instead, which replaces
-    /// them. Memory stays bounded when a standby cannot keep up; the operator sees
-    /// ``backlogOverflows`` and ``resyncsStarted`` climb. When the channel's buffer to the
+    /// resync), or an eighth as many as the state has SAs and policies when that is more
+    /// (``backlogCapacity(for:)``); one more starts a fresh resync from the current state
+    /// instead, which replaces them. Memory stays bounded when a standby cannot keep up; the
+    /// operator sees ``backlogOverflows`` and ``resyncsStarted`` climb. When the channel's buffer to the
     /// standby is full at that moment (a standby that is gone, or not there yet), the resync is
     /// owed instead and starts once the buffer has room: a snapshot taken then would hold the
     /// whole state for nothing, and the active member's next change would copy it all (with a
     /// standby away, every ``backlogLimit`` records cost a copy of the state: quadratic).
     public let backlogLimit: Int
+
+    /// How many records may wait for one standby while the active member holds `state`:
+    /// ``backlogLimit``, or an eighth of the state's SAs and policies when that is more. A
+    /// resync that overflows starts again from the beginning, so a fixed limit made a large
+    /// state's resync endless: a million IKE SAs with two Child SAs each take about ten seconds
+    /// to send, and rekeying them hourly makes about 3,000 records a second, 30,000 during
+    /// it. Each record is about one SA's worth, so an eighth of the state bounds their memory
+    /// by about an eighth of the state's.
+    public func backlogCapacity(for state: GatewayState) -> Int {
+        max(backlogLimit, (state.ikeSAs.count + state.childSACount + state.spd.policies.count) / 8)
+    }
     /// A standby's requests for a full resync (a hello that needs one, a request for
     /// everything) are taken at most once this often (1 s by default); earlier ones are refused
     /// and counted (``resyncRequestsRefused``). A joining standby repeats its hello until it is
@@ -357,7 +369,7 @@ public struct Replicator {
     private mutating func enqueue(
         _ records: [SyncRecord], for standby: ClusterMemberID, state: GatewayState, channel: inout SyncChannel, now: Timestamp
     ) -> [SyncChannelAction] {
-        guard pending[standby]!.unsentAppended + records.count <= backlogLimit else {
+        guard pending[standby]!.unsentAppended + records.count <= backlogCapacity(for: state) else {
             backlogOverflows += 1
             guard channel.reliableCapacity(to: standby) > 0 else {
                 pending[standby] = nil
