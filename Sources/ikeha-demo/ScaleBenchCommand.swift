@@ -5,9 +5,10 @@ import IPsecHATestKit
 
 /// `ikeha-demo bench scale`: how the standby's work grows with the state, from 10,000 to a
 /// million IKE SAs (two Child SAs each): the bulk resync, the takeover plan, the standby's
-/// memory and the apply of counter checkpoints, each per SA at each size; and the active
-/// member's scan for due checkpoints, which it runs five times per checkpoint interval over
-/// every Child SA with traffic (here all of them).
+/// memory and the apply of counter checkpoints, each per SA at each size; the takeover
+/// itself (the plan applied to the state: every Child SA's counters and a replay window of
+/// its own); and the active member's scan for due checkpoints, which it runs five times per
+/// checkpoint interval over every Child SA with traffic (here all of them).
 struct ScaleBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "scale",
@@ -43,6 +44,8 @@ struct ScaleBenchCommand: ParsableCommand {
         var checkpoints: Int
         /// One scan for due checkpoints with every Child SA carrying traffic, none due.
         var scanSeconds: Double
+        /// The plan applied to the state (``GatewayState/applyTakeover(_:)``), after the scan.
+        var takeoverSeconds: Double
         var sas: Int { ikeSAs * 3 }
         var resyncNanosecondsPerSA: Double { resyncSeconds * 1e9 / Double(sas) }
         var planNanosecondsPerSA: Double { planSeconds * 1e9 / Double(sas) }
@@ -53,7 +56,7 @@ struct ScaleBenchCommand: ParsableCommand {
 
     func run() throws {
         print("synch channel cipher: \(cipher); each size: IKE SAs and twice as many Child SAs")
-        print("IKE SAs     resync s (kernel)   ns/SA   plan ms   ns/SA   standby B/SA   checkpoint apply ns   scan ms   ns/Child SA")
+        print("IKE SAs     resync s (kernel)   ns/SA   plan ms   ns/SA   standby B/SA   checkpoint apply ns   scan ms   ns/Child SA   takeover ms")
         var rows: [Row] = []
         for size in sizes {
             let row = try measure(ikeSAs: size)
@@ -62,7 +65,8 @@ struct ScaleBenchCommand: ParsableCommand {
                 "\(String(size).padded(9)) \(row.resyncSeconds.formatted(decimals: 3).padded(10)) \(("(" + row.resyncKernelSeconds.formatted(decimals: 2) + ")").padded(8)) \(row.resyncNanosecondsPerSA.formatted(decimals: 0).padded(7)) "
                     + "\((row.planSeconds * 1e3).formatted(decimals: 1).padded(9)) \(row.planNanosecondsPerSA.formatted(decimals: 0).padded(7)) "
                     + "\(row.bytesPerSA.formatted(decimals: 0).padded(14)) \(row.applyNanoseconds.formatted(decimals: 0).padded(21)) "
-                    + "\((row.scanSeconds * 1e3).formatted(decimals: 1).padded(9)) \(row.scanNanosecondsPerChildSA.formatted(decimals: 0).padded(13))")
+                    + "\((row.scanSeconds * 1e3).formatted(decimals: 1).padded(9)) \(row.scanNanosecondsPerChildSA.formatted(decimals: 0).padded(13)) "
+                    + "\((row.takeoverSeconds * 1e3).formatted(decimals: 1).padded(13))")
         }
         guard let first = rows.first, let last = rows.last else { return }
         let resyncGrowth = last.resyncNanosecondsPerSA / first.resyncNanosecondsPerSA
@@ -78,13 +82,15 @@ struct ScaleBenchCommand: ParsableCommand {
                 + "plan \((last.planSeconds * 1e3).formatted(decimals: 1)) ms (under 100 ms, \(verdict(last.planSeconds < 0.1))), "
                 + "standby \(last.bytesPerSA.formatted(decimals: 0)) bytes per SA (at most 1,024, \(verdict(last.bytesPerSA <= 1_024))); "
                 + "the active member's checkpoint scan \((last.scanSeconds * 1e3).formatted(decimals: 1)) ms with every Child SA carrying traffic "
-                + "(idle ones cost nothing), run every \(scanPeriodMilliseconds) ms (a fifth of the default checkpoint interval)")
+                + "(idle ones cost nothing), run every \(scanPeriodMilliseconds) ms (a fifth of the default checkpoint interval); "
+                + "the takeover (its plan applied to the state) \((last.takeoverSeconds * 1e3).formatted(decimals: 1)) ms")
         print(
             "scale_sizes=\(sizes.map(String.init).joined(separator: ",")) "
                 + rows.map { row in
                     "resync_seconds_\(row.ikeSAs)=\(row.resyncSeconds.formatted(decimals: 3)) resync_kernel_seconds_\(row.ikeSAs)=\(row.resyncKernelSeconds.formatted(decimals: 2)) plan_milliseconds_\(row.ikeSAs)=\((row.planSeconds * 1e3).formatted(decimals: 1)) "
                         + "standby_bytes_per_sa_\(row.ikeSAs)=\(row.bytesPerSA.formatted(decimals: 0)) checkpoint_apply_ns_\(row.ikeSAs)=\(row.applyNanoseconds.formatted(decimals: 0)) "
-                        + "checkpoint_scan_milliseconds_\(row.ikeSAs)=\((row.scanSeconds * 1e3).formatted(decimals: 1))"
+                        + "checkpoint_scan_milliseconds_\(row.ikeSAs)=\((row.scanSeconds * 1e3).formatted(decimals: 1)) "
+                        + "takeover_milliseconds_\(row.ikeSAs)=\((row.takeoverSeconds * 1e3).formatted(decimals: 1))"
                 }.joined(separator: " ")
                 + " resync_per_sa_growth=\(resyncGrowth.formatted(decimals: 2)) plan_per_sa_growth=\(planGrowth.formatted(decimals: 2)) "
                 + "checkpoint_apply_growth=\(applyGrowth.formatted(decimals: 2)) largest_resync_seconds=\(last.resyncSeconds.formatted(decimals: 3)) "
@@ -151,9 +157,16 @@ struct ScaleBenchCommand: ParsableCommand {
             scanSeconds = min(scanSeconds, started.duration(to: clock.now).inSeconds)
             guard due.isEmpty else { throw ValidationError("\(due.count) checkpoints due after one packet") }
         }
+        // Then the same state taken over: the plan (timed above) applied, as a standby does
+        // when it becomes the active member. Once: it changes the state.
+        let plan = TakeoverPlanner.plan(state: scanned, inFlight: [:], suspect: .none, now: now)
+        let takeoverStarted = clock.now
+        let outcome = scanned.applyTakeover(plan)
+        let takeoverSeconds = takeoverStarted.duration(to: clock.now).inSeconds
+        guard outcome.resumed == 2 * ikeSAs else { throw ValidationError("\(outcome.resumed) Child SAs resumed, \(outcome.rekey.count) to rekey") }
         return Row(
             ikeSAs: ikeSAs, resyncSeconds: resyncSeconds, resyncKernelSeconds: resyncKernelSeconds, planSeconds: planSeconds, standbyBytes: standbyBytes, applySeconds: applySeconds,
-            checkpoints: made, scanSeconds: scanSeconds)
+            checkpoints: made, scanSeconds: scanSeconds, takeoverSeconds: takeoverSeconds)
     }
 
     /// A bulk resync of `ikeSAs` IKE SAs and twice as many Child SAs to a fresh standby: the

@@ -18,16 +18,24 @@ extension GatewayState {
     public mutating func applyTakeover(_ plan: TakeoverPlan) -> (resumed: Int, rekey: [UInt32]) {
         var resumed = 0
         var rekey: [UInt32] = []
+        // Both lists come in slot order (the planner walks the slots), so each SA is looked for
+        // first right after the previous one: hashing a million identifiers and two million SPIs
+        // into tables far larger than the cache was most of a takeover's time after the plan.
         if let offset = plan.clockOffset {
+            var previous = -1
             for decision in plan.ikeSAs {
-                guard let slot = ikeSAs.slot(of: decision.identifier) else { continue }
-                ikeSAs.slots[slot]!.lifetime.rekeyAt = ikeSAs.slots[slot]!.lifetime.rekeyAt?.shifted(by: offset)
-                ikeSAs.slots[slot]!.lifetime.reauthenticateAt = ikeSAs.slots[slot]!.lifetime.reauthenticateAt?.shifted(by: offset)
+                guard let slot = ikeSAs.slot(of: decision.identifier, near: previous &+ 1) else { continue }
+                previous = slot
+                // In place: reading `ikeSAs.slots[slot]!.lifetime` copied the whole IKE SA
+                // (retaining its references) for each of its two fields.
+                ikeSAs.slots[slot]!.lifetime.shift(by: offset)
             }
         }
+        var previous = -1
         for decision in plan.childSAs {
-            guard let slot = spiIndex.slot(of: decision.inboundSPI) else { continue }
+            guard let slot = slot(ofInboundSPI: decision.inboundSPI, hint: previous &+ 1) else { continue }
             let index = Int(slot)
+            previous = index
             markCountersMoved(index)
             if let offset = plan.clockOffset { childSlots[index]!.lifetime = childSlots[index]!.lifetime.shifted(by: offset) }
             guard case .resume(let lastSent) = decision.outbound, case .restore(let policy) = decision.inbound else {
@@ -70,5 +78,13 @@ extension GatewayState {
         {
             childSlots[index]!.inboundWindow = closed
         }
+    }
+}
+
+extension IKESALifetime {
+    /// Moves both deadlines by `offset` nanoseconds (onto another member's clock).
+    mutating func shift(by offset: Int64) {
+        rekeyAt = rekeyAt?.shifted(by: offset)
+        reauthenticateAt = reauthenticateAt?.shifted(by: offset)
     }
 }

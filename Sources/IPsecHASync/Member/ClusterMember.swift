@@ -622,9 +622,7 @@ public struct ClusterMember {
         }
         switch decision {
         case .takeOver(let reason):
-            guard case .standby(let standby) = lifecycle else { return }
-            lifecycle = .moving
-            takeOver(standby, reason: reason, now: now)
+            takeOver(reason: reason, now: now)
         case .stepDown(let reason):
             _ = try? role.stepDown()
             stepDown(.external(reason), following: nil)
