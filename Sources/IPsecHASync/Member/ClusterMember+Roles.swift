@@ -371,8 +371,6 @@ extension ClusterMember {
         }
     }
 
-    /// Becomes the active member: a newer epoch, the plan from the replica (or, without a
-    /// complete one, from the state this member served before, every IKE SA suspect) applied.
     /// Whether this member is a ready standby of `active`; asked here so that no binding of the
     /// standby outlives the question (``takeOver(reason:now:exact:)``).
     private func isReadyStandby(following active: ClusterMemberID) -> Bool {
@@ -389,10 +387,12 @@ extension ClusterMember {
         takeOver(reason: reason, now: now, exact: exact)
     }
 
-    /// The standby in ``lifecycle`` becomes the active member. Its replica's state must be the
-    /// only copy: the takeover changes every Child SA's counters, and a second copy anywhere
-    /// (a caller's binding of the standby) made the first change copy the whole state, every
-    /// SA retained (200,000 Child SAs: most of a 150 ms takeover).
+    /// The standby in ``lifecycle`` becomes the active member: a newer epoch, the plan from the
+    /// replica (or, without a complete one, from the state this member served before, every
+    /// IKE SA suspect) applied. Its replica's state must be the only copy: the takeover changes
+    /// every Child SA's counters, and a second copy anywhere (a caller's binding of the
+    /// standby) made the first change copy the whole state, every SA retained (200,000 Child
+    /// SAs: most of a 150 ms takeover).
     mutating func takeOver(reason: PromotionReason, now: Timestamp, exact: Bool = false) {
         guard case .standby(var standby) = lifecycle else { return }
         lifecycle = .moving

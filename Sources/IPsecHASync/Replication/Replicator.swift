@@ -209,11 +209,12 @@ public struct Replicator {
     /// resync), or an eighth as many as the state has SAs and policies when that is more
     /// (``backlogCapacity(for:)``); one more starts a fresh resync from the current state
     /// instead, which replaces them. Memory stays bounded when a standby cannot keep up; the
-    /// operator sees ``backlogOverflows`` and ``resyncsStarted`` climb. When the channel's buffer to the
-    /// standby is full at that moment (a standby that is gone, or not there yet), the resync is
-    /// owed instead and starts once the buffer has room: a snapshot taken then would hold the
-    /// whole state for nothing, and the active member's next change would copy it all (with a
-    /// standby away, every ``backlogLimit`` records cost a copy of the state: quadratic).
+    /// operator sees ``backlogOverflows`` and ``resyncsStarted`` climb. When the channel's
+    /// buffer to the standby is full at that moment (a standby that is gone, or not there yet),
+    /// the resync is owed instead and starts once the buffer has room: a snapshot taken then
+    /// would hold the whole state for nothing, and the active member's next change would copy
+    /// it all (with a standby away, every ``backlogLimit`` records cost a copy of the state:
+    /// quadratic).
     public let backlogLimit: Int
 
     /// How many records may wait for one standby while the active member holds `state`:
@@ -278,7 +279,7 @@ public struct Replicator {
     public func isResyncOwed(_ standby: ClusterMemberID) -> Bool { owedResyncs.contains(standby) }
 
     /// Records of changes that wait for `standby`, behind a resync or in a backlog (at most
-    /// ``backlogLimit``).
+    /// ``backlogCapacity(for:)``), the coalesced counter checkpoints counting as one.
     public func waitingRecords(for standby: ClusterMemberID) -> Int {
         pending[standby].map { $0.unsentAppended + ($0.checkpoints.isEmpty ? 0 : 1) } ?? 0
     }
