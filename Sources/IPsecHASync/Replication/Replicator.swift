@@ -198,9 +198,9 @@ public struct Replicator {
     public let standbys: [ClusterMemberID]
     private var pending: [ClusterMemberID: Pending] = [:]
     /// Standbys owed a bulk resync that waits for room in the channel's buffer to them
-    /// (``pump(state:channel:now:)``): their backlog passed ``backlogLimit`` while the buffer
-    /// was full. Nothing is queued for them meanwhile (the resync's snapshot, taken when it
-    /// starts, holds every change), and no snapshot is held.
+    /// (``pump(state:channel:now:)``): the changes behind a resync passed ``backlogLimit``
+    /// while the buffer was full. Nothing is queued for them meanwhile (the resync's snapshot,
+    /// taken when it starts, holds every change), and no snapshot is held.
     private var owedResyncs: Set<ClusterMemberID> = []
     /// The ticket of the last datagram sent from each standby's latest resync or backlog.
     private var resyncCompletions: [ClusterMemberID: SyncTicket] = [:]
@@ -209,12 +209,12 @@ public struct Replicator {
     /// resync), or an eighth as many as the state has SAs and policies when that is more
     /// (``backlogCapacity(for:)``); one more starts a fresh resync from the current state
     /// instead, which replaces them. Memory stays bounded when a standby cannot keep up; the
-    /// operator sees ``backlogOverflows`` and ``resyncsStarted`` climb. When the channel's
-    /// buffer to the standby is full at that moment (a standby that is gone, or not there yet),
-    /// the resync is owed instead and starts once the buffer has room: a snapshot taken then
-    /// would hold the whole state for nothing, and the active member's next change would copy
-    /// it all (with a standby away, every ``backlogLimit`` records cost a copy of the state:
-    /// quadratic).
+    /// operator sees ``backlogOverflows`` and ``resyncsStarted`` climb. When the changes behind
+    /// such a resync overflow too while the channel's buffer to the standby is full (a standby
+    /// that is gone, or not there yet), the next resync is owed instead and starts once the
+    /// buffer has room: a snapshot taken then would hold the whole state for nothing, and the
+    /// active member's next change would copy it all (with a standby away, every
+    /// ``backlogLimit`` records cost a copy of the state: quadratic).
     public let backlogLimit: Int
 
     /// How many records may wait for one standby while the active member holds `state`:
@@ -372,7 +372,9 @@ public struct Replicator {
     ) -> [SyncChannelAction] {
         guard pending[standby]!.unsentAppended + records.count <= backlogCapacity(for: state) else {
             backlogOverflows += 1
-            guard channel.reliableCapacity(to: standby) > 0 else {
+            if pending[standby]!.snapshot != nil, channel.reliableCapacity(to: standby) == 0 {
+                // A resync that has not been able to send overflows: another now would not
+                // move either.
                 pending[standby] = nil
                 owedResyncs.insert(standby)
                 return []
