@@ -274,12 +274,10 @@ extension GatewayState {
                         let bit = bits.trailingZeroBitCount
                         bits &= bits &- 1
                         let index = word &<< 6 | bit
-                        guard index < slots.count, slots.hasValue(at: index) else {
-                            countersMoved[word] &= ~(1 &<< UInt64(bit))
-                            continue
-                        }
-                        let sa: UnsafePointer<ChildSA> = slots.addressOfValue(at: index)
-                        let keep = try body(Self.counters(of: sa, at: index, freshness: freshness[index]))
+                        // A bit of an empty slot (the Child SA went) is simply cleared.
+                        let keep =
+                            index < slots.count && slots.hasValue(at: index)
+                            ? try body(Self.counters(of: slots.addressOfValue(at: index), at: index, freshness: freshness[index])) : false
                         if !keep { countersMoved[word] &= ~(1 &<< UInt64(bit)) }
                     }
                 }

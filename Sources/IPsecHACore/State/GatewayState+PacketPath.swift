@@ -96,7 +96,7 @@ extension GatewayState {
     /// Turns the current counters of the Child SA in `slot` into a replicated change.
     public mutating func checkpointCounters(at slot: ChildSASlot) -> [StateChange] {
         guard let index = occupiedIndex(slot) else { return [] }
-        countersMoved[index &>> 6] &= ~(1 &<< UInt64(index & 63))
+        clearCountersMoved(index)
         childSlots[index]!.generation += 1
         let sa = childSlots[index]!
         return [.countersAdvanced(sa.counterCheckpoint, generation: sa.generation)]

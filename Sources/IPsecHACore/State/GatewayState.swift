@@ -162,6 +162,12 @@ public struct GatewayState: Sendable, Equatable {
         if countersMoved[word] & bit == 0 { countersMoved[word] |= bit }
     }
 
+    /// Notes that the Child SA at `index` has no counters moved since its last checkpoint.
+    @inline(__always)
+    mutating func clearCountersMoved(_ index: Int) {
+        countersMoved[index &>> 6] &= ~(1 &<< UInt64(index & 63))
+    }
+
     mutating func uninstall(slot: Int32) {
         let sa = childSlots[Int(slot)]!
         spiIndex.remove(sa.inboundSPI)
@@ -171,7 +177,7 @@ public struct GatewayState: Sendable, Equatable {
         freshness[Int(slot)] = nil
         slotSPIs[Int(slot)] = 0
         incarnations[Int(slot)] &+= 1
-        countersMoved[Int(slot) &>> 6] &= ~(1 &<< UInt64(slot & 63))
+        clearCountersMoved(Int(slot))
         freeSlots.append(slot)
     }
 

@@ -307,13 +307,20 @@ public struct Replicator {
         replicate(records: Self.records(for: changes), state: state, channel: &channel, now: now)
     }
 
+    /// `records` to every standby; for one catching up, `checkpoints` (the entries of the
+    /// records, when they are counter checkpoints) wait coalesced instead.
     private mutating func replicate(
-        records: [SyncRecord], state: GatewayState, channel: inout SyncChannel, now: Timestamp
+        records: [SyncRecord], coalescing checkpoints: [CounterCheckpointEntry] = [], state: GatewayState, channel: inout SyncChannel,
+        now: Timestamp
     ) -> (tickets: [SyncTicket], actions: [SyncChannelAction]) {
         guard !records.isEmpty else { return ([], []) }
         var tickets: [SyncTicket] = []
         var actions: [SyncChannelAction] = []
         for standby in standbys {
+            if !checkpoints.isEmpty, pending[standby] != nil {
+                pending[standby]!.coalesce(checkpoints)
+                continue
+            }
             let sent = replicate(records: records, to: standby, state: state, channel: &channel, now: now)
             if let ticket = sent.ticket { tickets.append(ticket) }
             actions += sent.actions
@@ -406,20 +413,7 @@ public struct Replicator {
     public mutating func replicate(
         checkpoints: [CounterCheckpointEntry], state: GatewayState, channel: inout SyncChannel, now: Timestamp
     ) -> (tickets: [SyncTicket], actions: [SyncChannelAction]) {
-        let records = Self.batches(checkpoints)
-        guard !records.isEmpty else { return ([], []) }
-        var tickets: [SyncTicket] = []
-        var actions: [SyncChannelAction] = []
-        for standby in standbys {
-            if pending[standby] != nil {
-                pending[standby]!.coalesce(checkpoints)
-                continue
-            }
-            let sent = replicate(records: records, to: standby, state: state, channel: &channel, now: now)
-            if let ticket = sent.ticket { tickets.append(ticket) }
-            actions += sent.actions
-        }
-        return (tickets, actions)
+        replicate(records: Self.batches(checkpoints), coalescing: checkpoints, state: state, channel: &channel, now: now)
     }
 
     /// Counter checkpoint records for `entries`, in order: a record per
