@@ -10,6 +10,9 @@ struct SPIIndex: Sendable {
     @usableFromInline var buckets: [UInt64]
     @usableFromInline var shift: UInt32
     @usableFromInline var count: Int = 0
+    /// What ``GatewayState/touchSPIIndex(for:)`` last loaded, folded: stored so that the loads
+    /// are not optimised away. Means nothing.
+    var touched: UInt64 = 0
 
     init(minimumCapacity: Int = 16) {
         var size = 16

@@ -177,12 +177,26 @@ public struct Replica {
             default: continue
             }
         }
+        touchSPIIndex(for: records)
         guard let gap = missingSince, gap < now else {
             completeAsOf = now
             for record in records { apply(record, now: now) }
             return
         }
         for record in records { apply(record, now: gap) }
+    }
+
+    /// Warms the SPI index for the Child SA upserts among `records` (``GatewayState/touchSPIIndex(for:)``).
+    private mutating func touchSPIIndex(for records: [SyncRecord]) {
+        guard records.count > 1 else { return }
+        withUnsafeTemporaryAllocation(of: UInt32.self, capacity: records.count) { spis in
+            var count = 0
+            for case .childSAUpsert(let sa) in records {
+                spis[count] = sa.inboundSPI
+                count += 1
+            }
+            if count > 1 { state.touchSPIIndex(for: UnsafeBufferPointer(rebasing: spis[..<count])) }
+        }
     }
 
     private mutating func apply(_ record: SyncRecord, now: Timestamp) {
