@@ -7,8 +7,9 @@ import IPsecHATestKit
 /// million IKE SAs (two Child SAs each): the bulk resync, the takeover plan, the standby's
 /// memory and the apply of counter checkpoints, each per SA at each size; the takeover
 /// itself (the plan applied to the state: every Child SA's counters and a replay window of
-/// its own); and the active member's scan for due checkpoints, which it runs five times per
-/// checkpoint interval over every Child SA with traffic (here all of them).
+/// its own); the active member's scan for due checkpoints, which it runs five times per
+/// checkpoint interval over every Child SA with traffic (here all of them); and the active
+/// member's first change to its state while a resync's copy-on-write snapshot shares it.
 struct ScaleBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "scale",
@@ -46,6 +47,9 @@ struct ScaleBenchCommand: ParsableCommand {
         var scanSeconds: Double
         /// The plan applied to the state (``GatewayState/applyTakeover(_:)``), after the scan.
         var takeoverSeconds: Double
+        /// The first change to a Child SA's counters while a copy of the state (a resync's
+        /// snapshot) shares its storage: the change copies the Child SA table.
+        var firstChangeSeconds: Double
         var sas: Int { ikeSAs * 3 }
         var resyncNanosecondsPerSA: Double { resyncSeconds * 1e9 / Double(sas) }
         var planNanosecondsPerSA: Double { planSeconds * 1e9 / Double(sas) }
@@ -56,7 +60,7 @@ struct ScaleBenchCommand: ParsableCommand {
 
     func run() throws {
         print("synch channel cipher: \(cipher); each size: IKE SAs and twice as many Child SAs")
-        print("IKE SAs     resync s (kernel)   ns/SA   plan ms   ns/SA   standby B/SA   checkpoint apply ns   scan ms   ns/Child SA   takeover ms")
+        print("IKE SAs     resync s (kernel)   ns/SA   plan ms   ns/SA   standby B/SA   checkpoint apply ns   scan ms   ns/Child SA   takeover ms   first change ms")
         var rows: [Row] = []
         for size in sizes {
             let row = try measure(ikeSAs: size)
@@ -66,7 +70,7 @@ struct ScaleBenchCommand: ParsableCommand {
                     + "\((row.planSeconds * 1e3).formatted(decimals: 1).padded(9)) \(row.planNanosecondsPerSA.formatted(decimals: 0).padded(7)) "
                     + "\(row.bytesPerSA.formatted(decimals: 0).padded(14)) \(row.applyNanoseconds.formatted(decimals: 0).padded(21)) "
                     + "\((row.scanSeconds * 1e3).formatted(decimals: 1).padded(9)) \(row.scanNanosecondsPerChildSA.formatted(decimals: 0).padded(13)) "
-                    + "\((row.takeoverSeconds * 1e3).formatted(decimals: 1).padded(13))")
+                    + "\((row.takeoverSeconds * 1e3).formatted(decimals: 1).padded(13)) \((row.firstChangeSeconds * 1e3).formatted(decimals: 1).padded(17))")
         }
         guard let first = rows.first, let last = rows.last else { return }
         let resyncGrowth = last.resyncNanosecondsPerSA / first.resyncNanosecondsPerSA
@@ -83,14 +87,16 @@ struct ScaleBenchCommand: ParsableCommand {
                 + "standby \(last.bytesPerSA.formatted(decimals: 0)) bytes per SA (at most 1,024, \(verdict(last.bytesPerSA <= 1_024))); "
                 + "the active member's checkpoint scan \((last.scanSeconds * 1e3).formatted(decimals: 1)) ms with every Child SA carrying traffic "
                 + "(idle ones cost nothing), run every \(scanPeriodMilliseconds) ms (a fifth of the default checkpoint interval); "
-                + "the takeover (its plan applied to the state) \((last.takeoverSeconds * 1e3).formatted(decimals: 1)) ms")
+                + "the takeover (its plan applied to the state) \((last.takeoverSeconds * 1e3).formatted(decimals: 1)) ms; "
+                + "the active member's first change while a resync's snapshot shares its state \((last.firstChangeSeconds * 1e3).formatted(decimals: 1)) ms")
         print(
             "scale_sizes=\(sizes.map(String.init).joined(separator: ",")) "
                 + rows.map { row in
                     "resync_seconds_\(row.ikeSAs)=\(row.resyncSeconds.formatted(decimals: 3)) resync_kernel_seconds_\(row.ikeSAs)=\(row.resyncKernelSeconds.formatted(decimals: 2)) plan_milliseconds_\(row.ikeSAs)=\((row.planSeconds * 1e3).formatted(decimals: 1)) "
                         + "standby_bytes_per_sa_\(row.ikeSAs)=\(row.bytesPerSA.formatted(decimals: 0)) checkpoint_apply_ns_\(row.ikeSAs)=\(row.applyNanoseconds.formatted(decimals: 0)) "
                         + "checkpoint_scan_milliseconds_\(row.ikeSAs)=\((row.scanSeconds * 1e3).formatted(decimals: 1)) "
-                        + "takeover_milliseconds_\(row.ikeSAs)=\((row.takeoverSeconds * 1e3).formatted(decimals: 1))"
+                        + "takeover_milliseconds_\(row.ikeSAs)=\((row.takeoverSeconds * 1e3).formatted(decimals: 1)) "
+                        + "first_change_milliseconds_\(row.ikeSAs)=\((row.firstChangeSeconds * 1e3).formatted(decimals: 1))"
                 }.joined(separator: " ")
                 + " resync_per_sa_growth=\(resyncGrowth.formatted(decimals: 2)) plan_per_sa_growth=\(planGrowth.formatted(decimals: 2)) "
                 + "checkpoint_apply_growth=\(applyGrowth.formatted(decimals: 2)) largest_resync_seconds=\(last.resyncSeconds.formatted(decimals: 3)) "
@@ -164,9 +170,17 @@ struct ScaleBenchCommand: ParsableCommand {
         let outcome = scanned.applyTakeover(plan)
         let takeoverSeconds = takeoverStarted.duration(to: clock.now).inSeconds
         guard outcome.resumed == 2 * ikeSAs else { throw ValidationError("\(outcome.resumed) Child SAs resumed, \(outcome.rekey.count) to rekey") }
+        // The state now serves as an active member's: a resync begins (its snapshot shares the
+        // storage, copy-on-write), and the next packet sent changes a Child SA's counter.
+        let slot = scanned.occupiedChildSASlots[0]
+        let snapshot = scanned
+        let changeStarted = clock.now
+        _ = try scanned.nextOutboundSequenceNumber(at: slot, bytes: 100)
+        let firstChangeSeconds = changeStarted.duration(to: clock.now).inSeconds
+        withExtendedLifetime(snapshot) {}
         return Row(
             ikeSAs: ikeSAs, resyncSeconds: resyncSeconds, resyncKernelSeconds: resyncKernelSeconds, planSeconds: planSeconds, standbyBytes: standbyBytes, applySeconds: applySeconds,
-            checkpoints: made, scanSeconds: scanSeconds, takeoverSeconds: takeoverSeconds)
+            checkpoints: made, scanSeconds: scanSeconds, takeoverSeconds: takeoverSeconds, firstChangeSeconds: firstChangeSeconds)
     }
 
     /// A bulk resync of `ikeSAs` IKE SAs and twice as many Child SAs to a fresh standby: the
