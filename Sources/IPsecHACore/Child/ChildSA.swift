@@ -146,6 +146,7 @@ public struct ChildSA: Sendable, Equatable {
     /// says below the top is unspecified). This is the passive copy a standby holds; a takeover
     /// rebuilds the window with a safe policy.
     /// Returns false, changing nothing, when `generation` is not above the one held.
+    @inline(__always)
     mutating func adopt(_ checkpoint: ChildSACounterCheckpoint, ifNewerThanHeld generation: UInt64) throws(ChildSAError) -> Bool {
         guard generation > self.generation else { return false }
         let counter: OutboundSequenceCounter

@@ -45,25 +45,22 @@ public enum TakeoverPlanner {
         let replayCounterSyncPolicy = policy.inbound == .replayCounterSyncWhereNegotiated
         // By index, field by field through the slot's address: binding each value would copy
         // the IKE SA and retain every reference it holds, and each `ikeSAs[index]!` copied it too.
-        ikeSAs.withUnsafeBufferPointer { slots in
-            for index in slots.indices where slots.hasValue(at: index) {
-                let sa: UnsafePointer<IKESA> = slots.addressOfValue(at: index)
-                let identifier = sa.pointee.identifier
-                if let restriction {
-                    guard restriction.contains(identifier) else { continue }
-                    for spi in sa.pointee.childSAs {
-                        if let slot = state.spiIndex.slot(of: spi) { includedSlots![Int(slot)] = true }
-                    }
-                }
-                let isSuspect = suspect.contains(identifier)
-                classifications.append(isSuspect ? .suspect : !inFlight.isEmpty && inFlight[identifier] != nil ? .inFlight : .certain)
-                let syncsReplayCounters = replayCounterSyncPolicy && sa.pointee.extensions.replayCounterSync
-                guard isSuspect || syncsReplayCounters else { continue }
+        ikeSAs.forEachValue { _, sa in
+            let identifier = sa.pointee.identifier
+            if let restriction {
+                guard restriction.contains(identifier) else { return }
                 for spi in sa.pointee.childSAs {
-                    guard let slot = state.spiIndex.slot(of: spi) else { continue }
-                    parentIsSuspect[Int(slot)] = isSuspect
-                    parentSyncsReplayCounters[Int(slot)] = syncsReplayCounters
+                    if let slot = state.spiIndex.slot(of: spi) { includedSlots![Int(slot)] = true }
                 }
+            }
+            let isSuspect = suspect.contains(identifier)
+            classifications.append(isSuspect ? .suspect : !inFlight.isEmpty && inFlight[identifier] != nil ? .inFlight : .certain)
+            let syncsReplayCounters = replayCounterSyncPolicy && sa.pointee.extensions.replayCounterSync
+            guard isSuspect || syncsReplayCounters else { return }
+            for spi in sa.pointee.childSAs {
+                guard let slot = state.spiIndex.slot(of: spi) else { continue }
+                parentIsSuspect[Int(slot)] = isSuspect
+                parentSyncsReplayCounters[Int(slot)] = syncsReplayCounters
             }
         }
 
@@ -148,66 +145,63 @@ public enum TakeoverPlanner {
         // Plans of IKE SAs rekeyed from one still held, and that one.
         var rekeys: [(plan: Int, predecessor: IKESAIdentifier)] = []
         var position = 0
-        ikeSAs.withUnsafeBufferPointer { slots in
-            for index in slots.indices where slots.hasValue(at: index) {
-                let sa: UnsafePointer<IKESA> = slots.addressOfValue(at: index)
-                let identifier = sa.pointee.identifier
-                if let restriction, !restriction.contains(identifier) { continue }
-                let classification = classifications[position]
-                position += 1
-                let next = sa.pointee.messageIDs.requests.nextMessageID
-                let expected = sa.pointee.messageIDs.responses.nextExpectedMessageID
-                let extensions = sa.pointee.extensions
-                let plan: MessageIDTakeover
-                let reason: IKESATakeoverReason
-                // The Child SAs' windows expect the peer to jump its counters (RFC 6311 section 5.2):
-                // even an exact IKE SA needs the exchange that tells it.
-                let carriesReplayCounterSync = replayCounterSyncPolicy && extensions.replayCounterSync && extensions.messageIDSync
-                if classification == .certain, !carriesReplayCounterSync {
-                    plan = .exact(nextRequestID: next, nextExpectedRequestID: expected)
-                    reason = .nothingInFlightNothingMissed
-                } else if extensions.messageIDSync {
-                    // M1 above anything the failed member may have used: by at least the peer's
-                    // window (RFC 6311 section 5.1); P1 the next request expected from the peer.
-                    let send = next + UInt64(max(sa.pointee.messageIDs.requests.peerWindowSize, 1))
-                    if send <= UInt64(UInt32.max), expected <= UInt64(UInt32.max) {
-                        var delta: UInt64?
-                        if extensions.replayCounterSync && replayCounterSyncPolicy {
-                            for spi in sa.pointee.childSAs {
-                                guard let slot = state.spiIndex.slot(of: spi) else { continue }
-                                delta = max(delta ?? 0, advanceBySlot[Int(slot)])
-                            }
+        ikeSAs.forEachValue { _, sa in
+            let identifier = sa.pointee.identifier
+            if let restriction, !restriction.contains(identifier) { return }
+            let classification = classifications[position]
+            position += 1
+            let next = sa.pointee.messageIDs.requests.nextMessageID
+            let expected = sa.pointee.messageIDs.responses.nextExpectedMessageID
+            let extensions = sa.pointee.extensions
+            let plan: MessageIDTakeover
+            let reason: IKESATakeoverReason
+            // The Child SAs' windows expect the peer to jump its counters (RFC 6311 section 5.2):
+            // even an exact IKE SA needs the exchange that tells it.
+            let carriesReplayCounterSync = replayCounterSyncPolicy && extensions.replayCounterSync && extensions.messageIDSync
+            if classification == .certain, !carriesReplayCounterSync {
+                plan = .exact(nextRequestID: next, nextExpectedRequestID: expected)
+                reason = .nothingInFlightNothingMissed
+            } else if extensions.messageIDSync {
+                // M1 above anything the failed member may have used: by at least the peer's
+                // window (RFC 6311 section 5.1); P1 the next request expected from the peer.
+                let send = next + UInt64(max(sa.pointee.messageIDs.requests.peerWindowSize, 1))
+                if send <= UInt64(UInt32.max), expected <= UInt64(UInt32.max) {
+                    var delta: UInt64?
+                    if extensions.replayCounterSync && replayCounterSyncPolicy {
+                        for spi in sa.pointee.childSAs {
+                            guard let slot = state.spiIndex.slot(of: spi) else { continue }
+                            delta = max(delta ?? 0, advanceBySlot[Int(slot)])
                         }
-                        plan = .messageIDSync(send: UInt32(send), receive: UInt32(expected), replayCounterDelta: delta)
-                        reason =
-                            switch classification {
-                            case .inFlight: .exchangeInFlightSync
-                            case .suspect: .missedSynchSync
-                            case .certain: .replayCounterSyncOnly
-                            }
-                    } else {
-                        plan = .deleteAndReestablish
-                        reason = .messageIDsExhausted
                     }
-                } else if classification == .inFlight, inFlight[identifier] == false {
-                    plan = .awaitPeerRetransmission(nextRequestID: next, nextExpectedRequestID: expected)
-                    reason = .peerRequestInFlight
+                    plan = .messageIDSync(send: UInt32(send), receive: UInt32(expected), replayCounterDelta: delta)
+                    reason =
+                        switch classification {
+                        case .inFlight: .exchangeInFlightSync
+                        case .suspect: .missedSynchSync
+                        case .certain: .replayCounterSyncOnly
+                        }
                 } else {
                     plan = .deleteAndReestablish
-                    reason = classification == .inFlight ? .ownRequestInFlight : .missedSynchWithoutSync
+                    reason = .messageIDsExhausted
                 }
-                // A rekey the peer may not have seen: its predecessor is still there and the peer has
-                // not used this IKE SA yet (nothing asked of it, nothing it answered).
-                var unconfirmedRekey: IKESAIdentifier?
-                if let old = sa.pointee.rekeyedFrom, state.ikeSAs.contains(old) {
-                    rekeys.append((ikePlans.count, old))
-                    if expected == 0, next == 0, sa.pointee.messageIDs.requests.outstanding.isEmpty { unconfirmedRekey = old }
-                }
-                ikePlans.append(
-                    IKESATakeover(
-                        identifier: identifier, classification: classification, messageIDs: plan, reason: reason,
-                        unconfirmedRekey: unconfirmedRekey))
+            } else if classification == .inFlight, inFlight[identifier] == false {
+                plan = .awaitPeerRetransmission(nextRequestID: next, nextExpectedRequestID: expected)
+                reason = .peerRequestInFlight
+            } else {
+                plan = .deleteAndReestablish
+                reason = classification == .inFlight ? .ownRequestInFlight : .missedSynchWithoutSync
             }
+            // A rekey the peer may not have seen: its predecessor is still there and the peer has
+            // not used this IKE SA yet (nothing asked of it, nothing it answered).
+            var unconfirmedRekey: IKESAIdentifier?
+            if let old = sa.pointee.rekeyedFrom, state.ikeSAs.contains(old) {
+                rekeys.append((ikePlans.count, old))
+                if expected == 0, next == 0, sa.pointee.messageIDs.requests.outstanding.isEmpty { unconfirmedRekey = old }
+            }
+            ikePlans.append(
+                IKESATakeover(
+                    identifier: identifier, classification: classification, messageIDs: plan, reason: reason,
+                    unconfirmedRekey: unconfirmedRekey))
         }
         if !rekeys.isEmpty { shareReplayCounterDeltas(rekeys, across: &ikePlans) }
         return TakeoverPlan(ikeSAs: ikePlans, childSAs: childPlans, stalenessMargin: margin)

@@ -234,15 +234,11 @@ extension GatewayState {
 
     /// Calls `body` with the counters of every Child SA, in no particular order.
     public func forEachChildSACounters(_ body: (ChildSACounters) throws -> Void) rethrows {
-        try childSlots.withUnsafeBufferPointer { slots in
-            try freshness.withUnsafeBufferPointer { freshness in
-                // Field by field through the slot's address: binding `slots[index]` to a constant
-                // would copy the Child SA and retain each of its references, and each
-                // `slots[index]!` checked the optional again.
-                for index in slots.indices where slots.hasValue(at: index) {
-                    try body(Self.counters(of: slots.addressOfValue(at: index), at: index, freshness: freshness[index]))
-                }
-            }
+        try freshness.withUnsafeBufferPointer { freshness in
+            // Field by field through the slot's address: binding `slots[index]` to a constant
+            // would copy the Child SA and retain each of its references, and each
+            // `slots[index]!` checked the optional again.
+            try childSlots.forEachValue { index, sa in try body(Self.counters(of: sa, at: index, freshness: freshness[index])) }
         }
     }
 
@@ -266,7 +262,7 @@ extension GatewayState {
     /// them.
     public mutating func visitChildSACountersMoved(_ body: (ChildSACounters) throws -> Bool) rethrows {
         let words = countersMoved.count
-        try childSlots.withUnsafeBufferPointer { slots in
+        try childSlots.withUnsafeSlots { slots in
             try freshness.withUnsafeBufferPointer { freshness in
                 for word in 0..<words {
                     var bits = countersMoved[word]

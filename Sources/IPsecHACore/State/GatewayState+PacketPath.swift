@@ -36,9 +36,10 @@ extension GatewayState {
         at slot: ChildSASlot, bytes: UInt64
     ) throws(SequenceCounterError) -> OutboundSequenceNumber? {
         guard let index = occupiedIndex(slot) else { return nil }
-        let number = try childSlots[index]!.outboundCounter.next()
-        childSlots[index]!.lifetime.usage.outboundBytes &+= bytes
-        childSlots[index]!.lifetime.usage.outboundPackets &+= 1
+        let sa = childSlots.mutableAddress(of: index)
+        let number = try sa.pointee!.outboundCounter.next()
+        sa.pointee!.lifetime.usage.outboundBytes &+= bytes
+        sa.pointee!.lifetime.usage.outboundPackets &+= 1
         markCountersMoved(index)
         return number
     }
@@ -68,9 +69,10 @@ extension GatewayState {
             throw .childSA(.checkpointOutsideSequenceSpace)
         }
         let usage = held.lifetime.usage
-        childSlots[index]!.outboundCounter = counter
-        childSlots[index]!.inboundWindow = window
-        childSlots[index]!.lifetime.usage = ChildSAUsage(
+        let sa = childSlots.mutableAddress(of: index)
+        sa.pointee!.outboundCounter = counter
+        sa.pointee!.inboundWindow = window
+        sa.pointee!.lifetime.usage = ChildSAUsage(
             inboundBytes: max(usage.inboundBytes, observed.usage.inboundBytes), inboundPackets: max(usage.inboundPackets, observed.usage.inboundPackets),
             outboundBytes: max(usage.outboundBytes, observed.usage.outboundBytes),
             outboundPackets: max(usage.outboundPackets, observed.usage.outboundPackets))
@@ -87,9 +89,10 @@ extension GatewayState {
         _ sequenceNumber: UInt64, bytes: UInt64, at slot: ChildSASlot
     ) throws(ReplayWindowRejection) {
         guard let index = occupiedIndex(slot) else { throw .stale }
-        try childSlots[index]!.inboundWindow.commit(sequenceNumber)
-        childSlots[index]!.lifetime.usage.inboundBytes &+= bytes
-        childSlots[index]!.lifetime.usage.inboundPackets &+= 1
+        let sa = childSlots.mutableAddress(of: index)
+        try sa.pointee!.inboundWindow.commit(sequenceNumber)
+        sa.pointee!.lifetime.usage.inboundBytes &+= bytes
+        sa.pointee!.lifetime.usage.inboundPackets &+= 1
         markCountersMoved(index)
     }
 

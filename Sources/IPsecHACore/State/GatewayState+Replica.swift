@@ -76,7 +76,7 @@ extension GatewayState {
         recentParentSlot = parent
         if let slot = spiIndex.slot(of: sa.inboundSPI) {
             let index = Int(slot)
-            let held = childSlots.withUnsafeBufferPointer { $0[index]!.generation }
+            let held = childSlots.withUnsafeWrapped(at: index) { $0.pointee.generation }!
             guard sa.generation > held else { throw .staleChange(held: held, received: sa.generation) }
             if let policy = sa.policy, spd.policy(policy) == nil { throw .unknownPolicy(policy) }
             replace(slot: slot, with: sa)
@@ -118,15 +118,16 @@ extension GatewayState {
 
     /// The per-slot part of applying a checkpoint; `index` must hold a Child SA (the SPI index
     /// names only occupied slots).
+    @inline(__always)
     private mutating func adoptCounterCheckpoint(
         _ checkpoint: ChildSACounterCheckpoint, generation: UInt64, freshness arrival: ChildSAFreshness?, at index: Int
     ) throws(GatewayStateError) {
         // In place throughout: a copy of the Child SA would retain its references and share,
         // then copy, its replay ring.
         let adopted: Bool
-        do { adopted = try childSlots[index]!.adopt(checkpoint, ifNewerThanHeld: generation) } catch { throw .childSA(error) }
+        do { adopted = try childSlots.mutableAddress(of: index).pointee!.adopt(checkpoint, ifNewerThanHeld: generation) } catch { throw .childSA(error) }
         guard adopted else {
-            throw .staleChange(held: childSlots.withUnsafeBufferPointer { $0[index]!.generation }, received: generation)
+            throw .staleChange(held: childSlots.withUnsafeWrapped(at: index) { $0.pointee.generation }!, received: generation)
         }
         // A checkpoint without a rate (one made by a state change, not by the scheduler) keeps
         // the rate measured before: forgetting it would make a takeover treat a busy SA as one

@@ -43,16 +43,17 @@ extension GatewayState {
                 rekey.append(decision.inboundSPI)
                 continue
             }
-            let held = childSlots.withUnsafeBufferPointer { slots in
-                (slots[index]!.outboundCounter, slots[index]!.inboundWindow.size, slots[index]!.inboundWindow.checkpoint)
-            }
+            let held = childSlots.withUnsafeWrapped(at: index) { sa in
+                (sa.pointee.outboundCounter, sa.pointee.inboundWindow.size, sa.pointee.inboundWindow.checkpoint)
+            }!
             do {
                 let counter = try OutboundSequenceCounter(
                     extendedSequenceNumbers: held.0.extendedSequenceNumbers, lastSent: lastSent, softLimit: held.0.softLimit)
                 let window = try ReplayWindow(
                     size: held.1, extendedSequenceNumbers: held.0.extendedSequenceNumbers, restoringFrom: held.2, policy: policy)
-                childSlots[index]!.outboundCounter = counter
-                childSlots[index]!.inboundWindow = window
+                let sa = childSlots.mutableAddress(of: index)
+                sa.pointee!.outboundCounter = counter
+                sa.pointee!.inboundWindow = window
                 resumed += 1
             } catch {
                 retireForRekey(at: index)

@@ -17,7 +17,7 @@ public struct GatewayState: Sendable, Equatable {
     /// The IKE SAs by SPI pair.
     public internal(set) var ikeSAs = IKESATable()
 
-    @usableFromInline var childSlots: [ChildSA?] = []
+    @usableFromInline var childSlots = SlotChunks<ChildSA>()
     /// Bumped whenever a slot's Child SA is deleted or changed, so cache entries can tell.
     @usableFromInline var incarnations: [UInt32] = []
     /// Per slot, what a standby knows of the Child SA's last counter checkpoint. A side table
@@ -90,6 +90,13 @@ public struct GatewayState: Sendable, Equatable {
     func occupiedIndex(_ slot: ChildSASlot) -> Int? {
         let index = Int(slot.storage)
         return childSlots.indices.contains(index) && childSlots.hasValue(at: index) ? index : nil
+    }
+
+    /// How many chunks of Child SA slots and of IKE SA slots (1,024 each) this state still
+    /// shares with `other`, a copy of it such as a bulk resync's snapshot: a change copies only
+    /// the chunk it falls in.
+    package func slotChunksShared(with other: GatewayState) -> (childSAs: Int, ikeSAs: Int) {
+        (childSlots.chunksShared(with: other.childSlots), ikeSAs.slots.chunksShared(with: other.ikeSAs.slots))
     }
 
     /// Installs `sa` in a free slot; `parent`, when known, is its parent's slot in `ikeSAs`
@@ -215,68 +222,6 @@ public struct GatewayState: Sendable, Equatable {
     static func removeSorted(_ spi: UInt32, from list: inout [UInt32]) {
         let position = list.sortedPosition(of: spi)
         if position < list.count, list[position] == spi { list.remove(at: position) }
-    }
-}
-
-extension UnsafeBufferPointer {
-    /// Whether the optional at `index` holds a value, tested where it lies. Reading the element
-    /// first (`elements[index]`, then a property of it) copied the whole SA, 280 bytes; and
-    /// `!= nil` on an `Equatable` wrapped type picks the `Equatable` operator, which copies both
-    /// operands, with a retain per reference they hold.
-    @inlinable
-    func hasValue<Wrapped>(at index: Int) -> Bool where Element == Wrapped? {
-        if case .some = (baseAddress! + index).pointee { return true }
-        return false
-    }
-
-    /// The address of the value in the optional at `index`, which holds one
-    /// (``hasValue(at:)``): the Swift ABI stores a single-payload enum's payload at offset 0
-    /// (the case is in spare bits or a tag byte after it), so a present optional is a `Wrapped`
-    /// at its own address. Its fields read through it are not copies of the whole value.
-    @inlinable
-    func addressOfValue<Wrapped>(at index: Int) -> UnsafePointer<Wrapped> where Element == Wrapped? {
-        UnsafeRawPointer(baseAddress! + index).assumingMemoryBound(to: Wrapped.self)
-    }
-}
-
-extension Array {
-    /// ``UnsafeBufferPointer/hasValue(at:)`` on the array's elements; `index` must be one of
-    /// them.
-    @inlinable
-    func hasValue<Wrapped>(at index: Int) -> Bool where Element == Wrapped? {
-        withUnsafeBufferPointer { $0.hasValue(at: index) }
-    }
-
-    /// `position(index)` for every index that holds a value, in order; `count` is how many do.
-    /// Tested in place, through the buffer: a bulk resync lists every SA it will send this way
-    /// (building each Child SA's counters for the list cost 290 instructions a Child SA).
-    func positionsOfPresentValues<Wrapped, Position>(count: Int, _ position: (Int) -> Position) -> [Position]
-    where Element == Wrapped? {
-        var positions: [Position] = []
-        positions.reserveCapacity(count)
-        withUnsafeBufferPointer { elements in
-            for index in elements.indices where elements.hasValue(at: index) { positions.append(position(index)) }
-        }
-        return positions
-    }
-
-    /// Calls `body` with the address of the value in the optional at `index` and returns what
-    /// it returns; nil, without calling it, when `index` is out of range or the optional
-    /// empty. The pointer is valid only during the call.
-    ///
-    /// How a bulk resync reads each SA it encodes where the snapshot holds it: unwrapping the
-    /// optional (`slots[index]!`, or `case .some(let sa)`) copied it, every reference in it
-    /// retained and released, and a value read from the address would be a copy too
-    /// (``UnsafeBufferPointer/addressOfValue(at:)``).
-    @inlinable
-    func withUnsafeWrapped<Wrapped, Result, Failure: Error>(
-        at index: Int, _ body: (UnsafePointer<Wrapped>) throws(Failure) -> Result
-    ) throws(Failure) -> Result? where Element == Wrapped? {
-        guard indices.contains(index) else { return nil }
-        return try withUnsafeBufferPointer { (elements) throws(Failure) in
-            guard elements.hasValue(at: index) else { return nil }
-            return try body(elements.addressOfValue(at: index))
-        }
     }
 }
 

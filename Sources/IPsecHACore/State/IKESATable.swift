@@ -1,17 +1,17 @@
 /// The IKE SAs of a ``GatewayState`` by SPI pair: read it like a dictionary from
 /// ``IKESAIdentifier`` to ``IKESA`` (``subscript(_:)``, ``keys``, ``values``, ``count``).
 ///
-/// The IKE SAs sit in a dense array of slots, found through a dictionary of small values,
-/// rather than in a dictionary of IKE SAs: a dictionary keeps at most three quarters of its
-/// buckets full and, for 100,000 IKE SAs, had 262,144 buckets of 216 bytes (56 MB, touched at
-/// random, page by page, by a standby filled by a bulk resync), where the slots take 22 MB and
-/// the dictionary 5 MB. Iteration follows the slots: the same history of changes gives the
+/// The IKE SAs sit in slots, found through a dictionary of small values, rather than in a
+/// dictionary of IKE SAs: a dictionary keeps at most three quarters of its buckets full and,
+/// for 100,000 IKE SAs, had 262,144 buckets of 216 bytes (56 MB, touched at random, page by
+/// page, by a standby filled by a bulk resync), where the slots take 22 MB and the dictionary
+/// 5 MB. The slots are kept in chunks that a copy of the table shares until it changes one. Iteration follows the slots: the same history of changes gives the
 /// same order, whatever the process's hash seed. Equality compares contents, not slots.
 public struct IKESATable: Sendable, Equatable {
     /// The slot of each IKE SA.
     var positions: [IKESAIdentifier: Int32] = [:]
     /// The IKE SAs; nil where one was removed (the slot is reused by the next insertion).
-    @usableFromInline var slots: [IKESA?] = []
+    @usableFromInline var slots = SlotChunks<IKESA>()
     var freeSlots: [Int32] = []
 
     /// An empty table.
@@ -53,7 +53,7 @@ public struct IKESATable: Sendable, Equatable {
 
     /// The IKE SAs of a table, in slot order (``IKESATable/values``).
     public struct Values: Collection, Sendable {
-        let slots: [IKESA?]
+        let slots: SlotChunks<IKESA>
 
         /// The position of the first IKE SA (the slot number).
         public var startIndex: Int { nextOccupied(from: 0) }
