@@ -189,8 +189,13 @@ extension ClusterSimulation {
                 let kind: ExchangeKind
                 if configuration.ikeSARekeyEvery > 0, peers[i].exchangesStarted % configuration.ikeSARekeyEvery == 0 {
                     kind = .ikeRekey(newInitiatorSPI: random.next() | 1)
+                } else if peers[i].exchangesStarted % 4 == 0, let child = peers[i].children.first {
+                    kind = .rekey(old: child.clusterInbound)
                 } else {
-                    kind = peers[i].exchangesStarted % 4 == 0 ? .rekey(old: peers[i].children[0].clusterInbound) : .liveness
+                    // Also an IKE SA without Child SAs (RFC 7296 allows one): a member that took
+                    // over holding the IKE SA but not yet its Child SAs answered the peer's
+                    // retransmitted request without them.
+                    kind = .liveness
                 }
                 peers[i].outstanding = (messageID, kind, now, 0)
                 peers[i].nextExchangeAt = Timestamp(nanoseconds: now.nanoseconds + configuration.ikeExchangeIntervalMs * 1_000_000)

@@ -121,6 +121,16 @@ struct FaultScheduleTests {
         #expect(outcome.violations.isEmpty, "\(outcome.violations) \(outcome.reproduce)")
     }
 
+    /// An IKE SA that reached the peer without Child SAs: the member that took over held the IKE
+    /// SA of an IKE_AUTH whose Child SAs had not reached it, and answered the retransmission
+    /// without them. The simulated peer then asked to rekey its first Child SA and trapped
+    /// (seed 102891, four members, crashes of both and 10% synch loss); it keeps to liveness
+    /// checks on such an IKE SA.
+    @Test func aPeerIKESAWithoutChildSAs() throws {
+        let outcome = try Torture.run(seed: 102_891)
+        #expect(outcome.violations.isEmpty, "\(outcome.violations) \(outcome.reproduce)")
+    }
+
     /// A few schedules of each kind through the torture harness itself, load sharing included.
     @Test func tortureSchedulesHoldEveryInvariant() throws {
         for seed in [UInt64(2), 3, 5, 10] {

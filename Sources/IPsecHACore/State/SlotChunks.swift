@@ -95,12 +95,7 @@ struct SlotChunks<Wrapped>: RandomAccessCollection, MutableCollection {
     @inlinable
     subscript(slot: Int) -> Wrapped? {
         get { address(of: slot).pointee }
-        _modify {
-            precondition(slot >= 0 && slot < slotCount, "slot \(slot) of \(slotCount)")
-            let chunk = slot &>> Self.chunkShift
-            if !isKnownUniquelyReferenced(&chunks[chunk]) { chunks[chunk] = chunks[chunk].copy(capacity: chunks[chunk].slotCapacity) }
-            yield &chunks[chunk].elements[slot & Self.chunkMask]
-        }
+        _modify { yield &mutableAddress(of: slot).pointee }
     }
 
     /// The address of `slot`, which must exist, in a chunk this value owns alone (copied first
