@@ -70,16 +70,33 @@ extension GatewayState {
     /// whose counter would pass its hard limit is left as it was and returned: rekey it. Throws
     /// for an unknown IKE SA. Counters move without producing changes, like every per-packet
     /// counter (the next checkpoint carries them).
+    ///
+    /// With `unseenByPeer` (a jump the peer is not told of, such as a reassertion after a split
+    /// brain), a Child SA with extended sequence numbers whose jumps would then add up to more
+    /// than the peer can infer the high bits across is left as it was and returned for rekey
+    /// too: its earlier jumps (its counter less the packets it sent) count, since the peer may
+    /// have seen none of them, as the takeover planner counts them
+    /// (``TakeoverPolicy/maximumExtendedSequenceNumberAdvance``).
     public mutating func advanceOutboundCounters(
-        ofChildSAsOf identifier: IKESAIdentifier, by delta: UInt64
+        ofChildSAsOf identifier: IKESAIdentifier, by delta: UInt64, unseenByPeer: Bool = false
     ) throws(GatewayStateError) -> (advanced: [UInt32], needRekey: [UInt32]) {
         guard let index = ikeSAs.slot(of: identifier) else { throw .unknownIKESA(identifier) }
         var advanced: [UInt32] = []
         var needRekey: [UInt32] = []
         for spi in ikeSAs.slots[index]!.childSAs {
             guard let slot = spiIndex.slot(of: spi) else { continue }
+            let sa = childSlots.mutableAddress(of: Int(slot))
+            if unseenByPeer, sa.pointee!.extendedSequenceNumbers {
+                let lastSent = sa.pointee!.outboundCounter.lastSent
+                let jumped = lastSent - min(sa.pointee!.lifetime.usage.outboundPackets, lastSent)
+                let (unseen, overflow) = jumped.addingReportingOverflow(delta)
+                guard !overflow, unseen <= TakeoverPolicy.maximumExtendedSequenceNumberAdvance else {
+                    needRekey.append(spi)
+                    continue
+                }
+            }
             do {
-                try childSlots[Int(slot)]!.outboundCounter.advance(by: delta)
+                try sa.pointee!.outboundCounter.advance(by: delta)
                 advanced.append(spi)
             } catch {
                 needRekey.append(spi)

@@ -146,6 +146,37 @@ struct StrongSwanMessageIDSyncTableTests {
         if case .respond = peer.process(request, replayCounter: nil, windows: try Self.peerWindows(row)) { Issue.record("answered") }
     }
 
+    /// A jump the peer is not told of (a reassertion after a split brain) adds to the jumps an
+    /// ESN Child SA made before (its counter less the packets it sent): past what the peer can
+    /// infer the high bits across, the Child SA stays as it was and is returned for rekey. Torture
+    /// seed 105558: three takeovers in quick turns, then the reassertion's 2^30, put the counter
+    /// 2^32 + 2^20 ahead of the peer, which refused every packet after.
+    @Test func aJumpUnseenByThePeerCountsTheEarlierJumps() throws {
+        var random = SplitMix64(seed: 43)
+        var state = GatewayState()
+        let ike = Fixtures.ikeSA(1, &random)
+        _ = try state.createIKESA(ike)
+        // Jumped by 2^31 + 2^20 with no packet sent; jumped by 2^20 after 5 packets; no ESN.
+        for (spi, lastSent, esn) in [(0x1000, (1 << 31) + (1 << 20), true), (0x1001, (1 << 20) + 5, true), (0x1002, (1 << 31) + (1 << 20), false)]
+            as [(UInt32, UInt64, Bool)]
+        {
+            var child = Fixtures.childSA(inboundSPI: spi, parent: ike.identifier, esn: esn, &random)
+            child.outboundCounter = try OutboundSequenceCounter(extendedSequenceNumbers: esn, lastSent: lastSent)
+            child.lifetime.usage.outboundPackets = spi == 0x1001 ? 5 : 0
+            _ = try state.createChildSA(child)
+        }
+        let jump: UInt64 = 3 << 30
+        var told = state
+        let moved = try state.advanceOutboundCounters(ofChildSAsOf: ike.identifier, by: jump, unseenByPeer: true)
+        #expect(moved.advanced == [0x1001])
+        #expect(moved.needRekey == [0x1000, 0x1002], "2^31 + 2^20 + 3 x 2^30 is past what an ESN peer infers; the other passes 2^32")
+        #expect(state.childSA(inboundSPI: 0x1000)?.outboundCounter.lastSent == (1 << 31) + (1 << 20))
+        #expect(state.childSA(inboundSPI: 0x1001)?.outboundCounter.lastSent == (1 << 20) + 5 + jump)
+        // Told of the jump (RFC 6311 on the peer's side), the earlier jumps do not count.
+        let toldMoved = try told.advanceOutboundCounters(ofChildSAsOf: ike.identifier, by: jump)
+        #expect(toldMoved.advanced == [0x1000, 0x1001] && toldMoved.needRekey == [0x1002])
+    }
+
     /// Section 5.2 end to end: the peer moves its outbound counters by the delta, and the window
     /// the cluster member rebuilt with the same delta accepts the peer's next packets.
     @Test func replayCounterDeltaReachesEveryChildSAOfTheIKESA() throws {
