@@ -75,6 +75,17 @@ public struct TakeoverPolicy: Sendable, Hashable {
     /// hard limit bounds it.
     public static let maximumExtendedSequenceNumberAdvance: UInt64 = (1 << 32) - (1 << 24)
 
+    /// Whether a peer still follows a Child SA whose outbound counter, at `lastSent` after
+    /// `packetsSent` packets, moves on by `advance` without the peer seeing the jump: always
+    /// without ESN (the hard limit bounds it), else when every jump the counter made, this one
+    /// included, stays within ``maximumExtendedSequenceNumberAdvance``. The takeover planner and
+    /// a reassertion after a split brain ask it.
+    static func peerFollows(advance: UInt64, lastSent: UInt64, packetsSent: UInt64, extendedSequenceNumbers: Bool) -> Bool {
+        guard extendedSequenceNumbers else { return true }
+        let (unseen, overflow) = advance.addingReportingOverflow(lastSent - min(packetsSent, lastSent))
+        return !overflow && unseen <= maximumExtendedSequenceNumberAdvance
+    }
+
     /// A policy; by default an advance of at least 4,096 (the default checkpoint packet count),
     /// 200 ms of staleness margin (the measured synch delay, at least 2 ms, where the channel
     /// measured it), at least 15,000,000 packets a second of the time

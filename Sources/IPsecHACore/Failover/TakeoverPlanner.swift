@@ -106,9 +106,8 @@ public enum TakeoverPlanner {
             // the first dying before it sent, 2^32 in all). Which jumps it saw is not known, so
             // every jump counts (`lastSent` less the packets sent): a Child SA that jumped far
             // over its life is rekeyed sooner, never one the peer would fail.
-            let jumped = lastSent - min(sa.outboundPackets, lastSent)
-            let (unseen, unseenOverflow) = outboundAdvance.addingReportingOverflow(jumped)
-            let inferable = !sa.extendedSequenceNumbers || (!unseenOverflow && unseen <= TakeoverPolicy.maximumExtendedSequenceNumberAdvance)
+            let inferable = TakeoverPolicy.peerFollows(
+                advance: outboundAdvance, lastSent: lastSent, packetsSent: sa.outboundPackets, extendedSequenceNumbers: sa.extendedSequenceNumbers)
             if lastSent > hardLimit - min(outboundAdvance, hardLimit) || !inferable {
                 outbound = .rekey
                 reason.outboundLimitReached = true

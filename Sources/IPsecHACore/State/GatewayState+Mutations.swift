@@ -75,7 +75,7 @@ extension GatewayState {
     /// brain), a Child SA with extended sequence numbers whose jumps would then add up to more
     /// than the peer can infer the high bits across is left as it was and returned for rekey
     /// too: its earlier jumps (its counter less the packets it sent) count, since the peer may
-    /// have seen none of them, as the takeover planner counts them
+    /// have seen none of them, as they do for the takeover planner
     /// (``TakeoverPolicy/maximumExtendedSequenceNumberAdvance``).
     public mutating func advanceOutboundCounters(
         ofChildSAsOf identifier: IKESAIdentifier, by delta: UInt64, unseenByPeer: Bool = false
@@ -86,14 +86,13 @@ extension GatewayState {
         for spi in ikeSAs.slots[index]!.childSAs {
             guard let slot = spiIndex.slot(of: spi) else { continue }
             let sa = childSlots.mutableAddress(of: Int(slot))
-            if unseenByPeer, sa.pointee!.extendedSequenceNumbers {
-                let lastSent = sa.pointee!.outboundCounter.lastSent
-                let jumped = lastSent - min(sa.pointee!.lifetime.usage.outboundPackets, lastSent)
-                let (unseen, overflow) = jumped.addingReportingOverflow(delta)
-                guard !overflow, unseen <= TakeoverPolicy.maximumExtendedSequenceNumberAdvance else {
-                    needRekey.append(spi)
-                    continue
-                }
+            if unseenByPeer,
+                !TakeoverPolicy.peerFollows(
+                    advance: delta, lastSent: sa.pointee!.outboundCounter.lastSent, packetsSent: sa.pointee!.lifetime.usage.outboundPackets,
+                    extendedSequenceNumbers: sa.pointee!.extendedSequenceNumbers)
+            {
+                needRekey.append(spi)
+                continue
             }
             do {
                 try sa.pointee!.outboundCounter.advance(by: delta)

@@ -92,7 +92,7 @@ public struct GatewayState: Sendable, Equatable {
         return childSlots.indices.contains(index) && childSlots.hasValue(at: index) ? index : nil
     }
 
-    /// How many chunks of Child SA slots and of IKE SA slots (1,024 each) this state still
+    /// How many chunks of Child SA slots and of IKE SA slots (16,384 each) this state still
     /// shares with `other`, a copy of it such as a bulk resync's snapshot: a change copies only
     /// the chunk it falls in.
     package func slotChunksShared(with other: GatewayState) -> (childSAs: Int, ikeSAs: Int) {

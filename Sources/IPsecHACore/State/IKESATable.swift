@@ -5,8 +5,9 @@
 /// dictionary of IKE SAs: a dictionary keeps at most three quarters of its buckets full and,
 /// for 100,000 IKE SAs, had 262,144 buckets of 216 bytes (56 MB, touched at random, page by
 /// page, by a standby filled by a bulk resync), where the slots take 22 MB and the dictionary
-/// 5 MB. The slots are kept in chunks that a copy of the table shares until it changes one. Iteration follows the slots: the same history of changes gives the
-/// same order, whatever the process's hash seed. Equality compares contents, not slots.
+/// 5 MB. The slots are kept in chunks that a copy of the table shares until it changes one.
+/// Iteration follows the slots: the same history of changes gives the same order, whatever
+/// the process's hash seed. Equality compares contents, not slots.
 public struct IKESATable: Sendable, Equatable {
     /// The slot of each IKE SA.
     var positions: [IKESAIdentifier: Int32] = [:]

@@ -549,9 +549,9 @@ extension ClusterMember {
         var changes: [StateChange] = []
         var rekey: [UInt32] = []
         for identifier in active.state.ikeSAs.keys.sorted() {
-            // Unseen by the peer, who is not told: an ESN Child SA whose jumps would add up past what
-            // the peer can infer is rekeyed instead (torture seeds 104771, 105558: after three
-            // takeovers in quick turns the reassertion's jump put it 2^32 ahead of the peer).
+            // Unseen by the peer, who is not told: an ESN Child SA whose jumps would add up past
+            // what the peer can infer is rekeyed instead (torture seed 105558: two takeovers'
+            // jumps and then this one put a counter 2^32 + 2^20 ahead of the peer).
             guard let moved = try? active.state.advanceOutboundCounters(ofChildSAsOf: identifier, by: Self.reassertionJump, unseenByPeer: true)
             else { continue }
             // The moved counters go to the standbys at once, not with the next checkpoint.
