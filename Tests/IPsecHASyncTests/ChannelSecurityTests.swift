@@ -134,6 +134,30 @@ struct ChannelSecurityTests {
         #expect(!delivers(restarted.receive(before, now: now)))
     }
 
+    /// A peer's epoch rising while it runs is a takeover or a reassertion: the channel keeps
+    /// the highest it moved to, so that a standby that missed the hellos still knows the peer
+    /// served (torture seed 104771). A restart's epoch, however high, is no move.
+    @Test func aPeersEpochMovedWhileRunningIsKeptAndARestartsIsNot() throws {
+        let key = try ChannelKey.generate()
+        var (active, standby) = try channels(key: key, activeEpoch: 3, standbyEpoch: 4)
+        #expect(delivers(standby.receive(try datagram(&active), now: Timestamp(nanoseconds: 2))))
+        #expect(standby.epoch(of: Self.active) == 3)
+        #expect(standby.highestEpochMovedTo(by: Self.active) == nil)
+        try active.rotate(toEpoch: 70)
+        #expect(delivers(standby.receive(try datagram(&active), now: Timestamp(nanoseconds: 3))))
+        #expect(standby.epoch(of: Self.active) == 70)
+        #expect(standby.highestEpochMovedTo(by: Self.active) == 70)
+        var restarted = try SyncChannel(
+            configuration: SyncChannelConfiguration(clusterID: 9, member: Self.active, epoch: 200, key: key, peers: [Self.standby]))
+        let now = establish(&restarted, &standby, now: Timestamp(nanoseconds: 10_000_000))
+        #expect(delivers(standby.receive(try datagram(&restarted), now: now)))
+        #expect(standby.epoch(of: Self.active) == 200)
+        #expect(standby.highestEpochMovedTo(by: Self.active) == 70, "the restart's epoch is where it started, not a move")
+        try restarted.rotate(toEpoch: 260)
+        #expect(delivers(standby.receive(try datagram(&restarted), now: now)))
+        #expect(standby.highestEpochMovedTo(by: Self.active) == 260)
+    }
+
     /// A standby's first hello goes out before any handshake: it waits in the channel and is
     /// sent once the handshake completes (embedders send it once and wait for the resync).
     @Test func unreliableRecordsSentBeforeTheHandshakeGoOutAfterIt() throws {

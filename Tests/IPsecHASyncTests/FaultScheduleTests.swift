@@ -138,6 +138,16 @@ struct FaultScheduleTests {
         #expect(outcome.violations.isEmpty, "\(outcome.violations) \(outcome.reproduce)")
     }
 
+    /// Torture seed 104771: a standby cut off from the others while one took over (blind, its
+    /// counters 2^31 on) heard that member again after the heal, at its new epoch, but not its
+    /// hello; the other died, and keepalived elected the standby, which resumed from the dead
+    /// active member's copy far below what the peer had seen (3,647 packets refused). The
+    /// epoch that member moved to makes the takeover blind.
+    @Test func aStandbyThatHeardAnotherMemberMoveBeyondItsCopyTakesOverBlind() throws {
+        let outcome = try Torture.run(seed: 104_771)
+        #expect(outcome.violations.isEmpty, "\(outcome.violations) \(outcome.reproduce)")
+    }
+
     /// A few schedules of each kind through the torture harness itself, load sharing included.
     @Test func tortureSchedulesHoldEveryInvariant() throws {
         for seed in [UInt64(2), 3, 5, 10] {

@@ -203,6 +203,12 @@ public struct SyncChannel {
         var replay: ReplayWindow
         var receiver: ReliableReceiver
         var lastHeard: Timestamp?
+        /// The epoch in the first data datagram of the peer's current incarnation (nil until
+        /// one came), and the highest it has moved to above that in any incarnation
+        /// (``SyncChannel/highestEpochMovedTo(by:)``).
+        var incarnationEpoch: UInt32?
+        var highestEpochMovedTo: UInt32?
+        var lastEpoch: UInt32?
         /// Reliable datagrams received since the last acknowledgement, and when the first came.
         var unacknowledged = 0
         var firstUnacknowledged: Timestamp?
@@ -560,6 +566,12 @@ public struct SyncChannel {
         }
         try? peer.replay.commit(header.packetNumber)
         peer.lastHeard = now
+        peer.lastEpoch = header.epoch
+        if let base = peer.incarnationEpoch {
+            if header.epoch > base { peer.highestEpochMovedTo = max(peer.highestEpochMovedTo ?? 0, header.epoch) }
+        } else {
+            peer.incarnationEpoch = header.epoch
+        }
         statistics.datagramsReceived += 1
         statistics.recordsReceived &+= UInt64(records.count)
 
@@ -647,6 +659,7 @@ public struct SyncChannel {
         if newIncarnation {
             let restarted = peer.incarnation != nil
             peer.incarnation = header.senderIncarnation
+            peer.incarnationEpoch = nil
             peer.established = false
             // A run of another release may follow (an upgrade, or a downgrade back).
             peer.protocolVersions = nil
@@ -857,6 +870,17 @@ public struct SyncChannel {
 
     /// When the last datagram from `peer` was accepted.
     public func lastHeard(from peer: ClusterMemberID) -> Timestamp? { peers[peer]?.lastHeard }
+
+    /// The highest epoch `peer` moved to while it ran, over every incarnation this channel
+    /// heard: above the epoch of the first data datagram of that incarnation. A member's
+    /// epoch rises while it runs only when it takes over or reasserts
+    /// (``rotate(toEpoch:key:)``), so this says that it served, even if nothing else it said
+    /// arrived (its hellos lost, or it died before they came). A restart's new epoch is not a
+    /// move. Nil if none was seen.
+    public func highestEpochMovedTo(by peer: ClusterMemberID) -> UInt32? { peers[peer]?.highestEpochMovedTo }
+
+    /// The epoch in the last data datagram accepted from `peer`.
+    public func epoch(of peer: ClusterMemberID) -> UInt32? { peers[peer]?.lastEpoch }
 
     /// The synch protocol version this member and `peer` speak: the newest both know, version 2
     /// with a peer that announced none (the previous release).

@@ -409,17 +409,22 @@ extension ClusterMember {
         let (offset, overflow) = policy.outboundOffset.addingReportingOverflow(UInt64(rank) * Self.takeoverOffsetSpacing)
         policy.outboundOffset = overflow ? .max : offset
         let fromFormer = !standby.replica.isReady && standby.former != nil
-        if !exact, !hearsQuorum(failed: standby.active, heardSince: silenceWindowStart(now: now)) || fromFormer || standby.agreedTo != nil {
+        if !exact,
+            !hearsQuorum(failed: standby.active, heardSince: silenceWindowStart(now: now)) || fromFormer || standby.agreedTo != nil
+                || anotherMemberMovedBeyond(standby)
+        {
             // Told to take over (keepalived, an operator) without hearing a quorum, from the
-            // state it served before it stepped down, or after it agreed to another standby's
-            // claim and never heard it active: another member may have served meanwhile,
-            // unseen, and may itself have moved by the unknown advance, by a rate bound near it,
-            // plus its rank's offset. Every counter moves past that (twice the unknown advance,
-            // still within what ESN inference allows), both ways. (The torture run had keepalived give
-            // the address to a member cut off from the others, which died, and to a member that
-            // had stepped down for one that then died: each resumed below the numbers the peer
-            // had seen. And, seed 2618, a standby that took over 17 ms after the one it had agreed
-            // to had, from a copy of the same state, sent numbers 2^30 higher than its own plan.)
+            // state it served before it stepped down, after it agreed to another standby's
+            // claim and never heard it active, or after another member moved to an epoch above
+            // this copy's (seed 104771: its hello missed, it died): another member may have
+            // served meanwhile, unseen, and may itself have moved by the unknown advance, by a
+            // rate bound near it, plus its rank's offset. Every counter moves past that (twice
+            // the unknown advance, still within what ESN inference allows), both ways. (The
+            // torture run had keepalived give the address to a member cut off from the others,
+            // which died, and to a member that had stepped down for one that then died: each
+            // resumed below the numbers the peer had seen. And, seed 2618, a standby that took
+            // over 17 ms after the one it had agreed to had, from a copy of the same state, sent
+            // numbers 2^30 higher than its own plan.)
             policy = policy.blind(exactAsOf: fromFormer ? standby.formerAsOf : standby.replica.completeAsOf, now: now)
         }
         if !standby.replica.isReady, let former = standby.former {
@@ -507,6 +512,18 @@ extension ClusterMember {
         return configuration.channel.peers.contains { peer in
             guard peer != active, let heard = channel.lastHeard(from: peer) else { return false }
             return isSilent(peer, now: now) && heard + silenceTime >= activeHeard
+        }
+    }
+
+    /// Whether a member other than the one this copy follows moved to an epoch above the
+    /// followed member's while it ran: it took over (or reasserted) and served beyond this copy
+    /// unseen here, its hellos lost or late, or it died before they came. A takeover from the
+    /// copy would resume below what it sent.
+    func anotherMemberMovedBeyond(_ standby: Standby) -> Bool {
+        guard let active = standby.active else { return false }
+        let copyEpoch = max(standby.activeEpoch ?? 0, channel.epoch(of: active) ?? 0)
+        return configuration.channel.peers.contains { peer in
+            peer != active && channel.highestEpochMovedTo(by: peer).map { $0 > copyEpoch } ?? false
         }
     }
 
