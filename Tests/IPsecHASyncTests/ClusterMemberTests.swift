@@ -383,6 +383,47 @@ struct ClusterMemberTests {
         #expect(cluster.members[1].readiness == .completeCopy && cluster.members[1].state == cluster.members[2].state)
     }
 
+    /// Torture seed 104771, step by step: a standby cut off while another member took over
+    /// (blind: its counters jumped 2^31) hears that member again at the epoch it moved to, but
+    /// not its hello; it dies, and keepalived elects the standby, whose copy is of the member
+    /// before. The takeover goes blind, past anything the other could have sent. Restarts at
+    /// higher epochs, of that member or of the one the copy follows, hide nothing.
+    @Test func aStandbyThatHeardAnotherMemberMoveBeyondItsCopyResumesAboveIt() throws {
+        let spi: UInt32 = 0x7A00
+        var cluster = try EmbeddedCluster(members: 3, seed: 49) { $0.followsVRRP = true }
+        try cluster.run(for: .milliseconds(500))
+        _ = try cluster.createSAs(ikeSPI: 99, childSPI: spi, seed: 50)
+        cluster.send(0, spi: spi, count: 1_000)
+        try cluster.run(for: .milliseconds(50))
+        cluster.network.faults.partitions = [[1, 3], [2, 3]]
+        try cluster.run(for: .milliseconds(300))
+        cluster.crash(0)
+        try cluster.run(for: .milliseconds(30))
+        cluster.signal(1, .vrrp(.master))
+        #expect(cluster.members[1].isActive, "it hears nobody but the member it replaces: it serves at once")
+        cluster.send(1, spi: spi, count: 10)
+        let sentByMember2 = try #require(cluster.members[1].state.childSA(inboundSPI: spi)).outboundCounter.lastSent
+        #expect(sentByMember2 > 1 << 31, "a blind takeover")
+        try cluster.run(for: .milliseconds(20))
+        cluster.network.faults.partitions = []
+        try cluster.run(for: .milliseconds(60))
+        let member2 = EmbeddedCluster.id(1)
+        #expect(cluster.members[2].channel.highestEpochMovedTo(by: member2) == cluster.members[1].channel.configuration.epoch)
+        #expect(cluster.members[2].readiness == .completeCopy, "its next hello had not come: the copy looks complete")
+        cluster.crash(1)
+        try cluster.restart(1, epoch: 1_000_000, active: 2)
+        try cluster.restart(0, epoch: 2_000_000, active: 2)
+        try cluster.run(for: .milliseconds(60))
+        cluster.signal(2, .vrrp(.master))
+        try cluster.run(for: .milliseconds(300))
+        let takeover = try #require(cluster.takeover(of: 2), "\(cluster.events[2])")
+        let decision = try #require(takeover.plan.childSAs.first { $0.inboundSPI == spi })
+        switch decision.outbound {
+        case .resume(let lastSent): #expect(lastSent > sentByMember2, "resumed at \(lastSent), member 2 sent up to \(sentByMember2)")
+        case .rekey: #expect(takeover.rekey.contains(spi))
+        }
+    }
+
     /// After a planned switchover the old active member says hello as a standby of its target,
     /// without the step-down capability: the target's copy is exact, and stays a complete copy
     /// if the switchover's own hello was lost (cluster.sh's switchovers turned into

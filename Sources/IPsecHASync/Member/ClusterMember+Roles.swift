@@ -44,6 +44,7 @@ extension ClusterMember {
                 if case .standby(var standby) = lifecycle {
                     guard from == standby.active, !standby.activeRestarted else { continue }
                     lifecycle = .moving
+                    standby.copyEpoch = max(standby.copyEpoch, channel.epoch(of: from) ?? 0)
                     standby.replica.apply(records, now: now)
                     lifecycle = .standby(standby)
                 } else {
@@ -521,7 +522,7 @@ extension ClusterMember {
     /// copy would resume below what it sent.
     func anotherMemberMovedBeyond(_ standby: Standby) -> Bool {
         guard let active = standby.active else { return false }
-        let copyEpoch = max(standby.activeEpoch ?? 0, channel.epoch(of: active) ?? 0)
+        let copyEpoch = max(standby.activeEpoch ?? 0, standby.copyEpoch)
         return configuration.channel.peers.contains { peer in
             peer != active && channel.highestEpochMovedTo(by: peer).map { $0 > copyEpoch } ?? false
         }

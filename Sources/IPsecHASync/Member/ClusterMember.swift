@@ -269,6 +269,10 @@ public struct ClusterMember {
         /// The epoch `active` last said hello at: a newer one means it served from another
         /// member's state meanwhile.
         var activeEpoch: UInt32?
+        /// The highest epoch in the headers of the datagrams from `active` whose records went
+        /// into the copy: with `activeEpoch`, the epoch the copy is of (a restart of `active`
+        /// comes back at any epoch, and its records do not reach the copy).
+        var copyEpoch: UInt32 = 0
         /// `activeEpoch` when this standby last said it stepped down: the active member's
         /// next epoch is then the reassertion that asked for, not a takeover.
         var reassertionAskedAt: UInt32?
