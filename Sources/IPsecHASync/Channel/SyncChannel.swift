@@ -204,8 +204,8 @@ public struct SyncChannel {
         var receiver: ReliableReceiver
         var lastHeard: Timestamp?
         /// The epoch in the first data datagram of the peer's current incarnation (nil until
-        /// one came), and the highest it has moved to above that in any incarnation
-        /// (``SyncChannel/highestEpochMovedTo(by:)``).
+        /// one came), the highest it has moved to above that in any incarnation
+        /// (``SyncChannel/highestEpochMovedTo(by:)``), and the one in its last data datagram.
         var incarnationEpoch: UInt32?
         var highestEpochMovedTo: UInt32?
         var lastEpoch: UInt32?

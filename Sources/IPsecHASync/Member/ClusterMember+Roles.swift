@@ -516,10 +516,10 @@ extension ClusterMember {
         }
     }
 
-    /// Whether a member other than the one this copy follows moved to an epoch above the
-    /// followed member's while it ran: it took over (or reasserted) and served beyond this copy
-    /// unseen here, its hellos lost or late, or it died before they came. A takeover from the
-    /// copy would resume below what it sent.
+    /// Whether a member other than the one this copy follows moved, while it ran, to an epoch
+    /// above the one the copy is of (`Standby.copyEpoch`): it took over (or reasserted) and
+    /// served beyond this copy unseen here, its hellos lost or late, or it died before they
+    /// came. A takeover from the copy would resume below what it sent.
     func anotherMemberMovedBeyond(_ standby: Standby) -> Bool {
         guard let active = standby.active else { return false }
         let copyEpoch = max(standby.activeEpoch ?? 0, standby.copyEpoch)
