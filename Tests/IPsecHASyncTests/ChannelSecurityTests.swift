@@ -158,6 +158,34 @@ struct ChannelSecurityTests {
         #expect(standby.highestEpochMovedTo(by: Self.active) == 260)
     }
 
+    /// A peer whose handshake never completes (this member's answers lost) still says in each
+    /// handshake which epoch it is at: a move shows without any data (torture seed 114116).
+    @Test func aPeersMoveShowsInHandshakesThatNeverComplete() throws {
+        let key = try ChannelKey.generate()
+        var a = try SyncChannel(configuration: SyncChannelConfiguration(clusterID: 9, member: Self.active, epoch: 2, key: key, peers: [Self.standby]))
+        var b = try SyncChannel(configuration: SyncChannelConfiguration(clusterID: 9, member: Self.standby, epoch: 4, key: key, peers: [Self.active]))
+        func handshakesFromA(at milliseconds: Int64) -> Int {
+            let now = Timestamp(nanoseconds: UInt64(milliseconds) * 1_000_000)
+            var delivered = 0
+            for case .transmit(_, let datagram) in a.tick(now: now) {
+                // What b answers is lost: a never completes its side.
+                _ = b.receive(datagram, now: now)
+                delivered += 1
+            }
+            return delivered
+        }
+        var sent = 0
+        for milliseconds in stride(from: Int64(1), through: 2_000, by: 10) where sent == 0 { sent += handshakesFromA(at: milliseconds) }
+        #expect(sent > 0 && !a.isEstablished(with: Self.standby))
+        #expect(b.highestEpochMovedTo(by: Self.active) == nil)
+        try a.rotate(toEpoch: 64)
+        sent = 0
+        for milliseconds in stride(from: Int64(2_001), through: 6_000, by: 10) where sent == 0 { sent += handshakesFromA(at: milliseconds) }
+        #expect(sent > 0)
+        #expect(b.highestEpochMovedTo(by: Self.active) == 64)
+        #expect(b.epoch(of: Self.active) == nil, "no data came")
+    }
+
     /// A standby's first hello goes out before any handshake: it waits in the channel and is
     /// sent once the handshake completes (embedders send it once and wait for the resync).
     @Test func unreliableRecordsSentBeforeTheHandshakeGoOutAfterIt() throws {

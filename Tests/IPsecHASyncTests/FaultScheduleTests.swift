@@ -148,6 +148,15 @@ struct FaultScheduleTests {
         #expect(outcome.violations.isEmpty, "\(outcome.violations) \(outcome.reproduce)")
     }
 
+    /// Torture seed 114116: member 1, restarted, could not finish its handshake with member 3
+    /// (90% loss from 3 to 1), took over blind when member 2 died, and died in turn; member 3,
+    /// whose copy was member 2's, was elected next and resumed 2^31 below member 1 (201 packets
+    /// refused). Member 1's handshakes had reached it at the epoch it moved to.
+    @Test func aMoveSeenOnlyInHandshakesMakesTheTakeoverBlind() throws {
+        let outcome = try Torture.run(seed: 114_116)
+        #expect(outcome.violations.isEmpty, "\(outcome.violations) \(outcome.reproduce)")
+    }
+
     /// A few schedules of each kind through the torture harness itself, load sharing included.
     @Test func tortureSchedulesHoldEveryInvariant() throws {
         for seed in [UInt64(2), 3, 5, 10] {

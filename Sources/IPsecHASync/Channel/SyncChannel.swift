@@ -203,10 +203,12 @@ public struct SyncChannel {
         var replay: ReplayWindow
         var receiver: ReliableReceiver
         var lastHeard: Timestamp?
-        /// The epoch in the first data datagram of the peer's current incarnation (nil until
-        /// one came), the highest it has moved to above that in any incarnation
-        /// (``SyncChannel/highestEpochMovedTo(by:)``), and the one in its last data datagram.
-        var incarnationEpoch: UInt32?
+        /// The incarnation of the peer's last authentic datagram (handshakes included) and the
+        /// epoch in the first one heard of it, the highest epoch it has moved to above that in
+        /// any incarnation (``SyncChannel/highestEpochMovedTo(by:)``), and the epoch in its last
+        /// data datagram.
+        var epochIncarnation: ChannelIncarnation?
+        var incarnationEpoch: UInt32 = 0
         var highestEpochMovedTo: UInt32?
         var lastEpoch: UInt32?
         /// Reliable datagrams received since the last acknowledgement, and when the first came.
@@ -224,6 +226,19 @@ public struct SyncChannel {
             guard handshake || incarnation != nil else { return nil }
             defer { nextPacketNumber += 1 }
             return (incarnation, nextPacketNumber)
+        }
+
+        /// Notes the epoch of an authentic datagram from the peer. Its epoch rises within one
+        /// run only when it takes over or reasserts; a datagram of another incarnation starts a
+        /// new base, and a reordered older one falls below it. `highestEpochMovedTo` never
+        /// falls, so a replayed datagram of an earlier run hides nothing.
+        mutating func noteEpoch(of header: DatagramHeader) {
+            if epochIncarnation == header.senderIncarnation {
+                if header.epoch > incarnationEpoch { highestEpochMovedTo = max(highestEpochMovedTo ?? 0, header.epoch) }
+            } else {
+                epochIncarnation = header.senderIncarnation
+                incarnationEpoch = header.epoch
+            }
         }
     }
 
@@ -567,11 +582,7 @@ public struct SyncChannel {
         try? peer.replay.commit(header.packetNumber)
         peer.lastHeard = now
         peer.lastEpoch = header.epoch
-        if let base = peer.incarnationEpoch {
-            if header.epoch > base { peer.highestEpochMovedTo = max(peer.highestEpochMovedTo ?? 0, header.epoch) }
-        } else {
-            peer.incarnationEpoch = header.epoch
-        }
+        peer.noteEpoch(of: header)
         statistics.datagramsReceived += 1
         statistics.recordsReceived &+= UInt64(records.count)
 
@@ -639,6 +650,9 @@ public struct SyncChannel {
         _ handshake: ChannelHandshake, _ header: DatagramHeader, from peer: inout Peer, now: Timestamp
     ) -> [SyncChannelAction] {
         var actions: [SyncChannelAction] = []
+        // A member that cannot finish a handshake (its answers lost) still says in each one
+        // whether it moved to a new epoch: it may have taken over unseen (torture seed 114116).
+        peer.noteEpoch(of: header)
         var answer = peer.heardIncarnation != header.senderIncarnation || peer.heardChallenge != handshake.challenge
         peer.heardIncarnation = header.senderIncarnation
         peer.heardChallenge = handshake.challenge
@@ -659,7 +673,6 @@ public struct SyncChannel {
         if newIncarnation {
             let restarted = peer.incarnation != nil
             peer.incarnation = header.senderIncarnation
-            peer.incarnationEpoch = nil
             peer.established = false
             // A run of another release may follow (an upgrade, or a downgrade back).
             peer.protocolVersions = nil
@@ -872,8 +885,9 @@ public struct SyncChannel {
     public func lastHeard(from peer: ClusterMemberID) -> Timestamp? { peers[peer]?.lastHeard }
 
     /// The highest epoch `peer` moved to while it ran, over every incarnation this channel
-    /// heard: above the epoch of the first data datagram of that incarnation. A member's
-    /// epoch rises while it runs only when it takes over or reasserts
+    /// heard: above the epoch of the first authentic datagram of that incarnation, handshakes
+    /// included (a peer that cannot finish its handshake still says its epoch in each). A
+    /// member's epoch rises while it runs only when it takes over or reasserts
     /// (``rotate(toEpoch:key:)``), so this says that it served, even if nothing else it said
     /// arrived (its hellos lost, or it died before they came). A restart's new epoch is not a
     /// move. Nil if none was seen.
