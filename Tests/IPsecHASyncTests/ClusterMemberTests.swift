@@ -424,6 +424,44 @@ struct ClusterMemberTests {
         }
     }
 
+    /// The same with nothing of the other member's takeover reaching the standby: it died
+    /// inside the partition and came back as a new run. Its new run, and the failed member's,
+    /// are heard, but neither can say what the earlier ones did: they make no quorum for a
+    /// takeover that resumes where the copy says.
+    @Test func membersRestartedSinceTheFailureMakeNoQuorumForAnExactTakeover() throws {
+        let spi: UInt32 = 0x7B00
+        var cluster = try EmbeddedCluster(members: 3, seed: 51) { $0.followsVRRP = true }
+        try cluster.run(for: .milliseconds(500))
+        _ = try cluster.createSAs(ikeSPI: 101, childSPI: spi, seed: 52)
+        cluster.send(0, spi: spi, count: 1_000)
+        try cluster.run(for: .milliseconds(50))
+        cluster.network.faults.partitions = [[1, 3], [2, 3]]
+        try cluster.run(for: .milliseconds(300))
+        cluster.crash(0)
+        try cluster.run(for: .milliseconds(30))
+        cluster.signal(1, .vrrp(.master))
+        #expect(cluster.members[1].isActive)
+        cluster.send(1, spi: spi, count: 10)
+        let sentByMember2 = try #require(cluster.members[1].state.childSA(inboundSPI: spi)).outboundCounter.lastSent
+        try cluster.run(for: .milliseconds(20))
+        cluster.crash(1)
+        try cluster.run(for: .milliseconds(100))
+        cluster.network.faults.partitions = []
+        try cluster.restart(1, epoch: 2, active: 2)
+        try cluster.restart(0, epoch: 2, active: 2)
+        try cluster.run(for: .milliseconds(100))
+        #expect(cluster.members[2].channel.highestEpochMovedTo(by: EmbeddedCluster.id(1)) == nil, "nothing of the takeover came")
+        #expect(cluster.members[2].readiness == .completeCopy, "both others heard again: not cut off")
+        cluster.signal(2, .vrrp(.master))
+        try cluster.run(for: .milliseconds(300))
+        let takeover = try #require(cluster.takeover(of: 2), "\(cluster.events[2])")
+        let decision = try #require(takeover.plan.childSAs.first { $0.inboundSPI == spi })
+        switch decision.outbound {
+        case .resume(let lastSent): #expect(lastSent > sentByMember2, "resumed at \(lastSent), member 2 sent up to \(sentByMember2)")
+        case .rekey: #expect(takeover.rekey.contains(spi))
+        }
+    }
+
     /// After a planned switchover the old active member says hello as a standby of its target,
     /// without the step-down capability: the target's copy is exact, and stays a complete copy
     /// if the switchover's own hello was lost (cluster.sh's switchovers turned into

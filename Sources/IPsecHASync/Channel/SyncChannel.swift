@@ -208,6 +208,8 @@ public struct SyncChannel {
         /// any incarnation (``SyncChannel/highestEpochMovedTo(by:)``), and the epoch in its last
         /// data datagram.
         var epochIncarnation: ChannelIncarnation?
+        /// When the peer's current incarnation was taken (``SyncChannel/incarnationTaken(of:)``).
+        var incarnationTaken: Timestamp?
         var incarnationEpoch: UInt32 = 0
         var highestEpochMovedTo: UInt32?
         var lastEpoch: UInt32?
@@ -673,6 +675,7 @@ public struct SyncChannel {
         if newIncarnation {
             let restarted = peer.incarnation != nil
             peer.incarnation = header.senderIncarnation
+            peer.incarnationTaken = now
             peer.established = false
             // A run of another release may follow (an upgrade, or a downgrade back).
             peer.protocolVersions = nil
@@ -892,6 +895,10 @@ public struct SyncChannel {
     /// arrived (its hellos lost, or it died before they came). A restart's new epoch is not a
     /// move. Nil if none was seen.
     public func highestEpochMovedTo(by peer: ClusterMemberID) -> UInt32? { peers[peer]?.highestEpochMovedTo }
+
+    /// When this channel took `peer`'s current incarnation (its run since then is the one
+    /// heard); nil before any.
+    public func incarnationTaken(of peer: ClusterMemberID) -> Timestamp? { peers[peer]?.incarnationTaken }
 
     /// The epoch in the last data datagram accepted from `peer`.
     public func epoch(of peer: ClusterMemberID) -> UInt32? { peers[peer]?.lastEpoch }

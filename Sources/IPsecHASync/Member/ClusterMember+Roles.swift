@@ -353,11 +353,15 @@ extension ClusterMember {
     /// aside), makes ``ClusterMemberConfiguration/takeoverQuorum``. A standby counts only what
     /// it heard after it noticed the failure: a partition younger than the failure is not yet
     /// visible as silence (the torture run had a standby take over in a partition 34 ms old,
-    /// counting a member it could no longer reach).
-    private func hearsQuorum(failed: ClusterMemberID?, heardSince: Timestamp) -> Bool {
+    /// counting a member it could no longer reach). With `runningSince`, a member counts only
+    /// if its current run was heard from then or before: one that restarted since cannot say
+    /// what its earlier run did, which may have been to take over and die (torture seed 114116
+    /// counted two such members).
+    private func hearsQuorum(failed: ClusterMemberID?, heardSince: Timestamp, runningSince: Timestamp? = nil) -> Bool {
         let quorum = quorumSize
         let heard = configuration.channel.peers.filter { peer in
             guard peer != failed, let heard = channel.lastHeard(from: peer) else { return false }
+            if let runningSince, let taken = channel.incarnationTaken(of: peer), taken > runningSince { return false }
             return heard >= heardSince
         }
         return heard.count + 1 >= quorum
@@ -411,21 +415,24 @@ extension ClusterMember {
         policy.outboundOffset = overflow ? .max : offset
         let fromFormer = !standby.replica.isReady && standby.former != nil
         if !exact,
-            !hearsQuorum(failed: standby.active, heardSince: silenceWindowStart(now: now)) || fromFormer || standby.agreedTo != nil
+            !hearsQuorum(
+                failed: standby.active, heardSince: silenceWindowStart(now: now),
+                runningSince: standby.replica.completeAsOf) || fromFormer || standby.agreedTo != nil
                 || anotherMemberMovedBeyond(standby)
         {
-            // Told to take over (keepalived, an operator) without hearing a quorum, from the
-            // state it served before it stepped down, after it agreed to another standby's
-            // claim and never heard it active, or after another member moved to an epoch above
-            // this copy's (seed 104771: its hello missed, it died): another member may have
-            // served meanwhile, unseen, and may itself have moved by the unknown advance, by a
-            // rate bound near it, plus its rank's offset. Every counter moves past that (twice
-            // the unknown advance, still within what ESN inference allows), both ways. (The
-            // torture run had keepalived give the address to a member cut off from the others,
-            // which died, and to a member that had stepped down for one that then died: each
-            // resumed below the numbers the peer had seen. And, seed 2618, a standby that took
-            // over 17 ms after the one it had agreed to had, from a copy of the same state, sent
-            // numbers 2^30 higher than its own plan.)
+            // Told to take over (keepalived, an operator) without hearing a quorum of members
+            // running since the copy was last complete, from the state it served before it
+            // stepped down, after it agreed to another standby's claim and never heard it
+            // active, or after another member moved to an epoch above this copy's (seed 104771:
+            // its hello missed, it died): another member may have served meanwhile, unseen,
+            // and may itself have moved by the unknown advance, by a rate bound near it, plus
+            // its rank's offset. Every counter moves past that (twice the unknown advance, still
+            // within what ESN inference allows), both ways. (The torture run had keepalived give
+            // the address to a member cut off from the others, which died, and to a member that
+            // had stepped down for one that then died: each resumed below the numbers the peer
+            // had seen. And, seed 2618, a standby that took over 17 ms after the one it had
+            // agreed to had, from a copy of the same state, sent numbers 2^30 higher than its
+            // own plan.)
             policy = policy.blind(exactAsOf: fromFormer ? standby.formerAsOf : standby.replica.completeAsOf, now: now)
         }
         if !standby.replica.isReady, let former = standby.former {
