@@ -383,67 +383,67 @@ struct ClusterMemberTests {
         #expect(cluster.members[1].readiness == .completeCopy && cluster.members[1].state == cluster.members[2].state)
     }
 
-    /// Torture seed 104771, step by step: a standby cut off while another member took over
-    /// (blind: its counters jumped 2^31) hears that member again at the epoch it moved to, but
-    /// not its hello; it dies, and keepalived elects the standby, whose copy is of the member
-    /// before. The takeover goes blind, past anything the other could have sent. Restarts at
-    /// higher epochs, of that member or of the one the copy follows, hide nothing.
-    @Test func aStandbyThatHeardAnotherMemberMoveBeyondItsCopyResumesAboveIt() throws {
-        let spi: UInt32 = 0x7A00
-        var cluster = try EmbeddedCluster(members: 3, seed: 49) { $0.followsVRRP = true }
+    /// `count` members behind keepalived; members 3 and up are cut off from members 1 and 2
+    /// when member 1 dies, and member 2 takes over blind (its counters 2^31 on) and sends on
+    /// `spi`. Returns the cluster 20 ms later, still partitioned, and the last number member 2
+    /// sent.
+    static func blindTakeoverUnseenByMember3(members count: Int = 3, seed: UInt64, spi: UInt32) throws -> (cluster: EmbeddedCluster, sent: UInt64) {
+        var cluster = try EmbeddedCluster(members: count, seed: seed) { $0.followsVRRP = true }
         try cluster.run(for: .milliseconds(500))
-        _ = try cluster.createSAs(ikeSPI: 99, childSPI: spi, seed: 50)
+        _ = try cluster.createSAs(ikeSPI: seed, childSPI: spi, seed: seed + 1)
         cluster.send(0, spi: spi, count: 1_000)
         try cluster.run(for: .milliseconds(50))
-        cluster.network.faults.partitions = [[1, 3], [2, 3]]
+        cluster.network.faults.partitions = Set((3...UInt16(count)).flatMap { [[1, $0], [2, $0]] })
         try cluster.run(for: .milliseconds(300))
         cluster.crash(0)
         try cluster.run(for: .milliseconds(30))
         cluster.signal(1, .vrrp(.master))
         #expect(cluster.members[1].isActive, "it hears nobody but the member it replaces: it serves at once")
         cluster.send(1, spi: spi, count: 10)
-        let sentByMember2 = try #require(cluster.members[1].state.childSA(inboundSPI: spi)).outboundCounter.lastSent
-        #expect(sentByMember2 > 1 << 31, "a blind takeover")
+        let sent = try #require(cluster.members[1].state.childSA(inboundSPI: spi)).outboundCounter.lastSent
+        #expect(sent > 1 << 31, "a blind takeover")
         try cluster.run(for: .milliseconds(20))
-        cluster.network.faults.partitions = []
-        try cluster.run(for: .milliseconds(60))
-        let member2 = EmbeddedCluster.id(1)
-        #expect(cluster.members[2].channel.highestEpochMovedTo(by: member2) == cluster.members[1].channel.configuration.epoch)
-        #expect(cluster.members[2].readiness == .completeCopy, "its next hello had not come: the copy looks complete")
-        cluster.crash(1)
-        try cluster.restart(1, epoch: 1_000_000, active: 2)
-        try cluster.restart(0, epoch: 2_000_000, active: 2)
-        try cluster.run(for: .milliseconds(60))
+        return (cluster, sent)
+    }
+
+    /// keepalived elects member 3: its takeover resumes `spi` above `sent`, or rekeys it.
+    static func expectMember3ResumesAbove(_ sent: UInt64, spi: UInt32, in cluster: inout EmbeddedCluster) throws {
         cluster.signal(2, .vrrp(.master))
         try cluster.run(for: .milliseconds(300))
         let takeover = try #require(cluster.takeover(of: 2), "\(cluster.events[2])")
         let decision = try #require(takeover.plan.childSAs.first { $0.inboundSPI == spi })
         switch decision.outbound {
-        case .resume(let lastSent): #expect(lastSent > sentByMember2, "resumed at \(lastSent), member 2 sent up to \(sentByMember2)")
+        case .resume(let lastSent): #expect(lastSent > sent, "resumed at \(lastSent), member 2 sent up to \(sent)")
         case .rekey: #expect(takeover.rekey.contains(spi))
         }
     }
 
-    /// The same with nothing of the other member's takeover reaching the standby: it died
-    /// inside the partition and came back as a new run. Its new run, and the failed member's,
-    /// are heard, but neither can say what the earlier ones did: they make no quorum for a
-    /// takeover that resumes where the copy says.
+    /// Torture seed 104771, step by step, with five members: the partition heals, and member
+    /// 3 hears member 2 at the epoch it moved to, but not its hello; member 2 dies, and
+    /// keepalived elects member 3, whose copy is of member 1. Members 4 and 5 make its quorum
+    /// (they ran all along, and know no more than it does); the move makes the takeover blind,
+    /// past anything member 2 could have sent. A restart of the member the copy follows, at a
+    /// higher epoch, hides nothing.
+    @Test func aStandbyThatHeardAnotherMemberMoveBeyondItsCopyResumesAboveIt() throws {
+        let spi: UInt32 = 0x7A00
+        var (cluster, sent) = try Self.blindTakeoverUnseenByMember3(members: 5, seed: 99, spi: spi)
+        cluster.network.faults.partitions = []
+        try cluster.run(for: .milliseconds(60))
+        #expect(cluster.members[2].channel.highestEpochMovedTo(by: EmbeddedCluster.id(1)) == cluster.members[1].channel.configuration.epoch)
+        #expect(cluster.members[2].readiness == .completeCopy, "its next hello had not come: the copy looks complete")
+        cluster.crash(1)
+        try cluster.restart(0, epoch: 2_000_000, active: 2)
+        try cluster.run(for: .milliseconds(20))
+        try Self.expectMember3ResumesAbove(sent, spi: spi, in: &cluster)
+    }
+
+    /// The same with nothing of member 2's takeover reaching member 3: it dies inside the
+    /// partition and comes back as a new run. Its new run, and member 1's, are heard, but
+    /// neither can say what the earlier ones did: they make no quorum for a takeover that
+    /// resumes where the copy says.
     @Test func membersRestartedSinceTheFailureMakeNoQuorumForAnExactTakeover() throws {
         let spi: UInt32 = 0x7B00
-        var cluster = try EmbeddedCluster(members: 3, seed: 51) { $0.followsVRRP = true }
-        try cluster.run(for: .milliseconds(500))
-        _ = try cluster.createSAs(ikeSPI: 101, childSPI: spi, seed: 52)
-        cluster.send(0, spi: spi, count: 1_000)
-        try cluster.run(for: .milliseconds(50))
-        cluster.network.faults.partitions = [[1, 3], [2, 3]]
-        try cluster.run(for: .milliseconds(300))
-        cluster.crash(0)
-        try cluster.run(for: .milliseconds(30))
-        cluster.signal(1, .vrrp(.master))
-        #expect(cluster.members[1].isActive)
-        cluster.send(1, spi: spi, count: 10)
-        let sentByMember2 = try #require(cluster.members[1].state.childSA(inboundSPI: spi)).outboundCounter.lastSent
-        try cluster.run(for: .milliseconds(20))
+        var (cluster, sent) = try Self.blindTakeoverUnseenByMember3(seed: 101, spi: spi)
         cluster.crash(1)
         try cluster.run(for: .milliseconds(100))
         cluster.network.faults.partitions = []
@@ -452,14 +452,7 @@ struct ClusterMemberTests {
         try cluster.run(for: .milliseconds(100))
         #expect(cluster.members[2].channel.highestEpochMovedTo(by: EmbeddedCluster.id(1)) == nil, "nothing of the takeover came")
         #expect(cluster.members[2].readiness == .completeCopy, "both others heard again: not cut off")
-        cluster.signal(2, .vrrp(.master))
-        try cluster.run(for: .milliseconds(300))
-        let takeover = try #require(cluster.takeover(of: 2), "\(cluster.events[2])")
-        let decision = try #require(takeover.plan.childSAs.first { $0.inboundSPI == spi })
-        switch decision.outbound {
-        case .resume(let lastSent): #expect(lastSent > sentByMember2, "resumed at \(lastSent), member 2 sent up to \(sentByMember2)")
-        case .rekey: #expect(takeover.rekey.contains(spi))
-        }
+        try Self.expectMember3ResumesAbove(sent, spi: spi, in: &cluster)
     }
 
     /// After a planned switchover the old active member says hello as a standby of its target,
