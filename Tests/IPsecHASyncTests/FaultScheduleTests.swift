@@ -150,6 +150,17 @@ struct FaultScheduleTests {
         #expect(outcome.violations.isEmpty, "seed \(seed): \(outcome.violations) \(outcome.reproduce)")
     }
 
+    /// Load sharing, seed 120065: member 3 was cut off from both others while member 1 resumed
+    /// its own segments blind (counters 2^31 on) and died; after the heal member 3 took two of
+    /// them over from its replica of member 1, which had missed the jump, with the ordinary
+    /// plan: 20,580,569 where member 1 had sent 2,153,484,394. Cut off since the replica was
+    /// last complete, it now adopts them blind.
+    @Test func aSegmentAdoptedAfterBeingCutOffIsResumedBlind() throws {
+        let outcome = try Torture.run(seed: 120_065)
+        #expect(outcome.loadSharing)
+        #expect(outcome.violations.isEmpty, "\(outcome.violations) \(outcome.reproduce)")
+    }
+
     /// A few schedules of each kind through the torture harness itself, load sharing included.
     @Test func tortureSchedulesHoldEveryInvariant() throws {
         for seed in [UInt64(2), 3, 5, 10] {

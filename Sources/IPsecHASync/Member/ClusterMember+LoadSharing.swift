@@ -50,6 +50,7 @@ extension ClusterMember {
         lifecycle = .moving
         defer { lifecycle = .sharing(sharing) }
         ownership.isReady = sharing.replicas.values.allSatisfy(\.isReady)
+        if !hearsQuorum(failed: nil, heardSince: silenceWindowStart(now: now)) { sharing.lastCutOff = now }
         let actions = ownership.tick(now: now)
         sharing.ownership = ownership
         perform(actions, &sharing, now: now)
@@ -133,7 +134,10 @@ extension ClusterMember {
     /// Moves the SAs of `segment` from the replica of `previous` into this member's own state:
     /// after a failure with the takeover plan (outbound counters advanced, inbound windows
     /// restored); after a handover the same way, which costs a skip of sequence numbers but
-    /// needs no final checkpoint to arrive first.
+    /// needs no final checkpoint to arrive first. After a failure that this member may have
+    /// seen only in part, cut off from a quorum since the replica was last complete, the plan
+    /// is blind: meanwhile the owner may have resumed the segment blind itself, and that did
+    /// not reach the replica (torture seed 120065 resumed 2^31 below the owner's numbers).
     private mutating func adopt(_ segment: Segment, from previous: ClusterMemberID, handedOver: Bool, _ sharing: inout Sharing, now: Timestamp) {
         guard var replica = sharing.replicas[previous], let segments = sharing.ownership?.configuration.segments else { return }
         if !handedOver {
@@ -145,7 +149,11 @@ extension ClusterMember {
         var rekey: [UInt32] = []
         var plan = TakeoverPlan(ikeSAs: [], childSAs: [])
         if !identifiers.isEmpty {
-            plan = replica.takeoverPlan(policy: configuration.takeover, now: now, restrictedTo: Set(identifiers))
+            var policy = configuration.takeover
+            if !handedOver, let cutOff = sharing.lastCutOff, cutOff >= replica.completeAsOf ?? Timestamp(nanoseconds: 0) {
+                policy = policy.blind(exactAsOf: replica.completeAsOf, now: now)
+            }
+            plan = replica.takeoverPlan(policy: policy, now: now, restrictedTo: Set(identifiers))
             rekey = source.applyTakeover(plan).rekey
             let me = configuration.channel.member
             var changes: [StateChange] = []

@@ -267,7 +267,7 @@ extension ClusterMember {
 
     /// `now` less the miss count of heartbeats (0 when that reaches back beyond the clock's
     /// start): what was heard before it is silence.
-    private func silenceWindowStart(now: Timestamp) -> Timestamp {
+    func silenceWindowStart(now: Timestamp) -> Timestamp {
         let silence = UInt64(silenceTime.nonNegativeNanoseconds)
         return Timestamp(nanoseconds: now.nanoseconds - min(now.nanoseconds, silence))
     }
@@ -357,7 +357,7 @@ extension ClusterMember {
     /// if its current run was heard from then or before: one that restarted since cannot say
     /// what its earlier run did, which may have been to take over and die (torture seed 114116
     /// counted two such members).
-    private func hearsQuorum(failed: ClusterMemberID?, heardSince: Timestamp, runningSince: Timestamp? = nil) -> Bool {
+    func hearsQuorum(failed: ClusterMemberID?, heardSince: Timestamp, runningSince: Timestamp? = nil) -> Bool {
         let quorum = quorumSize
         let heard = configuration.channel.peers.filter { peer in
             guard peer != failed, let heard = channel.lastHeard(from: peer) else { return false }

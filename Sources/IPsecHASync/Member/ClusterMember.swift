@@ -322,6 +322,10 @@ public struct ClusterMember {
         /// When each segment this member stopped serving, and has not served since, stopped:
         /// its own SAs of the segment were exact then.
         var stoppedAt: [Segment: Timestamp] = [:]
+        /// The last tick at which this member heard fewer than a quorum: cut off, it saw
+        /// nothing of what the others did with a segment meanwhile (its owner resuming it
+        /// blind, another member taking it over).
+        var lastCutOff: Timestamp?
     }
 
     enum Lifecycle {
