@@ -345,7 +345,19 @@ public struct SegmentOwnership: Sendable {
             // claim gets there.
             for claim in claims where Int(claim.segment.rawValue) < table.count && claim.version < Self.valueCeiling {
                 let held = table[Int(claim.segment.rawValue)]
-                guard claim.supersedes(held) else { continue }
+                guard claim.supersedes(held) else {
+                    // A claim at the version of this member's own takeover claim, which wins by
+                    // the higher ID (two members took the segment over, each cut off from the
+                    // other): its owner may have served the segment already, beyond the copy of
+                    // the owner before. The SAs come from its replica instead (torture seed
+                    // 122650 adopted them from the dead owner's, below the other's numbers).
+                    if isMine(held), claim.version == held.version, let owner = claim.owner, owner != configuration.member,
+                        let origin = acquired[claim.segment], !origin.handedOver, origin.previousOwner != configuration.member
+                    {
+                        acquired[claim.segment] = (owner, false)
+                    }
+                    continue
+                }
                 table[Int(claim.segment.rawValue)] = claim
                 news.append(claim)
                 if isMine(claim) {
