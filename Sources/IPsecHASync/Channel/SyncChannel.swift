@@ -208,11 +208,11 @@ public struct SyncChannel {
         /// any incarnation (``SyncChannel/highestEpochMovedTo(by:)``), and the epoch in its last
         /// data datagram.
         var epochIncarnation: ChannelIncarnation?
-        /// When the peer's current incarnation was taken (``SyncChannel/incarnationTaken(of:)``).
-        var incarnationTaken: Timestamp?
         var incarnationEpoch: UInt32 = 0
         var highestEpochMovedTo: UInt32?
         var lastEpoch: UInt32?
+        /// When the peer's current incarnation was taken (``SyncChannel/incarnationTaken(of:)``).
+        var incarnationTaken: Timestamp?
         /// Reliable datagrams received since the last acknowledgement, and when the first came.
         var unacknowledged = 0
         var firstUnacknowledged: Timestamp?
