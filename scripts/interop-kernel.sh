@@ -199,6 +199,7 @@ run_scenario() {
     local takeover_ms
     takeover_ms=$(event_time "$DIR/member2.events" takeover)
     say "B: $(grep -o 'event=takeover.*' "$DIR/member2.events" | head -1)"
+    say "B: $(grep -o 'event=child_sa_takeover.*' "$DIR/member2.events" | head -1 | cut -c1-400)"
     say "B's kernel: $(ip -n B xfrm state | grep -c '^src') SAs, $(ip -n B xfrm policy | grep -c '^src') policies"
     sleep 0.5
     say "peer's neighbours: $(ip -n P neigh | tr '\n' ';') B's link: $(ip -n B link show eth0 | grep -o 'link/ether [0-9a-f:]*')"

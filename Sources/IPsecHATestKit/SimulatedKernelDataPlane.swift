@@ -25,6 +25,13 @@ public struct SimulatedKernelDataPlane: ClusterDataPlane {
 
     public var counterKeeping: CounterKeeping { .dataPlane }
 
+    /// How often it reports counters, as a kernel whose SAs carry a timer threshold reports
+    /// them (zero: at every call).
+    public var reportInterval: Duration = .zero
+    private var lastReport: Timestamp?
+
+    public var counterReportInterval: Duration { reportInterval }
+
     /// An empty data plane that does not serve yet.
     public init() {}
 
@@ -62,7 +69,9 @@ public struct SimulatedKernelDataPlane: ClusterDataPlane {
     public var refusesHandover = false
 
     public mutating func observedCounters(of state: GatewayState, now: Timestamp) throws(DataPlaneError) -> [ChildSACounterCheckpoint] {
-        counters
+        if let lastReport, now.nanoseconds &- lastReport.nanoseconds < reportInterval.nonNegativeNanoseconds { return [] }
+        lastReport = now
+        return counters
     }
 
     /// Stops at once and reports the counters it ended with (unless ``refusesHandover``).

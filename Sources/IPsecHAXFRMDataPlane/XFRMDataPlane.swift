@@ -191,6 +191,16 @@ public struct XFRMDataPlane<Kernel: XFRMKernel>: ClusterDataPlane {
 
     public var counterKeeping: CounterKeeping { .dataPlane }
 
+    /// The sweep interval, or the SAs' timer threshold (in whole jiffies, as the kernel keeps
+    /// it) where this data plane installs them and that is sooner: the kernel reports an SA
+    /// that moved when its timer expires. SAs the IKE stack installed carry its thresholds,
+    /// unknown here; the sweep reads them all the same.
+    public var counterReportInterval: Duration {
+        guard configuration.installsChildSAs else { return configuration.sweepInterval }
+        let timer = Duration.nanoseconds(Int64(configuration.timerThresholdJiffies) * 1_000_000_000 / Int64(max(configuration.jiffiesPerSecond, 1)))
+        return min(timer, configuration.sweepInterval)
+    }
+
     public init(kernel: Kernel, configuration: XFRMDataPlaneConfiguration = XFRMDataPlaneConfiguration()) {
         self.kernel = kernel
         self.configuration = configuration

@@ -42,6 +42,39 @@ struct ClusterDataPlaneTests {
         #expect(kernels[1].send(spi: 0x8000, count: 1) == resumed.lastSent + 1)
     }
 
+    /// A kernel that reports each SA once a second (its timer threshold): a ping flow's counters
+    /// move by a second's packets at once. The rates checkpointed, and the one the takeover's
+    /// inbound advance is sized from, are the flow's 100 a second, not the ten times as many the
+    /// 100 ms rate window alone made of each step (interop-kernel.sh's failover dropped five
+    /// seconds of the peer's pings).
+    @Test func countersReportedOnceASecondAreMeasuredAtTheirRate() throws {
+        var cluster = try EmbeddedCluster(seed: 27)
+        var kernels = [SimulatedKernelDataPlane(), SimulatedKernelDataPlane()]
+        kernels[0].reportInterval = .seconds(1)
+        try cluster.run(for: .milliseconds(300))
+        _ = try cluster.createSAs(ikeSPI: 63, childSPI: 0x8300, seed: 28)
+        try kernels[0].startServing(cluster.members[0].state)
+        let before = cluster.events[0].count
+        for step in 1...400 {
+            _ = kernels[0].send(spi: 0x8300, count: 1)
+            kernels[0].receive(spi: 0x8300, sequenceNumber: UInt64(step))
+            try cluster.members[0].tick(now: cluster.now, dataPlane: &kernels[0])
+            cluster.drain(0)
+            try cluster.run(for: .milliseconds(10))
+        }
+        let rates = cluster.events[0][before...].flatMap { action -> [UInt32] in
+            guard case .countersCheckpointed(let entries) = action else { return [] }
+            return entries.map(\.packetsPerSecond)
+        }
+        #expect(rates.count >= 3 && rates.allSatisfy { (90...120).contains($0) }, "\(rates)")
+        cluster.crash(0)
+        try cluster.run(for: .milliseconds(400))
+        let plan = try #require(cluster.takeover(of: 1)).plan
+        let child = try #require(plan.childSAs.first)
+        let rate = try #require(child.reason.packetsPerSecond)
+        #expect((90...120).contains(rate), "the rate the takeover's advance is sized from: \(child.reason)")
+    }
+
     /// A planned switchover with a data plane that keeps its own counters: the data plane stops
     /// first, and the counters it ended with, past the last checkpoint, travel with the
     /// handover: the target resumes at the next number with no advance. (The plain

@@ -296,6 +296,26 @@ extension CounterCheckpointTests {
         #expect(later.count == 1 && later.first?.checkpoint.outbound.lastSent == cluster.state[slot]?.outboundCounter.lastSent)
     }
 
+    /// Counters that a data plane reports once a second move by a second's packets at once:
+    /// measured over the report interval, not the 100 ms rate window, they are the flow's 100 a
+    /// second.
+    @Test func countersReportedInStepsAreMeasuredOverTheReportInterval() throws {
+        var (cluster, childSAs) = try pair(seed: 47, childSAs: 1)
+        let slot = try #require(cluster.state.slot(forInboundSPI: childSAs[0].inboundSPI))
+        var scheduler = CounterCheckpointScheduler(policy: CounterCheckpointPolicy(packets: 1_000, interval: .milliseconds(50)))
+        scheduler.counterReportInterval = .seconds(1)
+        var now = cluster.now
+        var rates: [UInt32] = []
+        for millisecond in stride(from: 0, through: 5_000, by: 10) {
+            if millisecond % 1_000 == 0, millisecond > 0 {
+                for _ in 0..<100 { _ = try cluster.state.nextOutboundSequenceNumber(at: slot, bytes: 100) }
+            }
+            now = Timestamp(nanoseconds: cluster.now.nanoseconds + UInt64(millisecond) * 1_000_000)
+            rates += scheduler.takeDueCheckpoints(from: &cluster.state, now: now).map(\.packetsPerSecond)
+        }
+        #expect(rates.count >= 4 && rates.allSatisfy { (90...110).contains($0) }, "\(rates)")
+    }
+
     /// A ping flow, 100 packets a second each way, checkpointed every 4 packets: each
     /// checkpoint's rate is the busier direction's 100 a second, not the 200 of both, and not
     /// the rounding of one checkpoint's 4 packets (cluster.sh's crash lost 10 pings to an

@@ -226,6 +226,24 @@ struct XFRMDataPlaneTests {
         #expect(standby.kernel.policies.count == 3)
     }
 
+    /// How often the member can count on the kernel reporting a moving SA: the timer threshold
+    /// in whole jiffies on the SAs it installs (7 ms at 250 a second is one jiffy, 4 ms),
+    /// the sweep interval when sooner, and for SAs the IKE stack installed only the sweep.
+    @Test func theCountersAreReportedAtTheTimerThresholdOrTheSweep() {
+        var configuration = XFRMDataPlaneConfiguration()
+        configuration.installsChildSAs = true
+        configuration.timerThreshold = .milliseconds(7)
+        #expect(XFRMDataPlane(kernel: TableKernel(), configuration: configuration).counterReportInterval == .milliseconds(4))
+        configuration.timerThreshold = .seconds(1)
+        configuration.jiffiesPerSecond = 1_000
+        #expect(XFRMDataPlane(kernel: TableKernel(), configuration: configuration).counterReportInterval == .seconds(1))
+        configuration.timerThreshold = .seconds(5)
+        #expect(XFRMDataPlane(kernel: TableKernel(), configuration: configuration).counterReportInterval == configuration.sweepInterval)
+        configuration.timerThreshold = .milliseconds(20)
+        configuration.installsChildSAs = false
+        #expect(XFRMDataPlane(kernel: TableKernel(), configuration: configuration).counterReportInterval == configuration.sweepInterval)
+    }
+
     /// A planned switchover's stop: every kernel SA deleted, the counters they ended with
     /// reported (inbound tops raised by the margin, within a 32-bit SA's space), the policies
     /// kept (what they match is dropped, not sent in clear); a Child SA whose SAs are gone keeps

@@ -215,7 +215,9 @@ struct ReferenceGateway {
             configuration.replayThreshold = UInt32(clamping: options.checkpointPackets)
             configuration.timerThreshold = .milliseconds(Int64(clamping: options.checkpointMs))
             do {
-                kernel = XFRMDataPlane(kernel: try XFRMSocket(subscribeToAsyncEvents: true), configuration: configuration)
+                let dataPlane = XFRMDataPlane(kernel: try XFRMSocket(subscribeToAsyncEvents: true), configuration: configuration)
+                cluster.counterReportInterval = dataPlane.counterReportInterval
+                kernel = dataPlane
             } catch {
                 throw GatewayError.configuration("--data-plane xfrm: cannot open the XFRM netlink socket: \(error)")
             }

@@ -32,6 +32,12 @@ public protocol ClusterDataPlane {
     /// Who keeps the counters.
     var counterKeeping: CounterKeeping { get }
 
+    /// The longest the counters of a Child SA that carries traffic go unreported by
+    /// ``observedCounters(of:now:)`` (``CounterKeeping/dataPlane`` only; the default is zero:
+    /// every call reports what moved). The member measures packet rates over at least this,
+    /// since counters reported in steps look idle between them and then jump.
+    var counterReportInterval: Duration { get }
+
     /// The counters of the Child SAs of `state` that the data plane keeps and that moved since
     /// the last call, or all of them (``CounterKeeping/dataPlane`` only; the default returns
     /// none). `now` lets a data plane that learns of counters from events pace its full reads.
@@ -57,6 +63,8 @@ public protocol ClusterDataPlane {
 }
 
 extension ClusterDataPlane {
+    public var counterReportInterval: Duration { .zero }
+
     public mutating func observedCounters(of state: GatewayState, now: Timestamp) throws(DataPlaneError) -> [ChildSACounterCheckpoint] { [] }
 
     public mutating func stopServingForHandover(_ state: GatewayState) throws(DataPlaneError) -> [ChildSACounterCheckpoint] {

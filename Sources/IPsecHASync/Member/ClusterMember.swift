@@ -745,12 +745,23 @@ public struct ClusterMember {
         }
     }
 
+    /// How long the counters of a Child SA that carries traffic may go unreported by the data
+    /// plane that keeps them (``ClusterDataPlane/counterReportInterval``): packet rates, and the
+    /// takeover advances sized from them, are measured over at least this.
+    /// ``tick(now:dataPlane:)`` sets it from its data plane; an embedder that calls
+    /// ``observeCounters(_:)`` itself sets it.
+    public var counterReportInterval: Duration {
+        get { scheduler.counterReportInterval }
+        set { scheduler.counterReportInterval = newValue }
+    }
+
     /// ``tick(now:)`` for a member whose ESP runs in `dataPlane`: an active member first adopts
     /// the counters the data plane keeps (``CounterKeeping/dataPlane``), so that the checkpoints
     /// this tick sends carry them. Throws the data plane's error, after ticking all the same.
     public mutating func tick<DataPlane: ClusterDataPlane>(now: Timestamp, dataPlane: inout DataPlane) throws(DataPlaneError) {
         var failure: DataPlaneError?
         if isActive, dataPlane.counterKeeping == .dataPlane {
+            scheduler.counterReportInterval = dataPlane.counterReportInterval
             do throws(DataPlaneError) {
                 let observed = try dataPlane.observedCounters(of: state, now: now)
                 _ = try? observeCounters(observed)

@@ -71,6 +71,18 @@ public struct CounterCheckpointScheduler {
 
     /// The policy in force.
     public var policy: CounterCheckpointPolicy
+    /// How long the counters of a Child SA that carries traffic may stand still in the state
+    /// because its data plane reports them only that often
+    /// (``ClusterDataPlane/counterReportInterval``; zero for counters the package keeps).
+    /// Rates are measured over at least this: a kernel that reports an SA once a second moves
+    /// its counters by a second's packets at once, and over the 100 ms rate window alone that
+    /// read as ten times the rate (a takeover's conservative inbound window then dropped five
+    /// seconds of the peer's pings instead of one).
+    public var counterReportInterval: Duration {
+        get { .nanoseconds(Int64(clamping: counterReportIntervalNanoseconds)) }
+        set { counterReportIntervalNanoseconds = newValue.nonNegativeNanoseconds }
+    }
+    private var counterReportIntervalNanoseconds: UInt64 = 0
     /// By the Child SA's slot in the gateway state (`ChildSASlot.index`). A dictionary by SPI
     /// (a hash, a probe and a set of the SPIs seen, per Child SA and pass) made a pass over
     /// 200,000 Child SAs take 32 ms, three times the 10 ms between passes.
@@ -117,7 +129,7 @@ public struct CounterCheckpointScheduler {
             tracks[index] = Track(inboundSPI: sa.inboundSPI, at: now, packets: sa.packets, rateFrom: point, rateNext: point, seen: point)
             return false
         }
-        let window = policy.rateWindowNanoseconds
+        let window = max(policy.rateWindowNanoseconds, counterReportIntervalNanoseconds)
         if now.nanoseconds &- track.seen.at.nanoseconds > window {
             // Not visited for more than a window: idle, its counters as last seen, until after
             // the last pass. Measured over the last window, as if it had been visited all along
