@@ -112,6 +112,17 @@ public func ipsecha_observe_counters(
 }
 
 @c @implementation
+public func ipsecha_set_counter_report_interval(_ member: OpaquePointer?, _ intervalNanoseconds: UInt64) -> Int32 {
+    call(member) { handle throws(CAPIFailure) in
+        try handle.require(IPSECHA_DATA_PLANE_OBSERVED, for: "ipsecha_set_counter_report_interval")
+        guard intervalNanoseconds <= 3_600_000_000_000 else {
+            throw CAPIFailure(IPSECHA_E_INVALID_ARGUMENT, "interval_ns \(intervalNanoseconds) is more than an hour")
+        }
+        handle.member.counterReportInterval = .nanoseconds(Int64(intervalNanoseconds))
+    }
+}
+
+@c @implementation
 public func ipsecha_child_sa_counters_get(
     _ member: OpaquePointer?, _ inboundSPI: UInt32, _ counters: UnsafeMutablePointer<ipsecha_child_sa_counters>?
 ) -> Int32 {

@@ -224,6 +224,7 @@ static void null_handles(void) {
     EXPECT(ipsecha_inbound_check(NULL, 0x1000, 1, &value), IPSECHA_E_NULL);
     EXPECT(ipsecha_inbound_commit(NULL, 0x1000, 1, 1), IPSECHA_E_NULL);
     EXPECT(ipsecha_observe_counters(NULL, &counters, 1, &refused), IPSECHA_E_NULL);
+    EXPECT(ipsecha_set_counter_report_interval(NULL, 0), IPSECHA_E_NULL);
     EXPECT(ipsecha_child_sa_counters_get(NULL, 0x1000, &counters), IPSECHA_E_NULL);
 }
 
@@ -363,6 +364,7 @@ static void active_member(void) {
     ipsecha_child_sa_counters_init(&counters);
     size_t refused = 0;
     EXPECT(ipsecha_observe_counters(member, &counters, 1, &refused), IPSECHA_E_DATA_PLANE);
+    EXPECT(ipsecha_set_counter_report_interval(member, 1000000000), IPSECHA_E_DATA_PLANE);
     EXPECT(ipsecha_child_sa_counters_get(member, 0x9999, &counters), IPSECHA_E_UNKNOWN_CHILD_SA);
     EXPECT(ipsecha_child_sa_counters_get(member, 0x1000, NULL), IPSECHA_E_NULL);
     counters.struct_size = 3;
@@ -427,6 +429,8 @@ static void standby_and_observed(void) {
     EXPECT(ipsecha_outbound_sequence_number(member, 0x1000, 1, &value, NULL), IPSECHA_E_DATA_PLANE);
     EXPECT(ipsecha_inbound_check(member, 0x1000, 1, &value), IPSECHA_E_DATA_PLANE);
     EXPECT(ipsecha_inbound_commit(member, 0x1000, 1, 1), IPSECHA_E_DATA_PLANE);
+    EXPECT(ipsecha_set_counter_report_interval(member, 3600000000001ull), IPSECHA_E_INVALID_ARGUMENT);
+    EXPECT(ipsecha_set_counter_report_interval(member, 1000000000), IPSECHA_OK); /* a 1 s timer threshold */
     ipsecha_child_sa_counters observed[3];
     for (int i = 0; i < 3; i++) ipsecha_child_sa_counters_init(&observed[i]);
     observed[0].inbound_spi = 0x1000;

@@ -677,6 +677,14 @@ int ipsecha_inbound_commit(ipsecha_member *member, uint32_t inbound_spi, uint64_
 int ipsecha_observe_counters(ipsecha_member *member, const ipsecha_child_sa_counters *counters, size_t count,
                              size_t *refused);
 
+/* IPSECHA_DATA_PLANE_OBSERVED: the longest the counters of a Child SA that carries traffic go
+ * unreported because the data plane reports them only that often (the kernel's async events
+ * come at most once per SA timer threshold, XFRMA_ETIMER_THRESH; a GETAE sweep's interval).
+ * Packet rates, and the takeover advances sized from them, are measured over at least this:
+ * counters that move in steps look idle between them. Default 0: counters read afresh before
+ * every tick. At most one hour (IPSECHA_E_INVALID_ARGUMENT above). */
+int ipsecha_set_counter_report_interval(ipsecha_member *member, uint64_t interval_ns);
+
 /* The member's counters of a Child SA: after a takeover, what to write into a data plane that
  * keeps its own (outbound counter and inbound window top as the plan left them). */
 int ipsecha_child_sa_counters_get(const ipsecha_member *member, uint32_t inbound_spi,

@@ -24,7 +24,9 @@ public struct CounterCheckpointPolicy: Sendable, Hashable {
     /// The shortest time a checkpoint's packet rate is measured over (at least 1 ns; it spans
     /// between one and two of these). Over one checkpoint's few packets the rate of a slow SA
     /// is mostly rounding (4 packets in 16 or in 24 ms: 250 or 166 a second), and a takeover's
-    /// conservative inbound window drops the peer's packets in proportion to it.
+    /// conservative inbound window drops the peer's packets in proportion to it. Counters a
+    /// data plane reports less often are measured over its report interval instead
+    /// (``CounterCheckpointScheduler/counterReportInterval``).
     public var rateWindow: Duration {
         get { .nanoseconds(Int64(clamping: rateWindowNanoseconds)) }
         set { rateWindowNanoseconds = max(newValue.nonNegativeNanoseconds, 1) }
