@@ -78,8 +78,8 @@ public struct CounterCheckpointScheduler {
     /// (``ClusterDataPlane/counterReportInterval``; zero for counters the package keeps).
     /// Rates are measured over at least this: a kernel that reports an SA once a second moves
     /// its counters by a second's packets at once, and over the 100 ms rate window alone that
-    /// read as ten times the rate (a takeover's conservative inbound window then dropped five
-    /// seconds of the peer's pings instead of one).
+    /// read as five to ten times the rate (a takeover's conservative inbound window then
+    /// dropped up to seven seconds of the peer's pings, none since).
     public var counterReportInterval: Duration {
         get { .nanoseconds(Int64(clamping: counterReportIntervalNanoseconds)) }
         set { counterReportIntervalNanoseconds = newValue.nonNegativeNanoseconds }
