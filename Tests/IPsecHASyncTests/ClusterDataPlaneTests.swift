@@ -45,8 +45,8 @@ struct ClusterDataPlaneTests {
     /// A kernel that reports each SA once a second (its timer threshold): a ping flow's counters
     /// move by a second's packets at once. The rates checkpointed, and the one the takeover's
     /// inbound advance is sized from, are the flow's 100 a second, not the ten times as many the
-    /// 100 ms rate window alone made of each step (interop-kernel.sh's failover dropped five
-    /// seconds of the peer's pings).
+    /// 100 ms rate window alone made of each step (interop-kernel.sh's failovers then dropped
+    /// up to seven seconds of the peer's pings).
     @Test func countersReportedOnceASecondAreMeasuredAtTheirRate() throws {
         var cluster = try EmbeddedCluster(seed: 27)
         var kernels = [SimulatedKernelDataPlane(), SimulatedKernelDataPlane()]
