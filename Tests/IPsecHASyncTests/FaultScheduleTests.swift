@@ -158,7 +158,10 @@ struct FaultScheduleTests {
     /// Seed 122650: members 3 and 5, each cut off in turn, both took a dead member's segment
     /// over at the same claim version; member 5's claim won by its ID, and it adopted from its
     /// replica of the dead member, below member 3's numbers: it now adopts from member 3's.
-    @Test(arguments: [UInt64(120_065), 122_650])
+    /// Seed 150605: member 2 served a segment it took over blind (from 7,140,443 on) and died;
+    /// member 1 claimed it next but never served it; member 4 took it over from its copy of
+    /// member 1, at 1,530,477: every copy's counters now bound the plan.
+    @Test(arguments: [UInt64(120_065), 122_650, 150_605])
     func loadSharingAdoptionsFromAStaleCopy(seed: UInt64) throws {
         let outcome = try Torture.run(seed: seed)
         #expect(outcome.loadSharing)

@@ -154,6 +154,7 @@ extension ClusterMember {
                 policy = policy.blind(exactAsOf: replica.completeAsOf, now: now)
             }
             plan = replica.takeoverPlan(policy: policy, now: now, restrictedTo: Set(identifiers))
+            if !handedOver { Self.raise(&plan, &source, toCopiesIn: sharing.replicas, besides: previous) }
             rekey = source.applyTakeover(plan).rekey
             let me = configuration.channel.member
             var changes: [StateChange] = []
@@ -170,6 +171,30 @@ extension ClusterMember {
             replicate(changes, &sharing, now: now)
         }
         outbox.append(.segmentStarted(segment, previousOwner: previous, handedOver: handedOver, plan: plan, rekey: rekey))
+    }
+
+    /// Moves the counters of a failure's plan past what any other member's copy holds of the
+    /// same Child SAs. The claim a takeover supersedes names the member that held the segment
+    /// last, not the one that served it last: a member that took the segment over from a
+    /// member that had died may itself fail before it served, and then the dead member's copy,
+    /// not the claim holder's, has the numbers the peer saw (torture seed 150605: member 2
+    /// served a segment from 7,140,443 on and died; member 1's claim on it was never served;
+    /// member 4 took it over from its copy of member 1 at 1,530,477). Each counter continues
+    /// from the highest any copy holds, plus the plan's advance.
+    private static func raise(
+        _ plan: inout TakeoverPlan, _ source: inout GatewayState, toCopiesIn replicas: [ClusterMemberID: Replica], besides previous: ClusterMemberID
+    ) {
+        for (index, decision) in plan.childSAs.enumerated() {
+            guard case .resume = decision.outbound, let held = source.childSA(inboundSPI: decision.inboundSPI) else { continue }
+            for (member, replica) in replicas where member != previous {
+                guard let copy = replica.state.childSA(inboundSPI: decision.inboundSPI) else { continue }
+                try? source.observeCounters(copy.counterCheckpoint)
+            }
+            guard let raised = source.childSA(inboundSPI: decision.inboundSPI)?.outboundCounter, raised.lastSent > held.outboundCounter.lastSent else { continue }
+            let limit = raised.hardLimit
+            plan.childSAs[index].outbound =
+                raised.lastSent > limit - min(decision.advance, limit) ? .rekey : .resume(lastSent: raised.lastSent + decision.advance)
+        }
     }
 
     /// Resumes this member's own SAs of `segment` as after a blind takeover: another member
