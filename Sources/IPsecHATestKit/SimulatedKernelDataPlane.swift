@@ -27,10 +27,8 @@ public struct SimulatedKernelDataPlane: ClusterDataPlane {
 
     /// How often it reports counters, as a kernel whose SAs carry a timer threshold reports
     /// them (zero: at every call).
-    public var reportInterval: Duration = .zero
+    public var counterReportInterval: Duration = .zero
     private var lastReport: Timestamp?
-
-    public var counterReportInterval: Duration { reportInterval }
 
     /// An empty data plane that does not serve yet.
     public init() {}
@@ -69,7 +67,7 @@ public struct SimulatedKernelDataPlane: ClusterDataPlane {
     public var refusesHandover = false
 
     public mutating func observedCounters(of state: GatewayState, now: Timestamp) throws(DataPlaneError) -> [ChildSACounterCheckpoint] {
-        if let lastReport, now.nanoseconds &- lastReport.nanoseconds < reportInterval.nonNegativeNanoseconds { return [] }
+        if let lastReport, now.nanoseconds &- lastReport.nanoseconds < counterReportInterval.nonNegativeNanoseconds { return [] }
         lastReport = now
         return counters
     }

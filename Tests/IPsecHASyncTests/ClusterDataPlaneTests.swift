@@ -50,7 +50,7 @@ struct ClusterDataPlaneTests {
     @Test func countersReportedOnceASecondAreMeasuredAtTheirRate() throws {
         var cluster = try EmbeddedCluster(seed: 27)
         var kernels = [SimulatedKernelDataPlane(), SimulatedKernelDataPlane()]
-        kernels[0].reportInterval = .seconds(1)
+        kernels[0].counterReportInterval = .seconds(1)
         try cluster.run(for: .milliseconds(300))
         _ = try cluster.createSAs(ikeSPI: 63, childSPI: 0x8300, seed: 28)
         try kernels[0].startServing(cluster.members[0].state)
